@@ -1,0 +1,262 @@
+//! Runs a plugin over a batch of events, carrying per-entity state.
+
+use crate::CoreError;
+use crate::convert::{read_column, write_column};
+use crate::order::order_events;
+use crate::schema::{input_schema, row_schema};
+use arrow_array::cast::AsArray;
+use arrow_array::types::Int64Type;
+use arrow_array::{Array, ArrayRef, RecordBatch, UInt32Array};
+use arrow_schema::{DataType, SchemaRef};
+use arrow_select::concat::concat_batches;
+use arrow_select::take::take;
+use lockstep_abi::{ApplyRequest, ApplyResponse, Kind, Manifest, ValueType};
+use lockstep_runtime::{Plugin, PluginInstance};
+use std::collections::HashMap;
+use std::fmt;
+
+/// An entity key: the value of the manifest's entity-key field.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum EntityKey {
+    /// A string key.
+    Str(String),
+    /// An int64 key.
+    Int(i64),
+}
+
+impl fmt::Display for EntityKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            EntityKey::Str(s) => f.write_str(s),
+            EntityKey::Int(i) => write!(f, "{i}"),
+        }
+    }
+}
+
+impl EntityKey {
+    /// The key at `row` of a Utf8 or Int64 column.
+    pub fn from_array(column: &dyn Array, row: usize) -> Option<Self> {
+        match column.data_type() {
+            DataType::Utf8 => Some(EntityKey::Str(
+                column.as_string::<i32>().value(row).to_owned(),
+            )),
+            DataType::Int64 => Some(EntityKey::Int(
+                column.as_primitive::<Int64Type>().value(row),
+            )),
+            _ => None,
+        }
+    }
+}
+
+/// Per-entity plugin state, as the plugin encoded it.
+pub type StateMap = HashMap<EntityKey, Vec<u8>>;
+
+/// What a run did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RunStats {
+    /// Events handed in.
+    pub events_in: usize,
+    /// Events applied (after duplicates were dropped).
+    pub events_applied: usize,
+    /// Events dropped as duplicates.
+    pub duplicates: usize,
+    /// Rows emitted.
+    pub rows_out: usize,
+    /// Plugin calls made.
+    pub calls: usize,
+    /// Entities touched.
+    pub entities: usize,
+}
+
+/// The rows a run emitted (in [`row_schema`] order) and its counters.
+#[derive(Debug, Clone)]
+pub struct RunOutput {
+    /// Emitted rows, ordered by entity key, then application order.
+    pub rows: RecordBatch,
+    /// Counters.
+    pub stats: RunStats,
+}
+
+/// Drives one plugin instance: orders events, batches them into calls, keeps state.
+pub struct Executor {
+    instance: PluginInstance,
+    manifest: Manifest,
+    input_types: Vec<ValueType>,
+    feature_types: Vec<ValueType>,
+    input_schema: SchemaRef,
+    row_schema: SchemaRef,
+    max_events_per_call: usize,
+}
+
+impl Executor {
+    /// An executor with a fresh instance of `plugin`.
+    pub fn new(plugin: &Plugin) -> Result<Self, CoreError> {
+        let manifest = plugin.manifest().clone();
+        Ok(Executor {
+            instance: plugin.instantiate()?,
+            input_types: plugin.input_types(),
+            feature_types: plugin.feature_types(),
+            input_schema: input_schema(&manifest),
+            row_schema: row_schema(&manifest),
+            manifest,
+            max_events_per_call: 16_384,
+        })
+    }
+
+    /// Caps the events per plugin call (default 16384). Larger calls amortise the
+    /// boundary better; smaller ones bound the plugin's memory.
+    pub fn with_max_events_per_call(mut self, n: usize) -> Self {
+        self.max_events_per_call = n.max(1);
+        self
+    }
+
+    /// The schema of emitted rows.
+    pub fn row_schema(&self) -> &SchemaRef {
+        &self.row_schema
+    }
+
+    /// Applies `events` (in the plugin's input schema) on top of `states`, updating
+    /// them, and returns the emitted rows.
+    pub fn run(
+        &mut self,
+        events: &RecordBatch,
+        states: &mut StateMap,
+    ) -> Result<RunOutput, CoreError> {
+        let expected = self.input_schema.fields();
+        for (i, field) in expected.iter().enumerate() {
+            let actual = events
+                .schema_ref()
+                .fields()
+                .get(i)
+                .map(|f| f.data_type().clone());
+            if actual.as_ref() != Some(field.data_type()) {
+                return Err(CoreError::Input(format!(
+                    "events column {i} should be `{}` of type {}, found {:?}",
+                    field.name(),
+                    field.data_type(),
+                    actual
+                )));
+            }
+        }
+        let ordered = order_events(events, &self.manifest)?;
+        let indices = UInt32Array::from(ordered.indices.clone());
+        let sorted: Vec<ArrayRef> = events
+            .columns()
+            .iter()
+            .map(|c| take(c.as_ref(), &indices, None))
+            .collect::<Result<_, _>>()?;
+        let key_col = self
+            .manifest
+            .input_index(&self.manifest.entity_key)
+            .ok_or_else(|| CoreError::Input("entity key is not an input field".into()))?;
+
+        let mut stats = RunStats {
+            events_in: events.num_rows(),
+            events_applied: ordered.indices.len(),
+            duplicates: ordered.duplicates,
+            entities: ordered.entity_starts.len(),
+            ..RunStats::default()
+        };
+        let mut out = Vec::new();
+        let mut call: Vec<(EntityKey, usize, usize)> = Vec::new();
+        let mut pending = 0;
+        for (start, end) in ordered.entity_ranges() {
+            let key = EntityKey::from_array(sorted[key_col].as_ref(), start)
+                .ok_or_else(|| CoreError::Input("entity key must be string or int64".into()))?;
+            let mut at = start;
+            while at < end {
+                let take_n = (end - at).min(self.max_events_per_call - pending);
+                call.push((key.clone(), at, take_n));
+                pending += take_n;
+                at += take_n;
+                if pending == self.max_events_per_call {
+                    out.push(self.call(&sorted, key_col, &call, states)?);
+                    stats.calls += 1;
+                    call.clear();
+                    pending = 0;
+                }
+            }
+        }
+        if !call.is_empty() {
+            out.push(self.call(&sorted, key_col, &call, states)?);
+            stats.calls += 1;
+        }
+        let rows = concat_batches(&self.row_schema, &out)?;
+        stats.rows_out = rows.num_rows();
+        Ok(RunOutput { rows, stats })
+    }
+
+    /// One plugin call over contiguous entity segments `(key, start, len)` of `sorted`.
+    fn call(
+        &mut self,
+        sorted: &[ArrayRef],
+        key_col: usize,
+        segments: &[(EntityKey, usize, usize)],
+        states: &mut StateMap,
+    ) -> Result<RecordBatch, CoreError> {
+        let plugin = &self.manifest.name;
+        let keyed = self.manifest.kind == Kind::KeyedStateful;
+        let first = segments.first().map(|s| s.1).unwrap_or(0);
+        let total: usize = segments.iter().map(|s| s.2).sum();
+        let counts: Vec<u32> = segments.iter().map(|s| s.2 as u32).collect();
+        let mut prior: Vec<Option<&[u8]>> = Vec::with_capacity(segments.len());
+        for (key, _, _) in segments {
+            let state = if keyed {
+                states.get(key).map(Vec::as_slice)
+            } else {
+                None
+            };
+            if let Some(s) = state {
+                let version = lockstep_abi::state_version(s);
+                if version != Some(self.manifest.state_version) {
+                    return Err(CoreError::Input(format!(
+                        "state of entity `{key}` has state version {version:?}; plugin `{plugin}` reads version {}",
+                        self.manifest.state_version
+                    )));
+                }
+            }
+            prior.push(state);
+        }
+        let mut request = ApplyRequest::new(&counts, &prior, sorted.len())
+            .map_err(|e| CoreError::Input(e.to_string()))?;
+        for (column, &ty) in sorted.iter().zip(&self.input_types) {
+            write_column(&mut request, column.slice(first, total).as_ref(), ty)?;
+        }
+        let request = request
+            .finish()
+            .map_err(|e| CoreError::Input(e.to_string()))?;
+        let response = self.instance.apply(&request)?;
+        let protocol = |message: String| CoreError::Protocol {
+            plugin: plugin.clone(),
+            message,
+        };
+        let parsed = ApplyResponse::parse(&response, &self.feature_types, segments.len(), total)
+            .map_err(|e| protocol(e.to_string()))?;
+
+        let mut key_rows = Vec::with_capacity(parsed.n_rows());
+        for (i, (key, start, _)) in segments.iter().enumerate() {
+            if keyed {
+                match parsed.state(i) {
+                    Some(s) => {
+                        states.insert(key.clone(), s.to_vec());
+                    }
+                    None => {
+                        states.remove(key);
+                    }
+                }
+            }
+            key_rows.extend(std::iter::repeat_n(*start as u32, parsed.row_count(i)));
+        }
+        let mut columns = Vec::with_capacity(2 + self.feature_types.len());
+        columns.push(take(
+            sorted[key_col].as_ref(),
+            &UInt32Array::from(key_rows),
+            None,
+        )?);
+        columns.push(read_column(&parsed.event_time, ValueType::Timestamp)?);
+        for (view, &ty) in parsed.features.iter().zip(&self.feature_types) {
+            columns.push(read_column(view, ty)?);
+        }
+        Ok(RecordBatch::try_new(self.row_schema.clone(), columns)?)
+    }
+}

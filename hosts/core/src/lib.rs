@@ -1,0 +1,12 @@
+//! What every Lockstep host shares; see the crate README for the list and the rules.
+
+pub mod convert;
+pub mod decode;
+mod error;
+pub mod executor;
+pub mod order;
+pub mod rows;
+pub mod schema;
+
+pub use error::{CoreError, DecodeError};
+pub use executor::{Executor, StateMap};

@@ -1,0 +1,300 @@
+//! Event order and duplicates (the contract's section 4).
+//!
+//! Per entity, events are applied in ascending `(event_time, event_id)`. The event id
+//! is the declared id field when it is not null, else a hash of the event's canonical
+//! encoding (every input field, in schema order, with its type and null-ness). Events
+//! with equal ids are applied once: the first in that order is kept, and if two share
+//! id and time the tie is broken by the content hash, so the survivor never depends on
+//! arrival order.
+//!
+//! Ids compare as 128-bit XXH3 hashes of their canonical bytes: any fixed total order
+//! works, as long as every host uses the same one, and this one is it.
+
+use crate::CoreError;
+use arrow_array::cast::AsArray;
+use arrow_array::types::{Float64Type, Int64Type, TimestampMicrosecondType};
+use arrow_array::{Array, RecordBatch};
+use arrow_schema::DataType;
+use lockstep_abi::Manifest;
+use std::collections::{HashMap, HashSet};
+use xxhash_rust::xxh3::Xxh3;
+
+/// The events of a batch in application order, grouped by entity.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ordered {
+    /// Row indices into the batch, in application order, duplicates removed.
+    pub indices: Vec<u32>,
+    /// Start of each entity's run in `indices`; runs are ordered by entity key.
+    pub entity_starts: Vec<usize>,
+    /// How many events were dropped as duplicates.
+    pub duplicates: usize,
+}
+
+impl Ordered {
+    /// The `[start, end)` ranges of `indices` for each entity.
+    pub fn entity_ranges(&self) -> impl Iterator<Item = (usize, usize)> + '_ {
+        let ends = self
+            .entity_starts
+            .iter()
+            .skip(1)
+            .copied()
+            .chain([self.indices.len()]);
+        self.entity_starts.iter().copied().zip(ends)
+    }
+}
+
+/// Canonical bytes of one value, fed to a hasher.
+fn hash_value(h: &mut Xxh3, column: &dyn Array, row: usize) {
+    if column.is_null(row) {
+        h.update(&[0xff]);
+        return;
+    }
+    match column.data_type() {
+        DataType::Int64 => {
+            h.update(&[0]);
+            h.update(&column.as_primitive::<Int64Type>().value(row).to_le_bytes());
+        }
+        DataType::Float64 => {
+            h.update(&[1]);
+            h.update(
+                &column
+                    .as_primitive::<Float64Type>()
+                    .value(row)
+                    .to_bits()
+                    .to_le_bytes(),
+            );
+        }
+        DataType::Boolean => h.update(&[2, column.as_boolean().value(row) as u8]),
+        DataType::Utf8 => {
+            let s = column.as_string::<i32>().value(row);
+            h.update(&[3]);
+            h.update(&(s.len() as u64).to_le_bytes());
+            h.update(s.as_bytes());
+        }
+        DataType::Timestamp(_, _) => {
+            h.update(&[4]);
+            h.update(
+                &column
+                    .as_primitive::<TimestampMicrosecondType>()
+                    .value(row)
+                    .to_le_bytes(),
+            );
+        }
+        _ => h.update(&[0xfe]),
+    }
+}
+
+/// Hash of the whole event: every column of the batch in order.
+pub fn content_hash(batch: &RecordBatch, row: usize) -> u128 {
+    let mut h = Xxh3::new();
+    for column in batch.columns() {
+        hash_value(&mut h, column.as_ref(), row);
+    }
+    h.digest128()
+}
+
+/// The event id of `row`: the declared id field if present and not null, else the
+/// content hash.
+pub fn event_id(batch: &RecordBatch, id_column: Option<usize>, row: usize, content: u128) -> u128 {
+    match id_column {
+        Some(c) if batch.column(c).is_valid(row) => {
+            let mut h = Xxh3::new();
+            h.update(b"id");
+            hash_value(&mut h, batch.column(c).as_ref(), row);
+            h.digest128()
+        }
+        _ => content,
+    }
+}
+
+/// Orders the events of `batch` (in `manifest`'s input schema) per the contract and
+/// drops duplicates.
+pub fn order_events(batch: &RecordBatch, manifest: &Manifest) -> Result<Ordered, CoreError> {
+    let col = |name: &str| {
+        manifest
+            .input_index(name)
+            .ok_or_else(|| CoreError::Input(format!("manifest has no input field `{name}`")))
+    };
+    let key_col = batch.column(col(&manifest.entity_key)?);
+    let time_col = batch.column(col(&manifest.event_time)?);
+    let id_col = manifest.event_id.as_deref().map(col).transpose()?;
+    if key_col.null_count() > 0 || time_col.null_count() > 0 {
+        return Err(CoreError::Input(format!(
+            "entity key `{}` and event time `{}` must not be null",
+            manifest.entity_key, manifest.event_time
+        )));
+    }
+    let times = time_col
+        .as_primitive_opt::<TimestampMicrosecondType>()
+        .ok_or_else(|| {
+            CoreError::Input(format!(
+                "`{}` is not a timestamp column",
+                manifest.event_time
+            ))
+        })?;
+
+    // Rank entities by key so the output order is a function of the keys alone.
+    let n = batch.num_rows();
+    let mut entity_of = vec![0u32; n];
+    match key_col.data_type() {
+        DataType::Utf8 => {
+            let keys = key_col.as_string::<i32>();
+            let mut ids: HashMap<&str, u32> = HashMap::new();
+            for (row, slot) in entity_of.iter_mut().enumerate() {
+                let next = ids.len() as u32;
+                *slot = *ids.entry(keys.value(row)).or_insert(next);
+            }
+            remap_by_rank(
+                &mut entity_of,
+                ids.into_iter().map(|(k, v)| (k, v)).collect(),
+            );
+        }
+        DataType::Int64 => {
+            let keys = key_col.as_primitive::<Int64Type>();
+            let mut ids: HashMap<i64, u32> = HashMap::new();
+            for (row, slot) in entity_of.iter_mut().enumerate() {
+                let next = ids.len() as u32;
+                *slot = *ids.entry(keys.value(row)).or_insert(next);
+            }
+            remap_by_rank(&mut entity_of, ids.into_iter().collect());
+        }
+        other => {
+            return Err(CoreError::Input(format!(
+                "entity key of type {other} is not supported"
+            )));
+        }
+    }
+
+    let mut keyed: Vec<(u32, i64, u128, u128, u32)> = (0..n)
+        .map(|row| {
+            let content = content_hash(batch, row);
+            let id = event_id(batch, id_col, row, content);
+            (entity_of[row], times.value(row), id, content, row as u32)
+        })
+        .collect();
+    keyed.sort_unstable();
+
+    let mut indices = Vec::with_capacity(n);
+    let mut entity_starts = Vec::new();
+    let mut seen: HashSet<u128> = HashSet::new();
+    let mut current = None;
+    let mut duplicates = 0;
+    for (entity, _, id, _, row) in keyed {
+        if current != Some(entity) {
+            current = Some(entity);
+            seen.clear();
+            entity_starts.push(indices.len());
+        }
+        if seen.insert(id) {
+            indices.push(row);
+        } else {
+            duplicates += 1;
+        }
+    }
+    Ok(Ordered {
+        indices,
+        entity_starts,
+        duplicates,
+    })
+}
+
+/// Replaces first-seen entity numbers by the rank of their key.
+fn remap_by_rank<K: Ord>(entity_of: &mut [u32], mut keys: Vec<(K, u32)>) {
+    keys.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    let mut rank = vec![0u32; keys.len()];
+    for (r, (_, first_seen)) in keys.iter().enumerate() {
+        rank[*first_seen as usize] = r as u32;
+    }
+    for e in entity_of {
+        *e = rank[*e as usize];
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::decode::decode_json_lines;
+    use lockstep_abi::{Feature, Field, Kind, Value, ValueType};
+
+    fn manifest(with_id: bool) -> Manifest {
+        let f = |n: &str, ty, nullable| Field {
+            name: n.into(),
+            ty,
+            nullable,
+            description: String::new(),
+        };
+        Manifest {
+            name: "g".into(),
+            version: "1.0.0".into(),
+            description: String::new(),
+            input: vec![
+                f("k", ValueType::String, false),
+                f("t", ValueType::Timestamp, false),
+                f("id", ValueType::String, true),
+                f("x", ValueType::Int64, true),
+            ],
+            entity_key: "k".into(),
+            event_time: "t".into(),
+            event_id: with_id.then(|| "id".into()),
+            features: vec![Feature {
+                name: "f".into(),
+                ty: ValueType::Int64,
+                description: String::new(),
+                default_value: Value::Null,
+            }],
+            kind: Kind::KeyedStateful,
+            state_version: 1,
+            supports_read: false,
+        }
+    }
+
+    fn order(text: &str, with_id: bool) -> (Vec<i64>, Vec<usize>, usize) {
+        let m = manifest(with_id);
+        let batch = decode_json_lines(text, &m, None).expect("decode");
+        let o = order_events(&batch, &m).expect("order");
+        let xs = batch.column(3).as_primitive::<Int64Type>();
+        (
+            o.indices.iter().map(|&i| xs.value(i as usize)).collect(),
+            o.entity_starts,
+            o.duplicates,
+        )
+    }
+
+    #[test]
+    fn orders_by_entity_then_time_and_drops_duplicates() {
+        let text = r#"{"k":"b","t":5,"x":1}
+{"k":"a","t":9,"x":2}
+{"k":"b","t":1,"x":3}
+{"k":"a","t":9,"x":2}
+{"k":"b","t":1,"x":3}"#;
+        let (xs, starts, dups) = order(text, false);
+        assert_eq!(xs, vec![2, 3, 1]);
+        assert_eq!(starts, vec![0, 1]);
+        assert_eq!(dups, 2);
+    }
+
+    #[test]
+    fn declared_ids_deduplicate_even_when_content_differs() {
+        let text = r#"{"k":"a","t":2,"id":"e1","x":10}
+{"k":"a","t":1,"id":"e1","x":20}
+{"k":"a","t":3,"id":null,"x":30}"#;
+        let (xs, _, dups) = order(text, true);
+        assert_eq!(xs, vec![20, 30], "the earliest event with id e1 is kept");
+        assert_eq!(dups, 1);
+    }
+
+    #[test]
+    fn result_does_not_depend_on_arrival_order() {
+        let lines = [
+            r#"{"k":"a","t":1,"id":"x","x":1}"#,
+            r#"{"k":"a","t":1,"id":"x","x":2}"#,
+            r#"{"k":"a","t":1,"x":3}"#,
+            r#"{"k":"b","t":0,"x":4}"#,
+            r#"{"k":"a","t":0,"x":5}"#,
+        ];
+        let expected = order(&lines.join("\n"), true);
+        let mut reversed = lines;
+        reversed.reverse();
+        assert_eq!(order(&reversed.join("\n"), true).0, expected.0);
+    }
+}

@@ -1,0 +1,241 @@
+//! Deterministic synthetic events: the same seed gives the same bytes on any machine.
+//!
+//! Realistic where it matters to feature code: entity popularity is skewed (a few
+//! entities have many events), timestamps come in bursts and collide at second
+//! resolution, arrival order is only roughly chronological, and a share of events is
+//! delivered twice.
+
+use serde_json::json;
+
+/// SplitMix64: tiny, fast and fully specified, so data never changes under us.
+#[derive(Debug, Clone)]
+pub struct Rng(u64);
+
+impl Rng {
+    /// A generator for `seed`.
+    pub fn new(seed: u64) -> Self {
+        Rng(seed ^ 0x9e37_79b9_7f4a_7c15)
+    }
+
+    /// The next 64 random bits.
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in `[0, 1)`.
+    pub fn unit(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    /// Uniform in `[0, n)`; `n` must be positive.
+    pub fn below(&mut self, n: u64) -> u64 {
+        ((self.next_u64() as u128 * n as u128) >> 64) as u64
+    }
+
+    /// Skewed pick in `[0, n)`: low indices are much more likely (roughly Zipf).
+    pub fn skewed(&mut self, n: u64) -> u64 {
+        let u = self.unit();
+        ((n as f64) * u * u * u).min(n as f64 - 1.0) as u64
+    }
+
+    /// Standard normal (Box-Muller).
+    pub fn normal(&mut self) -> f64 {
+        let u1 = self.unit().max(f64::MIN_POSITIVE);
+        let u2 = self.unit();
+        (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()
+    }
+}
+
+/// 2024-01-01T00:00:00Z in microseconds.
+pub const EPOCH_2024: i64 = 1_704_067_200_000_000;
+const SECOND: i64 = 1_000_000;
+const DAY: i64 = 86_400 * SECOND;
+
+/// Card transactions as columns, in arrival order.
+#[derive(Debug, Clone, Default)]
+pub struct Transactions {
+    /// Entity key.
+    pub card_id: Vec<String>,
+    /// Event time, UTC microseconds.
+    pub ts: Vec<i64>,
+    /// Amount.
+    pub amount: Vec<f64>,
+    /// Merchant.
+    pub merchant: Vec<String>,
+    /// Event id (duplicates share it).
+    pub txn_id: Vec<String>,
+}
+
+impl Transactions {
+    /// Number of events.
+    pub fn len(&self) -> usize {
+        self.ts.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.ts.is_empty()
+    }
+
+    /// As JSON lines, in the `txn_velocity` input schema.
+    pub fn to_json_lines(&self) -> String {
+        let mut out = String::with_capacity(self.len() * 110);
+        for i in 0..self.len() {
+            out.push_str(
+                &json!({"card_id": self.card_id[i], "ts": self.ts[i], "amount": self.amount[i],
+                        "merchant": self.merchant[i], "txn_id": self.txn_id[i]})
+                .to_string(),
+            );
+            out.push('\n');
+        }
+        out
+    }
+}
+
+/// `rows` transactions over `cards` cards and 30 days, with ~1% duplicates.
+pub fn transactions(rows: usize, cards: u64, seed: u64) -> Transactions {
+    let mut rng = Rng::new(seed);
+    let mut t = Transactions::default();
+    let span = 30 * DAY;
+    let cards = cards.max(1);
+    for i in 0..rows {
+        if i > 0 && rng.below(100) == 0 {
+            let j = rng.below(i as u64) as usize;
+            t.card_id.push(t.card_id[j].clone());
+            t.ts.push(t.ts[j]);
+            t.amount.push(t.amount[j]);
+            t.merchant.push(t.merchant[j].clone());
+            t.txn_id.push(t.txn_id[j].clone());
+            continue;
+        }
+        // Roughly chronological arrival with jitter; whole seconds so bursts collide.
+        let base = EPOCH_2024 + (span as f64 * (i as f64 / rows.max(1) as f64)) as i64;
+        let jitter = rng.below(600) as i64 * SECOND;
+        t.ts.push((base + jitter) / SECOND * SECOND);
+        t.card_id.push(format!("card-{:06}", rng.skewed(cards)));
+        t.amount
+            .push(((3.0 + 1.1 * rng.normal()).exp() * 100.0).round() / 100.0);
+        t.merchant
+            .push(format!("merchant-{:04}", rng.skewed(2_000)));
+        t.txn_id.push(format!("txn-{i:09}"));
+    }
+    t
+}
+
+/// Customer activity (`churn_features` input) as JSON lines.
+pub fn activity(rows: usize, customers: u64, seed: u64) -> String {
+    let mut rng = Rng::new(seed);
+    let customers = customers.max(1);
+    let mut out = String::with_capacity(rows * 120);
+    for c in 0..customers.min(rows as u64) {
+        let ts = EPOCH_2024 - rng.below(365) as i64 * DAY;
+        out.push_str(&json!({"customer_id": format!("cust-{c:05}"), "ts": ts, "event_type": "signup", "event_id": format!("su-{c}")}).to_string());
+        out.push('\n');
+    }
+    for i in customers.min(rows as u64) as usize..rows {
+        let c = rng.skewed(customers);
+        let ts = EPOCH_2024 + rng.below(120 * 86_400) as i64 * SECOND;
+        let (kind, minutes) = match rng.below(10) {
+            0..=3 => ("login", None),
+            4..=8 => ("session", Some((rng.unit() * 60.0 * 100.0).round() / 100.0)),
+            _ => ("ticket", None),
+        };
+        out.push_str(
+            &json!({"customer_id": format!("cust-{c:05}"), "ts": ts, "event_type": kind,
+                             "session_minutes": minutes, "event_id": format!("ev-{i}")})
+            .to_string(),
+        );
+        out.push('\n');
+    }
+    out
+}
+
+/// Page views (`clickstream_clean` input) as JSON lines, with bots and junk URLs.
+pub fn clicks(rows: usize, users: u64, seed: u64) -> String {
+    const PAGES: [&str; 6] = [
+        "/",
+        "/Cart/",
+        "/product/42?ref=ad",
+        "/search?q=shoes",
+        "/checkout",
+        "/help#faq",
+    ];
+    const AGENTS: [&str; 5] = [
+        "Mozilla/5.0 (Windows NT 10.0) Chrome/120",
+        "Mozilla/5.0 (iPhone; CPU iPhone OS 17_0) Mobile",
+        "Mozilla/5.0 (Linux; Android 14) Mobile",
+        "Googlebot/2.1 (+http://www.google.com/bot.html)",
+        "python-requests/2.31",
+    ];
+    let mut rng = Rng::new(seed);
+    let mut out = String::with_capacity(rows * 200);
+    for i in 0..rows {
+        let page = PAGES[rng.below(PAGES.len() as u64) as usize];
+        let url = if rng.below(50) == 0 {
+            "javascript:void(0)".to_owned()
+        } else {
+            format!("https://www.shop.example{page}")
+        };
+        let referrer = match rng.below(3) {
+            0 => None,
+            1 => Some("https://shop.example/"),
+            _ => Some("https://search.example/?q=shop"),
+        };
+        let dwell = if rng.below(20) == 0 {
+            -1
+        } else {
+            rng.below(120_000) as i64
+        };
+        out.push_str(&json!({"user_id": format!("user-{:05}", rng.skewed(users.max(1))),
+            "ts": EPOCH_2024 + rng.below(7 * 86_400) as i64 * SECOND, "url": url, "referrer": referrer,
+            "user_agent": AGENTS[rng.skewed(AGENTS.len() as u64) as usize], "dwell_ms": dwell,
+            "event_id": format!("pv-{i}")}).to_string());
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn same_seed_same_data_other_seed_other_data() {
+        assert_eq!(
+            transactions(500, 50, 7).to_json_lines(),
+            transactions(500, 50, 7).to_json_lines()
+        );
+        assert_ne!(
+            transactions(500, 50, 7).to_json_lines(),
+            transactions(500, 50, 8).to_json_lines()
+        );
+        assert_eq!(clicks(100, 10, 1), clicks(100, 10, 1));
+        assert_eq!(activity(100, 10, 1).lines().count(), 100);
+    }
+
+    #[test]
+    fn data_has_duplicates_and_skew() {
+        let t = transactions(20_000, 1_000, 1);
+        let mut ids = t.txn_id.clone();
+        ids.sort();
+        ids.dedup();
+        let dups = t.len() - ids.len();
+        assert!(
+            (100..400).contains(&dups),
+            "about 1% duplicates, got {dups}"
+        );
+        let hot = t
+            .card_id
+            .iter()
+            .filter(|c| c.as_str() == "card-000000")
+            .count();
+        assert!(
+            hot > 20_000 / 1_000 * 5,
+            "the hottest card has far more than its share: {hot}"
+        );
+    }
+}

@@ -1,0 +1,58 @@
+//! The state codec: a version prefix and a compact binary body.
+//!
+//! State is opaque to hosts but versioned: the first four bytes are the plugin's
+//! `state_version` (little-endian), the rest is `postcard`, a compact, stable,
+//! non-self-describing serde format. A version mismatch is an error, never a
+//! silent misread.
+
+use crate::Error;
+use serde::{Serialize, de::DeserializeOwned};
+
+/// Encodes `state` as version `version`.
+pub fn encode<S: Serialize>(state: &S, version: u32) -> Result<Vec<u8>, Error> {
+    let out = version.to_le_bytes().to_vec();
+    postcard::to_extend(state, out).map_err(|e| Error::new(format!("cannot encode state: {e}")))
+}
+
+/// Decodes a state written by [`encode`] with the same `version`.
+pub fn decode<S: DeserializeOwned>(bytes: &[u8], version: u32) -> Result<S, Error> {
+    match lockstep_abi::state_version(bytes) {
+        Some(v) if v == version => {}
+        Some(v) => {
+            return Err(Error::new(format!(
+                "state was written by state version {v}, this plugin reads version {version}"
+            )));
+        }
+        None => return Err(Error::new("state is shorter than its version header")),
+    }
+    let (state, rest) = postcard::take_from_bytes(&bytes[4..])
+        .map_err(|e| Error::new(format!("cannot decode state: {e}")))?;
+    if !rest.is_empty() {
+        return Err(Error::new(format!(
+            "{} trailing bytes after state",
+            rest.len()
+        )));
+    }
+    Ok(state)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::VecDeque;
+
+    #[test]
+    fn round_trips_and_refuses_other_versions_and_garbage() {
+        let state: VecDeque<(i64, f64)> = [(1, 2.5), (3, -0.0)].into_iter().collect();
+        let bytes = encode(&state, 7).expect("encode");
+        let back: VecDeque<(i64, f64)> = decode(&bytes, 7).expect("decode");
+        assert_eq!(back, state);
+        let err = decode::<VecDeque<(i64, f64)>>(&bytes, 8).expect_err("version");
+        assert!(err.message().contains("state version 7"), "{err}");
+        assert!(decode::<VecDeque<(i64, f64)>>(&bytes[..2], 7).is_err());
+        assert!(decode::<VecDeque<(i64, f64)>>(&bytes[..bytes.len() - 1], 7).is_err());
+        let mut longer = bytes.clone();
+        longer.push(0);
+        assert!(decode::<VecDeque<(i64, f64)>>(&longer, 7).is_err());
+    }
+}

@@ -1,0 +1,120 @@
+use lockstep_abi::ManifestError;
+use std::path::PathBuf;
+use thiserror::Error;
+
+/// Why a component could not be loaded. Every variant names what failed.
+#[derive(Debug, Error)]
+pub enum LoadError {
+    /// The file could not be read.
+    #[error("cannot read plugin {path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// The bytes are not a WebAssembly component.
+    #[error("not a Lockstep plugin: {0}")]
+    NotAComponent(String),
+    /// Compilation failed (malformed or truncated binary, unsupported feature).
+    #[error("cannot compile plugin {hash}: {message}")]
+    Compile {
+        /// SHA-256 of the component bytes.
+        hash: String,
+        /// What the compiler said.
+        message: String,
+    },
+    /// The component imports something the sandbox refuses.
+    #[error("plugin {hash} imports `{import}`, which the sandbox refuses: {reason}")]
+    ImportRefused {
+        /// SHA-256 of the component bytes.
+        hash: String,
+        /// The import's full name, e.g. `wasi:clocks/wall-clock@0.2.6`.
+        import: String,
+        /// Why it is refused.
+        reason: &'static str,
+    },
+    /// The component does not export the Lockstep plugin world.
+    #[error("plugin {hash} does not implement the lockstep:plugin world: {message}")]
+    Exports {
+        /// SHA-256 of the component bytes.
+        hash: String,
+        /// What is missing or mistyped.
+        message: String,
+    },
+    /// Calling `manifest` failed.
+    #[error("plugin {hash}: reading its manifest failed: {source}")]
+    ManifestCall {
+        /// SHA-256 of the component bytes.
+        hash: String,
+        /// The call failure.
+        source: Box<CallError>,
+    },
+    /// The manifest breaks a rule.
+    #[error("plugin {hash}: {source}")]
+    Manifest {
+        /// SHA-256 of the component bytes.
+        hash: String,
+        /// The rule broken.
+        source: ManifestError,
+    },
+    /// The engine or the artifact cache could not be set up.
+    #[error("runtime setup failed: {0}")]
+    Engine(String),
+}
+
+/// Why a call into a plugin failed. The instance that failed is discarded; the next
+/// call on the same [`crate::PluginInstance`] gets a fresh one.
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+pub enum CallError {
+    /// The call ran past its CPU budget and was interrupted.
+    #[error("plugin `{plugin}` exceeded its CPU budget of {budget_ms} ms and was stopped")]
+    CpuBudget {
+        /// Group name of the plugin.
+        plugin: String,
+        /// The budget.
+        budget_ms: u64,
+    },
+    /// The plugin tried to grow its memory past the limit.
+    #[error("plugin `{plugin}` exceeded its memory limit of {limit_mib} MiB")]
+    MemoryLimit {
+        /// Group name of the plugin.
+        plugin: String,
+        /// The limit.
+        limit_mib: u64,
+    },
+    /// The plugin panicked.
+    #[error("plugin `{plugin}` panicked: {message}")]
+    Panicked {
+        /// Group name of the plugin.
+        plugin: String,
+        /// The panic message the plugin reported.
+        message: String,
+    },
+    /// The plugin returned an error.
+    #[error("plugin `{plugin}` failed{}: {message}", .event_index.map(|i| format!(" at event {i}")).unwrap_or_default())]
+    Plugin {
+        /// Group name of the plugin.
+        plugin: String,
+        /// Index of the request event it was processing, if any.
+        event_index: Option<u32>,
+        /// The plugin's message.
+        message: String,
+    },
+    /// Any other trap (e.g. a stubbed import was called, an unreachable was hit).
+    #[error("plugin `{plugin}` trapped: {message}")]
+    Trap {
+        /// Group name of the plugin.
+        plugin: String,
+        /// The trap description.
+        message: String,
+    },
+    /// A fresh instance could not be created.
+    #[error("plugin `{plugin}`: cannot create an instance: {message}")]
+    Instantiate {
+        /// Group name of the plugin.
+        plugin: String,
+        /// Why.
+        message: String,
+    },
+}
