@@ -1,1 +1,187 @@
+//! Every example plugin, built from source to a component, run through the runtime and
+//! the shared host path, and checked against the same code compiled natively.
 
+use lockstep_abi::{ApplyRequestView, ApplyResponse, ReadRequest, ReadResponse};
+use lockstep_core::decode::decode_json_lines;
+use lockstep_core::executor::{Executor, StateMap};
+use lockstep_core::rows::row_json;
+use lockstep_runtime::{Plugin, Runtime, RuntimeConfig};
+use lockstep_sdk::{Transform, engine};
+use lockstep_tests::{component, velocity_requests};
+
+fn load(crate_dir: &str) -> Plugin {
+    let rt = Runtime::new(RuntimeConfig::default()).expect("runtime");
+    rt.load(&component(crate_dir, &[])).expect("load")
+}
+
+fn rows(plugin: &Plugin, jsonl: &str, per_call: usize) -> Vec<String> {
+    let batch = decode_json_lines(jsonl, plugin.manifest(), None).expect("decode");
+    let out = Executor::new(plugin)
+        .expect("executor")
+        .with_max_events_per_call(per_call)
+        .run(&batch, &mut StateMap::new())
+        .expect("run");
+    (0..out.rows.num_rows())
+        .map(|r| serde_json::Value::Object(row_json(&out.rows, r)).to_string())
+        .collect()
+}
+
+fn manifest_matches_native<T: Transform>(plugin: &Plugin) {
+    assert_eq!(
+        plugin.manifest(),
+        &T::manifest(),
+        "manifest read through Wasm equals the native one"
+    );
+}
+
+#[test]
+fn txn_velocity_in_wasm_equals_native_byte_for_byte() {
+    let plugin = load("plugins/txn_velocity");
+    manifest_matches_native::<txn_velocity::TxnVelocity>(&plugin);
+    let mut instance = plugin.instantiate().expect("instance");
+    for request in velocity_requests(30_000, 800, 5, 5_000) {
+        let wasm = instance.apply(&request).expect("wasm");
+        let native = engine::apply::<txn_velocity::TxnVelocity>(&request).expect("native");
+        assert!(wasm == native, "responses differ");
+        let view = ApplyRequestView::parse(&request, &plugin.input_types()).expect("request");
+        let parsed = ApplyResponse::parse(
+            &wasm,
+            &plugin.feature_types(),
+            view.n_entities(),
+            view.n_events(),
+        )
+        .expect("response follows the layout");
+        assert_eq!(parsed.n_rows(), view.n_events(), "one row per transaction");
+    }
+}
+
+#[test]
+fn read_in_wasm_equals_native_and_slides_windows() {
+    let plugin = load("plugins/txn_velocity");
+    let events = lockstep_gen::transactions(2_000, 20, 9).to_json_lines();
+    let batch = decode_json_lines(&events, plugin.manifest(), None).expect("decode");
+    let mut states = StateMap::new();
+    Executor::new(&plugin)
+        .expect("executor")
+        .run(&batch, &mut states)
+        .expect("run");
+    let mut keys: Vec<_> = states.keys().cloned().collect();
+    keys.sort();
+    let state_refs: Vec<Option<&[u8]>> = keys.iter().map(|k| Some(states[k].as_slice())).collect();
+    let far_future = lockstep_gen::EPOCH_2024 + 400 * 86_400_000_000;
+    let as_of = vec![far_future; keys.len()];
+    let request = ReadRequest::encode(&state_refs, &as_of).expect("encode");
+    let wasm = plugin
+        .instantiate()
+        .expect("instance")
+        .read(&request)
+        .expect("read");
+    let native = engine::read::<txn_velocity::TxnVelocity>(&request).expect("native read");
+    assert!(wasm == native);
+    let parsed = ReadResponse::parse(&wasm, &plugin.feature_types(), keys.len()).expect("parse");
+    let count_7d = plugin
+        .manifest()
+        .feature_index("txn_count_7d")
+        .expect("feature");
+    // A year after the last event every window is empty.
+    assert!((0..keys.len()).all(|i| parsed.features[count_7d].i64(i) == 0));
+}
+
+#[test]
+fn churn_and_clickstream_in_wasm_equal_native() {
+    for (dir, jsonl) in [
+        (
+            "plugins/churn_features",
+            lockstep_gen::activity(8_000, 300, 2),
+        ),
+        (
+            "plugins/clickstream_clean",
+            lockstep_gen::clicks(8_000, 300, 2),
+        ),
+    ] {
+        let plugin = load(dir);
+        let batch = decode_json_lines(&jsonl, plugin.manifest(), None).expect("decode");
+        let out = Executor::new(&plugin)
+            .expect("executor")
+            .run(&batch, &mut StateMap::new())
+            .expect("run");
+        assert!(out.rows.num_rows() > 0, "{dir} emitted rows");
+        // Feed one encoded request to both sides.
+        let request = lockstep_tests::single_entity_request(&plugin, &jsonl);
+        let wasm = plugin
+            .instantiate()
+            .expect("instance")
+            .apply(&request)
+            .expect("wasm");
+        let native = match dir {
+            "plugins/churn_features" => engine::apply::<churn_features::ChurnFeatures>(&request),
+            _ => engine::apply::<clickstream_clean::ClickstreamClean>(&request),
+        }
+        .expect("native");
+        assert!(wasm == native, "{dir}: responses differ");
+    }
+    manifest_matches_native::<churn_features::ChurnFeatures>(&load("plugins/churn_features"));
+    manifest_matches_native::<clickstream_clean::ClickstreamClean>(&load(
+        "plugins/clickstream_clean",
+    ));
+}
+
+#[test]
+fn splitting_an_entity_across_calls_changes_nothing() {
+    let plugin = load("plugins/txn_velocity");
+    let events = lockstep_gen::transactions(6_000, 30, 4).to_json_lines();
+    let whole = rows(&plugin, &events, 100_000);
+    assert_eq!(
+        rows(&plugin, &events, 7),
+        whole,
+        "state carried between calls is exact"
+    );
+    assert_eq!(rows(&plugin, &events, 1), whole);
+}
+
+#[test]
+fn arrival_order_and_redelivery_change_nothing() {
+    for (dir, jsonl) in [
+        (
+            "plugins/txn_velocity",
+            lockstep_gen::transactions(4_000, 50, 8).to_json_lines(),
+        ),
+        (
+            "plugins/churn_features",
+            lockstep_gen::activity(4_000, 50, 8),
+        ),
+        (
+            "plugins/clickstream_clean",
+            lockstep_gen::clicks(4_000, 50, 8),
+        ),
+    ] {
+        let plugin = load(dir);
+        let expected = rows(&plugin, &jsonl, 16_384);
+        let mut lines: Vec<&str> = jsonl.lines().collect();
+        lines.reverse();
+        let mut redelivered = lines.clone();
+        redelivered.extend(lines.iter().step_by(3));
+        assert_eq!(
+            rows(&plugin, &redelivered.join("\n"), 1_000),
+            expected,
+            "{dir}"
+        );
+    }
+}
+
+#[test]
+fn extreme_values_flow_through_without_error() {
+    let plugin = load("plugins/txn_velocity");
+    let jsonl = [
+        r#"{"card_id":"","ts":-9223372036854775808,"amount":"NaN","merchant":"é"}"#,
+        r#"{"card_id":"","ts":9223372036854775807,"amount":"Infinity","merchant":""}"#,
+        r#"{"card_id":"💳","ts":0,"amount":"-Infinity","merchant":"m","txn_id":null}"#,
+        r#"{"card_id":"💳","ts":0,"amount":1.7976931348623157e308,"merchant":"m","txn_id":"x"}"#,
+        r#"{"card_id":"💳","ts":1,"amount":-0.0,"merchant":"m","txn_id":"x"}"#,
+    ]
+    .join("\n");
+    let out = rows(&plugin, &jsonl, 16_384);
+    assert_eq!(out.len(), 4, "the second `x` is a duplicate: {out:#?}");
+    assert!(out[1].contains(r#""txn_max_7d":"Infinity""#), "{}", out[1]);
+    assert_eq!(rows(&plugin, &jsonl, 1), out);
+}

@@ -1,6 +1,8 @@
 //! Precompiled artifacts on disk, keyed by component hash and engine settings.
 //!
-//! A second load of the same component skips compilation: the artifact is memory-mapped.
+//! A second load of the same component skips compilation. Artifacts are read into memory
+//! rather than memory-mapped: a mapped file that someone truncates turns into SIGBUS
+//! for the whole host, a read file into at worst a recompilation.
 //! The key includes wasmtime's precompile-compatibility hash, so artifacts from another
 //! wasmtime version or other engine settings are never used; a stale or corrupt file is
 //! recompiled and replaced. Files are written to a temporary name and renamed, so a
@@ -46,11 +48,11 @@ impl ArtifactCache {
         bytes: &[u8],
     ) -> Result<Component, LoadError> {
         let path = self.path(hash);
-        if path.exists() {
+        if let Ok(artifact) = std::fs::read(&path) {
             // SAFETY: the file was written by `store` below from a component compiled by
             // an engine with the same compatibility hash, in a directory the operator
-            // trusts; wasmtime additionally checks its header before use.
-            match unsafe { Component::deserialize_file(engine, &path) } {
+            // trusts; wasmtime additionally checks its header and version before use.
+            match unsafe { Component::deserialize(engine, &artifact) } {
                 Ok(component) => return Ok(component),
                 Err(e) => tracing::warn!("discarding unusable artifact {}: {e}", path.display()),
             }

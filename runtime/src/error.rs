@@ -24,15 +24,13 @@ pub enum LoadError {
         /// What the compiler said.
         message: String,
     },
-    /// The component imports something the sandbox refuses.
-    #[error("plugin {hash} imports `{import}`, which the sandbox refuses: {reason}")]
+    /// The component imports things the sandbox refuses.
+    #[error("plugin {hash} imports what the sandbox refuses: {}", .refused.iter().map(|r| format!("`{}` ({})", r.import, r.reason)).collect::<Vec<_>>().join(", "))]
     ImportRefused {
         /// SHA-256 of the component bytes.
         hash: String,
-        /// The import's full name, e.g. `wasi:clocks/wall-clock@0.2.6`.
-        import: String,
-        /// Why it is refused.
-        reason: &'static str,
+        /// Every refused import, in the component's order.
+        refused: Vec<RefusedImport>,
     },
     /// The component does not export the Lockstep plugin world.
     #[error("plugin {hash} does not implement the lockstep:plugin world: {message}")]
@@ -61,6 +59,15 @@ pub enum LoadError {
     /// The engine or the artifact cache could not be set up.
     #[error("runtime setup failed: {0}")]
     Engine(String),
+}
+
+/// One import the sandbox refuses, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RefusedImport {
+    /// The import's full name, e.g. `wasi:clocks/wall-clock@0.2.6`.
+    pub import: String,
+    /// The hazard it would bring.
+    pub reason: &'static str,
 }
 
 /// Why a call into a plugin failed. The instance that failed is discarded; the next

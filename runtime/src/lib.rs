@@ -20,7 +20,7 @@ mod error;
 pub mod policy;
 
 pub use config::RuntimeConfig;
-pub use error::{CallError, LoadError};
+pub use error::{CallError, LoadError, RefusedImport};
 pub use lockstep_abi::Manifest;
 
 use lockstep_abi::{Feature, Field, Kind, Value, ValueType};
@@ -232,21 +232,22 @@ impl Runtime {
             })?,
         };
         let mut imports = Vec::new();
-        let mut linker = self.inner.linker.clone();
+        let mut refused = Vec::new();
         for (name, _) in component.component_type().imports(engine) {
             match classify(name) {
-                ImportDecision::Refused(reason) => {
-                    return Err(LoadError::ImportRefused {
-                        hash,
-                        import: name.to_owned(),
-                        reason,
-                    });
-                }
+                ImportDecision::Refused(reason) => refused.push(RefusedImport {
+                    import: name.to_owned(),
+                    reason,
+                }),
                 ImportDecision::Host | ImportDecision::TrappingStub => {
                     imports.push(name.to_owned())
                 }
             }
         }
+        if !refused.is_empty() {
+            return Err(LoadError::ImportRefused { hash, refused });
+        }
+        let mut linker = self.inner.linker.clone();
         linker
             .define_unknown_imports_as_traps(&component)
             .map_err(|e| LoadError::Exports {
