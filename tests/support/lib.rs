@@ -3,6 +3,7 @@
 
 use lockstep_abi::{ApplyRequest, ColumnBuilder, ValueType};
 use std::collections::HashMap;
+
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock};
 
@@ -50,56 +51,11 @@ pub fn hostile_request(modes: &[&str]) -> Vec<u8> {
     req.finish().expect("request")
 }
 
-/// Apply requests for `txn_velocity` over generated transactions: events grouped by
-/// card and ordered by time (as hosts order them), `per_call` events per request at
-/// most, entity boundaries respected. Every entity starts without state.
+/// Apply requests for `txn_velocity` over generated transactions; see
+/// [`lockstep_gen::velocity_requests`].
 pub fn velocity_requests(events: usize, cards: u64, seed: u64, per_call: usize) -> Vec<Vec<u8>> {
-    let t = lockstep_gen::transactions(events, cards, seed);
-    let mut order: Vec<usize> = (0..t.len()).collect();
-    order.sort_by(|&a, &b| {
-        (&t.card_id[a], t.ts[a], &t.txn_id[a]).cmp(&(&t.card_id[b], t.ts[b], &t.txn_id[b]))
-    });
-    let mut requests = Vec::new();
-    let mut start = 0;
-    while start < order.len() {
-        let mut end = (start + per_call).min(order.len());
-        // Extend to the end of the last card so no card spans two calls.
-        while end < order.len() && t.card_id[order[end]] == t.card_id[order[end - 1]] {
-            end += 1;
-        }
-        let slice = &order[start..end];
-        let mut counts: Vec<u32> = Vec::new();
-        for (j, &i) in slice.iter().enumerate() {
-            if j == 0 || t.card_id[i] != t.card_id[slice[j - 1]] {
-                counts.push(0);
-            }
-            if let Some(c) = counts.last_mut() {
-                *c += 1;
-            }
-        }
-        let mut cols = [
-            ColumnBuilder::new(ValueType::String),
-            ColumnBuilder::new(ValueType::Timestamp),
-            ColumnBuilder::new(ValueType::Float64),
-            ColumnBuilder::new(ValueType::String),
-            ColumnBuilder::new(ValueType::String),
-        ];
-        for &i in slice {
-            cols[0].push_str(&t.card_id[i]);
-            cols[1].push_i64(t.ts[i]);
-            cols[2].push_f64(t.amount[i]);
-            cols[3].push_str(&t.merchant[i]);
-            cols[4].push_str(&t.txn_id[i]);
-        }
-        let states = vec![None; counts.len()];
-        let mut req = ApplyRequest::new(&counts, &states, cols.len()).expect("header");
-        for c in &cols {
-            req.column(c).expect("column");
-        }
-        requests.push(req.finish().expect("request"));
-        start = end;
-    }
-    requests
+    lockstep_gen::velocity_requests(&lockstep_gen::transactions(events, cards, seed), per_call)
+        .expect("requests")
 }
 
 /// One apply request carrying every event of `jsonl` (decoded for `plugin`) as a

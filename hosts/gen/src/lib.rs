@@ -199,6 +199,61 @@ pub fn clicks(rows: usize, users: u64, seed: u64) -> String {
     out
 }
 
+/// Apply requests for `txn_velocity` over `t`: events grouped by card and ordered by
+/// `(time, txn_id)` as hosts order them (duplicates kept: both sides of a comparison
+/// see the same bytes), at most `per_call` events per request unless one card has
+/// more, no card split across requests, every card starting without state.
+pub fn velocity_requests(
+    t: &Transactions,
+    per_call: usize,
+) -> Result<Vec<Vec<u8>>, lockstep_abi::AbiError> {
+    use lockstep_abi::{ApplyRequest, ColumnBuilder, ValueType};
+    let mut order: Vec<usize> = (0..t.len()).collect();
+    order.sort_by(|&a, &b| {
+        (&t.card_id[a], t.ts[a], &t.txn_id[a]).cmp(&(&t.card_id[b], t.ts[b], &t.txn_id[b]))
+    });
+    let mut requests = Vec::new();
+    let mut start = 0;
+    while start < order.len() {
+        let mut end = (start + per_call.max(1)).min(order.len());
+        while end < order.len() && t.card_id[order[end]] == t.card_id[order[end - 1]] {
+            end += 1;
+        }
+        let slice = &order[start..end];
+        let mut counts: Vec<u32> = Vec::new();
+        for (j, &i) in slice.iter().enumerate() {
+            if j == 0 || t.card_id[i] != t.card_id[slice[j - 1]] {
+                counts.push(0);
+            }
+            if let Some(c) = counts.last_mut() {
+                *c += 1;
+            }
+        }
+        let mut cols = [
+            ColumnBuilder::new(ValueType::String),
+            ColumnBuilder::new(ValueType::Timestamp),
+            ColumnBuilder::new(ValueType::Float64),
+            ColumnBuilder::new(ValueType::String),
+            ColumnBuilder::new(ValueType::String),
+        ];
+        for &i in slice {
+            cols[0].push_str(&t.card_id[i]);
+            cols[1].push_i64(t.ts[i]);
+            cols[2].push_f64(t.amount[i]);
+            cols[3].push_str(&t.merchant[i]);
+            cols[4].push_str(&t.txn_id[i]);
+        }
+        let states = vec![None; counts.len()];
+        let mut req = ApplyRequest::new(&counts, &states, cols.len())?;
+        for c in &cols {
+            req.column(c)?;
+        }
+        requests.push(req.finish()?);
+        start = end;
+    }
+    Ok(requests)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

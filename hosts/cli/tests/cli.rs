@@ -1,0 +1,219 @@
+//! The `lockstep` binary as a user meets it: real processes, real files, bad input.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+fn lockstep(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_lockstep"))
+        .args(args)
+        .output()
+        .expect("run lockstep")
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// Built once per test process through the CLI itself.
+fn velocity() -> &'static (PathBuf, String) {
+    static BUILT: OnceLock<(PathBuf, String)> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../plugins/txn_velocity");
+        let out = lockstep(&["plugin", "build", dir.to_str().expect("utf-8 path")]);
+        assert!(out.status.success(), "build failed: {}", text(&out.stderr));
+        let stdout = text(&out.stdout);
+        let mut lines = stdout.lines();
+        let path = PathBuf::from(lines.next().expect("path line"));
+        let hash = lines
+            .next()
+            .and_then(|l| l.strip_prefix("sha256 "))
+            .expect("hash line")
+            .to_owned();
+        (path, hash)
+    })
+}
+
+fn run_events(events: &str, extra: &[&str]) -> (Output, tempfile::TempDir) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("events.jsonl");
+    std::fs::write(&file, events).expect("write events");
+    let (wasm, _) = velocity();
+    let mut args = vec![
+        "plugin",
+        "run",
+        wasm.to_str().expect("path"),
+        "--events",
+        file.to_str().expect("path"),
+        "--no-cache",
+    ];
+    args.extend_from_slice(extra);
+    (lockstep(&args), dir)
+}
+
+const GOOD: &str = r#"{"card_id":"c1","ts":"2024-01-01T00:00:00Z","amount":10.5,"merchant":"m1","txn_id":"t1"}
+{"card_id":"c1","ts":"2024-01-01T00:10:00Z","amount":4.5,"merchant":"m2","txn_id":"t2"}
+{"card_id":"c1","ts":"2024-01-01T00:10:00Z","amount":4.5,"merchant":"m2","txn_id":"t2"}
+"#;
+
+#[test]
+fn run_prints_one_json_row_per_applied_event() {
+    let (out, _dir) = run_events(GOOD, &[]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let rows: Vec<serde_json::Value> = text(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("json row"))
+        .collect();
+    assert_eq!(rows.len(), 2, "the redelivered t2 is applied once");
+    assert_eq!(rows[1]["txn_count_1h"], 2);
+    assert_eq!(rows[1]["txn_sum_1h"], 15.0);
+    assert_eq!(rows[1]["event_time"], "2024-01-01T00:10:00.000000Z");
+    assert_eq!(rows[1]["secs_since_prev_txn"], 600.0);
+    let keys: Vec<&String> = rows[0].as_object().expect("object").keys().collect();
+    assert_eq!(
+        keys[..3],
+        ["card_id", "event_time", "txn_count_1h"],
+        "columns in schema order"
+    );
+    assert!(
+        text(&out.stderr).contains("1 duplicates dropped"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
+fn malformed_json_names_the_line() {
+    let (out, _dir) = run_events(&format!("{GOOD}{{\"card_id\": \"c1\", \"ts\": \n"), &[]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(err.contains("line 4: malformed JSON"), "{err}");
+    assert!(out.stdout.is_empty(), "nothing is printed for a failed run");
+}
+
+#[test]
+fn wrong_types_and_missing_fields_name_line_and_field() {
+    let cases = [
+        (
+            r#"{"card_id":"c1","ts":1,"amount":"ten","merchant":"m"}"#,
+            "line 1, field `amount`: expected float64, got string \"ten\"",
+        ),
+        (
+            r#"{"card_id":7,"ts":1,"amount":1,"merchant":"m"}"#,
+            "line 1, field `card_id`: expected string, got number 7",
+        ),
+        (
+            r#"{"card_id":"c","ts":"yesterday","amount":1,"merchant":"m"}"#,
+            "line 1, field `ts`",
+        ),
+        (
+            r#"{"card_id":"c","amount":1,"merchant":"m"}"#,
+            "line 1, field `ts`: is required but missing or null",
+        ),
+        (
+            r#"{"card_id":null,"ts":1,"amount":1,"merchant":"m"}"#,
+            "field `card_id`: is required",
+        ),
+    ];
+    for (line, expected) in cases {
+        let (out, _dir) = run_events(line, &[]);
+        assert_eq!(out.status.code(), Some(1), "{line}");
+        let err = text(&out.stderr);
+        assert!(
+            err.contains(expected),
+            "`{err}` should contain `{expected}`"
+        );
+    }
+}
+
+#[test]
+fn rejects_file_keeps_good_rows_and_records_every_bad_one() {
+    let events = format!(
+        "{GOOD}not json\n{{\"card_id\":\"c2\",\"ts\":5,\"amount\":null,\"merchant\":\"m\"}}\n"
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rejects = dir.path().join("rejects.jsonl");
+    let (out, _events) = run_events(&events, &["--rejects", rejects.to_str().expect("path")]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout).lines().count(), 2);
+    let bad: Vec<serde_json::Value> = std::fs::read_to_string(&rejects)
+        .expect("rejects written")
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("json"))
+        .collect();
+    assert_eq!(bad.len(), 2);
+    assert_eq!(
+        (bad[0]["line"].as_u64(), bad[0]["record"].as_str()),
+        (Some(4), Some("not json"))
+    );
+    assert_eq!(
+        (bad[1]["line"].as_u64(), bad[1]["field"].as_str()),
+        (Some(5), Some("amount"))
+    );
+    assert!(
+        text(&out.stderr).contains("2 rejected"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
+fn empty_input_and_non_plugins_are_errors() {
+    let (out, _dir) = run_events("\n\n", &[]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("holds no events"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let fake = dir.path().join("fake.wasm");
+    std::fs::write(&fake, b"definitely not wasm").expect("write");
+    let out = lockstep(&[
+        "plugin",
+        "inspect",
+        fake.to_str().expect("path"),
+        "--no-cache",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("not a Lockstep plugin"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    let out = lockstep(&["plugin", "build", dir.path().to_str().expect("path")]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("is not a crate directory"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
+fn inspect_json_reports_the_built_hash_and_manifest() {
+    let (wasm, hash) = velocity();
+    let out = lockstep(&[
+        "plugin",
+        "inspect",
+        wasm.to_str().expect("path"),
+        "--json",
+        "--no-cache",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(doc["sha256"].as_str(), Some(hash.as_str()));
+    assert_eq!(doc["manifest"]["name"], "txn_velocity");
+    assert_eq!(
+        doc["manifest"]["features"].as_array().map(Vec::len),
+        Some(14)
+    );
+    let imports = doc["imports"].as_array().expect("imports");
+    assert!(
+        imports
+            .iter()
+            .all(|i| !i.as_str().unwrap_or("").starts_with("wasi:clocks"))
+    );
+}
