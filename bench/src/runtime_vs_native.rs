@@ -2,7 +2,7 @@
 //!
 //! Same input bytes for both: apply requests over generated transactions (1M events,
 //! 10k cards by default), grouped by card as hosts send them. The native side runs the
-//! SDK driver (`lockstep_sdk::engine::apply`) directly, i.e. the exact code inside the
+//! SDK driver (`lockstep_sdk::engine::Driver`, held once as the component holds it), i.e. the exact code inside the
 //! component minus the Wasm boundary. Rounds alternate native and Wasm so machine noise
 //! hits both; the medians and their ratio are reported, and the outputs are checked to
 //! be byte-identical.
@@ -50,8 +50,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let compile = compile_started.elapsed();
     let mut cached_loads = Vec::new();
     let mut runtime = None;
+    let pooled = std::env::var("LOCKSTEP_POOLED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(64);
     for _ in 0..15 {
-        let rt = Runtime::new(RuntimeConfig::with_cache(&cache))?;
+        let rt = Runtime::new(RuntimeConfig {
+            pooled_instances: pooled,
+            ..RuntimeConfig::with_cache(&cache)
+        })?;
         let started = Instant::now();
         let plugin = rt.load(&bytes)?;
         cached_loads.push(started.elapsed());
@@ -77,6 +84,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let per_call = started.elapsed() / calls;
 
+    let driver = lockstep_sdk::engine::Driver::<TxnVelocity>::new().map_err(|e| e.message)?;
     let mut native_times = Vec::new();
     let mut wasm_times = Vec::new();
     let mut native_out = Vec::new();
@@ -85,7 +93,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let started = Instant::now();
         let out: Vec<Vec<u8>> = requests
             .iter()
-            .map(|r| lockstep_sdk::engine::apply::<TxnVelocity>(r).map_err(|e| e.message))
+            .map(|r| driver.apply(r).map_err(|e| e.message))
             .collect::<Result<_, _>>()?;
         native_times.push(started.elapsed());
         let started = Instant::now();

@@ -101,6 +101,7 @@ impl<'w, R: Serialize> Emit<'w, R> {
 }
 
 /// The parts of a manifest the driver needs, checked.
+#[derive(Debug, Clone)]
 struct Contract {
     manifest: Manifest,
     input_types: Vec<ValueType>,
@@ -126,14 +127,63 @@ impl Contract {
     }
 }
 
-/// Runs an encoded apply request through `T` and returns the encoded response.
+/// Runs encoded requests through a transform, with its manifest validated once.
+///
+/// A component holds one `Driver` for its lifetime; a native benchmark should hold one
+/// too, so both sides pay the same per-call cost.
+#[derive(Debug, Clone)]
+pub struct Driver<T> {
+    contract: Contract,
+    _transform: PhantomData<fn() -> T>,
+}
+
+impl<T: Transform> Driver<T> {
+    /// Reads and validates `T`'s manifest.
+    pub fn new() -> Result<Self, CallError> {
+        Ok(Driver {
+            contract: Contract::of::<T>()?,
+            _transform: PhantomData,
+        })
+    }
+
+    /// The validated manifest.
+    pub fn manifest(&self) -> &Manifest {
+        &self.contract.manifest
+    }
+
+    /// Runs an encoded apply request and returns the encoded response.
+    pub fn apply(&self, request: &[u8]) -> Result<Vec<u8>, CallError> {
+        apply_with::<T>(&self.contract, request)
+    }
+
+    /// Runs an encoded read request and returns the encoded response.
+    pub fn read(&self, request: &[u8]) -> Result<Vec<u8>, CallError> {
+        read_with::<T>(&self.contract, request)
+    }
+}
+
+/// Runs an encoded apply request through `T` (validating its manifest first; hold a
+/// [`Driver`] to do that once).
 pub fn apply<T: Transform>(request: &[u8]) -> Result<Vec<u8>, CallError> {
-    let contract = Contract::of::<T>()?;
+    Driver::<T>::new()?.apply(request)
+}
+
+/// Runs an encoded read request through `T::read`; see [`apply`].
+pub fn read<T: Transform>(request: &[u8]) -> Result<Vec<u8>, CallError> {
+    Driver::<T>::new()?.read(request)
+}
+
+fn apply_with<T: Transform>(contract: &Contract, request: &[u8]) -> Result<Vec<u8>, CallError> {
     let m = &contract.manifest;
     let batch = ApplyRequestView::parse(request, &contract.input_types)
         .map_err(|e| CallError::general(format!("malformed apply request: {e}")))?;
     let times = batch.columns[contract.time_column];
-    let mut writer = ApplyResponseWriter::new(&contract.feature_types);
+    // Most transforms emit about one row per event; sizing for that avoids regrowth.
+    let mut writer = ApplyResponseWriter::with_capacity(
+        &contract.feature_types,
+        batch.n_entities(),
+        batch.n_events(),
+    );
     let mut fields = FieldMap::default();
     let mut names_checked = false;
     let mut event = 0usize;
@@ -176,9 +226,7 @@ pub fn apply<T: Transform>(request: &[u8]) -> Result<Vec<u8>, CallError> {
     Ok(writer.finish())
 }
 
-/// Runs an encoded read request through `T::read` and returns the encoded response.
-pub fn read<T: Transform>(request: &[u8]) -> Result<Vec<u8>, CallError> {
-    let contract = Contract::of::<T>()?;
+fn read_with<T: Transform>(contract: &Contract, request: &[u8]) -> Result<Vec<u8>, CallError> {
     let m = &contract.manifest;
     if !m.supports_read {
         return Err(CallError::general(format!(

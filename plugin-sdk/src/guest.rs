@@ -98,14 +98,22 @@ pub fn manifest<T: Transform>() -> WitManifest {
     }
 }
 
-#[doc(hidden)]
-pub fn apply<T: Transform>(request: &[u8]) -> Result<Vec<u8>, WitError> {
+/// The component's driver, built on first use and kept for the instance's lifetime.
+pub type DriverCell<T> = std::sync::OnceLock<Result<engine::Driver<T>, CallError>>;
+
+fn driver<T: Transform>(cell: &DriverCell<T>) -> Result<&engine::Driver<T>, WitError> {
     install_panic_hook();
-    engine::apply::<T>(request).map_err(wit_error)
+    cell.get_or_init(engine::Driver::new)
+        .as_ref()
+        .map_err(|e| wit_error(e.clone()))
 }
 
 #[doc(hidden)]
-pub fn read<T: Transform>(request: &[u8]) -> Result<Vec<u8>, WitError> {
-    install_panic_hook();
-    engine::read::<T>(request).map_err(wit_error)
+pub fn apply<T: Transform>(cell: &DriverCell<T>, request: &[u8]) -> Result<Vec<u8>, WitError> {
+    driver(cell)?.apply(request).map_err(wit_error)
+}
+
+#[doc(hidden)]
+pub fn read<T: Transform>(cell: &DriverCell<T>, request: &[u8]) -> Result<Vec<u8>, WitError> {
+    driver(cell)?.read(request).map_err(wit_error)
 }

@@ -207,6 +207,7 @@ macro_rules! export {
     ($transform:ty) => {
         #[cfg(target_arch = "wasm32")]
         const _: () = {
+            static DRIVER: $crate::guest::DriverCell<$transform> = ::std::sync::OnceLock::new();
             struct LockstepComponent;
             impl $crate::guest::Guest for LockstepComponent {
                 fn manifest() -> $crate::guest::WitManifest {
@@ -215,12 +216,12 @@ macro_rules! export {
                 fn apply(
                     request: ::std::vec::Vec<u8>,
                 ) -> ::std::result::Result<::std::vec::Vec<u8>, $crate::guest::WitError> {
-                    $crate::guest::apply::<$transform>(&request)
+                    $crate::guest::apply::<$transform>(&DRIVER, &request)
                 }
                 fn read(
                     request: ::std::vec::Vec<u8>,
                 ) -> ::std::result::Result<::std::vec::Vec<u8>, $crate::guest::WitError> {
-                    $crate::guest::read::<$transform>(&request)
+                    $crate::guest::read::<$transform>(&DRIVER, &request)
                 }
             }
     $crate::guest::export_component!(LockstepComponent with_types_in $crate::guest);

@@ -144,10 +144,7 @@ pub fn order_events(batch: &RecordBatch, manifest: &Manifest) -> Result<Ordered,
                 let next = ids.len() as u32;
                 *slot = *ids.entry(keys.value(row)).or_insert(next);
             }
-            remap_by_rank(
-                &mut entity_of,
-                ids.into_iter().map(|(k, v)| (k, v)).collect(),
-            );
+            remap_by_rank(&mut entity_of, ids.into_iter().collect());
         }
         DataType::Int64 => {
             let keys = key_col.as_primitive::<Int64Type>();

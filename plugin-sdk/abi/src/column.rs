@@ -281,20 +281,23 @@ impl Writer {
         }
     }
 
+    /// Appends 8-byte little-endian values in one pass over pre-sized space.
+    fn words<T: Copy>(&mut self, values: &[T], to_le: impl Fn(T) -> [u8; 8]) {
+        let start = self.buf.len();
+        self.buf.resize(start + values.len() * 8, 0);
+        for (slot, &v) in self.buf[start..].chunks_exact_mut(8).zip(values) {
+            slot.copy_from_slice(&to_le(v));
+        }
+    }
+
     pub(crate) fn fixed(&mut self, tag: u8, values: &[i64], validity: Option<&[u8]>) {
         self.header(tag, values.len(), validity);
-        self.buf.reserve(values.len() * 8);
-        for v in values {
-            self.buf.extend_from_slice(&v.to_le_bytes());
-        }
+        self.words(values, i64::to_le_bytes);
     }
 
     pub(crate) fn floats(&mut self, values: &[f64], validity: Option<&[u8]>) {
         self.header(TAG_FLOAT64, values.len(), validity);
-        self.buf.reserve(values.len() * 8);
-        for v in values {
-            self.buf.extend_from_slice(&v.to_bits().to_le_bytes());
-        }
+        self.words(values, |v: f64| v.to_bits().to_le_bytes());
     }
 
     pub(crate) fn bools(&mut self, values: &[u8], validity: Option<&[u8]>) {
@@ -462,6 +465,17 @@ impl ColumnBuilder {
             ValueType::Float64 => w.floats(&self.floats, validity),
             ValueType::Boolean => w.bools(&self.bools, validity),
             ValueType::String => w.var(TAG_STRING, &self.offsets, &self.data, validity),
+        }
+    }
+
+    /// Reserves room for `additional` more values (strings: `additional` offsets).
+    pub fn reserve(&mut self, additional: usize) {
+        self.validity.reserve(additional.div_ceil(8));
+        match self.ty {
+            ValueType::Int64 | ValueType::Timestamp => self.fixed.reserve(additional),
+            ValueType::Float64 => self.floats.reserve(additional),
+            ValueType::Boolean => self.bools.reserve(additional),
+            ValueType::String => self.offsets.reserve(additional),
         }
     }
 

@@ -285,7 +285,8 @@ mod tests {
 
     #[test]
     fn rejects_each_broken_rule_with_a_named_problem() {
-        let cases: Vec<(fn(&mut Manifest), &str)> = vec![
+        type Breaker = fn(&mut Manifest);
+        let cases: Vec<(Breaker, &str)> = vec![
             (|m| m.name = "Bad-Name".into(), "group name"),
             (|m| m.version = "1.0".into(), "version"),
             (|m| m.entity_key = "nope".into(), "entity key `nope`"),

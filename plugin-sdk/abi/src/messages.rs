@@ -241,7 +241,12 @@ pub struct ApplyResponseWriter {
 impl ApplyResponseWriter {
     /// A writer for features of these types.
     pub fn new(feature_types: &[ValueType]) -> Self {
-        ApplyResponseWriter {
+        Self::with_capacity(feature_types, 0, 0)
+    }
+
+    /// A writer sized for about `rows` rows over `entities` entities.
+    pub fn with_capacity(feature_types: &[ValueType], entities: usize, rows: usize) -> Self {
+        let mut writer = ApplyResponseWriter {
             row_counts: Vec::new(),
             states: Vec::new(),
             event_time: Vec::new(),
@@ -251,7 +256,15 @@ impl ApplyResponseWriter {
                 .map(|&t| ColumnBuilder::new(t))
                 .collect(),
             rows_in_entity: 0,
+        };
+        writer.row_counts.reserve(entities);
+        writer.states.reserve(entities);
+        writer.event_time.reserve(rows);
+        writer.source_event.reserve(rows);
+        for f in &mut writer.features {
+            f.reserve(rows);
         }
+        writer
     }
 
     /// The feature columns, to push one value each per row.

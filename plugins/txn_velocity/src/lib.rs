@@ -9,13 +9,24 @@
 //! window that slid since the last transaction is exact at request time; there
 //! `secs_since_prev_txn` is the time since the last transaction.
 //!
-//! Non-finite amounts are kept as they are: a NaN amount makes that window's sum and
-//! mean NaN, and `max` ignores NaN (IEEE `maxNum`). Both hosts see the same values.
+//! Windows are maintained incrementally, so an event costs O(1) amortised whatever the
+//! card's volume: counts and sums are running values (sums Neumaier-compensated and
+//! reset to exactly zero when a window empties), maxima come from monotonic queues,
+//! distinct merchants from a counted set. All of it is deterministic: the same events
+//! in the same order give the same bits in every host.
+//!
+//! Non-finite amounts follow IEEE arithmetic without polluting later windows: a window
+//! holding a NaN has a NaN sum and mean, one holding +inf (and no -inf) sums to +inf,
+//! and `max` ignores NaN (null if the window holds nothing else).
 
 use lockstep_sdk::prelude::*;
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 
 const WINDOWS: [i64; 3] = [Timestamp::HOUR, Timestamp::DAY, 7 * Timestamp::DAY];
+/// Index of the 24 h window, which also counts distinct merchants.
+const DAY_WINDOW: usize = 1;
+/// Index of the longest window: the events state must keep.
+const LONGEST: usize = 2;
 
 /// One card transaction.
 #[derive(Deserialize)]
@@ -58,10 +69,89 @@ pub struct Kept {
     merchant: u64,
 }
 
-/// Per-card state: the last 7 days of transactions, oldest first.
+/// A running sum that can also subtract: finite values in a compensated sum,
+/// non-finite ones counted so they leave the window cleanly.
+#[derive(Serialize, Deserialize, Debug, Default, Clone, PartialEq)]
+struct RunningSum {
+    sum: f64,
+    compensation: f64,
+    finite: u64,
+    pos_inf: u32,
+    neg_inf: u32,
+    nan: u32,
+}
+
+impl RunningSum {
+    /// Adds `x` (`entering`) or removes it (`!entering`).
+    fn update(&mut self, x: f64, entering: bool) {
+        let step = |n: &mut u32| {
+            *n = if entering {
+                *n + 1
+            } else {
+                n.saturating_sub(1)
+            }
+        };
+        if x.is_nan() {
+            step(&mut self.nan);
+        } else if x == f64::INFINITY {
+            step(&mut self.pos_inf);
+        } else if x == f64::NEG_INFINITY {
+            step(&mut self.neg_inf);
+        } else {
+            let x = if entering { x } else { -x };
+            let t = self.sum + x;
+            // Neumaier: keep the low-order bits the addition drops.
+            self.compensation += if self.sum.abs() >= x.abs() {
+                (self.sum - t) + x
+            } else {
+                (x - t) + self.sum
+            };
+            self.sum = t;
+            self.finite = if entering {
+                self.finite + 1
+            } else {
+                self.finite.saturating_sub(1)
+            };
+            if self.finite == 0 {
+                self.sum = 0.0;
+                self.compensation = 0.0;
+            }
+        }
+    }
+
+    fn value(&self) -> f64 {
+        if self.nan > 0 || (self.pos_inf > 0 && self.neg_inf > 0) {
+            f64::NAN
+        } else if self.pos_inf > 0 {
+            f64::INFINITY
+        } else if self.neg_inf > 0 {
+            f64::NEG_INFINITY
+        } else {
+            self.sum + self.compensation
+        }
+    }
+}
+
+/// One sliding window over the card's kept transactions.
+#[derive(Serialize, Deserialize, Debug, Default, Clone, PartialEq)]
+struct Window {
+    /// Sequence number of the oldest transaction still in the window.
+    start: u64,
+    count: i64,
+    sum: RunningSum,
+    /// (sequence, amount), amounts strictly decreasing: the front is the maximum.
+    max: VecDeque<(u64, f64)>,
+}
+
+/// Per-card state: the last 7 days of transactions and the running windows.
 #[derive(Serialize, Deserialize, Debug, Default, Clone, PartialEq)]
 pub struct CardState {
+    /// Sequence number of `recent[0]`.
+    base: u64,
     recent: VecDeque<Kept>,
+    windows: [Window; 3],
+    /// Merchant hash → transactions in the 24 h window.
+    merchants_24h: BTreeMap<u64, u32>,
     last_ts: Option<i64>,
 }
 
@@ -74,67 +164,79 @@ fn fnv1a(s: &str) -> u64 {
     })
 }
 
-#[derive(Clone, Copy)]
-struct Agg {
-    count: i64,
-    sum: f64,
-    max: Option<f64>,
-}
-
-/// Aggregates the windows ending at `at` over `recent` (oldest first), newest to oldest
-/// so each window is a prefix of the walk.
-fn aggregate(recent: &VecDeque<Kept>, at: i64, merchants: &mut Vec<u64>) -> ([Agg; 3], i64) {
-    let mut aggs = [Agg {
-        count: 0,
-        sum: 0.0,
-        max: None,
-    }; 3];
-    merchants.clear();
-    for kept in recent.iter().rev() {
-        if kept.ts > at {
-            continue;
-        }
-        let age = at.saturating_sub(kept.ts);
-        if age >= WINDOWS[2] {
-            break;
-        }
-        for (agg, &w) in aggs.iter_mut().zip(&WINDOWS) {
-            if age < w {
-                agg.count += 1;
-                agg.sum += kept.amount;
-                agg.max = Some(match agg.max {
-                    Some(m) => m.max(kept.amount),
-                    None => kept.amount,
-                });
+impl CardState {
+    fn push(&mut self, kept: Kept) {
+        let seq = self.base + self.recent.len() as u64;
+        self.recent.push_back(kept);
+        for w in &mut self.windows {
+            w.count += 1;
+            w.sum.update(kept.amount, true);
+            if !kept.amount.is_nan() {
+                while w.max.back().is_some_and(|&(_, m)| m <= kept.amount) {
+                    w.max.pop_back();
+                }
+                w.max.push_back((seq, kept.amount));
             }
         }
-        if age < WINDOWS[1] {
-            merchants.push(kept.merchant);
+        *self.merchants_24h.entry(kept.merchant).or_insert(0) += 1;
+    }
+
+    /// Moves every window's start past transactions at least its width older than `at`.
+    fn evict(&mut self, at: i64) {
+        for (i, w) in self.windows.iter_mut().enumerate() {
+            while let Some(kept) = self.recent.get((w.start - self.base) as usize) {
+                // By age, not by `at - width`: that saturates near i64::MIN.
+                if at.saturating_sub(kept.ts) < WINDOWS[i] {
+                    break;
+                }
+                w.count -= 1;
+                w.sum.update(kept.amount, false);
+                if w.max.front().is_some_and(|&(seq, _)| seq == w.start) {
+                    w.max.pop_front();
+                }
+                if i == DAY_WINDOW
+                    && let Some(n) = self.merchants_24h.get_mut(&kept.merchant)
+                {
+                    *n -= 1;
+                    if *n == 0 {
+                        self.merchants_24h.remove(&kept.merchant);
+                    }
+                }
+                w.start += 1;
+            }
+        }
+        while self.base < self.windows[LONGEST].start && self.recent.pop_front().is_some() {
+            self.base += 1;
         }
     }
-    merchants.sort_unstable();
-    merchants.dedup();
-    (aggs, merchants.len() as i64)
-}
 
-fn row(aggs: [Agg; 3], distinct: i64, since_prev: Option<i64>) -> Velocity {
-    let mean = |a: Agg| (a.count > 0).then(|| a.sum / a.count as f64);
-    let [h, d, w] = aggs;
-    Velocity {
-        txn_count_1h: h.count,
-        txn_sum_1h: h.sum,
-        txn_mean_1h: mean(h),
-        txn_max_1h: h.max,
-        txn_count_24h: d.count,
-        txn_sum_24h: d.sum,
-        txn_mean_24h: mean(d),
-        txn_max_24h: d.max,
-        txn_count_7d: w.count,
-        txn_sum_7d: w.sum,
-        txn_mean_7d: mean(w),
-        txn_max_7d: w.max,
-        secs_since_prev_txn: since_prev.map(|us| us as f64 / Timestamp::SECOND as f64),
-        distinct_merchants_24h: distinct,
+    fn row(&self, since_prev: Option<i64>) -> Velocity {
+        let agg = |w: &Window| {
+            let sum = w.sum.value();
+            let mean = (w.count > 0).then(|| sum / w.count as f64);
+            (w.count, sum, mean, w.max.front().map(|&(_, m)| m))
+        };
+        let (h, d, w) = (
+            agg(&self.windows[0]),
+            agg(&self.windows[1]),
+            agg(&self.windows[2]),
+        );
+        Velocity {
+            txn_count_1h: h.0,
+            txn_sum_1h: h.1,
+            txn_mean_1h: h.2,
+            txn_max_1h: h.3,
+            txn_count_24h: d.0,
+            txn_sum_24h: d.1,
+            txn_mean_24h: d.2,
+            txn_max_24h: d.3,
+            txn_count_7d: w.0,
+            txn_sum_7d: w.1,
+            txn_mean_7d: w.2,
+            txn_max_7d: w.3,
+            secs_since_prev_txn: since_prev.map(|us| us as f64 / Timestamp::SECOND as f64),
+            distinct_merchants_24h: self.merchants_24h.len() as i64,
+        }
     }
 }
 
@@ -206,28 +308,24 @@ impl Transform for TxnVelocity {
         out: &mut Emit<'_, Velocity>,
     ) -> Result<(), Error> {
         let t = txn.ts.micros();
-        let horizon = t.saturating_sub(WINDOWS[2]);
-        while state.recent.front().is_some_and(|k| k.ts <= horizon) {
-            state.recent.pop_front();
-        }
-        state.recent.push_back(Kept {
+        // Evict first: a window that empties resets to an exact zero before `t` enters.
+        state.evict(t);
+        state.push(Kept {
             ts: t,
             amount: txn.amount,
             merchant: fnv1a(txn.merchant),
         });
         let since_prev = state.last_ts.map(|p| t.saturating_sub(p));
         state.last_ts = Some(t);
-        let mut merchants = Vec::new();
-        let (aggs, distinct) = aggregate(&state.recent, t, &mut merchants);
-        out.emit(row(aggs, distinct, since_prev))
+        out.emit(state.row(since_prev))
     }
 
     fn read(state: &CardState, as_of: Timestamp) -> Option<Velocity> {
         let at = as_of.micros();
         let last = state.last_ts.filter(|&l| l <= at)?;
-        let mut merchants = Vec::new();
-        let (aggs, distinct) = aggregate(&state.recent, at, &mut merchants);
-        Some(row(aggs, distinct, Some(at.saturating_sub(last))))
+        let mut slid = state.clone();
+        slid.evict(at);
+        Some(slid.row(Some(at.saturating_sub(last))))
     }
 }
 
@@ -317,6 +415,132 @@ mod tests {
         assert_eq!(at(100 + 7 * 86_400).txn_count_7d, 0);
         assert_eq!(at(100 + 7 * 86_400).txn_mean_7d, None);
         assert!(TxnVelocity::read(&CardState::default(), Timestamp(0)).is_none());
+    }
+
+    /// The windows the naive way: scan everything kept, at `at`.
+    fn naive(events: &[(i64, f64, &str)], at: i64) -> Velocity {
+        let mut aggs = [(0i64, 0.0f64, None::<f64>); 3];
+        let mut merchants = std::collections::BTreeSet::new();
+        for &(ts, amount, merchant) in events.iter().filter(|e| e.0 <= at) {
+            for (i, agg) in aggs.iter_mut().enumerate() {
+                if at - ts < WINDOWS[i] {
+                    agg.0 += 1;
+                    agg.1 += amount;
+                    agg.2 = Some(agg.2.map_or(amount, |m: f64| m.max(amount)));
+                }
+            }
+            if at - ts < WINDOWS[DAY_WINDOW] {
+                merchants.insert(merchant);
+            }
+        }
+        let mean = |a: (i64, f64, Option<f64>)| (a.0 > 0).then(|| a.1 / a.0 as f64);
+        Velocity {
+            txn_count_1h: aggs[0].0,
+            txn_sum_1h: aggs[0].1,
+            txn_mean_1h: mean(aggs[0]),
+            txn_max_1h: aggs[0].2,
+            txn_count_24h: aggs[1].0,
+            txn_sum_24h: aggs[1].1,
+            txn_mean_24h: mean(aggs[1]),
+            txn_max_24h: aggs[1].2,
+            txn_count_7d: aggs[2].0,
+            txn_sum_7d: aggs[2].1,
+            txn_mean_7d: mean(aggs[2]),
+            txn_max_7d: aggs[2].2,
+            secs_since_prev_txn: None,
+            distinct_merchants_24h: merchants.len() as i64,
+        }
+    }
+
+    fn close(a: f64, b: f64) -> bool {
+        (a - b).abs() <= 1e-9 * a.abs().max(b.abs()).max(1.0)
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn incremental_windows_match_a_naive_scan(
+            gaps in proptest::collection::vec(0i64..4 * 3600, 1..120),
+            amounts in proptest::collection::vec(-1e4f64..1e4, 120),
+            merchants in proptest::collection::vec(0usize..5, 120),
+            probe in 0i64..10 * 86_400,
+        ) {
+            const NAMES: [&str; 5] = ["a", "b", "c", "d", "e"];
+            let mut t = 0i64;
+            let events: Vec<(i64, f64, &str)> = gaps.iter().enumerate().map(|(i, g)| {
+                t += g * Timestamp::SECOND;
+                (t, amounts[i], NAMES[merchants[i]])
+            }).collect();
+            let mut state = CardState::default();
+            let rows = run_timed::<TxnVelocity>(&mut state, events.iter().map(|&(ts, amount, merchant)| {
+                (Timestamp(ts), Transaction { card_id: "c", ts: Timestamp(ts), amount, merchant })
+            })).expect("apply");
+            for (i, (_, row)) in rows.iter().enumerate() {
+                let want = naive(&events[..=i], events[i].0);
+                proptest::prop_assert_eq!(
+                    (row.txn_count_1h, row.txn_count_24h, row.txn_count_7d, row.distinct_merchants_24h),
+                    (want.txn_count_1h, want.txn_count_24h, want.txn_count_7d, want.distinct_merchants_24h)
+                );
+                proptest::prop_assert_eq!((row.txn_max_1h, row.txn_max_24h, row.txn_max_7d), (want.txn_max_1h, want.txn_max_24h, want.txn_max_7d));
+                proptest::prop_assert!(close(row.txn_sum_1h, want.txn_sum_1h) && close(row.txn_sum_24h, want.txn_sum_24h) && close(row.txn_sum_7d, want.txn_sum_7d));
+            }
+            let at = t + probe * Timestamp::SECOND;
+            let read = TxnVelocity::read(&state, Timestamp(at)).expect("read");
+            let want = naive(&events, at);
+            proptest::prop_assert_eq!((read.txn_count_1h, read.txn_count_7d, read.distinct_merchants_24h, read.txn_max_7d), (want.txn_count_1h, want.txn_count_7d, want.distinct_merchants_24h, want.txn_max_7d));
+            proptest::prop_assert!(close(read.txn_sum_7d, want.txn_sum_7d));
+            proptest::prop_assert!(state.recent.len() as i64 == state.windows[LONGEST].count, "state keeps only the 7-day window");
+        }
+    }
+
+    #[test]
+    fn a_window_that_empties_sums_to_exactly_zero() {
+        let mut state = CardState::default();
+        let rows = run_timed::<TxnVelocity>(
+            &mut state,
+            [
+                txn("c", 0, 0.1, "m"),
+                txn("c", 1, 0.2, "m"),
+                txn("c", 7200, 0.3, "m"),
+            ],
+        )
+        .expect("apply");
+        assert_eq!(
+            rows[2].1.txn_sum_1h.to_bits(),
+            0.3f64.to_bits(),
+            "no residue from 0.1 + 0.2 - 0.1 - 0.2"
+        );
+        let empty = TxnVelocity::read(&state, Timestamp::from_secs(7200 + 3600)).expect("read");
+        assert_eq!(
+            (
+                empty.txn_sum_1h.to_bits(),
+                empty.txn_max_1h,
+                empty.txn_mean_1h
+            ),
+            (0f64.to_bits(), None, None)
+        );
+    }
+
+    #[test]
+    fn non_finite_amounts_leave_the_window_cleanly() {
+        let mut state = CardState::default();
+        let rows = run_timed::<TxnVelocity>(
+            &mut state,
+            [
+                txn("c", 0, f64::NAN, "m"),
+                txn("c", 10, f64::INFINITY, "m"),
+                txn("c", 4000, 2.0, "m"),
+            ],
+        )
+        .expect("apply");
+        assert!(rows[1].1.txn_sum_1h.is_nan(), "NaN and +inf together");
+        assert_eq!(rows[1].1.txn_max_1h, Some(f64::INFINITY), "max ignores NaN");
+        let r = &rows[2].1;
+        assert_eq!(
+            (r.txn_sum_1h, r.txn_max_1h),
+            (2.0, Some(2.0)),
+            "both left the 1 h window"
+        );
+        assert!(r.txn_sum_24h.is_nan());
     }
 
     #[test]
