@@ -11,10 +11,20 @@ cd "$(dirname "$0")/.."
 
 step() { printf '\n==> %s\n' "$*"; }
 
-step "toolchain: $(sed -n 's/^channel = "\(.*\)"/\1/p' rust-toolchain.toml) with wasm32-wasip2"
-rustup toolchain install --profile minimal --component rustfmt,clippy --target wasm32-wasip2 \
-  "$(sed -n 's/^channel = "\(.*\)"/\1/p' rust-toolchain.toml)" >/dev/null
-rustup target add wasm32-wasip2 >/dev/null
+channel=$(sed -n 's/^channel = "\(.*\)"/\1/p' rust-toolchain.toml)
+step "toolchain: ${channel} with wasm32-wasip2"
+# Only reach for the network when something is missing.
+if ! rustup run "$channel" rustc --version >/dev/null 2>&1; then
+  rustup toolchain install --profile minimal --component rustfmt,clippy "$channel"
+fi
+if ! rustup target list --installed --toolchain "$channel" | grep -qx wasm32-wasip2; then
+  rustup target add --toolchain "$channel" wasm32-wasip2
+fi
+for component in rustfmt clippy; do
+  if ! rustup component list --installed --toolchain "$channel" | grep -q "^${component}"; then
+    rustup component add --toolchain "$channel" "$component"
+  fi
+done
 cargo --version
 
 step "cargo fmt --check"

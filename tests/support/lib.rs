@@ -26,6 +26,7 @@ pub fn component(crate_dir: &str, features: &[&str]) -> Vec<u8> {
     let options = lockstep_build::BuildOptions {
         features: features.iter().map(|f| f.to_string()).collect(),
         verbose: false,
+        target_dir: None,
     };
     let built = lockstep_build::build(&workspace().join(crate_dir), &options)
         .unwrap_or_else(|e| panic!("building {crate_dir}: {e}"));

@@ -26,12 +26,48 @@ enum Command {
     /// Build, inspect and run plugins.
     #[command(subcommand)]
     Plugin(PluginCommand),
+    /// Generate synthetic data.
+    #[command(subcommand)]
+    Gen(GenCommand),
     /// Build the example plugins, run them over generated events and show the results.
     Demo {
         /// Events to generate per plugin.
         #[arg(long, default_value_t = 50_000)]
         events: usize,
     },
+}
+
+#[derive(Subcommand)]
+enum GenCommand {
+    /// Realistic events as JSON lines: skewed entities, bursts, equal timestamps,
+    /// rough arrival order, ~1% duplicates (transactions), malformed rows on request.
+    Events {
+        /// What to generate.
+        #[arg(long, value_enum)]
+        kind: EventKind,
+        /// Number of events.
+        #[arg(long, default_value_t = 100_000)]
+        rows: usize,
+        /// Number of distinct entities.
+        #[arg(long, default_value_t = 1_000)]
+        entities: u64,
+        /// Seed: the same seed gives the same bytes.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Replace this many rows with malformed records.
+        #[arg(long, default_value_t = 0)]
+        malformed: usize,
+        /// Output file (default: standard output).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+}
+
+#[derive(clap::ValueEnum, Clone, Copy)]
+enum EventKind {
+    Transactions,
+    Logins,
+    Clicks,
 }
 
 #[derive(clap::Args, Clone)]
@@ -119,12 +155,48 @@ fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Plugin(cmd) => plugin(cmd),
+        Command::Gen(GenCommand::Events {
+            kind,
+            rows,
+            entities,
+            seed,
+            malformed,
+            out,
+        }) => gen_events(kind, rows, entities, seed, malformed, out.as_deref()),
         Command::Demo { events } => demo::run(events),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");
         std::process::exit(1);
     }
+}
+
+fn gen_events(
+    kind: EventKind,
+    rows: usize,
+    entities: u64,
+    seed: u64,
+    malformed: usize,
+    out: Option<&Path>,
+) -> Result<()> {
+    let kind = match kind {
+        EventKind::Transactions => lockstep_gen::Kind::Transactions,
+        EventKind::Logins => lockstep_gen::Kind::Logins,
+        EventKind::Clicks => lockstep_gen::Kind::Clicks,
+    };
+    let mut text = lockstep_gen::events(kind, rows, entities, seed);
+    if malformed > 0 {
+        let (dirty, broken) = lockstep_gen::corrupt(&text, malformed, seed);
+        text = dirty;
+        eprintln!("malformed rows at lines: {broken:?}");
+    }
+    match out {
+        Some(path) => {
+            std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?
+        }
+        None => std::io::stdout().lock().write_all(text.as_bytes())?,
+    }
+    Ok(())
 }
 
 fn plugin(cmd: PluginCommand) -> Result<()> {
@@ -139,6 +211,7 @@ fn plugin(cmd: PluginCommand) -> Result<()> {
                 &lockstep_build::BuildOptions {
                     features,
                     verbose: true,
+                    target_dir: None,
                 },
             )?;
             let path = match out {

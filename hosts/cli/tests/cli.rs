@@ -217,3 +217,52 @@ fn inspect_json_reports_the_built_hash_and_manifest() {
             .all(|i| !i.as_str().unwrap_or("").starts_with("wasi:clocks"))
     );
 }
+
+#[test]
+fn generated_events_run_and_malformed_ones_are_all_rejected() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let events = dir.path().join("events.jsonl");
+    let out = lockstep(&[
+        "gen",
+        "events",
+        "--kind",
+        "transactions",
+        "--rows",
+        "500",
+        "--entities",
+        "20",
+        "--seed",
+        "4",
+        "--malformed",
+        "7",
+        "--out",
+        events.to_str().expect("path"),
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let rejects = dir.path().join("rejects.jsonl");
+    let (wasm, _) = velocity();
+    let run = lockstep(&[
+        "plugin",
+        "run",
+        wasm.to_str().expect("path"),
+        "--events",
+        events.to_str().expect("path"),
+        "--rejects",
+        rejects.to_str().expect("path"),
+        "--no-cache",
+    ]);
+    assert!(run.status.success(), "{}", text(&run.stderr));
+    let rejected = std::fs::read_to_string(&rejects)
+        .expect("rejects")
+        .lines()
+        .count();
+    assert_eq!(
+        rejected, 7,
+        "every malformed row is rejected, none silently dropped"
+    );
+    let summary = text(&run.stderr);
+    assert!(
+        summary.contains("500 events in") && summary.contains("7 rejected"),
+        "{summary}"
+    );
+}

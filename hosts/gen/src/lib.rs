@@ -254,6 +254,68 @@ pub fn velocity_requests(
     Ok(requests)
 }
 
+/// The kinds of events [`events`] makes, one per example plugin.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// Card transactions (`txn_velocity`).
+    Transactions,
+    /// Customer activity: signups, logins, sessions, tickets (`churn_features`).
+    Logins,
+    /// Page views (`clickstream_clean`).
+    Clicks,
+}
+
+/// `rows` events of `kind` over `entities` entities as JSON lines.
+pub fn events(kind: Kind, rows: usize, entities: u64, seed: u64) -> String {
+    match kind {
+        Kind::Transactions => transactions(rows, entities, seed).to_json_lines(),
+        Kind::Logins => activity(rows, entities, seed),
+        Kind::Clicks => clicks(rows, entities, seed),
+    }
+}
+
+/// Replaces `count` lines of `jsonl` (chosen by `seed`) with malformed records:
+/// truncated JSON, a non-object, a missing or null field, a wrong type. Returns the
+/// text and the 1-based line numbers that were broken, in order.
+pub fn corrupt(jsonl: &str, count: usize, seed: u64) -> (String, Vec<u64>) {
+    let mut lines: Vec<String> = jsonl.lines().map(str::to_owned).collect();
+    let mut rng = Rng::new(seed ^ 0xbad);
+    let mut broken = std::collections::BTreeSet::new();
+    while broken.len() < count.min(lines.len()) {
+        broken.insert(rng.below(lines.len() as u64) as usize);
+    }
+    for &i in &broken {
+        let line = &lines[i];
+        let mut object: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_str(line).unwrap_or_default();
+        let first_key = object.keys().next().cloned().unwrap_or_default();
+        lines[i] = match rng.below(5) {
+            0 => line[..line.len() / 2].to_owned(),
+            1 => "[\"not\", \"an\", \"object\"]".to_owned(),
+            2 => {
+                object.remove(&first_key);
+                serde_json::Value::Object(object).to_string()
+            }
+            3 => {
+                object.insert(first_key, serde_json::Value::Null);
+                serde_json::Value::Object(object).to_string()
+            }
+            _ => {
+                for v in object.values_mut() {
+                    if v.is_number() {
+                        *v = serde_json::Value::String("not a number".into());
+                        break;
+                    }
+                }
+                serde_json::Value::Object(object).to_string()
+            }
+        };
+    }
+    let mut text = lines.join("\n");
+    text.push('\n');
+    (text, broken.into_iter().map(|i| i as u64 + 1).collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -270,6 +332,22 @@ mod tests {
         );
         assert_eq!(clicks(100, 10, 1), clicks(100, 10, 1));
         assert_eq!(activity(100, 10, 1).lines().count(), 100);
+    }
+
+    #[test]
+    fn corrupt_breaks_exactly_the_lines_it_reports() {
+        let clean = events(Kind::Transactions, 200, 20, 3);
+        let (dirty, broken) = corrupt(&clean, 15, 9);
+        assert_eq!(broken.len(), 15);
+        let changed: Vec<u64> = clean
+            .lines()
+            .zip(dirty.lines())
+            .enumerate()
+            .filter(|(_, (a, b))| a != b)
+            .map(|(i, _)| i as u64 + 1)
+            .collect();
+        assert_eq!(changed, broken);
+        assert_eq!(dirty.lines().count(), 200);
     }
 
     #[test]

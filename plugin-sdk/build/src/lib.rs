@@ -73,6 +73,8 @@ pub struct BuildOptions {
     pub features: Vec<String>,
     /// Show cargo's progress output (otherwise only errors are shown).
     pub verbose: bool,
+    /// Build in this target directory instead of cargo's default.
+    pub target_dir: Option<PathBuf>,
 }
 
 /// A built component.
@@ -166,6 +168,9 @@ pub fn build(crate_dir: &Path, options: &BuildOptions) -> Result<Built, BuildErr
     }
     if !options.verbose {
         cmd.arg("--quiet");
+    }
+    if let Some(dir) = &options.target_dir {
+        cmd.arg("--target-dir").arg(dir);
     }
     let output = cmd.output().map_err(|source| BuildError::Spawn {
         tool: "cargo".into(),
