@@ -27,6 +27,9 @@ for component in rustfmt clippy; do
 done
 cargo --version
 
+step "python packages the tests read the stores with"
+python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore "duckdb==2.0.0" "pyarrow==26.0.1"
+
 step "cargo fmt --check"
 cargo fmt --all -- --check
 

@@ -1,0 +1,92 @@
+use std::path::{Path, PathBuf};
+use thiserror::Error;
+
+/// A failure of the offline store, naming the file or group concerned.
+#[derive(Debug, Error)]
+pub enum OfflineError {
+    /// A file or directory operation failed.
+    #[error("offline store: {action} {path}: {source}")]
+    Io {
+        /// What was being done.
+        action: &'static str,
+        /// The path.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// A group version is registered with another plugin.
+    #[error(
+        "feature group {group}@{version} is registered with plugin {registered}, but this plugin is {offered}: \
+         a group version is bound to one transformation; bump the version in the plugin's manifest to write a new one"
+    )]
+    HashMismatch {
+        /// Group name.
+        group: String,
+        /// Group version.
+        version: String,
+        /// Hash on record.
+        registered: String,
+        /// Hash offered.
+        offered: String,
+    },
+    /// The group version has not been registered.
+    #[error("feature group {group}@{version} is not in the offline store at {root}")]
+    UnknownVersion {
+        /// Group name.
+        group: String,
+        /// Group version.
+        version: String,
+        /// Store root.
+        root: PathBuf,
+    },
+    /// Rows do not have the group's row schema.
+    #[error("rows for {group} do not match its schema: {message}")]
+    Schema {
+        /// Group name.
+        group: String,
+        /// What differs.
+        message: String,
+    },
+    /// A registry entry could not be read or written.
+    #[error("registry entry {path}: {message}")]
+    Registry {
+        /// The entry.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+    /// Parquet encoding or decoding failed.
+    #[error("parquet {path}: {source}")]
+    Parquet {
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        source: parquet::errors::ParquetError,
+    },
+    /// An Arrow operation failed.
+    #[error("arrow: {0}")]
+    Arrow(#[from] arrow_schema::ArrowError),
+}
+
+/// Maps an I/O error to [`OfflineError::Io`] naming `action` and `path`.
+pub(crate) fn io<'a>(
+    action: &'static str,
+    path: &'a Path,
+) -> impl FnOnce(std::io::Error) -> OfflineError + 'a {
+    move |source| OfflineError::Io {
+        action,
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// A temporary file name no other writer, in this process or another, is using.
+pub(crate) fn unique_tmp_name(stem: &str) -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    format!(
+        ".tmp-{stem}-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}

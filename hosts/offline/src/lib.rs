@@ -1,0 +1,39 @@
+//! The Lockstep offline store.
+//!
+//! # Layout
+//!
+//! ```text
+//! <root>/<group>/_lockstep/versions/<version>.json           registry entry (immutable)
+//! <root>/<group>/version=<version>/year=YYYY/month=MM/day=DD/hour=HH/part-0.parquet
+//! ```
+//!
+//! Partitions follow the SageMaker Feature Store offline store (`year/month/day/hour` of
+//! the row's event time, UTC), under a Hive-style `version=` level so that two versions
+//! of a group never mix and readers (DuckDB, pyarrow, Spark, Athena) can filter on it.
+//! Each row carries the plugin's features plus `event_time`, `write_time`,
+//! `api_invocation_time`, `is_deleted` and `plugin_hash` (lineage).
+//!
+//! # Commit protocol
+//!
+//! An hour partition is exactly one file, written to a dot-prefixed temporary name (which
+//! every Parquet reader ignores) and renamed into place, so a reader sees the old file or
+//! the new one, never part of one. A job replaces every hour it writes and leaves every
+//! other hour alone — Spark's *dynamic partition overwrite*: re-running a job gives the
+//! same partitions without duplicates, and a job killed half way leaves each hour either
+//! as it was or completely rewritten. A backfill must therefore be given whole hours.
+//!
+//! # Registry
+//!
+//! A group version (`name`, semantic `version`) is bound to one plugin hash when it is
+//! first written, with create-if-absent semantics. Writing another plugin's rows into it
+//! is refused: change the transform, bump the version. This is how the store enforces
+//! that every row of a version came from the same transformation.
+
+mod error;
+pub mod layout;
+mod registry;
+mod store;
+
+pub use error::OfflineError;
+pub use registry::GroupVersion;
+pub use store::{OfflineStore, STORE_COLUMNS, WriteSummary};

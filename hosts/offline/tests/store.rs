@@ -1,0 +1,376 @@
+//! The offline store on a real filesystem: layout, replacement of whole hours,
+//! registry binding, and crash leftovers.
+
+use arrow_array::cast::AsArray;
+use arrow_array::types::{Float64Type, TimestampMicrosecondType};
+use arrow_array::{
+    Array, ArrayRef, Float64Array, RecordBatch, StringArray, TimestampMicrosecondArray,
+};
+use lockstep_abi::{Feature, Field, Kind, Manifest, Value, ValueType};
+use lockstep_core::schema::row_schema;
+use lockstep_offline::{OfflineError, OfflineStore, STORE_COLUMNS};
+use std::path::Path;
+use std::sync::Arc;
+
+const HOUR: i64 = 3_600_000_000;
+const T0: i64 = 1_704_067_200_000_000; // 2024-01-01T00:00:00Z
+
+fn manifest(version: &str) -> Manifest {
+    let f = |n: &str, ty| Field {
+        name: n.into(),
+        ty,
+        nullable: false,
+        description: String::new(),
+    };
+    Manifest {
+        name: "spend".into(),
+        version: version.into(),
+        description: String::new(),
+        input: vec![
+            f("user", ValueType::String),
+            f("ts", ValueType::Timestamp),
+            f("amount", ValueType::Float64),
+        ],
+        entity_key: "user".into(),
+        event_time: "ts".into(),
+        event_id: None,
+        features: vec![Feature {
+            name: "total".into(),
+            ty: ValueType::Float64,
+            description: String::new(),
+            default_value: Value::Null,
+        }],
+        kind: Kind::KeyedStateful,
+        state_version: 1,
+        supports_read: false,
+    }
+}
+
+fn rows(m: &Manifest, data: &[(&str, i64, f64)]) -> RecordBatch {
+    let users: ArrayRef = Arc::new(StringArray::from(
+        data.iter().map(|r| r.0).collect::<Vec<_>>(),
+    ));
+    let times: ArrayRef = Arc::new(
+        TimestampMicrosecondArray::from(data.iter().map(|r| r.1).collect::<Vec<_>>())
+            .with_timezone("UTC"),
+    );
+    let totals: ArrayRef = Arc::new(Float64Array::from(
+        data.iter().map(|r| r.2).collect::<Vec<_>>(),
+    ));
+    RecordBatch::try_new(row_schema(m), vec![users, times, totals]).expect("batch")
+}
+
+fn totals(batches: &[RecordBatch]) -> Vec<f64> {
+    batches
+        .iter()
+        .flat_map(|b| b.column(2).as_primitive::<Float64Type>().values().to_vec())
+        .collect()
+}
+
+#[test]
+fn rows_land_in_hour_partitions_with_lineage_columns() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = OfflineStore::open(dir.path()).expect("open");
+    let m = manifest("1.0.0");
+    let group = store.register(&m, "abc123", 0).expect("register");
+    let summary = store
+        .write(
+            &group,
+            &[rows(
+                &m,
+                &[
+                    ("u1", T0 + 5, 1.0),
+                    ("u2", T0 + HOUR + 7, 2.0),
+                    ("u1", T0 + 9, 3.0),
+                ],
+            )],
+            42,
+        )
+        .expect("write");
+    assert_eq!((summary.rows, summary.partitions), (3, 2));
+    let rel: Vec<_> = summary
+        .files
+        .iter()
+        .map(|f| f.strip_prefix(dir.path()).expect("under root").to_owned())
+        .collect();
+    assert_eq!(
+        rel,
+        vec![
+            Path::new("spend/version=1.0.0/year=2024/month=01/day=01/hour=00/part-0.parquet"),
+            Path::new("spend/version=1.0.0/year=2024/month=01/day=01/hour=01/part-0.parquet"),
+        ]
+    );
+    let back = store.read("spend", "1.0.0").expect("read");
+    assert_eq!(
+        totals(&back),
+        vec![1.0, 3.0, 2.0],
+        "rows keep their order within an hour"
+    );
+    let schema = back[0].schema();
+    let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
+    assert_eq!(
+        names,
+        vec![
+            "user",
+            "event_time",
+            "total",
+            STORE_COLUMNS[0],
+            STORE_COLUMNS[1],
+            STORE_COLUMNS[2],
+            STORE_COLUMNS[3]
+        ]
+    );
+    let hashes = back[0].column(6).as_string::<i32>();
+    assert!((0..hashes.len()).all(|i| hashes.value(i) == "abc123"));
+    let written = back[0].column(3).as_primitive::<TimestampMicrosecondType>();
+    assert_eq!(written.value(0), 42);
+    assert!(!back[0].column(5).as_boolean().value(0));
+}
+
+#[test]
+fn a_rerun_replaces_the_hours_it_touches_and_leaves_the_rest() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = OfflineStore::open(dir.path()).expect("open");
+    let m = manifest("1.0.0");
+    let group = store.register(&m, "h", 0).expect("register");
+    let first = rows(&m, &[("a", T0, 1.0), ("b", T0 + HOUR, 2.0)]);
+    store
+        .write(&group, std::slice::from_ref(&first), 1)
+        .expect("write");
+    store.write(&group, &[first], 2).expect("same job again");
+    assert_eq!(
+        totals(&store.read("spend", "1.0.0").expect("read")),
+        vec![1.0, 2.0],
+        "no duplicates after a re-run"
+    );
+    store
+        .write(
+            &group,
+            &[rows(
+                &m,
+                &[("b", T0 + HOUR, 5.0), ("c", T0 + HOUR + 1, 6.0)],
+            )],
+            3,
+        )
+        .expect("rewrite hour 1");
+    assert_eq!(
+        totals(&store.read("spend", "1.0.0").expect("read")),
+        vec![1.0, 5.0, 6.0]
+    );
+}
+
+#[test]
+fn a_version_is_bound_to_one_plugin_hash() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = OfflineStore::open(dir.path()).expect("open");
+    let v1 = manifest("1.0.0");
+    store
+        .register(&v1, "hash-a", 10)
+        .expect("first registration");
+    let again = store
+        .register(&v1, "hash-a", 20)
+        .expect("same plugin again");
+    assert_eq!(again.registered_at, 10, "the entry is immutable");
+    let err = store
+        .register(&v1, "hash-b", 30)
+        .expect_err("another plugin");
+    assert!(matches!(err, OfflineError::HashMismatch { .. }));
+    let text = err.to_string();
+    assert!(
+        text.contains("spend@1.0.0")
+            && text.contains("hash-a")
+            && text.contains("hash-b")
+            && text.contains("bump the version"),
+        "{text}"
+    );
+    store
+        .register(&manifest("1.1.0"), "hash-b", 40)
+        .expect("a new version may use the new plugin");
+    assert!(matches!(
+        store.version("spend", "2.0.0"),
+        Err(OfflineError::UnknownVersion { .. })
+    ));
+}
+
+#[test]
+fn racing_registrations_with_different_plugins_have_one_winner() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = OfflineStore::open(dir.path()).expect("open");
+    let m = manifest("1.0.0");
+    let results: Vec<_> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..8)
+            .map(|i| {
+                let (store, m) = (&store, &m);
+                s.spawn(move || store.register(m, &format!("hash-{i}"), i))
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("thread"))
+            .collect()
+    });
+    assert_eq!(
+        results.iter().filter(|r| r.is_ok()).count(),
+        1,
+        "{results:?}"
+    );
+    assert!(
+        results
+            .iter()
+            .filter_map(|r| r.as_ref().err())
+            .all(|e| matches!(e, OfflineError::HashMismatch { .. }))
+    );
+}
+
+#[test]
+fn rows_of_another_schema_are_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = OfflineStore::open(dir.path()).expect("open");
+    let group = store
+        .register(&manifest("1.0.0"), "h", 0)
+        .expect("register");
+    let other =
+        RecordBatch::try_from_iter([("x", Arc::new(Float64Array::from(vec![1.0])) as ArrayRef)])
+            .expect("batch");
+    let err = store.write(&group, &[other], 0).expect_err("schema");
+    assert!(err.to_string().contains("do not match its schema"), "{err}");
+}
+
+#[test]
+fn crash_leftovers_are_invisible_and_extreme_times_have_partitions() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = OfflineStore::open(dir.path()).expect("open");
+    let m = manifest("1.0.0");
+    let group = store.register(&m, "h", 0).expect("register");
+    let summary = store
+        .write(
+            &group,
+            &[rows(
+                &m,
+                &[("a", i64::MIN, 1.0), ("a", i64::MAX, 2.0), ("a", 0, 3.0)],
+            )],
+            0,
+        )
+        .expect("write");
+    assert_eq!(summary.partitions, 3);
+    // A writer killed between creating its temporary file and renaming it leaves this:
+    let partition = summary.files[2].parent().expect("dir");
+    std::fs::write(
+        partition.join(".tmp-part-0.parquet-999"),
+        b"half a parquet file",
+    )
+    .expect("leftover");
+    let mut back = totals(&store.read("spend", "1.0.0").expect("read"));
+    back.sort_by(f64::total_cmp);
+    assert_eq!(back, vec![1.0, 2.0, 3.0]);
+}
+
+/// DuckDB and pyarrow, installed by `scripts/test.sh`, read the store as a data
+/// engineer would: with Hive partitioning, ignoring crash leftovers.
+#[test]
+fn duckdb_and_pyarrow_read_the_expected_schema_and_partitions() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = OfflineStore::open(dir.path()).expect("open");
+    let m = manifest("1.0.0");
+    let group = store.register(&m, "h", 0).expect("register");
+    let summary = store
+        .write(
+            &group,
+            &[rows(
+                &m,
+                &[
+                    ("u1", T0, 1.5),
+                    ("u2", T0 + HOUR, 2.5),
+                    ("u1", T0 + 25 * HOUR, 4.0),
+                ],
+            )],
+            7,
+        )
+        .expect("write");
+    std::fs::write(
+        summary.files[0]
+            .parent()
+            .expect("dir")
+            .join(".tmp-part-0.parquet-1-1"),
+        b"junk",
+    )
+    .expect("leftover");
+    let script =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/python/read_offline_store.py");
+    let out = std::process::Command::new("python3")
+        .arg(&script)
+        .arg(dir.path())
+        .arg("spend")
+        .output()
+        .expect("python3 runs");
+    assert!(
+        out.status.success(),
+        "reading with DuckDB/pyarrow failed (scripts/test.sh installs them): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let seen: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let duck = &seen["duckdb"];
+    assert_eq!(duck["rows"], 3);
+    assert_eq!(duck["total"], 8.0);
+    let columns: Vec<(String, String)> = duck["columns"]
+        .as_array()
+        .expect("columns")
+        .iter()
+        .map(|c| {
+            (
+                c[0].as_str().unwrap_or("").to_owned(),
+                c[1].as_str().unwrap_or("").to_owned(),
+            )
+        })
+        .collect();
+    let find = |name: &str| columns.iter().find(|c| c.0 == name).map(|c| c.1.as_str());
+    assert_eq!(find("event_time"), Some("TIMESTAMP WITH TIME ZONE"));
+    assert_eq!(find("total"), Some("DOUBLE"));
+    assert_eq!(find("is_deleted"), Some("BOOLEAN"));
+    assert_eq!(find("plugin_hash"), Some("VARCHAR"));
+    assert_eq!(
+        find("version"),
+        Some("VARCHAR"),
+        "the version partition is a column: {columns:?}"
+    );
+    assert!(find("hour").is_some(), "{columns:?}");
+    let partitions = duck["partitions"].as_array().expect("partitions");
+    assert_eq!(partitions.len(), 3);
+    // Zero-padded like SageMaker's layout, so DuckDB infers month/day/hour as text.
+    assert_eq!(
+        partitions[0],
+        serde_json::json!(["1.0.0", 2024, "01", "01", "00"])
+    );
+    assert_eq!(
+        partitions[2],
+        serde_json::json!(["1.0.0", 2024, "01", "02", "01"])
+    );
+    let arrow = &seen["pyarrow"];
+    assert_eq!(arrow["rows"], 3);
+    let arrow_cols: Vec<&str> = arrow["columns"]
+        .as_array()
+        .expect("cols")
+        .iter()
+        .filter_map(|c| c[0].as_str())
+        .collect();
+    assert_eq!(
+        &arrow_cols[..7],
+        &[
+            "user",
+            "event_time",
+            "total",
+            "write_time",
+            "api_invocation_time",
+            "is_deleted",
+            "plugin_hash"
+        ]
+    );
+    assert!(
+        arrow["columns"][1][1]
+            .as_str()
+            .unwrap_or("")
+            .contains("tz=UTC"),
+        "{}",
+        arrow["columns"]
+    );
+}
