@@ -185,3 +185,75 @@ fn extreme_values_flow_through_without_error() {
     assert!(out[1].contains(r#""txn_max_7d":"Infinity""#), "{}", out[1]);
     assert_eq!(rows(&plugin, &jsonl, 1), out);
 }
+
+/// What a sort engine feeds the batch host: events with order columns, sorted, cut into
+/// batches of any size. Applying them batch by batch must equal applying them at once.
+#[test]
+fn ordered_batches_of_any_size_equal_one_whole_run() {
+    use arrow_array::cast::AsArray;
+    use arrow_array::types::TimestampMicrosecondType;
+    use arrow_array::{RecordBatch, UInt32Array};
+    use lockstep_core::order::{CONTENT_COLUMN, EVENT_ID_COLUMN, with_order_columns};
+
+    let plugin = load("plugins/txn_velocity");
+    let jsonl = lockstep_gen::transactions(5_000, 40, 12).to_json_lines();
+    let events = decode_json_lines(&jsonl, plugin.manifest(), None).expect("decode");
+    let mut reference_states = StateMap::new();
+    let reference = Executor::new(&plugin)
+        .expect("executor")
+        .run(&events, &mut reference_states)
+        .expect("run");
+
+    let with_order = with_order_columns(&events, plugin.manifest()).expect("order columns");
+    let keys = with_order.column(0).as_string::<i32>();
+    let times = with_order
+        .column(1)
+        .as_primitive::<TimestampMicrosecondType>();
+    let ids = with_order
+        .column_by_name(EVENT_ID_COLUMN)
+        .expect("ids")
+        .as_fixed_size_binary();
+    let contents = with_order
+        .column_by_name(CONTENT_COLUMN)
+        .expect("contents")
+        .as_fixed_size_binary();
+    let mut order: Vec<u32> = (0..with_order.num_rows() as u32).collect();
+    order.sort_by_key(|&i| {
+        let i = i as usize;
+        (
+            keys.value(i),
+            times.value(i),
+            ids.value(i),
+            contents.value(i),
+        )
+    });
+    let sorted = arrow_select::take::take_record_batch(&with_order, &UInt32Array::from(order))
+        .expect("take");
+
+    for batch_rows in [1usize, 7, 333, 100_000] {
+        let mut executor = Executor::new(&plugin)
+            .expect("executor")
+            .with_max_events_per_call(50);
+        let mut states = StateMap::new();
+        let mut run = executor.ordered(&mut states);
+        let mut rows: Vec<RecordBatch> = Vec::new();
+        let mut at = 0;
+        while at < sorted.num_rows() {
+            let len = batch_rows.min(sorted.num_rows() - at);
+            rows.push(run.push(&sorted.slice(at, len)).expect("push"));
+            at += len;
+        }
+        assert_eq!(
+            run.stats().duplicates,
+            reference.stats.duplicates,
+            "batches of {batch_rows}"
+        );
+        let got = arrow_select::concat::concat_batches(reference.rows.schema_ref(), &rows)
+            .expect("concat");
+        assert_eq!(got, reference.rows, "batches of {batch_rows}");
+        assert_eq!(
+            states, reference_states,
+            "final states, batches of {batch_rows}"
+        );
+    }
+}

@@ -109,7 +109,43 @@ pub fn parse_json_value(v: &Json, ty: ValueType) -> Result<Option<Scalar>, Strin
     }))
 }
 
-enum ColumnBuilder {
+/// Decodes one text cell (CSV and other text formats) as `ty`, by the same rules as a
+/// JSON scalar of that type: integers in range, floats including `NaN`, `Infinity`,
+/// `-Infinity`, `true`/`false`, timestamps as integer microseconds or RFC 3339 with a
+/// zone. An empty cell is null.
+pub fn parse_text(text: &str, ty: ValueType) -> Result<Option<Scalar>, String> {
+    if text.is_empty() {
+        return Ok(None);
+    }
+    let wrong = || format!("expected {ty}, got \"{text}\"");
+    Ok(Some(match ty {
+        ValueType::String => Scalar::String(text.to_owned()),
+        ValueType::Int64 => Scalar::Int64(text.trim().parse().map_err(|_| wrong())?),
+        ValueType::Float64 => match text.trim() {
+            "NaN" => Scalar::Float64(f64::NAN),
+            "Infinity" => Scalar::Float64(f64::INFINITY),
+            "-Infinity" => Scalar::Float64(f64::NEG_INFINITY),
+            t if t
+                .chars()
+                .all(|c| c.is_ascii_digit() || matches!(c, '-' | '+' | '.' | 'e' | 'E')) =>
+            {
+                Scalar::Float64(t.parse().map_err(|_| wrong())?)
+            }
+            _ => return Err(wrong()),
+        },
+        ValueType::Boolean => match text.trim() {
+            "true" => Scalar::Boolean(true),
+            "false" => Scalar::Boolean(false),
+            _ => return Err(wrong()),
+        },
+        ValueType::Timestamp => match text.trim().parse::<i64>() {
+            Ok(micros) => Scalar::Timestamp(micros),
+            Err(_) => Scalar::Timestamp(parse_timestamp(text)?),
+        },
+    }))
+}
+
+pub(crate) enum ColumnBuilder {
     Int64(Int64Builder),
     Float64(Float64Builder),
     Boolean(BooleanBuilder),
@@ -118,7 +154,7 @@ enum ColumnBuilder {
 }
 
 impl ColumnBuilder {
-    fn new(ty: ValueType) -> Self {
+    pub(crate) fn new(ty: ValueType) -> Self {
         match ty {
             ValueType::Int64 => ColumnBuilder::Int64(Int64Builder::new()),
             ValueType::Float64 => ColumnBuilder::Float64(Float64Builder::new()),
@@ -130,7 +166,7 @@ impl ColumnBuilder {
         }
     }
 
-    fn push(&mut self, v: Option<Scalar>) {
+    pub(crate) fn push(&mut self, v: Option<Scalar>) {
         match (self, v) {
             (ColumnBuilder::Int64(b), Some(Scalar::Int64(x))) => b.append_value(x),
             (ColumnBuilder::Float64(b), Some(Scalar::Float64(x))) => b.append_value(x),
@@ -145,7 +181,7 @@ impl ColumnBuilder {
         }
     }
 
-    fn finish(&mut self) -> ArrayRef {
+    pub(crate) fn finish_array(&mut self) -> ArrayRef {
         match self {
             ColumnBuilder::Int64(b) => Arc::new(b.finish()),
             ColumnBuilder::Float64(b) => Arc::new(b.finish()),
@@ -243,7 +279,7 @@ impl JsonDecoder {
     /// The decoded rows as one batch; the decoder is empty afterwards.
     pub fn finish(&mut self) -> Result<RecordBatch, arrow_schema::ArrowError> {
         self.rows = 0;
-        let arrays = self.columns.iter_mut().map(|c| c.finish()).collect();
+        let arrays = self.columns.iter_mut().map(|c| c.finish_array()).collect();
         RecordBatch::try_new(self.schema.clone(), arrays)
     }
 }
@@ -361,6 +397,31 @@ mod tests {
         bad(json!(1.5), ValueType::Timestamp, "integer microseconds");
         bad(json!("yes"), ValueType::Boolean, "expected boolean");
         bad(json!("inf"), ValueType::Float64, "expected float64");
+    }
+
+    #[test]
+    fn text_cells_follow_the_json_rules() {
+        let ok = |t: &str, ty| parse_text(t, ty).expect("accepted");
+        assert_eq!(ok("", ValueType::Int64), None);
+        assert_eq!(ok("-42", ValueType::Int64), Some(Scalar::Int64(-42)));
+        assert_eq!(ok("1e3", ValueType::Float64), Some(Scalar::Float64(1000.0)));
+        assert_eq!(
+            ok("-Infinity", ValueType::Float64),
+            Some(Scalar::Float64(f64::NEG_INFINITY))
+        );
+        assert_eq!(
+            ok("2024-01-01T00:00:00Z", ValueType::Timestamp),
+            Some(Scalar::Timestamp(1_704_067_200_000_000))
+        );
+        assert_eq!(ok("17", ValueType::Timestamp), Some(Scalar::Timestamp(17)));
+        assert!(parse_text("1.5", ValueType::Int64).is_err());
+        assert!(parse_text("inf", ValueType::Float64).is_err());
+        assert!(parse_text("yes", ValueType::Boolean).is_err());
+        assert!(
+            parse_text("2024-01-01 00:00:00", ValueType::Timestamp)
+                .unwrap_err()
+                .contains("time zone")
+        );
     }
 
     #[test]

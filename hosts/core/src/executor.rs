@@ -12,7 +12,7 @@ use arrow_select::concat::concat_batches;
 use arrow_select::take::take;
 use lockstep_abi::{ApplyRequest, ApplyResponse, Kind, Manifest, ValueType};
 use lockstep_runtime::{Plugin, PluginInstance};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 
 /// An entity key: the value of the manifest's entity-key field.
@@ -157,20 +157,40 @@ impl Executor {
             entities: ordered.entity_starts.len(),
             ..RunStats::default()
         };
-        let mut out = Vec::new();
-        let mut call: Vec<(EntityKey, usize, usize)> = Vec::new();
-        let mut pending = 0;
+        let mut runs = Vec::with_capacity(ordered.entity_starts.len());
         for (start, end) in ordered.entity_ranges() {
             let key = EntityKey::from_array(sorted[key_col].as_ref(), start)
                 .ok_or_else(|| CoreError::Input("entity key must be string or int64".into()))?;
-            let mut at = start;
+            runs.push((key, start, end - start));
+        }
+        let out = self.apply_runs(&sorted, key_col, &runs, states, &mut stats)?;
+        let rows = concat_batches(&self.row_schema, &out)?;
+        stats.rows_out = rows.num_rows();
+        Ok(RunOutput { rows, stats })
+    }
+
+    /// Applies contiguous entity runs `(key, start, len)` of `sorted`, in calls of at most
+    /// `max_events_per_call` events (a longer run is split; its state carries over).
+    fn apply_runs(
+        &mut self,
+        sorted: &[ArrayRef],
+        key_col: usize,
+        runs: &[(EntityKey, usize, usize)],
+        states: &mut StateMap,
+        stats: &mut RunStats,
+    ) -> Result<Vec<RecordBatch>, CoreError> {
+        let mut out = Vec::new();
+        let mut call: Vec<(EntityKey, usize, usize)> = Vec::new();
+        let mut pending = 0;
+        for (key, start, len) in runs {
+            let (mut at, end) = (*start, start + len);
             while at < end {
                 let take_n = (end - at).min(self.max_events_per_call - pending);
                 call.push((key.clone(), at, take_n));
                 pending += take_n;
                 at += take_n;
                 if pending == self.max_events_per_call {
-                    out.push(self.call(&sorted, key_col, &call, states)?);
+                    out.push(self.call(sorted, key_col, &call, states)?);
                     stats.calls += 1;
                     call.clear();
                     pending = 0;
@@ -178,12 +198,22 @@ impl Executor {
             }
         }
         if !call.is_empty() {
-            out.push(self.call(&sorted, key_col, &call, states)?);
+            out.push(self.call(sorted, key_col, &call, states)?);
             stats.calls += 1;
         }
-        let rows = concat_batches(&self.row_schema, &out)?;
-        stats.rows_out = rows.num_rows();
-        Ok(RunOutput { rows, stats })
+        Ok(out)
+    }
+
+    /// Starts applying events that arrive already in order, batch by batch; see
+    /// [`OrderedRun`].
+    pub fn ordered<'e>(&'e mut self, states: &'e mut StateMap) -> OrderedRun<'e> {
+        OrderedRun {
+            executor: self,
+            states,
+            current: None,
+            seen: HashSet::new(),
+            stats: RunStats::default(),
+        }
     }
 
     /// One plugin call over contiguous entity segments `(key, start, len)` of `sorted`.
@@ -258,5 +288,89 @@ impl Executor {
             columns.push(read_column(view, ty)?);
         }
         Ok(RecordBatch::try_new(self.row_schema.clone(), columns)?)
+    }
+}
+
+/// Applies events that arrive sorted by entity key, event time, event id and content
+/// (the order [`crate::order::with_order_columns`] makes sortable), across any number
+/// of batches: duplicates are dropped as they go and an entity may span batches, its
+/// state carried over. The result equals [`Executor::run`] over all the events at once.
+pub struct OrderedRun<'e> {
+    executor: &'e mut Executor,
+    states: &'e mut StateMap,
+    current: Option<EntityKey>,
+    seen: HashSet<u128>,
+    stats: RunStats,
+}
+
+impl OrderedRun<'_> {
+    /// Applies one sorted batch (input columns followed by the two order columns) and
+    /// returns the rows it emitted.
+    pub fn push(&mut self, batch: &RecordBatch) -> Result<RecordBatch, CoreError> {
+        use arrow_array::BooleanArray;
+        use arrow_select::filter::filter;
+        let exec = &mut *self.executor;
+        let n_input = exec.input_types.len();
+        let key_col = exec
+            .manifest
+            .input_index(&exec.manifest.entity_key)
+            .ok_or_else(|| CoreError::Input("entity key is not an input field".into()))?;
+        let ids = batch
+            .column_by_name(crate::order::EVENT_ID_COLUMN)
+            .and_then(|c| c.as_fixed_size_binary_opt())
+            .ok_or_else(|| CoreError::Input("ordered batches need the event id column".into()))?;
+        let n = batch.num_rows();
+        self.stats.events_in += n;
+        let mut keep = Vec::with_capacity(n);
+        let mut runs: Vec<(EntityKey, usize, usize)> = Vec::new();
+        let mut kept = 0usize;
+        for row in 0..n {
+            let key = EntityKey::from_array(batch.column(key_col).as_ref(), row)
+                .ok_or_else(|| CoreError::Input("entity key must be string or int64".into()))?;
+            if self.current.as_ref() != Some(&key) {
+                if let Some(previous) = &self.current
+                    && key < *previous
+                {
+                    return Err(CoreError::Input(format!(
+                        "events are not sorted by entity key: `{key}` after `{previous}`"
+                    )));
+                }
+                self.current = Some(key.clone());
+                self.seen.clear();
+                self.stats.entities += 1;
+                runs.push((key, kept, 0));
+            } else if runs.is_empty() {
+                runs.push((key, kept, 0));
+            }
+            let id = u128::from_be_bytes(ids.value(row).try_into().unwrap_or([0; 16]));
+            let fresh = self.seen.insert(id);
+            keep.push(fresh);
+            if fresh {
+                kept += 1;
+                if let Some(run) = runs.last_mut() {
+                    run.2 += 1;
+                }
+            } else {
+                self.stats.duplicates += 1;
+            }
+        }
+        runs.retain(|r| r.2 > 0);
+        self.stats.events_applied += kept;
+        let mask = BooleanArray::from(keep);
+        let columns: Vec<ArrayRef> = batch.columns()[..n_input]
+            .iter()
+            .map(|c| filter(c.as_ref(), &mask))
+            .collect::<Result<_, _>>()?;
+        let mut stats = RunStats::default();
+        let out = exec.apply_runs(&columns, key_col, &runs, self.states, &mut stats)?;
+        self.stats.calls += stats.calls;
+        let rows = concat_batches(&exec.row_schema, &out)?;
+        self.stats.rows_out += rows.num_rows();
+        Ok(rows)
+    }
+
+    /// Counters so far.
+    pub fn stats(&self) -> &RunStats {
+        &self.stats
     }
 }

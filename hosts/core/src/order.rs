@@ -107,6 +107,55 @@ pub fn event_id(batch: &RecordBatch, id_column: Option<usize>, row: usize, conte
     }
 }
 
+/// Column holding each event's id (128 bits, big-endian), appended by
+/// [`with_order_columns`] so a sort engine can order events as [`order_events`] does.
+pub const EVENT_ID_COLUMN: &str = "__lockstep_event_id";
+/// Column holding each event's content hash (128 bits, big-endian): the tie-break.
+pub const CONTENT_COLUMN: &str = "__lockstep_content";
+
+/// `batch` (in `manifest`'s input schema) with [`EVENT_ID_COLUMN`] and
+/// [`CONTENT_COLUMN`] appended. Sorting by entity key, event time, then these two
+/// columns gives the order [`order_events`] gives; byte order equals numeric order.
+pub fn with_order_columns(
+    batch: &RecordBatch,
+    manifest: &Manifest,
+) -> Result<RecordBatch, CoreError> {
+    use arrow_array::FixedSizeBinaryArray;
+    let id_col = manifest
+        .event_id
+        .as_deref()
+        .and_then(|id| manifest.input_index(id));
+    let n = batch.num_rows();
+    let mut ids = Vec::with_capacity(n);
+    let mut contents = Vec::with_capacity(n);
+    for row in 0..n {
+        let content = content_hash(batch, row);
+        ids.push(event_id(batch, id_col, row, content).to_be_bytes());
+        contents.push(content.to_be_bytes());
+    }
+    let ids = FixedSizeBinaryArray::try_from_iter(ids.into_iter())?;
+    let contents = FixedSizeBinaryArray::try_from_iter(contents.into_iter())?;
+    let mut fields: Vec<arrow_schema::FieldRef> =
+        batch.schema_ref().fields().iter().cloned().collect();
+    fields.push(std::sync::Arc::new(arrow_schema::Field::new(
+        EVENT_ID_COLUMN,
+        DataType::FixedSizeBinary(16),
+        false,
+    )));
+    fields.push(std::sync::Arc::new(arrow_schema::Field::new(
+        CONTENT_COLUMN,
+        DataType::FixedSizeBinary(16),
+        false,
+    )));
+    let mut columns = batch.columns().to_vec();
+    columns.push(std::sync::Arc::new(ids));
+    columns.push(std::sync::Arc::new(contents));
+    Ok(RecordBatch::try_new(
+        std::sync::Arc::new(arrow_schema::Schema::new(fields)),
+        columns,
+    )?)
+}
+
 /// Orders the events of `batch` (in `manifest`'s input schema) per the contract and
 /// drops duplicates.
 pub fn order_events(batch: &RecordBatch, manifest: &Manifest) -> Result<Ordered, CoreError> {

@@ -1,0 +1,367 @@
+//! The batch host: backfills a feature group from history.
+//!
+//! ```text
+//! source (Parquet | CSV | JSON lines; path or glob)  ──DataFusion scan──▶ [--sql]
+//!   ──▶ conform to the plugin's input schema + order columns   (lockstep-core, per partition)
+//!   ──▶ RepartitionExec(hash(entity key), N)
+//!   ──▶ SortExec(entity key, event time, event id, content), per partition, spilling
+//!   ──▶ one plugin instance per partition (OrderedRun: duplicates dropped, state carried)
+//!   ──▶ rows (and final states) ──▶ the caller writes the offline store
+//! ```
+//!
+//! Everything up to the plugin streams `RecordBatch`es under DataFusion's memory pool:
+//! with a memory limit the sort spills to disk instead of failing. Rows are ordered and
+//! de-duplicated exactly as the in-memory executor and the stream host do, because they
+//! are all the same `lockstep-core` code.
+//!
+//! JSON-lines sources are decoded by `lockstep-core`'s JSON decoder, not DataFusion's,
+//! so that a JSON value is parsed one way in every host; they are read into memory
+//! before the pipeline (Parquet and CSV stream).
+//!
+//! Not yet: the plugin as a serialisable `ExecutionPlan` node, output spilling (rows are
+//! collected in memory), S3 sources.
+
+use arrow_array::RecordBatch;
+use arrow_schema::{DataType, Field, Schema, SchemaRef};
+use datafusion::arrow::compute::SortOptions;
+use datafusion::datasource::MemTable;
+use datafusion::error::DataFusionError;
+use datafusion::execution::TaskContext;
+use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+use datafusion::physical_expr::expressions::col;
+use datafusion::physical_expr::{LexOrdering, PhysicalSortExpr};
+use datafusion::physical_plan::repartition::RepartitionExec;
+use datafusion::physical_plan::sorts::sort::SortExec;
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::streaming::{PartitionStream, StreamingTableExec};
+use datafusion::physical_plan::{
+    ExecutionPlan, ExecutionPlanProperties, Partitioning, SendableRecordBatchStream,
+};
+use datafusion::prelude::{CsvReadOptions, ParquetReadOptions, SessionConfig, SessionContext};
+use futures::StreamExt;
+use lockstep_abi::Manifest;
+use lockstep_core::conform::{SourceKind, conform};
+use lockstep_core::executor::{Executor, RunStats, StateMap};
+use lockstep_core::order::{CONTENT_COLUMN, EVENT_ID_COLUMN, with_order_columns};
+use lockstep_core::rows::row_json;
+use lockstep_core::schema::input_schema;
+use lockstep_runtime::Plugin;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use thiserror::Error;
+
+/// Format of the source files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SourceFormat {
+    /// Apache Parquet.
+    Parquet,
+    /// CSV with a header row.
+    Csv,
+    /// One JSON object per line.
+    Json,
+}
+
+impl SourceFormat {
+    /// Guesses the format from a path's extension.
+    pub fn from_path(path: &str) -> Option<Self> {
+        let lower = path.to_ascii_lowercase();
+        if lower.ends_with(".parquet") || lower.ends_with(".pq") {
+            Some(SourceFormat::Parquet)
+        } else if lower.ends_with(".csv") {
+            Some(SourceFormat::Csv)
+        } else if lower.ends_with(".jsonl")
+            || lower.ends_with(".json")
+            || lower.ends_with(".ndjson")
+        {
+            Some(SourceFormat::Json)
+        } else {
+            None
+        }
+    }
+}
+
+/// What to backfill and how.
+#[derive(Debug, Clone)]
+pub struct BatchJob {
+    /// A file, a directory or a glob.
+    pub source: String,
+    /// The files' format.
+    pub format: SourceFormat,
+    /// `SELECT … FROM source` shaping rows into the plugin's input schema.
+    pub sql: Option<String>,
+    /// Parallel plugin instances (entity-key partitions).
+    pub partitions: usize,
+    /// Memory pool size in bytes; sorting spills to disk beyond it.
+    pub memory_limit: Option<usize>,
+    /// Where to spill (default: the system temporary directory).
+    pub spill_dir: Option<PathBuf>,
+}
+
+/// A source row that could not be conformed to the input schema.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SourceReject {
+    /// The column at fault.
+    pub column: String,
+    /// Why.
+    pub reason: String,
+    /// The row as the source had it.
+    pub record: serde_json::Map<String, serde_json::Value>,
+}
+
+/// What a backfill produced.
+#[derive(Debug)]
+pub struct BatchOutput {
+    /// Emitted rows, in the plugin's row schema.
+    pub rows: Vec<RecordBatch>,
+    /// Each entity's state after its last event: the stream host can start from it.
+    pub states: StateMap,
+    /// Counters over all partitions.
+    pub stats: RunStats,
+    /// Rows refused by the input schema (never silently dropped).
+    pub rejects: Vec<SourceReject>,
+}
+
+/// Why a backfill failed.
+#[derive(Debug, Error)]
+pub enum BatchError {
+    /// Reading, planning or sorting failed (includes conform errors, which name the column).
+    #[error("{0}")]
+    DataFusion(#[from] DataFusionError),
+    /// The plugin or the shared host path failed.
+    #[error(transparent)]
+    Core(#[from] lockstep_core::CoreError),
+    /// A JSON-lines source could not be read or decoded.
+    #[error("{0}")]
+    Source(String),
+}
+
+/// The schema the sort consumes: the input schema and the two order columns.
+fn order_schema(manifest: &Manifest) -> SchemaRef {
+    let mut fields: Vec<Field> = input_schema(manifest)
+        .fields()
+        .iter()
+        .map(|f| f.as_ref().clone())
+        .collect();
+    fields.push(Field::new(
+        EVENT_ID_COLUMN,
+        DataType::FixedSizeBinary(16),
+        false,
+    ));
+    fields.push(Field::new(
+        CONTENT_COLUMN,
+        DataType::FixedSizeBinary(16),
+        false,
+    ));
+    Arc::new(Schema::new(fields))
+}
+
+/// One source partition, conformed to the input schema with order columns added.
+#[derive(Debug)]
+struct ConformedPartition {
+    source: Arc<dyn ExecutionPlan>,
+    partition: usize,
+    manifest: Manifest,
+    input: SchemaRef,
+    output: SchemaRef,
+    kind: SourceKind,
+    rejects: Arc<Mutex<Vec<SourceReject>>>,
+}
+
+impl PartitionStream for ConformedPartition {
+    fn schema(&self) -> &SchemaRef {
+        &self.output
+    }
+
+    fn execute(&self, ctx: Arc<TaskContext>) -> SendableRecordBatchStream {
+        let (manifest, input, output) = (
+            self.manifest.clone(),
+            self.input.clone(),
+            self.output.clone(),
+        );
+        let (rejects, kind) = (self.rejects.clone(), self.kind);
+        let stream = match self.source.execute(self.partition, ctx) {
+            Ok(s) => s,
+            Err(e) => {
+                return Box::pin(RecordBatchStreamAdapter::new(
+                    output,
+                    futures::stream::once(async { Err(e) }),
+                ));
+            }
+        };
+        let mapped = stream.map(move |batch| {
+            let batch = batch?;
+            let (conformed, bad) = conform(&batch, &manifest, &input, kind)
+                .map_err(|e| DataFusionError::Execution(e.to_string()))?;
+            if !bad.is_empty() {
+                let mut sink = rejects.lock().unwrap_or_else(|p| p.into_inner());
+                sink.extend(bad.into_iter().map(|r| SourceReject {
+                    record: row_json(&batch, r.row),
+                    column: r.column,
+                    reason: r.reason,
+                }));
+            }
+            with_order_columns(&conformed, &manifest)
+                .map_err(|e| DataFusionError::Execution(e.to_string()))
+        });
+        Box::pin(RecordBatchStreamAdapter::new(self.output.clone(), mapped))
+    }
+}
+
+async fn register_source(
+    ctx: &SessionContext,
+    job: &BatchJob,
+    manifest: &Manifest,
+) -> Result<(), BatchError> {
+    match job.format {
+        SourceFormat::Parquet => {
+            ctx.register_parquet("source", &job.source, ParquetReadOptions::default())
+                .await?
+        }
+        SourceFormat::Csv => {
+            // Every cell as text: values are parsed by the shared rules during conform,
+            // not by CSV type inference (which, for one, drops time zones).
+            let inferred = ctx.read_csv(&job.source, CsvReadOptions::new()).await?;
+            let text = Schema::new(
+                inferred
+                    .schema()
+                    .fields()
+                    .iter()
+                    .map(|f| Field::new(f.name(), DataType::Utf8, true))
+                    .collect::<Vec<_>>(),
+            );
+            ctx.register_csv("source", &job.source, CsvReadOptions::new().schema(&text))
+                .await?
+        }
+        SourceFormat::Json => {
+            let text = std::fs::read_to_string(&job.source)
+                .map_err(|e| BatchError::Source(format!("reading {}: {e}", job.source)))?;
+            let batch = lockstep_core::decode::decode_json_lines(&text, manifest, None)
+                .map_err(|e| BatchError::Source(format!("{}: {e}", job.source)))?;
+            let table = MemTable::try_new(batch.schema(), vec![vec![batch]])?;
+            ctx.register_table("source", Arc::new(table))?;
+        }
+    }
+    Ok(())
+}
+
+/// Runs `plugin` over the job's source and returns the rows, final states and rejects.
+pub async fn run(job: &BatchJob, plugin: &Plugin) -> Result<BatchOutput, BatchError> {
+    let manifest = plugin.manifest().clone();
+    let partitions = job.partitions.max(1);
+    let mut runtime = RuntimeEnvBuilder::new();
+    if let Some(limit) = job.memory_limit {
+        runtime = runtime.with_memory_limit(limit, 1.0);
+    }
+    if let Some(dir) = &job.spill_dir {
+        runtime = runtime.with_temp_file_path(dir.clone());
+    }
+    let mut config = SessionConfig::new().with_target_partitions(partitions);
+    if let Some(limit) = job.memory_limit {
+        // The sort holds this much back for merging spilled runs; DataFusion's 10 MB
+        // default is more than a small pool has, so keep it to a share of the pool.
+        let execution = &mut config.options_mut().execution;
+        execution.sort_spill_reservation_bytes =
+            execution.sort_spill_reservation_bytes.min(limit / 8);
+    }
+    let ctx = SessionContext::new_with_config_rt(config, runtime.build_arc()?);
+    register_source(&ctx, job, &manifest).await?;
+    let frame = match &job.sql {
+        Some(sql) => ctx.sql(sql).await?,
+        None => ctx.table("source").await?,
+    };
+    let source = frame.create_physical_plan().await?;
+
+    let rejects = Arc::new(Mutex::new(Vec::new()));
+    let output = order_schema(&manifest);
+    let streams: Vec<Arc<dyn PartitionStream>> =
+        (0..source.output_partitioning().partition_count())
+            .map(|partition| {
+                Arc::new(ConformedPartition {
+                    source: source.clone(),
+                    partition,
+                    manifest: manifest.clone(),
+                    input: input_schema(&manifest),
+                    output: output.clone(),
+                    kind: match job.format {
+                        SourceFormat::Csv => SourceKind::Text,
+                        SourceFormat::Parquet | SourceFormat::Json => SourceKind::Typed,
+                    },
+                    rejects: rejects.clone(),
+                }) as Arc<dyn PartitionStream>
+            })
+            .collect();
+    let conformed = Arc::new(StreamingTableExec::try_new(
+        output.clone(),
+        streams,
+        None,
+        Vec::new(),
+        false,
+        None,
+    )?);
+    let key = col(&manifest.entity_key, &output)?;
+    let repartitioned = Arc::new(RepartitionExec::try_new(
+        conformed,
+        Partitioning::Hash(vec![key.clone()], partitions),
+    )?);
+    let sort_keys = [
+        key,
+        col(&manifest.event_time, &output)?,
+        col(EVENT_ID_COLUMN, &output)?,
+        col(CONTENT_COLUMN, &output)?,
+    ];
+    let ordering = LexOrdering::new(
+        sort_keys
+            .into_iter()
+            .map(|e| PhysicalSortExpr::new(e, SortOptions::default())),
+    )
+    .ok_or_else(|| BatchError::Source("empty sort order".into()))?;
+    let sorted: Arc<dyn ExecutionPlan> =
+        Arc::new(SortExec::new(ordering, repartitioned).with_preserve_partitioning(true));
+
+    let task_ctx = ctx.task_ctx();
+    let mut tasks = Vec::with_capacity(partitions);
+    for partition in 0..partitions {
+        let mut stream = sorted.execute(partition, task_ctx.clone())?;
+        let mut executor = Executor::new(plugin)?;
+        tasks.push(tokio::spawn(async move {
+            let mut states = StateMap::new();
+            let mut rows = Vec::new();
+            let stats = {
+                let mut run = executor.ordered(&mut states);
+                while let Some(batch) = stream.next().await {
+                    let batch = batch?;
+                    // The plugin call is CPU-bound: let the runtime move other tasks
+                    // (the sort, the repartitioning) to another worker meanwhile.
+                    let emitted = tokio::task::block_in_place(|| run.push(&batch))?;
+                    if emitted.num_rows() > 0 {
+                        rows.push(emitted);
+                    }
+                }
+                run.stats().clone()
+            };
+            Ok::<_, BatchError>((rows, states, stats))
+        }));
+    }
+    let mut out = BatchOutput {
+        rows: Vec::new(),
+        states: StateMap::new(),
+        stats: RunStats::default(),
+        rejects: Vec::new(),
+    };
+    for task in tasks {
+        let (rows, states, stats) = task
+            .await
+            .map_err(|e| BatchError::Source(format!("a partition task failed: {e}")))??;
+        out.rows.extend(rows);
+        out.states.extend(states);
+        let s = &mut out.stats;
+        s.events_in += stats.events_in;
+        s.events_applied += stats.events_applied;
+        s.duplicates += stats.duplicates;
+        s.rows_out += stats.rows_out;
+        s.calls += stats.calls;
+        s.entities += stats.entities;
+    }
+    out.rejects = std::mem::take(&mut *rejects.lock().unwrap_or_else(|p| p.into_inner()));
+    Ok(out)
+}
