@@ -1,6 +1,7 @@
 //! `lockstep`: the command line over the Lockstep libraries. Parsing arguments and
 //! printing are all that happens here; everything else lives in library crates.
 
+mod batch;
 mod demo;
 
 use anyhow::{Context, Result, bail};
@@ -26,6 +27,9 @@ enum Command {
     /// Build, inspect and run plugins.
     #[command(subcommand)]
     Plugin(PluginCommand),
+    /// Backfill feature groups from history into the offline store.
+    #[command(subcommand)]
+    Batch(BatchCommand),
     /// Generate synthetic data.
     #[command(subcommand)]
     Gen(GenCommand),
@@ -61,6 +65,49 @@ enum GenCommand {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+}
+
+#[derive(Subcommand)]
+enum BatchCommand {
+    /// Run a plugin over a source and write its rows into the offline store.
+    Run {
+        /// The plugin component (.wasm).
+        #[arg(long)]
+        plugin: PathBuf,
+        /// Source files: a file, a directory or a glob.
+        #[arg(long)]
+        source: String,
+        /// Source format (default: from the file extension).
+        #[arg(long, value_enum)]
+        format: Option<FormatArg>,
+        /// Shape the source into the plugin's input schema: `SELECT … FROM source`.
+        #[arg(long)]
+        sql: Option<String>,
+        /// Offline store directory.
+        #[arg(long)]
+        offline_store: PathBuf,
+        /// Memory for sorting (e.g. 2GiB); beyond it the sort spills to disk.
+        #[arg(long, value_parser = batch::parse_size)]
+        memory_limit: Option<usize>,
+        /// Parallel plugin instances (default: the number of cores).
+        #[arg(long)]
+        partitions: Option<usize>,
+        /// Write each entity's final state here (for the stream host to start from).
+        #[arg(long)]
+        state_out: Option<PathBuf>,
+        /// Write rows that cannot be read here, with their reason, and go on.
+        #[arg(long)]
+        rejects: Option<PathBuf>,
+        #[command(flatten)]
+        runtime: RuntimeArgs,
+    },
+}
+
+#[derive(clap::ValueEnum, Clone, Copy)]
+enum FormatArg {
+    Parquet,
+    Csv,
+    Json,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy)]
@@ -163,6 +210,39 @@ fn main() {
             malformed,
             out,
         }) => gen_events(kind, rows, entities, seed, malformed, out.as_deref()),
+        Command::Batch(BatchCommand::Run {
+            plugin,
+            source,
+            format,
+            sql,
+            offline_store,
+            memory_limit,
+            partitions,
+            state_out,
+            rejects,
+            runtime,
+        }) => batch::check_local(&offline_store).and_then(|_| {
+            batch::run(
+                batch::RunArgs {
+                    plugin,
+                    source,
+                    format: format.map(|f| match f {
+                        FormatArg::Parquet => lockstep_batch::SourceFormat::Parquet,
+                        FormatArg::Csv => lockstep_batch::SourceFormat::Csv,
+                        FormatArg::Json => lockstep_batch::SourceFormat::Json,
+                    }),
+                    sql,
+                    offline_store,
+                    memory_limit,
+                    partitions: partitions.unwrap_or_else(|| {
+                        std::thread::available_parallelism().map_or(2, |n| n.get())
+                    }),
+                    state_out,
+                    rejects,
+                },
+                &runtime.runtime()?,
+            )
+        }),
         Command::Demo { events } => demo::run(events),
     };
     if let Err(e) = result {

@@ -32,6 +32,7 @@
 mod error;
 pub mod layout;
 mod registry;
+pub mod snapshot;
 mod store;
 
 pub use error::OfflineError;
