@@ -27,6 +27,7 @@ use datafusion::arrow::compute::SortOptions;
 use datafusion::datasource::MemTable;
 use datafusion::error::DataFusionError;
 use datafusion::execution::TaskContext;
+use datafusion::execution::memory_pool::FairSpillPool;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::physical_expr::expressions::col;
 use datafusion::physical_expr::{LexOrdering, PhysicalSortExpr};
@@ -250,7 +251,9 @@ pub async fn run(job: &BatchJob, plugin: &Plugin) -> Result<BatchOutput, BatchEr
     let partitions = job.partitions.max(1);
     let mut runtime = RuntimeEnvBuilder::new();
     if let Some(limit) = job.memory_limit {
-        runtime = runtime.with_memory_limit(limit, 1.0);
+        // Several partitions sort (and spill) at once: a greedy pool lets one starve the
+        // others, a fair one gives every spilling operator its share.
+        runtime = runtime.with_memory_pool(Arc::new(FairSpillPool::new(limit)));
     }
     if let Some(dir) = &job.spill_dir {
         runtime = runtime.with_temp_file_path(dir.clone());
@@ -258,7 +261,7 @@ pub async fn run(job: &BatchJob, plugin: &Plugin) -> Result<BatchOutput, BatchEr
     let mut config = SessionConfig::new().with_target_partitions(partitions);
     if let Some(limit) = job.memory_limit {
         // The sort holds this much back for merging spilled runs; DataFusion's 10 MB
-        // default is more than a small pool has, so keep it to a share of the pool.
+        // default is more than a small pool has, so keep it to a small share of the pool.
         let execution = &mut config.options_mut().execution;
         execution.sort_spill_reservation_bytes =
             execution.sort_spill_reservation_bytes.min(limit / 8);
