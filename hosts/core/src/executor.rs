@@ -34,6 +34,18 @@ impl fmt::Display for EntityKey {
 }
 
 impl EntityKey {
+    /// Whether this key equals the value at `row` of a Utf8 or Int64 column, without
+    /// allocating.
+    pub fn equals(&self, column: &dyn Array, row: usize) -> bool {
+        match (self, column.data_type()) {
+            (EntityKey::Str(s), DataType::Utf8) => column.as_string::<i32>().value(row) == s,
+            (EntityKey::Int(i), DataType::Int64) => {
+                column.as_primitive::<Int64Type>().value(row) == *i
+            }
+            _ => false,
+        }
+    }
+
     /// The key at `row` of a Utf8 or Int64 column.
     pub fn from_array(column: &dyn Array, row: usize) -> Option<Self> {
         match column.data_type() {
@@ -325,9 +337,15 @@ impl OrderedRun<'_> {
         let mut runs: Vec<(EntityKey, usize, usize)> = Vec::new();
         let mut kept = 0usize;
         for row in 0..n {
-            let key = EntityKey::from_array(batch.column(key_col).as_ref(), row)
-                .ok_or_else(|| CoreError::Input("entity key must be string or int64".into()))?;
-            if self.current.as_ref() != Some(&key) {
+            let key_array = batch.column(key_col).as_ref();
+            // Compare in place; an owned key is only made when the entity changes.
+            if !self
+                .current
+                .as_ref()
+                .is_some_and(|k| k.equals(key_array, row))
+            {
+                let key = EntityKey::from_array(key_array, row)
+                    .ok_or_else(|| CoreError::Input("entity key must be string or int64".into()))?;
                 if let Some(previous) = &self.current
                     && key < *previous
                 {
@@ -339,7 +357,9 @@ impl OrderedRun<'_> {
                 self.seen.clear();
                 self.stats.entities += 1;
                 runs.push((key, kept, 0));
-            } else if runs.is_empty() {
+            } else if runs.is_empty()
+                && let Some(key) = self.current.clone()
+            {
                 runs.push((key, kept, 0));
             }
             let id = u128::from_be_bytes(ids.value(row).try_into().unwrap_or([0; 16]));
