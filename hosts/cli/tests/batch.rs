@@ -2,21 +2,13 @@
 //! bad rows, and a process killed half way.
 
 use lockstep_offline::OfflineStore;
+mod common;
+
+use common::{lockstep, text};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
 use std::time::Duration;
-
-fn lockstep(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_lockstep"))
-        .args(args)
-        .output()
-        .expect("run lockstep")
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
 
 fn velocity() -> &'static PathBuf {
     static BUILT: OnceLock<PathBuf> = OnceLock::new();

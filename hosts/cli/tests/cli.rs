@@ -1,19 +1,11 @@
 //! The `lockstep` binary as a user meets it: real processes, real files, bad input.
 
+mod common;
+
+use common::{lockstep, text};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 use std::sync::OnceLock;
-
-fn lockstep(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_lockstep"))
-        .args(args)
-        .output()
-        .expect("run lockstep")
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
 
 /// Built once per test process through the CLI itself.
 fn velocity() -> &'static (PathBuf, String) {
