@@ -15,8 +15,10 @@
 //!
 //! # Commit protocol
 //!
-//! An hour partition is exactly one file, written to a dot-prefixed temporary name (which
-//! every Parquet reader ignores) and renamed into place, so a reader sees the old file or
+//! A job streams its rows through an [`OfflineWriter`], which buffers them per hour and
+//! stages what outgrows its memory budget in a private directory outside the store. At
+//! commit, an hour partition becomes exactly one file, written to a dot-prefixed
+//! temporary name (which every Parquet reader ignores) and renamed into place, so a reader sees the old file or
 //! the new one, never part of one. A job replaces every hour it writes and leaves every
 //! other hour alone — Spark's *dynamic partition overwrite*: re-running a job gives the
 //! same partitions without duplicates, and a job killed half way leaves each hour either
@@ -34,7 +36,9 @@ pub mod layout;
 mod registry;
 pub mod snapshot;
 mod store;
+pub mod writer;
 
 pub use error::OfflineError;
 pub use registry::GroupVersion;
 pub use store::{OfflineStore, STORE_COLUMNS, WriteSummary};
+pub use writer::{OfflineWriter, WriterOptions};

@@ -1,23 +1,17 @@
 //! Writing and reading hour partitions.
 
 use crate::error::{io, unique_tmp_name};
-use crate::layout::{self, Hour, PART_FILE};
+use crate::layout::{self, PART_FILE};
+use crate::writer::{OfflineWriter, WriterOptions};
 use crate::{GroupVersion, OfflineError, registry};
-use arrow_array::cast::AsArray;
-use arrow_array::types::TimestampMicrosecondType;
-use arrow_array::{
-    ArrayRef, BooleanArray, RecordBatch, StringArray, TimestampMicrosecondArray, UInt32Array,
-};
+use arrow_array::RecordBatch;
 use arrow_schema::{DataType, Field, Schema, SchemaRef, TimeUnit};
-use arrow_select::concat::concat_batches;
-use arrow_select::take::take;
 use lockstep_abi::Manifest;
-use lockstep_core::schema::{EVENT_TIME, row_schema};
+use lockstep_core::schema::row_schema;
 use parquet::arrow::ArrowWriter;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -31,7 +25,7 @@ pub const STORE_COLUMNS: [&str; 4] = [
 
 /// Rows per Parquet row group: large enough for good compression and scans, small
 /// enough that readers can skip by statistics.
-const ROW_GROUP_ROWS: usize = 128 * 1024;
+pub(crate) const ROW_GROUP_ROWS: usize = 128 * 1024;
 
 /// What a write did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -98,118 +92,32 @@ impl OfflineStore {
         Arc::new(Schema::new(fields))
     }
 
+    /// Starts a streaming write into `group` stamped with `write_time` (UTC µs); see
+    /// [`OfflineWriter`]. Nothing is visible until the writer commits.
+    pub fn writer(
+        &self,
+        group: &GroupVersion,
+        write_time: i64,
+        options: WriterOptions,
+    ) -> OfflineWriter {
+        OfflineWriter::new(self, group, write_time, options)
+    }
+
     /// Writes `rows` (in the group's row schema) into `group`, replacing every hour
-    /// partition they touch. `rows` must hold each of those hours completely: a
-    /// partition is one file, written once. `write_time` stamps the rows (UTC µs).
+    /// partition they touch: `rows` must hold each of those hours completely.
+    /// `write_time` stamps the rows (UTC µs). A shorthand for [`writer`](Self::writer),
+    /// [`OfflineWriter::write`] per batch, then [`OfflineWriter::commit`].
     pub fn write(
         &self,
         group: &GroupVersion,
         rows: &[RecordBatch],
         write_time: i64,
     ) -> Result<WriteSummary, OfflineError> {
-        let expected = row_schema(&group.manifest);
-        let schema_error = |message: String| OfflineError::Schema {
-            group: group.name.clone(),
-            message,
-        };
+        let mut writer = self.writer(group, write_time, WriterOptions::default());
         for batch in rows {
-            let actual: Vec<(&String, &DataType)> = batch
-                .schema_ref()
-                .fields()
-                .iter()
-                .map(|f| (f.name(), f.data_type()))
-                .collect();
-            let wanted: Vec<(&String, &DataType)> = expected
-                .fields()
-                .iter()
-                .map(|f| (f.name(), f.data_type()))
-                .collect();
-            if actual != wanted {
-                return Err(schema_error(format!(
-                    "expected columns {wanted:?}, got {actual:?}"
-                )));
-            }
+            writer.write(batch)?;
         }
-        // Row positions per hour, keeping the rows' order within each hour.
-        let mut hours: BTreeMap<Hour, Vec<Vec<u32>>> = BTreeMap::new();
-        for (b, batch) in rows.iter().enumerate() {
-            let times = batch
-                .column_by_name(EVENT_TIME)
-                .and_then(|c| c.as_primitive_opt::<TimestampMicrosecondType>())
-                .ok_or_else(|| schema_error(format!("no {EVENT_TIME} timestamp column")))?;
-            for (row, t) in times.values().iter().enumerate() {
-                let per_batch = hours
-                    .entry(Hour::of(*t))
-                    .or_insert_with(|| vec![Vec::new(); rows.len()]);
-                per_batch[b].push(row as u32);
-            }
-        }
-        let schema = Self::schema(&group.manifest);
-        let dir = layout::version_dir(&self.root, &group.name, &group.version);
-        let mut summary = WriteSummary {
-            rows: 0,
-            partitions: 0,
-            files: Vec::new(),
-        };
-        for (hour, per_batch) in hours {
-            let mut parts = Vec::new();
-            for (batch, positions) in rows.iter().zip(per_batch) {
-                if positions.is_empty() {
-                    continue;
-                }
-                let idx = UInt32Array::from(positions);
-                let columns = batch
-                    .columns()
-                    .iter()
-                    .map(|c| take(c.as_ref(), &idx, None))
-                    .collect::<Result<Vec<_>, _>>()?;
-                parts.push(RecordBatch::try_new(batch.schema(), columns)?);
-            }
-            let data = concat_batches(&expected, &parts)?;
-            let n = data.num_rows();
-            let mut columns: Vec<ArrayRef> = data.columns().to_vec();
-            let stamp = TimestampMicrosecondArray::from(vec![write_time; n]).with_timezone("UTC");
-            columns.push(Arc::new(stamp.clone()));
-            columns.push(Arc::new(stamp));
-            columns.push(Arc::new(BooleanArray::from(vec![false; n])));
-            columns.push(Arc::new(StringArray::from(vec![
-                group.plugin_hash.as_str();
-                n
-            ])));
-            let out = RecordBatch::try_new(schema.clone(), columns)?;
-            let file = self.write_partition(&dir.join(hour.relative_dir()), &out)?;
-            summary.rows += n;
-            summary.partitions += 1;
-            summary.files.push(file);
-        }
-        Ok(summary)
-    }
-
-    /// Writes one partition file: temporary dot-file, fsync, rename over the old one.
-    fn write_partition(&self, dir: &Path, batch: &RecordBatch) -> Result<PathBuf, OfflineError> {
-        std::fs::create_dir_all(dir).map_err(io("creating", dir))?;
-        let path = dir.join(PART_FILE);
-        let tmp = dir.join(unique_tmp_name(PART_FILE));
-        let parquet = |source| OfflineError::Parquet {
-            path: path.clone(),
-            source,
-        };
-        let file = std::fs::File::create(&tmp).map_err(io("creating", &tmp))?;
-        let props = WriterProperties::builder()
-            .set_compression(Compression::ZSTD(ZstdLevel::try_new(3).map_err(parquet)?))
-            .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
-            .set_created_by("lockstep".into())
-            .build();
-        let mut writer =
-            ArrowWriter::try_new(file, batch.schema(), Some(props)).map_err(parquet)?;
-        writer.write(batch).map_err(parquet)?;
-        let file = writer.into_inner().map_err(parquet)?;
-        file.sync_all().map_err(io("syncing", &tmp))?;
-        std::fs::rename(&tmp, &path).map_err(io("committing", &path))?;
-        if let Ok(d) = std::fs::File::open(dir) {
-            let _ = d.sync_all();
-        }
-        Ok(path)
+        writer.commit()
     }
 
     /// Every stored row of `group@version`, partition by partition in time order.
@@ -254,4 +162,30 @@ fn collect_parts(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), OfflineError>
         }
     }
     Ok(())
+}
+
+/// Writes one partition file: temporary dot-file, fsync, rename over the old one.
+pub(crate) fn write_partition(dir: &Path, batch: &RecordBatch) -> Result<PathBuf, OfflineError> {
+    std::fs::create_dir_all(dir).map_err(io("creating", dir))?;
+    let path = dir.join(PART_FILE);
+    let tmp = dir.join(unique_tmp_name(PART_FILE));
+    let parquet = |source| OfflineError::Parquet {
+        path: path.clone(),
+        source,
+    };
+    let file = std::fs::File::create(&tmp).map_err(io("creating", &tmp))?;
+    let props = WriterProperties::builder()
+        .set_compression(Compression::ZSTD(ZstdLevel::try_new(3).map_err(parquet)?))
+        .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
+        .set_created_by("lockstep".into())
+        .build();
+    let mut writer = ArrowWriter::try_new(file, batch.schema(), Some(props)).map_err(parquet)?;
+    writer.write(batch).map_err(parquet)?;
+    let file = writer.into_inner().map_err(parquet)?;
+    file.sync_all().map_err(io("syncing", &tmp))?;
+    std::fs::rename(&tmp, &path).map_err(io("committing", &path))?;
+    if let Ok(d) = std::fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+    Ok(path)
 }

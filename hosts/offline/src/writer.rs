@@ -1,0 +1,354 @@
+//! Streaming writes: rows arrive in any hour order, in bounded memory, and become
+//! visible only at [`OfflineWriter::commit`].
+//!
+//! Rows are buffered per hour. When the buffer outgrows its budget, every buffered hour
+//! is appended to an Arrow IPC chunk file in a private staging directory (local disk,
+//! never under the store root, so no reader can see it) and the buffer is emptied. At
+//! commit each touched hour is assembled from its chunks and whatever is still
+//! buffered, put in a deterministic order (entity key, event time, arrival order within
+//! an entity), and written as that hour's one Parquet file (temporary name, then rename).
+//! Memory is bounded by the buffer budget while rows stream in, and by the largest hour
+//! at commit. Dropping a writer without committing writes nothing and removes the
+//! staging directory; a killed process leaves it behind in the temporary directory,
+//! where no reader looks.
+
+use crate::error::io;
+use crate::layout::{self, Hour};
+use crate::store::{WriteSummary, write_partition};
+use crate::{GroupVersion, OfflineError, OfflineStore};
+use arrow_array::cast::AsArray;
+use arrow_array::types::TimestampMicrosecondType;
+use arrow_array::{
+    ArrayRef, BooleanArray, RecordBatch, StringArray, TimestampMicrosecondArray, UInt32Array,
+};
+use arrow_ipc::reader::StreamReader;
+use arrow_ipc::writer::StreamWriter;
+use arrow_ord::ord::make_comparator;
+use arrow_schema::{DataType, SchemaRef, SortOptions};
+use arrow_select::concat::concat_batches;
+use arrow_select::take::take;
+use lockstep_core::schema::{EVENT_TIME, row_schema};
+use std::collections::BTreeMap;
+use std::io::{BufReader, BufWriter};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+const MICROS_PER_HOUR: i64 = 3_600_000_000;
+
+/// Default buffer budget: rows held in memory before they are staged on disk.
+pub const DEFAULT_BUFFER_BYTES: usize = 256 << 20;
+
+/// Options of an [`OfflineWriter`].
+#[derive(Debug, Clone)]
+pub struct WriterOptions {
+    /// Bytes of rows to hold in memory before staging them on disk.
+    pub buffer_bytes: usize,
+    /// Where the staging directory goes (default: the system temporary directory).
+    pub staging_dir: Option<PathBuf>,
+    /// Threads encoding Parquet at commit (default: available parallelism).
+    pub threads: Option<usize>,
+}
+
+impl Default for WriterOptions {
+    fn default() -> Self {
+        WriterOptions {
+            buffer_bytes: DEFAULT_BUFFER_BYTES,
+            staging_dir: None,
+            threads: None,
+        }
+    }
+}
+
+/// Writes one job's rows into a group version; see the [module docs](self).
+pub struct OfflineWriter {
+    root: PathBuf,
+    group: GroupVersion,
+    write_time: i64,
+    expected: SchemaRef,
+    options: WriterOptions,
+    /// Hour index (hours since the epoch) → rows not yet staged, in arrival order.
+    buffer: BTreeMap<i64, Vec<RecordBatch>>,
+    buffered_bytes: usize,
+    staging: Option<tempfile::TempDir>,
+    /// Hour index → staged chunk files, in staging order.
+    chunks: BTreeMap<i64, Vec<PathBuf>>,
+    spills: usize,
+    rows: usize,
+}
+
+impl std::fmt::Debug for OfflineWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OfflineWriter")
+            .field("group", &self.group.name)
+            .field("version", &self.group.version)
+            .field("rows", &self.rows)
+            .field("spills", &self.spills)
+            .finish()
+    }
+}
+
+/// A comparison of row `i` with row `j` of one batch.
+type RowComparator = Box<dyn Fn(usize, usize) -> std::cmp::Ordering + Send + Sync>;
+
+impl OfflineWriter {
+    pub(crate) fn new(
+        store: &OfflineStore,
+        group: &GroupVersion,
+        write_time: i64,
+        options: WriterOptions,
+    ) -> Self {
+        OfflineWriter {
+            root: store.root().to_owned(),
+            group: group.clone(),
+            write_time,
+            expected: row_schema(&group.manifest),
+            options,
+            buffer: BTreeMap::new(),
+            buffered_bytes: 0,
+            staging: None,
+            chunks: BTreeMap::new(),
+            spills: 0,
+            rows: 0,
+        }
+    }
+
+    /// Rows accepted so far.
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// How many times the buffer was staged on disk.
+    pub fn spills(&self) -> usize {
+        self.spills
+    }
+
+    fn schema_error(&self, message: String) -> OfflineError {
+        OfflineError::Schema {
+            group: self.group.name.clone(),
+            message,
+        }
+    }
+
+    /// Accepts `batch` (in the group's row schema). Nothing is visible until
+    /// [`commit`](Self::commit).
+    pub fn write(&mut self, batch: &RecordBatch) -> Result<(), OfflineError> {
+        if batch.num_rows() == 0 {
+            return Ok(());
+        }
+        let columns = |s: &SchemaRef| -> Vec<(String, DataType)> {
+            s.fields()
+                .iter()
+                .map(|f| (f.name().clone(), f.data_type().clone()))
+                .collect()
+        };
+        let (actual, wanted) = (columns(batch.schema_ref()), columns(&self.expected));
+        if actual != wanted {
+            return Err(self.schema_error(format!("expected columns {wanted:?}, got {actual:?}")));
+        }
+        let times = batch
+            .column_by_name(EVENT_TIME)
+            .and_then(|c| c.as_primitive_opt::<TimestampMicrosecondType>())
+            .ok_or_else(|| self.schema_error(format!("no {EVENT_TIME} timestamp column")))?;
+        // A batch usually covers few hours: group positions per hour, keeping order.
+        let mut per_hour: BTreeMap<i64, Vec<u32>> = BTreeMap::new();
+        for (row, t) in times.values().iter().enumerate() {
+            per_hour
+                .entry(t.div_euclid(MICROS_PER_HOUR))
+                .or_default()
+                .push(row as u32);
+        }
+        if per_hour.len() == 1 {
+            let (hour, _) = per_hour.pop_first().unwrap_or_default();
+            self.buffer_rows(hour, batch.clone());
+        } else {
+            for (hour, positions) in per_hour {
+                let idx = UInt32Array::from(positions);
+                let columns = batch
+                    .columns()
+                    .iter()
+                    .map(|c| take(c.as_ref(), &idx, None))
+                    .collect::<Result<Vec<_>, _>>()?;
+                self.buffer_rows(hour, RecordBatch::try_new(batch.schema(), columns)?);
+            }
+        }
+        self.rows += batch.num_rows();
+        if self.buffered_bytes > self.options.buffer_bytes {
+            self.stage()?;
+        }
+        Ok(())
+    }
+
+    fn buffer_rows(&mut self, hour: i64, rows: RecordBatch) {
+        self.buffered_bytes += rows.get_array_memory_size();
+        self.buffer.entry(hour).or_default().push(rows);
+    }
+
+    /// Moves every buffered hour to a chunk file in the staging directory.
+    fn stage(&mut self) -> Result<(), OfflineError> {
+        let staging = match &self.staging {
+            Some(dir) => dir.path().to_owned(),
+            None => {
+                let base = self
+                    .options
+                    .staging_dir
+                    .clone()
+                    .unwrap_or_else(std::env::temp_dir);
+                std::fs::create_dir_all(&base).map_err(io("creating", &base))?;
+                let dir = tempfile::Builder::new()
+                    .prefix("lockstep-offline-staging-")
+                    .tempdir_in(&base)
+                    .map_err(io("creating a staging directory in", &base))?;
+                let path = dir.path().to_owned();
+                self.staging = Some(dir);
+                path
+            }
+        };
+        let spill = self.spills;
+        for (hour, batches) in std::mem::take(&mut self.buffer) {
+            let path = staging.join(format!("{hour}-{spill}.arrows"));
+            let file = std::fs::File::create(&path).map_err(io("creating", &path))?;
+            let mut w = StreamWriter::try_new(BufWriter::new(file), &self.expected)?;
+            for b in &batches {
+                w.write(b)?;
+            }
+            w.finish()?;
+            self.chunks.entry(hour).or_default().push(path);
+        }
+        self.buffered_bytes = 0;
+        self.spills += 1;
+        Ok(())
+    }
+
+    /// Writes every touched hour and makes it visible, replacing what those hours held.
+    pub fn commit(mut self) -> Result<WriteSummary, OfflineError> {
+        let mut hours: BTreeMap<i64, (Vec<PathBuf>, Vec<RecordBatch>)> = BTreeMap::new();
+        for (hour, files) in std::mem::take(&mut self.chunks) {
+            hours.entry(hour).or_default().0 = files;
+        }
+        for (hour, batches) in std::mem::take(&mut self.buffer) {
+            hours.entry(hour).or_default().1 = batches;
+        }
+        let work: Vec<_> = hours.into_iter().collect();
+        let threads = self
+            .options
+            .threads
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+            .clamp(1, work.len().max(1));
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        let this = &self;
+        let results: Vec<Result<Vec<(usize, PathBuf, usize)>, OfflineError>> =
+            std::thread::scope(|scope| {
+                let handles: Vec<_> = (0..threads)
+                    .map(|_| {
+                        scope.spawn(|| {
+                            let mut done = Vec::new();
+                            loop {
+                                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                                let Some((hour, (files, batches))) = work.get(i) else {
+                                    return Ok(done);
+                                };
+                                let (path, rows) = this.write_hour(*hour, files, batches)?;
+                                done.push((i, path, rows));
+                            }
+                        })
+                    })
+                    .collect();
+                handles
+                    .into_iter()
+                    .map(|h| {
+                        h.join().unwrap_or_else(|_| {
+                            Err(OfflineError::Registry {
+                                path: this.root.clone(),
+                                message: "a partition writer thread panicked".into(),
+                            })
+                        })
+                    })
+                    .collect()
+            });
+        let mut files = Vec::new();
+        for r in results {
+            files.extend(r?);
+        }
+        files.sort_by_key(|(i, _, _)| *i);
+        Ok(WriteSummary {
+            rows: files.iter().map(|(_, _, n)| n).sum(),
+            partitions: files.len(),
+            files: files.into_iter().map(|(_, p, _)| p).collect(),
+        })
+    }
+
+    /// Assembles, orders and writes one hour.
+    fn write_hour(
+        &self,
+        hour: i64,
+        files: &[PathBuf],
+        buffered: &[RecordBatch],
+    ) -> Result<(PathBuf, usize), OfflineError> {
+        let mut parts = Vec::new();
+        for path in files {
+            let file = std::fs::File::open(path).map_err(io("opening", path))?;
+            for batch in StreamReader::try_new(BufReader::new(file), None)? {
+                parts.push(batch?);
+            }
+        }
+        parts.extend(buffered.iter().cloned());
+        let data = concat_batches(&self.expected, &parts)?;
+        drop(parts);
+        let data = self.deterministic_order(data)?;
+        let n = data.num_rows();
+        let mut columns: Vec<ArrayRef> = data.columns().to_vec();
+        let stamp = TimestampMicrosecondArray::from(vec![self.write_time; n]).with_timezone("UTC");
+        columns.push(Arc::new(stamp.clone()));
+        columns.push(Arc::new(stamp));
+        columns.push(Arc::new(BooleanArray::from(vec![false; n])));
+        columns.push(Arc::new(StringArray::from(vec![
+            self.group
+                .plugin_hash
+                .as_str();
+            n
+        ])));
+        let out = RecordBatch::try_new(OfflineStore::schema(&self.group.manifest), columns)?;
+        let dir = layout::version_dir(&self.root, &self.group.name, &self.group.version)
+            .join(Hour::of(hour.saturating_mul(MICROS_PER_HOUR)).relative_dir());
+        let path = write_partition(&dir, &out)?;
+        Ok((path, n))
+    }
+
+    /// Orders an hour's rows by entity key, then event time, then arrival: the same rows
+    /// give the same file whichever partition delivered them first. (The sort is stable,
+    /// and all of one entity's rows come from one partition in emission order.)
+    fn deterministic_order(&self, data: RecordBatch) -> Result<RecordBatch, OfflineError> {
+        // The row schema starts with the entity key, then the event time.
+        let key = data.column(0).clone();
+        let time = data.column(1).clone();
+        let by_key: RowComparator = Box::new(make_comparator(
+            key.as_ref(),
+            key.as_ref(),
+            SortOptions::default(),
+        )?);
+        let by_time: RowComparator = Box::new(make_comparator(
+            time.as_ref(),
+            time.as_ref(),
+            SortOptions::default(),
+        )?);
+        let mut order: Vec<u32> = (0..data.num_rows() as u32).collect();
+        if order.windows(2).all(|w| {
+            by_key(w[0] as usize, w[1] as usize)
+                .then(by_time(w[0] as usize, w[1] as usize))
+                .is_le()
+        }) {
+            return Ok(data);
+        }
+        order.sort_by(|&a, &b| {
+            let (a, b) = (a as usize, b as usize);
+            by_key(a, b).then_with(|| by_time(a, b))
+        });
+        let idx = UInt32Array::from(order);
+        let columns = data
+            .columns()
+            .iter()
+            .map(|c| take(c.as_ref(), &idx, None))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(RecordBatch::try_new(data.schema(), columns)?)
+    }
+}
