@@ -6,11 +6,13 @@
 //!   ──▶ RepartitionExec(hash(entity key), N)
 //!   ──▶ SortExec(entity key, event time, event id, content), per partition, spilling
 //!   ──▶ one plugin instance per partition (OrderedRun: duplicates dropped, state carried)
-//!   ──▶ rows (and final states) ──▶ the caller writes the offline store
+//!   ──▶ rows ──▶ a [`RowSink`] (the offline store's streaming writer), final states
 //! ```
 //!
-//! Everything up to the plugin streams `RecordBatch`es under DataFusion's memory pool:
-//! with a memory limit the sort spills to disk instead of failing. Rows are ordered and
+//! Everything streams `RecordBatch`es: up to the plugin under DataFusion's memory pool
+//! (with a memory limit the sort spills to disk instead of failing), after it through a
+//! bounded channel into the sink, which has its own budget
+//! ([`lockstep_offline::OfflineWriter`] stages on disk). Rows are ordered and
 //! de-duplicated exactly as the in-memory executor and the stream host do, because they
 //! are all the same `lockstep-core` code.
 //!
@@ -18,8 +20,7 @@
 //! so that a JSON value is parsed one way in every host; they are read into memory
 //! before the pipeline (Parquet and CSV stream).
 //!
-//! Not yet: the plugin as a serialisable `ExecutionPlan` node, output spilling (rows are
-//! collected in memory), S3 sources.
+//! Not yet: the plugin as a serialisable `ExecutionPlan` node, S3 sources.
 
 use arrow_array::RecordBatch;
 use arrow_schema::{DataType, Field, Schema, SchemaRef};
@@ -48,6 +49,7 @@ use lockstep_core::rows::row_json;
 use lockstep_core::schema::input_schema;
 use lockstep_runtime::Plugin;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use thiserror::Error;
 
@@ -96,6 +98,51 @@ pub struct BatchJob {
     pub memory_limit: Option<usize>,
     /// Where to spill (default: the system temporary directory).
     pub spill_dir: Option<PathBuf>,
+    /// Live counters, for a progress display.
+    pub progress: Arc<Progress>,
+}
+
+/// Counters a running job updates, readable from another thread at any time.
+#[derive(Debug, Default)]
+pub struct Progress {
+    /// Source rows read (conformed or rejected).
+    pub rows_read: AtomicU64,
+    /// Rows handed to the sink.
+    pub rows_written: AtomicU64,
+    /// Source rows rejected.
+    pub rejected: AtomicU64,
+}
+
+impl Progress {
+    /// `(rows read, rows written, rows rejected)` now.
+    pub fn snapshot(&self) -> (u64, u64, u64) {
+        (
+            self.rows_read.load(Ordering::Relaxed),
+            self.rows_written.load(Ordering::Relaxed),
+            self.rejected.load(Ordering::Relaxed),
+        )
+    }
+}
+
+/// Where a job's rows go, batch by batch, as the plugin emits them.
+pub trait RowSink: Send {
+    /// Takes one batch of rows in the plugin's row schema.
+    fn write(&mut self, rows: &RecordBatch) -> Result<(), BatchError>;
+}
+
+/// Collects rows in memory (small jobs, tests).
+impl RowSink for Vec<RecordBatch> {
+    fn write(&mut self, rows: &RecordBatch) -> Result<(), BatchError> {
+        self.push(rows.clone());
+        Ok(())
+    }
+}
+
+/// Streams rows into the offline store; they become visible when the writer commits.
+impl RowSink for lockstep_offline::OfflineWriter {
+    fn write(&mut self, rows: &RecordBatch) -> Result<(), BatchError> {
+        lockstep_offline::OfflineWriter::write(self, rows).map_err(BatchError::Sink)
+    }
 }
 
 /// A source row that could not be conformed to the input schema.
@@ -109,11 +156,9 @@ pub struct SourceReject {
     pub record: serde_json::Map<String, serde_json::Value>,
 }
 
-/// What a backfill produced.
+/// What a backfill produced besides its rows (which went to the [`RowSink`]).
 #[derive(Debug)]
 pub struct BatchOutput {
-    /// Emitted rows, in the plugin's row schema.
-    pub rows: Vec<RecordBatch>,
     /// Each entity's state after its last event: the stream host can start from it.
     pub states: StateMap,
     /// Counters over all partitions.
@@ -134,6 +179,9 @@ pub enum BatchError {
     /// A JSON-lines source could not be read or decoded.
     #[error("{0}")]
     Source(String),
+    /// The row sink refused rows.
+    #[error(transparent)]
+    Sink(#[from] lockstep_offline::OfflineError),
 }
 
 /// The schema the sort consumes: the input schema and the two order columns.
@@ -166,6 +214,7 @@ struct ConformedPartition {
     output: SchemaRef,
     kind: SourceKind,
     rejects: Arc<Mutex<Vec<SourceReject>>>,
+    progress: Arc<Progress>,
 }
 
 impl PartitionStream for ConformedPartition {
@@ -180,6 +229,7 @@ impl PartitionStream for ConformedPartition {
             self.output.clone(),
         );
         let (rejects, kind) = (self.rejects.clone(), self.kind);
+        let progress = self.progress.clone();
         let stream = match self.source.execute(self.partition, ctx) {
             Ok(s) => s,
             Err(e) => {
@@ -193,7 +243,13 @@ impl PartitionStream for ConformedPartition {
             let batch = batch?;
             let (conformed, bad) = conform(&batch, &manifest, &input, kind)
                 .map_err(|e| DataFusionError::Execution(e.to_string()))?;
+            progress
+                .rows_read
+                .fetch_add(batch.num_rows() as u64, Ordering::Relaxed);
             if !bad.is_empty() {
+                progress
+                    .rejected
+                    .fetch_add(bad.len() as u64, Ordering::Relaxed);
                 let mut sink = rejects.lock().unwrap_or_else(|p| p.into_inner());
                 sink.extend(bad.into_iter().map(|r| SourceReject {
                     record: row_json(&batch, r.row),
@@ -245,8 +301,14 @@ async fn register_source(
     Ok(())
 }
 
-/// Runs `plugin` over the job's source and returns the rows, final states and rejects.
-pub async fn run(job: &BatchJob, plugin: &Plugin) -> Result<BatchOutput, BatchError> {
+/// Runs `plugin` over the job's source, streaming the rows it emits into `sink`, and
+/// returns the final states, counters and rejects. On error the sink may have received
+/// some rows: a sink that commits (the offline writer) must not be committed then.
+pub async fn run(
+    job: &BatchJob,
+    plugin: &Plugin,
+    sink: &mut dyn RowSink,
+) -> Result<BatchOutput, BatchError> {
     let manifest = plugin.manifest().clone();
     let partitions = job.partitions.max(1);
     let mut runtime = RuntimeEnvBuilder::new();
@@ -290,6 +352,7 @@ pub async fn run(job: &BatchJob, plugin: &Plugin) -> Result<BatchOutput, BatchEr
                         SourceFormat::Parquet | SourceFormat::Json => SourceKind::Typed,
                     },
                     rejects: rejects.clone(),
+                    progress: job.progress.clone(),
                 }) as Arc<dyn PartitionStream>
             })
             .collect();
@@ -322,40 +385,52 @@ pub async fn run(job: &BatchJob, plugin: &Plugin) -> Result<BatchOutput, BatchEr
         Arc::new(SortExec::new(ordering, repartitioned).with_preserve_partitioning(true));
 
     let task_ctx = ctx.task_ctx();
+    // Partitions hand their rows to the sink through a bounded channel: a slow sink
+    // slows the plugins down instead of letting rows pile up in memory.
+    let (rows_tx, mut rows_rx) = tokio::sync::mpsc::channel::<RecordBatch>(2 * partitions);
     let mut tasks = Vec::with_capacity(partitions);
     for partition in 0..partitions {
         let mut stream = sorted.execute(partition, task_ctx.clone())?;
         let mut executor = Executor::new(plugin)?;
+        let rows_tx = rows_tx.clone();
         tasks.push(tokio::spawn(async move {
             let mut states = StateMap::new();
-            let mut rows = Vec::new();
-            let stats = {
-                let mut run = executor.ordered(&mut states);
-                while let Some(batch) = stream.next().await {
-                    let batch = batch?;
-                    // The plugin call is CPU-bound: let the runtime move other tasks
-                    // (the sort, the repartitioning) to another worker meanwhile.
-                    let emitted = tokio::task::block_in_place(|| run.push(&batch))?;
-                    if emitted.num_rows() > 0 {
-                        rows.push(emitted);
-                    }
+            let mut run = executor.ordered(&mut states);
+            while let Some(batch) = stream.next().await {
+                let batch = batch?;
+                // The plugin call is CPU-bound: let the runtime move other tasks
+                // (the sort, the repartitioning) to another worker meanwhile.
+                let emitted = tokio::task::block_in_place(|| run.push(&batch))?;
+                if emitted.num_rows() > 0 && rows_tx.send(emitted).await.is_err() {
+                    // The receiver is gone: the job is failing elsewhere; stop quietly.
+                    break;
                 }
-                run.stats().clone()
-            };
-            Ok::<_, BatchError>((rows, states, stats))
+            }
+            let stats = run.stats().clone();
+            drop(run);
+            Ok::<_, BatchError>((states, stats))
         }));
     }
+    drop(rows_tx);
+    let mut sink_result = Ok(());
+    while let Some(rows) = rows_rx.recv().await {
+        let n = rows.num_rows() as u64;
+        if let Err(e) = tokio::task::block_in_place(|| sink.write(&rows)) {
+            sink_result = Err(e);
+            break;
+        }
+        job.progress.rows_written.fetch_add(n, Ordering::Relaxed);
+    }
+    drop(rows_rx);
     let mut out = BatchOutput {
-        rows: Vec::new(),
         states: StateMap::new(),
         stats: RunStats::default(),
         rejects: Vec::new(),
     };
     for task in tasks {
-        let (rows, states, stats) = task
+        let (states, stats) = task
             .await
             .map_err(|e| BatchError::Source(format!("a partition task failed: {e}")))??;
-        out.rows.extend(rows);
         out.states.extend(states);
         let s = &mut out.stats;
         s.events_in += stats.events_in;
@@ -365,6 +440,7 @@ pub async fn run(job: &BatchJob, plugin: &Plugin) -> Result<BatchOutput, BatchEr
         s.calls += stats.calls;
         s.entities += stats.entities;
     }
+    sink_result?;
     out.rejects = std::mem::take(&mut *rejects.lock().unwrap_or_else(|p| p.into_inner()));
     Ok(out)
 }

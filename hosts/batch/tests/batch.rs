@@ -2,7 +2,7 @@
 
 use arrow_array::{ArrayRef, Float64Array, RecordBatch, StringArray, TimestampMicrosecondArray};
 use datafusion::parquet::arrow::ArrowWriter;
-use lockstep_batch::{BatchJob, SourceFormat, run};
+use lockstep_batch::{BatchJob, SourceFormat};
 use lockstep_core::decode::decode_json_lines;
 use lockstep_core::executor::{Executor, StateMap};
 use lockstep_core::rows::row_json;
@@ -103,7 +103,33 @@ fn job(source: &Path, format: SourceFormat, partitions: usize) -> BatchJob {
         partitions,
         memory_limit: None,
         spill_dir: None,
+        progress: Default::default(),
     }
+}
+
+/// A job's output with its rows collected in memory.
+#[derive(Debug)]
+struct Collected {
+    rows: Vec<RecordBatch>,
+    states: lockstep_core::executor::StateMap,
+    stats: lockstep_core::executor::RunStats,
+    rejects: Vec<lockstep_batch::SourceReject>,
+}
+
+async fn run(job: &BatchJob, plugin: &Plugin) -> Result<Collected, lockstep_batch::BatchError> {
+    let mut rows = Vec::new();
+    let out = lockstep_batch::run(job, plugin, &mut rows).await?;
+    assert_eq!(
+        job.progress.snapshot().1,
+        rows.iter().map(|b| b.num_rows() as u64).sum::<u64>(),
+        "progress counts the rows written"
+    );
+    Ok(Collected {
+        rows,
+        states: out.states,
+        stats: out.stats,
+        rejects: out.rejects,
+    })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

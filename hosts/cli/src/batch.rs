@@ -1,13 +1,15 @@
 //! `lockstep batch run`: backfill a feature group into the offline store.
 
 use anyhow::{Context, Result, bail};
-use lockstep_batch::{BatchJob, SourceFormat};
-use lockstep_offline::OfflineStore;
+use indicatif::{ProgressBar, ProgressStyle};
+use lockstep_batch::{BatchJob, Progress, SourceFormat};
 use lockstep_offline::snapshot::{SnapshotInfo, write_states};
+use lockstep_offline::{OfflineStore, WriterOptions};
 use lockstep_runtime::Runtime;
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// Arguments of `batch run`.
 pub struct RunArgs {
@@ -77,6 +79,11 @@ pub fn run(args: RunArgs, runtime: &Runtime) -> Result<()> {
             args.source
         ),
     };
+    // Bind (or check) the group version first: a plugin that may not write here is
+    // refused before any work is done.
+    let store = OfflineStore::open(&args.offline_store)?;
+    let now = now_micros();
+    let group = store.register(plugin.manifest(), plugin.hash(), now)?;
     let job = BatchJob {
         source: args.source.clone(),
         format,
@@ -84,15 +91,29 @@ pub fn run(args: RunArgs, runtime: &Runtime) -> Result<()> {
         partitions: args.partitions.max(1),
         memory_limit: args.memory_limit,
         spill_dir: None,
+        progress: Default::default(),
     };
+    // Rows wait for the commit in a buffer of a quarter of the memory limit; the rest is
+    // the sort's. Beyond it they are staged on disk.
+    let mut writer = store.writer(
+        &group,
+        now,
+        WriterOptions {
+            buffer_bytes: args
+                .memory_limit
+                .map_or(lockstep_offline::writer::DEFAULT_BUFFER_BYTES, |m| m / 4),
+            ..WriterOptions::default()
+        },
+    );
     let tokio = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(job.partitions.max(2))
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    let out = tokio
-        .block_on(lockstep_batch::run(&job, &plugin))
-        .with_context(|| format!("backfilling from {}", args.source))?;
+    let display = ProgressDisplay::start(job.progress.clone());
+    let result = tokio.block_on(lockstep_batch::run(&job, &plugin, &mut writer));
+    display.finish();
+    let out = result.with_context(|| format!("backfilling from {}", args.source))?;
     match (&args.rejects, out.rejects.first()) {
         (None, Some(first)) => bail!(
             "{} source rows could not be read, e.g. column `{}`: {} in {}; nothing was written. \
@@ -116,10 +137,10 @@ pub fn run(args: RunArgs, runtime: &Runtime) -> Result<()> {
         }
         (None, None) => {}
     }
-    let store = OfflineStore::open(&args.offline_store)?;
-    let now = now_micros();
-    let group = store.register(plugin.manifest(), plugin.hash(), now)?;
-    let written = store.write(&group, &out.rows, now)?;
+    let spills = writer.spills();
+    let committing = Instant::now();
+    let written = writer.commit()?;
+    let commit_secs = committing.elapsed().as_secs_f64();
     if let Some(path) = &args.state_out {
         let info = SnapshotInfo {
             group: group.name.clone(),
@@ -152,10 +173,16 @@ pub fn run(args: RunArgs, runtime: &Runtime) -> Result<()> {
         s.events_applied, s.entities, s.duplicates, s.calls
     );
     println!(
-        "  wrote      {} rows into {} hour partitions under {}",
+        "  wrote      {} rows into {} hour partitions under {} ({:.2} s to commit{})",
         written.rows,
         written.partitions,
-        store.root().join(&group.name).display()
+        store.root().join(&group.name).display(),
+        commit_secs,
+        if spills > 0 {
+            format!(", rows staged on disk {spills} times")
+        } else {
+            String::new()
+        }
     );
     if let Some(path) = &args.state_out {
         println!(
@@ -173,6 +200,58 @@ pub fn run(args: RunArgs, runtime: &Runtime) -> Result<()> {
             .unwrap_or_default()
     );
     Ok(())
+}
+
+/// Shows a running job's counters: a live line on a terminal, a log line every few
+/// seconds otherwise (so CI logs and `nohup` files stay readable).
+struct ProgressDisplay {
+    stop: std::sync::mpsc::Sender<()>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl ProgressDisplay {
+    fn start(progress: Arc<Progress>) -> Self {
+        let (stop, stopped) = std::sync::mpsc::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            let started = Instant::now();
+            let line = |p: &Progress| {
+                let (read, written, rejected) = p.snapshot();
+                let secs = started.elapsed().as_secs_f64().max(1e-9);
+                format!(
+                    "{read} events read, {written} rows out, {rejected} rejected, {:.0} events/s",
+                    read as f64 / secs
+                )
+            };
+            if std::io::stderr().is_terminal() {
+                let bar = ProgressBar::new_spinner();
+                bar.set_style(
+                    ProgressStyle::with_template("{spinner} [{elapsed_precise}] {msg}")
+                        .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+                );
+                while stopped
+                    .recv_timeout(Duration::from_millis(200))
+                    .is_err_and(|e| e == std::sync::mpsc::RecvTimeoutError::Timeout)
+                {
+                    bar.set_message(line(&progress));
+                    bar.tick();
+                }
+                bar.finish_and_clear();
+            } else {
+                while stopped
+                    .recv_timeout(Duration::from_secs(10))
+                    .is_err_and(|e| e == std::sync::mpsc::RecvTimeoutError::Timeout)
+                {
+                    eprintln!("batch: {}", line(&progress));
+                }
+            }
+        });
+        ProgressDisplay { stop, thread }
+    }
+
+    fn finish(self) {
+        let _ = self.stop.send(());
+        let _ = self.thread.join();
+    }
 }
 
 /// Refuses store locations that are not local paths (S3 arrives later).
