@@ -87,6 +87,9 @@ impl std::fmt::Debug for OfflineWriter {
     }
 }
 
+/// An hour written at commit: its place in commit order, its file, its row count.
+type WrittenHour = (usize, PathBuf, usize);
+
 /// A comparison of row `i` with row `j` of one batch.
 type RowComparator = Box<dyn Fn(usize, usize) -> std::cmp::Ordering + Send + Sync>;
 
@@ -236,35 +239,34 @@ impl OfflineWriter {
             .clamp(1, work.len().max(1));
         let next = std::sync::atomic::AtomicUsize::new(0);
         let this = &self;
-        let results: Vec<Result<Vec<(usize, PathBuf, usize)>, OfflineError>> =
-            std::thread::scope(|scope| {
-                let handles: Vec<_> = (0..threads)
-                    .map(|_| {
-                        scope.spawn(|| {
-                            let mut done = Vec::new();
-                            loop {
-                                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                                let Some((hour, (files, batches))) = work.get(i) else {
-                                    return Ok(done);
-                                };
-                                let (path, rows) = this.write_hour(*hour, files, batches)?;
-                                done.push((i, path, rows));
-                            }
+        let results: Vec<Result<Vec<WrittenHour>, OfflineError>> = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..threads)
+                .map(|_| {
+                    scope.spawn(|| {
+                        let mut done = Vec::new();
+                        loop {
+                            let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            let Some((hour, (files, batches))) = work.get(i) else {
+                                return Ok(done);
+                            };
+                            let (path, rows) = this.write_hour(*hour, files, batches)?;
+                            done.push((i, path, rows));
+                        }
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| {
+                    h.join().unwrap_or_else(|_| {
+                        Err(OfflineError::Registry {
+                            path: this.root.clone(),
+                            message: "a partition writer thread panicked".into(),
                         })
                     })
-                    .collect();
-                handles
-                    .into_iter()
-                    .map(|h| {
-                        h.join().unwrap_or_else(|_| {
-                            Err(OfflineError::Registry {
-                                path: this.root.clone(),
-                                message: "a partition writer thread panicked".into(),
-                            })
-                        })
-                    })
-                    .collect()
-            });
+                })
+                .collect()
+        });
         let mut files = Vec::new();
         for r in results {
             files.extend(r?);
