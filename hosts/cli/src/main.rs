@@ -3,6 +3,7 @@
 
 mod batch;
 mod demo;
+mod gen_parquet;
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
@@ -61,7 +62,8 @@ enum GenCommand {
         /// Replace this many rows with malformed records.
         #[arg(long, default_value_t = 0)]
         malformed: usize,
-        /// Output file (default: standard output).
+        /// Output file (default: standard output). `.parquet` writes Parquet
+        /// (transactions only); anything else JSON lines.
         #[arg(long)]
         out: Option<PathBuf>,
     },
@@ -110,7 +112,7 @@ enum FormatArg {
     Json,
 }
 
-#[derive(clap::ValueEnum, Clone, Copy)]
+#[derive(clap::ValueEnum, Clone, Copy, PartialEq, Eq)]
 enum EventKind {
     Transactions,
     Logins,
@@ -259,6 +261,42 @@ fn gen_events(
     malformed: usize,
     out: Option<&Path>,
 ) -> Result<()> {
+    let is_parquet = out.is_some_and(|p| {
+        p.extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("parquet"))
+    });
+    if kind == EventKind::Transactions && malformed == 0 {
+        // Streamed in chunks: any size in constant memory.
+        let mut stream = lockstep_gen::TransactionStream::new(rows, entities, seed);
+        return match out {
+            Some(path) if is_parquet => gen_parquet::write(path, &mut stream),
+            Some(path) => {
+                let file = std::fs::File::create(path)
+                    .with_context(|| format!("creating {}", path.display()))?;
+                let mut w = std::io::BufWriter::new(file);
+                while let Some(chunk) = stream.next_chunk(65_536) {
+                    chunk
+                        .write_json_lines(&mut w)
+                        .with_context(|| format!("writing {}", path.display()))?;
+                }
+                w.flush()
+                    .with_context(|| format!("writing {}", path.display()))
+            }
+            None => {
+                let mut w = std::io::BufWriter::new(std::io::stdout().lock());
+                while let Some(chunk) = stream.next_chunk(65_536) {
+                    chunk.write_json_lines(&mut w)?;
+                }
+                Ok(w.flush()?)
+            }
+        };
+    }
+    if is_parquet {
+        bail!(
+            "Parquet output is available for --kind transactions without --malformed; \
+             write JSON lines (.jsonl) for other kinds and for malformed rows"
+        );
+    }
     let kind = match kind {
         EventKind::Transactions => lockstep_gen::Kind::Transactions,
         EventKind::Logins => lockstep_gen::Kind::Logins,

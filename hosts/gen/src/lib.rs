@@ -81,6 +81,16 @@ impl Transactions {
         self.ts.is_empty()
     }
 
+    /// Writes them as JSON lines, in the `txn_velocity` input schema.
+    pub fn write_json_lines(&self, out: &mut impl std::io::Write) -> std::io::Result<()> {
+        for i in 0..self.len() {
+            let line = json!({"card_id": self.card_id[i], "ts": self.ts[i], "amount": self.amount[i],
+                              "merchant": self.merchant[i], "txn_id": self.txn_id[i]});
+            writeln!(out, "{line}")?;
+        }
+        Ok(())
+    }
+
     /// As JSON lines, in the `txn_velocity` input schema.
     pub fn to_json_lines(&self) -> String {
         let mut out = String::with_capacity(self.len() * 110);
@@ -98,32 +108,70 @@ impl Transactions {
 
 /// `rows` transactions over `cards` cards and 30 days, with ~1% duplicates.
 pub fn transactions(rows: usize, cards: u64, seed: u64) -> Transactions {
-    let mut rng = Rng::new(seed);
-    let mut t = Transactions::default();
-    let span = 30 * DAY;
-    let cards = cards.max(1);
-    for i in 0..rows {
-        if i > 0 && rng.below(100) == 0 {
-            let j = rng.below(i as u64) as usize;
-            t.card_id.push(t.card_id[j].clone());
-            t.ts.push(t.ts[j]);
-            t.amount.push(t.amount[j]);
-            t.merchant.push(t.merchant[j].clone());
-            t.txn_id.push(t.txn_id[j].clone());
-            continue;
+    let mut stream = TransactionStream::new(rows, cards, seed);
+    stream.next_chunk(rows).unwrap_or_default()
+}
+
+/// [`transactions`] in chunks, in constant memory: for inputs larger than memory.
+/// Chunks concatenated equal `transactions(rows, cards, seed)`.
+#[derive(Debug, Clone)]
+pub struct TransactionStream {
+    rows: usize,
+    cards: u64,
+    seed: u64,
+    next: usize,
+    arrivals: Rng,
+}
+
+impl TransactionStream {
+    /// A stream of `rows` transactions over `cards` cards.
+    pub fn new(rows: usize, cards: u64, seed: u64) -> Self {
+        TransactionStream {
+            rows,
+            cards: cards.max(1),
+            seed,
+            next: 0,
+            arrivals: Rng::new(seed),
         }
+    }
+
+    /// The next at most `max` transactions, or `None` at the end.
+    pub fn next_chunk(&mut self, max: usize) -> Option<Transactions> {
+        if self.next >= self.rows {
+            return None;
+        }
+        let end = self.rows.min(self.next.saturating_add(max.max(1)));
+        let mut t = Transactions::default();
+        for i in self.next..end {
+            // ~1% of arrivals repeat an earlier transaction, byte for byte, possibly
+            // long after it: every row's content is a pure function of its index, so
+            // the repeat is regenerated instead of remembered.
+            let original = if i > 0 && self.arrivals.below(100) == 0 {
+                self.arrivals.below(i as u64) as usize
+            } else {
+                i
+            };
+            self.push_row(&mut t, original);
+        }
+        self.next = end;
+        Some(t)
+    }
+
+    fn push_row(&self, t: &mut Transactions, i: usize) {
+        let mut rng = Rng::new(self.seed ^ (i as u64).wrapping_mul(0xd1b5_4a32_d192_ed03));
+        let span = 30 * DAY;
         // Roughly chronological arrival with jitter; whole seconds so bursts collide.
-        let base = EPOCH_2024 + (span as f64 * (i as f64 / rows.max(1) as f64)) as i64;
+        let base = EPOCH_2024 + (span as f64 * (i as f64 / self.rows.max(1) as f64)) as i64;
         let jitter = rng.below(600) as i64 * SECOND;
         t.ts.push((base + jitter) / SECOND * SECOND);
-        t.card_id.push(format!("card-{:06}", rng.skewed(cards)));
+        t.card_id
+            .push(format!("card-{:06}", rng.skewed(self.cards)));
         t.amount
             .push(((3.0 + 1.1 * rng.normal()).exp() * 100.0).round() / 100.0);
         t.merchant
             .push(format!("merchant-{:04}", rng.skewed(2_000)));
         t.txn_id.push(format!("txn-{i:09}"));
     }
-    t
 }
 
 /// Customer activity (`churn_features` input) as JSON lines.
@@ -348,6 +396,31 @@ mod tests {
             .collect();
         assert_eq!(changed, broken);
         assert_eq!(dirty.lines().count(), 200);
+    }
+
+    #[test]
+    fn chunks_concatenate_to_the_whole_and_duplicates_repeat_their_original() {
+        let whole = transactions(3_000, 40, 11);
+        let mut stream = TransactionStream::new(3_000, 40, 11);
+        let mut joined = Transactions::default();
+        while let Some(c) = stream.next_chunk(257) {
+            joined.card_id.extend(c.card_id);
+            joined.ts.extend(c.ts);
+            joined.amount.extend(c.amount);
+            joined.merchant.extend(c.merchant);
+            joined.txn_id.extend(c.txn_id);
+        }
+        assert_eq!(joined.to_json_lines(), whole.to_json_lines());
+        let mut first = std::collections::HashMap::new();
+        for i in 0..whole.len() {
+            let row = (
+                &whole.card_id[i],
+                whole.ts[i],
+                whole.amount[i].to_bits(),
+                &whole.merchant[i],
+            );
+            assert_eq!(*first.entry(&whole.txn_id[i]).or_insert(row), row);
+        }
     }
 
     #[test]
