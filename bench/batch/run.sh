@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Backfill benchmark, one command: Lockstep vs DuckDB vs PySpark local[2] on the same
+# 10M transactions over 1M cards. Extra arguments go to run.py (e.g. --events 1000000).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+python3 -c 'import duckdb, pyarrow, pyspark' 2>/dev/null ||
+    pip install --quiet --root-user-action=ignore duckdb==2.0.0 pyarrow==26.0.1 pyspark==4.0.1
+cargo build --release --locked -p lockstep
+plugin=target/bench-batch/txn_velocity.wasm
+mkdir -p target/bench-batch
+target/release/lockstep plugin build plugins/txn_velocity --out "$plugin" >/dev/null
+exec python3 bench/batch/run.py --lockstep target/release/lockstep --plugin "$plugin" "$@"
