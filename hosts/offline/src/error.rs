@@ -63,6 +63,16 @@ pub enum OfflineError {
         /// The error.
         source: parquet::errors::ParquetError,
     },
+    /// An object-store (S3) operation failed.
+    #[error("offline store: {action} {location}: {message}")]
+    Object {
+        /// What was being done.
+        action: &'static str,
+        /// The object or prefix.
+        location: String,
+        /// The store's error.
+        message: String,
+    },
     /// An Arrow operation failed.
     #[error("arrow: {0}")]
     Arrow(#[from] arrow_schema::ArrowError),

@@ -45,7 +45,20 @@ impl Hour {
         }
     }
 
-    /// `year=YYYY/month=MM/day=DD/hour=HH`.
+    /// `year=YYYY/month=MM/day=DD/hour=HH`, `/`-separated on every platform.
+    pub fn relative(&self) -> String {
+        let year = if self.year < 0 {
+            format!("-{:04}", -self.year)
+        } else {
+            format!("{:04}", self.year)
+        };
+        format!(
+            "year={year}/month={:02}/day={:02}/hour={:02}",
+            self.month, self.day, self.hour
+        )
+    }
+
+    /// `year=YYYY/month=MM/day=DD/hour=HH` as a path.
     pub fn relative_dir(&self) -> PathBuf {
         let year = if self.year < 0 {
             format!("-{:04}", -self.year)
@@ -57,6 +70,16 @@ impl Hour {
             .join(format!("day={:02}", self.day))
             .join(format!("hour={:02}", self.hour))
     }
+}
+
+/// A group version's data, relative to the store root (`/`-separated).
+pub fn version_rel(group: &str, version: &str) -> String {
+    format!("{group}/version={version}")
+}
+
+/// A group version's registry entry, relative to the store root.
+pub fn registry_rel(group: &str, version: &str) -> String {
+    format!("{group}/_lockstep/versions/{version}.json")
 }
 
 /// Directory of a group.

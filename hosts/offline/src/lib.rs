@@ -31,6 +31,7 @@
 //! is refused: change the transform, bump the version. This is how the store enforces
 //! that every row of a version came from the same transformation.
 
+mod backend;
 mod error;
 pub mod layout;
 mod registry;
@@ -38,6 +39,7 @@ pub mod snapshot;
 mod store;
 pub mod writer;
 
+pub use backend::{S3Options, parse_s3_url};
 pub use error::OfflineError;
 pub use registry::GroupVersion;
 pub use store::{OfflineStore, STORE_COLUMNS, WriteSummary};

@@ -1,10 +1,9 @@
 //! Group versions, bound to one plugin hash when first written.
 
-use crate::error::{io, unique_tmp_name};
+use crate::backend::Backend;
 use crate::{OfflineError, layout};
 use lockstep_abi::Manifest;
 use serde::{Deserialize, Serialize};
-use std::path::Path;
 
 /// A registered feature-group version. Immutable once written.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -23,17 +22,16 @@ pub struct GroupVersion {
 
 /// Reads the registry entry of `group@version`, if any.
 pub(crate) fn read(
-    root: &Path,
+    backend: &Backend,
     group: &str,
     version: &str,
 ) -> Result<Option<GroupVersion>, OfflineError> {
-    let path = layout::registry_entry(root, group, version);
-    let text = match std::fs::read_to_string(&path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(io("reading", &path)(e)),
+    let rel = layout::registry_rel(group, version);
+    let path = backend.locate(&rel);
+    let Some(bytes) = backend.read(&rel)? else {
+        return Ok(None);
     };
-    serde_json::from_str(&text)
+    serde_json::from_slice(&bytes)
         .map(Some)
         .map_err(|e| OfflineError::Registry {
             path,
@@ -45,14 +43,15 @@ pub(crate) fn read(
 /// registered for that hash. Create-if-absent: of two racing writers with different
 /// plugins, exactly one wins and the other gets [`OfflineError::HashMismatch`].
 pub(crate) fn register(
-    root: &Path,
+    backend: &Backend,
     manifest: &Manifest,
     plugin_hash: &str,
     now_micros: i64,
 ) -> Result<GroupVersion, OfflineError> {
     let (group, version) = (&manifest.name, &manifest.version);
-    let path = layout::registry_entry(root, group, version);
-    if read(root, group, version)?.is_none() {
+    let rel = layout::registry_rel(group, version);
+    let path = backend.locate(&rel);
+    if read(backend, group, version)?.is_none() {
         let entry = GroupVersion {
             name: group.clone(),
             version: version.clone(),
@@ -60,24 +59,15 @@ pub(crate) fn register(
             manifest: manifest.clone(),
             registered_at: now_micros,
         };
-        let dir = path.parent().unwrap_or(root);
-        std::fs::create_dir_all(dir).map_err(io("creating", dir))?;
         let json = serde_json::to_vec_pretty(&entry).map_err(|e| OfflineError::Registry {
             path: path.clone(),
             message: e.to_string(),
         })?;
-        let tmp = dir.join(unique_tmp_name(version));
-        std::fs::write(&tmp, json).map_err(io("writing", &tmp))?;
-        // A hard link fails if the name exists: create-if-absent with complete content.
-        let linked = std::fs::hard_link(&tmp, &path);
-        let _ = std::fs::remove_file(&tmp);
-        match linked {
-            Ok(()) => return Ok(entry),
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-            Err(e) => return Err(io("registering", &path)(e)),
+        if backend.create_new(&rel, json)? {
+            return Ok(entry);
         }
     }
-    let existing = read(root, group, version)?.ok_or_else(|| OfflineError::Registry {
+    let existing = read(backend, group, version)?.ok_or_else(|| OfflineError::Registry {
         path: path.clone(),
         message: "vanished while registering".into(),
     })?;

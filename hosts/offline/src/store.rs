@@ -1,18 +1,19 @@
 //! Writing and reading hour partitions.
 
-use crate::error::{io, unique_tmp_name};
+use crate::backend::{Backend, S3Options, parse_s3_url};
 use crate::layout::{self, PART_FILE};
 use crate::writer::{OfflineWriter, WriterOptions};
 use crate::{GroupVersion, OfflineError, registry};
 use arrow_array::RecordBatch;
 use arrow_schema::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use bytes::Bytes;
 use lockstep_abi::Manifest;
 use lockstep_core::schema::row_schema;
 use parquet::arrow::ArrowWriter;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 /// Columns the store adds after the plugin's row columns, in order.
@@ -38,23 +39,47 @@ pub struct WriteSummary {
     pub files: Vec<PathBuf>,
 }
 
-/// An offline store rooted at a local directory.
+/// An offline store in a local directory or under an S3 prefix.
 #[derive(Debug, Clone)]
 pub struct OfflineStore {
-    root: PathBuf,
+    backend: Backend,
 }
 
 impl OfflineStore {
-    /// Opens (creating if needed) the store at `root`.
+    /// Opens (creating if needed) the store in the local directory `root`.
     pub fn open(root: impl Into<PathBuf>) -> Result<Self, OfflineError> {
-        let root = root.into();
-        std::fs::create_dir_all(&root).map_err(io("creating", &root))?;
-        Ok(OfflineStore { root })
+        Ok(OfflineStore {
+            backend: Backend::local(root.into())?,
+        })
     }
 
-    /// The store's root directory.
-    pub fn root(&self) -> &Path {
-        &self.root
+    /// Opens the store at `location`: `s3://bucket/prefix` (with `s3`'s settings and
+    /// the standard AWS environment) or a local directory.
+    pub fn open_location(location: &str, s3: &S3Options) -> Result<Self, OfflineError> {
+        if parse_s3_url(location).is_some()
+            || location.starts_with("s3") && location.contains("://")
+        {
+            Ok(OfflineStore {
+                backend: Backend::s3(location, s3)?,
+            })
+        } else if location.contains("://") {
+            Err(OfflineError::Object {
+                action: "opening",
+                location: location.to_owned(),
+                message: "unsupported scheme: use a local directory or s3://BUCKET/PREFIX".into(),
+            })
+        } else {
+            Self::open(location)
+        }
+    }
+
+    /// The store's root: its directory, or its `s3://` URL.
+    pub fn root(&self) -> PathBuf {
+        self.backend.root()
+    }
+
+    pub(crate) fn backend(&self) -> &Backend {
+        &self.backend
     }
 
     /// Registers the group version `manifest` declares for `plugin_hash`, or checks it
@@ -65,15 +90,15 @@ impl OfflineStore {
         plugin_hash: &str,
         now_micros: i64,
     ) -> Result<GroupVersion, OfflineError> {
-        registry::register(&self.root, manifest, plugin_hash, now_micros)
+        registry::register(&self.backend, manifest, plugin_hash, now_micros)
     }
 
     /// The registry entry of `group@version`.
     pub fn version(&self, group: &str, version: &str) -> Result<GroupVersion, OfflineError> {
-        registry::read(&self.root, group, version)?.ok_or_else(|| OfflineError::UnknownVersion {
+        registry::read(&self.backend, group, version)?.ok_or_else(|| OfflineError::UnknownVersion {
             group: group.into(),
             version: version.into(),
-            root: self.root.clone(),
+            root: self.backend.root(),
         })
     }
 
@@ -123,22 +148,23 @@ impl OfflineStore {
     /// Every stored row of `group@version`, partition by partition in time order.
     pub fn read(&self, group: &str, version: &str) -> Result<Vec<RecordBatch>, OfflineError> {
         let entry = self.version(group, version)?;
-        let mut files = Vec::new();
-        collect_parts(
-            &layout::version_dir(&self.root, &entry.name, &entry.version),
-            &mut files,
-        )?;
-        files.sort();
+        let files = self
+            .backend
+            .list_named(&layout::version_rel(&entry.name, &entry.version), PART_FILE)?;
         let mut out = Vec::new();
-        for path in files {
-            let parquet = |source| OfflineError::Parquet {
-                path: path.clone(),
-                source,
-            };
-            let file = std::fs::File::open(&path).map_err(io("opening", &path))?;
-            let reader = ParquetRecordBatchReaderBuilder::try_new(file)
+        for rel in files {
+            let path = self.backend.locate(&rel);
+            let bytes = self
+                .backend
+                .read(&rel)?
+                .ok_or_else(|| OfflineError::Object {
+                    action: "reading",
+                    location: path.to_string_lossy().into_owned(),
+                    message: "listed but gone: was the partition replaced meanwhile?".into(),
+                })?;
+            let reader = ParquetRecordBatchReaderBuilder::try_new(Bytes::from(bytes))
                 .and_then(|b| b.build())
-                .map_err(parquet)?;
+                .map_err(|source| OfflineError::Parquet { path, source })?;
             for batch in reader {
                 out.push(batch?);
             }
@@ -147,45 +173,25 @@ impl OfflineStore {
     }
 }
 
-fn collect_parts(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), OfflineError> {
-    let entries = match std::fs::read_dir(dir) {
-        Ok(e) => e,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(io("listing", dir)(e)),
-    };
-    for entry in entries {
-        let path = entry.map_err(io("listing", dir))?.path();
-        if path.is_dir() {
-            collect_parts(&path, out)?;
-        } else if path.file_name().is_some_and(|n| n == PART_FILE) {
-            out.push(path);
-        }
-    }
-    Ok(())
-}
-
-/// Writes one partition file: temporary dot-file, fsync, rename over the old one.
-pub(crate) fn write_partition(dir: &Path, batch: &RecordBatch) -> Result<PathBuf, OfflineError> {
-    std::fs::create_dir_all(dir).map_err(io("creating", dir))?;
-    let path = dir.join(PART_FILE);
-    let tmp = dir.join(unique_tmp_name(PART_FILE));
+/// Encodes one hour partition and puts it in place atomically (see [`Backend::put`]).
+pub(crate) fn write_partition(
+    backend: &Backend,
+    rel_dir: &str,
+    batch: &RecordBatch,
+) -> Result<PathBuf, OfflineError> {
+    let rel = format!("{rel_dir}/{PART_FILE}");
     let parquet = |source| OfflineError::Parquet {
-        path: path.clone(),
+        path: backend.locate(&rel),
         source,
     };
-    let file = std::fs::File::create(&tmp).map_err(io("creating", &tmp))?;
     let props = WriterProperties::builder()
         .set_compression(Compression::ZSTD(ZstdLevel::try_new(3).map_err(parquet)?))
         .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
         .set_created_by("lockstep".into())
         .build();
-    let mut writer = ArrowWriter::try_new(file, batch.schema(), Some(props)).map_err(parquet)?;
+    let mut writer =
+        ArrowWriter::try_new(Vec::new(), batch.schema(), Some(props)).map_err(parquet)?;
     writer.write(batch).map_err(parquet)?;
-    let file = writer.into_inner().map_err(parquet)?;
-    file.sync_all().map_err(io("syncing", &tmp))?;
-    std::fs::rename(&tmp, &path).map_err(io("committing", &path))?;
-    if let Ok(d) = std::fs::File::open(dir) {
-        let _ = d.sync_all();
-    }
-    Ok(path)
+    let bytes = writer.into_inner().map_err(parquet)?;
+    backend.put(&rel, bytes)
 }

@@ -12,6 +12,7 @@
 //! staging directory; a killed process leaves it behind in the temporary directory,
 //! where no reader looks.
 
+use crate::backend::Backend;
 use crate::error::io;
 use crate::layout::{self, Hour};
 use crate::store::{WriteSummary, write_partition};
@@ -61,7 +62,7 @@ impl Default for WriterOptions {
 
 /// Writes one job's rows into a group version; see the [module docs](self).
 pub struct OfflineWriter {
-    root: PathBuf,
+    backend: Backend,
     group: GroupVersion,
     write_time: i64,
     expected: SchemaRef,
@@ -101,7 +102,7 @@ impl OfflineWriter {
         options: WriterOptions,
     ) -> Self {
         OfflineWriter {
-            root: store.root().to_owned(),
+            backend: store.backend().clone(),
             group: group.clone(),
             write_time,
             expected: row_schema(&group.manifest),
@@ -260,7 +261,7 @@ impl OfflineWriter {
                 .map(|h| {
                     h.join().unwrap_or_else(|_| {
                         Err(OfflineError::Registry {
-                            path: this.root.clone(),
+                            path: this.backend.root(),
                             message: "a partition writer thread panicked".into(),
                         })
                     })
@@ -310,9 +311,12 @@ impl OfflineWriter {
             n
         ])));
         let out = RecordBatch::try_new(OfflineStore::schema(&self.group.manifest), columns)?;
-        let dir = layout::version_dir(&self.root, &self.group.name, &self.group.version)
-            .join(Hour::of(hour.saturating_mul(MICROS_PER_HOUR)).relative_dir());
-        let path = write_partition(&dir, &out)?;
+        let dir = format!(
+            "{}/{}",
+            layout::version_rel(&self.group.name, &self.group.version),
+            Hour::of(hour.saturating_mul(MICROS_PER_HOUR)).relative()
+        );
+        let path = write_partition(&self.backend, &dir, &out)?;
         Ok((path, n))
     }
 

@@ -1,0 +1,399 @@
+//! Where the store's objects live: a local directory, or a bucket and prefix in S3
+//! (any S3-compatible endpoint, through `object_store`).
+//!
+//! Both give the three guarantees the commit protocol needs: a replacing put is atomic
+//! (a reader sees the old object or the new one), a create-if-absent put has exactly
+//! one winner, and a listing sees only committed objects. Locally that is a dot-named
+//! temporary file, fsync and rename (or hard link, for create-if-absent); on S3 a
+//! single PUT is atomic and `If-None-Match: *` makes it create-if-absent.
+//!
+//! The store's API is synchronous; S3 calls run on a small runtime the backend owns and
+//! the caller waits on a channel, so it may be called from inside another runtime.
+
+use crate::OfflineError;
+use crate::error::{io, unique_tmp_name};
+use futures::TryStreamExt;
+use object_store::aws::AmazonS3Builder;
+use object_store::path::Path as ObjectPath;
+use object_store::{
+    BackoffConfig, ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload, RetryConfig,
+};
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// A store location: a local directory or `s3://bucket/prefix`.
+#[derive(Debug, Clone)]
+pub(crate) enum Backend {
+    Local(PathBuf),
+    Object(Arc<ObjectBackend>),
+}
+
+/// An object store with the runtime its calls run on.
+pub(crate) struct ObjectBackend {
+    store: Arc<dyn ObjectStore>,
+    url: String,
+    prefix: String,
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl std::fmt::Debug for ObjectBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ObjectBackend")
+            .field("url", &self.url)
+            .finish()
+    }
+}
+
+impl Drop for ObjectBackend {
+    fn drop(&mut self) {
+        // Dropping a runtime blocks; inside another runtime that panics. Let it wind
+        // down on its own threads instead.
+        if let Some(rt) = self.runtime.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+/// S3 connection settings beyond the URL. Unset fields come from the standard AWS
+/// environment variables (`AWS_ENDPOINT_URL`, `AWS_REGION`, `AWS_ACCESS_KEY_ID`, …).
+#[derive(Debug, Clone, Default)]
+pub struct S3Options {
+    /// Endpoint of an S3-compatible service, e.g. `http://127.0.0.1:5000`.
+    pub endpoint: Option<String>,
+    /// Region (default: `AWS_REGION`, `AWS_DEFAULT_REGION`, else `us-east-1`).
+    pub region: Option<String>,
+    /// Access key and secret (default: the environment, then instance credentials).
+    pub credentials: Option<(String, String)>,
+}
+
+impl S3Options {
+    /// The endpoint to use: the explicit one, else `AWS_ENDPOINT_URL_S3`, else
+    /// `AWS_ENDPOINT_URL`, else none (AWS itself).
+    pub fn resolved_endpoint(&self) -> Option<String> {
+        self.endpoint.clone().or_else(|| {
+            ["AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"]
+                .iter()
+                .find_map(|k| std::env::var(k).ok().filter(|v| !v.is_empty()))
+        })
+    }
+
+    /// The region to use.
+    pub fn resolved_region(&self) -> String {
+        self.region.clone().unwrap_or_else(|| {
+            ["AWS_REGION", "AWS_DEFAULT_REGION"]
+                .iter()
+                .find_map(|k| std::env::var(k).ok().filter(|v| !v.is_empty()))
+                .unwrap_or_else(|| "us-east-1".into())
+        })
+    }
+
+    /// An `object_store` client for `bucket` with these settings.
+    pub fn build(&self, bucket: &str) -> Result<Arc<dyn ObjectStore>, object_store::Error> {
+        let mut builder = AmazonS3Builder::from_env()
+            .with_bucket_name(bucket)
+            .with_region(self.resolved_region());
+        if let Some((key, secret)) = &self.credentials {
+            builder = builder
+                .with_access_key_id(key)
+                .with_secret_access_key(secret);
+        }
+        // A few quick retries, not object_store's default of minutes: an unreachable
+        // store should fail the job promptly with its name, not hang it.
+        builder = builder.with_retry(RetryConfig {
+            backoff: BackoffConfig::default(),
+            max_retries: 4,
+            retry_timeout: Duration::from_secs(30),
+        });
+        if let Some(endpoint) = self.resolved_endpoint() {
+            builder = builder
+                .with_allow_http(endpoint.starts_with("http://"))
+                .with_endpoint(endpoint);
+        }
+        Ok(Arc::new(builder.build()?))
+    }
+}
+
+/// Splits `s3://bucket/prefix` into bucket and prefix (without slashes at the ends).
+pub fn parse_s3_url(url: &str) -> Option<(String, String)> {
+    let rest = url
+        .strip_prefix("s3://")
+        .or_else(|| url.strip_prefix("s3a://"))?;
+    let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+    if bucket.is_empty() {
+        return None;
+    }
+    Some((bucket.to_owned(), prefix.trim_matches('/').to_owned()))
+}
+
+fn object_error(
+    action: &'static str,
+    at: String,
+) -> impl FnOnce(object_store::Error) -> OfflineError {
+    move |e| OfflineError::Object {
+        action,
+        location: at,
+        message: e.to_string(),
+    }
+}
+
+impl Backend {
+    /// A local directory, created if needed.
+    pub(crate) fn local(root: PathBuf) -> Result<Self, OfflineError> {
+        std::fs::create_dir_all(&root).map_err(io("creating", &root))?;
+        Ok(Backend::Local(root))
+    }
+
+    /// `s3://bucket/prefix`.
+    pub(crate) fn s3(url: &str, options: &S3Options) -> Result<Self, OfflineError> {
+        let (bucket, prefix) = parse_s3_url(url).ok_or_else(|| OfflineError::Object {
+            action: "parsing",
+            location: url.to_owned(),
+            message: "expected s3://BUCKET[/PREFIX]".into(),
+        })?;
+        let store = options
+            .build(&bucket)
+            .map_err(object_error("connecting to", url.to_owned()))?;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("lockstep-offline-s3")
+            .enable_all()
+            .build()
+            .map_err(|e| OfflineError::Object {
+                action: "starting a runtime for",
+                location: url.to_owned(),
+                message: e.to_string(),
+            })?;
+        Ok(Backend::Object(Arc::new(ObjectBackend {
+            store,
+            url: format!(
+                "s3://{bucket}{}{prefix}",
+                if prefix.is_empty() { "" } else { "/" }
+            ),
+            prefix,
+            runtime: Some(runtime),
+        })))
+    }
+
+    /// Where `rel` is, for messages and summaries.
+    pub(crate) fn locate(&self, rel: &str) -> PathBuf {
+        match self {
+            Backend::Local(root) => root.join(rel),
+            Backend::Object(o) => PathBuf::from(format!("{}/{rel}", o.url)),
+        }
+    }
+
+    /// The store's root: a directory, or the `s3://` URL.
+    pub(crate) fn root(&self) -> PathBuf {
+        match self {
+            Backend::Local(root) => root.clone(),
+            Backend::Object(o) => PathBuf::from(&o.url),
+        }
+    }
+
+    /// The object at `rel`, or `None` if there is none.
+    pub(crate) fn read(&self, rel: &str) -> Result<Option<Vec<u8>>, OfflineError> {
+        match self {
+            Backend::Local(root) => {
+                let path = root.join(rel);
+                match std::fs::read(&path) {
+                    Ok(bytes) => Ok(Some(bytes)),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+                    Err(e) => Err(io("reading", &path)(e)),
+                }
+            }
+            Backend::Object(o) => {
+                let (store, key, at) = (o.store.clone(), o.key(rel), self.describe(rel));
+                o.run(async move {
+                    match store.get(&key).await {
+                        Ok(r) => r
+                            .bytes()
+                            .await
+                            .map(|b| Some(b.to_vec()))
+                            .map_err(object_error("reading", at)),
+                        Err(object_store::Error::NotFound { .. }) => Ok(None),
+                        Err(e) => Err(object_error("reading", at)(e)),
+                    }
+                })?
+            }
+        }
+    }
+
+    /// Writes `bytes` at `rel` unless something is there already; `false` if it was.
+    pub(crate) fn create_new(&self, rel: &str, bytes: Vec<u8>) -> Result<bool, OfflineError> {
+        match self {
+            Backend::Local(root) => {
+                let path = root.join(rel);
+                let dir = path.parent().unwrap_or(root);
+                std::fs::create_dir_all(dir).map_err(io("creating", dir))?;
+                let tmp = dir.join(unique_tmp_name("entry"));
+                std::fs::write(&tmp, bytes).map_err(io("writing", &tmp))?;
+                // A hard link fails if the name exists: create-if-absent, whole content.
+                let linked = std::fs::hard_link(&tmp, &path);
+                let _ = std::fs::remove_file(&tmp);
+                match linked {
+                    Ok(()) => Ok(true),
+                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
+                    Err(e) => Err(io("creating", &path)(e)),
+                }
+            }
+            Backend::Object(o) => {
+                let (store, key, at) = (o.store.clone(), o.key(rel), self.describe(rel));
+                o.run(async move {
+                    let opts = PutOptions::from(PutMode::Create);
+                    match store.put_opts(&key, PutPayload::from(bytes), opts).await {
+                        Ok(_) => Ok(true),
+                        Err(object_store::Error::AlreadyExists { .. }) => Ok(false),
+                        Err(object_store::Error::Precondition { .. }) => Ok(false),
+                        Err(e) => Err(object_error("creating", at)(e)),
+                    }
+                })?
+            }
+        }
+    }
+
+    /// Replaces the object at `rel` with `bytes`, atomically.
+    pub(crate) fn put(&self, rel: &str, bytes: Vec<u8>) -> Result<PathBuf, OfflineError> {
+        match self {
+            Backend::Local(root) => {
+                let path = root.join(rel);
+                let dir = path.parent().unwrap_or(root);
+                std::fs::create_dir_all(dir).map_err(io("creating", dir))?;
+                let name = path
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                // A dot-named temporary file, which every Parquet reader skips.
+                let tmp = dir.join(unique_tmp_name(&name));
+                let mut file = std::fs::File::create(&tmp).map_err(io("creating", &tmp))?;
+                std::io::Write::write_all(&mut file, &bytes).map_err(io("writing", &tmp))?;
+                file.sync_all().map_err(io("syncing", &tmp))?;
+                std::fs::rename(&tmp, &path).map_err(io("committing", &path))?;
+                if let Ok(d) = std::fs::File::open(dir) {
+                    let _ = d.sync_all();
+                }
+                Ok(path)
+            }
+            Backend::Object(o) => {
+                let (store, key, at) = (o.store.clone(), o.key(rel), self.describe(rel));
+                o.run(async move {
+                    store
+                        .put(&key, PutPayload::from(bytes))
+                        .await
+                        .map_err(object_error("writing", at))
+                })??;
+                Ok(self.locate(rel))
+            }
+        }
+    }
+
+    /// Relative paths of the objects under `rel_dir` whose name is `name`, sorted.
+    pub(crate) fn list_named(
+        &self,
+        rel_dir: &str,
+        name: &str,
+    ) -> Result<Vec<String>, OfflineError> {
+        let mut out = Vec::new();
+        match self {
+            Backend::Local(root) => collect_named(root, &root.join(rel_dir), name, &mut out)?,
+            Backend::Object(o) => {
+                let (store, at) = (o.store.clone(), self.describe(rel_dir));
+                let prefix = o.key(rel_dir);
+                let keys: Vec<ObjectPath> = o.run(async move {
+                    store
+                        .list(Some(&prefix))
+                        .map_ok(|meta| meta.location)
+                        .try_collect()
+                        .await
+                        .map_err(object_error("listing", at))
+                })??;
+                let strip = if o.prefix.is_empty() {
+                    String::new()
+                } else {
+                    format!("{}/", o.prefix)
+                };
+                for key in keys {
+                    let key = key.as_ref();
+                    if key.rsplit('/').next() == Some(name) {
+                        out.push(key.strip_prefix(&strip).unwrap_or(key).to_owned());
+                    }
+                }
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    fn describe(&self, rel: &str) -> String {
+        self.locate(rel).to_string_lossy().into_owned()
+    }
+}
+
+impl ObjectBackend {
+    fn key(&self, rel: &str) -> ObjectPath {
+        if self.prefix.is_empty() {
+            ObjectPath::from(rel)
+        } else {
+            ObjectPath::from(format!("{}/{rel}", self.prefix))
+        }
+    }
+
+    /// Runs `fut` on the backend's runtime and waits for it, from any thread.
+    fn run<T: Send + 'static>(
+        &self,
+        fut: impl Future<Output = T> + Send + 'static,
+    ) -> Result<T, OfflineError> {
+        let failed = || OfflineError::Object {
+            action: "waiting for",
+            location: self.url.clone(),
+            message: "the storage task stopped before answering".into(),
+        };
+        let runtime = self.runtime.as_ref().ok_or_else(failed)?;
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        runtime.spawn(async move {
+            let _ = tx.send(fut.await);
+        });
+        rx.recv().map_err(|_| failed())
+    }
+}
+
+fn collect_named(
+    root: &Path,
+    dir: &Path,
+    name: &str,
+    out: &mut Vec<String>,
+) -> Result<(), OfflineError> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(io("listing", dir)(e)),
+    };
+    for entry in entries {
+        let path = entry.map_err(io("listing", dir))?.path();
+        if path.is_dir() {
+            collect_named(root, &path, name, out)?;
+        } else if path.file_name().is_some_and(|n| n == name) {
+            if let Ok(rel) = path.strip_prefix(root) {
+                out.push(rel.to_string_lossy().into_owned());
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn s3_urls_split_into_bucket_and_prefix() {
+        assert_eq!(
+            parse_s3_url("s3://b/a/b/"),
+            Some(("b".into(), "a/b".into()))
+        );
+        assert_eq!(parse_s3_url("s3://b"), Some(("b".into(), String::new())));
+        assert_eq!(parse_s3_url("s3:///x"), None);
+        assert_eq!(parse_s3_url("/local/dir"), None);
+    }
+}
