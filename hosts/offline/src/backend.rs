@@ -373,10 +373,10 @@ fn collect_named(
         let path = entry.map_err(io("listing", dir))?.path();
         if path.is_dir() {
             collect_named(root, &path, name, out)?;
-        } else if path.file_name().is_some_and(|n| n == name) {
-            if let Ok(rel) = path.strip_prefix(root) {
-                out.push(rel.to_string_lossy().into_owned());
-            }
+        } else if path.file_name().is_some_and(|n| n == name)
+            && let Ok(rel) = path.strip_prefix(root)
+        {
+            out.push(rel.to_string_lossy().into_owned());
         }
     }
     Ok(())
