@@ -27,8 +27,9 @@ for component in rustfmt clippy; do
 done
 cargo --version
 
-step "python packages the tests read the stores with"
-python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore "duckdb==2.0.0" "pyarrow==26.0.1"
+step "python packages: store readers, and the moto server (S3, Kinesis, Glue on loopback)"
+python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore \
+  "duckdb==2.0.0" "pyarrow==26.0.1" "moto[server]==5.2.1" "boto3"
 
 step "cargo fmt --check"
 cargo fmt --all -- --check

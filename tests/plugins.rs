@@ -255,5 +255,26 @@ fn ordered_batches_of_any_size_equal_one_whole_run() {
             states, reference_states,
             "final states, batches of {batch_rows}"
         );
+
+        // Discarding finished entities' states changes no row and keeps at most the
+        // entity still open.
+        let mut executor = Executor::new(&plugin)
+            .expect("executor")
+            .with_max_events_per_call(50);
+        let mut states = StateMap::new();
+        let mut run = executor.ordered(&mut states).discard_finished_states();
+        let mut rows: Vec<RecordBatch> = Vec::new();
+        let mut at = 0;
+        let mut most = 0;
+        while at < sorted.num_rows() {
+            let len = batch_rows.min(sorted.num_rows() - at);
+            rows.push(run.push(&sorted.slice(at, len)).expect("push"));
+            at += len;
+            most = most.max(run.states_held());
+        }
+        let got = arrow_select::concat::concat_batches(reference.rows.schema_ref(), &rows)
+            .expect("concat");
+        assert_eq!(got, reference.rows, "discarding, batches of {batch_rows}");
+        assert!(most <= 1, "at most the open entity's state, held {most}");
     }
 }

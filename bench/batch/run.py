@@ -61,6 +61,19 @@ def measure(name, argv, log):
     return seconds, peak
 
 
+def ensure_events(lockstep, work, events, cards):
+    """The events file for (events, cards), generated once (seed 42) and reused."""
+    path = os.path.join(work, f"transactions-{events}-{cards}.parquet")
+    if not os.path.exists(path):
+        print(f"generating {events} events over {cards} cards → {path}", flush=True)
+        subprocess.run(
+            [lockstep, "gen", "events", "--kind", "transactions", "--rows", str(events),
+             "--entities", str(cards), "--seed", "42", "--out", path],
+            check=True,
+        )
+    return path
+
+
 def count_rows(path):
     import duckdb
 
@@ -106,14 +119,7 @@ def main():
     args = p.parse_args()
     work = os.path.abspath(args.work)
     os.makedirs(work, exist_ok=True)
-    events = os.path.join(work, f"transactions-{args.events}-{args.cards}.parquet")
-    if not os.path.exists(events):
-        print(f"generating {args.events} events over {args.cards} cards → {events}", flush=True)
-        subprocess.run(
-            [args.lockstep, "gen", "events", "--kind", "transactions", "--rows", str(args.events),
-             "--entities", str(args.cards), "--seed", "42", "--out", events],
-            check=True,
-        )
+    events = ensure_events(args.lockstep, work, args.events, args.cards)
     threads = os.cpu_count() or 2
     results = {}
     outs = {}

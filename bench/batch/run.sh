@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Backfill benchmark, one command: Lockstep vs DuckDB vs PySpark local[2] on the same
 # 10M transactions over 1M cards. Extra arguments go to run.py (e.g. --events 1000000).
+# `run.sh --spill` instead runs the larger-than-memory check (spill.py: 20M events
+# under --memory-limit 1GiB vs unconstrained, same rows).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 python3 -c 'import duckdb, pyarrow, pyspark' 2>/dev/null ||
@@ -9,4 +11,8 @@ cargo build --release --locked -p lockstep
 plugin=target/bench-batch/txn_velocity.wasm
 mkdir -p target/bench-batch
 target/release/lockstep plugin build plugins/txn_velocity --out "$plugin" >/dev/null
+if [ "${1:-}" = "--spill" ]; then
+    shift
+    exec python3 bench/batch/spill.py --lockstep target/release/lockstep --plugin "$plugin" "$@"
+fi
 exec python3 bench/batch/run.py --lockstep target/release/lockstep --plugin "$plugin" "$@"

@@ -17,15 +17,23 @@
 //! are all the same `lockstep-core` code.
 //!
 //! JSON-lines sources are decoded by `lockstep-core`'s JSON decoder, not DataFusion's,
-//! so that a JSON value is parsed one way in every host; they are read into memory
-//! before the pipeline (Parquet and CSV stream).
+//! so that a JSON value is parsed one way in every host; they stream too
+//! ([`json_source`]).
 //!
-//! Not yet: the plugin as a serialisable `ExecutionPlan` node, S3 sources.
+//! Sources may be local paths or `s3://` URLs (read through `object_store`).
+//!
+//! Not yet: the plugin as a serialisable `ExecutionPlan` node.
 
 use arrow_array::RecordBatch;
 use arrow_schema::{DataType, Field, Schema, SchemaRef};
 use datafusion::arrow::compute::SortOptions;
-use datafusion::datasource::MemTable;
+use datafusion::catalog::TableProvider;
+use datafusion::catalog::streaming::StreamingTable;
+use datafusion::datasource::file_format::csv::CsvFormat;
+use datafusion::datasource::file_format::parquet::ParquetFormat;
+use datafusion::datasource::listing::{
+    ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl,
+};
 use datafusion::error::DataFusionError;
 use datafusion::execution::TaskContext;
 use datafusion::execution::memory_pool::FairSpillPool;
@@ -39,7 +47,7 @@ use datafusion::physical_plan::streaming::{PartitionStream, StreamingTableExec};
 use datafusion::physical_plan::{
     ExecutionPlan, ExecutionPlanProperties, Partitioning, SendableRecordBatchStream,
 };
-use datafusion::prelude::{CsvReadOptions, ParquetReadOptions, SessionConfig, SessionContext};
+use datafusion::prelude::{SessionConfig, SessionContext};
 use futures::StreamExt;
 use lockstep_abi::Manifest;
 use lockstep_core::conform::{SourceKind, conform};
@@ -47,11 +55,15 @@ use lockstep_core::executor::{Executor, RunStats, StateMap};
 use lockstep_core::order::{CONTENT_COLUMN, EVENT_ID_COLUMN, with_order_columns};
 use lockstep_core::rows::row_json;
 use lockstep_core::schema::input_schema;
+use lockstep_offline::{S3Options, parse_s3_url};
 use lockstep_runtime::Plugin;
+use object_store::ObjectStore;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use thiserror::Error;
+
+mod json_source;
 
 /// Format of the source files.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -100,6 +112,12 @@ pub struct BatchJob {
     pub spill_dir: Option<PathBuf>,
     /// Live counters, for a progress display.
     pub progress: Arc<Progress>,
+    /// Settings for `s3://` sources (endpoint, region, credentials).
+    pub s3: S3Options,
+    /// Keep every entity's final state for [`BatchOutput::states`]. Without it, a
+    /// state is dropped once its entity is done, so memory does not grow with the
+    /// number of entities.
+    pub keep_states: bool,
 }
 
 /// Counters a running job updates, readable from another thread at any time.
@@ -159,7 +177,8 @@ pub struct SourceReject {
 /// What a backfill produced besides its rows (which went to the [`RowSink`]).
 #[derive(Debug)]
 pub struct BatchOutput {
-    /// Each entity's state after its last event: the stream host can start from it.
+    /// Each entity's state after its last event (with [`BatchJob::keep_states`]; empty
+    /// otherwise): the stream host can start from it.
     pub states: StateMap,
     /// Counters over all partitions.
     pub stats: RunStats,
@@ -264,37 +283,116 @@ impl PartitionStream for ConformedPartition {
     }
 }
 
+/// The listing URL of a source: a path, a directory or a glob, local or `s3://`.
+/// (DataFusion expands globs in local paths only; for URLs we split off the glob as it
+/// does: everything after the last `/` before the first glob character.)
+fn listing_url(source: &str) -> Result<ListingTableUrl, BatchError> {
+    let Some((bucket_and_prefix, glob)) = parse_s3_url(source)
+        .is_some()
+        .then(|| {
+            let first = source.find(['*', '?', '['])?;
+            let cut = source[..first].rfind('/')? + 1;
+            Some(source.split_at(cut))
+        })
+        .flatten()
+    else {
+        return Ok(ListingTableUrl::parse(source)?);
+    };
+    let url = url::Url::parse(bucket_and_prefix)
+        .map_err(|e| BatchError::Source(format!("{source}: {e}")))?;
+    let pattern = glob::Pattern::new(glob)
+        .map_err(|e| BatchError::Source(format!("{source}: bad glob `{glob}`: {e}")))?;
+    Ok(ListingTableUrl::try_new(url, Some(pattern))?)
+}
+
+/// Lets DataFusion read `s3://bucket/…` through `object_store`; returns the client.
+fn register_s3(
+    ctx: &SessionContext,
+    source: &str,
+    s3: &S3Options,
+) -> Result<Option<Arc<dyn ObjectStore>>, BatchError> {
+    let Some((bucket, _)) = parse_s3_url(source) else {
+        return Ok(None);
+    };
+    let store = s3
+        .build(&bucket)
+        .map_err(|e| BatchError::Source(format!("connecting to {source}: {e}")))?;
+    let url = url::Url::parse(&format!("s3://{bucket}"))
+        .map_err(|e| BatchError::Source(format!("{source}: {e}")))?;
+    ctx.register_object_store(&url, store.clone());
+    Ok(Some(store))
+}
+
 async fn register_source(
     ctx: &SessionContext,
     job: &BatchJob,
     manifest: &Manifest,
+    rejects: &Arc<Mutex<Vec<SourceReject>>>,
 ) -> Result<(), BatchError> {
+    let s3 = register_s3(ctx, &job.source, &job.s3)?;
     match job.format {
         SourceFormat::Parquet => {
-            ctx.register_parquet("source", &job.source, ParquetReadOptions::default())
-                .await?
+            let extension = if job.source.to_ascii_lowercase().ends_with(".pq") {
+                ".pq"
+            } else {
+                ".parquet"
+            };
+            let options = ListingOptions::new(Arc::new(ParquetFormat::default()))
+                .with_file_extension(extension);
+            let config = ListingTableConfig::new(listing_url(&job.source)?)
+                .with_listing_options(options)
+                .infer_schema(&ctx.state())
+                .await?;
+            ctx.register_table("source", Arc::new(ListingTable::try_new(config)?))?;
         }
         SourceFormat::Csv => {
             // Every cell as text: values are parsed by the shared rules during conform,
             // not by CSV type inference (which, for one, drops time zones).
-            let inferred = ctx.read_csv(&job.source, CsvReadOptions::new()).await?;
-            let text = Schema::new(
-                inferred
+            let options = ListingOptions::new(Arc::new(CsvFormat::default().with_has_header(true)))
+                .with_file_extension(".csv");
+            let inferred = ListingTableConfig::new(listing_url(&job.source)?)
+                .with_listing_options(options.clone())
+                .infer_schema(&ctx.state())
+                .await?;
+            let text = Arc::new(Schema::new(
+                ListingTable::try_new(inferred)?
                     .schema()
                     .fields()
                     .iter()
                     .map(|f| Field::new(f.name(), DataType::Utf8, true))
                     .collect::<Vec<_>>(),
-            );
-            ctx.register_csv("source", &job.source, CsvReadOptions::new().schema(&text))
-                .await?
+            ));
+            let config = ListingTableConfig::new(listing_url(&job.source)?)
+                .with_listing_options(options)
+                .with_schema(text);
+            ctx.register_table("source", Arc::new(ListingTable::try_new(config)?))?;
         }
         SourceFormat::Json => {
-            let text = std::fs::read_to_string(&job.source)
-                .map_err(|e| BatchError::Source(format!("reading {}: {e}", job.source)))?;
-            let batch = lockstep_core::decode::decode_json_lines(&text, manifest, None)
-                .map_err(|e| BatchError::Source(format!("{}: {e}", job.source)))?;
-            let table = MemTable::try_new(batch.schema(), vec![vec![batch]])?;
+            let file = match (&s3, parse_s3_url(&job.source)) {
+                (Some(store), Some((_, key))) => json_source::JsonFile::Object(
+                    store.clone(),
+                    object_store::path::Path::from(key),
+                    job.source.clone(),
+                ),
+                _ => {
+                    if !std::path::Path::new(&job.source).is_file() {
+                        return Err(BatchError::Source(format!(
+                            "{}: no such file (JSON-lines sources are one file)",
+                            job.source
+                        )));
+                    }
+                    json_source::JsonFile::Local(job.source.clone())
+                }
+            };
+            let schema = input_schema(manifest);
+            let partition = json_source::JsonLinesPartition {
+                file,
+                manifest: manifest.clone(),
+                schema: schema.clone(),
+                rejects: rejects.clone(),
+                progress: job.progress.clone(),
+            };
+            let table = StreamingTable::try_new(schema, vec![Arc::new(partition)])?;
             ctx.register_table("source", Arc::new(table))?;
         }
     }
@@ -329,14 +427,14 @@ pub async fn run(
             execution.sort_spill_reservation_bytes.min(limit / 8);
     }
     let ctx = SessionContext::new_with_config_rt(config, runtime.build_arc()?);
-    register_source(&ctx, job, &manifest).await?;
+    let rejects = Arc::new(Mutex::new(Vec::new()));
+    register_source(&ctx, job, &manifest, &rejects).await?;
     let frame = match &job.sql {
         Some(sql) => ctx.sql(sql).await?,
         None => ctx.table("source").await?,
     };
     let source = frame.create_physical_plan().await?;
 
-    let rejects = Arc::new(Mutex::new(Vec::new()));
     let output = order_schema(&manifest);
     let streams: Vec<Arc<dyn PartitionStream>> =
         (0..source.output_partitioning().partition_count())
@@ -393,9 +491,13 @@ pub async fn run(
         let mut stream = sorted.execute(partition, task_ctx.clone())?;
         let mut executor = Executor::new(plugin)?;
         let rows_tx = rows_tx.clone();
+        let keep_states = job.keep_states;
         tasks.push(tokio::spawn(async move {
             let mut states = StateMap::new();
             let mut run = executor.ordered(&mut states);
+            if !keep_states {
+                run = run.discard_finished_states();
+            }
             while let Some(batch) = stream.next().await {
                 let batch = batch?;
                 // The plugin call is CPU-bound: let the runtime move other tasks
@@ -408,6 +510,9 @@ pub async fn run(
             }
             let stats = run.stats().clone();
             drop(run);
+            if !keep_states {
+                states.clear();
+            }
             Ok::<_, BatchError>((states, stats))
         }));
     }

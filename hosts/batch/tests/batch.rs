@@ -104,6 +104,8 @@ fn job(source: &Path, format: SourceFormat, partitions: usize) -> BatchJob {
         memory_limit: None,
         spill_dir: None,
         progress: Default::default(),
+        s3: Default::default(),
+        keep_states: true,
     }
 }
 
@@ -173,10 +175,13 @@ async fn a_small_memory_limit_spills_and_gives_the_same_rows() {
     let mut limited = job(&f.dir.path().join("*.parquet"), SourceFormat::Parquet, 2);
     limited.memory_limit = Some(48 << 20);
     limited.spill_dir = Some(spill.path().to_owned());
+    // Final states are not asked for: they are dropped as entities finish.
+    limited.keep_states = false;
     let out = run(&limited, &plugin())
         .await
         .expect("completes within 48 MiB by spilling");
     assert_eq!(sorted_json(&out.rows), f.expected);
+    assert!(out.states.is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -251,4 +256,43 @@ async fn bad_sources_fail_naming_the_column_or_reject_rows() {
     )
     .await;
     assert!(err.is_err(), "a glob that matches nothing is an error");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_lines_stream_and_bad_lines_are_rejects_naming_line_and_field() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("events.jsonl");
+    let good = lockstep_gen::transactions(150_000, 500, 3).to_json_lines();
+    let mut lines: Vec<String> = good.lines().map(str::to_owned).collect();
+    lines.insert(10, "{not json".into());
+    lines.insert(
+        70_000,
+        r#"{"card_id":"c","ts":"yesterday","amount":1.0,"merchant":"m"}"#.into(),
+    );
+    lines.insert(100_000, String::new());
+    std::fs::write(&path, lines.join("\n")).expect("write");
+    let j = job(&path, SourceFormat::Json, 2);
+    let out = run(&j, &plugin()).await.expect("run");
+    assert_eq!(out.stats.events_in, 150_000);
+    let mut rejects: Vec<(String, String)> = out
+        .rejects
+        .iter()
+        .map(|r| (r.column.clone(), r.reason.clone()))
+        .collect();
+    rejects.sort();
+    assert_eq!(rejects.len(), 2, "{rejects:?}");
+    assert!(rejects[0].1.contains("line 11"), "{rejects:?}");
+    assert_eq!(rejects[1].0, "ts");
+    assert!(rejects[1].1.contains("line 70001"), "{rejects:?}");
+    let (read, _, rejected) = j.progress.snapshot();
+    assert_eq!((read, rejected), (150_002, 2));
+
+    let reference = {
+        let events = decode_json_lines(&good, plugin().manifest(), None).expect("decode");
+        Executor::new(&plugin())
+            .expect("executor")
+            .run(&events, &mut StateMap::new())
+            .expect("run")
+    };
+    assert_eq!(sorted_json(&out.rows), sorted_json(&[reference.rows]));
 }

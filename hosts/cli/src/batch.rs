@@ -4,10 +4,10 @@ use anyhow::{Context, Result, bail};
 use indicatif::{ProgressBar, ProgressStyle};
 use lockstep_batch::{BatchJob, Progress, SourceFormat};
 use lockstep_offline::snapshot::{SnapshotInfo, write_states};
-use lockstep_offline::{OfflineStore, WriterOptions};
+use lockstep_offline::{OfflineStore, S3Options, WriterOptions};
 use lockstep_runtime::Runtime;
 use std::io::{IsTerminal, Write};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -17,11 +17,28 @@ pub struct RunArgs {
     pub source: String,
     pub format: Option<SourceFormat>,
     pub sql: Option<String>,
-    pub offline_store: PathBuf,
+    pub offline_store: String,
+    pub s3: S3Options,
+    pub catalog: Option<Catalog>,
     pub memory_limit: Option<usize>,
     pub partitions: usize,
     pub state_out: Option<PathBuf>,
     pub rejects: Option<PathBuf>,
+}
+
+/// Where to register written tables.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Catalog {
+    /// The AWS Glue Data Catalog, in this database.
+    Glue(String),
+}
+
+/// Parses `glue:DATABASE`.
+pub fn parse_catalog(text: &str) -> Result<Catalog, String> {
+    match text.split_once(':') {
+        Some(("glue", db)) if !db.is_empty() => Ok(Catalog::Glue(db.to_owned())),
+        _ => Err(format!("`{text}` is not a catalog: use glue:DATABASE")),
+    }
 }
 
 /// Parses sizes like `512MiB`, `2GiB`, `1G`, `100000` (bytes).
@@ -81,7 +98,7 @@ pub fn run(args: RunArgs, runtime: &Runtime) -> Result<()> {
     };
     // Bind (or check) the group version first: a plugin that may not write here is
     // refused before any work is done.
-    let store = OfflineStore::open(&args.offline_store)?;
+    let store = OfflineStore::open_location(&args.offline_store, &args.s3)?;
     let now = now_micros();
     let group = store.register(plugin.manifest(), plugin.hash(), now)?;
     let job = BatchJob {
@@ -92,6 +109,8 @@ pub fn run(args: RunArgs, runtime: &Runtime) -> Result<()> {
         memory_limit: args.memory_limit,
         spill_dir: None,
         progress: Default::default(),
+        s3: args.s3.clone(),
+        keep_states: args.state_out.is_some(),
     };
     // Rows wait for the commit in a buffer of a quarter of the memory limit; the rest is
     // the sort's. Beyond it they are staged on disk.
@@ -141,6 +160,28 @@ pub fn run(args: RunArgs, runtime: &Runtime) -> Result<()> {
     let committing = Instant::now();
     let written = writer.commit()?;
     let commit_secs = committing.elapsed().as_secs_f64();
+    let registered = match &args.catalog {
+        Some(Catalog::Glue(database)) => {
+            let location = store.root().join(&group.name);
+            let location = location.to_string_lossy();
+            let endpoint = args.s3.resolved_endpoint();
+            let registered = tokio
+                .block_on(async {
+                    lockstep_catalog::GlueCatalog::connect(database, endpoint.as_deref())
+                        .await
+                        .register(&group, &location, &written.hours)
+                        .await
+                })
+                .with_context(|| {
+                    format!(
+                        "the rows are committed, but registering them in glue:{database} failed; \
+                         re-run the job (it is idempotent) once the catalog is reachable"
+                    )
+                })?;
+            Some(registered)
+        }
+        None => None,
+    };
     if let Some(path) = &args.state_out {
         let info = SnapshotInfo {
             group: group.name.clone(),
@@ -184,6 +225,19 @@ pub fn run(args: RunArgs, runtime: &Runtime) -> Result<()> {
             String::new()
         }
     );
+    if let Some(r) = &registered {
+        println!(
+            "  catalog    glue table {} ({}), {} partitions added, {} already registered",
+            r.table,
+            if r.created_table {
+                "created"
+            } else {
+                "updated"
+            },
+            r.partitions_added,
+            r.partitions_existing
+        );
+    }
     if let Some(path) = &args.state_out {
         println!(
             "  state      {} entities → {}",
@@ -252,12 +306,4 @@ impl ProgressDisplay {
         let _ = self.stop.send(());
         let _ = self.thread.join();
     }
-}
-
-/// Refuses store locations that are not local paths (S3 arrives later).
-pub fn check_local(path: &Path) -> Result<()> {
-    if path.to_string_lossy().contains("://") {
-        bail!("{}: only local paths are supported so far", path.display());
-    }
-    Ok(())
 }

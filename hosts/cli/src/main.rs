@@ -76,7 +76,7 @@ enum BatchCommand {
         /// The plugin component (.wasm).
         #[arg(long)]
         plugin: PathBuf,
-        /// Source files: a file, a directory or a glob.
+        /// Source files: a file, a directory or a glob, local or `s3://bucket/…`.
         #[arg(long)]
         source: String,
         /// Source format (default: from the file extension).
@@ -85,10 +85,20 @@ enum BatchCommand {
         /// Shape the source into the plugin's input schema: `SELECT … FROM source`.
         #[arg(long)]
         sql: Option<String>,
-        /// Offline store directory.
+        /// Offline store: a directory or `s3://bucket/prefix`.
         #[arg(long)]
-        offline_store: PathBuf,
-        /// Memory for sorting (e.g. 2GiB); beyond it the sort spills to disk.
+        offline_store: String,
+        /// S3-compatible endpoint for `s3://` sources and stores (default:
+        /// `AWS_ENDPOINT_URL`, else AWS). Credentials and region come from the
+        /// standard AWS environment variables.
+        #[arg(long)]
+        endpoint_url: Option<String>,
+        /// Register the written table and partitions in a data catalog:
+        /// `glue:DATABASE` (the AWS Glue Data Catalog; endpoint and credentials as for S3).
+        #[arg(long, value_parser = batch::parse_catalog)]
+        catalog: Option<batch::Catalog>,
+        /// Memory for the job (e.g. 2GiB): three quarters for sorting, a quarter for
+        /// rows awaiting commit; beyond it both spill to disk.
         #[arg(long, value_parser = batch::parse_size)]
         memory_limit: Option<usize>,
         /// Parallel plugin instances (default: the number of cores).
@@ -218,12 +228,14 @@ fn main() {
             format,
             sql,
             offline_store,
+            endpoint_url,
+            catalog,
             memory_limit,
             partitions,
             state_out,
             rejects,
             runtime,
-        }) => batch::check_local(&offline_store).and_then(|_| {
+        }) => runtime.runtime().and_then(|runtime| {
             batch::run(
                 batch::RunArgs {
                     plugin,
@@ -235,6 +247,11 @@ fn main() {
                     }),
                     sql,
                     offline_store,
+                    s3: lockstep_offline::S3Options {
+                        endpoint: endpoint_url,
+                        ..Default::default()
+                    },
+                    catalog,
                     memory_limit,
                     partitions: partitions.unwrap_or_else(|| {
                         std::thread::available_parallelism().map_or(2, |n| n.get())
@@ -242,7 +259,7 @@ fn main() {
                     state_out,
                     rejects,
                 },
-                &runtime.runtime()?,
+                &runtime,
             )
         }),
         Command::Demo { events } => demo::run(events),

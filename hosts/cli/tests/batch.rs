@@ -25,7 +25,12 @@ fn s(p: &Path) -> &str {
 }
 
 fn generate(dir: &Path, rows: usize) -> PathBuf {
-    let events = dir.join("events.jsonl");
+    generate_as(dir, rows, "events.jsonl")
+}
+
+/// Generated transactions in `dir/name`; `.parquet` names give Parquet.
+fn generate_as(dir: &Path, rows: usize, name: &str) -> PathBuf {
+    let events = dir.join(name);
     let out = lockstep(&[
         "gen",
         "events",
@@ -52,6 +57,24 @@ fn stored_rows(store: &Path) -> usize {
         .iter()
         .map(|b| b.num_rows())
         .sum()
+}
+
+/// `lockstep batch run` of `txn_velocity` from `source` into `store`, plus `extra`.
+fn batch_command(source: &str, store: &str, extra: &[&str]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_lockstep"));
+    cmd.args([
+        "batch",
+        "run",
+        "--plugin",
+        s(velocity()),
+        "--source",
+        source,
+        "--offline-store",
+        store,
+        "--no-cache",
+    ]);
+    cmd.args(extra);
+    cmd
 }
 
 fn backfill(events: &Path, store: &Path, extra: &[&str]) -> Output {
@@ -101,7 +124,19 @@ fn a_rerun_leaves_the_same_rows_and_the_state_snapshot_is_readable() {
         (info.group.as_str(), info.state_version),
         ("txn_velocity", 1)
     );
-    assert_eq!(states.len(), 200);
+    assert_eq!(states.len(), distinct_cards(&events), "one state per card");
+}
+
+/// Cards that have at least one transaction in the file.
+fn distinct_cards(events: &Path) -> usize {
+    let text = std::fs::read_to_string(events).expect("events");
+    text.lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).expect("json");
+            v["card_id"].as_str().expect("card_id").to_owned()
+        })
+        .collect::<std::collections::HashSet<_>>()
+        .len()
 }
 
 #[test]
@@ -209,7 +244,10 @@ fn a_job_killed_at_any_point_leaves_only_whole_partitions_and_a_rerun_completes_
 
 /// Stored rows as JSON lines without the write stamps, which differ between runs.
 fn stored_json(store: &Path) -> Vec<String> {
-    let store = OfflineStore::open(store).expect("open");
+    store_json(&OfflineStore::open(store).expect("open"))
+}
+
+fn store_json(store: &OfflineStore) -> Vec<String> {
     let mut lines = Vec::new();
     for batch in store.read("txn_velocity", "1.0.0").expect("read") {
         for row in 0..batch.num_rows() {
@@ -253,4 +291,162 @@ fn duplicates(events: &Path) -> usize {
             !seen.insert(v["txn_id"].as_str().expect("txn_id").to_owned())
         })
         .count()
+}
+
+/// Source and offline store in S3 (the moto server): the rows equal a local backfill's.
+#[test]
+fn a_backfill_reads_from_and_writes_to_s3() {
+    let moto = lockstep_testkit::Moto::start();
+    moto.create_bucket("lake");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let jsonl = generate(dir.path(), 5_000);
+    let parquet = generate_as(dir.path(), 5_000, "events.parquet");
+    moto.boto3(&format!(
+        "s3 = client('s3')\n\
+         s3.upload_file('{}', 'lake', 'raw/day=1/events.parquet')\n\
+         s3.upload_file('{}', 'lake', 'raw-json/events.jsonl')",
+        s(&parquet),
+        s(&jsonl)
+    ));
+    let local = dir.path().join("local");
+    assert!(backfill(&jsonl, &local, &[]).status.success());
+    let expected = stored_json(&local);
+
+    let endpoint = moto.endpoint();
+    let run = |source: &str, store: &str| {
+        let mut cmd = batch_command(source, store, &["--endpoint-url", &endpoint]);
+        for (k, v) in moto.env() {
+            if k != "AWS_ENDPOINT_URL" {
+                cmd.env(k, v);
+            }
+        }
+        cmd.output().expect("run lockstep")
+    };
+    for (source, store) in [
+        ("s3://lake/raw/**/*.parquet", "s3://lake/offline-a"),
+        ("s3://lake/raw-json/events.jsonl", "s3://lake/offline-b"),
+    ] {
+        let out = run(source, store);
+        assert!(out.status.success(), "{source}: {}", text(&out.stderr));
+        assert!(text(&out.stdout).contains(&format!("under {store}/txn_velocity")));
+        // Read the S3 store back through the library, as a training-set job would.
+        let s3 = lockstep_offline::S3Options {
+            endpoint: Some(moto.endpoint()),
+            region: Some(lockstep_testkit::REGION.into()),
+            credentials: Some((
+                lockstep_testkit::ACCESS_KEY.into(),
+                lockstep_testkit::SECRET_KEY.into(),
+            )),
+        };
+        let lines = store_json(&OfflineStore::open_location(store, &s3).expect("open"));
+        assert!(
+            lines == expected,
+            "{source}: the same rows as a local backfill"
+        );
+    }
+
+    let out = run("s3://lake/nothing-here/*.parquet", "s3://lake/offline-c");
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(err.contains("s3://lake/nothing-here"), "{err}");
+}
+
+/// `--catalog glue:DB` registers the table and its hour partitions in the Glue Data
+/// Catalog (the moto server), idempotently.
+#[test]
+fn a_backfill_registers_its_table_and_partitions_in_glue() {
+    let moto = lockstep_testkit::Moto::start();
+    moto.create_bucket("lake");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let events = generate(dir.path(), 3_000);
+    let run = || {
+        let mut cmd = batch_command(
+            s(&events),
+            "s3://lake/offline",
+            &["--catalog", "glue:features"],
+        );
+        cmd.envs(moto.env());
+        cmd.output().expect("run lockstep")
+    };
+    let first = run();
+    assert!(first.status.success(), "{}", text(&first.stderr));
+    let summary = text(&first.stdout);
+    let partitions: usize = summary
+        .split("rows into ")
+        .nth(1)
+        .and_then(|t| t.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .expect("partition count in the summary");
+    assert!(
+        summary.contains(&format!(
+            "glue table features.txn_velocity (created), {partitions} partitions added, 0 already"
+        )),
+        "{summary}"
+    );
+    let table = moto.boto3(
+        "g = client('glue')\n\
+         t = g.get_table(DatabaseName='features', Name='txn_velocity')['Table']\n\
+         parts = []\n\
+         for page in g.get_paginator('get_partitions').paginate(DatabaseName='features', TableName='txn_velocity'):\n\
+         \x20   parts += page['Partitions']\n\
+         print(json.dumps({'location': t['StorageDescriptor']['Location'],\n\
+         \x20 'columns': [(c['Name'], c['Type']) for c in t['StorageDescriptor']['Columns']],\n\
+         \x20 'keys': [k['Name'] for k in t['PartitionKeys']],\n\
+         \x20 'partitions': len(parts),\n\
+         \x20 'first': sorted(p['Values'] for p in parts)[0],\n\
+         \x20 'first_location': sorted((p['Values'], p['StorageDescriptor']['Location']) for p in parts)[0][1]}))",
+    );
+    let t: serde_json::Value = serde_json::from_str(table.trim()).expect("json");
+    assert_eq!(t["location"], "s3://lake/offline/txn_velocity");
+    assert_eq!(
+        t["keys"],
+        serde_json::json!(["version", "year", "month", "day", "hour"])
+    );
+    assert_eq!(t["partitions"], partitions);
+    let columns = t["columns"].as_array().expect("columns");
+    assert_eq!(columns[0], serde_json::json!(["card_id", "string"]));
+    assert_eq!(columns[1], serde_json::json!(["event_time", "timestamp"]));
+    assert!(columns.contains(&serde_json::json!(["txn_count_1h", "bigint"])));
+    assert!(columns.contains(&serde_json::json!(["txn_sum_1h", "double"])));
+    assert!(columns.contains(&serde_json::json!(["plugin_hash", "string"])));
+    let first_values = t["first"].as_array().expect("values");
+    assert_eq!(first_values[0], "1.0.0");
+    assert_eq!(first_values[1], "2024");
+    let first_location = t["first_location"].as_str().expect("location");
+    assert_eq!(
+        first_location,
+        format!(
+            "s3://lake/offline/txn_velocity/version=1.0.0/year=2024/month={}/day={}/hour={}",
+            first_values[2].as_str().expect("month"),
+            first_values[3].as_str().expect("day"),
+            first_values[4].as_str().expect("hour")
+        )
+    );
+
+    let again = run();
+    assert!(again.status.success(), "{}", text(&again.stderr));
+    assert!(
+        text(&again.stdout).contains(&format!(
+            "(updated), 0 partitions added, {partitions} already registered"
+        )),
+        "{}",
+        text(&again.stdout)
+    );
+
+    // A catalog that cannot be reached fails the job after the commit, and says so.
+    let local = dir.path().join("local");
+    let mut cmd = batch_command(s(&events), s(&local), &["--catalog", "glue:features"]);
+    cmd.envs(moto.env());
+    cmd.env(
+        "AWS_ENDPOINT_URL",
+        format!("http://127.0.0.1:{}", lockstep_testkit::free_port()),
+    );
+    cmd.env("AWS_MAX_ATTEMPTS", "2");
+    let out = cmd.output().expect("run");
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("registering them in glue:features failed"),
+        "{err}"
+    );
 }

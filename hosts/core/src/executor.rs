@@ -225,6 +225,7 @@ impl Executor {
             current: None,
             seen: HashSet::new(),
             stats: RunStats::default(),
+            keep_finished: true,
         }
     }
 
@@ -313,9 +314,19 @@ pub struct OrderedRun<'e> {
     current: Option<EntityKey>,
     seen: HashSet<u128>,
     stats: RunStats,
+    keep_finished: bool,
 }
 
 impl OrderedRun<'_> {
+    /// Drops each entity's state once its last event has been applied (the input is
+    /// sorted, so an entity is finished when the next one starts): memory stays bounded
+    /// by one entity instead of growing with all of them. For jobs whose final states
+    /// are not wanted.
+    pub fn discard_finished_states(mut self) -> Self {
+        self.keep_finished = false;
+        self
+    }
+
     /// Applies one sorted batch (input columns followed by the two order columns) and
     /// returns the rows it emitted.
     pub fn push(&mut self, batch: &RecordBatch) -> Result<RecordBatch, CoreError> {
@@ -333,6 +344,7 @@ impl OrderedRun<'_> {
             .ok_or_else(|| CoreError::Input("ordered batches need the event id column".into()))?;
         let n = batch.num_rows();
         self.stats.events_in += n;
+        let open_before = self.current.clone();
         let mut keep = Vec::with_capacity(n);
         let mut runs: Vec<(EntityKey, usize, usize)> = Vec::new();
         let mut kept = 0usize;
@@ -374,6 +386,11 @@ impl OrderedRun<'_> {
                 self.stats.duplicates += 1;
             }
         }
+        let started: Vec<EntityKey> = if self.keep_finished {
+            Vec::new()
+        } else {
+            runs.iter().map(|r| r.0.clone()).collect()
+        };
         runs.retain(|r| r.2 > 0);
         self.stats.events_applied += kept;
         let mask = BooleanArray::from(keep);
@@ -383,6 +400,15 @@ impl OrderedRun<'_> {
             .collect::<Result<_, _>>()?;
         let mut stats = RunStats::default();
         let out = exec.apply_runs(&columns, key_col, &runs, self.states, &mut stats)?;
+        if !self.keep_finished {
+            // Every entity but the one still open has seen its last event.
+            let open = self.current.as_ref();
+            for key in open_before.iter().chain(&started) {
+                if Some(key) != open {
+                    self.states.remove(key);
+                }
+            }
+        }
         self.stats.calls += stats.calls;
         let rows = concat_batches(&exec.row_schema, &out)?;
         self.stats.rows_out += rows.num_rows();
@@ -392,5 +418,10 @@ impl OrderedRun<'_> {
     /// Counters so far.
     pub fn stats(&self) -> &RunStats {
         &self.stats
+    }
+
+    /// How many entity states the run holds now.
+    pub fn states_held(&self) -> usize {
+        self.states.len()
     }
 }

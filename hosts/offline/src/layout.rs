@@ -45,17 +45,25 @@ impl Hour {
         }
     }
 
-    /// `year=YYYY/month=MM/day=DD/hour=HH`, `/`-separated on every platform.
-    pub fn relative(&self) -> String {
+    /// The partition values as the directory names spell them: `YYYY`, `MM`, `DD`, `HH`.
+    pub fn values(&self) -> [String; 4] {
         let year = if self.year < 0 {
             format!("-{:04}", -self.year)
         } else {
             format!("{:04}", self.year)
         };
-        format!(
-            "year={year}/month={:02}/day={:02}/hour={:02}",
-            self.month, self.day, self.hour
-        )
+        [
+            year,
+            format!("{:02}", self.month),
+            format!("{:02}", self.day),
+            format!("{:02}", self.hour),
+        ]
+    }
+
+    /// `year=YYYY/month=MM/day=DD/hour=HH`, `/`-separated on every platform.
+    pub fn relative(&self) -> String {
+        let [year, month, day, hour] = self.values();
+        format!("year={year}/month={month}/day={day}/hour={hour}")
     }
 
     /// `year=YYYY/month=MM/day=DD/hour=HH` as a path.

@@ -37,6 +37,8 @@ pub struct WriteSummary {
     pub partitions: usize,
     /// The files, in partition order.
     pub files: Vec<PathBuf>,
+    /// The hour partitions written, in the same order.
+    pub hours: Vec<layout::Hour>,
 }
 
 /// An offline store in a local directory or under an S3 prefix.

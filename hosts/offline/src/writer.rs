@@ -276,6 +276,10 @@ impl OfflineWriter {
         Ok(WriteSummary {
             rows: files.iter().map(|(_, _, n)| n).sum(),
             partitions: files.len(),
+            hours: files
+                .iter()
+                .map(|(i, _, _)| Hour::of(work[*i].0.saturating_mul(MICROS_PER_HOUR)))
+                .collect(),
             files: files.into_iter().map(|(_, p, _)| p).collect(),
         })
     }
