@@ -67,6 +67,9 @@ pub struct OfflineWriter {
     write_time: i64,
     expected: SchemaRef,
     options: WriterOptions,
+    /// Batches as they arrived, not yet split by hour.
+    pending: Vec<RecordBatch>,
+    pending_bytes: usize,
     /// Hour index (hours since the epoch) → rows not yet staged, in arrival order.
     buffer: BTreeMap<i64, Vec<RecordBatch>>,
     buffered_bytes: usize,
@@ -107,6 +110,8 @@ impl OfflineWriter {
             write_time,
             expected: row_schema(&group.manifest),
             options,
+            pending: Vec::new(),
+            pending_bytes: 0,
             buffer: BTreeMap::new(),
             buffered_bytes: 0,
             staging: None,
@@ -149,46 +154,76 @@ impl OfflineWriter {
         if actual != wanted {
             return Err(self.schema_error(format!("expected columns {wanted:?}, got {actual:?}")));
         }
-        let times = batch
+        if batch
             .column_by_name(EVENT_TIME)
             .and_then(|c| c.as_primitive_opt::<TimestampMicrosecondType>())
-            .ok_or_else(|| self.schema_error(format!("no {EVENT_TIME} timestamp column")))?;
-        // A batch usually covers few hours: group positions per hour, keeping order.
-        let mut per_hour: BTreeMap<i64, Vec<u32>> = BTreeMap::new();
-        for (row, t) in times.values().iter().enumerate() {
-            per_hour
-                .entry(t.div_euclid(MICROS_PER_HOUR))
-                .or_default()
-                .push(row as u32);
+            .is_none()
+        {
+            return Err(self.schema_error(format!("no {EVENT_TIME} timestamp column")));
         }
-        if per_hour.len() == 1 {
-            let (hour, _) = per_hour.pop_first().unwrap_or_default();
-            self.buffer_rows(hour, batch.clone());
-        } else {
-            for (hour, positions) in per_hour {
-                let idx = UInt32Array::from(positions);
-                let columns = batch
-                    .columns()
-                    .iter()
-                    .map(|c| take(c.as_ref(), &idx, None))
-                    .collect::<Result<Vec<_>, _>>()?;
-                self.buffer_rows(hour, RecordBatch::try_new(batch.schema(), columns)?);
-            }
-        }
+        // Batches are kept whole and split by hour in large groups: one sort and one
+        // `take` per group instead of one per hour per batch (a batch of many entities
+        // touches most hours).
+        self.pending_bytes += batch.get_array_memory_size();
+        self.pending.push(batch.clone());
         self.rows += batch.num_rows();
+        if self.pending_bytes > (self.options.buffer_bytes / 8).max(1) {
+            self.split_pending()?;
+        }
         if self.buffered_bytes > self.options.buffer_bytes {
             self.stage()?;
         }
         Ok(())
     }
 
-    fn buffer_rows(&mut self, hour: i64, rows: RecordBatch) {
-        self.buffered_bytes += rows.get_array_memory_size();
-        self.buffer.entry(hour).or_default().push(rows);
+    /// Moves the pending batches into the per-hour buffer: one stable sort by hour,
+    /// one `take`, then a slice per hour.
+    fn split_pending(&mut self) -> Result<(), OfflineError> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let data = concat_batches(&self.expected, &self.pending)?;
+        self.pending.clear();
+        self.pending_bytes = 0;
+        let times = data
+            .column_by_name(EVENT_TIME)
+            .and_then(|c| c.as_primitive_opt::<TimestampMicrosecondType>())
+            .ok_or_else(|| self.schema_error(format!("no {EVENT_TIME} timestamp column")))?;
+        let hours: Vec<i64> = times
+            .values()
+            .iter()
+            .map(|t| t.div_euclid(MICROS_PER_HOUR))
+            .collect();
+        let mut order: Vec<u32> = (0..data.num_rows() as u32).collect();
+        order.sort_by_key(|&i| hours[i as usize]);
+        let idx = UInt32Array::from(order.clone());
+        let columns = data
+            .columns()
+            .iter()
+            .map(|c| take(c.as_ref(), &idx, None))
+            .collect::<Result<Vec<_>, _>>()?;
+        let sorted = RecordBatch::try_new(data.schema(), columns)?;
+        drop(data);
+        self.buffered_bytes += sorted.get_array_memory_size();
+        let mut start = 0;
+        while start < order.len() {
+            let hour = hours[order[start] as usize];
+            let mut end = start + 1;
+            while end < order.len() && hours[order[end] as usize] == hour {
+                end += 1;
+            }
+            self.buffer
+                .entry(hour)
+                .or_default()
+                .push(sorted.slice(start, end - start));
+            start = end;
+        }
+        Ok(())
     }
 
     /// Moves every buffered hour to a chunk file in the staging directory.
     fn stage(&mut self) -> Result<(), OfflineError> {
+        self.split_pending()?;
         let staging = match &self.staging {
             Some(dir) => dir.path().to_owned(),
             None => {
@@ -225,6 +260,7 @@ impl OfflineWriter {
 
     /// Writes every touched hour and makes it visible, replacing what those hours held.
     pub fn commit(mut self) -> Result<WriteSummary, OfflineError> {
+        self.split_pending()?;
         let mut hours: BTreeMap<i64, (Vec<PathBuf>, Vec<RecordBatch>)> = BTreeMap::new();
         for (hour, files) in std::mem::take(&mut self.chunks) {
             hours.entry(hour).or_default().0 = files;
