@@ -13,6 +13,7 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -44,21 +45,27 @@ def tree_rss(root):
     return total
 
 
-def measure(name, argv, log):
-    """Runs argv, returns (seconds, peak RSS bytes); raises on failure."""
+def measure(name, argv, log, timeout=None):
+    """Runs argv, returns (seconds, peak RSS bytes, finished); exits on failure. After
+    `timeout` seconds the process tree is killed and `finished` is False."""
     print(f"== {name}: {' '.join(argv)}", flush=True)
     started = time.monotonic()
     with open(log, "w") as out:
-        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
         peak = 0
         while proc.poll() is None:
             peak = max(peak, tree_rss(proc.pid))
+            if timeout is not None and time.monotonic() - started > timeout:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+                print(f"   {name} stopped after {timeout:.0f} s", flush=True)
+                return time.monotonic() - started, peak, False
             time.sleep(0.05)
     seconds = time.monotonic() - started
     if proc.returncode != 0:
         with open(log) as f:
             sys.exit(f"{name} failed ({proc.returncode}):\n{f.read()[-4000:]}")
-    return seconds, peak
+    return seconds, peak, True
 
 
 def ensure_events(lockstep, work, events, cards):
@@ -116,6 +123,8 @@ def main():
     p.add_argument("--work", default=os.path.join(HERE, "..", "..", "target", "bench-batch"))
     p.add_argument("--skip-spark", action="store_true")
     p.add_argument("--spark-memory", default="6g")
+    p.add_argument("--spark-timeout", type=float, default=1800,
+                   help="stop PySpark after this many seconds and report a lower bound")
     args = p.parse_args()
     work = os.path.abspath(args.work)
     os.makedirs(work, exist_ok=True)
@@ -144,6 +153,7 @@ def main():
             [sys.executable, os.path.join(HERE, "spark_velocity.py"), events, outs["pyspark"],
              args.spark_memory],
             os.path.join(work, "pyspark.log"),
+            timeout=args.spark_timeout,
         )
     with open(os.path.join(work, "lockstep.log")) as f:
         print(f.read(), end="")
@@ -151,11 +161,16 @@ def main():
     print(f"{'':10} {'time s':>8} {'events/s':>12} {'peak RSS MiB':>13} {'rows out':>10} {'time vs lockstep':>17}")
     base = results["lockstep"][0]
     report = {"events": args.events, "cards": args.cards, "threads": threads}
-    for name, (secs, rss) in results.items():
+    for name, (secs, rss, finished) in results.items():
+        if not finished:
+            print(f"{name:10} >{secs:7.0f} {'<' + format(args.events / secs, ',.0f'):>12} "
+                  f"{rss / 2**20:13,.0f} {'(stopped)':>10} {'>' + format(secs / base, '.1f'):>16}x")
+            report[name] = {"seconds_at_least": secs, "peak_rss_bytes": rss, "finished": False}
+            continue
         rows = count_rows(outs[name])
         print(f"{name:10} {secs:8.2f} {args.events / secs:12,.0f} {rss / 2**20:13,.0f} {rows:10,} {secs / base:16.2f}x")
         report[name] = {"seconds": secs, "events_per_second": args.events / secs,
-                        "peak_rss_bytes": rss, "rows": rows}
+                        "peak_rss_bytes": rss, "rows": rows, "finished": True}
     compared, same = agreement(outs["lockstep"], outs["duckdb"])
     print(f"\nvalues: {same:,} of {compared:,} rows of cards without tied timestamps agree "
           "between lockstep and duckdb")

@@ -34,7 +34,7 @@ def main():
         out = os.path.join(work, "spill-" + name.split()[0])
         shutil.rmtree(out, ignore_errors=True)
         log = os.path.join(work, f"spill-{name.split()[0]}.log")
-        secs, rss = measure(
+        secs, rss, _ = measure(
             name,
             [args.lockstep, "batch", "run", "--plugin", args.plugin, "--source", events,
              "--offline-store", out] + extra,
