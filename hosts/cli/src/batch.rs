@@ -106,7 +106,8 @@ pub fn run(args: RunArgs, runtime: &Runtime) -> Result<()> {
         format,
         sql: args.sql,
         partitions: args.partitions.max(1),
-        memory_limit: args.memory_limit,
+        // Three quarters of the limit for the sort; the writer's buffer gets the rest.
+        memory_limit: args.memory_limit.map(|m| m - m / 4),
         spill_dir: None,
         progress: Default::default(),
         s3: args.s3.clone(),

@@ -268,7 +268,7 @@ fn a_memory_limit_stages_rows_on_disk_and_stores_the_same_rows_in_the_same_order
     let out = backfill(&events, &free, &[]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let limited = dir.path().join("limited");
-    let out = backfill(&events, &limited, &["--memory-limit", "12MiB"]);
+    let out = backfill(&events, &limited, &["--memory-limit", "32MiB"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let summary = text(&out.stdout);
     assert!(summary.contains("rows staged on disk"), "{summary}");
