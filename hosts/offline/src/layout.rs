@@ -1,8 +1,6 @@
 //! Paths and partition keys. Dates are computed on integers (proleptic Gregorian,
 //! UTC) so every representable timestamp has a partition, including the i64 extremes.
 
-use std::path::{Path, PathBuf};
-
 const MICROS_PER_HOUR: i64 = 3_600_000_000;
 
 /// An hour partition: the UTC hour an event time falls in.
@@ -65,19 +63,6 @@ impl Hour {
         let [year, month, day, hour] = self.values();
         format!("year={year}/month={month}/day={day}/hour={hour}")
     }
-
-    /// `year=YYYY/month=MM/day=DD/hour=HH` as a path.
-    pub fn relative_dir(&self) -> PathBuf {
-        let year = if self.year < 0 {
-            format!("-{:04}", -self.year)
-        } else {
-            format!("{:04}", self.year)
-        };
-        Path::new(&format!("year={year}"))
-            .join(format!("month={:02}", self.month))
-            .join(format!("day={:02}", self.day))
-            .join(format!("hour={:02}", self.hour))
-    }
 }
 
 /// A group version's data, relative to the store root (`/`-separated).
@@ -88,24 +73,6 @@ pub fn version_rel(group: &str, version: &str) -> String {
 /// A group version's registry entry, relative to the store root.
 pub fn registry_rel(group: &str, version: &str) -> String {
     format!("{group}/_lockstep/versions/{version}.json")
-}
-
-/// Directory of a group.
-pub fn group_dir(root: &Path, group: &str) -> PathBuf {
-    root.join(group)
-}
-
-/// Directory of a group version's data.
-pub fn version_dir(root: &Path, group: &str, version: &str) -> PathBuf {
-    group_dir(root, group).join(format!("version={version}"))
-}
-
-/// Registry entry of a group version.
-pub fn registry_entry(root: &Path, group: &str, version: &str) -> PathBuf {
-    group_dir(root, group)
-        .join("_lockstep")
-        .join("versions")
-        .join(format!("{version}.json"))
 }
 
 /// The one data file of an hour partition.
@@ -120,14 +87,8 @@ mod tests {
     #[test]
     fn partitions_render_like_sagemaker() {
         let h = Hour::of(1_704_070_800_000_000); // 2024-01-01T01:00:00Z
-        assert_eq!(
-            h.relative_dir(),
-            Path::new("year=2024/month=01/day=01/hour=01")
-        );
-        assert_eq!(
-            Hour::of(-1).relative_dir(),
-            Path::new("year=1969/month=12/day=31/hour=23")
-        );
+        assert_eq!(h.relative(), "year=2024/month=01/day=01/hour=01");
+        assert_eq!(Hour::of(-1).relative(), "year=1969/month=12/day=31/hour=23");
         // The extremes still have a partition.
         assert!(Hour::of(i64::MIN).year < -290_000);
         assert!(Hour::of(i64::MAX).year > 290_000);

@@ -1,6 +1,6 @@
 //! Writing and reading hour partitions.
 
-use crate::backend::{Backend, S3Options, parse_s3_url};
+use crate::backend::{Backend, S3Options};
 use crate::layout::{self, PART_FILE};
 use crate::writer::{OfflineWriter, WriterOptions};
 use crate::{GroupVersion, OfflineError, registry};
@@ -58,9 +58,7 @@ impl OfflineStore {
     /// Opens the store at `location`: `s3://bucket/prefix` (with `s3`'s settings and
     /// the standard AWS environment) or a local directory.
     pub fn open_location(location: &str, s3: &S3Options) -> Result<Self, OfflineError> {
-        if parse_s3_url(location).is_some()
-            || location.starts_with("s3") && location.contains("://")
-        {
+        if location.starts_with("s3://") || location.starts_with("s3a://") {
             Ok(OfflineStore {
                 backend: Backend::s3(location, s3)?,
             })

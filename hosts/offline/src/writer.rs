@@ -91,8 +91,8 @@ impl std::fmt::Debug for OfflineWriter {
     }
 }
 
-/// An hour written at commit: its place in commit order, its file, its row count.
-type WrittenHour = (usize, PathBuf, usize);
+/// An hour written at commit: its place in commit order, its file, its row count, the hour.
+type WrittenHour = (usize, PathBuf, usize, Hour);
 
 /// A comparison of row `i` with row `j` of one batch.
 type RowComparator = Box<dyn Fn(usize, usize) -> std::cmp::Ordering + Send + Sync>;
@@ -144,22 +144,27 @@ impl OfflineWriter {
         if batch.num_rows() == 0 {
             return Ok(());
         }
+        // Names and types must match the row schema (which has the event time column);
+        // nullability and metadata may differ.
         let columns = |s: &SchemaRef| -> Vec<(String, DataType)> {
             s.fields()
                 .iter()
                 .map(|f| (f.name().clone(), f.data_type().clone()))
                 .collect()
         };
-        let (actual, wanted) = (columns(batch.schema_ref()), columns(&self.expected));
-        if actual != wanted {
-            return Err(self.schema_error(format!("expected columns {wanted:?}, got {actual:?}")));
-        }
-        if batch
-            .column_by_name(EVENT_TIME)
-            .and_then(|c| c.as_primitive_opt::<TimestampMicrosecondType>())
-            .is_none()
-        {
-            return Err(self.schema_error(format!("no {EVENT_TIME} timestamp column")));
+        let same = batch.schema_ref().fields().len() == self.expected.fields().len()
+            && batch
+                .schema_ref()
+                .fields()
+                .iter()
+                .zip(self.expected.fields())
+                .all(|(a, b)| a.name() == b.name() && a.data_type() == b.data_type());
+        if !same {
+            return Err(self.schema_error(format!(
+                "expected columns {:?}, got {:?}",
+                columns(&self.expected),
+                columns(batch.schema_ref())
+            )));
         }
         // Batches are kept whole and split by hour in large groups: one sort and one
         // `take` per group instead of one per hour per batch (a batch of many entities
@@ -286,8 +291,8 @@ impl OfflineWriter {
                             let Some((hour, (files, batches))) = work.get(i) else {
                                 return Ok(done);
                             };
-                            let (path, rows) = this.write_hour(*hour, files, batches)?;
-                            done.push((i, path, rows));
+                            let (path, rows, at) = this.write_hour(*hour, files, batches)?;
+                            done.push((i, path, rows, at));
                         }
                     })
                 })
@@ -308,15 +313,12 @@ impl OfflineWriter {
         for r in results {
             files.extend(r?);
         }
-        files.sort_by_key(|(i, _, _)| *i);
+        files.sort_by_key(|(i, ..)| *i);
         Ok(WriteSummary {
-            rows: files.iter().map(|(_, _, n)| n).sum(),
+            rows: files.iter().map(|(_, _, n, _)| n).sum(),
             partitions: files.len(),
-            hours: files
-                .iter()
-                .map(|(i, _, _)| Hour::of(work[*i].0.saturating_mul(MICROS_PER_HOUR)))
-                .collect(),
-            files: files.into_iter().map(|(_, p, _)| p).collect(),
+            hours: files.iter().map(|(.., at)| *at).collect(),
+            files: files.into_iter().map(|(_, p, ..)| p).collect(),
         })
     }
 
@@ -326,7 +328,7 @@ impl OfflineWriter {
         hour: i64,
         files: &[PathBuf],
         buffered: &[RecordBatch],
-    ) -> Result<(PathBuf, usize), OfflineError> {
+    ) -> Result<(PathBuf, usize, Hour), OfflineError> {
         let mut parts = Vec::new();
         for path in files {
             let file = std::fs::File::open(path).map_err(io("opening", path))?;
@@ -351,13 +353,14 @@ impl OfflineWriter {
             n
         ])));
         let out = RecordBatch::try_new(OfflineStore::schema(&self.group.manifest), columns)?;
+        let at = Hour::of(hour.saturating_mul(MICROS_PER_HOUR));
         let dir = format!(
             "{}/{}",
             layout::version_rel(&self.group.name, &self.group.version),
-            Hour::of(hour.saturating_mul(MICROS_PER_HOUR)).relative()
+            at.relative()
         );
         let path = write_partition(&self.backend, &dir, &out)?;
-        Ok((path, n))
+        Ok((path, n, at))
     }
 
     /// Orders an hour's rows by entity key, then event time, then arrival: the same rows
