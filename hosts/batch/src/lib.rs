@@ -5,7 +5,7 @@
 //!   ──▶ conform to the plugin's input schema + order columns   (lockstep-core, per partition)
 //!   ──▶ RepartitionExec(hash(entity key), N)
 //!   ──▶ SortExec(entity key, event time, event id, content), per partition, spilling
-//!   ──▶ one plugin instance per partition (OrderedRun: duplicates dropped, state carried)
+//!   ──▶ PluginExec: one plugin instance per partition (duplicates dropped, state carried)
 //!   ──▶ rows ──▶ a [`RowSink`] (the offline store's streaming writer), final states
 //! ```
 //!
@@ -22,7 +22,9 @@
 //!
 //! Sources may be local paths or `s3://` URLs (read through `object_store`).
 //!
-//! Not yet: the plugin as a serialisable `ExecutionPlan` node.
+//! The plugin runs as a DataFusion `ExecutionPlan` node, [`PluginExec`], whose
+//! configuration serialises ([`PluginNodeConfig`]) so that a distributed executor can
+//! rebuild it from the component's location and hash.
 
 use arrow_array::RecordBatch;
 use arrow_schema::{DataType, Field, Schema, SchemaRef};
@@ -51,7 +53,7 @@ use datafusion::prelude::{SessionConfig, SessionContext};
 use futures::StreamExt;
 use lockstep_abi::Manifest;
 use lockstep_core::conform::{SourceKind, conform};
-use lockstep_core::executor::{Executor, RunStats, StateMap};
+use lockstep_core::executor::{RunStats, StateMap};
 use lockstep_core::order::{CONTENT_COLUMN, EVENT_ID_COLUMN, with_order_columns};
 use lockstep_core::rows::row_json;
 use lockstep_core::schema::input_schema;
@@ -64,6 +66,20 @@ use std::sync::{Arc, Mutex};
 use thiserror::Error;
 
 mod json_source;
+pub mod plugin_exec;
+
+pub use plugin_exec::{PluginExec, PluginNodeConfig};
+
+/// A failure from the plan, with a plugin's own error brought back to the surface.
+fn unwrap_core(e: DataFusionError) -> BatchError {
+    match e {
+        DataFusionError::External(inner) => match inner.downcast::<lockstep_core::CoreError>() {
+            Ok(core) => BatchError::Core(*core),
+            Err(other) => BatchError::DataFusion(DataFusionError::External(other)),
+        },
+        other => BatchError::DataFusion(other),
+    }
+}
 
 /// Format of the source files.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -98,6 +114,9 @@ impl SourceFormat {
 /// What to backfill and how.
 #[derive(Debug, Clone)]
 pub struct BatchJob {
+    /// Where the plugin's component was loaded from: recorded in the plan's
+    /// [`PluginExec`] node, so another executor could load the same bytes.
+    pub component: String,
     /// A file, a directory or a glob.
     pub source: String,
     /// The files' format.
@@ -482,43 +501,43 @@ pub async fn run(
     let sorted: Arc<dyn ExecutionPlan> =
         Arc::new(SortExec::new(ordering, repartitioned).with_preserve_partitioning(true));
 
+    let node = Arc::new(PluginExec::new(
+        plugin.clone(),
+        job.component.clone(),
+        job.keep_states,
+        sorted,
+    )?);
+
     let task_ctx = ctx.task_ctx();
     // Partitions hand their rows to the sink through a bounded channel: a slow sink
     // slows the plugins down instead of letting rows pile up in memory.
-    let (rows_tx, mut rows_rx) = tokio::sync::mpsc::channel::<RecordBatch>(2 * partitions);
+    let (rows_tx, mut rows_rx) =
+        tokio::sync::mpsc::channel::<Result<RecordBatch, DataFusionError>>(2 * partitions);
     let mut tasks = Vec::with_capacity(partitions);
     for partition in 0..partitions {
-        let mut stream = sorted.execute(partition, task_ctx.clone())?;
-        let mut executor = Executor::new(plugin)?;
+        let mut stream = node.execute(partition, task_ctx.clone())?;
         let rows_tx = rows_tx.clone();
-        let keep_states = job.keep_states;
         tasks.push(tokio::spawn(async move {
-            let mut states = StateMap::new();
-            let mut run = executor.ordered(&mut states);
-            if !keep_states {
-                run = run.discard_finished_states();
-            }
-            while let Some(batch) = stream.next().await {
-                let batch = batch?;
-                // The plugin call is CPU-bound: let the runtime move other tasks
-                // (the sort, the repartitioning) to another worker meanwhile.
-                let emitted = tokio::task::block_in_place(|| run.push(&batch))?;
-                if emitted.num_rows() > 0 && rows_tx.send(emitted).await.is_err() {
-                    // The receiver is gone: the job is failing elsewhere; stop quietly.
+            while let Some(rows) = stream.next().await {
+                let failed = rows.is_err();
+                if rows_tx.send(rows).await.is_err() || failed {
+                    // The receiver is gone (the job is failing elsewhere), or this
+                    // partition failed and said so: stop.
                     break;
                 }
             }
-            let stats = run.stats().clone();
-            drop(run);
-            if !keep_states {
-                states.clear();
-            }
-            Ok::<_, BatchError>((states, stats))
         }));
     }
     drop(rows_tx);
     let mut sink_result = Ok(());
     while let Some(rows) = rows_rx.recv().await {
+        let rows = match rows {
+            Ok(rows) => rows,
+            Err(e) => {
+                sink_result = Err(unwrap_core(e));
+                break;
+            }
+        };
         let n = rows.num_rows() as u64;
         if let Err(e) = tokio::task::block_in_place(|| sink.write(&rows)) {
             sink_result = Err(e);
@@ -527,23 +546,21 @@ pub async fn run(
         job.progress.rows_written.fetch_add(n, Ordering::Relaxed);
     }
     drop(rows_rx);
+    for task in tasks {
+        task.await
+            .map_err(|e| BatchError::Source(format!("a partition task failed: {e}")))?;
+    }
+    let finished = node.finished();
     let mut out = BatchOutput {
-        states: StateMap::new(),
-        stats: RunStats::default(),
+        states: finished.states,
+        stats: finished.stats,
         rejects: Vec::new(),
     };
-    for task in tasks {
-        let (states, stats) = task
-            .await
-            .map_err(|e| BatchError::Source(format!("a partition task failed: {e}")))??;
-        out.states.extend(states);
-        let s = &mut out.stats;
-        s.events_in += stats.events_in;
-        s.events_applied += stats.events_applied;
-        s.duplicates += stats.duplicates;
-        s.rows_out += stats.rows_out;
-        s.calls += stats.calls;
-        s.entities += stats.entities;
+    if sink_result.is_ok() && finished.partitions != partitions {
+        sink_result = Err(BatchError::Source(format!(
+            "only {} of {partitions} partitions finished",
+            finished.partitions
+        )));
     }
     sink_result?;
     out.rejects = std::mem::take(&mut *rejects.lock().unwrap_or_else(|p| p.into_inner()));

@@ -10,16 +10,21 @@ use lockstep_runtime::{Plugin, Runtime, RuntimeConfig};
 use std::path::Path;
 use std::sync::{Arc, OnceLock};
 
-fn plugin() -> Plugin {
-    static BYTES: OnceLock<Vec<u8>> = OnceLock::new();
-    let bytes = BYTES.get_or_init(|| {
+/// The built `txn_velocity` component: its path and bytes.
+fn component() -> &'static (String, Vec<u8>) {
+    static BUILT: OnceLock<(String, Vec<u8>)> = OnceLock::new();
+    BUILT.get_or_init(|| {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../plugins/txn_velocity");
         let built = lockstep_build::build(&dir, &Default::default()).expect("build plugin");
-        std::fs::read(built.path).expect("read component")
-    });
+        let bytes = std::fs::read(&built.path).expect("read component");
+        (built.path.to_string_lossy().into_owned(), bytes)
+    })
+}
+
+fn plugin() -> Plugin {
     Runtime::new(RuntimeConfig::default())
         .expect("runtime")
-        .load(bytes)
+        .load(&component().1)
         .expect("load")
 }
 
@@ -97,6 +102,7 @@ fn chrono_free_rfc3339(micros: i64) -> String {
 
 fn job(source: &Path, format: SourceFormat, partitions: usize) -> BatchJob {
     BatchJob {
+        component: component().0.clone(),
         source: source.to_string_lossy().into_owned(),
         format,
         sql: None,

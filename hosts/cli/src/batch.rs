@@ -102,6 +102,7 @@ pub fn run(args: RunArgs, runtime: &Runtime) -> Result<()> {
     let now = now_micros();
     let group = store.register(plugin.manifest(), plugin.hash(), now)?;
     let job = BatchJob {
+        component: args.plugin.to_string_lossy().into_owned(),
         source: args.source.clone(),
         format,
         sql: args.sql,

@@ -1,14 +1,20 @@
-//! `lockstep demo`: the first thing a new user runs. Builds the example plugins from
-//! source, runs each over generated events on embedded defaults (no servers), and shows
-//! what came out, how fast, and that two independent engines agree bit for bit.
+//! `lockstep demo`: the first thing a new user runs. On embedded defaults, with no
+//! servers: builds the example plugins from source, generates events, backfills the
+//! offline store with the batch host, streams the same events through the stream host
+//! in a shuffled arrival order, checks that both produced the same rows bit for bit,
+//! and shows a few entities' latest features.
 
+use crate::golden::backfill;
+use crate::skew::{arrival_order, stream_rows};
 use anyhow::{Context, Result, ensure};
+use lockstep_core::compare::{Row, compare};
 use lockstep_core::decode::decode_json_lines;
-use lockstep_core::executor::{Executor, RunOutput, StateMap};
-use lockstep_core::rows::row_json;
-use lockstep_runtime::{Plugin, Runtime, RuntimeConfig};
+use lockstep_runtime::{Runtime, RuntimeConfig};
 use std::path::PathBuf;
 use std::time::Instant;
+
+/// The stream host's allowed lateness in the demo: five minutes.
+const LATENESS: i64 = 5 * 60 * 1_000_000;
 
 fn plugins_dir() -> PathBuf {
     let here = PathBuf::from("plugins");
@@ -22,28 +28,41 @@ fn ms(since: Instant) -> f64 {
     since.elapsed().as_secs_f64() * 1e3
 }
 
-fn run_once(plugin: &Plugin, events: &str) -> Result<(RunOutput, f64)> {
-    let batch = decode_json_lines(events, plugin.manifest(), None)?;
-    let started = Instant::now();
-    let out = Executor::new(plugin)?.run(&batch, &mut StateMap::new())?;
-    Ok((out, ms(started)))
-}
-
-fn rows_as_json(out: &RunOutput) -> Vec<String> {
-    (0..out.rows.num_rows())
-        .map(|r| serde_json::Value::Object(row_json(&out.rows, r)).to_string())
-        .collect()
+/// A row's features as `name=value` pairs, shortened for a terminal.
+fn short(row: &Row, skip: usize) -> String {
+    let text: Vec<String> = row
+        .iter()
+        .skip(skip)
+        .take(5)
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    let mut line = text.join(" ");
+    if line.chars().count() > 110 {
+        line = line.chars().take(110).collect::<String>() + "…";
+    }
+    line
 }
 
 pub fn run(events: usize) -> Result<()> {
     let dir = plugins_dir();
     let cache = std::env::temp_dir().join("lockstep-demo-artifacts");
     let runtime = Runtime::new(RuntimeConfig::with_cache(&cache))?;
-    // A second, independent engine with no shared cache: the determinism witness.
-    let witness = Runtime::new(RuntimeConfig::default())?;
+    let work = std::env::temp_dir().join("lockstep-demo");
+    // A fresh store each run: a demo that refused to overwrite last run's group
+    // version (because the plugin was rebuilt differently) would teach the wrong thing.
+    let _ = std::fs::remove_dir_all(&work);
+    std::fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
+    let offline = work.join("offline-store");
     println!(
-        "Lockstep demo: {events} generated events per plugin, embedded defaults, no servers.\n"
+        "Lockstep demo: {events} generated events per plugin, embedded defaults, no servers.\n\
+         Working in {}\n",
+        work.display()
     );
+    if cfg!(debug_assertions) {
+        println!(
+            "(This is a debug build: timings are several times slower than `cargo run --release -p lockstep -- demo`.)\n"
+        );
+    }
 
     let cases: [(&str, String); 3] = [
         (
@@ -59,67 +78,117 @@ pub fn run(events: usize) -> Result<()> {
             lockstep_gen::clicks(events, (events / 20).max(10) as u64, 42),
         ),
     ];
+    let mut total_rows = 0;
     for (name, input) in cases {
         let started = Instant::now();
         let built = lockstep_build::build(&dir.join(name), &Default::default())
             .with_context(|| format!("building plugin {name}"))?;
         let build_ms = ms(started);
-        let started = Instant::now();
         let plugin = runtime.load_file(&built.path)?;
-        let load_ms = ms(started);
-        let m = plugin.manifest();
+        let m = plugin.manifest().clone();
         println!(
-            "▸ {}  ({} features, {:?})",
+            "▸ {}  ({} features, {:?}; component {} KiB, sha256 {}…, built in {:.1} s)",
             m.id(),
             m.features.len(),
-            m.kind
-        );
-        println!(
-            "  component  {} ({} KiB), sha256 {}…",
-            built.path.display(),
+            m.kind,
             built.size / 1024,
-            &built.sha256[..16]
-        );
-        println!(
-            "  built in {:.0} ms, loaded in {:.1} ms (artifact cache: {})",
-            build_ms,
-            load_ms,
-            cache.display()
+            &built.sha256[..12],
+            build_ms / 1e3
         );
 
-        let (out, run_ms) = run_once(&plugin, &input)?;
-        let s = &out.stats;
+        let events_path = work.join(format!("{name}.events.jsonl"));
+        std::fs::write(&events_path, &input)
+            .with_context(|| format!("writing {}", events_path.display()))?;
+        let started = Instant::now();
+        let (batch, written) = backfill(
+            &(plugin.clone(), built.path.clone()),
+            &events_path,
+            2,
+            &offline,
+        )?;
         println!(
-            "  {} events → {} applied to {} entities ({} duplicates dropped) → {} rows in {:.0} ms ({:.2} M events/s)",
-            s.events_in,
-            s.events_applied,
-            s.entities,
-            s.duplicates,
-            s.rows_out,
-            run_ms,
-            s.events_in as f64 / run_ms / 1e3
+            "  batch host   {} events → {} rows in {} hour partitions of {} in {:.0} ms",
+            input.lines().count(),
+            written.rows,
+            written.partitions,
+            offline.join(&m.name).display(),
+            ms(started)
         );
-        let rows = rows_as_json(&out);
-        for row in rows.iter().take(2) {
-            let short: String = row.chars().take(160).collect();
-            println!("    {short}{}", if row.len() > 160 { "…" } else { "" });
-        }
-        let other = witness.load_file(&built.path)?;
-        let (again, _) = run_once(&other, &input)?;
+
+        // The same events, as a stream delivers them: out of order within the lateness.
+        let decoded = decode_json_lines(&input, &m, None)?;
+        let time_index = m
+            .input_index(&m.event_time)
+            .context("the manifest has no event-time field")?;
+        let times: Vec<i64> = {
+            use arrow_array::cast::AsArray;
+            decoded
+                .column(time_index)
+                .as_primitive::<arrow_array::types::TimestampMicrosecondType>()
+                .values()
+                .to_vec()
+        };
+        let order = arrival_order(&times, Some(42), LATENESS);
+        let lines: Vec<(usize, &str)> =
+            input.lines().enumerate().map(|(i, l)| (i + 1, l)).collect();
+        let streamed = stream_rows(&plugin, &lines, &order, LATENESS)?;
+        println!(
+            "  stream host  the same events shuffled (each up to 5 min late) → {} rows in {:.0} ms ({:.2} M events/s), {} duplicates dropped, {} late",
+            streamed.rows.len(),
+            streamed.millis,
+            lines.len() as f64 / streamed.millis / 1e3,
+            streamed.duplicates,
+            streamed.late.len()
+        );
+
+        let c = compare(&m.entity_key, &batch, &streamed.rows, 5);
         ensure!(
-            rows == rows_as_json(&again),
-            "{name}: two engines disagreed; determinism is broken"
+            c.identical(),
+            "{name}: the batch and stream hosts disagree:\n{}",
+            c.render("batch", "stream")
         );
         println!(
-            "  second engine, same bytes, same events → {} identical rows ✓\n",
-            rows.len()
+            "  skew check   batch = stream ✓  {} rows, {} entities, every value bit for bit",
+            c.left_rows, c.entities
         );
+        total_rows += c.left_rows;
+
+        // The latest row of the busiest entities: what serving will hand a model.
+        let mut latest: Vec<&Row> = Vec::new();
+        for row in &streamed.rows {
+            match latest.last() {
+                Some(prev) if prev.get(&m.entity_key) == row.get(&m.entity_key) => {
+                    if let Some(last) = latest.last_mut() {
+                        *last = row;
+                    }
+                }
+                _ => latest.push(row),
+            }
+        }
+        for row in latest.iter().take(2) {
+            println!(
+                "  latest       {} {} @ {}: {}",
+                m.entity_key,
+                row.get(&m.entity_key)
+                    .map(|v| v.to_string())
+                    .unwrap_or_default(),
+                row.get("event_time")
+                    .map(|v| v.to_string())
+                    .unwrap_or_default(),
+                short(row, 2)
+            );
+        }
+        println!();
     }
+    println!(
+        "Zero skew: {total_rows} rows from three plugins, identical in the batch and stream hosts."
+    );
     println!(
         "Next: `lockstep plugin inspect <file.wasm>` shows a component's manifest and imports;"
     );
+    println!("      `lockstep batch run --help` backfills your own data into an offline store;");
     println!(
-        "      `lockstep plugin run <file.wasm> --events <file.jsonl>` applies it to your events."
+        "      `lockstep skew-check --plugin <file.wasm> --events <file.jsonl>` checks your events."
     );
     Ok(())
 }

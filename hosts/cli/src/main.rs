@@ -4,6 +4,8 @@
 mod batch;
 mod demo;
 mod gen_parquet;
+mod golden;
+mod skew;
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
@@ -34,6 +36,35 @@ enum Command {
     /// Generate synthetic data.
     #[command(subcommand)]
     Gen(GenCommand),
+    /// Run the batch host and the stream host over the same events and compare every
+    /// row bit for bit. Exit 0: identical; 1: skew (with a diff); 2: could not check.
+    SkewCheck {
+        /// The plugin component (.wasm) both hosts run.
+        #[arg(long)]
+        plugin: PathBuf,
+        /// Events, one JSON object per line, in arrival order.
+        #[arg(long)]
+        events: PathBuf,
+        /// The stream host's allowed lateness (e.g. 5s, 2m).
+        #[arg(long, default_value = "5m", value_parser = skew::parse_lateness)]
+        allowed_lateness: i64,
+        /// Deliver the events to the stream host in a random order (within the
+        /// allowed lateness) drawn from this seed, instead of file order.
+        #[arg(long)]
+        shuffle_seed: Option<u64>,
+        /// Run the stream side with this component instead: measures what a new build
+        /// of the plugin would change.
+        #[arg(long)]
+        against: Option<PathBuf>,
+        /// Print one JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        runtime: RuntimeArgs,
+    },
+    /// Check the plugins against their golden sets in `golden/`, or remake them.
+    #[command(subcommand)]
+    Golden(GoldenCommand),
     /// Build the example plugins, run them over generated events and show the results.
     Demo {
         /// Events to generate per plugin.
@@ -67,6 +98,73 @@ enum GenCommand {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// The events of a golden set: generated events plus hand-written edge cases
+    /// (duplicates, ties, nulls, extreme values, non-ASCII), arriving out of order
+    /// by at most five minutes of event time.
+    Golden {
+        /// What to generate.
+        #[arg(long, value_enum)]
+        kind: EventKind,
+        /// Seed: the same seed gives the same bytes.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Output file (default: standard output).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum GoldenCommand {
+    /// Run the batch host over each set's events and compare its rows with the
+    /// expected ones, exactly; exit 1 with a diff on any difference.
+    Check {
+        #[command(flatten)]
+        sets: GoldenSets,
+        #[command(flatten)]
+        runtime: RuntimeArgs,
+    },
+    /// Rewrite each set's expected rows from the batch host. Review the diff before
+    /// committing: this is how a plugin's change of behaviour is accepted.
+    Update {
+        #[command(flatten)]
+        sets: GoldenSets,
+        #[command(flatten)]
+        runtime: RuntimeArgs,
+    },
+}
+
+#[derive(clap::Args)]
+struct GoldenSets {
+    /// Golden sets to take, by plugin name (default: all).
+    names: Vec<String>,
+    /// The directory of golden sets (default: `golden/` of this workspace).
+    #[arg(long)]
+    dir: Option<PathBuf>,
+    /// The directory of plugin crates (default: `plugins/` of this workspace).
+    #[arg(long)]
+    plugins: Option<PathBuf>,
+}
+
+impl GoldenSets {
+    fn args(self) -> golden::GoldenArgs {
+        golden::GoldenArgs {
+            dir: self.dir.unwrap_or_else(|| workspace_dir("golden")),
+            plugins: self.plugins.unwrap_or_else(|| workspace_dir("plugins")),
+            names: self.names,
+        }
+    }
+}
+
+/// `name` in the current directory if it is there, else in this source tree.
+fn workspace_dir(name: &str) -> PathBuf {
+    let here = PathBuf::from(name);
+    if here.is_dir() {
+        return here;
+    }
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .join(name)
 }
 
 #[derive(Subcommand)]
@@ -212,6 +310,12 @@ enum PluginCommand {
 
 fn main() {
     let cli = Cli::parse();
+    // skew-check keeps 1 for "skew found": its failures to run are 2, like diff's.
+    let error_code = if matches!(cli.command, Command::SkewCheck { .. }) {
+        2
+    } else {
+        1
+    };
     let result = match cli.command {
         Command::Plugin(cmd) => plugin(cmd),
         Command::Gen(GenCommand::Events {
@@ -222,6 +326,46 @@ fn main() {
             malformed,
             out,
         }) => gen_events(kind, rows, entities, seed, malformed, out.as_deref()),
+        Command::Gen(GenCommand::Golden { kind, seed, out }) => {
+            let text = lockstep_gen::golden::golden_events(gen_kind(kind), seed);
+            match out {
+                Some(path) => std::fs::write(&path, text)
+                    .with_context(|| format!("writing {}", path.display())),
+                None => std::io::stdout()
+                    .lock()
+                    .write_all(text.as_bytes())
+                    .context("writing to standard output"),
+            }
+        }
+        Command::SkewCheck {
+            plugin,
+            events,
+            allowed_lateness,
+            shuffle_seed,
+            against,
+            json,
+            runtime,
+        } => runtime.runtime().and_then(|runtime| {
+            let args = skew::SkewArgs {
+                plugin,
+                against,
+                events,
+                allowed_lateness,
+                shuffle_seed,
+                json,
+            };
+            match skew::run(&args, &runtime)? {
+                true => Ok(()),
+                // The diff is printed; the exit code carries the verdict.
+                false => std::process::exit(1),
+            }
+        }),
+        Command::Golden(GoldenCommand::Check { sets, runtime }) => runtime
+            .runtime()
+            .and_then(|runtime| golden::check(&sets.args(), &runtime)),
+        Command::Golden(GoldenCommand::Update { sets, runtime }) => runtime
+            .runtime()
+            .and_then(|runtime| golden::update(&sets.args(), &runtime)),
         Command::Batch(BatchCommand::Run {
             plugin,
             source,
@@ -266,7 +410,15 @@ fn main() {
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");
-        std::process::exit(1);
+        std::process::exit(error_code);
+    }
+}
+
+fn gen_kind(kind: EventKind) -> lockstep_gen::Kind {
+    match kind {
+        EventKind::Transactions => lockstep_gen::Kind::Transactions,
+        EventKind::Logins => lockstep_gen::Kind::Logins,
+        EventKind::Clicks => lockstep_gen::Kind::Clicks,
     }
 }
 
@@ -314,12 +466,7 @@ fn gen_events(
              write JSON lines (.jsonl) for other kinds and for malformed rows"
         );
     }
-    let kind = match kind {
-        EventKind::Transactions => lockstep_gen::Kind::Transactions,
-        EventKind::Logins => lockstep_gen::Kind::Logins,
-        EventKind::Clicks => lockstep_gen::Kind::Clicks,
-    };
-    let mut text = lockstep_gen::events(kind, rows, entities, seed);
+    let mut text = lockstep_gen::events(gen_kind(kind), rows, entities, seed);
     if malformed > 0 {
         let (dirty, broken) = lockstep_gen::corrupt(&text, malformed, seed);
         text = dirty;

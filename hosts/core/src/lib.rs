@@ -1,5 +1,6 @@
 //! What every Lockstep host shares; see the crate README for the list and the rules.
 
+pub mod compare;
 pub mod conform;
 pub mod convert;
 pub mod decode;

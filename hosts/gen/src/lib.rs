@@ -7,6 +7,8 @@
 
 use serde_json::json;
 
+pub mod golden;
+
 /// SplitMix64: tiny, fast and fully specified, so data never changes under us.
 #[derive(Debug, Clone)]
 pub struct Rng(u64);

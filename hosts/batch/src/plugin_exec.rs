@@ -1,0 +1,289 @@
+//! The plugin as a DataFusion [`ExecutionPlan`] node: [`PluginExec`].
+//!
+//! Its input must be hash-partitioned by entity key and sorted within each partition
+//! by entity key, event time, event id and content (the order
+//! [`lockstep_core::order::with_order_columns`] makes sortable). Each output partition
+//! runs its own plugin instance over its input partition, dropping duplicates and
+//! carrying state across batches ([`lockstep_core::executor::OrderedRun`]), and streams
+//! the rows it emits.
+//!
+//! Everything a remote executor needs to rebuild the node is in [`PluginNodeConfig`],
+//! which serialises to bytes: the component's location and SHA-256, and the manifest.
+//! A physical-plan codec (Ballista's `PhysicalExtensionCodec`) encodes a node as
+//! [`PluginNodeConfig::to_bytes`] and decodes it with [`PluginNodeConfig::from_bytes`]
+//! then [`PluginExec::from_config`], which refuses a component whose bytes differ.
+
+use crate::BatchError;
+use arrow_array::RecordBatch;
+use datafusion::common::tree_node::TreeNodeRecursion;
+use datafusion::error::DataFusionError;
+use datafusion::execution::TaskContext;
+use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
+use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
+use datafusion::physical_plan::stream::RecordBatchReceiverStreamBuilder;
+use datafusion::physical_plan::{
+    DisplayAs, DisplayFormatType, Distribution, ExecutionPlan, ExecutionPlanProperties,
+    PlanProperties, SendableRecordBatchStream,
+};
+use futures::StreamExt;
+use lockstep_abi::Manifest;
+use lockstep_core::executor::{Executor, RunStats, StateMap};
+use lockstep_core::schema::row_schema;
+use lockstep_runtime::{Plugin, Runtime};
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::sync::{Arc, Mutex};
+
+/// Everything needed to rebuild a [`PluginExec`] on another machine.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PluginNodeConfig {
+    /// Where the component is, as the executor can read it (a path for now).
+    pub component: String,
+    /// SHA-256 of the component bytes: an executor refuses other bytes.
+    pub component_hash: String,
+    /// The plugin's manifest.
+    pub manifest: Manifest,
+    /// Keep every entity's final state (see [`PluginExec::finished`]).
+    pub keep_states: bool,
+}
+
+impl PluginNodeConfig {
+    /// The configuration as bytes (JSON), for a plan codec.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        // A struct of strings, booleans and a manifest of plain data: serialising it
+        // cannot fail, and an empty result would be refused by `from_bytes`.
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    /// Reads [`to_bytes`](Self::to_bytes) output.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, BatchError> {
+        serde_json::from_slice(bytes)
+            .map_err(|e| BatchError::Source(format!("not a plugin node configuration: {e}")))
+    }
+
+    /// Loads the component with `runtime`, checking that it is the one configured.
+    pub fn load(&self, runtime: &Runtime) -> Result<Plugin, BatchError> {
+        let plugin = runtime
+            .load_file(&self.component)
+            .map_err(|e| BatchError::Source(format!("loading {}: {e}", self.component)))?;
+        if plugin.hash() != self.component_hash {
+            return Err(BatchError::Source(format!(
+                "{} is not the plan's plugin: its SHA-256 is {}, the plan wants {}",
+                self.component,
+                plugin.hash(),
+                self.component_hash
+            )));
+        }
+        if plugin.manifest() != &self.manifest {
+            return Err(BatchError::Source(format!(
+                "{}: the component's manifest differs from the plan's",
+                self.component
+            )));
+        }
+        Ok(plugin)
+    }
+}
+
+/// What the node's partitions left behind once their streams ended.
+#[derive(Debug, Default)]
+pub struct Finished {
+    /// Final state per entity (with [`PluginNodeConfig::keep_states`]; else empty).
+    pub states: StateMap,
+    /// Counters summed over the partitions that finished.
+    pub stats: RunStats,
+    /// How many partitions finished.
+    pub partitions: usize,
+}
+
+/// Runs a plugin over entity-partitioned, sorted events; see the [module](self) docs.
+pub struct PluginExec {
+    config: PluginNodeConfig,
+    plugin: Plugin,
+    input: Arc<dyn ExecutionPlan>,
+    key: Arc<dyn PhysicalExpr>,
+    properties: Arc<PlanProperties>,
+    finished: Arc<Mutex<Finished>>,
+}
+
+impl fmt::Debug for PluginExec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PluginExec")
+            .field("plugin", &self.config.manifest.id())
+            .field("component_hash", &self.config.component_hash)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PluginExec {
+    /// A node running `plugin` (loaded from `component`) over `input`, which must be
+    /// partitioned and sorted as the [module](self) docs say.
+    pub fn new(
+        plugin: Plugin,
+        component: String,
+        keep_states: bool,
+        input: Arc<dyn ExecutionPlan>,
+    ) -> Result<Self, BatchError> {
+        let config = PluginNodeConfig {
+            component,
+            component_hash: plugin.hash().to_owned(),
+            manifest: plugin.manifest().clone(),
+            keep_states,
+        };
+        Self::with_plugin(config, plugin, input)
+    }
+
+    /// Rebuilds a node from its configuration, loading the component with `runtime`.
+    pub fn from_config(
+        config: PluginNodeConfig,
+        runtime: &Runtime,
+        input: Arc<dyn ExecutionPlan>,
+    ) -> Result<Self, BatchError> {
+        let plugin = config.load(runtime)?;
+        Self::with_plugin(config, plugin, input)
+    }
+
+    fn with_plugin(
+        config: PluginNodeConfig,
+        plugin: Plugin,
+        input: Arc<dyn ExecutionPlan>,
+    ) -> Result<Self, BatchError> {
+        let key = datafusion::physical_expr::expressions::col(
+            &config.manifest.entity_key,
+            &input.schema(),
+        )?;
+        let properties = PlanProperties::new(
+            EquivalenceProperties::new(row_schema(&config.manifest)),
+            input.output_partitioning().clone(),
+            EmissionType::Incremental,
+            Boundedness::Bounded,
+        );
+        Ok(PluginExec {
+            config,
+            plugin,
+            input,
+            key,
+            properties: Arc::new(properties),
+            finished: Arc::default(),
+        })
+    }
+
+    /// The node's serialisable configuration.
+    pub fn config(&self) -> &PluginNodeConfig {
+        &self.config
+    }
+
+    /// Takes what the partitions that have finished so far left behind.
+    pub fn finished(&self) -> Finished {
+        std::mem::take(&mut *self.finished.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+}
+
+impl DisplayAs for PluginExec {
+    fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
+        write!(
+            f,
+            "PluginExec: {} (sha256 {}…)",
+            self.config.manifest.id(),
+            &self.config.component_hash[..self.config.component_hash.len().min(12)]
+        )
+    }
+}
+
+/// A core error through DataFusion's error type; [`crate::run`] unwraps it again.
+fn external(e: lockstep_core::CoreError) -> DataFusionError {
+    DataFusionError::External(Box::new(e))
+}
+
+impl ExecutionPlan for PluginExec {
+    fn name(&self) -> &str {
+        "PluginExec"
+    }
+
+    fn properties(&self) -> &Arc<PlanProperties> {
+        &self.properties
+    }
+
+    fn required_input_distribution(&self) -> Vec<Distribution> {
+        vec![Distribution::KeyPartitioned(vec![self.key.clone()])]
+    }
+
+    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
+        vec![&self.input]
+    }
+
+    fn apply_expressions(
+        &self,
+        _f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> datafusion::error::Result<TreeNodeRecursion>,
+    ) -> datafusion::error::Result<TreeNodeRecursion> {
+        Ok(TreeNodeRecursion::Continue)
+    }
+
+    fn with_new_children(
+        self: Arc<Self>,
+        mut children: Vec<Arc<dyn ExecutionPlan>>,
+    ) -> datafusion::error::Result<Arc<dyn ExecutionPlan>> {
+        if children.len() != 1 {
+            return Err(DataFusionError::Internal(format!(
+                "PluginExec takes one input, got {}",
+                children.len()
+            )));
+        }
+        let input = children.swap_remove(0);
+        Self::with_plugin(self.config.clone(), self.plugin.clone(), input)
+            .map(|node| Arc::new(node) as Arc<dyn ExecutionPlan>)
+            .map_err(|e| DataFusionError::Plan(e.to_string()))
+    }
+
+    fn execute(
+        &self,
+        partition: usize,
+        context: Arc<TaskContext>,
+    ) -> datafusion::error::Result<SendableRecordBatchStream> {
+        let mut input = self.input.execute(partition, context)?;
+        let mut executor = Executor::new(&self.plugin).map_err(external)?;
+        let keep_states = self.config.keep_states;
+        let finished = self.finished.clone();
+        let mut builder = RecordBatchReceiverStreamBuilder::new(self.schema(), 2);
+        let tx = builder.tx();
+        builder.spawn(async move {
+            let mut states = StateMap::new();
+            let mut run = executor.ordered(&mut states);
+            if !keep_states {
+                run = run.discard_finished_states();
+            }
+            // Plugin calls are CPU-bound: on a multi-threaded runtime, let it move the
+            // sort and the repartitioning to another worker meanwhile.
+            let multi_thread = tokio::runtime::Handle::current().runtime_flavor()
+                == tokio::runtime::RuntimeFlavor::MultiThread;
+            while let Some(batch) = input.next().await {
+                let batch: RecordBatch = batch?;
+                let emitted = if multi_thread {
+                    tokio::task::block_in_place(|| run.push(&batch))
+                } else {
+                    run.push(&batch)
+                }
+                .map_err(external)?;
+                if emitted.num_rows() > 0 && tx.send(Ok(emitted)).await.is_err() {
+                    // The consumer is gone (the query was cancelled or failed).
+                    return Ok(());
+                }
+            }
+            let stats = run.stats().clone();
+            drop(run);
+            let mut done = finished.lock().unwrap_or_else(|p| p.into_inner());
+            if keep_states {
+                done.states.extend(states);
+            }
+            let s = &mut done.stats;
+            s.events_in += stats.events_in;
+            s.events_applied += stats.events_applied;
+            s.duplicates += stats.duplicates;
+            s.rows_out += stats.rows_out;
+            s.calls += stats.calls;
+            s.entities += stats.entities;
+            done.partitions += 1;
+            Ok(())
+        });
+        Ok(builder.build())
+    }
+}

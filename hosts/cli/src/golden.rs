@@ -1,0 +1,250 @@
+//! `lockstep golden check|update`: the regression baseline in `golden/<plugin>/`.
+//!
+//! Each set holds `events.jsonl` (inputs, in arrival order), `expected.jsonl` (the
+//! rows the plugin must emit, in canonical order: entity key, event time, emission
+//! order) and `plugin.sha256` (the component the rows were made with, for the report).
+//! `check` runs the batch host end to end over the events, through a real offline
+//! store, with one and with several partitions, and compares the stored rows with the
+//! expected ones exactly. `update` rewrites the expected rows, and only when asked.
+
+use anyhow::{Context, Result, bail, ensure};
+use lockstep_batch::{BatchJob, SourceFormat};
+use lockstep_core::compare::{Row, canonical_order, compare, rows_of};
+use lockstep_offline::{OfflineStore, WriterOptions};
+use lockstep_runtime::{Plugin, Runtime};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// Files of one golden set.
+pub const EVENTS: &str = "events.jsonl";
+/// The expected rows.
+pub const EXPECTED: &str = "expected.jsonl";
+/// The component hash the expected rows were made with.
+pub const PLUGIN_HASH: &str = "plugin.sha256";
+
+/// Partition counts every check runs with: the rows must not depend on them.
+const PARTITIONS: [usize; 2] = [1, 3];
+
+/// Where golden sets and plugin crates are.
+pub struct GoldenArgs {
+    /// The `golden/` directory.
+    pub dir: PathBuf,
+    /// The `plugins/` directory holding the plugin crates.
+    pub plugins: PathBuf,
+    /// Sets to take (default: every set in `dir`).
+    pub names: Vec<String>,
+}
+
+fn set_names(args: &GoldenArgs) -> Result<Vec<String>> {
+    if !args.names.is_empty() {
+        return Ok(args.names.clone());
+    }
+    let mut names = Vec::new();
+    for entry in std::fs::read_dir(&args.dir)
+        .with_context(|| format!("listing golden sets in {}", args.dir.display()))?
+    {
+        let entry = entry?;
+        if entry.path().join(EVENTS).is_file() {
+            names.push(entry.file_name().to_string_lossy().into_owned());
+        }
+    }
+    names.sort();
+    ensure!(
+        !names.is_empty(),
+        "{} holds no golden sets (directories with {EVENTS})",
+        args.dir.display()
+    );
+    Ok(names)
+}
+
+/// Builds and loads the plugin crate `plugins/<name>`; returns it and its path.
+fn load_plugin(runtime: &Runtime, plugins: &Path, name: &str) -> Result<(Plugin, PathBuf)> {
+    let crate_dir = plugins.join(name);
+    ensure!(
+        crate_dir.join("Cargo.toml").is_file(),
+        "golden set `{name}` has no plugin crate at {}",
+        crate_dir.display()
+    );
+    let built = lockstep_build::build(&crate_dir, &Default::default())
+        .with_context(|| format!("building plugin {name}"))?;
+    Ok((runtime.load_file(&built.path)?, built.path))
+}
+
+/// The batch host's rows for `events`, stored through a fresh offline store and read
+/// back, in canonical order (store columns dropped; they hold write times).
+pub fn batch_rows(
+    plugin: &(Plugin, PathBuf),
+    events: &Path,
+    partitions: usize,
+) -> Result<Vec<Row>> {
+    let scratch = tempfile::tempdir().context("creating a scratch offline store")?;
+    Ok(backfill(plugin, events, partitions, scratch.path())?.0)
+}
+
+/// Backfills `events` (JSON lines) into the offline store at `store_root` with the
+/// batch host, then reads the group back: its rows in canonical order and the commit's
+/// summary. Rejected records fail the backfill.
+pub fn backfill(
+    (plugin, component): &(Plugin, PathBuf),
+    events: &Path,
+    partitions: usize,
+    store_root: &Path,
+) -> Result<(Vec<Row>, lockstep_offline::WriteSummary)> {
+    let store = OfflineStore::open(store_root)?;
+    let group = store.register(plugin.manifest(), plugin.hash(), 0)?;
+    let job = BatchJob {
+        component: component.to_string_lossy().into_owned(),
+        source: events.to_string_lossy().into_owned(),
+        format: SourceFormat::Json,
+        sql: None,
+        partitions,
+        memory_limit: None,
+        spill_dir: None,
+        progress: Default::default(),
+        s3: Default::default(),
+        keep_states: false,
+    };
+    let mut writer = store.writer(&group, 0, WriterOptions::default());
+    let tokio = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(partitions.max(2))
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let out = tokio
+        .block_on(lockstep_batch::run(&job, plugin, &mut writer))
+        .with_context(|| format!("backfilling from {}", events.display()))?;
+    if let Some(first) = out.rejects.first() {
+        bail!(
+            "{}: {} events could not be read, e.g. column `{}`: {}",
+            events.display(),
+            out.rejects.len(),
+            first.column,
+            first.reason
+        );
+    }
+    let summary = writer.commit()?;
+    let stored = store.read(&group.name, &group.version)?;
+    let columns: Vec<String> = lockstep_core::schema::row_schema(plugin.manifest())
+        .fields()
+        .iter()
+        .map(|f| f.name().clone())
+        .collect();
+    let mut rows = rows_of(&stored, &columns);
+    canonical_order(&mut rows, &plugin.manifest().entity_key);
+    Ok((rows, summary))
+}
+
+/// Reads rows written one JSON object per line.
+pub fn read_rows(path: &Path) -> Result<Vec<Row>> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(i, line)| {
+            serde_json::from_str::<Row>(line)
+                .with_context(|| format!("{} line {}: not a JSON object", path.display(), i + 1))
+        })
+        .collect()
+}
+
+fn write_rows(path: &Path, rows: &[Row]) -> Result<()> {
+    let mut w = std::io::BufWriter::new(
+        std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?,
+    );
+    for row in rows {
+        serde_json::to_writer(&mut w, row)?;
+        w.write_all(b"\n")?;
+    }
+    w.flush()
+        .with_context(|| format!("writing {}", path.display()))
+}
+
+/// `lockstep golden check`: every set's batch rows equal its expected rows.
+pub fn check(args: &GoldenArgs, runtime: &Runtime) -> Result<()> {
+    let mut failed = Vec::new();
+    for name in set_names(args)? {
+        let dir = args.dir.join(&name);
+        let loaded = load_plugin(runtime, &args.plugins, &name)?;
+        let plugin = &loaded.0;
+        let key = plugin.manifest().entity_key.clone();
+        let expected_path = dir.join(EXPECTED);
+        ensure!(
+            expected_path.is_file(),
+            "golden set `{name}` has no {EXPECTED}; make it with `lockstep golden update {name}`"
+        );
+        let mut expected = read_rows(&expected_path)?;
+        canonical_order(&mut expected, &key);
+        let made_with = std::fs::read_to_string(dir.join(PLUGIN_HASH)).unwrap_or_default();
+        let made_with = made_with.trim();
+        let mut ok = true;
+        for partitions in PARTITIONS {
+            let started = Instant::now();
+            let rows = batch_rows(&loaded, &dir.join(EVENTS), partitions)?;
+            let c = compare(&key, &rows, &expected, 20);
+            if c.identical() {
+                println!(
+                    "golden {name}: batch ({partitions} partition{}) = golden ✓  {} rows, {} entities, {:.0} ms",
+                    if partitions == 1 { "" } else { "s" },
+                    c.left_rows,
+                    c.entities,
+                    started.elapsed().as_secs_f64() * 1e3
+                );
+            } else {
+                ok = false;
+                println!("golden {name}: batch ({partitions} partitions) ≠ golden ✗");
+                print!("{}", c.render("batch", "golden"));
+                if !made_with.is_empty() && made_with != plugin.hash() {
+                    println!(
+                        "note: the golden rows were made with plugin {made_with}, this is {}: \
+                         if the change is intended, run `lockstep golden update {name}`",
+                        plugin.hash()
+                    );
+                }
+            }
+        }
+        if !ok {
+            failed.push(name);
+        }
+    }
+    if !failed.is_empty() {
+        bail!("golden check failed for {}", failed.join(", "));
+    }
+    Ok(())
+}
+
+/// `lockstep golden update`: rewrites each set's expected rows from the batch host,
+/// after checking that every partitioning agrees.
+pub fn update(args: &GoldenArgs, runtime: &Runtime) -> Result<()> {
+    for name in set_names(args)? {
+        let dir = args.dir.join(&name);
+        let loaded = load_plugin(runtime, &args.plugins, &name)?;
+        let plugin = &loaded.0;
+        let key = plugin.manifest().entity_key.clone();
+        let rows = batch_rows(&loaded, &dir.join(EVENTS), PARTITIONS[0])?;
+        for &partitions in &PARTITIONS[1..] {
+            let again = batch_rows(&loaded, &dir.join(EVENTS), partitions)?;
+            let c = compare(&key, &rows, &again, 20);
+            ensure!(
+                c.identical(),
+                "{name}: 1 and {partitions} partitions disagree, so no golden rows were written:\n{}",
+                c.render("1 partition", "several")
+            );
+        }
+        let previous = read_rows(&dir.join(EXPECTED)).unwrap_or_default();
+        let change = compare(&key, &previous, &rows, 0);
+        write_rows(&dir.join(EXPECTED), &rows)?;
+        std::fs::write(dir.join(PLUGIN_HASH), format!("{}\n", plugin.hash()))
+            .with_context(|| format!("writing {}", dir.join(PLUGIN_HASH).display()))?;
+        println!(
+            "golden {name}: wrote {} rows ({} changed, {} added, {} removed) with plugin {}…",
+            rows.len(),
+            change.differing_rows,
+            change.only_right,
+            change.only_left,
+            &plugin.hash()[..12]
+        );
+    }
+    Ok(())
+}

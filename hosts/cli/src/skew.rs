@@ -1,0 +1,310 @@
+//! `lockstep skew-check`: the batch host and the stream host over the same events,
+//! compared row for row, bit for bit.
+//!
+//! The batch host reads the events file through a real offline store; the stream host
+//! gets the same records from an in-process source, in file order or, with a shuffle
+//! seed, in a random arrival order within the allowed lateness. Events that arrive
+//! behind the watermark are late: they are listed apart and left out of both sides
+//! (until late-event replay exists, DESIGN §4).
+
+use crate::golden::batch_rows;
+use anyhow::{Context, Result, bail};
+use lockstep_core::compare::{Row, canonical_order, compare, rows_of};
+use lockstep_core::decode::decode_json_lines;
+use lockstep_core::schema::row_schema;
+use lockstep_runtime::{Plugin, Runtime};
+use lockstep_stream::{LateEvent, Record, StreamConfig, StreamProcessor};
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Instant;
+
+/// Records handed to the stream host per step, as a source would batch them.
+const RECORDS_PER_STEP: usize = 500;
+
+/// Arguments of `skew-check`.
+pub struct SkewArgs {
+    /// The component both hosts run.
+    pub plugin: PathBuf,
+    /// Another component for the stream side (to measure a change).
+    pub against: Option<PathBuf>,
+    /// The events, JSON lines.
+    pub events: PathBuf,
+    /// The stream host's allowed lateness, µs.
+    pub allowed_lateness: i64,
+    /// Shuffle the arrival order with this seed.
+    pub shuffle_seed: Option<u64>,
+    /// Print one JSON object instead of text.
+    pub json: bool,
+}
+
+/// Arrival order of `lines`: file order, or with `seed` each event delayed by a random
+/// 0..=`lateness` after its event time and delivered in that order (so none is late
+/// for a stream with that allowed lateness).
+pub(crate) fn arrival_order(times: &[i64], seed: Option<u64>, lateness: i64) -> Vec<usize> {
+    let Some(seed) = seed else {
+        return (0..times.len()).collect();
+    };
+    let mut rng = lockstep_gen::Rng::new(seed);
+    let mut keyed: Vec<(i64, usize)> = times
+        .iter()
+        .enumerate()
+        .map(|(i, &t)| {
+            (
+                t.saturating_add(rng.below(lateness.max(0) as u64 + 1) as i64),
+                i,
+            )
+        })
+        .collect();
+    keyed.sort_unstable();
+    keyed.into_iter().map(|(_, i)| i).collect()
+}
+
+/// What the stream host made of the events.
+pub(crate) struct Streamed {
+    /// Its rows, in canonical order.
+    pub rows: Vec<Row>,
+    /// Events that arrived behind the watermark.
+    pub late: Vec<LateEvent>,
+    /// Duplicates dropped.
+    pub duplicates: u64,
+    /// Wall time of decoding, ordering and applying (not of the comparison's rows).
+    pub millis: f64,
+}
+
+/// Streams `lines` (numbered) to a stream host in `order`, then drains it.
+pub(crate) fn stream_rows(
+    plugin: &Plugin,
+    lines: &[(usize, &str)],
+    order: &[usize],
+    lateness: i64,
+) -> Result<Streamed> {
+    let started = Instant::now();
+    let mut processor = StreamProcessor::new(
+        plugin,
+        StreamConfig {
+            allowed_lateness: lateness,
+        },
+    )?;
+    let sequences: Vec<String> = lines.iter().map(|(n, _)| n.to_string()).collect();
+    let mut batches = Vec::new();
+    let mut late = Vec::new();
+    for step in order.chunks(RECORDS_PER_STEP) {
+        let records: Vec<Record> = step
+            .iter()
+            .map(|&i| Record {
+                shard: "in-process",
+                sequence: &sequences[i],
+                data: lines[i].1.as_bytes(),
+            })
+            .collect();
+        let out = processor.push(&records)?;
+        if let Some(dead) = out.dead.first() {
+            bail!(
+                "the stream host could not read line {}: {}",
+                dead.sequence,
+                dead.reason
+            );
+        }
+        late.extend(out.late);
+        batches.push(out.rows);
+    }
+    batches.push(processor.drain()?.rows);
+    let millis = started.elapsed().as_secs_f64() * 1e3;
+    let columns: Vec<String> = row_schema(plugin.manifest())
+        .fields()
+        .iter()
+        .map(|f| f.name().clone())
+        .collect();
+    let mut rows = rows_of(&batches, &columns);
+    canonical_order(&mut rows, &plugin.manifest().entity_key);
+    Ok(Streamed {
+        rows,
+        late,
+        duplicates: processor.stats().duplicates,
+        millis,
+    })
+}
+
+/// Runs the check; `Ok(false)` means skew was found (and reported).
+pub fn run(args: &SkewArgs, runtime: &Runtime) -> Result<bool> {
+    let plugin = runtime.load_file(&args.plugin)?;
+    let stream_plugin = match &args.against {
+        Some(path) => runtime.load_file(path)?,
+        None => plugin.clone(),
+    };
+    if stream_plugin.manifest().features != plugin.manifest().features
+        || stream_plugin.manifest().entity_key != plugin.manifest().entity_key
+    {
+        bail!(
+            "{} and {} do not emit the same features; nothing to compare",
+            args.plugin.display(),
+            args.against.as_deref().unwrap_or(&args.plugin).display()
+        );
+    }
+    let m = plugin.manifest();
+    let text = std::fs::read_to_string(&args.events)
+        .with_context(|| format!("reading {}", args.events.display()))?;
+    // Every line must be an event: a dirty file would compare two ways of failing.
+    let lines: Vec<(usize, &str)> = text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(i, l)| (i + 1, l))
+        .collect();
+    if lines.is_empty() {
+        bail!("{} holds no events", args.events.display());
+    }
+    let decoded = decode_json_lines(&text, m, None).with_context(|| {
+        format!(
+            "{} is not clean input for {}; skew-check compares clean events \
+             (use `lockstep batch run --rejects` to separate bad records)",
+            args.events.display(),
+            m.id()
+        )
+    })?;
+    let time_index = m
+        .input_index(&m.event_time)
+        .context("the manifest has no event-time field")?;
+    let times: Vec<i64> = {
+        use arrow_array::cast::AsArray;
+        decoded
+            .column(time_index)
+            .as_primitive::<arrow_array::types::TimestampMicrosecondType>()
+            .values()
+            .to_vec()
+    };
+    let order = arrival_order(&times, args.shuffle_seed, args.allowed_lateness);
+    let streamed = stream_rows(&stream_plugin, &lines, &order, args.allowed_lateness)?;
+
+    // The batch side reads the same events less the late ones, from a file.
+    let late_lines: std::collections::HashSet<&str> =
+        streamed.late.iter().map(|l| l.sequence.as_str()).collect();
+    let scratch = tempfile::tempdir().context("creating a scratch directory")?;
+    let batch_events = scratch.path().join("events.jsonl");
+    {
+        let mut w = std::io::BufWriter::new(
+            std::fs::File::create(&batch_events)
+                .with_context(|| format!("creating {}", batch_events.display()))?,
+        );
+        for (n, line) in &lines {
+            if !late_lines.contains(n.to_string().as_str()) {
+                writeln!(w, "{line}")?;
+            }
+        }
+        w.flush()?;
+    }
+    let started = Instant::now();
+    let batch = batch_rows(&(plugin.clone(), args.plugin.clone()), &batch_events, 2)?;
+    let batch_ms = started.elapsed().as_secs_f64() * 1e3;
+
+    let c = compare(&m.entity_key, &batch, &streamed.rows, 20);
+    let arrival = match args.shuffle_seed {
+        Some(seed) => format!("shuffled (seed {seed})"),
+        None => "file order".to_owned(),
+    };
+    let lateness = humantime::format_duration(std::time::Duration::from_micros(
+        args.allowed_lateness.max(0) as u64,
+    ));
+    if args.json {
+        let doc = serde_json::json!({
+            "plugin": m.id(),
+            "plugin_sha256": plugin.hash(),
+            "stream_plugin_sha256": stream_plugin.hash(),
+            "events": lines.len(),
+            "identical": c.identical(),
+            "rows_compared": c.left_rows.max(c.right_rows),
+            "batch_rows": c.left_rows,
+            "stream_rows": c.right_rows,
+            "entities": c.entities,
+            "differing_rows": c.differing_rows,
+            "only_batch": c.only_left,
+            "only_stream": c.only_right,
+            "per_feature": c.per_column,
+            "first_differences": c.first.iter().map(|d| serde_json::json!({
+                "entity": d.entity, "event_time": d.event_time, "nth": d.nth,
+                "feature": d.column, "batch": d.left, "stream": d.right,
+            })).collect::<Vec<_>>(),
+            "late_events": streamed.late.len(),
+            "late": streamed.late.iter().take(20).map(|l| l.to_json()).collect::<Vec<_>>(),
+            "stream_duplicates": streamed.duplicates,
+            "allowed_lateness_us": args.allowed_lateness,
+            "arrival": arrival,
+            "batch_ms": batch_ms,
+            "stream_ms": streamed.millis,
+        });
+        println!("{}", serde_json::to_string_pretty(&doc)?);
+        return Ok(c.identical());
+    }
+    let late_note = if streamed.late.is_empty() {
+        format!("0 late events (allowed lateness {lateness})")
+    } else {
+        format!(
+            "{} late events left out of both sides (allowed lateness {lateness}; late-event replay is not built yet)",
+            streamed.late.len()
+        )
+    };
+    if c.identical() {
+        println!(
+            "skew-check {}: batch = stream ✓  {} rows compared, {} entities, {} events, {late_note}; arrival {arrival}; batch {:.0} ms, stream {:.0} ms",
+            m.id(),
+            c.left_rows,
+            c.entities,
+            lines.len(),
+            batch_ms,
+            streamed.millis
+        );
+    } else {
+        println!("skew-check {}: SKEW ✗  batch ≠ stream", m.id());
+        print!("{}", c.render("batch", "stream"));
+        println!("{late_note}; arrival {arrival}");
+    }
+    for l in streamed.late.iter().take(10) {
+        println!(
+            "  late: line {} at {} was {} behind the watermark",
+            l.sequence,
+            match lockstep_core::rows::format_timestamp(l.event_time) {
+                serde_json::Value::String(at) => at,
+                other => other.to_string(),
+            },
+            humantime::format_duration(std::time::Duration::from_micros(
+                (l.watermark - l.event_time).max(0) as u64
+            ))
+        );
+    }
+    Ok(c.identical())
+}
+
+/// Parses durations like `5s`, `500ms`, `2m`, `1h` into microseconds.
+pub fn parse_lateness(text: &str) -> Result<i64, String> {
+    humantime::parse_duration(text)
+        .map_err(|e| format!("`{text}` is not a duration like 5s, 2m or 1h: {e}"))
+        .and_then(|d| i64::try_from(d.as_micros()).map_err(|_| format!("`{text}` is too long")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shuffled_arrival_is_a_permutation_within_the_lateness() {
+        let times: Vec<i64> = (0..1_000).map(|i| i * 1_000).collect();
+        let order = arrival_order(&times, Some(3), 50_000);
+        let mut sorted = order.clone();
+        sorted.sort_unstable();
+        assert_eq!(sorted, (0..1_000).collect::<Vec<_>>());
+        assert_ne!(order, sorted, "nothing moved");
+        let mut max_seen = i64::MIN;
+        for &i in &order {
+            assert!(times[i] >= max_seen.saturating_sub(50_000));
+            max_seen = max_seen.max(times[i]);
+        }
+        assert_eq!(arrival_order(&times, None, 50_000), sorted);
+    }
+
+    #[test]
+    fn lateness_parses_human_durations() {
+        assert_eq!(parse_lateness("5s"), Ok(5_000_000));
+        assert_eq!(parse_lateness("2m"), Ok(120_000_000));
+        assert!(parse_lateness("soon").is_err());
+    }
+}

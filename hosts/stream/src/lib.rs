@@ -1,0 +1,104 @@
+//! The stream host: applies a plugin to records as they arrive, with the result the
+//! batch host computes for the same events at rest.
+//!
+//! ```text
+//! records (arrival order) ──shared decoder──▶ events ──▶ late? ──yes──▶ late log
+//!                    │ bad                                 │ no
+//!                    ▼                                     ▼
+//!              dead letters                 reorder buffer (until the watermark passes)
+//!                                                          ▼
+//!                          lockstep-core executor: per entity, (event_time, event_id), once
+//!                                                          ▼
+//!                                                   rows + new states
+//! ```
+//!
+//! This crate owns the ordering semantics of DESIGN §4 for streams ([`StreamProcessor`]).
+//! It does no I/O: sources (Kinesis, in-process), stores and logs plug in around it.
+
+mod processor;
+
+pub use processor::{Step, StreamConfig, StreamProcessor, StreamStats};
+
+use serde_json::json;
+use thiserror::Error;
+
+/// One raw record as a source delivers it.
+#[derive(Debug, Clone, Copy)]
+pub struct Record<'a> {
+    /// The shard (or partition) it came from.
+    pub shard: &'a str,
+    /// Its position in the shard (a Kinesis sequence number, a line number…).
+    pub sequence: &'a str,
+    /// The payload: one JSON object in the plugin's input schema.
+    pub data: &'a [u8],
+}
+
+/// A record that could not be decoded: kept with where it came from and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadLetter {
+    /// Shard of the record.
+    pub shard: String,
+    /// Sequence number of the record.
+    pub sequence: String,
+    /// Why it was refused, naming the field.
+    pub reason: String,
+    /// The payload (lossy UTF-8).
+    pub record: String,
+}
+
+impl DeadLetter {
+    pub(crate) fn of(record: &Record<'_>, reason: String) -> Self {
+        DeadLetter {
+            shard: record.shard.to_owned(),
+            sequence: record.sequence.to_owned(),
+            reason,
+            record: String::from_utf8_lossy(record.data).trim_end().to_owned(),
+        }
+    }
+
+    /// As one JSON object, for a dead-letter log.
+    pub fn to_json(&self) -> serde_json::Value {
+        json!({"shard": self.shard, "sequence": self.sequence, "reason": self.reason, "record": self.record})
+    }
+}
+
+/// An event that arrived behind the watermark and was not applied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LateEvent {
+    /// Shard of the record.
+    pub shard: String,
+    /// Sequence number of the record.
+    pub sequence: String,
+    /// Its event time (UTC µs).
+    pub event_time: i64,
+    /// The watermark when it arrived (UTC µs).
+    pub watermark: i64,
+    /// The payload.
+    pub record: String,
+}
+
+impl LateEvent {
+    /// As one JSON object, for the late-event log.
+    pub fn to_json(&self) -> serde_json::Value {
+        json!({"shard": self.shard, "sequence": self.sequence, "event_time": self.event_time,
+               "watermark": self.watermark, "behind_us": self.watermark - self.event_time,
+               "record": self.record})
+    }
+}
+
+/// Why the stream host failed.
+#[derive(Debug, Error)]
+pub enum StreamError {
+    /// The plugin or the shared host path failed.
+    #[error(transparent)]
+    Core(#[from] lockstep_core::CoreError),
+    /// An Arrow operation failed.
+    #[error("arrow: {0}")]
+    Arrow(#[from] arrow_schema::ArrowError),
+    /// The manifest does not fit the stream host.
+    #[error("{0}")]
+    Manifest(String),
+    /// A setting is out of range.
+    #[error("{0}")]
+    Config(String),
+}

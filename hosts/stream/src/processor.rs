@@ -1,0 +1,318 @@
+//! [`StreamProcessor`]: raw records in arrival order → the plugin, in event order.
+
+use crate::{DeadLetter, LateEvent, Record, StreamError};
+use arrow_array::cast::AsArray;
+use arrow_array::types::TimestampMicrosecondType;
+use arrow_array::{BooleanArray, RecordBatch};
+use arrow_select::concat::concat_batches;
+use arrow_select::filter::filter_record_batch;
+use lockstep_abi::Manifest;
+use lockstep_core::decode::JsonDecoder;
+use lockstep_core::executor::{EntityKey, Executor, RunStats, StateMap};
+use lockstep_core::order::{content_hash, event_id};
+use lockstep_core::schema::{input_schema, row_schema};
+use lockstep_runtime::Plugin;
+use std::collections::{BTreeMap, HashSet};
+
+/// How the processor orders events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StreamConfig {
+    /// How far behind the latest event time seen an event may arrive and still be
+    /// applied in order (UTC microseconds). The watermark is the latest event time
+    /// seen minus this.
+    pub allowed_lateness: i64,
+}
+
+impl Default for StreamConfig {
+    fn default() -> Self {
+        StreamConfig {
+            allowed_lateness: 5_000_000,
+        }
+    }
+}
+
+/// What one [`StreamProcessor::push`] or [`StreamProcessor::drain`] produced.
+#[derive(Debug)]
+pub struct Step {
+    /// Rows the plugin emitted for the events released (in the row schema: entity
+    /// key, `event_time`, features), by entity key, then application order.
+    pub rows: RecordBatch,
+    /// Events that arrived behind the watermark: not applied (DESIGN §4).
+    pub late: Vec<LateEvent>,
+    /// Records that could not be decoded: not applied.
+    pub dead: Vec<DeadLetter>,
+    /// Counters of the plugin calls made.
+    pub stats: RunStats,
+    /// Late arrivals recognised as redeliveries of events already taken.
+    pub late_duplicates: usize,
+}
+
+/// Counters since the processor started.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StreamStats {
+    /// Records received.
+    pub records: u64,
+    /// Records decoded into events.
+    pub events: u64,
+    /// Events applied by the plugin (duplicates excluded).
+    pub applied: u64,
+    /// Duplicates dropped (in the buffer and late redeliveries).
+    pub duplicates: u64,
+    /// Late events (to the late log).
+    pub late: u64,
+    /// Records that could not be decoded (to the dead-letter log).
+    pub dead: u64,
+    /// Rows emitted.
+    pub rows: u64,
+}
+
+/// Applies a plugin to a stream of records exactly as the batch host applies it to
+/// the same events at rest, whatever their arrival order within the allowed lateness.
+///
+/// Records are decoded by the shared decoder. Each event is held in a reorder buffer
+/// until the watermark (latest event time seen − allowed lateness) passes it; then the
+/// released events are applied per entity in `(event_time, event_id)` order, on top of
+/// each entity's state, duplicates once. An event whose time is already behind the
+/// watermark when it arrives is **late**: applying it would break the order, so it is
+/// returned in [`Step::late`] (unless it redelivers an event already taken, which is
+/// a duplicate) and never applied.
+///
+/// Whether an event is late depends only on the events that arrived before it, never
+/// on how records are grouped into calls to [`push`](Self::push).
+pub struct StreamProcessor {
+    manifest: Manifest,
+    executor: Executor,
+    config: StreamConfig,
+    states: StateMap,
+    decoder: JsonDecoder,
+    /// Held events (input schema), each with its time not behind the watermark at its
+    /// arrival.
+    buffer: Vec<RecordBatch>,
+    buffered: usize,
+    max_seen: Option<i64>,
+    /// Identities of events taken (buffered or applied) that a late redelivery may
+    /// still repeat: `(entity, event id)` by event time, pruned behind the horizon.
+    taken: BTreeMap<i64, Vec<(EntityKey, u128)>>,
+    taken_set: HashSet<(EntityKey, u128)>,
+    stats: StreamStats,
+    time_col: usize,
+    key_col: usize,
+    id_col: Option<usize>,
+}
+
+impl StreamProcessor {
+    /// A processor running a fresh instance of `plugin`, every entity without state.
+    pub fn new(plugin: &Plugin, config: StreamConfig) -> Result<Self, StreamError> {
+        let manifest = plugin.manifest().clone();
+        let index = |name: &str| {
+            manifest.input_index(name).ok_or_else(|| {
+                StreamError::Manifest(format!("the manifest has no input field `{name}`"))
+            })
+        };
+        let time_col = index(&manifest.event_time)?;
+        let key_col = index(&manifest.entity_key)?;
+        let id_col = manifest.event_id.as_deref().map(index).transpose()?;
+        if config.allowed_lateness < 0 {
+            return Err(StreamError::Config(
+                "allowed lateness must not be negative".into(),
+            ));
+        }
+        Ok(StreamProcessor {
+            executor: Executor::new(plugin)?,
+            decoder: JsonDecoder::new(&manifest),
+            manifest,
+            config,
+            states: StateMap::new(),
+            buffer: Vec::new(),
+            buffered: 0,
+            max_seen: None,
+            taken: BTreeMap::new(),
+            taken_set: HashSet::new(),
+            stats: StreamStats::default(),
+            time_col,
+            key_col,
+            id_col,
+        })
+    }
+
+    /// Starts every entity from `states` (a backfill's final states: the hand-off).
+    pub fn with_states(mut self, states: StateMap) -> Self {
+        self.states = states;
+        self
+    }
+
+    /// The watermark: the latest event time seen minus the allowed lateness.
+    pub fn watermark(&self) -> Option<i64> {
+        self.max_seen
+            .map(|m| m.saturating_sub(self.config.allowed_lateness))
+    }
+
+    /// Events held in the reorder buffer.
+    pub fn buffered(&self) -> usize {
+        self.buffered
+    }
+
+    /// Each entity's state after the events applied so far.
+    pub fn states(&self) -> &StateMap {
+        &self.states
+    }
+
+    /// Counters since the start.
+    pub fn stats(&self) -> &StreamStats {
+        &self.stats
+    }
+
+    /// Takes `records` in arrival order, then applies every held event the watermark
+    /// has passed.
+    pub fn push(&mut self, records: &[Record<'_>]) -> Result<Step, StreamError> {
+        let mut dead = Vec::new();
+        let mut sources = Vec::with_capacity(records.len());
+        for record in records {
+            self.stats.records += 1;
+            let text = match std::str::from_utf8(record.data) {
+                Ok(t) => t,
+                Err(e) => {
+                    dead.push(DeadLetter::of(record, format!("not UTF-8 text: {e}")));
+                    continue;
+                }
+            };
+            match self.decoder.push_record(text.trim_end(), 0) {
+                Ok(()) => sources.push(record),
+                Err(e) => dead.push(DeadLetter::of(
+                    record,
+                    match &e.field {
+                        Some(field) => format!("field `{field}`: {}", e.message),
+                        None => e.message.clone(),
+                    },
+                )),
+            }
+        }
+        self.stats.dead += dead.len() as u64;
+        let events = self.decoder.finish()?;
+        self.stats.events += events.num_rows() as u64;
+
+        // Classify in arrival order: late iff behind the watermark of what came before.
+        let times = events
+            .column(self.time_col)
+            .as_primitive::<TimestampMicrosecondType>();
+        let keys = events.column(self.key_col).clone();
+        let mut keep = Vec::with_capacity(events.num_rows());
+        let mut late = Vec::new();
+        let mut late_duplicates = 0;
+        for (row, record) in sources.into_iter().enumerate() {
+            let time = times.value(row);
+            let watermark = self.watermark();
+            let key = EntityKey::from_array(keys.as_ref(), row)
+                .ok_or_else(|| StreamError::Manifest("unsupported entity key type".into()))?;
+            let id = event_id(&events, self.id_col, row, content_hash(&events, row));
+            match watermark {
+                Some(w) if time < w => {
+                    keep.push(false);
+                    if self.taken_set.contains(&(key, id)) {
+                        late_duplicates += 1;
+                    } else {
+                        late.push(LateEvent {
+                            shard: record.shard.to_owned(),
+                            sequence: record.sequence.to_owned(),
+                            event_time: time,
+                            watermark: w,
+                            record: String::from_utf8_lossy(record.data).trim_end().to_owned(),
+                        });
+                    }
+                }
+                _ => {
+                    keep.push(true);
+                    if self.taken_set.insert((key.clone(), id)) {
+                        self.taken.entry(time).or_default().push((key, id));
+                    }
+                    self.max_seen = Some(self.max_seen.map_or(time, |m| m.max(time)));
+                }
+            }
+        }
+        self.stats.late += late.len() as u64;
+        self.stats.duplicates += late_duplicates as u64;
+        let held = filter_record_batch(&events, &BooleanArray::from(keep))?;
+        if held.num_rows() > 0 {
+            self.buffered += held.num_rows();
+            self.buffer.push(held);
+        }
+        let released = match self.watermark() {
+            Some(w) => self.release(|t| t < w)?,
+            None => self.release(|_| false)?,
+        };
+        self.forget_before_horizon();
+        Ok(Step {
+            late,
+            dead,
+            late_duplicates,
+            ..released
+        })
+    }
+
+    /// Applies every held event (end of a finite input). Not for a service that will
+    /// resume: it keeps its buffer in a checkpoint instead.
+    pub fn drain(&mut self) -> Result<Step, StreamError> {
+        self.release(|_| true)
+    }
+
+    /// Applies the held events whose time satisfies `due`.
+    fn release(&mut self, due: impl Fn(i64) -> bool) -> Result<Step, StreamError> {
+        let schema = input_schema(&self.manifest);
+        let mut now = Vec::new();
+        let mut later = Vec::new();
+        for batch in self.buffer.drain(..) {
+            let times = batch
+                .column(self.time_col)
+                .as_primitive::<TimestampMicrosecondType>();
+            let mask: BooleanArray = times.iter().map(|t| Some(t.is_some_and(&due))).collect();
+            let ready = mask.true_count();
+            if ready == batch.num_rows() {
+                now.push(batch);
+            } else if ready == 0 {
+                later.push(batch);
+            } else {
+                now.push(filter_record_batch(&batch, &mask)?);
+                let rest: BooleanArray = mask.iter().map(|m| Some(m != Some(true))).collect();
+                later.push(filter_record_batch(&batch, &rest)?);
+            }
+        }
+        self.buffer = later;
+        self.buffered = self.buffer.iter().map(RecordBatch::num_rows).sum();
+        let events = concat_batches(&schema, &now)?;
+        if events.num_rows() == 0 {
+            return Ok(Step {
+                rows: RecordBatch::new_empty(row_schema(&self.manifest)),
+                late: Vec::new(),
+                dead: Vec::new(),
+                stats: RunStats::default(),
+                late_duplicates: 0,
+            });
+        }
+        let out = self.executor.run(&events, &mut self.states)?;
+        self.stats.applied += out.stats.events_applied as u64;
+        self.stats.duplicates += out.stats.duplicates as u64;
+        self.stats.rows += out.rows.num_rows() as u64;
+        Ok(Step {
+            rows: out.rows,
+            late: Vec::new(),
+            dead: Vec::new(),
+            stats: out.stats,
+            late_duplicates: 0,
+        })
+    }
+
+    /// Forgets identities of events older than the horizon within which a late
+    /// redelivery is still recognised as a duplicate: twice the allowed lateness
+    /// behind the latest event time. An older redelivery is reported late, never
+    /// applied twice.
+    fn forget_before_horizon(&mut self) {
+        let Some(w) = self.watermark() else { return };
+        let horizon = w.saturating_sub(self.config.allowed_lateness);
+        let keep = self.taken.split_off(&horizon);
+        for (_, ids) in std::mem::replace(&mut self.taken, keep) {
+            for id in ids {
+                self.taken_set.remove(&id);
+            }
+        }
+    }
+}

@@ -1,0 +1,328 @@
+//! The stream host's ordering contract: whatever the arrival order within the allowed
+//! lateness, and however records are grouped, it emits exactly the batch result.
+
+use arrow_array::RecordBatch;
+use lockstep_core::compare::{Row, canonical_order, compare, rows_of};
+use lockstep_core::decode::decode_json_lines;
+use lockstep_core::executor::{Executor, StateMap};
+use lockstep_core::schema::row_schema;
+use lockstep_runtime::{Plugin, Runtime, RuntimeConfig};
+use lockstep_stream::{Record, StreamConfig, StreamProcessor};
+use proptest::prelude::*;
+use std::path::Path;
+use std::sync::OnceLock;
+
+const SECOND: i64 = 1_000_000;
+const MINUTE: i64 = 60 * SECOND;
+
+fn repo(path: &str) -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .join(path)
+}
+
+fn plugin(name: &str) -> Plugin {
+    static BUILT: OnceLock<std::sync::Mutex<std::collections::HashMap<String, Vec<u8>>>> =
+        OnceLock::new();
+    let mut built = BUILT
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
+    let bytes = built.entry(name.to_owned()).or_insert_with(|| {
+        let out = lockstep_build::build(&repo("plugins").join(name), &Default::default())
+            .expect("build plugin");
+        std::fs::read(out.path).expect("read component")
+    });
+    Runtime::new(RuntimeConfig::default())
+        .expect("runtime")
+        .load(bytes)
+        .expect("load")
+}
+
+fn canonical(plugin: &Plugin, batches: &[RecordBatch]) -> Vec<Row> {
+    let columns: Vec<String> = row_schema(plugin.manifest())
+        .fields()
+        .iter()
+        .map(|f| f.name().clone())
+        .collect();
+    let mut rows = rows_of(batches, &columns);
+    canonical_order(&mut rows, &plugin.manifest().entity_key);
+    rows
+}
+
+/// Streams `lines` in this order, `per_push` records at a time, then drains.
+fn stream(
+    plugin: &Plugin,
+    lines: &[&str],
+    per_push: usize,
+    lateness: i64,
+) -> (Vec<RecordBatch>, lockstep_stream::StreamStats, Vec<String>) {
+    let mut p = StreamProcessor::new(
+        plugin,
+        StreamConfig {
+            allowed_lateness: lateness,
+        },
+    )
+    .expect("processor");
+    let sequences: Vec<String> = (0..lines.len()).map(|i| i.to_string()).collect();
+    let mut rows = Vec::new();
+    let mut late = Vec::new();
+    for chunk in lines
+        .iter()
+        .zip(&sequences)
+        .collect::<Vec<_>>()
+        .chunks(per_push.max(1))
+    {
+        let records: Vec<Record> = chunk
+            .iter()
+            .map(|(line, seq)| Record {
+                shard: "shard-0",
+                sequence: seq,
+                data: line.as_bytes(),
+            })
+            .collect();
+        let step = p.push(&records).expect("push");
+        assert!(step.dead.is_empty(), "{:?}", step.dead);
+        late.extend(step.late.into_iter().map(|l| l.sequence));
+        rows.push(step.rows);
+    }
+    rows.push(p.drain().expect("drain").rows);
+    assert_eq!(p.buffered(), 0);
+    (rows, p.stats().clone(), late)
+}
+
+#[test]
+fn every_golden_set_streams_to_its_golden_rows() {
+    for name in ["txn_velocity", "churn_features", "clickstream_clean"] {
+        let plugin = plugin(name);
+        let events = std::fs::read_to_string(repo("golden").join(name).join("events.jsonl"))
+            .expect("events");
+        let lines: Vec<&str> = events.lines().collect();
+        let expected_text =
+            std::fs::read_to_string(repo("golden").join(name).join("expected.jsonl"))
+                .expect("expected");
+        let mut expected: Vec<Row> = expected_text
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("row"))
+            .collect();
+        canonical_order(&mut expected, &plugin.manifest().entity_key);
+        for per_push in [1, 97, 5_000] {
+            let (rows, stats, late) = stream(&plugin, &lines, per_push, 5 * MINUTE);
+            assert!(
+                late.is_empty(),
+                "{name}: golden events arrived late: {late:?}"
+            );
+            assert_eq!(stats.events, lines.len() as u64);
+            let c = compare(
+                &plugin.manifest().entity_key,
+                &canonical(&plugin, &rows),
+                &expected,
+                10,
+            );
+            assert!(
+                c.identical(),
+                "{name}, {per_push} per push:\n{}",
+                c.render("stream", "golden")
+            );
+        }
+    }
+}
+
+#[test]
+fn late_events_are_kept_apart_and_late_redeliveries_are_duplicates() {
+    let plugin = plugin("txn_velocity");
+    let t0 = lockstep_gen::EPOCH_2024;
+    let ev = |id: &str, card: &str, t: i64| {
+        format!(r#"{{"card_id":"{card}","ts":{t},"amount":1.5,"merchant":"m","txn_id":"{id}"}}"#)
+    };
+    let lines = [
+        ev("a", "c1", t0),
+        // The watermark moves to t0 + 30 s.
+        ev("b", "c1", t0 + 90 * SECOND),
+        // Behind it, but a redelivery of an event taken: a duplicate.
+        ev("a", "c1", t0),
+        // Behind it and new: late.
+        ev("c", "c2", t0 + 20 * SECOND),
+        // Exactly at the watermark: in time.
+        ev("d", "c2", t0 + 30 * SECOND),
+    ];
+    let refs: Vec<&str> = lines.iter().map(String::as_str).collect();
+    for per_push in [1, 2, 5] {
+        let (rows, stats, late) = stream(&plugin, &refs, per_push, MINUTE);
+        assert_eq!(late, vec!["3".to_owned()], "{per_push} per push");
+        assert_eq!((stats.late, stats.duplicates, stats.applied), (1, 1, 3));
+        let all = canonical(&plugin, &rows);
+        assert_eq!(all.len(), 3, "{all:?}");
+    }
+}
+
+#[test]
+fn bad_records_become_dead_letters_and_the_stream_goes_on() {
+    let plugin = plugin("txn_velocity");
+    let mut p = StreamProcessor::new(&plugin, StreamConfig::default()).expect("processor");
+    let good = br#"{"card_id":"c","ts":1704067200000000,"amount":2.0,"merchant":"m"}"#;
+    let records = [
+        Record {
+            shard: "s-1",
+            sequence: "10",
+            data: b"{not json",
+        },
+        Record {
+            shard: "s-1",
+            sequence: "11",
+            data: br#"{"card_id":"c","amount":2.0,"merchant":"m"}"#,
+        },
+        Record {
+            shard: "s-1",
+            sequence: "12",
+            data: br#"{"card_id":"c","ts":"yesterday","amount":2.0,"merchant":"m"}"#,
+        },
+        Record {
+            shard: "s-1",
+            sequence: "13",
+            data: &[0xff, 0xfe],
+        },
+        Record {
+            shard: "s-1",
+            sequence: "14",
+            data: good,
+        },
+    ];
+    let step = p.push(&records).expect("push");
+    let reasons: Vec<(&str, &str)> = step
+        .dead
+        .iter()
+        .map(|d| (d.sequence.as_str(), d.reason.as_str()))
+        .collect();
+    assert_eq!(reasons.len(), 4, "{reasons:?}");
+    assert!(reasons[0].1.contains("malformed JSON"), "{reasons:?}");
+    assert!(
+        reasons[1].1.contains("field `ts`") && reasons[1].1.contains("missing"),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons[2].1.contains("field `ts`") && reasons[2].1.contains("yesterday"),
+        "{reasons:?}"
+    );
+    assert!(reasons[3].1.contains("UTF-8"), "{reasons:?}");
+    assert_eq!(step.dead[0].to_json()["shard"], "s-1");
+    let rest = p.drain().expect("drain");
+    assert_eq!(rest.rows.num_rows(), 1, "the good record was applied");
+    assert_eq!(p.stats().dead, 4);
+}
+
+#[test]
+fn a_handed_off_state_continues_where_the_backfill_stopped() {
+    let plugin = plugin("txn_velocity");
+    let all = lockstep_gen::transactions(2_000, 30, 9);
+    let text = all.to_json_lines();
+    let lines: Vec<&str> = text.lines().collect();
+    let m = plugin.manifest().clone();
+    // Backfill the first events (those before T), stream the rest from its states.
+    let mut times: Vec<i64> = all.ts.clone();
+    times.sort_unstable();
+    let t = times[times.len() / 2];
+    let (mut before, mut after) = (Vec::new(), Vec::new());
+    for (line, ts) in lines.iter().zip(&all.ts) {
+        if *ts < t {
+            before.push(*line);
+        } else {
+            after.push(*line);
+        }
+    }
+    let mut states = StateMap::new();
+    let backfill = Executor::new(&plugin)
+        .expect("executor")
+        .run(
+            &decode_json_lines(&before.join("\n"), &m, None).expect("decode"),
+            &mut states,
+        )
+        .expect("backfill");
+    let mut p = StreamProcessor::new(
+        &plugin,
+        StreamConfig {
+            allowed_lateness: 10 * MINUTE,
+        },
+    )
+    .expect("processor")
+    .with_states(states);
+    let records: Vec<Record> = after
+        .iter()
+        .map(|l| Record {
+            shard: "s",
+            sequence: "0",
+            data: l.as_bytes(),
+        })
+        .collect();
+    let mut rows = vec![backfill.rows.clone()];
+    rows.push(p.push(&records).expect("push").rows);
+    rows.push(p.drain().expect("drain").rows);
+    let whole = Executor::new(&plugin)
+        .expect("executor")
+        .run(
+            &decode_json_lines(&text, &m, None).expect("decode"),
+            &mut StateMap::new(),
+        )
+        .expect("whole");
+    let c = compare(
+        &m.entity_key,
+        &canonical(&plugin, &rows),
+        &canonical(&plugin, &[whole.rows]),
+        10,
+    );
+    assert!(
+        c.identical(),
+        "{}",
+        c.render("backfill + stream", "one batch")
+    );
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, .. ProptestConfig::default() })]
+
+    /// Random events for any example plugin, a random arrival order within the allowed
+    /// lateness and random grouping: the stream equals the batch executor, row for row,
+    /// bit for bit.
+    #[test]
+    fn any_arrival_order_within_the_lateness_gives_zero_skew(
+        which in 0usize..3,
+        seed in any::<u64>(),
+        rows in 1usize..600,
+        entities in 1u64..40,
+        per_push in 1usize..300,
+    ) {
+        let (name, kind) = [
+            ("txn_velocity", lockstep_gen::Kind::Transactions),
+            ("churn_features", lockstep_gen::Kind::Logins),
+            ("clickstream_clean", lockstep_gen::Kind::Clicks),
+        ][which];
+        let plugin = plugin(name);
+        let text = lockstep_gen::events(kind, rows, entities, seed);
+        let lateness = 10 * MINUTE;
+        // Arrival: each event delayed by up to the allowed lateness after its time.
+        let mut rng = lockstep_gen::Rng::new(seed ^ 0xa11);
+        let mut arrivals: Vec<(i64, usize, &str)> = text
+            .lines()
+            .enumerate()
+            .map(|(i, l)| {
+                let ts = serde_json::from_str::<serde_json::Value>(l)
+                    .ok()
+                    .and_then(|v| v["ts"].as_i64())
+                    .unwrap_or(0);
+                (ts + rng.below(lateness as u64 + 1) as i64, i, l)
+            })
+            .collect();
+        arrivals.sort();
+        let lines: Vec<&str> = arrivals.iter().map(|(_, _, l)| *l).collect();
+        let (streamed, stats, late) = stream(&plugin, &lines, per_push, lateness);
+        prop_assert!(late.is_empty());
+        prop_assert_eq!(stats.events, rows as u64);
+        let m = plugin.manifest();
+        let batch = Executor::new(&plugin)
+            .expect("executor")
+            .run(&decode_json_lines(&text, m, None).expect("decode"), &mut StateMap::new())
+            .expect("run");
+        let c = compare(&m.entity_key, &canonical(&plugin, &streamed), &canonical(&plugin, &[batch.rows]), 5);
+        prop_assert!(c.identical(), "{name}: {}", c.render("stream", "batch"));
+    }
+}
