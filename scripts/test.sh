@@ -3,9 +3,10 @@
 # the pinned toolchain and its wasm32-wasip2 target (rustup does not add a listed
 # target to a toolchain that is already installed, so we ask explicitly).
 #
-# Checks, in order: formatting, clippy (warnings are errors), then every test of the
+# Checks, in order: formatting, clippy (warnings are errors), every test of the
 # workspace — unit tests, plugins built from source to components, sandbox tests,
-# CLI tests against the real binary.
+# CLI tests against the real binary, integration tests against real servers — then the
+# skew gate: `lockstep skew-check` over every golden set through Kinesis (moto).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -44,3 +45,22 @@ failed=$(grep -E '^test result:' /tmp/lockstep-test-$$.log | awk '{f += $6} END 
 rm -f /tmp/lockstep-test-$$.log
 echo
 echo "${passed} passed, ${failed} failed"
+
+step "skew gate: every golden set through Kinesis (a moto server on loopback), batch = stream"
+port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+python3 -m moto.server -H 127.0.0.1 -p "$port" >/dev/null 2>&1 &
+moto_pid=$!
+trap 'kill "$moto_pid" 2>/dev/null || true' EXIT
+for _ in $(seq 1 300); do
+  if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then break; fi
+  sleep 0.1
+done
+export AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing AWS_REGION=us-east-1
+cargo build -q -p lockstep --locked
+lockstep="${CARGO_TARGET_DIR:-target}/debug/lockstep"
+for set in golden/*/; do
+  name=$(basename "$set")
+  wasm=$("$lockstep" plugin build "plugins/$name" 2>/dev/null | head -n 1)
+  "$lockstep" skew-check --plugin "$wasm" --events "golden/$name/events.jsonl" \
+    --kinesis-endpoint "http://127.0.0.1:$port" --kinesis-shards 2 --shuffle-seed 1
+done

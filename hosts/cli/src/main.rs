@@ -59,6 +59,13 @@ enum Command {
         /// Print one JSON object instead of text.
         #[arg(long)]
         json: bool,
+        /// Send the stream side through Kinesis at this endpoint (a fresh stream is
+        /// created and deleted; credentials and region from the AWS environment).
+        #[arg(long)]
+        kinesis_endpoint: Option<String>,
+        /// Shards of that stream.
+        #[arg(long, default_value_t = 2)]
+        kinesis_shards: i32,
         #[command(flatten)]
         runtime: RuntimeArgs,
     },
@@ -344,6 +351,8 @@ fn main() {
             shuffle_seed,
             against,
             json,
+            kinesis_endpoint,
+            kinesis_shards,
             runtime,
         } => runtime.runtime().and_then(|runtime| {
             let args = skew::SkewArgs {
@@ -353,6 +362,8 @@ fn main() {
                 allowed_lateness,
                 shuffle_seed,
                 json,
+                kinesis_endpoint,
+                kinesis_shards,
             };
             match skew::run(&args, &runtime)? {
                 true => Ok(()),

@@ -35,6 +35,10 @@ pub struct SkewArgs {
     pub shuffle_seed: Option<u64>,
     /// Print one JSON object instead of text.
     pub json: bool,
+    /// Send the stream side through Kinesis at this endpoint (else in-process).
+    pub kinesis_endpoint: Option<String>,
+    /// Shards of the Kinesis stream the check creates.
+    pub kinesis_shards: i32,
 }
 
 /// Arrival order of `lines`: file order, or with `seed` each event delayed by a random
@@ -95,6 +99,7 @@ pub(crate) fn stream_rows(
                 shard: "in-process",
                 sequence: &sequences[i],
                 data: lines[i].1.as_bytes(),
+                partition_key: None,
             })
             .collect();
         let out = processor.push(&records)?;
@@ -122,6 +127,137 @@ pub(crate) fn stream_rows(
         late,
         duplicates: processor.stats().duplicates,
         millis,
+    })
+}
+
+/// Streams the events through a real Kinesis stream: a fresh stream with `shards`
+/// shards, the records put in arrival order keyed by entity, read back shard by shard
+/// in lineage order into one processor per shard. The stream is deleted afterwards.
+fn stream_rows_kinesis(
+    plugin: &Plugin,
+    lines: &[(usize, &str)],
+    keys: &[String],
+    order: &[usize],
+    lateness: i64,
+    endpoint: &str,
+    shards: i32,
+) -> Result<Streamed> {
+    use lockstep_kinesis::{Kinesis, KinesisOptions, LineageReader, ShardEvent};
+    use lockstep_stream::{ShardSpec, ShardedProcessor};
+    let tokio = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    tokio.block_on(async {
+        let kinesis = Kinesis::connect(&KinesisOptions {
+            endpoint: Some(endpoint.to_owned()),
+            ..KinesisOptions::default()
+        })
+        .await;
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        let stream = format!("lockstep-skew-check-{}-{nanos}", std::process::id());
+        kinesis
+            .create_stream(&stream, shards.max(1))
+            .await
+            .with_context(|| format!("creating Kinesis stream {stream} at {endpoint}"))?;
+        let result = async {
+            let records: Vec<(String, Vec<u8>)> = order
+                .iter()
+                .map(|&i| (keys[i].clone(), lines[i].1.as_bytes().to_vec()))
+                .collect();
+            kinesis.put_ordered(&stream, &records).await?;
+            let started = Instant::now();
+            let mut processor = ShardedProcessor::new(
+                plugin,
+                StreamConfig {
+                    allowed_lateness: lateness,
+                },
+            );
+            let mut reader = LineageReader::new(&kinesis, &stream);
+            let mut batches = Vec::new();
+            let mut late = Vec::new();
+            let mut received = 0usize;
+            let mut idle_rounds = 0;
+            while received < records.len() || !reader.caught_up() {
+                let events = reader.poll(1_000).await?;
+                if events.is_empty() {
+                    idle_rounds += 1;
+                    if idle_rounds > 100 {
+                        bail!(
+                            "only {received} of {} records came back from Kinesis stream {stream}",
+                            records.len()
+                        );
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                    continue;
+                }
+                idle_rounds = 0;
+                for event in events {
+                    match event {
+                        ShardEvent::Opened(info) => processor.open(ShardSpec {
+                            id: info.id,
+                            parents: info.parents,
+                            hash_range: info.hash_range,
+                        })?,
+                        ShardEvent::Records(shard, records) => {
+                            received += records.len();
+                            let batch: Vec<Record> = records
+                                .iter()
+                                .map(|r| Record {
+                                    shard: &shard,
+                                    sequence: &r.sequence,
+                                    data: &r.data,
+                                    partition_key: Some(&r.partition_key),
+                                })
+                                .collect();
+                            let step = processor.push(&shard, &batch)?;
+                            if let Some(dead) = step.dead.first() {
+                                bail!(
+                                    "the stream host could not read record {} of {}: {}",
+                                    dead.sequence,
+                                    dead.shard,
+                                    dead.reason
+                                );
+                            }
+                            late.extend(step.late);
+                            batches.push(step.rows);
+                        }
+                        ShardEvent::Ended(shard) => processor.close(&shard)?,
+                    }
+                }
+            }
+            batches.push(processor.drain()?.rows);
+            let millis = started.elapsed().as_secs_f64() * 1e3;
+            // Late events name Kinesis sequence numbers; map them back to lines.
+            let by_text: std::collections::HashMap<&str, usize> =
+                lines.iter().map(|(n, l)| (l.trim_end(), *n)).collect();
+            for l in &mut late {
+                if let Some(n) = by_text.get(l.record.as_str()) {
+                    l.sequence = n.to_string();
+                }
+            }
+            let columns: Vec<String> = row_schema(plugin.manifest())
+                .fields()
+                .iter()
+                .map(|f| f.name().clone())
+                .collect();
+            let mut rows = rows_of(&batches, &columns);
+            canonical_order(&mut rows, &plugin.manifest().entity_key);
+            Ok(Streamed {
+                rows,
+                late,
+                duplicates: processor.stats().duplicates,
+                millis,
+            })
+        }
+        .await;
+        // Best effort: a stream left behind costs nothing on a local server.
+        let _ = kinesis.delete_stream(&stream).await;
+        result
     })
 }
 
@@ -174,7 +310,31 @@ pub fn run(args: &SkewArgs, runtime: &Runtime) -> Result<bool> {
             .to_vec()
     };
     let order = arrival_order(&times, args.shuffle_seed, args.allowed_lateness);
-    let streamed = stream_rows(&stream_plugin, &lines, &order, args.allowed_lateness)?;
+    let streamed = match &args.kinesis_endpoint {
+        None => stream_rows(&stream_plugin, &lines, &order, args.allowed_lateness)?,
+        Some(endpoint) => {
+            let key_index = m
+                .input_index(&m.entity_key)
+                .context("the manifest has no entity-key field")?;
+            let column = decoded.column(key_index);
+            let keys: Vec<String> = (0..decoded.num_rows())
+                .map(|row| {
+                    lockstep_core::executor::EntityKey::from_array(column.as_ref(), row)
+                        .map(|k| k.to_string())
+                        .unwrap_or_default()
+                })
+                .collect();
+            stream_rows_kinesis(
+                &stream_plugin,
+                &lines,
+                &keys,
+                &order,
+                args.allowed_lateness,
+                endpoint,
+                args.kinesis_shards,
+            )?
+        }
+    };
 
     // The batch side reads the same events less the late ones, from a file.
     let late_lines: std::collections::HashSet<&str> =
@@ -198,10 +358,17 @@ pub fn run(args: &SkewArgs, runtime: &Runtime) -> Result<bool> {
     let batch_ms = started.elapsed().as_secs_f64() * 1e3;
 
     let c = compare(&m.entity_key, &batch, &streamed.rows, 20);
-    let arrival = match args.shuffle_seed {
+    let mut arrival = match args.shuffle_seed {
         Some(seed) => format!("shuffled (seed {seed})"),
         None => "file order".to_owned(),
     };
+    match &args.kinesis_endpoint {
+        Some(endpoint) => arrival.push_str(&format!(
+            ", through Kinesis at {endpoint} ({} shards)",
+            args.kinesis_shards
+        )),
+        None => arrival.push_str(", in-process"),
+    }
     let lateness = humantime::format_duration(std::time::Duration::from_micros(
         args.allowed_lateness.max(0) as u64,
     ));

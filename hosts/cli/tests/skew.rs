@@ -209,3 +209,38 @@ fn malformed_events_and_failing_plugins_never_pass() {
         text(&out.stderr)
     );
 }
+
+#[test]
+fn through_kinesis_every_golden_set_has_zero_skew() {
+    let moto = lockstep_testkit::Moto::start();
+    for name in ["txn_velocity", "churn_features", "clickstream_clean"] {
+        let wasm = plugin(name);
+        let events = repo("golden").join(name).join("events.jsonl");
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_lockstep"))
+            .args([
+                "skew-check",
+                "--plugin",
+                s(&wasm),
+                "--events",
+                s(&events),
+                "--kinesis-endpoint",
+                &moto.endpoint(),
+                "--kinesis-shards",
+                "3",
+                "--shuffle-seed",
+                "11",
+            ])
+            .envs(moto.env())
+            .output()
+            .expect("run lockstep");
+        let stdout = text(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{name}:\n{stdout}\n{}",
+            text(&out.stderr)
+        );
+        assert!(stdout.contains("batch = stream ✓"), "{stdout}");
+        assert!(stdout.contains("through Kinesis at"), "{stdout}");
+        assert!(stdout.contains("0 late events"), "{stdout}");
+    }
+}

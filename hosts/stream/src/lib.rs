@@ -16,8 +16,10 @@
 //! It does no I/O: sources (Kinesis, in-process), stores and logs plug in around it.
 
 mod processor;
+pub mod shards;
 
-pub use processor::{Step, StreamConfig, StreamProcessor, StreamStats};
+pub use processor::{ShardState, Step, StreamConfig, StreamProcessor, StreamStats};
+pub use shards::{ShardSpec, ShardedProcessor, partition_hash};
 
 use serde_json::json;
 use thiserror::Error;
@@ -31,6 +33,9 @@ pub struct Record<'a> {
     pub sequence: &'a str,
     /// The payload: one JSON object in the plugin's input schema.
     pub data: &'a [u8],
+    /// The key the producer sharded it by, when the source has one: it must be the
+    /// entity key, or the entity's events could be spread over shards.
+    pub partition_key: Option<&'a str>,
 }
 
 /// A record that could not be decoded: kept with where it came from and why.

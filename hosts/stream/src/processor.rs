@@ -100,7 +100,126 @@ pub struct StreamProcessor {
     id_col: Option<usize>,
 }
 
+/// What a processor holds for its shard: per-entity states, the events still in the
+/// reorder buffer, the latest event time seen and the identities a late redelivery may
+/// repeat. It moves with the shard's entities when the shard is split or merged, so
+/// that the next shard goes on exactly where this one stopped.
+#[derive(Debug, Default)]
+pub struct ShardState {
+    states: StateMap,
+    buffer: Vec<RecordBatch>,
+    max_seen: Option<i64>,
+    taken: BTreeMap<i64, Vec<(EntityKey, u128)>>,
+}
+
+impl ShardState {
+    /// Entities with state or buffered events.
+    pub fn is_empty(&self) -> bool {
+        self.states.is_empty() && self.buffer.iter().all(|b| b.num_rows() == 0)
+    }
+
+    /// Takes out the part of this state that belongs to the entities `belongs` selects
+    /// (`key_col`: the entity key's input column). The latest event time seen is
+    /// shared: it is a property of the stream so far, not of an entity.
+    pub fn take_entities(
+        &mut self,
+        key_col: usize,
+        belongs: impl Fn(&EntityKey) -> bool,
+    ) -> Result<ShardState, StreamError> {
+        let mut out = ShardState {
+            max_seen: self.max_seen,
+            ..ShardState::default()
+        };
+        let keys: Vec<EntityKey> = self.states.keys().filter(|k| belongs(k)).cloned().collect();
+        for key in keys {
+            if let Some(state) = self.states.remove(&key) {
+                out.states.insert(key, state);
+            }
+        }
+        let mut rest = Vec::new();
+        for batch in self.buffer.drain(..) {
+            let column = batch.column(key_col);
+            let mask: BooleanArray = (0..batch.num_rows())
+                .map(|row| {
+                    Some(EntityKey::from_array(column.as_ref(), row).is_some_and(|k| belongs(&k)))
+                })
+                .collect();
+            let others: BooleanArray = mask.iter().map(|m| Some(m != Some(true))).collect();
+            out.buffer.push(filter_record_batch(&batch, &mask)?);
+            rest.push(filter_record_batch(&batch, &others)?);
+        }
+        self.buffer = rest;
+        for (time, ids) in self.taken.iter_mut() {
+            let (mine, theirs): (Vec<_>, Vec<_>) = ids.drain(..).partition(|(k, _)| belongs(k));
+            *ids = theirs;
+            if !mine.is_empty() {
+                out.taken.insert(*time, mine);
+            }
+        }
+        self.taken.retain(|_, ids| !ids.is_empty());
+        Ok(out)
+    }
+
+    /// Adds `other` (another shard's entities) to this state.
+    pub fn merge(&mut self, other: ShardState) {
+        self.states.extend(other.states);
+        self.buffer.extend(other.buffer);
+        self.max_seen = match (self.max_seen, other.max_seen) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        };
+        for (time, ids) in other.taken {
+            self.taken.entry(time).or_default().extend(ids);
+        }
+    }
+
+    /// A state holding only per-entity states (a backfill's hand-off).
+    pub fn from_states(states: StateMap) -> Self {
+        ShardState {
+            states,
+            ..ShardState::default()
+        }
+    }
+}
+
 impl StreamProcessor {
+    /// A processor that goes on from `state` (a shard's parents', or a checkpoint).
+    pub fn resume(
+        plugin: &Plugin,
+        config: StreamConfig,
+        state: ShardState,
+    ) -> Result<Self, StreamError> {
+        let mut p = Self::new(plugin, config)?;
+        p.buffered = state.buffer.iter().map(RecordBatch::num_rows).sum();
+        p.buffer = state
+            .buffer
+            .into_iter()
+            .filter(|b| b.num_rows() > 0)
+            .collect();
+        p.states = state.states;
+        p.max_seen = state.max_seen;
+        for ids in state.taken.values() {
+            p.taken_set.extend(ids.iter().cloned());
+        }
+        p.taken = state.taken;
+        Ok(p)
+    }
+
+    /// Ends this processor, keeping everything it holds for whoever goes on.
+    pub fn into_shard_state(self) -> ShardState {
+        ShardState {
+            states: self.states,
+            buffer: self.buffer,
+            max_seen: self.max_seen,
+            taken: self.taken,
+        }
+    }
+
+    /// The input column of the entity key.
+    pub fn key_column(&self) -> usize {
+        self.key_col
+    }
+
     /// A processor running a fresh instance of `plugin`, every entity without state.
     pub fn new(plugin: &Plugin, config: StreamConfig) -> Result<Self, StreamError> {
         let manifest = plugin.manifest().clone();
@@ -204,6 +323,21 @@ impl StreamProcessor {
             let watermark = self.watermark();
             let key = EntityKey::from_array(keys.as_ref(), row)
                 .ok_or_else(|| StreamError::Manifest("unsupported entity key type".into()))?;
+            if let Some(partition_key) = record.partition_key
+                && partition_key != key.to_string()
+            {
+                keep.push(false);
+                self.stats.events -= 1;
+                self.stats.dead += 1;
+                dead.push(DeadLetter::of(
+                    record,
+                    format!(
+                        "partition key `{partition_key}` is not the entity key `{key}`: \
+                         an entity's events must share a shard to be applied in order"
+                    ),
+                ));
+                continue;
+            }
             let id = event_id(&events, self.id_col, row, content_hash(&events, row));
             match watermark {
                 Some(w) if time < w => {

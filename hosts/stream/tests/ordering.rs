@@ -79,6 +79,7 @@ fn stream(
                 shard: "shard-0",
                 sequence: seq,
                 data: line.as_bytes(),
+                partition_key: None,
             })
             .collect();
         let step = p.push(&records).expect("push");
@@ -166,26 +167,37 @@ fn bad_records_become_dead_letters_and_the_stream_goes_on() {
             shard: "s-1",
             sequence: "10",
             data: b"{not json",
+            partition_key: None,
         },
         Record {
             shard: "s-1",
             sequence: "11",
             data: br#"{"card_id":"c","amount":2.0,"merchant":"m"}"#,
+            partition_key: None,
         },
         Record {
             shard: "s-1",
             sequence: "12",
             data: br#"{"card_id":"c","ts":"yesterday","amount":2.0,"merchant":"m"}"#,
+            partition_key: None,
         },
         Record {
             shard: "s-1",
             sequence: "13",
             data: &[0xff, 0xfe],
+            partition_key: None,
         },
         Record {
             shard: "s-1",
             sequence: "14",
             data: good,
+            partition_key: Some("another-card"),
+        },
+        Record {
+            shard: "s-1",
+            sequence: "15",
+            data: good,
+            partition_key: Some("c"),
         },
     ];
     let step = p.push(&records).expect("push");
@@ -194,7 +206,7 @@ fn bad_records_become_dead_letters_and_the_stream_goes_on() {
         .iter()
         .map(|d| (d.sequence.as_str(), d.reason.as_str()))
         .collect();
-    assert_eq!(reasons.len(), 4, "{reasons:?}");
+    assert_eq!(reasons.len(), 5, "{reasons:?}");
     assert!(reasons[0].1.contains("malformed JSON"), "{reasons:?}");
     assert!(
         reasons[1].1.contains("field `ts`") && reasons[1].1.contains("missing"),
@@ -205,10 +217,17 @@ fn bad_records_become_dead_letters_and_the_stream_goes_on() {
         "{reasons:?}"
     );
     assert!(reasons[3].1.contains("UTF-8"), "{reasons:?}");
+    assert!(
+        reasons[4].0 == "14"
+            && reasons[4]
+                .1
+                .contains("partition key `another-card` is not the entity key `c`"),
+        "{reasons:?}"
+    );
     assert_eq!(step.dead[0].to_json()["shard"], "s-1");
     let rest = p.drain().expect("drain");
     assert_eq!(rest.rows.num_rows(), 1, "the good record was applied");
-    assert_eq!(p.stats().dead, 4);
+    assert_eq!(p.stats().dead, 5);
 }
 
 #[test]
@@ -252,6 +271,7 @@ fn a_handed_off_state_continues_where_the_backfill_stopped() {
             shard: "s",
             sequence: "0",
             data: l.as_bytes(),
+            partition_key: None,
         })
         .collect();
     let mut rows = vec![backfill.rows.clone()];
@@ -325,4 +345,127 @@ proptest! {
         let c = compare(&m.entity_key, &canonical(&plugin, &streamed), &canonical(&plugin, &[batch.rows]), 5);
         prop_assert!(c.identical(), "{name}: {}", c.render("stream", "batch"));
     }
+}
+
+/// Records routed as Kinesis routes them: by the MD5 of the partition key (the entity).
+fn route<'a>(lines: &[&'a str], specs: &[lockstep_stream::ShardSpec]) -> Vec<Vec<&'a str>> {
+    let mut out = vec![Vec::new(); specs.len()];
+    for line in lines {
+        let v: serde_json::Value = serde_json::from_str(line).expect("json");
+        let h = lockstep_stream::partition_hash(v["card_id"].as_str().unwrap_or(""));
+        let i = specs
+            .iter()
+            .position(|s| s.hash_range.0 <= h && h <= s.hash_range.1)
+            .expect("a shard holds every hash");
+        out[i].push(*line);
+    }
+    out
+}
+
+#[test]
+fn resharding_keeps_every_entity_in_order_and_applies_each_event_once() {
+    use lockstep_stream::{ShardSpec, ShardedProcessor};
+    let plugin = plugin("txn_velocity");
+    let events = lockstep_gen::transactions(3_000, 80, 21);
+    let text = events.to_json_lines();
+    let lateness = 10 * MINUTE;
+    let mut rng = lockstep_gen::Rng::new(77);
+    let mut arrivals: Vec<(i64, &str)> = text
+        .lines()
+        .zip(&events.ts)
+        .map(|(l, t)| (t + rng.below(lateness as u64 + 1) as i64, l))
+        .collect();
+    arrivals.sort();
+    let lines: Vec<&str> = arrivals.iter().map(|(_, l)| *l).collect();
+    let (first, second, third) = (&lines[..1_000], &lines[1_000..2_000], &lines[2_000..]);
+    let mid = u128::MAX / 3;
+    let root = ShardSpec {
+        id: "s0".into(),
+        parents: vec![],
+        hash_range: (0, u128::MAX),
+    };
+    let left = ShardSpec {
+        id: "s1".into(),
+        parents: vec!["s0".into()],
+        hash_range: (0, mid),
+    };
+    let right = ShardSpec {
+        id: "s2".into(),
+        parents: vec!["s0".into()],
+        hash_range: (mid + 1, u128::MAX),
+    };
+    let merged = ShardSpec {
+        id: "s3".into(),
+        parents: vec!["s1".into(), "s2".into()],
+        hash_range: (0, u128::MAX),
+    };
+    let mut p = ShardedProcessor::new(
+        &plugin,
+        StreamConfig {
+            allowed_lateness: lateness,
+        },
+    );
+    let mut rows = Vec::new();
+    let mut push = |p: &mut ShardedProcessor, shard: &str, lines: &[&str]| {
+        for chunk in lines.chunks(64) {
+            let keys: Vec<String> = chunk
+                .iter()
+                .map(|l| {
+                    let v: serde_json::Value = serde_json::from_str(l).expect("json");
+                    v["card_id"].as_str().unwrap_or("").to_owned()
+                })
+                .collect();
+            let recs: Vec<Record> = chunk
+                .iter()
+                .zip(&keys)
+                .map(|(l, k)| Record {
+                    shard,
+                    sequence: "0",
+                    data: l.as_bytes(),
+                    partition_key: Some(k),
+                })
+                .collect();
+            let step = p.push(shard, &recs).expect("push");
+            assert!(
+                step.late.is_empty() && step.dead.is_empty(),
+                "{:?} {:?}",
+                step.late,
+                step.dead
+            );
+            rows.push(step.rows);
+        }
+    };
+    // The first third through the root shard, then a split: the root is read to its
+    // end before its children, which are read one after the other (a child lags).
+    p.open(root).expect("open");
+    push(&mut p, "s0", first);
+    p.close("s0").expect("close");
+    p.open(left.clone()).expect("open");
+    p.open(right.clone()).expect("open");
+    let halves = route(second, &[left, right]);
+    push(&mut p, "s1", &halves[0]);
+    push(&mut p, "s2", &halves[1]);
+    // Then the two merge back.
+    p.close("s1").expect("close");
+    p.close("s2").expect("close");
+    p.open(merged).expect("open");
+    push(&mut p, "s3", third);
+    rows.push(p.drain().expect("drain").rows);
+    assert_eq!(p.stats().events, 3_000);
+
+    let m = plugin.manifest();
+    let batch = Executor::new(&plugin)
+        .expect("executor")
+        .run(
+            &decode_json_lines(&text, m, None).expect("decode"),
+            &mut StateMap::new(),
+        )
+        .expect("run");
+    let c = compare(
+        &m.entity_key,
+        &canonical(&plugin, &rows),
+        &canonical(&plugin, &[batch.rows]),
+        10,
+    );
+    assert!(c.identical(), "{}", c.render("resharded stream", "batch"));
 }
