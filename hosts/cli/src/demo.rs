@@ -1,14 +1,15 @@
 //! `lockstep demo`: the first thing a new user runs. On embedded defaults, with no
 //! servers: builds the example plugins from source, generates events, backfills the
 //! offline store with the batch host, streams the same events through the stream host
-//! in a shuffled arrival order, checks that both produced the same rows bit for bit,
-//! and shows a few entities' latest features.
+//! in a shuffled arrival order into the embedded online store, checks that both hosts
+//! produced the same rows bit for bit, and reads a few entities back.
 
 use crate::golden::backfill;
 use crate::skew::{arrival_order, stream_rows};
 use anyhow::{Context, Result, ensure};
 use lockstep_core::compare::{Row, compare};
 use lockstep_core::decode::decode_json_lines;
+use lockstep_online::{EmbeddedStore, GroupRef, OnlineStore, PutSummary};
 use lockstep_runtime::{Runtime, RuntimeConfig};
 use std::path::PathBuf;
 use std::time::Instant;
@@ -22,6 +23,13 @@ fn plugins_dir() -> PathBuf {
         return here;
     }
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../plugins")
+}
+
+fn now_micros() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or(0)
 }
 
 fn ms(since: Instant) -> f64 {
@@ -53,6 +61,8 @@ pub fn run(events: usize) -> Result<()> {
     let _ = std::fs::remove_dir_all(&work);
     std::fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
     let offline = work.join("offline-store");
+    let online_dir = work.join("online-store");
+    let online = EmbeddedStore::open(&online_dir)?;
     println!(
         "Lockstep demo: {events} generated events per plugin, embedded defaults, no servers.\n\
          Working in {}\n",
@@ -153,7 +163,20 @@ pub fn run(events: usize) -> Result<()> {
         );
         total_rows += c.left_rows;
 
-        // The latest row of the busiest entities: what serving will hand a model.
+        // The stream's rows keep the online store current: the latest row per entity.
+        let group = GroupRef {
+            name: m.name.clone(),
+            version: m.version.clone(),
+            plugin_hash: plugin.hash().to_owned(),
+            entity_key: m.entity_key.clone(),
+        };
+        let started = Instant::now();
+        let mut written = PutSummary::default();
+        for batch in &streamed.batches {
+            let s = online.put(&group, batch, now_micros())?;
+            written.written += s.written;
+            written.stale += s.stale;
+        }
         let mut latest: Vec<&Row> = Vec::new();
         for row in &streamed.rows {
             match latest.last() {
@@ -165,17 +188,36 @@ pub fn run(events: usize) -> Result<()> {
                 _ => latest.push(row),
             }
         }
-        for row in latest.iter().take(2) {
+        println!(
+            "  online store {} entities current in {} ({} writes, {:.0} ms)",
+            latest.len(),
+            online_dir.display(),
+            written.written,
+            ms(started)
+        );
+        // Read a few back, as serving will, and check them against the stream's rows.
+        let keys: Vec<String> = latest
+            .iter()
+            .take(2)
+            .map(|row| match row.get(&m.entity_key) {
+                Some(serde_json::Value::String(s)) => s.clone(),
+                Some(other) => other.to_string(),
+                None => String::new(),
+            })
+            .collect();
+        for (record, expected) in online.get(&group, &keys)?.into_iter().zip(&latest) {
+            let record = record.context("an entity the stream wrote is missing online")?;
+            ensure!(
+                &record.row == *expected,
+                "{name}: the online record differs from the stream's latest row"
+            );
+            let field = |f: &str| record.row.get(f).map(|v| v.to_string()).unwrap_or_default();
             println!(
-                "  latest       {} {} @ {}: {}",
+                "  read back    {} {} @ {}: {}",
                 m.entity_key,
-                row.get(&m.entity_key)
-                    .map(|v| v.to_string())
-                    .unwrap_or_default(),
-                row.get("event_time")
-                    .map(|v| v.to_string())
-                    .unwrap_or_default(),
-                short(row, 2)
+                field(&m.entity_key),
+                field("event_time"),
+                short(&record.row, 2)
             );
         }
         println!();

@@ -67,6 +67,8 @@ pub(crate) fn arrival_order(times: &[i64], seed: Option<u64>, lateness: i64) -> 
 pub(crate) struct Streamed {
     /// Its rows, in canonical order.
     pub rows: Vec<Row>,
+    /// The same rows as emitted, batch by batch.
+    pub batches: Vec<arrow_array::RecordBatch>,
     /// Events that arrived behind the watermark.
     pub late: Vec<LateEvent>,
     /// Duplicates dropped.
@@ -124,6 +126,7 @@ pub(crate) fn stream_rows(
     canonical_order(&mut rows, &plugin.manifest().entity_key);
     Ok(Streamed {
         rows,
+        batches,
         late,
         duplicates: processor.stats().duplicates,
         millis,
@@ -249,6 +252,7 @@ fn stream_rows_kinesis(
             canonical_order(&mut rows, &plugin.manifest().entity_key);
             Ok(Streamed {
                 rows,
+                batches,
                 late,
                 duplicates: processor.stats().duplicates,
                 millis,

@@ -258,3 +258,24 @@ fn generated_events_run_and_malformed_ones_are_all_rejected() {
         "{summary}"
     );
 }
+
+#[test]
+fn the_demo_backfills_streams_checks_skew_and_reads_entities_back() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_lockstep"))
+        .args(["demo", "--events", "3000"])
+        .env("TMPDIR", tmp.path())
+        .output()
+        .expect("run the demo");
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", text(&out.stderr));
+    for plugin in ["txn_velocity", "churn_features", "clickstream_clean"] {
+        assert!(stdout.contains(&format!("▸ {plugin}@")), "{stdout}");
+    }
+    assert_eq!(stdout.matches("batch = stream ✓").count(), 3, "{stdout}");
+    assert_eq!(stdout.matches("  read back ").count(), 6, "{stdout}");
+    assert!(stdout.contains("Zero skew:"), "{stdout}");
+    let work = tmp.path().join("lockstep-demo");
+    assert!(work.join("online-store/online.redb").is_file());
+    assert!(work.join("offline-store/txn_velocity").is_dir());
+}

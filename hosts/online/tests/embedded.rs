@@ -1,0 +1,154 @@
+//! The embedded online store keeps the latest row per entity, durably, whatever the
+//! order rows arrive in, and only for the component bound to the group.
+
+use arrow_array::{ArrayRef, Float64Array, RecordBatch, StringArray, TimestampMicrosecondArray};
+use arrow_schema::{DataType, Field, Schema, TimeUnit};
+use lockstep_online::{EmbeddedStore, GroupRef, OnlineError, OnlineStore};
+use proptest::prelude::*;
+use std::sync::Arc;
+
+fn group(hash: &str) -> GroupRef {
+    GroupRef {
+        name: "g".into(),
+        version: "1.0.0".into(),
+        plugin_hash: hash.into(),
+        entity_key: "id".into(),
+    }
+}
+
+fn rows(data: &[(&str, i64, f64)]) -> RecordBatch {
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("id", DataType::Utf8, false),
+        Field::new(
+            "event_time",
+            DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+            false,
+        ),
+        Field::new("x", DataType::Float64, true),
+    ]));
+    let columns: Vec<ArrayRef> = vec![
+        Arc::new(StringArray::from_iter_values(data.iter().map(|d| d.0))),
+        Arc::new(
+            TimestampMicrosecondArray::from_iter_values(data.iter().map(|d| d.1))
+                .with_timezone("UTC"),
+        ),
+        Arc::new(Float64Array::from_iter_values(data.iter().map(|d| d.2))),
+    ];
+    RecordBatch::try_new(schema, columns).expect("batch")
+}
+
+fn x_of(store: &EmbeddedStore, key: &str) -> Option<(i64, String)> {
+    store
+        .get(&group("h1"), &[key.to_owned()])
+        .expect("get")
+        .pop()
+        .flatten()
+        .map(|r| (r.event_time, r.row["x"].to_string()))
+}
+
+#[test]
+fn the_latest_row_wins_and_an_older_one_never_overwrites_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = EmbeddedStore::open(dir.path()).expect("open");
+    let g = group("h1");
+    let s = store
+        .put(
+            &g,
+            &rows(&[("a", 10, 1.0), ("a", 20, 2.0), ("b", 5, -0.0)]),
+            100,
+        )
+        .expect("put");
+    assert_eq!((s.written, s.stale), (3, 0));
+    assert_eq!(x_of(&store, "a"), Some((20, "2.0".into())));
+    // Older: ignored. Same instant: replaces (the later emitted row).
+    let s = store.put(&g, &rows(&[("a", 15, 9.0)]), 101).expect("put");
+    assert_eq!((s.written, s.stale), (0, 1));
+    store.put(&g, &rows(&[("a", 20, 3.5)]), 102).expect("put");
+    assert_eq!(x_of(&store, "a"), Some((20, "3.5".into())));
+    // Exact values survive the round trip.
+    assert_eq!(x_of(&store, "b"), Some((5, "-0.0".into())));
+    // Replaying the same rows changes nothing.
+    store.put(&g, &rows(&[("a", 20, 3.5)]), 103).expect("put");
+    assert_eq!(x_of(&store, "a"), Some((20, "3.5".into())));
+    assert_eq!(x_of(&store, "nobody"), None);
+}
+
+#[test]
+fn records_survive_a_reopen_and_deletes_remove_them() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        let store = EmbeddedStore::open(dir.path()).expect("open");
+        store
+            .put(&group("h1"), &rows(&[("a", 1, 1.0), ("b", 2, 2.0)]), 7)
+            .expect("put");
+    }
+    let store = EmbeddedStore::open(dir.path()).expect("reopen");
+    let got = store
+        .get(&group("h1"), &["b".into(), "a".into(), "c".into()])
+        .expect("get");
+    assert_eq!(got[0].as_ref().map(|r| r.write_time), Some(7));
+    assert_eq!(got[1].as_ref().map(|r| r.event_time), Some(1));
+    assert!(got[2].is_none());
+    assert!(store.delete(&group("h1"), "a").expect("delete"));
+    assert!(!store.delete(&group("h1"), "a").expect("delete again"));
+    assert_eq!(x_of(&store, "a"), None);
+}
+
+#[test]
+fn another_component_cannot_write_a_bound_group_version() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = EmbeddedStore::open(dir.path()).expect("open");
+    store
+        .put(&group("h1"), &rows(&[("a", 1, 1.0)]), 1)
+        .expect("put");
+    let err = store
+        .put(&group("h2"), &rows(&[("a", 2, 2.0)]), 2)
+        .expect_err("another hash");
+    assert!(matches!(err, OnlineError::OtherPlugin { .. }), "{err}");
+    assert!(err.to_string().contains("g@1.0.0") && err.to_string().contains("h2"));
+    assert_eq!(
+        x_of(&store, "a"),
+        Some((1, "1.0".into())),
+        "nothing written"
+    );
+    // Rows without the key column are refused whole.
+    let bad = rows(&[("a", 3, 3.0)]).project(&[1, 2]).expect("project");
+    assert!(store.put(&group("h1"), &bad, 3).is_err());
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 32, .. ProptestConfig::default() })]
+
+    /// Rows with distinct times per entity, put in any order and any grouping: the
+    /// store ends with each entity's latest row.
+    #[test]
+    fn any_put_order_ends_with_the_latest_row(
+        times in proptest::collection::vec((0usize..5, 0i64..1_000), 1..60),
+        seed in any::<u64>(),
+        groups in 1usize..6,
+    ) {
+        let keys = ["k0", "k1", "k2", "k3", "k4"];
+        let mut seen = std::collections::HashSet::new();
+        let data: Vec<(&str, i64, f64)> = times
+            .into_iter()
+            .filter(|(k, t)| seen.insert((*k, *t)))
+            .map(|(k, t)| (keys[k], t, t as f64 * 0.5))
+            .collect();
+        let mut order: Vec<usize> = (0..data.len()).collect();
+        let mut s = seed;
+        for i in (1..order.len()).rev() {
+            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            order.swap(i, (s >> 33) as usize % (i + 1));
+        }
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = EmbeddedStore::open(dir.path()).expect("open");
+        for chunk in order.chunks(order.len().div_ceil(groups)) {
+            let part: Vec<(&str, i64, f64)> = chunk.iter().map(|&i| data[i]).collect();
+            store.put(&group("h1"), &rows(&part), 0).expect("put");
+        }
+        for key in keys {
+            let latest = data.iter().filter(|d| d.0 == key).map(|d| d.1).max();
+            prop_assert_eq!(x_of(&store, key).map(|r| r.0), latest);
+        }
+    }
+}
