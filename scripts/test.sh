@@ -10,7 +10,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-step() { printf '\n==> %s\n' "$*"; }
+# Each step says when it starts (seconds since the script began): CI has a time limit.
+step() { printf '\n==> [%ss] %s\n' "$SECONDS" "$*"; }
 
 channel=$(sed -n 's/^channel = "\(.*\)"/\1/p' rust-toolchain.toml)
 step "toolchain: ${channel} with wasm32-wasip2"
@@ -64,3 +65,5 @@ for set in golden/*/; do
   "$lockstep" skew-check --plugin "$wasm" --events "golden/$name/events.jsonl" \
     --kinesis-endpoint "http://127.0.0.1:$port" --kinesis-shards 2 --shuffle-seed 1
 done
+echo
+echo "all checks passed in ${SECONDS}s"
