@@ -61,7 +61,10 @@ cargo build -q -p lockstep --locked
 lockstep="${CARGO_TARGET_DIR:-target}/debug/lockstep"
 for set in golden/*/; do
   name=$(basename "$set")
-  wasm=$("$lockstep" plugin build "plugins/$name" 2>/dev/null | head -n 1)
+  # The first line of `plugin build` is the component's path (no pipe into head: the
+  # writer would see a closed pipe).
+  built=$("$lockstep" plugin build "plugins/$name" 2>/dev/null)
+  wasm=${built%%$'\n'*}
   "$lockstep" skew-check --plugin "$wasm" --events "golden/$name/events.jsonl" \
     --kinesis-endpoint "http://127.0.0.1:$port" --kinesis-shards 2 --shuffle-seed 1
 done
