@@ -316,6 +316,21 @@ enum PluginCommand {
 }
 
 fn main() {
+    // A reader that stops early (`lockstep … | head`) closes the pipe; printing then
+    // fails, and there is nothing left to say: end quietly instead of with a panic.
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let payload = info.payload();
+        let message = payload
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| payload.downcast_ref::<&str>().copied())
+            .unwrap_or("");
+        if message.starts_with("failed printing to stdout") && message.contains("Broken pipe") {
+            std::process::exit(0);
+        }
+        default_hook(info);
+    }));
     let cli = Cli::parse();
     // skew-check keeps 1 for "skew found": its failures to run are 2, like diff's.
     let error_code = if matches!(cli.command, Command::SkewCheck { .. }) {
@@ -420,6 +435,15 @@ fn main() {
         Command::Demo { events } => demo::run(events),
     };
     if let Err(e) = result {
+        let closed_pipe = e.chain().any(|cause| {
+            cause
+                .downcast_ref::<std::io::Error>()
+                .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+        });
+        if closed_pipe {
+            // The reader stopped early (see above): not a failure of ours.
+            std::process::exit(0);
+        }
         eprintln!("error: {e:#}");
         std::process::exit(error_code);
     }

@@ -279,3 +279,28 @@ fn the_demo_backfills_streams_checks_skew_and_reads_entities_back() {
     assert!(work.join("online-store/online.redb").is_file());
     assert!(work.join("offline-store/txn_velocity").is_dir());
 }
+
+#[test]
+fn a_reader_that_stops_early_ends_the_output_quietly() {
+    use std::io::{BufRead, BufReader};
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_lockstep"))
+        .args(["gen", "events", "--kind", "clicks", "--rows", "200000"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let mut first = String::new();
+    {
+        let stdout = child.stdout.take().expect("stdout");
+        BufReader::new(stdout).read_line(&mut first).expect("read");
+        // The reader goes away here, as `| head -n 1` does.
+    }
+    let out = child.wait_with_output().expect("wait");
+    assert!(first.starts_with('{'), "{first}");
+    assert!(out.status.success(), "{:?}", out.status);
+    assert!(
+        !text(&out.stderr).contains("panicked"),
+        "{}",
+        text(&out.stderr)
+    );
+}
