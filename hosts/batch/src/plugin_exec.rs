@@ -274,13 +274,7 @@ impl ExecutionPlan for PluginExec {
             if keep_states {
                 done.states.extend(states);
             }
-            let s = &mut done.stats;
-            s.events_in += stats.events_in;
-            s.events_applied += stats.events_applied;
-            s.duplicates += stats.duplicates;
-            s.rows_out += stats.rows_out;
-            s.calls += stats.calls;
-            s.entities += stats.entities;
+            done.stats.add(&stats);
             done.partitions += 1;
             Ok(())
         });

@@ -5,7 +5,7 @@
 //! produced the same rows bit for bit, and reads a few entities back.
 
 use crate::golden::backfill;
-use crate::skew::{arrival_order, stream_rows};
+use crate::skew::{arrival_order, event_times, stream_rows};
 use anyhow::{Context, Result, ensure};
 use lockstep_core::compare::{Row, compare};
 use lockstep_core::decode::decode_json_lines;
@@ -127,17 +127,7 @@ pub fn run(events: usize) -> Result<()> {
 
         // The same events, as a stream delivers them: out of order within the lateness.
         let decoded = decode_json_lines(&input, &m, None)?;
-        let time_index = m
-            .input_index(&m.event_time)
-            .context("the manifest has no event-time field")?;
-        let times: Vec<i64> = {
-            use arrow_array::cast::AsArray;
-            decoded
-                .column(time_index)
-                .as_primitive::<arrow_array::types::TimestampMicrosecondType>()
-                .values()
-                .to_vec()
-        };
+        let times = event_times(&decoded, &m)?;
         let order = arrival_order(&times, Some(42), LATENESS);
         let lines: Vec<(usize, &str)> =
             input.lines().enumerate().map(|(i, l)| (i + 1, l)).collect();

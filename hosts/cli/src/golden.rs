@@ -9,7 +9,7 @@
 
 use anyhow::{Context, Result, bail, ensure};
 use lockstep_batch::{BatchJob, SourceFormat};
-use lockstep_core::compare::{Row, canonical_order, compare, rows_of};
+use lockstep_core::compare::{Row, canonical_order, canonical_rows, compare};
 use lockstep_offline::{OfflineStore, WriterOptions};
 use lockstep_runtime::{Plugin, Runtime};
 use std::io::Write;
@@ -125,14 +125,7 @@ pub fn backfill(
     }
     let summary = writer.commit()?;
     let stored = store.read(&group.name, &group.version)?;
-    let columns: Vec<String> = lockstep_core::schema::row_schema(plugin.manifest())
-        .fields()
-        .iter()
-        .map(|f| f.name().clone())
-        .collect();
-    let mut rows = rows_of(&stored, &columns);
-    canonical_order(&mut rows, &plugin.manifest().entity_key);
-    Ok((rows, summary))
+    Ok((canonical_rows(&stored, plugin.manifest()), summary))
 }
 
 /// Reads rows written one JSON object per line.

@@ -9,9 +9,8 @@
 
 use crate::golden::batch_rows;
 use anyhow::{Context, Result, bail};
-use lockstep_core::compare::{Row, canonical_order, compare, rows_of};
+use lockstep_core::compare::{Row, canonical_rows, compare};
 use lockstep_core::decode::decode_json_lines;
-use lockstep_core::schema::row_schema;
 use lockstep_runtime::{Plugin, Runtime};
 use lockstep_stream::{LateEvent, Record, StreamConfig, StreamProcessor};
 use std::io::Write;
@@ -39,6 +38,22 @@ pub struct SkewArgs {
     pub kinesis_endpoint: Option<String>,
     /// Shards of the Kinesis stream the check creates.
     pub kinesis_shards: i32,
+}
+
+/// The event time of each decoded event (UTC µs).
+pub(crate) fn event_times(
+    decoded: &arrow_array::RecordBatch,
+    m: &lockstep_abi::Manifest,
+) -> Result<Vec<i64>> {
+    use arrow_array::cast::AsArray;
+    let index = m
+        .input_index(&m.event_time)
+        .context("the manifest has no event-time field")?;
+    Ok(decoded
+        .column(index)
+        .as_primitive::<arrow_array::types::TimestampMicrosecondType>()
+        .values()
+        .to_vec())
 }
 
 /// Arrival order of `lines`: file order, or with `seed` each event delayed by a random
@@ -117,13 +132,7 @@ pub(crate) fn stream_rows(
     }
     batches.push(processor.drain()?.rows);
     let millis = started.elapsed().as_secs_f64() * 1e3;
-    let columns: Vec<String> = row_schema(plugin.manifest())
-        .fields()
-        .iter()
-        .map(|f| f.name().clone())
-        .collect();
-    let mut rows = rows_of(&batches, &columns);
-    canonical_order(&mut rows, &plugin.manifest().entity_key);
+    let rows = canonical_rows(&batches, plugin.manifest());
     Ok(Streamed {
         rows,
         batches,
@@ -243,13 +252,7 @@ fn stream_rows_kinesis(
                     l.sequence = n.to_string();
                 }
             }
-            let columns: Vec<String> = row_schema(plugin.manifest())
-                .fields()
-                .iter()
-                .map(|f| f.name().clone())
-                .collect();
-            let mut rows = rows_of(&batches, &columns);
-            canonical_order(&mut rows, &plugin.manifest().entity_key);
+            let rows = canonical_rows(&batches, plugin.manifest());
             Ok(Streamed {
                 rows,
                 batches,
@@ -302,17 +305,7 @@ pub fn run(args: &SkewArgs, runtime: &Runtime) -> Result<bool> {
             m.id()
         )
     })?;
-    let time_index = m
-        .input_index(&m.event_time)
-        .context("the manifest has no event-time field")?;
-    let times: Vec<i64> = {
-        use arrow_array::cast::AsArray;
-        decoded
-            .column(time_index)
-            .as_primitive::<arrow_array::types::TimestampMicrosecondType>()
-            .values()
-            .to_vec()
-    };
+    let times = event_times(&decoded, m)?;
     let order = arrival_order(&times, args.shuffle_seed, args.allowed_lateness);
     let streamed = match &args.kinesis_endpoint {
         None => stream_rows(&stream_plugin, &lines, &order, args.allowed_lateness)?,

@@ -38,6 +38,19 @@ pub fn rows_of(batches: &[RecordBatch], columns: &[String]) -> Vec<Row> {
     out
 }
 
+/// The rows a plugin emitted (`batches`, in its row schema) in canonical order, with
+/// only the row-schema columns (store columns such as write times are dropped).
+pub fn canonical_rows(batches: &[RecordBatch], manifest: &lockstep_abi::Manifest) -> Vec<Row> {
+    let columns: Vec<String> = crate::schema::row_schema(manifest)
+        .fields()
+        .iter()
+        .map(|f| f.name().clone())
+        .collect();
+    let mut rows = rows_of(batches, &columns);
+    canonical_order(&mut rows, &manifest.entity_key);
+    rows
+}
+
 /// Orders JSON scalars: numbers numerically, strings by bytes (RFC 3339 timestamps
 /// thus chronologically), and otherwise by kind.
 fn order_json(a: &Json, b: &Json) -> Ordering {

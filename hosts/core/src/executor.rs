@@ -80,6 +80,18 @@ pub struct RunStats {
     pub entities: usize,
 }
 
+impl RunStats {
+    /// Adds another run's counters to these.
+    pub fn add(&mut self, other: &RunStats) {
+        self.events_in += other.events_in;
+        self.events_applied += other.events_applied;
+        self.duplicates += other.duplicates;
+        self.rows_out += other.rows_out;
+        self.calls += other.calls;
+        self.entities += other.entities;
+    }
+}
+
 /// The rows a run emitted (in [`row_schema`] order) and its counters.
 #[derive(Debug, Clone)]
 pub struct RunOutput {

@@ -78,32 +78,15 @@ fn in_bounded_disorder(records: Vec<(i64, Json)>, seed: u64) -> Vec<Json> {
 /// RFC 3339 text of UTC microseconds with a `+05:30` offset: the decoder must read
 /// zones, not just `Z`.
 fn rfc3339_offset(micros: i64) -> String {
-    let local = micros + (5 * HOUR + 30 * MINUTE);
-    let secs = local.div_euclid(SECOND);
-    let frac = local.rem_euclid(SECOND);
-    let days = secs.div_euclid(86_400);
-    let rem = secs.rem_euclid(86_400);
-    let (y, m, d) = civil_from_days(days);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{frac:06}+05:30",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
-}
-
-/// Days since 1970-01-01 to (year, month, day), proleptic Gregorian.
-fn civil_from_days(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    (y, m, d)
+    let zone = chrono::FixedOffset::east_opt(5 * 3600 + 30 * 60);
+    match (chrono::DateTime::from_timestamp_micros(micros), zone) {
+        (Some(t), Some(zone)) => t
+            .with_timezone(&zone)
+            .format("%Y-%m-%dT%H:%M:%S%.6f%:z")
+            .to_string(),
+        // Out of chrono's range: the integer form reads back as the same instant.
+        _ => micros.to_string(),
+    }
 }
 
 /// Edge cases for `txn_velocity`.
@@ -603,7 +586,5 @@ mod tests {
             rfc3339_offset(EPOCH_2024 - 1),
             "2024-01-01T05:29:59.999999+05:30"
         );
-        assert_eq!(civil_from_days(0), (1970, 1, 1));
-        assert_eq!(civil_from_days(19_782), (2024, 2, 29));
     }
 }

@@ -66,6 +66,19 @@ pub struct StreamStats {
     pub rows: u64,
 }
 
+impl StreamStats {
+    /// Adds another processor's counters to these.
+    pub fn add(&mut self, other: &StreamStats) {
+        self.records += other.records;
+        self.events += other.events;
+        self.applied += other.applied;
+        self.duplicates += other.duplicates;
+        self.late += other.late;
+        self.dead += other.dead;
+        self.rows += other.rows;
+    }
+}
+
 /// Applies a plugin to a stream of records exactly as the batch host applies it to
 /// the same events at rest, whatever their arrival order within the allowed lateness.
 ///

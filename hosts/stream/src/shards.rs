@@ -124,7 +124,7 @@ impl ShardedProcessor {
             .open
             .remove(shard)
             .ok_or_else(|| StreamError::Config(format!("shard `{shard}` is not open")))?;
-        accumulate(&mut self.closed_stats, processor.stats());
+        self.closed_stats.add(processor.stats());
         let state = processor.into_shard_state();
         if !state.is_empty() {
             self.closed.insert(shard.to_owned(), state);
@@ -141,7 +141,7 @@ impl ShardedProcessor {
         for id in ids {
             if let Some((_, processor)) = self.open.get_mut(&id) {
                 let step = processor.drain()?;
-                add(&mut stats, &step.stats);
+                stats.add(&step.stats);
                 rows.push(step.rows);
             }
         }
@@ -152,7 +152,7 @@ impl ShardedProcessor {
             if let Some(state) = self.closed.remove(&id) {
                 let mut processor = StreamProcessor::resume(&self.plugin, self.config, state)?;
                 let step = processor.drain()?;
-                add(&mut stats, &step.stats);
+                stats.add(&step.stats);
                 rows.push(step.rows);
             }
         }
@@ -170,29 +170,10 @@ impl ShardedProcessor {
     pub fn stats(&self) -> crate::StreamStats {
         let mut total = self.closed_stats.clone();
         for (_, p) in self.open.values() {
-            accumulate(&mut total, p.stats());
+            total.add(p.stats());
         }
         total
     }
-}
-
-fn accumulate(total: &mut crate::StreamStats, s: &crate::StreamStats) {
-    total.records += s.records;
-    total.events += s.events;
-    total.applied += s.applied;
-    total.duplicates += s.duplicates;
-    total.late += s.late;
-    total.dead += s.dead;
-    total.rows += s.rows;
-}
-
-fn add(total: &mut RunStats, s: &RunStats) {
-    total.events_in += s.events_in;
-    total.events_applied += s.events_applied;
-    total.duplicates += s.duplicates;
-    total.rows_out += s.rows_out;
-    total.calls += s.calls;
-    total.entities += s.entities;
 }
 
 #[cfg(test)]

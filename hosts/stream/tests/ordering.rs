@@ -2,10 +2,9 @@
 //! lateness, and however records are grouped, it emits exactly the batch result.
 
 use arrow_array::RecordBatch;
-use lockstep_core::compare::{Row, canonical_order, compare, rows_of};
+use lockstep_core::compare::{Row, canonical_order, canonical_rows, compare};
 use lockstep_core::decode::decode_json_lines;
 use lockstep_core::executor::{Executor, StateMap};
-use lockstep_core::schema::row_schema;
 use lockstep_runtime::{Plugin, Runtime, RuntimeConfig};
 use lockstep_stream::{Record, StreamConfig, StreamProcessor};
 use proptest::prelude::*;
@@ -40,14 +39,7 @@ fn plugin(name: &str) -> Plugin {
 }
 
 fn canonical(plugin: &Plugin, batches: &[RecordBatch]) -> Vec<Row> {
-    let columns: Vec<String> = row_schema(plugin.manifest())
-        .fields()
-        .iter()
-        .map(|f| f.name().clone())
-        .collect();
-    let mut rows = rows_of(batches, &columns);
-    canonical_order(&mut rows, &plugin.manifest().entity_key);
-    rows
+    canonical_rows(batches, plugin.manifest())
 }
 
 /// Streams `lines` in this order, `per_push` records at a time, then drains.
