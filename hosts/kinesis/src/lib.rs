@@ -492,6 +492,10 @@ pub struct LineageReader {
     ended: HashSet<String>,
     known: Vec<ShardInfo>,
     caught_up: HashSet<String>,
+    /// Where to start shards a checkpoint names (after their last record applied).
+    resume_at: BTreeMap<String, String>,
+    /// Milliseconds behind the tip, per open shard, at its last read.
+    lag: BTreeMap<String, i64>,
 }
 
 impl LineageReader {
@@ -504,6 +508,24 @@ impl LineageReader {
             ended: HashSet::new(),
             known: Vec::new(),
             caught_up: HashSet::new(),
+            resume_at: BTreeMap::new(),
+            lag: BTreeMap::new(),
+        }
+    }
+
+    /// A reader going on from a checkpoint: each shard in `positions` just after its
+    /// sequence number, the shards in `ended` never again, any other from its oldest
+    /// record.
+    pub fn resume(
+        kinesis: &Kinesis,
+        stream: &str,
+        positions: BTreeMap<String, String>,
+        ended: HashSet<String>,
+    ) -> Self {
+        LineageReader {
+            resume_at: positions,
+            ended,
+            ..LineageReader::new(kinesis, stream)
         }
     }
 
@@ -524,9 +546,11 @@ impl LineageReader {
                 .iter()
                 .all(|p| self.ended.contains(p) || !listed.contains(p.as_str()));
             if ready {
-                let mut reader =
-                    self.kinesis
-                        .reader(&self.stream, &shard.id, Position::TrimHorizon);
+                let from = match self.resume_at.get(&shard.id) {
+                    Some(sequence) => Position::After(sequence.clone()),
+                    None => Position::TrimHorizon,
+                };
+                let mut reader = self.kinesis.reader(&self.stream, &shard.id, from);
                 reader.set_closed(shard.closed);
                 self.readers.insert(shard.id.clone(), reader);
                 events.push(ShardEvent::Opened(shard.clone()));
@@ -548,6 +572,8 @@ impl LineageReader {
                 continue;
             };
             let batch = reader.next_batch(limit).await?;
+            self.lag
+                .insert(id.clone(), batch.millis_behind.unwrap_or(0));
             if batch.records.is_empty() && batch.millis_behind.unwrap_or(0) == 0 {
                 self.caught_up.insert(id.clone());
             } else {
@@ -559,6 +585,7 @@ impl LineageReader {
             if batch.ended {
                 self.readers.remove(&id);
                 self.caught_up.remove(&id);
+                self.lag.remove(&id);
                 self.ended.insert(id.clone());
                 events.push(ShardEvent::Ended(id));
                 any_ended = true;
@@ -570,6 +597,11 @@ impl LineageReader {
             self.refresh(&mut events).await?;
         }
         Ok(events)
+    }
+
+    /// How far behind the tip each open shard was at its last read (ms).
+    pub fn lag(&self) -> &BTreeMap<String, i64> {
+        &self.lag
     }
 
     /// Whether every open shard's last read was empty at the tip.

@@ -48,6 +48,15 @@ pub enum OnlineError {
         /// The hash offered.
         offered: String,
     },
+    /// A remote store could not be reached or refused the call for now (throttled,
+    /// unavailable): worth retrying.
+    #[error("online store {store}: {message}")]
+    Unavailable {
+        /// Which store (an endpoint).
+        store: String,
+        /// What went wrong.
+        message: String,
+    },
     /// A stored record could not be read back.
     #[error("online store {path}: record for `{key}` in {group} is corrupt: {message}")]
     Corrupt {
@@ -60,6 +69,17 @@ pub enum OnlineError {
         /// Why.
         message: String,
     },
+}
+
+impl OnlineError {
+    /// Whether the same call may pass if retried later: the store was unreachable,
+    /// throttled or out of space, not the rows or the group at fault.
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            OnlineError::Unavailable { .. } | OnlineError::Embedded { .. }
+        )
+    }
 }
 
 /// A feature-group version as the online store knows it.
@@ -149,6 +169,71 @@ impl EmbeddedStore {
         Ok(EmbeddedStore { db, path })
     }
 
+    /// Writes records already keyed (a wire protocol's puts), with the rules of
+    /// [`OnlineStore::put`]: the group version stays bound to one plugin hash, and per
+    /// entity the record with the latest event time wins (equal times: the later put).
+    /// All or nothing.
+    pub fn put_records(
+        &self,
+        group: &GroupRef,
+        records: Vec<(String, OnlineRecord)>,
+    ) -> Result<PutSummary, OnlineError> {
+        let id = group.id();
+        let txn = self.db.begin_write().map_err(|e| self.fail(e))?;
+        let mut summary = PutSummary::default();
+        {
+            let mut groups = txn.open_table(GROUPS).map_err(|e| self.fail(e))?;
+            let registered = groups
+                .get(id.as_str())
+                .map_err(|e| self.fail(e))?
+                .map(|v| v.value().to_owned());
+            match registered {
+                Some(hash) if hash != group.plugin_hash => {
+                    return Err(OnlineError::OtherPlugin {
+                        group: id,
+                        registered: hash,
+                        offered: group.plugin_hash.clone(),
+                    });
+                }
+                Some(_) => {}
+                None => {
+                    groups
+                        .insert(id.as_str(), group.plugin_hash.as_str())
+                        .map_err(|e| self.fail(e))?;
+                }
+            }
+            let table_def: TableDefinition<&str, &[u8]> = TableDefinition::new(&id);
+            let mut table = txn.open_table(table_def).map_err(|e| self.fail(e))?;
+            for (key, record) in records {
+                let stored_time =
+                    match table.get(key.as_str()).map_err(|e| self.fail(e))? {
+                        Some(bytes) => {
+                            let stored: OnlineRecord = serde_json::from_slice(bytes.value())
+                                .map_err(|e| OnlineError::Corrupt {
+                                    path: self.path.clone(),
+                                    group: id.clone(),
+                                    key: key.clone(),
+                                    message: e.to_string(),
+                                })?;
+                            Some(stored.event_time)
+                        }
+                        None => None,
+                    };
+                if stored_time.is_some_and(|t| t > record.event_time) {
+                    summary.stale += 1;
+                    continue;
+                }
+                let bytes = serde_json::to_vec(&record).map_err(|e| self.fail(e))?;
+                table
+                    .insert(key.as_str(), bytes.as_slice())
+                    .map_err(|e| self.fail(e))?;
+                summary.written += 1;
+            }
+        }
+        txn.commit().map_err(|e| self.fail(e))?;
+        Ok(summary)
+    }
+
     fn fail(&self, e: impl std::fmt::Display) -> OnlineError {
         OnlineError::Embedded {
             path: self.path.clone(),
@@ -192,74 +277,27 @@ impl OnlineStore for EmbeddedStore {
             .column(time_col)
             .as_primitive_opt::<TimestampMicrosecondType>()
             .ok_or_else(|| OnlineError::Rows("event_time is not a timestamp column".into()))?;
-        let id = group.id();
-        let txn = self.db.begin_write().map_err(|e| self.fail(e))?;
-        let mut summary = PutSummary::default();
-        {
-            let mut groups = txn.open_table(GROUPS).map_err(|e| self.fail(e))?;
-            let registered = groups
-                .get(id.as_str())
-                .map_err(|e| self.fail(e))?
-                .map(|v| v.value().to_owned());
-            match registered {
-                Some(hash) if hash != group.plugin_hash => {
-                    return Err(OnlineError::OtherPlugin {
-                        group: id,
-                        registered: hash,
-                        offered: group.plugin_hash.clone(),
-                    });
-                }
-                Some(_) => {}
-                None => {
-                    groups
-                        .insert(id.as_str(), group.plugin_hash.as_str())
-                        .map_err(|e| self.fail(e))?;
-                }
+        let mut records = Vec::with_capacity(rows.num_rows());
+        for r in 0..rows.num_rows() {
+            if times.is_null(r) || rows.column(key_col).is_null(r) {
+                return Err(OnlineError::Rows(format!(
+                    "row {r} for {} has a null entity key or event time",
+                    group.id()
+                )));
             }
-            let table_def: TableDefinition<&str, &[u8]> = TableDefinition::new(&id);
-            let mut table = txn.open_table(table_def).map_err(|e| self.fail(e))?;
-            for r in 0..rows.num_rows() {
-                if times.is_null(r) || rows.column(key_col).is_null(r) {
-                    return Err(OnlineError::Rows(format!(
-                        "row {r} for {id} has a null entity key or event time"
-                    )));
-                }
-                let event_time = times.value(r);
-                let row = row_json(rows, r);
-                let key = key_text(row.get(&group.entity_key).unwrap_or(&Json::Null));
-                let stored_time =
-                    match table.get(key.as_str()).map_err(|e| self.fail(e))? {
-                        Some(bytes) => {
-                            let stored: OnlineRecord = serde_json::from_slice(bytes.value())
-                                .map_err(|e| OnlineError::Corrupt {
-                                    path: self.path.clone(),
-                                    group: id.clone(),
-                                    key: key.clone(),
-                                    message: e.to_string(),
-                                })?;
-                            Some(stored.event_time)
-                        }
-                        None => None,
-                    };
-                if stored_time.is_some_and(|t| t > event_time) {
-                    summary.stale += 1;
-                    continue;
-                }
-                let record = OnlineRecord {
-                    event_time,
+            let row = row_json(rows, r);
+            let key = key_text(row.get(&group.entity_key).unwrap_or(&Json::Null));
+            records.push((
+                key,
+                OnlineRecord {
+                    event_time: times.value(r),
                     write_time,
                     plugin_hash: group.plugin_hash.clone(),
                     row,
-                };
-                let bytes = serde_json::to_vec(&record).map_err(|e| self.fail(e))?;
-                table
-                    .insert(key.as_str(), bytes.as_slice())
-                    .map_err(|e| self.fail(e))?;
-                summary.written += 1;
-            }
+                },
+            ));
         }
-        txn.commit().map_err(|e| self.fail(e))?;
-        Ok(summary)
+        self.put_records(group, records)
     }
 
     fn get(

@@ -18,8 +18,8 @@
 mod processor;
 pub mod shards;
 
-pub use processor::{ShardState, Step, StreamConfig, StreamProcessor, StreamStats};
-pub use shards::{ShardSpec, ShardedProcessor, partition_hash};
+pub use processor::{Pending, ShardState, Step, StreamConfig, StreamProcessor, StreamStats};
+pub use shards::{Checkpoint, SavedShard, ShardSpec, ShardedProcessor, partition_hash};
 
 use serde_json::json;
 use thiserror::Error;

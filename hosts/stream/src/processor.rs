@@ -111,6 +111,8 @@ pub struct StreamProcessor {
     time_col: usize,
     key_col: usize,
     id_col: Option<usize>,
+    /// Entities whose state the plugin may have changed since [`Self::take_changed`].
+    touched: HashSet<EntityKey>,
 }
 
 /// What a processor holds for its shard: per-entity states, the events still in the
@@ -125,10 +127,81 @@ pub struct ShardState {
     taken: BTreeMap<i64, Vec<(EntityKey, u128)>>,
 }
 
+/// What a shard holds besides its entities' states: the events in the reorder
+/// buffer, the latest event time seen and the identities a late redelivery may
+/// repeat. Bounded by the allowed lateness, so it is saved whole with every
+/// checkpoint, while entity states are saved as they change.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Pending {
+    /// Held events, in the input schema.
+    pub buffer: Vec<RecordBatch>,
+    /// The latest event time seen (UTC µs).
+    pub max_seen: Option<i64>,
+    /// `(event time, entity, event id)` of events taken within the horizon.
+    pub taken: Vec<(i64, EntityKey, u128)>,
+}
+
+impl Pending {
+    fn of(
+        buffer: &[RecordBatch],
+        max_seen: Option<i64>,
+        taken: &BTreeMap<i64, Vec<(EntityKey, u128)>>,
+    ) -> Self {
+        Pending {
+            buffer: buffer
+                .iter()
+                .filter(|b| b.num_rows() > 0)
+                .cloned()
+                .collect(),
+            max_seen,
+            taken: taken
+                .iter()
+                .flat_map(|(t, ids)| ids.iter().map(|(k, id)| (*t, k.clone(), *id)))
+                .collect(),
+        }
+    }
+}
+
 impl ShardState {
+    /// A shard's state from what a checkpoint saved: its pending part and the states
+    /// of its entities.
+    pub fn from_saved(pending: Pending, states: StateMap) -> Self {
+        let mut taken: BTreeMap<i64, Vec<(EntityKey, u128)>> = BTreeMap::new();
+        for (t, k, id) in pending.taken {
+            taken.entry(t).or_default().push((k, id));
+        }
+        ShardState {
+            states,
+            buffer: pending.buffer,
+            max_seen: pending.max_seen,
+            taken,
+        }
+    }
+
+    /// Everything but the entity states.
+    pub fn pending(&self) -> Pending {
+        Pending::of(&self.buffer, self.max_seen, &self.taken)
+    }
+
     /// Entities with state or buffered events.
     pub fn is_empty(&self) -> bool {
         self.states.is_empty() && self.buffer.iter().all(|b| b.num_rows() == 0)
+    }
+
+    /// Whether it holds nothing at all: no entity state, no held event, no recent
+    /// identity.
+    pub fn is_pending_empty(&self) -> bool {
+        self.is_empty() && self.taken.is_empty()
+    }
+
+    /// The per-entity states.
+    pub fn states(&self) -> &StateMap {
+        &self.states
+    }
+
+    /// The per-entity states, taken out.
+    pub fn into_states(self) -> StateMap {
+        self.states
     }
 
     /// Takes out the part of this state that belongs to the entities `belongs` selects
@@ -218,6 +291,27 @@ impl StreamProcessor {
         Ok(p)
     }
 
+    /// The entities whose state changed since the last call, each with its state now
+    /// (`None`: the plugin dropped it). A checkpoint saves only these.
+    pub fn take_changed(&mut self) -> Vec<(EntityKey, Option<Vec<u8>>)> {
+        let mut changed: Vec<_> = self
+            .touched
+            .drain()
+            .map(|key| {
+                let state = self.states.get(&key).cloned();
+                (key, state)
+            })
+            .collect();
+        changed.sort_by(|a, b| a.0.cmp(&b.0));
+        changed
+    }
+
+    /// Everything but the entity states: what a checkpoint saves of this processor
+    /// besides [`Self::take_changed`].
+    pub fn pending(&self) -> Pending {
+        Pending::of(&self.buffer, self.max_seen, &self.taken)
+    }
+
     /// Ends this processor, keeping everything it holds for whoever goes on.
     pub fn into_shard_state(self) -> ShardState {
         ShardState {
@@ -264,6 +358,7 @@ impl StreamProcessor {
             time_col,
             key_col,
             id_col,
+            touched: HashSet::new(),
         })
     }
 
@@ -436,6 +531,14 @@ impl StreamProcessor {
             });
         }
         let out = self.executor.run(&events, &mut self.states)?;
+        let keys = events.column(self.key_col);
+        for row in 0..events.num_rows() {
+            if let Some(key) = EntityKey::from_array(keys.as_ref(), row)
+                && !self.touched.contains(&key)
+            {
+                self.touched.insert(key);
+            }
+        }
         self.stats.applied += out.stats.events_applied as u64;
         self.stats.duplicates += out.stats.duplicates as u64;
         self.stats.rows += out.rows.num_rows() as u64;

@@ -11,7 +11,7 @@
 //! Sources hand shards over in lineage order: a child only after its parents were read
 //! to their end ([`ShardedProcessor::close`]).
 
-use crate::{Record, ShardState, Step, StreamConfig, StreamError, StreamProcessor};
+use crate::{Pending, Record, ShardState, Step, StreamConfig, StreamError, StreamProcessor};
 use arrow_array::RecordBatch;
 use lockstep_core::executor::{EntityKey, RunStats, StateMap};
 use lockstep_core::schema::row_schema;
@@ -40,13 +40,39 @@ fn partition_key(key: &EntityKey) -> String {
     key.to_string()
 }
 
+/// One shard in a [`Checkpoint`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct SavedShard {
+    /// The shard.
+    pub spec: ShardSpec,
+    /// Open (being read), or closed and waiting for its children.
+    pub open: bool,
+    /// Its reorder buffer, latest event time and recent identities.
+    pub pending: Pending,
+}
+
+/// What [`ShardedProcessor::checkpoint`] returns: save it atomically with the shard
+/// positions that produced it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Checkpoint {
+    /// Entity states changed since the previous checkpoint (`None`: removed).
+    pub changed: Vec<(EntityKey, Option<Vec<u8>>)>,
+    /// Every open shard, and every closed one some of whose entities no child took
+    /// yet.
+    pub shards: Vec<SavedShard>,
+}
+
 /// Runs a plugin over a sharded stream; see the [module](self) docs.
 pub struct ShardedProcessor {
     plugin: Plugin,
     config: StreamConfig,
     open: HashMap<String, (ShardSpec, StreamProcessor)>,
     /// Ended shards, holding the entities not yet taken by a child.
-    closed: HashMap<String, ShardState>,
+    closed: HashMap<String, (ShardSpec, ShardState)>,
+    /// Entity states changed in shards closed since the last checkpoint.
+    changed_closed: Vec<(EntityKey, Option<Vec<u8>>)>,
+    /// Every start state must reach the first checkpoint.
+    start_unsaved: bool,
     /// States to start entities from (a backfill's hand-off), not yet taken.
     start: ShardState,
     /// Counters of the shards closed so far.
@@ -61,6 +87,8 @@ impl ShardedProcessor {
             config,
             open: HashMap::new(),
             closed: HashMap::new(),
+            changed_closed: Vec::new(),
+            start_unsaved: false,
             start: ShardState::default(),
             closed_stats: crate::StreamStats::default(),
         }
@@ -70,7 +98,97 @@ impl ShardedProcessor {
     /// without parents takes those in its hash range.
     pub fn with_states(mut self, states: StateMap) -> Self {
         self.start = ShardState::from_states(states);
+        self.start_unsaved = true;
         self
+    }
+
+    /// A processor that goes on from a checkpoint: the entity states saved and each
+    /// shard saved (open ones are opened again, closed ones wait for their children).
+    pub fn restore(
+        plugin: &Plugin,
+        config: StreamConfig,
+        states: StateMap,
+        shards: Vec<SavedShard>,
+    ) -> Result<Self, StreamError> {
+        let mut processor = ShardedProcessor::new(plugin, config);
+        processor.start = ShardState::from_states(states);
+        for saved in shards.iter().filter(|s| !s.open) {
+            processor.closed.insert(
+                saved.spec.id.clone(),
+                (
+                    saved.spec.clone(),
+                    ShardState::from_saved(saved.pending.clone(), StateMap::new()),
+                ),
+            );
+        }
+        for saved in shards.into_iter().filter(|s| s.open) {
+            // The entity states come from `start` by hash range; the pending part is
+            // the shard's own. Its parents' pending parts were taken before it saved.
+            let key_col = StreamProcessor::new(plugin, config)?.key_column();
+            let (low, high) = saved.spec.hash_range;
+            let states = processor
+                .start
+                .take_entities(key_col, |k| {
+                    let h = partition_hash(&partition_key(k));
+                    low <= h && h <= high
+                })?
+                .into_states();
+            let state = ShardState::from_saved(saved.pending, states);
+            let shard = StreamProcessor::resume(plugin, config, state)?;
+            processor
+                .open
+                .insert(saved.spec.id.clone(), (saved.spec, shard));
+        }
+        Ok(processor)
+    }
+
+    /// What a checkpoint must save to go on exactly from here: the entity states
+    /// changed since the last call, and every open or waiting shard's pending part.
+    pub fn checkpoint(&mut self) -> Checkpoint {
+        let mut changed = std::mem::take(&mut self.changed_closed);
+        if self.start_unsaved {
+            self.start_unsaved = false;
+            changed.extend(
+                self.start
+                    .states()
+                    .iter()
+                    .map(|(k, v)| (k.clone(), Some(v.clone()))),
+            );
+            for (_, state) in self.closed.values() {
+                changed.extend(
+                    state
+                        .states()
+                        .iter()
+                        .map(|(k, v)| (k.clone(), Some(v.clone()))),
+                );
+            }
+            for (_, processor) in self.open.values() {
+                changed.extend(
+                    processor
+                        .states()
+                        .iter()
+                        .map(|(k, v)| (k.clone(), Some(v.clone()))),
+                );
+            }
+        }
+        let mut shards = Vec::new();
+        for (spec, processor) in self.open.values_mut() {
+            changed.extend(processor.take_changed());
+            shards.push(SavedShard {
+                spec: spec.clone(),
+                open: true,
+                pending: processor.pending(),
+            });
+        }
+        for (spec, state) in self.closed.values() {
+            shards.push(SavedShard {
+                spec: spec.clone(),
+                open: false,
+                pending: state.pending(),
+            });
+        }
+        shards.sort_by(|a, b| a.spec.id.cmp(&b.spec.id));
+        Checkpoint { changed, shards }
     }
 
     /// Whether `shard` is open.
@@ -97,12 +215,12 @@ impl ShardedProcessor {
             state = ShardState::default();
         }
         for parent in &spec.parents {
-            if let Some(parent_state) = self.closed.get_mut(parent) {
+            if let Some((_, parent_state)) = self.closed.get_mut(parent) {
                 let taken = parent_state.take_entities(key_col, in_range)?;
                 state.merge(taken);
             }
         }
-        self.closed.retain(|_, s| !s.is_empty());
+        self.closed.retain(|_, (_, s)| !s.is_pending_empty());
         let processor = StreamProcessor::resume(&self.plugin, self.config, state)?;
         self.open.insert(spec.id.clone(), (spec, processor));
         Ok(())
@@ -120,14 +238,15 @@ impl ShardedProcessor {
     /// Ends a shard that was read to its end (after a split or merge): its state waits
     /// for its children.
     pub fn close(&mut self, shard: &str) -> Result<(), StreamError> {
-        let (_, processor) = self
+        let (spec, mut processor) = self
             .open
             .remove(shard)
             .ok_or_else(|| StreamError::Config(format!("shard `{shard}` is not open")))?;
         self.closed_stats.add(processor.stats());
+        self.changed_closed.extend(processor.take_changed());
         let state = processor.into_shard_state();
-        if !state.is_empty() {
-            self.closed.insert(shard.to_owned(), state);
+        if !state.is_pending_empty() {
+            self.closed.insert(shard.to_owned(), (spec, state));
         }
         Ok(())
     }
@@ -149,7 +268,7 @@ impl ShardedProcessor {
         let mut closed: Vec<String> = self.closed.keys().cloned().collect();
         closed.sort();
         for id in closed {
-            if let Some(state) = self.closed.remove(&id) {
+            if let Some((_, state)) = self.closed.remove(&id) {
                 let mut processor = StreamProcessor::resume(&self.plugin, self.config, state)?;
                 let step = processor.drain()?;
                 stats.add(&step.stats);
@@ -164,6 +283,11 @@ impl ShardedProcessor {
             stats,
             late_duplicates: 0,
         })
+    }
+
+    /// Events held in the reorder buffers of the open shards.
+    pub fn buffered(&self) -> usize {
+        self.open.values().map(|(_, p)| p.buffered()).sum()
     }
 
     /// Counters over every shard so far.
