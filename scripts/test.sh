@@ -29,6 +29,15 @@ for component in rustfmt clippy; do
 done
 cargo --version
 
+step "system packages: redis-server (the cache tests run a real one on loopback)"
+if ! command -v redis-server >/dev/null 2>&1; then
+  sudo_cmd=""
+  if [ "$(id -u)" -ne 0 ]; then sudo_cmd="sudo"; fi
+  $sudo_cmd apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq redis-server >/dev/null
+fi
+redis-server --version
+
 step "python packages: store readers, and the moto server (S3, Kinesis, Glue on loopback)"
 python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore \
   "duckdb==2.0.0" "pyarrow==26.0.1" "moto[server]==5.2.1" "boto3"

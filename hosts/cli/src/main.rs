@@ -6,6 +6,7 @@ mod demo;
 mod gen_parquet;
 mod golden;
 mod skew;
+mod stream;
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
@@ -69,6 +70,23 @@ enum Command {
         #[command(flatten)]
         runtime: RuntimeArgs,
     },
+    /// Keep an online store current from a Kinesis stream (the stream host service).
+    #[command(subcommand)]
+    Stream(StreamCommand),
+    /// Serve an embedded online store over the SageMaker Feature Store runtime API
+    /// (PutRecord, GetRecord, BatchGetRecord, DeleteRecord).
+    FeaturestoreLocal {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:8490")]
+        listen: std::net::SocketAddr,
+        /// Directory of the embedded store.
+        #[arg(long)]
+        data: PathBuf,
+        /// A feature group and its record identifier (and event-time) feature, as
+        /// CreateFeatureGroup defines them: NAME=RECORD_ID[:EVENT_TIME]. Repeatable.
+        #[arg(long = "group", value_parser = lockstep_featurestore::local::parse_group)]
+        groups: Vec<(String, lockstep_featurestore::local::GroupDefinition)>,
+    },
     /// Check the plugins against their golden sets in `golden/`, or remake them.
     #[command(subcommand)]
     Golden(GoldenCommand),
@@ -77,6 +95,82 @@ enum Command {
         /// Events to generate per plugin.
         #[arg(long, default_value_t = 50_000)]
         events: usize,
+    },
+}
+
+#[derive(Subcommand)]
+enum StreamCommand {
+    /// Consume every shard of a stream through the plugin into the online store, with
+    /// checkpoints (exactly-once across restarts), late and dead-letter logs, a row
+    /// log, `/healthz` and `/metrics`. Stops cleanly on SIGTERM or Ctrl-C.
+    Run {
+        /// The plugin component (.wasm).
+        #[arg(long)]
+        plugin: PathBuf,
+        /// The Kinesis stream.
+        #[arg(long)]
+        stream: String,
+        /// Kinesis endpoint (e.g. a local server); region and credentials come from
+        /// the AWS environment.
+        #[arg(long)]
+        endpoint_url: Option<String>,
+        /// embedded:DIR, sagemaker (AWS) or sagemaker:URL.
+        #[arg(long, value_parser = stream::parse_online_store)]
+        online_store: stream::OnlineStoreArg,
+        /// A Redis cache to write through after the online store (redis://host:port).
+        #[arg(long)]
+        cache: Option<String>,
+        /// Expiry of cache entries (none: they stay until replaced).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        cache_ttl: Option<Duration>,
+        /// Checkpoints and logs (rows.jsonl, late.jsonl, dead-letters.jsonl).
+        #[arg(long, default_value = "lockstep-state")]
+        state: PathBuf,
+        /// How late an event may arrive and still be applied in order.
+        #[arg(long, default_value = "5s", value_parser = skew::parse_lateness)]
+        allowed_lateness: i64,
+        /// Start entities from a backfill's final states (`batch run --state-out`).
+        #[arg(long)]
+        start_state: Option<PathBuf>,
+        /// Serve /healthz and /metrics here.
+        #[arg(long)]
+        listen: Option<std::net::SocketAddr>,
+        /// Records per shard per read.
+        #[arg(long, default_value_t = 10_000)]
+        batch_size: i32,
+        /// Pause between reads once caught up.
+        #[arg(long, default_value = "200ms", value_parser = humantime::parse_duration)]
+        idle_poll: Duration,
+        /// Stop once every shard is caught up (a finite replay).
+        #[arg(long)]
+        stop_when_idle: bool,
+        /// When stopping, apply the events still held for reordering. Only when the
+        /// stream has truly ended: a later event would be applied out of order.
+        #[arg(long)]
+        drain_on_stop: bool,
+        #[command(flatten)]
+        runtime: RuntimeArgs,
+    },
+    /// Put events (JSON lines) to a stream in file order, keyed by the plugin's entity
+    /// key: to feed the stream host in demos and tests.
+    Put {
+        /// The plugin whose entity key partitions the records.
+        #[arg(long)]
+        plugin: PathBuf,
+        /// The Kinesis stream.
+        #[arg(long)]
+        stream: String,
+        /// The events, one JSON object per line.
+        #[arg(long)]
+        events: PathBuf,
+        /// Kinesis endpoint (e.g. a local server).
+        #[arg(long)]
+        endpoint_url: Option<String>,
+        /// Create the stream with this many shards first.
+        #[arg(long)]
+        create_shards: Option<i32>,
+        #[command(flatten)]
+        runtime: RuntimeArgs,
     },
 }
 
@@ -432,6 +526,70 @@ fn main() {
                 &runtime,
             )
         }),
+        Command::Stream(StreamCommand::Run {
+            plugin,
+            stream,
+            endpoint_url,
+            online_store,
+            cache,
+            cache_ttl,
+            state,
+            allowed_lateness,
+            start_state,
+            listen,
+            batch_size,
+            idle_poll,
+            stop_when_idle,
+            drain_on_stop,
+            runtime,
+        }) => {
+            stream::init_logging();
+            runtime.runtime().and_then(|runtime| {
+                stream::run(
+                    stream::RunArgs {
+                        plugin,
+                        stream,
+                        endpoint_url,
+                        online_store,
+                        cache: cache.map(|url| (url, cache_ttl)),
+                        state,
+                        allowed_lateness,
+                        start_state,
+                        listen,
+                        batch_size,
+                        idle_poll,
+                        stop_when_idle,
+                        drain_on_stop,
+                    },
+                    &runtime,
+                )
+            })
+        }
+        Command::Stream(StreamCommand::Put {
+            plugin,
+            stream,
+            events,
+            endpoint_url,
+            create_shards,
+            runtime,
+        }) => runtime.runtime().and_then(|runtime| {
+            stream::put(
+                &plugin,
+                &stream,
+                &events,
+                endpoint_url,
+                create_shards,
+                &runtime,
+            )
+        }),
+        Command::FeaturestoreLocal {
+            listen,
+            data,
+            groups,
+        } => {
+            stream::init_logging();
+            featurestore_local(listen, &data, groups)
+        }
         Command::Demo { events } => demo::run(events),
     };
     if let Err(e) = result {
@@ -447,6 +605,36 @@ fn main() {
         eprintln!("error: {e:#}");
         std::process::exit(error_code);
     }
+}
+
+fn featurestore_local(
+    listen: std::net::SocketAddr,
+    data: &Path,
+    groups: Vec<(String, lockstep_featurestore::local::GroupDefinition)>,
+) -> Result<()> {
+    let embedded = lockstep_online::EmbeddedStore::open(data)
+        .with_context(|| format!("opening the embedded online store in {}", data.display()))?;
+    let store =
+        lockstep_featurestore::local::LocalStore::new(embedded, groups.into_iter().collect());
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the I/O runtime")?;
+    rt.block_on(async {
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .with_context(|| format!("listening on {listen}"))?;
+        let bound = listener.local_addr().context("reading the bound address")?;
+        // Scripts wait for this line to know the port.
+        println!("featurestore-local listening on http://{bound}");
+        lockstep_featurestore::local::serve(
+            listener,
+            std::sync::Arc::new(store),
+            lockstep_featurestore::local::shutdown_signal(),
+        )
+        .await
+        .context("serving the feature store API")
+    })
 }
 
 fn gen_kind(kind: EventKind) -> lockstep_gen::Kind {

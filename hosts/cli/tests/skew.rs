@@ -4,58 +4,7 @@
 
 mod common;
 
-use common::{lockstep, text};
-use std::path::{Path, PathBuf};
-use std::sync::{Mutex, OnceLock};
-
-fn repo(dir: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../..")
-        .join(dir)
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().expect("utf-8 path")
-}
-
-/// Builds a plugin crate once per features, each variant in its own target
-/// directory so that no build overwrites another's component.
-fn built(crate_dir: &Path, features: &[&str]) -> PathBuf {
-    static BUILT: OnceLock<Mutex<std::collections::HashMap<String, PathBuf>>> = OnceLock::new();
-    let id = format!("{}:{}", crate_dir.display(), features.join(","));
-    let mut map = BUILT
-        .get_or_init(Default::default)
-        .lock()
-        .unwrap_or_else(|p| p.into_inner());
-    map.entry(id)
-        .or_insert_with(|| {
-            let options = lockstep_build::BuildOptions {
-                features: features.iter().map(|f| f.to_string()).collect(),
-                verbose: false,
-                target_dir: (!features.is_empty()).then(|| {
-                    Path::new(env!("CARGO_TARGET_TMPDIR"))
-                        .join(format!("variant-{}", features.join("-")))
-                }),
-            };
-            let out = lockstep_build::build(crate_dir, &options).expect("build plugin");
-            // A private copy: later builds cannot change the bytes under a test.
-            let copy = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!(
-                "{}-{}.wasm",
-                crate_dir
-                    .file_name()
-                    .and_then(|n| n.to_str())
-                    .unwrap_or("plugin"),
-                &out.sha256[..16]
-            ));
-            std::fs::copy(&out.path, &copy).expect("copy component");
-            copy
-        })
-        .clone()
-}
-
-fn plugin(name: &str) -> PathBuf {
-    built(&repo("plugins").join(name), &[])
-}
+use common::{built, lockstep, plugin, repo, s, text};
 
 #[test]
 fn every_golden_set_has_zero_skew_in_file_and_shuffled_order() {

@@ -6,6 +6,9 @@
 //! protocols there. Each test gets its own server, so tests never share state; the
 //! process is killed when the handle drops.
 //!
+//! [`Redis`] runs `redis-server` (Debian package `redis-server`) the same way: its own
+//! port, no persistence, gone when the handle drops.
+//!
 //! This crate never mocks anything: if a server cannot start, the test fails with the
 //! reason (a missing install is an error, not a skip).
 
@@ -20,6 +23,33 @@ pub const ACCESS_KEY: &str = "testing";
 pub const SECRET_KEY: &str = "testing";
 /// The region tests use.
 pub const REGION: &str = "us-east-1";
+
+/// Starts the moto server with one behaviour brought in line with AWS: after a shard
+/// is split or merged, AWS routes new records to the open child holding their hash
+/// key, while moto keeps putting them in the closed parent (the first shard whose
+/// range holds the key). Resharding tests need the AWS behaviour.
+const MOTO_AS_AWS_ROUTES: &str = r#"
+import sys
+from hashlib import md5
+import moto.kinesis.models as kinesis
+
+_first_match = kinesis.Stream.get_shard_for_key
+
+def _open_shard_for_key(self, partition_key, explicit_hash_key):
+    shard = _first_match(self, partition_key, explicit_hash_key)
+    if shard is None or shard.is_open:
+        return shard
+    key = int(explicit_hash_key) if explicit_hash_key else int(md5(partition_key.encode("utf-8")).hexdigest(), 16)
+    for candidate in self.shards.values():
+        if candidate.is_open and candidate.starting_hash <= key < candidate.ending_hash:
+            return candidate
+    return shard
+
+kinesis.Stream.get_shard_for_key = _open_shard_for_key
+
+from moto.server import main
+main(sys.argv[1:])
+"#;
 
 /// A running moto server.
 #[derive(Debug)]
@@ -45,8 +75,8 @@ impl Moto {
         let port = free_port();
         let mut child = Command::new("python3")
             .args([
-                "-m",
-                "moto.server",
+                "-c",
+                MOTO_AS_AWS_ROUTES,
                 "-H",
                 "127.0.0.1",
                 "-p",
@@ -131,6 +161,67 @@ impl Moto {
 }
 
 impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A running `redis-server`.
+#[derive(Debug)]
+pub struct Redis {
+    child: Child,
+    port: u16,
+}
+
+impl Redis {
+    /// Starts `redis-server` on a free port with extra config `args` (e.g.
+    /// `["--requirepass", "x"]`) and waits until it accepts connections.
+    ///
+    /// # Panics
+    /// If redis-server is not installed or does not come up within 10 s.
+    pub fn start(args: &[&str]) -> Redis {
+        let port = free_port();
+        let mut command = Command::new("redis-server");
+        command
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        let child = command
+            .spawn()
+            .expect("starting redis-server (apt-get install redis-server)");
+        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "redis-server did not listen on {addr} within 10 s"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Redis { child, port }
+    }
+
+    /// `redis://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// The port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The process id (to stop or freeze it in outage tests).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Redis {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();

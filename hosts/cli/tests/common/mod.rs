@@ -1,6 +1,9 @@
-//! Helpers shared by the CLI test files.
+//! Helpers shared by the CLI test files (each file uses some of them).
+#![allow(dead_code)]
 
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::sync::{Mutex, OnceLock};
 
 /// Runs the `lockstep` binary with `args`.
 pub fn lockstep(args: &[&str]) -> Output {
@@ -13,4 +16,54 @@ pub fn lockstep(args: &[&str]) -> Output {
 /// Process output as text.
 pub fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
+}
+
+/// A path under the repository root.
+pub fn repo(dir: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .join(dir)
+}
+
+pub fn s(p: &Path) -> &str {
+    p.to_str().expect("utf-8 path")
+}
+
+/// Builds a plugin crate once per features, each variant in its own target
+/// directory so that no build overwrites another's component.
+pub fn built(crate_dir: &Path, features: &[&str]) -> PathBuf {
+    static BUILT: OnceLock<Mutex<std::collections::HashMap<String, PathBuf>>> = OnceLock::new();
+    let id = format!("{}:{}", crate_dir.display(), features.join(","));
+    let mut map = BUILT
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
+    map.entry(id)
+        .or_insert_with(|| {
+            let options = lockstep_build::BuildOptions {
+                features: features.iter().map(|f| f.to_string()).collect(),
+                verbose: false,
+                target_dir: (!features.is_empty()).then(|| {
+                    Path::new(env!("CARGO_TARGET_TMPDIR"))
+                        .join(format!("variant-{}", features.join("-")))
+                }),
+            };
+            let out = lockstep_build::build(crate_dir, &options).expect("build plugin");
+            // A private copy: later builds cannot change the bytes under a test.
+            let copy = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!(
+                "{}-{}.wasm",
+                crate_dir
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .unwrap_or("plugin"),
+                &out.sha256[..16]
+            ));
+            std::fs::copy(&out.path, &copy).expect("copy component");
+            copy
+        })
+        .clone()
+}
+
+pub fn plugin(name: &str) -> PathBuf {
+    built(&repo("plugins").join(name), &[])
 }

@@ -1,0 +1,272 @@
+//! `lockstep stream run`: the stream host as a service.
+
+use anyhow::{Context, Result, bail};
+use lockstep_kinesis::KinesisOptions;
+use lockstep_online::{EmbeddedStore, GroupRef, OnlineStore};
+use lockstep_runtime::Runtime;
+use lockstep_service::{ServiceConfig, StreamService};
+use lockstep_stream::StreamConfig;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
+
+/// Where the online store is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OnlineStoreArg {
+    /// The embedded store in this directory.
+    Embedded(PathBuf),
+    /// The SageMaker Feature Store runtime API (an endpoint, or AWS's).
+    SageMaker(Option<String>),
+}
+
+/// Parses `embedded:DIR`, `sagemaker` or `sagemaker:URL`.
+pub fn parse_online_store(text: &str) -> Result<OnlineStoreArg, String> {
+    if let Some(dir) = text.strip_prefix("embedded:") {
+        if dir.is_empty() {
+            return Err("`embedded:` needs a directory, e.g. embedded:./online".into());
+        }
+        return Ok(OnlineStoreArg::Embedded(PathBuf::from(dir)));
+    }
+    if text == "sagemaker" {
+        return Ok(OnlineStoreArg::SageMaker(None));
+    }
+    if let Some(url) = text.strip_prefix("sagemaker:") {
+        if !(url.starts_with("http://") || url.starts_with("https://")) {
+            return Err(format!("`{url}` is not an http(s) URL"));
+        }
+        return Ok(OnlineStoreArg::SageMaker(Some(url.to_owned())));
+    }
+    Err(format!(
+        "`{text}` is not an online store: use embedded:DIR, sagemaker or sagemaker:URL"
+    ))
+}
+
+/// What `stream run` was given.
+pub struct RunArgs {
+    pub plugin: PathBuf,
+    pub stream: String,
+    pub endpoint_url: Option<String>,
+    pub online_store: OnlineStoreArg,
+    pub cache: Option<(String, Option<Duration>)>,
+    pub state: PathBuf,
+    pub allowed_lateness: i64,
+    pub start_state: Option<PathBuf>,
+    pub listen: Option<SocketAddr>,
+    pub batch_size: i32,
+    pub idle_poll: Duration,
+    pub stop_when_idle: bool,
+    pub drain_on_stop: bool,
+}
+
+/// Opens the online store `arg` names.
+pub fn open_store(arg: &OnlineStoreArg) -> Result<Arc<dyn OnlineStore>> {
+    match arg {
+        OnlineStoreArg::Embedded(dir) => {
+            Ok(Arc::new(EmbeddedStore::open(dir).with_context(|| {
+                format!("opening the embedded online store in {}", dir.display())
+            })?))
+        }
+        OnlineStoreArg::SageMaker(endpoint) => Ok(Arc::new(
+            lockstep_featurestore::SageMakerStore::connect(endpoint.as_deref())
+                .context("connecting to the SageMaker Feature Store runtime")?,
+        )),
+    }
+}
+
+/// Runs the service until stopped.
+pub fn run(args: RunArgs, runtime: &Runtime) -> Result<()> {
+    let plugin = runtime
+        .load_file(&args.plugin)
+        .with_context(|| format!("loading {}", args.plugin.display()))?;
+    let m = plugin.manifest();
+    let group = GroupRef {
+        name: m.name.clone(),
+        version: m.version.clone(),
+        plugin_hash: plugin.hash().to_owned(),
+        entity_key: m.entity_key.clone(),
+    };
+    let start_states = match &args.start_state {
+        Some(path) => {
+            let (info, states) = lockstep_offline::snapshot::read_states(path)
+                .with_context(|| format!("reading the start state {}", path.display()))?;
+            if info.plugin_hash != plugin.hash() {
+                bail!(
+                    "{} was written by plugin {} for {}@{}; this is plugin {}: its states mean \
+                     nothing to another plugin",
+                    path.display(),
+                    info.plugin_hash,
+                    info.group,
+                    info.version,
+                    plugin.hash()
+                );
+            }
+            Some(states)
+        }
+        None => None,
+    };
+    let store = open_store(&args.online_store)?;
+    let mut config = ServiceConfig::new(&args.stream, args.state.clone());
+    config.kinesis = KinesisOptions {
+        endpoint: args.endpoint_url.clone(),
+        ..KinesisOptions::default()
+    };
+    config.stream_config = StreamConfig {
+        allowed_lateness: args.allowed_lateness,
+    };
+    config.start_states = start_states;
+    config.listen = args.listen;
+    config.batch_size = args.batch_size;
+    config.idle_poll = args.idle_poll;
+    config.stop_when_idle = args.stop_when_idle;
+    config.drain_on_stop = args.drain_on_stop;
+    config.cache = args.cache.clone();
+    tracing::info!(
+        plugin = %args.plugin.display(),
+        hash = %plugin.hash(),
+        group = %group.id(),
+        stream = %args.stream,
+        state = %args.state.display(),
+        "stream host starting"
+    );
+    let service = StreamService::new(plugin, store, group.clone(), config);
+    let summary = service
+        .run(Arc::new(AtomicBool::new(false)))
+        .with_context(|| format!("stream host for {} on {}", group.id(), args.stream))?;
+    let s = &summary.stats;
+    tracing::info!(
+        records = s.records,
+        applied = s.applied,
+        rows = s.rows,
+        duplicates = s.duplicates,
+        late = s.late,
+        dead = s.dead,
+        commits = summary.commits,
+        resumed = summary.resumed,
+        "stream host stopped after its last checkpoint"
+    );
+    println!(
+        "stopped: {} records, {} events applied, {} rows, {} duplicates, {} late ({}), {} dead \
+         letters ({}), {} checkpoints",
+        s.records,
+        s.applied,
+        s.rows,
+        s.duplicates,
+        s.late,
+        summary.late_log.display(),
+        s.dead,
+        summary.dead_log.display(),
+        summary.commits
+    );
+    Ok(())
+}
+
+/// Puts the lines of `events` to `stream` in file order, each keyed by its entity key
+/// (the plugin manifest's), creating the stream with `create_shards` shards first when
+/// asked. Lines that are not events are put too (keyed `unkeyed`): the stream host
+/// must dead-letter them, and this is how to try it.
+pub fn put(
+    plugin: &std::path::Path,
+    stream: &str,
+    events: &std::path::Path,
+    endpoint_url: Option<String>,
+    create_shards: Option<i32>,
+    runtime: &Runtime,
+) -> Result<()> {
+    let plugin = runtime
+        .load_file(plugin)
+        .with_context(|| format!("loading {}", plugin.display()))?;
+    let key_field = plugin.manifest().entity_key.clone();
+    let text =
+        std::fs::read_to_string(events).with_context(|| format!("reading {}", events.display()))?;
+    let records: Vec<(String, Vec<u8>)> = text
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|line| {
+            let key = serde_json::from_str::<serde_json::Value>(line)
+                .ok()
+                .and_then(|v| match v.get(&key_field) {
+                    Some(serde_json::Value::String(s)) if !s.is_empty() => Some(s.clone()),
+                    Some(serde_json::Value::Number(n)) => Some(n.to_string()),
+                    _ => None,
+                })
+                .unwrap_or_else(|| "unkeyed".to_owned());
+            (key, line.as_bytes().to_vec())
+        })
+        .collect();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the I/O runtime")?;
+    rt.block_on(async {
+        let kinesis = lockstep_kinesis::Kinesis::connect(&KinesisOptions {
+            endpoint: endpoint_url,
+            ..KinesisOptions::default()
+        })
+        .await;
+        if let Some(shards) = create_shards {
+            kinesis
+                .create_stream(stream, shards)
+                .await
+                .with_context(|| format!("creating stream {stream}"))?;
+            kinesis
+                .wait_active(stream)
+                .await
+                .with_context(|| format!("waiting for stream {stream}"))?;
+        }
+        kinesis
+            .put_ordered(stream, &records)
+            .await
+            .with_context(|| format!("putting {} records to {stream}", records.len()))
+    })?;
+    println!("put {} records to {stream}", records.len());
+    Ok(())
+}
+
+/// Logs to standard error: human text on a terminal, JSON lines otherwise or when
+/// `LOCKSTEP_LOG_FORMAT=json`; the level from `RUST_LOG` (default `info`).
+pub fn init_logging() {
+    use std::io::IsTerminal;
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let json = std::env::var("LOCKSTEP_LOG_FORMAT").is_ok_and(|v| v == "json")
+        || !std::io::stderr().is_terminal();
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = if json {
+        builder.json().try_init()
+    } else {
+        builder.try_init()
+    };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn online_store_arguments_parse_or_say_why_not() {
+        assert_eq!(
+            parse_online_store("embedded:/tmp/x"),
+            Ok(OnlineStoreArg::Embedded("/tmp/x".into()))
+        );
+        assert_eq!(
+            parse_online_store("sagemaker"),
+            Ok(OnlineStoreArg::SageMaker(None))
+        );
+        assert_eq!(
+            parse_online_store("sagemaker:http://127.0.0.1:9"),
+            Ok(OnlineStoreArg::SageMaker(Some("http://127.0.0.1:9".into())))
+        );
+        assert!(parse_online_store("embedded:").is_err());
+        assert!(parse_online_store("sagemaker:ftp://x").is_err());
+        assert!(
+            parse_online_store("redis://x")
+                .unwrap_err()
+                .contains("embedded:DIR")
+        );
+    }
+}

@@ -1,0 +1,265 @@
+//! `lockstep featurestore-local` speaks the SageMaker Feature Store runtime protocol:
+//! boto3 and the AWS SDK for Rust use it unchanged, and the stream host writes to it
+//! through the `sagemaker:URL` online store.
+
+mod common;
+
+use common::{plugin, repo, s, text};
+use lockstep_core::compare::{Row, canonical_order};
+use lockstep_featurestore::{SageMakerOptions, SageMakerStore, wire};
+use lockstep_online::{GroupRef, OnlineStore};
+use lockstep_testkit::{Moto, free_port};
+use serde_json::Value as Json;
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+
+/// A featurestore-local process, killed on drop.
+struct Local {
+    child: Child,
+    url: String,
+}
+
+impl Local {
+    fn start(data: &Path, groups: &[&str]) -> Local {
+        let port = free_port();
+        let mut args = vec![
+            "featurestore-local".to_owned(),
+            "--listen".into(),
+            format!("127.0.0.1:{port}"),
+            "--data".into(),
+            s(data).to_owned(),
+        ];
+        for g in groups {
+            args.extend(["--group".to_owned(), g.to_string()]);
+        }
+        let mut child = Command::new(env!("CARGO_BIN_EXE_lockstep"))
+            .args(&args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn featurestore-local");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut first = String::new();
+        BufReader::new(stdout)
+            .read_line(&mut first)
+            .expect("read the listening line");
+        assert!(first.contains("listening on"), "{first}");
+        Local {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+        }
+    }
+
+    /// Runs a boto3 snippet with `fs` (a featurestore-runtime client) in scope.
+    fn boto3(&self, code: &str) -> String {
+        let script = format!(
+            "import boto3, json\n\
+             fs = boto3.client('sagemaker-featurestore-runtime', endpoint_url='{}', \
+             region_name='us-east-1', aws_access_key_id='x', aws_secret_access_key='x')\n{code}\n",
+            self.url
+        );
+        let out = Command::new("python3")
+            .args(["-c", &script])
+            .output()
+            .expect("python3");
+        assert!(
+            out.status.success(),
+            "boto3 snippet failed:\n{code}\n{}",
+            text(&out.stderr)
+        );
+        text(&out.stdout)
+    }
+}
+
+impl Drop for Local {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn boto3_puts_gets_batch_gets_and_deletes_with_the_services_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let local = Local::start(dir.path(), &["users=user_id:ts"]);
+    let out = local.boto3(
+        r#"
+def put(uid, ts, score):
+    fs.put_record(FeatureGroupName='users', Record=[
+        {'FeatureName': 'user_id', 'ValueAsString': uid},
+        {'FeatureName': 'ts', 'ValueAsString': ts},
+        {'FeatureName': 'score', 'ValueAsString': score}])
+put('u1', '2024-01-01T00:00:00Z', '1.5')
+put('u2', '2024-01-01T00:00:00Z', '7')
+put('u1', '2024-01-02T00:00:00Z', '2.5')
+put('u1', '2023-12-31T00:00:00Z', '-1')      # older: ignored, as SageMaker does
+got = fs.get_record(FeatureGroupName='users', RecordIdentifierValueAsString='u1')
+print(json.dumps({f['FeatureName']: f['ValueAsString'] for f in got['Record']}))
+only = fs.get_record(FeatureGroupName='users', RecordIdentifierValueAsString='u1', FeatureNames=['score'])
+print(json.dumps(only['Record']))
+missing = fs.get_record(FeatureGroupName='users', RecordIdentifierValueAsString='nobody')
+print('Record' in missing)
+batch = fs.batch_get_record(Identifiers=[
+    {'FeatureGroupName': 'users', 'RecordIdentifiersValueAsString': ['u1', 'u2', 'nobody']},
+    {'FeatureGroupName': 'ghosts', 'RecordIdentifiersValueAsString': ['g1']}])
+print(sorted(r['RecordIdentifierValueAsString'] for r in batch['Records']))
+print([e['ErrorCode'] for e in batch['Errors']])
+fs.delete_record(FeatureGroupName='users', RecordIdentifierValueAsString='u2', EventTime='2024-01-03T00:00:00Z')
+print('Record' in fs.get_record(FeatureGroupName='users', RecordIdentifierValueAsString='u2'))
+for bad in [lambda: fs.get_record(FeatureGroupName='ghosts', RecordIdentifierValueAsString='x'),
+            lambda: fs.put_record(FeatureGroupName='users', Record=[{'FeatureName': 'ts', 'ValueAsString': '2024-01-01T00:00:00Z'}]),
+            lambda: fs.put_record(FeatureGroupName='users', Record=[{'FeatureName': 'user_id', 'ValueAsString': 'u3'}, {'FeatureName': 'ts', 'ValueAsString': 'yesterday'}])]:
+    try:
+        bad()
+        print('no error')
+    except fs.exceptions.ResourceNotFound as e:
+        print('ResourceNotFound', 'ghosts' in str(e))
+    except fs.exceptions.ValidationError as e:
+        print('ValidationError', str(e).replace('\n', ' '))
+"#,
+    );
+    let lines: Vec<&str> = out.lines().collect();
+    let u1: Json = serde_json::from_str(lines[0]).unwrap();
+    assert_eq!(
+        u1,
+        serde_json::json!({"user_id": "u1", "ts": "2024-01-02T00:00:00Z", "score": "2.5"})
+    );
+    assert_eq!(
+        lines[1],
+        r#"[{"FeatureName": "score", "ValueAsString": "2.5"}]"#
+    );
+    assert_eq!(lines[2], "False");
+    assert_eq!(lines[3], "['u1', 'u2']");
+    assert_eq!(lines[4], "['ResourceNotFound']");
+    assert_eq!(lines[5], "False");
+    assert_eq!(lines[6], "ResourceNotFound True");
+    assert!(
+        lines[7].starts_with("ValidationError") && lines[7].contains("user_id"),
+        "{out}"
+    );
+    assert!(
+        lines[8].starts_with("ValidationError") && lines[8].contains("yesterday"),
+        "{out}"
+    );
+}
+
+#[test]
+fn the_stream_host_writes_through_the_sagemaker_protocol_and_both_clients_read_it() {
+    let moto = Moto::start();
+    let wasm = plugin("txn_velocity");
+    let runtime = lockstep_runtime::Runtime::new(lockstep_runtime::RuntimeConfig::default())
+        .expect("runtime");
+    let loaded = runtime.load_file(&wasm).expect("load plugin");
+    let m = loaded.manifest();
+    let group = GroupRef {
+        name: m.name.clone(),
+        version: m.version.clone(),
+        plugin_hash: loaded.hash().to_owned(),
+        entity_key: m.entity_key.clone(),
+    };
+    let name = wire::group_name(&group);
+    let dir = tempfile::tempdir().unwrap();
+    let local = Local::start(&dir.path().join("fs"), &[&format!("{name}=card_id")]);
+
+    let events = repo("golden").join("txn_velocity").join("events.jsonl");
+    let endpoint = moto.endpoint();
+    let out = Command::new(env!("CARGO_BIN_EXE_lockstep"))
+        .args([
+            "stream",
+            "put",
+            "--plugin",
+            s(&wasm),
+            "--stream",
+            "sm",
+            "--events",
+            s(&events),
+            "--endpoint-url",
+            &endpoint,
+            "--create-shards",
+            "2",
+        ])
+        .envs(moto.env())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let state = dir.path().join("state");
+    let store = format!("sagemaker:{}", local.url);
+    let out = Command::new(env!("CARGO_BIN_EXE_lockstep"))
+        .args([
+            "stream",
+            "run",
+            "--plugin",
+            s(&wasm),
+            "--stream",
+            "sm",
+            "--endpoint-url",
+            &endpoint,
+            "--online-store",
+            &store,
+            "--state",
+            s(&state),
+            "--allowed-lateness",
+            "5m",
+            "--idle-poll",
+            "50ms",
+            "--stop-when-idle",
+            "--drain-on-stop",
+        ])
+        .envs(moto.env())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+
+    // The latest golden row of every card.
+    let expected =
+        std::fs::read_to_string(repo("golden").join("txn_velocity").join("expected.jsonl"))
+            .unwrap();
+    let mut rows: Vec<Row> = expected
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    canonical_order(&mut rows, "card_id");
+    let mut latest: BTreeMap<String, Row> = BTreeMap::new();
+    for row in rows {
+        latest.insert(row["card_id"].as_str().unwrap().to_owned(), row);
+    }
+
+    // The AWS SDK for Rust, through our backend, typed by the row schema.
+    let client = SageMakerStore::with_options(SageMakerOptions {
+        endpoint: Some(local.url.clone()),
+        region: Some("us-east-1".into()),
+        credentials: Some(("local".into(), "local".into())),
+        ..SageMakerOptions::default()
+    })
+    .expect("connect");
+    client.set_schema(&group, lockstep_core::schema::row_schema(m));
+    let keys: Vec<String> = latest.keys().cloned().collect();
+    let got = client.get(&group, &keys).expect("batch get");
+    for (key, record) in keys.iter().zip(got) {
+        let record = record.unwrap_or_else(|| panic!("no record for {key}"));
+        assert_eq!(&record.row, &latest[key], "{key}");
+        assert_eq!(record.plugin_hash, group.plugin_hash);
+    }
+
+    // boto3, as a Python service would read it.
+    let (key, row) = latest.iter().next().unwrap();
+    let out = local.boto3(&format!(
+        "r = fs.get_record(FeatureGroupName='{name}', RecordIdentifierValueAsString={key:?})\n\
+         print(json.dumps({{f['FeatureName']: f['ValueAsString'] for f in r['Record']}}))"
+    ));
+    let got: BTreeMap<String, String> = serde_json::from_str(out.trim()).unwrap();
+    for (feature, value) in row {
+        match wire::value_text(value) {
+            Some(text) => assert_eq!(got.get(feature), Some(&text), "{feature}"),
+            None => assert!(!got.contains_key(feature), "{feature}"),
+        }
+    }
+    assert_eq!(got.get(wire::PLUGIN_HASH_FEATURE), Some(&group.plugin_hash));
+}

@@ -1,0 +1,640 @@
+//! `lockstep stream run` as a service, against real servers on loopback: a moto server
+//! for Kinesis, a real redis-server, and our own featurestore-local. Every test puts
+//! a golden set to a fresh stream and checks what the service wrote — the online
+//! store, the cache, the row, late and dead-letter logs — against the golden rows,
+//! which the batch host computes for the same events.
+
+mod common;
+
+use common::{lockstep, plugin, repo, s, text};
+use lockstep_core::compare::{Row, canonical_order, compare};
+use lockstep_online::{EmbeddedStore, GroupRef, OnlineStore};
+use lockstep_testkit::{Moto, Redis, free_port};
+use serde_json::Value as Json;
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const KEY: &str = "card_id";
+
+fn golden_events() -> PathBuf {
+    repo("golden").join("txn_velocity").join("events.jsonl")
+}
+
+fn golden_rows() -> Vec<Row> {
+    read_rows(&repo("golden").join("txn_velocity").join("expected.jsonl"))
+}
+
+fn read_rows(path: &Path) -> Vec<Row> {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let mut rows: Vec<Row> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l}: {e}")))
+        .collect();
+    canonical_order(&mut rows, KEY);
+    rows
+}
+
+fn assert_same_rows(label: &str, got: &[Row], want: &[Row]) {
+    let cmp = compare(KEY, got, want, 5);
+    assert!(
+        cmp.identical(),
+        "{label}: {} rows vs {} expected\n{}",
+        got.len(),
+        want.len(),
+        cmp.render("service", "golden")
+    );
+}
+
+/// The last row of each entity, in canonical order: what the online store must hold.
+fn latest_rows(rows: &[Row]) -> BTreeMap<String, Row> {
+    let mut out = BTreeMap::new();
+    for row in rows {
+        let key = match &row[KEY] {
+            Json::String(s) => s.clone(),
+            other => other.to_string(),
+        };
+        out.insert(key, row.clone());
+    }
+    out
+}
+
+/// Runs `lockstep` with the moto environment.
+fn lockstep_env(moto: &Moto, args: &[&str]) -> Output {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_lockstep"));
+    command.args(args).envs(moto.env());
+    command.output().expect("run lockstep")
+}
+
+fn put(moto: &Moto, wasm: &Path, stream: &str, events: &Path, create: Option<&str>) {
+    let endpoint = moto.endpoint();
+    let mut args = vec![
+        "stream",
+        "put",
+        "--plugin",
+        s(wasm),
+        "--stream",
+        stream,
+        "--events",
+        s(events),
+        "--endpoint-url",
+        &endpoint,
+    ];
+    if let Some(shards) = create {
+        args.extend(["--create-shards", shards]);
+    }
+    let out = lockstep_env(moto, &args);
+    assert!(out.status.success(), "put failed: {}", text(&out.stderr));
+}
+
+/// `stream run` arguments common to every test.
+fn run_args(
+    moto: &Moto,
+    wasm: &Path,
+    stream: &str,
+    store: &str,
+    state: &Path,
+    extra: &[&str],
+) -> Vec<String> {
+    let mut args: Vec<String> = [
+        "stream",
+        "run",
+        "--plugin",
+        s(wasm),
+        "--stream",
+        stream,
+        "--endpoint-url",
+        &moto.endpoint(),
+        "--online-store",
+        store,
+        "--state",
+        s(state),
+        "--allowed-lateness",
+        "5m",
+        "--idle-poll",
+        "50ms",
+    ]
+    .iter()
+    .map(|a| a.to_string())
+    .collect();
+    args.extend(extra.iter().map(|a| a.to_string()));
+    args
+}
+
+fn spawn(moto: &Moto, args: &[String]) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_lockstep"))
+        .args(args)
+        .envs(moto.env())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn lockstep stream run")
+}
+
+/// Runs the service to the end of what was put (stop when idle, drain).
+fn run_to_end(moto: &Moto, args: &[String]) -> Output {
+    let mut args = args.to_vec();
+    args.extend(["--stop-when-idle".into(), "--drain-on-stop".into()]);
+    let out = Command::new(env!("CARGO_BIN_EXE_lockstep"))
+        .args(&args)
+        .envs(moto.env())
+        .output()
+        .expect("run lockstep stream run");
+    assert!(
+        out.status.success(),
+        "stream run failed:\n{}\n{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    out
+}
+
+fn group(wasm: &Path) -> GroupRef {
+    let runtime = lockstep_runtime::Runtime::new(lockstep_runtime::RuntimeConfig::default())
+        .expect("runtime");
+    let plugin = runtime.load_file(wasm).expect("load plugin");
+    let m = plugin.manifest();
+    GroupRef {
+        name: m.name.clone(),
+        version: m.version.clone(),
+        plugin_hash: plugin.hash().to_owned(),
+        entity_key: m.entity_key.clone(),
+    }
+}
+
+/// Every record in the embedded store for `keys`, as rows.
+fn stored(dir: &Path, group: &GroupRef, keys: &[String]) -> BTreeMap<String, Row> {
+    let store = EmbeddedStore::open(dir).expect("open online store");
+    let records = store.get(group, keys).expect("read online store");
+    keys.iter()
+        .zip(records)
+        .filter_map(|(k, r)| r.map(|r| (k.clone(), r.row)))
+        .collect()
+}
+
+fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let status = response.split_whitespace().nth(1)?.parse().ok()?;
+    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_owned())?;
+    Some((status, body))
+}
+
+/// A counter's value in a Prometheus text exposition.
+fn metric(body: &str, name: &str) -> Option<f64> {
+    body.lines()
+        .find(|l| l.starts_with(name) && !l.starts_with('#'))
+        .and_then(|l| l.split_whitespace().last())
+        .and_then(|v| v.parse().ok())
+}
+
+#[test]
+fn events_reach_the_store_the_cache_and_the_logs_bad_ones_the_dead_and_late_logs() {
+    let moto = Moto::start();
+    let redis = Redis::start(&[]);
+    let wasm = plugin("txn_velocity");
+    let dir = tempfile::tempdir().unwrap();
+    // The golden events, then: the last event again (a duplicate), two records that
+    // are not events, and an event far behind the watermark.
+    let mut events = std::fs::read_to_string(golden_events()).unwrap();
+    let last = events.lines().last().unwrap().to_owned();
+    events.push_str(&format!("{last}\n"));
+    events.push_str("{\"card_id\":\"card-000001\",\"ts\":\"not a time\",\"amount\":1.0,\"merchant\":\"m\",\"txn_id\":\"bad-1\"}\n");
+    events.push_str("this is not json\n");
+    events.push_str("{\"card_id\":\"card-000002\",\"ts\":1704067268000000,\"amount\":1.0,\"merchant\":\"m\",\"txn_id\":\"late-1\"}\n");
+    let events_path = dir.path().join("events.jsonl");
+    std::fs::write(&events_path, events).unwrap();
+    put(&moto, &wasm, "txns", &events_path, Some("2"));
+
+    let state = dir.path().join("state");
+    let online = dir.path().join("online");
+    let store_arg = format!("embedded:{}", online.display());
+    let args = run_args(
+        &moto,
+        &wasm,
+        "txns",
+        &store_arg,
+        &state,
+        &["--cache", &redis.url()],
+    );
+    let out = run_to_end(&moto, &args);
+    let summary = text(&out.stdout);
+    let duplicates: u64 = summary
+        .split(", ")
+        .find(|p| p.ends_with(" duplicates"))
+        .and_then(|p| p.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no duplicate count in {summary}"));
+    assert!(duplicates >= 1, "{summary}");
+    assert!(summary.contains("1 late"), "{summary}");
+    assert!(summary.contains("2 dead letters"), "{summary}");
+
+    let expected = golden_rows();
+    assert_same_rows("row log", &read_rows(&state.join("rows.jsonl")), &expected);
+
+    let latest = latest_rows(&expected);
+    let keys: Vec<String> = latest.keys().cloned().collect();
+    let g = group(&wasm);
+    assert_eq!(stored(&online, &g, &keys), latest, "online store");
+
+    // The cache holds the same latest rows, with their event times.
+    for (key, row) in latest.iter().take(25) {
+        let redis_key = format!("lockstep:{}:{key}", g.id());
+        let out = Command::new("redis-cli")
+            .args([
+                "-p",
+                &redis.port().to_string(),
+                "--raw",
+                "HGET",
+                &redis_key,
+                "v",
+            ])
+            .output()
+            .expect("redis-cli");
+        let cached: Json = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("{redis_key}: {e}: {}", text(&out.stdout)));
+        assert_eq!(
+            cached["row"],
+            Json::Object(row.clone()),
+            "cache {redis_key}"
+        );
+        assert_eq!(cached["plugin_hash"], Json::String(g.plugin_hash.clone()));
+    }
+
+    let dead = std::fs::read_to_string(state.join("dead-letters.jsonl")).unwrap();
+    let dead: Vec<Json> = dead
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(dead.len(), 2, "{dead:?}");
+    assert!(dead.iter().all(|d| {
+        d["shard"]
+            .as_str()
+            .is_some_and(|s| s.starts_with("shardId"))
+            && d["sequence"].as_str().is_some_and(|s| !s.is_empty())
+    }));
+    assert!(
+        dead[0]["reason"].as_str().unwrap().contains("ts")
+            || dead[1]["reason"].as_str().unwrap().contains("ts"),
+        "{dead:?}"
+    );
+    let late = std::fs::read_to_string(state.join("late.jsonl")).unwrap();
+    assert_eq!(late.lines().count(), 1, "{late}");
+    assert!(late.contains("late-1"), "{late}");
+
+    // A second run over the same stream finds nothing new and changes nothing.
+    run_to_end(&moto, &args);
+    assert_same_rows(
+        "row log after a rerun",
+        &read_rows(&state.join("rows.jsonl")),
+        &expected,
+    );
+}
+
+#[test]
+fn killed_at_random_points_the_service_ends_as_an_uninterrupted_run_does() {
+    let moto = Moto::start();
+    let wasm = plugin("txn_velocity");
+    let dir = tempfile::tempdir().unwrap();
+    let text_all = std::fs::read_to_string(golden_events()).unwrap();
+    let lines: Vec<&str> = text_all.lines().collect();
+    let half = lines.len() / 2;
+    let first = dir.path().join("first.jsonl");
+    let second = dir.path().join("second.jsonl");
+    std::fs::write(&first, lines[..half].join("\n") + "\n").unwrap();
+    std::fs::write(&second, lines[half..].join("\n") + "\n").unwrap();
+    put(&moto, &wasm, "crash", &first, Some("2"));
+
+    let state = dir.path().join("state");
+    let online = dir.path().join("online");
+    let store_arg = format!("embedded:{}", online.display());
+    // Small reads: many rounds, many checkpoints to land between.
+    let args = run_args(
+        &moto,
+        &wasm,
+        "crash",
+        &store_arg,
+        &state,
+        &["--batch-size", "40"],
+    );
+    let mut seed = 0x9E37_79B9_7F4A_7C15u64;
+    let mut kills = 0;
+    let mut logged_at_kill = Vec::new();
+    for round in 0..5 {
+        if round == 2 {
+            put(&moto, &wasm, "crash", &second, None);
+        }
+        let mut child = spawn(&moto, &args);
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        std::thread::sleep(Duration::from_millis(300 + seed % 900));
+        if child.try_wait().expect("poll child").is_none() {
+            child.kill().expect("kill -9");
+            kills += 1;
+        }
+        let _ = child.wait();
+        logged_at_kill.push(std::fs::metadata(state.join("rows.jsonl")).map_or(0, |m| m.len()));
+    }
+    assert!(kills >= 3, "the service was killed only {kills} times");
+    run_to_end(&moto, &args);
+    // The kills landed in the middle of the work, not before or after it.
+    let total = std::fs::metadata(state.join("rows.jsonl")).unwrap().len();
+    let mid_work = logged_at_kill
+        .iter()
+        .filter(|&&n| n > 0 && n < total)
+        .count();
+    assert!(
+        mid_work >= 2,
+        "row log sizes at the kills: {logged_at_kill:?} of {total}"
+    );
+
+    // An uninterrupted run over the same stream, elsewhere.
+    let clean_state = dir.path().join("clean-state");
+    let clean_online = dir.path().join("clean-online");
+    let clean_arg = format!("embedded:{}", clean_online.display());
+    run_to_end(
+        &moto,
+        &run_args(&moto, &wasm, "crash", &clean_arg, &clean_state, &[]),
+    );
+
+    let crashed = read_rows(&state.join("rows.jsonl"));
+    let clean = read_rows(&clean_state.join("rows.jsonl"));
+    assert_same_rows("crashed vs uninterrupted row log", &crashed, &clean);
+    assert_same_rows("row log vs golden", &crashed, &golden_rows());
+    let latest = latest_rows(&clean);
+    let keys: Vec<String> = latest.keys().cloned().collect();
+    let g = group(&wasm);
+    assert_eq!(
+        stored(&online, &g, &keys),
+        stored(&clean_online, &g, &keys),
+        "online stores differ"
+    );
+    assert_eq!(stored(&online, &g, &keys), latest);
+}
+
+#[test]
+fn a_split_mid_stream_loses_nothing_and_keeps_each_entity_in_order() {
+    let moto = Moto::start();
+    let wasm = plugin("txn_velocity");
+    let dir = tempfile::tempdir().unwrap();
+    let text_all = std::fs::read_to_string(golden_events()).unwrap();
+    let lines: Vec<&str> = text_all.lines().collect();
+    let half = lines.len() / 2;
+    let first = dir.path().join("first.jsonl");
+    let second = dir.path().join("second.jsonl");
+    std::fs::write(&first, lines[..half].join("\n") + "\n").unwrap();
+    std::fs::write(&second, lines[half..].join("\n") + "\n").unwrap();
+    put(&moto, &wasm, "split", &first, Some("1"));
+
+    let state = dir.path().join("state");
+    let online = dir.path().join("online");
+    let store_arg = format!("embedded:{}", online.display());
+    let args = run_args(
+        &moto,
+        &wasm,
+        "split",
+        &store_arg,
+        &state,
+        &["--batch-size", "100"],
+    );
+    let mut service = spawn(&moto, &args);
+    std::thread::sleep(Duration::from_millis(800));
+    // Split the only shard in the middle of its hash range, then put the rest.
+    moto.boto3(
+        "k = client('kinesis')\n\
+         shard = k.list_shards(StreamName='split')['Shards'][0]['ShardId']\n\
+         k.split_shard(StreamName='split', ShardToSplit=shard, NewStartingHashKey=str(2**127))",
+    );
+    put(&moto, &wasm, "split", &second, None);
+    // Let it read what is there, then stop it and finish the stream.
+    std::thread::sleep(Duration::from_millis(1500));
+    let _ = service.kill();
+    let _ = service.wait();
+    run_to_end(&moto, &args);
+    assert_same_rows(
+        "row log across a split",
+        &read_rows(&state.join("rows.jsonl")),
+        &golden_rows(),
+    );
+    let shards =
+        moto.boto3("print(len(client('kinesis').list_shards(StreamName='split')['Shards']))");
+    assert_eq!(shards.trim(), "3", "the split did not happen");
+}
+
+#[test]
+fn sigterm_stops_cleanly_and_health_and_metrics_report_the_work() {
+    let moto = Moto::start();
+    let wasm = plugin("txn_velocity");
+    let dir = tempfile::tempdir().unwrap();
+    put(&moto, &wasm, "term", &golden_events(), Some("2"));
+    let state = dir.path().join("state");
+    let store_arg = format!("embedded:{}", dir.path().join("online").display());
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let args = run_args(
+        &moto,
+        &wasm,
+        "term",
+        &store_arg,
+        &state,
+        &["--listen", &listen],
+    );
+    let mut service = spawn(&moto, &args);
+
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let metrics = loop {
+        if let Some((200, body)) = http_get(port, "/metrics")
+            && metric(&body, "lockstep_stream_records_in_total").is_some_and(|v| v >= 3000.0)
+        {
+            break body;
+        }
+        assert!(Instant::now() < deadline, "no progress on /metrics");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(
+        metric(&metrics, "lockstep_stream_rows_out_total").is_some_and(|v| v > 0.0),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("lockstep_stream_lag_ms{shard=\"shardId-"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("lockstep_stream_dead_letters_total 0"),
+        "{metrics}"
+    );
+    let (code, health) = http_get(port, "/healthz").expect("healthz");
+    assert_eq!(code, 200, "{health}");
+    assert!(health.contains("\"ok\""), "{health}");
+
+    let pid = service.id().to_string();
+    let status = Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill -TERM");
+    assert!(status.success());
+    let stopped = Instant::now();
+    let status = loop {
+        if let Some(status) = service.try_wait().expect("poll") {
+            break status;
+        }
+        assert!(
+            stopped.elapsed() < Duration::from_secs(20),
+            "no exit after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut stdout = String::new();
+    service
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut stdout)
+        .unwrap();
+    assert!(status.success(), "exit {status:?}: {stdout}");
+    assert!(stdout.contains("stopped:"), "{stdout}");
+    // Everything it read before the stop is checkpointed: the rest of the stream
+    // picks up there, and the result is the golden rows.
+    run_to_end(&moto, &args);
+    assert_same_rows(
+        "row log after SIGTERM and restart",
+        &read_rows(&state.join("rows.jsonl")),
+        &golden_rows(),
+    );
+}
+
+#[test]
+fn another_plugin_is_refused_by_the_state_and_by_the_online_store() {
+    let moto = Moto::start();
+    let wasm = plugin("txn_velocity");
+    let naive = common::built(&repo("plugins").join("txn_velocity"), &["naive-sum"]);
+    let dir = tempfile::tempdir().unwrap();
+    put(&moto, &wasm, "refuse", &golden_events(), Some("1"));
+    let state = dir.path().join("state");
+    let store_arg = format!("embedded:{}", dir.path().join("online").display());
+    run_to_end(
+        &moto,
+        &run_args(&moto, &wasm, "refuse", &store_arg, &state, &[]),
+    );
+
+    // Same state directory, other component: refused before anything is read.
+    let out = lockstep_env(
+        &moto,
+        &run_args(
+            &moto,
+            &naive,
+            "refuse",
+            &store_arg,
+            &state,
+            &["--stop-when-idle"],
+        )
+        .iter()
+        .map(String::as_str)
+        .collect::<Vec<_>>(),
+    );
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(err.contains("was built by plugin"), "{err}");
+
+    // Fresh state, same group version in the online store: the store refuses.
+    let other_state = dir.path().join("other-state");
+    let out = lockstep_env(
+        &moto,
+        &run_args(
+            &moto,
+            &naive,
+            "refuse",
+            &store_arg,
+            &other_state,
+            &["--stop-when-idle"],
+        )
+        .iter()
+        .map(String::as_str)
+        .collect::<Vec<_>>(),
+    );
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(err.contains("refusing rows from plugin"), "{err}");
+    assert!(err.contains(&group(&wasm).plugin_hash), "{err}");
+}
+
+/// The event time of a golden event (µs since the epoch or RFC 3339 text).
+fn event_time(line: &str) -> i64 {
+    match &serde_json::from_str::<Json>(line).unwrap()["ts"] {
+        Json::Number(n) => n.as_i64().unwrap(),
+        Json::String(t) => lockstep_featurestore::wire::parse_event_time(t).unwrap(),
+        other => panic!("ts {other}"),
+    }
+}
+
+#[test]
+fn a_backfill_hands_its_state_to_the_stream_without_gap_or_double_count() {
+    let moto = Moto::start();
+    let wasm = plugin("txn_velocity");
+    let dir = tempfile::tempdir().unwrap();
+    // Split the golden events at an instant T by event time: the backfill takes the
+    // events before T, the stream the rest (in arrival order).
+    let text_all = std::fs::read_to_string(golden_events()).unwrap();
+    let mut times: Vec<i64> = text_all.lines().map(event_time).collect();
+    times.sort_unstable();
+    let t = times[times.len() / 2];
+    let (before, after): (Vec<&str>, Vec<&str>) = text_all.lines().partition(|l| event_time(l) < t);
+    let before_path = dir.path().join("before.jsonl");
+    let after_path = dir.path().join("after.jsonl");
+    std::fs::write(&before_path, before.join("\n") + "\n").unwrap();
+    std::fs::write(&after_path, after.join("\n") + "\n").unwrap();
+
+    let offline = dir.path().join("offline");
+    let snapshot = dir.path().join("state.parquet");
+    let out = lockstep(&[
+        "batch",
+        "run",
+        "--plugin",
+        s(&wasm),
+        "--source",
+        s(&before_path),
+        "--format",
+        "json",
+        "--offline-store",
+        s(&offline),
+        "--state-out",
+        s(&snapshot),
+    ]);
+    assert!(out.status.success(), "backfill: {}", text(&out.stderr));
+
+    put(&moto, &wasm, "handoff", &after_path, Some("2"));
+    let state = dir.path().join("state");
+    let store_arg = format!("embedded:{}", dir.path().join("online").display());
+    run_to_end(
+        &moto,
+        &run_args(
+            &moto,
+            &wasm,
+            "handoff",
+            &store_arg,
+            &state,
+            &["--start-state", s(&snapshot)],
+        ),
+    );
+    let streamed = read_rows(&state.join("rows.jsonl"));
+    // The stream's rows are exactly the golden rows at or after T.
+    let t_text = lockstep_core::rows::format_timestamp(t);
+    let mut want: Vec<Row> = golden_rows()
+        .into_iter()
+        .filter(|r| r["event_time"].as_str().unwrap() >= t_text.as_str().unwrap())
+        .collect();
+    canonical_order(&mut want, KEY);
+    assert!(!want.is_empty());
+    assert_same_rows("stream rows after the hand-off", &streamed, &want);
+}

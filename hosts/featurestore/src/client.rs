@@ -1,0 +1,352 @@
+//! [`SageMakerStore`]: the online store trait over the SageMaker Feature Store runtime.
+
+use crate::wire::{
+    EVENT_TIME_FEATURE, PLUGIN_HASH_FEATURE, group_name, parse_event_time, row_from_record,
+    value_text,
+};
+use arrow_array::RecordBatch;
+use arrow_schema::SchemaRef;
+use aws_sdk_sagemakerfeaturestoreruntime as sm;
+use lockstep_core::rows::row_json;
+use lockstep_online::{GroupRef, OnlineError, OnlineRecord, OnlineStore, PutSummary};
+use sm::types::{BatchGetRecordIdentifier, DeletionMode, FeatureValue};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::Semaphore;
+
+/// How to reach the service and how hard to push it.
+#[derive(Debug, Clone)]
+pub struct SageMakerOptions {
+    /// Endpoint URL (e.g. `featurestore-local`); AWS's when unset.
+    pub endpoint: Option<String>,
+    /// Region; from the AWS environment when unset.
+    pub region: Option<String>,
+    /// Access key id and secret; from the AWS credential chain when unset.
+    pub credentials: Option<(String, String)>,
+    /// PutRecord calls in flight at once.
+    pub max_in_flight: usize,
+    /// PutRecord calls per second at most (the account's quota); unlimited when unset.
+    pub max_puts_per_second: Option<f64>,
+}
+
+impl Default for SageMakerOptions {
+    fn default() -> Self {
+        SageMakerOptions {
+            endpoint: None,
+            region: None,
+            credentials: None,
+            max_in_flight: 32,
+            max_puts_per_second: None,
+        }
+    }
+}
+
+/// The online store over the SageMaker Feature Store runtime API.
+///
+/// `put` keeps the latest row per entity of the batch (the service keeps only that
+/// one anyway), then sends one PutRecord per entity, `max_in_flight` at a time and
+/// paced to `max_puts_per_second`; the SDK retries throttling and server errors with
+/// backoff, and what still fails comes back as a transient error for the caller to
+/// retry. Calls block: use them from a blocking context, not from async code.
+pub struct SageMakerStore {
+    client: sm::Client,
+    rt: tokio::runtime::Runtime,
+    options: SageMakerOptions,
+    /// Row schemas seen per group, to read text values back with their types.
+    schemas: Mutex<HashMap<String, SchemaRef>>,
+    label: String,
+}
+
+fn unavailable(store: &str, e: impl std::fmt::Display) -> OnlineError {
+    OnlineError::Unavailable {
+        store: store.to_owned(),
+        message: e.to_string(),
+    }
+}
+
+/// Full text of an SDK error, including the service's message.
+fn describe<E: std::error::Error>(e: &E) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+impl SageMakerStore {
+    /// A store at `endpoint` (AWS's when `None`) with default options.
+    pub fn connect(endpoint: Option<&str>) -> Result<Self, OnlineError> {
+        Self::with_options(SageMakerOptions {
+            endpoint: endpoint.map(str::to_owned),
+            ..SageMakerOptions::default()
+        })
+    }
+
+    /// A store with `options`.
+    pub fn with_options(options: SageMakerOptions) -> Result<Self, OnlineError> {
+        let label = options
+            .endpoint
+            .clone()
+            .unwrap_or_else(|| "sagemaker".to_owned());
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .map_err(|e| unavailable(&label, format!("cannot start the I/O runtime: {e}")))?;
+        let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
+        if let Some(url) = &options.endpoint {
+            loader = loader.endpoint_url(url);
+        }
+        if let Some(region) = &options.region {
+            loader = loader.region(aws_config::Region::new(region.clone()));
+        }
+        if let Some((key, secret)) = &options.credentials {
+            loader = loader.credentials_provider(sm::config::Credentials::new(
+                key, secret, None, None, "lockstep",
+            ));
+        }
+        let config = rt.block_on(loader.load());
+        Ok(SageMakerStore {
+            client: sm::Client::new(&config),
+            rt,
+            options,
+            schemas: Mutex::new(HashMap::new()),
+            label,
+        })
+    }
+
+    /// Reads `group`'s values back typed by `schema` (its row schema).
+    pub fn set_schema(&self, group: &GroupRef, schema: SchemaRef) {
+        if let Ok(mut s) = self.schemas.lock() {
+            s.insert(group.id(), schema);
+        }
+    }
+
+    fn schema_of(&self, group: &GroupRef) -> Option<SchemaRef> {
+        self.schemas.lock().ok()?.get(&group.id()).cloned()
+    }
+
+    /// Whether a failed call may pass later (throttling, 5xx, the network).
+    fn classify<E, R>(&self, e: sm::error::SdkError<E, R>) -> OnlineError
+    where
+        E: sm::error::ProvideErrorMetadata + std::error::Error + 'static,
+        R: std::fmt::Debug,
+    {
+        let text = describe(&e);
+        match &e {
+            sm::error::SdkError::ServiceError(service) => {
+                let code = service.err().code().unwrap_or("");
+                match code {
+                    "ValidationError" | "AccessForbidden" | "ResourceNotFound" => {
+                        OnlineError::Rows(format!(
+                            "{}: {code}: {}",
+                            self.label,
+                            service.err().message().unwrap_or(&text)
+                        ))
+                    }
+                    _ => unavailable(&self.label, text),
+                }
+            }
+            _ => unavailable(&self.label, text),
+        }
+    }
+}
+
+impl OnlineStore for SageMakerStore {
+    fn put(
+        &self,
+        group: &GroupRef,
+        rows: &RecordBatch,
+        _write_time: i64,
+    ) -> Result<PutSummary, OnlineError> {
+        self.set_schema(group, rows.schema());
+        // The latest row of each entity in this batch; equal times: the later row.
+        let mut latest: HashMap<String, (i64, usize)> = HashMap::new();
+        let mut parsed = Vec::with_capacity(rows.num_rows());
+        for r in 0..rows.num_rows() {
+            let row = row_json(rows, r);
+            let key = row
+                .get(&group.entity_key)
+                .and_then(value_text)
+                .ok_or_else(|| {
+                    OnlineError::Rows(format!("row {r} for {} has no entity key", group.id()))
+                })?;
+            let time = row
+                .get(EVENT_TIME_FEATURE)
+                .and_then(|v| v.as_str())
+                .ok_or_else(|| {
+                    OnlineError::Rows(format!("row {r} for {} has no event_time", group.id()))
+                })
+                .and_then(|t| parse_event_time(t).map_err(OnlineError::Rows))?;
+            match latest.get(&key) {
+                Some((t, _)) if *t > time => {}
+                _ => {
+                    latest.insert(key, (time, r));
+                }
+            }
+            parsed.push(row);
+        }
+        let name = group_name(group);
+        let mut records: Vec<Vec<FeatureValue>> = Vec::with_capacity(latest.len());
+        let mut order: Vec<usize> = latest.values().map(|(_, r)| *r).collect();
+        order.sort_unstable();
+        for r in order {
+            let mut features = Vec::new();
+            for (fname, value) in &parsed[r] {
+                if let Some(text) = value_text(value) {
+                    features.push(
+                        FeatureValue::builder()
+                            .feature_name(fname)
+                            .value_as_string(text)
+                            .build(),
+                    );
+                }
+            }
+            features.push(
+                FeatureValue::builder()
+                    .feature_name(PLUGIN_HASH_FEATURE)
+                    .value_as_string(&group.plugin_hash)
+                    .build(),
+            );
+            records.push(features);
+        }
+        let written = records.len();
+        let stale = rows.num_rows() - written;
+        let limiter = Arc::new(Semaphore::new(self.options.max_in_flight.max(1)));
+        let pace = self
+            .options
+            .max_puts_per_second
+            .filter(|r| *r > 0.0)
+            .map(|r| Duration::from_secs_f64(1.0 / r));
+        self.rt.block_on(async {
+            let mut tasks = tokio::task::JoinSet::new();
+            let started = Instant::now();
+            for (i, features) in records.into_iter().enumerate() {
+                if let Some(gap) = pace {
+                    let due = started + gap * i as u32;
+                    tokio::time::sleep_until(due.into()).await;
+                }
+                let permit = limiter
+                    .clone()
+                    .acquire_owned()
+                    .await
+                    .map_err(|e| unavailable(&self.label, e))?;
+                let call = self
+                    .client
+                    .put_record()
+                    .feature_group_name(&name)
+                    .set_record(Some(features));
+                tasks.spawn(async move {
+                    let out = call.send().await;
+                    drop(permit);
+                    out
+                });
+            }
+            let mut first_error = None;
+            while let Some(done) = tasks.join_next().await {
+                let result = done.map_err(|e| unavailable(&self.label, e))?;
+                if let Err(e) = result
+                    && first_error.is_none()
+                {
+                    first_error = Some(self.classify(e));
+                }
+            }
+            match first_error {
+                // Puts are idempotent (latest event time wins): the caller retries all.
+                Some(e) => Err(e),
+                None => Ok(PutSummary { written, stale }),
+            }
+        })
+    }
+
+    fn get(
+        &self,
+        group: &GroupRef,
+        keys: &[String],
+    ) -> Result<Vec<Option<OnlineRecord>>, OnlineError> {
+        let name = group_name(group);
+        let schema = self.schema_of(group);
+        let mut found: HashMap<String, OnlineRecord> = HashMap::new();
+        for chunk in keys.chunks(100) {
+            let ident = BatchGetRecordIdentifier::builder()
+                .feature_group_name(&name)
+                .set_record_identifiers_value_as_string(Some(chunk.to_vec()))
+                .build();
+            let out = self
+                .rt
+                .block_on(self.client.batch_get_record().identifiers(ident).send())
+                .map_err(|e| self.classify(e))?;
+            if let Some(err) = out.errors().first() {
+                return Err(OnlineError::Rows(format!(
+                    "{}: {} for `{}`: {}",
+                    self.label,
+                    err.error_code().unwrap_or("error"),
+                    err.record_identifier_value_as_string().unwrap_or(""),
+                    err.error_message().unwrap_or("")
+                )));
+            }
+            for rec in out.records() {
+                let features: Vec<(String, String)> = rec
+                    .record()
+                    .iter()
+                    .map(|f| {
+                        (
+                            f.feature_name().unwrap_or_default().to_owned(),
+                            f.value_as_string().unwrap_or_default().to_owned(),
+                        )
+                    })
+                    .collect();
+                let text = |n: &str| {
+                    features
+                        .iter()
+                        .find(|(f, _)| f == n)
+                        .map(|(_, v)| v.clone())
+                };
+                let event_time = text(EVENT_TIME_FEATURE)
+                    .map(|t| parse_event_time(&t))
+                    .transpose()
+                    .map_err(OnlineError::Rows)?
+                    .unwrap_or(0);
+                found.insert(
+                    rec.record_identifier_value_as_string()
+                        .unwrap_or_default()
+                        .to_owned(),
+                    OnlineRecord {
+                        event_time,
+                        // The protocol does not return when a record was written.
+                        write_time: 0,
+                        plugin_hash: text(PLUGIN_HASH_FEATURE).unwrap_or_default(),
+                        row: row_from_record(&features, schema.as_deref()),
+                    },
+                );
+            }
+        }
+        Ok(keys.iter().map(|k| found.remove(k)).collect())
+    }
+
+    fn delete(&self, group: &GroupRef, key: &str) -> Result<bool, OnlineError> {
+        let existed = self
+            .get(group, &[key.to_owned()])?
+            .into_iter()
+            .flatten()
+            .next()
+            .is_some();
+        let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+        self.rt
+            .block_on(
+                self.client
+                    .delete_record()
+                    .feature_group_name(group_name(group))
+                    .record_identifier_value_as_string(key)
+                    .event_time(now)
+                    .deletion_mode(DeletionMode::HardDelete)
+                    .send(),
+            )
+            .map_err(|e| self.classify(e))?;
+        Ok(existed)
+    }
+}

@@ -1,0 +1,483 @@
+//! The checkpoint store: where the stream host keeps what it needs to go on after a
+//! restart, in one redb file, every part of a checkpoint committed in one transaction.
+//!
+//! - `entities`: each entity's plugin state, written as it changes;
+//! - `shards`: each open (or closed and waiting) shard's position — the sequence number
+//!   of the last record applied — with its reorder buffer, latest event time and
+//!   recent identities;
+//! - `ended`: shards read to their end;
+//! - `meta`: the plugin the state belongs to and the committed length of every log.
+//!
+//! Because a shard position commits with the state its records produced, a crash at
+//! any point resumes from a state and a position that agree: records after the
+//! position are read again and produce the same rows again.
+
+use crate::ServiceError;
+use arrow_array::RecordBatch;
+use arrow_ipc::reader::StreamReader;
+use arrow_ipc::writer::StreamWriter;
+use arrow_schema::SchemaRef;
+use lockstep_core::executor::{EntityKey, StateMap};
+use lockstep_stream::{Checkpoint, Pending, SavedShard, ShardSpec};
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use serde_json::{Value as Json, json};
+use std::collections::{BTreeMap, HashSet};
+use std::path::{Path, PathBuf};
+
+const ENTITIES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("entities");
+const SHARDS: TableDefinition<&str, &[u8]> = TableDefinition::new("shards");
+const ENDED: TableDefinition<&str, ()> = TableDefinition::new("ended");
+const META: TableDefinition<&str, &str> = TableDefinition::new("meta");
+
+/// The committed lengths (bytes) of the service's append-only logs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LogLengths {
+    /// The row log.
+    pub rows: u64,
+    /// The late-event log.
+    pub late: u64,
+    /// The dead-letter log.
+    pub dead: u64,
+}
+
+/// Everything a checkpoint store holds, read back at start.
+#[derive(Debug, Default)]
+pub struct Restored {
+    /// Every entity's state.
+    pub states: StateMap,
+    /// Open and waiting shards.
+    pub shards: Vec<SavedShard>,
+    /// The sequence number of the last record applied, per shard.
+    pub positions: BTreeMap<String, String>,
+    /// Shards read to their end.
+    pub ended: HashSet<String>,
+    /// The logs' committed lengths.
+    pub logs: LogLengths,
+    /// Whether anything was ever committed.
+    pub fresh: bool,
+}
+
+/// One commit: a processor checkpoint and the source positions that produced it.
+pub struct Commit<'a> {
+    /// From `ShardedProcessor::checkpoint`.
+    pub checkpoint: &'a Checkpoint,
+    /// Last record applied per shard.
+    pub positions: &'a BTreeMap<String, String>,
+    /// Shards read to their end.
+    pub ended: &'a HashSet<String>,
+    /// The logs' lengths once this commit's lines are written.
+    pub logs: LogLengths,
+}
+
+/// The checkpoint store of one service; see the [module](self) docs.
+pub struct CheckpointStore {
+    db: Database,
+    path: PathBuf,
+    input_schema: SchemaRef,
+}
+
+impl CheckpointStore {
+    /// Opens (or creates) `dir/state.redb` for the component `plugin_hash`. State
+    /// written by another component is refused: its entity states would be read by
+    /// code that does not know them.
+    pub fn open(
+        dir: &Path,
+        plugin_hash: &str,
+        input_schema: SchemaRef,
+    ) -> Result<Self, ServiceError> {
+        let path = dir.join("state.redb");
+        std::fs::create_dir_all(dir).map_err(|e| ServiceError::Checkpoint {
+            path: path.clone(),
+            message: format!("cannot create the state directory: {e}"),
+        })?;
+        let db = Database::create(&path).map_err(|e| ServiceError::Checkpoint {
+            path: path.clone(),
+            message: e.to_string(),
+        })?;
+        let store = CheckpointStore {
+            db,
+            path,
+            input_schema,
+        };
+        let bound = store.meta("plugin_hash")?;
+        match bound {
+            Some(hash) if hash != plugin_hash => {
+                return Err(ServiceError::OtherPlugin {
+                    path: store.path.clone(),
+                    registered: hash,
+                    offered: plugin_hash.to_owned(),
+                });
+            }
+            Some(_) => {}
+            None => {
+                let tx = store.db.begin_write().map_err(|e| store.fail(e))?;
+                {
+                    let mut meta = tx.open_table(META).map_err(|e| store.fail(e))?;
+                    meta.insert("plugin_hash", plugin_hash)
+                        .map_err(|e| store.fail(e))?;
+                }
+                tx.commit().map_err(|e| store.fail(e))?;
+            }
+        }
+        Ok(store)
+    }
+
+    /// The file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn fail(&self, e: impl std::fmt::Display) -> ServiceError {
+        ServiceError::Checkpoint {
+            path: self.path.clone(),
+            message: e.to_string(),
+        }
+    }
+
+    fn corrupt(&self, what: &str, e: impl std::fmt::Display) -> ServiceError {
+        ServiceError::Checkpoint {
+            path: self.path.clone(),
+            message: format!("{what} is corrupt: {e}"),
+        }
+    }
+
+    fn meta(&self, key: &str) -> Result<Option<String>, ServiceError> {
+        let tx = self.db.begin_read().map_err(|e| self.fail(e))?;
+        let meta = match tx.open_table(META) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+            Err(e) => return Err(self.fail(e)),
+        };
+        Ok(meta
+            .get(key)
+            .map_err(|e| self.fail(e))?
+            .map(|v| v.value().to_owned()))
+    }
+
+    /// Reads everything back.
+    pub fn restore(&self) -> Result<Restored, ServiceError> {
+        let mut out = Restored::default();
+        let logs = self.meta("logs")?;
+        out.fresh = logs.is_none();
+        if let Some(text) = logs {
+            let v: Json = serde_json::from_str(&text).map_err(|e| self.corrupt("meta logs", e))?;
+            let len = |k: &str| v.get(k).and_then(Json::as_u64).unwrap_or(0);
+            out.logs = LogLengths {
+                rows: len("rows"),
+                late: len("late"),
+                dead: len("dead"),
+            };
+        }
+        let tx = self.db.begin_read().map_err(|e| self.fail(e))?;
+        if let Ok(table) = tx.open_table(ENTITIES) {
+            for item in table.iter().map_err(|e| self.fail(e))? {
+                let (k, v) = item.map_err(|e| self.fail(e))?;
+                let key = decode_key(k.value()).map_err(|e| self.corrupt("an entity key", e))?;
+                out.states.insert(key, v.value().to_vec());
+            }
+        }
+        if let Ok(table) = tx.open_table(SHARDS) {
+            for item in table.iter().map_err(|e| self.fail(e))? {
+                let (k, v) = item.map_err(|e| self.fail(e))?;
+                let (saved, position) = decode_shard(v.value(), &self.input_schema)
+                    .map_err(|e| self.corrupt(&format!("shard {}", k.value()), e))?;
+                if let Some(p) = position {
+                    out.positions.insert(saved.spec.id.clone(), p);
+                }
+                out.shards.push(saved);
+            }
+        }
+        if let Ok(table) = tx.open_table(ENDED) {
+            for item in table.iter().map_err(|e| self.fail(e))? {
+                let (k, _) = item.map_err(|e| self.fail(e))?;
+                out.ended.insert(k.value().to_owned());
+            }
+        }
+        Ok(out)
+    }
+
+    /// Commits `commit` in one transaction (durable when this returns).
+    pub fn commit(&self, commit: &Commit<'_>) -> Result<(), ServiceError> {
+        let tx = self.db.begin_write().map_err(|e| self.fail(e))?;
+        {
+            let mut entities = tx.open_table(ENTITIES).map_err(|e| self.fail(e))?;
+            for (key, state) in &commit.checkpoint.changed {
+                let k = encode_key(key);
+                match state {
+                    Some(s) => {
+                        entities
+                            .insert(k.as_slice(), s.as_slice())
+                            .map_err(|e| self.fail(e))?;
+                    }
+                    None => {
+                        entities.remove(k.as_slice()).map_err(|e| self.fail(e))?;
+                    }
+                }
+            }
+            let mut shards = tx.open_table(SHARDS).map_err(|e| self.fail(e))?;
+            shards.retain(|_, _| false).map_err(|e| self.fail(e))?;
+            for saved in &commit.checkpoint.shards {
+                let position = commit.positions.get(&saved.spec.id).map(String::as_str);
+                let bytes = encode_shard(saved, position).map_err(|e| self.fail(e))?;
+                shards
+                    .insert(saved.spec.id.as_str(), bytes.as_slice())
+                    .map_err(|e| self.fail(e))?;
+            }
+            let mut ended = tx.open_table(ENDED).map_err(|e| self.fail(e))?;
+            for id in commit.ended {
+                ended.insert(id.as_str(), ()).map_err(|e| self.fail(e))?;
+            }
+            let mut meta = tx.open_table(META).map_err(|e| self.fail(e))?;
+            let logs = json!({"rows": commit.logs.rows, "late": commit.logs.late,
+                              "dead": commit.logs.dead})
+            .to_string();
+            meta.insert("logs", logs.as_str())
+                .map_err(|e| self.fail(e))?;
+        }
+        tx.commit().map_err(|e| self.fail(e))
+    }
+}
+
+/// An entity key as stored: a tag byte, then the UTF-8 text or the big-endian integer.
+fn encode_key(key: &EntityKey) -> Vec<u8> {
+    match key {
+        EntityKey::Str(s) => {
+            let mut v = Vec::with_capacity(s.len() + 1);
+            v.push(b's');
+            v.extend_from_slice(s.as_bytes());
+            v
+        }
+        EntityKey::Int(i) => {
+            let mut v = vec![b'i'];
+            v.extend_from_slice(&i.to_be_bytes());
+            v
+        }
+    }
+}
+
+fn decode_key(bytes: &[u8]) -> Result<EntityKey, String> {
+    match bytes.split_first() {
+        Some((b's', rest)) => std::str::from_utf8(rest)
+            .map(|s| EntityKey::Str(s.to_owned()))
+            .map_err(|e| e.to_string()),
+        Some((b'i', rest)) => <[u8; 8]>::try_from(rest)
+            .map(|b| EntityKey::Int(i64::from_be_bytes(b)))
+            .map_err(|_| format!("an integer key of {} bytes", rest.len())),
+        _ => Err("unknown key tag".into()),
+    }
+}
+
+fn key_json(key: &EntityKey) -> Json {
+    match key {
+        EntityKey::Str(s) => json!({"s": s}),
+        EntityKey::Int(i) => json!({"i": i}),
+    }
+}
+
+fn key_from_json(v: &Json) -> Result<EntityKey, String> {
+    if let Some(s) = v.get("s").and_then(Json::as_str) {
+        Ok(EntityKey::Str(s.to_owned()))
+    } else if let Some(i) = v.get("i").and_then(Json::as_i64) {
+        Ok(EntityKey::Int(i))
+    } else {
+        Err(format!("not an entity key: {v}"))
+    }
+}
+
+/// A saved shard: a little-endian u32 header length, a JSON header, then the reorder
+/// buffer as an Arrow IPC stream.
+fn encode_shard(saved: &SavedShard, position: Option<&str>) -> Result<Vec<u8>, String> {
+    let header = json!({
+        "id": saved.spec.id,
+        "parents": saved.spec.parents,
+        "hash_range": [saved.spec.hash_range.0.to_string(), saved.spec.hash_range.1.to_string()],
+        "open": saved.open,
+        "position": position,
+        "max_seen": saved.pending.max_seen,
+        "taken": saved.pending.taken.iter()
+            .map(|(t, k, id)| json!([t, key_json(k), format!("{id:032x}")]))
+            .collect::<Vec<_>>(),
+    })
+    .to_string();
+    let header_len = u32::try_from(header.len()).map_err(|_| "shard header too large")?;
+    let mut out = Vec::new();
+    out.extend_from_slice(&header_len.to_le_bytes());
+    out.extend_from_slice(header.as_bytes());
+    if let Some(first) = saved.pending.buffer.first() {
+        let mut writer =
+            StreamWriter::try_new(&mut out, &first.schema()).map_err(|e| e.to_string())?;
+        for batch in &saved.pending.buffer {
+            writer.write(batch).map_err(|e| e.to_string())?;
+        }
+        writer.finish().map_err(|e| e.to_string())?;
+    }
+    Ok(out)
+}
+
+fn decode_shard(
+    bytes: &[u8],
+    input_schema: &SchemaRef,
+) -> Result<(SavedShard, Option<String>), String> {
+    let (len, rest) = bytes
+        .split_first_chunk::<4>()
+        .ok_or("shorter than its header length")?;
+    let len = u32::from_le_bytes(*len) as usize;
+    let (header, ipc) = rest.split_at_checked(len).ok_or("header cut short")?;
+    let h: Json = serde_json::from_slice(header).map_err(|e| e.to_string())?;
+    let text = |k: &str| {
+        h.get(k)
+            .and_then(Json::as_str)
+            .map(str::to_owned)
+            .ok_or_else(|| format!("no `{k}`"))
+    };
+    let hash = |i: usize| -> Result<u128, String> {
+        h["hash_range"][i]
+            .as_str()
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| "bad hash_range".to_owned())
+    };
+    let spec = ShardSpec {
+        id: text("id")?,
+        parents: h["parents"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|p| p.as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default(),
+        hash_range: (hash(0)?, hash(1)?),
+    };
+    let mut taken = Vec::new();
+    for item in h["taken"].as_array().map(Vec::as_slice).unwrap_or_default() {
+        let t = item[0].as_i64().ok_or("bad taken time")?;
+        let k = key_from_json(&item[1])?;
+        let id = item[2]
+            .as_str()
+            .and_then(|s| u128::from_str_radix(s, 16).ok())
+            .ok_or("bad taken id")?;
+        taken.push((t, k, id));
+    }
+    let mut buffer: Vec<RecordBatch> = Vec::new();
+    if !ipc.is_empty() {
+        let reader = StreamReader::try_new(ipc, None).map_err(|e| e.to_string())?;
+        if reader.schema().fields() != input_schema.fields() {
+            return Err("the buffered events' schema is not the plugin's input schema".into());
+        }
+        for batch in reader {
+            buffer.push(batch.map_err(|e| e.to_string())?);
+        }
+    }
+    let saved = SavedShard {
+        spec,
+        open: h["open"].as_bool().unwrap_or(true),
+        pending: Pending {
+            buffer,
+            max_seen: h["max_seen"].as_i64(),
+            taken,
+        },
+    };
+    Ok((saved, h["position"].as_str().map(str::to_owned)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow_array::{Int64Array, StringArray};
+    use arrow_schema::{DataType, Field, Schema};
+    use std::sync::Arc;
+
+    fn schema() -> SchemaRef {
+        Arc::new(Schema::new(vec![
+            Field::new("k", DataType::Utf8, false),
+            Field::new("v", DataType::Int64, true),
+        ]))
+    }
+
+    #[test]
+    fn a_commit_reads_back_exactly() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = CheckpointStore::open(dir.path(), "abc", schema()).unwrap();
+        assert!(store.restore().unwrap().fresh);
+        let batch = RecordBatch::try_new(
+            schema(),
+            vec![
+                Arc::new(StringArray::from(vec!["é", ""])),
+                Arc::new(Int64Array::from(vec![Some(i64::MIN), None])),
+            ],
+        )
+        .unwrap();
+        let saved = SavedShard {
+            spec: ShardSpec {
+                id: "shardId-1".into(),
+                parents: vec!["shardId-0".into()],
+                hash_range: (0, u128::MAX),
+            },
+            open: true,
+            pending: Pending {
+                buffer: vec![batch],
+                max_seen: Some(-5),
+                taken: vec![
+                    (7, EntityKey::Int(-1), u128::MAX),
+                    (8, EntityKey::Str("x".into()), 3),
+                ],
+            },
+        };
+        let checkpoint = Checkpoint {
+            changed: vec![
+                (EntityKey::Str("a".into()), Some(vec![1, 2])),
+                (EntityKey::Int(i64::MAX), Some(vec![])),
+            ],
+            shards: vec![saved.clone()],
+        };
+        let positions = BTreeMap::from([("shardId-1".to_owned(), "4999".to_owned())]);
+        let ended = HashSet::from(["shardId-0".to_owned()]);
+        let logs = LogLengths {
+            rows: 10,
+            late: 2,
+            dead: 0,
+        };
+        store
+            .commit(&Commit {
+                checkpoint: &checkpoint,
+                positions: &positions,
+                ended: &ended,
+                logs,
+            })
+            .unwrap();
+        // A removal in a later commit.
+        let removal = Checkpoint {
+            changed: vec![(EntityKey::Str("a".into()), None)],
+            shards: vec![saved.clone()],
+        };
+        store
+            .commit(&Commit {
+                checkpoint: &removal,
+                positions: &positions,
+                ended: &ended,
+                logs,
+            })
+            .unwrap();
+        drop(store);
+        let store = CheckpointStore::open(dir.path(), "abc", schema()).unwrap();
+        let back = store.restore().unwrap();
+        assert!(!back.fresh);
+        assert_eq!(back.shards, vec![saved]);
+        assert_eq!(back.positions, positions);
+        assert_eq!(back.ended, ended);
+        assert_eq!(back.logs, logs);
+        assert_eq!(back.states.len(), 1);
+        assert_eq!(back.states[&EntityKey::Int(i64::MAX)], Vec::<u8>::new());
+    }
+
+    #[test]
+    fn state_of_another_plugin_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        CheckpointStore::open(dir.path(), "abc", schema()).unwrap();
+        let err = CheckpointStore::open(dir.path(), "def", schema())
+            .err()
+            .expect("another plugin's state must be refused");
+        let text = err.to_string();
+        assert!(text.contains("abc") && text.contains("def"), "{text}");
+    }
+}

@@ -1,0 +1,99 @@
+//! `/healthz` and `/metrics`.
+
+use crate::metrics::Metrics;
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use serde_json::json;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// A read that has not succeeded for this long makes the service unhealthy.
+const STALL: Duration = Duration::from_secs(30);
+
+/// What the loop reports about itself.
+#[derive(Debug)]
+pub(crate) struct Health {
+    last_read: Instant,
+    last_commit: Option<Instant>,
+    last_error: Option<String>,
+    stopping: bool,
+}
+
+impl Health {
+    pub(crate) fn new() -> Self {
+        Health {
+            last_read: Instant::now(),
+            last_commit: None,
+            last_error: None,
+            stopping: false,
+        }
+    }
+    pub(crate) fn read_ok(&mut self) {
+        self.last_read = Instant::now();
+    }
+    pub(crate) fn committed(&mut self) {
+        self.last_commit = Some(Instant::now());
+        self.last_error = None;
+    }
+    pub(crate) fn error(&mut self, message: String) {
+        self.last_error = Some(message);
+    }
+    pub(crate) fn stopping(&mut self) {
+        self.stopping = true;
+    }
+}
+
+#[derive(Clone)]
+struct Shared {
+    metrics: Arc<Metrics>,
+    health: Arc<Mutex<Health>>,
+}
+
+async fn healthz(State(s): State<Shared>) -> impl IntoResponse {
+    let h = match s.health.lock() {
+        Ok(h) => h,
+        Err(poisoned) => poisoned.into_inner(),
+    };
+    let since_read = h.last_read.elapsed();
+    let healthy = !h.stopping && since_read < STALL;
+    let body = json!({
+        "status": if healthy { "ok" } else if h.stopping { "stopping" } else { "stalled" },
+        "seconds_since_read": since_read.as_secs_f64(),
+        "seconds_since_commit": h.last_commit.map(|c| c.elapsed().as_secs_f64()),
+        "last_error": h.last_error,
+    });
+    let code = if healthy {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (code, axum::Json(body))
+}
+
+async fn metrics(State(s): State<Shared>) -> impl IntoResponse {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        s.metrics.render(),
+    )
+}
+
+/// Serves until the runtime stops.
+pub(crate) async fn serve(
+    listener: tokio::net::TcpListener,
+    metrics: Arc<Metrics>,
+    health: Arc<Mutex<Health>>,
+) {
+    let app = Router::new()
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(self::metrics))
+        .with_state(Shared { metrics, health });
+    if let Err(e) = axum::serve(listener, app).await {
+        tracing::error!(error = %e, "the metrics endpoint stopped");
+    }
+}

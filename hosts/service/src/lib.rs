@@ -1,0 +1,79 @@
+//! The stream host as a durable service: every shard of a Kinesis stream, read in
+//! lineage order, through the plugin (`lockstep-stream`), into an online store, with
+//! checkpoints, logs, metrics and a graceful stop.
+//!
+//! ```text
+//! Kinesis ──LineageReader──▶ ShardedProcessor ──rows──▶ online store (durable) ──▶ cache
+//!                                  │                  └──▶ row log
+//!                                  ├── late events ─────▶ late log
+//!                                  └── dead letters ────▶ dead-letter log
+//!            then, per round: checkpoint (entity states + shard positions + log lengths)
+//! ```
+//!
+//! Each round writes its outputs first, then commits one checkpoint naming the shard
+//! positions that produced them. Outputs are idempotent (the online store keeps the
+//! latest event time; logs are cut back to their committed length at start), so a
+//! crash at any point loses nothing and applies nothing twice.
+//!
+//! This crate owns the service loop, the checkpoint store and the service's HTTP
+//! surface (`/healthz`, `/metrics`). It never decides ordering (`lockstep-stream`
+//! does) and never speaks a store's protocol (the store crates do).
+
+pub mod checkpoint;
+mod http;
+pub mod logs;
+pub mod metrics;
+mod run;
+
+pub use checkpoint::{CheckpointStore, LogLengths};
+pub use run::{ServiceConfig, StreamService, Summary};
+
+use std::path::PathBuf;
+use thiserror::Error;
+
+/// Why the stream service stopped with an error.
+#[derive(Debug, Error)]
+pub enum ServiceError {
+    /// The checkpoint store failed.
+    #[error("checkpoint store {path}: {message}")]
+    Checkpoint {
+        /// Its file.
+        path: PathBuf,
+        /// What went wrong.
+        message: String,
+    },
+    /// The state belongs to another component.
+    #[error(
+        "the state in {path} was built by plugin {registered}; this is plugin {offered}. \
+         Its entity states mean nothing to another plugin: use a new --state directory \
+         (and a new group version) for the new plugin"
+    )]
+    OtherPlugin {
+        /// The checkpoint file.
+        path: PathBuf,
+        /// The hash it was built by.
+        registered: String,
+        /// The hash of the component offered.
+        offered: String,
+    },
+    /// A log could not be written or reopened.
+    #[error("log {path}: {message}")]
+    Log {
+        /// Its file.
+        path: PathBuf,
+        /// What went wrong.
+        message: String,
+    },
+    /// Kinesis failed beyond retrying.
+    #[error(transparent)]
+    Kinesis(#[from] lockstep_kinesis::KinesisError),
+    /// The plugin or the ordering core failed.
+    #[error(transparent)]
+    Stream(#[from] lockstep_stream::StreamError),
+    /// The online store refused the rows (not a transient failure).
+    #[error(transparent)]
+    Online(#[from] lockstep_online::OnlineError),
+    /// The service could not start (runtime, listener).
+    #[error("{0}")]
+    Start(String),
+}

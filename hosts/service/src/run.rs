@@ -1,0 +1,571 @@
+//! The service loop; see the [crate] docs.
+
+use crate::ServiceError;
+use crate::checkpoint::{CheckpointStore, Commit, LogLengths};
+use crate::http::{self, Health};
+use crate::logs::AppendLog;
+use crate::metrics::Metrics;
+use arrow_array::RecordBatch;
+use arrow_array::cast::AsArray;
+use lockstep_cache::{CacheEntry, RedisCache};
+use lockstep_core::executor::StateMap;
+use lockstep_core::rows::row_json;
+use lockstep_core::schema::{input_schema, row_schema};
+use lockstep_kinesis::{Kinesis, KinesisOptions, LineageReader, ShardEvent};
+use lockstep_online::{GroupRef, OnlineStore};
+use lockstep_runtime::Plugin;
+use lockstep_stream::{Record, ShardSpec, ShardedProcessor, StreamConfig, StreamStats};
+use serde_json::Value as Json;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// How a [`StreamService`] runs.
+#[derive(Debug, Clone)]
+pub struct ServiceConfig {
+    /// The Kinesis stream.
+    pub stream: String,
+    /// How to reach Kinesis.
+    pub kinesis: KinesisOptions,
+    /// Where the checkpoint store and the logs live.
+    pub state_dir: PathBuf,
+    /// Ordering settings (allowed lateness).
+    pub stream_config: StreamConfig,
+    /// Entity states to start from on a fresh state directory (a backfill's
+    /// `--state-out`); ignored when a checkpoint exists.
+    pub start_states: Option<StateMap>,
+    /// GetRecords limit per shard and round.
+    pub batch_size: i32,
+    /// Pause between rounds once every shard is caught up.
+    pub idle_poll: Duration,
+    /// Address for `/healthz` and `/metrics` (port 0: any free port).
+    pub listen: Option<SocketAddr>,
+    /// Stop (exit 0) once every shard is caught up: for finite replays and tests.
+    pub stop_when_idle: bool,
+    /// On stopping, apply the events still held in reorder buffers. Only right when
+    /// the stream has truly ended: an event arriving later would be applied out of
+    /// order.
+    pub drain_on_stop: bool,
+    /// Stop on SIGTERM or SIGINT.
+    pub handle_signals: bool,
+    /// A Redis cache to write through after the durable store: URL and entry TTL.
+    pub cache: Option<(String, Option<Duration>)>,
+}
+
+impl ServiceConfig {
+    /// Defaults for reading `stream` with state in `state_dir`.
+    pub fn new(stream: &str, state_dir: PathBuf) -> Self {
+        ServiceConfig {
+            stream: stream.to_owned(),
+            kinesis: KinesisOptions::default(),
+            state_dir,
+            stream_config: StreamConfig::default(),
+            start_states: None,
+            batch_size: 10_000,
+            idle_poll: Duration::from_millis(200),
+            listen: None,
+            stop_when_idle: false,
+            drain_on_stop: false,
+            handle_signals: true,
+            cache: None,
+        }
+    }
+}
+
+/// What a run did.
+#[derive(Debug, Clone, Default)]
+pub struct Summary {
+    /// Counters of this run.
+    pub stats: StreamStats,
+    /// Checkpoints committed by this run.
+    pub commits: u64,
+    /// Whether it went on from an earlier checkpoint.
+    pub resumed: bool,
+    /// The row log.
+    pub rows_log: PathBuf,
+    /// The late-event log.
+    pub late_log: PathBuf,
+    /// The dead-letter log.
+    pub dead_log: PathBuf,
+    /// The address `/metrics` was served on.
+    pub listening: Option<SocketAddr>,
+}
+
+/// The stream host service; see the [crate] docs.
+pub struct StreamService {
+    plugin: Plugin,
+    store: Arc<dyn OnlineStore>,
+    group: GroupRef,
+    config: ServiceConfig,
+}
+
+/// The logs of a service, each cut back to its committed length.
+struct Logs {
+    rows: AppendLog,
+    late: AppendLog,
+    dead: AppendLog,
+}
+
+impl Logs {
+    fn lengths(&self) -> LogLengths {
+        LogLengths {
+            rows: self.rows.len(),
+            late: self.late.len(),
+            dead: self.dead.len(),
+        }
+    }
+    fn sync(&mut self) -> Result<(), ServiceError> {
+        self.rows.sync()?;
+        self.late.sync()?;
+        self.dead.sync()
+    }
+}
+
+/// What one round produced, waiting to be written.
+#[derive(Default)]
+struct Round {
+    rows: Vec<RecordBatch>,
+    late: Vec<Json>,
+    dead: Vec<Json>,
+    changed: bool,
+}
+
+impl StreamService {
+    /// A service running `plugin` into `store` as feature group `group`. The group must
+    /// name `plugin`'s hash: the store refuses another plugin's rows.
+    pub fn new(
+        plugin: Plugin,
+        store: Arc<dyn OnlineStore>,
+        group: GroupRef,
+        config: ServiceConfig,
+    ) -> Self {
+        StreamService {
+            plugin,
+            store,
+            group,
+            config,
+        }
+    }
+
+    /// Runs until `stop` is set (or a signal, or idle when so configured): every round
+    /// reads each open shard, applies the records, writes the outputs and commits a
+    /// checkpoint. Returns after the last checkpoint.
+    pub fn run(&self, stop: Arc<AtomicBool>) -> Result<Summary, ServiceError> {
+        let cfg = &self.config;
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .map_err(|e| ServiceError::Start(format!("cannot start the I/O runtime: {e}")))?;
+        let metrics = Arc::new(Metrics::new());
+        let health = Arc::new(Mutex::new(Health::new()));
+        let mut summary = Summary::default();
+        if let Some(addr) = cfg.listen {
+            let listener = rt
+                .block_on(tokio::net::TcpListener::bind(addr))
+                .map_err(|e| ServiceError::Start(format!("cannot listen on {addr}: {e}")))?;
+            let bound = listener
+                .local_addr()
+                .map_err(|e| ServiceError::Start(e.to_string()))?;
+            summary.listening = Some(bound);
+            tracing::info!(%bound, "serving /healthz and /metrics");
+            rt.spawn(http::serve(listener, metrics.clone(), health.clone()));
+        }
+        if cfg.handle_signals {
+            let flag = stop.clone();
+            rt.spawn(async move {
+                wait_for_signal().await;
+                tracing::info!("stop requested: finishing the round and checkpointing");
+                flag.store(true, Ordering::SeqCst);
+            });
+        }
+
+        let manifest = self.plugin.manifest();
+        let checkpoints =
+            CheckpointStore::open(&cfg.state_dir, self.plugin.hash(), input_schema(manifest))?;
+        let restored = checkpoints.restore()?;
+        let mut logs = Logs {
+            rows: AppendLog::open(&cfg.state_dir.join("rows.jsonl"), restored.logs.rows)?,
+            late: AppendLog::open(&cfg.state_dir.join("late.jsonl"), restored.logs.late)?,
+            dead: AppendLog::open(
+                &cfg.state_dir.join("dead-letters.jsonl"),
+                restored.logs.dead,
+            )?,
+        };
+        summary.rows_log = logs.rows.path().to_owned();
+        summary.late_log = logs.late.path().to_owned();
+        summary.dead_log = logs.dead.path().to_owned();
+        summary.resumed = !restored.fresh;
+        let mut processor = if restored.fresh {
+            let p = ShardedProcessor::new(&self.plugin, cfg.stream_config);
+            match &cfg.start_states {
+                Some(states) => p.with_states(states.clone()),
+                None => p,
+            }
+        } else {
+            if cfg.start_states.is_some() {
+                tracing::warn!(
+                    "a checkpoint exists in {}: going on from it, not from the start states",
+                    cfg.state_dir.display()
+                );
+            }
+            tracing::info!(
+                entities = restored.states.len(),
+                shards = restored.shards.len(),
+                "going on from the checkpoint"
+            );
+            ShardedProcessor::restore(
+                &self.plugin,
+                cfg.stream_config,
+                restored.states,
+                restored.shards,
+            )?
+        };
+        let mut positions = restored.positions;
+        let mut ended = restored.ended;
+        let cache = match &cfg.cache {
+            Some((url, ttl)) => Some(
+                rt.block_on(RedisCache::connect(url, *ttl, Duration::from_secs(5)))
+                    .map_err(|e| ServiceError::Start(e.to_string()))?,
+            ),
+            None => None,
+        };
+        let kinesis = rt.block_on(Kinesis::connect(&cfg.kinesis));
+        let mut reader =
+            LineageReader::resume(&kinesis, &cfg.stream, positions.clone(), ended.clone());
+        let schema = row_schema(manifest);
+        let mut seen = StreamStats::default();
+        let mut source_failures = 0u32;
+        let mut first_round = true;
+
+        loop {
+            let stopping_now = stop.load(Ordering::SeqCst);
+            let events = if stopping_now {
+                Vec::new()
+            } else {
+                match rt.block_on(reader.poll(cfg.batch_size)) {
+                    Ok(events) => {
+                        source_failures = 0;
+                        lock(&health).read_ok();
+                        events
+                    }
+                    Err(e) => {
+                        // The reader keeps its iterators: the next round retries.
+                        metrics.source_errors.inc();
+                        source_failures += 1;
+                        tracing::warn!(error = %e, "reading the stream failed; retrying");
+                        lock(&health).error(e.to_string());
+                        sleep_unless(&stop, backoff(source_failures));
+                        continue;
+                    }
+                }
+            };
+            let quiet = events.is_empty();
+            let mut round = Round::default();
+            for event in events {
+                round.changed = true;
+                match event {
+                    ShardEvent::Opened(info) => {
+                        tracing::info!(shard = %info.id, parents = ?info.parents, "shard opened");
+                        processor.open(ShardSpec {
+                            id: info.id,
+                            parents: info.parents,
+                            hash_range: info.hash_range,
+                        })?;
+                    }
+                    ShardEvent::Records(shard, records) => {
+                        let batch: Vec<Record<'_>> = records
+                            .iter()
+                            .map(|r| Record {
+                                shard: &shard,
+                                sequence: &r.sequence,
+                                data: &r.data,
+                                partition_key: Some(&r.partition_key),
+                            })
+                            .collect();
+                        let step = processor.push(&shard, &batch)?;
+                        round.rows.push(step.rows);
+                        round.late.extend(step.late.iter().map(|l| l.to_json()));
+                        round.dead.extend(step.dead.iter().map(|d| d.to_json()));
+                        if let Some(last) = records.last() {
+                            positions.insert(shard.clone(), last.sequence.clone());
+                        }
+                    }
+                    ShardEvent::Ended(shard) => {
+                        tracing::info!(%shard, "shard read to its end");
+                        processor.close(&shard)?;
+                        positions.remove(&shard);
+                        ended.insert(shard);
+                    }
+                }
+            }
+            let idle = quiet && reader.caught_up();
+            let stopping = stopping_now || (idle && cfg.stop_when_idle);
+            if stopping && cfg.drain_on_stop {
+                let step = processor.drain()?;
+                if step.rows.num_rows() > 0 {
+                    round.rows.push(step.rows);
+                    round.changed = true;
+                }
+            }
+            if round.changed || first_round {
+                let started = Instant::now();
+                self.write_round(
+                    &rt,
+                    &round,
+                    &schema,
+                    &mut logs,
+                    cache.as_ref(),
+                    &metrics,
+                    &health,
+                    &stop,
+                )?;
+                let checkpoint = processor.checkpoint();
+                checkpoints.commit(&Commit {
+                    checkpoint: &checkpoint,
+                    positions: &positions,
+                    ended: &ended,
+                    logs: logs.lengths(),
+                })?;
+                first_round = false;
+                summary.commits += 1;
+                metrics.commits.inc();
+                metrics
+                    .commit_seconds
+                    .observe(started.elapsed().as_secs_f64());
+                lock(&health).committed();
+            }
+            let now = processor.stats();
+            record_progress(&metrics, &seen, &now);
+            seen = now;
+            metrics.buffered_events.set(processor.buffered() as i64);
+            metrics.lag_ms.clear();
+            for (shard, lag) in reader.lag() {
+                metrics
+                    .lag_ms
+                    .get_or_create(&vec![("shard".to_owned(), shard.clone())])
+                    .set(*lag);
+            }
+            if stopping {
+                lock(&health).stopping();
+                break;
+            }
+            if idle {
+                sleep_unless(&stop, cfg.idle_poll);
+            }
+        }
+        summary.stats = seen;
+        Ok(summary)
+    }
+
+    /// Writes a round's rows to the online store (retrying transient failures until
+    /// they pass or a stop is asked for) and its lines to the logs, durably.
+    #[allow(clippy::too_many_arguments)]
+    fn write_round(
+        &self,
+        rt: &tokio::runtime::Runtime,
+        round: &Round,
+        schema: &arrow_schema::SchemaRef,
+        logs: &mut Logs,
+        cache: Option<&RedisCache>,
+        metrics: &Metrics,
+        health: &Mutex<Health>,
+        stop: &AtomicBool,
+    ) -> Result<(), ServiceError> {
+        let rows = arrow_select_concat(schema, &round.rows)?;
+        if rows.num_rows() > 0 {
+            let mut attempt = 0u32;
+            loop {
+                let store = self.store.clone();
+                let group = self.group.clone();
+                let batch = rows.clone();
+                // The store may block on the network: keep it off the I/O threads.
+                let result = rt.block_on(async move {
+                    tokio::task::spawn_blocking(move || store.put(&group, &batch, now_micros()))
+                        .await
+                });
+                match result {
+                    Ok(Ok(_)) => break,
+                    Ok(Err(e)) if !e.is_transient() => return Err(e.into()),
+                    Ok(Err(e)) => {
+                        metrics.write_errors.inc();
+                        attempt += 1;
+                        tracing::warn!(error = %e, attempt, "online store write failed; retrying");
+                        lock(health).error(e.to_string());
+                    }
+                    Err(e) => {
+                        return Err(ServiceError::Start(format!(
+                            "the store write panicked: {e}"
+                        )));
+                    }
+                }
+                if stop.load(Ordering::SeqCst) && attempt >= 3 {
+                    // The checkpoint is not committed: the rows are written on restart.
+                    return Err(ServiceError::Start(
+                        "stopping while the online store refuses writes; nothing after the last \
+                         checkpoint is lost, restart to write it"
+                            .into(),
+                    ));
+                }
+                std::thread::sleep(backoff(attempt));
+            }
+            let mut latest: HashMap<String, CacheEntry> = HashMap::new();
+            let cache_key_of = |row: &serde_json::Map<String, Json>| {
+                let key = match row.get(&self.group.entity_key) {
+                    Some(Json::String(s)) => s.clone(),
+                    Some(other) => other.to_string(),
+                    None => String::new(),
+                };
+                lockstep_cache::cache_key(&self.group.id(), &key)
+            };
+            let times = rows
+                .column_by_name(lockstep_core::schema::EVENT_TIME)
+                .and_then(|c| {
+                    c.as_primitive_opt::<arrow_array::types::TimestampMicrosecondType>()
+                        .cloned()
+                });
+            for r in 0..rows.num_rows() {
+                let row = row_json(&rows, r);
+                if cache.is_some()
+                    && let Some(times) = &times
+                {
+                    let event_time = times.value(r);
+                    let key = cache_key_of(&row);
+                    if latest.get(&key).is_none_or(|e| e.event_time <= event_time) {
+                        let value = serde_json::json!({
+                            "event_time": event_time,
+                            "plugin_hash": self.group.plugin_hash,
+                            "row": row,
+                        });
+                        latest.insert(
+                            key.clone(),
+                            CacheEntry {
+                                key,
+                                event_time,
+                                value: value.to_string(),
+                            },
+                        );
+                    }
+                }
+                logs.rows.append(&Json::Object(row))?;
+            }
+            if let Some(cache) = cache {
+                let entries: Vec<CacheEntry> = latest.into_values().collect();
+                self.write_cache(rt, cache, &entries, metrics, health);
+            }
+        }
+        for line in &round.late {
+            logs.late.append(line)?;
+        }
+        for line in &round.dead {
+            logs.dead.append(line)?;
+        }
+        logs.sync()
+    }
+}
+
+impl StreamService {
+    /// Writes through to the cache, a few attempts. A cache that stays down does not
+    /// stop the stream: the store has the rows, readers fall back to it on a miss, and
+    /// entries left behind expire with their TTL.
+    fn write_cache(
+        &self,
+        rt: &tokio::runtime::Runtime,
+        cache: &RedisCache,
+        entries: &[CacheEntry],
+        metrics: &Metrics,
+        health: &Mutex<Health>,
+    ) {
+        for attempt in 1..=3u32 {
+            match rt.block_on(cache.put(entries)) {
+                Ok(_) => return,
+                Err(e) => {
+                    metrics.write_errors.inc();
+                    tracing::warn!(error = %e, attempt, "cache write failed");
+                    lock(health).error(e.to_string());
+                    std::thread::sleep(backoff(attempt));
+                }
+            }
+        }
+    }
+}
+
+fn arrow_select_concat(
+    schema: &arrow_schema::SchemaRef,
+    batches: &[RecordBatch],
+) -> Result<RecordBatch, ServiceError> {
+    arrow_select::concat::concat_batches(schema, batches)
+        .map_err(|e| ServiceError::Stream(lockstep_stream::StreamError::Arrow(e)))
+}
+
+fn record_progress(metrics: &Metrics, before: &StreamStats, now: &StreamStats) {
+    let delta = |a: u64, b: u64| b.saturating_sub(a);
+    metrics
+        .records_in
+        .inc_by(delta(before.records, now.records));
+    metrics
+        .events_applied
+        .inc_by(delta(before.applied, now.applied));
+    metrics.rows_out.inc_by(delta(before.rows, now.rows));
+    metrics
+        .duplicates
+        .inc_by(delta(before.duplicates, now.duplicates));
+    metrics.late_events.inc_by(delta(before.late, now.late));
+    metrics.dead_letters.inc_by(delta(before.dead, now.dead));
+}
+
+fn lock(health: &Mutex<Health>) -> std::sync::MutexGuard<'_, Health> {
+    match health.lock() {
+        Ok(h) => h,
+        Err(poisoned) => poisoned.into_inner(),
+    }
+}
+
+fn now_micros() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or(0)
+}
+
+/// 100 ms doubling to 10 s.
+fn backoff(attempt: u32) -> Duration {
+    Duration::from_millis((100u64 << attempt.min(7)).min(10_000))
+}
+
+/// Sleeps `total`, waking early when a stop is asked for.
+fn sleep_unless(stop: &AtomicBool, total: Duration) {
+    let deadline = Instant::now() + total;
+    while !stop.load(Ordering::SeqCst) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            break;
+        }
+        std::thread::sleep(left.min(Duration::from_millis(50)));
+    }
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
