@@ -24,9 +24,11 @@ mod http;
 pub mod logs;
 pub mod metrics;
 mod run;
+pub mod source;
 
 pub use checkpoint::{CheckpointStore, LogLengths};
 pub use run::{ServiceConfig, StreamService, Summary};
+pub use source::{KinesisSource, MemorySource, Resume, Source};
 
 use std::path::PathBuf;
 use thiserror::Error;

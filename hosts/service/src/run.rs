@@ -5,13 +5,14 @@ use crate::checkpoint::{CheckpointStore, Commit, LogLengths};
 use crate::http::{self, Health};
 use crate::logs::AppendLog;
 use crate::metrics::Metrics;
+use crate::source::{KinesisSource, Resume, ShardEvent, Source};
 use arrow_array::RecordBatch;
 use arrow_array::cast::AsArray;
 use lockstep_cache::{CacheEntry, RedisCache};
 use lockstep_core::executor::StateMap;
 use lockstep_core::rows::row_json;
 use lockstep_core::schema::{input_schema, row_schema};
-use lockstep_kinesis::{Kinesis, KinesisOptions, LineageReader, ShardEvent};
+use lockstep_kinesis::KinesisOptions;
 use lockstep_online::{GroupRef, OnlineStore};
 use lockstep_runtime::Plugin;
 use lockstep_stream::{Record, ShardSpec, ShardedProcessor, StreamConfig, StreamStats};
@@ -82,6 +83,8 @@ pub struct Summary {
     pub stats: StreamStats,
     /// Checkpoints committed by this run.
     pub commits: u64,
+    /// Seconds spent writing outputs and committing checkpoints.
+    pub commit_seconds: f64,
     /// Whether it went on from an earlier checkpoint.
     pub resumed: bool,
     /// The row log.
@@ -150,10 +153,30 @@ impl StreamService {
         }
     }
 
-    /// Runs until `stop` is set (or a signal, or idle when so configured): every round
-    /// reads each open shard, applies the records, writes the outputs and commits a
-    /// checkpoint. Returns after the last checkpoint.
+    /// Runs over the Kinesis stream of the configuration until `stop` is set (or a
+    /// signal, or idle when so configured); see [`Self::run_from`].
     pub fn run(&self, stop: Arc<AtomicBool>) -> Result<Summary, ServiceError> {
+        let cfg = self.config.clone();
+        self.run_from(stop, move |resume, handle| {
+            Ok(Box::new(KinesisSource::connect(
+                handle,
+                &cfg.kinesis,
+                &cfg.stream,
+                resume,
+                cfg.batch_size,
+            )))
+        })
+    }
+
+    /// Runs over the source `open` makes (given where the checkpoint left off and a
+    /// handle to the I/O runtime): every round reads each open shard, applies the
+    /// records, writes the outputs and commits a checkpoint. Returns after the last
+    /// checkpoint.
+    pub fn run_from(
+        &self,
+        stop: Arc<AtomicBool>,
+        open: impl FnOnce(Resume, tokio::runtime::Handle) -> Result<Box<dyn Source>, ServiceError>,
+    ) -> Result<Summary, ServiceError> {
         let cfg = &self.config;
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
@@ -233,9 +256,13 @@ impl StreamService {
             ),
             None => None,
         };
-        let kinesis = rt.block_on(Kinesis::connect(&cfg.kinesis));
-        let mut reader =
-            LineageReader::resume(&kinesis, &cfg.stream, positions.clone(), ended.clone());
+        let mut reader = open(
+            Resume {
+                positions: positions.clone(),
+                ended: ended.clone(),
+            },
+            rt.handle().clone(),
+        )?;
         let schema = row_schema(manifest);
         let mut seen = StreamStats::default();
         let mut source_failures = 0u32;
@@ -246,7 +273,7 @@ impl StreamService {
             let events = if stopping_now {
                 Vec::new()
             } else {
-                match rt.block_on(reader.poll(cfg.batch_size)) {
+                match reader.poll() {
                     Ok(events) => {
                         source_failures = 0;
                         lock(&health).read_ok();
@@ -332,6 +359,7 @@ impl StreamService {
                 })?;
                 first_round = false;
                 summary.commits += 1;
+                summary.commit_seconds += started.elapsed().as_secs_f64();
                 metrics.commits.inc();
                 metrics
                     .commit_seconds
@@ -346,8 +374,8 @@ impl StreamService {
             for (shard, lag) in reader.lag() {
                 metrics
                     .lag_ms
-                    .get_or_create(&vec![("shard".to_owned(), shard.clone())])
-                    .set(*lag);
+                    .get_or_create(&vec![("shard".to_owned(), shard)])
+                    .set(lag);
             }
             if stopping {
                 lock(&health).stopping();

@@ -461,3 +461,131 @@ fn resharding_keeps_every_entity_in_order_and_applies_each_event_once() {
     );
     assert!(c.identical(), "{}", c.render("resharded stream", "batch"));
 }
+
+/// A crash after any checkpoint: the states changed so far and the shards saved are
+/// all a new processor gets; it replays from the saved positions and must end with
+/// exactly the golden rows, the rows emitted after the checkpoint being lost with
+/// the crash (a service's logs are cut back to the checkpoint).
+#[test]
+fn restoring_any_checkpoint_and_replaying_ends_with_the_golden_rows() {
+    use lockstep_stream::{SavedShard, ShardSpec, ShardedProcessor, partition_hash};
+    let plugin = plugin("txn_velocity");
+    let key = plugin.manifest().entity_key.clone();
+    let events = std::fs::read_to_string(repo("golden/txn_velocity/events.jsonl")).unwrap();
+    let expected_text =
+        std::fs::read_to_string(repo("golden/txn_velocity/expected.jsonl")).unwrap();
+    let mut expected: Vec<Row> = expected_text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    canonical_order(&mut expected, &key);
+    let half = u128::MAX / 2;
+    let specs = [
+        ShardSpec {
+            id: "s0".into(),
+            parents: vec![],
+            hash_range: (0, half),
+        },
+        ShardSpec {
+            id: "s1".into(),
+            parents: vec![],
+            hash_range: (half + 1, u128::MAX),
+        },
+    ];
+    // Records per shard, keyed as a producer keys them.
+    let mut shards: [Vec<(String, String)>; 2] = [Vec::new(), Vec::new()];
+    for line in events.lines() {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        let k = v[&key]
+            .as_str()
+            .map(str::to_owned)
+            .unwrap_or_else(|| v[&key].to_string());
+        let shard = usize::from(partition_hash(&k) > half);
+        shards[shard].push((k, line.to_owned()));
+    }
+    let config = StreamConfig {
+        allowed_lateness: 5 * MINUTE,
+    };
+    for (per_round, crashes) in [
+        (7usize, vec![3usize, 40, 41, 200]),
+        (100, vec![1, 9, 20]),
+        (1_000, vec![1]),
+    ] {
+        let mut kept: Vec<RecordBatch> = Vec::new();
+        let mut saved_states = StateMap::new();
+        let mut saved_shards: Vec<SavedShard>;
+        let mut saved_next: [usize; 2];
+        let mut p = ShardedProcessor::new(&plugin, config);
+        for spec in &specs {
+            p.open(spec.clone()).unwrap();
+        }
+        let mut next = [0usize; 2];
+        let mut round = 0;
+        let mut pending: Vec<RecordBatch> = Vec::new();
+        loop {
+            let done = next.iter().zip(&shards).all(|(n, s)| *n >= s.len());
+            if done {
+                break;
+            }
+            for (i, spec) in specs.iter().enumerate() {
+                let end = (next[i] + per_round).min(shards[i].len());
+                let seqs: Vec<String> = (next[i]..end).map(|s| s.to_string()).collect();
+                let records: Vec<Record> = shards[i][next[i]..end]
+                    .iter()
+                    .zip(&seqs)
+                    .map(|((k, line), seq)| Record {
+                        shard: &spec.id,
+                        sequence: seq,
+                        data: line.as_bytes(),
+                        partition_key: Some(k),
+                    })
+                    .collect();
+                pending.push(p.push(&spec.id, &records).unwrap().rows);
+                next[i] = end;
+            }
+            round += 1;
+            // Every round ends with a checkpoint; its rows become durable with it.
+            let checkpoint = p.checkpoint();
+            for (k, state) in checkpoint.changed {
+                match state {
+                    Some(s) => saved_states.insert(k, s),
+                    None => saved_states.remove(&k),
+                };
+            }
+            saved_shards = checkpoint.shards;
+            saved_next = next;
+            kept.append(&mut pending);
+            if crashes.contains(&round) {
+                // Work after the checkpoint, lost in the crash.
+                for (i, spec) in specs.iter().enumerate() {
+                    let end = (next[i] + per_round).min(shards[i].len());
+                    let records: Vec<Record> = shards[i][next[i]..end]
+                        .iter()
+                        .map(|(k, line)| Record {
+                            shard: &spec.id,
+                            sequence: "lost",
+                            data: line.as_bytes(),
+                            partition_key: Some(k),
+                        })
+                        .collect();
+                    let _ = p.push(&spec.id, &records).unwrap();
+                }
+                p = ShardedProcessor::restore(
+                    &plugin,
+                    config,
+                    saved_states.clone(),
+                    saved_shards.clone(),
+                )
+                .unwrap();
+                next = saved_next;
+            }
+        }
+        kept.push(p.drain().unwrap().rows);
+        let c = compare(&key, &canonical(&plugin, &kept), &expected, 10);
+        assert!(
+            c.identical(),
+            "{per_round} per round, crashes {crashes:?}:\n{}",
+            c.render("restored", "golden")
+        );
+    }
+}
