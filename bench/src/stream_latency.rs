@@ -1,0 +1,220 @@
+//! Put-to-visible latency of the stream host: events put to Kinesis (a moto server on
+//! loopback) at a fixed rate, read by the service, applied by `txn_velocity`, written
+//! to the embedded store and through to Redis (a real redis-server); each event is
+//! timed from the moment its PutRecords call starts to the moment its row is in Redis.
+//!
+//! Where the time goes is reported beside the percentiles: the PutRecords round trip,
+//! the allowed lateness (an event is applied once the watermark passes it), the idle
+//! poll interval and the service's write-and-commit time per round.
+//!
+//! Usage: `cargo run --release -p lockstep-bench --bin stream-latency -- [RATE/s]
+//! [SECONDS] [LATENESS_MS]` (defaults 2000, 20, 200).
+
+use lockstep_cache::{RedisCache, cache_key};
+use lockstep_kinesis::{Kinesis, KinesisOptions};
+use lockstep_online::{EmbeddedStore, GroupRef};
+use lockstep_runtime::{Runtime, RuntimeConfig};
+use lockstep_service::{ServiceConfig, StreamService};
+use lockstep_stream::StreamConfig;
+use lockstep_testkit::{Moto, Redis};
+use std::collections::VecDeque;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+fn arg(i: usize, default: u64) -> u64 {
+    std::env::args()
+        .nth(i)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(default)
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+fn now_micros() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or(0)
+}
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let rate = arg(1, 2_000);
+    let seconds = arg(2, 20);
+    let lateness_ms = arg(3, 200);
+    let tick = Duration::from_millis(10);
+    let per_tick = (rate / 100).max(1) as usize;
+    let idle_poll = Duration::from_millis(20);
+
+    let moto = Moto::start();
+    let redis = Redis::start(&[]);
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let built = lockstep_build::build(&root.join("plugins/txn_velocity"), &Default::default())?;
+    let work = tempfile::tempdir()?;
+    let runtime = Runtime::new(RuntimeConfig::with_cache(work.path().join("artifacts")))?;
+    let plugin = runtime.load_file(&built.path)?;
+    let m = plugin.manifest().clone();
+    let group = GroupRef {
+        name: m.name.clone(),
+        version: m.version.clone(),
+        plugin_hash: plugin.hash().to_owned(),
+        entity_key: m.entity_key.clone(),
+    };
+
+    let io = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let options = KinesisOptions {
+        endpoint: Some(moto.endpoint()),
+        region: Some("us-east-1".into()),
+        credentials: Some(("testing".into(), "testing".into())),
+    };
+    let kinesis = io.block_on(Kinesis::connect(&options));
+    io.block_on(kinesis.create_stream("latency", 2))?;
+    io.block_on(kinesis.wait_active("latency"))?;
+    let cache = io.block_on(RedisCache::connect(
+        &redis.url(),
+        None,
+        Duration::from_secs(5),
+    ))?;
+
+    // The service, in this process, on its own thread.
+    let mut config = ServiceConfig::new("latency", work.path().join("state"));
+    config.kinesis = options.clone();
+    config.stream_config = StreamConfig {
+        allowed_lateness: lateness_ms as i64 * 1000,
+    };
+    config.idle_poll = idle_poll;
+    config.handle_signals = false;
+    config.cache = Some((redis.url(), None));
+    let store = Arc::new(EmbeddedStore::open(work.path().join("online"))?);
+    let service = StreamService::new(plugin.clone(), store, group.clone(), config);
+    let stop = Arc::new(AtomicBool::new(false));
+    let service_stop = stop.clone();
+    let service_thread = std::thread::spawn(move || service.run(service_stop));
+
+    println!(
+        "stream-latency: {rate} events/s for {seconds} s through moto Kinesis (2 shards) into Redis; \
+         allowed lateness {lateness_ms} ms, idle poll {} ms",
+        idle_poll.as_millis()
+    );
+    // Producer: every tick, `per_tick` events stamped with the time of their put.
+    let pending: Arc<Mutex<VecDeque<(String, i64, Instant)>>> = Arc::default();
+    let put_times: Arc<Mutex<Vec<f64>>> = Arc::default();
+    let producer = {
+        let pending = pending.clone();
+        let put_times = put_times.clone();
+        let kinesis = kinesis.clone();
+        io.spawn(async move {
+            let started = Instant::now();
+            let mut n = 0u64;
+            let mut measured_events = 0u64;
+            let mut next = started;
+            // A tail after the measured window keeps the watermark moving past the
+            // last measured events, as a live stream would.
+            let measured = Duration::from_secs(seconds);
+            let tail = Duration::from_millis(lateness_ms + 1_000);
+            while started.elapsed() < measured + tail {
+                let measure = started.elapsed() < measured;
+                tokio::time::sleep_until(next.into()).await;
+                next += tick;
+                let issued = Instant::now();
+                let ts = now_micros();
+                let mut records = Vec::with_capacity(per_tick);
+                let mut sent = Vec::with_capacity(per_tick);
+                for _ in 0..per_tick {
+                    let card = format!("card-{:05}", n % 5_000);
+                    let line = format!(
+                        r#"{{"card_id":"{card}","ts":{ts},"amount":{}.25,"merchant":"m-{}","txn_id":"t-{n}"}}"#,
+                        n % 97,
+                        n % 13
+                    );
+                    records.push((card.clone(), line.into_bytes()));
+                    sent.push((card, ts, issued));
+                    n += 1;
+                }
+                if kinesis.put_ordered("latency", &records).await.is_ok() && measure {
+                    measured_events += sent.len() as u64;
+                    put_times
+                        .lock()
+                        .map(|mut p| p.push(issued.elapsed().as_secs_f64() * 1000.0))
+                        .ok();
+                    pending.lock().map(|mut p| p.extend(sent)).ok();
+                }
+            }
+            (n, measured_events)
+        })
+    };
+
+    // Watcher: an event is visible once its card's cached row has its event time.
+    let mut latencies = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(seconds + 30);
+    loop {
+        let batch: Vec<(String, i64, Instant)> = pending
+            .lock()
+            .map(|mut p| p.drain(..).collect())
+            .unwrap_or_default();
+        let finished = producer.is_finished();
+        if batch.is_empty() && finished {
+            break;
+        }
+        let keys: Vec<String> = batch
+            .iter()
+            .map(|(card, _, _)| cache_key(&group.id(), card))
+            .collect();
+        let cached = io.block_on(cache.get(&keys))?;
+        let mut again = Vec::new();
+        for ((card, ts, issued), got) in batch.into_iter().zip(cached) {
+            match got {
+                Some((t, _)) if t >= ts => latencies.push(issued.elapsed().as_secs_f64() * 1000.0),
+                _ => again.push((card, ts, issued)),
+            }
+        }
+        if Instant::now() > deadline {
+            println!("{} events never became visible", again.len());
+            break;
+        }
+        if let Ok(mut p) = pending.lock() {
+            for item in again.into_iter().rev() {
+                p.push_front(item);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let (produced, measured) = io.block_on(producer)?;
+    stop.store(true, Ordering::SeqCst);
+    let summary = service_thread
+        .join()
+        .map_err(|_| "the service thread panicked")??;
+
+    latencies.sort_by(f64::total_cmp);
+    let mut puts = put_times.lock().map(|p| p.clone()).unwrap_or_default();
+    puts.sort_by(f64::total_cmp);
+    println!(
+        "{produced} events put ({measured} measured), {} seen in Redis; put-to-visible ms: p50 {:.0}  p90 {:.0}  p99 {:.0}  max {:.0}",
+        latencies.len(),
+        percentile(&latencies, 0.50),
+        percentile(&latencies, 0.90),
+        percentile(&latencies, 0.99),
+        latencies.last().copied().unwrap_or(f64::NAN)
+    );
+    println!(
+        "where the time goes: PutRecords round trip p50 {:.0} ms / p99 {:.0} ms; allowed lateness {lateness_ms} ms \
+         (an event waits until a later one moves the watermark past it); idle poll {} ms; \
+         write + commit {:.1} ms per round over {} rounds (store, Redis, logs, checkpoint)",
+        percentile(&puts, 0.5),
+        percentile(&puts, 0.99),
+        idle_poll.as_millis(),
+        summary.commit_seconds * 1000.0 / summary.commits.max(1) as f64,
+        summary.commits
+    );
+    Ok(())
+}
