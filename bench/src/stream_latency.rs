@@ -91,6 +91,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     config.kinesis = options.clone();
     config.stream_config = StreamConfig {
         allowed_lateness: lateness_ms as i64 * 1000,
+        ..StreamConfig::default()
     };
     config.idle_poll = idle_poll;
     config.handle_signals = false;

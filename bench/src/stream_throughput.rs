@@ -73,6 +73,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let config = StreamConfig {
         allowed_lateness: 5_000_000,
+        ..StreamConfig::default()
     };
     println!(
         "stream-throughput: {events} events, {cards} cards, 2 shards, {per_round} records per shard per round, allowed lateness 5 s"

@@ -132,6 +132,9 @@ enum StreamCommand {
         /// Start entities from a backfill's final states (`batch run --state-out`).
         #[arg(long)]
         start_state: Option<PathBuf>,
+        /// Skip events before this instant (RFC 3339): the backfill covered them.
+        #[arg(long, value_parser = parse_instant)]
+        start_at: Option<i64>,
         /// Serve /healthz and /metrics here.
         #[arg(long)]
         listen: Option<std::net::SocketAddr>,
@@ -536,6 +539,7 @@ fn main() {
             state,
             allowed_lateness,
             start_state,
+            start_at,
             listen,
             batch_size,
             idle_poll,
@@ -555,6 +559,7 @@ fn main() {
                         state,
                         allowed_lateness,
                         start_state,
+                        start_at,
                         listen,
                         batch_size,
                         idle_poll,
@@ -605,6 +610,13 @@ fn main() {
         eprintln!("error: {e:#}");
         std::process::exit(error_code);
     }
+}
+
+/// An instant on the command line: RFC 3339 (`2024-01-31T12:00:00Z`), as UTC µs.
+fn parse_instant(text: &str) -> Result<i64, String> {
+    chrono::DateTime::parse_from_rfc3339(text)
+        .map(|t| t.timestamp_micros())
+        .map_err(|e| format!("`{text}` is not an RFC 3339 instant like 2024-01-31T12:00:00Z: {e}"))
 }
 
 fn featurestore_local(

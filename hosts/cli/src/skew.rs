@@ -104,6 +104,7 @@ pub(crate) fn stream_rows(
         plugin,
         StreamConfig {
             allowed_lateness: lateness,
+            ..StreamConfig::default()
         },
     )?;
     let sequences: Vec<String> = lines.iter().map(|(n, _)| n.to_string()).collect();
@@ -187,6 +188,7 @@ fn stream_rows_kinesis(
                 plugin,
                 StreamConfig {
                     allowed_lateness: lateness,
+                    ..StreamConfig::default()
                 },
             );
             let mut reader = LineageReader::new(&kinesis, &stream);

@@ -53,6 +53,7 @@ pub struct RunArgs {
     pub state: PathBuf,
     pub allowed_lateness: i64,
     pub start_state: Option<PathBuf>,
+    pub start_at: Option<i64>,
     pub listen: Option<SocketAddr>,
     pub batch_size: i32,
     pub idle_poll: Duration,
@@ -114,6 +115,7 @@ pub fn run(args: RunArgs, runtime: &Runtime) -> Result<()> {
     };
     config.stream_config = StreamConfig {
         allowed_lateness: args.allowed_lateness,
+        start_at: args.start_at,
     };
     config.start_states = start_states;
     config.listen = args.listen;
@@ -148,7 +150,7 @@ pub fn run(args: RunArgs, runtime: &Runtime) -> Result<()> {
     );
     println!(
         "stopped: {} records, {} events applied, {} rows, {} duplicates, {} late ({}), {} dead \
-         letters ({}), {} checkpoints",
+         letters ({}), {} before the start, {} checkpoints",
         s.records,
         s.applied,
         s.rows,
@@ -157,6 +159,7 @@ pub fn run(args: RunArgs, runtime: &Runtime) -> Result<()> {
         summary.late_log.display(),
         s.dead,
         summary.dead_log.display(),
+        s.before_start,
         summary.commits
     );
     Ok(())

@@ -262,4 +262,32 @@ fn the_stream_host_writes_through_the_sagemaker_protocol_and_both_clients_read_i
         }
     }
     assert_eq!(got.get(wire::PLUGIN_HASH_FEATURE), Some(&group.plugin_hash));
+
+    // Another build of the same group version is refused through the protocol too.
+    let naive = common::built(&repo("plugins").join("txn_velocity"), &["naive-sum"]);
+    let out = Command::new(env!("CARGO_BIN_EXE_lockstep"))
+        .args([
+            "stream",
+            "run",
+            "--plugin",
+            s(&naive),
+            "--stream",
+            "sm",
+            "--endpoint-url",
+            &endpoint,
+            "--online-store",
+            &store,
+            "--state",
+            s(&dir.path().join("naive-state")),
+            "--idle-poll",
+            "50ms",
+            "--stop-when-idle",
+        ])
+        .envs(moto.env())
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "another plugin's rows were accepted");
+    let err = text(&out.stderr);
+    assert!(err.contains("refusing rows from plugin"), "{err}");
+    assert!(err.contains(&group.plugin_hash), "{err}");
 }

@@ -21,12 +21,16 @@ pub struct StreamConfig {
     /// applied in order (UTC microseconds). The watermark is the latest event time
     /// seen minus this.
     pub allowed_lateness: i64,
+    /// Events before this instant (UTC µs) belong to a backfill the stream goes on
+    /// from: they are skipped (counted, neither applied nor late).
+    pub start_at: Option<i64>,
 }
 
 impl Default for StreamConfig {
     fn default() -> Self {
         StreamConfig {
             allowed_lateness: 5_000_000,
+            start_at: None,
         }
     }
 }
@@ -64,6 +68,8 @@ pub struct StreamStats {
     pub dead: u64,
     /// Rows emitted.
     pub rows: u64,
+    /// Events before the start instant, left to the backfill.
+    pub before_start: u64,
 }
 
 impl StreamStats {
@@ -76,6 +82,7 @@ impl StreamStats {
         self.late += other.late;
         self.dead += other.dead;
         self.rows += other.rows;
+        self.before_start += other.before_start;
     }
 }
 
@@ -444,6 +451,11 @@ impl StreamProcessor {
                          an entity's events must share a shard to be applied in order"
                     ),
                 ));
+                continue;
+            }
+            if self.config.start_at.is_some_and(|start| time < start) {
+                keep.push(false);
+                self.stats.before_start += 1;
                 continue;
             }
             let id = event_id(&events, self.id_col, row, content_hash(&events, row));

@@ -53,6 +53,7 @@ fn stream(
         plugin,
         StreamConfig {
             allowed_lateness: lateness,
+            ..StreamConfig::default()
         },
     )
     .expect("processor");
@@ -253,6 +254,7 @@ fn a_handed_off_state_continues_where_the_backfill_stopped() {
         &plugin,
         StreamConfig {
             allowed_lateness: 10 * MINUTE,
+            ..StreamConfig::default()
         },
     )
     .expect("processor")
@@ -395,6 +397,7 @@ fn resharding_keeps_every_entity_in_order_and_applies_each_event_once() {
         &plugin,
         StreamConfig {
             allowed_lateness: lateness,
+            ..StreamConfig::default()
         },
     );
     let mut rows = Vec::new();
@@ -505,6 +508,7 @@ fn restoring_any_checkpoint_and_replaying_ends_with_the_golden_rows() {
     }
     let config = StreamConfig {
         allowed_lateness: 5 * MINUTE,
+        ..StreamConfig::default()
     };
     for (per_round, crashes) in [
         (7usize, vec![3usize, 40, 41, 200]),
