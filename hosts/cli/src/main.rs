@@ -67,6 +67,10 @@ enum Command {
         /// Shards of that stream.
         #[arg(long, default_value_t = 2)]
         kinesis_shards: i32,
+        /// Instead of streaming here, compare with what `stream run` logged in this
+        /// state directory (rows.jsonl; late.jsonl is left out of the batch side).
+        #[arg(long, conflicts_with_all = ["kinesis_endpoint", "shuffle_seed", "against"])]
+        stream_log: Option<PathBuf>,
         #[command(flatten)]
         runtime: RuntimeArgs,
     },
@@ -465,6 +469,7 @@ fn main() {
             json,
             kinesis_endpoint,
             kinesis_shards,
+            stream_log,
             runtime,
         } => runtime.runtime().and_then(|runtime| {
             let args = skew::SkewArgs {
@@ -476,6 +481,7 @@ fn main() {
                 json,
                 kinesis_endpoint,
                 kinesis_shards,
+                stream_log,
             };
             match skew::run(&args, &runtime)? {
                 true => Ok(()),

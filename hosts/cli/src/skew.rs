@@ -38,6 +38,69 @@ pub struct SkewArgs {
     pub kinesis_endpoint: Option<String>,
     /// Shards of the Kinesis stream the check creates.
     pub kinesis_shards: i32,
+    /// Compare against what a `stream run` wrote in this state directory
+    /// (`rows.jsonl`, `late.jsonl`) instead of streaming the events here.
+    pub stream_log: Option<PathBuf>,
+}
+
+/// What a `stream run` logged in `dir`: its rows, and its late events (left out of
+/// the batch side by their record text).
+fn read_stream_log(dir: &std::path::Path, m: &lockstep_abi::Manifest) -> Result<Streamed> {
+    let read = |name: &str| -> Result<Vec<serde_json::Map<String, serde_json::Value>>> {
+        let path = dir.join(name);
+        let text = std::fs::read_to_string(&path).with_context(|| {
+            format!(
+                "reading {} (a `stream run` state directory?)",
+                path.display()
+            )
+        })?;
+        text.lines()
+            .enumerate()
+            .filter(|(_, l)| !l.trim().is_empty())
+            .map(|(i, l)| {
+                serde_json::from_str(l).with_context(|| {
+                    format!("{} line {}: not a JSON object", path.display(), i + 1)
+                })
+            })
+            .collect()
+    };
+    let mut rows = read("rows.jsonl")?;
+    lockstep_core::compare::canonical_order(&mut rows, &m.entity_key);
+    let late = read("late.jsonl")?
+        .into_iter()
+        .map(|l| LateEvent {
+            shard: l
+                .get("shard")
+                .and_then(|v| v.as_str())
+                .unwrap_or_default()
+                .to_owned(),
+            sequence: l
+                .get("sequence")
+                .and_then(|v| v.as_str())
+                .unwrap_or_default()
+                .to_owned(),
+            event_time: l
+                .get("event_time")
+                .and_then(|v| v.as_i64())
+                .unwrap_or_default(),
+            watermark: l
+                .get("watermark")
+                .and_then(|v| v.as_i64())
+                .unwrap_or_default(),
+            record: l
+                .get("record")
+                .and_then(|v| v.as_str())
+                .unwrap_or_default()
+                .to_owned(),
+        })
+        .collect();
+    Ok(Streamed {
+        rows,
+        batches: Vec::new(),
+        late,
+        duplicates: 0,
+        millis: 0.0,
+    })
 }
 
 /// The event time of each decoded event (UTC µs).
@@ -309,9 +372,11 @@ pub fn run(args: &SkewArgs, runtime: &Runtime) -> Result<bool> {
     })?;
     let times = event_times(&decoded, m)?;
     let order = arrival_order(&times, args.shuffle_seed, args.allowed_lateness);
-    let streamed = match &args.kinesis_endpoint {
-        None => stream_rows(&stream_plugin, &lines, &order, args.allowed_lateness)?,
-        Some(endpoint) => {
+    let from_log = args.stream_log.is_some();
+    let streamed = match (&args.stream_log, &args.kinesis_endpoint) {
+        (Some(dir), _) => read_stream_log(dir, m)?,
+        (None, None) => stream_rows(&stream_plugin, &lines, &order, args.allowed_lateness)?,
+        (None, Some(endpoint)) => {
             let key_index = m
                 .input_index(&m.entity_key)
                 .context("the manifest has no entity-key field")?;
@@ -336,8 +401,12 @@ pub fn run(args: &SkewArgs, runtime: &Runtime) -> Result<bool> {
     };
 
     // The batch side reads the same events less the late ones, from a file.
-    let late_lines: std::collections::HashSet<&str> =
-        streamed.late.iter().map(|l| l.sequence.as_str()).collect();
+    // Late events are named by line number here, by their text in a service's log.
+    let late_lines: std::collections::HashSet<&str> = if from_log {
+        streamed.late.iter().map(|l| l.record.as_str()).collect()
+    } else {
+        streamed.late.iter().map(|l| l.sequence.as_str()).collect()
+    };
     let scratch = tempfile::tempdir().context("creating a scratch directory")?;
     let batch_events = scratch.path().join("events.jsonl");
     {
@@ -346,7 +415,12 @@ pub fn run(args: &SkewArgs, runtime: &Runtime) -> Result<bool> {
                 .with_context(|| format!("creating {}", batch_events.display()))?,
         );
         for (n, line) in &lines {
-            if !late_lines.contains(n.to_string().as_str()) {
+            let late = if from_log {
+                late_lines.contains(line.trim_end())
+            } else {
+                late_lines.contains(n.to_string().as_str())
+            };
+            if !late {
                 writeln!(w, "{line}")?;
             }
         }
@@ -361,12 +435,15 @@ pub fn run(args: &SkewArgs, runtime: &Runtime) -> Result<bool> {
         Some(seed) => format!("shuffled (seed {seed})"),
         None => "file order".to_owned(),
     };
-    match &args.kinesis_endpoint {
-        Some(endpoint) => arrival.push_str(&format!(
+    match (&args.stream_log, &args.kinesis_endpoint) {
+        (Some(dir), _) => {
+            arrival = format!("as logged by a stream run in {}", dir.display());
+        }
+        (None, Some(endpoint)) => arrival.push_str(&format!(
             ", through Kinesis at {endpoint} ({} shards)",
             args.kinesis_shards
         )),
-        None => arrival.push_str(", in-process"),
+        (None, None) => arrival.push_str(", in-process"),
     }
     let lateness = humantime::format_duration(std::time::Duration::from_micros(
         args.allowed_lateness.max(0) as u64,

@@ -381,6 +381,36 @@ fn killed_at_random_points_the_service_ends_as_an_uninterrupted_run_does() {
         "online stores differ"
     );
     assert_eq!(stored(&online, &g, &keys), latest);
+
+    // skew-check reads the service's log: the batch host agrees with it, and a plugin
+    // that computes differently does not.
+    let events = golden_events();
+    let check = |wasm: &Path| {
+        lockstep(&[
+            "skew-check",
+            "--plugin",
+            s(wasm),
+            "--events",
+            s(&events),
+            "--stream-log",
+            s(&state),
+        ])
+    };
+    let out = check(&wasm);
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    assert!(
+        text(&out.stdout).contains("batch = stream"),
+        "{}",
+        text(&out.stdout)
+    );
+    let naive = common::built(&repo("plugins").join("txn_velocity"), &["naive-sum"]);
+    let out = check(&naive);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stdout));
 }
 
 #[test]
