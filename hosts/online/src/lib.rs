@@ -14,7 +14,8 @@
 //! It must never run plugins or read sources.
 
 use arrow_array::RecordBatch;
-use lockstep_core::rows::row_json;
+use lockstep_core::executor::EntityKey;
+use lockstep_core::rows::{quoted_keys, write_row_json};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value as Json};
@@ -121,7 +122,8 @@ pub struct OnlineRecord {
 pub struct PutSummary {
     /// Records written or replaced.
     pub written: usize,
-    /// Rows older than the stored record, left out.
+    /// Rows left out: older than the stored record, or superseded by a later row of
+    /// the same entity in the same put.
     pub stale: usize,
 }
 
@@ -148,6 +150,63 @@ pub trait OnlineStore: Send + Sync {
 }
 
 const GROUPS: TableDefinition<&str, &str> = TableDefinition::new("__groups");
+
+/// A stored record: event time and write time (8 bytes each, big-endian), the plugin
+/// hash (a u16 length, then UTF-8), then the row as JSON text. Deciding whether a put
+/// is newer reads the first 8 bytes only; rows written from Arrow are formatted
+/// straight into the record.
+fn encode_header(event_time: i64, write_time: i64, plugin_hash: &str, out: &mut Vec<u8>) {
+    out.extend_from_slice(&event_time.to_be_bytes());
+    out.extend_from_slice(&write_time.to_be_bytes());
+    let hash = plugin_hash.as_bytes();
+    let len = hash.len().min(u16::MAX as usize);
+    out.extend_from_slice(&(len as u16).to_be_bytes());
+    out.extend_from_slice(&hash[..len]);
+}
+
+fn encode_record(record: &OnlineRecord) -> Result<Vec<u8>, serde_json::Error> {
+    let mut out = Vec::with_capacity(256);
+    encode_header(
+        record.event_time,
+        record.write_time,
+        &record.plugin_hash,
+        &mut out,
+    );
+    serde_json::to_writer(&mut out, &record.row)?;
+    Ok(out)
+}
+
+fn stored_event_time(bytes: &[u8]) -> Result<i64, String> {
+    bytes
+        .first_chunk::<8>()
+        .map(|b| i64::from_be_bytes(*b))
+        .ok_or_else(|| format!("a record of {} bytes", bytes.len()))
+}
+
+fn decode_record(bytes: &[u8]) -> Result<OnlineRecord, String> {
+    let short = || format!("a record of {} bytes", bytes.len());
+    let event_time = i64::from_be_bytes(*bytes.first_chunk::<8>().ok_or_else(short)?);
+    let write_time = i64::from_be_bytes(
+        *bytes
+            .get(8..16)
+            .and_then(|b| b.first_chunk::<8>())
+            .ok_or_else(short)?,
+    );
+    let len = u16::from_be_bytes(
+        *bytes
+            .get(16..18)
+            .and_then(|b| b.first_chunk::<2>())
+            .ok_or_else(short)?,
+    ) as usize;
+    let hash = bytes.get(18..18 + len).ok_or_else(short)?;
+    let row = bytes.get(18 + len..).ok_or_else(short)?;
+    Ok(OnlineRecord {
+        event_time,
+        write_time,
+        plugin_hash: String::from_utf8(hash.to_vec()).map_err(|e| e.to_string())?,
+        row: serde_json::from_slice(row).map_err(|e| e.to_string())?,
+    })
+}
 
 /// The embedded online store: one redb file, transactional, no server.
 pub struct EmbeddedStore {
@@ -178,6 +237,24 @@ impl EmbeddedStore {
         group: &GroupRef,
         records: Vec<(String, OnlineRecord)>,
     ) -> Result<PutSummary, OnlineError> {
+        let encoded = records
+            .into_iter()
+            .map(|(key, record)| {
+                encode_record(&record)
+                    .map(|bytes| (key, record.event_time, bytes))
+                    .map_err(|e| self.fail(e))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        self.put_encoded(group, encoded)
+    }
+
+    /// Writes encoded records `(key, event time, bytes)` under the rules of
+    /// [`Self::put_records`].
+    fn put_encoded(
+        &self,
+        group: &GroupRef,
+        records: Vec<(String, i64, Vec<u8>)>,
+    ) -> Result<PutSummary, OnlineError> {
         let id = group.id();
         let txn = self.db.begin_write().map_err(|e| self.fail(e))?;
         let mut summary = PutSummary::default();
@@ -204,26 +281,22 @@ impl EmbeddedStore {
             }
             let table_def: TableDefinition<&str, &[u8]> = TableDefinition::new(&id);
             let mut table = txn.open_table(table_def).map_err(|e| self.fail(e))?;
-            for (key, record) in records {
-                let stored_time =
-                    match table.get(key.as_str()).map_err(|e| self.fail(e))? {
-                        Some(bytes) => {
-                            let stored: OnlineRecord = serde_json::from_slice(bytes.value())
-                                .map_err(|e| OnlineError::Corrupt {
-                                    path: self.path.clone(),
-                                    group: id.clone(),
-                                    key: key.clone(),
-                                    message: e.to_string(),
-                                })?;
-                            Some(stored.event_time)
+            for (key, event_time, bytes) in records {
+                let stored_time = match table.get(key.as_str()).map_err(|e| self.fail(e))? {
+                    Some(bytes) => Some(stored_event_time(bytes.value()).map_err(|message| {
+                        OnlineError::Corrupt {
+                            path: self.path.clone(),
+                            group: id.clone(),
+                            key: key.clone(),
+                            message,
                         }
-                        None => None,
-                    };
-                if stored_time.is_some_and(|t| t > record.event_time) {
+                    })?),
+                    None => None,
+                };
+                if stored_time.is_some_and(|t| t > event_time) {
                     summary.stale += 1;
                     continue;
                 }
-                let bytes = serde_json::to_vec(&record).map_err(|e| self.fail(e))?;
                 table
                     .insert(key.as_str(), bytes.as_slice())
                     .map_err(|e| self.fail(e))?;
@@ -239,14 +312,6 @@ impl EmbeddedStore {
             path: self.path.clone(),
             message: e.to_string(),
         }
-    }
-}
-
-/// An entity key as the text records are stored under.
-fn key_text(v: &Json) -> String {
-    match v {
-        Json::String(s) => s.clone(),
-        other => other.to_string(),
     }
 }
 
@@ -277,27 +342,47 @@ impl OnlineStore for EmbeddedStore {
             .column(time_col)
             .as_primitive_opt::<TimestampMicrosecondType>()
             .ok_or_else(|| OnlineError::Rows("event_time is not a timestamp column".into()))?;
-        let mut records = Vec::with_capacity(rows.num_rows());
+        // Only each entity's latest row of the batch can be stored: pick it from the
+        // columns, and format only those rows.
+        let keys = rows.column(key_col);
+        let mut latest: std::collections::HashMap<String, usize> =
+            std::collections::HashMap::with_capacity(rows.num_rows());
         for r in 0..rows.num_rows() {
-            if times.is_null(r) || rows.column(key_col).is_null(r) {
-                return Err(OnlineError::Rows(format!(
-                    "row {r} for {} has a null entity key or event time",
-                    group.id()
-                )));
+            let key = match (times.is_null(r), EntityKey::from_array(keys.as_ref(), r)) {
+                (false, Some(key)) => key.to_string(),
+                _ => {
+                    return Err(OnlineError::Rows(format!(
+                        "row {r} for {} has a null entity key or event time",
+                        group.id()
+                    )));
+                }
+            };
+            match latest.entry(key) {
+                std::collections::hash_map::Entry::Occupied(mut e) => {
+                    // Equal times: the later row, as a later put would.
+                    if times.value(*e.get()) <= times.value(r) {
+                        e.insert(r);
+                    }
+                }
+                std::collections::hash_map::Entry::Vacant(e) => {
+                    e.insert(r);
+                }
             }
-            let row = row_json(rows, r);
-            let key = key_text(row.get(&group.entity_key).unwrap_or(&Json::Null));
-            records.push((
-                key,
-                OnlineRecord {
-                    event_time: times.value(r),
-                    write_time,
-                    plugin_hash: group.plugin_hash.clone(),
-                    row,
-                },
-            ));
         }
-        self.put_records(group, records)
+        let superseded = rows.num_rows() - latest.len();
+        let columns = quoted_keys(&schema);
+        let records: Vec<(String, i64, Vec<u8>)> = latest
+            .into_iter()
+            .map(|(key, r)| {
+                let mut bytes = Vec::with_capacity(512);
+                encode_header(times.value(r), write_time, &group.plugin_hash, &mut bytes);
+                write_row_json(rows, &columns, r, &mut bytes);
+                (key, times.value(r), bytes)
+            })
+            .collect();
+        let mut summary = self.put_encoded(group, records)?;
+        summary.stale += superseded;
+        Ok(summary)
     }
 
     fn get(
@@ -319,11 +404,11 @@ impl OnlineStore for EmbeddedStore {
                     .get(key.as_str())
                     .map_err(|e| self.fail(e))?
                     .map(|bytes| {
-                        serde_json::from_slice(bytes.value()).map_err(|e| OnlineError::Corrupt {
+                        decode_record(bytes.value()).map_err(|message| OnlineError::Corrupt {
                             path: self.path.clone(),
                             group: id.clone(),
                             key: key.clone(),
-                            message: e.to_string(),
+                            message,
                         })
                     })
                     .transpose()

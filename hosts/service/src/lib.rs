@@ -27,7 +27,7 @@ mod run;
 pub mod source;
 
 pub use checkpoint::{CheckpointStore, LogLengths};
-pub use run::{ServiceConfig, StreamService, Summary};
+pub use run::{ServiceConfig, StreamService, Summary, Timings};
 pub use source::{KinesisSource, MemorySource, Resume, Source};
 
 use std::path::PathBuf;

@@ -82,6 +82,14 @@ impl AppendLog {
         Ok(())
     }
 
+    /// Appends one line already formatted (without its newline).
+    pub fn append_raw(&mut self, line: &[u8]) -> Result<(), ServiceError> {
+        self.out.write_all(line).map_err(|e| self.fail(e))?;
+        self.out.write_all(b"\n").map_err(|e| self.fail(e))?;
+        self.len += line.len() as u64 + 1;
+        Ok(())
+    }
+
     /// Makes every line appended so far durable.
     pub fn sync(&mut self) -> Result<(), ServiceError> {
         self.out.flush().map_err(|e| self.fail(e))?;

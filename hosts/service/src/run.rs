@@ -5,18 +5,20 @@ use crate::checkpoint::{CheckpointStore, Commit, LogLengths};
 use crate::http::{self, Health};
 use crate::logs::AppendLog;
 use crate::metrics::Metrics;
-use crate::source::{KinesisSource, Resume, ShardEvent, Source};
+use crate::source::{KinesisSource, Resume, ShardEvent, ShardRecord, Source};
 use arrow_array::RecordBatch;
 use arrow_array::cast::AsArray;
 use lockstep_cache::{CacheEntry, RedisCache};
+use lockstep_core::executor::EntityKey;
 use lockstep_core::executor::StateMap;
-use lockstep_core::rows::row_json;
+use lockstep_core::rows::{quoted_keys, row_json, write_row_json};
 use lockstep_core::schema::{input_schema, row_schema};
 use lockstep_kinesis::KinesisOptions;
 use lockstep_online::{GroupRef, OnlineStore};
 use lockstep_runtime::Plugin;
 use lockstep_stream::{Record, ShardSpec, ShardedProcessor, StreamConfig, StreamStats};
 use serde_json::Value as Json;
+use std::collections::BTreeMap;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -40,8 +42,13 @@ pub struct ServiceConfig {
     pub start_states: Option<StateMap>,
     /// GetRecords limit per shard and round.
     pub batch_size: i32,
-    /// Pause between rounds once every shard is caught up.
+    /// Pause between reads once every shard is caught up.
     pub idle_poll: Duration,
+    /// While catching up, a round gathers reads until it holds this many records…
+    pub round_records: usize,
+    /// …or is this old; then its outputs are written and a checkpoint committed. A
+    /// caught-up source ends the round at once.
+    pub round_interval: Duration,
     /// Address for `/healthz` and `/metrics` (port 0: any free port).
     pub listen: Option<SocketAddr>,
     /// Stop (exit 0) once every shard is caught up: for finite replays and tests.
@@ -67,6 +74,8 @@ impl ServiceConfig {
             start_states: None,
             batch_size: 10_000,
             idle_poll: Duration::from_millis(200),
+            round_records: 100_000,
+            round_interval: Duration::from_millis(500),
             listen: None,
             stop_when_idle: false,
             drain_on_stop: false,
@@ -85,6 +94,8 @@ pub struct Summary {
     pub commits: u64,
     /// Seconds spent writing outputs and committing checkpoints.
     pub commit_seconds: f64,
+    /// Where the commit time went.
+    pub timings: Timings,
     /// Whether it went on from an earlier checkpoint.
     pub resumed: bool,
     /// The row log.
@@ -95,6 +106,28 @@ pub struct Summary {
     pub dead_log: PathBuf,
     /// The address `/metrics` was served on.
     pub listening: Option<SocketAddr>,
+}
+
+/// Seconds spent per kind of durable write, summed over a run.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Timings {
+    /// Online store puts.
+    pub store: f64,
+    /// Cache writes.
+    pub cache: f64,
+    /// Formatting and syncing the logs.
+    pub logs: f64,
+    /// Collecting and committing checkpoints.
+    pub checkpoint: f64,
+}
+
+impl Timings {
+    fn add(&mut self, other: &Timings) {
+        self.store += other.store;
+        self.cache += other.cache;
+        self.logs += other.logs;
+        self.checkpoint += other.checkpoint;
+    }
 }
 
 /// The stream host service; see the [crate] docs.
@@ -128,12 +161,26 @@ impl Logs {
 }
 
 /// What one round produced, waiting to be written.
-#[derive(Default)]
 struct Round {
     rows: Vec<RecordBatch>,
     late: Vec<Json>,
     dead: Vec<Json>,
     changed: bool,
+    records: usize,
+    started: Instant,
+}
+
+impl Default for Round {
+    fn default() -> Self {
+        Round {
+            rows: Vec::new(),
+            late: Vec::new(),
+            dead: Vec::new(),
+            changed: false,
+            records: 0,
+            started: Instant::now(),
+        }
+    }
 }
 
 impl StreamService {
@@ -267,6 +314,7 @@ impl StreamService {
         let mut seen = StreamStats::default();
         let mut source_failures = 0u32;
         let mut first_round = true;
+        let mut round = Round::default();
 
         loop {
             let stopping_now = stop.load(Ordering::SeqCst);
@@ -291,11 +339,37 @@ impl StreamService {
                 }
             };
             let quiet = events.is_empty();
-            let mut round = Round::default();
+            round.records += events
+                .iter()
+                .map(|e| match e {
+                    ShardEvent::Records(_, r) => r.len(),
+                    _ => 0,
+                })
+                .sum::<usize>();
+            // Records of different shards between two lineage events are applied in
+            // parallel; lineage events keep their place.
+            let mut records_run: Vec<(String, Vec<ShardRecord>)> = Vec::new();
             for event in events {
                 round.changed = true;
                 match event {
+                    ShardEvent::Records(shard, records) => {
+                        if records_run.iter().any(|(s, _)| *s == shard) {
+                            apply_records(
+                                &mut processor,
+                                &mut records_run,
+                                &mut round,
+                                &mut positions,
+                            )?;
+                        }
+                        records_run.push((shard, records));
+                    }
                     ShardEvent::Opened(info) => {
+                        apply_records(
+                            &mut processor,
+                            &mut records_run,
+                            &mut round,
+                            &mut positions,
+                        )?;
                         tracing::info!(shard = %info.id, parents = ?info.parents, "shard opened");
                         processor.open(ShardSpec {
                             id: info.id,
@@ -303,25 +377,13 @@ impl StreamService {
                             hash_range: info.hash_range,
                         })?;
                     }
-                    ShardEvent::Records(shard, records) => {
-                        let batch: Vec<Record<'_>> = records
-                            .iter()
-                            .map(|r| Record {
-                                shard: &shard,
-                                sequence: &r.sequence,
-                                data: &r.data,
-                                partition_key: Some(&r.partition_key),
-                            })
-                            .collect();
-                        let step = processor.push(&shard, &batch)?;
-                        round.rows.push(step.rows);
-                        round.late.extend(step.late.iter().map(|l| l.to_json()));
-                        round.dead.extend(step.dead.iter().map(|d| d.to_json()));
-                        if let Some(last) = records.last() {
-                            positions.insert(shard.clone(), last.sequence.clone());
-                        }
-                    }
                     ShardEvent::Ended(shard) => {
+                        apply_records(
+                            &mut processor,
+                            &mut records_run,
+                            &mut round,
+                            &mut positions,
+                        )?;
                         tracing::info!(%shard, "shard read to its end");
                         processor.close(&shard)?;
                         positions.remove(&shard);
@@ -329,6 +391,7 @@ impl StreamService {
                     }
                 }
             }
+            apply_records(&mut processor, &mut records_run, &mut round, &mut positions)?;
             let idle = quiet && reader.caught_up();
             let stopping = stopping_now || (idle && cfg.stop_when_idle);
             if stopping && cfg.drain_on_stop {
@@ -338,19 +401,43 @@ impl StreamService {
                     round.changed = true;
                 }
             }
-            if round.changed || first_round {
+            // A round gathers reads until it is big or old enough, or the source is
+            // quiet: fewer, larger commits while catching up; no wait once caught up.
+            let due = stopping
+                || idle
+                || reader.at_tip()
+                || round.records >= cfg.round_records
+                || round.started.elapsed() >= cfg.round_interval;
+            if (round.changed || first_round) && due {
                 let started = Instant::now();
-                self.write_round(
-                    &rt,
-                    &round,
-                    &schema,
-                    &mut logs,
-                    cache.as_ref(),
-                    &metrics,
-                    &health,
-                    &stop,
-                )?;
-                let checkpoint = processor.checkpoint();
+                // Outputs are written while the checkpoint is gathered; the checkpoint
+                // commits only once they are durable.
+                let (written, checkpoint) = std::thread::scope(|scope| {
+                    let writer = scope.spawn(|| {
+                        self.write_round(
+                            &rt,
+                            &round,
+                            &schema,
+                            &mut logs,
+                            cache.as_ref(),
+                            &metrics,
+                            &health,
+                            &stop,
+                        )
+                    });
+                    let checkpoint_started = Instant::now();
+                    let checkpoint = processor.checkpoint();
+                    let gathered = checkpoint_started.elapsed().as_secs_f64();
+                    let written = writer.join().unwrap_or_else(|_| {
+                        Err(ServiceError::Start(
+                            "writing the round's outputs panicked".into(),
+                        ))
+                    });
+                    (written.map(|t| (t, gathered)), checkpoint)
+                });
+                let (timings, gathered) = written?;
+                summary.timings.add(&timings);
+                let checkpoint_started = Instant::now();
                 checkpoints.commit(&Commit {
                     checkpoint: &checkpoint,
                     positions: &positions,
@@ -358,6 +445,8 @@ impl StreamService {
                     logs: logs.lengths(),
                 })?;
                 first_round = false;
+                round = Round::default();
+                summary.timings.checkpoint += gathered + checkpoint_started.elapsed().as_secs_f64();
                 summary.commits += 1;
                 summary.commit_seconds += started.elapsed().as_secs_f64();
                 metrics.commits.inc();
@@ -390,7 +479,8 @@ impl StreamService {
     }
 
     /// Writes a round's rows to the online store (retrying transient failures until
-    /// they pass or a stop is asked for) and its lines to the logs, durably.
+    /// they pass or a stop is asked for) while its lines go to the logs, then through
+    /// to the cache; everything durable when this returns.
     #[allow(clippy::too_many_arguments)]
     fn write_round(
         &self,
@@ -402,88 +492,80 @@ impl StreamService {
         metrics: &Metrics,
         health: &Mutex<Health>,
         stop: &AtomicBool,
-    ) -> Result<(), ServiceError> {
+    ) -> Result<Timings, ServiceError> {
+        let mut timings = Timings::default();
         let rows = arrow_select_concat(schema, &round.rows)?;
-        if rows.num_rows() > 0 {
-            let mut attempt = 0u32;
-            loop {
-                let store = self.store.clone();
-                let group = self.group.clone();
-                let batch = rows.clone();
-                // The store may block on the network: keep it off the I/O threads.
-                let result = rt.block_on(async move {
-                    tokio::task::spawn_blocking(move || store.put(&group, &batch, now_micros()))
-                        .await
-                });
-                match result {
-                    Ok(Ok(_)) => break,
-                    Ok(Err(e)) if !e.is_transient() => return Err(e.into()),
-                    Ok(Err(e)) => {
-                        metrics.write_errors.inc();
-                        attempt += 1;
-                        tracing::warn!(error = %e, attempt, "online store write failed; retrying");
-                        lock(health).error(e.to_string());
-                    }
-                    Err(e) => {
-                        return Err(ServiceError::Start(format!(
-                            "the store write panicked: {e}"
-                        )));
-                    }
+        let (stored, logged) = std::thread::scope(|scope| {
+            let store_job = scope.spawn(|| self.put_with_retries(&rows, metrics, health, stop));
+            let logged = Self::write_logs(&rows, round, schema, logs);
+            let stored = store_job
+                .join()
+                .unwrap_or_else(|_| Err(ServiceError::Start("the store write panicked".into())));
+            (stored, logged)
+        });
+        timings.store = stored?;
+        timings.logs = logged?;
+        if let Some(cache) = cache
+            && rows.num_rows() > 0
+        {
+            let cache_started = Instant::now();
+            let entries = self.cache_entries(&rows);
+            self.write_cache(rt, cache, &entries, metrics, health);
+            timings.cache = cache_started.elapsed().as_secs_f64();
+        }
+        Ok(timings)
+    }
+
+    /// Puts `rows` into the online store, retrying transient failures; seconds taken.
+    fn put_with_retries(
+        &self,
+        rows: &RecordBatch,
+        metrics: &Metrics,
+        health: &Mutex<Health>,
+        stop: &AtomicBool,
+    ) -> Result<f64, ServiceError> {
+        let started = Instant::now();
+        if rows.num_rows() == 0 {
+            return Ok(0.0);
+        }
+        let mut attempt = 0u32;
+        loop {
+            match self.store.put(&self.group, rows, now_micros()) {
+                Ok(_) => return Ok(started.elapsed().as_secs_f64()),
+                Err(e) if !e.is_transient() => return Err(e.into()),
+                Err(e) => {
+                    metrics.write_errors.inc();
+                    attempt += 1;
+                    tracing::warn!(error = %e, attempt, "online store write failed; retrying");
+                    lock(health).error(e.to_string());
                 }
-                if stop.load(Ordering::SeqCst) && attempt >= 3 {
-                    // The checkpoint is not committed: the rows are written on restart.
-                    return Err(ServiceError::Start(
-                        "stopping while the online store refuses writes; nothing after the last \
-                         checkpoint is lost, restart to write it"
-                            .into(),
-                    ));
-                }
-                std::thread::sleep(backoff(attempt));
             }
-            let mut latest: HashMap<String, CacheEntry> = HashMap::new();
-            let cache_key_of = |row: &serde_json::Map<String, Json>| {
-                let key = match row.get(&self.group.entity_key) {
-                    Some(Json::String(s)) => s.clone(),
-                    Some(other) => other.to_string(),
-                    None => String::new(),
-                };
-                lockstep_cache::cache_key(&self.group.id(), &key)
-            };
-            let times = rows
-                .column_by_name(lockstep_core::schema::EVENT_TIME)
-                .and_then(|c| {
-                    c.as_primitive_opt::<arrow_array::types::TimestampMicrosecondType>()
-                        .cloned()
-                });
-            for r in 0..rows.num_rows() {
-                let row = row_json(&rows, r);
-                if cache.is_some()
-                    && let Some(times) = &times
-                {
-                    let event_time = times.value(r);
-                    let key = cache_key_of(&row);
-                    if latest.get(&key).is_none_or(|e| e.event_time <= event_time) {
-                        let value = serde_json::json!({
-                            "event_time": event_time,
-                            "plugin_hash": self.group.plugin_hash,
-                            "row": row,
-                        });
-                        latest.insert(
-                            key.clone(),
-                            CacheEntry {
-                                key,
-                                event_time,
-                                value: value.to_string(),
-                            },
-                        );
-                    }
-                }
-                logs.rows.append(&Json::Object(row))?;
+            if stop.load(Ordering::SeqCst) && attempt >= 3 {
+                // The checkpoint is not committed: the rows are written on restart.
+                return Err(ServiceError::Start(
+                    "stopping while the online store refuses writes; nothing after the last \
+                     checkpoint is lost, restart to write it"
+                        .into(),
+                ));
             }
-            if let Some(cache) = cache {
-                let entries: Vec<CacheEntry> = latest.into_values().collect();
-                self.write_cache(rt, cache, &entries, metrics, health);
-            }
+            std::thread::sleep(backoff(attempt));
+        }
+    }
+
+    /// Appends the round's rows, late events and dead letters, synced; seconds taken.
+    fn write_logs(
+        rows: &RecordBatch,
+        round: &Round,
+        schema: &arrow_schema::SchemaRef,
+        logs: &mut Logs,
+    ) -> Result<f64, ServiceError> {
+        let started = Instant::now();
+        let keys = quoted_keys(schema);
+        let mut line = Vec::with_capacity(512);
+        for r in 0..rows.num_rows() {
+            line.clear();
+            write_row_json(rows, &keys, r, &mut line);
+            logs.rows.append_raw(&line)?;
         }
         for line in &round.late {
             logs.late.append(line)?;
@@ -491,11 +573,53 @@ impl StreamService {
         for line in &round.dead {
             logs.dead.append(line)?;
         }
-        logs.sync()
+        logs.sync()?;
+        Ok(started.elapsed().as_secs_f64())
     }
 }
 
 impl StreamService {
+    /// Each entity's latest row of `rows` as a cache entry.
+    fn cache_entries(&self, rows: &RecordBatch) -> Vec<CacheEntry> {
+        let Some(times) = rows
+            .column_by_name(lockstep_core::schema::EVENT_TIME)
+            .and_then(|c| c.as_primitive_opt::<arrow_array::types::TimestampMicrosecondType>())
+        else {
+            return Vec::new();
+        };
+        let Some(keys) = rows.column_by_name(&self.group.entity_key) else {
+            return Vec::new();
+        };
+        let mut latest: HashMap<String, usize> = HashMap::new();
+        for r in 0..rows.num_rows() {
+            let Some(key) = EntityKey::from_array(keys.as_ref(), r) else {
+                continue;
+            };
+            let key = lockstep_cache::cache_key(&self.group.id(), &key.to_string());
+            match latest.get(&key) {
+                Some(&seen) if times.value(seen) > times.value(r) => {}
+                _ => {
+                    latest.insert(key, r);
+                }
+            }
+        }
+        latest
+            .into_iter()
+            .map(|(key, r)| {
+                let value = serde_json::json!({
+                    "event_time": times.value(r),
+                    "plugin_hash": self.group.plugin_hash,
+                    "row": row_json(rows, r),
+                });
+                CacheEntry {
+                    key,
+                    event_time: times.value(r),
+                    value: value.to_string(),
+                }
+            })
+            .collect()
+    }
+
     /// Writes through to the cache, a few attempts. A cache that stays down does not
     /// stop the stream: the store has the rows, readers fall back to it on a miss, and
     /// entries left behind expire with their TTL.
@@ -519,6 +643,48 @@ impl StreamService {
             }
         }
     }
+}
+
+/// Pushes the records gathered in `run` (one entry per shard), shards in parallel,
+/// into `round`, and moves each shard's position to its last record.
+fn apply_records(
+    processor: &mut ShardedProcessor,
+    run: &mut Vec<(String, Vec<ShardRecord>)>,
+    round: &mut Round,
+    positions: &mut BTreeMap<String, String>,
+) -> Result<(), ServiceError> {
+    if run.is_empty() {
+        return Ok(());
+    }
+    let batches: Vec<(&str, Vec<Record<'_>>)> = run
+        .iter()
+        .map(|(shard, records)| {
+            (
+                shard.as_str(),
+                records
+                    .iter()
+                    .map(|r| Record {
+                        shard,
+                        sequence: &r.sequence,
+                        data: &r.data,
+                        partition_key: Some(&r.partition_key),
+                    })
+                    .collect(),
+            )
+        })
+        .collect();
+    let steps = processor.push_all(&batches)?;
+    for step in steps {
+        round.rows.push(step.rows);
+        round.late.extend(step.late.iter().map(|l| l.to_json()));
+        round.dead.extend(step.dead.iter().map(|d| d.to_json()));
+    }
+    for (shard, records) in run.drain(..) {
+        if let Some(last) = records.last() {
+            positions.insert(shard, last.sequence.clone());
+        }
+    }
+    Ok(())
 }
 
 fn arrow_select_concat(

@@ -32,6 +32,12 @@ pub trait Source {
     fn lag(&self) -> BTreeMap<String, i64> {
         BTreeMap::new()
     }
+
+    /// Whether the last reads reached the tip of every open shard (records may have
+    /// come with them): the service then writes at once instead of gathering more.
+    fn at_tip(&self) -> bool {
+        self.caught_up()
+    }
 }
 
 /// Every shard of a Kinesis stream.
@@ -71,6 +77,11 @@ impl Source for KinesisSource {
 
     fn lag(&self) -> BTreeMap<String, i64> {
         self.reader.lag().clone()
+    }
+
+    fn at_tip(&self) -> bool {
+        let lag = self.reader.lag();
+        self.reader.caught_up() || (!lag.is_empty() && lag.values().all(|ms| *ms == 0))
     }
 }
 

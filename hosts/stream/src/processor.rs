@@ -462,7 +462,11 @@ impl StreamProcessor {
             match watermark {
                 Some(w) if time < w => {
                     keep.push(false);
-                    if self.taken_set.contains(&(key, id)) {
+                    // Recognised only within the horizon, judged from this watermark:
+                    // when identities were pruned must not decide (that depends on how
+                    // records were grouped).
+                    let horizon = w.saturating_sub(self.config.allowed_lateness);
+                    if time >= horizon && self.taken_set.contains(&(key, id)) {
                         late_duplicates += 1;
                     } else {
                         late.push(LateEvent {

@@ -235,6 +235,63 @@ impl ShardedProcessor {
         processor.push(records)
     }
 
+    /// Takes records of several open shards at once, each shard's in its order, the
+    /// shards in parallel (one thread each; shards share nothing). Steps come back in
+    /// the order of `batches`.
+    pub fn push_all(
+        &mut self,
+        batches: &[(&str, Vec<Record<'_>>)],
+    ) -> Result<Vec<Step>, StreamError> {
+        if batches.len() <= 1 {
+            return batches
+                .iter()
+                .map(|(shard, records)| self.push(shard, records))
+                .collect();
+        }
+        let mut wanted: HashMap<&str, &[Record<'_>]> = HashMap::new();
+        for (shard, records) in batches {
+            if wanted.insert(shard, records).is_some() {
+                return Err(StreamError::Config(format!(
+                    "shard `{shard}` appears twice in one push"
+                )));
+            }
+            if !self.open.contains_key(*shard) {
+                return Err(StreamError::Config(format!("shard `{shard}` is not open")));
+            }
+        }
+        let mut results: HashMap<String, Result<Step, StreamError>> = std::thread::scope(|scope| {
+            let handles: Vec<_> = self
+                .open
+                .iter_mut()
+                .filter_map(|(id, (_, processor))| {
+                    let records = wanted.get(id.as_str())?;
+                    Some((id.clone(), scope.spawn(move || processor.push(records))))
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|(id, handle)| {
+                    let result = handle.join().unwrap_or_else(|_| {
+                        Err(StreamError::Config(format!(
+                            "processing shard `{id}` panicked"
+                        )))
+                    });
+                    (id, result)
+                })
+                .collect()
+        });
+        batches
+            .iter()
+            .map(|(shard, _)| {
+                results.remove(*shard).unwrap_or_else(|| {
+                    Err(StreamError::Config(format!(
+                        "shard `{shard}` was not processed"
+                    )))
+                })
+            })
+            .collect()
+    }
+
     /// Ends a shard that was read to its end (after a split or merge): its state waits
     /// for its children.
     pub fn close(&mut self, shard: &str) -> Result<(), StreamError> {
