@@ -160,6 +160,24 @@ impl Logs {
     }
 }
 
+/// A round handed to the writer: its outputs and the checkpoint that covers them.
+struct Job {
+    round: Round,
+    checkpoint: lockstep_stream::Checkpoint,
+    positions: BTreeMap<String, String>,
+    ended: std::collections::HashSet<String>,
+    /// Seconds spent gathering the checkpoint.
+    gathered: f64,
+}
+
+/// What the writer did over a run.
+#[derive(Default)]
+struct WriterReport {
+    commits: u64,
+    commit_seconds: f64,
+    timings: Timings,
+}
+
 /// What one round produced, waiting to be written.
 struct Round {
     rows: Vec<RecordBatch>,
@@ -257,7 +275,7 @@ impl StreamService {
         let checkpoints =
             CheckpointStore::open(&cfg.state_dir, self.plugin.hash(), input_schema(manifest))?;
         let restored = checkpoints.restore()?;
-        let mut logs = Logs {
+        let logs = Logs {
             rows: AppendLog::open(&cfg.state_dir.join("rows.jsonl"), restored.logs.rows)?,
             late: AppendLog::open(&cfg.state_dir.join("late.jsonl"), restored.logs.late)?,
             dead: AppendLog::open(
@@ -316,166 +334,211 @@ impl StreamService {
         let mut first_round = true;
         let mut round = Round::default();
 
-        loop {
-            let stopping_now = stop.load(Ordering::SeqCst);
-            let events = if stopping_now {
-                Vec::new()
-            } else {
-                match reader.poll() {
-                    Ok(events) => {
-                        source_failures = 0;
-                        lock(&health).read_ok();
-                        events
-                    }
-                    Err(e) => {
-                        // The reader keeps its iterators: the next round retries.
-                        metrics.source_errors.inc();
-                        source_failures += 1;
-                        tracing::warn!(error = %e, "reading the stream failed; retrying");
-                        lock(&health).error(e.to_string());
-                        sleep_unless(&stop, backoff(source_failures));
-                        continue;
-                    }
-                }
-            };
-            let quiet = events.is_empty();
-            round.records += events
-                .iter()
-                .map(|e| match e {
-                    ShardEvent::Records(_, r) => r.len(),
-                    _ => 0,
-                })
-                .sum::<usize>();
-            // Records of different shards between two lineage events are applied in
-            // parallel; lineage events keep their place.
-            let mut records_run: Vec<(String, Vec<ShardRecord>)> = Vec::new();
-            for event in events {
-                round.changed = true;
-                match event {
-                    ShardEvent::Records(shard, records) => {
-                        if records_run.iter().any(|(s, _)| *s == shard) {
-                            apply_records(
-                                &mut processor,
-                                &mut records_run,
-                                &mut round,
-                                &mut positions,
-                            )?;
+        let (jobs, pending_jobs) = std::sync::mpsc::sync_channel::<Job>(1);
+        // The writer owns the logs and the checkpoint store; the rest it borrows.
+        let (rt_ref, schema_ref, cache_ref) = (&rt, &schema, cache.as_ref());
+        let (metrics_ref, health_ref, stop_ref) = (&*metrics, &*health, &*stop);
+        let (read_result, written) = std::thread::scope(|scope| {
+            let writer = scope.spawn(move || {
+                let mut logs = logs;
+                self.write_and_commit(
+                    pending_jobs,
+                    rt_ref,
+                    schema_ref,
+                    &mut logs,
+                    &checkpoints,
+                    cache_ref,
+                    metrics_ref,
+                    health_ref,
+                    stop_ref,
+                )
+            });
+            let mut read = || -> Result<(), ServiceError> {
+                loop {
+                    let stopping_now = stop.load(Ordering::SeqCst);
+                    let events = if stopping_now {
+                        Vec::new()
+                    } else {
+                        match reader.poll() {
+                            Ok(events) => {
+                                source_failures = 0;
+                                lock(&health).read_ok();
+                                events
+                            }
+                            Err(e) => {
+                                // The reader keeps its iterators: the next round retries.
+                                metrics.source_errors.inc();
+                                source_failures += 1;
+                                tracing::warn!(error = %e, "reading the stream failed; retrying");
+                                lock(&health).error(e.to_string());
+                                sleep_unless(&stop, backoff(source_failures));
+                                continue;
+                            }
                         }
-                        records_run.push((shard, records));
+                    };
+                    let quiet = events.is_empty();
+                    round.records += events
+                        .iter()
+                        .map(|e| match e {
+                            ShardEvent::Records(_, r) => r.len(),
+                            _ => 0,
+                        })
+                        .sum::<usize>();
+                    // Records of different shards between two lineage events are applied in
+                    // parallel; lineage events keep their place.
+                    let mut records_run: Vec<(String, Vec<ShardRecord>)> = Vec::new();
+                    for event in events {
+                        round.changed = true;
+                        match event {
+                            ShardEvent::Records(shard, records) => {
+                                if records_run.iter().any(|(s, _)| *s == shard) {
+                                    apply_records(
+                                        &mut processor,
+                                        &mut records_run,
+                                        &mut round,
+                                        &mut positions,
+                                    )?;
+                                }
+                                records_run.push((shard, records));
+                            }
+                            ShardEvent::Opened(info) => {
+                                apply_records(
+                                    &mut processor,
+                                    &mut records_run,
+                                    &mut round,
+                                    &mut positions,
+                                )?;
+                                tracing::info!(shard = %info.id, parents = ?info.parents, "shard opened");
+                                processor.open(ShardSpec {
+                                    id: info.id,
+                                    parents: info.parents,
+                                    hash_range: info.hash_range,
+                                })?;
+                            }
+                            ShardEvent::Ended(shard) => {
+                                apply_records(
+                                    &mut processor,
+                                    &mut records_run,
+                                    &mut round,
+                                    &mut positions,
+                                )?;
+                                tracing::info!(%shard, "shard read to its end");
+                                processor.close(&shard)?;
+                                positions.remove(&shard);
+                                ended.insert(shard);
+                            }
+                        }
                     }
-                    ShardEvent::Opened(info) => {
-                        apply_records(
-                            &mut processor,
-                            &mut records_run,
-                            &mut round,
-                            &mut positions,
-                        )?;
-                        tracing::info!(shard = %info.id, parents = ?info.parents, "shard opened");
-                        processor.open(ShardSpec {
-                            id: info.id,
-                            parents: info.parents,
-                            hash_range: info.hash_range,
-                        })?;
+                    apply_records(&mut processor, &mut records_run, &mut round, &mut positions)?;
+                    let idle = quiet && reader.caught_up();
+                    let stopping = stopping_now || (idle && cfg.stop_when_idle);
+                    if stopping && cfg.drain_on_stop {
+                        let step = processor.drain()?;
+                        if step.rows.num_rows() > 0 {
+                            round.rows.push(step.rows);
+                            round.changed = true;
+                        }
                     }
-                    ShardEvent::Ended(shard) => {
-                        apply_records(
-                            &mut processor,
-                            &mut records_run,
-                            &mut round,
-                            &mut positions,
-                        )?;
-                        tracing::info!(%shard, "shard read to its end");
-                        processor.close(&shard)?;
-                        positions.remove(&shard);
-                        ended.insert(shard);
+                    // A round gathers reads until it is big or old enough, or the source is
+                    // quiet: fewer, larger commits while catching up; no wait once caught up.
+                    let due = stopping
+                        || idle
+                        || reader.at_tip()
+                        || round.records >= cfg.round_records
+                        || round.started.elapsed() >= cfg.round_interval;
+                    if (round.changed || first_round) && due {
+                        // The checkpoint is gathered here, at the round's end; the writer
+                        // commits it once the round's outputs are durable, while this thread
+                        // goes on with the next round.
+                        let gathered_at = Instant::now();
+                        let checkpoint = processor.checkpoint();
+                        let job = Job {
+                            round: std::mem::take(&mut round),
+                            checkpoint,
+                            positions: positions.clone(),
+                            ended: ended.clone(),
+                            gathered: gathered_at.elapsed().as_secs_f64(),
+                        };
+                        first_round = false;
+                        if jobs.send(job).is_err() {
+                            // The writer stopped; its error is what the run returns.
+                            return Ok(());
+                        }
+                    }
+                    let now = processor.stats();
+                    record_progress(&metrics, &seen, &now);
+                    seen = now;
+                    metrics.buffered_events.set(processor.buffered() as i64);
+                    metrics.lag_ms.clear();
+                    for (shard, lag) in reader.lag() {
+                        metrics
+                            .lag_ms
+                            .get_or_create(&vec![("shard".to_owned(), shard)])
+                            .set(lag);
+                    }
+                    if stopping {
+                        lock(&health).stopping();
+                        break;
+                    }
+                    if idle {
+                        sleep_unless(&stop, cfg.idle_poll);
                     }
                 }
-            }
-            apply_records(&mut processor, &mut records_run, &mut round, &mut positions)?;
-            let idle = quiet && reader.caught_up();
-            let stopping = stopping_now || (idle && cfg.stop_when_idle);
-            if stopping && cfg.drain_on_stop {
-                let step = processor.drain()?;
-                if step.rows.num_rows() > 0 {
-                    round.rows.push(step.rows);
-                    round.changed = true;
-                }
-            }
-            // A round gathers reads until it is big or old enough, or the source is
-            // quiet: fewer, larger commits while catching up; no wait once caught up.
-            let due = stopping
-                || idle
-                || reader.at_tip()
-                || round.records >= cfg.round_records
-                || round.started.elapsed() >= cfg.round_interval;
-            if (round.changed || first_round) && due {
-                let started = Instant::now();
-                // Outputs are written while the checkpoint is gathered; the checkpoint
-                // commits only once they are durable.
-                let (written, checkpoint) = std::thread::scope(|scope| {
-                    let writer = scope.spawn(|| {
-                        self.write_round(
-                            &rt,
-                            &round,
-                            &schema,
-                            &mut logs,
-                            cache.as_ref(),
-                            &metrics,
-                            &health,
-                            &stop,
-                        )
-                    });
-                    let checkpoint_started = Instant::now();
-                    let checkpoint = processor.checkpoint();
-                    let gathered = checkpoint_started.elapsed().as_secs_f64();
-                    let written = writer.join().unwrap_or_else(|_| {
-                        Err(ServiceError::Start(
-                            "writing the round's outputs panicked".into(),
-                        ))
-                    });
-                    (written.map(|t| (t, gathered)), checkpoint)
-                });
-                let (timings, gathered) = written?;
-                summary.timings.add(&timings);
-                let checkpoint_started = Instant::now();
-                checkpoints.commit(&Commit {
-                    checkpoint: &checkpoint,
-                    positions: &positions,
-                    ended: &ended,
-                    logs: logs.lengths(),
-                })?;
-                first_round = false;
-                round = Round::default();
-                summary.timings.checkpoint += gathered + checkpoint_started.elapsed().as_secs_f64();
-                summary.commits += 1;
-                summary.commit_seconds += started.elapsed().as_secs_f64();
-                metrics.commits.inc();
-                metrics
-                    .commit_seconds
-                    .observe(started.elapsed().as_secs_f64());
-                lock(&health).committed();
-            }
-            let now = processor.stats();
-            record_progress(&metrics, &seen, &now);
-            seen = now;
-            metrics.buffered_events.set(processor.buffered() as i64);
-            metrics.lag_ms.clear();
-            for (shard, lag) in reader.lag() {
-                metrics
-                    .lag_ms
-                    .get_or_create(&vec![("shard".to_owned(), shard)])
-                    .set(lag);
-            }
-            if stopping {
-                lock(&health).stopping();
-                break;
-            }
-            if idle {
-                sleep_unless(&stop, cfg.idle_poll);
-            }
-        }
+                Ok(())
+            };
+            let read_result = read();
+            drop(jobs);
+            let written = writer
+                .join()
+                .unwrap_or_else(|_| Err(ServiceError::Start("the output writer panicked".into())));
+            (read_result, written)
+        });
+        let report = written?;
+        read_result?;
+        summary.commits = report.commits;
+        summary.commit_seconds = report.commit_seconds;
+        summary.timings = report.timings;
         summary.stats = seen;
         Ok(summary)
+    }
+
+    /// The writer: for each round in order, writes its outputs, then commits its
+    /// checkpoint. Returns what it did, or the first error (the reader then stops).
+    #[allow(clippy::too_many_arguments)]
+    fn write_and_commit(
+        &self,
+        jobs: std::sync::mpsc::Receiver<Job>,
+        rt: &tokio::runtime::Runtime,
+        schema: &arrow_schema::SchemaRef,
+        logs: &mut Logs,
+        checkpoints: &CheckpointStore,
+        cache: Option<&RedisCache>,
+        metrics: &Metrics,
+        health: &Mutex<Health>,
+        stop: &AtomicBool,
+    ) -> Result<WriterReport, ServiceError> {
+        let mut report = WriterReport::default();
+        for job in jobs {
+            let started = Instant::now();
+            let timings =
+                self.write_round(rt, &job.round, schema, logs, cache, metrics, health, stop)?;
+            report.timings.add(&timings);
+            let commit_started = Instant::now();
+            checkpoints.commit(&Commit {
+                checkpoint: &job.checkpoint,
+                positions: &job.positions,
+                ended: &job.ended,
+                logs: logs.lengths(),
+            })?;
+            report.timings.checkpoint += job.gathered + commit_started.elapsed().as_secs_f64();
+            report.commits += 1;
+            let took = started.elapsed().as_secs_f64();
+            report.commit_seconds += took;
+            metrics.commits.inc();
+            metrics.commit_seconds.observe(took);
+            lock(health).committed();
+        }
+        Ok(report)
     }
 
     /// Writes a round's rows to the online store (retrying transient failures until
