@@ -121,6 +121,10 @@ enum StreamCommand {
         /// embedded:DIR, sagemaker (AWS) or sagemaker:URL.
         #[arg(long, value_parser = stream::parse_online_store)]
         online_store: stream::OnlineStoreArg,
+        /// At most this many SageMaker PutRecord calls per second (the account's
+        /// quota); unlimited when unset.
+        #[arg(long)]
+        sagemaker_rate: Option<f64>,
         /// A Redis cache to write through after the online store (redis://host:port).
         #[arg(long)]
         cache: Option<String>,
@@ -540,6 +544,7 @@ fn main() {
             stream,
             endpoint_url,
             online_store,
+            sagemaker_rate,
             cache,
             cache_ttl,
             state,
@@ -562,6 +567,7 @@ fn main() {
                         endpoint_url,
                         online_store,
                         cache: cache.map(|url| (url, cache_ttl)),
+                        sagemaker_rate,
                         state,
                         allowed_lateness,
                         start_state,

@@ -50,6 +50,7 @@ pub struct RunArgs {
     pub endpoint_url: Option<String>,
     pub online_store: OnlineStoreArg,
     pub cache: Option<(String, Option<Duration>)>,
+    pub sagemaker_rate: Option<f64>,
     pub state: PathBuf,
     pub allowed_lateness: i64,
     pub start_state: Option<PathBuf>,
@@ -61,8 +62,12 @@ pub struct RunArgs {
     pub drain_on_stop: bool,
 }
 
-/// Opens the online store `arg` names.
-pub fn open_store(arg: &OnlineStoreArg) -> Result<Arc<dyn OnlineStore>> {
+/// Opens the online store `arg` names; `sagemaker_rate` caps PutRecord calls per
+/// second (the account's quota) for the SageMaker backend.
+pub fn open_store(
+    arg: &OnlineStoreArg,
+    sagemaker_rate: Option<f64>,
+) -> Result<Arc<dyn OnlineStore>> {
     match arg {
         OnlineStoreArg::Embedded(dir) => {
             Ok(Arc::new(EmbeddedStore::open(dir).with_context(|| {
@@ -70,8 +75,14 @@ pub fn open_store(arg: &OnlineStoreArg) -> Result<Arc<dyn OnlineStore>> {
             })?))
         }
         OnlineStoreArg::SageMaker(endpoint) => Ok(Arc::new(
-            lockstep_featurestore::SageMakerStore::connect(endpoint.as_deref())
-                .context("connecting to the SageMaker Feature Store runtime")?,
+            lockstep_featurestore::SageMakerStore::with_options(
+                lockstep_featurestore::SageMakerOptions {
+                    endpoint: endpoint.clone(),
+                    max_puts_per_second: sagemaker_rate,
+                    ..Default::default()
+                },
+            )
+            .context("connecting to the SageMaker Feature Store runtime")?,
         )),
     }
 }
@@ -107,7 +118,7 @@ pub fn run(args: RunArgs, runtime: &Runtime) -> Result<()> {
         }
         None => None,
     };
-    let store = open_store(&args.online_store)?;
+    let store = open_store(&args.online_store, args.sagemaker_rate)?;
     let mut config = ServiceConfig::new(&args.stream, args.state.clone());
     config.kinesis = KinesisOptions {
         endpoint: args.endpoint_url.clone(),

@@ -206,6 +206,9 @@ fn the_stream_host_writes_through_the_sagemaker_protocol_and_both_clients_read_i
             "50ms",
             "--stop-when-idle",
             "--drain-on-stop",
+            // Paced PutRecords, as under an account quota.
+            "--sagemaker-rate",
+            "2000",
         ])
         .envs(moto.env())
         .output()
