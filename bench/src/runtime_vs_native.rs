@@ -12,6 +12,7 @@
 //!
 //! Run: `cargo run --release -p lockstep-bench --bin runtime-vs-native [-- EVENTS CARDS ROUNDS]`
 
+use lockstep_bench::arg;
 use lockstep_runtime::{Runtime, RuntimeConfig};
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -20,13 +21,6 @@ use txn_velocity::TxnVelocity;
 fn median(mut xs: Vec<Duration>) -> Duration {
     xs.sort();
     xs[xs.len() / 2]
-}
-
-fn arg(i: usize, default: u64) -> u64 {
-    std::env::args()
-        .nth(i)
-        .and_then(|a| a.parse().ok())
-        .unwrap_or(default)
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

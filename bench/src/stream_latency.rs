@@ -10,6 +10,7 @@
 //! Usage: `cargo run --release -p lockstep-bench --bin stream-latency -- [RATE/s]
 //! [SECONDS] [LATENESS_MS] [IDLE_POLL_MS]` (defaults 2000, 20, 200, 100).
 
+use lockstep_bench::arg;
 use lockstep_cache::{RedisCache, cache_key};
 use lockstep_kinesis::{Kinesis, KinesisOptions};
 use lockstep_online::{EmbeddedStore, GroupRef};
@@ -26,13 +27,6 @@ use std::time::{Duration, Instant};
 /// An event waiting to be seen: card, event time, when its put started and when it
 /// was acknowledged.
 type Waiting = (String, i64, Instant, Instant);
-
-fn arg(i: usize, default: u64) -> u64 {
-    std::env::args()
-        .nth(i)
-        .and_then(|a| a.parse().ok())
-        .unwrap_or(default)
-}
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {

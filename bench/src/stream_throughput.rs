@@ -13,6 +13,7 @@
 //! Events are spread over 30 days and arrive up to 10 minutes out of order, so the
 //! allowed lateness is 10 minutes: every event is applied, none is late.
 
+use lockstep_bench::arg;
 use lockstep_online::{EmbeddedStore, GroupRef};
 use lockstep_runtime::{Runtime, RuntimeConfig};
 use lockstep_service::source::{ShardInfo, ShardRecord};
@@ -22,13 +23,6 @@ use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::Instant;
-
-fn arg(i: usize, default: u64) -> u64 {
-    std::env::args()
-        .nth(i)
-        .and_then(|a| a.parse().ok())
-        .unwrap_or(default)
-}
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let events = arg(1, 1_000_000) as usize;

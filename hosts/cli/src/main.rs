@@ -108,57 +108,8 @@ enum StreamCommand {
     /// checkpoints (exactly-once across restarts), late and dead-letter logs, a row
     /// log, `/healthz` and `/metrics`. Stops cleanly on SIGTERM or Ctrl-C.
     Run {
-        /// The plugin component (.wasm).
-        #[arg(long)]
-        plugin: PathBuf,
-        /// The Kinesis stream.
-        #[arg(long)]
-        stream: String,
-        /// Kinesis endpoint (e.g. a local server); region and credentials come from
-        /// the AWS environment.
-        #[arg(long)]
-        endpoint_url: Option<String>,
-        /// embedded:DIR, sagemaker (AWS) or sagemaker:URL.
-        #[arg(long, value_parser = stream::parse_online_store)]
-        online_store: stream::OnlineStoreArg,
-        /// At most this many SageMaker PutRecord calls per second (the account's
-        /// quota); unlimited when unset.
-        #[arg(long)]
-        sagemaker_rate: Option<f64>,
-        /// A Redis cache to write through after the online store (redis://host:port).
-        #[arg(long)]
-        cache: Option<String>,
-        /// Expiry of cache entries (none: they stay until replaced).
-        #[arg(long, value_parser = humantime::parse_duration)]
-        cache_ttl: Option<Duration>,
-        /// Checkpoints and logs (rows.jsonl, late.jsonl, dead-letters.jsonl).
-        #[arg(long, default_value = "lockstep-state")]
-        state: PathBuf,
-        /// How late an event may arrive and still be applied in order.
-        #[arg(long, default_value = "5s", value_parser = skew::parse_lateness)]
-        allowed_lateness: i64,
-        /// Start entities from a backfill's final states (`batch run --state-out`).
-        #[arg(long)]
-        start_state: Option<PathBuf>,
-        /// Skip events before this instant (RFC 3339): the backfill covered them.
-        #[arg(long, value_parser = parse_instant)]
-        start_at: Option<i64>,
-        /// Serve /healthz and /metrics here.
-        #[arg(long)]
-        listen: Option<std::net::SocketAddr>,
-        /// Records per shard per read.
-        #[arg(long, default_value_t = 10_000)]
-        batch_size: i32,
-        /// Pause between reads once caught up.
-        #[arg(long, default_value = "200ms", value_parser = humantime::parse_duration)]
-        idle_poll: Duration,
-        /// Stop once every shard is caught up (a finite replay).
-        #[arg(long)]
-        stop_when_idle: bool,
-        /// When stopping, apply the events still held for reordering. Only when the
-        /// stream has truly ended: a later event would be applied out of order.
-        #[arg(long)]
-        drain_on_stop: bool,
+        #[command(flatten)]
+        args: stream::RunArgs,
         #[command(flatten)]
         runtime: RuntimeArgs,
     },
@@ -539,48 +490,11 @@ fn main() {
                 &runtime,
             )
         }),
-        Command::Stream(StreamCommand::Run {
-            plugin,
-            stream,
-            endpoint_url,
-            online_store,
-            sagemaker_rate,
-            cache,
-            cache_ttl,
-            state,
-            allowed_lateness,
-            start_state,
-            start_at,
-            listen,
-            batch_size,
-            idle_poll,
-            stop_when_idle,
-            drain_on_stop,
-            runtime,
-        }) => {
+        Command::Stream(StreamCommand::Run { args, runtime }) => {
             stream::init_logging();
-            runtime.runtime().and_then(|runtime| {
-                stream::run(
-                    stream::RunArgs {
-                        plugin,
-                        stream,
-                        endpoint_url,
-                        online_store,
-                        cache: cache.map(|url| (url, cache_ttl)),
-                        sagemaker_rate,
-                        state,
-                        allowed_lateness,
-                        start_state,
-                        start_at,
-                        listen,
-                        batch_size,
-                        idle_poll,
-                        stop_when_idle,
-                        drain_on_stop,
-                    },
-                    &runtime,
-                )
-            })
+            runtime
+                .runtime()
+                .and_then(|runtime| stream::run(args, &runtime))
         }
         Command::Stream(StreamCommand::Put {
             plugin,

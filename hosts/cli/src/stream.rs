@@ -43,22 +43,59 @@ pub fn parse_online_store(text: &str) -> Result<OnlineStoreArg, String> {
     ))
 }
 
-/// What `stream run` was given.
+/// What `stream run` takes.
+#[derive(clap::Args)]
 pub struct RunArgs {
+    /// The plugin component (.wasm).
+    #[arg(long)]
     pub plugin: PathBuf,
+    /// The Kinesis stream.
+    #[arg(long)]
     pub stream: String,
+    /// Kinesis endpoint (e.g. a local server); region and credentials come from
+    /// the AWS environment.
+    #[arg(long)]
     pub endpoint_url: Option<String>,
+    /// embedded:DIR, sagemaker (AWS) or sagemaker:URL.
+    #[arg(long, value_parser = parse_online_store)]
     pub online_store: OnlineStoreArg,
-    pub cache: Option<(String, Option<Duration>)>,
+    /// At most this many SageMaker PutRecord calls per second (the account's
+    /// quota); unlimited when unset.
+    #[arg(long)]
     pub sagemaker_rate: Option<f64>,
+    /// A Redis cache to write through after the online store (redis://host:port).
+    #[arg(long)]
+    pub cache: Option<String>,
+    /// Expiry of cache entries (none: they stay until replaced).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub cache_ttl: Option<Duration>,
+    /// Checkpoints and logs (rows.jsonl, late.jsonl, dead-letters.jsonl).
+    #[arg(long, default_value = "lockstep-state")]
     pub state: PathBuf,
+    /// How late an event may arrive and still be applied in order.
+    #[arg(long, default_value = "5s", value_parser = crate::skew::parse_lateness)]
     pub allowed_lateness: i64,
+    /// Start entities from a backfill's final states (`batch run --state-out`).
+    #[arg(long)]
     pub start_state: Option<PathBuf>,
+    /// Skip events before this instant (RFC 3339): the backfill covered them.
+    #[arg(long, value_parser = crate::parse_instant)]
     pub start_at: Option<i64>,
+    /// Serve /healthz and /metrics here.
+    #[arg(long)]
     pub listen: Option<SocketAddr>,
+    /// Records per shard per read.
+    #[arg(long, default_value_t = 10_000)]
     pub batch_size: i32,
+    /// Pause between reads once caught up.
+    #[arg(long, default_value = "200ms", value_parser = humantime::parse_duration)]
     pub idle_poll: Duration,
+    /// Stop once every shard is caught up (a finite replay).
+    #[arg(long)]
     pub stop_when_idle: bool,
+    /// When stopping, apply the events still held for reordering. Only when the
+    /// stream has truly ended: a later event would be applied out of order.
+    #[arg(long)]
     pub drain_on_stop: bool,
 }
 
@@ -134,7 +171,7 @@ pub fn run(args: RunArgs, runtime: &Runtime) -> Result<()> {
     config.idle_poll = args.idle_poll;
     config.stop_when_idle = args.stop_when_idle;
     config.drain_on_stop = args.drain_on_stop;
-    config.cache = args.cache.clone();
+    config.cache = args.cache.clone().map(|url| (url, args.cache_ttl));
     tracing::info!(
         plugin = %args.plugin.display(),
         hash = %plugin.hash(),

@@ -62,6 +62,18 @@ fn latest_rows(rows: &[Row]) -> BTreeMap<String, Row> {
     out
 }
 
+/// The golden events in two files, the first half and the rest, in arrival order.
+fn golden_halves(dir: &Path) -> (PathBuf, PathBuf) {
+    let text_all = std::fs::read_to_string(golden_events()).unwrap();
+    let lines: Vec<&str> = text_all.lines().collect();
+    let half = lines.len() / 2;
+    let first = dir.join("first.jsonl");
+    let second = dir.join("second.jsonl");
+    std::fs::write(&first, lines[..half].join("\n") + "\n").unwrap();
+    std::fs::write(&second, lines[half..].join("\n") + "\n").unwrap();
+    (first, second)
+}
+
 /// Runs `lockstep` with the moto environment.
 fn lockstep_env(moto: &Moto, args: &[&str]) -> Output {
     let mut command = Command::new(env!("CARGO_BIN_EXE_lockstep"));
@@ -306,13 +318,7 @@ fn killed_at_random_points_the_service_ends_as_an_uninterrupted_run_does() {
     let moto = Moto::start();
     let wasm = plugin("txn_velocity");
     let dir = tempfile::tempdir().unwrap();
-    let text_all = std::fs::read_to_string(golden_events()).unwrap();
-    let lines: Vec<&str> = text_all.lines().collect();
-    let half = lines.len() / 2;
-    let first = dir.path().join("first.jsonl");
-    let second = dir.path().join("second.jsonl");
-    std::fs::write(&first, lines[..half].join("\n") + "\n").unwrap();
-    std::fs::write(&second, lines[half..].join("\n") + "\n").unwrap();
+    let (first, second) = golden_halves(dir.path());
     put(&moto, &wasm, "crash", &first, Some("2"));
 
     let state = dir.path().join("state");
@@ -418,13 +424,7 @@ fn a_split_mid_stream_loses_nothing_and_keeps_each_entity_in_order() {
     let moto = Moto::start();
     let wasm = plugin("txn_velocity");
     let dir = tempfile::tempdir().unwrap();
-    let text_all = std::fs::read_to_string(golden_events()).unwrap();
-    let lines: Vec<&str> = text_all.lines().collect();
-    let half = lines.len() / 2;
-    let first = dir.path().join("first.jsonl");
-    let second = dir.path().join("second.jsonl");
-    std::fs::write(&first, lines[..half].join("\n") + "\n").unwrap();
-    std::fs::write(&second, lines[half..].join("\n") + "\n").unwrap();
+    let (first, second) = golden_halves(dir.path());
     put(&moto, &wasm, "split", &first, Some("1"));
 
     let state = dir.path().join("state");
