@@ -674,3 +674,29 @@ fn a_backfill_hands_its_state_to_the_stream_without_gap_or_double_count() {
     assert!(!want.is_empty());
     assert_same_rows("stream rows after the hand-off", &streamed, &want);
 }
+
+#[test]
+fn a_stream_that_does_not_exist_is_a_clear_error_not_an_endless_retry() {
+    let moto = Moto::start();
+    let wasm = plugin("txn_velocity");
+    let dir = tempfile::tempdir().unwrap();
+    let store_arg = format!("embedded:{}", dir.path().join("online").display());
+    let started = Instant::now();
+    let args = run_args(
+        &moto,
+        &wasm,
+        "no-such-stream",
+        &store_arg,
+        &dir.path().join("state"),
+        &[],
+    );
+    let out = lockstep_env(&moto, &args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(err.contains("no-such-stream"), "{err}");
+    assert!(
+        started.elapsed() < Duration::from_secs(60),
+        "took {:?}",
+        started.elapsed()
+    );
+}

@@ -333,6 +333,7 @@ impl StreamService {
         let mut source_failures = 0u32;
         let mut first_round = true;
         let mut round = Round::default();
+        let mut ever_read = false;
 
         let (jobs, pending_jobs) = std::sync::mpsc::sync_channel::<Job>(1);
         // The writer owns the logs and the checkpoint store; the rest it borrows.
@@ -362,8 +363,14 @@ impl StreamService {
                         match reader.poll() {
                             Ok(events) => {
                                 source_failures = 0;
+                                ever_read = true;
                                 lock(&health).read_ok();
                                 events
+                            }
+                            Err(e) if !ever_read => {
+                                // Nothing read yet: a wrong stream name or endpoint, not a
+                                // blip. Say so instead of retrying forever.
+                                return Err(e);
                             }
                             Err(e) => {
                                 // The reader keeps its iterators: the next round retries.
