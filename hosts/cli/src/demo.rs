@@ -220,6 +220,9 @@ pub fn run(events: usize) -> Result<()> {
     );
     println!("      `lockstep batch run --help` backfills your own data into an offline store;");
     println!(
+        "      `lockstep stream run --help` keeps an online store current from a Kinesis stream;"
+    );
+    println!(
         "      `lockstep skew-check --plugin <file.wasm> --events <file.jsonl>` checks your events."
     );
     Ok(())
