@@ -282,25 +282,31 @@ impl EmbeddedStore {
             let table_def: TableDefinition<&str, &[u8]> = TableDefinition::new(&id);
             let mut table = txn.open_table(table_def).map_err(|e| self.fail(e))?;
             for (key, event_time, bytes) in records {
-                let stored_time = match table.get(key.as_str()).map_err(|e| self.fail(e))? {
-                    Some(bytes) => Some(stored_event_time(bytes.value()).map_err(|message| {
-                        OnlineError::Corrupt {
-                            path: self.path.clone(),
-                            group: id.clone(),
-                            key: key.clone(),
-                            message,
-                        }
-                    })?),
-                    None => None,
-                };
-                if stored_time.is_some_and(|t| t > event_time) {
-                    summary.stale += 1;
-                    continue;
-                }
-                table
+                // One lookup: insert, and put the old record back in the rare case it
+                // was newer (a replay, or a put that lost a race).
+                let replaced = table
                     .insert(key.as_str(), bytes.as_slice())
-                    .map_err(|e| self.fail(e))?;
-                summary.written += 1;
+                    .map_err(|e| self.fail(e))?
+                    .map(|old| old.value().to_vec());
+                let Some(old) = replaced else {
+                    summary.written += 1;
+                    continue;
+                };
+                let stored_time =
+                    stored_event_time(&old).map_err(|message| OnlineError::Corrupt {
+                        path: self.path.clone(),
+                        group: id.clone(),
+                        key: key.clone(),
+                        message,
+                    })?;
+                if stored_time > event_time {
+                    table
+                        .insert(key.as_str(), old.as_slice())
+                        .map_err(|e| self.fail(e))?;
+                    summary.stale += 1;
+                } else {
+                    summary.written += 1;
+                }
             }
         }
         txn.commit().map_err(|e| self.fail(e))?;
