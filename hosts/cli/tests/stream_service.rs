@@ -700,3 +700,78 @@ fn a_stream_that_does_not_exist_is_a_clear_error_not_an_endless_retry() {
         started.elapsed()
     );
 }
+
+#[test]
+fn a_cache_that_disappears_slows_nothing_down_and_is_counted() {
+    let moto = Moto::start();
+    let redis = Redis::start(&[]);
+    let wasm = plugin("txn_velocity");
+    let dir = tempfile::tempdir().unwrap();
+    let (first, second) = golden_halves(dir.path());
+    put(&moto, &wasm, "nocache", &first, Some("2"));
+    let state = dir.path().join("state");
+    let online = dir.path().join("online");
+    let store_arg = format!("embedded:{}", online.display());
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let redis_url = redis.url();
+    let args = run_args(
+        &moto,
+        &wasm,
+        "nocache",
+        &store_arg,
+        &state,
+        &["--cache", &redis_url, "--listen", &listen],
+    );
+    let mut service = spawn(&moto, &args);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !http_get(port, "/metrics").is_some_and(|(_, body)| {
+        metric(&body, "lockstep_stream_records_in_total").is_some_and(|v| v > 0.0)
+    }) {
+        assert!(Instant::now() < deadline, "no progress before the outage");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Redis goes away; the rest of the stream arrives.
+    drop(redis);
+    put(&moto, &wasm, "nocache", &second, None);
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let body = loop {
+        if let Some((200, body)) = http_get(port, "/metrics")
+            && metric(&body, "lockstep_stream_records_in_total").is_some_and(|v| v >= 3457.0)
+            && metric(&body, "lockstep_stream_write_errors_total").is_some_and(|v| v > 0.0)
+        {
+            break body;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the stream stalled without its cache: {:?}",
+            http_get(port, "/metrics")
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(body.contains("lockstep_stream_commits_total"), "{body}");
+    let (code, health) = http_get(port, "/healthz").expect("healthz");
+    assert_eq!(
+        code, 200,
+        "reads go on, so the service is healthy: {health}"
+    );
+    assert!(
+        health.contains("redis"),
+        "the last error names the cache: {health}"
+    );
+    let _ = Command::new("kill")
+        .args(["-TERM", &service.id().to_string()])
+        .status();
+    let status = service.wait().expect("wait");
+    assert!(status.success(), "{status:?}");
+    // The durable side has everything: finish the stream without a cache.
+    run_to_end(
+        &moto,
+        &run_args(&moto, &wasm, "nocache", &store_arg, &state, &[]),
+    );
+    assert_same_rows(
+        "row log after a cache outage",
+        &read_rows(&state.join("rows.jsonl")),
+        &golden_rows(),
+    );
+}

@@ -20,6 +20,8 @@ pub(crate) struct Health {
     last_commit: Option<Instant>,
     last_error: Option<String>,
     stopping: bool,
+    /// The cache's last failure, and until when it is left alone.
+    cache_error: Option<(String, Instant)>,
 }
 
 impl Health {
@@ -29,7 +31,19 @@ impl Health {
             last_commit: None,
             last_error: None,
             stopping: false,
+            cache_error: None,
         }
+    }
+    pub(crate) fn cache_ok(&mut self) {
+        self.cache_error = None;
+    }
+    pub(crate) fn cache_failed(&mut self, message: String, pause: Duration) {
+        self.cache_error = Some((message, Instant::now() + pause));
+    }
+    pub(crate) fn cache_paused(&self) -> bool {
+        self.cache_error
+            .as_ref()
+            .is_some_and(|(_, until)| Instant::now() < *until)
     }
     pub(crate) fn read_ok(&mut self) {
         self.last_read = Instant::now();
@@ -64,6 +78,11 @@ async fn healthz(State(s): State<Shared>) -> impl IntoResponse {
         "seconds_since_read": since_read.as_secs_f64(),
         "seconds_since_commit": h.last_commit.map(|c| c.elapsed().as_secs_f64()),
         "last_error": h.last_error,
+        // Serving falls back to the store while the cache is down: degraded, not down.
+        "cache": match &h.cache_error {
+            None => json!({"ok": true}),
+            Some((message, _)) => json!({"ok": false, "error": message}),
+        },
     });
     let code = if healthy {
         StatusCode::OK

@@ -27,6 +27,8 @@ pub struct Metrics {
     pub dead_letters: Counter,
     /// Failed online-store or cache writes (each is retried).
     pub write_errors: Counter,
+    /// Cache entries not written (the cache failed or was paused after a failure).
+    pub cache_skipped: Counter,
     /// Failed source reads (each is retried).
     pub source_errors: Counter,
     /// Checkpoints committed.
@@ -58,6 +60,7 @@ impl Metrics {
             dead_letters: Counter::default(),
             write_errors: Counter::default(),
             source_errors: Counter::default(),
+            cache_skipped: Counter::default(),
             commits: Counter::default(),
             buffered_events: Gauge::default(),
             lag_ms: Family::default(),

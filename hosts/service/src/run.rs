@@ -690,9 +690,10 @@ impl StreamService {
             .collect()
     }
 
-    /// Writes through to the cache, a few attempts. A cache that stays down does not
-    /// stop the stream: the store has the rows, readers fall back to it on a miss, and
-    /// entries left behind expire with their TTL.
+    /// Writes through to the cache. A cache that fails is left alone for
+    /// [`CACHE_PAUSE`] (its entries for those rounds are skipped and counted), so an
+    /// outage never slows the stream: the store has the rows, readers fall back to it
+    /// on a miss, and entries left behind expire with their TTL.
     fn write_cache(
         &self,
         rt: &tokio::runtime::Runtime,
@@ -701,19 +702,24 @@ impl StreamService {
         metrics: &Metrics,
         health: &Mutex<Health>,
     ) {
-        for attempt in 1..=3u32 {
-            match rt.block_on(cache.put(entries)) {
-                Ok(_) => return,
-                Err(e) => {
-                    metrics.write_errors.inc();
-                    tracing::warn!(error = %e, attempt, "cache write failed");
-                    lock(health).error(e.to_string());
-                    std::thread::sleep(backoff(attempt));
-                }
+        if lock(health).cache_paused() {
+            metrics.cache_skipped.inc_by(entries.len() as u64);
+            return;
+        }
+        match rt.block_on(cache.put(entries)) {
+            Ok(_) => lock(health).cache_ok(),
+            Err(e) => {
+                metrics.write_errors.inc();
+                metrics.cache_skipped.inc_by(entries.len() as u64);
+                tracing::warn!(error = %e, pause = ?CACHE_PAUSE, "cache write failed; leaving the cache alone for a while");
+                lock(health).cache_failed(e.to_string(), CACHE_PAUSE);
             }
         }
     }
 }
+
+/// How long a failed cache is left alone before the next attempt.
+const CACHE_PAUSE: Duration = Duration::from_secs(5);
 
 /// Pushes the records gathered in `run` (one entry per shard), shards in parallel,
 /// into `round`, and moves each shard's position to its last record.
