@@ -23,7 +23,10 @@ struct Local {
 
 impl Local {
     fn start(data: &Path, groups: &[&str]) -> Local {
-        let port = free_port();
+        Local::start_on(data, groups, free_port())
+    }
+
+    fn start_on(data: &Path, groups: &[&str], port: u16) -> Local {
         let mut args = vec![
             "featurestore-local".to_owned(),
             "--listen".into(),
@@ -293,4 +296,123 @@ fn the_stream_host_writes_through_the_sagemaker_protocol_and_both_clients_read_i
     let err = text(&out.stderr);
     assert!(err.contains("refusing rows from plugin"), "{err}");
     assert!(err.contains(&group.plugin_hash), "{err}");
+}
+
+#[test]
+fn a_store_that_goes_away_holds_the_stream_back_and_loses_nothing() {
+    let moto = Moto::start();
+    let wasm = plugin("txn_velocity");
+    let runtime = lockstep_runtime::Runtime::new(lockstep_runtime::RuntimeConfig::default())
+        .expect("runtime");
+    let loaded = runtime.load_file(&wasm).expect("load plugin");
+    let m = loaded.manifest();
+    let group = GroupRef {
+        name: m.name.clone(),
+        version: m.version.clone(),
+        plugin_hash: loaded.hash().to_owned(),
+        entity_key: m.entity_key.clone(),
+    };
+    let name = wire::group_name(&group);
+    let definition = format!("{name}=card_id");
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("fs");
+    let port = free_port();
+    let local = Local::start_on(&data, &[&definition], port);
+    let url = local.url.clone();
+    // The store is down before the first write.
+    drop(local);
+
+    let events = repo("golden").join("txn_velocity").join("events.jsonl");
+    let endpoint = moto.endpoint();
+    let out = Command::new(env!("CARGO_BIN_EXE_lockstep"))
+        .args([
+            "stream",
+            "put",
+            "--plugin",
+            s(&wasm),
+            "--stream",
+            "down",
+            "--events",
+            s(&events),
+            "--endpoint-url",
+            &endpoint,
+            "--create-shards",
+            "2",
+        ])
+        .envs(moto.env())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let state = dir.path().join("state");
+    let store = format!("sagemaker:{url}");
+    let run = || {
+        Command::new(env!("CARGO_BIN_EXE_lockstep"))
+            .args([
+                "stream",
+                "run",
+                "--plugin",
+                s(&wasm),
+                "--stream",
+                "down",
+                "--endpoint-url",
+                &endpoint,
+                "--online-store",
+                &store,
+                "--state",
+                s(&state),
+                "--allowed-lateness",
+                "5m",
+                "--idle-poll",
+                "50ms",
+                "--stop-when-idle",
+                "--drain-on-stop",
+            ])
+            .envs(moto.env())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    // It retries while the store is away; its rows may reach the log file, but no
+    // checkpoint covers them. Killed there, it must not keep them twice.
+    let mut first = run();
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    assert!(
+        first.try_wait().unwrap().is_none(),
+        "it gave up instead of retrying"
+    );
+    first.kill().unwrap();
+    let out = first.wait_with_output().unwrap();
+    assert!(
+        text(&out.stderr).contains("online store write failed; retrying"),
+        "{}",
+        text(&out.stderr)
+    );
+    // The store comes back; a restart finishes the stream.
+    let _back = Local::start_on(&data, &[&definition], port);
+    let out = run().wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    let rows_log = state.join("rows.jsonl");
+    let mut rows: Vec<Row> = std::fs::read_to_string(&rows_log)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    canonical_order(&mut rows, "card_id");
+    let mut expected: Vec<Row> =
+        std::fs::read_to_string(repo("golden").join("txn_velocity").join("expected.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+    canonical_order(&mut expected, "card_id");
+    assert!(
+        rows == expected,
+        "the row log differs from the golden rows after the outage"
+    );
 }
