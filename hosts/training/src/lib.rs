@@ -1,0 +1,3 @@
+//! Point-in-time-correct training sets; see the crate README.
+
+pub mod asof;
