@@ -61,12 +61,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let runtime = Runtime::new(RuntimeConfig::with_cache(work.path().join("artifacts")))?;
     let plugin = runtime.load_file(&built.path)?;
     let m = plugin.manifest().clone();
-    let group = GroupRef {
-        name: m.name.clone(),
-        version: m.version.clone(),
-        plugin_hash: plugin.hash().to_owned(),
-        entity_key: m.entity_key.clone(),
-    };
+    let group = GroupRef::of(&m, plugin.hash());
 
     let io = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -132,12 +132,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     // The whole service loop, durable.
     let store = Arc::new(EmbeddedStore::open(work.path().join("online"))?);
-    let group = GroupRef {
-        name: m.name.clone(),
-        version: m.version.clone(),
-        plugin_hash: plugin.hash().to_owned(),
-        entity_key: m.entity_key.clone(),
-    };
+    let group = GroupRef::of(&m, plugin.hash());
     let mut service_config = ServiceConfig::new("in-process", work.path().join("state"));
     service_config.stream_config = config;
     service_config.stop_when_idle = true;

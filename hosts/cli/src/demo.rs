@@ -154,12 +154,7 @@ pub fn run(events: usize) -> Result<()> {
         total_rows += c.left_rows;
 
         // The stream's rows keep the online store current: the latest row per entity.
-        let group = GroupRef {
-            name: m.name.clone(),
-            version: m.version.clone(),
-            plugin_hash: plugin.hash().to_owned(),
-            entity_key: m.entity_key.clone(),
-        };
+        let group = GroupRef::of(&m, plugin.hash());
         let started = Instant::now();
         let mut written = PutSummary::default();
         for batch in &streamed.batches {

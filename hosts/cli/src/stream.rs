@@ -130,12 +130,7 @@ pub fn run(args: RunArgs, runtime: &Runtime) -> Result<()> {
         .load_file(&args.plugin)
         .with_context(|| format!("loading {}", args.plugin.display()))?;
     let m = plugin.manifest();
-    let group = GroupRef {
-        name: m.name.clone(),
-        version: m.version.clone(),
-        plugin_hash: plugin.hash().to_owned(),
-        entity_key: m.entity_key.clone(),
-    };
+    let group = GroupRef::of(m, plugin.hash());
     let start_states = match &args.start_state {
         Some(path) => {
             let (info, states) = lockstep_offline::snapshot::read_states(path)

@@ -156,12 +156,7 @@ fn the_stream_host_writes_through_the_sagemaker_protocol_and_both_clients_read_i
         .expect("runtime");
     let loaded = runtime.load_file(&wasm).expect("load plugin");
     let m = loaded.manifest();
-    let group = GroupRef {
-        name: m.name.clone(),
-        version: m.version.clone(),
-        plugin_hash: loaded.hash().to_owned(),
-        entity_key: m.entity_key.clone(),
-    };
+    let group = GroupRef::of(m, loaded.hash());
     let name = wire::group_name(&group);
     let dir = tempfile::tempdir().unwrap();
     let local = Local::start(&dir.path().join("fs"), &[&format!("{name}=card_id")]);
@@ -302,16 +297,7 @@ fn the_stream_host_writes_through_the_sagemaker_protocol_and_both_clients_read_i
 fn a_store_that_goes_away_holds_the_stream_back_and_loses_nothing() {
     let moto = Moto::start();
     let wasm = plugin("txn_velocity");
-    let runtime = lockstep_runtime::Runtime::new(lockstep_runtime::RuntimeConfig::default())
-        .expect("runtime");
-    let loaded = runtime.load_file(&wasm).expect("load plugin");
-    let m = loaded.manifest();
-    let group = GroupRef {
-        name: m.name.clone(),
-        version: m.version.clone(),
-        plugin_hash: loaded.hash().to_owned(),
-        entity_key: m.entity_key.clone(),
-    };
+    let group = common::group(&wasm);
     let name = wire::group_name(&group);
     let definition = format!("{name}=card_id");
     let dir = tempfile::tempdir().unwrap();

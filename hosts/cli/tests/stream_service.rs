@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{lockstep, plugin, repo, s, text};
+use common::{group, lockstep, plugin, repo, s, text};
 use lockstep_core::compare::{Row, canonical_order, compare};
 use lockstep_online::{EmbeddedStore, GroupRef, OnlineStore};
 use lockstep_testkit::{Moto, Redis, free_port};
@@ -162,19 +162,6 @@ fn run_to_end(moto: &Moto, args: &[String]) -> Output {
         text(&out.stderr)
     );
     out
-}
-
-fn group(wasm: &Path) -> GroupRef {
-    let runtime = lockstep_runtime::Runtime::new(lockstep_runtime::RuntimeConfig::default())
-        .expect("runtime");
-    let plugin = runtime.load_file(wasm).expect("load plugin");
-    let m = plugin.manifest();
-    GroupRef {
-        name: m.name.clone(),
-        version: m.version.clone(),
-        plugin_hash: plugin.hash().to_owned(),
-        entity_key: m.entity_key.clone(),
-    }
 }
 
 /// Every record in the embedded store for `keys`, as rows.

@@ -65,18 +65,6 @@ fn unavailable(store: &str, e: impl std::fmt::Display) -> OnlineError {
     }
 }
 
-/// Full text of an SDK error, including the service's message.
-fn describe<E: std::error::Error>(e: &E) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
-}
-
 impl SageMakerStore {
     /// A store at `endpoint` (AWS's when `None`) with default options.
     pub fn connect(endpoint: Option<&str>) -> Result<Self, OnlineError> {
@@ -136,7 +124,8 @@ impl SageMakerStore {
         E: sm::error::ProvideErrorMetadata + std::error::Error + 'static,
         R: std::fmt::Debug,
     {
-        let text = describe(&e);
+        // The SDK's own rendering of the whole chain, the service's message included.
+        let text = sm::error::DisplayErrorContext(&e).to_string();
         match &e {
             sm::error::SdkError::ServiceError(service) => {
                 let code = service.err().code().unwrap_or("");

@@ -97,6 +97,17 @@ pub struct GroupRef {
 }
 
 impl GroupRef {
+    /// The group version a plugin writes: its manifest's name, version and entity key,
+    /// bound to the component's hash.
+    pub fn of(manifest: &lockstep_abi::Manifest, plugin_hash: &str) -> Self {
+        GroupRef {
+            name: manifest.name.clone(),
+            version: manifest.version.clone(),
+            plugin_hash: plugin_hash.to_owned(),
+            entity_key: manifest.entity_key.clone(),
+        }
+    }
+
     /// `name@version`.
     pub fn id(&self) -> String {
         format!("{}@{}", self.name, self.version)

@@ -660,12 +660,13 @@ impl StreamService {
         let Some(keys) = rows.column_by_name(&self.group.entity_key) else {
             return Vec::new();
         };
+        let group_id = self.group.id();
         let mut latest: HashMap<String, usize> = HashMap::new();
         for r in 0..rows.num_rows() {
             let Some(key) = EntityKey::from_array(keys.as_ref(), r) else {
                 continue;
             };
-            let key = lockstep_cache::cache_key(&self.group.id(), &key.to_string());
+            let key = lockstep_cache::cache_key(&group_id, &key.to_string());
             match latest.get(&key) {
                 Some(&seen) if times.value(seen) > times.value(r) => {}
                 _ => {

@@ -67,3 +67,11 @@ pub fn built(crate_dir: &Path, features: &[&str]) -> PathBuf {
 pub fn plugin(name: &str) -> PathBuf {
     built(&repo("plugins").join(name), &[])
 }
+
+/// The group version a built plugin writes.
+pub fn group(wasm: &Path) -> lockstep_online::GroupRef {
+    let runtime = lockstep_runtime::Runtime::new(lockstep_runtime::RuntimeConfig::default())
+        .expect("runtime");
+    let plugin = runtime.load_file(wasm).expect("load plugin");
+    lockstep_online::GroupRef::of(plugin.manifest(), plugin.hash())
+}
