@@ -396,25 +396,27 @@ impl StreamService {
                     let mut records_run: Vec<(String, Vec<ShardRecord>)> = Vec::new();
                     for event in events {
                         round.changed = true;
+                        // Gathered records go in before a lineage event, or before more
+                        // records of a shard already gathered.
+                        let flush = match &event {
+                            ShardEvent::Records(shard, _) => {
+                                records_run.iter().any(|(s, _)| s == shard)
+                            }
+                            _ => true,
+                        };
+                        if flush {
+                            apply_records(
+                                &mut processor,
+                                &mut records_run,
+                                &mut round,
+                                &mut positions,
+                            )?;
+                        }
                         match event {
                             ShardEvent::Records(shard, records) => {
-                                if records_run.iter().any(|(s, _)| *s == shard) {
-                                    apply_records(
-                                        &mut processor,
-                                        &mut records_run,
-                                        &mut round,
-                                        &mut positions,
-                                    )?;
-                                }
                                 records_run.push((shard, records));
                             }
                             ShardEvent::Opened(info) => {
-                                apply_records(
-                                    &mut processor,
-                                    &mut records_run,
-                                    &mut round,
-                                    &mut positions,
-                                )?;
                                 tracing::info!(shard = %info.id, parents = ?info.parents, "shard opened");
                                 processor.open(ShardSpec {
                                     id: info.id,
@@ -423,12 +425,6 @@ impl StreamService {
                                 })?;
                             }
                             ShardEvent::Ended(shard) => {
-                                apply_records(
-                                    &mut processor,
-                                    &mut records_run,
-                                    &mut round,
-                                    &mut positions,
-                                )?;
                                 tracing::info!(%shard, "shard read to its end");
                                 processor.close(&shard)?;
                                 positions.remove(&shard);
