@@ -10,16 +10,14 @@
 //! Usage: `cargo run --release -p lockstep-bench --bin stream-latency -- [RATE/s]
 //! [SECONDS] [LATENESS_MS] [IDLE_POLL_MS]` (defaults 2000, 20, 200, 100).
 
-use lockstep_bench::arg;
+use lockstep_bench::{arg, txn_velocity};
 use lockstep_cache::{RedisCache, cache_key};
 use lockstep_kinesis::{Kinesis, KinesisOptions};
 use lockstep_online::{EmbeddedStore, GroupRef};
-use lockstep_runtime::{Runtime, RuntimeConfig};
 use lockstep_service::{ServiceConfig, StreamService};
 use lockstep_stream::StreamConfig;
 use lockstep_testkit::{Moto, Redis};
 use std::collections::VecDeque;
-use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -55,11 +53,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let moto = Moto::start();
     let redis = Redis::start(&[]);
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let built = lockstep_build::build(&root.join("plugins/txn_velocity"), &Default::default())?;
     let work = tempfile::tempdir()?;
-    let runtime = Runtime::new(RuntimeConfig::with_cache(work.path().join("artifacts")))?;
-    let plugin = runtime.load_file(&built.path)?;
+    let plugin = txn_velocity(work.path())?;
     let m = plugin.manifest().clone();
     let group = GroupRef::of(&m, plugin.hash());
 

@@ -13,13 +13,11 @@
 //! Events are spread over 30 days and arrive up to 10 minutes out of order, so the
 //! allowed lateness is 10 minutes: every event is applied, none is late.
 
-use lockstep_bench::arg;
+use lockstep_bench::{arg, txn_velocity};
 use lockstep_online::{EmbeddedStore, GroupRef};
-use lockstep_runtime::{Runtime, RuntimeConfig};
 use lockstep_service::source::{ShardInfo, ShardRecord};
 use lockstep_service::{MemorySource, ServiceConfig, StreamService};
 use lockstep_stream::{Record, ShardSpec, ShardedProcessor, StreamConfig, partition_hash};
-use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::Instant;
@@ -29,11 +27,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let cards = arg(2, 100_000);
     let per_round = arg(3, 10_000) as usize;
 
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let built = lockstep_build::build(&root.join("plugins/txn_velocity"), &Default::default())?;
     let work = tempfile::tempdir()?;
-    let runtime = Runtime::new(RuntimeConfig::with_cache(work.path().join("artifacts")))?;
-    let plugin = runtime.load_file(&built.path)?;
+    let plugin = txn_velocity(work.path())?;
     let m = plugin.manifest().clone();
 
     // Two shards splitting the hash space; records keyed by card, in arrival order.
