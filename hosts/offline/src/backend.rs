@@ -294,9 +294,18 @@ impl Backend {
         rel_dir: &str,
         name: &str,
     ) -> Result<Vec<String>, OfflineError> {
+        self.list_matching(rel_dir, &|n: &str| n == name)
+    }
+
+    /// Relative paths of the objects under `rel_dir` whose name `matches`, sorted.
+    pub(crate) fn list_matching(
+        &self,
+        rel_dir: &str,
+        matches: &dyn Fn(&str) -> bool,
+    ) -> Result<Vec<String>, OfflineError> {
         let mut out = Vec::new();
         match self {
-            Backend::Local(root) => collect_named(root, &root.join(rel_dir), name, &mut out)?,
+            Backend::Local(root) => collect_named(root, &root.join(rel_dir), matches, &mut out)?,
             Backend::Object(o) => {
                 let (store, at) = (o.store.clone(), self.describe(rel_dir));
                 let prefix = o.key(rel_dir);
@@ -315,7 +324,7 @@ impl Backend {
                 };
                 for key in keys {
                     let key = key.as_ref();
-                    if key.rsplit('/').next() == Some(name) {
+                    if key.rsplit('/').next().is_some_and(matches) {
                         out.push(key.strip_prefix(&strip).unwrap_or(key).to_owned());
                     }
                 }
@@ -361,7 +370,7 @@ impl ObjectBackend {
 fn collect_named(
     root: &Path,
     dir: &Path,
-    name: &str,
+    matches: &dyn Fn(&str) -> bool,
     out: &mut Vec<String>,
 ) -> Result<(), OfflineError> {
     let entries = match std::fs::read_dir(dir) {
@@ -372,8 +381,10 @@ fn collect_named(
     for entry in entries {
         let path = entry.map_err(io("listing", dir))?.path();
         if path.is_dir() {
-            collect_named(root, &path, name, out)?;
-        } else if path.file_name().is_some_and(|n| n == name)
+            collect_named(root, &path, matches, out)?;
+        } else if path
+            .file_name()
+            .is_some_and(|n| n.to_str().is_some_and(matches))
             && let Ok(rel) = path.strip_prefix(root)
         {
             out.push(rel.to_string_lossy().into_owned());

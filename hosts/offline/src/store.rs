@@ -145,6 +145,68 @@ impl OfflineStore {
         writer.commit()
     }
 
+    /// The registered versions of `group`, oldest registration first; empty when the
+    /// group has never been written.
+    pub fn versions(&self, group: &str) -> Result<Vec<GroupVersion>, OfflineError> {
+        let dir = format!("{group}/_lockstep/versions");
+        let mut out = Vec::new();
+        for rel in self
+            .backend
+            .list_matching(&dir, &|n: &str| n.ends_with(".json") && !n.starts_with('.'))?
+        {
+            let version = rel
+                .rsplit('/')
+                .next()
+                .and_then(|n| n.strip_suffix(".json"))
+                .unwrap_or_default();
+            if let Some(entry) = registry::read(&self.backend, group, version)? {
+                out.push(entry);
+            }
+        }
+        out.sort_by_key(|v| v.registered_at);
+        Ok(out)
+    }
+
+    /// The names of the groups with at least one registered version, sorted. Lists the
+    /// whole store: meant for error messages and tools, not for hot paths.
+    pub fn groups(&self) -> Result<Vec<String>, OfflineError> {
+        let mut out: Vec<String> = self
+            .backend
+            .list_matching("", &|n: &str| n.ends_with(".json") && !n.starts_with('.'))?
+            .into_iter()
+            .filter_map(|rel| {
+                let parts: Vec<&str> = rel.split('/').collect();
+                (parts.len() == 4 && parts[1] == "_lockstep" && parts[2] == "versions")
+                    .then(|| parts[0].to_owned())
+            })
+            .collect();
+        out.dedup();
+        Ok(out)
+    }
+
+    /// The hour partition files of `group@version` (relative to the store root), in
+    /// time order. Each holds one hour's rows sorted by entity key, then event time,
+    /// rows of equal time in the order they were emitted.
+    pub fn partition_files(&self, group: &str, version: &str) -> Result<Vec<String>, OfflineError> {
+        self.backend
+            .list_named(&layout::version_rel(group, version), PART_FILE)
+    }
+
+    /// The bytes of the stored object at `rel` (as [`partition_files`](Self::partition_files)
+    /// names it).
+    pub fn read_object(&self, rel: &str) -> Result<Vec<u8>, OfflineError> {
+        self.backend.read(rel)?.ok_or_else(|| OfflineError::Object {
+            action: "reading",
+            location: self.backend.locate(rel).to_string_lossy().into_owned(),
+            message: "listed but gone: was the partition replaced meanwhile?".into(),
+        })
+    }
+
+    /// Where the object at `rel` lives, for messages.
+    pub fn locate(&self, rel: &str) -> PathBuf {
+        self.backend.locate(rel)
+    }
+
     /// Every stored row of `group@version`, partition by partition in time order.
     pub fn read(&self, group: &str, version: &str) -> Result<Vec<RecordBatch>, OfflineError> {
         let entry = self.version(group, version)?;

@@ -66,6 +66,8 @@ pub struct OfflineWriter {
     group: GroupVersion,
     write_time: i64,
     expected: SchemaRef,
+    /// `expected` plus the deletion marker, as rows are held until commit.
+    held: SchemaRef,
     options: WriterOptions,
     /// Batches as they arrived, not yet split by hour.
     pending: Vec<RecordBatch>,
@@ -109,6 +111,7 @@ impl OfflineWriter {
             group: group.clone(),
             write_time,
             expected: row_schema(&group.manifest),
+            held: held_schema(&row_schema(&group.manifest)),
             options,
             pending: Vec::new(),
             pending_bytes: 0,
@@ -141,6 +144,17 @@ impl OfflineWriter {
     /// Accepts `batch` (in the group's row schema). Nothing is visible until
     /// [`commit`](Self::commit).
     pub fn write(&mut self, batch: &RecordBatch) -> Result<(), OfflineError> {
+        self.write_marked(batch, false)
+    }
+
+    /// Accepts `batch` as deletion markers (`is_deleted` set): from each row's event
+    /// time on, its entity has no features until a later row. Feature values in a
+    /// marker row are kept but never served as current.
+    pub fn write_deletions(&mut self, batch: &RecordBatch) -> Result<(), OfflineError> {
+        self.write_marked(batch, true)
+    }
+
+    fn write_marked(&mut self, batch: &RecordBatch, deleted: bool) -> Result<(), OfflineError> {
         if batch.num_rows() == 0 {
             return Ok(());
         }
@@ -169,9 +183,15 @@ impl OfflineWriter {
         // Batches are kept whole and split by hour in large groups: one sort and one
         // `take` per group instead of one per hour per batch (a batch of many entities
         // touches most hours).
+        let mut columns = batch.columns().to_vec();
+        columns.push(Arc::new(BooleanArray::from(vec![
+            deleted;
+            batch.num_rows()
+        ])));
+        let batch = RecordBatch::try_new(self.held.clone(), columns)?;
         self.pending_bytes += batch.get_array_memory_size();
-        self.pending.push(batch.clone());
         self.rows += batch.num_rows();
+        self.pending.push(batch);
         if self.pending_bytes > (self.options.buffer_bytes / 8).max(1) {
             self.split_pending()?;
         }
@@ -187,7 +207,7 @@ impl OfflineWriter {
         if self.pending.is_empty() {
             return Ok(());
         }
-        let data = concat_batches(&self.expected, &self.pending)?;
+        let data = concat_batches(&self.held, &self.pending)?;
         self.pending.clear();
         self.pending_bytes = 0;
         let times = data
@@ -251,7 +271,7 @@ impl OfflineWriter {
         for (hour, batches) in std::mem::take(&mut self.buffer) {
             let path = staging.join(format!("{hour}-{spill}.arrows"));
             let file = std::fs::File::create(&path).map_err(io("creating", &path))?;
-            let mut w = StreamWriter::try_new(BufWriter::new(file), &self.expected)?;
+            let mut w = StreamWriter::try_new(BufWriter::new(file), &self.held)?;
             for b in &batches {
                 w.write(b)?;
             }
@@ -337,15 +357,18 @@ impl OfflineWriter {
             }
         }
         parts.extend(buffered.iter().cloned());
-        let data = concat_batches(&self.expected, &parts)?;
+        let data = concat_batches(&self.held, &parts)?;
         drop(parts);
         let data = self.deterministic_order(data)?;
         let n = data.num_rows();
         let mut columns: Vec<ArrayRef> = data.columns().to_vec();
+        let deleted = columns
+            .pop()
+            .ok_or_else(|| self.schema_error("no columns".into()))?;
         let stamp = TimestampMicrosecondArray::from(vec![self.write_time; n]).with_timezone("UTC");
         columns.push(Arc::new(stamp.clone()));
         columns.push(Arc::new(stamp));
-        columns.push(Arc::new(BooleanArray::from(vec![false; n])));
+        columns.push(deleted);
         columns.push(Arc::new(StringArray::from(vec![
             self.group
                 .plugin_hash
@@ -400,4 +423,16 @@ impl OfflineWriter {
             .collect::<Result<Vec<_>, _>>()?;
         Ok(RecordBatch::try_new(data.schema(), columns)?)
     }
+}
+
+/// The row schema plus the deletion marker rows carry until they are written.
+fn held_schema(rows: &SchemaRef) -> SchemaRef {
+    let mut fields: Vec<arrow_schema::Field> =
+        rows.fields().iter().map(|f| f.as_ref().clone()).collect();
+    fields.push(arrow_schema::Field::new(
+        "__lockstep_deleted",
+        DataType::Boolean,
+        false,
+    ));
+    Arc::new(arrow_schema::Schema::new(fields))
 }

@@ -66,42 +66,129 @@ pub fn match_labels<K: Ord>(
             .then(labels[a].1.cmp(&labels[b].1))
     });
     let mut out = vec![None; labels.len()];
-    let mut next = 0;
-    // The latest row seen so far of the current label's key.
-    let mut last: Option<usize> = None;
+    let mut cursor = Cursor::default();
     for i in order {
         let (key, time) = (&labels[i].0, labels[i].1);
-        if last.is_some_and(|l| features[l].key != *key) {
-            last = None;
+        let rows = Slice { features, key };
+        let label = Label {
+            bound: time,
+            age_from: time,
+        };
+        // Every row is available: the cursor never asks for more.
+        if let Step::Seen(seen) = cursor.seek(&rows, label, spec, features.len(), true) {
+            out[i] = seen;
         }
-        while let Some(row) = features.get(next) {
-            match row.key.cmp(key) {
-                Ordering::Less => next += 1,
+    }
+    Ok(out)
+}
+
+/// Feature rows as the cursor reads them, compared with the current label.
+pub(crate) trait FeatureRows {
+    /// How row `row`'s entity key compares with the label's.
+    fn key_cmp(&self, row: usize) -> Ordering;
+    /// Row `row`'s event time (µs).
+    fn time(&self, row: usize) -> i64;
+    /// Whether row `row` is a deletion marker.
+    fn deleted(&self, row: usize) -> bool;
+}
+
+/// A label's instant as the cursor needs it, in µs: `bound` decides visibility (rows
+/// before it, or at it when inclusive), `age_from` measures the TTL. They differ only
+/// for labels finer than a microsecond: `bound` is the time rounded down when inclusive
+/// and up when strict, `age_from` rounded up, so that the comparisons are exact.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Label {
+    pub bound: i64,
+    pub age_from: i64,
+}
+
+/// What [`Cursor::seek`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Step {
+    /// The rows available end before the label's could: fetch more and seek again.
+    NeedMore,
+    /// The row the label sees, if any.
+    Seen(Option<usize>),
+}
+
+/// The merge state over feature rows sorted by (key, time), fed labels sorted the same
+/// way: each feature row is passed once, whatever the number of labels. Row numbers
+/// run on across batches, so a stream of batches is read like one long slice.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Cursor {
+    /// The first row not yet passed.
+    pub next: usize,
+    /// The latest visible row of the key last sought, if any.
+    pub last: Option<usize>,
+}
+
+impl Cursor {
+    /// Moves past every row `label` may see among the first `available` rows and
+    /// returns the one it sees (`exhausted`: no rows come after those).
+    pub(crate) fn seek(
+        &mut self,
+        rows: &impl FeatureRows,
+        label: Label,
+        spec: AsOf,
+        available: usize,
+        exhausted: bool,
+    ) -> Step {
+        if self
+            .last
+            .is_some_and(|l| rows.key_cmp(l) != Ordering::Equal)
+        {
+            self.last = None;
+        }
+        loop {
+            if self.next >= available {
+                if exhausted {
+                    break;
+                }
+                return Step::NeedMore;
+            }
+            match rows.key_cmp(self.next) {
+                Ordering::Less => self.next += 1,
                 Ordering::Greater => break,
                 Ordering::Equal => {
+                    let time = rows.time(self.next);
                     let visible = if spec.inclusive {
-                        row.time <= time
+                        time <= label.bound
                     } else {
-                        row.time < time
+                        time < label.bound
                     };
                     if !visible {
                         break;
                     }
-                    last = Some(next);
-                    next += 1;
+                    self.last = Some(self.next);
+                    self.next += 1;
                 }
             }
         }
-        out[i] = last.filter(|&l| {
-            let row = &features[l];
-            row.key == *key
-                && !row.deleted
+        Step::Seen(self.last.filter(|&l| {
+            !rows.deleted(l)
                 && spec
                     .ttl
-                    .is_none_or(|ttl| time.saturating_sub(row.time) <= ttl)
-        });
+                    .is_none_or(|ttl| label.age_from.saturating_sub(rows.time(l)) <= ttl)
+        }))
     }
-    Ok(out)
+}
+
+/// A slice of rows seen from one label's key.
+struct Slice<'a, K> {
+    features: &'a [FeatureRow<K>],
+    key: &'a K,
+}
+
+impl<K: Ord> FeatureRows for Slice<'_, K> {
+    fn key_cmp(&self, row: usize) -> Ordering {
+        self.features[row].key.cmp(self.key)
+    }
+    fn time(&self, row: usize) -> i64 {
+        self.features[row].time
+    }
+    fn deleted(&self, row: usize) -> bool {
+        self.features[row].deleted
+    }
 }
 
 #[cfg(test)]
