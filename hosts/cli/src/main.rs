@@ -7,6 +7,7 @@ mod gen_parquet;
 mod golden;
 mod skew;
 mod stream;
+mod training;
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
@@ -37,6 +38,10 @@ enum Command {
     /// Generate synthetic data.
     #[command(subcommand)]
     Gen(GenCommand),
+    /// Build a point-in-time-correct training set: each label row joined with the
+    /// latest feature row of each group recorded before its time (an as-of join over
+    /// the offline store). Never a value from after the label.
+    TrainingSet(training::Args),
     /// Run the batch host and the stream host over the same events and compare every
     /// row bit for bit. Exit 0: identical; 1: skew (with a diff); 2: could not check.
     SkewCheck {
@@ -490,6 +495,7 @@ fn main() {
                 &runtime,
             )
         }),
+        Command::TrainingSet(args) => training::run(args),
         Command::Stream(StreamCommand::Run { args, runtime }) => {
             stream::init_logging();
             runtime

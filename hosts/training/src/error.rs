@@ -46,7 +46,12 @@ pub enum TrainingError {
         /// What failed.
         message: String,
     },
-    /// The query engine failed (memory, spill files, an internal error).
+    /// The memory limit is too small for the sorts to work in, even spilling.
+    #[error(
+        "the memory limit is too small for this job: {0}; raise it (each sort of each partition needs room for a few batches)"
+    )]
+    MemoryLimit(String),
+    /// The query engine failed (spill files, an internal error).
     #[error("query engine: {0}")]
     Engine(String),
 }
@@ -68,6 +73,9 @@ impl From<datafusion::error::DataFusionError> for TrainingError {
                     Ok(inner) => inner.into(),
                     Err(shared) => TrainingError::Engine(shared.to_string()),
                 }
+            }
+            datafusion::error::DataFusionError::ResourcesExhausted(message) => {
+                TrainingError::MemoryLimit(message)
             }
             other => TrainingError::Engine(other.to_string()),
         }

@@ -12,6 +12,7 @@ use crate::features::{DELETED, FIRST_FEATURE, KEY, TIME};
 use arrow_array::cast::AsArray;
 use arrow_array::types::Int64Type;
 use arrow_array::{Array, ArrayRef, RecordBatch, new_null_array};
+use arrow_buffer::{BooleanBuffer, ScalarBuffer};
 use arrow_ord::ord::{DynComparator, make_comparator};
 use arrow_schema::{Field, Schema, SchemaRef, SortOptions};
 use arrow_select::interleave::interleave;
@@ -219,6 +220,9 @@ impl ExecutionPlan for AsOfJoinExec {
 #[derive(Default)]
 struct Buffered {
     batches: VecDeque<RecordBatch>,
+    /// Each held batch's event times and deletion markers, typed once.
+    times: VecDeque<ScalarBuffer<i64>>,
+    deleted: VecDeque<BooleanBuffer>,
     /// The row number of each held batch's first row.
     starts: VecDeque<usize>,
     /// The row number after the last held row.
@@ -237,10 +241,14 @@ impl Buffered {
         while self.batches.len() > 1 && self.starts[1] <= row {
             self.batches.pop_front();
             self.starts.pop_front();
+            self.times.pop_front();
+            self.deleted.pop_front();
         }
         if self.batches.len() == 1 && self.end <= row {
             self.batches.clear();
             self.starts.clear();
+            self.times.clear();
+            self.deleted.clear();
         }
     }
 }
@@ -397,6 +405,16 @@ impl Merge {
                     }
                     self.buffered.starts.push_back(self.buffered.end);
                     self.buffered.end += batch.num_rows();
+                    self.buffered.times.push_back(
+                        batch
+                            .column(TIME)
+                            .as_primitive::<Int64Type>()
+                            .values()
+                            .clone(),
+                    );
+                    self.buffered
+                        .deleted
+                        .push_back(batch.column(DELETED).as_boolean().values().clone());
                     self.buffered.batches.push_back(batch.clone());
                     return Ok(Some(batch));
                 }

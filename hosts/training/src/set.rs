@@ -190,6 +190,8 @@ pub struct TrainingSet {
 pub struct Written {
     /// Label rows written (every label, once).
     pub rows: u64,
+    /// Spill files and bytes the sorts wrote to stay within the memory limit.
+    pub spilled: (usize, usize),
     /// Per group: name, version, labels that saw a row.
     pub matched: Vec<(String, String, u64)>,
 }
@@ -233,10 +235,22 @@ impl TrainingSet {
         {
             let options = config.options_mut();
             if let Some(limit) = job.memory_limit {
+                // Every sort of every partition holds this back for merging its spills,
+                // all at once: a share of the pool each, or they leave nothing to sort in.
+                let sorts = partitions * (job.groups.len() + 2);
                 let execution = &mut options.execution;
-                execution.sort_spill_reservation_bytes =
-                    execution.sort_spill_reservation_bytes.min(limit / 8);
+                execution.sort_spill_reservation_bytes = execution
+                    .sort_spill_reservation_bytes
+                    .min(limit / (4 * sorts));
             }
+            // A partition's sort input is sorted whole (one lexsort, one take) while it
+            // fits this, instead of sorting each batch and merging them all back: with
+            // wide feature rows the merge's gathering is most of the cost.
+            // Under a memory limit the whole-sort's copy must fit too: keep it small.
+            options.execution.sort_in_place_threshold_bytes = match job.memory_limit {
+                Some(limit) => (limit / (8 * partitions * (job.groups.len() + 2))).min(1 << 20),
+                None => 1 << 30,
+            };
             // Keys keep the type the store's keys have (Utf8, not Utf8View).
             options.execution.parquet.schema_force_view_types = false;
         }
@@ -363,6 +377,23 @@ impl TrainingSet {
             .to_string()
     }
 
+    /// Spill files written and bytes spilled by the plan's sorts so far: how far
+    /// the memory limit pushed the job to disk.
+    pub fn spilled(&self) -> (usize, usize) {
+        fn walk(plan: &Arc<dyn ExecutionPlan>, total: &mut (usize, usize)) {
+            if let Some(metrics) = plan.metrics() {
+                total.0 += metrics.spill_count().unwrap_or(0);
+                total.1 += metrics.spilled_bytes().unwrap_or(0);
+            }
+            for child in plan.children() {
+                walk(child, total);
+            }
+        }
+        let mut total = (0, 0);
+        walk(&self.plan, &mut total);
+        total
+    }
+
     /// Runs the join and hands each output batch, in label order, to `each`.
     pub async fn run(
         &self,
@@ -443,6 +474,7 @@ impl TrainingSet {
         tmp.persist(out).map_err(|e| fail(e.to_string()))?;
         Ok(Written {
             rows,
+            spilled: self.spilled(),
             matched: self
                 .groups
                 .iter()

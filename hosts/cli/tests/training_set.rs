@@ -1,0 +1,316 @@
+//! `lockstep training-set` against DuckDB's ASOF JOIN on the same files: a group the
+//! batch host wrote from generated transactions, and a second group with deletion
+//! markers, strict and inclusive, with and without a TTL, with a memory limit that
+//! makes the sorts spill.
+
+mod common;
+
+use arrow_array::{ArrayRef, Float64Array, Int64Array, RecordBatch, StringArray};
+use arrow_array::{TimestampMicrosecondArray, cast::AsArray, types::TimestampMicrosecondType};
+use common::{lockstep, plugin, repo, s, text};
+use lockstep_abi::{Feature, Field, Kind, Manifest, Value, ValueType};
+use lockstep_offline::{OfflineStore, WriterOptions};
+use serde_json::Value as Json;
+use std::process::Command;
+use std::sync::Arc;
+
+fn flags_manifest() -> Manifest {
+    let f = |n: &str, ty| Field {
+        name: n.into(),
+        ty,
+        nullable: false,
+        description: String::new(),
+    };
+    let feature = |n: &str, ty| Feature {
+        name: n.into(),
+        ty,
+        description: String::new(),
+        default_value: Value::Null,
+    };
+    Manifest {
+        name: "card_flags".into(),
+        version: "1.0.0".into(),
+        description: String::new(),
+        input: vec![
+            f("card_id", ValueType::String),
+            f("ts", ValueType::Timestamp),
+        ],
+        entity_key: "card_id".into(),
+        event_time: "ts".into(),
+        event_id: None,
+        features: vec![
+            feature("flag_score", ValueType::Float64),
+            feature("flags", ValueType::Int64),
+        ],
+        kind: Kind::KeyedStateful,
+        state_version: 1,
+        supports_read: false,
+    }
+}
+
+/// A second group over the same cards: a flag row 30 s after every third transaction
+/// row, every seventh of them a deletion marker.
+fn write_flags(store: &OfflineStore) {
+    let rows = store.read("txn_velocity", "1.0.0").expect("read txn rows");
+    let m = flags_manifest();
+    let group = store.register(&m, "flags-hash", 0).expect("register");
+    let mut writer = store.writer(&group, 1, WriterOptions::default());
+    let mut n = 0i64;
+    for batch in rows {
+        let cards = batch.column(0).as_string::<i32>();
+        let times = batch.column(1).as_primitive::<TimestampMicrosecondType>();
+        for i in (0..batch.num_rows()).step_by(3) {
+            n += 1;
+            let columns: Vec<ArrayRef> = vec![
+                Arc::new(StringArray::from(vec![cards.value(i)])),
+                Arc::new(
+                    TimestampMicrosecondArray::from(vec![times.value(i) + 30_000_000])
+                        .with_timezone("UTC"),
+                ),
+                Arc::new(Float64Array::from(vec![n as f64 * 0.25])),
+                Arc::new(Int64Array::from(vec![n])),
+            ];
+            let b = RecordBatch::try_new(lockstep_core::schema::row_schema(&m), columns)
+                .expect("flag row");
+            if n % 7 == 0 {
+                writer.write_deletions(&b).expect("deletion");
+            } else {
+                writer.write(&b).expect("row");
+            }
+        }
+    }
+    writer.commit().expect("commit flags");
+}
+
+fn python(args: &[&str]) -> std::process::Output {
+    Command::new("python3")
+        .arg(repo("tests/python/asof_check.py"))
+        .args(args)
+        .output()
+        .expect("python3")
+}
+
+#[test]
+fn training_sets_equal_duckdb_asof_joins() {
+    let dir = tempfile::tempdir().unwrap();
+    let events = dir.path().join("events.jsonl");
+    let store_dir = dir.path().join("store");
+    let out = lockstep(&[
+        "gen",
+        "events",
+        "--kind",
+        "transactions",
+        "--rows",
+        "20000",
+        "--entities",
+        "300",
+        "--seed",
+        "11",
+        "--out",
+        s(&events),
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = lockstep(&[
+        "batch",
+        "run",
+        "--plugin",
+        s(&plugin("txn_velocity")),
+        "--source",
+        s(&events),
+        "--offline-store",
+        s(&store_dir),
+        "--no-cache",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let store = OfflineStore::open(&store_dir).unwrap();
+    write_flags(&store);
+    let velocity: Vec<String> = store
+        .version("txn_velocity", "1.0.0")
+        .unwrap()
+        .manifest
+        .features
+        .iter()
+        .map(|f| f.name.clone())
+        .collect();
+    assert!(velocity.len() > 5);
+
+    let labels = dir.path().join("labels.parquet");
+    let made = python(&[
+        "labels",
+        "--store",
+        s(&store_dir),
+        "--group",
+        "txn_velocity@1.0.0",
+        "--key",
+        "card_id",
+        "--out",
+        s(&labels),
+        "--n",
+        "4000",
+        "--seed",
+        "3",
+    ]);
+    assert!(made.status.success(), "{}", text(&made.stderr));
+
+    let some = [
+        velocity[0].as_str(),
+        velocity[3].as_str(),
+        velocity[velocity.len() - 1].as_str(),
+    ];
+    let velocity_spec = format!("txn_velocity:{}", some.join(","));
+    let check_velocity = format!("txn_velocity@1.0.0:card_id:{}", some.join(","));
+    let cases: [(&str, &[&str], &[&str]); 3] = [
+        ("strict", &[], &[]),
+        (
+            "inclusive-ttl",
+            &["--inclusive", "--ttl", "2h"],
+            &["--inclusive", "--ttl-us", "7200000000"],
+        ),
+        // A small memory limit makes the sorts spill; the rows must not change.
+        (
+            "spilling",
+            &["--memory-limit", "8MiB", "--partitions", "2"],
+            &[],
+        ),
+    ];
+    for (name, ours_args, check_args) in cases {
+        let output = dir.path().join(format!("{name}.parquet"));
+        let mut args = vec![
+            "training-set",
+            "--labels",
+            s(&labels),
+            "--group",
+            &velocity_spec,
+            "--group",
+            "card_flags",
+            "--offline-store",
+            s(&store_dir),
+            "--out",
+            s(&output),
+        ];
+        args.extend_from_slice(ours_args);
+        let run = lockstep(&args);
+        assert!(run.status.success(), "{name}: {}", text(&run.stderr));
+        let printed = text(&run.stdout);
+        assert!(
+            printed.contains("wrote 4005 label rows"),
+            "{name}: {printed}"
+        );
+        assert_eq!(
+            printed.contains("spilled"),
+            name == "spilling",
+            "{name}: {printed}"
+        );
+
+        let mut check = vec![
+            "check",
+            "--store",
+            s(&store_dir),
+            "--labels",
+            s(&labels),
+            "--ours",
+            s(&output),
+            "--group",
+            &check_velocity,
+            "--group",
+            "card_flags@1.0.0:card_id:flag_score,flags",
+        ];
+        check.extend_from_slice(check_args);
+        let checked = python(&check);
+        let report: Json = serde_json::from_slice(&checked.stdout).unwrap_or_else(|_| {
+            panic!("{name}: {}{}", text(&checked.stdout), text(&checked.stderr))
+        });
+        assert!(
+            checked.status.success(),
+            "{name}: DuckDB disagrees: {report}"
+        );
+        assert_eq!(report["rows"], 4005, "{name}: {report}");
+        // Not a vacuous agreement: most labels see a row, some do not.
+        for group in ["txn_velocity", "card_flags"] {
+            let matched = report["matched"][group].as_u64().unwrap();
+            assert!(
+                matched > 400 && matched < 4005,
+                "{name}: {group} matched {matched}"
+            );
+        }
+        let columns: Vec<&str> = report["columns"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|c| c.as_str())
+            .collect();
+        assert_eq!(
+            columns[..4],
+            ["label_id", "card_id", "label_time", "outcome"]
+        );
+        assert_eq!(columns[4], format!("txn_velocity__{}", some[0]));
+        assert_eq!(
+            columns[7..],
+            ["card_flags__flag_score", "card_flags__flags"]
+        );
+    }
+}
+
+#[test]
+fn bad_requests_fail_clearly_and_write_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let store_dir = dir.path().join("store");
+    let store = OfflineStore::open(&store_dir).unwrap();
+    store.register(&flags_manifest(), "flags-hash", 0).unwrap();
+    let labels = dir.path().join("labels.csv");
+    std::fs::write(
+        &labels,
+        "card_id,label_time\ncard-1,2024-01-01T00:00:00Z\n,2024-01-01T00:00:00Z\n",
+    )
+    .unwrap();
+    let output = dir.path().join("out.parquet");
+    let run = |extra: &[&str]| {
+        let mut args = vec![
+            "training-set",
+            "--labels",
+            s(&labels),
+            "--offline-store",
+            s(&store_dir),
+            "--out",
+            s(&output),
+        ];
+        args.extend_from_slice(extra);
+        lockstep(&args)
+    };
+
+    let out = run(&["--group", "txn_velocity"]);
+    assert!(!out.status.success());
+    let e = text(&out.stderr);
+    assert!(
+        e.contains("`txn_velocity` is not in the offline store") && e.contains("card_flags"),
+        "{e}"
+    );
+
+    let out = run(&["--group", "card_flags:nope"]);
+    assert!(
+        text(&out.stderr).contains("no feature `nope`"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    let out = run(&["--group", "card_flags"]);
+    assert!(!out.status.success());
+    let e = text(&out.stderr);
+    assert!(
+        e.contains("labels.csv, row 2") && e.contains("`card_id` is null"),
+        "{e}"
+    );
+
+    let out = run(&["--group", "card_flags", "--ttl", "soon"]);
+    assert!(!out.status.success());
+    assert!(text(&out.stderr).contains("--ttl"), "{}", text(&out.stderr));
+
+    // Nothing half-written is left behind.
+    assert!(!output.exists());
+    let leftovers: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".tmp"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}
