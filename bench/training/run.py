@@ -64,11 +64,12 @@ def compare(a, b, key="label_id"):
     import duckdb
 
     con = duckdb.connect()
-    rows = con.sql(f"SELECT count(*) FROM '{a}'").fetchone()[0]
-    differ = con.sql(
+    con.execute("SET enable_progress_bar = false")
+    rows = con.execute(f"SELECT count(*) FROM '{a}'").fetchone()[0]
+    differ = con.execute(
         f"SELECT count(*) FROM (SELECT * FROM '{a}' EXCEPT ALL SELECT * FROM '{b}')"
     ).fetchone()[0]
-    same_order = con.sql(
+    same_order = con.execute(
         f"""SELECT count(*) FROM read_parquet('{a}', file_row_number = true) x
             JOIN read_parquet('{b}', file_row_number = true) y USING (file_row_number)
             WHERE x.{key} <> y.{key}"""
@@ -81,11 +82,12 @@ def agreement(ours, theirs):
     import duckdb
 
     con = duckdb.connect()
+    con.execute("SET enable_progress_bar = false")
     columns = [
-        r[0] for r in con.sql(f"DESCRIBE SELECT * FROM '{ours}'").fetchall() if "__" in r[0]
+        r[0] for r in con.execute(f"DESCRIBE SELECT * FROM '{ours}'").fetchall() if "__" in r[0]
     ]
     same = " AND ".join(f'o."{c}" IS NOT DISTINCT FROM t."{c}"' for c in columns)
-    return con.sql(
+    return con.execute(
         f"SELECT count(*), count(*) FILTER (WHERE {same}) FROM '{ours}' o JOIN '{theirs}' t USING (label_id)"
     ).fetchone()
 

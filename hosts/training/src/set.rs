@@ -249,7 +249,7 @@ impl TrainingSet {
             // Under a memory limit the whole-sort's copy must fit too: keep it small.
             options.execution.sort_in_place_threshold_bytes = match job.memory_limit {
                 Some(limit) => (limit / (8 * partitions * (job.groups.len() + 2))).min(1 << 20),
-                None => 1 << 30,
+                None => usize::MAX,
             };
             // Keys keep the type the store's keys have (Utf8, not Utf8View).
             options.execution.parquet.schema_force_view_types = false;
