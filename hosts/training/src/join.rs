@@ -51,7 +51,9 @@ pub struct AsOfJoinExec {
     right: Arc<dyn ExecutionPlan>,
     columns: LabelColumns,
     spec: AsOf,
-    /// Output name of each feature: `<group>__<feature>`.
+    /// Put before each feature's name in the output (`<group>__`).
+    prefix: String,
+    /// Output name of each feature: `<prefix><feature>`.
     names: Vec<String>,
     schema: SchemaRef,
     properties: Arc<PlanProperties>,
@@ -114,6 +116,7 @@ impl AsOfJoinExec {
             right,
             columns,
             spec,
+            prefix: prefix.to_owned(),
             names,
             schema,
             properties,
@@ -171,14 +174,7 @@ impl ExecutionPlan for AsOfJoinExec {
             children.try_into().map_err(|c: Vec<_>| {
                 DataFusionError::Internal(format!("AsOfJoinExec takes two inputs, got {}", c.len()))
             })?;
-        let prefix = self
-            .names
-            .first()
-            .zip(right.schema().fields().get(FIRST_FEATURE))
-            .and_then(|(n, f)| n.strip_suffix(f.name().as_str()))
-            .unwrap_or_default()
-            .to_owned();
-        let mut node = AsOfJoinExec::try_new(left, right, self.columns, self.spec, &prefix)?;
+        let mut node = AsOfJoinExec::try_new(left, right, self.columns, self.spec, &self.prefix)?;
         node.matched = self.matched.clone();
         Ok(Arc::new(node))
     }

@@ -367,3 +367,58 @@ fn a_partition_file_out_of_order_is_refused_by_name() {
         "{e}"
     );
 }
+
+/// The same groups in S3 (the moto server on loopback) give the same training set as
+/// in a local directory, and a group missing there is named with the S3 location.
+#[test]
+fn an_s3_offline_store_gives_the_same_training_set_as_a_local_one() {
+    let moto = lockstep_testkit::Moto::start();
+    moto.create_bucket("features");
+    let s3 = lockstep_offline::S3Options {
+        endpoint: Some(moto.endpoint()),
+        region: Some(lockstep_testkit::REGION.into()),
+        credentials: Some((
+            lockstep_testkit::ACCESS_KEY.into(),
+            lockstep_testkit::SECRET_KEY.into(),
+        )),
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let local = OfflineStore::open(dir.path().join("store")).unwrap();
+    let remote = OfflineStore::open_location("s3://features/offline", &s3).unwrap();
+    let rows: Vec<Row> = (0..200)
+        .map(|i| Row {
+            user: format!("u{}", i % 7),
+            time: BASE + (i % 40) * QUARTER_HOUR / 3,
+            total: i as f64 * 1.5,
+            count: i,
+            deleted: i % 11 == 0,
+        })
+        .collect();
+    for store in [&local, &remote] {
+        write_group(store, "spend", "1.0.0", &rows);
+    }
+    let path = dir.path().join("labels.parquet");
+    let labels: Vec<(i64, Option<&str>, i64)> = (0..50)
+        .map(|i| {
+            (
+                i,
+                Some(["u1", "u3", "u5", "u9"][i as usize % 4]),
+                BASE + i * QUARTER_HOUR / 4,
+            )
+        })
+        .collect();
+    write_labels(&path, &labels);
+    let mut j = job(&path, &["spend"]);
+    j.asof.ttl = Some(2 * QUARTER_HOUR);
+    let from_local = read_out(&run(&j, &local).unwrap(), "spend");
+    let from_s3 = read_out(&run(&j, &remote).unwrap(), "spend");
+    assert_eq!(from_local.len(), 50);
+    assert!(from_local.iter().filter(|r| r.1.is_some()).count() > 10);
+    assert_eq!(from_local, from_s3);
+
+    let e = error_of(&job(&path, &["clicks"]), &remote);
+    assert!(
+        e.contains("s3://features/offline") && e.contains("spend"),
+        "{e}"
+    );
+}
