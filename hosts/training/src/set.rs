@@ -183,6 +183,8 @@ pub struct TrainingSet {
     /// The groups, in output order.
     pub groups: Vec<ResolvedGroup>,
     lineage: String,
+    /// Set by the first run: a plan's operators run once.
+    ran: std::sync::atomic::AtomicBool,
 }
 
 /// What a written training set holds.
@@ -362,6 +364,7 @@ impl TrainingSet {
             schema: output,
             groups,
             lineage,
+            ran: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -394,11 +397,18 @@ impl TrainingSet {
         total
     }
 
-    /// Runs the join and hands each output batch, in label order, to `each`.
+    /// Runs the join and hands each output batch, in label order, to `each`. A planned
+    /// set runs once ([`collect`](Self::collect) and [`write_parquet`](Self::write_parquet)
+    /// run it too); a second run is an error.
     pub async fn run(
         &self,
         mut each: impl FnMut(RecordBatch) -> Result<(), TrainingError>,
     ) -> Result<u64, TrainingError> {
+        if self.ran.swap(true, Ordering::SeqCst) {
+            return Err(TrainingError::Engine(
+                "this training set has run already: plan it again to run it again".into(),
+            ));
+        }
         let mut stream = self.plan.execute(0, self.task.clone())?;
         let mut rows = 0u64;
         while let Some(batch) = stream.next().await {

@@ -422,3 +422,20 @@ fn an_s3_offline_store_gives_the_same_training_set_as_a_local_one() {
         "{e}"
     );
 }
+
+#[test]
+fn a_planned_set_runs_once_and_says_so_the_second_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store_with_spend(dir.path());
+    let path = dir.path().join("labels.parquet");
+    write_labels(&path, &[(0, Some("a"), BASE + 4 * QUARTER_HOUR)]);
+    runtime().block_on(async {
+        let set = TrainingSet::plan(&job(&path, &["spend"]), &store)
+            .await
+            .unwrap();
+        let first = set.collect().await.unwrap();
+        assert_eq!(read_out(&first, "spend"), vec![(0, Some(2.5), Some(3))]);
+        let again = set.collect().await.unwrap_err().to_string();
+        assert!(again.contains("plan it again"), "{again}");
+    });
+}
