@@ -69,15 +69,9 @@ fn glue_error(call: &'static str, target: &str) -> impl FnOnce(String) -> Catalo
 }
 
 /// Renders an SDK error with its service message, not just "service error".
-fn describe<E: std::error::Error + 'static>(e: &E) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
+fn describe<E: std::error::Error>(e: &E) -> String {
+    // The SDK's own rendering walks the source chain, so the service's message shows.
+    aws_sdk_glue::error::DisplayErrorContext(e).to_string()
 }
 
 /// The Hive type of an offline-store column.

@@ -98,14 +98,8 @@ fn call_error<E: std::fmt::Display>(action: &'static str, stream: &str, e: E) ->
 
 /// Full error text of an SDK error, including the service's message.
 fn describe<E: std::error::Error>(e: &E) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
+    // The SDK's own rendering walks the source chain, so the service's message shows.
+    aws_sdk_kinesis::error::DisplayErrorContext(e).to_string()
 }
 
 /// Exponential backoff with jitter: 50 ms doubling to 5 s, times a factor in [0.5, 1).
