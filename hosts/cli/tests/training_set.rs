@@ -305,6 +305,25 @@ fn bad_requests_fail_clearly_and_write_nothing() {
     assert!(!out.status.success());
     assert!(text(&out.stderr).contains("--ttl"), "{}", text(&out.stderr));
 
+    // An output path that is a directory: the encoder's work is thrown away, cleanly.
+    std::fs::write(&labels, "card_id,label_time\ncard-1,2024-01-01T00:00:00Z\n").unwrap();
+    let taken = dir.path().join("taken.parquet");
+    std::fs::create_dir(&taken).unwrap();
+    let out = lockstep(&[
+        "training-set",
+        "--labels",
+        s(&labels),
+        "--offline-store",
+        s(&store_dir),
+        "--out",
+        s(&taken),
+        "--group",
+        "card_flags",
+    ]);
+    assert!(!out.status.success());
+    let e = text(&out.stderr);
+    assert!(e.contains("taken.parquet"), "{e}");
+
     // Nothing half-written is left behind.
     assert!(!output.exists());
     let leftovers: Vec<_> = std::fs::read_dir(dir.path())

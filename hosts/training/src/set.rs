@@ -461,7 +461,7 @@ impl TrainingSet {
         let file = tmp.reopen().map_err(|e| fail(e.to_string()))?;
         let props = WriterProperties::builder()
             .set_compression(Compression::ZSTD(
-                ZstdLevel::try_new(3).map_err(|e| fail(e.to_string()))?,
+                ZstdLevel::try_new(1).map_err(|e| fail(e.to_string()))?,
             ))
             .set_key_value_metadata(Some(vec![KeyValue::new(
                 LINEAGE_KEY.to_owned(),
@@ -472,15 +472,29 @@ impl TrainingSet {
         let mut writer =
             ArrowWriter::try_new(std::io::BufWriter::new(file), self.schema(), Some(props))
                 .map_err(|e| fail(e.to_string()))?;
+        // Encoding runs on its own thread, so the last merge goes on meanwhile; the
+        // bounded channel keeps at most a few batches waiting.
+        let (batches, received) = std::sync::mpsc::sync_channel::<RecordBatch>(4);
+        let encoder = std::thread::spawn(move || {
+            for batch in received {
+                writer.write(&batch)?;
+            }
+            let file = writer
+                .into_inner()?
+                .into_inner()
+                .map_err(|e| e.into_error())?;
+            file.sync_all()?;
+            Ok::<_, parquet::errors::ParquetError>(())
+        });
+        let stopped = || fail("the Parquet encoder stopped".into());
         let rows = self
-            .run(|batch| writer.write(&batch).map_err(|e| fail(e.to_string())))
-            .await?;
-        let file = writer
-            .into_inner()
-            .map_err(|e| fail(e.to_string()))?
-            .into_inner()
-            .map_err(|e| fail(e.to_string()))?;
-        file.sync_all().map_err(|e| fail(e.to_string()))?;
+            .run(|batch| batches.send(batch).map_err(|_| stopped()))
+            .await;
+        drop(batches);
+        let encoded = encoder.join().map_err(|_| stopped())?;
+        // An encoder failure explains a failed send: report it first.
+        encoded.map_err(|e| fail(e.to_string()))?;
+        let rows = rows?;
         tmp.persist(out).map_err(|e| fail(e.to_string()))?;
         Ok(Written {
             rows,
