@@ -439,3 +439,90 @@ fn a_planned_set_runs_once_and_says_so_the_second_time() {
         assert!(again.contains("plan it again"), "{again}");
     });
 }
+
+/// Two groups keyed by different columns, one of them an integer: the labels are
+/// re-partitioned and re-sorted for the second key, and each group joins on its own.
+#[test]
+fn groups_on_different_keys_each_join_on_their_own_key() {
+    use arrow_array::{ArrayRef, Float64Array, Int64Array, StringArray, TimestampMicrosecondArray};
+    use arrow_schema::{DataType, Field, Schema, TimeUnit};
+    use lockstep_abi::ValueType;
+    use std::sync::Arc;
+    let dir = tempfile::tempdir().unwrap();
+    let store = store_with_spend(dir.path());
+    // `device_risk`, keyed by an Int64 `device`.
+    let mut m = common::manifest("device_risk", "1.0.0");
+    m.input[0].name = "device".into();
+    m.input[0].ty = ValueType::Int64;
+    m.entity_key = "device".into();
+    let group = store.register(&m, "device-hash", 0).unwrap();
+    let mut writer = store.writer(&group, 1, lockstep_offline::WriterOptions::default());
+    let rows = RecordBatch::try_new(
+        lockstep_core::schema::row_schema(&m),
+        vec![
+            Arc::new(Int64Array::from(vec![7, 7, 9])) as ArrayRef,
+            Arc::new(
+                TimestampMicrosecondArray::from(vec![BASE, BASE + 2 * QUARTER_HOUR, BASE])
+                    .with_timezone("UTC"),
+            ),
+            Arc::new(Float64Array::from(vec![0.1, 0.7, 0.9])),
+            Arc::new(Int64Array::from(vec![1, 2, 3])),
+        ],
+    )
+    .unwrap();
+    writer.write(&rows).unwrap();
+    writer.commit().unwrap();
+
+    let path = dir.path().join("labels.parquet");
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("id", DataType::Int64, false),
+        Field::new("user", DataType::Utf8, false),
+        Field::new("device", DataType::Int64, false),
+        Field::new(
+            "label_time",
+            DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+            false,
+        ),
+    ]));
+    // (user, device, time): a's rows are at 1 and 3 quarter-hours, device 7's at 0 and 2.
+    let labels = [
+        ("a", 9, 4),
+        ("b", 7, 1),
+        ("a", 7, 3),
+        ("zz", 8, 5),
+        ("a", 7, 2),
+    ];
+    let cols: Vec<ArrayRef> = vec![
+        Arc::new(Int64Array::from_iter_values(0..labels.len() as i64)),
+        Arc::new(StringArray::from_iter_values(labels.iter().map(|l| l.0))),
+        Arc::new(Int64Array::from_iter_values(labels.iter().map(|l| l.1))),
+        Arc::new(
+            TimestampMicrosecondArray::from_iter_values(
+                labels.iter().map(|l| BASE + l.2 * QUARTER_HOUR),
+            )
+            .with_timezone("UTC"),
+        ),
+    ];
+    common::write_parquet(&path, RecordBatch::try_new(schema, cols).unwrap());
+    let out = run(&job(&path, &["spend", "device_risk"]), &store).unwrap();
+    assert_eq!(
+        read_out(&out, "spend"),
+        vec![
+            (0, Some(2.5), Some(3)),
+            (1, None, None), // b's only row is at 2, after the label
+            (2, Some(1.5), Some(1)),
+            (3, None, None),
+            (4, Some(1.5), Some(1)),
+        ]
+    );
+    assert_eq!(
+        read_out(&out, "device_risk"),
+        vec![
+            (0, Some(0.9), Some(3)),
+            (1, Some(0.1), Some(1)),
+            (2, Some(0.7), Some(2)),
+            (3, None, None),
+            (4, Some(0.1), Some(1)),
+        ]
+    );
+}
