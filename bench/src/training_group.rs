@@ -6,48 +6,27 @@
 
 use arrow_array::TimestampMicrosecondArray;
 use arrow_array::{ArrayRef, Float64Array, Int64Array, RecordBatch, StringArray};
-use lockstep_abi::{Feature, Field, Kind, Manifest, Value, ValueType};
 use lockstep_bench::arg;
 use lockstep_offline::{OfflineStore, WriterOptions};
+use lockstep_sdk::{Manifest, ManifestBuilder, Value, ValueType};
 use std::sync::Arc;
 
 const JANUARY_2024: i64 = 1_704_067_200_000_000;
 const THIRTY_DAYS: i64 = 30 * 86_400 * 1_000_000;
 
 fn manifest() -> Manifest {
-    let f = |n: &str, ty| Field {
-        name: n.into(),
-        ty,
-        nullable: false,
-        description: String::new(),
-    };
-    let feature = |n: &str, ty| Feature {
-        name: n.into(),
-        ty,
-        description: String::new(),
-        default_value: Value::Null,
-    };
-    Manifest {
-        name: "card_profile".into(),
-        version: "1.0.0".into(),
-        description: "Synthetic card profile (benchmark data)".into(),
-        input: vec![
-            f("card_id", ValueType::String),
-            f("ts", ValueType::Timestamp),
-        ],
-        entity_key: "card_id".into(),
-        event_time: "ts".into(),
-        event_id: None,
-        features: vec![
-            feature("risk_score", ValueType::Float64),
-            feature("account_age_days", ValueType::Int64),
-            feature("chargebacks_90d", ValueType::Int64),
-            feature("avg_ticket", ValueType::Float64),
-        ],
-        kind: Kind::KeyedStateful,
-        state_version: 1,
-        supports_read: false,
-    }
+    ManifestBuilder::new("card_profile", "1.0.0")
+        .description("Synthetic card profile (benchmark data)")
+        .keyed_stateful(1)
+        .field("card_id", ValueType::String, "")
+        .field("ts", ValueType::Timestamp, "")
+        .entity_key("card_id")
+        .event_time("ts")
+        .feature("risk_score", ValueType::Float64, "", Value::Null)
+        .feature("account_age_days", ValueType::Int64, "", Value::Null)
+        .feature("chargebacks_90d", ValueType::Int64, "", Value::Null)
+        .feature("avg_ticket", ValueType::Float64, "", Value::Null)
+        .build()
 }
 
 /// SplitMix64: a fixed, portable sequence for a seed.

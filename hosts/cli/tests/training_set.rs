@@ -8,44 +8,22 @@ mod common;
 use arrow_array::{ArrayRef, Float64Array, Int64Array, RecordBatch, StringArray};
 use arrow_array::{TimestampMicrosecondArray, cast::AsArray, types::TimestampMicrosecondType};
 use common::{lockstep, plugin, repo, s, text};
-use lockstep_abi::{Feature, Field, Kind, Manifest, Value, ValueType};
 use lockstep_offline::{OfflineStore, WriterOptions};
+use lockstep_sdk::{Manifest, ManifestBuilder, Value, ValueType};
 use serde_json::Value as Json;
 use std::process::Command;
 use std::sync::Arc;
 
 fn flags_manifest() -> Manifest {
-    let f = |n: &str, ty| Field {
-        name: n.into(),
-        ty,
-        nullable: false,
-        description: String::new(),
-    };
-    let feature = |n: &str, ty| Feature {
-        name: n.into(),
-        ty,
-        description: String::new(),
-        default_value: Value::Null,
-    };
-    Manifest {
-        name: "card_flags".into(),
-        version: "1.0.0".into(),
-        description: String::new(),
-        input: vec![
-            f("card_id", ValueType::String),
-            f("ts", ValueType::Timestamp),
-        ],
-        entity_key: "card_id".into(),
-        event_time: "ts".into(),
-        event_id: None,
-        features: vec![
-            feature("flag_score", ValueType::Float64),
-            feature("flags", ValueType::Int64),
-        ],
-        kind: Kind::KeyedStateful,
-        state_version: 1,
-        supports_read: false,
-    }
+    ManifestBuilder::new("card_flags", "1.0.0")
+        .keyed_stateful(1)
+        .field("card_id", ValueType::String, "")
+        .field("ts", ValueType::Timestamp, "")
+        .entity_key("card_id")
+        .event_time("ts")
+        .feature("flag_score", ValueType::Float64, "", Value::Null)
+        .feature("flags", ValueType::Int64, "", Value::Null)
+        .build()
 }
 
 /// A second group over the same cards: a flag row 30 s after every third transaction

@@ -446,7 +446,7 @@ fn a_planned_set_runs_once_and_says_so_the_second_time() {
 fn groups_on_different_keys_each_join_on_their_own_key() {
     use arrow_array::{ArrayRef, Float64Array, Int64Array, StringArray, TimestampMicrosecondArray};
     use arrow_schema::{DataType, Field, Schema, TimeUnit};
-    use lockstep_abi::ValueType;
+    use lockstep_sdk::ValueType;
     use std::sync::Arc;
     let dir = tempfile::tempdir().unwrap();
     let store = store_with_spend(dir.path());

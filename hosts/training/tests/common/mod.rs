@@ -5,41 +5,22 @@ use arrow_array::{
     ArrayRef, Float64Array, Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray,
 };
 use arrow_schema::{DataType, Field as ArrowField, Schema, TimeUnit};
-use lockstep_abi::{Feature, Field, Kind, Manifest, Value, ValueType};
 use lockstep_offline::{OfflineStore, WriterOptions};
+use lockstep_sdk::{Manifest, ManifestBuilder, Value, ValueType};
 use std::path::Path;
 use std::sync::Arc;
 
 /// A group keyed by `user` (text) with features `total` (f64) and `count` (i64).
 pub fn manifest(name: &str, version: &str) -> Manifest {
-    let f = |n: &str, ty| Field {
-        name: n.into(),
-        ty,
-        nullable: false,
-        description: String::new(),
-    };
-    let feature = |n: &str, ty| Feature {
-        name: n.into(),
-        ty,
-        description: String::new(),
-        default_value: Value::Null,
-    };
-    Manifest {
-        name: name.into(),
-        version: version.into(),
-        description: String::new(),
-        input: vec![f("user", ValueType::String), f("ts", ValueType::Timestamp)],
-        entity_key: "user".into(),
-        event_time: "ts".into(),
-        event_id: None,
-        features: vec![
-            feature("total", ValueType::Float64),
-            feature("count", ValueType::Int64),
-        ],
-        kind: Kind::KeyedStateful,
-        state_version: 1,
-        supports_read: false,
-    }
+    ManifestBuilder::new(name, version)
+        .keyed_stateful(1)
+        .field("user", ValueType::String, "")
+        .field("ts", ValueType::Timestamp, "")
+        .entity_key("user")
+        .event_time("ts")
+        .feature("total", ValueType::Float64, "", Value::Null)
+        .feature("count", ValueType::Int64, "", Value::Null)
+        .build()
 }
 
 /// A feature row as tests write it.
