@@ -107,7 +107,7 @@ pub fn run(args: Args) -> Result<()> {
                 g.version.name,
                 g.version.version,
                 short(&g.version.plugin_hash),
-                g.files,
+                g.files.len(),
                 g.features.join(", ")
             );
         }

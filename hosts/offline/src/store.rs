@@ -210,20 +210,10 @@ impl OfflineStore {
     /// Every stored row of `group@version`, partition by partition in time order.
     pub fn read(&self, group: &str, version: &str) -> Result<Vec<RecordBatch>, OfflineError> {
         let entry = self.version(group, version)?;
-        let files = self
-            .backend
-            .list_named(&layout::version_rel(&entry.name, &entry.version), PART_FILE)?;
         let mut out = Vec::new();
-        for rel in files {
+        for rel in self.partition_files(&entry.name, &entry.version)? {
             let path = self.backend.locate(&rel);
-            let bytes = self
-                .backend
-                .read(&rel)?
-                .ok_or_else(|| OfflineError::Object {
-                    action: "reading",
-                    location: path.to_string_lossy().into_owned(),
-                    message: "listed but gone: was the partition replaced meanwhile?".into(),
-                })?;
+            let bytes = self.read_object(&rel)?;
             let reader = ParquetRecordBatchReaderBuilder::try_new(Bytes::from(bytes))
                 .and_then(|b| b.build())
                 .map_err(|source| OfflineError::Parquet { path, source })?;

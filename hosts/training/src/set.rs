@@ -161,8 +161,8 @@ pub struct ResolvedGroup {
     pub version: GroupVersion,
     /// The features joined, in output order.
     pub features: Vec<String>,
-    /// Its hour partition files.
-    pub files: usize,
+    /// Its hour partition files, relative to the store root, in time order.
+    pub files: Vec<String>,
     matched: Arc<AtomicU64>,
 }
 
@@ -578,9 +578,7 @@ fn resolve(
             .map(|f| f.name.clone())
             .collect(),
     };
-    let files = store
-        .partition_files(&version.name, &version.version)?
-        .len();
+    let files = store.partition_files(&version.name, &version.version)?;
     Ok(ResolvedGroup {
         version,
         features,
@@ -741,10 +739,9 @@ fn feature_plan(
     partitions: usize,
 ) -> Result<Arc<dyn ExecutionPlan>, TrainingError> {
     let schema = scan_schema(&group.version, &group.features)?;
-    let files = store.partition_files(&group.version.name, &group.version.version)?;
     let mut shares: Vec<Vec<String>> = vec![Vec::new(); partitions];
-    for (i, file) in files.into_iter().enumerate() {
-        shares[i % partitions].push(file);
+    for (i, file) in group.files.iter().enumerate() {
+        shares[i % partitions].push(file.clone());
     }
     let streams: Vec<Arc<dyn PartitionStream>> = shares
         .into_iter()
