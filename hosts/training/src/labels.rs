@@ -9,10 +9,7 @@
 use crate::asof::AsOf;
 use crate::error::{TrainingError, external};
 use arrow_array::cast::AsArray;
-use arrow_array::types::{
-    TimestampMicrosecondType, TimestampMillisecondType, TimestampNanosecondType,
-    TimestampSecondType,
-};
+use arrow_array::types::Int64Type;
 use arrow_array::{Array, ArrayRef, Int64Array, RecordBatch, UInt64Array};
 use arrow_schema::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use datafusion::execution::TaskContext;
@@ -156,7 +153,7 @@ fn instants(
     spec: AsOf,
 ) -> Result<(Int64Array, Int64Array), (usize, String)> {
     let n = column.len();
-    let mut nanos_or_micros: Vec<(i64, i64)> = Vec::with_capacity(n); // (floor µs, ceil µs)
+    let mut micros: Vec<(i64, i64)> = Vec::with_capacity(n); // (rounded down, rounded up)
     let null = |i: usize| (i, "the label time is null".to_owned());
     match kind {
         TimeKind::Text => {
@@ -168,48 +165,43 @@ fn instants(
                 }
                 let us = lockstep_core::decode::parse_timestamp(text.value(i))
                     .map_err(|m| (i, format!("label time: {m}")))?;
-                nanos_or_micros.push((us, us));
+                micros.push((us, us));
             }
         }
         TimeKind::Timestamp(unit) => {
-            let scaled = |v: i64, per: i64| -> Result<(i64, i64), String> {
-                v.checked_mul(per)
-                    .map(|us| (us, us))
-                    .ok_or_else(|| format!("label time {v} is out of the representable range"))
+            // Every unit is an i64 count underneath: read it as one, once per batch.
+            let raw = arrow_cast::cast(column, &DataType::Int64).map_err(|e| (0, e.to_string()))?;
+            let raw = raw.as_primitive::<Int64Type>();
+            let micros_per_unit = match unit {
+                TimeUnit::Second => 1_000_000,
+                TimeUnit::Millisecond => 1_000,
+                TimeUnit::Microsecond | TimeUnit::Nanosecond => 1,
             };
             for i in 0..n {
-                if column.is_null(i) {
+                if raw.is_null(i) {
                     return Err(null(i));
                 }
-                let pair = match unit {
-                    TimeUnit::Second => scaled(
-                        column.as_primitive::<TimestampSecondType>().value(i),
-                        1_000_000,
-                    ),
-                    TimeUnit::Millisecond => scaled(
-                        column.as_primitive::<TimestampMillisecondType>().value(i),
-                        1_000,
-                    ),
-                    TimeUnit::Microsecond => {
-                        let v = column.as_primitive::<TimestampMicrosecondType>().value(i);
-                        Ok((v, v))
-                    }
-                    TimeUnit::Nanosecond => {
-                        let v = column.as_primitive::<TimestampNanosecondType>().value(i);
-                        let floor = v.div_euclid(1_000);
-                        let ceil = floor + i64::from(v.rem_euclid(1_000) != 0);
-                        Ok((floor, ceil))
-                    }
-                }
-                .map_err(|m| (i, m))?;
-                nanos_or_micros.push(pair);
+                let v = raw.value(i);
+                let pair = if unit == TimeUnit::Nanosecond {
+                    let floor = v.div_euclid(1_000);
+                    (floor, floor + i64::from(v.rem_euclid(1_000) != 0))
+                } else {
+                    let us = v.checked_mul(micros_per_unit).ok_or_else(|| {
+                        (
+                            i,
+                            format!("label time {v} is out of the representable range"),
+                        )
+                    })?;
+                    (us, us)
+                };
+                micros.push(pair);
             }
         }
     }
-    let bound = nanos_or_micros
+    let bound = micros
         .iter()
         .map(|&(floor, ceil)| if spec.inclusive { floor } else { ceil });
-    let age_from = nanos_or_micros.iter().map(|&(_, ceil)| ceil);
+    let age_from = micros.iter().map(|&(_, ceil)| ceil);
     Ok((
         Int64Array::from_iter_values(bound),
         Int64Array::from_iter_values(age_from),
