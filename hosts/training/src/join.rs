@@ -212,15 +212,19 @@ impl ExecutionPlan for AsOfJoinExec {
     }
 }
 
+/// A feature batch held for the merge, with what the merge reads per row typed once.
+struct Held {
+    batch: RecordBatch,
+    /// The row number of its first row.
+    start: usize,
+    times: ScalarBuffer<i64>,
+    deleted: BooleanBuffer,
+}
+
 /// The feature batches still reachable, with row numbers running on across batches.
 #[derive(Default)]
 struct Buffered {
-    batches: VecDeque<RecordBatch>,
-    /// Each held batch's event times and deletion markers, typed once.
-    times: VecDeque<ScalarBuffer<i64>>,
-    deleted: VecDeque<BooleanBuffer>,
-    /// The row number of each held batch's first row.
-    starts: VecDeque<usize>,
+    held: VecDeque<Held>,
     /// The row number after the last held row.
     end: usize,
     exhausted: bool,
@@ -228,23 +232,32 @@ struct Buffered {
 
 impl Buffered {
     fn locate(&self, row: usize) -> (usize, usize) {
-        let b = self.starts.partition_point(|&s| s <= row) - 1;
-        (b, row - self.starts[b])
+        let b = self.held.partition_point(|h| h.start <= row) - 1;
+        (b, row - self.held[b].start)
+    }
+
+    fn push(&mut self, batch: RecordBatch) {
+        let start = self.end;
+        self.end += batch.num_rows();
+        self.held.push_back(Held {
+            times: batch
+                .column(TIME)
+                .as_primitive::<Int64Type>()
+                .values()
+                .clone(),
+            deleted: batch.column(DELETED).as_boolean().values().clone(),
+            batch,
+            start,
+        });
     }
 
     /// Drops the batches wholly before `row`.
     fn release_before(&mut self, row: usize) {
-        while self.batches.len() > 1 && self.starts[1] <= row {
-            self.batches.pop_front();
-            self.starts.pop_front();
-            self.times.pop_front();
-            self.deleted.pop_front();
+        while self.held.len() > 1 && self.held[1].start <= row {
+            self.held.pop_front();
         }
-        if self.batches.len() == 1 && self.end <= row {
-            self.batches.clear();
-            self.starts.clear();
-            self.times.clear();
-            self.deleted.clear();
+        if self.held.len() == 1 && self.end <= row {
+            self.held.clear();
         }
     }
 }
@@ -275,17 +288,11 @@ impl FeatureRows for View<'_> {
     }
     fn time(&self, row: usize) -> i64 {
         let (b, r) = self.buffered.locate(row);
-        self.buffered.batches[b]
-            .column(TIME)
-            .as_primitive::<Int64Type>()
-            .value(r)
+        self.buffered.held[b].times[r]
     }
     fn deleted(&self, row: usize) -> bool {
         let (b, r) = self.buffered.locate(row);
-        self.buffered.batches[b]
-            .column(DELETED)
-            .as_boolean()
-            .value(r)
+        self.buffered.held[b].deleted.value(r)
     }
 }
 
@@ -329,9 +336,9 @@ impl Merge {
                     Step::Seen(seen) => break seen,
                     Step::NeedMore => {
                         let keep_from = self.cursor.last.unwrap_or(self.cursor.next);
-                        let before = self.buffered.batches.len();
+                        let before = self.buffered.held.len();
                         self.buffered.release_before(keep_from);
-                        keys.drain(..before - self.buffered.batches.len());
+                        keys.drain(..before - self.buffered.held.len());
                         if let Some(batch) = self.fetch().await? {
                             keys.push(make_comparator(
                                 batch.column(KEY).as_ref(),
@@ -344,12 +351,12 @@ impl Merge {
             };
             picks.push(seen.map(|row| {
                 let (b, r) = self.buffered.locate(row);
-                let start = self.buffered.starts[b];
+                let start = self.buffered.held[b].start;
                 // Matches move forward with the labels: look from the newest source.
                 let source = match starts.iter().rposition(|&s| s == start) {
                     Some(idx) => idx,
                     None => {
-                        sources.push(self.buffered.batches[b].clone());
+                        sources.push(self.buffered.held[b].batch.clone());
                         starts.push(start);
                         sources.len() - 1
                     }
@@ -381,11 +388,15 @@ impl Merge {
     /// Comparators of every held batch's keys against `key`.
     fn comparators(&self, key: &ArrayRef) -> Result<Vec<DynComparator>> {
         self.buffered
-            .batches
+            .held
             .iter()
-            .map(|b| {
-                make_comparator(b.column(KEY).as_ref(), key.as_ref(), SortOptions::default())
-                    .map_err(Into::into)
+            .map(|h| {
+                make_comparator(
+                    h.batch.column(KEY).as_ref(),
+                    key.as_ref(),
+                    SortOptions::default(),
+                )
+                .map_err(Into::into)
             })
             .collect()
     }
@@ -399,19 +410,7 @@ impl Merge {
                     if batch.num_rows() == 0 {
                         continue;
                     }
-                    self.buffered.starts.push_back(self.buffered.end);
-                    self.buffered.end += batch.num_rows();
-                    self.buffered.times.push_back(
-                        batch
-                            .column(TIME)
-                            .as_primitive::<Int64Type>()
-                            .values()
-                            .clone(),
-                    );
-                    self.buffered
-                        .deleted
-                        .push_back(batch.column(DELETED).as_boolean().values().clone());
-                    self.buffered.batches.push_back(batch.clone());
+                    self.buffered.push(batch.clone());
                     return Ok(Some(batch));
                 }
                 None => {
