@@ -275,10 +275,7 @@ impl TrainingSet {
         let mut key_columns = Vec::new();
         for group in &groups {
             let key_name = &group.version.manifest.entity_key;
-            let want = scan_schema(&group.version, &[])?
-                .field(KEY)
-                .data_type()
-                .clone();
+            let want = key_type(&group.version);
             let at = label_schema.index_of(key_name).map_err(|_| {
                 labels_error(format!(
                     "has no column `{key_name}`, the entity key of feature group {}@{} (columns: {})",
@@ -623,22 +620,23 @@ async fn read_labels(
             .await
             .map_err(engine)?,
         LabelsFormat::Csv | LabelsFormat::Json => {
-            let inferred: Schema = match format {
-                LabelsFormat::Csv => reader
-                    .read_csv(&path, CsvReadOptions::new().file_extension(&extension))
-                    .await
-                    .map_err(engine)?
-                    .schema()
-                    .as_arrow()
-                    .clone(),
-                _ => reader
-                    .read_json(&path, JsonReadOptions::default().file_extension(&extension))
-                    .await
-                    .map_err(engine)?
-                    .schema()
-                    .as_arrow()
-                    .clone(),
+            let read_text = async |schema: Option<&Schema>| match format {
+                LabelsFormat::Csv => {
+                    let mut options = CsvReadOptions::new().file_extension(&extension);
+                    if let Some(schema) = schema {
+                        options = options.schema(schema);
+                    }
+                    reader.read_csv(&path, options).await.map_err(engine)
+                }
+                _ => {
+                    let mut options = JsonReadOptions::default().file_extension(&extension);
+                    if let Some(schema) = schema {
+                        options = options.schema(schema);
+                    }
+                    reader.read_json(&path, options).await.map_err(engine)
+                }
             };
+            let inferred = read_text(None).await?.schema().as_arrow().clone();
             let fields: Vec<arrow_schema::Field> = inferred
                 .fields()
                 .iter()
@@ -647,40 +645,27 @@ async fn read_labels(
                     if f.name() == &job.label_time {
                         field = field.with_data_type(DataType::Utf8);
                     }
-                    for g in groups {
-                        if f.name() == &g.version.manifest.entity_key
-                            && let Ok(schema) = scan_schema(&g.version, &[])
-                        {
-                            field = field.with_data_type(schema.field(KEY).data_type().clone());
-                        }
+                    if let Some(g) = groups
+                        .iter()
+                        .find(|g| f.name() == &g.version.manifest.entity_key)
+                    {
+                        field = field.with_data_type(key_type(&g.version));
                     }
                     field
                 })
                 .collect();
-            let schema = Schema::new(fields);
-            match format {
-                LabelsFormat::Csv => reader
-                    .read_csv(
-                        &path,
-                        CsvReadOptions::new()
-                            .file_extension(&extension)
-                            .schema(&schema),
-                    )
-                    .await
-                    .map_err(engine)?,
-                _ => reader
-                    .read_json(
-                        &path,
-                        JsonReadOptions::default()
-                            .file_extension(&extension)
-                            .schema(&schema),
-                    )
-                    .await
-                    .map_err(engine)?,
-            }
+            read_text(Some(&Schema::new(fields))).await?
         }
     };
     frame.create_physical_plan().await.map_err(engine)
+}
+
+/// The type of a group's entity key, as its rows store it.
+fn key_type(group: &GroupVersion) -> DataType {
+    lockstep_core::schema::row_schema(&group.manifest)
+        .field(KEY)
+        .data_type()
+        .clone()
 }
 
 fn column_list(schema: &Schema) -> String {
