@@ -11,6 +11,7 @@ use common::{lockstep, plugin, repo, s, text};
 use lockstep_offline::{OfflineStore, WriterOptions};
 use lockstep_sdk::{Manifest, ManifestBuilder, Value, ValueType};
 use serde_json::Value as Json;
+use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
 
@@ -242,7 +243,7 @@ fn bad_requests_fail_clearly_and_write_nothing() {
     )
     .unwrap();
     let output = dir.path().join("out.parquet");
-    let run = |extra: &[&str]| {
+    let run_into = |out: &Path, extra: &[&str]| {
         let mut args = vec![
             "training-set",
             "--labels",
@@ -250,11 +251,12 @@ fn bad_requests_fail_clearly_and_write_nothing() {
             "--offline-store",
             s(&store_dir),
             "--out",
-            s(&output),
+            s(out),
         ];
         args.extend_from_slice(extra);
         lockstep(&args)
     };
+    let run = |extra: &[&str]| run_into(&output, extra);
 
     let out = run(&["--group", "txn_velocity"]);
     assert!(!out.status.success());
@@ -287,17 +289,7 @@ fn bad_requests_fail_clearly_and_write_nothing() {
     std::fs::write(&labels, "card_id,label_time\ncard-1,2024-01-01T00:00:00Z\n").unwrap();
     let taken = dir.path().join("taken.parquet");
     std::fs::create_dir(&taken).unwrap();
-    let out = lockstep(&[
-        "training-set",
-        "--labels",
-        s(&labels),
-        "--offline-store",
-        s(&store_dir),
-        "--out",
-        s(&taken),
-        "--group",
-        "card_flags",
-    ]);
+    let out = run_into(&taken, &["--group", "card_flags"]);
     assert!(!out.status.success());
     let e = text(&out.stderr);
     assert!(e.contains("taken.parquet"), "{e}");
