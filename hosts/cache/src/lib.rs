@@ -11,6 +11,7 @@
 
 use redis::AsyncCommands;
 use redis::aio::ConnectionManager;
+use redis::cluster_async::ClusterConnection;
 use std::time::Duration;
 use thiserror::Error;
 
@@ -72,19 +73,62 @@ if tonumber(ARGV[3]) > 0 then redis.call('PEXPIRE', KEYS[1], ARGV[3]) end
 return 1
 "#;
 
-/// A connection to one Redis server (it reconnects by itself after a failure).
+/// A cached entry as read back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cached {
+    /// Event time of the record (UTC µs).
+    pub event_time: i64,
+    /// The record, as written.
+    pub value: String,
+    /// Time left before the entry expires; `None` when it never does.
+    pub expires_in: Option<Duration>,
+}
+
+/// One server, or a Redis Cluster whose keys spread over its nodes by hash slot.
+#[derive(Clone)]
+enum Connection {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+/// A connection to Redis: one server (`redis://…`) or a cluster
+/// (`redis-cluster://host:port,host:port,…`). It reconnects by itself after a failure.
+///
+/// On a cluster, keys are not colocated with hash tags (that would put a whole group on
+/// one node); a multi-key call instead sends each key to its slot's node, all at once,
+/// and gathers the answers: one round trip per node, in parallel.
 #[derive(Clone)]
 pub struct RedisCache {
-    conn: ConnectionManager,
+    conn: Connection,
     url: String,
     script: redis::Script,
     ttl: Option<Duration>,
 }
 
+/// The node URLs of `redis-cluster://[user:password@]h1:p1,h2:p2,…`, or `None` when
+/// `url` is not a cluster URL.
+fn cluster_nodes(url: &str) -> Option<Vec<String>> {
+    let rest = url.strip_prefix("redis-cluster://")?;
+    let (creds, hosts) = match rest.rsplit_once('@') {
+        Some((creds, hosts)) => (format!("{creds}@"), hosts),
+        None => (String::new(), rest),
+    };
+    Some(
+        hosts
+            .split(',')
+            .map(str::trim)
+            .filter(|h| !h.is_empty())
+            .map(|h| format!("redis://{creds}{h}"))
+            .collect(),
+    )
+}
+
 impl RedisCache {
-    /// Connects to `url` (`redis://[user:password@]host:port[/db]`); entries written
-    /// expire after `ttl` when given. Fails fast (within `timeout`) when the server
-    /// is not there.
+    /// Connects to `url`: `redis://[user:password@]host:port[/db]` for one server,
+    /// `redis-cluster://[user:password@]host:port,host:port,…` for a cluster (any of its
+    /// nodes will do; the others are discovered). Entries written expire after `ttl`
+    /// when given. Fails fast (within `timeout`) when the server is not there; later
+    /// calls give up on a server that does not answer within `timeout` too.
     pub async fn connect(
         url: &str,
         ttl: Option<Duration>,
@@ -94,25 +138,62 @@ impl RedisCache {
             url: redacted(url),
             message: e.to_string(),
         };
-        let client = redis::Client::open(url).map_err(fail)?;
-        let config = redis::aio::ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(timeout))
-            .set_response_timeout(Some(timeout))
-            .set_number_of_retries(2);
-        let conn =
-            tokio::time::timeout(timeout, ConnectionManager::new_with_config(client, config))
-                .await
-                .map_err(|_| CacheError::Redis {
+        let no_answer = || CacheError::Redis {
+            url: redacted(url),
+            message: format!("no answer within {timeout:?}"),
+        };
+        let conn = match cluster_nodes(url) {
+            Some(nodes) if nodes.is_empty() => {
+                return Err(CacheError::Redis {
                     url: redacted(url),
-                    message: format!("no answer within {timeout:?}"),
-                })?
+                    message: "a cluster URL needs at least one host:port".into(),
+                });
+            }
+            Some(nodes) => {
+                let client = redis::cluster::ClusterClientBuilder::new(nodes)
+                    .connection_timeout(timeout)
+                    .response_timeout(timeout)
+                    .retries(1)
+                    .build()
+                    .map_err(fail)?;
+                let conn = tokio::time::timeout(timeout, client.get_async_connection())
+                    .await
+                    .map_err(|_| no_answer())?
+                    .map_err(fail)?;
+                Connection::Cluster(conn)
+            }
+            None => {
+                let client = redis::Client::open(url).map_err(fail)?;
+                let config = redis::aio::ConnectionManagerConfig::new()
+                    .set_connection_timeout(Some(timeout))
+                    .set_response_timeout(Some(timeout))
+                    .set_number_of_retries(2);
+                let conn = tokio::time::timeout(
+                    timeout,
+                    ConnectionManager::new_with_config(client, config),
+                )
+                .await
+                .map_err(|_| no_answer())?
                 .map_err(fail)?;
+                Connection::Single(conn)
+            }
+        };
         Ok(RedisCache {
             conn,
             url: redacted(url),
             script: redis::Script::new(GUARDED_SET),
             ttl,
         })
+    }
+
+    /// Whether this is a cluster connection.
+    pub fn is_cluster(&self) -> bool {
+        matches!(self.conn, Connection::Cluster(_))
+    }
+
+    /// The TTL given to entries written.
+    pub fn ttl(&self) -> Option<Duration> {
+        self.ttl
     }
 
     fn fail(&self, e: redis::RedisError) -> CacheError {
@@ -122,34 +203,50 @@ impl RedisCache {
         }
     }
 
-    /// Writes `entries`, each unless the cached entry is newer; one round trip per
-    /// call (pipelined script calls).
+    /// Writes `entries`, each unless the cached entry is newer: one round trip per
+    /// call on one server (pipelined script calls), one per node on a cluster.
     pub async fn put(&self, entries: &[CacheEntry]) -> Result<CachePut, CacheError> {
         if entries.is_empty() {
             return Ok(CachePut::default());
         }
         let ttl_ms = self.ttl.map_or(0, |t| t.as_millis() as u64);
-        let mut conn = self.conn.clone();
-        // Make sure the script is loaded (after a server restart it is gone).
-        self.script
-            .prepare_invoke()
-            .load_async(&mut conn)
-            .await
-            .map_err(|e| self.fail(e))?;
-        let mut pipe = redis::pipe();
-        for e in entries {
-            pipe.cmd("EVALSHA")
-                .arg(self.script.get_hash())
-                .arg(1)
-                .arg(&e.key)
-                .arg(e.event_time)
-                .arg(&e.value)
-                .arg(ttl_ms);
-        }
-        let results: Vec<i64> = pipe
-            .query_async(&mut conn)
-            .await
-            .map_err(|e| self.fail(e))?;
+        let results: Vec<i64> = match &self.conn {
+            Connection::Single(conn) => {
+                let mut conn = conn.clone();
+                // Make sure the script is loaded (after a server restart it is gone).
+                self.script
+                    .prepare_invoke()
+                    .load_async(&mut conn)
+                    .await
+                    .map_err(|e| self.fail(e))?;
+                let mut pipe = redis::pipe();
+                for e in entries {
+                    pipe.cmd("EVALSHA")
+                        .arg(self.script.get_hash())
+                        .arg(1)
+                        .arg(&e.key)
+                        .arg(e.event_time)
+                        .arg(&e.value)
+                        .arg(ttl_ms);
+                }
+                pipe.query_async(&mut conn)
+                    .await
+                    .map_err(|e| self.fail(e))?
+            }
+            Connection::Cluster(conn) => {
+                // Each call goes to its key's node; `invoke_async` loads the script on
+                // a node that lacks it.
+                let calls = entries.iter().map(|e| {
+                    let mut conn = conn.clone();
+                    let mut invocation = self.script.key(&e.key);
+                    invocation.arg(e.event_time).arg(&e.value).arg(ttl_ms);
+                    async move { invocation.invoke_async::<i64>(&mut conn).await }
+                });
+                futures_util::future::try_join_all(calls)
+                    .await
+                    .map_err(|e| self.fail(e))?
+            }
+        };
         let written = results.iter().filter(|r| **r == 1).count();
         Ok(CachePut {
             written,
@@ -157,32 +254,70 @@ impl RedisCache {
         })
     }
 
-    /// The cached `(event time, value)` of each key, `None` on a miss; one round trip.
+    /// The cached `(event time, value)` of each key, `None` on a miss.
     pub async fn get(&self, keys: &[String]) -> Result<Vec<Option<(i64, String)>>, CacheError> {
+        Ok(self
+            .get_entries(keys)
+            .await?
+            .into_iter()
+            .map(|c| c.map(|c| (c.event_time, c.value)))
+            .collect())
+    }
+
+    /// The cached entry of each key with the time it has left, `None` on a miss: one
+    /// round trip on one server, one per node (in parallel) on a cluster.
+    pub async fn get_entries(&self, keys: &[String]) -> Result<Vec<Option<Cached>>, CacheError> {
         if keys.is_empty() {
             return Ok(Vec::new());
         }
-        let mut conn = self.conn.clone();
-        let mut pipe = redis::pipe();
-        for key in keys {
+        type Raw = ((Option<String>, Option<String>), i64);
+        let read = |pipe: &mut redis::Pipeline, key: &String| {
             pipe.cmd("HMGET").arg(key).arg("t").arg("v");
-        }
-        let raw: Vec<(Option<String>, Option<String>)> = pipe
-            .query_async(&mut conn)
-            .await
-            .map_err(|e| self.fail(e))?;
+            pipe.cmd("PTTL").arg(key);
+        };
+        let raw: Vec<Raw> = match &self.conn {
+            Connection::Single(conn) => {
+                let mut pipe = redis::pipe();
+                for key in keys {
+                    read(&mut pipe, key);
+                }
+                let flat: Vec<redis::Value> = pipe
+                    .query_async(&mut conn.clone())
+                    .await
+                    .map_err(|e| self.fail(e))?;
+                pairs(flat).map_err(|e| self.fail(e))?
+            }
+            Connection::Cluster(conn) => {
+                // A pipeline may not cross slots: one small pipeline per key (its two
+                // commands share the key's slot), all sent at once.
+                let calls = keys.iter().map(|key| {
+                    let mut conn = conn.clone();
+                    let mut pipe = redis::pipe();
+                    read(&mut pipe, key);
+                    async move { pipe.query_async::<Raw>(&mut conn).await }
+                });
+                futures_util::future::try_join_all(calls)
+                    .await
+                    .map_err(|e| self.fail(e))?
+            }
+        };
         keys.iter()
             .zip(raw)
-            .map(|(key, pair)| match pair {
-                (Some(t), Some(v)) => {
-                    t.parse::<i64>()
-                        .map(|t| Some((t, v)))
-                        .map_err(|e| CacheError::Corrupt {
-                            url: self.url.clone(),
-                            key: key.clone(),
-                            message: format!("event time `{t}`: {e}"),
+            .map(|(key, (pair, pttl))| match pair {
+                (Some(t), Some(v)) => t
+                    .parse::<i64>()
+                    .map(|t| {
+                        Some(Cached {
+                            event_time: t,
+                            value: v,
+                            expires_in: u64::try_from(pttl).ok().map(Duration::from_millis),
                         })
-                }
+                    })
+                    .map_err(|e| CacheError::Corrupt {
+                        url: self.url.clone(),
+                        key: key.clone(),
+                        message: format!("event time `{t}`: {e}"),
+                    }),
                 _ => Ok(None),
             })
             .collect()
@@ -193,9 +328,35 @@ impl RedisCache {
         if keys.is_empty() {
             return Ok(0);
         }
-        let mut conn = self.conn.clone();
-        conn.del(keys).await.map_err(|e| self.fail(e))
+        match &self.conn {
+            Connection::Single(conn) => conn.clone().del(keys).await.map_err(|e| self.fail(e)),
+            Connection::Cluster(conn) => {
+                let calls = keys.iter().map(|key| {
+                    let mut conn = conn.clone();
+                    async move { conn.del::<_, usize>(key).await }
+                });
+                let removed = futures_util::future::try_join_all(calls)
+                    .await
+                    .map_err(|e| self.fail(e))?;
+                Ok(removed.into_iter().sum())
+            }
+        }
     }
+}
+
+/// The replies of a pipeline of (HMGET, PTTL) pairs, paired up.
+fn pairs(
+    flat: Vec<redis::Value>,
+) -> redis::RedisResult<Vec<((Option<String>, Option<String>), i64)>> {
+    let mut out = Vec::with_capacity(flat.len() / 2);
+    let mut it = flat.into_iter();
+    while let (Some(fields), Some(pttl)) = (it.next(), it.next()) {
+        out.push((
+            redis::FromRedisValue::from_redis_value(fields)?,
+            redis::FromRedisValue::from_redis_value(pttl)?,
+        ));
+    }
+    Ok(out)
 }
 
 /// `url` without its password, for messages and logs.
@@ -223,6 +384,19 @@ mod tests {
             "redis://tenant:***@127.0.0.1:6379/0"
         );
         assert_eq!(redacted("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
+    }
+
+    #[test]
+    fn cluster_urls_name_every_node_with_the_credentials() {
+        assert_eq!(
+            cluster_nodes("redis-cluster://u:p@127.0.0.1:7000, 127.0.0.1:7001"),
+            Some(vec![
+                "redis://u:p@127.0.0.1:7000".to_owned(),
+                "redis://u:p@127.0.0.1:7001".to_owned()
+            ])
+        );
+        assert_eq!(cluster_nodes("redis://127.0.0.1:7000"), None);
+        assert_eq!(cluster_nodes("redis-cluster://"), Some(vec![]));
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! The cache against a real redis-server on loopback.
 
 use lockstep_cache::{CacheEntry, RedisCache, cache_key};
-use lockstep_testkit::{Redis, free_port};
+use lockstep_testkit::{Redis, RedisCluster, free_port};
 use std::time::Duration;
 
 fn entry(entity: &str, event_time: i64, value: &str) -> CacheEntry {
@@ -103,5 +103,72 @@ fn no_server_is_a_quick_clear_error_and_passwords_stay_out_of_it() {
             "took {:?}",
             started.elapsed()
         );
+    });
+}
+
+#[test]
+fn a_cluster_spreads_keys_over_its_nodes_and_reads_them_back_in_order() {
+    let cluster = RedisCluster::start(3, &[]);
+    rt().block_on(async {
+        let cache = RedisCache::connect(
+            &cluster.url(),
+            Some(Duration::from_secs(60)),
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap();
+        assert!(cache.is_cluster());
+        let entries: Vec<CacheEntry> = (0..200)
+            .map(|i| entry(&format!("e{i}"), i, &format!("v{i}")))
+            .collect();
+        let put = cache.put(&entries).await.unwrap();
+        assert_eq!((put.written, put.stale), (200, 0));
+        // The guard holds on every node.
+        let put = cache.put(&[entry("e7", 1, "older")]).await.unwrap();
+        assert_eq!((put.written, put.stale), (0, 1));
+        // Every node holds some of them: no hash tags pin a group to one node.
+        for node in cluster.nodes() {
+            let client = redis::Client::open(node.url()).unwrap();
+            let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+            let size: usize = redis::cmd("DBSIZE").query_async(&mut conn).await.unwrap();
+            assert!(size > 20, "node {} holds {size} of 200 keys", node.port());
+        }
+        let mut keys: Vec<String> = (0..200)
+            .rev()
+            .map(|i| cache_key("g@1", &format!("e{i}")))
+            .collect();
+        keys.push(cache_key("g@1", "absent"));
+        let got = cache.get_entries(&keys).await.unwrap();
+        for (i, cached) in (0..200).rev().zip(&got) {
+            let cached = cached.as_ref().expect("written");
+            assert_eq!(
+                (cached.event_time, cached.value.as_str()),
+                (i, format!("v{i}").as_str())
+            );
+            let left = cached.expires_in.expect("written with a TTL");
+            assert!(
+                left > Duration::from_secs(50) && left <= Duration::from_secs(60),
+                "{left:?}"
+            );
+        }
+        assert_eq!(got[200], None);
+        assert_eq!(cache.delete(&keys).await.unwrap(), 200);
+        assert!(cache.get(&keys).await.unwrap().iter().all(Option::is_none));
+    });
+}
+
+#[test]
+fn entries_without_a_ttl_say_so() {
+    let redis = Redis::start(&[]);
+    rt().block_on(async {
+        let cache = RedisCache::connect(&redis.url(), None, Duration::from_secs(5))
+            .await
+            .unwrap();
+        cache.put(&[entry("forever", 3, "v")]).await.unwrap();
+        let got = cache
+            .get_entries(&[cache_key("g@1", "forever")])
+            .await
+            .unwrap();
+        assert_eq!(got[0].as_ref().map(|c| c.expires_in), Some(None));
     });
 }

@@ -7,7 +7,9 @@
 //! process is killed when the handle drops.
 //!
 //! [`Redis`] runs `redis-server` (Debian package `redis-server`) the same way: its own
-//! port, no persistence, gone when the handle drops.
+//! port, no persistence, gone when the handle drops; it can be stopped, restarted on
+//! its port and frozen for outage tests. [`RedisCluster`] forms a Redis Cluster of such
+//! servers.
 //!
 //! This crate never mocks anything: if a server cannot start, the test fails with the
 //! reason (a missing install is an error, not a skip).
@@ -170,8 +172,28 @@ impl Drop for Moto {
 /// A running `redis-server`.
 #[derive(Debug)]
 pub struct Redis {
-    child: Child,
+    child: Option<Child>,
     port: u16,
+    args: Vec<String>,
+}
+
+fn wait_for_listener(addr: SocketAddr, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "{what} did not listen on {addr} within 10 s"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn signal(pid: u32, name: &str) {
+    let status = Command::new("kill")
+        .args([&format!("-{name}"), &pid.to_string()])
+        .status()
+        .expect("running kill");
+    assert!(status.success(), "kill -{name} {pid} failed");
 }
 
 impl Redis {
@@ -181,28 +203,52 @@ impl Redis {
     /// # Panics
     /// If redis-server is not installed or does not come up within 10 s.
     pub fn start(args: &[&str]) -> Redis {
-        let port = free_port();
-        let mut command = Command::new("redis-server");
-        command
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+        let mut redis = Redis {
+            child: None,
+            port: free_port(),
+            args: args.iter().map(|a| a.to_string()).collect(),
+        };
+        redis.spawn();
+        redis
+    }
+
+    fn spawn(&mut self) {
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no"])
-            .args(args)
+            .args(&self.args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        let child = command
+            .stderr(Stdio::null())
             .spawn()
             .expect("starting redis-server (apt-get install redis-server)");
-        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "redis-server did not listen on {addr} within 10 s"
-            );
-            std::thread::sleep(Duration::from_millis(50));
+        self.child = Some(child);
+        wait_for_listener(([127, 0, 0, 1], self.port).into(), "redis-server");
+    }
+
+    /// Kills the server (its data is gone: no persistence).
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
         }
-        Redis { child, port }
+    }
+
+    /// Starts the server again, on the same port with the same config, after
+    /// [`stop`](Self::stop).
+    pub fn restart(&mut self) {
+        self.stop();
+        self.spawn();
+    }
+
+    /// Freezes the process (SIGSTOP): connections stay open and nothing answers.
+    pub fn freeze(&self) {
+        signal(self.pid(), "STOP");
+    }
+
+    /// Resumes a frozen process (SIGCONT).
+    pub fn thaw(&self) {
+        signal(self.pid(), "CONT");
     }
 
     /// `redis://127.0.0.1:PORT`.
@@ -215,15 +261,126 @@ impl Redis {
         self.port
     }
 
-    /// The process id (to stop or freeze it in outage tests).
+    /// The process id (to stop or freeze it in outage tests); 0 once stopped.
     pub fn pid(&self) -> u32 {
-        self.child.id()
+        self.child.as_ref().map_or(0, Child::id)
     }
 }
 
 impl Drop for Redis {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        if let Some(child) = &self.child {
+            // A frozen server ignores SIGKILL's exit until resumed on some kernels.
+            let _ = Command::new("kill")
+                .args(["-CONT", &child.id().to_string()])
+                .status();
+        }
+        self.stop();
+    }
+}
+
+/// A Redis Cluster of masters on loopback (no replicas), its slots spread evenly,
+/// ready when [`start`](Self::start) returns.
+#[derive(Debug)]
+pub struct RedisCluster {
+    nodes: Vec<Redis>,
+    dir: std::path::PathBuf,
+}
+
+impl RedisCluster {
+    /// Starts `masters` nodes (at least 3, as Redis requires) with extra config
+    /// `args`, joins them with `redis-cli --cluster create` and waits until every node
+    /// reports the cluster ok.
+    ///
+    /// # Panics
+    /// If a node does not start or the cluster does not form within 20 s.
+    pub fn start(masters: usize, args: &[&str]) -> RedisCluster {
+        let dir = std::env::temp_dir().join(format!(
+            "lockstep-redis-cluster-{}-{}",
+            std::process::id(),
+            free_port()
+        ));
+        std::fs::create_dir_all(&dir).expect("creating the cluster's directory");
+        let nodes: Vec<Redis> = (0..masters)
+            .map(|i| {
+                // The bus port must be free too, and port + 10000 may not be.
+                let bus = free_port().to_string();
+                let conf = dir.join(format!("nodes-{i}.conf"));
+                let mut node_args = vec![
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-port",
+                    &bus,
+                    "--cluster-config-file",
+                    conf.to_str().expect("a UTF-8 temp dir"),
+                    "--dir",
+                    dir.to_str().expect("a UTF-8 temp dir"),
+                ];
+                node_args.extend_from_slice(args);
+                Redis::start(&node_args)
+            })
+            .collect();
+        let addresses: Vec<String> = nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port()))
+            .collect();
+        let mut auth = Vec::new();
+        if let Some(i) = args.iter().position(|a| *a == "--requirepass") {
+            auth = vec!["-a".to_owned(), args[i + 1].to_owned()];
+        }
+        let output = Command::new("redis-cli")
+            .args(&auth)
+            .args(["--cluster", "create"])
+            .args(&addresses)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .output()
+            .expect("running redis-cli (apt-get install redis-tools)");
+        assert!(
+            output.status.success(),
+            "redis-cli --cluster create failed: {}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let deadline = Instant::now() + Duration::from_secs(20);
+        for node in &nodes {
+            loop {
+                let info = Command::new("redis-cli")
+                    .args(&auth)
+                    .args(["-p", &node.port().to_string(), "cluster", "info"])
+                    .output()
+                    .expect("running redis-cli");
+                if String::from_utf8_lossy(&info.stdout).contains("cluster_state:ok") {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "the cluster did not become ok within 20 s"
+                );
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+        RedisCluster { nodes, dir }
+    }
+
+    /// `redis-cluster://127.0.0.1:P1,127.0.0.1:P2,…`.
+    pub fn url(&self) -> String {
+        let hosts: Vec<String> = self
+            .nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port()))
+            .collect();
+        format!("redis-cluster://{}", hosts.join(","))
+    }
+
+    /// The nodes.
+    pub fn nodes(&self) -> &[Redis] {
+        &self.nodes
+    }
+}
+
+impl Drop for RedisCluster {
+    fn drop(&mut self) {
+        self.nodes.clear();
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
