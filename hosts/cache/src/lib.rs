@@ -270,7 +270,6 @@ impl RedisCache {
         if keys.is_empty() {
             return Ok(Vec::new());
         }
-        type Raw = ((Option<String>, Option<String>), i64);
         let read = |pipe: &mut redis::Pipeline, key: &String| {
             pipe.cmd("HMGET").arg(key).arg("t").arg("v");
             pipe.cmd("PTTL").arg(key);
@@ -344,10 +343,11 @@ impl RedisCache {
     }
 }
 
+/// One key's reply: its `t` and `v` fields, and its PTTL.
+type Raw = ((Option<String>, Option<String>), i64);
+
 /// The replies of a pipeline of (HMGET, PTTL) pairs, paired up.
-fn pairs(
-    flat: Vec<redis::Value>,
-) -> redis::RedisResult<Vec<((Option<String>, Option<String>), i64)>> {
+fn pairs(flat: Vec<redis::Value>) -> redis::RedisResult<Vec<Raw>> {
     let mut out = Vec::with_capacity(flat.len() / 2);
     let mut it = flat.into_iter();
     while let (Some(fields), Some(pttl)) = (it.next(), it.next()) {
