@@ -1,0 +1,128 @@
+//! The wire types of `POST /v1/features`.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value as Json;
+
+/// An entity key as a request carries it: text, or an integer for groups keyed by one.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum EntityId {
+    /// An integer key.
+    Int(i64),
+    /// A text key (an integer key may be sent as its decimal text too).
+    Text(String),
+}
+
+impl From<&str> for EntityId {
+    fn from(s: &str) -> Self {
+        EntityId::Text(s.to_owned())
+    }
+}
+
+impl From<String> for EntityId {
+    fn from(s: String) -> Self {
+        EntityId::Text(s)
+    }
+}
+
+impl From<i64> for EntityId {
+    fn from(i: i64) -> Self {
+        EntityId::Int(i)
+    }
+}
+
+/// Features of some entities of one feature group.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FeatureRequest {
+    /// The feature group.
+    pub group: String,
+    /// Its version (`MAJOR.MINOR.PATCH`); the highest one served when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    /// The entities, answered in this order (repeats are answered each time).
+    pub entities: Vec<EntityId>,
+    /// The features, answered in this order; every feature of the group when empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub features: Vec<String>,
+}
+
+impl FeatureRequest {
+    /// Every feature of `entities` in the highest served version of `group`.
+    pub fn new<E: Into<EntityId>>(group: &str, entities: impl IntoIterator<Item = E>) -> Self {
+        FeatureRequest {
+            group: group.to_owned(),
+            version: None,
+            entities: entities.into_iter().map(Into::into).collect(),
+            features: Vec::new(),
+        }
+    }
+
+    /// Only these features, in this order.
+    pub fn features<S: Into<String>>(mut self, names: impl IntoIterator<Item = S>) -> Self {
+        self.features = names.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// This version of the group.
+    pub fn version(mut self, version: &str) -> Self {
+        self.version = Some(version.to_owned());
+        self
+    }
+}
+
+/// Where an entity's values came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Source {
+    /// The Redis cache.
+    Cache,
+    /// The durable online store (a cache miss, or no cache).
+    Store,
+    /// The entity has no record: the group's default values, not degraded.
+    Missing,
+    /// The record could not be read in time (timeout, outage, open circuit): the
+    /// default-feature snapshot, and the response is degraded.
+    Default,
+}
+
+/// One entity's answer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EntityFeatures {
+    /// The entity key, as text.
+    pub entity: String,
+    /// Where the values came from.
+    pub source: Source,
+    /// The component that computed the values (`None` for defaults).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plugin_hash: Option<String>,
+    /// Event time of the row served, RFC 3339 UTC (`None` for defaults).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event_time: Option<String>,
+    /// The values, in the response's feature order: exact JSON (floats that read back
+    /// to their bits, `"NaN"`/`"Infinity"` for non-finite ones, timestamps in RFC 3339).
+    pub values: Vec<Json>,
+}
+
+/// The answer to a [`FeatureRequest`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FeatureResponse {
+    /// The feature group.
+    pub group: String,
+    /// The version served.
+    pub version: String,
+    /// Whether any entity got the default snapshot because its record could not be
+    /// read in time.
+    pub degraded: bool,
+    /// The features, in value order.
+    pub features: Vec<String>,
+    /// One per requested entity, in request order.
+    pub entities: Vec<EntityFeatures>,
+}
+
+/// An error the server answered with (4xx/5xx), as JSON.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// What was wrong.
+    pub error: String,
+}

@@ -1,0 +1,649 @@
+//! [`FeatureServer`]: the read path (see the crate docs).
+
+use crate::metrics::{BackendLabel, Metrics};
+use crate::{Breaker, BreakerConfig, ServeError, ServedGroup};
+use futures_util::FutureExt;
+use futures_util::future::{BoxFuture, Shared};
+use lockstep_cache::{CacheEntry, RedisCache, cache_key};
+use lockstep_client::api::{EntityFeatures, FeatureRequest, FeatureResponse, Source};
+use lockstep_core::rows::format_timestamp;
+use lockstep_online::{OnlineRecord, OnlineStore};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value as Json};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
+
+/// How the read path behaves.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    /// The hard deadline of a call: what is not read by then is served from defaults.
+    pub timeout: Duration,
+    /// How long a store fetch may take before it counts as failed. It runs on past
+    /// the call's deadline, to fill the cache for the next call.
+    pub store_timeout: Duration,
+    /// XFetch's β: how early entries refresh (0: never early; 1: the paper's
+    /// default; higher: earlier).
+    pub xfetch_beta: f64,
+    /// Entities per request at most.
+    pub max_entities: usize,
+    /// Store fetches in flight at most; beyond that, misses are served defaults, so
+    /// a slow store cannot pile up work.
+    pub max_fetches: usize,
+    /// The cache's circuit breaker.
+    pub cache_breaker: BreakerConfig,
+    /// The store's circuit breaker.
+    pub store_breaker: BreakerConfig,
+}
+
+impl Default for ServeConfig {
+    fn default() -> Self {
+        ServeConfig {
+            timeout: Duration::from_millis(5),
+            store_timeout: Duration::from_secs(1),
+            xfetch_beta: 1.0,
+            max_entities: 1000,
+            max_fetches: 64,
+            cache_breaker: BreakerConfig::default(),
+            store_breaker: BreakerConfig::default(),
+        }
+    }
+}
+
+/// A record as cached and as served: the stream host writes cache entries in this
+/// shape, and write-backs use it too.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Record {
+    event_time: i64,
+    plugin_hash: String,
+    row: Map<String, Json>,
+}
+
+impl From<OnlineRecord> for Record {
+    fn from(r: OnlineRecord) -> Self {
+        Record {
+            event_time: r.event_time,
+            plugin_hash: r.plugin_hash,
+            row: r.row,
+        }
+    }
+}
+
+/// What became of one entity.
+enum Outcome {
+    Cache(Record),
+    Store(Record),
+    Missing,
+    Default,
+}
+
+/// One fetch's answer: each key's record (`None`: the store has none), or why it failed.
+type Fetched = Arc<Result<HashMap<String, Option<Record>>, String>>;
+/// A fetch in flight, awaited by every call that needs one of its keys.
+type Flight = Shared<BoxFuture<'static, Fetched>>;
+
+/// A semantic version, ordered numerically.
+fn version_order(v: &str) -> (u64, u64, u64) {
+    let mut parts = v.split('.').map(|p| p.parse::<u64>().unwrap_or(0));
+    (
+        parts.next().unwrap_or(0),
+        parts.next().unwrap_or(0),
+        parts.next().unwrap_or(0),
+    )
+}
+
+/// A group's served versions, ordered.
+type Versions = BTreeMap<(u64, u64, u64), Arc<ServedGroup>>;
+
+struct Inner {
+    groups: HashMap<String, Versions>,
+    cache: Option<RedisCache>,
+    store: Arc<dyn OnlineStore>,
+    config: ServeConfig,
+    metrics: Metrics,
+    cache_breaker: Breaker,
+    store_breaker: Breaker,
+    flights: Mutex<HashMap<String, Flight>>,
+    fetch_permits: Arc<Semaphore>,
+    /// Moving average of a store fetch's duration, µs: XFetch's δ.
+    fetch_micros: AtomicU64,
+}
+
+/// The serving path over an online store and an optional cache; cheap to clone.
+#[derive(Clone)]
+pub struct FeatureServer {
+    inner: Arc<Inner>,
+}
+
+impl FeatureServer {
+    /// Serves `groups` from `store`, through `cache` when given. Two groups with the
+    /// same name and version are refused.
+    pub fn new(
+        groups: Vec<ServedGroup>,
+        store: Arc<dyn OnlineStore>,
+        cache: Option<RedisCache>,
+        config: ServeConfig,
+    ) -> Result<Self, ServeError> {
+        let mut by_name: HashMap<String, Versions> = HashMap::new();
+        for g in groups {
+            let versions = by_name.entry(g.group.name.clone()).or_default();
+            let id = g.group.id();
+            if versions
+                .insert(version_order(&g.group.version), Arc::new(g))
+                .is_some()
+            {
+                return Err(ServeError::Config(format!("{id} is served twice")));
+            }
+        }
+        Ok(FeatureServer {
+            inner: Arc::new(Inner {
+                groups: by_name,
+                cache,
+                store,
+                cache_breaker: Breaker::new(config.cache_breaker),
+                store_breaker: Breaker::new(config.store_breaker),
+                fetch_permits: Arc::new(Semaphore::new(config.max_fetches.max(1))),
+                config,
+                metrics: Metrics::new(),
+                flights: Mutex::new(HashMap::new()),
+                fetch_micros: AtomicU64::new(1_000),
+            }),
+        })
+    }
+
+    /// The metrics.
+    pub fn metrics(&self) -> &Metrics {
+        &self.inner.metrics
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &ServeConfig {
+        &self.inner.config
+    }
+
+    /// Every group version served, by name then version.
+    pub fn groups(&self) -> Vec<Arc<ServedGroup>> {
+        let mut all: Vec<Arc<ServedGroup>> = self
+            .inner
+            .groups
+            .values()
+            .flat_map(|v| v.values().cloned())
+            .collect();
+        all.sort_by_key(|g| g.group.id());
+        all
+    }
+
+    /// Whether the cache's and the store's circuits are open.
+    pub fn breakers_open(&self) -> (bool, bool) {
+        (
+            self.inner.cache_breaker.is_open(),
+            self.inner.store_breaker.is_open(),
+        )
+    }
+
+    /// The served version of `name` (`version`, or the highest).
+    pub fn group(&self, name: &str, version: Option<&str>) -> Result<Arc<ServedGroup>, ServeError> {
+        let unknown = || ServeError::UnknownGroup {
+            group: name.to_owned(),
+            version: version.map(str::to_owned),
+        };
+        let versions = self.inner.groups.get(name).ok_or_else(unknown)?;
+        match version {
+            Some(v) => versions
+                .values()
+                .find(|g| g.group.version == v)
+                .cloned()
+                .ok_or_else(unknown),
+            None => versions.values().next_back().cloned().ok_or_else(unknown),
+        }
+    }
+
+    /// Answers `request` within the configured timeout (plus scheduling).
+    pub async fn get(&self, request: &FeatureRequest) -> Result<FeatureResponse, ServeError> {
+        let group = self.group(&request.group, request.version.as_deref())?;
+        let selected = group.select(&request.features)?;
+        let max = self.inner.config.max_entities;
+        if request.entities.len() > max {
+            return Err(ServeError::TooMany {
+                count: request.entities.len(),
+                max,
+            });
+        }
+        let keys = request
+            .entities
+            .iter()
+            .map(|e| group.entity_key(e))
+            .collect::<Result<Vec<String>, ServeError>>()?;
+        let deadline = tokio::time::Instant::now() + self.inner.config.timeout;
+        let outcomes = self.lookup(&group, &keys, deadline).await;
+        Ok(self.respond(&group, &selected, keys, outcomes))
+    }
+
+    /// Each key's outcome by `deadline`.
+    async fn lookup(
+        &self,
+        group: &Arc<ServedGroup>,
+        keys: &[String],
+        deadline: tokio::time::Instant,
+    ) -> Vec<Outcome> {
+        let inner = &self.inner;
+        let m = &inner.metrics;
+        let mut outcomes: Vec<Option<Outcome>> = keys.iter().map(|_| None).collect();
+        let mut misses: Vec<usize> = Vec::new();
+        if let Some(cache) = &inner.cache {
+            if !inner.cache_breaker.allow() {
+                return all_default(keys.len());
+            }
+            let group_id = group.group.id();
+            let cache_keys: Vec<String> = keys.iter().map(|k| cache_key(&group_id, k)).collect();
+            let entries =
+                match tokio::time::timeout_at(deadline, cache.get_entries(&cache_keys)).await {
+                    Ok(Ok(entries)) => {
+                        inner.cache_breaker.success();
+                        entries
+                    }
+                    failed => {
+                        inner.cache_breaker.failure();
+                        self.backend_error("cache");
+                        if let Ok(Err(e)) = failed {
+                            tracing::debug!(error = %e, "cache read failed; serving defaults");
+                        }
+                        return all_default(keys.len());
+                    }
+                };
+            let mut refresh = Vec::new();
+            for (i, entry) in entries.into_iter().enumerate() {
+                let Some(entry) = entry else {
+                    misses.push(i);
+                    continue;
+                };
+                match serde_json::from_str::<Record>(&entry.value) {
+                    Ok(record) => {
+                        if self.refresh_early(entry.expires_in) {
+                            refresh.push(keys[i].clone());
+                        }
+                        outcomes[i] = Some(Outcome::Cache(record));
+                    }
+                    Err(e) => {
+                        tracing::warn!(key = %cache_keys[i], error = %e, "corrupt cache entry; reading the store");
+                        misses.push(i);
+                    }
+                }
+            }
+            m.hits.inc_by((keys.len() - misses.len()) as u64);
+            m.misses.inc_by(misses.len() as u64);
+            if !refresh.is_empty() {
+                // Not awaited: the call serves what it has; the refresh fills the cache.
+                let started = self.refresh(group, &refresh);
+                m.refreshes.inc_by(started as u64);
+            }
+        } else {
+            misses = (0..keys.len()).collect();
+        }
+        if !misses.is_empty() {
+            let miss_keys: Vec<String> = misses.iter().map(|&i| keys[i].clone()).collect();
+            let flights = self.flights_for(group, &miss_keys);
+            let wait = async {
+                let mut got = Vec::with_capacity(flights.len());
+                for flight in &flights {
+                    got.push(match flight {
+                        Some(f) => f.clone().await,
+                        None => Arc::new(Err("no fetch".to_owned())),
+                    });
+                }
+                got
+            };
+            match tokio::time::timeout_at(deadline, wait).await {
+                Ok(fetched) => {
+                    for ((&i, key), result) in misses.iter().zip(&miss_keys).zip(fetched) {
+                        outcomes[i] = Some(match result.as_ref() {
+                            Ok(records) => match records.get(key) {
+                                Some(Some(record)) => Outcome::Store(record.clone()),
+                                Some(None) => Outcome::Missing,
+                                None => Outcome::Default,
+                            },
+                            Err(_) => Outcome::Default,
+                        });
+                    }
+                }
+                Err(_) => {
+                    // Out of time: the fetches go on and fill the cache for later calls.
+                    for &i in &misses {
+                        outcomes[i] = Some(Outcome::Default);
+                    }
+                }
+            }
+        }
+        outcomes
+            .into_iter()
+            .map(|o| o.unwrap_or(Outcome::Default))
+            .collect()
+    }
+
+    fn backend_error(&self, backend: &'static str) {
+        let m = &self.inner.metrics;
+        m.backend_errors
+            .get_or_create(&BackendLabel { backend })
+            .inc();
+    }
+
+    /// XFetch: refresh now, with probability rising as the entry nears expiry.
+    fn refresh_early(&self, expires_in: Option<Duration>) -> bool {
+        let beta = self.inner.config.xfetch_beta;
+        let delta = self.inner.fetch_micros.load(Ordering::Relaxed) as f64 / 1e6;
+        match expires_in {
+            Some(left) => xfetch(left, delta, beta, fastrand::f64()),
+            None => false,
+        }
+    }
+
+    /// The fetch each of `keys` waits on: one in flight for it already, or a new one
+    /// for every key nobody is fetching (`None`: none could start — the store's
+    /// circuit is open or too many fetches are in flight).
+    fn flights_for(&self, group: &Arc<ServedGroup>, keys: &[String]) -> Vec<Option<Flight>> {
+        let inner = &self.inner;
+        let group_id = group.group.id();
+        let mut flights = inner.flights.lock().unwrap_or_else(|e| e.into_inner());
+        let mut slots: Vec<Result<Flight, String>> = Vec::with_capacity(keys.len());
+        let mut mine: Vec<String> = Vec::new();
+        let mut seen = HashSet::new();
+        for key in keys {
+            let flight_key = cache_key(&group_id, key);
+            match flights.get(&flight_key) {
+                Some(f) => {
+                    inner.metrics.joined_fetches.inc();
+                    slots.push(Ok(f.clone()));
+                }
+                None => {
+                    if seen.insert(flight_key.clone()) {
+                        mine.push(key.clone());
+                    }
+                    slots.push(Err(flight_key));
+                }
+            }
+        }
+        let launched = if mine.is_empty() {
+            None
+        } else {
+            self.launch(group, mine, &mut flights)
+        };
+        slots
+            .into_iter()
+            .map(|slot| match slot {
+                Ok(f) => Some(f),
+                Err(_) => launched.clone(),
+            })
+            .collect()
+    }
+
+    /// Starts a fetch of `keys` not already in flight without waiting for it (an
+    /// early refresh); returns how many keys it covers.
+    fn refresh(&self, group: &Arc<ServedGroup>, keys: &[String]) -> usize {
+        let group_id = group.group.id();
+        let mut flights = self.inner.flights.lock().unwrap_or_else(|e| e.into_inner());
+        let mut seen = HashSet::new();
+        let mine: Vec<String> = keys
+            .iter()
+            .filter(|k| {
+                let flight_key = cache_key(&group_id, k);
+                !flights.contains_key(&flight_key) && seen.insert(flight_key)
+            })
+            .cloned()
+            .collect();
+        let n = mine.len();
+        if n == 0 {
+            return 0;
+        }
+        match self.launch(group, mine, &mut flights) {
+            Some(_) => n,
+            None => 0,
+        }
+    }
+
+    /// Registers a fetch of `keys` in `flights` and spawns it; `None` when the store's
+    /// circuit is open or too many fetches are in flight.
+    fn launch(
+        &self,
+        group: &Arc<ServedGroup>,
+        keys: Vec<String>,
+        flights: &mut HashMap<String, Flight>,
+    ) -> Option<Flight> {
+        let inner = &self.inner;
+        let permit = inner.fetch_permits.clone().try_acquire_owned().ok()?;
+        if !inner.store_breaker.allow() {
+            return None;
+        }
+        let (tx, rx) = oneshot::channel::<Fetched>();
+        let flight: Flight = rx
+            .map(|r| r.unwrap_or_else(|_| Arc::new(Err("the fetch was abandoned".to_owned()))))
+            .boxed()
+            .shared();
+        let group_id = group.group.id();
+        for key in &keys {
+            flights.insert(cache_key(&group_id, key), flight.clone());
+        }
+        tokio::spawn(self.clone().run_fetch(group.clone(), keys, tx, permit));
+        Some(flight)
+    }
+
+    /// Reads `keys` from the store, answers the waiters, writes the records back to the
+    /// cache, then lets the keys be fetched again.
+    async fn run_fetch(
+        self,
+        group: Arc<ServedGroup>,
+        keys: Vec<String>,
+        answer: oneshot::Sender<Fetched>,
+        _permit: OwnedSemaphorePermit,
+    ) {
+        let inner = &self.inner;
+        let m = &inner.metrics;
+        m.store_fetches.inc();
+        m.store_keys.inc_by(keys.len() as u64);
+        let started = Instant::now();
+        let store = inner.store.clone();
+        let group_ref = group.group.clone();
+        let asked = keys.clone();
+        let read = tokio::task::spawn_blocking(move || store.get(&group_ref, &asked));
+        let result: Result<HashMap<String, Option<Record>>, String> =
+            match tokio::time::timeout(inner.config.store_timeout, read).await {
+                Ok(Ok(Ok(records))) => {
+                    inner.store_breaker.success();
+                    Ok(keys
+                        .iter()
+                        .cloned()
+                        .zip(records.into_iter().map(|r| r.map(Record::from)))
+                        .collect())
+                }
+                Ok(Ok(Err(e))) => Err(e.to_string()),
+                Ok(Err(e)) => Err(format!("the store read stopped: {e}")),
+                Err(_) => Err(format!(
+                    "the store did not answer within {:?}",
+                    inner.config.store_timeout
+                )),
+            };
+        let took = started.elapsed().as_micros().min(u64::MAX as u128) as u64;
+        // δ follows recent fetches: new = 7/8 old + 1/8 sample.
+        let old = inner.fetch_micros.load(Ordering::Relaxed);
+        inner
+            .fetch_micros
+            .store(old - old / 8 + took / 8, Ordering::Relaxed);
+        match &result {
+            Ok(records) => {
+                let found = records.values().filter(|r| r.is_some()).count();
+                m.fallbacks.inc_by(found as u64);
+            }
+            Err(e) => {
+                inner.store_breaker.failure();
+                self.backend_error("store");
+                tracing::warn!(group = %group.group.id(), error = %e, "store fetch failed");
+            }
+        }
+        let result = Arc::new(result);
+        // The waiters may have given up; the cache still gets the records.
+        let _ = answer.send(result.clone());
+        if let (Some(cache), Ok(records)) = (&inner.cache, result.as_ref()) {
+            self.write_back(cache, &group, records).await;
+        }
+        let group_id = group.group.id();
+        let mut flights = inner.flights.lock().unwrap_or_else(|e| e.into_inner());
+        for key in &keys {
+            flights.remove(&cache_key(&group_id, key));
+        }
+    }
+
+    async fn write_back(
+        &self,
+        cache: &RedisCache,
+        group: &ServedGroup,
+        records: &HashMap<String, Option<Record>>,
+    ) {
+        let group_id = group.group.id();
+        let entries: Vec<CacheEntry> = records
+            .iter()
+            .filter_map(|(key, record)| {
+                let record = record.as_ref()?;
+                Some(CacheEntry {
+                    key: cache_key(&group_id, key),
+                    event_time: record.event_time,
+                    value: serde_json::to_string(record).ok()?,
+                })
+            })
+            .collect();
+        if entries.is_empty() || self.inner.cache_breaker.is_open() {
+            return;
+        }
+        let timeout = self.inner.config.store_timeout;
+        match tokio::time::timeout(timeout, cache.put(&entries)).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => {
+                self.backend_error("cache");
+                tracing::debug!(error = %e, "cache write-back failed");
+            }
+            Err(_) => self.backend_error("cache"),
+        }
+    }
+
+    fn respond(
+        &self,
+        group: &ServedGroup,
+        selected: &[usize],
+        keys: Vec<String>,
+        outcomes: Vec<Outcome>,
+    ) -> FeatureResponse {
+        let m = &self.inner.metrics;
+        let defaults = || -> Vec<Json> {
+            selected
+                .iter()
+                .map(|&i| group.default_value(i).clone())
+                .collect()
+        };
+        let mut degraded = 0usize;
+        let entities = keys
+            .into_iter()
+            .zip(outcomes)
+            .map(|(entity, outcome)| {
+                let (source, record) = match outcome {
+                    Outcome::Cache(r) => (Source::Cache, Some(r)),
+                    Outcome::Store(r) => (Source::Store, Some(r)),
+                    Outcome::Missing => (Source::Missing, None),
+                    Outcome::Default => (Source::Default, None),
+                };
+                match record {
+                    Some(mut r) => EntityFeatures {
+                        entity,
+                        source,
+                        values: selected
+                            .iter()
+                            .map(|&i| r.row.remove(&group.features[i]).unwrap_or(Json::Null))
+                            .collect(),
+                        event_time: format_timestamp(r.event_time).as_str().map(str::to_owned),
+                        plugin_hash: Some(r.plugin_hash),
+                    },
+                    None => {
+                        if source == Source::Default {
+                            degraded += 1;
+                        } else {
+                            m.missing.inc();
+                        }
+                        EntityFeatures {
+                            entity,
+                            source,
+                            plugin_hash: None,
+                            event_time: None,
+                            values: defaults(),
+                        }
+                    }
+                }
+            })
+            .collect();
+        if degraded > 0 {
+            m.defaults_served.inc_by(degraded as u64);
+            m.degraded_responses.inc();
+        }
+        FeatureResponse {
+            group: group.group.name.clone(),
+            version: group.group.version.clone(),
+            degraded: degraded > 0,
+            features: selected
+                .iter()
+                .map(|&i| group.features[i].clone())
+                .collect(),
+            entities,
+        }
+    }
+}
+
+fn all_default(n: usize) -> Vec<Outcome> {
+    (0..n).map(|_| Outcome::Default).collect()
+}
+
+/// XFetch (Vattani et al.): refresh when `-δ·β·ln(u) ≥ left`, `u` uniform in (0, 1].
+fn xfetch(left: Duration, delta_seconds: f64, beta: f64, u: f64) -> bool {
+    if beta <= 0.0 || delta_seconds <= 0.0 {
+        return false;
+    }
+    let u = u.clamp(f64::MIN_POSITIVE, 1.0);
+    -delta_seconds * beta * u.ln() >= left.as_secs_f64()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn xfetch_refreshes_more_often_as_expiry_nears_and_never_when_disabled() {
+        let delta = 0.01; // a 10 ms fetch
+        let rate = |left_ms: u64, beta: f64| {
+            let n = 10_000;
+            (1..=n)
+                .filter(|i| {
+                    xfetch(
+                        Duration::from_millis(left_ms),
+                        delta,
+                        beta,
+                        *i as f64 / n as f64,
+                    )
+                })
+                .count() as f64
+                / n as f64
+        };
+        // P(refresh) = exp(-left / (δβ)).
+        assert!((rate(10, 1.0) - (-1.0f64).exp()).abs() < 0.01);
+        assert!((rate(30, 1.0) - (-3.0f64).exp()).abs() < 0.01);
+        assert!(rate(0, 1.0) > 0.999, "an expired entry always refreshes");
+        assert!(rate(1_000, 1.0) < 0.001, "far from expiry: almost never");
+        assert!(
+            rate(30, 10.0) > rate(30, 1.0),
+            "a higher β refreshes earlier"
+        );
+        assert_eq!(rate(0, 0.0), 0.0, "β = 0 turns it off");
+    }
+
+    #[test]
+    fn versions_order_numerically() {
+        assert!(version_order("1.10.0") > version_order("1.9.3"));
+        assert!(version_order("2.0.0") > version_order("1.99.99"));
+    }
+}
