@@ -63,6 +63,66 @@ pub fn cache_key(group_id: &str, entity: &str) -> String {
     format!("lockstep:{group_id}:{entity}")
 }
 
+/// The key pattern (Redis ACL `~pattern`) of every entity of a group version.
+pub fn group_key_pattern(group_id: &str) -> String {
+    // ACL patterns are globs: escape the glob characters a group id could hold.
+    let mut escaped = String::with_capacity(group_id.len());
+    for c in group_id.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            escaped.push('\\');
+        }
+        escaped.push(c);
+    }
+    format!("lockstep:{escaped}:*")
+}
+
+/// The arguments of `ACL SETUSER` that make `user` a tenant of the cache: it logs in
+/// with `password` and may touch only the keys of `group_ids` (`name@version`),
+/// reading them (serving) and, when `write`, writing them (the stream host). Any
+/// other key, and every other command, is refused with `NOPERM`.
+pub fn tenant_acl(user: &str, password: &str, group_ids: &[String], write: bool) -> Vec<String> {
+    let mut rules = vec![
+        user.to_owned(),
+        "reset".to_owned(),
+        "on".to_owned(),
+        format!(">{password}"),
+        "resetchannels".to_owned(),
+    ];
+    rules.extend(
+        group_ids
+            .iter()
+            .map(|g| format!("~{}", group_key_pattern(g))),
+    );
+    // Connection upkeep and cluster discovery, then the reads of the serving path.
+    let mut commands = vec![
+        "ping",
+        "hello",
+        "client|setname",
+        "client|setinfo",
+        "select",
+        "readonly",
+        "cluster|slots",
+        "cluster|shards",
+        "cluster|nodes",
+        "hmget",
+        "pttl",
+    ];
+    if write {
+        // The event-time guard runs as a script; the commands inside it are checked too.
+        commands.extend([
+            "evalsha",
+            "eval",
+            "script|load",
+            "hget",
+            "hset",
+            "pexpire",
+            "del",
+        ]);
+    }
+    rules.extend(commands.into_iter().map(|c| format!("+{c}")));
+    rules
+}
+
 /// Sets the entry unless the cached one has a later event time; sets the TTL (ms)
 /// when positive. Returns 1 when written.
 const GUARDED_SET: &str = r#"
@@ -397,6 +457,26 @@ mod tests {
         );
         assert_eq!(cluster_nodes("redis://127.0.0.1:7000"), None);
         assert_eq!(cluster_nodes("redis-cluster://"), Some(vec![]));
+    }
+
+    #[test]
+    fn tenant_rules_name_only_their_groups_keys() {
+        let rules = tenant_acl(
+            "a",
+            "pw",
+            &["g@1.0.0".to_owned(), "x*y@1".to_owned()],
+            false,
+        );
+        assert_eq!(&rules[..4], &["a", "reset", "on", ">pw"]);
+        assert!(rules.contains(&"~lockstep:g@1.0.0:*".to_owned()));
+        assert!(rules.contains(&"~lockstep:x\\*y@1:*".to_owned()));
+        assert!(rules.contains(&"+hmget".to_owned()));
+        assert!(
+            !rules
+                .iter()
+                .any(|r| r == "+hset" || r == "+@all" || r == "~*")
+        );
+        assert!(tenant_acl("a", "pw", &[], true).contains(&"+hset".to_owned()));
     }
 
     #[test]

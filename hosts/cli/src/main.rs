@@ -5,6 +5,7 @@ mod batch;
 mod demo;
 mod gen_parquet;
 mod golden;
+mod serve;
 mod skew;
 mod stream;
 mod training;
@@ -95,6 +96,15 @@ enum Command {
         /// CreateFeatureGroup defines them: NAME=RECORD_ID[:EVENT_TIME]. Repeatable.
         #[arg(long = "group", value_parser = lockstep_featurestore::local::parse_group)]
         groups: Vec<(String, lockstep_featurestore::local::GroupDefinition)>,
+    },
+    /// Serve features on the inference path over HTTP: Redis first, the online store on
+    /// a miss, the default snapshot (tagged degraded) when a read does not make the
+    /// timeout. POST /v1/features, Feast's POST /get-online-features, /metrics.
+    Serve {
+        #[command(flatten)]
+        args: serve::ServeArgs,
+        #[command(flatten)]
+        runtime: RuntimeArgs,
     },
     /// Check the plugins against their golden sets in `golden/`, or remake them.
     #[command(subcommand)]
@@ -526,6 +536,10 @@ fn main() {
         } => {
             stream::init_logging();
             featurestore_local(listen, &data, groups)
+        }
+        Command::Serve { args, runtime } => {
+            stream::init_logging();
+            runtime.runtime().and_then(|runtime| serve::run(args, &runtime))
         }
         Command::Demo { events } => demo::run(events),
     };

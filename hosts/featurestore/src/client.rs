@@ -260,7 +260,10 @@ impl OnlineStore for SageMakerStore {
         let name = group_name(group);
         let schema = self.schema_of(group);
         let mut found: HashMap<String, OnlineRecord> = HashMap::new();
-        for chunk in keys.chunks(100) {
+        // Each key once on the wire.
+        let mut seen = std::collections::HashSet::new();
+        let unique: Vec<String> = keys.iter().filter(|k| seen.insert(*k)).cloned().collect();
+        for chunk in unique.chunks(100) {
             let ident = BatchGetRecordIdentifier::builder()
                 .feature_group_name(&name)
                 .set_record_identifiers_value_as_string(Some(chunk.to_vec()))
@@ -314,7 +317,8 @@ impl OnlineStore for SageMakerStore {
                 );
             }
         }
-        Ok(keys.iter().map(|k| found.remove(k)).collect())
+        // A key asked for twice is answered twice.
+        Ok(keys.iter().map(|k| found.get(k).cloned()).collect())
     }
 
     fn delete(&self, group: &GroupRef, key: &str) -> Result<bool, OnlineError> {

@@ -1,0 +1,170 @@
+//! `lockstep serve`: the online serving path over HTTP.
+
+use crate::stream::OnlineStoreArg;
+use anyhow::{Context, Result, bail};
+use lockstep_online::{EmbeddedStore, OnlineStore};
+use lockstep_runtime::Runtime;
+use lockstep_serving::{BreakerConfig, FeatureServer, ServeConfig, ServedGroup};
+use serde_json::{Map, Value as Json};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// What `serve` takes.
+#[derive(clap::Args)]
+pub struct ServeArgs {
+    /// A plugin component (.wasm) whose feature group is served: its manifest gives
+    /// the group, version, entity key, features and defaults. Repeatable.
+    #[arg(long = "plugin", required = true)]
+    pub plugins: Vec<PathBuf>,
+    /// embedded:DIR, sagemaker (AWS) or sagemaker:URL (e.g. featurestore-local).
+    #[arg(long, value_parser = crate::stream::parse_online_store)]
+    pub online_store: OnlineStoreArg,
+    /// The Redis cache: redis://[user:password@]host:port, or
+    /// redis-cluster://host:port,host:port,… for a cluster.
+    #[arg(long)]
+    pub cache: Option<String>,
+    /// Expiry of entries written back to the cache after a miss (none: they stay
+    /// until replaced).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub cache_ttl: Option<Duration>,
+    /// Hard deadline of a request: what is not read by then is served from the
+    /// default snapshot, tagged degraded.
+    #[arg(long, default_value = "5ms", value_parser = humantime::parse_duration)]
+    pub timeout: Duration,
+    /// How long a store read may take before it counts as failed (it goes on past
+    /// the request's deadline to fill the cache).
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    pub store_timeout: Duration,
+    /// XFetch β: how early cache entries refresh before they expire (0: never).
+    #[arg(long, default_value_t = 1.0)]
+    pub xfetch_beta: f64,
+    /// Consecutive failures that open a backend's circuit breaker.
+    #[arg(long, default_value_t = 5)]
+    pub breaker_failures: u32,
+    /// How long an open circuit stays open before one probe.
+    #[arg(long, default_value = "500ms", value_parser = humantime::parse_duration)]
+    pub breaker_open_for: Duration,
+    /// A default-feature snapshot (JSON: {"group@version": {"feature": value}}) that
+    /// replaces manifest defaults.
+    #[arg(long)]
+    pub defaults: Option<PathBuf>,
+    /// Entities per request at most.
+    #[arg(long, default_value_t = 1000)]
+    pub max_entities: usize,
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:6566")]
+    pub listen: SocketAddr,
+}
+
+/// A served group's row schema.
+type RowSchema = (lockstep_online::GroupRef, arrow_schema::SchemaRef);
+
+/// The served groups, with the snapshot's defaults applied, and their row schemas.
+fn served_groups(args: &ServeArgs, runtime: &Runtime) -> Result<(Vec<ServedGroup>, Vec<RowSchema>)> {
+    let mut groups = Vec::new();
+    let mut schemas = Vec::new();
+    for path in &args.plugins {
+        let plugin = runtime
+            .load_file(path)
+            .with_context(|| format!("loading {}", path.display()))?;
+        let group = ServedGroup::new(plugin.manifest(), plugin.hash());
+        schemas.push((group.group.clone(), lockstep_core::schema::row_schema(plugin.manifest())));
+        groups.push(group);
+    }
+    if let Some(path) = &args.defaults {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading the default snapshot {}", path.display()))?;
+        let snapshot: Map<String, Json> = serde_json::from_str(&text)
+            .with_context(|| format!("{} is not a JSON object", path.display()))?;
+        for (id, values) in snapshot {
+            let Some(group) = groups.iter_mut().find(|g| g.group.id() == id) else {
+                bail!(
+                    "{}: `{id}` is not a served group (served: {})",
+                    path.display(),
+                    groups
+                        .iter()
+                        .map(|g| g.group.id())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
+            };
+            let Json::Object(values) = values else {
+                bail!("{}: `{id}` must map feature names to values", path.display());
+            };
+            group
+                .set_defaults(&values)
+                .with_context(|| format!("reading {}", path.display()))?;
+        }
+    }
+    Ok((groups, schemas))
+}
+
+/// Runs the server until SIGTERM or Ctrl-C.
+pub fn run(args: ServeArgs, runtime: &Runtime) -> Result<()> {
+    let (groups, schemas) = served_groups(&args, runtime)?;
+    let store: Arc<dyn OnlineStore> = match &args.online_store {
+        OnlineStoreArg::Embedded(dir) => Arc::new(EmbeddedStore::open(dir).with_context(|| {
+            format!(
+                "opening the embedded online store in {} (a store another process has open \
+                 cannot be shared: serve it with featurestore-local and use sagemaker:URL)",
+                dir.display()
+            )
+        })?),
+        OnlineStoreArg::SageMaker(endpoint) => {
+            let store = lockstep_featurestore::SageMakerStore::connect(endpoint.as_deref())
+                .context("connecting to the SageMaker Feature Store runtime")?;
+            // Values travel as text; the manifests say how to read them back.
+            for (group, schema) in &schemas {
+                store.set_schema(group, schema.clone());
+            }
+            Arc::new(store)
+        }
+    };
+    let config = ServeConfig {
+        timeout: args.timeout,
+        store_timeout: args.store_timeout,
+        xfetch_beta: args.xfetch_beta,
+        max_entities: args.max_entities,
+        cache_breaker: BreakerConfig {
+            failures: args.breaker_failures,
+            open_for: args.breaker_open_for,
+        },
+        store_breaker: BreakerConfig {
+            failures: args.breaker_failures,
+            open_for: args.breaker_open_for,
+        },
+        ..ServeConfig::default()
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the I/O runtime")?;
+    rt.block_on(async {
+        let cache = match &args.cache {
+            Some(url) => Some(
+                lockstep_cache::RedisCache::connect(url, args.cache_ttl, Duration::from_secs(2))
+                    .await
+                    .context("connecting to the cache")?,
+            ),
+            None => None,
+        };
+        let ids: Vec<String> = groups.iter().map(|g| g.group.id()).collect();
+        let server = FeatureServer::new(groups, store, cache, config)?;
+        let listener = tokio::net::TcpListener::bind(args.listen)
+            .await
+            .with_context(|| format!("listening on {}", args.listen))?;
+        let bound = listener.local_addr().context("reading the bound address")?;
+        tracing::info!(groups = ?ids, timeout = ?args.timeout, cache = args.cache.is_some(), "serving");
+        // Scripts wait for this line to know the port.
+        println!("lockstep serve listening on http://{bound}");
+        lockstep_serving::http::serve(
+            listener,
+            server,
+            lockstep_featurestore::local::shutdown_signal(),
+        )
+        .await
+        .context("serving features")
+    })
+}
