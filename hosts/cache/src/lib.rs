@@ -273,12 +273,6 @@ impl RedisCache {
         let results: Vec<i64> = match &self.conn {
             Connection::Single(conn) => {
                 let mut conn = conn.clone();
-                // Make sure the script is loaded (after a server restart it is gone).
-                self.script
-                    .prepare_invoke()
-                    .load_async(&mut conn)
-                    .await
-                    .map_err(|e| self.fail(e))?;
                 let mut pipe = redis::pipe();
                 for e in entries {
                     pipe.cmd("EVALSHA")
@@ -289,9 +283,23 @@ impl RedisCache {
                         .arg(&e.value)
                         .arg(ttl_ms);
                 }
-                pipe.query_async(&mut conn)
-                    .await
-                    .map_err(|e| self.fail(e))?
+                match pipe.query_async(&mut conn).await {
+                    Ok(results) => results,
+                    // A server that lost its scripts (restart, SCRIPT FLUSH) refuses every
+                    // call of the pipeline: load the script and send it again. The guard
+                    // makes a repeat harmless anyway.
+                    Err(e) if e.code() == Some("NOSCRIPT") => {
+                        self.script
+                            .prepare_invoke()
+                            .load_async(&mut conn)
+                            .await
+                            .map_err(|e| self.fail(e))?;
+                        pipe.query_async(&mut conn)
+                            .await
+                            .map_err(|e| self.fail(e))?
+                    }
+                    Err(e) => return Err(self.fail(e)),
+                }
             }
             Connection::Cluster(conn) => {
                 // Each call goes to its key's node; `invoke_async` loads the script on

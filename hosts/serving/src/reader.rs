@@ -27,6 +27,11 @@ pub struct ServeConfig {
     /// XFetch's β: how early entries refresh (0: never early; 1: the paper's
     /// default; higher: earlier).
     pub xfetch_beta: f64,
+    /// XFetch's δ, the cost of a refresh: the measured store read time when `None`.
+    /// A store read on loopback takes well under a millisecond, which leaves almost
+    /// no window for early refreshes; setting δ sizes that window directly (entries
+    /// refresh within a few δ·β of their expiry).
+    pub xfetch_delta: Option<Duration>,
     /// Entities per request at most.
     pub max_entities: usize,
     /// Store fetches in flight at most; beyond that, misses are served defaults, so
@@ -44,6 +49,7 @@ impl Default for ServeConfig {
             timeout: Duration::from_millis(5),
             store_timeout: Duration::from_secs(1),
             xfetch_beta: 1.0,
+            xfetch_delta: None,
             max_entities: 1000,
             max_fetches: 64,
             cache_breaker: BreakerConfig::default(),
@@ -83,6 +89,9 @@ enum Outcome {
 type Fetched = Arc<Result<HashMap<String, Option<Record>>, String>>;
 /// A fetch in flight, awaited by every call that needs one of its keys.
 type Flight = Shared<BoxFuture<'static, Fetched>>;
+
+/// How long past a call's deadline a finished fetch stays on offer: scheduling slack.
+const FLIGHT_GRACE: Duration = Duration::from_millis(50);
 
 /// A semantic version, ordered numerically.
 fn version_order(v: &str) -> (u64, u64, u64) {
@@ -332,7 +341,10 @@ impl FeatureServer {
     /// XFetch: refresh now, with probability rising as the entry nears expiry.
     fn refresh_early(&self, expires_in: Option<Duration>) -> bool {
         let beta = self.inner.config.xfetch_beta;
-        let delta = self.inner.fetch_micros.load(Ordering::Relaxed) as f64 / 1e6;
+        let delta = match self.inner.config.xfetch_delta {
+            Some(delta) => delta.as_secs_f64(),
+            None => self.inner.fetch_micros.load(Ordering::Relaxed) as f64 / 1e6,
+        };
         match expires_in {
             Some(left) => xfetch(left, delta, beta, fastrand::f64()),
             None => false,
@@ -429,13 +441,13 @@ impl FeatureServer {
     }
 
     /// Reads `keys` from the store, answers the waiters, writes the records back to the
-    /// cache, then lets the keys be fetched again.
+    /// cache, then (after the grace period) lets the keys be fetched again.
     async fn run_fetch(
         self,
         group: Arc<ServedGroup>,
         keys: Vec<String>,
         answer: oneshot::Sender<Fetched>,
-        _permit: OwnedSemaphorePermit,
+        permit: OwnedSemaphorePermit,
     ) {
         let inner = &self.inner;
         let m = &inner.metrics;
@@ -486,6 +498,11 @@ impl FeatureServer {
         if let (Some(cache), Ok(records)) = (&inner.cache, result.as_ref()) {
             self.write_back(cache, &group, records).await;
         }
+        drop(permit);
+        // A call that read its miss before the write-back landed may not have looked
+        // for this flight yet; it will within its own deadline. Until then the answer
+        // stays on offer, so that call does not fetch the key a second time.
+        tokio::time::sleep(inner.config.timeout + FLIGHT_GRACE).await;
         let group_id = group.group.id();
         let mut flights = inner.flights.lock().unwrap_or_else(|e| e.into_inner());
         for key in &keys {

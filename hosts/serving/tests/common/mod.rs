@@ -177,6 +177,8 @@ impl Drop for LocalEndpoint {
 pub struct Counting<S> {
     pub inner: S,
     pub fetched: Mutex<HashMap<String, usize>>,
+    /// When each get ran, and for how many keys.
+    pub calls: Mutex<Vec<(std::time::Instant, usize)>>,
 }
 
 impl<S> Counting<S> {
@@ -184,6 +186,7 @@ impl<S> Counting<S> {
         Counting {
             inner,
             fetched: Mutex::new(HashMap::new()),
+            calls: Mutex::new(Vec::new()),
         }
     }
 
@@ -214,6 +217,10 @@ impl<S: OnlineStore> OnlineStore for Counting<S> {
             for key in keys {
                 *fetched.entry(key.clone()).or_default() += 1;
             }
+            self.calls
+                .lock()
+                .unwrap()
+                .push((std::time::Instant::now(), keys.len()));
         }
         self.inner.get(group, keys)
     }
