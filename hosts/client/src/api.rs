@@ -2,6 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value as Json;
+use serde_json::value::RawValue;
 
 /// An entity key as a request carries it: text, or an integer for groups keyed by one.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -86,9 +87,11 @@ pub enum Source {
     Default,
 }
 
-/// One entity's answer.
+/// One entity's answer. `V` is how a value is held: parsed JSON for clients; the
+/// server passes the stored JSON text through untouched (`Box<RawValue>`), the same on
+/// the wire.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct EntityFeatures {
+pub struct EntityFeatures<V = Json> {
     /// The entity key, as text.
     pub entity: String,
     /// Where the values came from.
@@ -101,12 +104,12 @@ pub struct EntityFeatures {
     pub event_time: Option<String>,
     /// The values, in the response's feature order: exact JSON (floats that read back
     /// to their bits, `"NaN"`/`"Infinity"` for non-finite ones, timestamps in RFC 3339).
-    pub values: Vec<Json>,
+    pub values: Vec<V>,
 }
 
-/// The answer to a [`FeatureRequest`].
+/// The answer to a [`FeatureRequest`] (`V`: see [`EntityFeatures`]).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct FeatureResponse {
+pub struct FeatureResponse<V = Json> {
     /// The feature group.
     pub group: String,
     /// The version served.
@@ -117,7 +120,35 @@ pub struct FeatureResponse {
     /// The features, in value order.
     pub features: Vec<String>,
     /// One per requested entity, in request order.
-    pub entities: Vec<EntityFeatures>,
+    pub entities: Vec<EntityFeatures<V>>,
+}
+
+impl FeatureResponse<Box<RawValue>> {
+    /// The same answer with its values parsed.
+    pub fn parsed(&self) -> FeatureResponse {
+        FeatureResponse {
+            group: self.group.clone(),
+            version: self.version.clone(),
+            degraded: self.degraded,
+            features: self.features.clone(),
+            entities: self
+                .entities
+                .iter()
+                .map(|e| EntityFeatures {
+                    entity: e.entity.clone(),
+                    source: e.source,
+                    plugin_hash: e.plugin_hash.clone(),
+                    event_time: e.event_time.clone(),
+                    // Raw values are valid JSON by construction.
+                    values: e
+                        .values
+                        .iter()
+                        .map(|v| serde_json::from_str(v.get()).unwrap_or(Json::Null))
+                        .collect(),
+                })
+                .collect(),
+        }
+    }
 }
 
 /// An error the server answered with (4xx/5xx), as JSON.

@@ -118,7 +118,7 @@ pub async fn get_online_features(
             features: features.clone(),
         });
     }
-    let answers: Vec<FeatureResponse> =
+    let answers: Vec<FeatureResponse<Box<serde_json::value::RawValue>>> =
         futures_util::future::try_join_all(calls.iter().map(|c| server.get(c))).await?;
 
     let epoch = Json::from("1970-01-01T00:00:00Z");
@@ -143,7 +143,7 @@ pub async fn get_online_features(
         let mut statuses = Vec::with_capacity(rows);
         let mut times = Vec::with_capacity(rows);
         for entity in &answer.entities {
-            let value = entity.values[f].clone();
+            let value: Json = serde_json::from_str(entity.values[f].get()).unwrap_or(Json::Null);
             let status = match entity.source {
                 Source::Cache | Source::Store if value.is_null() => "NULL_VALUE",
                 Source::Cache | Source::Store => "PRESENT",

@@ -5,6 +5,7 @@ use lockstep_abi::{Manifest, Value, ValueType};
 use lockstep_client::api::EntityId;
 use lockstep_core::rows::{format_float, format_timestamp};
 use lockstep_online::GroupRef;
+use serde_json::value::RawValue;
 use serde_json::{Map, Value as Json};
 use std::collections::HashMap;
 
@@ -20,6 +21,8 @@ pub struct ServedGroup {
     types: Vec<ValueType>,
     /// The value served when a record cannot be read in time (or does not exist).
     defaults: Vec<Json>,
+    /// The same, as JSON text ready to send.
+    defaults_raw: Vec<Box<RawValue>>,
     index: HashMap<String, usize>,
 }
 
@@ -33,6 +36,11 @@ fn value_json(v: &Value) -> Json {
         Value::String(s) => Json::String(s.clone()),
         Value::Timestamp(t) => format_timestamp(*t),
     }
+}
+
+fn raw(v: &Json) -> Box<RawValue> {
+    // Serialising a JSON value cannot fail.
+    serde_json::value::to_raw_value(v).unwrap_or_default()
 }
 
 /// Whether `v` is a value of type `ty` in the online rows' JSON format.
@@ -61,6 +69,11 @@ impl ServedGroup {
     /// The group version `manifest` declares, computed by the component `plugin_hash`,
     /// with the manifest's defaults.
     pub fn new(manifest: &Manifest, plugin_hash: &str) -> Self {
+        let defaults: Vec<Json> = manifest
+            .features
+            .iter()
+            .map(|f| value_json(&f.default_value))
+            .collect();
         let key_type = manifest
             .input
             .iter()
@@ -71,11 +84,8 @@ impl ServedGroup {
             key_type,
             features: manifest.features.iter().map(|f| f.name.clone()).collect(),
             types: manifest.features.iter().map(|f| f.ty).collect(),
-            defaults: manifest
-                .features
-                .iter()
-                .map(|f| value_json(&f.default_value))
-                .collect(),
+            defaults_raw: defaults.iter().map(raw).collect(),
+            defaults,
             index: manifest
                 .features
                 .iter()
@@ -105,6 +115,7 @@ impl ServedGroup {
                 )));
             }
             self.defaults[i] = value.clone();
+            self.defaults_raw[i] = raw(value);
         }
         Ok(())
     }
@@ -131,6 +142,11 @@ impl ServedGroup {
     /// The default of feature `i`.
     pub fn default_value(&self, i: usize) -> &Json {
         &self.defaults[i]
+    }
+
+    /// The default of feature `i` as JSON text.
+    pub fn default_raw(&self, i: usize) -> &RawValue {
+        &self.defaults_raw[i]
     }
 
     /// An entity id as the stores key it: integers in decimal; text keys as given.

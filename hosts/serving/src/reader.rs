@@ -9,6 +9,7 @@ use lockstep_client::api::{EntityFeatures, FeatureRequest, FeatureResponse, Sour
 use lockstep_core::rows::format_timestamp;
 use lockstep_online::{OnlineRecord, OnlineStore};
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use serde_json::{Map, Value as Json};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -77,10 +78,102 @@ impl From<OnlineRecord> for Record {
     }
 }
 
+/// A cache entry as read: the row's values left as JSON text, borrowed from the
+/// entry (no float is parsed and printed again on the way through).
+#[derive(Deserialize)]
+struct CachedRow<'a> {
+    event_time: i64,
+    plugin_hash: &'a str,
+    #[serde(borrow)]
+    row: RowFields<'a>,
+}
+
+/// A row's columns in their stored order.
+struct RowFields<'a>(Vec<(&'a str, &'a RawValue)>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for RowFields<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Fields<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> serde::de::Visitor<'de> for Fields<'a> {
+            type Value = RowFields<'a>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a row object")
+            }
+            fn visit_map<M: serde::de::MapAccess<'de>>(
+                self,
+                mut map: M,
+            ) -> Result<Self::Value, M::Error> {
+                let mut fields = Vec::with_capacity(map.size_hint().unwrap_or(16));
+                while let Some(entry) = map.next_entry::<&'de str, &'de RawValue>()? {
+                    fields.push(entry);
+                }
+                Ok(RowFields(fields))
+            }
+        }
+        d.deserialize_map(Fields(std::marker::PhantomData))
+    }
+}
+
+impl RowFields<'_> {
+    /// Feature `i` of the manifest, named `name`: rows keep the manifest's order
+    /// (entity key, event time, then the features), so its place is tried first.
+    fn get(&self, i: usize, name: &str) -> Option<&RawValue> {
+        match self.0.get(i + 2) {
+            Some((k, v)) if *k == name => Some(v),
+            _ => self.0.iter().find(|(k, _)| *k == name).map(|(_, v)| *v),
+        }
+    }
+}
+
+/// One entity's answer, its values selected and ready to send.
+struct Served {
+    event_time: i64,
+    plugin_hash: String,
+    values: Vec<Box<RawValue>>,
+}
+
+impl Served {
+    fn from_cache(row: &CachedRow<'_>, group: &ServedGroup, selected: &[usize]) -> Self {
+        Served {
+            event_time: row.event_time,
+            plugin_hash: row.plugin_hash.to_owned(),
+            values: selected
+                .iter()
+                .map(|&i| match row.row.get(i, &group.features[i]) {
+                    Some(v) => v.to_owned(),
+                    None => null(),
+                })
+                .collect(),
+        }
+    }
+
+    fn from_store(record: &Record, group: &ServedGroup, selected: &[usize]) -> Self {
+        Served {
+            event_time: record.event_time,
+            plugin_hash: record.plugin_hash.clone(),
+            values: selected
+                .iter()
+                .map(|&i| {
+                    record
+                        .row
+                        .get(&group.features[i])
+                        .and_then(|v| serde_json::value::to_raw_value(v).ok())
+                        .unwrap_or_else(null)
+                })
+                .collect(),
+        }
+    }
+}
+
+fn null() -> Box<RawValue> {
+    // "null" is valid JSON: this cannot fail.
+    RawValue::from_string("null".to_owned()).unwrap_or_default()
+}
+
 /// What became of one entity.
 enum Outcome {
-    Cache(Record),
-    Store(Record),
+    Cache(Served),
+    Store(Served),
     Missing,
     Default,
 }
@@ -210,7 +303,10 @@ impl FeatureServer {
     }
 
     /// Answers `request` within the configured timeout (plus scheduling).
-    pub async fn get(&self, request: &FeatureRequest) -> Result<FeatureResponse, ServeError> {
+    pub async fn get(
+        &self,
+        request: &FeatureRequest,
+    ) -> Result<FeatureResponse<Box<RawValue>>, ServeError> {
         let group = self.group(&request.group, request.version.as_deref())?;
         let selected = group.select(&request.features)?;
         let max = self.inner.config.max_entities;
@@ -226,7 +322,7 @@ impl FeatureServer {
             .map(|e| group.entity_key(e))
             .collect::<Result<Vec<String>, ServeError>>()?;
         let deadline = tokio::time::Instant::now() + self.inner.config.timeout;
-        let outcomes = self.lookup(&group, &keys, deadline).await;
+        let outcomes = self.lookup(&group, &selected, &keys, deadline).await;
         Ok(self.respond(&group, &selected, keys, outcomes))
     }
 
@@ -234,6 +330,7 @@ impl FeatureServer {
     async fn lookup(
         &self,
         group: &Arc<ServedGroup>,
+        selected: &[usize],
         keys: &[String],
         deadline: tokio::time::Instant,
     ) -> Vec<Outcome> {
@@ -268,12 +365,13 @@ impl FeatureServer {
                     misses.push(i);
                     continue;
                 };
-                match serde_json::from_str::<Record>(&entry.value) {
-                    Ok(record) => {
+                match serde_json::from_str::<CachedRow>(&entry.value) {
+                    Ok(row) => {
                         if self.refresh_early(entry.expires_in) {
                             refresh.push(keys[i].clone());
                         }
-                        outcomes[i] = Some(Outcome::Cache(record));
+                        outcomes[i] =
+                            Some(Outcome::Cache(Served::from_cache(&row, group, selected)));
                     }
                     Err(e) => {
                         tracing::warn!(key = %cache_keys[i], error = %e, "corrupt cache entry; reading the store");
@@ -309,7 +407,9 @@ impl FeatureServer {
                     for ((&i, key), result) in misses.iter().zip(&miss_keys).zip(fetched) {
                         outcomes[i] = Some(match result.as_ref() {
                             Ok(records) => match records.get(key) {
-                                Some(Some(record)) => Outcome::Store(record.clone()),
+                                Some(Some(record)) => {
+                                    Outcome::Store(Served::from_store(record, group, selected))
+                                }
                                 Some(None) => Outcome::Missing,
                                 None => Outcome::Default,
                             },
@@ -548,12 +648,12 @@ impl FeatureServer {
         selected: &[usize],
         keys: Vec<String>,
         outcomes: Vec<Outcome>,
-    ) -> FeatureResponse {
+    ) -> FeatureResponse<Box<RawValue>> {
         let m = &self.inner.metrics;
-        let defaults = || -> Vec<Json> {
+        let defaults = || -> Vec<Box<RawValue>> {
             selected
                 .iter()
-                .map(|&i| group.default_value(i).clone())
+                .map(|&i| group.default_raw(i).to_owned())
                 .collect()
         };
         let mut degraded = 0usize;
@@ -568,13 +668,10 @@ impl FeatureServer {
                     Outcome::Default => (Source::Default, None),
                 };
                 match record {
-                    Some(mut r) => EntityFeatures {
+                    Some(r) => EntityFeatures {
                         entity,
                         source,
-                        values: selected
-                            .iter()
-                            .map(|&i| r.row.remove(&group.features[i]).unwrap_or(Json::Null))
-                            .collect(),
+                        values: r.values,
                         event_time: format_timestamp(r.event_time).as_str().map(str::to_owned),
                         plugin_hash: Some(r.plugin_hash),
                     },

@@ -137,7 +137,8 @@ fn a_tenant_reads_its_groups_and_nothing_of_another_tenants() {
         let answer = leaky
             .get(&FeatureRequest::new("fraud_score", ["card-1"]))
             .await
-            .unwrap();
+            .unwrap()
+            .parsed();
         assert!(answer.degraded);
         assert_eq!(answer.entities[0].source, Source::Default);
         assert_eq!(answer.entities[0].values, vec![serde_json::json!(-1.0)]);

@@ -110,7 +110,7 @@ fn misses_come_from_featurestore_local_then_from_redis_with_the_same_values() {
         keys.push("card-nobody".into());
         keys.push("card-7".into());
         let request = FeatureRequest::new("card_stats", keys.clone());
-        let first = server.get(&request).await.unwrap();
+        let first = server.get(&request).await.unwrap().parsed();
         assert_eq!(
             check_against_store(&first, store.as_ref(), &keys, Source::Store),
             keys.len() - 1
@@ -124,7 +124,7 @@ fn misses_come_from_featurestore_local_then_from_redis_with_the_same_values() {
         assert_eq!(first.entities[1].values[3], Json::Null);
         // Written back: the next read hits the cache, with the same values.
         tokio::time::sleep(Duration::from_millis(200)).await;
-        let second = server.get(&request).await.unwrap();
+        let second = server.get(&request).await.unwrap().parsed();
         assert_eq!(
             check_against_store(&second, store.as_ref(), &keys, Source::Cache),
             keys.len() - 1
@@ -140,7 +140,8 @@ fn misses_come_from_featurestore_local_then_from_redis_with_the_same_values() {
                     .version("1.2.0"),
             )
             .await
-            .unwrap();
+            .unwrap()
+            .parsed();
         assert_eq!(some.features, vec!["merchant", "spend"]);
         assert_eq!(
             some.entities[0].values,
@@ -163,13 +164,13 @@ fn a_redis_cluster_serves_the_same_values_as_the_store() {
             FeatureServer::new(vec![served()], store.clone(), Some(cache), config()).unwrap();
         let keys: Vec<String> = (0..100).map(|i| format!("card-{}", i * 5)).collect();
         let request = FeatureRequest::new("card_stats", keys.clone());
-        let first = server.get(&request).await.unwrap();
+        let first = server.get(&request).await.unwrap().parsed();
         assert_eq!(
             check_against_store(&first, store.as_ref(), &keys, Source::Store),
             100
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
-        let second = server.get(&request).await.unwrap();
+        let second = server.get(&request).await.unwrap().parsed();
         assert_eq!(
             check_against_store(&second, store.as_ref(), &keys, Source::Cache),
             100

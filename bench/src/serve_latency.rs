@@ -1,0 +1,305 @@
+//! Latency of the serving path at a fixed request rate: `lockstep serve`'s HTTP API
+//! (in process, on loopback) over a real redis-server, read with the Rust client.
+//!
+//! A group of 60 float features over 10,000 entities is written to the embedded
+//! store; one pass through the serving path fills the cache (misses go to the store
+//! and are written back), then each scenario sends requests open loop: request i is due
+//! at start + i / rate and its latency counts from then, so a slow answer delays the
+//! next ones and they count it. Every 97th answer is checked value by value.
+//!
+//! Usage: `serve-latency --redis redis://127.0.0.1:PORT --scenario NAME:ENTITIES:FEATURES:RATE:SECONDS …`
+//! Prints one JSON object per scenario.
+
+use lockstep_abi::{Value, ValueType};
+use lockstep_client::Client;
+use lockstep_client::api::{FeatureRequest, Source};
+use lockstep_online::{EmbeddedStore, GroupRef, OnlineStore};
+use lockstep_sdk::ManifestBuilder;
+use lockstep_serving::{FeatureServer, ServeConfig, ServedGroup};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+const FEATURES: usize = 60;
+const HASH: &str = "bench";
+
+/// The value both sides store: a function of the entity and the feature.
+fn value(entity: usize, feature: usize) -> f64 {
+    entity as f64 * 0.001 + feature as f64 * 1.5 + 0.25
+}
+
+fn feature_name(i: usize) -> String {
+    format!("f{i:02}")
+}
+
+fn percentile(sorted: &[u64], p: f64) -> u64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    let i = ((sorted.len() as f64 * p / 100.0).ceil() as usize).clamp(1, sorted.len()) - 1;
+    sorted[i]
+}
+
+struct Scenario {
+    name: String,
+    entities: usize,
+    features: usize,
+    rate: f64,
+    seconds: f64,
+}
+
+fn parse_scenario(text: &str) -> Result<Scenario, String> {
+    let parts: Vec<&str> = text.split(':').collect();
+    let bad = || format!("`{text}` is not NAME:ENTITIES:FEATURES:RATE:SECONDS");
+    if parts.len() != 5 {
+        return Err(bad());
+    }
+    Ok(Scenario {
+        name: parts[0].to_owned(),
+        entities: parts[1].parse().map_err(|_| bad())?,
+        features: parts[2].parse().map_err(|_| bad())?,
+        rate: parts[3].parse().map_err(|_| bad())?,
+        seconds: parts[4].parse().map_err(|_| bad())?,
+    })
+}
+
+fn store_rows(
+    store: &EmbeddedStore,
+    group: &GroupRef,
+    schema: arrow_schema::SchemaRef,
+    entities: usize,
+) -> Result<(), Box<dyn std::error::Error>> {
+    use arrow_array::{
+        ArrayRef, Float64Array, RecordBatch, StringArray, TimestampMicrosecondArray,
+    };
+    let t0 = 1_709_251_200_000_000i64;
+    let mut columns: Vec<ArrayRef> = vec![
+        Arc::new(StringArray::from_iter_values(
+            (0..entities).map(|e| format!("card-{e}")),
+        )),
+        Arc::new(
+            TimestampMicrosecondArray::from_iter_values((0..entities).map(|e| t0 + e as i64))
+                .with_timezone("UTC"),
+        ),
+    ];
+    for f in 0..FEATURES {
+        columns.push(Arc::new(Float64Array::from_iter_values(
+            (0..entities).map(|e| value(e, f)),
+        )));
+    }
+    store.put(group, &RecordBatch::try_new(schema, columns)?, t0)?;
+    Ok(())
+}
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let mut redis_url = None;
+    let mut entities = 10_000usize;
+    let mut scenarios = Vec::new();
+    let mut args = std::env::args().skip(1);
+    while let Some(flag) = args.next() {
+        let value = args.next().ok_or_else(|| format!("{flag} needs a value"))?;
+        match flag.as_str() {
+            "--redis" => redis_url = Some(value),
+            "--entities" => entities = value.parse()?,
+            "--scenario" => scenarios.push(parse_scenario(&value)?),
+            other => return Err(format!("unknown flag {other}").into()),
+        }
+    }
+    let redis_url = redis_url.ok_or("--redis URL is required")?;
+
+    let mut builder = ManifestBuilder::new("bench_stats", "1.0.0")
+        .field("card", ValueType::String, "card")
+        .field("ts", ValueType::Timestamp, "event time")
+        .entity_key("card")
+        .event_time("ts");
+    for f in 0..FEATURES {
+        builder = builder.feature(
+            &feature_name(f),
+            ValueType::Float64,
+            "",
+            Value::Float64(0.0),
+        );
+    }
+    let manifest = builder.build();
+    let group = GroupRef::of(&manifest, HASH);
+    let work = tempfile::tempdir()?;
+    let store = EmbeddedStore::open(work.path())?;
+    store_rows(
+        &store,
+        &group,
+        lockstep_core::schema::row_schema(&manifest),
+        entities,
+    )?;
+    let store: Arc<dyn OnlineStore> = Arc::new(store);
+
+    // The server: two worker threads, as a small serving pod would have.
+    let server_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let (server, base) = server_rt.block_on(async {
+        let cache =
+            lockstep_cache::RedisCache::connect(&redis_url, None, Duration::from_secs(2)).await?;
+        let server = FeatureServer::new(
+            vec![ServedGroup::new(&manifest, HASH)],
+            store,
+            Some(cache),
+            ServeConfig::default(),
+        )?;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let base = format!("http://{}", listener.local_addr()?);
+        tokio::spawn(lockstep_serving::http::serve(
+            listener,
+            server.clone(),
+            std::future::pending(),
+        ));
+        Ok::<_, Box<dyn std::error::Error>>((server, base))
+    })?;
+
+    // The load generator: one thread of its own.
+    let client_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()?;
+    let client = Client::new(&base)?;
+    client_rt.block_on(async {
+        // Fill the cache through the serving path, until every entity is a hit.
+        let all: Vec<String> = (0..entities).map(|e| format!("card-{e}")).collect();
+        for _round in 0..20 {
+            let mut misses = 0;
+            for chunk in all.chunks(100) {
+                let answer = client
+                    .get_features(&FeatureRequest::new("bench_stats", chunk.to_vec()))
+                    .await?;
+                misses += answer
+                    .entities
+                    .iter()
+                    .filter(|e| e.source != Source::Cache)
+                    .count();
+            }
+            if misses == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        for s in &scenarios {
+            run(&client, s, entities).await?;
+        }
+        Ok::<_, Box<dyn std::error::Error>>(())
+    })?;
+    drop(server);
+    Ok(())
+}
+
+async fn run(
+    client: &Client,
+    s: &Scenario,
+    entities: usize,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let features: Vec<String> = (0..s.features).map(feature_name).collect();
+    let mut rng = fastrand::Rng::with_seed(7);
+    let request = |rng: &mut fastrand::Rng| {
+        let rows: Vec<usize> = (0..s.entities).map(|_| rng.usize(0..entities)).collect();
+        let request = FeatureRequest::new("bench_stats", rows.iter().map(|e| format!("card-{e}")))
+            .features(features.clone());
+        (rows, request)
+    };
+    // Warm-up: connections and code paths.
+    for _ in 0..200 {
+        client.get_features(&request(&mut rng).1).await?;
+    }
+    let total = (s.rate * s.seconds) as usize;
+    let results: Arc<Mutex<Vec<(u64, bool, bool)>>> =
+        Arc::new(Mutex::new(Vec::with_capacity(total)));
+    let failures = Arc::new(Mutex::new(Vec::<String>::new()));
+    // Bounded: at most this many requests in flight; the others wait, and the wait
+    // counts in their latency.
+    let in_flight = Arc::new(tokio::sync::Semaphore::new(512));
+    let requests: Vec<(Vec<usize>, FeatureRequest)> =
+        (0..total).map(|_| request(&mut rng)).collect();
+    // The schedule runs on a thread of its own: the runtime's timer ticks by the
+    // millisecond, which would add up to 1 ms to every latency.
+    let runtime = tokio::runtime::Handle::current();
+    let n_features = s.features;
+    let rate = s.rate;
+    let (client2, results2, failures2) = (client.clone(), results.clone(), failures.clone());
+    let start = std::time::Instant::now();
+    let handles = tokio::task::spawn_blocking(move || {
+        let mut handles = Vec::with_capacity(total);
+        for (i, (rows, req)) in requests.into_iter().enumerate() {
+            let due = start + Duration::from_secs_f64(i as f64 / rate);
+            let now = std::time::Instant::now();
+            if due > now {
+                std::thread::sleep(due - now);
+            }
+            let (client, results, failures, in_flight) = (
+                client2.clone(),
+                results2.clone(),
+                failures2.clone(),
+                in_flight.clone(),
+            );
+            let check = i % 97 == 0;
+            handles.push(runtime.spawn(async move {
+                let Ok(_permit) = in_flight.acquire().await else {
+                    return;
+                };
+                let answer = client.get_features(&req).await;
+                let took = due.elapsed().as_micros() as u64;
+                match answer {
+                    Ok(answer) => {
+                        let all_cache = answer.entities.iter().all(|e| e.source == Source::Cache);
+                        if check {
+                            for (entity, e) in answer.entities.iter().zip(&rows) {
+                                for f in [0, n_features - 1] {
+                                    let want = serde_json::json!(value(*e, f));
+                                    if entity.source == Source::Cache && entity.values[f] != want {
+                                        failures.lock().unwrap().push(format!(
+                                            "card-{e} f{f:02}: {} != {want}",
+                                            entity.values[f]
+                                        ));
+                                    }
+                                }
+                            }
+                        }
+                        results
+                            .lock()
+                            .unwrap()
+                            .push((took, answer.degraded, all_cache));
+                    }
+                    Err(e) => failures.lock().unwrap().push(e.to_string()),
+                }
+            }));
+        }
+        handles
+    })
+    .await?;
+    for h in handles {
+        h.await?;
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    let failures = failures.lock().unwrap();
+    if !failures.is_empty() {
+        return Err(format!("{} failures, first: {}", failures.len(), failures[0]).into());
+    }
+    let results = results.lock().unwrap();
+    let mut took: Vec<u64> = results.iter().map(|r| r.0).collect();
+    took.sort_unstable();
+    println!(
+        "{}",
+        serde_json::json!({
+            "system": "lockstep",
+            "scenario": s.name,
+            "entities": s.entities,
+            "features": s.features,
+            "rate": s.rate,
+            "requests": total,
+            "achieved_rate": total as f64 / elapsed,
+            "p50_us": percentile(&took, 50.0),
+            "p99_us": percentile(&took, 99.0),
+            "p999_us": percentile(&took, 99.9),
+            "max_us": took.last().copied().unwrap_or(0),
+            "degraded": results.iter().filter(|r| r.1).count(),
+            "not_all_cache": results.iter().filter(|r| !r.2).count(),
+        })
+    );
+    Ok(())
+}
