@@ -539,7 +539,9 @@ fn main() {
         }
         Command::Serve { args, runtime } => {
             stream::init_logging();
-            runtime.runtime().and_then(|runtime| serve::run(args, &runtime))
+            runtime
+                .runtime()
+                .and_then(|runtime| serve::run(args, &runtime))
         }
         Command::Demo { events } => demo::run(events),
     };

@@ -62,7 +62,10 @@ pub struct ServeArgs {
 type RowSchema = (lockstep_online::GroupRef, arrow_schema::SchemaRef);
 
 /// The served groups, with the snapshot's defaults applied, and their row schemas.
-fn served_groups(args: &ServeArgs, runtime: &Runtime) -> Result<(Vec<ServedGroup>, Vec<RowSchema>)> {
+fn served_groups(
+    args: &ServeArgs,
+    runtime: &Runtime,
+) -> Result<(Vec<ServedGroup>, Vec<RowSchema>)> {
     let mut groups = Vec::new();
     let mut schemas = Vec::new();
     for path in &args.plugins {
@@ -70,7 +73,10 @@ fn served_groups(args: &ServeArgs, runtime: &Runtime) -> Result<(Vec<ServedGroup
             .load_file(path)
             .with_context(|| format!("loading {}", path.display()))?;
         let group = ServedGroup::new(plugin.manifest(), plugin.hash());
-        schemas.push((group.group.clone(), lockstep_core::schema::row_schema(plugin.manifest())));
+        schemas.push((
+            group.group.clone(),
+            lockstep_core::schema::row_schema(plugin.manifest()),
+        ));
         groups.push(group);
     }
     if let Some(path) = &args.defaults {
@@ -91,7 +97,10 @@ fn served_groups(args: &ServeArgs, runtime: &Runtime) -> Result<(Vec<ServedGroup
                 );
             };
             let Json::Object(values) = values else {
-                bail!("{}: `{id}` must map feature names to values", path.display());
+                bail!(
+                    "{}: `{id}` must map feature names to values",
+                    path.display()
+                );
             };
             group
                 .set_defaults(&values)

@@ -1,0 +1,99 @@
+"""Runs both sides of the serving benchmark against one redis-server and prints the
+table with Lockstep/Feast ratios (see run.sh)."""
+
+import argparse
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_lines(cmd):
+    out = subprocess.run(cmd, check=True, stdout=subprocess.PIPE, text=True).stdout
+    return [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--lockstep", required=True)
+    p.add_argument("--feast-python", required=True)
+    p.add_argument("--entities", type=int, default=10_000)
+    p.add_argument("--one-rate", type=float, default=200)
+    p.add_argument("--one-seconds", type=float, default=30)
+    p.add_argument("--hundred-rate", type=float, default=10)
+    p.add_argument("--hundred-seconds", type=float, default=60)
+    args = p.parse_args()
+
+    port = free_port()
+    redis = subprocess.Popen(
+        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+        stdout=subprocess.DEVNULL,
+    )
+    try:
+        for _ in range(100):
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.1).close()
+                break
+            except OSError:
+                time.sleep(0.05)
+        shared = [
+            f"one:1:50:{args.one_rate}:{args.one_seconds}",
+            f"hundred:100:60:{args.hundred_rate}:{args.hundred_seconds}",
+        ]
+        scenario_args = [a for s in shared for a in ("--scenario", s)]
+        print(f"redis-server on 127.0.0.1:{port}; {args.entities} entities x 60 float features", flush=True)
+        feast = run_lines(
+            [args.feast_python, os.path.join(HERE, "feast_latency.py"), "--redis", f"127.0.0.1:{port}",
+             "--entities", str(args.entities)] + scenario_args
+        )
+        fast = [
+            f"one-x10:1:50:{args.one_rate * 10}:{args.one_seconds}",
+            f"hundred-x20:100:60:{args.hundred_rate * 20}:{args.hundred_seconds / 2}",
+        ]
+        lockstep = run_lines(
+            [args.lockstep, "--redis", f"redis://127.0.0.1:{port}", "--entities", str(args.entities)]
+            + scenario_args + [a for s in fast for a in ("--scenario", s)]
+        )
+    finally:
+        redis.terminate()
+        redis.wait()
+
+    def ms(us):
+        return f"{us / 1000:.2f}"
+
+    print()
+    print("| scenario | rate/s | system | requests | p50 ms | p99 ms | p999 ms | max ms | degraded |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for r in feast + lockstep:
+        print(
+            f"| {r['entities']}x{r['features']} ({r['scenario']}) | {r['rate']:.0f} | {r['system']} | {r['requests']} | "
+            f"{ms(r['p50_us'])} | {ms(r['p99_us'])} | {ms(r['p999_us'])} | {ms(r['max_us'])} | {r.get('degraded', '-')} |"
+        )
+    print()
+    for f in feast:
+        l = next(x for x in lockstep if x["scenario"] == f["scenario"])
+        print(
+            f"{f['entities']}x{f['features']} at {f['rate']:.0f}/s: Feast / Lockstep = "
+            f"{f['p50_us'] / l['p50_us']:.1f}x at p50, {f['p99_us'] / l['p99_us']:.1f}x at p99, "
+            f"{f['p999_us'] / l['p999_us']:.1f}x at p999"
+        )
+    bars = {"one": 2000, "hundred": 5000}
+    for l in lockstep:
+        bar = bars.get(l["scenario"].split("-")[0])
+        if bar:
+            verdict = "meets" if l["p99_us"] <= bar else "MISSES"
+            print(f"Lockstep {l['entities']}x{l['features']} at {l['rate']:.0f}/s: p99 {ms(l['p99_us'])} ms {verdict} the {bar / 1000:.0f} ms bar")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

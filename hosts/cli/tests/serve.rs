@@ -1,0 +1,255 @@
+//! `lockstep serve`: the serving path as a process, over an embedded store the plugin's
+//! own rows filled, read with the Rust client; bad configuration is refused by name.
+
+mod common;
+
+use common::{group, lockstep, plugin, s, text};
+use lockstep_client::Client;
+use lockstep_client::api::{FeatureRequest, Source};
+use lockstep_online::{EmbeddedStore, OnlineRecord};
+use serde_json::{Map, Value as Json, json};
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+
+/// A `lockstep serve` process; killed on drop.
+struct Serve {
+    child: Child,
+    base: String,
+}
+
+impl Serve {
+    fn start(args: &[&str]) -> Serve {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_lockstep"))
+            .arg("serve")
+            .args(args)
+            .args(["--listen", "127.0.0.1:0"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn lockstep serve");
+        let mut first = String::new();
+        BufReader::new(child.stdout.take().expect("stdout"))
+            .read_line(&mut first)
+            .expect("read the listening line");
+        let base = first
+            .trim()
+            .strip_prefix("lockstep serve listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line: {first}"))
+            .to_owned();
+        Serve { child, base }
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Each card's last row, as `plugin run` emitted them.
+fn latest_rows(wasm: &Path, dir: &Path) -> BTreeMap<String, Map<String, Json>> {
+    let events = dir.join("events.jsonl");
+    let out = lockstep(&[
+        "gen",
+        "events",
+        "--kind",
+        "transactions",
+        "--rows",
+        "3000",
+        "--entities",
+        "40",
+        "--out",
+        s(&events),
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = lockstep(&["plugin", "run", s(wasm), "--events", s(&events)]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let mut latest = BTreeMap::new();
+    for line in text(&out.stdout).lines() {
+        let row: Map<String, Json> = serde_json::from_str(line).expect("a JSON row");
+        let card = row["card_id"].as_str().expect("card_id").to_owned();
+        // Rows come out in event order per card: the last one is the latest.
+        latest.insert(card, row);
+    }
+    latest
+}
+
+#[test]
+fn serve_answers_with_the_stores_rows_and_refuses_bad_configuration_by_name() {
+    let wasm = plugin("txn_velocity");
+    let dir = tempfile::tempdir().unwrap();
+    let latest = latest_rows(&wasm, dir.path());
+    assert!(latest.len() >= 30, "{} cards", latest.len());
+    let g = group(&wasm);
+    let data = dir.path().join("online");
+    {
+        let store = EmbeddedStore::open(&data).unwrap();
+        let records = latest
+            .iter()
+            .map(|(card, row)| {
+                let t = row["event_time"].as_str().unwrap();
+                let event_time = chrono_micros(t);
+                (
+                    card.clone(),
+                    OnlineRecord {
+                        event_time,
+                        write_time: 1,
+                        plugin_hash: g.plugin_hash.clone(),
+                        row: row.clone(),
+                    },
+                )
+            })
+            .collect();
+        store.put_records(&g, records).unwrap();
+    }
+    let defaults = dir.path().join("defaults.json");
+    std::fs::write(
+        &defaults,
+        json!({"txn_velocity@1.0.0": {"txn_count_1h": 1, "txn_sum_1h": 42.5}}).to_string(),
+    )
+    .unwrap();
+
+    // Refusals, each naming what is wrong.
+    for (file, why) in [
+        (
+            json!({"txn_velocity@1.0.0": {"txn_count_1h": "many"}}),
+            "is not a int64",
+        ),
+        (
+            json!({"txn_velocity@1.0.0": {"nope": 1}}),
+            "no feature `nope`",
+        ),
+        (
+            json!({"other@1.0.0": {}}),
+            "`other@1.0.0` is not a served group",
+        ),
+    ] {
+        let bad = dir.path().join("bad-defaults.json");
+        std::fs::write(&bad, file.to_string()).unwrap();
+        let out = lockstep(&[
+            "serve",
+            "--plugin",
+            s(&wasm),
+            "--online-store",
+            &format!("embedded:{}", s(&data)),
+            "--defaults",
+            s(&bad),
+            "--listen",
+            "127.0.0.1:0",
+        ]);
+        assert!(!out.status.success());
+        assert!(
+            text(&out.stderr).contains(why),
+            "{file}: {}",
+            text(&out.stderr)
+        );
+    }
+    let port = lockstep_testkit::free_port();
+    let out = lockstep(&[
+        "serve",
+        "--plugin",
+        s(&wasm),
+        "--online-store",
+        &format!("embedded:{}", s(&data)),
+        "--cache",
+        &format!("redis://u:secret@127.0.0.1:{port}"),
+        "--listen",
+        "127.0.0.1:0",
+    ]);
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("connecting to the cache")
+            && err.contains(&port.to_string())
+            && !err.contains("secret"),
+        "{err}"
+    );
+
+    let serve = Serve::start(&[
+        "--plugin",
+        s(&wasm),
+        "--online-store",
+        &format!("embedded:{}", s(&data)),
+        "--defaults",
+        s(&defaults),
+        "--timeout",
+        "1s",
+    ]);
+    // The store is open: a second server on it is refused with the way out.
+    let out = lockstep(&[
+        "serve",
+        "--plugin",
+        s(&wasm),
+        "--online-store",
+        &format!("embedded:{}", s(&data)),
+        "--listen",
+        "127.0.0.1:0",
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("featurestore-local"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let client = Client::new(&serve.base).unwrap();
+        let cards: Vec<String> = latest
+            .keys()
+            .take(10)
+            .cloned()
+            .chain(["card-unknown".to_owned()])
+            .collect();
+        let answer = client
+            .get_features(&FeatureRequest::new("txn_velocity", cards.clone()))
+            .await
+            .unwrap();
+        assert_eq!(answer.version, "1.0.0");
+        assert!(!answer.degraded);
+        for (entity, card) in answer.entities.iter().zip(&cards) {
+            assert_eq!(&entity.entity, card);
+            match latest.get(card) {
+                Some(row) => {
+                    assert_eq!(entity.source, Source::Store);
+                    assert_eq!(entity.plugin_hash.as_deref(), Some(g.plugin_hash.as_str()));
+                    assert_eq!(
+                        entity.event_time.as_ref(),
+                        row["event_time"].as_str().map(str::to_owned).as_ref()
+                    );
+                    let expected: Vec<Json> =
+                        answer.features.iter().map(|f| row[f].clone()).collect();
+                    assert_eq!(entity.values, expected, "{card}");
+                }
+                None => {
+                    assert_eq!(entity.source, Source::Missing);
+                    // The snapshot's defaults replaced the manifest's.
+                    let at = |f: &str| answer.features.iter().position(|x| x == f).unwrap();
+                    assert_eq!(entity.values[at("txn_count_1h")], json!(1));
+                    assert_eq!(entity.values[at("txn_sum_1h")], json!(42.5));
+                }
+            }
+        }
+    });
+    // SIGTERM stops it cleanly.
+    let mut serve = serve;
+    let status = Command::new("kill")
+        .args(["-TERM", &serve.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let exit = serve.child.wait().unwrap();
+    assert!(exit.success(), "{exit:?}");
+}
+
+fn chrono_micros(rfc3339: &str) -> i64 {
+    chrono::DateTime::parse_from_rfc3339(rfc3339)
+        .expect("an RFC 3339 time")
+        .timestamp_micros()
+}
