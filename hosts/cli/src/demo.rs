@@ -63,7 +63,9 @@ pub fn run(events: usize) -> Result<()> {
     std::fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
     let offline = work.join("offline-store");
     let online_dir = work.join("online-store");
-    let online = EmbeddedStore::open(&online_dir)?;
+    let online = std::sync::Arc::new(EmbeddedStore::open(&online_dir)?);
+    let mut served = Vec::new();
+    let mut velocity_latest: Vec<Row> = Vec::new();
     println!(
         "Lockstep demo: {events} generated events per plugin, embedded defaults, no servers.\n\
          Working in {}\n",
@@ -185,6 +187,10 @@ pub fn run(events: usize) -> Result<()> {
             written.written,
             ms(started)
         );
+        served.push(lockstep_serving::ServedGroup::new(&m, plugin.hash()));
+        if name == "txn_velocity" {
+            velocity_latest = latest.iter().map(|r| (*r).clone()).collect();
+        }
         // Read a few back, as serving will, and check them against the stream's rows.
         let keys: Vec<String> = latest
             .iter()
@@ -213,6 +219,7 @@ pub fn run(events: usize) -> Result<()> {
         println!();
     }
     training_set(&work, &offline, &velocity_rows)?;
+    serving(online, served, &velocity_latest)?;
     println!(
         "Zero skew: {total_rows} rows from three plugins, identical in the batch and stream hosts."
     );
@@ -227,9 +234,95 @@ pub fn run(events: usize) -> Result<()> {
         "      `lockstep skew-check --plugin <file.wasm> --events <file.jsonl>` checks your events;"
     );
     println!(
-        "      `lockstep training-set --help` joins your labels with features as of their time."
+        "      `lockstep training-set --help` joins your labels with features as of their time;"
+    );
+    println!(
+        "      `lockstep serve --help` serves features to models (Redis, store, degraded defaults)."
     );
     Ok(())
+}
+
+/// Serves the online store over HTTP as `lockstep serve` does (no cache here: every
+/// read goes to the embedded store), reads cards back with the Rust client, checks them
+/// against the stream's latest rows, and times a burst of requests.
+fn serving(
+    store: std::sync::Arc<EmbeddedStore>,
+    groups: Vec<lockstep_serving::ServedGroup>,
+    latest: &[Row],
+) -> Result<()> {
+    use lockstep_client::api::{FeatureRequest, Source};
+    let config = lockstep_serving::ServeConfig {
+        // A debug build on a busy laptop: generous, so the demo shows values, not defaults.
+        timeout: std::time::Duration::from_millis(200),
+        ..Default::default()
+    };
+    let server = lockstep_serving::FeatureServer::new(groups, store, None, config)?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let base = format!("http://{}", listener.local_addr()?);
+        tokio::spawn(lockstep_serving::http::serve(
+            listener,
+            server,
+            std::future::pending(),
+        ));
+        let client = lockstep_client::Client::new(&base)?;
+        let cards: Vec<String> = latest
+            .iter()
+            .take(2)
+            .filter_map(|r| r.get("card_id").and_then(|v| v.as_str()).map(str::to_owned))
+            .chain(["card-nobody".to_owned()])
+            .collect();
+        let features = ["txn_count_24h", "txn_sum_24h"];
+        let answer = client
+            .get_features(&FeatureRequest::new("txn_velocity", cards.clone()).features(features))
+            .await?;
+        println!("▸ serving  POST {base}/v1/features (no cache in the demo: reads go to the store)");
+        for (entity, row) in answer.entities.iter().zip(latest.iter().take(2).map(Some).chain([None])) {
+            if let Some(row) = row {
+                ensure!(
+                    entity.source == Source::Store
+                        && features.iter().zip(&entity.values).all(|(f, v)| row.get(*f) == Some(v)),
+                    "served {} differs from the stream's latest row",
+                    entity.entity
+                );
+            } else {
+                ensure!(entity.source == Source::Missing, "an unknown card was served as known");
+            }
+            let values: Vec<String> = features
+                .iter()
+                .zip(&entity.values)
+                .map(|(f, v)| format!("{f}={v}"))
+                .collect();
+            println!(
+                "  {:<14} {:<8} {}  {}",
+                entity.entity,
+                format!("{:?}", entity.source).to_lowercase(),
+                entity.plugin_hash.as_deref().map_or("(defaults)".to_owned(), |h| format!("plugin {}…", &h[..12.min(h.len())])),
+                values.join(" ")
+            );
+        }
+        let mut took = Vec::with_capacity(1000);
+        let mut n_features = 0;
+        for i in 0..1000 {
+            let card = cards[i % 2].clone();
+            let started = Instant::now();
+            let answer = client.get_features(&FeatureRequest::new("txn_velocity", [card])).await?;
+            took.push(started.elapsed().as_secs_f64() * 1e3);
+            n_features = answer.features.len();
+        }
+        took.sort_by(f64::total_cmp);
+        println!(
+            "  1000 requests of one card × {} features: p50 {:.2} ms, p99 {:.2} ms over HTTP on loopback\n",
+            n_features,
+            took[499],
+            took[989]
+        );
+        Ok::<_, anyhow::Error>(())
+    })
 }
 
 /// Labels at the exact times of some of the backfilled rows: each must see the row
