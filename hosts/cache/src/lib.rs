@@ -26,16 +26,6 @@ pub enum CacheError {
         /// What went wrong.
         message: String,
     },
-    /// A cached value is not what this crate writes.
-    #[error("redis {url}: entry {key} is corrupt: {message}")]
-    Corrupt {
-        /// Which server.
-        url: String,
-        /// The key.
-        key: String,
-        /// Why.
-        message: String,
-    },
 }
 
 /// One entry to write.
@@ -122,11 +112,12 @@ pub fn tenant_acl(user: &str, password: &str, group_ids: &[String], write: bool)
     rules
 }
 
-/// Sets the entry unless the cached one has a later event time; sets the TTL (ms)
-/// when positive. Returns 1 when written.
+/// Sets the entry unless the cached one has a later event time (an entry whose time
+/// is not a number is replaced); sets the TTL (ms) when positive. Returns 1 when
+/// written.
 const GUARDED_SET: &str = r#"
-local cur = redis.call('HGET', KEYS[1], 't')
-if cur and tonumber(cur) > tonumber(ARGV[1]) then return 0 end
+local cur = tonumber(redis.call('HGET', KEYS[1], 't') or '')
+if cur and cur > tonumber(ARGV[1]) then return 0 end
 redis.call('HSET', KEYS[1], 't', ARGV[1], 'v', ARGV[2])
 if tonumber(ARGV[3]) > 0 then redis.call('PEXPIRE', KEYS[1], ARGV[3]) end
 return 1
@@ -367,26 +358,26 @@ impl RedisCache {
                     .map_err(|e| self.fail(e))?
             }
         };
-        keys.iter()
+        Ok(keys
+            .iter()
             .zip(raw)
             .map(|(key, (pair, pttl))| match pair {
-                (Some(t), Some(v)) => t
-                    .parse::<i64>()
-                    .map(|t| {
-                        Some(Cached {
-                            event_time: t,
-                            value: v,
-                            expires_in: u64::try_from(pttl).ok().map(Duration::from_millis),
-                        })
-                    })
-                    .map_err(|e| CacheError::Corrupt {
-                        url: self.url.clone(),
-                        key: key.clone(),
-                        message: format!("event time `{t}`: {e}"),
+                (Some(t), Some(v)) => match t.parse::<i64>() {
+                    Ok(event_time) => Some(Cached {
+                        event_time,
+                        value: v,
+                        expires_in: u64::try_from(pttl).ok().map(Duration::from_millis),
                     }),
-                _ => Ok(None),
+                    Err(e) => {
+                        // Not an entry this crate wrote: a miss, so the reader goes to
+                        // the store and its write-back replaces it.
+                        tracing::warn!(url = %self.url, key = %key, error = %e, "cache entry with a corrupt event time; read as a miss");
+                        None
+                    }
+                },
+                _ => None,
             })
-            .collect()
+            .collect())
     }
 
     /// Removes keys (erasure); returns how many existed.

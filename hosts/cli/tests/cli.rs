@@ -275,6 +275,19 @@ fn the_demo_backfills_streams_checks_skew_and_reads_entities_back() {
     assert_eq!(stdout.matches("batch = stream ✓").count(), 3, "{stdout}");
     assert_eq!(stdout.matches("  read back ").count(), 6, "{stdout}");
     assert!(stdout.contains("Zero skew:"), "{stdout}");
+    assert!(
+        stdout.contains("▸ serving  POST http://127.0.0.1:"),
+        "{stdout}"
+    );
+    assert_eq!(
+        stdout.matches("    store    plugin ").count(),
+        2,
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("card-nobody    missing  (defaults)"),
+        "{stdout}"
+    );
     let work = tmp.path().join("lockstep-demo");
     assert!(work.join("online-store/online.redb").is_file());
     assert!(work.join("offline-store/txn_velocity").is_dir());

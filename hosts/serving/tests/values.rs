@@ -362,3 +362,67 @@ fn http_clients_and_feast_clients_read_the_same_values_and_bad_requests_say_why(
         assert!(health.contains(r#""status":"ok""#), "{health}");
     });
 }
+
+#[test]
+fn corrupt_or_foreign_cache_entries_are_misses_that_the_store_repairs() {
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn OnlineStore> = Arc::new(embedded(dir.path(), 20));
+    let redis = Redis::start(&[]);
+    let rt = runtime();
+    rt.block_on(async {
+        let admin = redis::Client::open(redis.url()).unwrap();
+        let mut admin = admin.get_multiplexed_async_connection().await.unwrap();
+        let key = |i: usize| lockstep_cache::cache_key("card_stats@1.2.0", &format!("card-{i}"));
+        let huge = format!(
+            "{{\"event_time\": 1, \"plugin_hash\": \"x\", \"row\": {{\"spend\": \"{}\"}}",
+            "9".repeat(1 << 20)
+        );
+        let hostile: Vec<(String, String)> = vec![
+            ("0".into(), "not json".into()),
+            ("0".into(), r#"{"event_time": 1}"#.into()),
+            (
+                "abc".into(),
+                r#"{"event_time": 1, "plugin_hash": "x", "row": {}}"#.into(),
+            ),
+            (
+                "0".into(),
+                r#"{"event_time": 1, "plugin_hash": "x", "row": {"sp\u0065nd": 1}}"#.into(),
+            ),
+            (
+                "0".into(),
+                r#"{"event_time": "soon", "plugin_hash": "x", "row": {}}"#.into(),
+            ),
+            ("0".into(), huge),
+        ];
+        for (i, (t, v)) in hostile.iter().enumerate() {
+            let _: () = redis::cmd("HSET")
+                .arg(key(i))
+                .arg("t")
+                .arg(t)
+                .arg("v")
+                .arg(v)
+                .query_async(&mut admin)
+                .await
+                .unwrap();
+        }
+        let cache = RedisCache::connect(&redis.url(), None, Duration::from_secs(2))
+            .await
+            .unwrap();
+        let server =
+            FeatureServer::new(vec![served()], store.clone(), Some(cache), config()).unwrap();
+        let keys: Vec<String> = (0..hostile.len()).map(|i| format!("card-{i}")).collect();
+        let request = FeatureRequest::new("card_stats", keys.clone());
+        let first = server.get(&request).await.unwrap().parsed();
+        assert_eq!(
+            check_against_store(&first, store.as_ref(), &keys, Source::Store),
+            keys.len()
+        );
+        // The write-backs replaced every one of them.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let second = server.get(&request).await.unwrap().parsed();
+        assert_eq!(
+            check_against_store(&second, store.as_ref(), &keys, Source::Cache),
+            keys.len()
+        );
+    });
+}
