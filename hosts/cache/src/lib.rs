@@ -53,6 +53,18 @@ pub fn cache_key(group_id: &str, entity: &str) -> String {
     format!("lockstep:{group_id}:{entity}")
 }
 
+/// The cached form of an entity's record, the one every writer uses and the serving
+/// path reads: `{"event_time": µs, "plugin_hash": "…", "row": {…}}`, the row in the
+/// online store's exact JSON.
+pub fn record_value(
+    event_time: i64,
+    plugin_hash: &str,
+    row: &serde_json::Map<String, serde_json::Value>,
+) -> String {
+    serde_json::json!({"event_time": event_time, "plugin_hash": plugin_hash, "row": row})
+        .to_string()
+}
+
 /// The key pattern (Redis ACL `~pattern`) of every entity of a group version.
 pub fn group_key_pattern(group_id: &str) -> String {
     // ACL patterns are globs: escape the glob characters a group id could hold.

@@ -106,6 +106,23 @@ enum Command {
         #[command(flatten)]
         runtime: RuntimeArgs,
     },
+    /// Print the Redis `ACL SETUSER` command that makes USER a tenant of the cache:
+    /// it may touch only its groups' keys (reads; writes too with --write). The
+    /// password comes from the environment variable --password-env names.
+    CacheAcl {
+        /// The Redis user.
+        #[arg(long)]
+        user: String,
+        /// The environment variable holding its password.
+        #[arg(long, default_value = "LOCKSTEP_TENANT_PASSWORD")]
+        password_env: String,
+        /// A group version it may read, NAME@VERSION. Repeatable.
+        #[arg(long = "group", required = true)]
+        groups: Vec<String>,
+        /// Allow writes too (for the stream host's user).
+        #[arg(long)]
+        write: bool,
+    },
     /// Check the plugins against their golden sets in `golden/`, or remake them.
     #[command(subcommand)]
     Golden(GoldenCommand),
@@ -543,6 +560,12 @@ fn main() {
                 .runtime()
                 .and_then(|runtime| serve::run(args, &runtime))
         }
+        Command::CacheAcl {
+            user,
+            password_env,
+            groups,
+            write,
+        } => cache_acl(&user, &password_env, &groups, write),
         Command::Demo { events } => demo::run(events),
     };
     if let Err(e) = result {
@@ -595,6 +618,27 @@ fn featurestore_local(
         .await
         .context("serving the feature store API")
     })
+}
+
+fn cache_acl(user: &str, password_env: &str, groups: &[String], write: bool) -> Result<()> {
+    let password = std::env::var(password_env)
+        .ok()
+        .filter(|p| !p.is_empty())
+        .with_context(|| format!("set {password_env} to the tenant's password"))?;
+    for group in groups {
+        let ok = group.split_once('@').is_some_and(|(name, version)| {
+            !name.is_empty() && !version.is_empty() && !group.contains(char::is_whitespace)
+        });
+        anyhow::ensure!(ok, "`{group}` is not a group version NAME@VERSION");
+    }
+    let rules = lockstep_cache::tenant_acl(user, &password, groups, write);
+    // Quoted for redis-cli, so a password with spaces or quotes stays one argument.
+    let quoted: Vec<String> = rules
+        .iter()
+        .map(|r| format!("\"{}\"", r.replace('\\', "\\\\").replace('"', "\\\"")))
+        .collect();
+    println!("ACL SETUSER {}", quoted.join(" "));
+    Ok(())
 }
 
 fn gen_kind(kind: EventKind) -> lockstep_gen::Kind {

@@ -253,3 +253,88 @@ fn chrono_micros(rfc3339: &str) -> i64 {
         .expect("an RFC 3339 time")
         .timestamp_micros()
 }
+
+#[test]
+fn cache_acl_prints_rules_redis_accepts_and_they_fence_the_tenant_in() {
+    let out = Command::new(env!("CARGO_BIN_EXE_lockstep"))
+        .args([
+            "cache-acl",
+            "--user",
+            "cards",
+            "--group",
+            "txn_velocity@1.0.0",
+        ])
+        .env_remove("LOCKSTEP_TENANT_PASSWORD")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("set LOCKSTEP_TENANT_PASSWORD"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_lockstep"))
+        .args(["cache-acl", "--user", "cards", "--group", "txn_velocity"])
+        .env("LOCKSTEP_TENANT_PASSWORD", "pw")
+        .output()
+        .unwrap();
+    assert!(
+        text(&out.stderr).contains("NAME@VERSION"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    let redis = lockstep_testkit::Redis::start(&[]);
+    let password = "a \"tricky\" pass\\word";
+    let out = Command::new(env!("CARGO_BIN_EXE_lockstep"))
+        .args([
+            "cache-acl",
+            "--user",
+            "cards",
+            "--group",
+            "txn_velocity@1.0.0",
+        ])
+        .env("LOCKSTEP_TENANT_PASSWORD", password)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let command = text(&out.stdout);
+    assert!(command.starts_with("ACL SETUSER \"cards\" "), "{command}");
+    // Through redis-cli, as an operator would.
+    let mut cli = Command::new("redis-cli")
+        .args(["-p", &redis.port().to_string()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    cli.stdin
+        .take()
+        .unwrap()
+        .write_all(command.as_bytes())
+        .unwrap();
+    let answer = cli.wait_with_output().unwrap();
+    assert_eq!(text(&answer.stdout).trim(), "OK", "{command}");
+    let as_tenant = |args: &[&str]| {
+        let out = Command::new("redis-cli")
+            .args([
+                "-p",
+                &redis.port().to_string(),
+                "--user",
+                "cards",
+                "--pass",
+                password,
+                "--no-auth-warning",
+            ])
+            .args(args)
+            .output()
+            .unwrap();
+        text(&out.stdout)
+    };
+    assert_eq!(
+        as_tenant(&["hmget", "lockstep:txn_velocity@1.0.0:c1", "t", "v"]).trim(),
+        ""
+    );
+    assert!(as_tenant(&["hmget", "lockstep:other@1.0.0:c1", "t"]).contains("NOPERM"));
+    assert!(as_tenant(&["hset", "lockstep:txn_velocity@1.0.0:c1", "t", "1"]).contains("NOPERM"));
+}

@@ -673,15 +673,15 @@ impl StreamService {
         latest
             .into_iter()
             .map(|(key, r)| {
-                let value = serde_json::json!({
-                    "event_time": times.value(r),
-                    "plugin_hash": self.group.plugin_hash,
-                    "row": row_json(rows, r),
-                });
+                let value = lockstep_cache::record_value(
+                    times.value(r),
+                    &self.group.plugin_hash,
+                    &row_json(rows, r),
+                );
                 CacheEntry {
                     key,
                     event_time: times.value(r),
-                    value: value.to_string(),
+                    value,
                 }
             })
             .collect()

@@ -8,7 +8,7 @@ use lockstep_cache::{CacheEntry, RedisCache, cache_key};
 use lockstep_client::api::{EntityFeatures, FeatureRequest, FeatureResponse, Source};
 use lockstep_core::rows::format_timestamp;
 use lockstep_online::{OnlineRecord, OnlineStore};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{Map, Value as Json};
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -59,9 +59,8 @@ impl Default for ServeConfig {
     }
 }
 
-/// A record as cached and as served: the stream host writes cache entries in this
-/// shape, and write-backs use it too.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// A record fetched from the store.
+#[derive(Debug, Clone, PartialEq)]
 struct Record {
     event_time: i64,
     plugin_hash: String,
@@ -78,8 +77,9 @@ impl From<OnlineRecord> for Record {
     }
 }
 
-/// A cache entry as read: the row's values left as JSON text, borrowed from the
-/// entry (no float is parsed and printed again on the way through).
+/// A cache entry as read (written by [`lockstep_cache::record_value`]): the row's
+/// values left as JSON text, borrowed from the entry (no float is parsed and printed
+/// again on the way through).
 #[derive(Deserialize)]
 struct CachedRow<'a> {
     event_time: i64,
@@ -624,7 +624,11 @@ impl FeatureServer {
                 Some(CacheEntry {
                     key: cache_key(&group_id, key),
                     event_time: record.event_time,
-                    value: serde_json::to_string(record).ok()?,
+                    value: lockstep_cache::record_value(
+                        record.event_time,
+                        &record.plugin_hash,
+                        &record.row,
+                    ),
                 })
             })
             .collect();

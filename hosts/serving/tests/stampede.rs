@@ -72,8 +72,7 @@ fn run(xfetch_delta: Option<Duration>, requested: usize) -> (usize, usize, usize
                 CacheEntry {
                     key: cache_key(&group().id(), &format!("card-{i}")),
                     event_time: r.event_time,
-                    value: serde_json::json!({"event_time": r.event_time, "plugin_hash": r.plugin_hash, "row": r.row})
-                        .to_string(),
+                    value: lockstep_cache::record_value(r.event_time, &r.plugin_hash, &r.row),
                 }
             })
             .collect();
@@ -82,9 +81,13 @@ fn run(xfetch_delta: Option<Duration>, requested: usize) -> (usize, usize, usize
             loader.put(chunk).await.unwrap();
         }
         // Write-backs live long: a refreshed key does not expire again in this test.
-        let cache = RedisCache::connect(&redis.url(), Some(Duration::from_secs(600)), Duration::from_secs(1))
-            .await
-            .unwrap();
+        let cache = RedisCache::connect(
+            &redis.url(),
+            Some(Duration::from_secs(600)),
+            Duration::from_secs(1),
+        )
+        .await
+        .unwrap();
         let config = ServeConfig {
             timeout: TIMEOUT,
             // Off unless δ is given.
@@ -93,7 +96,10 @@ fn run(xfetch_delta: Option<Duration>, requested: usize) -> (usize, usize, usize
             ..ServeConfig::default()
         };
         let store: Arc<dyn OnlineStore> = store.clone();
-        (FeatureServer::new(vec![served()], store, Some(cache), config).unwrap(), filled)
+        (
+            FeatureServer::new(vec![served()], store, Some(cache), config).unwrap(),
+            filled,
+        )
     });
     // (ms since the fill, latency µs, degraded, entities from the store)
     let samples = Arc::new(Mutex::new(Vec::<(u64, u64, bool, usize)>::new()));
