@@ -32,6 +32,9 @@ def main():
     p.add_argument("--one-seconds", type=float, default=30)
     p.add_argument("--hundred-rate", type=float, default=10)
     p.add_argument("--hundred-seconds", type=float, default=60)
+    p.add_argument("--stampede-keys", type=int, default=100_000)
+    p.add_argument("--stampede-ttl", type=int, default=8)
+    p.add_argument("--stampede-rate", type=float, default=500)
     args = p.parse_args()
 
     port = free_port()
@@ -64,6 +67,12 @@ def main():
             [args.lockstep, "--redis", f"redis://127.0.0.1:{port}", "--entities", str(args.entities)]
             + scenario_args + [a for s in fast for a in ("--scenario", s)]
         )
+        # Stampede: every key loaded at once with one TTL, requests across the expiry.
+        stampede = run_lines(
+            [args.lockstep, "--redis", f"redis://127.0.0.1:{port}", "--entities", str(args.stampede_keys),
+             "--stampede-ttl", str(args.stampede_ttl),
+             "--scenario", f"stampede:10:50:{args.stampede_rate}:{args.stampede_ttl + 12}"]
+        )
     finally:
         redis.terminate()
         redis.wait()
@@ -87,6 +96,18 @@ def main():
             f"{f['p50_us'] / l['p50_us']:.1f}x at p50, {f['p99_us'] / l['p99_us']:.1f}x at p99, "
             f"{f['p999_us'] / l['p999_us']:.1f}x at p999"
         )
+    for r in stampede:
+        print()
+        print(
+            f"Stampede: {args.stampede_keys} keys loaded with a {args.stampede_ttl} s TTL, "
+            f"{r['rate']:.0f} requests/s of 10 random keys x 50 features across the expiry "
+            f"({r['store_keys']} keys read from the store in all, {r['degraded']} degraded answers)"
+        )
+        print("| second | requests | p99 ms | max ms | store keys | degraded |")
+        print("|---|---|---|---|---|---|")
+        for sec in r["per_second"]:
+            print(f"| {sec['second']} | {sec['requests']} | {ms(sec['p99_us'])} | {ms(sec['max_us'])} | {sec['store_keys']} | {sec['degraded']} |")
+    print()
     bars = {"one": 2000, "hundred": 5000}
     for l in lockstep:
         bar = bars.get(l["scenario"].split("-")[0])

@@ -94,6 +94,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut redis_url = None;
     let mut entities = 10_000usize;
     let mut scenarios = Vec::new();
+    let mut stampede_ttl: Option<u64> = None;
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
         let value = args.next().ok_or_else(|| format!("{flag} needs a value"))?;
@@ -101,6 +102,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "--redis" => redis_url = Some(value),
             "--entities" => entities = value.parse()?,
             "--scenario" => scenarios.push(parse_scenario(&value)?),
+            "--stampede-ttl" => stampede_ttl = Some(value.parse()?),
             other => return Err(format!("unknown flag {other}").into()),
         }
     }
@@ -130,6 +132,43 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         entities,
     )?;
     let store: Arc<dyn OnlineStore> = Arc::new(store);
+    if let Some(ttl) = stampede_ttl {
+        // Every entry loaded at once with one TTL, as a bulk load would: they all
+        // expire together during the scenarios.
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        rt.block_on(async {
+            let loader = lockstep_cache::RedisCache::connect(
+                &redis_url,
+                Some(Duration::from_secs(ttl)),
+                Duration::from_secs(5),
+            )
+            .await?;
+            let keys: Vec<String> = (0..entities).map(|e| format!("card-{e}")).collect();
+            for chunk in keys.chunks(5_000) {
+                let records = store.get(&group, chunk)?;
+                let entries: Vec<lockstep_cache::CacheEntry> = chunk
+                    .iter()
+                    .zip(records)
+                    .filter_map(|(key, r)| {
+                        let r = r?;
+                        Some(lockstep_cache::CacheEntry {
+                            key: lockstep_cache::cache_key(&group.id(), key),
+                            event_time: r.event_time,
+                            value: lockstep_cache::record_value(
+                                r.event_time,
+                                &r.plugin_hash,
+                                &r.row,
+                            ),
+                        })
+                    })
+                    .collect();
+                loader.put(&entries).await?;
+            }
+            Ok::<_, Box<dyn std::error::Error>>(())
+        })?;
+    }
 
     // The server: two worker threads, as a small serving pod would have.
     let server_rt = tokio::runtime::Builder::new_multi_thread()
@@ -164,7 +203,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     client_rt.block_on(async {
         // Fill the cache through the serving path, until every entity is a hit.
         let all: Vec<String> = (0..entities).map(|e| format!("card-{e}")).collect();
-        for _round in 0..20 {
+        let rounds = if stampede_ttl.is_some() { 0 } else { 20 };
+        for _round in 0..rounds {
             let mut misses = 0;
             for chunk in all.chunks(100) {
                 let answer = client
@@ -182,7 +222,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
         for s in &scenarios {
-            run(&client, s, entities).await?;
+            run(&client, &server, s, entities, stampede_ttl.is_none()).await?;
         }
         Ok::<_, Box<dyn std::error::Error>>(())
     })?;
@@ -190,10 +230,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
+/// Runs one scenario open loop and prints its figures, with a per-second breakdown
+/// (requests, p99, max, degraded answers, keys read from the store). `warm_up` sends
+/// 200 requests first (not in a stampede run: they would touch the entries).
 async fn run(
     client: &Client,
+    server: &FeatureServer,
     s: &Scenario,
     entities: usize,
+    warm_up: bool,
 ) -> Result<(), Box<dyn std::error::Error>> {
     let features: Vec<String> = (0..s.features).map(feature_name).collect();
     let mut rng = fastrand::Rng::with_seed(7);
@@ -204,11 +249,12 @@ async fn run(
         (rows, request)
     };
     // Warm-up: connections and code paths.
-    for _ in 0..200 {
+    for _ in 0..if warm_up { 200 } else { 0 } {
         client.get_features(&request(&mut rng).1).await?;
     }
     let total = (s.rate * s.seconds) as usize;
-    let results: Arc<Mutex<Vec<(u64, bool, bool)>>> =
+    // (due, µs after the start; latency µs; degraded; all from the cache)
+    let results: Arc<Mutex<Vec<(u64, u64, bool, bool)>>> =
         Arc::new(Mutex::new(Vec::with_capacity(total)));
     let failures = Arc::new(Mutex::new(Vec::<String>::new()));
     // Bounded: at most this many requests in flight; the others wait, and the wait
@@ -223,6 +269,20 @@ async fn run(
     let rate = s.rate;
     let (client2, results2, failures2) = (client.clone(), results.clone(), failures.clone());
     let start = std::time::Instant::now();
+    // The store reads of each second, sampled from the server's counter.
+    let store_keys = server.metrics().store_keys.clone();
+    let seconds = s.seconds.ceil() as usize + 1;
+    let sampler = tokio::spawn(async move {
+        let mut per_second = Vec::with_capacity(seconds);
+        let mut last = store_keys.get();
+        for second in 1..=seconds {
+            tokio::time::sleep_until((start + Duration::from_secs(second as u64)).into()).await;
+            let now = store_keys.get();
+            per_second.push(now - last);
+            last = now;
+        }
+        per_second
+    });
     let handles = tokio::task::spawn_blocking(move || {
         let mut handles = Vec::with_capacity(total);
         for (i, (rows, req)) in requests.into_iter().enumerate() {
@@ -244,6 +304,7 @@ async fn run(
                 };
                 let answer = client.get_features(&req).await;
                 let took = due.elapsed().as_micros() as u64;
+                let due_us = (due - start).as_micros() as u64;
                 match answer {
                     Ok(answer) => {
                         let all_cache = answer.entities.iter().all(|e| e.source == Source::Cache);
@@ -251,7 +312,9 @@ async fn run(
                             for (entity, e) in answer.entities.iter().zip(&rows) {
                                 for f in [0, n_features - 1] {
                                     let want = serde_json::json!(value(*e, f));
-                                    if entity.source == Source::Cache && entity.values[f] != want {
+                                    let stored =
+                                        matches!(entity.source, Source::Cache | Source::Store);
+                                    if stored && entity.values[f] != want {
                                         failures.lock().unwrap().push(format!(
                                             "card-{e} f{f:02}: {} != {want}",
                                             entity.values[f]
@@ -263,7 +326,7 @@ async fn run(
                         results
                             .lock()
                             .unwrap()
-                            .push((took, answer.degraded, all_cache));
+                            .push((due_us, took, answer.degraded, all_cache));
                     }
                     Err(e) => failures.lock().unwrap().push(e.to_string()),
                 }
@@ -280,9 +343,26 @@ async fn run(
     if !failures.is_empty() {
         return Err(format!("{} failures, first: {}", failures.len(), failures[0]).into());
     }
+    let store_per_second = sampler.await?;
     let results = results.lock().unwrap();
-    let mut took: Vec<u64> = results.iter().map(|r| r.0).collect();
+    let mut took: Vec<u64> = results.iter().map(|r| r.1).collect();
     took.sort_unstable();
+    let per_second: Vec<serde_json::Value> = (0..seconds)
+        .map(|second| {
+            let in_second = |r: &&(u64, u64, bool, bool)| r.0 / 1_000_000 == second as u64;
+            let mut took: Vec<u64> = results.iter().filter(in_second).map(|r| r.1).collect();
+            took.sort_unstable();
+            serde_json::json!({
+                "second": second,
+                "requests": took.len(),
+                "p99_us": percentile(&took, 99.0),
+                "max_us": took.last().copied().unwrap_or(0),
+                "degraded": results.iter().filter(in_second).filter(|r| r.2).count(),
+                "store_keys": store_per_second.get(second).copied().unwrap_or(0),
+            })
+        })
+        .filter(|v| v["requests"] != 0)
+        .collect();
     println!(
         "{}",
         serde_json::json!({
@@ -297,8 +377,10 @@ async fn run(
             "p99_us": percentile(&took, 99.0),
             "p999_us": percentile(&took, 99.9),
             "max_us": took.last().copied().unwrap_or(0),
-            "degraded": results.iter().filter(|r| r.1).count(),
-            "not_all_cache": results.iter().filter(|r| !r.2).count(),
+            "degraded": results.iter().filter(|r| r.2).count(),
+            "not_all_cache": results.iter().filter(|r| !r.3).count(),
+            "store_keys": store_per_second.iter().sum::<u64>(),
+            "per_second": per_second,
         })
     );
     Ok(())

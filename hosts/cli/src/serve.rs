@@ -40,11 +40,12 @@ pub struct ServeArgs {
     /// XFetch β: how early cache entries refresh before they expire (0: never).
     #[arg(long, default_value_t = 1.0)]
     pub xfetch_beta: f64,
-    /// Consecutive failures that open a backend's circuit breaker.
-    #[arg(long, default_value_t = 5)]
+    /// Failures within one second (and at least half its calls) that open a
+    /// backend's circuit breaker.
+    #[arg(long, default_value_t = 10)]
     pub breaker_failures: u32,
     /// How long an open circuit stays open before one probe.
-    #[arg(long, default_value = "500ms", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "250ms", value_parser = humantime::parse_duration)]
     pub breaker_open_for: Duration,
     /// A default-feature snapshot (JSON: {"group@version": {"feature": value}}) that
     /// replaces manifest defaults.
@@ -139,10 +140,12 @@ pub fn run(args: ServeArgs, runtime: &Runtime) -> Result<()> {
         cache_breaker: BreakerConfig {
             failures: args.breaker_failures,
             open_for: args.breaker_open_for,
+            ..BreakerConfig::default()
         },
         store_breaker: BreakerConfig {
             failures: args.breaker_failures,
             open_for: args.breaker_open_for,
+            ..BreakerConfig::default()
         },
         ..ServeConfig::default()
     };

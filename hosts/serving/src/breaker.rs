@@ -1,10 +1,12 @@
 //! [`Breaker`]: a circuit breaker in front of a backend.
 //!
-//! Closed, it lets every call through and counts consecutive failures; at the
-//! threshold it opens and refuses calls (the caller serves defaults without waiting)
-//! for the cool-down; then one probe goes through (half-open): its success closes the
-//! circuit, its failure opens it again. So an outage costs each request nothing, and
-//! recovery needs no operator.
+//! Closed, it lets every call through and counts calls and failures in a tumbling
+//! window; when a window holds at least `failures` failures making at least
+//! `failure_ratio` of its calls, it opens and refuses calls (the caller serves defaults
+//! without waiting) for the cool-down; then one probe goes through (half-open): its
+//! success closes the circuit, its failure opens it again. So an outage costs each
+//! request nothing, recovery needs no operator, and a short hiccup (a few slow calls
+//! among many good ones) does not turn into a cool-down of degraded answers.
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -12,8 +14,12 @@ use std::time::{Duration, Instant};
 /// When a breaker opens and for how long.
 #[derive(Debug, Clone, Copy)]
 pub struct BreakerConfig {
-    /// Consecutive failures that open the circuit.
+    /// Failures in one window that (at the failure ratio) open the circuit.
     pub failures: u32,
+    /// The share of a window's calls that must have failed.
+    pub failure_ratio: f64,
+    /// The window failures are counted in.
+    pub window: Duration,
     /// How long it stays open before a probe.
     pub open_for: Duration,
 }
@@ -21,15 +27,20 @@ pub struct BreakerConfig {
 impl Default for BreakerConfig {
     fn default() -> Self {
         BreakerConfig {
-            failures: 5,
-            open_for: Duration::from_millis(500),
+            failures: 10,
+            failure_ratio: 0.5,
+            window: Duration::from_secs(1),
+            open_for: Duration::from_millis(250),
         }
     }
 }
 
 #[derive(Debug)]
 enum State {
+    /// Calls and failures counted since `since`.
     Closed {
+        since: Instant,
+        calls: u32,
         failures: u32,
     },
     Open {
@@ -53,7 +64,11 @@ impl Breaker {
     pub fn new(config: BreakerConfig) -> Self {
         Breaker {
             config,
-            state: Mutex::new(State::Closed { failures: 0 }),
+            state: Mutex::new(State::Closed {
+                since: Instant::now(),
+                calls: 0,
+                failures: 0,
+            }),
         }
     }
 
@@ -87,24 +102,47 @@ impl Breaker {
 
     /// A call went through and succeeded.
     pub fn success(&self) {
-        *self.state() = State::Closed { failures: 0 };
+        self.record(Instant::now(), false);
     }
 
     /// A call failed (error or timeout).
     pub fn failure(&self) {
-        self.failure_at(Instant::now());
+        self.record(Instant::now(), true);
     }
 
-    fn failure_at(&self, now: Instant) {
+    fn record(&self, now: Instant, failed: bool) {
         let mut state = self.state();
-        let open = State::Open {
-            until: now + self.config.open_for,
+        let (since, calls, failures) = match *state {
+            State::Closed {
+                since,
+                calls,
+                failures,
+            } if now < since + self.config.window => (since, calls, failures),
+            // A new window; or the probe's answer, which starts one.
+            State::Closed { .. } | State::Probing { .. } if !failed => (now, 0, 0),
+            State::Closed { .. } => (now, 0, 0),
+            // A failed probe, or a late failure while open: open (again).
+            State::Open { .. } | State::Probing { .. } => {
+                *state = State::Open {
+                    until: now + self.config.open_for,
+                };
+                return;
+            }
         };
-        *state = match *state {
-            State::Closed { failures } if failures + 1 < self.config.failures => State::Closed {
-                failures: failures + 1,
-            },
-            _ => open,
+        let calls = calls.saturating_add(1);
+        let failures = failures.saturating_add(u32::from(failed));
+        let ratio = f64::from(failures) / f64::from(calls);
+        *state = if failed && failures >= self.config.failures && ratio >= self.config.failure_ratio
+        {
+            State::Open {
+                until: now + self.config.open_for,
+            }
+        } else {
+            State::Closed {
+                since,
+                calls,
+                failures,
+            }
         };
     }
 
@@ -118,47 +156,68 @@ impl Breaker {
 mod tests {
     use super::*;
 
-    #[test]
-    fn opens_after_the_threshold_probes_once_after_the_cool_down_and_closes_on_success() {
-        let b = Breaker::new(BreakerConfig {
-            failures: 3,
+    fn config(failures: u32) -> BreakerConfig {
+        BreakerConfig {
+            failures,
+            failure_ratio: 0.5,
+            window: Duration::from_secs(1),
             open_for: Duration::from_millis(100),
-        });
+        }
+    }
+
+    #[test]
+    fn opens_on_enough_failures_probes_once_after_the_cool_down_and_closes_on_success() {
+        let b = Breaker::new(config(3));
         let t0 = Instant::now();
-        b.failure_at(t0);
-        b.failure_at(t0);
+        b.record(t0, true);
+        b.record(t0, true);
         assert!(b.allow_at(t0) && !b.is_open());
-        b.failure_at(t0);
+        b.record(t0, true);
         assert!(b.is_open());
         assert!(!b.allow_at(t0 + Duration::from_millis(99)));
         let later = t0 + Duration::from_millis(100);
         assert!(b.allow_at(later), "one probe");
         assert!(!b.allow_at(later), "only one");
-        b.failure_at(later);
+        b.record(later, true);
         assert!(!b.allow_at(later + Duration::from_millis(50)), "open again");
         let probe = later + Duration::from_millis(100);
         assert!(b.allow_at(probe));
-        b.success();
+        b.record(probe, false);
         assert!(!b.is_open() && b.allow_at(probe) && b.allow_at(probe));
+        // A fresh window after the probe: one more failure does not reopen it.
+        b.record(probe, true);
+        assert!(!b.is_open());
     }
 
     #[test]
-    fn a_success_resets_the_count_and_a_lost_probe_is_written_off() {
-        let b = Breaker::new(BreakerConfig {
-            failures: 2,
-            open_for: Duration::from_millis(10),
-        });
+    fn a_few_failures_among_many_successes_keep_it_closed() {
+        let b = Breaker::new(config(3));
         let t0 = Instant::now();
-        b.failure_at(t0);
-        b.success();
-        b.failure_at(t0);
+        for i in 0..100 {
+            b.record(t0, i % 10 == 0);
+        }
+        assert!(!b.is_open(), "10 failures in 100 calls: under the ratio");
+        // Failures spread over windows never add up.
+        let b = Breaker::new(config(3));
+        let t0 = Instant::now();
+        for w in 0..5 {
+            let at = t0 + Duration::from_millis(1100 * w);
+            b.record(at, true);
+            b.record(at, true);
+        }
         assert!(!b.is_open());
-        b.failure_at(t0);
+    }
+
+    #[test]
+    fn a_lost_probe_is_written_off() {
+        let b = Breaker::new(config(1));
+        let t0 = Instant::now();
+        b.record(t0, true);
         assert!(b.is_open());
-        let probe = t0 + Duration::from_millis(10);
+        let probe = t0 + Duration::from_millis(100);
         assert!(b.allow_at(probe));
         // The probe's caller vanished without reporting.
-        assert!(!b.allow_at(probe + Duration::from_millis(5)));
-        assert!(b.allow_at(probe + Duration::from_millis(10)));
+        assert!(!b.allow_at(probe + Duration::from_millis(50)));
+        assert!(b.allow_at(probe + Duration::from_millis(100)));
     }
 }

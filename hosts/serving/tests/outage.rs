@@ -42,6 +42,7 @@ fn stopped_or_frozen_redis_degrades_every_answer_in_time_and_recovers_by_itself(
             cache_breaker: BreakerConfig {
                 failures: 3,
                 open_for: Duration::from_millis(300),
+                ..BreakerConfig::default()
             },
             ..ServeConfig::default()
         };
