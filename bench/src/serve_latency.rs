@@ -230,6 +230,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
+/// One answered request: when it was due (µs after the start), its latency (µs),
+/// whether it was degraded, and whether every entity came from the cache.
+type Answered = (u64, u64, bool, bool);
+
 /// Runs one scenario open loop and prints its figures, with a per-second breakdown
 /// (requests, p99, max, degraded answers, keys read from the store). `warm_up` sends
 /// 200 requests first (not in a stampede run: they would touch the entries).
@@ -253,9 +257,7 @@ async fn run(
         client.get_features(&request(&mut rng).1).await?;
     }
     let total = (s.rate * s.seconds) as usize;
-    // (due, µs after the start; latency µs; degraded; all from the cache)
-    let results: Arc<Mutex<Vec<(u64, u64, bool, bool)>>> =
-        Arc::new(Mutex::new(Vec::with_capacity(total)));
+    let results: Arc<Mutex<Vec<Answered>>> = Arc::new(Mutex::new(Vec::with_capacity(total)));
     let failures = Arc::new(Mutex::new(Vec::<String>::new()));
     // Bounded: at most this many requests in flight; the others wait, and the wait
     // counts in their latency.
@@ -339,17 +341,17 @@ async fn run(
         h.await?;
     }
     let elapsed = start.elapsed().as_secs_f64();
+    let store_per_second = sampler.await?;
     let failures = failures.lock().unwrap();
     if !failures.is_empty() {
         return Err(format!("{} failures, first: {}", failures.len(), failures[0]).into());
     }
-    let store_per_second = sampler.await?;
     let results = results.lock().unwrap();
     let mut took: Vec<u64> = results.iter().map(|r| r.1).collect();
     took.sort_unstable();
     let per_second: Vec<serde_json::Value> = (0..seconds)
         .map(|second| {
-            let in_second = |r: &&(u64, u64, bool, bool)| r.0 / 1_000_000 == second as u64;
+            let in_second = |r: &&Answered| r.0 / 1_000_000 == second as u64;
             let mut took: Vec<u64> = results.iter().filter(in_second).map(|r| r.1).collect();
             took.sort_unstable();
             serde_json::json!({
