@@ -13,10 +13,54 @@ use serde_json::{Map, Value as Json};
 /// Formats UTC microseconds as RFC 3339 (`2024-01-01T00:00:00.000000Z`); out-of-range
 /// values fall back to the integer.
 pub fn format_timestamp(micros: i64) -> Json {
-    match chrono::DateTime::from_timestamp_micros(micros) {
-        Some(t) => Json::String(t.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string()),
-        None => Json::from(micros),
+    let mut text = Vec::with_capacity(27);
+    if write_timestamp(micros, &mut text) {
+        // Only ASCII digits and separators were written.
+        Json::String(String::from_utf8(text).unwrap_or_default())
+    } else {
+        Json::from(micros)
     }
+}
+
+/// Appends `micros` as RFC 3339 UTC with microseconds; `false` (nothing written) when
+/// chrono cannot represent it. Years 0 to 9999 are written digit by digit (every log
+/// line and stored record has one, and a format string is parsed on every call);
+/// others go through chrono's formatter, which signs them.
+fn write_timestamp(micros: i64, out: &mut Vec<u8>) -> bool {
+    use chrono::{Datelike, Timelike};
+    let Some(t) = chrono::DateTime::from_timestamp_micros(micros) else {
+        return false;
+    };
+    let year = t.year();
+    if !(0..=9999).contains(&year) {
+        use std::io::Write as _;
+        let _ = write!(out, "{}", t.format("%Y-%m-%dT%H:%M:%S%.6fZ"));
+        return true;
+    }
+    let digits = |out: &mut Vec<u8>, value: u32, width: usize| {
+        let mut buf = [b'0'; 6];
+        let mut v = value;
+        for slot in buf[..width].iter_mut().rev() {
+            *slot = b'0' + (v % 10) as u8;
+            v /= 10;
+        }
+        out.extend_from_slice(&buf[..width]);
+    };
+    digits(out, year as u32, 4);
+    out.push(b'-');
+    digits(out, t.month(), 2);
+    out.push(b'-');
+    digits(out, t.day(), 2);
+    out.push(b'T');
+    digits(out, t.hour(), 2);
+    out.push(b':');
+    digits(out, t.minute(), 2);
+    out.push(b':');
+    digits(out, t.second(), 2);
+    out.push(b'.');
+    digits(out, t.timestamp_subsec_micros(), 6);
+    out.push(b'Z');
+    true
 }
 
 /// A float as JSON, keeping non-finite values as strings.
@@ -96,9 +140,13 @@ pub fn write_row_json(batch: &RecordBatch, keys: &[String], row: usize, out: &mu
             }
             DataType::Timestamp(_, _) => {
                 let micros = column.as_primitive::<TimestampMicrosecondType>().value(row);
-                match chrono::DateTime::from_timestamp_micros(micros) {
-                    Some(t) => write!(out, "\"{}\"", t.format("%Y-%m-%dT%H:%M:%S%.6fZ")),
-                    None => write!(out, "{micros}"),
+                out.push(b'"');
+                if write_timestamp(micros, out) {
+                    out.push(b'"');
+                    Ok(())
+                } else {
+                    out.pop();
+                    write!(out, "{micros}")
                 }
             }
             _ => serde_json::to_writer(&mut *out, &value_json(column, row))
@@ -120,6 +168,40 @@ pub fn quoted_keys(schema: &arrow_schema::Schema) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn timestamps_print_as_chrono_formats_them_at_every_range() {
+        let chrono_text = |micros: i64| {
+            chrono::DateTime::from_timestamp_micros(micros)
+                .map(|t| t.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string())
+        };
+        let mut samples = vec![
+            0,
+            -1,
+            1,
+            1_709_251_200_000_000,
+            253_402_300_799_999_999, // 9999-12-31T23:59:59.999999
+            253_402_300_800_000_000, // year 10000
+            -62_167_219_200_000_000, // 0000-01-01
+            -62_167_219_200_000_001, // year -1
+            i64::MAX,
+            i64::MIN,
+        ];
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        for _ in 0..20_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            samples.push(x as i64 >> (x % 12));
+        }
+        for micros in samples {
+            let ours = match format_timestamp(micros) {
+                Json::String(s) => Some(s),
+                _ => None,
+            };
+            assert_eq!(ours, chrono_text(micros), "{micros}");
+        }
+    }
 
     #[test]
     fn written_rows_are_the_bytes_of_row_json() {

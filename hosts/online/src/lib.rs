@@ -267,6 +267,11 @@ impl EmbeddedStore {
         records: Vec<(String, i64, Vec<u8>)>,
     ) -> Result<PutSummary, OnlineError> {
         let id = group.id();
+        // In key order: the B-tree's pages are then copied and written once per put,
+        // not once per record that lands on them (a random order touches pages all
+        // over the tree).
+        let mut records = records;
+        records.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         let txn = self.db.begin_write().map_err(|e| self.fail(e))?;
         let mut summary = PutSummary::default();
         {
