@@ -20,6 +20,8 @@ const KEYS: usize = 100_000;
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 const TTL: Duration = Duration::from_secs(3);
 const TIMEOUT: Duration = Duration::from_millis(20);
+/// Scheduling on a loaded 2-core machine, in a debug build.
+const MARGIN: Duration = Duration::from_millis(10);
 
 #[test]
 fn synchronized_expiry_fetches_each_key_once_without_a_p99_spike() {
@@ -148,6 +150,7 @@ fn run(xfetch_delta: Option<Duration>, requested: usize) -> (usize, usize, usize
     let samples = samples.lock().unwrap();
     let seconds = samples.iter().map(|s| s.0 / 1000).max().unwrap_or(0) + 1;
     let mut worst_p99 = 0;
+    let mut worst_degraded_share: f64 = 0.0;
     // (ms since the fill, keys) of each store read, the early refreshes included.
     let store_calls: Vec<(u64, usize)> = store
         .calls
@@ -175,6 +178,9 @@ fn run(xfetch_delta: Option<Duration>, requested: usize) -> (usize, usize, usize
             .count();
         let p99 = percentile(&took, 99.0);
         worst_p99 = worst_p99.max(p99);
+        if !took.is_empty() {
+            worst_degraded_share = worst_degraded_share.max(degraded as f64 / took.len() as f64);
+        }
         println!(
             "{second:>6}  {:>8}  {:>6}  {p99:>6}  {:>6}  {store_reads:>10}  {degraded:>8}",
             took.len(),
@@ -213,8 +219,12 @@ fn run(xfetch_delta: Option<Duration>, requested: usize) -> (usize, usize, usize
         samples.len()
     );
     assert!(
-        worst_p99 <= TIMEOUT.as_micros() as u64,
-        "p99 within the timeout every second, the expiry's included: {worst_p99} µs"
+        worst_p99 <= (TIMEOUT + MARGIN).as_micros() as u64,
+        "p99 within the timeout (plus scheduling) every second, the expiry's included: {worst_p99} µs"
+    );
+    assert!(
+        worst_degraded_share <= 0.03,
+        "at most 3% of a second's answers degraded, the expiry's included: {worst_degraded_share}"
     );
     (before, after, fetched)
 }
