@@ -40,6 +40,11 @@ pub struct ServeArgs {
     /// XFetch β: how early cache entries refresh before they expire (0: never).
     #[arg(long, default_value_t = 1.0)]
     pub xfetch_beta: f64,
+    /// XFetch δ, the cost of a refresh (default: the measured store read time). A
+    /// loopback store reads in well under a millisecond, which leaves almost no window
+    /// for early refreshes; hot keys then refresh within a few δ·β of expiry.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub xfetch_delta: Option<Duration>,
     /// Failures within one second (and at least half its calls) that open a
     /// backend's circuit breaker.
     #[arg(long, default_value_t = 10)]
@@ -113,6 +118,15 @@ fn served_groups(
 
 /// Runs the server until SIGTERM or Ctrl-C.
 pub fn run(args: ServeArgs, runtime: &Runtime) -> Result<()> {
+    if !(args.xfetch_beta.is_finite() && args.xfetch_beta >= 0.0) {
+        bail!(
+            "--xfetch-beta must be a number ≥ 0, not {}",
+            args.xfetch_beta
+        );
+    }
+    if args.timeout.is_zero() {
+        bail!("--timeout must be more than zero: every answer would be the defaults");
+    }
     let (groups, schemas) = served_groups(&args, runtime)?;
     let store: Arc<dyn OnlineStore> = match &args.online_store {
         OnlineStoreArg::Embedded(dir) => Arc::new(EmbeddedStore::open(dir).with_context(|| {
@@ -136,6 +150,7 @@ pub fn run(args: ServeArgs, runtime: &Runtime) -> Result<()> {
         timeout: args.timeout,
         store_timeout: args.store_timeout,
         xfetch_beta: args.xfetch_beta,
+        xfetch_delta: args.xfetch_delta,
         max_entities: args.max_entities,
         cache_breaker: BreakerConfig {
             failures: args.breaker_failures,

@@ -147,6 +147,29 @@ fn serve_answers_with_the_stores_rows_and_refuses_bad_configuration_by_name() {
             text(&out.stderr)
         );
     }
+    for (flag, why) in [
+        ("--xfetch-beta=-1", "must be a number ≥ 0"),
+        ("--xfetch-beta=NaN", "must be a number ≥ 0"),
+        ("--timeout=0ms", "more than zero"),
+    ] {
+        let store = format!("embedded:{}", s(&data));
+        let out = lockstep(&[
+            "serve",
+            "--plugin",
+            s(&wasm),
+            "--online-store",
+            &store,
+            flag,
+            "--listen",
+            "127.0.0.1:0",
+        ]);
+        assert!(!out.status.success());
+        assert!(
+            text(&out.stderr).contains(why),
+            "{flag}: {}",
+            text(&out.stderr)
+        );
+    }
     let port = lockstep_testkit::free_port();
     let out = lockstep(&[
         "serve",
