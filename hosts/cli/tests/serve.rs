@@ -112,7 +112,19 @@ fn serve_answers_with_the_stores_rows_and_refuses_bad_configuration_by_name() {
     )
     .unwrap();
 
-    // Refusals, each naming what is wrong.
+    // Refusals, each naming what is wrong: `serve` over this store with `extra`
+    // arguments exits non-zero and says `why`; returns its error output.
+    let store = format!("embedded:{}", s(&data));
+    let refused = |extra: &[&str], why: &str| -> String {
+        let mut args = vec!["serve", "--plugin", s(&wasm), "--online-store", &store];
+        args.extend_from_slice(extra);
+        args.extend_from_slice(&["--listen", "127.0.0.1:0"]);
+        let out = lockstep(&args);
+        let err = text(&out.stderr);
+        assert!(!out.status.success(), "{extra:?} was accepted");
+        assert!(err.contains(why), "{extra:?}: {err}");
+        err
+    };
     for (file, why) in [
         (
             json!({"txn_velocity@1.0.0": {"txn_count_1h": "many"}}),
@@ -129,65 +141,20 @@ fn serve_answers_with_the_stores_rows_and_refuses_bad_configuration_by_name() {
     ] {
         let bad = dir.path().join("bad-defaults.json");
         std::fs::write(&bad, file.to_string()).unwrap();
-        let out = lockstep(&[
-            "serve",
-            "--plugin",
-            s(&wasm),
-            "--online-store",
-            &format!("embedded:{}", s(&data)),
-            "--defaults",
-            s(&bad),
-            "--listen",
-            "127.0.0.1:0",
-        ]);
-        assert!(!out.status.success());
-        assert!(
-            text(&out.stderr).contains(why),
-            "{file}: {}",
-            text(&out.stderr)
-        );
+        refused(&["--defaults", s(&bad)], why);
     }
     for (flag, why) in [
         ("--xfetch-beta=-1", "must be a number ≥ 0"),
         ("--xfetch-beta=NaN", "must be a number ≥ 0"),
         ("--timeout=0ms", "more than zero"),
     ] {
-        let store = format!("embedded:{}", s(&data));
-        let out = lockstep(&[
-            "serve",
-            "--plugin",
-            s(&wasm),
-            "--online-store",
-            &store,
-            flag,
-            "--listen",
-            "127.0.0.1:0",
-        ]);
-        assert!(!out.status.success());
-        assert!(
-            text(&out.stderr).contains(why),
-            "{flag}: {}",
-            text(&out.stderr)
-        );
+        refused(&[flag], why);
     }
     let port = lockstep_testkit::free_port();
-    let out = lockstep(&[
-        "serve",
-        "--plugin",
-        s(&wasm),
-        "--online-store",
-        &format!("embedded:{}", s(&data)),
-        "--cache",
-        &format!("redis://u:secret@127.0.0.1:{port}"),
-        "--listen",
-        "127.0.0.1:0",
-    ]);
-    assert!(!out.status.success());
-    let err = text(&out.stderr);
+    let cache = format!("redis://u:secret@127.0.0.1:{port}");
+    let err = refused(&["--cache", &cache], "connecting to the cache");
     assert!(
-        err.contains("connecting to the cache")
-            && err.contains(&port.to_string())
-            && !err.contains("secret"),
+        err.contains(&port.to_string()) && !err.contains("secret"),
         "{err}"
     );
 
@@ -195,28 +162,14 @@ fn serve_answers_with_the_stores_rows_and_refuses_bad_configuration_by_name() {
         "--plugin",
         s(&wasm),
         "--online-store",
-        &format!("embedded:{}", s(&data)),
+        &store,
         "--defaults",
         s(&defaults),
         "--timeout",
         "1s",
     ]);
     // The store is open: a second server on it is refused with the way out.
-    let out = lockstep(&[
-        "serve",
-        "--plugin",
-        s(&wasm),
-        "--online-store",
-        &format!("embedded:{}", s(&data)),
-        "--listen",
-        "127.0.0.1:0",
-    ]);
-    assert!(!out.status.success());
-    assert!(
-        text(&out.stderr).contains("featurestore-local"),
-        "{}",
-        text(&out.stderr)
-    );
+    refused(&[], "featurestore-local");
 
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
