@@ -19,10 +19,9 @@ pub struct ServedGroup {
     /// Feature names, in manifest order.
     pub features: Vec<String>,
     types: Vec<ValueType>,
-    /// The value served when a record cannot be read in time (or does not exist).
-    defaults: Vec<Json>,
-    /// The same, as JSON text ready to send.
-    defaults_raw: Vec<Box<RawValue>>,
+    /// The value served when a record cannot be read in time (or does not exist), as
+    /// JSON text ready to send.
+    defaults: Vec<Box<RawValue>>,
     index: HashMap<String, usize>,
 }
 
@@ -69,11 +68,6 @@ impl ServedGroup {
     /// The group version `manifest` declares, computed by the component `plugin_hash`,
     /// with the manifest's defaults.
     pub fn new(manifest: &Manifest, plugin_hash: &str) -> Self {
-        let defaults: Vec<Json> = manifest
-            .features
-            .iter()
-            .map(|f| value_json(&f.default_value))
-            .collect();
         let key_type = manifest
             .input
             .iter()
@@ -84,8 +78,11 @@ impl ServedGroup {
             key_type,
             features: manifest.features.iter().map(|f| f.name.clone()).collect(),
             types: manifest.features.iter().map(|f| f.ty).collect(),
-            defaults_raw: defaults.iter().map(raw).collect(),
-            defaults,
+            defaults: manifest
+                .features
+                .iter()
+                .map(|f| raw(&value_json(&f.default_value)))
+                .collect(),
             index: manifest
                 .features
                 .iter()
@@ -114,8 +111,7 @@ impl ServedGroup {
                     self.types[i].name()
                 )));
             }
-            self.defaults[i] = value.clone();
-            self.defaults_raw[i] = raw(value);
+            self.defaults[i] = raw(value);
         }
         Ok(())
     }
@@ -139,14 +135,9 @@ impl ServedGroup {
             .collect()
     }
 
-    /// The default of feature `i`.
-    pub fn default_value(&self, i: usize) -> &Json {
+    /// The default of feature `i`, as JSON text.
+    pub fn default_value(&self, i: usize) -> &RawValue {
         &self.defaults[i]
-    }
-
-    /// The default of feature `i` as JSON text.
-    pub fn default_raw(&self, i: usize) -> &RawValue {
-        &self.defaults_raw[i]
     }
 
     /// An entity id as the stores key it: integers in decimal; text keys as given.
@@ -224,12 +215,12 @@ mod tests {
     #[test]
     fn defaults_come_from_the_manifest_and_a_snapshot_overrides_them_by_type() {
         let mut g = group();
-        assert_eq!(g.default_value(0), &Json::from(0));
-        assert_eq!(g.default_value(1), &Json::from("NaN"));
+        assert_eq!(g.default_value(0).get(), "0");
+        assert_eq!(g.default_value(1).get(), r#""NaN""#);
         let snapshot: Map<String, Json> = serde_json::from_str(r#"{"x": 2.5, "n": null}"#).unwrap();
         g.set_defaults(&snapshot).unwrap();
-        assert_eq!(g.default_value(1), &Json::from(2.5));
-        assert_eq!(g.default_value(0), &Json::Null);
+        assert_eq!(g.default_value(1).get(), "2.5");
+        assert_eq!(g.default_value(0).get(), "null");
         for bad in [
             r#"{"n": 1.5}"#,
             r#"{"n": "7"}"#,

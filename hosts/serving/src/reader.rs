@@ -10,7 +10,6 @@ use lockstep_core::rows::format_timestamp;
 use lockstep_online::{OnlineRecord, OnlineStore};
 use serde::Deserialize;
 use serde_json::value::RawValue;
-use serde_json::{Map, Value as Json};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -55,24 +54,6 @@ impl Default for ServeConfig {
             max_fetches: 64,
             cache_breaker: BreakerConfig::default(),
             store_breaker: BreakerConfig::default(),
-        }
-    }
-}
-
-/// A record fetched from the store.
-#[derive(Debug, Clone, PartialEq)]
-struct Record {
-    event_time: i64,
-    plugin_hash: String,
-    row: Map<String, Json>,
-}
-
-impl From<OnlineRecord> for Record {
-    fn from(r: OnlineRecord) -> Self {
-        Record {
-            event_time: r.event_time,
-            plugin_hash: r.plugin_hash,
-            row: r.row,
         }
     }
 }
@@ -147,7 +128,7 @@ impl Served {
         }
     }
 
-    fn from_store(record: &Record, group: &ServedGroup, selected: &[usize]) -> Self {
+    fn from_store(record: &OnlineRecord, group: &ServedGroup, selected: &[usize]) -> Self {
         Served {
             event_time: record.event_time,
             plugin_hash: record.plugin_hash.clone(),
@@ -179,12 +160,22 @@ enum Outcome {
 }
 
 /// One fetch's answer: each key's record (`None`: the store has none), or why it failed.
-type Fetched = Arc<Result<HashMap<String, Option<Record>>, String>>;
+type Fetched = Arc<Result<HashMap<String, Option<OnlineRecord>>, String>>;
 /// A fetch in flight, awaited by every call that needs one of its keys.
 type Flight = Shared<BoxFuture<'static, Fetched>>;
 
 /// How long past a call's deadline a finished fetch stays on offer: scheduling slack.
 const FLIGHT_GRACE: Duration = Duration::from_millis(50);
+
+/// What [`FeatureServer::flights_for`] found and started.
+struct Claimed {
+    /// The fetch of each key, in order (`None`: none could start).
+    slots: Vec<Option<Flight>>,
+    /// Keys already being fetched by another call.
+    joined: usize,
+    /// Keys a new fetch was started for.
+    started: usize,
+}
 
 /// A semantic version, ordered numerically.
 fn version_order(v: &str) -> (u64, u64, u64) {
@@ -383,7 +374,7 @@ impl FeatureServer {
             m.misses.inc_by(misses.len() as u64);
             if !refresh.is_empty() {
                 // Not awaited: the call serves what it has; the refresh fills the cache.
-                let started = self.refresh(group, &refresh);
+                let started = self.flights_for(group, &refresh).started;
                 m.refreshes.inc_by(started as u64);
             }
         } else {
@@ -391,7 +382,9 @@ impl FeatureServer {
         }
         if !misses.is_empty() {
             let miss_keys: Vec<String> = misses.iter().map(|&i| keys[i].clone()).collect();
-            let flights = self.flights_for(group, &miss_keys);
+            let claimed = self.flights_for(group, &miss_keys);
+            m.joined_fetches.inc_by(claimed.joined as u64);
+            let flights = claimed.slots;
             let wait = async {
                 let mut got = Vec::with_capacity(flights.len());
                 for flight in &flights {
@@ -451,66 +444,38 @@ impl FeatureServer {
         }
     }
 
-    /// The fetch each of `keys` waits on: one in flight for it already, or a new one
-    /// for every key nobody is fetching (`None`: none could start — the store's
-    /// circuit is open or too many fetches are in flight).
-    fn flights_for(&self, group: &Arc<ServedGroup>, keys: &[String]) -> Vec<Option<Flight>> {
-        let inner = &self.inner;
+    /// The fetch each of `keys` waits on: one in flight for it already (counted in
+    /// `joined`), or a new one for every key nobody is fetching (counted in `started`;
+    /// `None` when none could start — the store's circuit is open or too many fetches
+    /// are in flight).
+    fn flights_for(&self, group: &Arc<ServedGroup>, keys: &[String]) -> Claimed {
         let group_id = group.group.id();
-        let mut flights = inner.flights.lock().unwrap_or_else(|e| e.into_inner());
-        let mut slots: Vec<Result<Flight, String>> = Vec::with_capacity(keys.len());
+        let mut flights = self.inner.flights.lock().unwrap_or_else(|e| e.into_inner());
+        let mut existing: Vec<Option<Flight>> = Vec::with_capacity(keys.len());
         let mut mine: Vec<String> = Vec::new();
         let mut seen = HashSet::new();
         for key in keys {
             let flight_key = cache_key(&group_id, key);
-            match flights.get(&flight_key) {
-                Some(f) => {
-                    inner.metrics.joined_fetches.inc();
-                    slots.push(Ok(f.clone()));
-                }
-                None => {
-                    if seen.insert(flight_key.clone()) {
-                        mine.push(key.clone());
-                    }
-                    slots.push(Err(flight_key));
-                }
+            let found = flights.get(&flight_key).cloned();
+            if found.is_none() && seen.insert(flight_key) {
+                mine.push(key.clone());
             }
+            existing.push(found);
         }
+        let joined = existing.iter().filter(|f| f.is_some()).count();
+        let started = mine.len();
         let launched = if mine.is_empty() {
             None
         } else {
             self.launch(group, mine, &mut flights)
         };
-        slots
-            .into_iter()
-            .map(|slot| match slot {
-                Ok(f) => Some(f),
-                Err(_) => launched.clone(),
-            })
-            .collect()
-    }
-
-    /// Starts a fetch of `keys` not already in flight without waiting for it (an
-    /// early refresh); returns how many keys it covers.
-    fn refresh(&self, group: &Arc<ServedGroup>, keys: &[String]) -> usize {
-        let group_id = group.group.id();
-        let mut flights = self.inner.flights.lock().unwrap_or_else(|e| e.into_inner());
-        let mut seen = HashSet::new();
-        let mine: Vec<String> = keys
-            .iter()
-            .filter(|k| {
-                let flight_key = cache_key(&group_id, k);
-                !flights.contains_key(&flight_key) && seen.insert(flight_key)
-            })
-            .cloned()
-            .collect();
-        let n = mine.len();
-        if n == 0 {
-            return 0;
-        }
-        match self.launch(group, mine, &mut flights) {
-            Some(_) => n,
-            None => 0,
+        Claimed {
+            joined,
+            started: if launched.is_some() { started } else { 0 },
+            slots: existing
+                .into_iter()
+                .map(|f| f.or_else(|| launched.clone()))
+                .collect(),
         }
     }
 
@@ -558,15 +523,11 @@ impl FeatureServer {
         let group_ref = group.group.clone();
         let asked = keys.clone();
         let read = tokio::task::spawn_blocking(move || store.get(&group_ref, &asked));
-        let result: Result<HashMap<String, Option<Record>>, String> =
+        let result: Result<HashMap<String, Option<OnlineRecord>>, String> =
             match tokio::time::timeout(inner.config.store_timeout, read).await {
                 Ok(Ok(Ok(records))) => {
                     inner.store_breaker.success();
-                    Ok(keys
-                        .iter()
-                        .cloned()
-                        .zip(records.into_iter().map(|r| r.map(Record::from)))
-                        .collect())
+                    Ok(keys.iter().cloned().zip(records).collect())
                 }
                 Ok(Ok(Err(e))) => Err(e.to_string()),
                 Ok(Err(e)) => Err(format!("the store read stopped: {e}")),
@@ -614,7 +575,7 @@ impl FeatureServer {
         &self,
         cache: &RedisCache,
         group: &ServedGroup,
-        records: &HashMap<String, Option<Record>>,
+        records: &HashMap<String, Option<OnlineRecord>>,
     ) {
         let group_id = group.group.id();
         let entries: Vec<CacheEntry> = records
@@ -657,7 +618,7 @@ impl FeatureServer {
         let defaults = || -> Vec<Box<RawValue>> {
             selected
                 .iter()
-                .map(|&i| group.default_raw(i).to_owned())
+                .map(|&i| group.default_value(i).to_owned())
                 .collect()
         };
         let mut degraded = 0usize;
