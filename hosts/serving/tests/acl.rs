@@ -9,7 +9,7 @@ use lockstep_cache::{CacheEntry, RedisCache, cache_key, tenant_acl};
 use lockstep_client::api::{FeatureRequest, Source};
 use lockstep_online::OnlineStore;
 use lockstep_sdk::ManifestBuilder;
-use lockstep_serving::{FeatureServer, ServeConfig, ServedGroup};
+use lockstep_serving::{FeatureServer, ServedGroup};
 use lockstep_testkit::Redis;
 use std::sync::Arc;
 use std::time::Duration;
@@ -74,16 +74,11 @@ fn a_tenant_reads_its_groups_and_nothing_of_another_tenants() {
 
         // The cards tenant serves its own group from the cache…
         let cards = connect("cards", "cards-pw").await.unwrap();
-        let server = FeatureServer::new(
-            vec![served()],
-            store.clone(),
-            Some(cards.clone()),
-            ServeConfig {
-                timeout: Duration::from_secs(2),
-                ..ServeConfig::default()
-            },
-        )
-        .unwrap();
+        // A server of the cards tenant, serving `group` through its cache user.
+        let server_of = |group: ServedGroup| {
+            FeatureServer::new(vec![group], store.clone(), Some(cards.clone()), generous()).unwrap()
+        };
+        let server = server_of(served());
         let request = FeatureRequest::new("card_stats", ["card-1", "card-2"]);
         assert!(
             server
@@ -124,16 +119,7 @@ fn a_tenant_reads_its_groups_and_nothing_of_another_tenants() {
         }
         // A server of the cards tenant misconfigured with the fraud group serves
         // defaults, degraded: never the other tenant's values.
-        let leaky = FeatureServer::new(
-            vec![fraud_group()],
-            store.clone(),
-            Some(cards.clone()),
-            ServeConfig {
-                timeout: Duration::from_secs(2),
-                ..ServeConfig::default()
-            },
-        )
-        .unwrap();
+        let leaky = server_of(fraud_group());
         let answer = leaky
             .get(&FeatureRequest::new("fraud_score", ["card-1"]))
             .await

@@ -7,19 +7,11 @@ use common::*;
 use lockstep_cache::RedisCache;
 use lockstep_client::api::{FeatureRequest, FeatureResponse, Source};
 use lockstep_online::OnlineStore;
-use lockstep_serving::{FeatureServer, ServeConfig};
+use lockstep_serving::FeatureServer;
 use lockstep_testkit::{Redis, RedisCluster};
 use serde_json::{Value as Json, json};
 use std::sync::Arc;
 use std::time::Duration;
-
-fn config() -> ServeConfig {
-    ServeConfig {
-        // Generous: these tests check values, not speed, on a busy machine.
-        timeout: Duration::from_secs(2),
-        ..ServeConfig::default()
-    }
-}
 
 /// What the store holds for `keys`, as the feature values in manifest order.
 fn stored(store: &dyn OnlineStore, keys: &[String]) -> Vec<Option<(i64, Vec<Json>)>> {
@@ -101,7 +93,7 @@ fn misses_come_from_featurestore_local_then_from_redis_with_the_same_values() {
         .await
         .unwrap();
         let server =
-            FeatureServer::new(vec![served()], store.clone(), Some(cache), config()).unwrap();
+            FeatureServer::new(vec![served()], store.clone(), Some(cache), generous()).unwrap();
         // Values of every kind: infinities, nulls, negative and non-ASCII.
         let mut keys: Vec<String> = [0, 7, 11, 12, 77, 199]
             .iter()
@@ -161,7 +153,7 @@ fn a_redis_cluster_serves_the_same_values_as_the_store() {
             .await
             .unwrap();
         let server =
-            FeatureServer::new(vec![served()], store.clone(), Some(cache), config()).unwrap();
+            FeatureServer::new(vec![served()], store.clone(), Some(cache), generous()).unwrap();
         let keys: Vec<String> = (0..100).map(|i| format!("card-{}", i * 5)).collect();
         let request = FeatureRequest::new("card_stats", keys.clone());
         let first = server.get(&request).await.unwrap().parsed();
@@ -197,7 +189,7 @@ fn http_clients_and_feast_clients_read_the_same_values_and_bad_requests_say_why(
     let store: Arc<dyn OnlineStore> = Arc::new(embedded(dir.path(), 50));
     let rt = runtime();
     rt.block_on(async {
-        let server = FeatureServer::new(vec![served()], store.clone(), None, config()).unwrap();
+        let server = FeatureServer::new(vec![served()], store.clone(), None, generous()).unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
         tokio::spawn(lockstep_serving::http::serve(
@@ -335,14 +327,11 @@ fn http_clients_and_feast_clients_read_the_same_values_and_bad_requests_say_why(
             assert!(status == 400 || status == 404, "{body}: {status} {text}");
             assert!(text.contains(why), "{body}: {text}");
         }
-        let metrics = http
-            .get(format!("{base}/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let get = |path: &str| {
+            let request = http.get(format!("{base}{path}"));
+            async move { request.send().await.unwrap().text().await.unwrap() }
+        };
+        let metrics = get("/metrics").await;
         assert!(
             metrics.contains("lockstep_serve_request_seconds_count{api=\"feast\"}"),
             "{metrics}"
@@ -351,14 +340,7 @@ fn http_clients_and_feast_clients_read_the_same_values_and_bad_requests_say_why(
             metrics.contains("lockstep_serve_store_fallbacks_total"),
             "{metrics}"
         );
-        let health = http
-            .get(format!("{base}/healthz"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let health = get("/healthz").await;
         assert!(health.contains(r#""status":"ok""#), "{health}");
     });
 }
@@ -409,7 +391,7 @@ fn corrupt_or_foreign_cache_entries_are_misses_that_the_store_repairs() {
             .await
             .unwrap();
         let server =
-            FeatureServer::new(vec![served()], store.clone(), Some(cache), config()).unwrap();
+            FeatureServer::new(vec![served()], store.clone(), Some(cache), generous()).unwrap();
         let keys: Vec<String> = (0..hostile.len()).map(|i| format!("card-{i}")).collect();
         let request = FeatureRequest::new("card_stats", keys.clone());
         let first = server.get(&request).await.unwrap().parsed();

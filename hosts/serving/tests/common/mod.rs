@@ -230,6 +230,15 @@ impl<S: OnlineStore> OnlineStore for Counting<S> {
     }
 }
 
+/// A generous deadline: these tests check values and isolation, not speed, on a busy
+/// machine.
+pub fn generous() -> lockstep_serving::ServeConfig {
+    lockstep_serving::ServeConfig {
+        timeout: std::time::Duration::from_secs(2),
+        ..lockstep_serving::ServeConfig::default()
+    }
+}
+
 pub fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
