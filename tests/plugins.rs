@@ -19,7 +19,7 @@ fn rows(plugin: &Plugin, jsonl: &str, per_call: usize) -> Vec<String> {
     let out = Executor::new(plugin)
         .expect("executor")
         .with_max_events_per_call(per_call)
-        .run(&batch, &mut StateMap::new())
+        .run(&batch, &mut StateMap::default())
         .expect("run");
     (0..out.rows.num_rows())
         .map(|r| serde_json::Value::Object(row_json(&out.rows, r)).to_string())
@@ -60,7 +60,7 @@ fn read_in_wasm_equals_native_and_slides_windows() {
     let plugin = load("plugins/txn_velocity");
     let events = lockstep_gen::transactions(2_000, 20, 9).to_json_lines();
     let batch = decode_json_lines(&events, plugin.manifest(), None).expect("decode");
-    let mut states = StateMap::new();
+    let mut states = StateMap::default();
     Executor::new(&plugin)
         .expect("executor")
         .run(&batch, &mut states)
@@ -103,7 +103,7 @@ fn churn_and_clickstream_in_wasm_equal_native() {
         let batch = decode_json_lines(&jsonl, plugin.manifest(), None).expect("decode");
         let out = Executor::new(&plugin)
             .expect("executor")
-            .run(&batch, &mut StateMap::new())
+            .run(&batch, &mut StateMap::default())
             .expect("run");
         assert!(out.rows.num_rows() > 0, "{dir} emitted rows");
         // Feed one encoded request to both sides.
@@ -198,7 +198,7 @@ fn ordered_batches_of_any_size_equal_one_whole_run() {
     let plugin = load("plugins/txn_velocity");
     let jsonl = lockstep_gen::transactions(5_000, 40, 12).to_json_lines();
     let events = decode_json_lines(&jsonl, plugin.manifest(), None).expect("decode");
-    let mut reference_states = StateMap::new();
+    let mut reference_states = StateMap::default();
     let reference = Executor::new(&plugin)
         .expect("executor")
         .run(&events, &mut reference_states)
@@ -234,7 +234,7 @@ fn ordered_batches_of_any_size_equal_one_whole_run() {
         let mut executor = Executor::new(&plugin)
             .expect("executor")
             .with_max_events_per_call(50);
-        let mut states = StateMap::new();
+        let mut states = StateMap::default();
         let mut run = executor.ordered(&mut states);
         let mut rows: Vec<RecordBatch> = Vec::new();
         let mut at = 0;
@@ -261,7 +261,7 @@ fn ordered_batches_of_any_size_equal_one_whole_run() {
         let mut executor = Executor::new(&plugin)
             .expect("executor")
             .with_max_events_per_call(50);
-        let mut states = StateMap::new();
+        let mut states = StateMap::default();
         let mut run = executor.ordered(&mut states).discard_finished_states();
         let mut rows: Vec<RecordBatch> = Vec::new();
         let mut at = 0;

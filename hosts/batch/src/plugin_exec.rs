@@ -246,7 +246,7 @@ impl ExecutionPlan for PluginExec {
         let mut builder = RecordBatchReceiverStreamBuilder::new(self.schema(), 2);
         let tx = builder.tx();
         builder.spawn(async move {
-            let mut states = StateMap::new();
+            let mut states = StateMap::default();
             let mut run = executor.ordered(&mut states);
             if !keep_states {
                 run = run.discard_finished_states();

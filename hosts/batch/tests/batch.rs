@@ -53,7 +53,7 @@ fn fixture(events: usize) -> Fixture {
     let t = lockstep_gen::transactions(events, 300, 21);
     let jsonl = t.to_json_lines();
     let batch = decode_json_lines(&jsonl, plugin.manifest(), None).expect("decode");
-    let mut states = StateMap::new();
+    let mut states = StateMap::default();
     let reference = Executor::new(&plugin)
         .expect("executor")
         .run(&batch, &mut states)
@@ -297,7 +297,7 @@ async fn json_lines_stream_and_bad_lines_are_rejects_naming_line_and_field() {
         let events = decode_json_lines(&good, plugin().manifest(), None).expect("decode");
         Executor::new(&plugin())
             .expect("executor")
-            .run(&events, &mut StateMap::new())
+            .run(&events, &mut StateMap::default())
             .expect("run")
     };
     assert_eq!(sorted_json(&out.rows), sorted_json(&[reference.rows]));

@@ -40,7 +40,7 @@ async fn a_node_rebuilt_from_its_bytes_computes_what_the_executor_computes() {
     .expect("decode");
     let reference = Executor::new(&plugin)
         .expect("executor")
-        .run(&events, &mut StateMap::new())
+        .run(&events, &mut StateMap::default())
         .expect("run");
 
     // The node's input: one partition, sorted as the batch host sorts.

@@ -836,7 +836,7 @@ fn run(
     }
     let started = Instant::now();
     let mut executor = Executor::new(&plugin)?;
-    let output = executor.run(&batch, &mut StateMap::new())?;
+    let output = executor.run(&batch, &mut StateMap::default())?;
     let elapsed = started.elapsed();
     let mut sink: Box<dyn Write> = match out {
         Some(p) => {

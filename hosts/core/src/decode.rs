@@ -192,6 +192,185 @@ impl ColumnBuilder {
     }
 }
 
+/// Decoding straight from JSON text into scalars, by the rules of
+/// [`parse_json_value`]. Values arrive through the same `serde_json` parser and visitor
+/// calls a JSON tree is built from, so numbers get the same bits; fields outside the
+/// schema are walked with `deserialize_any` (not skipped), so what is malformed or
+/// nested too deep for a tree is refused here too.
+mod typed {
+    use super::{Scalar, parse_timestamp};
+    use lockstep_abi::ValueType;
+    use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
+    use std::fmt;
+
+    /// Anything this pass does not take; the generic pass says why.
+    fn refused<E: de::Error>() -> E {
+        E::custom("refused")
+    }
+
+    /// A whole record: an object whose schema fields land in `row` by position.
+    pub(super) struct RecordSeed<'a> {
+        pub(super) fields: &'a [(String, ValueType, bool)],
+        pub(super) row: &'a mut Vec<Option<Scalar>>,
+    }
+
+    impl<'de> DeserializeSeed<'de> for RecordSeed<'_> {
+        type Value = ();
+        fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+            d.deserialize_map(self)
+        }
+    }
+
+    impl<'de> Visitor<'de> for RecordSeed<'_> {
+        type Value = ();
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("a JSON object")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+            while let Some(index) = map.next_key_seed(FieldIndex(self.fields))? {
+                match index {
+                    // A repeated key overwrites: the last value wins, as in a tree.
+                    Some(i) => self.row[i] = map.next_value_seed(TypedValue(self.fields[i].1))?,
+                    None => map.next_value_seed(Walk)?,
+                }
+            }
+            Ok(())
+        }
+    }
+
+    /// A key, as its position in the schema (`None` outside it).
+    struct FieldIndex<'a>(&'a [(String, ValueType, bool)]);
+
+    impl<'de> DeserializeSeed<'de> for FieldIndex<'_> {
+        type Value = Option<usize>;
+        fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Option<usize>, D::Error> {
+            d.deserialize_str(self)
+        }
+    }
+
+    impl<'de> Visitor<'de> for FieldIndex<'_> {
+        type Value = Option<usize>;
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("a field name")
+        }
+        fn visit_str<E: de::Error>(self, key: &str) -> Result<Option<usize>, E> {
+            Ok(self.0.iter().position(|(name, _, _)| name == key))
+        }
+    }
+
+    /// One schema field's value, decoded as its type.
+    struct TypedValue(ValueType);
+
+    impl<'de> DeserializeSeed<'de> for TypedValue {
+        type Value = Option<Scalar>;
+        fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Option<Scalar>, D::Error> {
+            d.deserialize_any(self)
+        }
+    }
+
+    impl<'de> Visitor<'de> for TypedValue {
+        type Value = Option<Scalar>;
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            write!(f, "a {} value", self.0)
+        }
+        fn visit_unit<E: de::Error>(self) -> Result<Option<Scalar>, E> {
+            Ok(None)
+        }
+        fn visit_bool<E: de::Error>(self, b: bool) -> Result<Option<Scalar>, E> {
+            match self.0 {
+                ValueType::Boolean => Ok(Some(Scalar::Boolean(b))),
+                _ => Err(refused()),
+            }
+        }
+        fn visit_i64<E: de::Error>(self, x: i64) -> Result<Option<Scalar>, E> {
+            match self.0 {
+                ValueType::Int64 => Ok(Some(Scalar::Int64(x))),
+                ValueType::Timestamp => Ok(Some(Scalar::Timestamp(x))),
+                ValueType::Float64 => Ok(Some(Scalar::Float64(x as f64))),
+                _ => Err(refused()),
+            }
+        }
+        fn visit_u64<E: de::Error>(self, x: u64) -> Result<Option<Scalar>, E> {
+            match (self.0, i64::try_from(x)) {
+                (ValueType::Int64, Ok(x)) => Ok(Some(Scalar::Int64(x))),
+                (ValueType::Timestamp, Ok(x)) => Ok(Some(Scalar::Timestamp(x))),
+                (ValueType::Float64, _) => Ok(Some(Scalar::Float64(x as f64))),
+                _ => Err(refused()),
+            }
+        }
+        fn visit_f64<E: de::Error>(self, x: f64) -> Result<Option<Scalar>, E> {
+            match self.0 {
+                // A tree holds no non-finite number (it becomes null); the parser
+                // never yields one, but the rule is kept the same regardless.
+                _ if !x.is_finite() => Ok(None),
+                ValueType::Float64 => Ok(Some(Scalar::Float64(x))),
+                _ => Err(refused()),
+            }
+        }
+        fn visit_str<E: de::Error>(self, s: &str) -> Result<Option<Scalar>, E> {
+            match self.0 {
+                ValueType::String => Ok(Some(Scalar::String(s.to_owned()))),
+                ValueType::Float64 => match s {
+                    "NaN" => Ok(Some(Scalar::Float64(f64::NAN))),
+                    "Infinity" => Ok(Some(Scalar::Float64(f64::INFINITY))),
+                    "-Infinity" => Ok(Some(Scalar::Float64(f64::NEG_INFINITY))),
+                    _ => Err(refused()),
+                },
+                ValueType::Timestamp => parse_timestamp(s)
+                    .map(|t| Some(Scalar::Timestamp(t)))
+                    .map_err(|_| refused()),
+                _ => Err(refused()),
+            }
+        }
+    }
+
+    /// A value outside the schema, parsed (so it is checked as a tree would be) and
+    /// dropped.
+    struct Walk;
+
+    impl<'de> DeserializeSeed<'de> for Walk {
+        type Value = ();
+        fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+            d.deserialize_any(self)
+        }
+    }
+
+    impl<'de> Visitor<'de> for Walk {
+        type Value = ();
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("any JSON value")
+        }
+        fn visit_unit<E: de::Error>(self) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_bool<E: de::Error>(self, _: bool) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_i64<E: de::Error>(self, _: i64) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_u64<E: de::Error>(self, _: u64) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_f64<E: de::Error>(self, _: f64) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_str<E: de::Error>(self, _: &str) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+            while seq.next_element_seed(Walk)?.is_some() {}
+            Ok(())
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+            while map.next_key_seed(Walk)?.is_some() {
+                map.next_value_seed(Walk)?;
+            }
+            Ok(())
+        }
+    }
+}
+
 /// A record that was refused, with its line and reason.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Reject {
@@ -233,6 +412,42 @@ impl JsonDecoder {
     /// Decodes one record (`line` is its 1-based position, for errors). A record is
     /// taken whole or not at all.
     pub fn push_record(&mut self, text: &str, line: u64) -> Result<(), DecodeError> {
+        // The typed pass decodes straight into scalars; anything it does not accept
+        // (a bad record, or a duplicate key whose first value is bad) is decoded
+        // again by `decode_generic`, which keeps the one set of rules and
+        // error messages. The typed pass never accepts what that one refuses.
+        if !self.decode_typed(text) {
+            self.decode_generic(text, line)?;
+        }
+        for (column, value) in self.columns.iter_mut().zip(self.row.drain(..)) {
+            column.push(value);
+        }
+        self.rows += 1;
+        Ok(())
+    }
+
+    /// Decodes `text` into `self.row` without building a JSON tree; `false` when the
+    /// record is not accepted as is (the row is then left in any state).
+    fn decode_typed(&mut self, text: &str) -> bool {
+        self.row.clear();
+        self.row.resize(self.fields.len(), None);
+        let mut de = serde_json::Deserializer::from_str(text);
+        let seed = typed::RecordSeed {
+            fields: &self.fields,
+            row: &mut self.row,
+        };
+        if serde::de::DeserializeSeed::deserialize(seed, &mut de).is_err() || de.end().is_err() {
+            return false;
+        }
+        self.fields
+            .iter()
+            .zip(&self.row)
+            .all(|((_, _, nullable), value)| *nullable || value.is_some())
+    }
+
+    /// Decodes `text` into `self.row` through a JSON tree: the reference rules, and
+    /// the errors.
+    fn decode_generic(&mut self, text: &str, line: u64) -> Result<(), DecodeError> {
         let err = |field: Option<&str>, message: String| DecodeError {
             line,
             field: field.map(str::to_owned),
@@ -259,10 +474,6 @@ impl JsonDecoder {
             }
             self.row.push(value);
         }
-        for (column, value) in self.columns.iter_mut().zip(self.row.drain(..)) {
-            column.push(value);
-        }
-        self.rows += 1;
         Ok(())
     }
 
@@ -366,6 +577,110 @@ mod tests {
             let back = batch.column(2).as_primitive::<arrow_array::types::Float64Type>().value(0);
             proptest::prop_assert!(back.to_bits() == x.to_bits() || (x.is_nan() && back.is_nan()), "{text} read back as {back:?}");
         }
+    }
+
+    /// One token of a generated record: valid values of every type, values of the
+    /// wrong type, and text a strict parser must refuse.
+    fn json_token() -> impl proptest::strategy::Strategy<Value = String> {
+        use proptest::prelude::*;
+        let deep = |n: usize| format!("{}{}", "[".repeat(n), "]".repeat(n));
+        prop_oneof![
+            any::<i64>().prop_map(|x| x.to_string()),
+            any::<u64>().prop_map(|x| x.to_string()),
+            any::<f64>().prop_map(|x| format!("{x:e}")),
+            any::<f64>().prop_map(|x| format!("{x:?}")),
+            Just("-0".to_owned()),
+            Just("1e400".to_owned()),
+            Just("01".to_owned()),
+            Just("1.".to_owned()),
+            Just("true".to_owned()),
+            Just("null".to_owned()),
+            Just("\"NaN\"".to_owned()),
+            Just("\"-Infinity\"".to_owned()),
+            Just("\"inf\"".to_owned()),
+            Just("\"2024-01-01T00:00:00.5+01:00\"".to_owned()),
+            Just("\"2024-01-01T00:00:00\"".to_owned()),
+            Just("\"2024-01-01T00:00:00.0000001Z\"".to_owned()),
+            Just("\"caf\\u00e9 \\\"q\\\"\"".to_owned()),
+            Just("\"\\ud800\"".to_owned()),
+            Just("\"\\x\"".to_owned()),
+            Just("[1,{\"a\":[null]}]".to_owned()),
+            Just("{\"k\":1}".to_owned()),
+            Just(deep(100)),
+            Just(deep(200)),
+            "[a-z]{0,3}".prop_map(|t| format!("\"{t}\"")),
+        ]
+    }
+
+    proptest::proptest! {
+        /// The typed pass accepts a record only if the reference pass does, with the
+        /// same values to the bit; otherwise the reference pass decides.
+        #[test]
+        fn typed_decoding_agrees_with_the_reference(
+            members in proptest::collection::vec(
+                (proptest::sample::select(vec!["k", "t", "x", "n", "b", "\\u006b", "extra"]), json_token()),
+                0..8,
+            ),
+            cut in proptest::option::of(0usize..200),
+        ) {
+            let body: Vec<String> = members.iter().map(|(k, v)| format!("\"{k}\":{v}")).collect();
+            let mut text = format!("{{{}}}", body.join(","));
+            if let Some(cut) = cut {
+                let cut = cut.min(text.len());
+                if text.is_char_boundary(cut) {
+                    text.truncate(cut);
+                }
+            }
+            let m = manifest();
+            let (mut typed, mut generic) = (JsonDecoder::new(&m), JsonDecoder::new(&m));
+            if typed.decode_typed(&text) {
+                let reference = generic.decode_generic(&text, 1);
+                proptest::prop_assert!(reference.is_ok(), "{text}: typed accepted, reference said {reference:?}");
+                proptest::prop_assert_eq!(format!("{:?}", typed.row), format!("{:?}", generic.row), "{}", text);
+            }
+        }
+    }
+
+    #[test]
+    fn typed_decoding_takes_ordinary_records() {
+        let m = manifest();
+        let mut d = JsonDecoder::new(&m);
+        for text in [
+            r#"{"k":"a","t":1,"x":1.5,"n":-3,"b":true}"#,
+            r#"{"t":"2024-01-01T00:00:00Z","k":"a","x":"NaN","extra":{"deep":[1,[2]]}}"#,
+            r#"{"\u006b":"é","t":1,"k":"b","n":null}"#,
+        ] {
+            assert!(d.decode_typed(text), "{text}");
+        }
+        assert_eq!(
+            d.row[0],
+            Some(Scalar::String("b".into())),
+            "the last of a repeated key wins"
+        );
+        assert_eq!(d.row[3], None);
+        for text in [
+            // A bad first value of a repeated key: the reference pass decides.
+            r#"{"k":"a","t":1,"n":"bad","n":2}"#,
+            r#"{"k":"a","t":1,"n":1.5}"#,
+            r#"{"k":"a"}"#,
+            r#"{"k":null,"t":1}"#,
+            r#"[1]"#,
+            r#"{"k":"a","t":1} x"#,
+            r#"{"k":"a","t":1,"extra":"\ud800"}"#,
+        ] {
+            assert!(!d.decode_typed(text), "{text}");
+        }
+        let mut batch = JsonDecoder::new(&m);
+        batch
+            .push_record(r#"{"k":"a","t":1,"n":"bad","n":2}"#, 1)
+            .expect("a repeated key's last value decides");
+        let e = batch
+            .push_record(r#"{"k":"a","t":1,"n":2,"n":"bad"}"#, 2)
+            .expect_err("the last value is bad");
+        assert_eq!(
+            e.to_string(),
+            "line 2, field `n`: expected int64, got string \"bad\""
+        );
     }
 
     #[test]

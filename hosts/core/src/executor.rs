@@ -60,8 +60,15 @@ impl EntityKey {
     }
 }
 
+/// The hasher of per-entity maps and sets: fast, randomly seeded per map, so no code
+/// can come to depend on an iteration order.
+pub type KeyHasher = foldhash::fast::RandomState;
+
 /// Per-entity plugin state, as the plugin encoded it.
-pub type StateMap = HashMap<EntityKey, Vec<u8>>;
+pub type StateMap = HashMap<EntityKey, Vec<u8>, KeyHasher>;
+
+/// A set of entity keys.
+pub type KeySet = HashSet<EntityKey, KeyHasher>;
 
 /// What a run did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -97,6 +104,9 @@ impl RunStats {
 pub struct RunOutput {
     /// Emitted rows, ordered by entity key, then application order.
     pub rows: RecordBatch,
+    /// The entities whose events were applied (each once, in key order): those whose
+    /// state the plugin may have changed.
+    pub entities: Vec<EntityKey>,
     /// Counters.
     pub stats: RunStats,
 }
@@ -190,7 +200,11 @@ impl Executor {
         let out = self.apply_runs(&sorted, key_col, &runs, states, &mut stats)?;
         let rows = concat_batches(&self.row_schema, &out)?;
         stats.rows_out = rows.num_rows();
-        Ok(RunOutput { rows, stats })
+        Ok(RunOutput {
+            rows,
+            stats,
+            entities: runs.into_iter().map(|(key, _, _)| key).collect(),
+        })
     }
 
     /// Applies contiguous entity runs `(key, start, len)` of `sorted`, in calls of at most
@@ -204,13 +218,13 @@ impl Executor {
         stats: &mut RunStats,
     ) -> Result<Vec<RecordBatch>, CoreError> {
         let mut out = Vec::new();
-        let mut call: Vec<(EntityKey, usize, usize)> = Vec::new();
+        let mut call: Vec<(&EntityKey, usize, usize)> = Vec::new();
         let mut pending = 0;
         for (key, start, len) in runs {
             let (mut at, end) = (*start, start + len);
             while at < end {
                 let take_n = (end - at).min(self.max_events_per_call - pending);
-                call.push((key.clone(), at, take_n));
+                call.push((key, at, take_n));
                 pending += take_n;
                 at += take_n;
                 if pending == self.max_events_per_call {
@@ -246,7 +260,7 @@ impl Executor {
         &mut self,
         sorted: &[ArrayRef],
         key_col: usize,
-        segments: &[(EntityKey, usize, usize)],
+        segments: &[(&EntityKey, usize, usize)],
         states: &mut StateMap,
     ) -> Result<RecordBatch, CoreError> {
         let plugin = &self.manifest.name;
@@ -257,7 +271,7 @@ impl Executor {
         let mut prior: Vec<Option<&[u8]>> = Vec::with_capacity(segments.len());
         for (key, _, _) in segments {
             let state = if keyed {
-                states.get(key).map(Vec::as_slice)
+                states.get(*key).map(Vec::as_slice)
             } else {
                 None
             };
@@ -291,12 +305,17 @@ impl Executor {
         let mut key_rows = Vec::with_capacity(parsed.n_rows());
         for (i, (key, start, _)) in segments.iter().enumerate() {
             if keyed {
-                match parsed.state(i) {
-                    Some(s) => {
-                        states.insert(key.clone(), s.to_vec());
+                match (parsed.state(i), states.get_mut(*key)) {
+                    // Most calls update a state that exists: reuse its key and buffer.
+                    (Some(s), Some(held)) => {
+                        held.clear();
+                        held.extend_from_slice(s);
                     }
-                    None => {
-                        states.remove(key);
+                    (Some(s), None) => {
+                        states.insert((*key).clone(), s.to_vec());
+                    }
+                    (None, _) => {
+                        states.remove(*key);
                     }
                 }
             }

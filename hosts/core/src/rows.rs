@@ -156,6 +156,52 @@ pub fn write_row_json(batch: &RecordBatch, keys: &[String], row: usize, out: &mu
     out.push(b'}');
 }
 
+/// Every row of a batch as the JSON text of [`write_row_json`], formatted once for all
+/// the writers that need it (a row log and an online store), one line per row.
+#[derive(Debug, Clone, Default)]
+pub struct RowsText {
+    /// The rows, each followed by `\n`.
+    lines: Vec<u8>,
+    /// Where each row's line ends (after its `\n`).
+    ends: Vec<usize>,
+}
+
+impl RowsText {
+    /// Formats every row of `batch`.
+    pub fn of(batch: &RecordBatch) -> Self {
+        let keys = quoted_keys(batch.schema_ref());
+        let mut lines = Vec::with_capacity(batch.num_rows() * 256);
+        let mut ends = Vec::with_capacity(batch.num_rows());
+        for row in 0..batch.num_rows() {
+            write_row_json(batch, &keys, row, &mut lines);
+            lines.push(b'\n');
+            ends.push(lines.len());
+        }
+        RowsText { lines, ends }
+    }
+
+    /// How many rows.
+    pub fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    /// Whether there are no rows.
+    pub fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+
+    /// Row `row`'s JSON text, without its newline.
+    pub fn row(&self, row: usize) -> &[u8] {
+        let start = if row == 0 { 0 } else { self.ends[row - 1] };
+        &self.lines[start..self.ends[row] - 1]
+    }
+
+    /// Every row, each followed by a newline: JSON lines.
+    pub fn lines(&self) -> &[u8] {
+        &self.lines
+    }
+}
+
 /// The column names of `schema`, JSON-quoted, for [`write_row_json`].
 pub fn quoted_keys(schema: &arrow_schema::Schema) -> Vec<String> {
     schema
@@ -168,6 +214,36 @@ pub fn quoted_keys(schema: &arrow_schema::Schema) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rows_text_holds_each_row_as_written_alone() {
+        use arrow_array::{ArrayRef, Float64Array, StringArray};
+        let batch = RecordBatch::try_from_iter([
+            (
+                "k",
+                std::sync::Arc::new(StringArray::from(vec![Some("a\"b"), None, Some("é")]))
+                    as ArrayRef,
+            ),
+            (
+                "x",
+                std::sync::Arc::new(Float64Array::from(vec![Some(0.1), Some(f64::NAN), None])),
+            ),
+        ])
+        .expect("batch");
+        let text = RowsText::of(&batch);
+        let keys = quoted_keys(batch.schema_ref());
+        let mut joined = Vec::new();
+        assert_eq!(text.len(), 3);
+        for row in 0..3 {
+            let mut alone = Vec::new();
+            write_row_json(&batch, &keys, row, &mut alone);
+            assert_eq!(text.row(row), alone.as_slice(), "row {row}");
+            joined.extend_from_slice(&alone);
+            joined.push(b'\n');
+        }
+        assert_eq!(text.lines(), joined.as_slice());
+        assert!(RowsText::of(&batch.slice(0, 0)).is_empty());
+    }
 
     #[test]
     fn timestamps_print_as_chrono_formats_them_at_every_range() {

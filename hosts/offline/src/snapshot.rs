@@ -142,7 +142,7 @@ pub fn read_states(path: &Path) -> Result<(SnapshotInfo, StateMap), OfflineError
                 message: "state version is not a number".into(),
             })?,
     };
-    let mut states = StateMap::new();
+    let mut states = StateMap::default();
     for batch in builder.build().map_err(parquet_err)? {
         let batch = batch?;
         let values =
@@ -181,7 +181,7 @@ mod tests {
             plugin_hash: "abc".into(),
             state_version: 3,
         };
-        let mut states = StateMap::new();
+        let mut states = StateMap::default();
         states.insert(EntityKey::Str("b".into()), vec![1, 2, 3]);
         states.insert(EntityKey::Str("a".into()), vec![]);
         assert_eq!(write_states(&path, &info, &states).expect("write"), 2);

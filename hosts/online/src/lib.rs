@@ -15,7 +15,7 @@
 
 use arrow_array::RecordBatch;
 use lockstep_core::executor::EntityKey;
-use lockstep_core::rows::{quoted_keys, write_row_json};
+use lockstep_core::rows::{RowsText, quoted_keys, write_row_json};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value as Json};
@@ -148,6 +148,20 @@ pub trait OnlineStore: Send + Sync {
         rows: &RecordBatch,
         write_time: i64,
     ) -> Result<PutSummary, OnlineError>;
+
+    /// [`Self::put`] for a writer that has already formatted every row as JSON text
+    /// (`text`, one line per row of `rows`): a store that keeps that text takes it
+    /// instead of formatting the rows again. Same result as `put`.
+    fn put_with_text(
+        &self,
+        group: &GroupRef,
+        rows: &RecordBatch,
+        text: &RowsText,
+        write_time: i64,
+    ) -> Result<PutSummary, OnlineError> {
+        let _ = text;
+        self.put(group, rows, write_time)
+    }
 
     /// The records of `keys` (`None` for an entity without one), in order.
     fn get(
@@ -344,6 +358,82 @@ impl OnlineStore for EmbeddedStore {
         rows: &RecordBatch,
         write_time: i64,
     ) -> Result<PutSummary, OnlineError> {
+        self.put_rows(group, rows, None, write_time)
+    }
+
+    fn put_with_text(
+        &self,
+        group: &GroupRef,
+        rows: &RecordBatch,
+        text: &RowsText,
+        write_time: i64,
+    ) -> Result<PutSummary, OnlineError> {
+        if text.len() != rows.num_rows() {
+            return Err(OnlineError::Rows(format!(
+                "{} rows for {} came with the text of {}",
+                rows.num_rows(),
+                group.id(),
+                text.len()
+            )));
+        }
+        self.put_rows(group, rows, Some(text), write_time)
+    }
+
+    fn get(
+        &self,
+        group: &GroupRef,
+        keys: &[String],
+    ) -> Result<Vec<Option<OnlineRecord>>, OnlineError> {
+        let id = group.id();
+        let txn = self.db.begin_read().map_err(|e| self.fail(e))?;
+        let table_def: TableDefinition<&str, &[u8]> = TableDefinition::new(&id);
+        let table = match txn.open_table(table_def) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(vec![None; keys.len()]),
+            Err(e) => return Err(self.fail(e)),
+        };
+        keys.iter()
+            .map(|key| {
+                table
+                    .get(key.as_str())
+                    .map_err(|e| self.fail(e))?
+                    .map(|bytes| {
+                        decode_record(bytes.value()).map_err(|message| OnlineError::Corrupt {
+                            path: self.path.clone(),
+                            group: id.clone(),
+                            key: key.clone(),
+                            message,
+                        })
+                    })
+                    .transpose()
+            })
+            .collect()
+    }
+
+    fn delete(&self, group: &GroupRef, key: &str) -> Result<bool, OnlineError> {
+        let id = group.id();
+        let txn = self.db.begin_write().map_err(|e| self.fail(e))?;
+        let existed = {
+            let table_def: TableDefinition<&str, &[u8]> = TableDefinition::new(&id);
+            let mut table = txn.open_table(table_def).map_err(|e| self.fail(e))?;
+            let removed = table.remove(key).map_err(|e| self.fail(e))?;
+            removed.is_some()
+        };
+        txn.commit().map_err(|e| self.fail(e))?;
+        Ok(existed)
+    }
+}
+
+impl EmbeddedStore {
+    /// Writes each entity's latest row of `rows`, taking its JSON text from `text`
+    /// when given.
+    fn put_rows(
+        &self,
+        group: &GroupRef,
+        rows: &RecordBatch,
+        text: Option<&RowsText>,
+        write_time: i64,
+    ) -> Result<PutSummary, OnlineError> {
         use arrow_array::Array;
         use arrow_array::cast::AsArray;
         use arrow_array::types::TimestampMicrosecondType;
@@ -398,56 +488,15 @@ impl OnlineStore for EmbeddedStore {
             .map(|(key, r)| {
                 let mut bytes = Vec::with_capacity(512);
                 encode_header(times.value(r), write_time, &group.plugin_hash, &mut bytes);
-                write_row_json(rows, &columns, r, &mut bytes);
+                match text {
+                    Some(text) => bytes.extend_from_slice(text.row(r)),
+                    None => write_row_json(rows, &columns, r, &mut bytes),
+                }
                 (key, times.value(r), bytes)
             })
             .collect();
         let mut summary = self.put_encoded(group, records)?;
         summary.stale += superseded;
         Ok(summary)
-    }
-
-    fn get(
-        &self,
-        group: &GroupRef,
-        keys: &[String],
-    ) -> Result<Vec<Option<OnlineRecord>>, OnlineError> {
-        let id = group.id();
-        let txn = self.db.begin_read().map_err(|e| self.fail(e))?;
-        let table_def: TableDefinition<&str, &[u8]> = TableDefinition::new(&id);
-        let table = match txn.open_table(table_def) {
-            Ok(t) => t,
-            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(vec![None; keys.len()]),
-            Err(e) => return Err(self.fail(e)),
-        };
-        keys.iter()
-            .map(|key| {
-                table
-                    .get(key.as_str())
-                    .map_err(|e| self.fail(e))?
-                    .map(|bytes| {
-                        decode_record(bytes.value()).map_err(|message| OnlineError::Corrupt {
-                            path: self.path.clone(),
-                            group: id.clone(),
-                            key: key.clone(),
-                            message,
-                        })
-                    })
-                    .transpose()
-            })
-            .collect()
-    }
-
-    fn delete(&self, group: &GroupRef, key: &str) -> Result<bool, OnlineError> {
-        let id = group.id();
-        let txn = self.db.begin_write().map_err(|e| self.fail(e))?;
-        let existed = {
-            let table_def: TableDefinition<&str, &[u8]> = TableDefinition::new(&id);
-            let mut table = txn.open_table(table_def).map_err(|e| self.fail(e))?;
-            let removed = table.remove(key).map_err(|e| self.fail(e))?;
-            removed.is_some()
-        };
-        txn.commit().map_err(|e| self.fail(e))?;
-        Ok(existed)
     }
 }

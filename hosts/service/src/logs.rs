@@ -82,11 +82,11 @@ impl AppendLog {
         Ok(())
     }
 
-    /// Appends one line already formatted (without its newline).
-    pub fn append_raw(&mut self, line: &[u8]) -> Result<(), ServiceError> {
-        self.out.write_all(line).map_err(|e| self.fail(e))?;
-        self.out.write_all(b"\n").map_err(|e| self.fail(e))?;
-        self.len += line.len() as u64 + 1;
+    /// Appends lines already joined, each ending in a newline.
+    pub fn append_lines(&mut self, lines: &[u8]) -> Result<(), ServiceError> {
+        debug_assert!(lines.is_empty() || lines.ends_with(b"\n"));
+        self.out.write_all(lines).map_err(|e| self.fail(e))?;
+        self.len += lines.len() as u64;
         Ok(())
     }
 

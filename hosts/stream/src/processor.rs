@@ -8,7 +8,7 @@ use arrow_select::concat::concat_batches;
 use arrow_select::filter::filter_record_batch;
 use lockstep_abi::Manifest;
 use lockstep_core::decode::JsonDecoder;
-use lockstep_core::executor::{EntityKey, Executor, RunStats, StateMap};
+use lockstep_core::executor::{EntityKey, Executor, KeyHasher, KeySet, RunStats, StateMap};
 use lockstep_core::order::{content_hash, event_id};
 use lockstep_core::schema::{input_schema, row_schema};
 use lockstep_runtime::Plugin;
@@ -113,13 +113,13 @@ pub struct StreamProcessor {
     /// Identities of events taken (buffered or applied) that a late redelivery may
     /// still repeat: `(entity, event id)` by event time, pruned behind the horizon.
     taken: BTreeMap<i64, Vec<(EntityKey, u128)>>,
-    taken_set: HashSet<(EntityKey, u128)>,
+    taken_set: HashSet<(EntityKey, u128), KeyHasher>,
     stats: StreamStats,
     time_col: usize,
     key_col: usize,
     id_col: Option<usize>,
     /// Entities whose state the plugin may have changed since [`Self::take_changed`].
-    touched: HashSet<EntityKey>,
+    touched: KeySet,
 }
 
 /// What a processor holds for its shard: per-entity states, the events still in the
@@ -355,17 +355,17 @@ impl StreamProcessor {
             decoder: JsonDecoder::new(&manifest),
             manifest,
             config,
-            states: StateMap::new(),
+            states: StateMap::default(),
             buffer: Vec::new(),
             buffered: 0,
             max_seen: None,
             taken: BTreeMap::new(),
-            taken_set: HashSet::new(),
+            taken_set: HashSet::default(),
             stats: StreamStats::default(),
             time_col,
             key_col,
             id_col,
-            touched: HashSet::new(),
+            touched: KeySet::default(),
         })
     }
 
@@ -439,7 +439,7 @@ impl StreamProcessor {
             let key = EntityKey::from_array(keys.as_ref(), row)
                 .ok_or_else(|| StreamError::Manifest("unsupported entity key type".into()))?;
             if let Some(partition_key) = record.partition_key
-                && partition_key != key.to_string()
+                && !partition_key_matches(partition_key, &key)
             {
                 keep.push(false);
                 self.stats.events -= 1;
@@ -546,15 +546,8 @@ impl StreamProcessor {
                 late_duplicates: 0,
             });
         }
-        let out = self.executor.run(&events, &mut self.states)?;
-        let keys = events.column(self.key_col);
-        for row in 0..events.num_rows() {
-            if let Some(key) = EntityKey::from_array(keys.as_ref(), row)
-                && !self.touched.contains(&key)
-            {
-                self.touched.insert(key);
-            }
-        }
+        let mut out = self.executor.run(&events, &mut self.states)?;
+        self.touched.extend(std::mem::take(&mut out.entities));
         self.stats.applied += out.stats.events_applied as u64;
         self.stats.duplicates += out.stats.duplicates as u64;
         self.stats.rows += out.rows.num_rows() as u64;
@@ -580,5 +573,14 @@ impl StreamProcessor {
                 self.taken_set.remove(&id);
             }
         }
+    }
+}
+
+/// Whether a record's partition key names `key`, compared without formatting a string
+/// key.
+fn partition_key_matches(partition_key: &str, key: &EntityKey) -> bool {
+    match key {
+        EntityKey::Str(s) => partition_key == s,
+        EntityKey::Int(_) => partition_key == key.to_string(),
     }
 }

@@ -117,7 +117,7 @@ impl ShardedProcessor {
                 saved.spec.id.clone(),
                 (
                     saved.spec.clone(),
-                    ShardState::from_saved(saved.pending.clone(), StateMap::new()),
+                    ShardState::from_saved(saved.pending.clone(), StateMap::default()),
                 ),
             );
         }

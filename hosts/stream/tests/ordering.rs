@@ -242,7 +242,7 @@ fn a_handed_off_state_continues_where_the_backfill_stopped() {
             after.push(*line);
         }
     }
-    let mut states = StateMap::new();
+    let mut states = StateMap::default();
     let backfill = Executor::new(&plugin)
         .expect("executor")
         .run(
@@ -275,7 +275,7 @@ fn a_handed_off_state_continues_where_the_backfill_stopped() {
         .expect("executor")
         .run(
             &decode_json_lines(&text, &m, None).expect("decode"),
-            &mut StateMap::new(),
+            &mut StateMap::default(),
         )
         .expect("whole");
     let c = compare(
@@ -334,7 +334,7 @@ proptest! {
         let m = plugin.manifest();
         let batch = Executor::new(&plugin)
             .expect("executor")
-            .run(&decode_json_lines(&text, m, None).expect("decode"), &mut StateMap::new())
+            .run(&decode_json_lines(&text, m, None).expect("decode"), &mut StateMap::default())
             .expect("run");
         let c = compare(&m.entity_key, &canonical(&plugin, &streamed), &canonical(&plugin, &[batch.rows]), 5);
         prop_assert!(c.identical(), "{name}: {}", c.render("stream", "batch"));
@@ -453,7 +453,7 @@ fn resharding_keeps_every_entity_in_order_and_applies_each_event_once() {
         .expect("executor")
         .run(
             &decode_json_lines(&text, m, None).expect("decode"),
-            &mut StateMap::new(),
+            &mut StateMap::default(),
         )
         .expect("run");
     let c = compare(
@@ -516,7 +516,7 @@ fn restoring_any_checkpoint_and_replaying_ends_with_the_golden_rows() {
         (1_000, vec![1]),
     ] {
         let mut kept: Vec<RecordBatch> = Vec::new();
-        let mut saved_states = StateMap::new();
+        let mut saved_states = StateMap::default();
         let mut saved_shards: Vec<SavedShard>;
         let mut saved_next: [usize; 2];
         let mut p = ShardedProcessor::new(&plugin, config);
