@@ -108,52 +108,107 @@ pub fn row_json(batch: &RecordBatch, row: usize) -> Map<String, Json> {
 /// without building the object: for logs that write every row. `keys` are the
 /// column names already JSON-quoted ([`quoted_keys`]).
 pub fn write_row_json(batch: &RecordBatch, keys: &[String], row: usize, out: &mut Vec<u8>) {
-    use std::io::Write as _;
-    out.push(b'{');
-    for (i, (key, column)) in keys.iter().zip(batch.columns()).enumerate() {
-        if i > 0 {
-            out.push(b',');
-        }
-        out.extend_from_slice(key.as_bytes());
-        out.push(b':');
-        let column = column.as_ref();
-        if column.is_null(row) {
-            out.extend_from_slice(b"null");
-            continue;
-        }
-        // Writing into a Vec cannot fail.
-        let _ = match column.data_type() {
-            DataType::Int64 => write!(out, "{}", column.as_primitive::<Int64Type>().value(row)),
-            DataType::Float64 => {
-                let x = column.as_primitive::<Float64Type>().value(row);
-                if x.is_finite() {
-                    serde_json::to_writer(&mut *out, &x).map_err(std::io::Error::other)
-                } else {
-                    serde_json::to_writer(&mut *out, &format_float(x))
-                        .map_err(std::io::Error::other)
+    RowWriter::new(batch, keys).write(row, out);
+}
+
+/// A column resolved to its type once, not per cell.
+enum TypedColumn<'a> {
+    Int64(&'a arrow_array::Int64Array),
+    Float64(&'a arrow_array::Float64Array),
+    Boolean(&'a arrow_array::BooleanArray),
+    Utf8(&'a arrow_array::StringArray),
+    Timestamp(&'a arrow_array::TimestampMicrosecondArray),
+    Other(&'a dyn Array),
+}
+
+/// Writes rows of one batch as JSON text, the columns' types resolved once.
+struct RowWriter<'a> {
+    keys: &'a [String],
+    columns: Vec<TypedColumn<'a>>,
+}
+
+impl<'a> RowWriter<'a> {
+    fn new(batch: &'a RecordBatch, keys: &'a [String]) -> Self {
+        let columns = batch
+            .columns()
+            .iter()
+            .map(|column| {
+                let column = column.as_ref();
+                match column.data_type() {
+                    DataType::Int64 => TypedColumn::Int64(column.as_primitive()),
+                    DataType::Float64 => TypedColumn::Float64(column.as_primitive()),
+                    DataType::Boolean => TypedColumn::Boolean(column.as_boolean()),
+                    DataType::Utf8 => TypedColumn::Utf8(column.as_string()),
+                    DataType::Timestamp(arrow_schema::TimeUnit::Microsecond, _) => {
+                        TypedColumn::Timestamp(column.as_primitive())
+                    }
+                    _ => TypedColumn::Other(column),
                 }
-            }
-            DataType::Boolean => write!(out, "{}", column.as_boolean().value(row)),
-            DataType::Utf8 => {
-                serde_json::to_writer(&mut *out, column.as_string::<i32>().value(row))
-                    .map_err(std::io::Error::other)
-            }
-            DataType::Timestamp(_, _) => {
-                let micros = column.as_primitive::<TimestampMicrosecondType>().value(row);
-                out.push(b'"');
-                if write_timestamp(micros, out) {
-                    out.push(b'"');
-                    Ok(())
-                } else {
-                    out.pop();
-                    write!(out, "{micros}")
-                }
-            }
-            _ => serde_json::to_writer(&mut *out, &value_json(column, row))
-                .map_err(std::io::Error::other),
-        };
+            })
+            .collect();
+        RowWriter { keys, columns }
     }
-    out.push(b'}');
+
+    fn write(&self, row: usize, out: &mut Vec<u8>) {
+        out.push(b'{');
+        for (i, (key, column)) in self.keys.iter().zip(&self.columns).enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            out.extend_from_slice(key.as_bytes());
+            out.push(b':');
+            write_cell(column, row, out);
+        }
+        out.push(b'}');
+    }
+}
+
+/// One cell as JSON text: the bytes [`value_json`] serializes to.
+fn write_cell(column: &TypedColumn<'_>, row: usize, out: &mut Vec<u8>) {
+    let null = match column {
+        TypedColumn::Int64(c) => c.is_null(row),
+        TypedColumn::Float64(c) => c.is_null(row),
+        TypedColumn::Boolean(c) => c.is_null(row),
+        TypedColumn::Utf8(c) => c.is_null(row),
+        TypedColumn::Timestamp(c) => c.is_null(row),
+        TypedColumn::Other(c) => c.is_null(row),
+    };
+    if null {
+        out.extend_from_slice(b"null");
+        return;
+    }
+    // Serializing into a Vec cannot fail.
+    let _ = match column {
+        TypedColumn::Int64(c) => {
+            out.extend_from_slice(itoa::Buffer::new().format(c.value(row)).as_bytes());
+            Ok(())
+        }
+        TypedColumn::Float64(c) => {
+            let x = c.value(row);
+            if x.is_finite() {
+                serde_json::to_writer(&mut *out, &x)
+            } else {
+                serde_json::to_writer(&mut *out, &format_float(x))
+            }
+        }
+        TypedColumn::Boolean(c) => {
+            out.extend_from_slice(if c.value(row) { b"true" } else { b"false" });
+            Ok(())
+        }
+        TypedColumn::Utf8(c) => serde_json::to_writer(&mut *out, c.value(row)),
+        TypedColumn::Timestamp(c) => {
+            let micros = c.value(row);
+            out.push(b'"');
+            if write_timestamp(micros, out) {
+                out.push(b'"');
+            } else {
+                out.pop();
+                out.extend_from_slice(itoa::Buffer::new().format(micros).as_bytes());
+            }
+            Ok(())
+        }
+        TypedColumn::Other(c) => serde_json::to_writer(&mut *out, &value_json(*c, row)),
+    };
 }
 
 /// Every row of a batch as the JSON text of [`write_row_json`], formatted once for all
@@ -170,10 +225,11 @@ impl RowsText {
     /// Formats every row of `batch`.
     pub fn of(batch: &RecordBatch) -> Self {
         let keys = quoted_keys(batch.schema_ref());
+        let writer = RowWriter::new(batch, &keys);
         let mut lines = Vec::with_capacity(batch.num_rows() * 256);
         let mut ends = Vec::with_capacity(batch.num_rows());
         for row in 0..batch.num_rows() {
-            write_row_json(batch, &keys, row, &mut lines);
+            writer.write(row, &mut lines);
             lines.push(b'\n');
             ends.push(lines.len());
         }

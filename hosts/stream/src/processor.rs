@@ -9,7 +9,7 @@ use arrow_select::filter::filter_record_batch;
 use lockstep_abi::Manifest;
 use lockstep_core::decode::JsonDecoder;
 use lockstep_core::executor::{EntityKey, Executor, KeyHasher, KeySet, RunStats, StateMap};
-use lockstep_core::order::{content_hash, event_id};
+use lockstep_core::order::{content_hash, event_id, identity};
 use lockstep_core::schema::{input_schema, row_schema};
 use lockstep_runtime::Plugin;
 use std::collections::{BTreeMap, HashSet};
@@ -113,7 +113,9 @@ pub struct StreamProcessor {
     /// Identities of events taken (buffered or applied) that a late redelivery may
     /// still repeat: `(entity, event id)` by event time, pruned behind the horizon.
     taken: BTreeMap<i64, Vec<(EntityKey, u128)>>,
-    taken_set: HashSet<(EntityKey, u128), KeyHasher>,
+    /// The same identities as `taken`, each as one 128-bit hash of entity and event
+    /// id ([`identity`]): a lookup per event without cloning or hashing the key text.
+    taken_set: HashSet<u128, KeyHasher>,
     stats: StreamStats,
     time_col: usize,
     key_col: usize,
@@ -292,7 +294,8 @@ impl StreamProcessor {
         p.states = state.states;
         p.max_seen = state.max_seen;
         for ids in state.taken.values() {
-            p.taken_set.extend(ids.iter().cloned());
+            p.taken_set
+                .extend(ids.iter().map(|(key, id)| identity(key, *id)));
         }
         p.taken = state.taken;
         Ok(p)
@@ -458,7 +461,11 @@ impl StreamProcessor {
                 self.stats.before_start += 1;
                 continue;
             }
-            let id = event_id(&events, self.id_col, row, content_hash(&events, row));
+            // The content hash is the id only when the event has no declared one.
+            let id = match self.id_col {
+                Some(c) if events.column(c).is_valid(row) => event_id(&events, self.id_col, row, 0),
+                _ => content_hash(&events, row),
+            };
             match watermark {
                 Some(w) if time < w => {
                     keep.push(false);
@@ -466,7 +473,7 @@ impl StreamProcessor {
                     // when identities were pruned must not decide (that depends on how
                     // records were grouped).
                     let horizon = w.saturating_sub(self.config.allowed_lateness);
-                    if time >= horizon && self.taken_set.contains(&(key, id)) {
+                    if time >= horizon && self.taken_set.contains(&identity(&key, id)) {
                         late_duplicates += 1;
                     } else {
                         late.push(LateEvent {
@@ -480,7 +487,7 @@ impl StreamProcessor {
                 }
                 _ => {
                     keep.push(true);
-                    if self.taken_set.insert((key.clone(), id)) {
+                    if self.taken_set.insert(identity(&key, id)) {
                         self.taken.entry(time).or_default().push((key, id));
                     }
                     self.max_seen = Some(self.max_seen.map_or(time, |m| m.max(time)));
@@ -569,8 +576,8 @@ impl StreamProcessor {
         let horizon = w.saturating_sub(self.config.allowed_lateness);
         let keep = self.taken.split_off(&horizon);
         for (_, ids) in std::mem::replace(&mut self.taken, keep) {
-            for id in ids {
-                self.taken_set.remove(&id);
+            for (key, id) in ids {
+                self.taken_set.remove(&identity(&key, id));
             }
         }
     }
