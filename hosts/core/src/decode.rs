@@ -12,7 +12,13 @@
 //! | timestamp | integer microseconds since the epoch (UTC); RFC 3339 strings with a zone (`Z` or `+hh:mm`) | strings without a zone, fractions |
 //!
 //! A missing field or `null` is null; null in a non-nullable field (the entity key and
-//! the event time always are) is an error. Fields not in the schema are ignored.
+//! the event time always are) is an error. Fields not in the schema are ignored; of a
+//! repeated field, the last value counts.
+//!
+//! JSON records are decoded in one typed pass straight into column values; a record
+//! that pass does not take is decoded again through a `serde_json` tree, which holds
+//! the reference rules and gives the errors. The typed pass never accepts what the
+//! tree pass refuses (a proptest checks it), so the two are one path.
 
 use crate::DecodeError;
 use arrow_array::builder::{
