@@ -490,6 +490,9 @@ pub struct LineageReader {
     resume_at: BTreeMap<String, String>,
     /// Milliseconds behind the tip, per open shard, at its last read.
     lag: BTreeMap<String, i64>,
+    /// What a poll that failed had already read (its shards' iterators moved past
+    /// it): the next poll delivers it first, so a failure loses nothing.
+    carried: Vec<ShardEvent>,
 }
 
 impl LineageReader {
@@ -504,6 +507,7 @@ impl LineageReader {
             caught_up: HashSet::new(),
             resume_at: BTreeMap::new(),
             lag: BTreeMap::new(),
+            carried: Vec::new(),
         }
     }
 
@@ -553,19 +557,44 @@ impl LineageReader {
         Ok(())
     }
 
-    /// One round: a batch from every open shard (opening shards as their parents end).
+    /// One round: a batch from every open shard, read at once (opening shards as their
+    /// parents end). If a read fails, what the other shards returned is kept for the
+    /// next poll, which delivers it first: their iterators have moved past it.
     pub async fn poll(&mut self, limit: i32) -> Result<Vec<ShardEvent>, KinesisError> {
-        let mut events = Vec::new();
-        if self.known.is_empty() {
-            self.refresh(&mut events).await?;
+        let mut events = std::mem::take(&mut self.carried);
+        match self.poll_into(limit, &mut events).await {
+            Ok(()) => Ok(events),
+            Err(e) => {
+                self.carried = events;
+                Err(e)
+            }
         }
-        let ids: Vec<String> = self.readers.keys().cloned().collect();
+    }
+
+    async fn poll_into(
+        &mut self,
+        limit: i32,
+        events: &mut Vec<ShardEvent>,
+    ) -> Result<(), KinesisError> {
+        if self.known.is_empty() {
+            self.refresh(events).await?;
+        }
+        let reads = futures_util::future::join_all(
+            self.readers
+                .iter_mut()
+                .map(|(id, reader)| async move { (id.clone(), reader.next_batch(limit).await) }),
+        )
+        .await;
         let mut any_ended = false;
-        for id in ids {
-            let Some(reader) = self.readers.get_mut(&id) else {
-                continue;
+        let mut failed = None;
+        for (id, read) in reads {
+            let batch = match read {
+                Ok(batch) => batch,
+                Err(e) => {
+                    failed.get_or_insert(e);
+                    continue;
+                }
             };
-            let batch = reader.next_batch(limit).await?;
             self.lag
                 .insert(id.clone(), batch.millis_behind.unwrap_or(0));
             if batch.records.is_empty() && batch.millis_behind.unwrap_or(0) == 0 {
@@ -585,12 +614,15 @@ impl LineageReader {
                 any_ended = true;
             }
         }
+        if let Some(e) = failed {
+            return Err(e);
+        }
         // A shard that ended opens its children; a quiet round may hide a reshard that
         // closed a shard being read, which only a fresh listing shows.
         if any_ended || (events.is_empty() && self.caught_up()) {
-            self.refresh(&mut events).await?;
+            self.refresh(events).await?;
         }
-        Ok(events)
+        Ok(())
     }
 
     /// How far behind the tip each open shard was at its last read (ms).
