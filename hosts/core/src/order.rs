@@ -113,18 +113,24 @@ pub fn identity(key: &crate::executor::EntityKey, id: u128) -> u128 {
     h.digest128()
 }
 
-/// The event id of `row`: the declared id field if present and not null, else the
-/// content hash.
-pub fn event_id(batch: &RecordBatch, id_column: Option<usize>, row: usize, content: u128) -> u128 {
+/// The hash of `row`'s declared id field; `None` when the manifest declares none or
+/// the field is null (the content hash is then the id, see [`event_id`]).
+pub fn declared_id(batch: &RecordBatch, id_column: Option<usize>, row: usize) -> Option<u128> {
     match id_column {
         Some(c) if batch.column(c).is_valid(row) => {
             let mut h = Xxh3::new();
             h.update(b"id");
             hash_value(&mut h, batch.column(c).as_ref(), row);
-            h.digest128()
+            Some(h.digest128())
         }
-        _ => content,
+        _ => None,
     }
+}
+
+/// The event id of `row`: the declared id field if present and not null, else the
+/// content hash.
+pub fn event_id(batch: &RecordBatch, id_column: Option<usize>, row: usize, content: u128) -> u128 {
+    declared_id(batch, id_column, row).unwrap_or(content)
 }
 
 /// Column holding each event's id (128 bits, big-endian), appended by
@@ -236,13 +242,9 @@ pub fn order_events(batch: &RecordBatch, manifest: &Manifest) -> Result<Ordered,
     // Sorted by (entity, time, id, content, row). The content hash only decides among
     // events equal in (entity, time, id), so it is computed for those alone: with a
     // declared id most events need none.
-    let id_only = |row: usize| match id_col {
-        Some(c) if batch.column(c).is_valid(row) => Some(event_id(batch, id_col, row, 0)),
-        _ => None,
-    };
     let mut keyed: Vec<(u32, i64, u128, u128, u32)> = (0..n)
         .map(|row| {
-            let (id, content) = match id_only(row) {
+            let (id, content) = match declared_id(batch, id_col, row) {
                 Some(id) => (id, 0),
                 None => {
                     let content = content_hash(batch, row);

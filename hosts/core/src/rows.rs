@@ -104,13 +104,6 @@ pub fn row_json(batch: &RecordBatch, row: usize) -> Map<String, Json> {
         .collect()
 }
 
-/// Writes row `row` of `batch` as the JSON text of [`row_json`] (the same bytes),
-/// without building the object: for logs that write every row. `keys` are the
-/// column names already JSON-quoted ([`quoted_keys`]).
-pub fn write_row_json(batch: &RecordBatch, keys: &[String], row: usize, out: &mut Vec<u8>) {
-    RowWriter::new(batch, keys).write(row, out);
-}
-
 /// A column resolved to its type once, not per cell.
 enum TypedColumn<'a> {
     Int64(&'a arrow_array::Int64Array),
@@ -118,23 +111,25 @@ enum TypedColumn<'a> {
     Boolean(&'a arrow_array::BooleanArray),
     Utf8(&'a arrow_array::StringArray),
     Timestamp(&'a arrow_array::TimestampMicrosecondArray),
-    Other(&'a dyn Array),
+    Other,
 }
 
-/// Writes rows of one batch as JSON text, the columns' types resolved once.
-struct RowWriter<'a> {
-    keys: &'a [String],
-    columns: Vec<TypedColumn<'a>>,
+/// Writes rows of one batch as the JSON text of [`row_json`] (the same bytes) without
+/// building objects: column names quoted and column types resolved once per batch.
+pub struct RowWriter<'a> {
+    keys: Vec<String>,
+    columns: Vec<(&'a dyn Array, TypedColumn<'a>)>,
 }
 
 impl<'a> RowWriter<'a> {
-    fn new(batch: &'a RecordBatch, keys: &'a [String]) -> Self {
+    /// A writer of `batch`'s rows.
+    pub fn new(batch: &'a RecordBatch) -> Self {
         let columns = batch
             .columns()
             .iter()
             .map(|column| {
                 let column = column.as_ref();
-                match column.data_type() {
+                let typed = match column.data_type() {
                     DataType::Int64 => TypedColumn::Int64(column.as_primitive()),
                     DataType::Float64 => TypedColumn::Float64(column.as_primitive()),
                     DataType::Boolean => TypedColumn::Boolean(column.as_boolean()),
@@ -142,41 +137,38 @@ impl<'a> RowWriter<'a> {
                     DataType::Timestamp(arrow_schema::TimeUnit::Microsecond, _) => {
                         TypedColumn::Timestamp(column.as_primitive())
                     }
-                    _ => TypedColumn::Other(column),
-                }
+                    _ => TypedColumn::Other,
+                };
+                (column, typed)
             })
             .collect();
-        RowWriter { keys, columns }
+        RowWriter {
+            keys: quoted_keys(batch.schema_ref()),
+            columns,
+        }
     }
 
-    fn write(&self, row: usize, out: &mut Vec<u8>) {
+    /// Appends row `row` as one JSON object.
+    pub fn write(&self, row: usize, out: &mut Vec<u8>) {
         out.push(b'{');
-        for (i, (key, column)) in self.keys.iter().zip(&self.columns).enumerate() {
+        for (i, (key, (array, typed))) in self.keys.iter().zip(&self.columns).enumerate() {
             if i > 0 {
                 out.push(b',');
             }
             out.extend_from_slice(key.as_bytes());
             out.push(b':');
-            write_cell(column, row, out);
+            if array.is_null(row) {
+                out.extend_from_slice(b"null");
+            } else {
+                write_value(*array, typed, row, out);
+            }
         }
         out.push(b'}');
     }
 }
 
-/// One cell as JSON text: the bytes [`value_json`] serializes to.
-fn write_cell(column: &TypedColumn<'_>, row: usize, out: &mut Vec<u8>) {
-    let null = match column {
-        TypedColumn::Int64(c) => c.is_null(row),
-        TypedColumn::Float64(c) => c.is_null(row),
-        TypedColumn::Boolean(c) => c.is_null(row),
-        TypedColumn::Utf8(c) => c.is_null(row),
-        TypedColumn::Timestamp(c) => c.is_null(row),
-        TypedColumn::Other(c) => c.is_null(row),
-    };
-    if null {
-        out.extend_from_slice(b"null");
-        return;
-    }
+/// One non-null cell as JSON text: the bytes [`value_json`] serializes to.
+fn write_value(array: &dyn Array, column: &TypedColumn<'_>, row: usize, out: &mut Vec<u8>) {
     // Serializing into a Vec cannot fail.
     let _ = match column {
         TypedColumn::Int64(c) => {
@@ -207,11 +199,11 @@ fn write_cell(column: &TypedColumn<'_>, row: usize, out: &mut Vec<u8>) {
             }
             Ok(())
         }
-        TypedColumn::Other(c) => serde_json::to_writer(&mut *out, &value_json(*c, row)),
+        TypedColumn::Other => serde_json::to_writer(&mut *out, &value_json(array, row)),
     };
 }
 
-/// Every row of a batch as the JSON text of [`write_row_json`], formatted once for all
+/// Every row of a batch as the JSON text of [`RowWriter`], formatted once for all
 /// the writers that need it (a row log and an online store), one line per row.
 #[derive(Debug, Clone, Default)]
 pub struct RowsText {
@@ -224,8 +216,7 @@ pub struct RowsText {
 impl RowsText {
     /// Formats every row of `batch`.
     pub fn of(batch: &RecordBatch) -> Self {
-        let keys = quoted_keys(batch.schema_ref());
-        let writer = RowWriter::new(batch, &keys);
+        let writer = RowWriter::new(batch);
         let mut lines = Vec::with_capacity(batch.num_rows() * 256);
         let mut ends = Vec::with_capacity(batch.num_rows());
         for row in 0..batch.num_rows() {
@@ -258,8 +249,8 @@ impl RowsText {
     }
 }
 
-/// The column names of `schema`, JSON-quoted, for [`write_row_json`].
-pub fn quoted_keys(schema: &arrow_schema::Schema) -> Vec<String> {
+/// The column names of `schema`, JSON-quoted.
+fn quoted_keys(schema: &arrow_schema::Schema) -> Vec<String> {
     schema
         .fields()
         .iter()
@@ -287,12 +278,12 @@ mod tests {
         ])
         .expect("batch");
         let text = RowsText::of(&batch);
-        let keys = quoted_keys(batch.schema_ref());
+        let writer = RowWriter::new(&batch);
         let mut joined = Vec::new();
         assert_eq!(text.len(), 3);
         for row in 0..3 {
             let mut alone = Vec::new();
-            write_row_json(&batch, &keys, row, &mut alone);
+            writer.write(row, &mut alone);
             assert_eq!(text.row(row), alone.as_slice(), "row {row}");
             joined.extend_from_slice(&alone);
             joined.push(b'\n');
@@ -397,10 +388,10 @@ mod tests {
             ],
         )
         .unwrap();
-        let keys = quoted_keys(&schema);
+        let writer = RowWriter::new(&batch);
         for row in 0..batch.num_rows() {
             let mut out = Vec::new();
-            write_row_json(&batch, &keys, row, &mut out);
+            writer.write(row, &mut out);
             let want = Json::Object(row_json(&batch, row)).to_string();
             assert_eq!(String::from_utf8(out).unwrap(), want, "row {row}");
         }

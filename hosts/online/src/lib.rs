@@ -15,7 +15,7 @@
 
 use arrow_array::RecordBatch;
 use lockstep_core::executor::EntityKey;
-use lockstep_core::rows::{RowsText, quoted_keys, write_row_json};
+use lockstep_core::rows::{RowWriter, RowsText};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value as Json};
@@ -482,7 +482,8 @@ impl EmbeddedStore {
             }
         }
         let superseded = rows.num_rows() - latest.len();
-        let columns = quoted_keys(&schema);
+        // Without the text, only the rows stored are formatted.
+        let writer = RowWriter::new(rows);
         let records: Vec<(String, i64, Vec<u8>)> = latest
             .into_iter()
             .map(|(key, r)| {
@@ -490,7 +491,7 @@ impl EmbeddedStore {
                 encode_header(times.value(r), write_time, &group.plugin_hash, &mut bytes);
                 match text {
                     Some(text) => bytes.extend_from_slice(text.row(r)),
-                    None => write_row_json(rows, &columns, r, &mut bytes),
+                    None => writer.write(r, &mut bytes),
                 }
                 (key, times.value(r), bytes)
             })

@@ -9,7 +9,7 @@ use arrow_select::filter::filter_record_batch;
 use lockstep_abi::Manifest;
 use lockstep_core::decode::JsonDecoder;
 use lockstep_core::executor::{EntityKey, Executor, KeyHasher, KeySet, RunStats, StateMap};
-use lockstep_core::order::{content_hash, event_id, identity};
+use lockstep_core::order::{content_hash, declared_id, identity};
 use lockstep_core::schema::{input_schema, row_schema};
 use lockstep_runtime::Plugin;
 use std::collections::{BTreeMap, HashSet};
@@ -462,10 +462,8 @@ impl StreamProcessor {
                 continue;
             }
             // The content hash is the id only when the event has no declared one.
-            let id = match self.id_col {
-                Some(c) if events.column(c).is_valid(row) => event_id(&events, self.id_col, row, 0),
-                _ => content_hash(&events, row),
-            };
+            let id = declared_id(&events, self.id_col, row)
+                .unwrap_or_else(|| content_hash(&events, row));
             match watermark {
                 Some(w) if time < w => {
                     keep.push(false);
