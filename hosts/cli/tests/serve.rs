@@ -230,30 +230,28 @@ fn chrono_micros(rfc3339: &str) -> i64 {
         .timestamp_micros()
 }
 
+/// `lockstep cache-acl --user cards --group GROUP`, the password in the environment
+/// when given.
+fn cache_acl(group: &str, password: Option<&str>) -> std::process::Output {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_lockstep"));
+    command.args(["cache-acl", "--user", "cards", "--group", group]);
+    match password {
+        Some(password) => command.env("LOCKSTEP_TENANT_PASSWORD", password),
+        None => command.env_remove("LOCKSTEP_TENANT_PASSWORD"),
+    };
+    command.output().unwrap()
+}
+
 #[test]
 fn cache_acl_prints_rules_redis_accepts_and_they_fence_the_tenant_in() {
-    let out = Command::new(env!("CARGO_BIN_EXE_lockstep"))
-        .args([
-            "cache-acl",
-            "--user",
-            "cards",
-            "--group",
-            "txn_velocity@1.0.0",
-        ])
-        .env_remove("LOCKSTEP_TENANT_PASSWORD")
-        .output()
-        .unwrap();
+    let out = cache_acl("txn_velocity@1.0.0", None);
     assert!(!out.status.success());
     assert!(
         text(&out.stderr).contains("set LOCKSTEP_TENANT_PASSWORD"),
         "{}",
         text(&out.stderr)
     );
-    let out = Command::new(env!("CARGO_BIN_EXE_lockstep"))
-        .args(["cache-acl", "--user", "cards", "--group", "txn_velocity"])
-        .env("LOCKSTEP_TENANT_PASSWORD", "pw")
-        .output()
-        .unwrap();
+    let out = cache_acl("txn_velocity", Some("pw"));
     assert!(
         text(&out.stderr).contains("NAME@VERSION"),
         "{}",
@@ -262,17 +260,7 @@ fn cache_acl_prints_rules_redis_accepts_and_they_fence_the_tenant_in() {
 
     let redis = lockstep_testkit::Redis::start(&[]);
     let password = "a \"tricky\" pass\\word";
-    let out = Command::new(env!("CARGO_BIN_EXE_lockstep"))
-        .args([
-            "cache-acl",
-            "--user",
-            "cards",
-            "--group",
-            "txn_velocity@1.0.0",
-        ])
-        .env("LOCKSTEP_TENANT_PASSWORD", password)
-        .output()
-        .unwrap();
+    let out = cache_acl("txn_velocity@1.0.0", Some(password));
     assert!(out.status.success(), "{}", text(&out.stderr));
     let command = text(&out.stdout);
     assert!(command.starts_with("ACL SETUSER \"cards\" "), "{command}");
