@@ -249,7 +249,7 @@ impl Executor {
             executor: self,
             states,
             current: None,
-            seen: HashSet::new(),
+            seen: HashSet::default(),
             stats: RunStats::default(),
             keep_finished: true,
         }
@@ -343,7 +343,8 @@ pub struct OrderedRun<'e> {
     executor: &'e mut Executor,
     states: &'e mut StateMap,
     current: Option<EntityKey>,
-    seen: HashSet<u128>,
+    /// Event ids of the open entity (ids are already hashes: a fast hasher will do).
+    seen: HashSet<u128, KeyHasher>,
     stats: RunStats,
     keep_finished: bool,
 }
@@ -397,7 +398,13 @@ impl OrderedRun<'_> {
                     )));
                 }
                 self.current = Some(key.clone());
-                self.seen.clear();
+                // Clearing wipes the whole table: one busy entity would make that cost
+                // be paid again for every entity after it.
+                if self.seen.capacity() > 1024 {
+                    self.seen = HashSet::default();
+                } else {
+                    self.seen.clear();
+                }
                 self.stats.entities += 1;
                 runs.push((key, kept, 0));
             } else if runs.is_empty()
