@@ -3,7 +3,7 @@
 Reads the events Parquet, drops repeated transactions (same txn_id), computes per card
 the counts, sums, means and maxima over the last 1 h, 24 h and 7 d, the seconds since
 the previous transaction and the distinct merchants in the last 24 h, and writes
-hour-partitioned ZSTD Parquet, as Lockstep's offline store does.
+hour-partitioned Snappy Parquet, as Lockstep's offline store does.
 
 Windows are RANGE frames over the event time: `(t - W, t]`. They differ from Lockstep's
 per-event semantics only where one card has several transactions at the same
@@ -57,7 +57,7 @@ COPY (
   SELECT *, year(event_time) AS year, month(event_time) AS month,
          day(event_time) AS day, hour(event_time) AS hour
   FROM featured
-) TO '{out}' (FORMAT parquet, PARTITION_BY (year, month, day, hour), COMPRESSION zstd,
+) TO '{out}' (FORMAT parquet, PARTITION_BY (year, month, day, hour), COMPRESSION snappy,
               OVERWRITE_OR_IGNORE true)
 """
 con.execute(sql)

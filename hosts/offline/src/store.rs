@@ -11,7 +11,7 @@ use lockstep_abi::Manifest;
 use lockstep_core::schema::row_schema;
 use parquet::arrow::ArrowWriter;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
-use parquet::basic::{Compression, ZstdLevel};
+use parquet::basic::Compression;
 use parquet::file::properties::WriterProperties;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -225,19 +225,24 @@ impl OfflineStore {
     }
 }
 
-/// Encodes one hour partition and puts it in place atomically (see [`Backend::put`]).
-pub(crate) fn write_partition(
+/// Encodes one hour partition as the Parquet file it is put as: its path relative to
+/// the store root, and its bytes (put in place by [`Backend::put`]).
+pub(crate) fn encode_partition(
     backend: &Backend,
     rel_dir: &str,
     batch: &RecordBatch,
-) -> Result<PathBuf, OfflineError> {
+) -> Result<(String, Vec<u8>), OfflineError> {
     let rel = format!("{rel_dir}/{PART_FILE}");
     let parquet = |source| OfflineError::Parquet {
         path: backend.locate(&rel),
         source,
     };
     let props = WriterProperties::builder()
-        .set_compression(Compression::ZSTD(ZstdLevel::try_new(3).map_err(parquet)?))
+        // Snappy, the codec Spark, Glue and DuckDB write by default, which every
+        // engine reads. ZSTD makes files ~35 % smaller but costs a backfill ~20 % of
+        // its CPU: the writer sets up a ZSTD context per column chunk, and a backfill
+        // writes hundreds of hour files (2M transactions: 3.3 s against 4.2 s).
+        .set_compression(Compression::SNAPPY)
         .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
         .set_created_by("lockstep".into())
         // Feature columns are mostly distinct floats: a dictionary is built, found too
@@ -250,5 +255,5 @@ pub(crate) fn write_partition(
         ArrowWriter::try_new(Vec::new(), batch.schema(), Some(props)).map_err(parquet)?;
     writer.write(batch).map_err(parquet)?;
     let bytes = writer.into_inner().map_err(parquet)?;
-    backend.put(&rel, bytes)
+    Ok((rel, bytes))
 }

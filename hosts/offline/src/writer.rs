@@ -15,7 +15,7 @@
 use crate::backend::Backend;
 use crate::error::io;
 use crate::layout::{self, Hour};
-use crate::store::{WriteSummary, write_partition};
+use crate::store::{WriteSummary, encode_partition};
 use crate::{GroupVersion, OfflineError, OfflineStore};
 use arrow_array::cast::AsArray;
 use arrow_array::types::TimestampMicrosecondType;
@@ -33,6 +33,7 @@ use std::collections::BTreeMap;
 use std::io::{BufReader, BufWriter};
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 const MICROS_PER_HOUR: i64 = 3_600_000_000;
 
@@ -95,6 +96,10 @@ impl std::fmt::Debug for OfflineWriter {
 
 /// An hour written at commit: its place in commit order, its file, its row count, the hour.
 type WrittenHour = (usize, PathBuf, usize, Hour);
+
+/// An hour encoded at commit, waiting to be put: its place in commit order, its path
+/// relative to the store root, its bytes, its row count, the hour.
+type EncodedHour = (usize, String, Vec<u8>, usize, Hour);
 
 /// A comparison of row `i` with row `j` of one batch.
 type RowComparator = Box<dyn Fn(usize, usize) -> std::cmp::Ordering + Send + Sync>;
@@ -294,29 +299,79 @@ impl OfflineWriter {
             hours.entry(hour).or_default().1 = batches;
         }
         let work: Vec<_> = hours.into_iter().collect();
-        let threads = self
+        let encoders = self
             .options
             .threads
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
             .clamp(1, work.len().max(1));
-        let next = std::sync::atomic::AtomicUsize::new(0);
+        // Putting a file waits on the disk (two fsyncs) or the network, not the CPU:
+        // encoders hand finished files to more putters so that waiting overlaps the
+        // encoding. (2M transactions into 721 hours: 0.4 s less to commit on local disk.)
+        let putters = (encoders * 4).clamp(1, work.len().max(1));
+        let next = AtomicUsize::new(0);
+        let failed = AtomicBool::new(false);
+        let (files_out, files_in) = std::sync::mpsc::sync_channel::<EncodedHour>(putters * 2);
+        let files_in = std::sync::Mutex::new(files_in);
         let this = &self;
         let results: Vec<Result<Vec<WrittenHour>, OfflineError>> = std::thread::scope(|scope| {
-            let handles: Vec<_> = (0..threads)
-                .map(|_| {
-                    scope.spawn(|| {
-                        let mut done = Vec::new();
-                        loop {
-                            let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                            let Some((hour, (files, batches))) = work.get(i) else {
-                                return Ok(done);
-                            };
-                            let (path, rows, at) = this.write_hour(*hour, files, batches)?;
-                            done.push((i, path, rows, at));
+            let mut handles = Vec::new();
+            for _ in 0..encoders {
+                let files_out = files_out.clone();
+                let (next, failed, work) = (&next, &failed, &work);
+                handles.push(scope.spawn(move || {
+                    while !failed.load(Ordering::Relaxed) {
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        let Some((hour, (chunks, batches))) = work.get(i) else {
+                            break;
+                        };
+                        match this.encode_hour(*hour, chunks, batches) {
+                            Ok((rel, bytes, rows, at)) => {
+                                if files_out.send((i, rel, bytes, rows, at)).is_err() {
+                                    break;
+                                }
+                            }
+                            Err(e) => {
+                                failed.store(true, Ordering::Relaxed);
+                                return Err(e);
+                            }
                         }
-                    })
-                })
-                .collect();
+                    }
+                    Ok(Vec::new())
+                }));
+            }
+            drop(files_out);
+            for _ in 0..putters {
+                let (files_in, failed) = (&files_in, &failed);
+                handles.push(scope.spawn(move || {
+                    let mut done = Vec::new();
+                    let mut first_error = None;
+                    loop {
+                        let next_file = match files_in.lock() {
+                            Ok(queue) => queue.recv(),
+                            Err(poisoned) => poisoned.into_inner().recv(),
+                        };
+                        let Ok((i, rel, bytes, rows, at)) = next_file else {
+                            break;
+                        };
+                        // After a failure the queue is still drained, so that no encoder
+                        // waits on it forever; nothing more is put.
+                        if first_error.is_some() || failed.load(Ordering::Relaxed) {
+                            continue;
+                        }
+                        match this.backend.put(&rel, bytes) {
+                            Ok(path) => done.push((i, path, rows, at)),
+                            Err(e) => {
+                                failed.store(true, Ordering::Relaxed);
+                                first_error = Some(e);
+                            }
+                        }
+                    }
+                    match first_error {
+                        Some(e) => Err(e),
+                        None => Ok(done),
+                    }
+                }));
+            }
             handles
                 .into_iter()
                 .map(|h| {
@@ -342,13 +397,14 @@ impl OfflineWriter {
         })
     }
 
-    /// Assembles, orders and writes one hour.
-    fn write_hour(
+    /// Assembles, orders and encodes one hour: the file's path relative to the store
+    /// root, its bytes, its row count and the hour.
+    fn encode_hour(
         &self,
         hour: i64,
         files: &[PathBuf],
         buffered: &[RecordBatch],
-    ) -> Result<(PathBuf, usize, Hour), OfflineError> {
+    ) -> Result<(String, Vec<u8>, usize, Hour), OfflineError> {
         let mut parts = Vec::new();
         for path in files {
             let file = std::fs::File::open(path).map_err(io("opening", path))?;
@@ -382,8 +438,8 @@ impl OfflineWriter {
             layout::version_rel(&self.group.name, &self.group.version),
             at.relative()
         );
-        let path = write_partition(&self.backend, &dir, &out)?;
-        Ok((path, n, at))
+        let (rel, bytes) = encode_partition(&self.backend, &dir, &out)?;
+        Ok((rel, bytes, n, at))
     }
 
     /// Orders an hour's rows by entity key, then event time, then arrival: the same rows

@@ -466,6 +466,47 @@ fn a_streaming_write_that_stages_on_disk_gives_the_same_files_in_any_arrival_ord
 }
 
 #[test]
+fn an_hour_that_cannot_be_put_fails_the_commit_naming_it() {
+    let m = manifest("1.0.0");
+    let batches = spread(&m, 40, 60);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = OfflineStore::open(dir.path()).expect("open");
+    let group = store.register(&m, "h", 0).expect("register");
+    let first = store.write(&group, &batches, 7).expect("write");
+    assert!(first.partitions > 8, "{} hours", first.partitions);
+    // A file where one hour's directory must be: that hour cannot be put again.
+    let hour_dir = first.files[first.files.len() / 2]
+        .parent()
+        .expect("hour directory")
+        .to_owned();
+    std::fs::remove_dir_all(&hour_dir).expect("remove the hour");
+    std::fs::write(&hour_dir, b"in the way").expect("block the hour");
+
+    let mut writer = store.writer(
+        &group,
+        8,
+        lockstep_offline::WriterOptions {
+            threads: Some(2),
+            ..Default::default()
+        },
+    );
+    for batch in &batches {
+        writer.write(batch).expect("write");
+    }
+    let err = writer.commit().expect_err("one hour cannot be written");
+    let message = err.to_string();
+    let hour_name = hour_dir
+        .file_name()
+        .expect("name")
+        .to_string_lossy()
+        .into_owned();
+    assert!(
+        message.contains(&hour_name),
+        "the error names the hour that failed: {message}"
+    );
+}
+
+#[test]
 fn a_writer_dropped_before_commit_leaves_nothing_behind() {
     let m = manifest("1.0.0");
     let dir = tempfile::tempdir().expect("tempdir");
