@@ -418,6 +418,11 @@ async fn register_source(
     Ok(())
 }
 
+/// Rows per batch through the plan and per plugin call. DataFusion's 8192 makes the
+/// sort merge ~4x as many sorted runs per partition, and the plugin be called ~4x as
+/// often (10M transactions: ~10 % less CPU at 32k, in alternating runs).
+const BATCH_ROWS: usize = 32 * 1024;
+
 /// Runs `plugin` over the job's source, streaming the rows it emits into `sink`, and
 /// returns the final states, counters and rejects. On error the sink may have received
 /// some rows: a sink that commits (the offline writer) must not be committed then.
@@ -437,7 +442,9 @@ pub async fn run(
     if let Some(dir) = &job.spill_dir {
         runtime = runtime.with_temp_file_path(dir.clone());
     }
-    let mut config = SessionConfig::new().with_target_partitions(partitions);
+    let mut config = SessionConfig::new()
+        .with_target_partitions(partitions)
+        .with_batch_size(BATCH_ROWS);
     if let Some(limit) = job.memory_limit {
         // The sort holds this much back for merging spilled runs; DataFusion's 10 MB
         // default is more than a small pool has, so keep it to a small share of the pool.
