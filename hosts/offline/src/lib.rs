@@ -11,7 +11,9 @@
 //! the row's event time, UTC), under a Hive-style `version=` level so that two versions
 //! of a group never mix and readers (DuckDB, pyarrow, Spark, Athena) can filter on it.
 //! Each row carries the plugin's features plus `event_time`, `write_time`,
-//! `api_invocation_time`, `is_deleted` and `plugin_hash` (lineage).
+//! `api_invocation_time`, `is_deleted` and `plugin_hash` (lineage). Files are
+//! Snappy-compressed Parquet (what Spark, Glue and DuckDB write by default) in row
+//! groups of 128k rows.
 //!
 //! # Commit protocol
 //!
