@@ -423,9 +423,6 @@ async fn register_source(
 /// often (10M transactions: ~10 % less CPU at 32k, in alternating runs).
 const BATCH_ROWS: usize = 32 * 1024;
 
-/// DataFusion's own batch size, kept under a memory limit below [`SMALL_POOL_BYTES`].
-const DATAFUSION_BATCH_ROWS: usize = 8 * 1024;
-
 /// A memory pool smaller than this cannot hold several 32k-row batches per
 /// partition's sort (a 24 MB pool over 2 partitions failed to sort at all).
 const SMALL_POOL_BYTES: usize = 256 << 20;
@@ -449,15 +446,15 @@ pub async fn run(
     if let Some(dir) = &job.spill_dir {
         runtime = runtime.with_temp_file_path(dir.clone());
     }
+    let mut config = SessionConfig::new().with_target_partitions(partitions);
     // A sort must fit a few batches per partition in its share of the pool: small
     // pools keep DataFusion's default batch size.
-    let batch_rows = match job.memory_limit {
-        Some(limit) if limit < SMALL_POOL_BYTES => DATAFUSION_BATCH_ROWS,
-        _ => BATCH_ROWS,
-    };
-    let mut config = SessionConfig::new()
-        .with_target_partitions(partitions)
-        .with_batch_size(batch_rows);
+    if job
+        .memory_limit
+        .is_none_or(|limit| limit >= SMALL_POOL_BYTES)
+    {
+        config = config.with_batch_size(BATCH_ROWS);
+    }
     if let Some(limit) = job.memory_limit {
         // The sort holds this much back for merging spilled runs; DataFusion's 10 MB
         // default is more than a small pool has, so keep it to a small share of the pool.

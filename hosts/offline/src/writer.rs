@@ -320,80 +320,80 @@ impl OfflineWriter {
         let (files_out, files_in) = std::sync::mpsc::sync_channel::<EncodedHour>(putters * 2);
         let files_in = std::sync::Mutex::new(files_in);
         let this = &self;
-        let results: Vec<Result<Vec<WrittenHour>, OfflineError>> = std::thread::scope(|scope| {
-            let mut handles = Vec::new();
-            for _ in 0..encoders {
-                let files_out = files_out.clone();
-                let (next, failed, work) = (&next, &failed, &work);
-                handles.push(scope.spawn(move || {
-                    while !failed.load(Ordering::Relaxed) {
-                        let i = next.fetch_add(1, Ordering::Relaxed);
-                        let Some((hour, (chunks, batches))) = work.get(i) else {
-                            break;
-                        };
-                        match this.encode_hour(*hour, chunks, batches) {
-                            Ok((rel, bytes, rows, at)) => {
-                                if files_out.send((i, rel, bytes, rows, at)).is_err() {
-                                    break;
-                                }
-                            }
-                            Err(e) => {
-                                failed.store(true, Ordering::Relaxed);
-                                return Err(e);
-                            }
-                        }
-                    }
-                    Ok(Vec::new())
-                }));
-            }
-            drop(files_out);
-            for _ in 0..putters {
-                let (files_in, failed) = (&files_in, &failed);
-                handles.push(scope.spawn(move || {
-                    let mut done = Vec::new();
-                    let mut first_error = None;
-                    loop {
-                        let next_file = match files_in.lock() {
-                            Ok(queue) => queue.recv(),
-                            Err(poisoned) => poisoned.into_inner().recv(),
-                        };
-                        let Ok((i, rel, bytes, rows, at)) = next_file else {
-                            break;
-                        };
-                        // After a failure the queue is still drained, so that no encoder
-                        // waits on it forever; nothing more is put.
-                        if first_error.is_some() || failed.load(Ordering::Relaxed) {
-                            continue;
-                        }
-                        match this.backend.put(&rel, bytes) {
-                            Ok(path) => done.push((i, path, rows, at)),
-                            Err(e) => {
-                                failed.store(true, Ordering::Relaxed);
-                                first_error = Some(e);
+        let panicked = || OfflineError::Registry {
+            path: this.backend.root(),
+            message: "a partition writer thread panicked".into(),
+        };
+        let (encoded, put) = std::thread::scope(|scope| {
+            let encoders: Vec<_> = (0..encoders)
+                .map(|_| {
+                    let files_out = files_out.clone();
+                    let (next, failed, work) = (&next, &failed, &work);
+                    scope.spawn(move || -> Result<(), OfflineError> {
+                        while !failed.load(Ordering::Relaxed) {
+                            let i = next.fetch_add(1, Ordering::Relaxed);
+                            let Some((hour, (chunks, batches))) = work.get(i) else {
+                                break;
+                            };
+                            let (rel, bytes, rows, at) =
+                                this.encode_hour(*hour, chunks, batches)
+                                    .inspect_err(|_| failed.store(true, Ordering::Relaxed))?;
+                            if files_out.send((i, rel, bytes, rows, at)).is_err() {
+                                break;
                             }
                         }
-                    }
-                    match first_error {
-                        Some(e) => Err(e),
-                        None => Ok(done),
-                    }
-                }));
-            }
-            handles
-                .into_iter()
-                .map(|h| {
-                    h.join().unwrap_or_else(|_| {
-                        Err(OfflineError::Registry {
-                            path: this.backend.root(),
-                            message: "a partition writer thread panicked".into(),
-                        })
+                        Ok(())
                     })
                 })
-                .collect()
+                .collect();
+            drop(files_out);
+            let putters: Vec<_> = (0..putters)
+                .map(|_| {
+                    let (files_in, failed) = (&files_in, &failed);
+                    scope.spawn(move || -> Result<Vec<WrittenHour>, OfflineError> {
+                        let mut done = Vec::new();
+                        let mut first_error = None;
+                        loop {
+                            let next_file = match files_in.lock() {
+                                Ok(queue) => queue.recv(),
+                                Err(poisoned) => poisoned.into_inner().recv(),
+                            };
+                            let Ok((i, rel, bytes, rows, at)) = next_file else {
+                                break;
+                            };
+                            // After a failure the queue is still drained, so that no
+                            // encoder waits on it forever; nothing more is put.
+                            if failed.load(Ordering::Relaxed) {
+                                continue;
+                            }
+                            match this.backend.put(&rel, bytes) {
+                                Ok(path) => done.push((i, path, rows, at)),
+                                Err(e) => {
+                                    failed.store(true, Ordering::Relaxed);
+                                    first_error = Some(e);
+                                }
+                            }
+                        }
+                        first_error.map_or(Ok(done), Err)
+                    })
+                })
+                .collect();
+            let encoded: Vec<_> = encoders
+                .into_iter()
+                .map(|h| h.join().unwrap_or_else(|_| Err(panicked())))
+                .collect();
+            let put: Vec<_> = putters
+                .into_iter()
+                .map(|h| h.join().unwrap_or_else(|_| Err(panicked())))
+                .collect();
+            (encoded, put)
         });
+        for result in encoded {
+            result?;
+        }
         let mut files = Vec::new();
-        for r in results {
-            files.extend(r?);
+        for result in put {
+            files.extend(result?);
         }
         files.sort_by_key(|(i, ..)| *i);
         Ok(WriteSummary {
