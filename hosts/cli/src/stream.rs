@@ -90,6 +90,10 @@ pub struct RunArgs {
     /// Pause between reads once caught up.
     #[arg(long, default_value = "200ms", value_parser = humantime::parse_duration)]
     pub idle_poll: Duration,
+    /// The least time between two reads of a shard found at its tip (Kinesis allows
+    /// five GetRecords per second per shard); a shard behind is read again at once.
+    #[arg(long, default_value = "200ms", value_parser = humantime::parse_duration)]
+    pub tip_read_interval: Duration,
     /// Stop once every shard is caught up (a finite replay).
     #[arg(long)]
     pub stop_when_idle: bool,
@@ -164,6 +168,7 @@ pub fn run(args: RunArgs, runtime: &Runtime) -> Result<()> {
     config.listen = args.listen;
     config.batch_size = args.batch_size;
     config.idle_poll = args.idle_poll;
+    config.tip_read_interval = args.tip_read_interval;
     config.stop_when_idle = args.stop_when_idle;
     config.drain_on_stop = args.drain_on_stop;
     config.cache = args.cache.clone().map(|url| (url, args.cache_ttl));

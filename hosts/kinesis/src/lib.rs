@@ -324,9 +324,17 @@ impl Kinesis {
             from,
             ended: false,
             closed: false,
+            tip_interval: TIP_READ_INTERVAL,
+            next_read: None,
         }
     }
 }
+
+/// The least time between two reads of a shard once a read found it at its tip:
+/// Kinesis allows five GetRecords calls per second per shard, and reading an idle
+/// shard faster only spends that quota (and the server's time) on empty answers.
+/// While a shard is behind, it is read again at once.
+pub const TIP_READ_INTERVAL: Duration = Duration::from_millis(200);
 
 /// One batch read from a shard.
 #[derive(Debug, Clone, Default)]
@@ -350,9 +358,24 @@ pub struct ShardReader {
     from: Position,
     ended: bool,
     closed: bool,
+    /// See [`TIP_READ_INTERVAL`].
+    tip_interval: Duration,
+    /// When the shard may be read again, after a read that found it at its tip.
+    next_read: Option<tokio::time::Instant>,
 }
 
 impl ShardReader {
+    /// Sets the least time between reads once the shard is at its tip (default
+    /// [`TIP_READ_INTERVAL`]).
+    pub fn set_tip_interval(&mut self, interval: Duration) {
+        self.tip_interval = interval;
+    }
+
+    /// Whether [`Self::next_batch`] would read at `now` without waiting.
+    fn due(&self, now: tokio::time::Instant) -> bool {
+        self.next_read.is_none_or(|at| at <= now)
+    }
+
     /// The shard read.
     pub fn shard(&self) -> &str {
         &self.shard
@@ -391,7 +414,8 @@ impl ShardReader {
             .ok_or_else(|| KinesisError::Protocol(format!("no iterator for shard {}", self.shard)))
     }
 
-    /// The next batch of at most `limit` records (possibly none).
+    /// The next batch of at most `limit` records (possibly none). After a read that
+    /// found the shard at its tip, the next one first waits for the tip interval.
     pub async fn next_batch(&mut self, limit: i32) -> Result<ShardBatch, KinesisError> {
         if self.ended {
             return Ok(ShardBatch {
@@ -399,8 +423,12 @@ impl ShardReader {
                 ..ShardBatch::default()
             });
         }
+        if let Some(at) = self.next_read.take() {
+            tokio::time::sleep_until(at).await;
+        }
         let mut attempt = 0;
         loop {
+            let started = tokio::time::Instant::now();
             let iterator = match self.iterator.take() {
                 Some(it) => it,
                 None => self.renew_iterator().await?,
@@ -428,6 +456,9 @@ impl ShardReader {
                     }
                     self.iterator = out.next_shard_iterator().map(str::to_owned);
                     let at_tip = out.millis_behind_latest().unwrap_or(0) == 0;
+                    if at_tip && records.len() < usize::try_from(limit).unwrap_or(0) {
+                        self.next_read = Some(started + self.tip_interval);
+                    }
                     self.ended =
                         self.iterator.is_none() || (self.closed && records.is_empty() && at_tip);
                     return Ok(ShardBatch {
@@ -493,6 +524,8 @@ pub struct LineageReader {
     /// What a poll that failed had already read (its shards' iterators moved past
     /// it): the next poll delivers it first, so a failure loses nothing.
     carried: Vec<ShardEvent>,
+    /// See [`TIP_READ_INTERVAL`].
+    tip_interval: Duration,
 }
 
 impl LineageReader {
@@ -508,7 +541,19 @@ impl LineageReader {
             resume_at: BTreeMap::new(),
             lag: BTreeMap::new(),
             carried: Vec::new(),
+            tip_interval: TIP_READ_INTERVAL,
         }
+    }
+
+    /// Reads each shard found at its tip again only after `interval` (default
+    /// [`TIP_READ_INTERVAL`]). A poll skips such a shard while others are behind, and
+    /// when none is, waits until every shard may be read.
+    pub fn with_tip_interval(mut self, interval: Duration) -> Self {
+        self.tip_interval = interval;
+        for reader in self.readers.values_mut() {
+            reader.set_tip_interval(interval);
+        }
+        self
     }
 
     /// A reader going on from a checkpoint: each shard in `positions` just after its
@@ -550,6 +595,7 @@ impl LineageReader {
                 };
                 let mut reader = self.kinesis.reader(&self.stream, &shard.id, from);
                 reader.set_closed(shard.closed);
+                reader.set_tip_interval(self.tip_interval);
                 self.readers.insert(shard.id.clone(), reader);
                 events.push(ShardEvent::Opened(shard.clone()));
             }
@@ -579,9 +625,19 @@ impl LineageReader {
         if self.known.is_empty() {
             self.refresh(events).await?;
         }
+        // Shards still behind are read at once, and shards found at their tip only once
+        // their interval has passed. When every shard is at its tip, the poll waits for
+        // the last of them and reads them all together: one round, not one per shard.
+        if self.readers.values().all(|r| r.next_read.is_some())
+            && let Some(at) = self.readers.values().filter_map(|r| r.next_read).max()
+        {
+            tokio::time::sleep_until(at).await;
+        }
+        let now = tokio::time::Instant::now();
         let reads = futures_util::future::join_all(
             self.readers
                 .iter_mut()
+                .filter(|(_, reader)| reader.due(now))
                 .map(|(id, reader)| async move { (id.clone(), reader.next_batch(limit).await) }),
         )
         .await;

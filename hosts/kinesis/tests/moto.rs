@@ -112,3 +112,54 @@ async fn a_missing_stream_is_a_clear_error() {
         "{err}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shard_at_its_tip_is_read_once_per_interval_and_a_shard_behind_at_once() {
+    let moto = Moto::start();
+    let kinesis = client(&moto).await;
+    kinesis.create_stream("paced", 2).await.expect("create");
+    // One partition key: every record in one shard, the other shard empty.
+    let one_key: Vec<(String, Vec<u8>)> = (0..30)
+        .map(|i| ("entity".to_owned(), format!("entity:{i}").into_bytes()))
+        .collect();
+    kinesis.put_ordered("paced", &one_key).await.expect("put");
+
+    // The empty shard is at its tip from the first read; the other is behind (10 of
+    // 30 per read) and is read on at once, even with a long interval.
+    let interval = std::time::Duration::from_secs(5);
+    let mut reader = LineageReader::new(&kinesis, "paced").with_tip_interval(interval);
+    let started = std::time::Instant::now();
+    let mut read = 0;
+    while read < 30 {
+        for event in reader.poll(10).await.expect("poll") {
+            if let ShardEvent::Records(_, batch) = event {
+                read += batch.len();
+            }
+        }
+    }
+    assert_eq!(read, 30);
+    assert!(
+        started.elapsed() < interval,
+        "a shard behind its tip waited for the tip interval ({:?})",
+        started.elapsed()
+    );
+
+    // Every shard at its tip: each further poll waits for the interval.
+    let interval = std::time::Duration::from_millis(300);
+    let mut reader = LineageReader::new(&kinesis, "paced").with_tip_interval(interval);
+    let started = std::time::Instant::now();
+    let first = reader.poll(1_000).await.expect("poll");
+    assert!(
+        first
+            .iter()
+            .any(|e| matches!(e, ShardEvent::Records(_, r) if r.len() == 30))
+    );
+    for _ in 0..3 {
+        reader.poll(1_000).await.expect("poll");
+    }
+    assert!(
+        started.elapsed() >= interval * 3,
+        "three reads at the tip took only {:?}",
+        started.elapsed()
+    );
+}

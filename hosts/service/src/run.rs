@@ -44,6 +44,9 @@ pub struct ServiceConfig {
     pub batch_size: i32,
     /// Pause between reads once every shard is caught up.
     pub idle_poll: Duration,
+    /// The least time between two reads of a shard found at its tip (Kinesis allows
+    /// five reads per second per shard); a shard behind is read again at once.
+    pub tip_read_interval: Duration,
     /// While catching up, a round gathers reads until it holds this many records…
     pub round_records: usize,
     /// …or is this old; then its outputs are written and a checkpoint committed. A
@@ -74,6 +77,7 @@ impl ServiceConfig {
             start_states: None,
             batch_size: 10_000,
             idle_poll: Duration::from_millis(200),
+            tip_read_interval: lockstep_kinesis::TIP_READ_INTERVAL,
             // While catching up, a commit costs about as much per entity changed as
             // per event: rounds of a second coalesce an entity's rows and states (25 %
             // more events/s than half-second rounds in `stream-throughput`). At the
@@ -233,6 +237,7 @@ impl StreamService {
                 &cfg.stream,
                 resume,
                 cfg.batch_size,
+                cfg.tip_read_interval,
             )))
         })
     }

@@ -49,17 +49,20 @@ pub struct KinesisSource {
 
 impl KinesisSource {
     /// A source reading `stream` from `resume`, `batch_size` records per shard per
-    /// round; `handle` runs the calls.
+    /// round, a shard found at its tip again only after `tip_interval`; `handle` runs
+    /// the calls.
     pub fn connect(
         handle: tokio::runtime::Handle,
         options: &KinesisOptions,
         stream: &str,
         resume: Resume,
         batch_size: i32,
+        tip_interval: std::time::Duration,
     ) -> Self {
         let kinesis = handle.block_on(Kinesis::connect(options));
         KinesisSource {
-            reader: LineageReader::resume(&kinesis, stream, resume.positions, resume.ended),
+            reader: LineageReader::resume(&kinesis, stream, resume.positions, resume.ended)
+                .with_tip_interval(tip_interval),
             handle,
             batch_size,
         }
