@@ -14,11 +14,13 @@
 //! It must never run plugins or read sources.
 
 use arrow_array::RecordBatch;
-use lockstep_core::executor::EntityKey;
+use lockstep_core::executor::KeyHasher;
 use lockstep_core::rows::{RowWriter, RowsText};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value as Json};
+use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 use std::path::{Path, PathBuf};
 use thiserror::Error;
 
@@ -208,6 +210,51 @@ fn stored_event_time(bytes: &[u8]) -> Result<i64, String> {
         .ok_or_else(|| format!("a record of {} bytes", bytes.len()))
 }
 
+/// An entity-key column of rows being put.
+enum KeyColumn<'a> {
+    Str(&'a arrow_array::StringArray),
+    Int(&'a arrow_array::Int64Array),
+}
+
+impl<'a> KeyColumn<'a> {
+    fn of(column: &'a dyn arrow_array::Array) -> Option<Self> {
+        use arrow_array::cast::AsArray;
+        match column.data_type() {
+            arrow_schema::DataType::Utf8 => Some(KeyColumn::Str(column.as_string::<i32>())),
+            arrow_schema::DataType::Int64 => Some(KeyColumn::Int(
+                column.as_primitive::<arrow_array::types::Int64Type>(),
+            )),
+            _ => None,
+        }
+    }
+
+    /// The key at `row`; `None` when null.
+    fn at(&self, row: usize) -> Option<KeyRef<'a>> {
+        use arrow_array::Array;
+        match self {
+            KeyColumn::Str(c) => (!c.is_null(row)).then(|| KeyRef::Str(c.value(row))),
+            KeyColumn::Int(c) => (!c.is_null(row)).then(|| KeyRef::Int(c.value(row))),
+        }
+    }
+}
+
+/// An entity key borrowed from its column; displays as
+/// [`EntityKey`](lockstep_core::executor::EntityKey) does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum KeyRef<'a> {
+    Str(&'a str),
+    Int(i64),
+}
+
+impl std::fmt::Display for KeyRef<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            KeyRef::Str(s) => f.write_str(s),
+            KeyRef::Int(i) => write!(f, "{i}"),
+        }
+    }
+}
+
 fn decode_record(bytes: &[u8]) -> Result<OnlineRecord, String> {
     let short = || format!("a record of {} bytes", bytes.len());
     let event_time = i64::from_be_bytes(*bytes.first_chunk::<8>().ok_or_else(short)?);
@@ -313,29 +360,33 @@ impl EmbeddedStore {
             let mut table = txn.open_table(table_def).map_err(|e| self.fail(e))?;
             for (key, event_time, bytes) in records {
                 // One lookup: insert, and put the old record back in the rare case it
-                // was newer (a replay, or a put that lost a race).
-                let replaced = table
+                // was newer (a replay, or a put that lost a race). Only then is the old
+                // record copied.
+                let newer_old = match table
                     .insert(key.as_str(), bytes.as_slice())
                     .map_err(|e| self.fail(e))?
-                    .map(|old| old.value().to_vec());
-                let Some(old) = replaced else {
-                    summary.written += 1;
-                    continue;
+                {
+                    None => None,
+                    Some(old) => {
+                        let old = old.value();
+                        let stored_time =
+                            stored_event_time(old).map_err(|message| OnlineError::Corrupt {
+                                path: self.path.clone(),
+                                group: id.clone(),
+                                key: key.clone(),
+                                message,
+                            })?;
+                        (stored_time > event_time).then(|| old.to_vec())
+                    }
                 };
-                let stored_time =
-                    stored_event_time(&old).map_err(|message| OnlineError::Corrupt {
-                        path: self.path.clone(),
-                        group: id.clone(),
-                        key: key.clone(),
-                        message,
-                    })?;
-                if stored_time > event_time {
-                    table
-                        .insert(key.as_str(), old.as_slice())
-                        .map_err(|e| self.fail(e))?;
-                    summary.stale += 1;
-                } else {
-                    summary.written += 1;
+                match newer_old {
+                    Some(old) => {
+                        table
+                            .insert(key.as_str(), old.as_slice())
+                            .map_err(|e| self.fail(e))?;
+                        summary.stale += 1;
+                    }
+                    None => summary.written += 1,
                 }
             }
         }
@@ -456,12 +507,19 @@ impl EmbeddedStore {
             .ok_or_else(|| OnlineError::Rows("event_time is not a timestamp column".into()))?;
         // Only each entity's latest row of the batch can be stored: pick it from the
         // columns, and format only those rows.
-        let keys = rows.column(key_col);
-        let mut latest: std::collections::HashMap<String, usize> =
-            std::collections::HashMap::with_capacity(rows.num_rows());
+        let keys = KeyColumn::of(rows.column(key_col).as_ref()).ok_or_else(|| {
+            OnlineError::Rows(format!(
+                "the entity key `{}` of {} is neither a string nor an int64 column",
+                group.entity_key,
+                group.id()
+            ))
+        })?;
+        // Keys borrowed from the column: one String per stored row, not per row.
+        let mut latest: HashMap<KeyRef<'_>, usize, KeyHasher> =
+            HashMap::with_capacity_and_hasher(rows.num_rows(), KeyHasher::default());
         for r in 0..rows.num_rows() {
-            let key = match (times.is_null(r), EntityKey::from_array(keys.as_ref(), r)) {
-                (false, Some(key)) => key.to_string(),
+            let key = match (times.is_null(r), keys.at(r)) {
+                (false, Some(key)) => key,
                 _ => {
                     return Err(OnlineError::Rows(format!(
                         "row {r} for {} has a null entity key or event time",
@@ -470,13 +528,13 @@ impl EmbeddedStore {
                 }
             };
             match latest.entry(key) {
-                std::collections::hash_map::Entry::Occupied(mut e) => {
+                Entry::Occupied(mut e) => {
                     // Equal times: the later row, as a later put would.
                     if times.value(*e.get()) <= times.value(r) {
                         e.insert(r);
                     }
                 }
-                std::collections::hash_map::Entry::Vacant(e) => {
+                Entry::Vacant(e) => {
                     e.insert(r);
                 }
             }
@@ -493,7 +551,7 @@ impl EmbeddedStore {
                     Some(text) => bytes.extend_from_slice(text.row(r)),
                     None => writer.write(r, &mut bytes),
                 }
-                (key, times.value(r), bytes)
+                (key.to_string(), times.value(r), bytes)
             })
             .collect();
         let mut summary = self.put_encoded(group, records)?;

@@ -117,6 +117,45 @@ fn another_component_cannot_write_a_bound_group_version() {
     assert!(store.put(&group("h1"), &bad, 3).is_err());
 }
 
+#[test]
+fn int_keys_are_stored_as_their_decimal_text_and_null_keys_are_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = EmbeddedStore::open(dir.path()).expect("open");
+    let g = group("h1");
+    let batch = |ids: Vec<Option<i64>>| {
+        let n = ids.len();
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("id", DataType::Int64, true),
+            Field::new(
+                "event_time",
+                DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+                false,
+            ),
+            Field::new("x", DataType::Float64, true),
+        ]));
+        let columns: Vec<ArrayRef> = vec![
+            Arc::new(arrow_array::Int64Array::from(ids)),
+            Arc::new(TimestampMicrosecondArray::from_iter_values(0..n as i64).with_timezone("UTC")),
+            Arc::new(Float64Array::from_iter_values((0..n).map(|i| i as f64))),
+        ];
+        RecordBatch::try_new(schema, columns).expect("batch")
+    };
+    let s = store
+        .put(&g, &batch(vec![Some(-7), Some(42), Some(-7)]), 100)
+        .expect("put");
+    assert_eq!((s.written, s.stale), (2, 1));
+    assert_eq!(x_of(&store, "-7"), Some((2, "2.0".into())));
+    assert_eq!(x_of(&store, "42"), Some((1, "1.0".into())));
+
+    let err = store
+        .put(&g, &batch(vec![Some(1), None]), 100)
+        .expect_err("a null key must be refused");
+    assert!(err.to_string().contains("row 1"), "{err}");
+    assert!(err.to_string().contains("null entity key"), "{err}");
+    // Nothing of the refused put was stored.
+    assert_eq!(x_of(&store, "1"), None);
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 32, .. ProptestConfig::default() })]
 
