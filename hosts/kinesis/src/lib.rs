@@ -5,7 +5,8 @@
 //!   the standard AWS environment).
 //! - [`ShardReader`]: GetShardIterator/GetRecords over one shard; an expired iterator is
 //!   renewed after the last sequence number read, throttling is retried with
-//!   exponential backoff and jitter.
+//!   exponential backoff and jitter, and a shard found at its tip is read again only
+//!   after [`TIP_READ_INTERVAL`].
 //! - [`LineageReader`]: reads every shard of a stream, a child only after its parents
 //!   were read to their end (after a split or merge), and reports shards opening,
 //!   records, and shards ending, in an order a per-shard processor can follow.
