@@ -471,6 +471,38 @@ mod tests {
     }
 
     #[test]
+    fn of_two_changes_to_one_entity_in_a_commit_the_later_wins() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = CheckpointStore::open(dir.path(), "abc", schema()).unwrap();
+        let key = |s: &str| EntityKey::Str(s.into());
+        // Each entity changed twice in one commit (in a shard closed since the last
+        // commit, then in its child): the later change is the one kept.
+        let checkpoint = Checkpoint {
+            changed: vec![
+                (key("z"), Some(vec![1])),
+                (key("a"), Some(vec![2])),
+                (key("m"), None),
+                (key("z"), Some(vec![3])),
+                (key("a"), None),
+                (key("m"), Some(vec![4])),
+            ],
+            shards: vec![],
+        };
+        store
+            .commit(&Commit {
+                checkpoint: &checkpoint,
+                positions: &BTreeMap::new(),
+                ended: &HashSet::new(),
+                logs: LogLengths::default(),
+            })
+            .unwrap();
+        let states = store.restore().unwrap().states;
+        assert_eq!(states.len(), 2, "{states:?}");
+        assert_eq!(states[&key("z")], vec![3]);
+        assert_eq!(states[&key("m")], vec![4]);
+    }
+
+    #[test]
     fn state_of_another_plugin_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         CheckpointStore::open(dir.path(), "abc", schema()).unwrap();
