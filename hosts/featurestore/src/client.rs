@@ -153,39 +153,17 @@ impl OnlineStore for SageMakerStore {
         _write_time: i64,
     ) -> Result<PutSummary, OnlineError> {
         self.set_schema(group, rows.schema());
-        // The latest row of each entity in this batch; equal times: the later row.
-        let mut latest: HashMap<String, (i64, usize)> = HashMap::new();
-        let mut parsed = Vec::with_capacity(rows.num_rows());
-        for r in 0..rows.num_rows() {
-            let row = row_json(rows, r);
-            let key = row
-                .get(&group.entity_key)
-                .and_then(value_text)
-                .ok_or_else(|| {
-                    OnlineError::Rows(format!("row {r} for {} has no entity key", group.id()))
-                })?;
-            let time = row
-                .get(EVENT_TIME_FEATURE)
-                .and_then(|v| v.as_str())
-                .ok_or_else(|| {
-                    OnlineError::Rows(format!("row {r} for {} has no event_time", group.id()))
-                })
-                .and_then(|t| parse_event_time(t).map_err(OnlineError::Rows))?;
-            match latest.get(&key) {
-                Some((t, _)) if *t > time => {}
-                _ => {
-                    latest.insert(key, (time, r));
-                }
-            }
-            parsed.push(row);
-        }
-        let name = group_name(group);
-        let mut records: Vec<Vec<FeatureValue>> = Vec::with_capacity(latest.len());
-        let mut order: Vec<usize> = latest.values().map(|(_, r)| *r).collect();
+        // Only each entity's latest row of the batch is sent, by the store's rule.
+        let mut order: Vec<usize> = lockstep_online::latest_rows(rows, group)?
+            .iter()
+            .map(|latest| latest.row)
+            .collect();
         order.sort_unstable();
+        let name = group_name(group);
+        let mut records: Vec<Vec<FeatureValue>> = Vec::with_capacity(order.len());
         for r in order {
             let mut features = Vec::new();
-            for (fname, value) in &parsed[r] {
+            for (fname, value) in &row_json(rows, r) {
                 if let Some(text) = value_text(value) {
                     features.push(
                         FeatureValue::builder()

@@ -210,6 +210,78 @@ fn stored_event_time(bytes: &[u8]) -> Result<i64, String> {
         .ok_or_else(|| format!("a record of {} bytes", bytes.len()))
 }
 
+/// One entity's latest row of a batch (see [`latest_rows`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LatestRow {
+    /// The entity key, as text (an int64 key in decimal).
+    pub key: String,
+    /// Its row in the batch.
+    pub row: usize,
+    /// The row's event time (µs since the epoch).
+    pub event_time: i64,
+}
+
+/// Each entity's latest row of `rows`, by the store's rule: the later event time wins,
+/// and of rows at the same instant the later one (as a later put would). In no
+/// particular order. Rows without the group's entity key or `event_time`, or with a
+/// null in either, are refused, naming the row.
+pub fn latest_rows(rows: &RecordBatch, group: &GroupRef) -> Result<Vec<LatestRow>, OnlineError> {
+    use arrow_array::Array;
+    use arrow_array::cast::AsArray;
+    use arrow_array::types::TimestampMicrosecondType;
+    let key_column = rows.column_by_name(&group.entity_key).ok_or_else(|| {
+        OnlineError::Rows(format!(
+            "rows for {} have no entity-key column `{}`",
+            group.id(),
+            group.entity_key
+        ))
+    })?;
+    let times = rows
+        .column_by_name(lockstep_core::schema::EVENT_TIME)
+        .ok_or_else(|| OnlineError::Rows(format!("rows for {} have no event_time", group.id())))?
+        .as_primitive_opt::<TimestampMicrosecondType>()
+        .ok_or_else(|| OnlineError::Rows("event_time is not a timestamp column".into()))?;
+    let keys = KeyColumn::of(key_column.as_ref()).ok_or_else(|| {
+        OnlineError::Rows(format!(
+            "the entity key `{}` of {} is neither a string nor an int64 column",
+            group.entity_key,
+            group.id()
+        ))
+    })?;
+    // Keys borrowed from the column: one String per entity, not per row.
+    let mut latest: HashMap<KeyRef<'_>, usize, KeyHasher> =
+        HashMap::with_capacity_and_hasher(rows.num_rows(), KeyHasher::default());
+    for r in 0..rows.num_rows() {
+        let key = match (times.is_null(r), keys.at(r)) {
+            (false, Some(key)) => key,
+            _ => {
+                return Err(OnlineError::Rows(format!(
+                    "row {r} for {} has a null entity key or event time",
+                    group.id()
+                )));
+            }
+        };
+        match latest.entry(key) {
+            Entry::Occupied(mut e) => {
+                if times.value(*e.get()) <= times.value(r) {
+                    e.insert(r);
+                }
+            }
+            Entry::Vacant(e) => {
+                e.insert(r);
+            }
+        }
+    }
+    Ok(latest
+        .into_iter()
+        .map(|(key, row)| LatestRow {
+            key: key.to_string(),
+            row,
+            event_time: times.value(row),
+        })
+        .collect())
+}
+
 /// An entity-key column of rows being put.
 enum KeyColumn<'a> {
     Str(&'a arrow_array::StringArray),
@@ -485,73 +557,26 @@ impl EmbeddedStore {
         text: Option<&RowsText>,
         write_time: i64,
     ) -> Result<PutSummary, OnlineError> {
-        use arrow_array::Array;
-        use arrow_array::cast::AsArray;
-        use arrow_array::types::TimestampMicrosecondType;
-        let schema = rows.schema();
-        let key_col = schema.index_of(&group.entity_key).map_err(|_| {
-            OnlineError::Rows(format!(
-                "rows for {} have no entity-key column `{}`",
-                group.id(),
-                group.entity_key
-            ))
-        })?;
-        let time_col = schema
-            .index_of(lockstep_core::schema::EVENT_TIME)
-            .map_err(|_| {
-                OnlineError::Rows(format!("rows for {} have no event_time", group.id()))
-            })?;
-        let times = rows
-            .column(time_col)
-            .as_primitive_opt::<TimestampMicrosecondType>()
-            .ok_or_else(|| OnlineError::Rows("event_time is not a timestamp column".into()))?;
-        // Only each entity's latest row of the batch can be stored: pick it from the
-        // columns, and format only those rows.
-        let keys = KeyColumn::of(rows.column(key_col).as_ref()).ok_or_else(|| {
-            OnlineError::Rows(format!(
-                "the entity key `{}` of {} is neither a string nor an int64 column",
-                group.entity_key,
-                group.id()
-            ))
-        })?;
-        // Keys borrowed from the column: one String per stored row, not per row.
-        let mut latest: HashMap<KeyRef<'_>, usize, KeyHasher> =
-            HashMap::with_capacity_and_hasher(rows.num_rows(), KeyHasher::default());
-        for r in 0..rows.num_rows() {
-            let key = match (times.is_null(r), keys.at(r)) {
-                (false, Some(key)) => key,
-                _ => {
-                    return Err(OnlineError::Rows(format!(
-                        "row {r} for {} has a null entity key or event time",
-                        group.id()
-                    )));
-                }
-            };
-            match latest.entry(key) {
-                Entry::Occupied(mut e) => {
-                    // Equal times: the later row, as a later put would.
-                    if times.value(*e.get()) <= times.value(r) {
-                        e.insert(r);
-                    }
-                }
-                Entry::Vacant(e) => {
-                    e.insert(r);
-                }
-            }
-        }
+        // Only each entity's latest row of the batch can be stored: format only those.
+        let latest = latest_rows(rows, group)?;
         let superseded = rows.num_rows() - latest.len();
         // Without the text, only the rows stored are formatted.
         let writer = RowWriter::new(rows);
         let records: Vec<(String, i64, Vec<u8>)> = latest
             .into_iter()
-            .map(|(key, r)| {
+            .map(|latest| {
                 let mut bytes = Vec::with_capacity(512);
-                encode_header(times.value(r), write_time, &group.plugin_hash, &mut bytes);
+                encode_header(
+                    latest.event_time,
+                    write_time,
+                    &group.plugin_hash,
+                    &mut bytes,
+                );
                 match text {
-                    Some(text) => bytes.extend_from_slice(text.row(r)),
-                    None => writer.write(r, &mut bytes),
+                    Some(text) => bytes.extend_from_slice(text.row(latest.row)),
+                    None => writer.write(latest.row, &mut bytes),
                 }
-                (key.to_string(), times.value(r), bytes)
+                (latest.key, latest.event_time, bytes)
             })
             .collect();
         let mut summary = self.put_encoded(group, records)?;

@@ -17,8 +17,17 @@ fn group(hash: &str) -> GroupRef {
 }
 
 fn rows(data: &[(&str, i64, f64)]) -> RecordBatch {
+    batch(
+        Arc::new(StringArray::from_iter_values(data.iter().map(|d| d.0))),
+        data.iter().map(|d| (d.1, d.2)),
+    )
+}
+
+/// Rows of entity keys `ids` (any key type), with event times and `x` values.
+fn batch(ids: ArrayRef, times_and_xs: impl Iterator<Item = (i64, f64)>) -> RecordBatch {
+    let (times, xs): (Vec<i64>, Vec<f64>) = times_and_xs.unzip();
     let schema = Arc::new(Schema::new(vec![
-        Field::new("id", DataType::Utf8, false),
+        Field::new("id", ids.data_type().clone(), true),
         Field::new(
             "event_time",
             DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
@@ -27,12 +36,9 @@ fn rows(data: &[(&str, i64, f64)]) -> RecordBatch {
         Field::new("x", DataType::Float64, true),
     ]));
     let columns: Vec<ArrayRef> = vec![
-        Arc::new(StringArray::from_iter_values(data.iter().map(|d| d.0))),
-        Arc::new(
-            TimestampMicrosecondArray::from_iter_values(data.iter().map(|d| d.1))
-                .with_timezone("UTC"),
-        ),
-        Arc::new(Float64Array::from_iter_values(data.iter().map(|d| d.2))),
+        ids,
+        Arc::new(TimestampMicrosecondArray::from(times).with_timezone("UTC")),
+        Arc::new(Float64Array::from(xs)),
     ];
     RecordBatch::try_new(schema, columns).expect("batch")
 }
@@ -122,33 +128,22 @@ fn int_keys_are_stored_as_their_decimal_text_and_null_keys_are_refused() {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = EmbeddedStore::open(dir.path()).expect("open");
     let g = group("h1");
-    let batch = |ids: Vec<Option<i64>>| {
+    let int_rows = |ids: Vec<Option<i64>>| {
         let n = ids.len();
-        let schema = Arc::new(Schema::new(vec![
-            Field::new("id", DataType::Int64, true),
-            Field::new(
-                "event_time",
-                DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
-                false,
-            ),
-            Field::new("x", DataType::Float64, true),
-        ]));
-        let columns: Vec<ArrayRef> = vec![
+        batch(
             Arc::new(arrow_array::Int64Array::from(ids)),
-            Arc::new(TimestampMicrosecondArray::from_iter_values(0..n as i64).with_timezone("UTC")),
-            Arc::new(Float64Array::from_iter_values((0..n).map(|i| i as f64))),
-        ];
-        RecordBatch::try_new(schema, columns).expect("batch")
+            (0..n).map(|i| (i as i64, i as f64)),
+        )
     };
     let s = store
-        .put(&g, &batch(vec![Some(-7), Some(42), Some(-7)]), 100)
+        .put(&g, &int_rows(vec![Some(-7), Some(42), Some(-7)]), 100)
         .expect("put");
     assert_eq!((s.written, s.stale), (2, 1));
     assert_eq!(x_of(&store, "-7"), Some((2, "2.0".into())));
     assert_eq!(x_of(&store, "42"), Some((1, "1.0".into())));
 
     let err = store
-        .put(&g, &batch(vec![Some(1), None]), 100)
+        .put(&g, &int_rows(vec![Some(1), None]), 100)
         .expect_err("a null key must be refused");
     assert!(err.to_string().contains("row 1"), "{err}");
     assert!(err.to_string().contains("null entity key"), "{err}");

@@ -7,9 +7,7 @@ use crate::logs::AppendLog;
 use crate::metrics::Metrics;
 use crate::source::{KinesisSource, Resume, ShardEvent, ShardRecord, Source};
 use arrow_array::RecordBatch;
-use arrow_array::cast::AsArray;
 use lockstep_cache::{CacheEntry, RedisCache};
-use lockstep_core::executor::EntityKey;
 use lockstep_core::executor::StateMap;
 use lockstep_core::rows::{RowsText, row_json};
 use lockstep_core::schema::{input_schema, row_schema};
@@ -19,7 +17,6 @@ use lockstep_runtime::Plugin;
 use lockstep_stream::{Record, ShardSpec, ShardedProcessor, StreamConfig, StreamStats};
 use serde_json::Value as Json;
 use std::collections::BTreeMap;
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -652,44 +649,27 @@ impl StreamService {
 }
 
 impl StreamService {
-    /// Each entity's latest row of `rows` as a cache entry.
+    /// Each entity's latest row of `rows` as a cache entry, by the store's rule.
     fn cache_entries(&self, rows: &RecordBatch) -> Vec<CacheEntry> {
-        let Some(times) = rows
-            .column_by_name(lockstep_core::schema::EVENT_TIME)
-            .and_then(|c| c.as_primitive_opt::<arrow_array::types::TimestampMicrosecondType>())
-        else {
-            return Vec::new();
-        };
-        let Some(keys) = rows.column_by_name(&self.group.entity_key) else {
-            return Vec::new();
+        // The store took these rows just before, so they cannot be refused here.
+        let latest = match lockstep_online::latest_rows(rows, &self.group) {
+            Ok(latest) => latest,
+            Err(e) => {
+                tracing::warn!(error = %e, "rows not written through to the cache");
+                return Vec::new();
+            }
         };
         let group_id = self.group.id();
-        let mut latest: HashMap<String, usize> = HashMap::new();
-        for r in 0..rows.num_rows() {
-            let Some(key) = EntityKey::from_array(keys.as_ref(), r) else {
-                continue;
-            };
-            let key = lockstep_cache::cache_key(&group_id, &key.to_string());
-            match latest.get(&key) {
-                Some(&seen) if times.value(seen) > times.value(r) => {}
-                _ => {
-                    latest.insert(key, r);
-                }
-            }
-        }
         latest
             .into_iter()
-            .map(|(key, r)| {
-                let value = lockstep_cache::record_value(
-                    times.value(r),
+            .map(|latest| CacheEntry {
+                key: lockstep_cache::cache_key(&group_id, &latest.key),
+                event_time: latest.event_time,
+                value: lockstep_cache::record_value(
+                    latest.event_time,
                     &self.group.plugin_hash,
-                    &row_json(rows, r),
-                );
-                CacheEntry {
-                    key,
-                    event_time: times.value(r),
-                    value,
-                }
+                    &row_json(rows, latest.row),
+                ),
             })
             .collect()
     }
