@@ -7,8 +7,8 @@
 //! counted. Events never seen count as infinitely late.
 //!
 //! Where the time goes is reported beside the percentiles: the PutRecords round trip,
-//! the allowed lateness (an event is applied once the watermark passes it), the idle
-//! poll interval and the service's write-and-commit time per round.
+//! the allowed lateness (an event is applied once the watermark passes it), the tip
+//! read interval and the service's write-and-commit time per round.
 //!
 //! Usage: `cargo run --release -p lockstep-bench --bin stream-latency -- [RATE/s]
 //! [SECONDS] [LATENESS_MS] [IDLE_POLL_MS] [TIP_READ_MS]` (defaults 2000, 20, 200, 100,
@@ -165,13 +165,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                     ticks.push(more);
                 }
                 let records: Vec<(String, Vec<u8>)> = ticks
-                    .iter()
-                    .flat_map(|(r, _, _)| r.iter().cloned())
+                    .iter_mut()
+                    .flat_map(|(r, _, _)| std::mem::take(r))
                     .collect();
                 let issued = Instant::now();
-                if kinesis.put_ordered("latency", &records).await.is_err() {
-                    continue;
-                }
+                // A put that fails after its retries ends the run: its events would
+                // otherwise vanish from the figures.
+                kinesis.put_ordered("latency", &records).await?;
                 put_times
                     .lock()
                     .map(|mut p| p.push(issued.elapsed().as_secs_f64() * 1000.0))
@@ -185,6 +185,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                     }
                 }
             }
+            Ok::<(), lockstep_kinesis::KinesisError>(())
         })
     };
 
@@ -199,7 +200,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             .lock()
             .map(|mut p| p.drain(..).collect())
             .unwrap_or_default();
-        let finished = producer.is_finished() && generator.is_finished();
+        // The producer ends only after the generator, having put all it made.
+        let finished = producer.is_finished();
         if batch.is_empty() && finished {
             break;
         }
@@ -237,7 +239,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         std::thread::sleep(Duration::from_millis(2));
     }
     let (produced, measured) = io.block_on(generator)?;
-    io.block_on(producer)?;
+    io.block_on(producer)??;
     stop.store(true, Ordering::SeqCst);
     let summary = service_thread
         .join()
