@@ -127,6 +127,47 @@ fn rows_land_in_hour_partitions_with_lineage_columns() {
     assert!(!back[0].column(5).as_boolean().value(0));
 }
 
+/// The store's own columns hold one value per file and are dictionary-encoded (a few
+/// bytes per page; `is_deleted` is bit-packed); feature columns, mostly distinct
+/// values, are not.
+#[test]
+fn store_columns_are_dictionary_encoded_and_features_are_plain() {
+    use parquet::basic::Encoding;
+    use parquet::file::reader::{FileReader, SerializedFileReader};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = OfflineStore::open(dir.path()).expect("open");
+    let m = manifest("1.0.0");
+    let group = store.register(&m, &"f".repeat(64), 0).expect("register");
+    let data: Vec<(String, i64, f64)> = (0..2000)
+        .map(|i| (format!("u{i}"), T0 + i, i as f64 * 0.37))
+        .collect();
+    let data: Vec<(&str, i64, f64)> = data.iter().map(|(u, t, x)| (u.as_str(), *t, *x)).collect();
+    let summary = store.write(&group, &[rows(&m, &data)], 42).expect("write");
+    let file = std::fs::File::open(&summary.files[0]).expect("file");
+    let reader = SerializedFileReader::new(file).expect("parquet");
+    let row_group = reader.metadata().row_group(0);
+    for column in row_group.columns() {
+        let name = column.column_path().string();
+        let dictionary = column.encodings().any(|e| e == Encoding::RLE_DICTIONARY);
+        // Booleans have no dictionary in Parquet: they are bit-packed anyway.
+        let store_column = STORE_COLUMNS.contains(&name.as_str())
+            && column.column_type() != parquet::basic::Type::BOOLEAN;
+        assert_eq!(
+            dictionary,
+            store_column,
+            "{name}: {:?}",
+            column.encodings().collect::<Vec<_>>()
+        );
+        if name == "plugin_hash" {
+            assert!(
+                column.uncompressed_size() < 1000,
+                "2000 copies of a 64-character hash take {} bytes",
+                column.uncompressed_size()
+            );
+        }
+    }
+}
+
 #[test]
 fn a_rerun_replaces_the_hours_it_touches_and_leaves_the_rest() {
     let dir = tempfile::tempdir().expect("tempdir");
