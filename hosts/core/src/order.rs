@@ -14,10 +14,10 @@ use crate::CoreError;
 use arrow_array::cast::AsArray;
 use arrow_array::types::{Float64Type, Int64Type, TimestampMicrosecondType};
 use arrow_array::{Array, RecordBatch};
-use arrow_schema::DataType;
+use arrow_schema::{DataType, TimeUnit};
 use lockstep_abi::Manifest;
 use std::collections::{HashMap, HashSet};
-use xxhash_rust::xxh3::Xxh3;
+use xxhash_rust::xxh3::{Xxh3, xxh3_128};
 
 /// The events of a batch in application order, grouped by entity.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -71,7 +71,7 @@ fn hash_value(h: &mut Xxh3, column: &dyn Array, row: usize) {
             h.update(&(s.len() as u64).to_le_bytes());
             h.update(s.as_bytes());
         }
-        DataType::Timestamp(_, _) => {
+        DataType::Timestamp(TimeUnit::Microsecond, _) => {
             h.update(&[4]);
             h.update(
                 &column
@@ -91,6 +91,167 @@ pub fn content_hash(batch: &RecordBatch, row: usize) -> u128 {
         hash_value(&mut h, column.as_ref(), row);
     }
     h.digest128()
+}
+
+/// [`content_hash`] of every row of `batch`, column by column: the same bits, without
+/// a type dispatch and a streaming hasher per value (a 10M-event backfill spent ~4 % of
+/// its CPU in the per-row form).
+pub fn content_hashes(batch: &RecordBatch) -> Vec<u128> {
+    let columns: Vec<&dyn Array> = batch.columns().iter().map(|c| c.as_ref()).collect();
+    hash_rows(&columns, batch.num_rows(), b"")
+}
+
+/// [`declared_id`] of every row of `batch`.
+pub fn declared_ids(batch: &RecordBatch, id_column: Option<usize>) -> Vec<Option<u128>> {
+    let n = batch.num_rows();
+    match id_column {
+        Some(c) => {
+            let column = batch.column(c).as_ref();
+            hash_rows(&[column], n, b"id")
+                .into_iter()
+                .enumerate()
+                .map(|(row, h)| column.is_valid(row).then_some(h))
+                .collect()
+        }
+        None => vec![None; n],
+    }
+}
+
+/// [`event_id`] of every row of `batch`; content hashes are computed only when some
+/// row has no declared id.
+pub fn event_ids(batch: &RecordBatch, id_column: Option<usize>) -> Vec<u128> {
+    let declared = declared_ids(batch, id_column);
+    if declared.iter().all(Option::is_some) {
+        return declared.into_iter().flatten().collect();
+    }
+    declared
+        .into_iter()
+        .zip(content_hashes(batch))
+        .map(|(declared, content)| declared.unwrap_or(content))
+        .collect()
+}
+
+/// For each row, the one-shot hash of `prefix` followed by what [`hash_value`] feeds
+/// the hasher for each of `columns` in order. XXH3 gives a one-shot hash of a byte
+/// string the same bits as streaming the same string in pieces, so this equals the
+/// per-row form.
+fn hash_rows(columns: &[&dyn Array], n: usize, prefix: &[u8]) -> Vec<u128> {
+    // Each row's canonical bytes, rows laid end to end: lengths first, then the bytes
+    // written column by column at each row's cursor.
+    let mut ends = vec![prefix.len(); n];
+    for column in columns {
+        let strings = column.as_string_opt::<i32>();
+        for (row, end) in ends.iter_mut().enumerate() {
+            *end += if column.is_null(row) {
+                1
+            } else {
+                match column.data_type() {
+                    DataType::Int64
+                    | DataType::Float64
+                    | DataType::Timestamp(TimeUnit::Microsecond, _) => 9,
+                    DataType::Boolean => 2,
+                    DataType::Utf8 => strings.map_or(1, |s| 9 + s.value(row).len()),
+                    _ => 1,
+                }
+            };
+        }
+    }
+    let mut cursor = Vec::with_capacity(n);
+    let mut total = 0;
+    for end in &mut ends {
+        cursor.push(total);
+        total += *end;
+        *end = total;
+    }
+    let mut bytes = vec![0u8; total];
+    let mut put = |cursor: &mut usize, piece: &[u8]| {
+        bytes[*cursor..*cursor + piece.len()].copy_from_slice(piece);
+        *cursor += piece.len();
+    };
+    for at in &mut cursor {
+        put(at, prefix);
+    }
+    for column in columns {
+        let valid = |row: usize| !column.is_null(row);
+        match column.data_type() {
+            DataType::Int64 | DataType::Float64 | DataType::Timestamp(TimeUnit::Microsecond, _) => {
+                // Three 8-byte types, told apart by their tag; a float by its bits.
+                let (tag, values): (u8, Vec<[u8; 8]>) = match column.data_type() {
+                    DataType::Int64 => (
+                        0,
+                        column
+                            .as_primitive::<Int64Type>()
+                            .values()
+                            .iter()
+                            .map(|v| v.to_le_bytes())
+                            .collect(),
+                    ),
+                    DataType::Float64 => (
+                        1,
+                        column
+                            .as_primitive::<Float64Type>()
+                            .values()
+                            .iter()
+                            .map(|v| v.to_bits().to_le_bytes())
+                            .collect(),
+                    ),
+                    _ => (
+                        4,
+                        column
+                            .as_primitive::<TimestampMicrosecondType>()
+                            .values()
+                            .iter()
+                            .map(|v| v.to_le_bytes())
+                            .collect(),
+                    ),
+                };
+                for (row, at) in cursor.iter_mut().enumerate() {
+                    if valid(row) {
+                        put(at, &[tag]);
+                        put(at, &values[row]);
+                    } else {
+                        put(at, &[0xff]);
+                    }
+                }
+            }
+            DataType::Boolean => {
+                let values = column.as_boolean();
+                for (row, at) in cursor.iter_mut().enumerate() {
+                    if valid(row) {
+                        put(at, &[2, values.value(row) as u8]);
+                    } else {
+                        put(at, &[0xff]);
+                    }
+                }
+            }
+            DataType::Utf8 => {
+                let values = column.as_string::<i32>();
+                for (row, at) in cursor.iter_mut().enumerate() {
+                    if valid(row) {
+                        let s = values.value(row);
+                        put(at, &[3]);
+                        put(at, &(s.len() as u64).to_le_bytes());
+                        put(at, s.as_bytes());
+                    } else {
+                        put(at, &[0xff]);
+                    }
+                }
+            }
+            _ => {
+                for (row, at) in cursor.iter_mut().enumerate() {
+                    put(at, &[if valid(row) { 0xfe } else { 0xff }]);
+                }
+            }
+        }
+    }
+    let mut start = 0;
+    ends.iter()
+        .map(|&end| {
+            let h = xxh3_128(&bytes[start..end]);
+            start = end;
+            h
+        })
+        .collect()
 }
 
 /// One 128-bit hash of an entity and an event id: the identity of an event within a
@@ -152,11 +313,12 @@ pub fn with_order_columns(
         .as_deref()
         .and_then(|id| manifest.input_index(id));
     let n = batch.num_rows();
+    let hashes = content_hashes(batch);
+    let declared = declared_ids(batch, id_col);
     let mut ids = Vec::with_capacity(n);
     let mut contents = Vec::with_capacity(n);
-    for row in 0..n {
-        let content = content_hash(batch, row);
-        ids.push(event_id(batch, id_col, row, content).to_be_bytes());
+    for (content, declared) in hashes.into_iter().zip(declared) {
+        ids.push(declared.unwrap_or(content).to_be_bytes());
         contents.push(content.to_be_bytes());
     }
     // With the size given, an empty batch gets empty columns rather than an error.
@@ -242,12 +404,19 @@ pub fn order_events(batch: &RecordBatch, manifest: &Manifest) -> Result<Ordered,
     // Sorted by (entity, time, id, content, row). The content hash only decides among
     // events equal in (entity, time, id), so it is computed for those alone: with a
     // declared id most events need none.
+    let declared = declared_ids(batch, id_col);
+    let contents = declared
+        .iter()
+        .any(Option::is_none)
+        .then(|| content_hashes(batch));
     let mut keyed: Vec<(u32, i64, u128, u128, u32)> = (0..n)
         .map(|row| {
-            let (id, content) = match declared_id(batch, id_col, row) {
+            let (id, content) = match declared[row] {
                 Some(id) => (id, 0),
                 None => {
-                    let content = content_hash(batch, row);
+                    let content = contents
+                        .as_ref()
+                        .map_or_else(|| content_hash(batch, row), |c| c[row]);
                     (content, content)
                 }
             };
@@ -265,7 +434,10 @@ pub fn order_events(batch: &RecordBatch, manifest: &Manifest) -> Result<Ordered,
                 .count();
         if end - at > 1 {
             for k in &mut keyed[at..end] {
-                k.3 = content_hash(batch, k.4 as usize);
+                k.3 = match &contents {
+                    Some(contents) => contents[k.4 as usize],
+                    None => content_hash(batch, k.4 as usize),
+                };
             }
             keyed[at..end].sort_unstable();
         }
@@ -420,6 +592,53 @@ mod tests {
                 .map(|r| r as u32)
                 .collect();
             proptest::prop_assert_eq!(ordered.indices, expected);
+        }
+    }
+
+    proptest::proptest! {
+        /// The column-wise hashes are the per-row ones, bit for bit, for every type,
+        /// with nulls, and on a slice (an offset into the buffers).
+        #[test]
+        fn column_wise_hashes_equal_the_per_row_ones(
+            rows in proptest::collection::vec(
+                (
+                    proptest::option::of(proptest::num::i64::ANY),
+                    proptest::option::of(proptest::num::f64::ANY),
+                    proptest::option::of(proptest::bool::ANY),
+                    proptest::option::of(".{0,12}"),
+                    proptest::option::of(proptest::num::i64::ANY),
+                ),
+                0..20,
+            ),
+            skip in 0..3usize,
+        ) {
+            use arrow_array::{
+                BooleanArray, Float64Array, Int64Array, StringArray, TimestampMicrosecondArray,
+                UInt8Array,
+            };
+            let batch = RecordBatch::try_from_iter([
+                ("i", std::sync::Arc::new(rows.iter().map(|r| r.0).collect::<Int64Array>()) as arrow_array::ArrayRef),
+                ("f", std::sync::Arc::new(rows.iter().map(|r| r.1).collect::<Float64Array>())),
+                ("b", std::sync::Arc::new(rows.iter().map(|r| r.2).collect::<BooleanArray>())),
+                ("s", std::sync::Arc::new(rows.iter().map(|r| r.3.clone()).collect::<StringArray>())),
+                ("t", std::sync::Arc::new(rows.iter().map(|r| r.4).collect::<TimestampMicrosecondArray>().with_timezone("UTC"))),
+                ("other", std::sync::Arc::new(rows.iter().map(|r| r.0.map(|v| v as u8)).collect::<UInt8Array>())),
+            ])
+            .expect("batch");
+            let skip = skip.min(batch.num_rows());
+            let batch = batch.slice(skip, batch.num_rows() - skip);
+            let per_row: Vec<u128> = (0..batch.num_rows()).map(|r| content_hash(&batch, r)).collect();
+            proptest::prop_assert_eq!(content_hashes(&batch), per_row);
+            for id_column in [None, Some(0), Some(3)] {
+                let per_row: Vec<Option<u128>> = (0..batch.num_rows())
+                    .map(|r| declared_id(&batch, id_column, r))
+                    .collect();
+                proptest::prop_assert_eq!(&declared_ids(&batch, id_column), &per_row);
+                let ids: Vec<u128> = (0..batch.num_rows())
+                    .map(|r| event_id(&batch, id_column, r, content_hash(&batch, r)))
+                    .collect();
+                proptest::prop_assert_eq!(event_ids(&batch, id_column), ids);
+            }
         }
     }
 

@@ -9,7 +9,7 @@ use arrow_select::filter::filter_record_batch;
 use lockstep_abi::Manifest;
 use lockstep_core::decode::JsonDecoder;
 use lockstep_core::executor::{EntityKey, Executor, KeyHasher, KeySet, RunStats, StateMap};
-use lockstep_core::order::{content_hash, declared_id, identity};
+use lockstep_core::order::{event_ids, identity};
 use lockstep_core::schema::{input_schema, row_schema};
 use lockstep_runtime::Plugin;
 use std::collections::{BTreeMap, HashSet};
@@ -433,6 +433,8 @@ impl StreamProcessor {
             .column(self.time_col)
             .as_primitive::<TimestampMicrosecondType>();
         let keys = events.column(self.key_col).clone();
+        // The content hash is the id only when the event has no declared one.
+        let ids = event_ids(&events, self.id_col);
         let mut keep = Vec::with_capacity(events.num_rows());
         let mut late = Vec::new();
         let mut late_duplicates = 0;
@@ -461,9 +463,7 @@ impl StreamProcessor {
                 self.stats.before_start += 1;
                 continue;
             }
-            // The content hash is the id only when the event has no declared one.
-            let id = declared_id(&events, self.id_col, row)
-                .unwrap_or_else(|| content_hash(&events, row));
+            let id = ids[row];
             match watermark {
                 Some(w) if time < w => {
                     keep.push(false);
