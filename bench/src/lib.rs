@@ -20,3 +20,14 @@ pub fn txn_velocity(
     ))?;
     Ok(runtime.load_file(&built.path)?)
 }
+
+/// CPU time this process has used so far (user + system, all threads), in seconds,
+/// from `/proc/self/stat`; `None` where that file is missing (not Linux).
+pub fn process_cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command name (which may hold spaces) start at the state, field 3;
+    // utime and stime are fields 14 and 15, in clock ticks of 1/100 s on Linux.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i - 3)?.parse::<u64>().ok();
+    Some((ticks(14)? + ticks(15)?) as f64 / 100.0)
+}
