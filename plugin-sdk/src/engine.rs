@@ -214,14 +214,12 @@ fn apply_with<T: Transform>(contract: &Contract, request: &[u8]) -> Result<Vec<u
             T::apply(&mut state, decoded, &mut out).map_err(|e| CallError::at(event, e.message))?;
             event += 1;
         }
-        let new_state = match m.kind {
-            Kind::KeyedStateful => Some(
-                state::encode(&state, m.state_version)
-                    .map_err(|e| CallError::general(e.message))?,
-            ),
-            Kind::Stateless => None,
-        };
-        writer.end_entity(new_state);
+        match m.kind {
+            Kind::KeyedStateful => writer
+                .end_entity_with_state(|out| state::encode_into(&state, m.state_version, out))
+                .map_err(|e| CallError::general(e.message))?,
+            Kind::Stateless => writer.end_entity(None),
+        }
     }
     Ok(writer.finish())
 }

@@ -14,6 +14,36 @@ pub fn encode<S: Serialize>(state: &S, version: u32) -> Result<Vec<u8>, Error> {
     postcard::to_extend(state, out).map_err(|e| Error::new(format!("cannot encode state: {e}")))
 }
 
+/// Appends `state`, encoded as version `version`, to `out` (the same bytes as
+/// [`encode`]); on error `out` may hold a partial state, which the caller discards.
+pub fn encode_into<S: Serialize>(state: &S, version: u32, out: &mut Vec<u8>) -> Result<(), Error> {
+    out.extend_from_slice(&version.to_le_bytes());
+    postcard::serialize_with_flavor(state, AppendTo(out))
+        .map_err(|e| Error::new(format!("cannot encode state: {e}")))
+}
+
+/// A postcard output that appends to a borrowed buffer: states are written in place
+/// in the response, with no buffer of their own.
+struct AppendTo<'a>(&'a mut Vec<u8>);
+
+impl postcard::ser_flavors::Flavor for AppendTo<'_> {
+    type Output = ();
+
+    fn try_push(&mut self, data: u8) -> postcard::Result<()> {
+        self.0.push(data);
+        Ok(())
+    }
+
+    fn try_extend(&mut self, data: &[u8]) -> postcard::Result<()> {
+        self.0.extend_from_slice(data);
+        Ok(())
+    }
+
+    fn finalize(self) -> postcard::Result<()> {
+        Ok(())
+    }
+}
+
 /// Decodes a state written by [`encode`] with the same `version`.
 pub fn decode<S: DeserializeOwned>(bytes: &[u8], version: u32) -> Result<S, Error> {
     match lockstep_abi::state_version(bytes) {
@@ -51,6 +81,10 @@ mod tests {
         assert!(err.message().contains("state version 7"), "{err}");
         assert!(decode::<VecDeque<(i64, f64)>>(&bytes[..2], 7).is_err());
         assert!(decode::<VecDeque<(i64, f64)>>(&bytes[..bytes.len() - 1], 7).is_err());
+        let mut appended = vec![9, 9];
+        encode_into(&state, 7, &mut appended).expect("encode into");
+        assert_eq!(&appended[..2], &[9, 9], "what was there is kept");
+        assert_eq!(&appended[2..], &bytes[..], "the same bytes as encode");
         let mut longer = bytes.clone();
         longer.push(0);
         assert!(decode::<VecDeque<(i64, f64)>>(&longer, 7).is_err());

@@ -231,7 +231,11 @@ impl<'a> ApplyRequestView<'a> {
 /// [`ApplyResponseWriter::end_entity`] with its new state.
 pub struct ApplyResponseWriter {
     row_counts: Vec<u32>,
-    states: Vec<Option<Vec<u8>>>,
+    /// Every entity's new state, end to end; `state_ends[i]` is where entity `i`'s ends.
+    state_data: Vec<u8>,
+    state_ends: Vec<u32>,
+    /// Bit `i` set: entity `i` has a state (an entity without one has an empty span).
+    state_validity: Vec<u8>,
     event_time: Vec<i64>,
     source_event: Vec<u32>,
     features: Vec<ColumnBuilder>,
@@ -248,7 +252,9 @@ impl ApplyResponseWriter {
     pub fn with_capacity(feature_types: &[ValueType], entities: usize, rows: usize) -> Self {
         let mut writer = ApplyResponseWriter {
             row_counts: Vec::new(),
-            states: Vec::new(),
+            state_data: Vec::new(),
+            state_ends: Vec::new(),
+            state_validity: Vec::new(),
             event_time: Vec::new(),
             source_event: Vec::new(),
             features: feature_types
@@ -258,7 +264,8 @@ impl ApplyResponseWriter {
             rows_in_entity: 0,
         };
         writer.row_counts.reserve(entities);
-        writer.states.reserve(entities);
+        writer.state_ends.reserve(entities);
+        writer.state_validity.reserve(entities.div_ceil(8));
         writer.event_time.reserve(rows);
         writer.source_event.reserve(rows);
         for f in &mut writer.features {
@@ -287,8 +294,44 @@ impl ApplyResponseWriter {
 
     /// Ends the current entity with its new state (`None`: no state to keep).
     pub fn end_entity(&mut self, state: Option<Vec<u8>>) {
+        match state {
+            Some(bytes) => {
+                let _ = self.end_entity_with_state(|out| {
+                    out.extend_from_slice(&bytes);
+                    Ok::<(), std::convert::Infallible>(())
+                });
+            }
+            None => self.close_entity(false),
+        }
+    }
+
+    /// Ends the current entity with a new state that `encode` appends to the buffer it
+    /// is given, written in place: no buffer of its own per entity, no copy. If
+    /// `encode` fails, whatever it appended is removed, the entity stays open and
+    /// the error is returned.
+    pub fn end_entity_with_state<E>(
+        &mut self,
+        encode: impl FnOnce(&mut Vec<u8>) -> Result<(), E>,
+    ) -> Result<(), E> {
+        let start = self.state_data.len();
+        if let Err(e) = encode(&mut self.state_data) {
+            self.state_data.truncate(start);
+            return Err(e);
+        }
+        self.close_entity(true);
+        Ok(())
+    }
+
+    fn close_entity(&mut self, has_state: bool) {
+        let i = self.state_ends.len();
+        if i.is_multiple_of(8) {
+            self.state_validity.push(0);
+        }
+        if has_state {
+            self.state_validity[i / 8] |= 1 << (i % 8);
+        }
+        self.state_ends.push(self.state_data.len() as u32);
         self.row_counts.push(self.rows_in_entity);
-        self.states.push(state);
         self.rows_in_entity = 0;
     }
 
@@ -304,7 +347,15 @@ impl ApplyResponseWriter {
         for &c in &self.row_counts {
             w.u32(c);
         }
-        write_states(&mut w, self.states.iter().map(|s| s.as_deref()));
+        let mut offsets = Vec::with_capacity(self.state_ends.len() + 1);
+        offsets.push(0);
+        offsets.extend_from_slice(&self.state_ends);
+        w.var(
+            TAG_BINARY,
+            &offsets,
+            &self.state_data,
+            Some(&self.state_validity),
+        );
         w.fixed(TAG_TIMESTAMP, &self.event_time, None);
         for &s in &self.source_event {
             w.u32(s);
@@ -623,6 +674,46 @@ mod tests {
         // A response that claims a row came from an event the request did not have.
         assert!(ApplyResponse::parse(&buf, &types, 2, 0).is_err());
         assert!(ApplyResponse::parse(&buf, &types, 3, 3).is_err());
+    }
+
+    #[test]
+    fn states_written_in_place_keep_their_entities_and_a_failed_one_leaves_nothing() {
+        let types = [ValueType::Int64];
+        let mut w = ApplyResponseWriter::new(&types);
+        // Nine entities, so the validity bitmap spans two bytes.
+        for i in 0..9u8 {
+            if i == 3 {
+                let failed = w.end_entity_with_state(|out| {
+                    out.extend_from_slice(b"partial");
+                    Err("cannot encode")
+                });
+                assert_eq!(failed, Err("cannot encode"));
+            }
+            match i % 3 {
+                0 => w.end_entity(None),
+                1 => w.end_entity(Some(vec![i; i as usize])),
+                _ => w
+                    .end_entity_with_state(|out| {
+                        out.extend_from_slice(&[i, i]);
+                        Ok::<(), ()>(())
+                    })
+                    .expect("state"),
+            }
+        }
+        let buf = w.finish();
+        let r = ApplyResponse::parse(&buf, &types, 9, 0).expect("parse");
+        for i in 0..9u8 {
+            let expected = match i % 3 {
+                0 => None,
+                1 => Some(vec![i; i as usize]),
+                _ => Some(vec![i, i]),
+            };
+            assert_eq!(
+                r.state(i as usize).map(<[u8]>::to_vec),
+                expected,
+                "entity {i}"
+            );
+        }
     }
 
     #[test]
