@@ -198,10 +198,25 @@ impl CheckpointStore {
 
     /// Commits `commit` in one transaction (durable when this returns).
     pub fn commit(&self, commit: &Commit<'_>) -> Result<(), ServiceError> {
+        self.prepare(commit.checkpoint, commit.positions, commit.ended)?
+            .commit(commit.logs)
+    }
+
+    /// Writes a commit's entity states, shard positions and ended shards into a
+    /// transaction that is not committed yet: the logs' lengths are known only once
+    /// the round's lines are written. The service prepares while the round's outputs
+    /// are written and commits after they are durable. Dropping the result commits
+    /// nothing.
+    pub fn prepare(
+        &self,
+        checkpoint: &Checkpoint,
+        positions: &BTreeMap<String, String>,
+        ended: &HashSet<String>,
+    ) -> Result<PreparedCommit<'_>, ServiceError> {
         let tx = self.db.begin_write().map_err(|e| self.fail(e))?;
         {
             let mut entities = tx.open_table(ENTITIES).map_err(|e| self.fail(e))?;
-            for (key, state) in &commit.checkpoint.changed {
+            for (key, state) in &checkpoint.changed {
                 let k = encode_key(key);
                 match state {
                     Some(s) => {
@@ -216,25 +231,41 @@ impl CheckpointStore {
             }
             let mut shards = tx.open_table(SHARDS).map_err(|e| self.fail(e))?;
             shards.retain(|_, _| false).map_err(|e| self.fail(e))?;
-            for saved in &commit.checkpoint.shards {
-                let position = commit.positions.get(&saved.spec.id).map(String::as_str);
+            for saved in &checkpoint.shards {
+                let position = positions.get(&saved.spec.id).map(String::as_str);
                 let bytes = encode_shard(saved, position).map_err(|e| self.fail(e))?;
                 shards
                     .insert(saved.spec.id.as_str(), bytes.as_slice())
                     .map_err(|e| self.fail(e))?;
             }
-            let mut ended = tx.open_table(ENDED).map_err(|e| self.fail(e))?;
-            for id in commit.ended {
-                ended.insert(id.as_str(), ()).map_err(|e| self.fail(e))?;
+            let mut ended_table = tx.open_table(ENDED).map_err(|e| self.fail(e))?;
+            for id in ended {
+                ended_table
+                    .insert(id.as_str(), ())
+                    .map_err(|e| self.fail(e))?;
             }
-            let mut meta = tx.open_table(META).map_err(|e| self.fail(e))?;
-            let logs = json!({"rows": commit.logs.rows, "late": commit.logs.late,
-                              "dead": commit.logs.dead})
-            .to_string();
-            meta.insert("logs", logs.as_str())
-                .map_err(|e| self.fail(e))?;
         }
-        tx.commit().map_err(|e| self.fail(e))
+        Ok(PreparedCommit { store: self, tx })
+    }
+}
+
+/// A checkpoint written but not committed; see [`CheckpointStore::prepare`].
+pub struct PreparedCommit<'a> {
+    store: &'a CheckpointStore,
+    tx: redb::WriteTransaction,
+}
+
+impl PreparedCommit<'_> {
+    /// Records the logs' lengths and commits (durable when this returns).
+    pub fn commit(self, logs: LogLengths) -> Result<(), ServiceError> {
+        let fail = |e: &dyn std::fmt::Display| self.store.fail(e);
+        {
+            let mut meta = self.tx.open_table(META).map_err(|e| fail(&e))?;
+            let logs = json!({"rows": logs.rows, "late": logs.late, "dead": logs.dead}).to_string();
+            meta.insert("logs", logs.as_str()).map_err(|e| fail(&e))?;
+        }
+        let store = self.store;
+        self.tx.commit().map_err(|e| store.fail(e))
     }
 }
 
@@ -500,6 +531,60 @@ mod tests {
         assert_eq!(states.len(), 2, "{states:?}");
         assert_eq!(states[&key("z")], vec![3]);
         assert_eq!(states[&key("m")], vec![4]);
+    }
+
+    /// The service prepares a checkpoint while the round's outputs are written: one
+    /// whose outputs failed is dropped and must leave the last commit as it was, and
+    /// the next round commits on top of it.
+    #[test]
+    fn a_prepared_commit_dropped_leaves_the_last_commit_and_the_next_one_lands() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = CheckpointStore::open(dir.path(), "abc", schema()).unwrap();
+        let key = |s: &str| EntityKey::Str(s.into());
+        let round = |changed| Checkpoint {
+            changed,
+            shards: vec![],
+        };
+        let positions = BTreeMap::from([("shardId-0".to_owned(), "7".to_owned())]);
+        let logs = |rows| LogLengths {
+            rows,
+            late: 0,
+            dead: 0,
+        };
+        store
+            .prepare(
+                &round(vec![(key("a"), Some(vec![1]))]),
+                &positions,
+                &HashSet::new(),
+            )
+            .unwrap()
+            .commit(logs(10))
+            .unwrap();
+        let abandoned = store
+            .prepare(
+                &round(vec![(key("a"), Some(vec![2])), (key("b"), Some(vec![3]))]),
+                &BTreeMap::from([("shardId-0".to_owned(), "9".to_owned())]),
+                &HashSet::from(["shardId-0".to_owned()]),
+            )
+            .unwrap();
+        drop(abandoned);
+        let back = store.restore().unwrap();
+        assert_eq!(back.states.len(), 1, "{:?}", back.states);
+        assert_eq!(back.states[&key("a")], vec![1]);
+        assert_eq!((back.ended, back.logs), (HashSet::new(), logs(10)));
+        store
+            .prepare(
+                &round(vec![(key("c"), Some(vec![4]))]),
+                &positions,
+                &HashSet::new(),
+            )
+            .unwrap()
+            .commit(logs(20))
+            .unwrap();
+        let back = store.restore().unwrap();
+        assert_eq!(back.states.len(), 2, "{:?}", back.states);
+        assert_eq!(back.states[&key("c")], vec![4]);
+        assert_eq!(back.logs, logs(20));
     }
 
     #[test]
