@@ -110,11 +110,11 @@ pub struct StreamProcessor {
     buffer: Vec<RecordBatch>,
     buffered: usize,
     max_seen: Option<i64>,
-    /// Identities of events taken (buffered or applied) that a late redelivery may
-    /// still repeat: `(entity, event id)` by event time, pruned behind the horizon.
-    taken: BTreeMap<i64, Vec<(EntityKey, u128)>>,
-    /// The same identities as `taken`, each as one 128-bit hash of entity and event
-    /// id ([`identity`]): a lookup per event without cloning or hashing the key text.
+    /// Events taken (buffered or applied) that a late redelivery may still repeat,
+    /// by event time, pruned behind the horizon; see [`Taken`].
+    taken: Taken,
+    /// The identities of `taken` ([`identity`]: one 128-bit hash of entity and event
+    /// id): a lookup per event without cloning or hashing the key text.
     taken_set: HashSet<u128, KeyHasher>,
     stats: StreamStats,
     time_col: usize,
@@ -133,8 +133,14 @@ pub struct ShardState {
     states: StateMap,
     buffer: Vec<RecordBatch>,
     max_seen: Option<i64>,
-    taken: BTreeMap<i64, Vec<(EntityKey, u128)>>,
+    taken: Taken,
 }
+
+/// Events taken within the horizon: `(event time, identity)` → `(entity, event id)`.
+/// One entry per event, ordered by time so that the horizon cuts it with one split;
+/// the identity in the key is what `taken_set` holds, so forgetting an event needs no
+/// rehash, and two events of one time never share a slot.
+type Taken = BTreeMap<(i64, u128), (EntityKey, u128)>;
 
 /// What a shard holds besides its entities' states: the events in the reorder
 /// buffer, the latest event time seen and the identities a late redelivery may
@@ -151,11 +157,7 @@ pub struct Pending {
 }
 
 impl Pending {
-    fn of(
-        buffer: &[RecordBatch],
-        max_seen: Option<i64>,
-        taken: &BTreeMap<i64, Vec<(EntityKey, u128)>>,
-    ) -> Self {
+    fn of(buffer: &[RecordBatch], max_seen: Option<i64>, taken: &Taken) -> Self {
         Pending {
             buffer: buffer
                 .iter()
@@ -165,7 +167,7 @@ impl Pending {
             max_seen,
             taken: taken
                 .iter()
-                .flat_map(|(t, ids)| ids.iter().map(|(k, id)| (*t, k.clone(), *id)))
+                .map(|((t, _), (k, id))| (*t, k.clone(), *id))
                 .collect(),
         }
     }
@@ -175,10 +177,11 @@ impl ShardState {
     /// A shard's state from what a checkpoint saved: its pending part and the states
     /// of its entities.
     pub fn from_saved(pending: Pending, states: StateMap) -> Self {
-        let mut taken: BTreeMap<i64, Vec<(EntityKey, u128)>> = BTreeMap::new();
-        for (t, k, id) in pending.taken {
-            taken.entry(t).or_default().push((k, id));
-        }
+        let taken = pending
+            .taken
+            .into_iter()
+            .map(|(t, k, id)| ((t, identity(&k, id)), (k, id)))
+            .collect();
         ShardState {
             states,
             buffer: pending.buffer,
@@ -244,14 +247,11 @@ impl ShardState {
             rest.push(filter_record_batch(&batch, &others)?);
         }
         self.buffer = rest;
-        for (time, ids) in self.taken.iter_mut() {
-            let (mine, theirs): (Vec<_>, Vec<_>) = ids.drain(..).partition(|(k, _)| belongs(k));
-            *ids = theirs;
-            if !mine.is_empty() {
-                out.taken.insert(*time, mine);
-            }
-        }
-        self.taken.retain(|_, ids| !ids.is_empty());
+        let (mine, theirs): (Taken, Taken) = std::mem::take(&mut self.taken)
+            .into_iter()
+            .partition(|(_, (k, _))| belongs(k));
+        self.taken = theirs;
+        out.taken = mine;
         Ok(out)
     }
 
@@ -263,9 +263,7 @@ impl ShardState {
             (Some(a), Some(b)) => Some(a.max(b)),
             (a, b) => a.or(b),
         };
-        for (time, ids) in other.taken {
-            self.taken.entry(time).or_default().extend(ids);
-        }
+        self.taken.extend(other.taken);
     }
 
     /// A state holding only per-entity states (a backfill's hand-off).
@@ -293,10 +291,8 @@ impl StreamProcessor {
             .collect();
         p.states = state.states;
         p.max_seen = state.max_seen;
-        for ids in state.taken.values() {
-            p.taken_set
-                .extend(ids.iter().map(|(key, id)| identity(key, *id)));
-        }
+        p.taken_set
+            .extend(state.taken.keys().map(|&(_, identity)| identity));
         p.taken = state.taken;
         Ok(p)
     }
@@ -362,7 +358,7 @@ impl StreamProcessor {
             buffer: Vec::new(),
             buffered: 0,
             max_seen: None,
-            taken: BTreeMap::new(),
+            taken: Taken::new(),
             taken_set: HashSet::default(),
             stats: StreamStats::default(),
             time_col,
@@ -485,8 +481,9 @@ impl StreamProcessor {
                 }
                 _ => {
                     keep.push(true);
-                    if self.taken_set.insert(identity(&key, id)) {
-                        self.taken.entry(time).or_default().push((key, id));
+                    let identity = identity(&key, id);
+                    if self.taken_set.insert(identity) {
+                        self.taken.insert((time, identity), (key, id));
                     }
                     self.max_seen = Some(self.max_seen.map_or(time, |m| m.max(time)));
                 }
@@ -572,11 +569,9 @@ impl StreamProcessor {
     fn forget_before_horizon(&mut self) {
         let Some(w) = self.watermark() else { return };
         let horizon = w.saturating_sub(self.config.allowed_lateness);
-        let keep = self.taken.split_off(&horizon);
-        for (_, ids) in std::mem::replace(&mut self.taken, keep) {
-            for (key, id) in ids {
-                self.taken_set.remove(&identity(&key, id));
-            }
+        let keep = self.taken.split_off(&(horizon, 0));
+        for (_, identity) in std::mem::replace(&mut self.taken, keep).into_keys() {
+            self.taken_set.remove(&identity);
         }
     }
 }
