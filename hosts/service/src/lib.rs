@@ -10,8 +10,10 @@
 //!            then, per round: checkpoint (entity states + shard positions + log lengths)
 //! ```
 //!
-//! Each round writes its outputs first, then commits one checkpoint naming the shard
-//! positions that produced them. Outputs are idempotent (the online store keeps the
+//! Each round applies the records it read (once, at its end), writes its outputs, and
+//! commits one checkpoint naming the shard positions that produced them: the
+//! checkpoint's transaction is filled while the outputs are written and committed
+//! only after they are durable. Outputs are idempotent (the online store keeps the
 //! latest event time; logs are cut back to their committed length at start), so a
 //! crash at any point loses nothing and applies nothing twice.
 //!
