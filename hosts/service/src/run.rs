@@ -500,7 +500,6 @@ impl StreamService {
                 Ok(())
             };
             let read_result = read();
-            drop(read);
             drop(jobs);
             // Freeing the processor (every entity's state, the plugin instances) and
             // the reader takes a quarter of a second at 100k entities: done here, it
