@@ -12,8 +12,11 @@
 
 use crate::CoreError;
 use arrow_array::cast::AsArray;
-use arrow_array::types::{Float64Type, Int64Type, TimestampMicrosecondType};
-use arrow_array::{Array, RecordBatch};
+use arrow_array::types::{Int64Type, TimestampMicrosecondType};
+use arrow_array::{
+    Array, BooleanArray, Float64Array, Int64Array, RecordBatch, StringArray,
+    TimestampMicrosecondArray,
+};
 use arrow_schema::{DataType, TimeUnit};
 use lockstep_abi::Manifest;
 use std::collections::{HashMap, HashSet};
@@ -43,59 +46,105 @@ impl Ordered {
     }
 }
 
-/// Canonical bytes of one value, fed to a hasher.
-fn hash_value(h: &mut Xxh3, column: &dyn Array, row: usize) {
-    if column.is_null(row) {
-        h.update(&[0xff]);
-        return;
+/// A column as the canonical bytes its values hash as: a tag byte (`0xff` for a null),
+/// then the value: 8 little-endian bytes (a float by its bits), a boolean's byte, or a
+/// string's length (8 bytes) and its UTF-8. Every id and content hash of every host
+/// comes from these bytes.
+enum Canonical<'a> {
+    Int64(&'a Int64Array),
+    Float64(&'a Float64Array),
+    Boolean(&'a BooleanArray),
+    Utf8(&'a StringArray),
+    Timestamp(&'a TimestampMicrosecondArray),
+    /// Any other type: its tag alone.
+    Other(&'a dyn Array),
+}
+
+impl<'a> Canonical<'a> {
+    fn of(column: &'a dyn Array) -> Self {
+        match column.data_type() {
+            DataType::Int64 => Canonical::Int64(column.as_primitive()),
+            DataType::Float64 => Canonical::Float64(column.as_primitive()),
+            DataType::Boolean => Canonical::Boolean(column.as_boolean()),
+            DataType::Utf8 => Canonical::Utf8(column.as_string()),
+            DataType::Timestamp(TimeUnit::Microsecond, _) => {
+                Canonical::Timestamp(column.as_primitive())
+            }
+            _ => Canonical::Other(column),
+        }
     }
-    match column.data_type() {
-        DataType::Int64 => {
-            h.update(&[0]);
-            h.update(&column.as_primitive::<Int64Type>().value(row).to_le_bytes());
+
+    /// Appends the canonical bytes of the value at `row`.
+    fn write(&self, row: usize, out: &mut Vec<u8>) {
+        let column: &dyn Array = match self {
+            Canonical::Int64(c) => *c,
+            Canonical::Float64(c) => *c,
+            Canonical::Boolean(c) => *c,
+            Canonical::Utf8(c) => *c,
+            Canonical::Timestamp(c) => *c,
+            Canonical::Other(c) => *c,
+        };
+        if column.is_null(row) {
+            out.push(0xff);
+            return;
         }
-        DataType::Float64 => {
-            h.update(&[1]);
-            h.update(
-                &column
-                    .as_primitive::<Float64Type>()
-                    .value(row)
-                    .to_bits()
-                    .to_le_bytes(),
-            );
+        match self {
+            Canonical::Int64(c) => {
+                out.push(0);
+                out.extend_from_slice(&c.value(row).to_le_bytes());
+            }
+            Canonical::Float64(c) => {
+                out.push(1);
+                out.extend_from_slice(&c.value(row).to_bits().to_le_bytes());
+            }
+            Canonical::Boolean(c) => out.extend_from_slice(&[2, c.value(row) as u8]),
+            Canonical::Utf8(c) => {
+                let s = c.value(row);
+                out.push(3);
+                out.extend_from_slice(&(s.len() as u64).to_le_bytes());
+                out.extend_from_slice(s.as_bytes());
+            }
+            Canonical::Timestamp(c) => {
+                out.push(4);
+                out.extend_from_slice(&c.value(row).to_le_bytes());
+            }
+            Canonical::Other(_) => out.push(0xfe),
         }
-        DataType::Boolean => h.update(&[2, column.as_boolean().value(row) as u8]),
-        DataType::Utf8 => {
-            let s = column.as_string::<i32>().value(row);
-            h.update(&[3]);
-            h.update(&(s.len() as u64).to_le_bytes());
-            h.update(s.as_bytes());
-        }
-        DataType::Timestamp(TimeUnit::Microsecond, _) => {
-            h.update(&[4]);
-            h.update(
-                &column
-                    .as_primitive::<TimestampMicrosecondType>()
-                    .value(row)
-                    .to_le_bytes(),
-            );
-        }
-        _ => h.update(&[0xfe]),
     }
+}
+
+/// The one-shot hash of `prefix` then the canonical bytes of `row` in each column.
+/// (One-shot over a row's bytes, not a streaming hasher per value: a 10M-event
+/// backfill spent ~4 % of its CPU in the streaming form.)
+fn hash_row(columns: &[Canonical<'_>], row: usize, prefix: &[u8], bytes: &mut Vec<u8>) -> u128 {
+    bytes.clear();
+    bytes.extend_from_slice(prefix);
+    for column in columns {
+        column.write(row, bytes);
+    }
+    xxh3_128(bytes)
+}
+
+/// [`hash_row`] of every row.
+fn hash_rows(columns: &[&dyn Array], n: usize, prefix: &[u8]) -> Vec<u128> {
+    let columns: Vec<Canonical<'_>> = columns.iter().map(|c| Canonical::of(*c)).collect();
+    let mut bytes = Vec::new();
+    (0..n)
+        .map(|row| hash_row(&columns, row, prefix, &mut bytes))
+        .collect()
 }
 
 /// Hash of the whole event: every column of the batch in order.
 pub fn content_hash(batch: &RecordBatch, row: usize) -> u128 {
-    let mut h = Xxh3::new();
-    for column in batch.columns() {
-        hash_value(&mut h, column.as_ref(), row);
-    }
-    h.digest128()
+    let columns: Vec<Canonical<'_>> = batch
+        .columns()
+        .iter()
+        .map(|c| Canonical::of(c.as_ref()))
+        .collect();
+    hash_row(&columns, row, b"", &mut Vec::new())
 }
 
-/// [`content_hash`] of every row of `batch`, column by column: the same bits, without
-/// a type dispatch and a streaming hasher per value (a 10M-event backfill spent ~4 % of
-/// its CPU in the per-row form).
+/// [`content_hash`] of every row of `batch`, each column's type looked at once.
 pub fn content_hashes(batch: &RecordBatch) -> Vec<u128> {
     let columns: Vec<&dyn Array> = batch.columns().iter().map(|c| c.as_ref()).collect();
     hash_rows(&columns, batch.num_rows(), b"")
@@ -131,129 +180,6 @@ pub fn event_ids(batch: &RecordBatch, id_column: Option<usize>) -> Vec<u128> {
         .collect()
 }
 
-/// For each row, the one-shot hash of `prefix` followed by what [`hash_value`] feeds
-/// the hasher for each of `columns` in order. XXH3 gives a one-shot hash of a byte
-/// string the same bits as streaming the same string in pieces, so this equals the
-/// per-row form.
-fn hash_rows(columns: &[&dyn Array], n: usize, prefix: &[u8]) -> Vec<u128> {
-    // Each row's canonical bytes, rows laid end to end: lengths first, then the bytes
-    // written column by column at each row's cursor.
-    let mut ends = vec![prefix.len(); n];
-    for column in columns {
-        let strings = column.as_string_opt::<i32>();
-        for (row, end) in ends.iter_mut().enumerate() {
-            *end += if column.is_null(row) {
-                1
-            } else {
-                match column.data_type() {
-                    DataType::Int64
-                    | DataType::Float64
-                    | DataType::Timestamp(TimeUnit::Microsecond, _) => 9,
-                    DataType::Boolean => 2,
-                    DataType::Utf8 => strings.map_or(1, |s| 9 + s.value(row).len()),
-                    _ => 1,
-                }
-            };
-        }
-    }
-    let mut cursor = Vec::with_capacity(n);
-    let mut total = 0;
-    for end in &mut ends {
-        cursor.push(total);
-        total += *end;
-        *end = total;
-    }
-    let mut bytes = vec![0u8; total];
-    let mut put = |cursor: &mut usize, piece: &[u8]| {
-        bytes[*cursor..*cursor + piece.len()].copy_from_slice(piece);
-        *cursor += piece.len();
-    };
-    for at in &mut cursor {
-        put(at, prefix);
-    }
-    for column in columns {
-        let valid = |row: usize| !column.is_null(row);
-        match column.data_type() {
-            DataType::Int64 | DataType::Float64 | DataType::Timestamp(TimeUnit::Microsecond, _) => {
-                // Three 8-byte types, told apart by their tag; a float by its bits.
-                let (tag, values): (u8, Vec<[u8; 8]>) = match column.data_type() {
-                    DataType::Int64 => (
-                        0,
-                        column
-                            .as_primitive::<Int64Type>()
-                            .values()
-                            .iter()
-                            .map(|v| v.to_le_bytes())
-                            .collect(),
-                    ),
-                    DataType::Float64 => (
-                        1,
-                        column
-                            .as_primitive::<Float64Type>()
-                            .values()
-                            .iter()
-                            .map(|v| v.to_bits().to_le_bytes())
-                            .collect(),
-                    ),
-                    _ => (
-                        4,
-                        column
-                            .as_primitive::<TimestampMicrosecondType>()
-                            .values()
-                            .iter()
-                            .map(|v| v.to_le_bytes())
-                            .collect(),
-                    ),
-                };
-                for (row, at) in cursor.iter_mut().enumerate() {
-                    if valid(row) {
-                        put(at, &[tag]);
-                        put(at, &values[row]);
-                    } else {
-                        put(at, &[0xff]);
-                    }
-                }
-            }
-            DataType::Boolean => {
-                let values = column.as_boolean();
-                for (row, at) in cursor.iter_mut().enumerate() {
-                    if valid(row) {
-                        put(at, &[2, values.value(row) as u8]);
-                    } else {
-                        put(at, &[0xff]);
-                    }
-                }
-            }
-            DataType::Utf8 => {
-                let values = column.as_string::<i32>();
-                for (row, at) in cursor.iter_mut().enumerate() {
-                    if valid(row) {
-                        let s = values.value(row);
-                        put(at, &[3]);
-                        put(at, &(s.len() as u64).to_le_bytes());
-                        put(at, s.as_bytes());
-                    } else {
-                        put(at, &[0xff]);
-                    }
-                }
-            }
-            _ => {
-                for (row, at) in cursor.iter_mut().enumerate() {
-                    put(at, &[if valid(row) { 0xfe } else { 0xff }]);
-                }
-            }
-        }
-    }
-    let mut start = 0;
-    ends.iter()
-        .map(|&end| {
-            let h = xxh3_128(&bytes[start..end]);
-            start = end;
-            h
-        })
-        .collect()
-}
-
 /// One 128-bit hash of an entity and an event id: the identity of an event within a
 /// stream, for sets that would otherwise hold the key text. Two events confused by it
 /// are as unlikely as two contents with one [`content_hash`].
@@ -278,12 +204,12 @@ pub fn identity(key: &crate::executor::EntityKey, id: u128) -> u128 {
 /// the field is null (the content hash is then the id, see [`event_id`]).
 pub fn declared_id(batch: &RecordBatch, id_column: Option<usize>, row: usize) -> Option<u128> {
     match id_column {
-        Some(c) if batch.column(c).is_valid(row) => {
-            let mut h = Xxh3::new();
-            h.update(b"id");
-            hash_value(&mut h, batch.column(c).as_ref(), row);
-            Some(h.digest128())
-        }
+        Some(c) if batch.column(c).is_valid(row) => Some(hash_row(
+            &[Canonical::of(batch.column(c).as_ref())],
+            row,
+            b"id",
+            &mut Vec::new(),
+        )),
         _ => None,
     }
 }
@@ -640,6 +566,57 @@ mod tests {
                 proptest::prop_assert_eq!(event_ids(&batch, id_column), ids);
             }
         }
+    }
+
+    /// The bits of content hashes and declared ids are part of the batch host's order
+    /// (ties) and of every checkpoint's identities: they must not change by accident.
+    #[test]
+    fn hashes_keep_their_bits() {
+        use arrow_array::{
+            BooleanArray, Float64Array, Int64Array, StringArray, TimestampMicrosecondArray,
+        };
+        let batch = RecordBatch::try_from_iter([
+            (
+                "i",
+                std::sync::Arc::new(Int64Array::from(vec![Some(-7), None]))
+                    as arrow_array::ArrayRef,
+            ),
+            (
+                "f",
+                std::sync::Arc::new(Float64Array::from(vec![Some(-0.0), Some(f64::NAN)])),
+            ),
+            (
+                "b",
+                std::sync::Arc::new(BooleanArray::from(vec![None, Some(true)])),
+            ),
+            (
+                "s",
+                std::sync::Arc::new(StringArray::from(vec![Some("card-1"), Some("")])),
+            ),
+            (
+                "t",
+                std::sync::Arc::new(
+                    TimestampMicrosecondArray::from(vec![Some(1_704_067_200_000_000), None])
+                        .with_timezone("UTC"),
+                ),
+            ),
+        ])
+        .expect("batch");
+        let contents = [
+            0xf0966af65bd805e4d360405f21bc1653,
+            0xa91c264b9d2c6f154b09b93f0efd9235,
+        ];
+        let ids = [
+            0xa0113306d921057525c75b77e70b11d1,
+            0xcab14c621375df03faa6d89147c8b3d7,
+        ];
+        assert_eq!(content_hashes(&batch), contents);
+        assert_eq!(declared_ids(&batch, Some(3)), ids.map(Some));
+        for row in 0..2 {
+            assert_eq!(content_hash(&batch, row), contents[row]);
+            assert_eq!(declared_id(&batch, Some(3), row), Some(ids[row]));
+        }
+        assert_eq!(declared_ids(&batch, Some(0))[1], None, "a null id is no id");
     }
 
     #[test]
