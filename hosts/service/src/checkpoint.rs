@@ -551,15 +551,14 @@ mod tests {
             late: 0,
             dead: 0,
         };
-        store
-            .prepare(
-                &round(vec![(key("a"), Some(vec![1]))]),
-                &positions,
-                &HashSet::new(),
-            )
-            .unwrap()
-            .commit(logs(10))
-            .unwrap();
+        let commit = |changed, rows| {
+            store
+                .prepare(&round(changed), &positions, &HashSet::new())
+                .unwrap()
+                .commit(logs(rows))
+                .unwrap()
+        };
+        commit(vec![(key("a"), Some(vec![1]))], 10);
         let abandoned = store
             .prepare(
                 &round(vec![(key("a"), Some(vec![2])), (key("b"), Some(vec![3]))]),
@@ -572,15 +571,7 @@ mod tests {
         assert_eq!(back.states.len(), 1, "{:?}", back.states);
         assert_eq!(back.states[&key("a")], vec![1]);
         assert_eq!((back.ended, back.logs), (HashSet::new(), logs(10)));
-        store
-            .prepare(
-                &round(vec![(key("c"), Some(vec![4]))]),
-                &positions,
-                &HashSet::new(),
-            )
-            .unwrap()
-            .commit(logs(20))
-            .unwrap();
+        commit(vec![(key("c"), Some(vec![4]))], 20);
         let back = store.restore().unwrap();
         assert_eq!(back.states.len(), 2, "{:?}", back.states);
         assert_eq!(back.states[&key("c")], vec![4]);
