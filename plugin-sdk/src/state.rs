@@ -10,12 +10,13 @@ use serde::{Serialize, de::DeserializeOwned};
 
 /// Encodes `state` as version `version`.
 pub fn encode<S: Serialize>(state: &S, version: u32) -> Result<Vec<u8>, Error> {
-    let out = version.to_le_bytes().to_vec();
-    postcard::to_extend(state, out).map_err(|e| Error::new(format!("cannot encode state: {e}")))
+    let mut out = Vec::new();
+    encode_into(state, version, &mut out)?;
+    Ok(out)
 }
 
-/// Appends `state`, encoded as version `version`, to `out` (the same bytes as
-/// [`encode`]); on error `out` may hold a partial state, which the caller discards.
+/// Appends `state`, encoded as version `version`, to `out`; on error `out` may hold a
+/// partial state, which the caller discards.
 pub fn encode_into<S: Serialize>(state: &S, version: u32, out: &mut Vec<u8>) -> Result<(), Error> {
     out.extend_from_slice(&version.to_le_bytes());
     postcard::serialize_with_flavor(state, AppendTo(out))

@@ -294,15 +294,10 @@ impl ApplyResponseWriter {
 
     /// Ends the current entity with its new state (`None`: no state to keep).
     pub fn end_entity(&mut self, state: Option<Vec<u8>>) {
-        match state {
-            Some(bytes) => {
-                let _ = self.end_entity_with_state(|out| {
-                    out.extend_from_slice(&bytes);
-                    Ok::<(), std::convert::Infallible>(())
-                });
-            }
-            None => self.close_entity(false),
+        if let Some(bytes) = &state {
+            self.state_data.extend_from_slice(bytes);
         }
+        self.close_entity(state.is_some());
     }
 
     /// Ends the current entity with a new state that `encode` appends to the buffer it
