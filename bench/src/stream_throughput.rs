@@ -179,5 +179,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         full,
         core / full
     );
+    let size =
+        |path: std::path::PathBuf| std::fs::metadata(path).map_or(0, |m| m.len()) as f64 / 1e6;
+    println!(
+        "on disk: row log {:.1} MB, online store {:.1} MB, checkpoints {:.1} MB",
+        size(work.path().join("state/rows.jsonl")),
+        size(work.path().join("online/online.redb")),
+        size(work.path().join("state/state.redb")),
+    );
     Ok(())
 }

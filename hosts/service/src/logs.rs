@@ -12,6 +12,9 @@ use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
+/// The most one `write` call hands the kernel; see [`AppendLog::append_lines`].
+const WRITE_PIECE: usize = 1 << 20;
+
 /// One JSON-lines log; see the [module](self) docs.
 pub struct AppendLog {
     path: PathBuf,
@@ -85,7 +88,12 @@ impl AppendLog {
     /// Appends lines already joined, each ending in a newline.
     pub fn append_lines(&mut self, lines: &[u8]) -> Result<(), ServiceError> {
         debug_assert!(lines.is_empty() || lines.ends_with(b"\n"));
-        self.out.write_all(lines).map_err(|e| self.fail(e))?;
+        // In pieces: one write of a whole round (tens of MB) costs the kernel several
+        // times what the same bytes cost in 1 MiB writes (measured 0.5 s vs 0.1 s of
+        // system time per 350 MB on this machine's ext4).
+        for piece in lines.chunks(WRITE_PIECE) {
+            self.out.write_all(piece).map_err(|e| self.fail(e))?;
+        }
         self.len += lines.len() as u64;
         Ok(())
     }
