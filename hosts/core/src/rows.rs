@@ -151,19 +151,56 @@ impl<'a> RowWriter<'a> {
     /// Appends row `row` as one JSON object.
     pub fn write(&self, row: usize, out: &mut Vec<u8>) {
         out.push(b'{');
-        for (i, (key, (array, typed))) in self.keys.iter().zip(&self.columns).enumerate() {
+        for (i, (key, column)) in self.keys.iter().zip(&self.columns).enumerate() {
             if i > 0 {
                 out.push(b',');
             }
             out.extend_from_slice(key.as_bytes());
             out.push(b':');
-            if array.is_null(row) {
-                out.extend_from_slice(b"null");
-            } else {
-                write_value(*array, typed, row, out);
-            }
+            Self::cell(column, row, out);
         }
         out.push(b'}');
+    }
+
+    /// Appends row `row` as a JSON array of its values in column order: the object of
+    /// [`Self::write`] without its keys, for a reader that knows the columns.
+    pub fn write_values(&self, row: usize, out: &mut Vec<u8>) {
+        out.push(b'[');
+        for (i, column) in self.columns.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            Self::cell(column, row, out);
+        }
+        out.push(b']');
+    }
+
+    /// [`Self::write`] into `object` and [`Self::write_values`] into `values`, each
+    /// value formatted once.
+    fn write_both(&self, row: usize, object: &mut Vec<u8>, values: &mut Vec<u8>) {
+        object.push(b'{');
+        values.push(b'[');
+        for (i, (key, column)) in self.keys.iter().zip(&self.columns).enumerate() {
+            if i > 0 {
+                object.push(b',');
+                values.push(b',');
+            }
+            object.extend_from_slice(key.as_bytes());
+            object.push(b':');
+            let start = object.len();
+            Self::cell(column, row, object);
+            values.extend_from_slice(&object[start..]);
+        }
+        object.push(b'}');
+        values.push(b']');
+    }
+
+    fn cell((array, typed): &(&dyn Array, TypedColumn<'_>), row: usize, out: &mut Vec<u8>) {
+        if array.is_null(row) {
+            out.extend_from_slice(b"null");
+        } else {
+            write_value(*array, typed, row, out);
+        }
     }
 }
 
@@ -204,13 +241,18 @@ fn write_value(array: &dyn Array, column: &TypedColumn<'_>, row: usize, out: &mu
 }
 
 /// Every row of a batch as the JSON text of [`RowWriter`], formatted once for all
-/// the writers that need it (a row log and an online store), one line per row.
+/// the writers that need it (a row log and an online store): one object line per row,
+/// and the same row as an array of its values.
 #[derive(Debug, Clone, Default)]
 pub struct RowsText {
-    /// The rows, each followed by `\n`.
+    /// The rows as objects, each followed by `\n`.
     lines: Vec<u8>,
     /// Where each row's line ends (after its `\n`).
     ends: Vec<usize>,
+    /// The rows as arrays of values ([`RowWriter::write_values`]), back to back.
+    values: Vec<u8>,
+    /// Where each row's array ends.
+    value_ends: Vec<usize>,
 }
 
 impl RowsText {
@@ -219,12 +261,20 @@ impl RowsText {
         let writer = RowWriter::new(batch);
         let mut lines = Vec::with_capacity(batch.num_rows() * 256);
         let mut ends = Vec::with_capacity(batch.num_rows());
+        let mut values = Vec::with_capacity(batch.num_rows() * 128);
+        let mut value_ends = Vec::with_capacity(batch.num_rows());
         for row in 0..batch.num_rows() {
-            writer.write(row, &mut lines);
+            writer.write_both(row, &mut lines, &mut values);
             lines.push(b'\n');
             ends.push(lines.len());
+            value_ends.push(values.len());
         }
-        RowsText { lines, ends }
+        RowsText {
+            lines,
+            ends,
+            values,
+            value_ends,
+        }
     }
 
     /// How many rows.
@@ -237,10 +287,20 @@ impl RowsText {
         self.ends.is_empty()
     }
 
-    /// Row `row`'s JSON text, without its newline.
+    /// Row `row`'s JSON object text, without its newline.
     pub fn row(&self, row: usize) -> &[u8] {
         let start = if row == 0 { 0 } else { self.ends[row - 1] };
         &self.lines[start..self.ends[row] - 1]
+    }
+
+    /// Row `row` as a JSON array of its values, in column order.
+    pub fn values(&self, row: usize) -> &[u8] {
+        let start = if row == 0 {
+            0
+        } else {
+            self.value_ends[row - 1]
+        };
+        &self.values[start..self.value_ends[row]]
     }
 
     /// Every row, each followed by a newline: JSON lines.
@@ -285,6 +345,16 @@ mod tests {
             let mut alone = Vec::new();
             writer.write(row, &mut alone);
             assert_eq!(text.row(row), alone.as_slice(), "row {row}");
+            let mut values = Vec::new();
+            writer.write_values(row, &mut values);
+            assert_eq!(text.values(row), values.as_slice(), "row {row}");
+            // The array is the object's values, in column order.
+            let object: Map<String, Json> = serde_json::from_slice(&alone).expect("object");
+            let array: Vec<Json> = serde_json::from_slice(&values).expect("array");
+            assert_eq!(
+                object.into_iter().map(|(_, v)| v).collect::<Vec<_>>(),
+                array
+            );
             joined.extend_from_slice(&alone);
             joined.push(b'\n');
         }

@@ -187,3 +187,61 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn rows_read_back_alike_whether_stored_as_values_or_as_objects() {
+    use lockstep_core::rows::row_json;
+    use lockstep_online::OnlineRecord;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = EmbeddedStore::open(dir.path()).expect("open");
+    let g = group("h1");
+    // From Arrow: stored as values under the registered columns.
+    let a = rows(&[("a", 1, 0.1)]);
+    store.put(&g, &a, 10).expect("put a");
+    // From the wire: an object with its hash.
+    let mut b = row_json(&rows(&[("b", 2, 2.5)]), 0);
+    b.insert("note".into(), serde_json::json!("wire"));
+    store
+        .put_records(
+            &g,
+            vec![(
+                "b".into(),
+                OnlineRecord {
+                    event_time: 2,
+                    write_time: 11,
+                    plugin_hash: "h1".into(),
+                    row: b.clone(),
+                },
+            )],
+        )
+        .expect("put b");
+    // From Arrow with other columns than the registered ones: stored as an object.
+    let c = rows(&[("c", 3, 3.0)]).project(&[0, 1]).expect("project");
+    store.put(&g, &c, 12).expect("put c");
+    // Rows with the registered columns go on being stored as values.
+    let d = rows(&[("d", 4, f64::NAN)]);
+    store.put(&g, &d, 13).expect("put d");
+
+    drop(store);
+    let store = EmbeddedStore::open(dir.path()).expect("reopen");
+    let got = store
+        .get(&g, &["a".into(), "b".into(), "c".into(), "d".into()])
+        .expect("get");
+    let got: Vec<OnlineRecord> = got.into_iter().map(|r| r.expect("stored")).collect();
+    let keys = |r: &OnlineRecord| r.row.keys().cloned().collect::<Vec<_>>();
+    assert_eq!(got[0].row, row_json(&a, 0));
+    assert_eq!(
+        keys(&got[0]),
+        ["id", "event_time", "x"],
+        "column order kept"
+    );
+    assert_eq!(got[1].row, b);
+    assert_eq!(got[2].row, row_json(&c, 0));
+    assert_eq!(keys(&got[2]), ["id", "event_time"]);
+    assert_eq!(got[3].row, row_json(&d, 0));
+    assert_eq!(got[3].row["x"], serde_json::json!("NaN"));
+    for (record, (time, written)) in got.iter().zip([(1, 10), (2, 11), (3, 12), (4, 13)]) {
+        assert_eq!(record.plugin_hash, "h1");
+        assert_eq!((record.event_time, record.write_time), (time, written));
+    }
+}
