@@ -258,22 +258,27 @@ pub struct RowsText {
 impl RowsText {
     /// Formats every row of `batch`.
     pub fn of(batch: &RecordBatch) -> Self {
+        let mut text = RowsText::default();
+        text.refill(batch);
+        text
+    }
+
+    /// Formats every row of `batch` in place of the rows held, reusing their memory: a
+    /// writer that formats round after round keeps one `RowsText` (buffers of tens of
+    /// MB, freshly mapped each time, cost a page fault per 4 KiB).
+    pub fn refill(&mut self, batch: &RecordBatch) {
         let writer = RowWriter::new(batch);
-        let mut lines = Vec::with_capacity(batch.num_rows() * 256);
-        let mut ends = Vec::with_capacity(batch.num_rows());
-        let mut values = Vec::with_capacity(batch.num_rows() * 128);
-        let mut value_ends = Vec::with_capacity(batch.num_rows());
+        self.lines.clear();
+        self.ends.clear();
+        self.values.clear();
+        self.value_ends.clear();
+        self.ends.reserve(batch.num_rows());
+        self.value_ends.reserve(batch.num_rows());
         for row in 0..batch.num_rows() {
-            writer.write_both(row, &mut lines, &mut values);
-            lines.push(b'\n');
-            ends.push(lines.len());
-            value_ends.push(values.len());
-        }
-        RowsText {
-            lines,
-            ends,
-            values,
-            value_ends,
+            writer.write_both(row, &mut self.lines, &mut self.values);
+            self.lines.push(b'\n');
+            self.ends.push(self.lines.len());
+            self.value_ends.push(self.values.len());
         }
     }
 
@@ -360,6 +365,12 @@ mod tests {
         }
         assert_eq!(text.lines(), joined.as_slice());
         assert!(RowsText::of(&batch.slice(0, 0)).is_empty());
+        // Refilled, it holds the new rows only.
+        let mut refilled = RowsText::of(&batch);
+        refilled.refill(&batch.slice(1, 2));
+        let again = RowsText::of(&batch.slice(1, 2));
+        assert_eq!(refilled.lines(), again.lines());
+        assert_eq!((refilled.len(), refilled.values(1)), (2, again.values(1)));
     }
 
     #[test]

@@ -536,6 +536,7 @@ impl StreamService {
         stop: &AtomicBool,
     ) -> Result<WriterReport, ServiceError> {
         let mut report = WriterReport::default();
+        let mut text = RowsText::default();
         for job in jobs {
             let started = Instant::now();
             // The checkpoint's states and positions go into its transaction while the
@@ -549,8 +550,9 @@ impl StreamService {
                         .prepare(&job.checkpoint, &job.positions, &job.ended)
                         .map(|prepared| (prepared, started.elapsed().as_secs_f64()))
                 });
-                let written =
-                    self.write_round(rt, &job.round, schema, logs, cache, metrics, health, stop);
+                let written = self.write_round(
+                    rt, &job.round, schema, &mut text, logs, cache, metrics, health, stop,
+                );
                 let prepared = preparing.join().unwrap_or_else(|_| {
                     Err(ServiceError::Start("the checkpoint writer panicked".into()))
                 });
@@ -576,13 +578,15 @@ impl StreamService {
 
     /// Writes a round's rows to the online store (retrying transient failures until
     /// they pass or a stop is asked for) while its lines go to the logs, then through
-    /// to the cache; everything durable when this returns.
+    /// to the cache; everything durable when this returns. `text`: the writer's row
+    /// text, refilled round after round.
     #[allow(clippy::too_many_arguments)]
     fn write_round(
         &self,
         rt: &tokio::runtime::Runtime,
         round: &Round,
         schema: &arrow_schema::SchemaRef,
+        text: &mut RowsText,
         logs: &mut Logs,
         cache: Option<&RedisCache>,
         metrics: &Metrics,
@@ -593,12 +597,13 @@ impl StreamService {
         let rows = arrow_select_concat(schema, &round.rows)?;
         // Formatted once: the row log takes every line, the store each entity's latest.
         let formatted = Instant::now();
-        let text = RowsText::of(&rows);
+        text.refill(&rows);
+        let text = &*text;
         timings.logs += formatted.elapsed().as_secs_f64();
         let (stored, logged) = std::thread::scope(|scope| {
             let store_job =
-                scope.spawn(|| self.put_with_retries(&rows, &text, metrics, health, stop));
-            let logged = Self::write_logs(&text, round, logs);
+                scope.spawn(|| self.put_with_retries(&rows, text, metrics, health, stop));
+            let logged = Self::write_logs(text, round, logs);
             let stored = store_job
                 .join()
                 .unwrap_or_else(|_| Err(ServiceError::Start("the store write panicked".into())));
