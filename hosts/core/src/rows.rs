@@ -294,24 +294,24 @@ impl RowsText {
 
     /// Row `row`'s JSON object text, without its newline.
     pub fn row(&self, row: usize) -> &[u8] {
-        let start = if row == 0 { 0 } else { self.ends[row - 1] };
-        &self.lines[start..self.ends[row] - 1]
+        let line = &self.lines[span(&self.ends, row)];
+        &line[..line.len() - 1]
     }
 
     /// Row `row` as a JSON array of its values, in column order.
     pub fn values(&self, row: usize) -> &[u8] {
-        let start = if row == 0 {
-            0
-        } else {
-            self.value_ends[row - 1]
-        };
-        &self.values[start..self.value_ends[row]]
+        &self.values[span(&self.value_ends, row)]
     }
 
     /// Every row, each followed by a newline: JSON lines.
     pub fn lines(&self) -> &[u8] {
         &self.lines
     }
+}
+
+/// Where item `i` of back-to-back items lies, given where each ends.
+fn span(ends: &[usize], i: usize) -> std::ops::Range<usize> {
+    (if i == 0 { 0 } else { ends[i - 1] })..ends[i]
 }
 
 /// The column names of `schema`, JSON-quoted.

@@ -22,6 +22,7 @@ use serde_json::{Map, Value as Json};
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use thiserror::Error;
 
 /// Why an online-store call failed.
@@ -388,21 +389,38 @@ fn decode_record(bytes: &[u8], registered: &Registered) -> Result<OnlineRecord, 
     })
 }
 
-/// A batch's column names as the JSON array [`COLUMNS`] holds.
-fn columns_text(rows: &RecordBatch) -> String {
-    let names: Vec<String> = rows
-        .schema_ref()
+/// A batch's column names.
+fn column_names(rows: &RecordBatch) -> Vec<String> {
+    rows.schema_ref()
         .fields()
         .iter()
         .map(|f| f.name().clone())
-        .collect();
-    Json::from(names).to_string()
+        .collect()
+}
+
+/// Binds `id` to `value` in a registry table (`__groups`, `__columns`) unless it is
+/// bound already; the value it is bound to when that differs.
+fn bind(
+    table: &mut redb::Table<&str, &str>,
+    id: &str,
+    value: &str,
+) -> Result<Option<String>, redb::StorageError> {
+    let bound = table.get(id)?.map(|v| v.value().to_owned());
+    match bound {
+        Some(bound) if bound != value => Ok(Some(bound)),
+        Some(_) => Ok(None),
+        None => table.insert(id, value).map(|_| None),
+    }
 }
 
 /// The embedded online store: one redb file, transactional, no server.
 pub struct EmbeddedStore {
     db: Database,
     path: PathBuf,
+    /// Group versions whose plugin hash and columns are both registered. Both are
+    /// written once and never change, so an entry never goes stale: reads and puts
+    /// skip the tables and the parse.
+    registrations: Mutex<HashMap<String, Arc<Registered>>>,
 }
 
 impl EmbeddedStore {
@@ -416,7 +434,11 @@ impl EmbeddedStore {
         };
         std::fs::create_dir_all(dir).map_err(|e| fail(e.to_string()))?;
         let db = Database::create(&path).map_err(|e| fail(e.to_string()))?;
-        Ok(EmbeddedStore { db, path })
+        Ok(EmbeddedStore {
+            db,
+            path,
+            registrations: Mutex::default(),
+        })
     }
 
     /// Writes records already keyed (a wire protocol's puts), with the rules of
@@ -459,44 +481,22 @@ impl EmbeddedStore {
         let mut summary = PutSummary::default();
         {
             let mut groups = txn.open_table(GROUPS).map_err(|e| self.fail(e))?;
-            let registered = groups
-                .get(id.as_str())
-                .map_err(|e| self.fail(e))?
-                .map(|v| v.value().to_owned());
-            match registered {
-                Some(hash) if hash != group.plugin_hash => {
-                    return Err(OnlineError::OtherPlugin {
-                        group: id,
-                        registered: hash,
-                        offered: group.plugin_hash.clone(),
-                    });
-                }
-                Some(_) => {}
-                None => {
-                    groups
-                        .insert(id.as_str(), group.plugin_hash.as_str())
-                        .map_err(|e| self.fail(e))?;
-                }
+            if let Some(hash) =
+                bind(&mut groups, &id, &group.plugin_hash).map_err(|e| self.fail(e))?
+            {
+                return Err(OnlineError::OtherPlugin {
+                    group: id,
+                    registered: hash,
+                    offered: group.plugin_hash.clone(),
+                });
             }
             if let Some(columns) = columns {
-                let mut registered_columns = txn.open_table(COLUMNS).map_err(|e| self.fail(e))?;
-                let registered = registered_columns
-                    .get(id.as_str())
-                    .map_err(|e| self.fail(e))?
-                    .map(|v| v.value().to_owned());
-                match registered {
-                    Some(registered) if registered != columns => {
-                        return Err(OnlineError::Rows(format!(
-                            "rows for {id} have the columns {columns}, but its stored rows \
-                             have {registered}"
-                        )));
-                    }
-                    Some(_) => {}
-                    None => {
-                        registered_columns
-                            .insert(id.as_str(), columns)
-                            .map_err(|e| self.fail(e))?;
-                    }
+                let mut registry = txn.open_table(COLUMNS).map_err(|e| self.fail(e))?;
+                if let Some(bound) = bind(&mut registry, &id, columns).map_err(|e| self.fail(e))? {
+                    return Err(OnlineError::Rows(format!(
+                        "rows for {id} have the columns {columns}, but its stored rows have \
+                         {bound}"
+                    )));
                 }
             }
             let table_def: TableDefinition<&str, &[u8]> = TableDefinition::new(&id);
@@ -537,21 +537,13 @@ impl EmbeddedStore {
         Ok(summary)
     }
 
-    /// The column names registered for group version `id`, as JSON text.
-    fn registered_columns(&self, id: &str) -> Result<Option<String>, OnlineError> {
-        let txn = self.db.begin_read().map_err(|e| self.fail(e))?;
-        match txn.open_table(COLUMNS) {
-            Ok(table) => Ok(table
-                .get(id)
-                .map_err(|e| self.fail(e))?
-                .map(|v| v.value().to_owned())),
-            Err(redb::TableError::TableDoesNotExist(_)) => Ok(None),
-            Err(e) => Err(self.fail(e)),
+    /// The plugin hash and columns registered for group version `id` (empty and
+    /// `None` while unregistered).
+    fn registered(&self, id: &str) -> Result<Arc<Registered>, OnlineError> {
+        if let Some(known) = self.registrations_lock().get(id) {
+            return Ok(known.clone());
         }
-    }
-
-    /// The plugin hash and columns registered for group version `id`.
-    fn registered(&self, txn: &redb::ReadTransaction, id: &str) -> Result<Registered, OnlineError> {
+        let txn = self.db.begin_read().map_err(|e| self.fail(e))?;
         let text = |table: TableDefinition<&str, &str>| match txn.open_table(table) {
             Ok(t) => Ok(t
                 .get(id)
@@ -560,7 +552,7 @@ impl EmbeddedStore {
             Err(redb::TableError::TableDoesNotExist(_)) => Ok(None),
             Err(e) => Err(self.fail(e)),
         };
-        let plugin_hash = text(GROUPS)?.unwrap_or_default();
+        let plugin_hash = text(GROUPS)?;
         let columns = match text(COLUMNS)? {
             Some(columns) => {
                 Some(
@@ -572,10 +564,23 @@ impl EmbeddedStore {
             }
             None => None,
         };
-        Ok(Registered {
-            plugin_hash,
+        let complete = plugin_hash.is_some() && columns.is_some();
+        let registered = Arc::new(Registered {
+            plugin_hash: plugin_hash.unwrap_or_default(),
             columns,
-        })
+        });
+        if complete {
+            self.registrations_lock()
+                .insert(id.to_owned(), registered.clone());
+        }
+        Ok(registered)
+    }
+
+    fn registrations_lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Registered>>> {
+        // The map holds only finished entries: one poisoned by a panic is still whole.
+        self.registrations
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     fn fail(&self, e: impl std::fmt::Display) -> OnlineError {
@@ -627,7 +632,7 @@ impl OnlineStore for EmbeddedStore {
             Err(redb::TableError::TableDoesNotExist(_)) => return Ok(vec![None; keys.len()]),
             Err(e) => return Err(self.fail(e)),
         };
-        let registered = self.registered(&txn, &id)?;
+        let registered = self.registered(&id)?;
         keys.iter()
             .map(|key| {
                 table
@@ -677,10 +682,12 @@ impl EmbeddedStore {
         let superseded = rows.num_rows() - latest.len();
         // Rows as arrays of values under the group version's columns; as objects (with
         // their hash) only if it was registered with other columns.
-        let columns = columns_text(rows);
+        let columns = column_names(rows);
         let as_values = self
-            .registered_columns(&group.id())?
-            .is_none_or(|registered| registered == columns);
+            .registered(&group.id())?
+            .columns
+            .as_ref()
+            .is_none_or(|registered| *registered == columns);
         let hash = if as_values { "" } else { &group.plugin_hash };
         // Without the text, only the rows stored are formatted.
         let writer = RowWriter::new(rows);
@@ -698,8 +705,8 @@ impl EmbeddedStore {
                 (latest.key, latest.event_time, bytes)
             })
             .collect();
-        let mut summary =
-            self.put_encoded(group, records, as_values.then_some(columns.as_str()))?;
+        let columns = as_values.then(|| Json::from(columns).to_string());
+        let mut summary = self.put_encoded(group, records, columns.as_deref())?;
         summary.stale += superseded;
         Ok(summary)
     }
