@@ -49,6 +49,8 @@ fn now_micros() -> i64 {
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
+    // As `lockstep` does: the service measured as it runs.
+    lockstep_service::tune_allocator();
     let rate = arg(1, 2_000);
     let seconds = arg(2, 20);
     let lateness_ms = arg(3, 200);

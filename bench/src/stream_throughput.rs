@@ -25,6 +25,8 @@ use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
+    // As `lockstep` does: the service measured as it runs.
+    lockstep_service::tune_allocator();
     let events = arg(1, 1_000_000) as usize;
     let cards = arg(2, 100_000);
     let per_round = arg(3, 10_000) as usize;

@@ -21,6 +21,7 @@
 //! surface (`/healthz`, `/metrics`). It never decides ordering (`lockstep-stream`
 //! does) and never speaks a store's protocol (the store crates do).
 
+mod allocator;
 pub mod checkpoint;
 mod http;
 pub mod logs;
@@ -28,6 +29,7 @@ pub mod metrics;
 mod run;
 pub mod source;
 
+pub use allocator::tune_allocator;
 pub use checkpoint::{CheckpointStore, LogLengths};
 pub use run::{ServiceConfig, StreamService, Summary, Timings};
 pub use source::{KinesisSource, MemorySource, Resume, Source};
