@@ -40,6 +40,11 @@ const MICROS_PER_HOUR: i64 = 3_600_000_000;
 /// Default buffer budget: rows held in memory before they are staged on disk.
 pub const DEFAULT_BUFFER_BYTES: usize = 256 << 20;
 
+/// Most bytes of pending batches split by hour at once. The split gathers rows in hour
+/// order: over a group that fits the CPU caches it streams, over a larger one each row
+/// is a cache miss (a 10M-event backfill with 512 MB groups took 20 s, with 32 MB 15 s).
+const SPLIT_GROUP_BYTES: usize = 32 << 20;
+
 /// Bytes per write to a staged chunk file.
 const STAGING_WRITE: usize = 1 << 20;
 
@@ -200,7 +205,7 @@ impl OfflineWriter {
         self.pending_bytes += batch.get_array_memory_size();
         self.rows += batch.num_rows();
         self.pending.push(batch);
-        if self.pending_bytes > (self.options.buffer_bytes / 8).max(1) {
+        if self.pending_bytes > (self.options.buffer_bytes / 8).clamp(1, SPLIT_GROUP_BYTES) {
             self.split_pending()?;
         }
         if self.buffered_bytes > self.options.buffer_bytes {
