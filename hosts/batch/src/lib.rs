@@ -165,6 +165,14 @@ impl Progress {
 pub trait RowSink: Send {
     /// Takes one batch of rows in the plugin's row schema.
     fn write(&mut self, rows: &RecordBatch) -> Result<(), BatchError>;
+
+    /// Takes one batch of rows from `partition`, whose rows arrive in (entity key, event
+    /// time) order. A sink that orders rows may use that; by default it is
+    /// [`write`](Self::write).
+    fn write_partition(&mut self, partition: usize, rows: &RecordBatch) -> Result<(), BatchError> {
+        let _ = partition;
+        self.write(rows)
+    }
 }
 
 /// Collects rows in memory (small jobs, tests).
@@ -179,6 +187,10 @@ impl RowSink for Vec<RecordBatch> {
 impl RowSink for lockstep_offline::OfflineWriter {
     fn write(&mut self, rows: &RecordBatch) -> Result<(), BatchError> {
         lockstep_offline::OfflineWriter::write(self, rows).map_err(BatchError::Sink)
+    }
+
+    fn write_partition(&mut self, partition: usize, rows: &RecordBatch) -> Result<(), BatchError> {
+        self.write_from(partition, rows).map_err(BatchError::Sink)
     }
 }
 
@@ -536,7 +548,7 @@ pub async fn run(
     // Partitions hand their rows to the sink through a bounded channel: a slow sink
     // slows the plugins down instead of letting rows pile up in memory.
     let (rows_tx, mut rows_rx) =
-        tokio::sync::mpsc::channel::<Result<RecordBatch, DataFusionError>>(2 * partitions);
+        tokio::sync::mpsc::channel::<(usize, Result<RecordBatch, DataFusionError>)>(2 * partitions);
     let mut tasks = Vec::with_capacity(partitions);
     for partition in 0..partitions {
         let mut stream = node.execute(partition, task_ctx.clone())?;
@@ -544,7 +556,7 @@ pub async fn run(
         tasks.push(tokio::spawn(async move {
             while let Some(rows) = stream.next().await {
                 let failed = rows.is_err();
-                if rows_tx.send(rows).await.is_err() || failed {
+                if rows_tx.send((partition, rows)).await.is_err() || failed {
                     // The receiver is gone (the job is failing elsewhere), or this
                     // partition failed and said so: stop.
                     break;
@@ -554,7 +566,7 @@ pub async fn run(
     }
     drop(rows_tx);
     let mut sink_result = Ok(());
-    while let Some(rows) = rows_rx.recv().await {
+    while let Some((partition, rows)) = rows_rx.recv().await {
         let rows = match rows {
             Ok(rows) => rows,
             Err(e) => {
@@ -563,7 +575,7 @@ pub async fn run(
             }
         };
         let n = rows.num_rows() as u64;
-        if let Err(e) = tokio::task::block_in_place(|| sink.write(&rows)) {
+        if let Err(e) = tokio::task::block_in_place(|| sink.write_partition(partition, &rows)) {
             sink_result = Err(e);
             break;
         }

@@ -7,6 +7,10 @@
 //! commit each touched hour is assembled from its chunks and whatever is still
 //! buffered, put in a deterministic order (entity key, event time, arrival order within
 //! an entity), and written as that hour's one Parquet file (temporary name, then rename).
+//!
+//! Rows may come from several sources ([`OfflineWriter::write_from`]), each keeping
+//! its rows apart: a source whose rows arrive in (entity key, event time) order — a
+//! batch host partition does — needs no sort at commit, only a merge with the others.
 //! Memory is bounded by the buffer budget while rows stream in, and by the largest hour
 //! at commit. Dropping a writer without committing writes nothing and removes the
 //! staging directory; a killed process leaves it behind in the temporary directory,
@@ -78,15 +82,16 @@ pub struct OfflineWriter {
     /// `expected` plus the deletion marker, as rows are held until commit.
     held: SchemaRef,
     options: WriterOptions,
-    /// Batches as they arrived, not yet split by hour.
-    pending: Vec<RecordBatch>,
+    /// Source → batches as they arrived, not yet split by hour.
+    pending: BTreeMap<usize, Vec<RecordBatch>>,
     pending_bytes: usize,
-    /// Hour index (hours since the epoch) → rows not yet staged, in arrival order.
-    buffer: BTreeMap<i64, Vec<RecordBatch>>,
+    /// Hour index (hours since the epoch) → rows not yet staged, with their source, in
+    /// arrival order.
+    buffer: BTreeMap<i64, Vec<(usize, RecordBatch)>>,
     buffered_bytes: usize,
     staging: Option<tempfile::TempDir>,
-    /// Hour index → staged chunk files, in staging order.
-    chunks: BTreeMap<i64, Vec<PathBuf>>,
+    /// Hour index → staged chunk files with their source, in staging order.
+    chunks: BTreeMap<i64, Vec<(usize, PathBuf)>>,
     spills: usize,
     rows: usize,
 }
@@ -101,6 +106,10 @@ impl std::fmt::Debug for OfflineWriter {
             .finish()
     }
 }
+
+/// An hour's rows at commit: its staged chunk files and its buffered batches, each with
+/// the source it came from.
+type HourParts = (Vec<(usize, PathBuf)>, Vec<(usize, RecordBatch)>);
 
 /// An hour written at commit: its place in commit order, its file, its row count, the hour.
 type WrittenHour = (usize, PathBuf, usize, Hour);
@@ -126,7 +135,7 @@ impl OfflineWriter {
             expected: row_schema(&group.manifest),
             held: held_schema(&row_schema(&group.manifest)),
             options,
-            pending: Vec::new(),
+            pending: BTreeMap::new(),
             pending_bytes: 0,
             buffer: BTreeMap::new(),
             buffered_bytes: 0,
@@ -157,17 +166,30 @@ impl OfflineWriter {
     /// Accepts `batch` (in the group's row schema). Nothing is visible until
     /// [`commit`](Self::commit).
     pub fn write(&mut self, batch: &RecordBatch) -> Result<(), OfflineError> {
-        self.write_marked(batch, false)
+        self.write_marked(0, batch, false)
+    }
+
+    /// Accepts `batch` from `source` (any number naming where the rows come from).
+    /// Rows of any source may arrive in any order and the files come out the same;
+    /// when each source's rows arrive in (entity key, event time) order, and every
+    /// entity's rows from one source, the commit merges the sources instead of sorting.
+    pub fn write_from(&mut self, source: usize, batch: &RecordBatch) -> Result<(), OfflineError> {
+        self.write_marked(source, batch, false)
     }
 
     /// Accepts `batch` as deletion markers (`is_deleted` set): from each row's event
     /// time on, its entity has no features until a later row. Feature values in a
     /// marker row are kept but never served as current.
     pub fn write_deletions(&mut self, batch: &RecordBatch) -> Result<(), OfflineError> {
-        self.write_marked(batch, true)
+        self.write_marked(0, batch, true)
     }
 
-    fn write_marked(&mut self, batch: &RecordBatch, deleted: bool) -> Result<(), OfflineError> {
+    fn write_marked(
+        &mut self,
+        source: usize,
+        batch: &RecordBatch,
+        deleted: bool,
+    ) -> Result<(), OfflineError> {
         if batch.num_rows() == 0 {
             return Ok(());
         }
@@ -204,7 +226,7 @@ impl OfflineWriter {
         let batch = RecordBatch::try_new(self.held.clone(), columns)?;
         self.pending_bytes += batch.get_array_memory_size();
         self.rows += batch.num_rows();
-        self.pending.push(batch);
+        self.pending.entry(source).or_default().push(batch);
         if self.pending_bytes > (self.options.buffer_bytes / 8).clamp(1, SPLIT_GROUP_BYTES) {
             self.split_pending()?;
         }
@@ -214,15 +236,21 @@ impl OfflineWriter {
         Ok(())
     }
 
-    /// Moves the pending batches into the per-hour buffer: one stable sort by hour,
-    /// one `take`, then a slice per hour.
+    /// Moves the pending batches into the per-hour buffer, source by source: one stable
+    /// sort by hour, one `take`, then a slice per hour.
     fn split_pending(&mut self) -> Result<(), OfflineError> {
-        if self.pending.is_empty() {
+        for (source, batches) in std::mem::take(&mut self.pending) {
+            self.split_source(source, &batches)?;
+        }
+        self.pending_bytes = 0;
+        Ok(())
+    }
+
+    fn split_source(&mut self, source: usize, batches: &[RecordBatch]) -> Result<(), OfflineError> {
+        if batches.is_empty() {
             return Ok(());
         }
-        let data = concat_batches(&self.held, &self.pending)?;
-        self.pending.clear();
-        self.pending_bytes = 0;
+        let data = concat_batches(&self.held, batches)?;
         let times = data
             .column_by_name(EVENT_TIME)
             .and_then(|c| c.as_primitive_opt::<TimestampMicrosecondType>())
@@ -253,7 +281,7 @@ impl OfflineWriter {
             self.buffer
                 .entry(hour)
                 .or_default()
-                .push(sorted.slice(start, end - start));
+                .push((source, sorted.slice(start, end - start)));
             start = end;
         }
         Ok(())
@@ -282,18 +310,26 @@ impl OfflineWriter {
         };
         let spill = self.spills;
         for (hour, batches) in std::mem::take(&mut self.buffer) {
-            let path = staging.join(format!("{hour}-{spill}.arrows"));
-            let file = std::fs::File::create(&path).map_err(io("creating", &path))?;
-            // Large writes: with BufWriter's default 8 KiB, most writes start or end
-            // inside a page, which the kernel zeroes first (~5 % of a 10M-event
-            // backfill's CPU).
-            let mut w =
-                StreamWriter::try_new(BufWriter::with_capacity(STAGING_WRITE, file), &self.held)?;
-            for b in &batches {
-                w.write(b)?;
+            let mut by_source: BTreeMap<usize, Vec<RecordBatch>> = BTreeMap::new();
+            for (source, batch) in batches {
+                by_source.entry(source).or_default().push(batch);
             }
-            w.finish()?;
-            self.chunks.entry(hour).or_default().push(path);
+            for (source, batches) in by_source {
+                let path = staging.join(format!("{hour}-{source}-{spill}.arrows"));
+                let file = std::fs::File::create(&path).map_err(io("creating", &path))?;
+                // Large writes: with BufWriter's default 8 KiB, most writes start or end
+                // inside a page, which the kernel zeroes first (~5 % of a 10M-event
+                // backfill's CPU).
+                let mut w = StreamWriter::try_new(
+                    BufWriter::with_capacity(STAGING_WRITE, file),
+                    &self.held,
+                )?;
+                for b in &batches {
+                    w.write(b)?;
+                }
+                w.finish()?;
+                self.chunks.entry(hour).or_default().push((source, path));
+            }
         }
         self.buffered_bytes = 0;
         self.spills += 1;
@@ -303,7 +339,7 @@ impl OfflineWriter {
     /// Writes every touched hour and makes it visible, replacing what those hours held.
     pub fn commit(mut self) -> Result<WriteSummary, OfflineError> {
         self.split_pending()?;
-        let mut hours: BTreeMap<i64, (Vec<PathBuf>, Vec<RecordBatch>)> = BTreeMap::new();
+        let mut hours: BTreeMap<i64, HourParts> = BTreeMap::new();
         for (hour, files) in std::mem::take(&mut self.chunks) {
             hours.entry(hour).or_default().0 = files;
         }
@@ -414,20 +450,23 @@ impl OfflineWriter {
     fn encode_hour(
         &self,
         hour: i64,
-        files: &[PathBuf],
-        buffered: &[RecordBatch],
+        files: &[(usize, PathBuf)],
+        buffered: &[(usize, RecordBatch)],
     ) -> Result<(String, Vec<u8>, usize, Hour), OfflineError> {
-        let mut parts = Vec::new();
-        for path in files {
+        // Source → its rows in arrival order: staged chunks first, then the buffer.
+        let mut sources: BTreeMap<usize, Vec<RecordBatch>> = BTreeMap::new();
+        for (source, path) in files {
             let file = std::fs::File::open(path).map_err(io("opening", path))?;
             for batch in StreamReader::try_new(BufReader::new(file), None)? {
-                parts.push(batch?);
+                sources.entry(*source).or_default().push(batch?);
             }
         }
-        parts.extend(buffered.iter().cloned());
-        let data = concat_batches(&self.held, &parts)?;
-        drop(parts);
-        let data = self.deterministic_order(data)?;
+        for (source, batch) in buffered {
+            sources.entry(*source).or_default().push(batch.clone());
+        }
+        let sources: Vec<Vec<RecordBatch>> = sources.into_values().collect();
+        let data = self.deterministic_order(&sources)?;
+        drop(sources);
         let n = data.num_rows();
         let mut columns: Vec<ArrayRef> = data.columns().to_vec();
         let deleted = columns
@@ -454,36 +493,131 @@ impl OfflineWriter {
         Ok((rel, bytes, n, at))
     }
 
-    /// Orders an hour's rows by entity key, then event time, then arrival: the same rows
-    /// give the same file whichever partition delivered them first. (The sort is stable,
-    /// and all of one entity's rows come from one partition in emission order.)
-    fn deterministic_order(&self, data: RecordBatch) -> Result<RecordBatch, OfflineError> {
-        // The row schema starts with the entity key, then the event time.
-        let keys = EntityKeys::of(data.column(0))?;
-        let times = data
-            .column(1)
-            .as_primitive_opt::<TimestampMicrosecondType>()
-            .ok_or_else(|| self.schema_error(format!("no {EVENT_TIME} timestamp column")))?
-            .values();
-        let before = |a: usize, b: usize| keys.compare(a, b).then(times[a].cmp(&times[b]));
-        let mut order: Vec<u32> = (0..data.num_rows() as u32).collect();
-        if order
-            .windows(2)
-            .all(|w| before(w[0] as usize, w[1] as usize).is_le())
-        {
-            return Ok(data);
-        }
-        // An hour's rows arrive as runs already in order (one per batch a partition
-        // emitted), which the stable sort finds and merges.
-        order.sort_by(|&a, &b| before(a as usize, b as usize));
-        let idx = UInt32Array::from(order);
-        let columns = data
-            .columns()
+    /// An hour's rows ordered by entity key, then event time, then arrival: the same
+    /// rows give the same file whichever partition delivered them first. Each source's
+    /// rows are put in order (stably; usually they already are), then the sources are
+    /// merged, a tie between sources going to the lower-numbered one; one gather then
+    /// copies every column into place.
+    fn deterministic_order(
+        &self,
+        sources: &[Vec<RecordBatch>],
+    ) -> Result<RecordBatch, OfflineError> {
+        // Keys of another type, or with nulls, compare through Arrow's comparator, which
+        // works within one array: their sources are taken as one, sorted whole.
+        let comparable = sources
             .iter()
-            .map(|c| take(c.as_ref(), &idx, None))
+            .flatten()
+            .all(|b| EntityKeys::comparable_across(b.column(0)));
+        let as_one;
+        let sources = if comparable || sources.len() <= 1 {
+            sources
+        } else {
+            as_one = vec![sources.concat()];
+            &as_one
+        };
+        let batches: Vec<&RecordBatch> = sources.iter().flatten().collect();
+        // The row schema starts with the entity key, then the event time: one column
+        // of each per source, so that rows compare without indirection.
+        let mut runs = Vec::with_capacity(sources.len());
+        for batches in sources {
+            let key = concat_column(batches, 0)?;
+            let time = concat_column(batches, 1)?;
+            runs.push((key, time));
+        }
+        let mut ordered: Vec<Vec<u32>> = Vec::with_capacity(runs.len());
+        let mut views = Vec::with_capacity(runs.len());
+        for (key, time) in &runs {
+            let keys = EntityKeys::of(key)?;
+            let times = time
+                .as_primitive_opt::<TimestampMicrosecondType>()
+                .ok_or_else(|| self.schema_error(format!("no {EVENT_TIME} timestamp column")))?
+                .values();
+            let before = |a: usize, b: usize| keys.compare(a, b).then(times[a].cmp(&times[b]));
+            let mut order: Vec<u32> = (0..key.len() as u32).collect();
+            if !order
+                .windows(2)
+                .all(|w| before(w[0] as usize, w[1] as usize).is_le())
+            {
+                // Runs already in order (one per batch the source sent) are found and
+                // merged by the stable sort.
+                order.sort_by(|&a, &b| before(a as usize, b as usize));
+            }
+            ordered.push(order);
+            views.push((keys, times));
+        }
+        // Merge the sources: a handful (a batch job's partitions), so the smallest head
+        // is found by scanning them.
+        let total: usize = ordered.iter().map(Vec::len).sum();
+        let mut heads = vec![0usize; ordered.len()];
+        let mut merged: Vec<(usize, u32)> = Vec::with_capacity(total);
+        while merged.len() < total {
+            let mut best: Option<(usize, usize)> = None;
+            for (s, order) in ordered.iter().enumerate() {
+                let Some(&row) = order.get(heads[s]) else {
+                    continue;
+                };
+                let row = row as usize;
+                best = match best {
+                    Some((b, brow)) => {
+                        let (bk, bt) = &views[b];
+                        let (sk, st) = &views[s];
+                        let sooner = sk.compare_with(row, bk, brow).then(st[row].cmp(&bt[brow]));
+                        if sooner.is_lt() {
+                            Some((s, row))
+                        } else {
+                            Some((b, brow))
+                        }
+                    }
+                    None => Some((s, row)),
+                };
+            }
+            let Some((s, row)) = best else { break };
+            heads[s] += 1;
+            merged.push((s, row as u32));
+        }
+        // (source, row within the source) → (batch, row within the batch).
+        let mut first_batch = Vec::with_capacity(sources.len());
+        let mut starts: Vec<Vec<usize>> = Vec::with_capacity(sources.len());
+        let mut base = 0;
+        for batches in sources {
+            first_batch.push(base);
+            base += batches.len();
+            let mut at = 0;
+            starts.push(
+                batches
+                    .iter()
+                    .map(|b| {
+                        let start = at;
+                        at += b.num_rows();
+                        start
+                    })
+                    .collect(),
+            );
+        }
+        let at: Vec<(usize, usize)> = merged
+            .into_iter()
+            .map(|(s, row)| {
+                let row = row as usize;
+                let b = starts[s].partition_point(|&start| start <= row) - 1;
+                (first_batch[s] + b, row - starts[s][b])
+            })
+            .collect();
+        let columns = (0..self.held.fields().len())
+            .map(|c| {
+                let arrays: Vec<&dyn arrow_array::Array> =
+                    batches.iter().map(|b| b.column(c).as_ref()).collect();
+                arrow_select::interleave::interleave(&arrays, &at)
+            })
             .collect::<Result<Vec<_>, _>>()?;
-        Ok(RecordBatch::try_new(data.schema(), columns)?)
+        Ok(RecordBatch::try_new(self.held.clone(), columns)?)
     }
+}
+
+/// Column `index` of `batches`, as one array.
+fn concat_column(batches: &[RecordBatch], index: usize) -> Result<ArrayRef, OfflineError> {
+    let arrays: Vec<&dyn arrow_array::Array> =
+        batches.iter().map(|b| b.column(index).as_ref()).collect();
+    Ok(arrow_select::concat::concat(&arrays)?)
 }
 
 /// An entity key column, compared row against row without dynamic dispatch for the
@@ -509,12 +643,32 @@ impl<'a> EntityKeys<'a> {
         })
     }
 
+    /// Whether keys of `column` compare with [`compare_with`](Self::compare_with)
+    /// against another column of the same type.
+    fn comparable_across(column: &ArrayRef) -> bool {
+        matches!(column.data_type(), DataType::Utf8 | DataType::Int64) && column.null_count() == 0
+    }
+
     #[inline]
     fn compare(&self, a: usize, b: usize) -> std::cmp::Ordering {
         match self {
             EntityKeys::Utf8(keys) => keys.value(a).as_bytes().cmp(keys.value(b).as_bytes()),
             EntityKeys::Int64(keys) => keys[a].cmp(&keys[b]),
             EntityKeys::Other(compare) => compare(a, b),
+        }
+    }
+
+    /// Row `a` of these keys against row `b` of `other`. Only keys
+    /// [`comparable_across`](Self::comparable_across) columns compare; any other pair is
+    /// taken as equal.
+    #[inline]
+    fn compare_with(&self, a: usize, other: &Self, b: usize) -> std::cmp::Ordering {
+        match (self, other) {
+            (EntityKeys::Utf8(x), EntityKeys::Utf8(y)) => {
+                x.value(a).as_bytes().cmp(y.value(b).as_bytes())
+            }
+            (EntityKeys::Int64(x), EntityKeys::Int64(y)) => x[a].cmp(&y[b]),
+            _ => std::cmp::Ordering::Equal,
         }
     }
 }

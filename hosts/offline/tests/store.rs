@@ -506,6 +506,83 @@ fn a_streaming_write_that_stages_on_disk_gives_the_same_files_in_any_arrival_ord
     }
 }
 
+/// Writes `sends` (source, batch) through a streaming writer with `buffer_bytes` and
+/// commits.
+fn write_sources(
+    m: &Manifest,
+    sends: &[(usize, RecordBatch)],
+    buffer_bytes: usize,
+) -> (tempfile::TempDir, lockstep_offline::WriteSummary, usize) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let staging = tempfile::tempdir().expect("staging");
+    let store = OfflineStore::open(dir.path()).expect("open");
+    let group = store.register(m, "h", 0).expect("register");
+    let mut writer = store.writer(
+        &group,
+        7,
+        lockstep_offline::WriterOptions {
+            buffer_bytes,
+            staging_dir: Some(staging.path().to_owned()),
+            threads: Some(2),
+        },
+    );
+    for (source, batch) in sends {
+        writer.write_from(*source, batch).expect("write");
+    }
+    let spills = writer.spills();
+    let summary = writer.commit().expect("commit");
+    (dir, summary, spills)
+}
+
+#[test]
+fn rows_from_several_sources_give_the_same_files_in_order_or_not() {
+    let m = manifest("1.0.0");
+    let batches = spread(&m, 40, 60);
+    let a = tempfile::tempdir().expect("tempdir");
+    let store_a = OfflineStore::open(a.path()).expect("open");
+    let group_a = store_a.register(&m, "h", 0).expect("register");
+    let expected = files_bytes(&store_a.write(&group_a, &batches, 7).expect("write"));
+
+    // Three sources, each sending its entities in key order (as partitions do),
+    // interleaved with one another.
+    let in_order: Vec<(usize, RecordBatch)> = batches
+        .iter()
+        .enumerate()
+        .map(|(u, b)| (u % 3, b.clone()))
+        .collect();
+    // The same, each source sending its entities in reverse key order.
+    let reversed: Vec<(usize, RecordBatch)> = in_order.iter().rev().cloned().collect();
+    // One entity's rows split across sources, halves in swapped order.
+    let split: Vec<(usize, RecordBatch)> = batches
+        .iter()
+        .enumerate()
+        .flat_map(|(u, b)| {
+            let half = b.num_rows() / 2;
+            [
+                ((u + 1) % 2, b.slice(half, b.num_rows() - half)),
+                (u % 2, b.slice(0, half)),
+            ]
+        })
+        .collect();
+    for (name, sends) in [
+        ("in order", &in_order),
+        ("reversed", &reversed),
+        ("split", &split),
+    ] {
+        for buffer_bytes in [64 << 20, 4 << 10] {
+            let (_dir, summary, spills) = write_sources(&m, sends, buffer_bytes);
+            assert_eq!(
+                files_bytes(&summary),
+                expected,
+                "{name}, buffer {buffer_bytes} ({spills} stagings): same files"
+            );
+            if buffer_bytes < 1 << 20 {
+                assert!(spills > 5, "{name}: the small buffer staged ({spills})");
+            }
+        }
+    }
+}
+
 #[test]
 fn an_hour_that_cannot_be_put_fails_the_commit_naming_it() {
     let m = manifest("1.0.0");
