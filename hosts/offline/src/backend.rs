@@ -266,8 +266,17 @@ impl Backend {
                     .unwrap_or_default();
                 // A dot-named temporary file, which every Parquet reader skips.
                 let tmp = dir.join(unique_tmp_name(&name));
-                let mut file = std::fs::File::create(&tmp).map_err(io("creating", &tmp))?;
-                std::io::Write::write_all(&mut file, &bytes).map_err(io("writing", &tmp))?;
+                let file = match direct::write(&tmp, &bytes) {
+                    Ok(Some(file)) => file,
+                    // The file system takes no direct writes (tmpfs, some network
+                    // mounts): through the page cache, then.
+                    Ok(None) | Err(_) => {
+                        let mut file = std::fs::File::create(&tmp).map_err(io("creating", &tmp))?;
+                        std::io::Write::write_all(&mut file, &bytes)
+                            .map_err(io("writing", &tmp))?;
+                        file
+                    }
+                };
                 file.sync_all().map_err(io("syncing", &tmp))?;
                 std::fs::rename(&tmp, &path).map_err(io("committing", &path))?;
                 if let Ok(d) = std::fs::File::open(dir) {
@@ -406,5 +415,129 @@ mod tests {
         assert_eq!(parse_s3_url("s3://b"), Some(("b".into(), String::new())));
         assert_eq!(parse_s3_url("s3:///x"), None);
         assert_eq!(parse_s3_url("/local/dir"), None);
+    }
+}
+
+/// Direct writes of committed files, bypassing the page cache.
+///
+/// A committed file is synced to disk before it is renamed into place, so its bytes
+/// must reach the device anyway; copying them into the page cache first only costs CPU
+/// (on a virtual machine, where page-cache pages are fresh memory each time, it was the
+/// largest kernel cost of a 10M-event backfill's commit). With `O_DIRECT` the device
+/// reads them from our buffer instead. The data must be block aligned: it is copied into
+/// a reused, aligned buffer padded to whole blocks, and the file cut to its true length.
+mod direct {
+    use std::fs::File;
+    use std::path::Path;
+
+    /// Block size direct writes are aligned to (covers 512-byte and 4 KiB devices).
+    #[cfg(target_os = "linux")]
+    const BLOCK: usize = 4096;
+
+    /// Writes `bytes` to a new file at `path` with `O_DIRECT`: the open file, or `None`
+    /// where direct writes are not available (nothing is left at `path` then).
+    #[cfg(target_os = "linux")]
+    pub(super) fn write(path: &Path, bytes: &[u8]) -> std::io::Result<Option<File>> {
+        use std::cell::RefCell;
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+
+        thread_local! {
+            static BUFFER: RefCell<Aligned> = const { RefCell::new(Aligned::empty()) };
+        }
+        let padded = bytes.len().div_ceil(BLOCK) * BLOCK;
+        let file = match std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .custom_flags(libc::O_DIRECT)
+            .open(path)
+        {
+            Ok(file) => file,
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let written = BUFFER.with(|buffer| -> std::io::Result<()> {
+            let mut buffer = buffer.borrow_mut();
+            let block = buffer.at_least(padded)?;
+            block[..bytes.len()].copy_from_slice(bytes);
+            block[bytes.len()..].fill(0);
+            (&file).write_all(block)
+        });
+        match written {
+            Ok(()) => {
+                file.set_len(bytes.len() as u64)?;
+                Ok(Some(file))
+            }
+            Err(e) => {
+                drop(file);
+                let _ = std::fs::remove_file(path);
+                if e.raw_os_error() == Some(libc::EINVAL) {
+                    Ok(None)
+                } else {
+                    Err(e)
+                }
+            }
+        }
+    }
+
+    #[cfg(not(target_os = "linux"))]
+    pub(super) fn write(_path: &Path, _bytes: &[u8]) -> std::io::Result<Option<File>> {
+        Ok(None)
+    }
+
+    /// A byte buffer that only grows, handing out block-aligned slices of itself
+    /// (over-allocated by a block, the slice starting at the first aligned byte).
+    #[cfg(target_os = "linux")]
+    struct Aligned {
+        bytes: Vec<u8>,
+    }
+
+    #[cfg(target_os = "linux")]
+    impl Aligned {
+        const fn empty() -> Self {
+            Aligned { bytes: Vec::new() }
+        }
+
+        /// `len` bytes starting on a [`BLOCK`] boundary.
+        fn at_least(&mut self, len: usize) -> std::io::Result<&mut [u8]> {
+            if self.bytes.len() < len + BLOCK {
+                self.bytes = vec![0; len + BLOCK];
+            }
+            let start = self.bytes.as_ptr().align_offset(BLOCK);
+            self.bytes
+                .get_mut(start..start + len)
+                .ok_or_else(|| std::io::Error::other("no aligned buffer for a direct write"))
+        }
+    }
+
+    #[cfg(all(test, target_os = "linux"))]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn files_written_directly_hold_exactly_the_bytes_whatever_their_length() {
+            let dir = tempfile::tempdir().expect("tempdir");
+            for len in [0, 1, 511, 4095, 4096, 4097, (1 << 20) + 3, 100] {
+                let bytes: Vec<u8> = (0..len).map(|i| (i * 31 % 251) as u8).collect();
+                let path = dir.path().join(format!("f{len}"));
+                match write(&path, &bytes).expect("direct write") {
+                    Some(file) => {
+                        file.sync_all().expect("sync");
+                        assert_eq!(std::fs::read(&path).expect("read"), bytes, "{len} bytes");
+                    }
+                    // A file system without O_DIRECT: nothing may be left behind.
+                    None => assert!(!path.exists(), "{len}: no file after a refusal"),
+                }
+            }
+        }
+
+        #[test]
+        fn a_missing_directory_is_an_error_not_a_fallback() {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let path = dir.path().join("absent").join("f");
+            let err = write(&path, b"x").expect_err("no directory");
+            assert_eq!(err.kind(), std::io::ErrorKind::NotFound);
+        }
     }
 }
