@@ -212,11 +212,11 @@ fn ordered_batches_of_any_size_equal_one_whole_run() {
     let ids = with_order
         .column_by_name(EVENT_ID_COLUMN)
         .expect("ids")
-        .as_fixed_size_binary();
+        .as_primitive::<arrow_array::types::Decimal128Type>();
     let contents = with_order
         .column_by_name(CONTENT_COLUMN)
         .expect("contents")
-        .as_fixed_size_binary();
+        .as_primitive::<arrow_array::types::Decimal128Type>();
     let mut order: Vec<u32> = (0..with_order.num_rows() as u32).collect();
     order.sort_by_key(|&i| {
         let i = i as usize;

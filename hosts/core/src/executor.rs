@@ -372,7 +372,7 @@ impl OrderedRun<'_> {
             .ok_or_else(|| CoreError::Input("entity key is not an input field".into()))?;
         let ids = batch
             .column_by_name(crate::order::EVENT_ID_COLUMN)
-            .and_then(|c| c.as_fixed_size_binary_opt())
+            .and_then(|c| c.as_primitive_opt::<arrow_array::types::Decimal128Type>())
             .ok_or_else(|| CoreError::Input("ordered batches need the event id column".into()))?;
         let n = batch.num_rows();
         self.stats.events_in += n;
@@ -412,7 +412,7 @@ impl OrderedRun<'_> {
             {
                 runs.push((key, kept, 0));
             }
-            let id = u128::from_be_bytes(ids.value(row).try_into().unwrap_or([0; 16]));
+            let id = crate::order::from_order_value(ids.value(row));
             let fresh = self.seen.insert(id);
             keep.push(fresh);
             if fresh {

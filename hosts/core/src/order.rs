@@ -223,17 +223,34 @@ pub fn event_id(batch: &RecordBatch, id_column: Option<usize>, row: usize, conte
 /// Column holding each event's id (128 bits, big-endian), appended by
 /// [`with_order_columns`] so a sort engine can order events as [`order_events`] does.
 pub const EVENT_ID_COLUMN: &str = "__lockstep_event_id";
-/// Column holding each event's content hash (128 bits, big-endian): the tie-break.
+/// Column holding each event's content hash: the tie-break.
 pub const CONTENT_COLUMN: &str = "__lockstep_content";
+
+/// The Arrow type of [`EVENT_ID_COLUMN`] and [`CONTENT_COLUMN`]: a 128-bit integer,
+/// which sorts, gathers and row-encodes as a fixed-width primitive. (As 16-byte
+/// `FixedSizeBinary` the sort's gather took Arrow's slow generic path: 2.5 % of a
+/// backfill's CPU.) Values are stored by [`order_value`], which keeps their order.
+pub const ORDER_COLUMN_TYPE: DataType = DataType::Decimal128(38, 0);
+
+/// An unsigned 128-bit id or hash as stored in an order column: the top bit flipped,
+/// so that signed order of the stored values is unsigned order of the originals.
+pub fn order_value(v: u128) -> i128 {
+    (v ^ (1 << 127)) as i128
+}
+
+/// The id or hash an order column value stands for (inverse of [`order_value`]).
+pub fn from_order_value(v: i128) -> u128 {
+    (v as u128) ^ (1 << 127)
+}
 
 /// `batch` (in `manifest`'s input schema) with [`EVENT_ID_COLUMN`] and
 /// [`CONTENT_COLUMN`] appended. Sorting by entity key, event time, then these two
-/// columns gives the order [`order_events`] gives; byte order equals numeric order.
+/// columns gives the order [`order_events`] gives.
 pub fn with_order_columns(
     batch: &RecordBatch,
     manifest: &Manifest,
 ) -> Result<RecordBatch, CoreError> {
-    use arrow_array::FixedSizeBinaryArray;
+    use arrow_array::Decimal128Array;
     let id_col = manifest
         .event_id
         .as_deref()
@@ -244,23 +261,21 @@ pub fn with_order_columns(
     let mut ids = Vec::with_capacity(n);
     let mut contents = Vec::with_capacity(n);
     for (content, declared) in hashes.into_iter().zip(declared) {
-        ids.push(declared.unwrap_or(content).to_be_bytes());
-        contents.push(content.to_be_bytes());
+        ids.push(order_value(declared.unwrap_or(content)));
+        contents.push(order_value(content));
     }
-    // With the size given, an empty batch gets empty columns rather than an error.
-    let ids = FixedSizeBinaryArray::try_from_sparse_iter_with_size(ids.into_iter().map(Some), 16)?;
-    let contents =
-        FixedSizeBinaryArray::try_from_sparse_iter_with_size(contents.into_iter().map(Some), 16)?;
+    let ids = Decimal128Array::from(ids).with_data_type(ORDER_COLUMN_TYPE);
+    let contents = Decimal128Array::from(contents).with_data_type(ORDER_COLUMN_TYPE);
     let mut fields: Vec<arrow_schema::FieldRef> =
         batch.schema_ref().fields().iter().cloned().collect();
     fields.push(std::sync::Arc::new(arrow_schema::Field::new(
         EVENT_ID_COLUMN,
-        DataType::FixedSizeBinary(16),
+        ORDER_COLUMN_TYPE,
         false,
     )));
     fields.push(std::sync::Arc::new(arrow_schema::Field::new(
         CONTENT_COLUMN,
-        DataType::FixedSizeBinary(16),
+        ORDER_COLUMN_TYPE,
         false,
     )));
     let mut columns = batch.columns().to_vec();
@@ -408,6 +423,28 @@ fn remap_by_rank<K: Ord>(entity_of: &mut [u32], mut keys: Vec<(K, u32)>) {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn order_values_keep_unsigned_order_and_round_trip() {
+        let values = [
+            0u128,
+            1,
+            (1 << 127) - 1,
+            1 << 127,
+            (1 << 127) + 1,
+            u128::MAX - 1,
+            u128::MAX,
+        ];
+        for pair in values.windows(2) {
+            assert!(
+                super::order_value(pair[0]) < super::order_value(pair[1]),
+                "{pair:?}"
+            );
+        }
+        for v in values {
+            assert_eq!(super::from_order_value(super::order_value(v)), v);
+        }
+    }
+
     use super::*;
     use crate::decode::decode_json_lines;
     use lockstep_abi::{Feature, Field, Kind, Value, ValueType};
@@ -500,10 +537,11 @@ mod tests {
             let batch = decode_json_lines(&lines.join("\n"), &m, None).expect("decode");
             let ordered = order_events(&batch, &m).expect("order");
             let with = with_order_columns(&batch, &m).expect("order columns");
+            // The stored values, as the batch host's sort compares them.
             let bytes = |name: &str, row: usize| {
                 with.column_by_name(name)
-                    .and_then(|c| c.as_fixed_size_binary_opt())
-                    .map(|c| c.value(row).to_vec())
+                    .and_then(|c| c.as_primitive_opt::<arrow_array::types::Decimal128Type>())
+                    .map(|c| c.value(row))
                     .expect("order column")
             };
             let mut rows: Vec<usize> = (0..batch.num_rows()).collect();
