@@ -49,6 +49,10 @@ pub const DEFAULT_BUFFER_BYTES: usize = 256 << 20;
 /// is a cache miss (a 10M-event backfill with 512 MB groups took 20 s, with 32 MB 15 s).
 const SPLIT_GROUP_BYTES: usize = 32 << 20;
 
+/// Most sources an hour's rows are merged from at commit; with more, they are taken
+/// as one run and sorted.
+const MERGED_SOURCES: usize = 16;
+
 /// Bytes per write to a staged chunk file.
 const STAGING_WRITE: usize = 1 << 20;
 
@@ -508,8 +512,10 @@ impl OfflineWriter {
             .iter()
             .flatten()
             .all(|b| EntityKeys::comparable_across(b.column(0)));
+        // The merge scans every source's head per row: past a handful of sources one
+        // stable sort of them all is cheaper.
         let as_one;
-        let sources = if comparable || sources.len() <= 1 {
+        let sources = if (comparable && sources.len() <= MERGED_SOURCES) || sources.len() <= 1 {
             sources
         } else {
             as_one = vec![sources.concat()];

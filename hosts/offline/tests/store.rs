@@ -564,10 +564,17 @@ fn rows_from_several_sources_give_the_same_files_in_order_or_not() {
             ]
         })
         .collect();
+    // More sources than the commit merges (each entity its own source).
+    let many: Vec<(usize, RecordBatch)> = batches
+        .iter()
+        .enumerate()
+        .map(|(u, b)| (u, b.clone()))
+        .collect();
     for (name, sends) in [
         ("in order", &in_order),
         ("reversed", &reversed),
         ("split", &split),
+        ("many", &many),
     ] {
         for buffer_bytes in [64 << 20, 4 << 10] {
             let (_dir, summary, spills) = write_sources(&m, sends, buffer_bytes);
