@@ -522,16 +522,25 @@ impl OfflineWriter {
             &as_one
         };
         let batches: Vec<&RecordBatch> = sources.iter().flatten().collect();
-        // The row schema starts with the entity key, then the event time: one column
-        // of each per source, so that rows compare without indirection.
+        // Per source: where each of its rows is (batch among all, row), its entity keys
+        // and event times as one column each (the row schema starts with them), and its
+        // rows in order.
+        let mut positions: Vec<Vec<(usize, usize)>> = Vec::with_capacity(sources.len());
         let mut runs = Vec::with_capacity(sources.len());
-        for batches in sources {
-            let key = concat_column(batches, 0)?;
-            let time = concat_column(batches, 1)?;
-            runs.push((key, time));
+        let mut first_batch = 0;
+        for source in sources {
+            positions.push(
+                source
+                    .iter()
+                    .enumerate()
+                    .flat_map(|(b, batch)| (0..batch.num_rows()).map(move |r| (first_batch + b, r)))
+                    .collect(),
+            );
+            first_batch += source.len();
+            runs.push((concat_column(source, 0)?, concat_column(source, 1)?));
         }
-        let mut ordered: Vec<Vec<u32>> = Vec::with_capacity(runs.len());
         let mut views = Vec::with_capacity(runs.len());
+        let mut ordered: Vec<Vec<usize>> = Vec::with_capacity(runs.len());
         for (key, time) in &runs {
             let keys = EntityKeys::of(key)?;
             let times = time
@@ -539,75 +548,30 @@ impl OfflineWriter {
                 .ok_or_else(|| self.schema_error(format!("no {EVENT_TIME} timestamp column")))?
                 .values();
             let before = |a: usize, b: usize| keys.compare(a, b).then(times[a].cmp(&times[b]));
-            let mut order: Vec<u32> = (0..key.len() as u32).collect();
-            if !order
-                .windows(2)
-                .all(|w| before(w[0] as usize, w[1] as usize).is_le())
-            {
+            let mut order: Vec<usize> = (0..key.len()).collect();
+            if !order.windows(2).all(|w| before(w[0], w[1]).is_le()) {
                 // Runs already in order (one per batch the source sent) are found and
                 // merged by the stable sort.
-                order.sort_by(|&a, &b| before(a as usize, b as usize));
+                order.sort_by(|&a, &b| before(a, b));
             }
             ordered.push(order);
             views.push((keys, times));
         }
-        // Merge the sources: a handful (a batch job's partitions), so the smallest head
-        // is found by scanning them.
-        let total: usize = ordered.iter().map(Vec::len).sum();
+        // Merge the sources: a handful, so the smallest head is found by scanning them
+        // (`min_by` keeps the first of equals: the lower-numbered source).
         let mut heads = vec![0usize; ordered.len()];
-        let mut merged: Vec<(usize, u32)> = Vec::with_capacity(total);
-        while merged.len() < total {
-            let mut best: Option<(usize, usize)> = None;
-            for (s, order) in ordered.iter().enumerate() {
-                let Some(&row) = order.get(heads[s]) else {
-                    continue;
-                };
-                let row = row as usize;
-                best = match best {
-                    Some((b, brow)) => {
-                        let (bk, bt) = &views[b];
-                        let (sk, st) = &views[s];
-                        let sooner = sk.compare_with(row, bk, brow).then(st[row].cmp(&bt[brow]));
-                        if sooner.is_lt() {
-                            Some((s, row))
-                        } else {
-                            Some((b, brow))
-                        }
-                    }
-                    None => Some((s, row)),
-                };
-            }
-            let Some((s, row)) = best else { break };
-            heads[s] += 1;
-            merged.push((s, row as u32));
-        }
-        // (source, row within the source) → (batch, row within the batch).
-        let mut first_batch = Vec::with_capacity(sources.len());
-        let mut starts: Vec<Vec<usize>> = Vec::with_capacity(sources.len());
-        let mut base = 0;
-        for batches in sources {
-            first_batch.push(base);
-            base += batches.len();
-            let mut at = 0;
-            starts.push(
-                batches
-                    .iter()
-                    .map(|b| {
-                        let start = at;
-                        at += b.num_rows();
-                        start
-                    })
-                    .collect(),
-            );
-        }
-        let at: Vec<(usize, usize)> = merged
-            .into_iter()
-            .map(|(s, row)| {
-                let row = row as usize;
-                let b = starts[s].partition_point(|&start| start <= row) - 1;
-                (first_batch[s] + b, row - starts[s][b])
+        let mut at: Vec<(usize, usize)> = Vec::with_capacity(positions.iter().map(Vec::len).sum());
+        while let Some(s) = (0..ordered.len())
+            .filter(|&s| heads[s] < ordered[s].len())
+            .min_by(|&a, &b| {
+                let (ra, rb) = (ordered[a][heads[a]], ordered[b][heads[b]]);
+                let ((ka, ta), (kb, tb)) = (&views[a], &views[b]);
+                ka.compare_with(ra, kb, rb).then(ta[ra].cmp(&tb[rb]))
             })
-            .collect();
+        {
+            at.push(positions[s][ordered[s][heads[s]]]);
+            heads[s] += 1;
+        }
         let columns = (0..self.held.fields().len())
             .map(|c| {
                 let arrays: Vec<&dyn arrow_array::Array> =
@@ -658,9 +622,8 @@ impl<'a> EntityKeys<'a> {
     #[inline]
     fn compare(&self, a: usize, b: usize) -> std::cmp::Ordering {
         match self {
-            EntityKeys::Utf8(keys) => keys.value(a).as_bytes().cmp(keys.value(b).as_bytes()),
-            EntityKeys::Int64(keys) => keys[a].cmp(&keys[b]),
             EntityKeys::Other(compare) => compare(a, b),
+            _ => self.compare_with(a, self, b),
         }
     }
 
