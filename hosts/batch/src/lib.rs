@@ -54,9 +54,7 @@ use futures::StreamExt;
 use lockstep_abi::Manifest;
 use lockstep_core::conform::{SourceKind, conform};
 use lockstep_core::executor::{RunStats, StateMap};
-use lockstep_core::order::{
-    CONTENT_COLUMN, EVENT_ID_COLUMN, ORDER_COLUMN_TYPE, with_order_columns,
-};
+use lockstep_core::order::{CONTENT_COLUMN, EVENT_ID_COLUMN, order_fields, with_order_columns};
 use lockstep_core::rows::row_json;
 use lockstep_core::schema::input_schema;
 use lockstep_offline::{S3Options, parse_s3_url};
@@ -243,8 +241,7 @@ fn order_schema(manifest: &Manifest) -> SchemaRef {
         .iter()
         .map(|f| f.as_ref().clone())
         .collect();
-    fields.push(Field::new(EVENT_ID_COLUMN, ORDER_COLUMN_TYPE, false));
-    fields.push(Field::new(CONTENT_COLUMN, ORDER_COLUMN_TYPE, false));
+    fields.extend(order_fields());
     Arc::new(Schema::new(fields))
 }
 

@@ -238,6 +238,15 @@ pub fn order_value(v: u128) -> i128 {
     (v ^ (1 << 127)) as i128
 }
 
+/// The fields of [`EVENT_ID_COLUMN`] and [`CONTENT_COLUMN`], as
+/// [`with_order_columns`] appends them.
+pub fn order_fields() -> [arrow_schema::Field; 2] {
+    [
+        arrow_schema::Field::new(EVENT_ID_COLUMN, ORDER_COLUMN_TYPE, false),
+        arrow_schema::Field::new(CONTENT_COLUMN, ORDER_COLUMN_TYPE, false),
+    ]
+}
+
 /// The id or hash an order column value stands for (inverse of [`order_value`]).
 pub fn from_order_value(v: i128) -> u128 {
     (v as u128) ^ (1 << 127)
@@ -268,16 +277,7 @@ pub fn with_order_columns(
     let contents = Decimal128Array::from(contents).with_data_type(ORDER_COLUMN_TYPE);
     let mut fields: Vec<arrow_schema::FieldRef> =
         batch.schema_ref().fields().iter().cloned().collect();
-    fields.push(std::sync::Arc::new(arrow_schema::Field::new(
-        EVENT_ID_COLUMN,
-        ORDER_COLUMN_TYPE,
-        false,
-    )));
-    fields.push(std::sync::Arc::new(arrow_schema::Field::new(
-        CONTENT_COLUMN,
-        ORDER_COLUMN_TYPE,
-        false,
-    )));
+    fields.extend(order_fields().map(std::sync::Arc::new));
     let mut columns = batch.columns().to_vec();
     columns.push(std::sync::Arc::new(ids));
     columns.push(std::sync::Arc::new(contents));
