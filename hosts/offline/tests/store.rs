@@ -506,6 +506,20 @@ fn a_streaming_write_that_stages_on_disk_gives_the_same_files_in_any_arrival_ord
     }
 }
 
+/// A new local store with `m` registered as plugin hash `h`.
+fn registered(
+    m: &Manifest,
+) -> (
+    tempfile::TempDir,
+    OfflineStore,
+    lockstep_offline::GroupVersion,
+) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = OfflineStore::open(dir.path()).expect("open");
+    let group = store.register(m, "h", 0).expect("register");
+    (dir, store, group)
+}
+
 /// Writes `sends` (source, batch) through a streaming writer with `buffer_bytes` and
 /// commits.
 fn write_sources(
@@ -513,10 +527,8 @@ fn write_sources(
     sends: &[(usize, RecordBatch)],
     buffer_bytes: usize,
 ) -> (tempfile::TempDir, lockstep_offline::WriteSummary, usize) {
-    let dir = tempfile::tempdir().expect("tempdir");
+    let (dir, store, group) = registered(m);
     let staging = tempfile::tempdir().expect("staging");
-    let store = OfflineStore::open(dir.path()).expect("open");
-    let group = store.register(m, "h", 0).expect("register");
     let mut writer = store.writer(
         &group,
         7,
@@ -538,9 +550,7 @@ fn write_sources(
 fn rows_from_several_sources_give_the_same_files_in_order_or_not() {
     let m = manifest("1.0.0");
     let batches = spread(&m, 40, 60);
-    let a = tempfile::tempdir().expect("tempdir");
-    let store_a = OfflineStore::open(a.path()).expect("open");
-    let group_a = store_a.register(&m, "h", 0).expect("register");
+    let (_a, store_a, group_a) = registered(&m);
     let expected = files_bytes(&store_a.write(&group_a, &batches, 7).expect("write"));
 
     // Three sources, each sending its entities in key order (as partitions do),
@@ -594,9 +604,7 @@ fn rows_from_several_sources_give_the_same_files_in_order_or_not() {
 fn an_hour_that_cannot_be_put_fails_the_commit_naming_it() {
     let m = manifest("1.0.0");
     let batches = spread(&m, 40, 60);
-    let dir = tempfile::tempdir().expect("tempdir");
-    let store = OfflineStore::open(dir.path()).expect("open");
-    let group = store.register(&m, "h", 0).expect("register");
+    let (_dir, store, group) = registered(&m);
     let first = store.write(&group, &batches, 7).expect("write");
     assert!(first.partitions > 8, "{} hours", first.partitions);
     // A file where one hour's directory must be: that hour cannot be put again.
