@@ -269,7 +269,8 @@ impl Backend {
                 let file = match direct::write(&tmp, &bytes) {
                     Ok(Some(file)) => file,
                     // The file system takes no direct writes (tmpfs, some network
-                    // mounts): through the page cache, then.
+                    // mounts), or the direct write failed: through the page cache, which
+                    // reports any lasting error with its context.
                     Ok(None) | Err(_) => {
                         let mut file = std::fs::File::create(&tmp).map_err(io("creating", &tmp))?;
                         std::io::Write::write_all(&mut file, &bytes)
