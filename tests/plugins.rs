@@ -173,8 +173,9 @@ fn arrival_order_and_redelivery_change_nothing() {
 fn extreme_values_flow_through_without_error() {
     let plugin = load("plugins/txn_velocity");
     let jsonl = [
-        r#"{"card_id":"","ts":-9223372036854775808,"amount":"NaN","merchant":"é"}"#,
-        r#"{"card_id":"","ts":9223372036854775807,"amount":"Infinity","merchant":""}"#,
+        // The shortest key there is (an empty one names no entity: refused).
+        r#"{"card_id":" ","ts":-9223372036854775808,"amount":"NaN","merchant":"é"}"#,
+        r#"{"card_id":" ","ts":9223372036854775807,"amount":"Infinity","merchant":""}"#,
         r#"{"card_id":"💳","ts":0,"amount":"-Infinity","merchant":"m","txn_id":null}"#,
         r#"{"card_id":"💳","ts":0,"amount":1.7976931348623157e308,"merchant":"m","txn_id":"x"}"#,
         r#"{"card_id":"💳","ts":1,"amount":-0.0,"merchant":"m","txn_id":"x"}"#,
@@ -190,10 +191,11 @@ fn extreme_values_flow_through_without_error() {
 /// batches of any size. Applying them batch by batch must equal applying them at once.
 #[test]
 fn ordered_batches_of_any_size_equal_one_whole_run() {
+    use arrow_array::Array;
     use arrow_array::cast::AsArray;
     use arrow_array::types::TimestampMicrosecondType;
     use arrow_array::{RecordBatch, UInt32Array};
-    use lockstep_core::order::{CONTENT_COLUMN, EVENT_ID_COLUMN, with_order_columns};
+    use lockstep_core::order::{CONTENT_COLUMN, with_order_columns};
 
     let plugin = load("plugins/txn_velocity");
     let jsonl = lockstep_gen::transactions(5_000, 40, 12).to_json_lines();
@@ -209,10 +211,12 @@ fn ordered_batches_of_any_size_equal_one_whole_run() {
     let times = with_order
         .column(1)
         .as_primitive::<TimestampMicrosecondType>();
-    let ids = with_order
-        .column_by_name(EVENT_ID_COLUMN)
-        .expect("ids")
-        .as_primitive::<arrow_array::types::Decimal128Type>();
+    // txn_velocity's id: a string, by its bytes, nulls last.
+    let id_index = with_order
+        .schema()
+        .index_of(plugin.manifest().event_id.as_deref().expect("declared id"))
+        .expect("id column");
+    let ids = with_order.column(id_index).as_string::<i32>();
     let contents = with_order
         .column_by_name(CONTENT_COLUMN)
         .expect("contents")
@@ -220,10 +224,12 @@ fn ordered_batches_of_any_size_equal_one_whole_run() {
     let mut order: Vec<u32> = (0..with_order.num_rows() as u32).collect();
     order.sort_by_key(|&i| {
         let i = i as usize;
+        let id = ids.is_valid(i).then(|| ids.value(i));
         (
             keys.value(i),
             times.value(i),
-            ids.value(i),
+            id.is_none(),
+            id,
             contents.value(i),
         )
     });

@@ -52,9 +52,9 @@ use datafusion::physical_plan::{
 use datafusion::prelude::{SessionConfig, SessionContext};
 use futures::StreamExt;
 use lockstep_abi::Manifest;
-use lockstep_core::conform::{SourceKind, conform};
+use lockstep_core::conform::{SourceKind, conform_bounded};
 use lockstep_core::executor::{RunStats, StateMap};
-use lockstep_core::order::{CONTENT_COLUMN, EVENT_ID_COLUMN, order_fields, with_order_columns};
+use lockstep_core::order::{order_fields, sort_columns, with_order_columns};
 use lockstep_core::rows::row_json;
 use lockstep_core::schema::input_schema;
 use lockstep_offline::{S3Options, parse_s3_url};
@@ -65,6 +65,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use thiserror::Error;
 
+mod footer;
 mod json_source;
 pub mod plugin_exec;
 
@@ -137,6 +138,9 @@ pub struct BatchJob {
     /// state is dropped once its entity is done, so memory does not grow with the
     /// number of entities.
     pub keep_states: bool,
+    /// Events later than this instant (UTC µs) are rejects, by the rule the stream
+    /// host applies to its dead letters: the job's clock plus `--max-future`.
+    pub latest_event_time: Option<i64>,
 }
 
 /// Counters a running job updates, readable from another thread at any time.
@@ -256,6 +260,7 @@ struct ConformedPartition {
     kind: SourceKind,
     rejects: Arc<Mutex<Vec<SourceReject>>>,
     progress: Arc<Progress>,
+    latest_event_time: Option<i64>,
 }
 
 impl PartitionStream for ConformedPartition {
@@ -270,7 +275,7 @@ impl PartitionStream for ConformedPartition {
             self.output.clone(),
         );
         let (rejects, kind) = (self.rejects.clone(), self.kind);
-        let progress = self.progress.clone();
+        let (progress, latest) = (self.progress.clone(), self.latest_event_time);
         let stream = match self.source.execute(self.partition, ctx) {
             Ok(s) => s,
             Err(e) => {
@@ -282,7 +287,7 @@ impl PartitionStream for ConformedPartition {
         };
         let mapped = stream.map(move |batch| {
             let batch = batch?;
-            let (conformed, bad) = conform(&batch, &manifest, &input, kind)
+            let (conformed, bad) = conform_bounded(&batch, &manifest, &input, kind, latest)
                 .map_err(|e| DataFusionError::Execution(e.to_string()))?;
             progress
                 .rows_read
@@ -359,6 +364,12 @@ async fn register_source(
             } else {
                 ".parquet"
             };
+            match (&s3, parse_s3_url(&job.source)) {
+                (Some(store), Some((_, key))) => {
+                    footer::check_objects(store, &key, &job.source, extension).await?
+                }
+                _ => footer::check_local(&job.source, extension)?,
+            }
             let options = ListingOptions::new(Arc::new(ParquetFormat::default()))
                 .with_file_extension(extension);
             let config = ListingTableConfig::new(listing_url(&job.source)?)
@@ -413,6 +424,7 @@ async fn register_source(
                 schema: schema.clone(),
                 rejects: rejects.clone(),
                 progress: job.progress.clone(),
+                latest_event_time: job.latest_event_time,
             };
             let table = StreamingTable::try_new(schema, vec![Arc::new(partition)])?;
             ctx.register_table("source", Arc::new(table))?;
@@ -497,6 +509,7 @@ pub async fn run(
                     },
                     rejects: rejects.clone(),
                     progress: job.progress.clone(),
+                    latest_event_time: job.latest_event_time,
                 }) as Arc<dyn PartitionStream>
             })
             .collect();
@@ -513,16 +526,19 @@ pub async fn run(
         conformed,
         Partitioning::Hash(vec![key.clone()], partitions),
     )?);
-    let sort_keys = [
-        key,
-        col(&manifest.event_time, &output)?,
-        col(EVENT_ID_COLUMN, &output)?,
-        col(CONTENT_COLUMN, &output)?,
-    ];
+    // The contract's order: key, time, id by value with nulls last, content hash.
+    let ascending_nulls_last = SortOptions {
+        descending: false,
+        nulls_first: false,
+    };
+    let sort_keys = sort_columns(&manifest)
+        .into_iter()
+        .map(|name| col(name, &output))
+        .collect::<Result<Vec<_>, _>>()?;
     let ordering = LexOrdering::new(
         sort_keys
             .into_iter()
-            .map(|e| PhysicalSortExpr::new(e, SortOptions::default())),
+            .map(|e| PhysicalSortExpr::new(e, ascending_nulls_last)),
     )
     .ok_or_else(|| BatchError::Source("empty sort order".into()))?;
     let sorted: Arc<dyn ExecutionPlan> =

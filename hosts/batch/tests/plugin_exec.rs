@@ -46,17 +46,16 @@ async fn a_node_rebuilt_from_its_bytes_computes_what_the_executor_computes() {
     // The node's input: one partition, sorted as the batch host sorts.
     let ordered = with_order_columns(&events, &m).expect("order columns");
     let schema = ordered.schema();
-    let sort: Vec<SortColumn> = [m.entity_key.as_str(), m.event_time.as_str()]
+    let sort: Vec<SortColumn> = lockstep_core::order::sort_columns(&m)
         .into_iter()
-        .chain([
-            lockstep_core::order::EVENT_ID_COLUMN,
-            lockstep_core::order::CONTENT_COLUMN,
-        ])
         .map(|name| SortColumn {
             values: ordered
                 .column(schema.index_of(name).expect("column"))
                 .clone(),
-            options: None,
+            options: Some(datafusion::arrow::compute::SortOptions {
+                descending: false,
+                nulls_first: false,
+            }),
         })
         .collect();
     let indices = lexsort_to_indices(&sort, None).expect("sort");

@@ -303,3 +303,130 @@ fn bad_requests_fail_clearly_and_write_nothing() {
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
 }
+
+/// Events for the order oracle: few instants, so many events of one card share one;
+/// ids of mixed length and case, so their byte order is not their numeric order;
+/// redeliveries (identical copies) and reused ids at other instants.
+fn tied_events(seed: u64) -> String {
+    let mut state = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+    let mut next = move |n: u64| {
+        state = state
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        (state >> 33) % n
+    };
+    let t0 = lockstep_gen::EPOCH_2024;
+    let prefixes = ["t", "T", "t0", "é", "a-", "Z"];
+    let mut lines: Vec<String> = Vec::new();
+    // Originals: (card, instant, id, line).
+    let mut made: Vec<(u64, i64, String, String)> = Vec::new();
+    for n in 0..3_000u64 {
+        let roll = next(100);
+        if roll < 8 && !made.is_empty() {
+            let (card, ts, id, line) = made[next(made.len() as u64) as usize].clone();
+            if roll < 5 {
+                // A redelivery: the same record again.
+                lines.push(line);
+            } else {
+                // An id reused at a later instant: the earlier copy is applied.
+                let later = ts + 600_000_000 * (1 + next(3) as i64);
+                lines.push(format!(
+                    r#"{{"card_id":"card-{card:02}","ts":{later},"amount":{}.0,"merchant":"m","txn_id":"{id}"}}"#,
+                    1 + next(500)
+                ));
+            }
+            continue;
+        }
+        let card = next(40);
+        let ts = t0 + 600_000_000 * next(50) as i64;
+        let prefix = prefixes[next(prefixes.len() as u64) as usize];
+        // Unique (the suffix), ordered by a random prefix and number.
+        let id = format!("{prefix}{}-{n}", next(100_000));
+        let line = format!(
+            r#"{{"card_id":"card-{card:02}","ts":{ts},"amount":{}.0,"merchant":"m","txn_id":"{id}"}}"#,
+            1 + next(500)
+        );
+        lines.push(line.clone());
+        made.push((card, ts, id, line));
+    }
+    lines.join("\n") + "\n"
+}
+
+/// The documented order — `(event_time, event_id)`, ids by value — checked by an
+/// oracle that knows only the docs: DuckDB window functions over the raw events for
+/// every stored row, and an ASOF JOIN for a training set at the tied instants.
+#[test]
+fn stored_rows_and_training_sets_follow_the_documented_order_by_an_sql_oracle() {
+    let dir = tempfile::tempdir().unwrap();
+    for seed in [1u64, 2, 3] {
+        let events = dir.path().join(format!("events-{seed}.jsonl"));
+        std::fs::write(&events, tied_events(seed)).unwrap();
+        let store_dir = dir.path().join(format!("store-{seed}"));
+        let out = lockstep(&[
+            "batch",
+            "run",
+            "--plugin",
+            s(&plugin("txn_velocity")),
+            "--source",
+            s(&events),
+            "--offline-store",
+            s(&store_dir),
+            "--no-cache",
+        ]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        let oracle = |args: &[&str]| {
+            Command::new("python3")
+                .arg(repo("tests/python/order_oracle.py"))
+                .args(args)
+                .output()
+                .expect("python3")
+        };
+        let labels = dir.path().join(format!("labels-{seed}.parquet"));
+        let made = oracle(&["labels", "--events", s(&events), "--out", s(&labels)]);
+        assert!(made.status.success(), "{}", text(&made.stderr));
+        let ours = dir.path().join(format!("set-{seed}.parquet"));
+        let run = lockstep(&[
+            "training-set",
+            "--labels",
+            s(&labels),
+            "--group",
+            "txn_velocity:txn_sum_1h,txn_max_1h,txn_count_1h",
+            "--offline-store",
+            s(&store_dir),
+            "--inclusive",
+            "--out",
+            s(&ours),
+        ]);
+        assert!(run.status.success(), "{}", text(&run.stderr));
+        let checked = oracle(&[
+            "check",
+            "--events",
+            s(&events),
+            "--store",
+            s(&store_dir),
+            "--ours",
+            s(&ours),
+            "--labels",
+            s(&labels),
+        ]);
+        let report: Json = serde_json::from_slice(&checked.stdout).unwrap_or_else(|_| {
+            panic!(
+                "seed {seed}: {}{}",
+                text(&checked.stdout),
+                text(&checked.stderr)
+            )
+        });
+        assert!(
+            checked.status.success(),
+            "seed {seed}: the oracle disagrees: {report}"
+        );
+        // Not vacuous: ties, duplicates and labels are there.
+        assert!(report["tied_instants"].as_u64().unwrap() > 200, "{report}");
+        assert!(
+            report["applied"].as_u64().unwrap() < report["events"].as_u64().unwrap(),
+            "{report}"
+        );
+        assert_eq!(report["stored_rows"], report["applied"], "{report}");
+        assert!(report["labels"].as_u64().unwrap() > 1_000, "{report}");
+    }
+}

@@ -1,14 +1,17 @@
 //! Event order and duplicates (the contract's section 4).
 //!
-//! Per entity, events are applied in ascending `(event_time, event_id)`. The event id
-//! is the declared id field when it is not null, else a hash of the event's canonical
-//! encoding (every input field, in schema order, with its type and null-ness). Events
-//! with equal ids are applied once: the first in that order is kept, and if two share
-//! id and time the tie is broken by the content hash, so the survivor never depends on
-//! arrival order.
+//! Per entity, events are applied in ascending `(event_time, event_id)`, ids compared
+//! **by value**: int64 and timestamps numerically, strings by their UTF-8 bytes,
+//! `false` before `true` — what `ORDER BY event_time, event_id NULLS LAST` gives in
+//! DuckDB, Spark or Postgres. Events whose id is null (or whose plugin declares no id
+//! field) come after the declared ids of their instant, ordered by a 128-bit hash of
+//! their canonical encoding (every input field, in schema order, with its type and
+//! null-ness): an arbitrary but fixed order, the same in every host.
 //!
-//! Ids compare as 128-bit XXH3 hashes of their canonical bytes: any fixed total order
-//! works, as long as every host uses the same one, and this one is it.
+//! Events with equal ids are applied once: the first in that order is kept, and if two
+//! share id and time the tie is broken by the content hash, so the survivor never
+//! depends on arrival order. Identity (duplicates) uses the 128-bit hash of the id's
+//! canonical bytes; order uses the value.
 
 use crate::CoreError;
 use arrow_array::cast::AsArray;
@@ -74,17 +77,41 @@ impl<'a> Canonical<'a> {
         }
     }
 
-    /// Appends the canonical bytes of the value at `row`.
-    fn write(&self, row: usize, out: &mut Vec<u8>) {
-        let column: &dyn Array = match self {
+    /// Compares the values at rows `a` and `b` by value, nulls last: the order of
+    /// declared event ids.
+    fn cmp_rows(&self, a: usize, b: usize) -> std::cmp::Ordering {
+        use std::cmp::Ordering;
+        let column: &dyn Array = self.array();
+        match (column.is_null(a), column.is_null(b)) {
+            (true, true) => return Ordering::Equal,
+            (true, false) => return Ordering::Greater,
+            (false, true) => return Ordering::Less,
+            (false, false) => {}
+        }
+        match self {
+            Canonical::Int64(c) => c.value(a).cmp(&c.value(b)),
+            Canonical::Float64(c) => c.value(a).total_cmp(&c.value(b)),
+            Canonical::Boolean(c) => c.value(a).cmp(&c.value(b)),
+            Canonical::Utf8(c) => c.value(a).as_bytes().cmp(c.value(b).as_bytes()),
+            Canonical::Timestamp(c) => c.value(a).cmp(&c.value(b)),
+            Canonical::Other(_) => Ordering::Equal,
+        }
+    }
+
+    fn array(&self) -> &'a dyn Array {
+        match self {
             Canonical::Int64(c) => *c,
             Canonical::Float64(c) => *c,
             Canonical::Boolean(c) => *c,
             Canonical::Utf8(c) => *c,
             Canonical::Timestamp(c) => *c,
             Canonical::Other(c) => *c,
-        };
-        if column.is_null(row) {
+        }
+    }
+
+    /// Appends the canonical bytes of the value at `row`.
+    fn write(&self, row: usize, out: &mut Vec<u8>) {
+        if self.array().is_null(row) {
             out.push(0xff);
             return;
         }
@@ -220,11 +247,26 @@ pub fn event_id(batch: &RecordBatch, id_column: Option<usize>, row: usize, conte
     declared_id(batch, id_column, row).unwrap_or(content)
 }
 
-/// Column holding each event's id (128 bits, big-endian), appended by
-/// [`with_order_columns`] so a sort engine can order events as [`order_events`] does.
+/// Column holding each event's identity (the 128-bit hash of its declared id, else its
+/// content hash), appended by [`with_order_columns`]: what duplicates are recognised by.
+/// It is not a sort key: ids order by value (see [`sort_columns`]).
 pub const EVENT_ID_COLUMN: &str = "__lockstep_event_id";
-/// Column holding each event's content hash: the tie-break.
+/// Column holding each event's content hash: the last sort key, which orders events
+/// without an id and breaks ties between equal ids.
 pub const CONTENT_COLUMN: &str = "__lockstep_content";
+
+/// The columns a sort engine orders events by, all ascending with **nulls last**: the
+/// entity key, the event time, the declared event id (by value, when the manifest
+/// declares one), then [`CONTENT_COLUMN`]. Sorting a batch made by
+/// [`with_order_columns`] this way gives the order [`order_events`] gives.
+pub fn sort_columns(manifest: &Manifest) -> Vec<&str> {
+    let mut columns = vec![manifest.entity_key.as_str(), manifest.event_time.as_str()];
+    if let Some(id) = &manifest.event_id {
+        columns.push(id.as_str());
+    }
+    columns.push(CONTENT_COLUMN);
+    columns
+}
 
 /// The Arrow type of [`EVENT_ID_COLUMN`] and [`CONTENT_COLUMN`]: a 128-bit integer,
 /// which sorts, gathers and row-encodes as a fixed-width primitive. (As 16-byte
@@ -253,8 +295,8 @@ pub fn from_order_value(v: i128) -> u128 {
 }
 
 /// `batch` (in `manifest`'s input schema) with [`EVENT_ID_COLUMN`] and
-/// [`CONTENT_COLUMN`] appended. Sorting by entity key, event time, then these two
-/// columns gives the order [`order_events`] gives.
+/// [`CONTENT_COLUMN`] appended. Sorting by [`sort_columns`] gives the order
+/// [`order_events`] gives; [`EVENT_ID_COLUMN`] then tells duplicates apart.
 pub fn with_order_columns(
     batch: &RecordBatch,
     manifest: &Manifest,
@@ -342,38 +384,47 @@ pub fn order_events(batch: &RecordBatch, manifest: &Manifest) -> Result<Ordered,
         }
     }
 
-    // Sorted by (entity, time, id, content, row). The content hash only decides among
-    // events equal in (entity, time, id), so it is computed for those alone: with a
-    // declared id most events need none.
+    // Sorted by (entity, time, id rank, content, row): the rank is the declared id's
+    // place by value (nulls last, equal ids equal). The content hash only decides among
+    // events equal in (entity, time, rank), so it is computed for those alone: with a
+    // declared id most events need none. Events without an id share the last rank and
+    // are ordered by their content hash, which is their id.
     let declared = declared_ids(batch, id_col);
+    let ranks = match id_col {
+        Some(c) => value_ranks(batch.column(c).as_ref()),
+        None => vec![u32::MAX; n],
+    };
     let contents = declared
         .iter()
         .any(Option::is_none)
         .then(|| content_hashes(batch));
-    let mut keyed: Vec<(u32, i64, u128, u128, u32)> = (0..n)
+    let mut keyed: Vec<(u32, i64, u32, u128, u32)> = (0..n)
         .map(|row| {
-            let (id, content) = match declared[row] {
-                Some(id) => (id, 0),
-                None => {
-                    let content = contents
-                        .as_ref()
-                        .map_or_else(|| content_hash(batch, row), |c| c[row]);
-                    (content, content)
-                }
+            let content = match declared[row] {
+                Some(_) => 0,
+                None => contents
+                    .as_ref()
+                    .map_or_else(|| content_hash(batch, row), |c| c[row]),
             };
-            (entity_of[row], times.value(row), id, content, row as u32)
+            (
+                entity_of[row],
+                times.value(row),
+                ranks[row],
+                content,
+                row as u32,
+            )
         })
         .collect();
     keyed.sort_unstable();
     let mut at = 0;
     while at < keyed.len() {
-        let (entity, time, id, _, _) = keyed[at];
+        let (entity, time, rank, _, _) = keyed[at];
         let end = at
             + keyed[at..]
                 .iter()
-                .take_while(|k| (k.0, k.1, k.2) == (entity, time, id))
+                .take_while(|k| (k.0, k.1, k.2) == (entity, time, rank))
                 .count();
-        if end - at > 1 {
+        if end - at > 1 && rank != u32::MAX {
             for k in &mut keyed[at..end] {
                 k.3 = match &contents {
                     Some(contents) => contents[k.4 as usize],
@@ -390,7 +441,8 @@ pub fn order_events(batch: &RecordBatch, manifest: &Manifest) -> Result<Ordered,
     let mut seen: HashSet<u128> = HashSet::new();
     let mut current = None;
     let mut duplicates = 0;
-    for (entity, _, id, _, row) in keyed {
+    for (entity, _, _, content, row) in keyed {
+        let id = declared[row as usize].unwrap_or(content);
         if current != Some(entity) {
             current = Some(entity);
             seen.clear();
@@ -407,6 +459,30 @@ pub fn order_events(batch: &RecordBatch, manifest: &Manifest) -> Result<Ordered,
         entity_starts,
         duplicates,
     })
+}
+
+/// Each row's rank among the column's values, by value with nulls last; equal values
+/// share a rank and nulls get `u32::MAX`.
+fn value_ranks(column: &dyn Array) -> Vec<u32> {
+    let canonical = Canonical::of(column);
+    let mut rows: Vec<u32> = (0..column.len() as u32).collect();
+    rows.sort_unstable_by(|&a, &b| canonical.cmp_rows(a as usize, b as usize));
+    let mut ranks = vec![u32::MAX; column.len()];
+    let mut rank = 0u32;
+    for (i, &row) in rows.iter().enumerate() {
+        if column.is_null(row as usize) {
+            break;
+        }
+        if i > 0
+            && canonical
+                .cmp_rows(rows[i - 1] as usize, row as usize)
+                .is_ne()
+        {
+            rank += 1;
+        }
+        ranks[row as usize] = rank;
+    }
+    ranks
 }
 
 /// Replaces first-seen entity numbers by the rank of their key.
@@ -516,6 +592,47 @@ mod tests {
         assert_eq!(dups, 1);
     }
 
+    #[test]
+    fn equal_times_apply_in_ascending_id_order_by_value() {
+        // Arrival order f3, f1, f4, f2; the contract says f1, f2, f3, f4.
+        let text = r#"{"k":"a","t":5,"id":"f3","x":3}
+{"k":"a","t":5,"id":"f1","x":1}
+{"k":"a","t":5,"id":"f4","x":4}
+{"k":"a","t":5,"id":"f2","x":2}
+{"k":"a","t":4,"id":"f9","x":0}"#;
+        assert_eq!(order(text, true).0, vec![0, 1, 2, 3, 4]);
+        // Strings compare by their UTF-8 bytes: "B" < "a" < "aa" < "é".
+        let text = r#"{"k":"a","t":5,"id":"é","x":4}
+{"k":"a","t":5,"id":"aa","x":3}
+{"k":"a","t":5,"id":"B","x":1}
+{"k":"a","t":5,"id":"a","x":2}"#;
+        assert_eq!(order(text, true).0, vec![1, 2, 3, 4]);
+        // Null ids come after the declared ones of their instant.
+        let text = r#"{"k":"a","t":5,"id":null,"x":9}
+{"k":"a","t":5,"id":"z","x":1}
+{"k":"a","t":6,"id":"a","x":10}"#;
+        assert_eq!(order(text, true).0, vec![1, 9, 10]);
+    }
+
+    #[test]
+    fn integer_ids_compare_numerically() {
+        let mut m = manifest(true);
+        m.input[2].ty = ValueType::Int64;
+        let text = r#"{"k":"a","t":5,"id":10,"x":3}
+{"k":"a","t":5,"id":-3,"x":1}
+{"k":"a","t":5,"id":9,"x":2}
+{"k":"a","t":5,"id":10,"x":4}"#;
+        let batch = decode_json_lines(text, &m, None).expect("decode");
+        let o = order_events(&batch, &m).expect("order");
+        let xs = batch.column(3).as_primitive::<Int64Type>();
+        let got: Vec<i64> = o.indices.iter().map(|&i| xs.value(i as usize)).collect();
+        // -3 < 9 < 10 (not "10" < "9"), and the second 10 is a duplicate.
+        assert_eq!(got.len(), 3);
+        assert_eq!(&got[..2], &[1, 2]);
+        assert!(got[2] == 3 || got[2] == 4);
+        assert_eq!(o.duplicates, 1);
+    }
+
     proptest::proptest! {
         /// The order (and the copy of a duplicate kept) is the one a sort engine gets
         /// from the columns of `with_order_columns`: the batch host's order.
@@ -545,9 +662,10 @@ mod tests {
                     .expect("order column")
             };
             let mut rows: Vec<usize> = (0..batch.num_rows()).collect();
+            // Ids by value, nulls last: `e0` < `e1` < null.
             rows.sort_by_key(|&r| {
-                let (k, t, _, _) = events[r];
-                (k, t, bytes(EVENT_ID_COLUMN, r), bytes(CONTENT_COLUMN, r), r)
+                let (k, t, id, _) = events[r];
+                (k, t, id.is_none(), id, bytes(CONTENT_COLUMN, r), r)
             });
             let mut seen = std::collections::HashSet::new();
             let expected: Vec<u32> = rows
