@@ -37,6 +37,8 @@ pub(crate) struct JsonLinesPartition {
     pub(crate) schema: SchemaRef,
     pub(crate) rejects: Arc<Mutex<Vec<SourceReject>>>,
     pub(crate) progress: Arc<crate::Progress>,
+    /// Events later than this (UTC µs) are rejects.
+    pub(crate) latest_event_time: Option<i64>,
 }
 
 /// Decodes lines into batches, keeping rejects.
@@ -52,6 +54,31 @@ struct LineDecoder {
 }
 
 impl LineDecoder {
+    /// Takes one line as read; a line that is not UTF-8 is a reject like any bad
+    /// record (kept, with its text made readable), not the end of the job.
+    fn push_bytes(&mut self, bytes: &[u8]) -> Result<Option<RecordBatch>, DataFusionError> {
+        match std::str::from_utf8(bytes) {
+            Ok(text) => self.push(text),
+            Err(e) => {
+                self.line += 1;
+                self.progress.rows_read.fetch_add(1, Ordering::Relaxed);
+                self.progress.rejected.fetch_add(1, Ordering::Relaxed);
+                let mut record = serde_json::Map::new();
+                record.insert(
+                    "line".into(),
+                    serde_json::Value::String(String::from_utf8_lossy(bytes).into_owned()),
+                );
+                let mut sink = self.rejects.lock().unwrap_or_else(|p| p.into_inner());
+                sink.push(SourceReject {
+                    column: String::new(),
+                    reason: format!("{}, line {}: not UTF-8 text ({e})", self.name, self.line),
+                    record,
+                });
+                Ok(None)
+            }
+        }
+    }
+
     /// Takes one line; returns a full batch when one is ready.
     fn push(&mut self, text: &str) -> Result<Option<RecordBatch>, DataFusionError> {
         self.line += 1;
@@ -95,8 +122,10 @@ impl PartitionStream for JsonLinesPartition {
 
     fn execute(&self, ctx: Arc<TaskContext>) -> SendableRecordBatchStream {
         let (tx, rx) = mpsc::channel::<Result<RecordBatch, DataFusionError>>(2);
+        let mut json = JsonDecoder::new(&self.manifest);
+        json.set_latest_event_time(self.latest_event_time);
         let mut decoder = LineDecoder {
-            decoder: JsonDecoder::new(&self.manifest),
+            decoder: json,
             line: 0,
             rejects: self.rejects.clone(),
             progress: self.progress.clone(),
@@ -144,13 +173,11 @@ fn read_local(
         if reader.read_until(b'\n', &mut line).map_err(source)? == 0 {
             break;
         }
-        let text = std::str::from_utf8(&line).map_err(|e| {
-            DataFusionError::Execution(format!(
-                "{path}, line {}: not UTF-8 text ({e})",
-                decoder.line + 1
-            ))
-        })?;
-        if let Some(batch) = decoder.push(text.trim_end_matches(['\n', '\r']))?
+        let end = line
+            .iter()
+            .rposition(|b| !matches!(b, b'\n' | b'\r'))
+            .map_or(0, |i| i + 1);
+        if let Some(batch) = decoder.push_bytes(&line[..end])?
             && tx.blocking_send(Ok(batch)).is_err()
         {
             return Ok(()); // the consumer is gone
@@ -175,13 +202,7 @@ async fn read_object(
     let mut pending: Vec<u8> = Vec::new();
     let emit =
         |bytes: &[u8], decoder: &mut LineDecoder| -> Result<Option<RecordBatch>, DataFusionError> {
-            let text = std::str::from_utf8(bytes).map_err(|e| {
-                DataFusionError::Execution(format!(
-                    "{url}, line {}: not UTF-8 text ({e})",
-                    decoder.line + 1
-                ))
-            })?;
-            decoder.push(text.trim_end_matches('\r'))
+            decoder.push_bytes(bytes.strip_suffix(b"\r").unwrap_or(bytes))
         };
     while let Some(chunk) = chunks.next().await {
         pending.extend_from_slice(&chunk.map_err(source)?);

@@ -112,6 +112,7 @@ fn job(source: &Path, format: SourceFormat, partitions: usize) -> BatchJob {
         progress: Default::default(),
         s3: Default::default(),
         keep_states: true,
+        latest_event_time: None,
     }
 }
 

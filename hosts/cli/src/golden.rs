@@ -104,6 +104,11 @@ pub fn backfill(
         progress: Default::default(),
         s3: Default::default(),
         keep_states: false,
+        // The stream side's rule: events beyond the clock's default lead are refused.
+        latest_event_time: Some(
+            crate::batch::now_micros()
+                .saturating_add(lockstep_core::decode::DEFAULT_MAX_FUTURE_MICROS),
+        ),
     };
     let mut writer = store.writer(&group, 0, WriterOptions::default());
     let tokio = tokio::runtime::Builder::new_multi_thread()

@@ -141,7 +141,7 @@ enum StreamCommand {
     /// log, `/healthz` and `/metrics`. Stops cleanly on SIGTERM or Ctrl-C.
     Run {
         #[command(flatten)]
-        args: stream::RunArgs,
+        args: Box<stream::RunArgs>,
         #[command(flatten)]
         runtime: RuntimeArgs,
     },
@@ -303,6 +303,10 @@ enum BatchCommand {
         /// Write rows that cannot be read here, with their reason, and go on.
         #[arg(long)]
         rejects: Option<PathBuf>,
+        /// Refuse events more than this ahead of the clock (rejects, as the stream
+        /// host's dead letters): a typo like year 9999 never becomes a feature row.
+        #[arg(long, default_value = "1h", value_parser = skew::parse_lateness)]
+        max_future: i64,
         #[command(flatten)]
         runtime: RuntimeArgs,
     },
@@ -497,6 +501,7 @@ fn main() {
             partitions,
             state_out,
             rejects,
+            max_future,
             runtime,
         }) => runtime.runtime().and_then(|runtime| {
             batch::run(
@@ -521,6 +526,7 @@ fn main() {
                     }),
                     state_out,
                     rejects,
+                    max_future,
                 },
                 &runtime,
             )
@@ -530,7 +536,7 @@ fn main() {
             stream::init_logging();
             runtime
                 .runtime()
-                .and_then(|runtime| stream::run(args, &runtime))
+                .and_then(|runtime| stream::run(*args, &runtime))
         }
         Command::Stream(StreamCommand::Put {
             plugin,

@@ -75,9 +75,17 @@ pub struct RunArgs {
     /// How late an event may arrive and still be applied in order.
     #[arg(long, default_value = "5s", value_parser = crate::skew::parse_lateness)]
     pub allowed_lateness: i64,
+    /// Dead-letter events more than this ahead of the clock: one record a year ahead
+    /// must not move its shard's watermark past every real event.
+    #[arg(long, default_value = "1h", value_parser = crate::skew::parse_lateness)]
+    pub max_future: i64,
     /// Start entities from a backfill's final states (`batch run --state-out`).
     #[arg(long)]
     pub start_state: Option<PathBuf>,
+    /// Start from the stream's beginning although the state directory holds logs of
+    /// an earlier run and no checkpoint (they are kept, renamed `*.before-fresh`).
+    #[arg(long)]
+    pub fresh: bool,
     /// Skip events before this instant (RFC 3339): the backfill covered them.
     #[arg(long, value_parser = crate::parse_instant)]
     pub start_at: Option<i64>,
@@ -163,6 +171,7 @@ pub fn run(args: RunArgs, runtime: &Runtime) -> Result<()> {
     config.stream_config = StreamConfig {
         allowed_lateness: args.allowed_lateness,
         start_at: args.start_at,
+        max_future: Some(args.max_future),
     };
     config.start_states = start_states;
     config.listen = args.listen;
@@ -171,6 +180,7 @@ pub fn run(args: RunArgs, runtime: &Runtime) -> Result<()> {
     config.tip_read_interval = args.tip_read_interval;
     config.stop_when_idle = args.stop_when_idle;
     config.drain_on_stop = args.drain_on_stop;
+    config.start_fresh = args.fresh;
     config.cache = args.cache.clone().map(|url| (url, args.cache_ttl));
     tracing::info!(
         plugin = %args.plugin.display(),

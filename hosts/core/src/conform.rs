@@ -209,6 +209,18 @@ pub fn conform(
     schema: &SchemaRef,
     kind: SourceKind,
 ) -> Result<(RecordBatch, Vec<RowReject>), ConformError> {
+    conform_bounded(batch, manifest, schema, kind, None)
+}
+
+/// [`conform`], also rejecting rows whose event time is later than `latest_event_time`
+/// (UTC µs; see [`crate::decode::event_time_problem`], the rule JSON lines follow).
+pub fn conform_bounded(
+    batch: &RecordBatch,
+    manifest: &Manifest,
+    schema: &SchemaRef,
+    kind: SourceKind,
+    latest_event_time: Option<i64>,
+) -> Result<(RecordBatch, Vec<RowReject>), ConformError> {
     let n = batch.num_rows();
     let mut keep = vec![true; n];
     let mut rejects = Vec::new();
@@ -243,13 +255,27 @@ pub fn conform(
             }
             _ => column(source, &field.name, field.ty)?,
         };
+        let keys = (field.name == manifest.entity_key)
+            .then(|| array.as_string_opt::<i32>())
+            .flatten();
+        let times = (field.name == manifest.event_time && latest_event_time.is_some())
+            .then(|| array.as_primitive_opt::<arrow_array::types::TimestampMicrosecondType>())
+            .flatten();
         for row in 0..n {
             let reason = match &problems {
                 Some(p) if !p[row].is_empty() => Some(p[row].clone()),
                 _ if !field.nullable && array.is_null(row) => {
                     Some("is required but null".to_owned())
                 }
-                _ => None,
+                _ => keys
+                    .filter(|k| k.is_valid(row))
+                    .and_then(|k| crate::decode::entity_key_problem(k.value(row)))
+                    .map(str::to_owned)
+                    .or_else(|| {
+                        times.filter(|t| t.is_valid(row)).and_then(|t| {
+                            crate::decode::event_time_problem(t.value(row), latest_event_time)
+                        })
+                    }),
             };
             if let Some(reason) = reason
                 && keep[row]
@@ -333,6 +359,69 @@ mod tests {
 
     fn batch(columns: Vec<(&str, ArrayRef)>) -> RecordBatch {
         RecordBatch::try_from_iter(columns).expect("batch")
+    }
+
+    #[test]
+    fn an_empty_entity_key_is_rejected_as_json_lines_reject_it() {
+        let m = manifest();
+        let b = batch(vec![
+            (
+                "k",
+                Arc::new(StringArray::from(vec!["a", "", "b"])) as ArrayRef,
+            ),
+            (
+                "t",
+                Arc::new(StringArray::from(vec!["2024-01-01T00:00:00Z"; 3])),
+            ),
+        ]);
+        // Typed sources (Parquet, JSON) hold "" as a value; in CSV text it is null.
+        let (out, rejects) =
+            conform(&b, &m, &input_schema(&m), SourceKind::Typed).expect("conform");
+        assert_eq!(out.num_rows(), 2);
+        assert_eq!(rejects.len(), 1);
+        assert_eq!((rejects[0].row, rejects[0].column.as_str()), (1, "k"));
+        let json = crate::decode::decode_json_lines(r#"{"k":"","t":2}"#, &m, None)
+            .expect_err("an empty key");
+        assert_eq!(json.field.as_deref(), Some("k"));
+        assert_eq!(json.message, rejects[0].reason, "one rule, one message");
+    }
+
+    #[test]
+    fn events_beyond_the_latest_time_are_rejected_as_json_lines_reject_them() {
+        let m = manifest();
+        let b = batch(vec![
+            (
+                "k",
+                Arc::new(StringArray::from(vec!["a", "b", "c"])) as ArrayRef,
+            ),
+            (
+                "t",
+                Arc::new(StringArray::from(vec!["10", "9999-12-31T23:59:59Z", "11"])),
+            ),
+        ]);
+        let (out, rejects) = conform_bounded(&b, &m, &input_schema(&m), SourceKind::Text, Some(11))
+            .expect("conform");
+        assert_eq!(out.num_rows(), 2);
+        assert_eq!((rejects[0].row, rejects[0].column.as_str()), (1, "t"));
+        assert!(
+            rejects[0].reason.contains("in the future"),
+            "{}",
+            rejects[0].reason
+        );
+        let (all, none) = conform(&b, &m, &input_schema(&m), SourceKind::Text).expect("conform");
+        assert_eq!((all.num_rows(), none.len()), (3, 0), "no bound, no refusal");
+        let mut decoder = crate::decode::JsonDecoder::new(&m);
+        decoder.set_latest_event_time(Some(11));
+        let e = decoder
+            .push_record(r#"{"k":"b","t":"9999-12-31T23:59:59Z"}"#, 2)
+            .expect_err("future");
+        assert_eq!(
+            (e.field.as_deref(), e.message.as_str()),
+            (Some("t"), rejects[0].reason.as_str())
+        );
+        decoder
+            .push_record(r#"{"k":"c","t":11}"#, 3)
+            .expect("at the bound");
     }
 
     #[test]

@@ -12,7 +12,8 @@
 //! | timestamp | integer microseconds since the epoch (UTC); RFC 3339 strings with a zone (`Z` or `+hh:mm`) | strings without a zone, fractions |
 //!
 //! A missing field or `null` is null; null in a non-nullable field (the entity key and
-//! the event time always are) is an error. Fields not in the schema are ignored; of a
+//! the event time always are) is an error. An entity key must not be the empty string
+//! ([`entity_key_problem`]: one rule for every host and format). Fields not in the schema are ignored; of a
 //! repeated field, the last value counts.
 //!
 //! JSON records are decoded in one typed pass straight into column values; a record
@@ -377,6 +378,38 @@ mod typed {
     }
 }
 
+/// Why a string entity key is refused, if it is: the empty string names no entity
+/// (and cannot be a Kinesis partition key or a SageMaker record identifier). Every
+/// decoding path, JSON lines and typed columns alike, applies this one rule.
+pub fn entity_key_problem(key: &str) -> Option<&'static str> {
+    key.is_empty()
+        .then_some("must not be empty: an entity key names an entity")
+}
+
+/// The lead over the host's clock an event time may have by default (`--max-future`):
+/// an hour covers producers whose clocks drift, and refuses the year-9999 and
+/// next-year typos that would otherwise move a stream's watermark past every real event.
+pub const DEFAULT_MAX_FUTURE_MICROS: i64 = 3_600_000_000;
+
+/// Why an event at `time` (UTC µs) is refused when the latest time accepted is
+/// `latest` (the host's clock plus its allowed lead), if it is. Both hosts apply this
+/// one rule before an event is ordered, so such an event is a reject in the batch host,
+/// a dead letter in the stream host, and never moves a watermark.
+pub fn event_time_problem(time: i64, latest: Option<i64>) -> Option<String> {
+    let latest = latest?;
+    let text = |t: i64| match crate::rows::format_timestamp(t) {
+        Json::String(s) => s,
+        other => other.to_string(),
+    };
+    (time > latest).then(|| {
+        format!(
+            "{} is in the future: later than {} (the host's clock plus --max-future)",
+            text(time),
+            text(latest)
+        )
+    })
+}
+
 /// A record that was refused, with its line and reason.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Reject {
@@ -393,6 +426,12 @@ pub struct JsonDecoder {
     columns: Vec<ColumnBuilder>,
     row: Vec<Option<Scalar>>,
     rows: usize,
+    /// The entity key's position in `fields`.
+    key: Option<usize>,
+    /// The event time's position in `fields`.
+    time: Option<usize>,
+    /// Events later than this (UTC µs) are refused ([`event_time_problem`]).
+    latest_event_time: Option<i64>,
 }
 
 impl JsonDecoder {
@@ -412,7 +451,15 @@ impl JsonDecoder {
                 .collect(),
             row: Vec::with_capacity(manifest.input.len()),
             rows: 0,
+            key: manifest.input_index(&manifest.entity_key),
+            time: manifest.input_index(&manifest.event_time),
+            latest_event_time: None,
         }
+    }
+
+    /// Refuses events later than `latest` (UTC µs) from now on; `None` accepts any time.
+    pub fn set_latest_event_time(&mut self, latest: Option<i64>) {
+        self.latest_event_time = latest;
     }
 
     /// Decodes one record (`line` is its 1-based position, for errors). A record is
@@ -424,6 +471,26 @@ impl JsonDecoder {
         // error messages. The typed pass never accepts what that one refuses.
         if !self.decode_typed(text) {
             self.decode_generic(text, line)?;
+        }
+        if let Some(key) = self.key
+            && let Some(Some(Scalar::String(value))) = self.row.get(key)
+            && let Some(problem) = entity_key_problem(value)
+        {
+            return Err(DecodeError {
+                line,
+                field: Some(self.fields[key].0.clone()),
+                message: problem.to_owned(),
+            });
+        }
+        if let Some(time) = self.time
+            && let Some(Some(Scalar::Timestamp(t))) = self.row.get(time)
+            && let Some(problem) = event_time_problem(*t, self.latest_event_time)
+        {
+            return Err(DecodeError {
+                line,
+                field: Some(self.fields[time].0.clone()),
+                message: problem,
+            });
         }
         for (column, value) in self.columns.iter_mut().zip(self.row.drain(..)) {
             column.push(value);

@@ -24,6 +24,11 @@ pub struct StreamConfig {
     /// Events before this instant (UTC µs) belong to a backfill the stream goes on
     /// from: they are skipped (counted, neither applied nor late).
     pub start_at: Option<i64>,
+    /// Events more than this ahead of the clock (µs) are dead letters: they never
+    /// reach the reorder buffer, so they never move the watermark. The batch host
+    /// refuses them by the same rule ([`lockstep_core::decode::event_time_problem`]).
+    /// `None` accepts any time.
+    pub max_future: Option<i64>,
 }
 
 impl Default for StreamConfig {
@@ -31,6 +36,7 @@ impl Default for StreamConfig {
         StreamConfig {
             allowed_lateness: 5_000_000,
             start_at: None,
+            max_future: Some(lockstep_core::decode::DEFAULT_MAX_FUTURE_MICROS),
         }
     }
 }
@@ -398,6 +404,13 @@ impl StreamProcessor {
     /// Takes `records` in arrival order, then applies every held event the watermark
     /// has passed.
     pub fn push(&mut self, records: &[Record<'_>]) -> Result<Step, StreamError> {
+        let latest = self.config.max_future.map(|lead| {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX));
+            now.saturating_add(lead)
+        });
+        self.decoder.set_latest_event_time(latest);
         let mut dead = Vec::new();
         let mut sources = Vec::with_capacity(records.len());
         for record in records {

@@ -123,6 +123,72 @@ fn every_golden_set_streams_to_its_golden_rows() {
 }
 
 #[test]
+fn a_future_dated_event_is_a_dead_letter_and_never_moves_the_watermark() {
+    let plugin = plugin("txn_velocity");
+    let events = std::fs::read_to_string(repo("golden/txn_velocity/events.jsonl")).expect("events");
+    let mut lines: Vec<String> = events.lines().map(str::to_owned).collect();
+    let future = [
+        r#"{"card_id":"card-0001","ts":"9999-12-31T23:59:59Z","amount":1.0,"merchant":"m","txn_id":"far"}"#,
+        // Two years ahead of any clock this test runs on: as bad.
+        r#"{"card_id":"card-0002","ts":"2100-01-01T00:00:00Z","amount":1.0,"merchant":"m","txn_id":"near"}"#,
+    ];
+    lines.insert(3, future[0].to_owned());
+    lines.insert(lines.len() / 2, future[1].to_owned());
+    // The golden events arrive up to five minutes late; the bound is the default one.
+    let config = StreamConfig {
+        allowed_lateness: 5 * MINUTE,
+        ..StreamConfig::default()
+    };
+    let mut p = StreamProcessor::new(&plugin, config).expect("processor");
+    let sequences: Vec<String> = (0..lines.len()).map(|i| i.to_string()).collect();
+    let mut rows = Vec::new();
+    let mut dead = Vec::new();
+    let mut late = 0;
+    for (chunk, seqs) in lines.chunks(50).zip(sequences.chunks(50)) {
+        let records: Vec<Record> = chunk
+            .iter()
+            .zip(seqs)
+            .map(|(line, seq)| Record {
+                shard: "shard-0",
+                sequence: seq,
+                data: line.as_bytes(),
+                partition_key: None,
+            })
+            .collect();
+        let step = p.push(&records).expect("push");
+        late += step.late.len();
+        dead.extend(step.dead);
+        rows.push(step.rows);
+        // No watermark in the future: it trails the real events.
+        assert!(
+            p.watermark().is_none_or(|w| w < 4_102_444_800_000_000),
+            "{:?}",
+            p.watermark()
+        );
+    }
+    rows.push(p.drain().expect("drain").rows);
+    assert_eq!(late, 0, "a future event made real ones late");
+    assert_eq!(dead.len(), 2, "{dead:?}");
+    for d in &dead {
+        assert!(
+            d.reason.contains("in the future") && d.reason.contains("ts"),
+            "{}",
+            d.reason
+        );
+    }
+    // Everything else is applied: the golden rows exactly.
+    let expected_text =
+        std::fs::read_to_string(repo("golden/txn_velocity/expected.jsonl")).expect("rows");
+    let mut expected: Vec<Row> = expected_text
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("row"))
+        .collect();
+    canonical_order(&mut expected, &plugin.manifest().entity_key);
+    let c = compare("card_id", &canonical(&plugin, &rows), &expected, 10);
+    assert!(c.identical(), "{}", c.render("stream", "golden"));
+}
+
+#[test]
 fn late_events_are_kept_apart_and_late_redeliveries_are_duplicates() {
     let plugin = plugin("txn_velocity");
     let t0 = lockstep_gen::EPOCH_2024;
