@@ -24,6 +24,8 @@ pub struct RunArgs {
     pub partitions: usize,
     pub state_out: Option<PathBuf>,
     pub rejects: Option<PathBuf>,
+    /// How far ahead of the clock an event time may be (µs).
+    pub max_future: i64,
 }
 
 /// Where to register written tables.
@@ -68,7 +70,7 @@ pub fn parse_size(text: &str) -> Result<usize, String> {
     Ok((number * scale) as usize)
 }
 
-fn now_micros() -> i64 {
+pub(crate) fn now_micros() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_micros() as i64)
@@ -96,11 +98,12 @@ pub fn run(args: RunArgs, runtime: &Runtime) -> Result<()> {
             args.source
         ),
     };
-    // Bind (or check) the group version first: a plugin that may not write here is
-    // refused before any work is done.
+    // Check the group version first: a plugin that may not write here is refused
+    // before any work is done. It is bound when the rows commit, so a job that fails
+    // before then leaves it free.
     let store = OfflineStore::open_location(&args.offline_store, &args.s3)?;
     let now = now_micros();
-    let group = store.register(plugin.manifest(), plugin.hash(), now)?;
+    let group = store.check_binding(plugin.manifest(), plugin.hash(), now)?;
     let job = BatchJob {
         component: args.plugin.to_string_lossy().into_owned(),
         source: args.source.clone(),
@@ -113,6 +116,7 @@ pub fn run(args: RunArgs, runtime: &Runtime) -> Result<()> {
         progress: Default::default(),
         s3: args.s3.clone(),
         keep_states: args.state_out.is_some(),
+        latest_event_time: Some(now.saturating_add(args.max_future)),
     };
     // Rows wait for the commit in a buffer of a quarter of the memory limit; the rest is
     // the sort's. Beyond it they are staged on disk.
@@ -132,8 +136,28 @@ pub fn run(args: RunArgs, runtime: &Runtime) -> Result<()> {
         .build()
         .context("starting the async runtime")?;
     let display = ProgressDisplay::start(job.progress.clone());
-    let result = tokio.block_on(lockstep_batch::run(&job, &plugin, &mut writer));
+    // A reader library that panics on some damaged input must not take the process
+    // down with a backtrace (exit 101): it is reported as this job's error, and the
+    // writer, never committed, leaves nothing visible.
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        tokio.block_on(lockstep_batch::run(&job, &plugin, &mut writer))
+    }));
     display.finish();
+    let result = match result {
+        Ok(result) => result,
+        Err(panic) => {
+            let message = panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+                .unwrap_or_default();
+            bail!(
+                "backfilling from {}: reading the source failed inside a library ({message}); \
+                 the input is probably damaged. Nothing was written",
+                args.source
+            )
+        }
+    };
     let out = result.with_context(|| format!("backfilling from {}", args.source))?;
     match (&args.rejects, out.rejects.first()) {
         (None, Some(first)) => bail!(

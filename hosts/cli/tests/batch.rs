@@ -183,7 +183,13 @@ fn bad_rows_stop_the_job_unless_a_rejects_file_is_given() {
         err.contains("2 source rows could not be read") && err.contains("nothing was written"),
         "{err}"
     );
-    assert_eq!(stored_rows(&store), 0, "nothing written");
+    // Nothing written, and the failed job did not bind the group version.
+    assert!(matches!(
+        OfflineStore::open(&store)
+            .expect("open")
+            .version("txn_velocity", "1.0.0"),
+        Err(lockstep_offline::OfflineError::UnknownVersion { .. })
+    ));
     let rejects = dir.path().join("rejects.jsonl");
     let out = backfill(&csv, &store, &["--rejects", s(&rejects)]);
     assert!(out.status.success(), "{}", text(&out.stderr));
@@ -449,4 +455,73 @@ fn a_backfill_registers_its_table_and_partitions_in_glue() {
         err.contains("registering them in glue:features failed"),
         "{err}"
     );
+}
+
+/// Damaged Parquet sources are clear errors naming the file, never a panic (exit 101);
+/// and a job that fails before its commit does not claim the group version.
+#[test]
+fn a_damaged_parquet_footer_is_named_and_a_failed_job_claims_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let good = generate_as(dir.path(), 500, "events.parquet");
+    let bytes = std::fs::read(&good).expect("read");
+    let store = dir.path().join("store");
+    let mut cases: Vec<(&str, Vec<u8>, &str)> = Vec::new();
+    // The footer claims more bytes than the file has.
+    let mut long = bytes.clone();
+    let at = long.len() - 8;
+    long[at..at + 4].copy_from_slice(&(bytes.len() as u32 * 2).to_le_bytes());
+    cases.push(("long-footer.parquet", long, "damaged footer"));
+    // Cut in the middle: no magic at the end.
+    cases.push(("cut.parquet", bytes[..bytes.len() / 2].to_vec(), "PAR1"));
+    cases.push(("tiny.parquet", b"PAR1".to_vec(), "too short"));
+    for (name, content, why) in cases {
+        let source = dir.path().join(name);
+        std::fs::write(&source, content).expect("write");
+        let out = backfill(&source, &store, &[]);
+        let err = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{name}: {err}");
+        assert!(err.contains(name) && err.contains(why), "{name}: {err}");
+        assert!(!err.contains("panicked"), "{name}: {err}");
+    }
+    // None of the failed jobs bound txn_velocity@1.0.0.
+    let opened = OfflineStore::open(&store).expect("open");
+    assert!(opened.version("txn_velocity", "1.0.0").is_err());
+    // The good file then backfills.
+    let out = backfill(&good, &store, &[]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(stored_rows(&store) > 0);
+}
+
+/// A line that is not UTF-8 is a reject like any bad record: `--rejects` keeps it and
+/// the job goes on; without it the job stops once, saying so once.
+#[test]
+fn a_line_that_is_not_utf8_is_a_reject() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let source = dir.path().join("events.jsonl");
+    let mut bytes =
+        br#"{"card_id":"c1","ts":1704067200000000,"amount":1.5,"merchant":"m","txn_id":"a"}"#
+            .to_vec();
+    bytes.extend_from_slice(b"\n{\"card_id\":\"c\xff\xfe\"}\n");
+    bytes.extend_from_slice(
+        br#"{"card_id":"","ts":1704067201000000,"amount":1.5,"merchant":"m","txn_id":"b"}"#,
+    );
+    bytes.push(b'\n');
+    std::fs::write(&source, bytes).expect("write");
+    let store = dir.path().join("store");
+    let out = backfill(&source, &store, &[]);
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("2 source rows could not be read"), "{err}");
+    assert_eq!(err.matches("could not be read").count(), 1, "{err}");
+    let rejects = dir.path().join("rejects.jsonl");
+    let out = backfill(&source, &store, &["--rejects", s(&rejects)]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let kept = std::fs::read_to_string(&rejects).expect("rejects");
+    assert_eq!(kept.lines().count(), 2, "{kept}");
+    assert!(
+        kept.contains("not UTF-8") && kept.contains("line 2"),
+        "{kept}"
+    );
+    assert!(kept.contains("must not be empty"), "{kept}");
+    assert_eq!(stored_rows(&store), 1);
 }

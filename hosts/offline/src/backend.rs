@@ -283,6 +283,7 @@ impl Backend {
                 if let Ok(d) = std::fs::File::open(dir) {
                     let _ = d.sync_all();
                 }
+                remove_orphaned_tmp_files(dir);
                 Ok(path)
             }
             Backend::Object(o) => {
@@ -540,5 +541,63 @@ mod direct {
             let err = write(&path, b"x").expect_err("no directory");
             assert_eq!(err.kind(), std::io::ErrorKind::NotFound);
         }
+    }
+}
+
+/// Removes the temporary files in `dir` that a killed writer left behind: those named
+/// by [`unique_tmp_name`] for a process that no longer runs. Readers never saw them
+/// (dot-named), but they would pile up on disk. Best effort: a file that cannot be
+/// removed now is removed by a later commit.
+fn remove_orphaned_tmp_files(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name.to_str().and_then(tmp_file_owner) else {
+            continue;
+        };
+        if pid != std::process::id() && !process_runs(pid) {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+}
+
+/// The process id in a name made by [`unique_tmp_name`] (`.tmp-<stem>-<pid>-<n>`).
+fn tmp_file_owner(name: &str) -> Option<u32> {
+    let rest = name.strip_prefix(".tmp-")?;
+    let mut parts = rest.rsplitn(3, '-');
+    let _n: u64 = parts.next()?.parse().ok()?;
+    parts.next()?.parse().ok()
+}
+
+/// Whether process `pid` runs on this machine (Linux: it has a `/proc` entry). Where
+/// that cannot be told, every process is taken to run: nothing is removed.
+fn process_runs(pid: u32) -> bool {
+    if !Path::new("/proc/self").exists() {
+        return true;
+    }
+    Path::new("/proc").join(pid.to_string()).exists()
+}
+
+#[cfg(test)]
+mod tmp_tests {
+    #[test]
+    fn temporary_names_tell_their_writer_and_orphans_are_removed() {
+        let name = crate::error::unique_tmp_name("part-0.parquet");
+        assert_eq!(super::tmp_file_owner(&name), Some(std::process::id()));
+        assert_eq!(super::tmp_file_owner("part-0.parquet"), None);
+        assert_eq!(super::tmp_file_owner(".tmp-x-notapid-1"), None);
+        let dir = tempfile::tempdir().expect("tempdir");
+        // A pid above Linux's maximum (2^22) never runs.
+        let orphan = dir.path().join(".tmp-part-0.parquet-4999999-7");
+        let ours = dir.path().join(&name);
+        let data = dir.path().join("part-0.parquet");
+        for f in [&orphan, &ours, &data] {
+            std::fs::write(f, b"x").expect("write");
+        }
+        super::remove_orphaned_tmp_files(dir.path());
+        assert!(!orphan.exists(), "the killed writer's file stays");
+        assert!(ours.exists() && data.exists());
     }
 }

@@ -81,3 +81,32 @@ pub(crate) fn register(
     }
     Ok(existing)
 }
+
+/// The entry `manifest`'s group version has or would have for `plugin_hash`, without
+/// binding it: an error only when another hash holds it already. A job checks this
+/// before its work and binds with [`register`] when it commits, so a job that fails
+/// before writing anything leaves the version free for the right build.
+pub(crate) fn check(
+    backend: &Backend,
+    manifest: &Manifest,
+    plugin_hash: &str,
+    now_micros: i64,
+) -> Result<GroupVersion, OfflineError> {
+    let (group, version) = (&manifest.name, &manifest.version);
+    match read(backend, group, version)? {
+        Some(existing) if existing.plugin_hash != plugin_hash => Err(OfflineError::HashMismatch {
+            group: group.clone(),
+            version: version.clone(),
+            registered: existing.plugin_hash,
+            offered: plugin_hash.to_owned(),
+        }),
+        Some(existing) => Ok(existing),
+        None => Ok(GroupVersion {
+            name: group.clone(),
+            version: version.clone(),
+            plugin_hash: plugin_hash.to_owned(),
+            manifest: manifest.clone(),
+            registered_at: now_micros,
+        }),
+    }
+}

@@ -93,6 +93,20 @@ impl OfflineStore {
         registry::register(&self.backend, manifest, plugin_hash, now_micros)
     }
 
+    /// Checks that `plugin_hash` may write `manifest`'s group version, without binding
+    /// it: the registered entry, or the one [`register`](Self::register) would make.
+    /// Fails with [`OfflineError::HashMismatch`] when another build holds it. A writer
+    /// made from the result binds the version when it commits, so a job that fails
+    /// before then claims nothing.
+    pub fn check_binding(
+        &self,
+        manifest: &Manifest,
+        plugin_hash: &str,
+        now_micros: i64,
+    ) -> Result<GroupVersion, OfflineError> {
+        registry::check(&self.backend, manifest, plugin_hash, now_micros)
+    }
+
     /// The registry entry of `group@version`.
     pub fn version(&self, group: &str, version: &str) -> Result<GroupVersion, OfflineError> {
         registry::read(&self.backend, group, version)?.ok_or_else(|| OfflineError::UnknownVersion {

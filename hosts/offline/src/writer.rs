@@ -341,8 +341,16 @@ impl OfflineWriter {
     }
 
     /// Writes every touched hour and makes it visible, replacing what those hours held.
+    /// The group version is bound to the writer's plugin hash first (if it is not yet),
+    /// so only a job that gets this far claims it.
     pub fn commit(mut self) -> Result<WriteSummary, OfflineError> {
         self.split_pending()?;
+        crate::registry::register(
+            &self.backend,
+            &self.group.manifest,
+            &self.group.plugin_hash,
+            self.group.registered_at,
+        )?;
         let mut hours: BTreeMap<i64, HourParts> = BTreeMap::new();
         for (hour, files) in std::mem::take(&mut self.chunks) {
             hours.entry(hour).or_default().0 = files;

@@ -234,6 +234,53 @@ fn a_version_is_bound_to_one_plugin_hash() {
 }
 
 #[test]
+fn a_version_is_bound_at_the_first_commit_not_before() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = OfflineStore::open(dir.path()).expect("open");
+    let m = manifest("1.0.0");
+    // A job that checks, writes and fails (the writer is dropped) claims nothing.
+    let wrong = store.check_binding(&m, "hash-wrong", 10).expect("free");
+    let mut writer = store.writer(&wrong, 10, Default::default());
+    writer
+        .write(&rows(&m, &[("u", T0, 1.0)]))
+        .expect("buffered rows");
+    drop(writer);
+    assert!(matches!(
+        store.version("spend", "1.0.0"),
+        Err(OfflineError::UnknownVersion { .. })
+    ));
+    // The right build then writes, and its commit binds the version.
+    let right = store
+        .check_binding(&m, "hash-right", 20)
+        .expect("still free");
+    let mut writer = store.writer(&right, 20, Default::default());
+    writer
+        .write(&rows(&m, &[("u", T0, 2.0)]))
+        .expect("buffered rows");
+    writer.commit().expect("commit");
+    assert_eq!(
+        store.version("spend", "1.0.0").expect("bound").plugin_hash,
+        "hash-right"
+    );
+    let err = store
+        .check_binding(&m, "hash-wrong", 30)
+        .expect_err("bound to the right build now");
+    assert!(matches!(err, OfflineError::HashMismatch { .. }), "{err}");
+    // A writer checked before the other build bound the version fails at commit.
+    let other = manifest("2.0.0");
+    let early = store.check_binding(&other, "hash-a", 40).expect("free");
+    store.register(&other, "hash-b", 41).expect("hash-b binds");
+    let mut writer = store.writer(&early, 40, Default::default());
+    writer
+        .write(&rows(&other, &[("u", T0, 3.0)]))
+        .expect("buffered rows");
+    let err = writer
+        .commit()
+        .expect_err("bound to another build meanwhile");
+    assert!(matches!(err, OfflineError::HashMismatch { .. }), "{err}");
+}
+
+#[test]
 fn racing_registrations_with_different_plugins_have_one_winner() {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = OfflineStore::open(dir.path()).expect("open");
