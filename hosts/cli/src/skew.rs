@@ -103,6 +103,36 @@ fn read_stream_log(dir: &std::path::Path, m: &lockstep_abi::Manifest) -> Result<
     })
 }
 
+/// Which of `lines` (numbered from 1) the stream host called late. Here late events are
+/// named by line number; in a service's log only by their text, so each logged late
+/// record takes away one line of that text, the last one not yet taken (the copy that
+/// arrived later). Copies of a text are the same event, so which copy is taken does not
+/// change the batch side; taking them one by one keeps the original of a late copy.
+fn late_positions(lines: &[(usize, &str)], late: &[LateEvent], by_text: bool) -> Vec<bool> {
+    let mut out = vec![false; lines.len()];
+    if by_text {
+        let mut wanted: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+        for l in late {
+            *wanted.entry(l.record.trim_end()).or_default() += 1;
+        }
+        for (at, (_, line)) in lines.iter().enumerate().rev() {
+            if let Some(n) = wanted.get_mut(line.trim_end())
+                && *n > 0
+            {
+                *n -= 1;
+                out[at] = true;
+            }
+        }
+    } else {
+        let numbers: std::collections::HashSet<&str> =
+            late.iter().map(|l| l.sequence.as_str()).collect();
+        for (at, (n, _)) in lines.iter().enumerate() {
+            out[at] = numbers.contains(n.to_string().as_str());
+        }
+    }
+    out
+}
+
 /// The event time of each decoded event (UTC µs).
 pub(crate) fn event_times(
     decoded: &arrow_array::RecordBatch,
@@ -401,12 +431,7 @@ pub fn run(args: &SkewArgs, runtime: &Runtime) -> Result<bool> {
     };
 
     // The batch side reads the same events less the late ones, from a file.
-    // Late events are named by line number here, by their text in a service's log.
-    let late_lines: std::collections::HashSet<&str> = if from_log {
-        streamed.late.iter().map(|l| l.record.as_str()).collect()
-    } else {
-        streamed.late.iter().map(|l| l.sequence.as_str()).collect()
-    };
+    let late = late_positions(&lines, &streamed.late, from_log);
     let scratch = tempfile::tempdir().context("creating a scratch directory")?;
     let batch_events = scratch.path().join("events.jsonl");
     {
@@ -414,13 +439,8 @@ pub fn run(args: &SkewArgs, runtime: &Runtime) -> Result<bool> {
             std::fs::File::create(&batch_events)
                 .with_context(|| format!("creating {}", batch_events.display()))?,
         );
-        for (n, line) in &lines {
-            let late = if from_log {
-                late_lines.contains(line.trim_end())
-            } else {
-                late_lines.contains(n.to_string().as_str())
-            };
-            if !late {
+        for (at, (_, line)) in lines.iter().enumerate() {
+            if !late[at] {
                 writeln!(w, "{line}")?;
             }
         }
@@ -542,6 +562,26 @@ mod tests {
             max_seen = max_seen.max(times[i]);
         }
         assert_eq!(arrival_order(&times, None, 50_000), sorted);
+    }
+
+    #[test]
+    fn a_logged_late_copy_takes_away_one_line_not_its_applied_original() {
+        let lines = [(1, "a"), (2, "b"), (3, "a"), (4, "c"), (5, "a")];
+        let late = |record: &str, sequence: &str| LateEvent {
+            shard: "s".into(),
+            sequence: sequence.into(),
+            event_time: 0,
+            watermark: 0,
+            record: record.into(),
+        };
+        // Two of the three copies of "a" were late: one copy stays on the batch side.
+        let by_text = late_positions(&lines, &[late("a", "x"), late("a ", "y")], true);
+        assert_eq!(by_text, [false, false, true, false, true]);
+        assert_eq!(
+            late_positions(&lines, &[late("a", "3")], false),
+            [false, false, true, false, false]
+        );
+        assert_eq!(late_positions(&lines, &[], true), [false; 5]);
     }
 
     #[test]
