@@ -76,6 +76,15 @@ pub struct CheckpointStore {
     input_schema: SchemaRef,
 }
 
+/// The text of a caught panic.
+fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
+    panic
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+        .unwrap_or_else(|| "the checkpoint reader panicked".into())
+}
+
 impl CheckpointStore {
     /// Opens (or creates) `dir/state.redb` for the component `plugin_hash`. State
     /// written by another component is refused: its entity states would be read by
@@ -85,21 +94,50 @@ impl CheckpointStore {
         plugin_hash: &str,
         input_schema: SchemaRef,
     ) -> Result<Self, ServiceError> {
+        Self::open_unless_new(dir, plugin_hash, input_schema, None)
+    }
+
+    /// [`open`](Self::open), but a file that was never bound to a plugin (absent,
+    /// emptied or replaced) is refused with [`ServiceError::MissingCheckpoint`]
+    /// naming `refuse_new` (the logs found beside it) before anything is written to
+    /// it: those logs were not written under it.
+    pub fn open_unless_new(
+        dir: &Path,
+        plugin_hash: &str,
+        input_schema: SchemaRef,
+        refuse_new: Option<String>,
+    ) -> Result<Self, ServiceError> {
         let path = dir.join("state.redb");
         std::fs::create_dir_all(dir).map_err(|e| ServiceError::Checkpoint {
             path: path.clone(),
             message: format!("cannot create the state directory: {e}"),
         })?;
-        let db = Database::create(&path).map_err(|e| ServiceError::Checkpoint {
+        let existed = std::fs::metadata(&path).is_ok_and(|m| m.len() > 0);
+        let damaged = |message: String| ServiceError::Checkpoint {
             path: path.clone(),
-            message: e.to_string(),
-        })?;
+            message: format!(
+                "the checkpoint is damaged ({message}); restore it from a copy, or move it \
+                 aside and start with --fresh (the logs are kept)"
+            ),
+        };
+        // redb may panic on some damaged files rather than return an error.
+        let db = match std::panic::catch_unwind(|| Database::create(&path)) {
+            Ok(Ok(db)) => db,
+            Ok(Err(e)) if existed => return Err(damaged(e.to_string())),
+            Ok(Err(e)) => {
+                return Err(ServiceError::Checkpoint {
+                    path: path.clone(),
+                    message: e.to_string(),
+                });
+            }
+            Err(panic) => return Err(damaged(panic_message(&panic))),
+        };
         let store = CheckpointStore {
             db,
             path,
             input_schema,
         };
-        let bound = store.meta("plugin_hash")?;
+        let bound = store.guarded(|s| s.meta("plugin_hash"))?;
         match bound {
             Some(hash) if hash != plugin_hash => {
                 return Err(ServiceError::OtherPlugin {
@@ -109,6 +147,12 @@ impl CheckpointStore {
                 });
             }
             Some(_) => {}
+            None if refuse_new.is_some() => {
+                return Err(ServiceError::MissingCheckpoint {
+                    path: store.path.clone(),
+                    logs: refuse_new.unwrap_or_default(),
+                });
+            }
             None => {
                 let tx = store.db.begin_write().map_err(|e| store.fail(e))?;
                 {
@@ -125,6 +169,21 @@ impl CheckpointStore {
     /// The file.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Runs `read` and turns a panic inside redb into an error naming the file.
+    fn guarded<T>(
+        &self,
+        read: impl FnOnce(&Self) -> Result<T, ServiceError>,
+    ) -> Result<T, ServiceError> {
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| read(self))).unwrap_or_else(
+            |panic| {
+                Err(ServiceError::Checkpoint {
+                    path: self.path.clone(),
+                    message: format!("the checkpoint is damaged ({})", panic_message(&panic)),
+                })
+            },
+        )
     }
 
     fn fail(&self, e: impl std::fmt::Display) -> ServiceError {
@@ -156,6 +215,10 @@ impl CheckpointStore {
 
     /// Reads everything back.
     pub fn restore(&self) -> Result<Restored, ServiceError> {
+        self.guarded(Self::restore_unguarded)
+    }
+
+    fn restore_unguarded(&self) -> Result<Restored, ServiceError> {
         let mut out = Restored::default();
         let logs = self.meta("logs")?;
         out.fresh = logs.is_none();
@@ -173,7 +236,13 @@ impl CheckpointStore {
             for item in table.iter().map_err(|e| self.fail(e))? {
                 let (k, v) = item.map_err(|e| self.fail(e))?;
                 let key = decode_key(k.value()).map_err(|e| self.corrupt("an entity key", e))?;
-                out.states.insert(key, v.value().to_vec());
+                let state = open_state(k.value(), v.value()).ok_or_else(|| {
+                    self.corrupt(
+                        &format!("the state of entity `{key}`"),
+                        "it fails its checksum",
+                    )
+                })?;
+                out.states.insert(key, state.to_vec());
             }
         }
         if let Ok(table) = tx.open_table(SHARDS) {
@@ -220,8 +289,9 @@ impl CheckpointStore {
                 let k = encode_key(key);
                 match state {
                     Some(s) => {
+                        let sealed = seal_state(&k, s);
                         entities
-                            .insert(k.as_slice(), s.as_slice())
+                            .insert(k.as_slice(), sealed.as_slice())
                             .map_err(|e| self.fail(e))?;
                     }
                     None => {
@@ -267,6 +337,32 @@ impl PreparedCommit<'_> {
         let store = self.store;
         self.tx.commit().map_err(|e| store.fail(e))
     }
+}
+
+/// An entity state as stored: its bytes, then an XXH3-64 of the stored key and the
+/// bytes (8 bytes, little endian), so a damaged file is reported as damage rather than
+/// handed to the plugin.
+fn seal_state(key: &[u8], state: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(state.len() + 8);
+    out.extend_from_slice(state);
+    out.extend_from_slice(&state_checksum(key, state).to_le_bytes());
+    out
+}
+
+/// The state bytes of a stored value, if its checksum holds.
+fn open_state<'a>(key: &[u8], stored: &'a [u8]) -> Option<&'a [u8]> {
+    let split = stored.len().checked_sub(8)?;
+    let (state, sum) = stored.split_at(split);
+    let sum = u64::from_le_bytes(sum.try_into().ok()?);
+    (sum == state_checksum(key, state)).then_some(state)
+}
+
+fn state_checksum(key: &[u8], state: &[u8]) -> u64 {
+    let mut h = xxhash_rust::xxh3::Xxh3::new();
+    h.update(&(key.len() as u64).to_le_bytes());
+    h.update(key);
+    h.update(state);
+    h.digest()
 }
 
 /// An entity key as stored: a tag byte, then the UTF-8 text or the big-endian integer.
@@ -587,5 +683,110 @@ mod tests {
             .expect("another plugin's state must be refused");
         let text = err.to_string();
         assert!(text.contains("abc") && text.contains("def"), "{text}");
+    }
+
+    #[test]
+    fn a_damaged_file_is_an_error_naming_it_never_a_panic() {
+        // Random bytes of several sizes, and a real checkpoint with bytes overwritten.
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        let mut noise = |n: usize| -> Vec<u8> {
+            (0..n)
+                .map(|_| {
+                    seed ^= seed << 13;
+                    seed ^= seed >> 7;
+                    seed ^= seed << 17;
+                    seed as u8
+                })
+                .collect()
+        };
+        for size in [1usize, 100, 4096, 65_536] {
+            let dir = tempfile::tempdir().unwrap();
+            std::fs::write(dir.path().join("state.redb"), noise(size)).unwrap();
+            let opened = CheckpointStore::open(dir.path(), "abc", schema())
+                .and_then(|store| store.restore().map(|_| ()));
+            let err = opened.expect_err("random bytes are no checkpoint");
+            let text = err.to_string();
+            assert!(text.contains("state.redb"), "{size} bytes: {text}");
+        }
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = CheckpointStore::open(dir.path(), "abc", schema()).unwrap();
+            let checkpoint = Checkpoint {
+                changed: (0..200)
+                    .map(|i| {
+                        (
+                            EntityKey::Str(format!("card-{i}")),
+                            Some(vec![1, 2, 3, i as u8]),
+                        )
+                    })
+                    .collect(),
+                shards: Vec::new(),
+            };
+            store
+                .commit(&Commit {
+                    checkpoint: &checkpoint,
+                    positions: &BTreeMap::new(),
+                    ended: &HashSet::new(),
+                    logs: LogLengths::default(),
+                })
+                .unwrap();
+        }
+        let path = dir.path().join("state.redb");
+        // Everything past the file's header pages: the tables' pages are garbage.
+        let mut bytes = std::fs::read(&path).unwrap();
+        let len = bytes.len();
+        for (i, b) in noise(len - 4096).into_iter().enumerate() {
+            bytes[4096 + i] = b;
+        }
+        std::fs::write(&path, bytes).unwrap();
+        let opened = CheckpointStore::open(dir.path(), "abc", schema())
+            .and_then(|store| store.restore().map(|_| ()));
+        let err = opened.expect_err("a damaged checkpoint must not restore");
+        assert!(err.to_string().contains("state.redb"), "{err}");
+    }
+
+    #[test]
+    fn a_state_whose_checksum_fails_is_damage() {
+        let sealed = seal_state(b"scard-1", &[1, 2, 3]);
+        assert_eq!(open_state(b"scard-1", &sealed), Some(&[1u8, 2, 3][..]));
+        assert_eq!(
+            open_state(b"scard-2", &sealed),
+            None,
+            "moved to another key"
+        );
+        let mut flipped = sealed.clone();
+        flipped[1] ^= 1;
+        assert_eq!(open_state(b"scard-1", &flipped), None);
+        assert_eq!(
+            open_state(b"scard-1", &[1, 2]),
+            None,
+            "shorter than a checksum"
+        );
+    }
+
+    #[test]
+    fn an_unbound_file_beside_logs_is_refused_before_anything_is_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = CheckpointStore::open_unless_new(
+            dir.path(),
+            "abc",
+            schema(),
+            Some("rows.jsonl (10 bytes)".into()),
+        )
+        .err()
+        .expect("refused");
+        assert!(
+            matches!(err, ServiceError::MissingCheckpoint { .. }),
+            "{err}"
+        );
+        assert!(err.to_string().contains("--fresh"), "{err}");
+        // Still unbound: asking again refuses again (nothing was written to it).
+        assert!(
+            CheckpointStore::open_unless_new(dir.path(), "abc", schema(), Some("x".into()))
+                .is_err()
+        );
+        // A bound file opens whatever logs lie beside it.
+        CheckpointStore::open(dir.path(), "abc", schema()).unwrap();
+        CheckpointStore::open_unless_new(dir.path(), "abc", schema(), Some("x".into())).unwrap();
     }
 }

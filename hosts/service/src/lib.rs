@@ -48,6 +48,19 @@ pub enum ServiceError {
         /// What went wrong.
         message: String,
     },
+    /// Logs of an earlier run lie beside a checkpoint file that was never written
+    /// (lost, emptied or replaced): starting would cut them back to nothing.
+    #[error(
+        "checkpoint store {path} holds no checkpoint, but {logs} hold output of an earlier \
+         run: the checkpoint was lost or damaged. Restore it, or pass --fresh to read the \
+         stream from its beginning (the old logs are kept, renamed *.before-fresh)"
+    )]
+    MissingCheckpoint {
+        /// The checkpoint file.
+        path: PathBuf,
+        /// The logs found, with their sizes.
+        logs: String,
+    },
     /// The state belongs to another component.
     #[error(
         "the state in {path} was built by plugin {registered}; this is plugin {offered}. \

@@ -61,6 +61,42 @@ pub struct ServiceConfig {
     pub handle_signals: bool,
     /// A Redis cache to write through after the durable store: URL and entry TTL.
     pub cache: Option<(String, Option<Duration>)>,
+    /// Start from the stream's beginning even though logs of an earlier run exist
+    /// without a checkpoint (they are renamed `*.before-fresh`, never deleted).
+    pub start_fresh: bool,
+}
+
+/// The log files of `dir` that hold something: (path, bytes).
+fn existing_logs(dir: &std::path::Path) -> Vec<(PathBuf, u64)> {
+    LOG_FILES
+        .iter()
+        .map(|name| dir.join(name))
+        .filter_map(|p| {
+            let len = std::fs::metadata(&p).ok()?.len();
+            (len > 0).then_some((p, len))
+        })
+        .collect()
+}
+
+/// The service's logs, by file name.
+const LOG_FILES: [&str; 3] = ["rows.jsonl", "late.jsonl", "dead-letters.jsonl"];
+
+/// Renames each of `logs` to `<name>.before-fresh` (numbered if that exists).
+fn set_logs_aside(logs: &[(PathBuf, u64)]) -> Result<(), ServiceError> {
+    for (path, _) in logs {
+        let mut target = path.with_extension("jsonl.before-fresh");
+        let mut n = 1;
+        while target.exists() {
+            target = path.with_extension(format!("jsonl.before-fresh.{n}"));
+            n += 1;
+        }
+        std::fs::rename(path, &target).map_err(|e| ServiceError::Log {
+            path: path.clone(),
+            message: format!("cannot set it aside as {}: {e}", target.display()),
+        })?;
+        tracing::warn!(log = %path.display(), kept_as = %target.display(), "starting fresh: old log set aside");
+    }
+    Ok(())
 }
 
 impl ServiceConfig {
@@ -86,6 +122,7 @@ impl ServiceConfig {
             drain_on_stop: false,
             handle_signals: true,
             cache: None,
+            start_fresh: false,
         }
     }
 }
@@ -278,8 +315,30 @@ impl StreamService {
         }
 
         let manifest = self.plugin.manifest();
-        let checkpoints =
-            CheckpointStore::open(&cfg.state_dir, self.plugin.hash(), input_schema(manifest))?;
+        // Logs without a checkpoint: the checkpoint was lost, emptied or replaced.
+        // Starting would cut the logs back to nothing, so refuse unless told to start
+        // fresh, and then keep the old logs beside the new ones.
+        let found = existing_logs(&cfg.state_dir);
+        let described = (!found.is_empty()).then(|| {
+            found
+                .iter()
+                .map(|(p, n)| format!("{} ({n} bytes)", p.display()))
+                .collect::<Vec<_>>()
+                .join(", ")
+        });
+        let hash = self.plugin.hash();
+        let checkpoints = match CheckpointStore::open_unless_new(
+            &cfg.state_dir,
+            hash,
+            input_schema(manifest),
+            described,
+        ) {
+            Err(ServiceError::MissingCheckpoint { .. }) if cfg.start_fresh => {
+                set_logs_aside(&found)?;
+                CheckpointStore::open(&cfg.state_dir, hash, input_schema(manifest))?
+            }
+            other => other?,
+        };
         let restored = checkpoints.restore()?;
         let logs = Logs {
             rows: AppendLog::open(&cfg.state_dir.join("rows.jsonl"), restored.logs.rows)?,
