@@ -42,6 +42,14 @@ step "python packages: store readers, and the moto server (S3, Kinesis, Glue on 
 python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore \
   "duckdb==2.0.0" "pyarrow==26.0.1" "moto[server]==5.2.1" "boto3"
 
+step "python packages: Feast's stock SDK in its own environment (serve is read through it)"
+feast_venv="${HOME:-/tmp}/.cache/lockstep/feast-venv"
+if ! "$feast_venv/bin/python" -c 'import feast' 2>/dev/null; then
+  python3 -m venv "$feast_venv"
+  "$feast_venv/bin/pip" install --quiet --disable-pip-version-check "feast[redis]==0.67.0"
+fi
+export LOCKSTEP_FEAST_PYTHON="$feast_venv/bin/python"
+
 step "cargo fmt --check"
 cargo fmt --all -- --check
 

@@ -213,6 +213,7 @@ fn serve_answers_with_the_stores_rows_and_refuses_bad_configuration_by_name() {
             }
         }
     });
+    feast_reads_what_the_api_answers(&serve, &latest);
     // SIGTERM stops it cleanly.
     let mut serve = serve;
     let status = Command::new("kill")
@@ -301,4 +302,75 @@ fn cache_acl_prints_rules_redis_accepts_and_they_fence_the_tenant_in() {
     );
     assert!(as_tenant(&["hmget", "lockstep:other@1.0.0:c1", "t"]).contains("NOPERM"));
     assert!(as_tenant(&["hset", "lockstep:txn_velocity@1.0.0:c1", "t", "1"]).contains("NOPERM"));
+}
+
+/// The Python with Feast installed: `LOCKSTEP_FEAST_PYTHON`, else the virtual
+/// environment `scripts/test.sh` makes.
+fn feast_python() -> std::path::PathBuf {
+    if let Some(p) = std::env::var_os("LOCKSTEP_FEAST_PYTHON") {
+        return p.into();
+    }
+    let home = std::env::var_os("HOME").unwrap_or_else(|| "/tmp".into());
+    let venv = Path::new(&home).join(".cache/lockstep/feast-venv/bin/python");
+    assert!(
+        venv.exists(),
+        "Feast is not installed at {}: run scripts/test.sh (it installs feast==0.67.0 there) \
+         or set LOCKSTEP_FEAST_PYTHON",
+        venv.display()
+    );
+    venv
+}
+
+/// Feast's stock SDK with `online_store: type: remote` reads the same values that
+/// `/v1/features` answers (Feast sends fields of its own, such as
+/// `include_feature_view_version_metadata`: they must not be refused).
+fn feast_reads_what_the_api_answers(serve: &Serve, latest: &BTreeMap<String, Map<String, Json>>) {
+    let cards: Vec<&String> = latest.keys().take(8).collect();
+    let features = [
+        ("txn_count_1h", "Int64"),
+        ("txn_sum_1h", "Float64"),
+        ("txn_max_24h", "Float64"),
+    ];
+    let mut args: Vec<String> = vec![
+        common::repo("tests/python/feast_remote.py")
+            .display()
+            .to_string(),
+        "--url".into(),
+        serve.base.clone(),
+        "--view".into(),
+        "txn_velocity".into(),
+        "--key".into(),
+        "card_id".into(),
+    ];
+    for (name, ty) in features {
+        args.extend(["--feature".into(), format!("{name}:{ty}")]);
+    }
+    for card in cards.iter().map(|c| c.as_str()).chain(["card-unknown"]) {
+        args.extend(["--entity".into(), card.to_owned()]);
+    }
+    let out = Command::new(feast_python())
+        .args(&args)
+        .output()
+        .expect("run the Feast client");
+    assert!(
+        out.status.success(),
+        "the Feast client failed against serve: {}",
+        text(&out.stderr)
+    );
+    let answer: Map<String, Json> = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", text(&out.stdout)));
+    for (name, _) in features {
+        let got = answer[name].as_array().expect("a list per feature");
+        assert_eq!(got.len(), cards.len() + 1, "{name}: {answer:?}");
+        for (card, value) in cards.iter().zip(got) {
+            let want = &latest[*card][name];
+            // Feast hands numbers back through protobuf: compare as numbers.
+            assert_eq!(
+                value.as_f64(),
+                want.as_f64(),
+                "{name} of {card}: Feast read {value}, the store holds {want}"
+            );
+        }
+        assert_eq!(got[cards.len()], Json::Null, "{name} of an unknown card");
+    }
 }

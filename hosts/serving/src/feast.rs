@@ -7,8 +7,12 @@
 //!   view reads the column named by its group's entity key.
 //! - `full_feature_names`: names the answer's columns `view__feature`.
 //!
-//! Not understood (refused with a 400 that says so): `feature_service`, request-time
-//! (on-demand) features, and any other field.
+//! Accepted and ignored, as Feast's own server does: fields that Feast's clients add
+//! (`include_feature_view_version_metadata`, sent by every `remote` online store
+//! since 0.67) and any other field this server does not know.
+//!
+//! Not understood (refused with a 400 that says so): `feature_service` and request-time
+//! (on-demand) features.
 //!
 //! The answer has Feast's shape — `metadata.feature_names`, then one `results` entry per
 //! column (entity columns first) with `values`, `statuses` and `event_timestamps` — so
@@ -24,8 +28,11 @@ use serde::Deserialize;
 use serde_json::{Map, Value as Json, json};
 
 /// A Feast `get-online-features` request.
+///
+/// Unknown fields are ignored rather than refused: Feast's clients add fields from
+/// release to release (a stock client must keep working), and none of them changes
+/// which values are answered.
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct FeastRequest {
     /// `view:feature` references.
     #[serde(default)]
@@ -38,6 +45,9 @@ pub struct FeastRequest {
     /// Name columns `view__feature`.
     #[serde(default)]
     pub full_feature_names: bool,
+    /// Sent by Feast's `remote` online store; accepted, no version metadata is added.
+    #[serde(default)]
+    pub include_feature_view_version_metadata: bool,
 }
 
 fn bad(message: impl Into<String>) -> ServeError {
