@@ -148,6 +148,112 @@ for bad in [lambda: fs.get_record(FeatureGroupName='ghosts', RecordIdentifierVal
     );
 }
 
+/// DeleteRecord as AWS's API reference describes it, case by case, through boto3:
+/// EventTime decides (a soft delete older than the record leaves it, a hard one is a
+/// ValidationError), a delete leaves a marker that older puts cannot get past,
+/// DeletionMode and TargetStores are honoured or refused by name, a group's ARN
+/// names it, and an oversized request is a ValidationError, not a bare 413.
+#[test]
+fn boto3_deletes_by_event_time_mode_and_target_as_the_service_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let local = Local::start(dir.path(), &["users=user_id:ts"]);
+    let out = local.boto3(
+        r#"
+def put(uid, ts, score, group='users'):
+    fs.put_record(FeatureGroupName=group, Record=[
+        {'FeatureName': 'user_id', 'ValueAsString': uid},
+        {'FeatureName': 'ts', 'ValueAsString': ts},
+        {'FeatureName': 'score', 'ValueAsString': score}])
+def score(uid):
+    got = fs.get_record(FeatureGroupName='users', RecordIdentifierValueAsString=uid)
+    return {f['FeatureName']: f['ValueAsString'] for f in got['Record']}.get('score') if 'Record' in got else None
+def attempt(label, call):
+    try:
+        call()
+        print(label, 'ok')
+    except fs.exceptions.ValidationError as e:
+        print(label, 'ValidationError', str(e).replace('\n', ' '))
+def delete(uid, at, **kw):
+    fs.delete_record(FeatureGroupName='users', RecordIdentifierValueAsString=uid, EventTime=at, **kw)
+
+put('u1', '2024-01-02T00:00:00Z', '2')
+# 1. A soft delete older than the record leaves it.
+delete('u1', '2024-01-01T00:00:00Z')
+print('soft-older', score('u1'))
+# 2. A hard delete older than the record is refused.
+attempt('hard-older', lambda: delete('u1', '2024-01-01T00:00:00Z', DeletionMode='HardDelete'))
+print('after-hard-older', score('u1'))
+# 3. A delete at a later time removes it; an older put cannot bring it back.
+delete('u1', '2024-01-03T00:00:00Z')
+print('deleted', score('u1'))
+put('u1', '2024-01-02T12:00:00Z', '99')
+print('older-put', score('u1'))
+put('u1', '2024-01-03T00:00:00Z', '98')
+print('equal-put', score('u1'))
+# 4. A later put is a new record.
+put('u1', '2024-01-04T00:00:00Z', '4')
+print('later-put', score('u1'))
+# 5. A hard delete at a later time removes it too, marker included.
+delete('u1', '2024-01-05T00:00:00Z', DeletionMode='HardDelete')
+put('u1', '2024-01-04T12:00:00Z', '77')
+print('hard-deleted', score('u1'))
+# 6. TargetStores: the offline store alone leaves the online record.
+put('u2', '2024-01-01T00:00:00Z', '5')
+delete('u2', '2024-02-01T00:00:00Z', TargetStores=['OfflineStore'])
+print('offline-only', score('u2'))
+delete('u2', '2024-02-01T00:00:00Z', TargetStores=['OnlineStore', 'OfflineStore'])
+print('online-too', score('u2'))
+# 7. Values outside the enums are refused by name (boto3 validates enums itself, so
+# they go through the raw client's parameters).
+import botocore
+raw = boto3.client('sagemaker-featurestore-runtime', endpoint_url=fs.meta.endpoint_url,
+    region_name='us-east-1', aws_access_key_id='x', aws_secret_access_key='x',
+    config=botocore.config.Config(parameter_validation=False))
+attempt('bad-mode', lambda: raw.delete_record(FeatureGroupName='users', RecordIdentifierValueAsString='u2',
+    EventTime='2024-03-01T00:00:00Z', DeletionMode='Shred'))
+attempt('bad-target', lambda: raw.delete_record(FeatureGroupName='users', RecordIdentifierValueAsString='u2',
+    EventTime='2024-03-01T00:00:00Z', TargetStores=['Somewhere']))
+# 8. A group's ARN names it.
+arn = 'arn:aws:sagemaker:us-east-1:123456789012:feature-group/users'
+put('u3', '2024-01-01T00:00:00Z', '3', group=arn)
+print('arn', score('u3'), fs.get_record(FeatureGroupName=arn, RecordIdentifierValueAsString='u3')['Record'][0]['ValueAsString'])
+# 9. A record far over any size limit is a ValidationError that says so.
+attempt('huge', lambda: put('u4', '2024-01-01T00:00:00Z', 'x' * (3 << 20)))
+"#,
+    );
+    let lines: Vec<&str> = out.lines().collect();
+    let expect = [
+        "soft-older 2",
+        "hard-older ValidationError",
+        "after-hard-older 2",
+        "deleted None",
+        "older-put None",
+        "equal-put None",
+        "later-put 4",
+        "hard-deleted None",
+        "offline-only 5",
+        "online-too None",
+        "bad-mode ValidationError",
+        "bad-target ValidationError",
+        "arn 3 u3",
+        "huge ValidationError",
+    ];
+    assert_eq!(lines.len(), expect.len(), "{out}");
+    for (line, want) in lines.iter().zip(expect) {
+        assert!(
+            line.starts_with(want),
+            "expected `{want}`, got `{line}`\n{out}"
+        );
+    }
+    assert!(lines[1].contains("HardDelete"), "{out}");
+    assert!(
+        lines[10].contains("Shred") && lines[10].contains("SoftDelete"),
+        "{out}"
+    );
+    assert!(lines[11].contains("Somewhere"), "{out}");
+    assert!(lines[13].contains("too large"), "{out}");
+}
+
 #[test]
 fn the_stream_host_writes_through_the_sagemaker_protocol_and_both_clients_read_it() {
     let moto = Moto::start();

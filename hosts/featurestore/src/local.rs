@@ -25,7 +25,9 @@ use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{post, put};
-use lockstep_online::{EmbeddedStore, GroupRef, OnlineError, OnlineRecord, OnlineStore};
+use lockstep_online::{
+    DeleteOutcome, EmbeddedStore, GroupRef, OnlineError, OnlineRecord, OnlineStore,
+};
 use serde_json::{Map, Value as Json, json};
 use std::collections::HashMap;
 use std::future::Future;
@@ -74,8 +76,10 @@ impl LocalStore {
         LocalStore { store, groups }
     }
 
-    /// The group version a wire group name is kept under in the embedded store.
+    /// The group version a wire group name (or its ARN) is kept under in the
+    /// embedded store.
     fn group_ref(&self, name: &str, plugin_hash: &str) -> Result<GroupRef, ApiError> {
+        let name = group_name_of(name);
         let def = self.groups.get(name).ok_or_else(|| {
             ApiError::not_found(format!(
                 "Resource Not Found: feature group {name} is not defined here; start \
@@ -89,6 +93,27 @@ impl LocalStore {
             entity_key: def.record_identifier.clone(),
         })
     }
+}
+
+/// The group name a request names: the name itself, or the last part of a feature
+/// group ARN (`arn:aws:sagemaker:REGION:ACCOUNT:feature-group/NAME`), which the API
+/// accepts wherever it takes a name.
+fn group_name_of(name_or_arn: &str) -> &str {
+    match name_or_arn.strip_prefix("arn:") {
+        Some(rest) => rest
+            .split_once(":feature-group/")
+            .map_or(name_or_arn, |(_, name)| name),
+        None => name_or_arn,
+    }
+}
+
+/// How DeleteRecord deletes (`DeletionMode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum DeletionMode {
+    /// A delete older than the stored record leaves it, quietly (the default).
+    Soft,
+    /// A delete older than the stored record is a ValidationError.
+    Hard,
 }
 
 /// An error in the service's shape.
@@ -173,7 +198,23 @@ pub fn router(store: Arc<LocalStore>) -> Router {
             put(put_record).get(get_record).delete(delete_record),
         )
         .route("/BatchGetRecord", post(batch_get_record))
+        .layer(axum::middleware::map_response(service_shaped_limits))
         .with_state(store)
+}
+
+/// A request refused before it reached a handler (a body over the size limit) is
+/// answered in the service's shape too, so SDK clients raise a ValidationError that
+/// says why, not an unmodelled 413.
+async fn service_shaped_limits(response: Response) -> Response {
+    if response.status() == StatusCode::PAYLOAD_TOO_LARGE
+        && !response.headers().contains_key("x-amzn-ErrorType")
+    {
+        return ApiError::validation(
+            "the request is too large: a record must stay within the service's size limit",
+        )
+        .into_response();
+    }
+    response
 }
 
 fn query_pairs(raw: Option<String>) -> Vec<(String, String)> {
@@ -240,7 +281,7 @@ async fn put_record(
     }
     blocking(move || {
         let group = s.group_ref(&name, &plugin_hash)?;
-        let def = &s.groups[&name];
+        let def = &s.groups[&group.name];
         let key = match row.get(&def.record_identifier) {
             Some(Json::String(k)) => k.clone(),
             _ => {
@@ -325,11 +366,49 @@ async fn delete_record(
         .ok_or_else(|| ApiError::validation("RecordIdentifierValueAsString is required"))?;
     let event_time =
         get("EventTime").ok_or_else(|| ApiError::validation("EventTime is required"))?;
-    parse_event_time(&event_time).map_err(ApiError::validation)?;
+    let at = parse_event_time(&event_time).map_err(ApiError::validation)?;
+    let mode = match get("DeletionMode").as_deref() {
+        None | Some("SoftDelete") => DeletionMode::Soft,
+        Some("HardDelete") => DeletionMode::Hard,
+        Some(other) => {
+            return Err(ApiError::validation(format!(
+                "1 validation error detected: Value '{other}' at 'deletionMode' failed to \
+                 satisfy constraint: Member must satisfy enum value set: [SoftDelete, HardDelete]"
+            )));
+        }
+    };
+    let targets: Vec<&str> = pairs
+        .iter()
+        .filter(|(k, _)| k == "TargetStores" || k.starts_with("TargetStores."))
+        .map(|(_, v)| v.as_str())
+        .collect();
+    if let Some(bad) = targets
+        .iter()
+        .find(|t| !matches!(**t, "OnlineStore" | "OfflineStore"))
+    {
+        return Err(ApiError::validation(format!(
+            "1 validation error detected: Value '{bad}' at 'targetStores' failed to satisfy \
+             constraint: Member must satisfy enum value set: [OnlineStore, OfflineStore]"
+        )));
+    }
+    // Without TargetStores both stores are meant; this endpoint has the online one.
+    let online = targets.is_empty() || targets.contains(&"OnlineStore");
     blocking(move || {
         let group = s.group_ref(&name, "")?;
-        s.store.delete(&group, &key)?;
-        Ok(StatusCode::OK)
+        if !online {
+            return Ok(StatusCode::OK);
+        }
+        match s.store.delete_at(&group, &key, at)? {
+            DeleteOutcome::Newer { stored } if mode == DeletionMode::Hard => {
+                Err(ApiError::validation(format!(
+                    "the record {key} has an event time ({}) later than the delete's \
+                     EventTime {event_time}: a HardDelete must not be older than the record",
+                    crate::wire::format_event_time(stored)
+                )))
+            }
+            // A soft delete older than the record leaves it, as the service does.
+            DeleteOutcome::Newer { .. } | DeleteOutcome::Deleted { .. } => Ok(StatusCode::OK),
+        }
     })
     .await
 }

@@ -113,6 +113,13 @@ pub fn parse_event_time(text: &str) -> Result<i64, String> {
     }
 }
 
+/// UTC microseconds as ISO-8601 text, for messages.
+pub fn format_event_time(micros: i64) -> String {
+    DateTime::<Utc>::from_timestamp_micros(micros)
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true))
+        .unwrap_or_else(|| micros.to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

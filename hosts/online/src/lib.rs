@@ -179,6 +179,30 @@ pub trait OnlineStore: Send + Sync {
 
 const GROUPS: TableDefinition<&str, &str> = TableDefinition::new("__groups");
 
+/// Deletion markers: `<group id>\u{1f}<key>` → the event time (UTC µs) of the latest
+/// delete. A put at or before it is stale, so an older write (a replay, a late
+/// producer) cannot bring a deleted record back; a later one is a new record.
+const TOMBSTONES: TableDefinition<&str, i64> = TableDefinition::new("__tombstones");
+
+fn tombstone_key(group_id: &str, key: &str) -> String {
+    format!("{group_id}\u{1f}{key}")
+}
+
+/// What [`EmbeddedStore::delete_at`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeleteOutcome {
+    /// The record was removed (or there was none); the marker is at the delete's time.
+    Deleted {
+        /// Whether a record was there.
+        existed: bool,
+    },
+    /// The stored record is newer than the delete: left as it is.
+    Newer {
+        /// The stored record's event time (UTC µs).
+        stored: i64,
+    },
+}
+
 /// Group version → its rows' column names (a JSON array), registered by the first put
 /// of rows from Arrow; records of those rows hold their values only.
 const COLUMNS: TableDefinition<&str, &str> = TableDefinition::new("__columns");
@@ -501,7 +525,20 @@ impl EmbeddedStore {
             }
             let table_def: TableDefinition<&str, &[u8]> = TableDefinition::new(&id);
             let mut table = txn.open_table(table_def).map_err(|e| self.fail(e))?;
+            let tombstones = txn.open_table(TOMBSTONES).map_err(|e| self.fail(e))?;
+            // Markers are rare: look them up only when there are some.
+            let any_tombstone =
+                !redb::ReadableTableMetadata::is_empty(&tombstones).map_err(|e| self.fail(e))?;
             for (key, event_time, bytes) in records {
+                if any_tombstone
+                    && let Some(deleted_at) = tombstones
+                        .get(tombstone_key(&id, &key).as_str())
+                        .map_err(|e| self.fail(e))?
+                    && event_time <= deleted_at.value()
+                {
+                    summary.stale += 1;
+                    continue;
+                }
                 // One lookup: insert, and put the old record back in the rare case it
                 // was newer (a replay, or a put that lost a race). Only then is the old
                 // record copied.
@@ -668,6 +705,61 @@ impl OnlineStore for EmbeddedStore {
 }
 
 impl EmbeddedStore {
+    /// Deletes `key`'s record as of `event_time` (UTC µs), as SageMaker's DeleteRecord
+    /// does: a stored record newer than the delete stays, and the outcome says so (a
+    /// hard delete is then refused by the caller); otherwise the record goes and a
+    /// marker at `event_time` keeps any put at or before it out, so nothing older
+    /// brings it back.
+    pub fn delete_at(
+        &self,
+        group: &GroupRef,
+        key: &str,
+        event_time: i64,
+    ) -> Result<DeleteOutcome, OnlineError> {
+        let id = group.id();
+        let txn = self.db.begin_write().map_err(|e| self.fail(e))?;
+        let outcome = {
+            let table_def: TableDefinition<&str, &[u8]> = TableDefinition::new(&id);
+            let mut table = txn.open_table(table_def).map_err(|e| self.fail(e))?;
+            let stored = match table.get(key).map_err(|e| self.fail(e))? {
+                Some(bytes) => Some(stored_event_time(bytes.value()).map_err(|message| {
+                    OnlineError::Corrupt {
+                        path: self.path.clone(),
+                        group: id.clone(),
+                        key: key.to_owned(),
+                        message,
+                    }
+                })?),
+                None => None,
+            };
+            match stored {
+                Some(stored) if stored > event_time => DeleteOutcome::Newer { stored },
+                _ => {
+                    table.remove(key).map_err(|e| self.fail(e))?;
+                    let mut tombstones = txn.open_table(TOMBSTONES).map_err(|e| self.fail(e))?;
+                    let marker = tombstone_key(&id, key);
+                    let previous = tombstones
+                        .get(marker.as_str())
+                        .map_err(|e| self.fail(e))?
+                        .map(|t| t.value());
+                    let at = previous.map_or(event_time, |p| p.max(event_time));
+                    tombstones
+                        .insert(marker.as_str(), at)
+                        .map_err(|e| self.fail(e))?;
+                    DeleteOutcome::Deleted {
+                        existed: stored.is_some(),
+                    }
+                }
+            }
+        };
+        if matches!(outcome, DeleteOutcome::Newer { .. }) {
+            // Nothing changed: the transaction is dropped.
+            return Ok(outcome);
+        }
+        txn.commit().map_err(|e| self.fail(e))?;
+        Ok(outcome)
+    }
+
     /// Writes each entity's latest row of `rows`, taking its JSON text from `text`
     /// when given.
     fn put_rows(
