@@ -86,10 +86,40 @@ pub fn value_json(column: &dyn Array, row: usize) -> Json {
         DataType::Float64 => format_float(column.as_primitive::<Float64Type>().value(row)),
         DataType::Boolean => Json::Bool(column.as_boolean().value(row)),
         DataType::Utf8 => Json::String(column.as_string::<i32>().value(row).to_owned()),
-        DataType::Timestamp(_, _) => {
+        DataType::LargeUtf8 => Json::String(column.as_string::<i64>().value(row).to_owned()),
+        DataType::Utf8View => Json::String(column.as_string_view().value(row).to_owned()),
+        DataType::Timestamp(arrow_schema::TimeUnit::Microsecond, _) => {
             format_timestamp(column.as_primitive::<TimestampMicrosecondType>().value(row))
         }
-        other => Json::String(format!("<unsupported {other}>")),
+        // Source columns of other types (rejects show the record as read): Arrow's
+        // own text for the value, never a panic on an unexpected type.
+        other => {
+            let options = arrow_cast::display::FormatOptions::default();
+            match arrow_cast::display::ArrayFormatter::try_new(column, &options) {
+                Ok(formatter) => Json::String(formatter.value(row).to_string()),
+                Err(_) => Json::String(format!("<a value of type {other}>")),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod value_tests {
+    use super::value_json;
+    use arrow_array::{Int32Array, StringViewArray, TimestampNanosecondArray};
+    use serde_json::json;
+
+    #[test]
+    fn source_values_of_any_type_read_as_their_value() {
+        let view = StringViewArray::from(vec![Some("card-7"), None]);
+        assert_eq!(value_json(&view, 0), json!("card-7"));
+        assert_eq!(value_json(&view, 1), json!(null));
+        assert_eq!(value_json(&Int32Array::from(vec![5]), 0), json!("5"));
+        let nanos = TimestampNanosecondArray::from(vec![1_704_067_200_000_000_001]);
+        assert_eq!(
+            value_json(&nanos, 0),
+            json!("2024-01-01T00:00:00.000000001")
+        );
     }
 }
 

@@ -98,9 +98,68 @@ fn call_error<E: std::fmt::Display>(action: &'static str, stream: &str, e: E) ->
 }
 
 /// Full error text of an SDK error, including the service's message.
-fn describe<E: std::error::Error>(e: &E) -> String {
-    // The SDK's own rendering walks the source chain, so the service's message shows.
-    aws_sdk_kinesis::error::DisplayErrorContext(e).to_string()
+fn describe<E, R>(e: &aws_sdk_kinesis::error::SdkError<E, R>) -> String
+where
+    E: aws_sdk_kinesis::error::ProvideErrorMetadata + std::error::Error + 'static,
+    R: std::fmt::Debug,
+{
+    use aws_sdk_kinesis::error::SdkError;
+    match e {
+        // The service's own words: its error code and message, not the SDK's debug
+        // dump of the response.
+        SdkError::ServiceError(service) => {
+            let err = service.err();
+            match (err.code(), err.message()) {
+                (Some(code), Some(message)) => format!("{code}: {message}"),
+                (Some(code), None) => code.to_owned(),
+                _ => err.to_string(),
+            }
+        }
+        SdkError::TimeoutError(_) => "the request timed out".into(),
+        SdkError::DispatchFailure(failure) => match failure.as_connector_error() {
+            Some(connector) => format!("cannot reach Kinesis: {connector}"),
+            None => "cannot reach Kinesis".into(),
+        },
+        other => {
+            // The source chain says what went wrong (e.g. a response that did not parse).
+            let mut text = other.to_string();
+            let mut source = std::error::Error::source(other);
+            while let Some(cause) = source {
+                text.push_str(": ");
+                text.push_str(&cause.to_string());
+                source = cause.source();
+            }
+            text
+        }
+    }
+}
+
+/// Whether retrying the call may help: throttling, a service fault, a timeout or a
+/// connection problem. A request the service refused as invalid (a validation error,
+/// a missing stream, bad credentials) fails the same way again.
+fn is_transient<E, R>(e: &aws_sdk_kinesis::error::SdkError<E, R>) -> bool
+where
+    E: aws_sdk_kinesis::error::ProvideErrorMetadata,
+{
+    use aws_sdk_kinesis::error::SdkError;
+    match e {
+        SdkError::ServiceError(service) => matches!(
+            service.err().code(),
+            Some(
+                "ProvisionedThroughputExceededException"
+                    | "LimitExceededException"
+                    | "ThrottlingException"
+                    | "InternalFailure"
+                    | "InternalServerError"
+                    | "ServiceUnavailable"
+                    | "KMSThrottlingException"
+            ) | None
+        ),
+        SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => {
+            true
+        }
+        _ => false,
+    }
 }
 
 /// Exponential backoff with jitter: 50 ms doubling to 5 s, times a factor in [0.5, 1).
@@ -219,7 +278,7 @@ impl Kinesis {
                     .await;
                 let out = match out {
                     Ok(out) => out,
-                    Err(_) if attempt + 1 < ATTEMPTS => {
+                    Err(e) if is_transient(&e) && attempt + 1 < ATTEMPTS => {
                         attempt += 1;
                         tokio::time::sleep(backoff(attempt)).await;
                         continue;
