@@ -5,9 +5,11 @@ the counts, sums, means and maxima over the last 1 h, 24 h and 7 d, the seconds 
 the previous transaction and the distinct merchants in the last 24 h, and writes
 hour-partitioned Snappy Parquet, as Lockstep's offline store does.
 
-Windows are RANGE frames over the event time: `(t - W, t]`. They differ from Lockstep's
-per-event semantics only where one card has several transactions at the same
-timestamp (SQL treats them as peers and includes the later ones too).
+Each event's features count the events applied up to and including it, in the
+documented order (event time, then txn_id): the events of `(t - W, t)` (a RANGE frame
+that ends before the instant) plus those at `t` up to this one in txn_id order (a ROWS
+frame over the instant's peers). So cards with several transactions at one timestamp
+are computed as Lockstep computes them, and compared too.
 
 usage: duckdb_velocity.py EVENTS.parquet OUT_DIR THREADS
 """
@@ -22,37 +24,51 @@ con.execute(f"SET threads = {threads}")
 con.execute("SET preserve_insertion_order = false")
 
 
-def window(name, micros):
+def before(name, micros):
+    """Events of the card in (t - W, t): strictly before this instant."""
     return (
         f"{name} AS (PARTITION BY card_id ORDER BY ts "
-        f"RANGE BETWEEN INTERVAL '{micros - 1} microseconds' PRECEDING AND CURRENT ROW)"
+        f"RANGE BETWEEN INTERVAL '{micros - 1} microseconds' PRECEDING "
+        f"AND INTERVAL '1 microseconds' PRECEDING)"
     )
 
 
 HOUR = 3_600_000_000
 features = []
 for w in ["1h", "24h", "7d"]:
+    count = f"(count(*) OVER before{w} + nth_at_instant)"
+    total = f"(coalesce(sum(amount) OVER before{w}, 0) + sum(amount) OVER at_instant)"
     features += [
-        f"count(*) OVER w{w} AS txn_count_{w}",
-        f"sum(amount) OVER w{w} AS txn_sum_{w}",
-        f"avg(amount) OVER w{w} AS txn_mean_{w}",
-        f"max(amount) OVER w{w} AS txn_max_{w}",
+        f"{count} AS txn_count_{w}",
+        f"{total} AS txn_sum_{w}",
+        f"{total} / {count} AS txn_mean_{w}",
+        f"greatest(max(amount) OVER before{w}, max(amount) OVER at_instant) AS txn_max_{w}",
     ]
 features += [
     "(epoch_us(ts) - epoch_us(lag(ts) OVER (PARTITION BY card_id ORDER BY ts, txn_id))) / 1e6"
     " AS secs_since_prev_txn",
-    "count(DISTINCT merchant) OVER w24h AS distinct_merchants_24h",
+    "len(list_distinct(list_concat(coalesce(list(merchant) OVER before24h, []),"
+    " list(merchant) OVER at_instant))) AS distinct_merchants_24h",
 ]
+windows = ", ".join(
+    [before("before1h", HOUR), before("before24h", 24 * HOUR), before("before7d", 7 * 24 * HOUR)]
+    + ["at_instant AS (PARTITION BY card_id, ts ORDER BY txn_id "
+       "ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW)"]
+)
 sql = f"""
 COPY (
   WITH deduplicated AS (
     SELECT * FROM read_parquet('{events}')
     QUALIFY row_number() OVER (PARTITION BY txn_id ORDER BY ts) = 1
   ),
+  ranked AS (
+    SELECT *, row_number() OVER (PARTITION BY card_id, ts ORDER BY txn_id) AS nth_at_instant
+    FROM deduplicated
+  ),
   featured AS (
     SELECT card_id, ts AS event_time, {", ".join(features)}
-    FROM deduplicated
-    WINDOW {window("w1h", HOUR)}, {window("w24h", 24 * HOUR)}, {window("w7d", 7 * 24 * HOUR)}
+    FROM ranked
+    WINDOW {windows}
   )
   SELECT *, year(event_time) AS year, month(event_time) AS month,
          day(event_time) AS day, hour(event_time) AS hour
