@@ -3,8 +3,10 @@
 //! toolchain.
 //!
 //! It runs `cargo build --target wasm32-wasip2` with the `plugin` profile (fat LTO,
-//! one codegen unit, abort on panic, no debug info), remaps the source and registry
-//! paths out of the binary so two checkouts in different folders build the same bytes,
+//! one codegen unit, abort on panic, no debug info), remaps every source path out of
+//! the binary (the workspace, each path dependency wherever it lives, registry and git
+//! sources, the target directory, the sysroot) so two checkouts in different folders
+//! build the same bytes,
 //! adds the `wasm32-wasip2` target through rustup when it is missing, and reads the
 //! artifact's path from cargo's JSON messages.
 //!
@@ -49,6 +51,14 @@ pub enum BuildError {
     Cargo {
         /// The crate.
         crate_dir: PathBuf,
+    },
+    /// `cargo metadata` could not describe the crate.
+    #[error("cannot read the dependencies of {crate_dir}: {message}")]
+    Metadata {
+        /// The crate.
+        crate_dir: PathBuf,
+        /// Why.
+        message: String,
     },
     /// The target could not be installed.
     #[error("the {TARGET} target is missing and `rustup target add {TARGET}` failed: {0}")]
@@ -138,13 +148,33 @@ pub fn build(crate_dir: &Path, options: &BuildOptions) -> Result<Built, BuildErr
             source,
         })?;
     ensure_target(&crate_dir)?;
-    // Remap the workspace (or crate) root and cargo's home out of panic locations, so
-    // the bytes do not depend on where the source was checked out.
+    // Remap every path that can reach the binary (panic locations, `file!()`) so the
+    // bytes do not depend on where anything lives: the workspace (or crate) root,
+    // cargo's home (registry and git sources), each path dependency wherever it is
+    // (an SDK checked out beside the plugin, or anywhere else), the target directory
+    // (generated sources) and the toolchain's sysroot. rustc lets the last matching
+    // prefix win, so the more specific ones come later.
     let root = workspace_root(&crate_dir).unwrap_or_else(|| crate_dir.clone());
-    let mut rustflags = vec![format!("--remap-path-prefix={}=/lockstep", root.display())];
+    let mut remaps: Vec<(PathBuf, String)> = vec![(root, "/lockstep".into())];
     if let Some(home) = cargo_home() {
-        rustflags.push(format!("--remap-path-prefix={}=/cargo", home.display()));
+        remaps.push((home, "/cargo".into()));
     }
+    let metadata = metadata(&crate_dir)?;
+    remaps.extend(metadata.path_packages);
+    remaps.push((
+        options
+            .target_dir
+            .clone()
+            .unwrap_or(metadata.target_directory),
+        "/target".into(),
+    ));
+    if let Some(sysroot) = sysroot(&crate_dir) {
+        remaps.push((sysroot, "/sysroot".into()));
+    }
+    let rustflags: Vec<String> = remaps
+        .iter()
+        .map(|(from, to)| format!("--remap-path-prefix={}={to}", from.display()))
+        .collect();
     let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
     cmd.arg("build")
         .arg("--manifest-path")
@@ -190,6 +220,71 @@ pub fn build(crate_dir: &Path, options: &BuildOptions) -> Result<Built, BuildErr
         size: bytes.len() as u64,
         path,
     })
+}
+
+/// What `cargo metadata` says of a plugin crate that matters to its bytes.
+struct Metadata {
+    /// Each path dependency's directory (and the crate's own), with the name it is
+    /// remapped to: `/lockstep/path/<name>-<version>`.
+    path_packages: Vec<(PathBuf, String)>,
+    /// Cargo's target directory for the crate.
+    target_directory: PathBuf,
+}
+
+fn metadata(crate_dir: &Path) -> Result<Metadata, BuildError> {
+    let output = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+        .args(["metadata", "--format-version", "1", "--manifest-path"])
+        .arg(crate_dir.join("Cargo.toml"))
+        .current_dir(crate_dir)
+        .stderr(Stdio::inherit())
+        .output()
+        .map_err(|source| BuildError::Spawn {
+            tool: "cargo metadata".into(),
+            source,
+        })?;
+    let failed = |why: &str| BuildError::Metadata {
+        crate_dir: crate_dir.to_owned(),
+        message: why.to_owned(),
+    };
+    if !output.status.success() {
+        return Err(failed("`cargo metadata` failed (see its output above)"));
+    }
+    let doc: serde_json::Value =
+        serde_json::from_slice(&output.stdout).map_err(|e| failed(&e.to_string()))?;
+    let target_directory = doc["target_directory"]
+        .as_str()
+        .map(PathBuf::from)
+        .ok_or_else(|| failed("no target_directory"))?;
+    let path_packages = doc["packages"]
+        .as_array()
+        .ok_or_else(|| failed("no packages"))?
+        .iter()
+        .filter(|p| p["source"].is_null())
+        .filter_map(|p| {
+            let dir = Path::new(p["manifest_path"].as_str()?).parent()?.to_owned();
+            let name = format!(
+                "/lockstep/path/{}-{}",
+                p["name"].as_str()?,
+                p["version"].as_str()?
+            );
+            Some((dir, name))
+        })
+        .collect();
+    Ok(Metadata {
+        path_packages,
+        target_directory,
+    })
+}
+
+/// The sysroot of the toolchain that builds in `crate_dir`.
+fn sysroot(crate_dir: &Path) -> Option<PathBuf> {
+    let out = Command::new("rustc")
+        .args(["--print", "sysroot"])
+        .current_dir(crate_dir)
+        .output()
+        .ok()?;
+    let path = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    (out.status.success() && !path.is_empty()).then(|| PathBuf::from(path))
 }
 
 /// The `.wasm` file of the crate at `crate_dir` among cargo's JSON messages.
