@@ -284,3 +284,123 @@ fn ordered_batches_of_any_size_equal_one_whole_run() {
         assert!(most <= 1, "at most the open entity's state, held {most}");
     }
 }
+
+/// A plugin that fails, panics or loops on one event fails on it alone, from the same
+/// state, every time: every host skips exactly those events, names them, and applies
+/// everything else — whatever the calls were cut into (the batch host's calls, the
+/// stream host's releases).
+#[test]
+fn events_the_plugin_fails_on_are_skipped_and_named_alike_however_calls_are_cut() {
+    use lockstep_stream::{Record, StreamConfig, StreamProcessor};
+    let rt = Runtime::new(RuntimeConfig {
+        cpu_budget: std::time::Duration::from_millis(300),
+        ..RuntimeConfig::default()
+    })
+    .expect("runtime");
+    let plugin = rt
+        .load(&component("tests/plugins/hostile", &[]))
+        .expect("load");
+    let events = [
+        ("a", 0, "ok"),
+        ("a", 1, "fail"),
+        ("b", 0, "ok"),
+        ("a", 2, "ok"),
+        ("b", 1, "spin"),
+        ("a", 3, "panic"),
+        ("c", 0, "ok"),
+        ("a", 4, "ok"),
+        ("b", 2, "ok"),
+        ("c", 1, "ok"),
+    ];
+    let lines: Vec<String> = events
+        .iter()
+        .map(|(k, t, m)| format!(r#"{{"key":"{k}","ts":{t},"mode":"{m}"}}"#))
+        .collect();
+    let batch = decode_json_lines(&lines.join("\n"), plugin.manifest(), None).expect("decode");
+    // Each entity's `n` counts the events applied to it: failed ones never count.
+    let expected_rows = vec![
+        r#"{"key":"a","event_time":"1970-01-01T00:00:00.000000Z","n":1}"#,
+        r#"{"key":"a","event_time":"1970-01-01T00:00:00.000002Z","n":2}"#,
+        r#"{"key":"a","event_time":"1970-01-01T00:00:00.000004Z","n":3}"#,
+        r#"{"key":"b","event_time":"1970-01-01T00:00:00.000000Z","n":1}"#,
+        r#"{"key":"b","event_time":"1970-01-01T00:00:00.000002Z","n":2}"#,
+        r#"{"key":"c","event_time":"1970-01-01T00:00:00.000000Z","n":1}"#,
+        r#"{"key":"c","event_time":"1970-01-01T00:00:00.000001Z","n":2}"#,
+    ];
+    let failed_rows = [1usize, 4, 5];
+    for per_call in [16_384, 1, 2, 3] {
+        let out = Executor::new(&plugin)
+            .expect("executor")
+            .with_max_events_per_call(per_call)
+            .run(&batch, &mut StateMap::default())
+            .expect("a failing event does not fail the run");
+        let rows: Vec<String> = (0..out.rows.num_rows())
+            .map(|r| serde_json::Value::Object(row_json(&out.rows, r)).to_string())
+            .collect();
+        assert_eq!(rows, expected_rows, "{per_call} per call");
+        let mut failed: Vec<usize> = out.failed.iter().map(|f| f.row).collect();
+        failed.sort_unstable();
+        assert_eq!(failed, failed_rows, "{per_call} per call: {:?}", out.failed);
+        assert_eq!(out.stats.failed, 3);
+        assert_eq!(out.stats.events_applied, 7);
+        let message = |row: usize| {
+            out.failed
+                .iter()
+                .find(|f| f.row == row)
+                .map(|f| f.message.clone())
+                .unwrap_or_default()
+        };
+        assert!(message(1).contains("asked to fail for a"), "{}", message(1));
+        assert!(message(4).contains("CPU budget"), "{}", message(4));
+        assert!(message(5).contains("asked to panic at 3"), "{}", message(5));
+    }
+
+    // The stream host: the same rows, the same events dead-lettered with the shard and
+    // sequence number of their record, whether released at once or one by one.
+    for per_push in [10, 1] {
+        let mut p = StreamProcessor::new(&plugin, StreamConfig::default()).expect("processor");
+        let sequences: Vec<String> = (0..lines.len()).map(|i| format!("seq-{i}")).collect();
+        let mut rows = Vec::new();
+        let mut dead = Vec::new();
+        for chunk in (0..lines.len()).collect::<Vec<_>>().chunks(per_push) {
+            let records: Vec<Record> = chunk
+                .iter()
+                .map(|&i| Record {
+                    shard: "shard-7",
+                    sequence: &sequences[i],
+                    data: lines[i].as_bytes(),
+                    partition_key: None,
+                })
+                .collect();
+            let step = p.push(&records).expect("push");
+            dead.extend(step.dead);
+            rows.push(step.rows);
+        }
+        let step = p.drain().expect("drain");
+        dead.extend(step.dead);
+        rows.push(step.rows);
+        let all = arrow_select::concat::concat_batches(&rows[0].schema(), &rows).expect("rows");
+        let mut streamed: Vec<String> = (0..all.num_rows())
+            .map(|r| serde_json::Value::Object(row_json(&all, r)).to_string())
+            .collect();
+        streamed.sort();
+        assert_eq!(streamed, expected_rows, "{per_push} per push");
+        let mut named: Vec<(String, String)> = dead
+            .iter()
+            .map(|d| (d.shard.clone(), d.sequence.clone()))
+            .collect();
+        named.sort();
+        assert_eq!(
+            named,
+            failed_rows
+                .iter()
+                .map(|i| ("shard-7".to_owned(), format!("seq-{i}")))
+                .collect::<Vec<_>>()
+        );
+        assert!(
+            dead.iter()
+                .all(|d| d.reason.contains("the plugin failed") && d.record.contains("\"key\""))
+        );
+        assert_eq!(p.stats().plugin_failures, 3);
+    }
+}

@@ -219,6 +219,11 @@ pub struct BatchOutput {
     pub stats: RunStats,
     /// Rows refused by the input schema (never silently dropped).
     pub rejects: Vec<SourceReject>,
+    /// Events the plugin failed on, skipped while everything else was applied (the
+    /// stream host dead-letters the same events: see
+    /// [`lockstep_core::executor::FailedEvent`]). `column` is empty; `reason` holds
+    /// the entity and the plugin's message.
+    pub plugin_failures: Vec<SourceReject>,
 }
 
 /// Why a backfill failed.
@@ -598,6 +603,7 @@ pub async fn run(
         states: finished.states,
         stats: finished.stats,
         rejects: Vec::new(),
+        plugin_failures: finished.failed,
     };
     if sink_result.is_ok() && finished.partitions != partitions {
         sink_result = Err(BatchError::Source(format!(

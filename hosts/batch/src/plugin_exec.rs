@@ -28,6 +28,7 @@ use datafusion::physical_plan::{
 use futures::StreamExt;
 use lockstep_abi::Manifest;
 use lockstep_core::executor::{Executor, RunStats, StateMap};
+use lockstep_core::rows::row_json;
 use lockstep_core::schema::row_schema;
 use lockstep_runtime::{Plugin, Runtime};
 use serde::{Deserialize, Serialize};
@@ -93,6 +94,8 @@ pub struct Finished {
     pub stats: RunStats,
     /// How many partitions finished.
     pub partitions: usize,
+    /// Events the plugin failed on, skipped (see [`crate::BatchOutput::plugin_failures`]).
+    pub failed: Vec<crate::SourceReject>,
 }
 
 /// Runs a plugin over entity-partitioned, sorted events; see the [module](self) docs.
@@ -242,6 +245,7 @@ impl ExecutionPlan for PluginExec {
         let mut input = self.input.execute(partition, context)?;
         let mut executor = Executor::new(&self.plugin).map_err(external)?;
         let keep_states = self.config.keep_states;
+        let n_input = self.config.manifest.input.len();
         let finished = self.finished.clone();
         let mut builder = RecordBatchReceiverStreamBuilder::new(self.schema(), 2);
         let tx = builder.tx();
@@ -263,6 +267,21 @@ impl ExecutionPlan for PluginExec {
                     run.push(&batch)
                 }
                 .map_err(external)?;
+                let failed = run.take_failed();
+                if !failed.is_empty() {
+                    // The input columns, without the order columns.
+                    let events = batch.project(&(0..n_input).collect::<Vec<_>>())?;
+                    let mut done = finished.lock().unwrap_or_else(|p| p.into_inner());
+                    done.failed
+                        .extend(failed.into_iter().map(|f| crate::SourceReject {
+                            record: row_json(&events, f.row),
+                            column: String::new(),
+                            reason: format!(
+                                "the plugin failed on this event of entity `{}`: {}",
+                                f.key, f.message
+                            ),
+                        }));
+                }
                 if emitted.num_rows() > 0 && tx.send(Ok(emitted)).await.is_err() {
                     // The consumer is gone (the query was cancelled or failed).
                     return Ok(());

@@ -159,28 +159,41 @@ pub fn run(args: RunArgs, runtime: &Runtime) -> Result<()> {
         }
     };
     let out = result.with_context(|| format!("backfilling from {}", args.source))?;
-    match (&args.rejects, out.rejects.first()) {
-        (None, Some(first)) => bail!(
-            "{} source rows could not be read, e.g. column `{}`: {} in {}; nothing was written. \
-             Pass --rejects FILE to write the good rows and keep the bad ones there",
+    let failures = &out.plugin_failures;
+    match (&args.rejects, out.rejects.first(), failures.first()) {
+        (None, Some(first), _) => bail!(
+            "{} source rows could not be read{}, e.g. column `{}`: {} in {}; nothing was \
+             written. Pass --rejects FILE to write the good rows and keep the bad ones there",
             out.rejects.len(),
+            if failures.is_empty() {
+                String::new()
+            } else {
+                format!(" and the plugin failed on {} events", failures.len())
+            },
             first.column,
             first.reason,
             serde_json::Value::Object(first.record.clone())
         ),
-        (Some(path), _) => {
+        (None, None, Some(first)) => bail!(
+            "the plugin failed on {} events, e.g. {} in {}; nothing was written. Pass \
+             --rejects FILE to write every other event's rows and keep these there",
+            failures.len(),
+            first.reason,
+            serde_json::Value::Object(first.record.clone())
+        ),
+        (Some(path), _, _) => {
             let mut w = std::io::BufWriter::new(
                 std::fs::File::create(path)
                     .with_context(|| format!("creating {}", path.display()))?,
             );
-            for r in &out.rejects {
+            for r in out.rejects.iter().chain(failures) {
                 let line =
                     serde_json::json!({"column": r.column, "reason": r.reason, "record": r.record});
                 writeln!(w, "{line}")?;
             }
             w.flush()?;
         }
-        (None, None) => {}
+        (None, None, None) => {}
     }
     let spills = writer.spills();
     let committing = Instant::now();
@@ -236,8 +249,16 @@ pub fn run(args: RunArgs, runtime: &Runtime) -> Result<()> {
             .unwrap_or_default()
     );
     println!(
-        "  applied    {} events to {} entities ({} duplicates dropped) in {} plugin calls",
-        s.events_applied, s.entities, s.duplicates, s.calls
+        "  applied    {} events to {} entities ({} duplicates dropped{}) in {} plugin calls",
+        s.events_applied,
+        s.entities,
+        s.duplicates,
+        if s.failed > 0 {
+            format!(", {} failed in the plugin", s.failed)
+        } else {
+            String::new()
+        },
+        s.calls
     );
     println!(
         "  wrote      {} rows into {} hour partitions under {} ({:.2} s to commit{})",

@@ -119,11 +119,11 @@ pub fn backfill(
     let out = tokio
         .block_on(lockstep_batch::run(&job, plugin, &mut writer))
         .with_context(|| format!("backfilling from {}", events.display()))?;
-    if let Some(first) = out.rejects.first() {
+    if let Some(first) = out.rejects.first().or(out.plugin_failures.first()) {
         bail!(
-            "{}: {} events could not be read, e.g. column `{}`: {}",
+            "{}: {} events were refused, e.g. column `{}`: {}",
             events.display(),
-            out.rejects.len(),
+            out.rejects.len() + out.plugin_failures.len(),
             first.column,
             first.reason
         );

@@ -202,13 +202,15 @@ pub fn run(args: RunArgs, runtime: &Runtime) -> Result<()> {
         duplicates = s.duplicates,
         late = s.late,
         dead = s.dead,
+        plugin_failures = s.plugin_failures,
         commits = summary.commits,
         resumed = summary.resumed,
         "stream host stopped after its last checkpoint"
     );
     println!(
         "stopped: {} records, {} events applied, {} rows, {} duplicates, {} late ({}), {} dead \
-         letters ({}), {} before the start, {} checkpoints",
+         letters ({}; {} of them events the plugin failed on), {} before the start, {} \
+         checkpoints",
         s.records,
         s.applied,
         s.rows,
@@ -217,6 +219,7 @@ pub fn run(args: RunArgs, runtime: &Runtime) -> Result<()> {
         summary.late_log.display(),
         s.dead,
         summary.dead_log.display(),
+        s.plugin_failures,
         s.before_start,
         summary.commits
     );

@@ -525,3 +525,64 @@ fn a_line_that_is_not_utf8_is_a_reject() {
     assert!(kept.contains("must not be empty"), "{kept}");
     assert_eq!(stored_rows(&store), 1);
 }
+
+/// Events the plugin fails on are the batch host's rejects, with the plugin's message;
+/// every other event is applied (the stream host dead-letters the same events).
+#[test]
+fn events_the_plugin_fails_on_are_rejects_and_the_rest_is_written() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let hostile = common::built(&common::repo("tests/plugins/hostile"), &[]);
+    let source = dir.path().join("events.jsonl");
+    std::fs::write(
+        &source,
+        "{\"key\":\"a\",\"ts\":0,\"mode\":\"ok\"}\n{\"key\":\"a\",\"ts\":1,\"mode\":\"fail\"}\n\
+         {\"key\":\"a\",\"ts\":2,\"mode\":\"ok\"}\n{\"key\":\"b\",\"ts\":0,\"mode\":\"panic\"}\n\
+         {\"key\":\"b\",\"ts\":1,\"mode\":\"ok\"}\n",
+    )
+    .expect("write");
+    let store = dir.path().join("store");
+    let run = |extra: &[&str]| {
+        let mut args = vec![
+            "batch",
+            "run",
+            "--plugin",
+            s(&hostile),
+            "--source",
+            s(&source),
+            "--offline-store",
+            s(&store),
+            "--no-cache",
+        ];
+        args.extend_from_slice(extra);
+        lockstep(&args)
+    };
+    let out = run(&[]);
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("the plugin failed on 2 events") && err.contains("nothing was written"),
+        "{err}"
+    );
+    let rejects = dir.path().join("rejects.jsonl");
+    let out = run(&["--rejects", s(&rejects)]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("2 failed in the plugin"),
+        "{}",
+        text(&out.stdout)
+    );
+    let kept = std::fs::read_to_string(&rejects).expect("rejects");
+    assert_eq!(kept.lines().count(), 2, "{kept}");
+    assert!(
+        kept.contains("asked to fail for a") && kept.contains("asked to panic at 0"),
+        "{kept}"
+    );
+    let rows: usize = OfflineStore::open(&store)
+        .expect("open")
+        .read("hostile", "0.1.0")
+        .expect("read")
+        .iter()
+        .map(|b| b.num_rows())
+        .sum();
+    assert_eq!(rows, 3);
+}

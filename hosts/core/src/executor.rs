@@ -85,6 +85,8 @@ pub struct RunStats {
     pub calls: usize,
     /// Entities touched.
     pub entities: usize,
+    /// Events the plugin failed on (skipped; see [`FailedEvent`]).
+    pub failed: usize,
 }
 
 impl RunStats {
@@ -96,6 +98,40 @@ impl RunStats {
         self.rows_out += other.rows_out;
         self.calls += other.calls;
         self.entities += other.entities;
+        self.failed += other.failed;
+    }
+}
+
+/// An event the plugin failed on when applied alone on top of its entity's state:
+/// skipped, everything else applied. The engine is deterministic, so every host fails
+/// on the same event with the same message and skips it alike (the batch host's
+/// rejects, the stream host's dead letters).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FailedEvent {
+    /// Its row in the batch handed in.
+    pub row: usize,
+    /// Its entity.
+    pub key: EntityKey,
+    /// The plugin's error.
+    pub message: String,
+}
+
+/// Whether `error` is the plugin failing on its input (a panic, an error it returned,
+/// a trap, a budget exceeded, a malformed response), which isolating the event that
+/// causes it can get past, rather than a fault of the host.
+fn is_plugin_failure(error: &CoreError) -> bool {
+    use lockstep_runtime::CallError;
+    match error {
+        CoreError::Protocol { .. } => true,
+        CoreError::Call(call) => matches!(
+            call,
+            CallError::CpuBudget { .. }
+                | CallError::MemoryLimit { .. }
+                | CallError::Panicked { .. }
+                | CallError::Plugin { .. }
+                | CallError::Trap { .. }
+        ),
+        _ => false,
     }
 }
 
@@ -109,6 +145,8 @@ pub struct RunOutput {
     pub entities: Vec<EntityKey>,
     /// Counters.
     pub stats: RunStats,
+    /// Events the plugin failed on, skipped (rows of the batch handed in).
+    pub failed: Vec<FailedEvent>,
 }
 
 /// Drives one plugin instance: orders events, batches them into calls, keeps state.
@@ -197,18 +235,30 @@ impl Executor {
                 .ok_or_else(|| CoreError::Input("entity key must be string or int64".into()))?;
             runs.push((key, start, end - start));
         }
-        let out = self.apply_runs(&sorted, key_col, &runs, states, &mut stats)?;
+        let mut failed = Vec::new();
+        let out = self.apply_runs(&sorted, key_col, &runs, states, &mut stats, &mut failed)?;
         let rows = concat_batches(&self.row_schema, &out)?;
         stats.rows_out = rows.num_rows();
+        stats.events_applied -= failed.len();
         Ok(RunOutput {
             rows,
             stats,
             entities: runs.into_iter().map(|(key, _, _)| key).collect(),
+            failed: failed
+                .into_iter()
+                .map(|(at, key, message)| FailedEvent {
+                    row: ordered.indices[at] as usize,
+                    key,
+                    message,
+                })
+                .collect(),
         })
     }
 
     /// Applies contiguous entity runs `(key, start, len)` of `sorted`, in calls of at most
     /// `max_events_per_call` events (a longer run is split; its state carries over).
+    /// Events the plugin fails on are skipped and listed in `failed` as (position in
+    /// `sorted`, entity, message).
     fn apply_runs(
         &mut self,
         sorted: &[ArrayRef],
@@ -216,6 +266,7 @@ impl Executor {
         runs: &[(EntityKey, usize, usize)],
         states: &mut StateMap,
         stats: &mut RunStats,
+        failed: &mut Vec<(usize, EntityKey, String)>,
     ) -> Result<Vec<RecordBatch>, CoreError> {
         let mut out = Vec::new();
         let mut call: Vec<(&EntityKey, usize, usize)> = Vec::new();
@@ -228,18 +279,68 @@ impl Executor {
                 pending += take_n;
                 at += take_n;
                 if pending == self.max_events_per_call {
-                    out.push(self.call(sorted, key_col, &call, states)?);
-                    stats.calls += 1;
+                    self.call_isolating(sorted, key_col, &call, states, stats, &mut out, failed)?;
                     call.clear();
                     pending = 0;
                 }
             }
         }
         if !call.is_empty() {
-            out.push(self.call(sorted, key_col, &call, states)?);
-            stats.calls += 1;
+            self.call_isolating(sorted, key_col, &call, states, stats, &mut out, failed)?;
         }
         Ok(out)
+    }
+
+    /// One call over `segments`; if the plugin fails, the events it fails on are found
+    /// and skipped: each entity is called alone, and the events of an entity that fails
+    /// are applied one at a time on top of its state. A failed call changes no state,
+    /// so what is applied, and in which order, is what an uninterrupted run applies,
+    /// less the failing events: the same in every host, however calls were cut.
+    #[allow(clippy::too_many_arguments)]
+    fn call_isolating(
+        &mut self,
+        sorted: &[ArrayRef],
+        key_col: usize,
+        segments: &[(&EntityKey, usize, usize)],
+        states: &mut StateMap,
+        stats: &mut RunStats,
+        out: &mut Vec<RecordBatch>,
+        failed: &mut Vec<(usize, EntityKey, String)>,
+    ) -> Result<(), CoreError> {
+        stats.calls += 1;
+        match self.call(sorted, key_col, segments, states) {
+            Ok(rows) => {
+                out.push(rows);
+                return Ok(());
+            }
+            Err(e) if is_plugin_failure(&e) => {}
+            Err(e) => return Err(e),
+        }
+        for &(key, start, len) in segments {
+            if segments.len() > 1 {
+                stats.calls += 1;
+                match self.call(sorted, key_col, &[(key, start, len)], states) {
+                    Ok(rows) => {
+                        out.push(rows);
+                        continue;
+                    }
+                    Err(e) if is_plugin_failure(&e) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            for at in start..start + len {
+                stats.calls += 1;
+                match self.call(sorted, key_col, &[(key, at, 1)], states) {
+                    Ok(rows) => out.push(rows),
+                    Err(e) if is_plugin_failure(&e) => {
+                        stats.failed += 1;
+                        failed.push((at, key.clone(), e.to_string()));
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Starts applying events that arrive already in order, batch by batch; see
@@ -252,6 +353,7 @@ impl Executor {
             seen: HashSet::default(),
             stats: RunStats::default(),
             keep_finished: true,
+            failed: Vec::new(),
         }
     }
 
@@ -347,9 +449,17 @@ pub struct OrderedRun<'e> {
     seen: HashSet<u128, KeyHasher>,
     stats: RunStats,
     keep_finished: bool,
+    /// Events of the last pushed batch that the plugin failed on.
+    failed: Vec<FailedEvent>,
 }
 
 impl OrderedRun<'_> {
+    /// The events of the batch last [pushed](Self::push) that the plugin failed on
+    /// (skipped; rows of that batch), taken.
+    pub fn take_failed(&mut self) -> Vec<FailedEvent> {
+        std::mem::take(&mut self.failed)
+    }
+
     /// Drops each entity's state once its last event has been applied (the input is
     /// sorted, so an entity is finished when the next one starts): memory stays bounded
     /// by one entity instead of growing with all of them. For jobs whose final states
@@ -437,7 +547,31 @@ impl OrderedRun<'_> {
             .map(|c| filter(c.as_ref(), &mask))
             .collect::<Result<_, _>>()?;
         let mut stats = RunStats::default();
-        let out = exec.apply_runs(&columns, key_col, &runs, self.states, &mut stats)?;
+        let mut failed = Vec::new();
+        let out = exec.apply_runs(
+            &columns,
+            key_col,
+            &runs,
+            self.states,
+            &mut stats,
+            &mut failed,
+        )?;
+        if !failed.is_empty() {
+            // Positions among the kept events, back to rows of `batch`.
+            let kept_rows: Vec<usize> = (0..n).filter(|&row| mask.value(row)).collect();
+            self.stats.events_applied -= failed.len();
+            self.stats.failed += failed.len();
+            self.failed = failed
+                .into_iter()
+                .map(|(at, key, message)| FailedEvent {
+                    row: kept_rows[at],
+                    key,
+                    message,
+                })
+                .collect();
+        } else {
+            self.failed.clear();
+        }
         if !self.keep_finished {
             // Every entity but the one still open has seen its last event.
             let open = self.current.as_ref();

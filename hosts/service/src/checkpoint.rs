@@ -86,7 +86,8 @@ fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
 }
 
 impl CheckpointStore {
-    /// Opens (or creates) `dir/state.redb` for the component `plugin_hash`. State
+    /// Opens (or creates) `dir/state.redb` for the component `plugin_hash`, whose held
+    /// events have `input_schema` (the stream's `buffer_schema`). State
     /// written by another component is refused: its entity states would be read by
     /// code that does not know them.
     pub fn open(
@@ -488,7 +489,16 @@ fn decode_shard(
     let mut buffer: Vec<RecordBatch> = Vec::new();
     if !ipc.is_empty() {
         let reader = StreamReader::try_new(ipc, None).map_err(|e| e.to_string())?;
-        if reader.schema().fields() != input_schema.fields() {
+        let (found, expected) = (reader.schema(), input_schema.fields());
+        // Held events written before they carried their origin (shard, sequence) have
+        // the schema's leading columns only; the processor gives them empty origins.
+        let without_origins = found.fields().len() + 2 == expected.len()
+            && found
+                .fields()
+                .iter()
+                .zip(expected.iter())
+                .all(|(a, b)| a == b);
+        if found.fields() != expected && !without_origins {
             return Err("the buffered events' schema is not the plugin's input schema".into());
         }
         for batch in reader {

@@ -25,6 +25,8 @@ pub struct Metrics {
     pub late_events: Counter,
     /// Records that could not be decoded, written to the dead-letter log.
     pub dead_letters: Counter,
+    /// Events the plugin failed on (skipped, dead-lettered); part of `dead_letters`.
+    pub plugin_failures: Counter,
     /// Failed online-store or cache writes (each is retried).
     pub write_errors: Counter,
     /// Cache entries not written (the cache failed or was paused after a failure).
@@ -58,6 +60,7 @@ impl Metrics {
             duplicates: Counter::default(),
             late_events: Counter::default(),
             dead_letters: Counter::default(),
+            plugin_failures: Counter::default(),
             write_errors: Counter::default(),
             source_errors: Counter::default(),
             cache_skipped: Counter::default(),
@@ -90,8 +93,13 @@ impl Metrics {
         );
         registry.register(
             "dead_letters",
-            "Records that could not be decoded (dead-letter log)",
+            "Records that could not be decoded or that the plugin failed on (dead-letter log)",
             m.dead_letters.clone(),
+        );
+        registry.register(
+            "plugin_failures",
+            "Events the plugin failed on, skipped while the rest was applied",
+            m.plugin_failures.clone(),
         );
         registry.register(
             "write_errors",

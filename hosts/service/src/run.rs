@@ -10,7 +10,7 @@ use arrow_array::RecordBatch;
 use lockstep_cache::{CacheEntry, RedisCache};
 use lockstep_core::executor::StateMap;
 use lockstep_core::rows::{RowsText, row_json};
-use lockstep_core::schema::{input_schema, row_schema};
+use lockstep_core::schema::row_schema;
 use lockstep_kinesis::KinesisOptions;
 use lockstep_online::{GroupRef, OnlineStore};
 use lockstep_runtime::Plugin;
@@ -330,12 +330,16 @@ impl StreamService {
         let checkpoints = match CheckpointStore::open_unless_new(
             &cfg.state_dir,
             hash,
-            input_schema(manifest),
+            lockstep_stream::buffer_schema(manifest),
             described,
         ) {
             Err(ServiceError::MissingCheckpoint { .. }) if cfg.start_fresh => {
                 set_logs_aside(&found)?;
-                CheckpointStore::open(&cfg.state_dir, hash, input_schema(manifest))?
+                CheckpointStore::open(
+                    &cfg.state_dir,
+                    hash,
+                    lockstep_stream::buffer_schema(manifest),
+                )?
             }
             other => other?,
         };
@@ -857,6 +861,9 @@ fn record_progress(metrics: &Metrics, before: &StreamStats, now: &StreamStats) {
         .inc_by(delta(before.duplicates, now.duplicates));
     metrics.late_events.inc_by(delta(before.late, now.late));
     metrics.dead_letters.inc_by(delta(before.dead, now.dead));
+    metrics
+        .plugin_failures
+        .inc_by(delta(before.plugin_failures, now.plugin_failures));
 }
 
 fn lock(health: &Mutex<Health>) -> std::sync::MutexGuard<'_, Health> {

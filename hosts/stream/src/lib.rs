@@ -18,7 +18,10 @@
 mod processor;
 pub mod shards;
 
-pub use processor::{Pending, ShardState, Step, StreamConfig, StreamProcessor, StreamStats};
+pub use processor::{
+    Pending, SEQUENCE_COLUMN, SHARD_COLUMN, ShardState, Step, StreamConfig, StreamProcessor,
+    StreamStats, buffer_schema,
+};
 pub use shards::{Checkpoint, SavedShard, ShardSpec, ShardedProcessor, partition_hash};
 
 use serde_json::json;

@@ -70,8 +70,12 @@ pub struct StreamStats {
     pub duplicates: u64,
     /// Late events (to the late log).
     pub late: u64,
-    /// Records that could not be decoded (to the dead-letter log).
+    /// Records that could not be decoded, or that the plugin failed on (to the
+    /// dead-letter log).
     pub dead: u64,
+    /// Of `dead`: events the plugin failed on, skipped while everything else was
+    /// applied.
+    pub plugin_failures: u64,
     /// Rows emitted.
     pub rows: u64,
     /// Events before the start instant, left to the backfill.
@@ -85,11 +89,54 @@ impl StreamStats {
         self.events += other.events;
         self.applied += other.applied;
         self.duplicates += other.duplicates;
+        self.plugin_failures += other.plugin_failures;
         self.late += other.late;
         self.dead += other.dead;
         self.rows += other.rows;
         self.before_start += other.before_start;
     }
+}
+
+/// The column of a held event's shard, after the input columns.
+pub const SHARD_COLUMN: &str = "__lockstep_shard";
+/// The column of a held event's sequence number, after [`SHARD_COLUMN`].
+pub const SEQUENCE_COLUMN: &str = "__lockstep_sequence";
+
+/// The schema of held events: `manifest`'s input schema, then [`SHARD_COLUMN`] and
+/// [`SEQUENCE_COLUMN`], so an event the plugin fails on when it is applied (maybe after
+/// a checkpoint) is dead-lettered with the record it came from. These columns never
+/// reach the plugin, its ordering or its duplicate identities.
+pub fn buffer_schema(manifest: &Manifest) -> arrow_schema::SchemaRef {
+    let mut fields: Vec<arrow_schema::Field> = input_schema(manifest)
+        .fields()
+        .iter()
+        .map(|f| f.as_ref().clone())
+        .collect();
+    fields.push(arrow_schema::Field::new(
+        SHARD_COLUMN,
+        arrow_schema::DataType::Utf8,
+        false,
+    ));
+    fields.push(arrow_schema::Field::new(
+        SEQUENCE_COLUMN,
+        arrow_schema::DataType::Utf8,
+        false,
+    ));
+    std::sync::Arc::new(arrow_schema::Schema::new(fields))
+}
+
+/// `batch` in [`buffer_schema`]: as is, or (held events of a checkpoint written before
+/// events carried their origin) with empty origins.
+fn with_origins(batch: RecordBatch, manifest: &Manifest) -> Result<RecordBatch, StreamError> {
+    let schema = buffer_schema(manifest);
+    if batch.num_columns() == schema.fields().len() {
+        return Ok(batch);
+    }
+    let empty: arrow_array::ArrayRef =
+        std::sync::Arc::new(arrow_array::StringArray::from(vec![""; batch.num_rows()]));
+    let mut columns = batch.columns().to_vec();
+    columns.extend([empty.clone(), empty]);
+    Ok(RecordBatch::try_new(schema, columns)?)
 }
 
 /// Applies a plugin to a stream of records exactly as the batch host applies it to
@@ -111,8 +158,8 @@ pub struct StreamProcessor {
     config: StreamConfig,
     states: StateMap,
     decoder: JsonDecoder,
-    /// Held events (input schema), each with its time not behind the watermark at its
-    /// arrival.
+    /// Held events ([`buffer_schema`]: the input columns, then each event's shard and
+    /// sequence number), each with its time not behind the watermark at its arrival.
     buffer: Vec<RecordBatch>,
     buffered: usize,
     max_seen: Option<i64>,
@@ -294,7 +341,8 @@ impl StreamProcessor {
             .buffer
             .into_iter()
             .filter(|b| b.num_rows() > 0)
-            .collect();
+            .map(|b| with_origins(b, plugin.manifest()))
+            .collect::<Result<_, _>>()?;
         p.states = state.states;
         p.max_seen = state.max_seen;
         p.taken_set
@@ -447,7 +495,7 @@ impl StreamProcessor {
         let mut keep = Vec::with_capacity(events.num_rows());
         let mut late = Vec::new();
         let mut late_duplicates = 0;
-        for (row, record) in sources.into_iter().enumerate() {
+        for (row, &record) in sources.iter().enumerate() {
             let time = times.value(row);
             let watermark = self.watermark();
             let key = EntityKey::from_array(keys.as_ref(), row)
@@ -504,7 +552,16 @@ impl StreamProcessor {
         }
         self.stats.late += late.len() as u64;
         self.stats.duplicates += late_duplicates as u64;
-        let held = filter_record_batch(&events, &BooleanArray::from(keep))?;
+        let origins = std::sync::Arc::new(arrow_array::StringArray::from_iter_values(
+            sources.iter().map(|r| r.shard),
+        )) as arrow_array::ArrayRef;
+        let sequences = std::sync::Arc::new(arrow_array::StringArray::from_iter_values(
+            sources.iter().map(|r| r.sequence),
+        )) as arrow_array::ArrayRef;
+        let mut columns = events.columns().to_vec();
+        columns.extend([origins, sequences]);
+        let with_origin = RecordBatch::try_new(buffer_schema(&self.manifest), columns)?;
+        let held = filter_record_batch(&with_origin, &BooleanArray::from(keep))?;
         if held.num_rows() > 0 {
             self.buffered += held.num_rows();
             self.buffer.push(held);
@@ -530,7 +587,7 @@ impl StreamProcessor {
 
     /// Applies the held events whose time satisfies `due`.
     fn release(&mut self, due: impl Fn(i64) -> bool) -> Result<Step, StreamError> {
-        let schema = input_schema(&self.manifest);
+        let schema = buffer_schema(&self.manifest);
         let mut now = Vec::new();
         let mut later = Vec::new();
         for batch in self.buffer.drain(..) {
@@ -551,7 +608,9 @@ impl StreamProcessor {
         }
         self.buffer = later;
         self.buffered = self.buffer.iter().map(RecordBatch::num_rows).sum();
-        let events = concat_batches(&schema, &now)?;
+        let held = concat_batches(&schema, &now)?;
+        let n_input = self.manifest.input.len();
+        let events = held.project(&(0..n_input).collect::<Vec<_>>())?;
         if events.num_rows() == 0 {
             return Ok(Step {
                 rows: RecordBatch::new_empty(row_schema(&self.manifest)),
@@ -566,10 +625,30 @@ impl StreamProcessor {
         self.stats.applied += out.stats.events_applied as u64;
         self.stats.duplicates += out.stats.duplicates as u64;
         self.stats.rows += out.rows.num_rows() as u64;
+        // Events the plugin failed on: dead letters naming their record, as the batch
+        // host's rejects name them; everything else was applied.
+        let shards = held.column(n_input).as_string::<i32>();
+        let sequences = held.column(n_input + 1).as_string::<i32>();
+        let dead: Vec<DeadLetter> = out
+            .failed
+            .iter()
+            .map(|f| DeadLetter {
+                shard: shards.value(f.row).to_owned(),
+                sequence: sequences.value(f.row).to_owned(),
+                reason: format!(
+                    "the plugin failed on this event of entity `{}`: {}",
+                    f.key, f.message
+                ),
+                record: serde_json::Value::Object(lockstep_core::rows::row_json(&events, f.row))
+                    .to_string(),
+            })
+            .collect();
+        self.stats.dead += dead.len() as u64;
+        self.stats.plugin_failures += dead.len() as u64;
         Ok(Step {
             rows: out.rows,
             late: Vec::new(),
-            dead: Vec::new(),
+            dead,
             stats: out.stats,
             late_duplicates: 0,
         })
