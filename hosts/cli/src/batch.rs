@@ -158,7 +158,27 @@ pub fn run(args: RunArgs, runtime: &Runtime) -> Result<()> {
             )
         }
     };
-    let out = result.with_context(|| format!("backfilling from {}", args.source))?;
+    let out = result
+        .map_err(|e| {
+            // A full disk under the temporary directory (sort spills, staged rows): say
+            // which directory, and how to move it.
+            let full = anyhow::Error::from(e);
+            let disk_full = full.chain().any(|c| {
+                c.downcast_ref::<std::io::Error>()
+                    .is_some_and(|io| io.kind() == std::io::ErrorKind::StorageFull)
+                    || c.to_string().contains("No space left on device")
+            });
+            if disk_full {
+                full.context(format!(
+                    "the disk under the temporary directory {} is full (sorts spill and rows \
+                     awaiting commit are staged there); free space or point TMPDIR elsewhere",
+                    std::env::temp_dir().display()
+                ))
+            } else {
+                full
+            }
+        })
+        .with_context(|| format!("backfilling from {}", args.source))?;
     let failures = &out.plugin_failures;
     match (&args.rejects, out.rejects.first(), failures.first()) {
         (None, Some(first), _) => bail!(

@@ -587,9 +587,24 @@ fn main() {
             // The reader stopped early (see above): not a failure of ours.
             std::process::exit(0);
         }
-        eprintln!("error: {e:#}");
+        eprintln!("error: {}", error_text(&e));
         std::process::exit(error_code);
     }
+}
+
+/// An error and its causes, each said once: many library errors print their source
+/// inside their own text, so the chain would repeat it (a full disk's message came out
+/// five times).
+fn error_text(e: &anyhow::Error) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if text.is_empty() || parts.iter().any(|p| p.contains(&text)) {
+            continue;
+        }
+        parts.push(text);
+    }
+    parts.join(": ")
 }
 
 /// An instant on the command line: RFC 3339 (`2024-01-31T12:00:00Z`), as UTC µs.
@@ -883,4 +898,30 @@ fn run(
         bail!("{} holds no events", events.display());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod error_tests {
+    #[derive(Debug)]
+    struct Wrapping(std::io::Error);
+    impl std::fmt::Display for Wrapping {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "External error: {}", self.0)
+        }
+    }
+    impl std::error::Error for Wrapping {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&self.0)
+        }
+    }
+
+    #[test]
+    fn each_cause_is_said_once() {
+        let disk = std::io::Error::new(std::io::ErrorKind::StorageFull, "No space left on device");
+        let e = anyhow::Error::new(Wrapping(disk)).context("spilling to /tmp/x");
+        assert_eq!(
+            super::error_text(&e),
+            "spilling to /tmp/x: External error: No space left on device"
+        );
+    }
 }

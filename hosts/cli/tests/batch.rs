@@ -586,3 +586,45 @@ fn events_the_plugin_fails_on_are_rejects_and_the_rest_is_written() {
         .sum();
     assert_eq!(rows, 3);
 }
+
+/// A full temporary directory (a 1 MiB tmpfs, mounted for the test) is one clear
+/// error naming the directory, said once, and nothing is written.
+#[test]
+fn a_full_temporary_directory_is_named_once() {
+    struct Mounted(PathBuf);
+    impl Drop for Mounted {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let tmp = dir.path().join("small-tmp");
+    std::fs::create_dir_all(&tmp).expect("mkdir");
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=1M", "tmpfs"])
+        .arg(&tmp)
+        .status()
+        .expect("mount");
+    assert!(
+        mounted.success(),
+        "this test mounts a small tmpfs (as root, which scripts/test.sh runs as)"
+    );
+    let _unmount = Mounted(tmp.clone());
+    let events = generate_as(dir.path(), 100_000, "events.jsonl");
+    let store = dir.path().join("store");
+    let out = batch_command(s(&events), s(&store), &["--memory-limit", "16MiB"])
+        .env("TMPDIR", &tmp)
+        .output()
+        .expect("run");
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains(s(&tmp)) && err.contains("is full"), "{err}");
+    assert_eq!(err.matches("No space left on device").count(), 1, "{err}");
+    assert!(
+        OfflineStore::open(&store)
+            .expect("open")
+            .version("txn_velocity", "1.0.0")
+            .is_err(),
+        "nothing committed"
+    );
+}
