@@ -386,8 +386,15 @@ async fn register_source(
         SourceFormat::Csv => {
             // Every cell as text: values are parsed by the shared rules during conform,
             // not by CSV type inference (which, for one, drops time zones).
-            let options = ListingOptions::new(Arc::new(CsvFormat::default().with_has_header(true)))
-                .with_file_extension(".csv");
+            // A row with fewer cells than the header reads as nulls in the missing
+            // columns, so the shared rules reject it by name (one bad row must not end
+            // the job); a row with more cells is still an error naming its line.
+            let options = ListingOptions::new(Arc::new(
+                CsvFormat::default()
+                    .with_has_header(true)
+                    .with_truncated_rows(true),
+            ))
+            .with_file_extension(".csv");
             let inferred = ListingTableConfig::new(listing_url(&job.source)?)
                 .with_listing_options(options.clone())
                 .infer_schema(&ctx.state())

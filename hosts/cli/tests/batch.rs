@@ -628,3 +628,40 @@ fn a_full_temporary_directory_is_named_once() {
         "nothing committed"
     );
 }
+
+/// A CSV row with fewer cells than its header is a reject like any bad row; one with
+/// more is an error that names its line, said once.
+#[test]
+fn ragged_csv_rows_are_rejects_or_one_clear_error() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let short = dir.path().join("short.csv");
+    std::fs::write(
+        &short,
+        "card_id,ts,amount,merchant\nc1,2024-01-01T00:00:00Z,1.5,m\nc2,2024-01-01T00:00:01Z\nc3,2024-01-01T00:00:02Z,2.5,m\n",
+    )
+    .expect("csv");
+    let store = dir.path().join("store");
+    let rejects = dir.path().join("rejects.jsonl");
+    let out = backfill(&short, &store, &["--rejects", s(&rejects)]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let kept = std::fs::read_to_string(&rejects).expect("rejects");
+    assert_eq!(kept.lines().count(), 1, "{kept}");
+    assert!(kept.contains("\"c2\""), "{kept}");
+    assert_eq!(stored_rows(&store), 2);
+
+    let long = dir.path().join("long.csv");
+    std::fs::write(
+        &long,
+        "card_id,ts,amount,merchant\nc1,2024-01-01T00:00:00Z,1.5,m\nc3,2024-01-01T00:00:02Z,2.5,m,extra\n",
+    )
+    .expect("csv");
+    let out = backfill(
+        &long,
+        &dir.path().join("store2"),
+        &["--rejects", s(&rejects)],
+    );
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("line 3"), "{err}");
+    assert_eq!(err.matches("number of fields").count(), 1, "{err}");
+}
