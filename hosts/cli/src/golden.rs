@@ -119,12 +119,20 @@ pub fn backfill(
     let out = tokio
         .block_on(lockstep_batch::run(&job, plugin, &mut writer))
         .with_context(|| format!("backfilling from {}", events.display()))?;
-    if let Some(first) = out.rejects.first().or(out.plugin_failures.first()) {
+    if let Some(first) = out.rejects.first() {
         bail!(
-            "{}: {} events were refused, e.g. column `{}`: {}",
+            "{}: {} events could not be read, e.g. column `{}`: {}",
             events.display(),
-            out.rejects.len() + out.plugin_failures.len(),
+            out.rejects.len(),
             first.column,
+            first.reason
+        );
+    }
+    if let Some(first) = out.plugin_failures.first() {
+        bail!(
+            "{}: the plugin failed on {} events, e.g. {}",
+            events.display(),
+            out.plugin_failures.len(),
             first.reason
         );
     }
