@@ -47,8 +47,10 @@ for w in ["1h", "24h", "7d"]:
 features += [
     "(epoch_us(ts) - epoch_us(lag(ts) OVER (PARTITION BY card_id ORDER BY ts, txn_id))) / 1e6"
     " AS secs_since_prev_txn",
-    "len(list_distinct(list_concat(coalesce(list(merchant) OVER before24h, []),"
-    " list(merchant) OVER at_instant))) AS distinct_merchants_24h",
+    # The merchants of (t - 24 h, t), plus those of the instant's events so far that
+    # are new: first of their merchant at this instant, and not seen in (t - 24 h, t).
+    "count(DISTINCT merchant) OVER before24h + sum(new_merchant) OVER at_instant"
+    " AS distinct_merchants_24h",
 ]
 windows = ", ".join(
     [before("before1h", HOUR), before("before24h", 24 * HOUR), before("before7d", 7 * 24 * HOUR)]
@@ -62,7 +64,14 @@ COPY (
     QUALIFY row_number() OVER (PARTITION BY txn_id ORDER BY ts) = 1
   ),
   ranked AS (
-    SELECT *, row_number() OVER (PARTITION BY card_id, ts ORDER BY txn_id) AS nth_at_instant
+    SELECT *,
+           row_number() OVER (PARTITION BY card_id, ts ORDER BY txn_id) AS nth_at_instant,
+           CAST(row_number() OVER (PARTITION BY card_id, ts, merchant ORDER BY txn_id) = 1
+                AND coalesce(max(ts) OVER (
+                      PARTITION BY card_id, merchant ORDER BY ts
+                      RANGE BETWEEN UNBOUNDED PRECEDING AND INTERVAL '1 microseconds' PRECEDING)
+                    <= ts - INTERVAL '{24 * HOUR} microseconds', true) AS INTEGER)
+             AS new_merchant
     FROM deduplicated
   ),
   featured AS (
