@@ -77,27 +77,6 @@ impl<'a> Canonical<'a> {
         }
     }
 
-    /// Compares the values at rows `a` and `b` by value, nulls last: the order of
-    /// declared event ids.
-    fn cmp_rows(&self, a: usize, b: usize) -> std::cmp::Ordering {
-        use std::cmp::Ordering;
-        let column: &dyn Array = self.array();
-        match (column.is_null(a), column.is_null(b)) {
-            (true, true) => return Ordering::Equal,
-            (true, false) => return Ordering::Greater,
-            (false, true) => return Ordering::Less,
-            (false, false) => {}
-        }
-        match self {
-            Canonical::Int64(c) => c.value(a).cmp(&c.value(b)),
-            Canonical::Float64(c) => c.value(a).total_cmp(&c.value(b)),
-            Canonical::Boolean(c) => c.value(a).cmp(&c.value(b)),
-            Canonical::Utf8(c) => c.value(a).as_bytes().cmp(c.value(b).as_bytes()),
-            Canonical::Timestamp(c) => c.value(a).cmp(&c.value(b)),
-            Canonical::Other(_) => Ordering::Equal,
-        }
-    }
-
     fn array(&self) -> &'a dyn Array {
         match self {
             Canonical::Int64(c) => *c,
@@ -391,7 +370,7 @@ pub fn order_events(batch: &RecordBatch, manifest: &Manifest) -> Result<Ordered,
     // are ordered by their content hash, which is their id.
     let declared = declared_ids(batch, id_col);
     let ranks = match id_col {
-        Some(c) => value_ranks(batch.column(c).as_ref()),
+        Some(c) => value_ranks(batch.column(c).as_ref())?,
         None => vec![u32::MAX; n],
     };
     let contents = declared
@@ -461,28 +440,20 @@ pub fn order_events(batch: &RecordBatch, manifest: &Manifest) -> Result<Ordered,
     })
 }
 
-/// Each row's rank among the column's values, by value with nulls last; equal values
-/// share a rank and nulls get `u32::MAX`.
-fn value_ranks(column: &dyn Array) -> Vec<u32> {
-    let canonical = Canonical::of(column);
-    let mut rows: Vec<u32> = (0..column.len() as u32).collect();
-    rows.sort_unstable_by(|&a, &b| canonical.cmp_rows(a as usize, b as usize));
-    let mut ranks = vec![u32::MAX; column.len()];
-    let mut rank = 0u32;
-    for (i, &row) in rows.iter().enumerate() {
-        if column.is_null(row as usize) {
-            break;
+/// Each row's rank among the column's values, by value (Arrow's order, the one the
+/// batch host's sort uses); equal values share a rank and nulls get `u32::MAX`.
+fn value_ranks(column: &dyn Array) -> Result<Vec<u32>, CoreError> {
+    let options = arrow_schema::SortOptions {
+        descending: false,
+        nulls_first: false,
+    };
+    let mut ranks = arrow_ord::rank::rank(column, Some(options))?;
+    for (row, rank) in ranks.iter_mut().enumerate() {
+        if column.is_null(row) {
+            *rank = u32::MAX;
         }
-        if i > 0
-            && canonical
-                .cmp_rows(rows[i - 1] as usize, row as usize)
-                .is_ne()
-        {
-            rank += 1;
-        }
-        ranks[row as usize] = rank;
     }
-    ranks
+    Ok(ranks)
 }
 
 /// Replaces first-seen entity numbers by the rank of their key.
