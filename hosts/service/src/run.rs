@@ -78,8 +78,11 @@ fn existing_logs(dir: &std::path::Path) -> Vec<(PathBuf, u64)> {
         .collect()
 }
 
-/// The service's logs, by file name.
-const LOG_FILES: [&str; 3] = ["rows.jsonl", "late.jsonl", "dead-letters.jsonl"];
+/// The service's logs, by file name: rows, late events, dead letters.
+const ROWS_LOG: &str = "rows.jsonl";
+const LATE_LOG: &str = "late.jsonl";
+const DEAD_LOG: &str = "dead-letters.jsonl";
+const LOG_FILES: [&str; 3] = [ROWS_LOG, LATE_LOG, DEAD_LOG];
 
 /// Renames each of `logs` to `<name>.before-fresh` (numbered if that exists).
 fn set_logs_aside(logs: &[(PathBuf, u64)]) -> Result<(), ServiceError> {
@@ -345,12 +348,9 @@ impl StreamService {
         };
         let restored = checkpoints.restore()?;
         let logs = Logs {
-            rows: AppendLog::open(&cfg.state_dir.join("rows.jsonl"), restored.logs.rows)?,
-            late: AppendLog::open(&cfg.state_dir.join("late.jsonl"), restored.logs.late)?,
-            dead: AppendLog::open(
-                &cfg.state_dir.join("dead-letters.jsonl"),
-                restored.logs.dead,
-            )?,
+            rows: AppendLog::open(&cfg.state_dir.join(ROWS_LOG), restored.logs.rows)?,
+            late: AppendLog::open(&cfg.state_dir.join(LATE_LOG), restored.logs.late)?,
+            dead: AppendLog::open(&cfg.state_dir.join(DEAD_LOG), restored.logs.dead)?,
         };
         summary.rows_log = logs.rows.path().to_owned();
         summary.late_log = logs.late.path().to_owned();

@@ -4,6 +4,7 @@ use crate::{DeadLetter, LateEvent, Record, StreamError};
 use arrow_array::cast::AsArray;
 use arrow_array::types::TimestampMicrosecondType;
 use arrow_array::{BooleanArray, RecordBatch};
+use arrow_schema::SchemaRef;
 use arrow_select::concat::concat_batches;
 use arrow_select::filter::filter_record_batch;
 use lockstep_abi::Manifest;
@@ -127,8 +128,7 @@ pub fn buffer_schema(manifest: &Manifest) -> arrow_schema::SchemaRef {
 
 /// `batch` in [`buffer_schema`]: as is, or (held events of a checkpoint written before
 /// events carried their origin) with empty origins.
-fn with_origins(batch: RecordBatch, manifest: &Manifest) -> Result<RecordBatch, StreamError> {
-    let schema = buffer_schema(manifest);
+fn with_origins(batch: RecordBatch, schema: &SchemaRef) -> Result<RecordBatch, StreamError> {
     if batch.num_columns() == schema.fields().len() {
         return Ok(batch);
     }
@@ -136,7 +136,7 @@ fn with_origins(batch: RecordBatch, manifest: &Manifest) -> Result<RecordBatch, 
         std::sync::Arc::new(arrow_array::StringArray::from(vec![""; batch.num_rows()]));
     let mut columns = batch.columns().to_vec();
     columns.extend([empty.clone(), empty]);
-    Ok(RecordBatch::try_new(schema, columns)?)
+    Ok(RecordBatch::try_new(schema.clone(), columns)?)
 }
 
 /// Applies a plugin to a stream of records exactly as the batch host applies it to
@@ -155,6 +155,8 @@ fn with_origins(batch: RecordBatch, manifest: &Manifest) -> Result<RecordBatch, 
 pub struct StreamProcessor {
     manifest: Manifest,
     executor: Executor,
+    /// [`buffer_schema`], made once.
+    buffer_schema: SchemaRef,
     config: StreamConfig,
     states: StateMap,
     decoder: JsonDecoder,
@@ -341,7 +343,7 @@ impl StreamProcessor {
             .buffer
             .into_iter()
             .filter(|b| b.num_rows() > 0)
-            .map(|b| with_origins(b, plugin.manifest()))
+            .map(|b| with_origins(b, &p.buffer_schema))
             .collect::<Result<_, _>>()?;
         p.states = state.states;
         p.max_seen = state.max_seen;
@@ -405,6 +407,7 @@ impl StreamProcessor {
         }
         Ok(StreamProcessor {
             executor: Executor::new(plugin)?,
+            buffer_schema: buffer_schema(&manifest),
             decoder: JsonDecoder::new(&manifest),
             manifest,
             config,
@@ -560,7 +563,7 @@ impl StreamProcessor {
         )) as arrow_array::ArrayRef;
         let mut columns = events.columns().to_vec();
         columns.extend([origins, sequences]);
-        let with_origin = RecordBatch::try_new(buffer_schema(&self.manifest), columns)?;
+        let with_origin = RecordBatch::try_new(self.buffer_schema.clone(), columns)?;
         let held = filter_record_batch(&with_origin, &BooleanArray::from(keep))?;
         if held.num_rows() > 0 {
             self.buffered += held.num_rows();
@@ -587,7 +590,7 @@ impl StreamProcessor {
 
     /// Applies the held events whose time satisfies `due`.
     fn release(&mut self, due: impl Fn(i64) -> bool) -> Result<Step, StreamError> {
-        let schema = buffer_schema(&self.manifest);
+        let schema = self.buffer_schema.clone();
         let mut now = Vec::new();
         let mut later = Vec::new();
         for batch in self.buffer.drain(..) {
