@@ -146,11 +146,7 @@ pub fn run(args: RunArgs, runtime: &Runtime) -> Result<()> {
     let result = match result {
         Ok(result) => result,
         Err(panic) => {
-            let message = panic
-                .downcast_ref::<String>()
-                .cloned()
-                .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
-                .unwrap_or_default();
+            let message = crate::panic_text(panic.as_ref());
             bail!(
                 "backfilling from {}: reading the source failed inside a library ({message}); \
                  the input is probably damaged. Nothing was written",

@@ -415,12 +415,7 @@ fn main() {
     // fails, and there is nothing left to say: end quietly instead of with a panic.
     let default_hook = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
-        let payload = info.payload();
-        let message = payload
-            .downcast_ref::<String>()
-            .map(String::as_str)
-            .or_else(|| payload.downcast_ref::<&str>().copied())
-            .unwrap_or("");
+        let message = panic_text(info.payload());
         if message.starts_with("failed printing to stdout") && message.contains("Broken pipe") {
             std::process::exit(0);
         }
@@ -590,6 +585,15 @@ fn main() {
         eprintln!("error: {}", error_text(&e));
         std::process::exit(error_code);
     }
+}
+
+/// The message a panic carried (`panic!` with text gives a `String` or a `&str`).
+pub(crate) fn panic_text(payload: &(dyn std::any::Any + Send)) -> &str {
+    payload
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| payload.downcast_ref::<&str>().copied())
+        .unwrap_or("")
 }
 
 /// An error and its causes, each said once: many library errors print their source

@@ -506,23 +506,30 @@ fn a_line_that_is_not_utf8_is_a_reject() {
         br#"{"card_id":"","ts":1704067201000000,"amount":1.5,"merchant":"m","txn_id":"b"}"#,
     );
     bytes.push(b'\n');
+    // Beyond the clock plus the default --max-future: refused, as the stream host
+    // dead-letters it.
+    bytes.extend_from_slice(
+        br#"{"card_id":"c9","ts":"9999-12-31T23:59:59Z","amount":1.5,"merchant":"m","txn_id":"c"}"#,
+    );
+    bytes.push(b'\n');
     std::fs::write(&source, bytes).expect("write");
     let store = dir.path().join("store");
     let out = backfill(&source, &store, &[]);
     let err = text(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
-    assert!(err.contains("2 source rows could not be read"), "{err}");
+    assert!(err.contains("3 source rows could not be read"), "{err}");
     assert_eq!(err.matches("could not be read").count(), 1, "{err}");
     let rejects = dir.path().join("rejects.jsonl");
     let out = backfill(&source, &store, &["--rejects", s(&rejects)]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let kept = std::fs::read_to_string(&rejects).expect("rejects");
-    assert_eq!(kept.lines().count(), 2, "{kept}");
+    assert_eq!(kept.lines().count(), 3, "{kept}");
     assert!(
         kept.contains("not UTF-8") && kept.contains("line 2"),
         "{kept}"
     );
     assert!(kept.contains("must not be empty"), "{kept}");
+    assert!(kept.contains("in the future"), "{kept}");
     assert_eq!(stored_rows(&store), 1);
 }
 
