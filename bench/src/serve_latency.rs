@@ -7,7 +7,15 @@
 //! at start + i / rate and its latency counts from then, so a slow answer delays the
 //! next ones and they count it. Every 97th answer is checked value by value.
 //!
-//! Usage: `serve-latency --redis redis://127.0.0.1:PORT --scenario NAME:ENTITIES:FEATURES:RATE:SECONDS …`
+//! With `--freeze-pid PID` the scenarios run while that redis-server is frozen
+//! (SIGSTOP once the cache is filled, SIGCONT at the end): every answer waits out the
+//! deadline (`--timeout-ms`, 5 by default) and is served from defaults, so the
+//! latencies show how far past its deadline a call is answered. `--no-breaker` keeps
+//! the cache's circuit closed, so every call waits (the worst case) instead of the
+//! breaker answering at once.
+//!
+//! Usage: `serve-latency --redis redis://127.0.0.1:PORT [--timeout-ms N] [--freeze-pid PID]
+//! [--no-breaker] --scenario NAME:ENTITIES:FEATURES:RATE:SECONDS …`
 //! Prints one JSON object per scenario.
 
 use lockstep_abi::{Value, ValueType};
@@ -95,10 +103,19 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut entities = 10_000usize;
     let mut scenarios = Vec::new();
     let mut stampede_ttl: Option<u64> = None;
+    let mut timeout = ServeConfig::default().timeout;
+    let mut freeze_pid: Option<u32> = None;
+    let mut breaker = true;
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
+        if flag == "--no-breaker" {
+            breaker = false;
+            continue;
+        }
         let value = args.next().ok_or_else(|| format!("{flag} needs a value"))?;
         match flag.as_str() {
+            "--timeout-ms" => timeout = Duration::from_millis(value.parse()?),
+            "--freeze-pid" => freeze_pid = Some(value.parse()?),
             "--redis" => redis_url = Some(value),
             "--entities" => entities = value.parse()?,
             "--scenario" => scenarios.push(parse_scenario(&value)?),
@@ -178,11 +195,18 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let (server, base) = server_rt.block_on(async {
         let cache =
             lockstep_cache::RedisCache::connect(&redis_url, None, Duration::from_secs(2)).await?;
+        let mut config = ServeConfig {
+            timeout,
+            ..ServeConfig::default()
+        };
+        if !breaker {
+            config.cache_breaker.failures = u32::MAX;
+        }
         let server = FeatureServer::new(
             vec![ServedGroup::new(&manifest, HASH)],
             store,
             Some(cache),
-            ServeConfig::default(),
+            config,
         )?;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let base = format!("http://{}", listener.local_addr()?);
@@ -221,12 +245,93 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
+        let floor = match freeze_pid {
+            Some(pid) => {
+                signal(pid, "STOP")?;
+                Some(SleepFloor::start(timeout))
+            }
+            None => None,
+        };
+        let mut outcome = Ok(());
         for s in &scenarios {
-            run(&client, &server, s, entities, stampede_ttl.is_none()).await?;
+            outcome = run(&client, &server, s, entities, stampede_ttl.is_none()).await;
+            if outcome.is_err() {
+                break;
+            }
         }
-        Ok::<_, Box<dyn std::error::Error>>(())
+        if let Some(pid) = freeze_pid {
+            signal(pid, "CONT")?;
+        }
+        if let Some(floor) = floor {
+            floor.report();
+        }
+        outcome
     })?;
     drop(server);
+    Ok(())
+}
+
+/// The machine's own floor for a deadline: a bare thread that sleeps the timeout over
+/// and over while the scenarios run, and how late it wakes. No server can answer
+/// closer to its deadline than the OS wakes a thread.
+struct SleepFloor {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<Vec<u64>>,
+    timeout: Duration,
+}
+
+impl SleepFloor {
+    fn start(timeout: Duration) -> Self {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut took = Vec::new();
+            while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+                let at = std::time::Instant::now();
+                std::thread::sleep(timeout);
+                took.push(at.elapsed().as_micros() as u64);
+            }
+            took
+        });
+        SleepFloor {
+            stop,
+            thread,
+            timeout,
+        }
+    }
+
+    /// Stops the thread and prints its figures as one JSON object.
+    fn report(self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let Ok(mut took) = self.thread.join() else {
+            return;
+        };
+        took.sort_unstable();
+        println!(
+            "{}",
+            serde_json::json!({
+                "system": "thread-sleep",
+                "scenario": "floor",
+                "timeout_us": self.timeout.as_micros() as u64,
+                "requests": took.len(),
+                "p50_us": percentile(&took, 50.0),
+                "p99_us": percentile(&took, 99.0),
+                "p999_us": percentile(&took, 99.9),
+                "max_us": took.last().copied().unwrap_or(0),
+            })
+        );
+    }
+}
+
+/// Sends `SIGname` to process `pid`.
+fn signal(pid: u32, name: &str) -> Result<(), Box<dyn std::error::Error>> {
+    let status = std::process::Command::new("kill")
+        .arg(format!("-{name}"))
+        .arg(pid.to_string())
+        .status()?;
+    if !status.success() {
+        return Err(format!("kill -{name} {pid} failed").into());
+    }
     Ok(())
 }
 
@@ -373,6 +478,7 @@ async fn run(
             "entities": s.entities,
             "features": s.features,
             "rate": s.rate,
+            "timeout_us": server.config().timeout.as_micros() as u64,
             "requests": total,
             "achieved_rate": total as f64 / elapsed,
             "p50_us": percentile(&took, 50.0),

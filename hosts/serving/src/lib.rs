@@ -8,7 +8,8 @@
 //! 2. **Misses fall back to the durable online store** (embedded or SageMaker
 //!    BatchGetRecord) and the records found are written back to the cache, guarded by
 //!    event time so a write-back never hides a newer row the stream host wrote.
-//! 3. **A hard per-call timeout.** What is not read when it runs out, or while a
+//! 3. **A hard per-call timeout**, kept to tens of microseconds (a kernel timer, not
+//!    tokio's millisecond wheel). What is not read when it runs out, or while a
 //!    backend's circuit breaker is open, is served from the default-feature snapshot
 //!    (manifest defaults, or a snapshot file) and the response is tagged `degraded`.
 //!    A Redis outage thus trips straight to defaults: the store is not stampeded by
@@ -29,6 +30,7 @@
 //! decides which row is newer (the stores' event-time rules do).
 
 mod breaker;
+mod deadline;
 pub mod feast;
 mod group;
 pub mod http;

@@ -1,5 +1,6 @@
 //! [`FeatureServer`]: the read path (see the crate docs).
 
+use crate::deadline::Deadline;
 use crate::metrics::{BackendLabel, Metrics};
 use crate::{Breaker, BreakerConfig, ServeError, ServedGroup};
 use futures_util::FutureExt;
@@ -312,8 +313,8 @@ impl FeatureServer {
             .iter()
             .map(|e| group.entity_key(e))
             .collect::<Result<Vec<String>, ServeError>>()?;
-        let deadline = tokio::time::Instant::now() + self.inner.config.timeout;
-        let outcomes = self.lookup(&group, &selected, &keys, deadline).await;
+        let mut deadline = Deadline::after(self.inner.config.timeout);
+        let outcomes = self.lookup(&group, &selected, &keys, &mut deadline).await;
         Ok(self.respond(&group, &selected, keys, outcomes))
     }
 
@@ -323,7 +324,7 @@ impl FeatureServer {
         group: &Arc<ServedGroup>,
         selected: &[usize],
         keys: &[String],
-        deadline: tokio::time::Instant,
+        deadline: &mut Deadline,
     ) -> Vec<Outcome> {
         let inner = &self.inner;
         let m = &inner.metrics;
@@ -335,21 +336,20 @@ impl FeatureServer {
             }
             let group_id = group.group.id();
             let cache_keys: Vec<String> = keys.iter().map(|k| cache_key(&group_id, k)).collect();
-            let entries =
-                match tokio::time::timeout_at(deadline, cache.get_entries(&cache_keys)).await {
-                    Ok(Ok(entries)) => {
-                        inner.cache_breaker.success();
-                        entries
+            let entries = match deadline.run(cache.get_entries(&cache_keys)).await {
+                Some(Ok(entries)) => {
+                    inner.cache_breaker.success();
+                    entries
+                }
+                failed => {
+                    inner.cache_breaker.failure();
+                    self.backend_error("cache");
+                    if let Some(Err(e)) = failed {
+                        tracing::debug!(error = %e, "cache read failed; serving defaults");
                     }
-                    failed => {
-                        inner.cache_breaker.failure();
-                        self.backend_error("cache");
-                        if let Ok(Err(e)) = failed {
-                            tracing::debug!(error = %e, "cache read failed; serving defaults");
-                        }
-                        return all_default(keys.len());
-                    }
-                };
+                    return all_default(keys.len());
+                }
+            };
             let mut refresh = Vec::new();
             for (i, entry) in entries.into_iter().enumerate() {
                 let Some(entry) = entry else {
@@ -395,8 +395,8 @@ impl FeatureServer {
                 }
                 got
             };
-            match tokio::time::timeout_at(deadline, wait).await {
-                Ok(fetched) => {
+            match deadline.run(wait).await {
+                Some(fetched) => {
                     for ((&i, key), result) in misses.iter().zip(&miss_keys).zip(fetched) {
                         outcomes[i] = Some(match result.as_ref() {
                             Ok(records) => match records.get(key) {
@@ -410,7 +410,7 @@ impl FeatureServer {
                         });
                     }
                 }
-                Err(_) => {
+                None => {
                     // Out of time: the fetches go on and fill the cache for later calls.
                     for &i in &misses {
                         outcomes[i] = Some(Outcome::Default);
