@@ -96,6 +96,11 @@ enum Command {
         /// CreateFeatureGroup defines them: NAME=RECORD_ID[:EVENT_TIME]. Repeatable.
         #[arg(long = "group", value_parser = lockstep_featurestore::local::parse_group)]
         groups: Vec<(String, lockstep_featurestore::local::GroupDefinition)>,
+        /// A JSON file of CreateFeatureGroup requests (one object or a list, as
+        /// boto3's create_feature_group takes them): feature types are checked on put
+        /// and OnlineStoreConfig.TtlDuration is the groups' default TTL. Repeatable.
+        #[arg(long = "group-definition")]
+        definitions: Vec<PathBuf>,
     },
     /// Serve features on the inference path over HTTP: Redis first, the online store on
     /// a miss, the default snapshot (tagged degraded) when a read does not make the
@@ -554,9 +559,10 @@ fn main() {
             listen,
             data,
             groups,
+            definitions,
         } => {
             stream::init_logging();
-            featurestore_local(listen, &data, groups)
+            featurestore_local(listen, &data, groups, &definitions)
         }
         Command::Serve { args, runtime } => {
             stream::init_logging();
@@ -621,12 +627,25 @@ fn parse_instant(text: &str) -> Result<i64, String> {
 fn featurestore_local(
     listen: std::net::SocketAddr,
     data: &Path,
-    groups: Vec<(String, lockstep_featurestore::local::GroupDefinition)>,
+    mut groups: Vec<(String, lockstep_featurestore::local::GroupDefinition)>,
+    definitions: &[PathBuf],
 ) -> Result<()> {
+    for file in definitions {
+        let text = std::fs::read_to_string(file)
+            .with_context(|| format!("reading the group definitions {}", file.display()))?;
+        let parsed = lockstep_featurestore::local::parse_group_definitions(&text)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+        groups.extend(parsed);
+    }
+    let mut defined = std::collections::HashMap::new();
+    for (name, definition) in groups {
+        if defined.insert(name.clone(), definition).is_some() {
+            anyhow::bail!("feature group {name} is defined twice");
+        }
+    }
     let embedded = lockstep_online::EmbeddedStore::open(data)
         .with_context(|| format!("opening the embedded online store in {}", data.display()))?;
-    let store =
-        lockstep_featurestore::local::LocalStore::new(embedded, groups.into_iter().collect());
+    let store = lockstep_featurestore::local::LocalStore::new(embedded, defined);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

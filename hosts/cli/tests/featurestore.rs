@@ -254,6 +254,189 @@ attempt('huge', lambda: put('u4', '2024-01-01T00:00:00Z', 'x' * (3 << 20)))
     assert!(lines[13].contains("too large"), "{out}");
 }
 
+/// A group defined by its CreateFeatureGroup request: PutRecord checks features and
+/// their types, names and values keep the service's patterns and lengths, TtlDuration
+/// (the put's, else the group's) makes a record expire at EventTime + TtlDuration and
+/// GetRecord/BatchGetRecord report ExpiresAt when asked, and a put to the offline store
+/// alone leaves the online record — case by case from AWS's API reference, via boto3.
+#[test]
+fn boto3_puts_are_held_to_the_groups_definition_limits_and_ttl() {
+    let dir = tempfile::tempdir().unwrap();
+    let definition = dir.path().join("groups.json");
+    std::fs::write(
+        &definition,
+        r#"[{"FeatureGroupName": "users", "RecordIdentifierFeatureName": "user_id",
+             "EventTimeFeatureName": "ts",
+             "FeatureDefinitions": [{"FeatureName": "user_id", "FeatureType": "String"},
+                                    {"FeatureName": "ts", "FeatureType": "String"},
+                                    {"FeatureName": "clicks", "FeatureType": "Integral"},
+                                    {"FeatureName": "score", "FeatureType": "Fractional"}],
+             "OnlineStoreConfig": {"TtlDuration": {"Unit": "Days", "Value": 1}}}]"#,
+    )
+    .unwrap();
+    let data = dir.path().join("data");
+    let port = free_port();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_lockstep"))
+        .args([
+            "featurestore-local",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+        ])
+        .args(["--data", s(&data), "--group-definition", s(&definition)])
+        .args(["--group", "loose=id"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    assert!(first.contains("listening on"), "{first}");
+    let local = Local {
+        child,
+        url: format!("http://127.0.0.1:{port}"),
+    };
+    let out = local.boto3(
+        r#"
+import botocore, datetime, time
+raw = boto3.client('sagemaker-featurestore-runtime', endpoint_url=fs.meta.endpoint_url,
+    region_name='us-east-1', aws_access_key_id='x', aws_secret_access_key='x',
+    config=botocore.config.Config(parameter_validation=False))
+def iso(t):
+    return datetime.datetime.fromtimestamp(t, datetime.timezone.utc).strftime('%Y-%m-%dT%H:%M:%S.%fZ')
+def put(uid, ts, client=fs, group='users', **features):
+    record = [{'FeatureName': 'user_id', 'ValueAsString': uid}, {'FeatureName': 'ts', 'ValueAsString': ts}]
+    record += [{'FeatureName': k, 'ValueAsString': v} for k, v in features.items()]
+    extra = {}
+    for k in ('TtlDuration', 'TargetStores'):
+        if k in features:
+            extra[k] = features.pop(k)
+    record = [f for f in record if f['FeatureName'] not in ('TtlDuration', 'TargetStores')]
+    client.put_record(FeatureGroupName=group, Record=record, **extra)
+def get(uid, **kw):
+    return fs.get_record(FeatureGroupName='users', RecordIdentifierValueAsString=uid, **kw)
+def attempt(label, call):
+    try:
+        call()
+        print(label, 'ok')
+    except (fs.exceptions.ValidationError, raw.exceptions.ValidationError) as e:
+        print(label, 'ValidationError', str(e).replace('\n', ' ')[:300])
+
+now = time.time()
+# 1. Types and features from the definition.
+attempt('typed', lambda: put('u1', iso(now), clicks='3', score='0.5'))
+attempt('unknown', lambda: put('u1', iso(now), likes='3'))
+attempt('not-integral', lambda: put('u1', iso(now), clicks='1.5'))
+attempt('not-fractional', lambda: put('u1', iso(now), score='abc'))
+attempt('no-hash-feature', lambda: put('u1', iso(now), lockstep_plugin_hash='h'))
+# 2. Names and values within the service's patterns and lengths, in any group.
+attempt('bad-name', lambda: raw.put_record(FeatureGroupName='loose', Record=[
+    {'FeatureName': 'id', 'ValueAsString': 'a'}, {'FeatureName': 'event_time', 'ValueAsString': iso(now)},
+    {'FeatureName': 'bad name', 'ValueAsString': '1'}]))
+attempt('long-value', lambda: raw.put_record(FeatureGroupName='loose', Record=[{'FeatureName': 'id', 'ValueAsString': 'a'},
+    {'FeatureName': 'event_time', 'ValueAsString': iso(now)}, {'FeatureName': 'v', 'ValueAsString': 'x' * 358401}]))
+attempt('long-group', lambda: raw.get_record(FeatureGroupName='g' * 151, RecordIdentifierValueAsString='a'))
+attempt('batch-101', lambda: raw.batch_get_record(Identifiers=[{'FeatureGroupName': 'users',
+    'RecordIdentifiersValueAsString': ['u%d' % i for i in range(101)]}]))
+attempt('list-value', lambda: raw.put_record(FeatureGroupName='loose', Record=[
+    {'FeatureName': 'id', 'ValueAsString': 'a'}, {'FeatureName': 'event_time', 'ValueAsString': iso(now)},
+    {'FeatureName': 'v', 'ValueAsStringList': ['1', '2']}]))
+# 3. The group's TTL: ExpiresAt = EventTime + 1 day.
+got = get('u1', ExpirationTimeResponse='Enabled')
+expires = datetime.datetime.fromisoformat(got['ExpiresAt'].replace('Z', '+00:00')).timestamp()
+print('group-ttl', abs(expires - (now + 86400)) < 0.001, 'ExpiresAt' in get('u1'))
+# 4. A record older than the group's TTL has expired at once.
+put('u2', iso(now - 2 * 86400), clicks='1')
+print('expired-by-group', 'Record' in get('u2'))
+# 5. A put's own TtlDuration supersedes the group's: 2 seconds, then it is gone.
+put('u3', iso(now), clicks='7', TtlDuration={'Unit': 'Seconds', 'Value': 2})
+print('own-ttl', [f['ValueAsString'] for f in get('u3')['Record'] if f['FeatureName'] == 'clicks'])
+batch = fs.batch_get_record(Identifiers=[{'FeatureGroupName': 'users', 'RecordIdentifiersValueAsString': ['u1', 'u2', 'u3']}],
+    ExpirationTimeResponse='Enabled')
+print('batch', sorted((r['RecordIdentifierValueAsString'], 'ExpiresAt' in r) for r in batch['Records']))
+time.sleep(max(0, now + 2.2 - time.time()))
+print('after-ttl', 'Record' in get('u3'), len(fs.batch_get_record(Identifiers=[{'FeatureGroupName': 'users',
+    'RecordIdentifiersValueAsString': ['u3']}])['Records']))
+attempt('bad-unit', lambda: raw.put_record(FeatureGroupName='users', Record=[
+    {'FeatureName': 'user_id', 'ValueAsString': 'u4'}, {'FeatureName': 'ts', 'ValueAsString': iso(now)}],
+    TtlDuration={'Unit': 'Years', 'Value': 1}))
+attempt('bad-expiration', lambda: raw.get_record(FeatureGroupName='users', RecordIdentifierValueAsString='u1',
+    ExpirationTimeResponse='Sometimes'))
+# 6. A put to the offline store alone leaves the online record as it was.
+put('u1', iso(now + 1), clicks='99', TargetStores=['OfflineStore'])
+print('offline-put', [f['ValueAsString'] for f in get('u1')['Record'] if f['FeatureName'] == 'clicks'])
+attempt('bad-target', lambda: raw.put_record(FeatureGroupName='users', Record=[
+    {'FeatureName': 'user_id', 'ValueAsString': 'u1'}, {'FeatureName': 'ts', 'ValueAsString': iso(now)}],
+    TargetStores=['Elsewhere']))
+"#,
+    );
+    let lines: Vec<&str> = out.lines().collect();
+    let expect = [
+        "typed ok",
+        "unknown ValidationError",
+        "not-integral ValidationError",
+        "not-fractional ValidationError",
+        "no-hash-feature ValidationError",
+        "bad-name ValidationError",
+        "long-value ValidationError",
+        "long-group ValidationError",
+        "batch-101 ValidationError",
+        "list-value ValidationError",
+        "group-ttl True False",
+        "expired-by-group False",
+        "own-ttl ['7']",
+        "batch [('u1', True), ('u3', True)]",
+        "after-ttl False 0",
+        "bad-unit ValidationError",
+        "bad-expiration ValidationError",
+        "offline-put ['3']",
+        "bad-target ValidationError",
+    ];
+    assert_eq!(lines.len(), expect.len(), "{out}");
+    for (line, want) in lines.iter().zip(expect) {
+        assert!(
+            line.starts_with(want),
+            "expected `{want}`, got `{line}`\n{out}"
+        );
+    }
+    assert!(lines[1].contains("likes"), "{out}");
+    assert!(lines[2].contains("Integral"), "{out}");
+    assert!(lines[4].contains("lockstep_plugin_hash"), "{out}");
+    assert!(lines[5].contains("bad name"), "{out}");
+    assert!(lines[9].contains("collection"), "{out}");
+    assert!(lines[16].contains("Sometimes"), "{out}");
+    drop(local);
+
+    // A definition the service would refuse stops the endpoint before it listens.
+    std::fs::write(
+        &definition,
+        r#"{"FeatureGroupName": "users", "RecordIdentifierFeatureName": "user_id",
+            "EventTimeFeatureName": "ts",
+            "FeatureDefinitions": [{"FeatureName": "user_id", "FeatureType": "String"},
+                                   {"FeatureName": "ts", "FeatureType": "String"},
+                                   {"FeatureName": "is_deleted", "FeatureType": "String"}]}"#,
+    )
+    .unwrap();
+    let refused = Command::new(env!("CARGO_BIN_EXE_lockstep"))
+        .args([
+            "featurestore-local",
+            "--listen",
+            "127.0.0.1:0",
+            "--data",
+            s(&data),
+        ])
+        .args(["--group-definition", s(&definition)])
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    let err = text(&refused.stderr);
+    assert!(
+        err.contains("is_deleted") && err.contains("reserved") && err.contains("groups.json"),
+        "{err}"
+    );
+}
+
 #[test]
 fn the_stream_host_writes_through_the_sagemaker_protocol_and_both_clients_read_it() {
     let moto = Moto::start();

@@ -16,6 +16,7 @@
 //! decides which row wins (the online store's rule: the latest event time).
 
 mod client;
+pub mod definition;
 pub mod local;
 pub mod wire;
 

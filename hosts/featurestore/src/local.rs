@@ -12,13 +12,19 @@
 //! `x-amzn-ErrorType` header (`ValidationError`, `ResourceNotFound`, …) and a JSON
 //! `message`, so SDK clients raise their usual exceptions.
 //!
-//! As in SageMaker, a group is defined before records are put: which feature is the
-//! record identifier and which the event time ([`GroupDefinition`]). Per record
-//! identifier the record with the latest event time is kept; an older put is
-//! acknowledged and ignored, as SageMaker's online store does. Signatures are not
-//! checked: this is a local endpoint.
+//! As in SageMaker, a group is defined before records are put ([`GroupDefinition`]):
+//! which feature is the record identifier and which the event time, and — from a
+//! CreateFeatureGroup request — every feature's type and the group's TtlDuration; then
+//! a put with an undefined feature or a value not of its type is a ValidationError.
+//! Per record identifier the record with the latest event time is kept; an older put
+//! is acknowledged and ignored, as SageMaker's online store does. A record with a TTL
+//! (the put's `TtlDuration`, else the group's) expires at `EventTime + TtlDuration`
+//! and is not returned from then on. Names and values are held to the service's
+//! patterns and lengths. Signatures are not checked: this is a local endpoint.
 
-use crate::wire::{PLUGIN_HASH_FEATURE, parse_event_time, value_text};
+pub use crate::definition::{GroupDefinition, parse_group, parse_group_definitions};
+use crate::definition::{MAX_NAME_OR_ARN_CHARS, MAX_VALUE_CHARS, check_name, parse_ttl};
+use crate::wire::{PLUGIN_HASH_FEATURE, format_event_time, parse_event_time, value_text};
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{Path, RawQuery, State};
@@ -32,37 +38,6 @@ use serde_json::{Map, Value as Json, json};
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
-
-/// What a feature group is, as far as the runtime API needs: the names of its record
-/// identifier and event-time features.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct GroupDefinition {
-    /// The record identifier feature.
-    pub record_identifier: String,
-    /// The event-time feature.
-    pub event_time: String,
-}
-
-/// Parses `NAME=RECORD_ID` or `NAME=RECORD_ID:EVENT_TIME` (event time defaults to
-/// `event_time`).
-pub fn parse_group(text: &str) -> Result<(String, GroupDefinition), String> {
-    let (name, rest) = text.split_once('=').ok_or_else(|| {
-        format!("`{text}` is not a group definition: use NAME=RECORD_ID[:EVENT_TIME]")
-    })?;
-    let (id, time) = rest.split_once(':').unwrap_or((rest, "event_time"));
-    if name.is_empty() || id.is_empty() || time.is_empty() {
-        return Err(format!(
-            "`{text}` has an empty part: use NAME=RECORD_ID[:EVENT_TIME]"
-        ));
-    }
-    Ok((
-        name.to_owned(),
-        GroupDefinition {
-            record_identifier: id.to_owned(),
-            event_time: time.to_owned(),
-        },
-    ))
-}
 
 /// The embedded store and the groups defined on it.
 pub struct LocalStore {
@@ -79,7 +54,14 @@ impl LocalStore {
     /// The group version a wire group name (or its ARN) is kept under in the
     /// embedded store.
     fn group_ref(&self, name: &str, plugin_hash: &str) -> Result<GroupRef, ApiError> {
+        if name.len() > MAX_NAME_OR_ARN_CHARS {
+            return Err(ApiError::validation(format!(
+                "1 validation error detected: Value at 'featureGroupName' failed to satisfy \
+                 constraint: Member must have length less than or equal to {MAX_NAME_OR_ARN_CHARS}"
+            )));
+        }
         let name = group_name_of(name);
+        check_name("featureGroupName", name).map_err(ApiError::validation)?;
         let def = self.groups.get(name).ok_or_else(|| {
             ApiError::not_found(format!(
                 "Resource Not Found: feature group {name} is not defined here; start \
@@ -240,6 +222,65 @@ async fn blocking<T: Send + 'static>(
         .map_err(|e| ApiError::internal(format!("the store call failed: {e}")))?
 }
 
+/// The key a record's expiry is kept under in its stored row: not a valid feature
+/// name (names start with a letter or digit), so it cannot collide with one.
+const EXPIRES_AT: &str = "__expires_at";
+
+/// The online and offline targets a request names (`TargetStores`), both when none.
+fn target_stores<'a>(targets: impl Iterator<Item = &'a str>) -> Result<bool, ApiError> {
+    let mut online = false;
+    let mut any = false;
+    for t in targets {
+        any = true;
+        match t {
+            "OnlineStore" => online = true,
+            "OfflineStore" => {}
+            bad => {
+                return Err(ApiError::validation(format!(
+                    "1 validation error detected: Value '{bad}' at 'targetStores' failed to \
+                     satisfy constraint: Member must satisfy enum value set: [OnlineStore, \
+                     OfflineStore]"
+                )));
+            }
+        }
+    }
+    Ok(online || !any)
+}
+
+/// A record identifier as a request carries it, held to the service's length.
+fn check_identifier(key: &str) -> Result<(), ApiError> {
+    if key.is_empty() || key.chars().count() > MAX_VALUE_CHARS {
+        return Err(ApiError::validation(format!(
+            "1 validation error detected: a record identifier must have between 1 and \
+             {MAX_VALUE_CHARS} characters"
+        )));
+    }
+    Ok(())
+}
+
+/// Whether responses should carry `ExpiresAt` (`ExpirationTimeResponse`).
+fn expiration_response(value: Option<&str>) -> Result<bool, ApiError> {
+    match value {
+        None | Some("Disabled") => Ok(false),
+        Some("Enabled") => Ok(true),
+        Some(other) => Err(ApiError::validation(format!(
+            "1 validation error detected: Value '{other}' at 'expirationTimeResponse' failed to \
+             satisfy constraint: Member must satisfy enum value set: [Enabled, Disabled]"
+        ))),
+    }
+}
+
+/// When a stored record expires (UTC µs), if it has a TTL.
+fn expires_at(record: &OnlineRecord) -> Option<i64> {
+    record.row.get(EXPIRES_AT).and_then(Json::as_i64)
+}
+
+/// The stored record, unless it has expired: an expired record is hard deleted, so it
+/// is as if absent.
+fn live(record: Option<OnlineRecord>, now: i64) -> Option<OnlineRecord> {
+    record.filter(|r| expires_at(r).is_none_or(|at| at > now))
+}
+
 async fn put_record(
     State(s): State<Shared>,
     Path(name): Path<String>,
@@ -255,9 +296,25 @@ async fn put_record(
             "Record must hold at least one feature",
         ));
     }
+    let online = target_stores(
+        body.get("TargetStores")
+            .and_then(Json::as_array)
+            .into_iter()
+            .flatten()
+            .map(|t| t.as_str().unwrap_or("")),
+    )?;
+    let ttl = match body.get("TtlDuration") {
+        None | Some(Json::Null) => None,
+        Some(ttl) => Some(parse_ttl(ttl).map_err(ApiError::validation)?),
+    };
     let mut row = Map::new();
     let mut plugin_hash = String::new();
     for f in features {
+        if f.get("ValueAsStringList").is_some() {
+            return Err(ApiError::validation(
+                "ValueAsStringList: collection types are not supported here",
+            ));
+        }
         let (Some(fname), Some(value)) = (
             f.get("FeatureName").and_then(Json::as_str),
             f.get("ValueAsString").and_then(Json::as_str),
@@ -282,6 +339,15 @@ async fn put_record(
     blocking(move || {
         let group = s.group_ref(&name, &plugin_hash)?;
         let def = &s.groups[&group.name];
+        for (fname, value) in &row {
+            let value = value.as_str().unwrap_or_default();
+            def.check_feature(fname, value)
+                .map_err(ApiError::validation)?;
+        }
+        if !plugin_hash.is_empty() && !def.features.is_empty() {
+            def.check_feature(PLUGIN_HASH_FEATURE, &plugin_hash)
+                .map_err(ApiError::validation)?;
+        }
         let key = match row.get(&def.record_identifier) {
             Some(Json::String(k)) => k.clone(),
             _ => {
@@ -300,6 +366,16 @@ async fn put_record(
                 )));
             }
         };
+        if !online {
+            // Only the offline store was asked for, and this endpoint has none.
+            return Ok(StatusCode::OK);
+        }
+        if let Some(ttl) = ttl.or(def.ttl_micros) {
+            row.insert(
+                EXPIRES_AT.to_owned(),
+                Json::from(event_time.saturating_add(ttl)),
+            );
+        }
         let record = OnlineRecord {
             event_time,
             write_time: now_micros(),
@@ -312,13 +388,24 @@ async fn put_record(
     .await
 }
 
+/// A stored record as the wire's answer (`Record`, and `ExpiresAt` when asked for and
+/// the record has a TTL), its features restricted to `names` when given.
+fn record_answer(record: &OnlineRecord, names: &[String], expiration: bool) -> Map<String, Json> {
+    let mut answer = Map::new();
+    answer.insert("Record".into(), Json::Array(record_json(record, names)));
+    if let (true, Some(at)) = (expiration, expires_at(record)) {
+        answer.insert("ExpiresAt".into(), Json::String(format_event_time(at)));
+    }
+    answer
+}
+
 /// A stored record as the wire's feature list, restricted to `names` when given.
 fn record_json(record: &OnlineRecord, names: &[String]) -> Vec<Json> {
     let wanted = |n: &str| names.is_empty() || names.iter().any(|w| w == n);
     let mut out: Vec<Json> = record
         .row
         .iter()
-        .filter(|(n, _)| wanted(n))
+        .filter(|(n, _)| *n != EXPIRES_AT && wanted(n))
         .filter_map(|(n, v)| value_text(v).map(|t| json!({"FeatureName": n, "ValueAsString": t})))
         .collect();
     if !record.plugin_hash.is_empty() && wanted(PLUGIN_HASH_FEATURE) {
@@ -338,19 +425,28 @@ async fn get_record(
         .find(|(k, _)| k == "RecordIdentifierValueAsString")
         .map(|(_, v)| v.clone())
         .ok_or_else(|| ApiError::validation("RecordIdentifierValueAsString is required"))?;
+    check_identifier(&key)?;
     let names: Vec<String> = pairs
         .iter()
         .filter(|(k, _)| k == "FeatureName")
         .map(|(_, v)| v.clone())
         .collect();
+    let expiration = expiration_response(
+        pairs
+            .iter()
+            .find(|(k, _)| k == "ExpirationTimeResponse")
+            .map(|(_, v)| v.as_str()),
+    )?;
     blocking(move || {
         let group = s.group_ref(&name, "")?;
         let found = s.store.get(&group, std::slice::from_ref(&key))?;
-        Ok(axum::Json(match found.into_iter().next().flatten() {
-            Some(record) => json!({"Record": record_json(&record, &names)}),
-            // SageMaker answers a missing record with an empty result.
-            None => json!({}),
-        }))
+        Ok(axum::Json(
+            match live(found.into_iter().next().flatten(), now_micros()) {
+                Some(record) => Json::Object(record_answer(&record, &names, expiration)),
+                // SageMaker answers a missing record with an empty result.
+                None => json!({}),
+            },
+        ))
     })
     .await
 }
@@ -364,6 +460,7 @@ async fn delete_record(
     let get = |k: &str| pairs.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
     let key = get("RecordIdentifierValueAsString")
         .ok_or_else(|| ApiError::validation("RecordIdentifierValueAsString is required"))?;
+    check_identifier(&key)?;
     let event_time =
         get("EventTime").ok_or_else(|| ApiError::validation("EventTime is required"))?;
     let at = parse_event_time(&event_time).map_err(ApiError::validation)?;
@@ -377,22 +474,13 @@ async fn delete_record(
             )));
         }
     };
-    let targets: Vec<&str> = pairs
-        .iter()
-        .filter(|(k, _)| k == "TargetStores" || k.starts_with("TargetStores."))
-        .map(|(_, v)| v.as_str())
-        .collect();
-    if let Some(bad) = targets
-        .iter()
-        .find(|t| !matches!(**t, "OnlineStore" | "OfflineStore"))
-    {
-        return Err(ApiError::validation(format!(
-            "1 validation error detected: Value '{bad}' at 'targetStores' failed to satisfy \
-             constraint: Member must satisfy enum value set: [OnlineStore, OfflineStore]"
-        )));
-    }
     // Without TargetStores both stores are meant; this endpoint has the online one.
-    let online = targets.is_empty() || targets.contains(&"OnlineStore");
+    let online = target_stores(
+        pairs
+            .iter()
+            .filter(|(k, _)| k == "TargetStores" || k.starts_with("TargetStores."))
+            .map(|(_, v)| v.as_str()),
+    )?;
     blocking(move || {
         let group = s.group_ref(&name, "")?;
         if !online {
@@ -428,7 +516,10 @@ async fn batch_get_record(
             "Identifiers must hold between 1 and 100 entries",
         ));
     }
+    let expiration =
+        expiration_response(body.get("ExpirationTimeResponse").and_then(Json::as_str))?;
     blocking(move || {
+        let now = now_micros();
         let mut records = Vec::new();
         let mut errors = Vec::new();
         for ident in &identifiers {
@@ -447,6 +538,14 @@ async fn batch_get_record(
                 .ok_or_else(|| {
                     ApiError::validation("every identifier needs RecordIdentifiersValueAsString")
                 })?;
+            if keys.is_empty() || keys.len() > 100 {
+                return Err(ApiError::validation(
+                    "RecordIdentifiersValueAsString must hold between 1 and 100 identifiers",
+                ));
+            }
+            for key in &keys {
+                check_identifier(key)?;
+            }
             let names: Vec<String> = ident
                 .get("FeatureNames")
                 .and_then(Json::as_array)
@@ -468,10 +567,11 @@ async fn batch_get_record(
                 }
             };
             for (key, found) in keys.iter().zip(s.store.get(&group, &keys)?) {
-                if let Some(record) = found {
-                    records.push(json!({"FeatureGroupName": name,
-                        "RecordIdentifierValueAsString": key,
-                        "Record": record_json(&record, &names)}));
+                if let Some(record) = live(found, now) {
+                    let mut answer = record_answer(&record, &names, expiration);
+                    answer.insert("FeatureGroupName".into(), json!(name));
+                    answer.insert("RecordIdentifierValueAsString".into(), json!(key));
+                    records.push(Json::Object(answer));
                 }
             }
         }
@@ -505,26 +605,4 @@ fn now_micros() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_micros() as i64)
         .unwrap_or(0)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn group_definitions_parse_or_say_why_not() {
-        assert_eq!(
-            parse_group("g=card_id"),
-            Ok((
-                "g".into(),
-                GroupDefinition {
-                    record_identifier: "card_id".into(),
-                    event_time: "event_time".into()
-                }
-            ))
-        );
-        assert_eq!(parse_group("g=id:ts").unwrap().1.event_time, "ts");
-        assert!(parse_group("g").unwrap_err().contains("NAME=RECORD_ID"));
-        assert!(parse_group("=id").is_err());
-    }
 }

@@ -113,10 +113,7 @@ impl LocalEndpoint {
         let group = group();
         let groups = HashMap::from([(
             lockstep_featurestore::wire::group_name(&group),
-            GroupDefinition {
-                record_identifier: group.entity_key.clone(),
-                event_time: "event_time".into(),
-            },
+            GroupDefinition::new(&group.entity_key, "event_time"),
         )]);
         let local = Arc::new(LocalStore::new(store, groups));
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
