@@ -8,11 +8,17 @@
 //! sources, the target directory, the sysroot) so two checkouts in different folders
 //! build the same bytes,
 //! adds the `wasm32-wasip2` target through rustup when it is missing, and reads the
-//! artifact's path from cargo's JSON messages.
+//! artifact's path from cargo's JSON messages. A plugin whose path dependencies live
+//! outside its workspace (an SDK checked out beside it) is built in a staging
+//! workspace of fixed layout (see [`stage`](crate::stage)), since cargo hashes such a
+//! package's absolute path into symbol names.
 //!
 //! Owns: invoking cargo and rustup. Must never: load or run the component.
 
+mod stage;
+
 use sha2::{Digest, Sha256};
+use stage::PathPackage;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use thiserror::Error;
@@ -66,6 +72,22 @@ pub enum BuildError {
     /// cargo built nothing that looks like a component.
     #[error("cargo built no .wasm artifact for {0}; is it a `cdylib` crate?")]
     NoArtifact(PathBuf),
+    /// A plugin with outside path dependencies could not be staged.
+    #[error("cannot stage {crate_dir} for a reproducible build: {message}")]
+    Stage {
+        /// The crate.
+        crate_dir: PathBuf,
+        /// Why.
+        message: String,
+    },
+    /// A file of the staging workspace could not be written.
+    #[error("cannot write {path}: {source}")]
+    Write {
+        /// The file or folder.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
     /// The artifact could not be read.
     #[error("cannot read {path}: {source}")]
     Read {
@@ -148,26 +170,44 @@ pub fn build(crate_dir: &Path, options: &BuildOptions) -> Result<Built, BuildErr
             source,
         })?;
     ensure_target(&crate_dir)?;
+    let original = metadata(&crate_dir)?;
+    let target_dir = options
+        .target_dir
+        .clone()
+        .unwrap_or_else(|| original.target_directory.clone());
+    // A plugin that is its own workspace but uses path packages from elsewhere builds
+    // in a stage of fixed layout (see the `stage` module).
+    let staged = if original.workspace_root == crate_dir {
+        let stage_dir = target_dir.join("lockstep-stage").join(&original.name);
+        stage::stage(&crate_dir, &original.packages, &stage_dir, workspace_root)?
+    } else {
+        None
+    };
+    let (crate_dir, metadata) = match staged {
+        Some(dir) => {
+            let metadata = metadata(&dir)?;
+            (dir, metadata)
+        }
+        None => (crate_dir, original),
+    };
     // Remap every path that can reach the binary (panic locations, `file!()`) so the
     // bytes do not depend on where anything lives: the workspace (or crate) root,
     // cargo's home (registry and git sources), each path dependency wherever it is
     // (an SDK checked out beside the plugin, or anywhere else), the target directory
     // (generated sources) and the toolchain's sysroot. rustc lets the last matching
     // prefix win, so the more specific ones come later.
-    let root = workspace_root(&crate_dir).unwrap_or_else(|| crate_dir.clone());
-    let mut remaps: Vec<(PathBuf, String)> = vec![(root, "/lockstep".into())];
+    let mut remaps: Vec<(PathBuf, String)> =
+        vec![(metadata.workspace_root.clone(), "/lockstep".into())];
     if let Some(home) = cargo_home() {
         remaps.push((home, "/cargo".into()));
     }
-    let metadata = metadata(&crate_dir)?;
-    remaps.extend(metadata.path_packages);
-    remaps.push((
-        options
-            .target_dir
-            .clone()
-            .unwrap_or(metadata.target_directory),
-        "/target".into(),
-    ));
+    remaps.extend(metadata.packages.iter().map(|p| {
+        (
+            p.dir.clone(),
+            format!("/lockstep/path/{}-{}", p.name, p.version),
+        )
+    }));
+    remaps.push((target_dir.clone(), "/target".into()));
     if let Some(sysroot) = sysroot(&crate_dir) {
         remaps.push((sysroot, "/sysroot".into()));
     }
@@ -199,9 +239,7 @@ pub fn build(crate_dir: &Path, options: &BuildOptions) -> Result<Built, BuildErr
     if !options.verbose {
         cmd.arg("--quiet");
     }
-    if let Some(dir) = &options.target_dir {
-        cmd.arg("--target-dir").arg(dir);
-    }
+    cmd.arg("--target-dir").arg(&target_dir);
     let output = cmd.output().map_err(|source| BuildError::Spawn {
         tool: "cargo".into(),
         source,
@@ -224,9 +262,13 @@ pub fn build(crate_dir: &Path, options: &BuildOptions) -> Result<Built, BuildErr
 
 /// What `cargo metadata` says of a plugin crate that matters to its bytes.
 struct Metadata {
-    /// Each path dependency's directory (and the crate's own), with the name it is
-    /// remapped to: `/lockstep/path/<name>-<version>`.
-    path_packages: Vec<(PathBuf, String)>,
+    /// The crate's package name.
+    name: String,
+    /// The workspace it builds in.
+    workspace_root: PathBuf,
+    /// Each path package (the crate, its path dependencies): remapped to
+    /// `/lockstep/path/<name>-<version>`.
+    packages: Vec<PathPackage>,
     /// Cargo's target directory for the crate.
     target_directory: PathBuf,
 }
@@ -251,27 +293,37 @@ fn metadata(crate_dir: &Path) -> Result<Metadata, BuildError> {
     }
     let doc: serde_json::Value =
         serde_json::from_slice(&output.stdout).map_err(|e| failed(&e.to_string()))?;
-    let target_directory = doc["target_directory"]
-        .as_str()
-        .map(PathBuf::from)
-        .ok_or_else(|| failed("no target_directory"))?;
-    let path_packages = doc["packages"]
+    let path_of = |key: &str| -> Result<PathBuf, BuildError> {
+        doc[key]
+            .as_str()
+            .map(PathBuf::from)
+            .ok_or_else(|| failed(&format!("no {key}")))
+    };
+    let target_directory = path_of("target_directory")?;
+    let workspace_root = path_of("workspace_root")?;
+    let packages: Vec<PathPackage> = doc["packages"]
         .as_array()
         .ok_or_else(|| failed("no packages"))?
         .iter()
         .filter(|p| p["source"].is_null())
         .filter_map(|p| {
-            let dir = Path::new(p["manifest_path"].as_str()?).parent()?.to_owned();
-            let name = format!(
-                "/lockstep/path/{}-{}",
-                p["name"].as_str()?,
-                p["version"].as_str()?
-            );
-            Some((dir, name))
+            Some(PathPackage {
+                dir: Path::new(p["manifest_path"].as_str()?).parent()?.to_owned(),
+                name: p["name"].as_str()?.to_owned(),
+                version: p["version"].as_str()?.to_owned(),
+            })
         })
         .collect();
+    let manifest = crate_dir.join("Cargo.toml");
+    let name = packages
+        .iter()
+        .find(|p| p.dir.join("Cargo.toml") == manifest)
+        .map(|p| p.name.clone())
+        .ok_or_else(|| failed("the crate itself is not among the packages"))?;
     Ok(Metadata {
-        path_packages,
+        name,
+        workspace_root,
+        packages,
         target_directory,
     })
 }
