@@ -762,3 +762,65 @@ fn a_cache_that_disappears_slows_nothing_down_and_is_counted() {
         &golden_rows(),
     );
 }
+
+/// A lost checkpoint beside the logs of an earlier run: refused, logs untouched; a
+/// damaged one: an error naming the file, never a panic; `--fresh` reads the stream
+/// again from its beginning and keeps the old logs as `*.before-fresh`.
+#[test]
+fn a_lost_or_damaged_checkpoint_is_refused_and_fresh_keeps_the_old_logs() {
+    let moto = Moto::start();
+    let wasm = plugin("txn_velocity");
+    let dir = tempfile::tempdir().unwrap();
+    put(&moto, &wasm, "lost", &golden_events(), Some("1"));
+    let state = dir.path().join("state");
+    let store_arg = format!("embedded:{}", dir.path().join("online").display());
+    let args = run_args(&moto, &wasm, "lost", &store_arg, &state, &[]);
+    run_to_end(&moto, &args);
+    let rows_log = state.join("rows.jsonl");
+    let first_rows = std::fs::read_to_string(&rows_log).unwrap();
+    assert!(first_rows.lines().count() > 100, "the first run wrote rows");
+    let checkpoint = state.join("state.redb");
+    let once = |extra: &[&str]| -> Output {
+        let mut all: Vec<&str> = args.iter().map(String::as_str).collect();
+        all.extend(["--stop-when-idle", "--drain-on-stop"]);
+        all.extend(extra);
+        lockstep_env(&moto, &all)
+    };
+
+    // Damaged: random bytes over the checkpoint.
+    let good = std::fs::read(&checkpoint).unwrap();
+    let mut damaged = good.clone();
+    for (i, b) in damaged.iter_mut().enumerate().skip(512).step_by(7) {
+        *b = b.wrapping_mul(31).wrapping_add(i as u8) ^ 0x5a;
+    }
+    std::fs::write(&checkpoint, &damaged).unwrap();
+    let out = once(&[]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("state.redb") && !err.contains("panicked"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read_to_string(&rows_log).unwrap(), first_rows);
+
+    // Lost: refused before anything is read or cut.
+    std::fs::remove_file(&checkpoint).unwrap();
+    let out = once(&[]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("--fresh") && err.contains("checkpoint"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read_to_string(&rows_log).unwrap(), first_rows);
+
+    // --fresh: the old logs set aside whole, the stream read again from its start,
+    // giving the same rows (the engine is deterministic).
+    let out = once(&["--fresh"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(
+        std::fs::read_to_string(state.join("rows.jsonl.before-fresh")).unwrap(),
+        first_rows
+    );
+    assert_eq!(std::fs::read_to_string(&rows_log).unwrap(), first_rows);
+}

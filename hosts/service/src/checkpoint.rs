@@ -85,6 +85,30 @@ fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
         .unwrap_or_else(|| "the checkpoint reader panicked".into())
 }
 
+thread_local! {
+    /// Set while this thread runs a redb call whose panic becomes an error.
+    static CONTAINING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `f`, turning a panic into `Err(message)` without the panic hook printing it:
+/// redb panics on some damaged files, and the user should read one error naming the
+/// file, not a backtrace. Panics elsewhere still print as before.
+fn contain<T>(f: impl FnOnce() -> T) -> Result<T, String> {
+    static QUIET_HOOK: std::sync::Once = std::sync::Once::new();
+    QUIET_HOOK.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if !CONTAINING.with(std::cell::Cell::get) {
+                previous(info);
+            }
+        }));
+    });
+    let was = CONTAINING.with(|c| c.replace(true));
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    CONTAINING.with(|c| c.set(was));
+    result.map_err(|panic| panic_message(&panic))
+}
+
 impl CheckpointStore {
     /// Opens (or creates) `dir/state.redb` for the component `plugin_hash`, whose held
     /// events have `input_schema` (the stream's `buffer_schema`). State
@@ -122,7 +146,7 @@ impl CheckpointStore {
             ),
         };
         // redb may panic on some damaged files rather than return an error.
-        let db = match std::panic::catch_unwind(|| Database::create(&path)) {
+        let db = match contain(|| Database::create(&path)) {
             Ok(Ok(db)) => db,
             Ok(Err(e)) if existed => return Err(damaged(e.to_string())),
             Ok(Err(e)) => {
@@ -131,7 +155,7 @@ impl CheckpointStore {
                     message: e.to_string(),
                 });
             }
-            Err(panic) => return Err(damaged(panic_message(&panic))),
+            Err(panic) => return Err(damaged(panic)),
         };
         let store = CheckpointStore {
             db,
@@ -177,14 +201,12 @@ impl CheckpointStore {
         &self,
         read: impl FnOnce(&Self) -> Result<T, ServiceError>,
     ) -> Result<T, ServiceError> {
-        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| read(self))).unwrap_or_else(
-            |panic| {
-                Err(ServiceError::Checkpoint {
-                    path: self.path.clone(),
-                    message: format!("the checkpoint is damaged ({})", panic_message(&panic)),
-                })
-            },
-        )
+        contain(|| read(self)).unwrap_or_else(|panic| {
+            Err(ServiceError::Checkpoint {
+                path: self.path.clone(),
+                message: format!("the checkpoint is damaged ({panic})"),
+            })
+        })
     }
 
     fn fail(&self, e: impl std::fmt::Display) -> ServiceError {
