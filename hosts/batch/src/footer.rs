@@ -1,6 +1,7 @@
-//! A Parquet source's files are checked before DataFusion reads them: a footer that
-//! claims more bytes than its file has must be a clear error naming the file, never a
-//! panic in a reader that trusts the length.
+//! A Parquet source's files are checked before DataFusion reads them (the checks are
+//! in `parquet_check`): a footer that claims more bytes than its file has, or metadata
+//! whose column chunks lie outside the file, must be a clear error naming the file,
+//! never a panic in a reader that trusts them.
 
 use crate::BatchError;
 use futures::TryStreamExt;
@@ -8,36 +9,7 @@ use object_store::{ObjectStore, ObjectStoreExt};
 use std::path::Path;
 use std::sync::Arc;
 
-/// A Parquet file ends with its metadata, the metadata's length (4 bytes, little
-/// endian) and the magic `PAR1`; it also starts with `PAR1`.
-const MAGIC: &[u8; 4] = b"PAR1";
-const TAIL: u64 = 8;
-
-/// Why a file whose last 8 bytes are `tail` and whose size is `size` cannot be a
-/// Parquet file, if it cannot.
-pub(crate) fn footer_problem(size: u64, tail: &[u8]) -> Option<String> {
-    if size < 12 || tail.len() < TAIL as usize {
-        return Some(format!(
-            "is {size} bytes long: too short for a Parquet file"
-        ));
-    }
-    let tail = &tail[tail.len() - TAIL as usize..];
-    if &tail[4..] == b"PARE" {
-        return Some("is an encrypted Parquet file, which is not supported".into());
-    }
-    if &tail[4..] != MAGIC {
-        return Some(
-            "does not end with the Parquet magic bytes `PAR1`: damaged or not Parquet".into(),
-        );
-    }
-    let length = u64::from(u32::from_le_bytes([tail[0], tail[1], tail[2], tail[3]]));
-    if length + TAIL + 4 > size {
-        return Some(format!(
-            "has a damaged footer: its metadata claims {length} bytes, but the file has {size}"
-        ));
-    }
-    None
-}
+use crate::parquet_check::{TAIL, footer_problem, metadata_problem};
 
 fn damaged(location: &str, problem: String) -> BatchError {
     BatchError::Source(format!("Parquet source {location} {problem}"))
@@ -72,19 +44,36 @@ pub(crate) fn check_local(source: &str, extension: &str) -> Result<(), BatchErro
         if path != root && !named {
             continue;
         }
-        let tail = read_tail(&path, meta.len())
+        let tail = read_tail(&path, meta.len(), TAIL)
             .map_err(|e| BatchError::Source(format!("reading {}: {e}", path.display())))?;
         if let Some(problem) = footer_problem(meta.len(), &tail) {
+            return Err(damaged(&path.display().to_string(), problem));
+        }
+        let footer = read_tail(&path, meta.len(), TAIL + metadata_length(&tail))
+            .map_err(|e| BatchError::Source(format!("reading {}: {e}", path.display())))?;
+        if let Some(problem) = metadata_problem(meta.len(), &footer) {
             return Err(damaged(&path.display().to_string(), problem));
         }
     }
     Ok(())
 }
 
-fn read_tail(path: &Path, size: u64) -> std::io::Result<Vec<u8>> {
+/// The metadata length a footer's last 8 bytes state (checked by `footer_problem`).
+fn metadata_length(tail: &[u8]) -> u64 {
+    let n = tail.len();
+    u64::from(u32::from_le_bytes([
+        tail[n - 8],
+        tail[n - 7],
+        tail[n - 6],
+        tail[n - 5],
+    ]))
+}
+
+/// The last `take` bytes of the file at `path`, `size` bytes long.
+fn read_tail(path: &Path, size: u64, take: u64) -> std::io::Result<Vec<u8>> {
     use std::io::{Read, Seek, SeekFrom};
     let mut file = std::fs::File::open(path)?;
-    let take = size.min(TAIL);
+    let take = size.min(take);
     file.seek(SeekFrom::Start(size - take))?;
     let mut tail = vec![0; take as usize];
     file.read_exact(&mut tail)?;
@@ -122,6 +111,14 @@ pub(crate) async fn check_objects(
         if let Some(problem) = footer_problem(size, &tail) {
             return Err(damaged(&format!("s3 object {name}"), problem));
         }
+        let start = size - TAIL - metadata_length(&tail);
+        let footer = store
+            .get_range(&object.location, start..size)
+            .await
+            .map_err(|e| BatchError::Source(format!("reading {url} ({name}): {e}")))?;
+        if let Some(problem) = metadata_problem(size, &footer) {
+            return Err(damaged(&format!("s3 object {name}"), problem));
+        }
     }
     Ok(())
 }
@@ -130,42 +127,4 @@ pub(crate) async fn check_objects(
 /// whatever its extension).
 fn is_not_the_prefix(name: &str, prefix: &object_store::path::Path) -> bool {
     name != prefix.as_ref()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::footer_problem;
-
-    fn tail(length: u32, magic: &[u8; 4]) -> Vec<u8> {
-        let mut t = length.to_le_bytes().to_vec();
-        t.extend_from_slice(magic);
-        t
-    }
-
-    #[test]
-    fn footers_that_do_not_fit_their_file_are_named() {
-        assert_eq!(footer_problem(100, &tail(88, b"PAR1")), None);
-        let too_long = footer_problem(100, &tail(89, b"PAR1")).expect("too long");
-        assert!(
-            too_long.contains("claims 89 bytes") && too_long.contains("has 100"),
-            "{too_long}"
-        );
-        assert!(footer_problem(100, &tail(u32::MAX, b"PAR1")).is_some());
-        assert!(
-            footer_problem(100, &tail(10, b"JUNK"))
-                .expect("magic")
-                .contains("PAR1")
-        );
-        assert!(
-            footer_problem(100, &tail(10, b"PARE"))
-                .expect("encrypted")
-                .contains("encrypted")
-        );
-        assert!(
-            footer_problem(11, &tail(0, b"PAR1"))
-                .expect("short")
-                .contains("too short")
-        );
-        assert!(footer_problem(3, &[1, 2, 3]).is_some());
-    }
 }

@@ -67,6 +67,7 @@ use thiserror::Error;
 
 mod footer;
 mod json_source;
+mod parquet_check;
 pub mod plugin_exec;
 
 pub use plugin_exec::{PluginExec, PluginNodeConfig};

@@ -474,6 +474,14 @@ fn a_damaged_parquet_footer_is_named_and_a_failed_job_claims_nothing() {
     // Cut in the middle: no magic at the end.
     cases.push(("cut.parquet", bytes[..bytes.len() / 2].to_vec(), "PAR1"));
     cases.push(("tiny.parquet", b"PAR1".to_vec(), "too short"));
+    // Found by fuzzing (scripts/fuzz.sh parquet_files): a column chunk at a negative
+    // offset, on which the Parquet reader panics.
+    let fuzzed = common::repo("hosts/cli/tests/data/negative-column-offset.parquet");
+    cases.push((
+        "negative-offset.parquet",
+        std::fs::read(fuzzed).expect("fixture"),
+        "damaged metadata",
+    ));
     for (name, content, why) in cases {
         let source = dir.path().join(name);
         std::fs::write(&source, content).expect("write");
