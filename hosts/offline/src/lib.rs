@@ -44,5 +44,5 @@ pub mod writer;
 pub use backend::{S3Options, parse_s3_url};
 pub use error::OfflineError;
 pub use registry::GroupVersion;
-pub use store::{OfflineStore, STORE_COLUMNS, WriteSummary};
+pub use store::{OfflineStore, STORE_COLUMNS, WriteSummary, WrittenPart};
 pub use writer::{OfflineWriter, WriterOptions};

@@ -39,6 +39,21 @@ pub struct WriteSummary {
     pub files: Vec<PathBuf>,
     /// The hour partitions written, in the same order.
     pub hours: Vec<layout::Hour>,
+    /// Each file written, in the same order, as a table's log records it.
+    pub parts: Vec<WrittenPart>,
+}
+
+/// One file a write put in place.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WrittenPart {
+    /// Its path relative to the store root, `/`-separated.
+    pub rel: String,
+    /// Rows in it.
+    pub rows: usize,
+    /// Its size in bytes.
+    pub bytes: u64,
+    /// Its hour partition.
+    pub hour: layout::Hour,
 }
 
 /// An offline store in a local directory or under an S3 prefix.
@@ -244,9 +259,10 @@ impl OfflineStore {
 pub(crate) fn encode_partition(
     backend: &Backend,
     rel_dir: &str,
+    file_name: &str,
     batch: &RecordBatch,
 ) -> Result<(String, Vec<u8>), OfflineError> {
-    let rel = format!("{rel_dir}/{PART_FILE}");
+    let rel = format!("{rel_dir}/{file_name}");
     let parquet = |source| OfflineError::Parquet {
         path: backend.locate(&rel),
         source,

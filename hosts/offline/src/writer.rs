@@ -19,7 +19,7 @@
 use crate::backend::Backend;
 use crate::error::io;
 use crate::layout::{self, Hour};
-use crate::store::{WriteSummary, encode_partition};
+use crate::store::{WriteSummary, WrittenPart, encode_partition};
 use crate::{GroupVersion, OfflineError, OfflineStore};
 use arrow_array::cast::AsArray;
 use arrow_array::types::{Int64Type, TimestampMicrosecondType};
@@ -65,6 +65,10 @@ pub struct WriterOptions {
     pub staging_dir: Option<PathBuf>,
     /// Threads encoding Parquet at commit (default: available parallelism).
     pub threads: Option<usize>,
+    /// The name of each hour's file. By default `part-0.parquet`, put in place of the
+    /// hour's old file; a table format whose readers may still read the old file (a
+    /// Delta table keeps it until VACUUM) gives each job a name of its own.
+    pub part_file: Option<String>,
 }
 
 impl Default for WriterOptions {
@@ -73,6 +77,7 @@ impl Default for WriterOptions {
             buffer_bytes: DEFAULT_BUFFER_BYTES,
             staging_dir: None,
             threads: None,
+            part_file: None,
         }
     }
 }
@@ -116,7 +121,7 @@ impl std::fmt::Debug for OfflineWriter {
 type HourParts = (Vec<(usize, PathBuf)>, Vec<(usize, RecordBatch)>);
 
 /// An hour written at commit: its place in commit order, its file, its row count, the hour.
-type WrittenHour = (usize, PathBuf, usize, Hour);
+type WrittenHour = (usize, PathBuf, usize, Hour, String, u64);
 
 /// An hour encoded at commit, waiting to be put: its place in commit order, its path
 /// relative to the store root, its bytes, its row count, the hour.
@@ -414,13 +419,14 @@ impl OfflineWriter {
                             let Ok((i, rel, bytes, rows, at)) = next_file else {
                                 break;
                             };
+                            let size = bytes.len() as u64;
                             // After a failure the queue is still drained, so that no
                             // encoder waits on it forever; nothing more is put.
                             if failed.load(Ordering::Relaxed) {
                                 continue;
                             }
                             match this.backend.put(&rel, bytes) {
-                                Ok(path) => done.push((i, path, rows, at)),
+                                Ok(path) => done.push((i, path, rows, at, rel, size)),
                                 Err(e) => {
                                     failed.store(true, Ordering::Relaxed);
                                     first_error = Some(e);
@@ -450,9 +456,18 @@ impl OfflineWriter {
         }
         files.sort_by_key(|(i, ..)| *i);
         Ok(WriteSummary {
-            rows: files.iter().map(|(_, _, n, _)| n).sum(),
+            rows: files.iter().map(|(_, _, n, ..)| n).sum(),
             partitions: files.len(),
-            hours: files.iter().map(|(.., at)| *at).collect(),
+            hours: files.iter().map(|(_, _, _, at, ..)| *at).collect(),
+            parts: files
+                .iter()
+                .map(|(_, _, rows, hour, rel, size)| WrittenPart {
+                    rel: rel.clone(),
+                    rows: *rows,
+                    bytes: *size,
+                    hour: *hour,
+                })
+                .collect(),
             files: files.into_iter().map(|(_, p, ..)| p).collect(),
         })
     }
@@ -501,7 +516,12 @@ impl OfflineWriter {
             layout::version_rel(&self.group.name, &self.group.version),
             at.relative()
         );
-        let (rel, bytes) = encode_partition(&self.backend, &dir, &out)?;
+        let name = self
+            .options
+            .part_file
+            .as_deref()
+            .unwrap_or(layout::PART_FILE);
+        let (rel, bytes) = encode_partition(&self.backend, &dir, name, &out)?;
         Ok((rel, bytes, n, at))
     }
 

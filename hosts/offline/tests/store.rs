@@ -514,6 +514,7 @@ fn a_streaming_write_that_stages_on_disk_gives_the_same_files_in_any_arrival_ord
             buffer_bytes: 4 << 10,
             staging_dir: Some(staging.path().to_owned()),
             threads: Some(3),
+            part_file: None,
         },
     );
     for batch in batches.iter().rev() {
@@ -583,6 +584,7 @@ fn write_sources(
             buffer_bytes,
             staging_dir: Some(staging.path().to_owned()),
             threads: Some(2),
+            part_file: None,
         },
     );
     for (source, batch) in sends {
@@ -700,6 +702,7 @@ fn a_writer_dropped_before_commit_leaves_nothing_behind() {
             buffer_bytes: 1,
             staging_dir: Some(staging.path().to_owned()),
             threads: None,
+            part_file: None,
         },
     );
     for batch in spread(&m, 3, 20) {

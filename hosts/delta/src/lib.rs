@@ -1,0 +1,497 @@
+//! The offline store as Delta Lake tables: one table per group version, one commit per
+//! backfill.
+//!
+//! A group version's table lives where the plain layout keeps its files,
+//! `<root>/<group>/version=<version>/`, with its log in `_delta_log/` and its data files
+//! in the same hour partitions (`year=/month=/day=/hour=`, Delta partition columns of
+//! type string). The offline writer puts each job's files under a name of its own
+//! ([`part_file_name`]); [`commit_backfill`] then makes them visible in one Delta commit
+//! that adds them and removes the files the touched hours held before — `replaceWhere`
+//! on those hours. A reader sees the previous version or the new one, never a mix,
+//! whatever kills the job; files written by a job that never committed are not in any
+//! version (VACUUM removes them with the removed ones).
+//!
+//! Concurrent jobs are serialised by Delta's optimistic concurrency: a commit is the
+//! creation of the log's next entry, which only one writer can win. The loser compares
+//! the hours it replaces in its read snapshot and in the latest one: if another job
+//! changed any of them it fails with [`DeltaError::Conflict`] naming them, otherwise it
+//! retries on the latest version. The group version's plugin hash is a table property
+//! ([`PLUGIN_HASH_PROPERTY`]): a job of another build is refused, as the registry does.
+//!
+//! Owns: the Delta log of offline tables. Must never: run plugins, read sources, decide
+//! row order (the offline writer does).
+
+use deltalake_core::kernel::transaction::{CommitBuilder, TransactionError};
+use deltalake_core::kernel::{
+    Action, Add, DataType as DeltaType, PrimitiveType, Remove, StructField,
+};
+use deltalake_core::protocol::{DeltaOperation, SaveMode};
+use deltalake_core::{DeltaTable, DeltaTableError};
+use futures::TryStreamExt;
+use lockstep_offline::WrittenPart;
+use lockstep_offline::layout::Hour;
+use std::collections::{BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+use thiserror::Error;
+use url::Url;
+
+/// The table's partition columns: the hour of the row's event time, UTC.
+pub const PARTITION_COLUMNS: [&str; 4] = ["year", "month", "day", "hour"];
+
+/// The table property that binds a group version to one plugin hash.
+pub const PLUGIN_HASH_PROPERTY: &str = "lockstep.pluginHash";
+
+/// How many times a commit that lost the race for a version, on hours nobody else
+/// touched, is tried again.
+const MAX_ATTEMPTS: usize = 20;
+
+/// Why a Delta operation failed.
+#[derive(Debug, Error)]
+pub enum DeltaError {
+    /// delta-rs failed.
+    #[error("Delta table {table}: {source}")]
+    Delta {
+        /// The table.
+        table: String,
+        /// Why.
+        source: DeltaTableError,
+    },
+    /// The table belongs to another build of the plugin.
+    #[error(
+        "Delta table {table} holds rows of plugin {bound}, not {offered}: a different \
+         build needs a new group version"
+    )]
+    OtherPlugin {
+        /// The table.
+        table: String,
+        /// The hash the table is bound to.
+        bound: String,
+        /// The hash of this job.
+        offered: String,
+    },
+    /// Another job committed some of the same hours since this one read the table.
+    #[error(
+        "Delta table {table}: another job committed {} of the hours this job replaces \
+         since version {read_version} (first: {}); nothing of this job is visible — run it \
+         again once the other has finished",
+        hours.len(),
+        hours.first().map(String::as_str).unwrap_or("?")
+    )]
+    Conflict {
+        /// The table.
+        table: String,
+        /// The version this job read.
+        read_version: i64,
+        /// The hours both jobs wrote, `year=…/month=…/day=…/hour=…`.
+        hours: Vec<String>,
+    },
+    /// The rows' schema has a type this table format does not hold.
+    #[error("Delta table {table}: column `{column}` has type {data_type}, which is not stored")]
+    Schema {
+        /// The table.
+        table: String,
+        /// The column.
+        column: String,
+        /// Its Arrow type.
+        data_type: String,
+    },
+    /// The table's folder cannot be named as a URL.
+    #[error("cannot open {0} as a Delta table: not an absolute path")]
+    Location(PathBuf),
+}
+
+/// What a commit did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Committed {
+    /// The table version the commit created.
+    pub version: i64,
+    /// Files added.
+    pub added: usize,
+    /// Files removed (they stay on disk until VACUUM).
+    pub removed: usize,
+}
+
+/// The data-file name a job writes, unique to the job: a Delta table keeps files a
+/// replacement removed until VACUUM, so a job never writes over another's file.
+pub fn part_file_name(job_id: &str) -> String {
+    format!("part-{job_id}.parquet")
+}
+
+/// The table folder of a group version under a store root.
+pub fn table_dir(root: &Path, group: &str, version: &str) -> PathBuf {
+    root.join(lockstep_offline::layout::version_rel(group, version))
+}
+
+fn table_url(dir: &Path) -> Result<Url, DeltaError> {
+    let mut url =
+        Url::from_directory_path(dir).map_err(|()| DeltaError::Location(dir.to_owned()))?;
+    // A directory URL ends with `/`: table-relative paths join below it.
+    if !url.path().ends_with('/') {
+        url.set_path(&format!("{}/", url.path()));
+    }
+    Ok(url)
+}
+
+/// Opens the table at `dir`, if there is one.
+async fn open(dir: &Path) -> Result<Option<DeltaTable>, DeltaError> {
+    let url = table_url(dir)?;
+    match deltalake_core::open_table(url).await {
+        Ok(table) => Ok(Some(table)),
+        Err(DeltaTableError::NotATable(_)) | Err(DeltaTableError::InvalidTableLocation(_)) => {
+            Ok(None)
+        }
+        Err(source) => Err(DeltaError::Delta {
+            table: dir.display().to_string(),
+            source,
+        }),
+    }
+}
+
+/// The Delta column of an Arrow field.
+fn delta_field(table: &str, field: &arrow_schema::Field) -> Result<StructField, DeltaError> {
+    use arrow_schema::DataType as A;
+    let primitive = match field.data_type() {
+        A::Utf8 | A::LargeUtf8 | A::Utf8View => PrimitiveType::String,
+        A::Int64 => PrimitiveType::Long,
+        A::Int32 => PrimitiveType::Integer,
+        A::Float64 => PrimitiveType::Double,
+        A::Float32 => PrimitiveType::Float,
+        A::Boolean => PrimitiveType::Boolean,
+        A::Binary | A::LargeBinary => PrimitiveType::Binary,
+        A::Timestamp(arrow_schema::TimeUnit::Microsecond, Some(_)) => PrimitiveType::Timestamp,
+        A::Timestamp(arrow_schema::TimeUnit::Microsecond, None) => PrimitiveType::TimestampNtz,
+        other => {
+            return Err(DeltaError::Schema {
+                table: table.to_owned(),
+                column: field.name().clone(),
+                data_type: other.to_string(),
+            });
+        }
+    };
+    Ok(StructField::new(
+        field.name().clone(),
+        DeltaType::Primitive(primitive),
+        field.is_nullable(),
+    ))
+}
+
+/// Creates the table at `dir` for rows of `schema`, bound to `plugin_hash`; when another
+/// job created it first, opens that one.
+async fn create(
+    dir: &Path,
+    schema: &arrow_schema::Schema,
+    plugin_hash: &str,
+) -> Result<DeltaTable, DeltaError> {
+    let name = dir.display().to_string();
+    let mut columns = schema
+        .fields()
+        .iter()
+        .map(|f| delta_field(&name, f))
+        .collect::<Result<Vec<_>, _>>()?;
+    for column in PARTITION_COLUMNS {
+        columns.push(StructField::new(
+            column,
+            DeltaType::Primitive(PrimitiveType::String),
+            false,
+        ));
+    }
+    std::fs::create_dir_all(dir).map_err(|e| DeltaError::Delta {
+        table: name.clone(),
+        source: DeltaTableError::Generic(format!("creating the folder: {e}")),
+    })?;
+    let created = deltalake_core::operations::create::CreateBuilder::new()
+        .with_location(table_url(dir)?.to_string())
+        .with_columns(columns)
+        .with_partition_columns(PARTITION_COLUMNS)
+        .with_configuration([(PLUGIN_HASH_PROPERTY, Some(plugin_hash))])
+        .with_raise_if_key_not_exists(false)
+        .with_save_mode(SaveMode::ErrorIfExists)
+        .await;
+    match created {
+        Ok(table) => Ok(table),
+        // Another job created it between our look and our create.
+        Err(_) => match open(dir).await? {
+            Some(table) => Ok(table),
+            None => Err(DeltaError::Delta {
+                table: name,
+                source: DeltaTableError::Generic("the table could not be created".into()),
+            }),
+        },
+    }
+}
+
+/// The hours (`year=…/…/hour=…`) of the active files in `table`, by file path.
+async fn active_files(
+    table: &DeltaTable,
+    name: &str,
+) -> Result<Vec<(String, String, Remove)>, DeltaError> {
+    let files: Vec<_> = table
+        .get_active_add_actions_by_partitions(&[])
+        .try_collect()
+        .await
+        .map_err(|source| DeltaError::Delta {
+            table: name.to_owned(),
+            source,
+        })?;
+    Ok(files
+        .into_iter()
+        .map(|f| {
+            let hour = hour_of(&f.partition_values_map());
+            (f.path().to_string(), hour, f.remove_action(true))
+        })
+        .collect())
+}
+
+fn hour_of(values: &HashMap<String, Option<String>>) -> String {
+    PARTITION_COLUMNS
+        .iter()
+        .map(|c| {
+            format!(
+                "{c}={}",
+                values.get(*c).cloned().flatten().unwrap_or_default()
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+fn now_millis() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// A backfill into a group version's table, from the snapshot it started on to its
+/// commit. Begin it before the job reads its source: another job that commits some of
+/// the same hours in between makes this one's commit a [`DeltaError::Conflict`].
+pub struct Backfill {
+    dir: PathBuf,
+    name: String,
+    table: Option<DeltaTable>,
+    read_version: i64,
+    /// The active files when the job began: path → hour.
+    read_files: HashMap<String, String>,
+}
+
+impl Backfill {
+    /// Reads the table at `dir` (if there is one yet) as the job's starting point.
+    pub async fn begin(dir: &Path) -> Result<Backfill, DeltaError> {
+        let name = dir.display().to_string();
+        let table = open(dir).await?;
+        let (read_version, read_files) = match &table {
+            Some(table) => (
+                table.version().map_or(-1, |v| v as i64),
+                active_files(table, &name)
+                    .await?
+                    .into_iter()
+                    .map(|(path, hour, _)| (path, hour))
+                    .collect(),
+            ),
+            None => (-1, HashMap::new()),
+        };
+        Ok(Backfill {
+            dir: dir.to_owned(),
+            name,
+            table,
+            read_version,
+            read_files,
+        })
+    }
+
+    /// The table version the job began on (-1: no table yet).
+    pub fn read_version(&self) -> i64 {
+        self.read_version
+    }
+
+    /// Makes `parts` (files the offline writer put under the table's folder, paths
+    /// relative to the store root; the folder is `table_rel` below it) the content of
+    /// their hours in one commit: adds them, removes what those hours held. Creates the
+    /// table on the first commit, bound to `plugin_hash`.
+    pub async fn commit(
+        self,
+        table_rel: &str,
+        schema: &arrow_schema::Schema,
+        plugin_hash: &str,
+        parts: &[WrittenPart],
+    ) -> Result<Committed, DeltaError> {
+        let Backfill {
+            dir,
+            name,
+            table,
+            read_version,
+            read_files,
+        } = self;
+        let mut table = match table {
+            Some(table) => table,
+            None => create(&dir, schema, plugin_hash).await?,
+        };
+        let bound = table
+            .snapshot()
+            .map_err(|source| DeltaError::Delta {
+                table: name.clone(),
+                source,
+            })?
+            .metadata()
+            .configuration()
+            .get(PLUGIN_HASH_PROPERTY)
+            .cloned()
+            .unwrap_or_default();
+        if bound != plugin_hash {
+            return Err(DeltaError::OtherPlugin {
+                table: name,
+                bound,
+                offered: plugin_hash.to_owned(),
+            });
+        }
+        let prefix = format!("{table_rel}/");
+        let now = now_millis();
+        let adds: Vec<Action> = parts
+            .iter()
+            .map(|p| {
+                let path = p.rel.strip_prefix(&prefix).unwrap_or(&p.rel).to_owned();
+                Action::Add(Add {
+                    path,
+                    partition_values: partition_values(&p.hour),
+                    size: p.bytes as i64,
+                    modification_time: now,
+                    data_change: true,
+                    stats: Some(format!("{{\"numRecords\":{}}}", p.rows)),
+                    ..Default::default()
+                })
+            })
+            .collect();
+        let touched: BTreeSet<String> = parts.iter().map(|p| p.hour.relative()).collect();
+        let read_in_touched: BTreeSet<&String> = read_files
+            .iter()
+            .filter(|(_, hour)| touched.contains(*hour))
+            .map(|(path, _)| path)
+            .collect();
+        let predicate = touched
+            .iter()
+            .map(|hour| hour_predicate(hour))
+            .collect::<Vec<_>>()
+            .join(" OR ");
+        for _ in 0..MAX_ATTEMPTS {
+            let removes: Vec<(String, String, Remove)> = active_files(&table, &name)
+                .await?
+                .into_iter()
+                .filter(|(_, hour, _)| touched.contains(hour))
+                .collect();
+            // Our hours as they are now against as they were when the job began: a
+            // difference is another job's commit.
+            let now_in_touched: BTreeSet<&String> = removes.iter().map(|(p, ..)| p).collect();
+            if now_in_touched != read_in_touched {
+                let mut hours: BTreeSet<String> = removes
+                    .iter()
+                    .filter(|(p, ..)| !read_in_touched.contains(p))
+                    .map(|(_, hour, _)| hour.clone())
+                    .collect();
+                hours.extend(
+                    read_files
+                        .iter()
+                        .filter(|(p, hour)| touched.contains(*hour) && !now_in_touched.contains(p))
+                        .map(|(_, hour)| hour.clone()),
+                );
+                return Err(DeltaError::Conflict {
+                    table: name,
+                    read_version,
+                    hours: hours.into_iter().collect(),
+                });
+            }
+            let mut actions = adds.clone();
+            let removed = removes.len();
+            actions.extend(removes.into_iter().map(|(_, _, mut remove)| {
+                remove.deletion_timestamp = Some(now);
+                Action::Remove(remove)
+            }));
+            let operation = DeltaOperation::Write {
+                mode: SaveMode::Overwrite,
+                partition_by: Some(PARTITION_COLUMNS.iter().map(|c| c.to_string()).collect()),
+                predicate: Some(predicate.clone()),
+            };
+            let snapshot = table.snapshot().map_err(|source| DeltaError::Delta {
+                table: name.clone(),
+                source,
+            })?;
+            let outcome = CommitBuilder::default()
+                .with_actions(actions)
+                .with_max_retries(0)
+                .build(Some(snapshot), table.log_store(), operation)
+                .await;
+            match outcome {
+                Ok(done) => {
+                    return Ok(Committed {
+                        version: done.version() as i64,
+                        added: adds.len(),
+                        removed,
+                    });
+                }
+                Err(DeltaTableError::Transaction {
+                    source:
+                        TransactionError::VersionAlreadyExists(_)
+                        | TransactionError::CommitConflict(_)
+                        // What delta-rs says of a lost race when it may not retry.
+                        | TransactionError::MaxCommitAttempts(_),
+                }) => {
+                    // Lost the race for the next version: look again at the latest.
+                    table.update_state().await.map_err(|source| DeltaError::Delta {
+                        table: name.clone(),
+                        source,
+                    })?;
+                }
+                Err(source) => {
+                    return Err(DeltaError::Delta {
+                        table: name,
+                        source,
+                    });
+                }
+            }
+        }
+        Err(DeltaError::Delta {
+            table: name,
+            source: DeltaTableError::Generic(format!(
+                "the commit lost the race for a version {MAX_ATTEMPTS} times"
+            )),
+        })
+    }
+}
+
+/// The active files of `table` at `version` (time travel), as paths relative to it.
+pub async fn files_at(dir: &Path, version: Option<i64>) -> Result<Vec<String>, DeltaError> {
+    let name = dir.display().to_string();
+    let url = table_url(dir)?;
+    let table = match version {
+        Some(v) => deltalake_core::open_table_with_version(url, v.max(0) as u64).await,
+        None => deltalake_core::open_table(url).await,
+    }
+    .map_err(|source| DeltaError::Delta {
+        table: name.clone(),
+        source,
+    })?;
+    let mut files: Vec<String> = active_files(&table, &name)
+        .await?
+        .into_iter()
+        .map(|(path, ..)| path)
+        .collect();
+    files.sort();
+    Ok(files)
+}
+
+/// `year=2024/month=01/…` as the SQL predicate a `replaceWhere` names it by.
+fn hour_predicate(hour: &str) -> String {
+    let terms: Vec<String> = hour
+        .split('/')
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| format!("{k} = '{v}'"))
+        .collect();
+    format!("({})", terms.join(" AND "))
+}
+
+fn partition_values(hour: &Hour) -> HashMap<String, Option<String>> {
+    PARTITION_COLUMNS
+        .iter()
+        .zip(hour.values())
+        .map(|(c, v)| (c.to_string(), Some(v)))
+        .collect()
+}
