@@ -26,6 +26,17 @@ pub struct RunArgs {
     pub rejects: Option<PathBuf>,
     /// How far ahead of the clock an event time may be (µs).
     pub max_future: i64,
+    /// How the group version is kept.
+    pub table_format: TableFormat,
+}
+
+/// How a group version is kept in the offline store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum TableFormat {
+    /// One Parquet file per hour partition, each replaced atomically.
+    Plain,
+    /// A Delta Lake table: one commit per backfill.
+    Delta,
 }
 
 /// Where to register written tables.
@@ -120,6 +131,38 @@ pub fn run(args: RunArgs, runtime: &Runtime) -> Result<()> {
     };
     // Rows wait for the commit in a buffer of a quarter of the memory limit; the rest is
     // the sort's. Beyond it they are staged on disk.
+    let tokio = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(job.partitions.max(2))
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    // A Delta backfill reads the table as it starts: a job that commits some of the
+    // same hours meanwhile makes this one's commit a conflict.
+    let delta = match args.table_format {
+        TableFormat::Plain => None,
+        TableFormat::Delta => {
+            if args.catalog.is_some() {
+                bail!(
+                    "--catalog registers the plain layout's partitions; with --table-format \
+                     delta, register the table as a Delta table in the catalog instead"
+                );
+            }
+            if args.offline_store.starts_with("s3://") {
+                bail!(
+                    "--table-format delta writes to a local --offline-store for now; on S3 \
+                     concurrent writers need a commit lock, which is not wired in yet"
+                );
+            }
+            let dir = lockstep_delta::table_dir(&store.root(), &group.name, &group.version);
+            let backfill = tokio
+                .block_on(lockstep_delta::Backfill::begin(&dir))
+                .context("reading the Delta table")?;
+            // Each job's files have names of their own: the table keeps the files a
+            // replacement removes for readers of older versions.
+            let job_id = format!("{now:x}-{:x}", std::process::id());
+            Some((backfill, lockstep_delta::part_file_name(&job_id)))
+        }
+    };
     let mut writer = store.writer(
         &group,
         now,
@@ -127,14 +170,10 @@ pub fn run(args: RunArgs, runtime: &Runtime) -> Result<()> {
             buffer_bytes: args
                 .memory_limit
                 .map_or_else(default_buffer_bytes, |m| m / 4),
+            part_file: delta.as_ref().map(|(_, name)| name.clone()),
             ..WriterOptions::default()
         },
     );
-    let tokio = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(job.partitions.max(2))
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
     let display = ProgressDisplay::start(job.progress.clone());
     // A reader library that panics on some damaged input must not take the process
     // down with a backtrace (exit 101): it is reported as this job's error, and the
@@ -214,6 +253,18 @@ pub fn run(args: RunArgs, runtime: &Runtime) -> Result<()> {
     let spills = writer.spills();
     let committing = Instant::now();
     let written = writer.commit()?;
+    let delta_commit = match delta {
+        Some((backfill, _)) => {
+            let rel = lockstep_offline::layout::version_rel(&group.name, &group.version);
+            let schema = OfflineStore::schema(plugin.manifest());
+            Some(
+                tokio
+                    .block_on(backfill.commit(&rel, &schema, plugin.hash(), &written.parts))
+                    .context("committing the backfill to its Delta table")?,
+            )
+        }
+        None => None,
+    };
     let commit_secs = committing.elapsed().as_secs_f64();
     let registered = match &args.catalog {
         Some(Catalog::Glue(database)) => {
@@ -288,6 +339,13 @@ pub fn run(args: RunArgs, runtime: &Runtime) -> Result<()> {
             String::new()
         }
     );
+    if let Some(c) = &delta_commit {
+        println!(
+            "  delta      committed table version {} ({} files added, {} replaced; replaced \
+             files stay for readers of older versions)",
+            c.version, c.added, c.removed
+        );
+    }
     if let Some(r) = &registered {
         println!(
             "  catalog    glue table {} ({}), {} partitions added, {} already registered",

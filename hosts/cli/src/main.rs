@@ -312,6 +312,11 @@ enum BatchCommand {
         /// host's dead letters): a typo like year 9999 never becomes a feature row.
         #[arg(long, default_value = "1h", value_parser = skew::parse_lateness)]
         max_future: i64,
+        /// How the group version is kept: `plain` (one Parquet file per hour, each hour
+        /// replaced atomically) or `delta` (a Delta Lake table: the whole backfill is one
+        /// commit, concurrent jobs are serialised, old versions stay readable).
+        #[arg(long, value_enum, default_value = "plain")]
+        table_format: batch::TableFormat,
         #[command(flatten)]
         runtime: RuntimeArgs,
     },
@@ -502,6 +507,7 @@ fn main() {
             state_out,
             rejects,
             max_future,
+            table_format,
             runtime,
         }) => runtime.runtime().and_then(|runtime| {
             batch::run(
@@ -527,6 +533,7 @@ fn main() {
                     state_out,
                     rejects,
                     max_future,
+                    table_format,
                 },
                 &runtime,
             )

@@ -96,7 +96,7 @@ pub enum DeltaError {
         data_type: String,
     },
     /// The table's folder cannot be named as a URL.
-    #[error("cannot open {0} as a Delta table: not an absolute path")]
+    #[error("cannot open {0} as a Delta table: its path cannot be made absolute")]
     Location(PathBuf),
 }
 
@@ -123,8 +123,10 @@ pub fn table_dir(root: &Path, group: &str, version: &str) -> PathBuf {
 }
 
 fn table_url(dir: &Path) -> Result<Url, DeltaError> {
+    // A store given as a relative path names its tables relative to the working folder.
+    let absolute = std::path::absolute(dir).map_err(|_| DeltaError::Location(dir.to_owned()))?;
     let mut url =
-        Url::from_directory_path(dir).map_err(|()| DeltaError::Location(dir.to_owned()))?;
+        Url::from_directory_path(&absolute).map_err(|()| DeltaError::Location(dir.to_owned()))?;
     // A directory URL ends with `/`: table-relative paths join below it.
     if !url.path().ends_with('/') {
         url.set_path(&format!("{}/", url.path()));

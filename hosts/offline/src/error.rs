@@ -4,6 +4,18 @@ use thiserror::Error;
 /// A failure of the offline store, naming the file or group concerned.
 #[derive(Debug, Error)]
 pub enum OfflineError {
+    /// The group version is a Delta table, which this reader does not read yet.
+    #[error(
+        "{group}@{version} is kept as a Delta table (batch run --table-format delta): read \
+         it with a Delta reader (the deltalake package, Spark, DuckDB's delta extension); \
+         training sets, golden checks and skew-check read plain-layout versions only for now"
+    )]
+    DeltaTable {
+        /// The group.
+        group: String,
+        /// The version.
+        version: String,
+    },
     /// A file or directory operation failed.
     #[error("offline store: {action} {path}: {source}")]
     Io {

@@ -216,9 +216,17 @@ impl OfflineStore {
     /// The hour partition files of `group@version` (relative to the store root), in
     /// time order. Each holds one hour's rows sorted by entity key, then event time,
     /// rows of equal time in the order they were emitted.
+    /// A group version kept as a Delta table is refused by name, not read as an empty
+    /// plain layout: its files are the table's active ones, which only its log says.
     pub fn partition_files(&self, group: &str, version: &str) -> Result<Vec<String>, OfflineError> {
-        self.backend
-            .list_named(&layout::version_rel(group, version), PART_FILE)
+        let rel = layout::version_rel(group, version);
+        if self.backend.locate(&format!("{rel}/_delta_log")).is_dir() {
+            return Err(OfflineError::DeltaTable {
+                group: group.to_owned(),
+                version: version.to_owned(),
+            });
+        }
+        self.backend.list_named(&rel, PART_FILE)
     }
 
     /// The bytes of the stored object at `rel` (as [`partition_files`](Self::partition_files)

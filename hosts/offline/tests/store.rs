@@ -842,3 +842,17 @@ fn an_unreachable_s3_endpoint_is_a_clear_error_naming_it() {
         "{text}"
     );
 }
+
+/// A group version kept as a Delta table is refused by name, never read as an empty
+/// plain layout.
+#[test]
+fn a_delta_table_is_refused_not_read_as_a_plain_layout() {
+    let m = manifest("1.0.0");
+    let (dir, store, group) = registered(&m);
+    store
+        .write(&group, &[rows(&m, &[("u1", T0, 1.0)])], 0)
+        .expect("write");
+    std::fs::create_dir_all(dir.path().join("spend/version=1.0.0/_delta_log")).expect("mkdir");
+    let err = store.read("spend", "1.0.0").expect_err("refused");
+    assert!(matches!(err, OfflineError::DeltaTable { .. }), "{err}");
+}
