@@ -753,3 +753,125 @@ import os; os._exit(0)
     assert_eq!(out.status.code(), Some(1));
     assert!(text(&out.stderr).contains("Delta table in the catalog"));
 }
+
+/// The rows of the Delta table at `table` (its latest version) as the `deltalake`
+/// Python package reads them, without the write stamps: a digest and a row count.
+fn delta_digest(table: &Path) -> String {
+    let script = format!(
+        r#"
+import hashlib, json, deltalake
+t = deltalake.DeltaTable({table:?}).to_pyarrow_table()
+cols = [c for c in t.column_names if c not in ('write_time', 'api_invocation_time')]
+rows = sorted(json.dumps(r, sort_keys=True, default=str) for r in t.select(cols).to_pylist())
+print(len(rows), hashlib.sha256('\n'.join(rows).encode()).hexdigest()[:16], flush=True)
+import os; os._exit(0)
+"#,
+        table = s(table)
+    );
+    let out = Command::new("python3")
+        .args(["-c", &script])
+        .output()
+        .expect("python3");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    text(&out.stdout).trim().to_owned()
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    let status = Command::new("cp")
+        .arg("-r")
+        .arg(from)
+        .arg(to)
+        .status()
+        .expect("cp");
+    assert!(status.success());
+}
+
+/// kill -9 of a Delta backfill at 20 random points: each time, a reader (the
+/// `deltalake` Python package) sees the table as it was before the job or as the job
+/// makes it, never a mix; a re-run then completes it.
+#[test]
+fn a_delta_backfill_killed_at_20_points_shows_the_old_version_or_the_new_one() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let first = generate_as(dir.path(), 20_000, "first.jsonl");
+    // Other events over the same cards: the second job replaces the first's hours.
+    let second = dir.path().join("second.jsonl");
+    let out = lockstep(&[
+        "gen",
+        "events",
+        "--kind",
+        "transactions",
+        "--rows",
+        "20000",
+        "--entities",
+        "200",
+        "--seed",
+        "6",
+        "--out",
+        s(&second),
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let delta = ["--table-format", "delta"];
+    let base = dir.path().join("base");
+    assert!(backfill(&first, &base, &delta).status.success());
+    let table_of = |store: &Path| store.join("txn_velocity/version=1.0.0");
+    let before = delta_digest(&table_of(&base));
+    let reference = dir.path().join("reference");
+    copy_dir(&base, &reference);
+    let started = std::time::Instant::now();
+    assert!(backfill(&second, &reference, &delta).status.success());
+    let full_run = started.elapsed();
+    let after = delta_digest(&table_of(&reference));
+    assert_ne!(before, after, "the second job changes the table");
+
+    let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut outcomes = (0, 0);
+    for point in 0..20 {
+        seed = seed
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        // Anywhere from the start to a little past a full run's length.
+        let delay = full_run.mul_f64(((seed >> 33) % 1_100) as f64 / 1_000.0);
+        let store = dir.path().join(format!("killed-{point}"));
+        copy_dir(&base, &store);
+        let mut child = Command::new(env!("CARGO_BIN_EXE_lockstep"))
+            .args([
+                "batch",
+                "run",
+                "--plugin",
+                s(velocity()),
+                "--source",
+                s(&second),
+            ])
+            .args([
+                "--offline-store",
+                s(&store),
+                "--no-cache",
+                "--table-format",
+                "delta",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn");
+        std::thread::sleep(delay);
+        let _ = child.kill(); // SIGKILL: no cleanup runs
+        let _ = child.wait();
+        let seen = delta_digest(&table_of(&store));
+        if seen == before {
+            outcomes.0 += 1;
+        } else {
+            assert_eq!(seen, after, "killed after {delay:?}: neither version");
+            outcomes.1 += 1;
+        }
+        if point % 5 == 0 {
+            // A re-run completes it.
+            assert!(backfill(&second, &store, &delta).status.success());
+            assert_eq!(delta_digest(&table_of(&store)), after);
+        }
+    }
+    eprintln!(
+        "20 kills: {} showed the old version, {} the new one",
+        outcomes.0, outcomes.1
+    );
+    assert!(outcomes.0 > 0, "some kills landed before the commit");
+}
