@@ -9,7 +9,7 @@ use object_store::{ObjectStore, ObjectStoreExt};
 use std::path::Path;
 use std::sync::Arc;
 
-use crate::parquet_check::{TAIL, footer_problem, metadata_problem};
+use crate::parquet_check::{TAIL, footer_problem, metadata_length, metadata_problem};
 
 fn damaged(location: &str, problem: String) -> BatchError {
     BatchError::Source(format!("Parquet source {location} {problem}"))
@@ -56,17 +56,6 @@ pub(crate) fn check_local(source: &str, extension: &str) -> Result<(), BatchErro
         }
     }
     Ok(())
-}
-
-/// The metadata length a footer's last 8 bytes state (checked by `footer_problem`).
-fn metadata_length(tail: &[u8]) -> u64 {
-    let n = tail.len();
-    u64::from(u32::from_le_bytes([
-        tail[n - 8],
-        tail[n - 7],
-        tail[n - 6],
-        tail[n - 5],
-    ]))
 }
 
 /// The last `take` bytes of the file at `path`, `size` bytes long.

@@ -30,13 +30,25 @@ pub fn footer_problem(size: u64, tail: &[u8]) -> Option<String> {
             "does not end with the Parquet magic bytes `PAR1`: damaged or not Parquet".into(),
         );
     }
-    let length = u64::from(u32::from_le_bytes([tail[0], tail[1], tail[2], tail[3]]));
+    let length = metadata_length(tail);
     if length + TAIL + 4 > size {
         return Some(format!(
             "has a damaged footer: its metadata claims {length} bytes, but the file has {size}"
         ));
     }
     None
+}
+
+/// The metadata length a footer states: the 4 bytes before the closing magic of
+/// `tail` (the file's last bytes, at least 8).
+pub fn metadata_length(tail: &[u8]) -> u64 {
+    let n = tail.len();
+    u64::from(u32::from_le_bytes([
+        tail[n - 8],
+        tail[n - 7],
+        tail[n - 6],
+        tail[n - 5],
+    ]))
 }
 
 /// Why the metadata at the end of `footer` (the file's last bytes, at least the
@@ -47,8 +59,7 @@ pub fn metadata_problem(size: u64, footer: &[u8]) -> Option<String> {
     if n < TAIL as usize {
         return Some("has no footer".into());
     }
-    let length =
-        u32::from_le_bytes([footer[n - 8], footer[n - 7], footer[n - 6], footer[n - 5]]) as usize;
+    let length = metadata_length(footer) as usize;
     let Some(start) = (n - TAIL as usize).checked_sub(length) else {
         return Some("has a footer longer than the bytes read".into());
     };

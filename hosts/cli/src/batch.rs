@@ -109,6 +109,21 @@ pub fn run(args: RunArgs, runtime: &Runtime) -> Result<()> {
             args.source
         ),
     };
+    // Refuse what a Delta table cannot do yet before any work (or network call).
+    if args.table_format == TableFormat::Delta {
+        if args.catalog.is_some() {
+            bail!(
+                "--catalog registers the plain layout's partitions; with --table-format \
+                 delta, register the table as a Delta table in the catalog instead"
+            );
+        }
+        if args.offline_store.starts_with("s3://") {
+            bail!(
+                "--table-format delta writes to a local --offline-store for now; on S3 \
+                 concurrent writers need a commit lock, which is not wired in yet"
+            );
+        }
+    }
     // Check the group version first: a plugin that may not write here is refused
     // before any work is done. It is bound when the rows commit, so a job that fails
     // before then leaves it free.
@@ -141,18 +156,6 @@ pub fn run(args: RunArgs, runtime: &Runtime) -> Result<()> {
     let delta = match args.table_format {
         TableFormat::Plain => None,
         TableFormat::Delta => {
-            if args.catalog.is_some() {
-                bail!(
-                    "--catalog registers the plain layout's partitions; with --table-format \
-                     delta, register the table as a Delta table in the catalog instead"
-                );
-            }
-            if args.offline_store.starts_with("s3://") {
-                bail!(
-                    "--table-format delta writes to a local --offline-store for now; on S3 \
-                     concurrent writers need a commit lock, which is not wired in yet"
-                );
-            }
             let dir = lockstep_delta::table_dir(&store.root(), &group.name, &group.version);
             let backfill = tokio
                 .block_on(lockstep_delta::Backfill::begin(&dir))

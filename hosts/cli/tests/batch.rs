@@ -752,6 +752,18 @@ import os; os._exit(0)
     );
     assert_eq!(out.status.code(), Some(1));
     assert!(text(&out.stderr).contains("Delta table in the catalog"));
+    // Nor on S3: refused at once, with no S3 endpoint to reach.
+    let out = backfill(
+        &events,
+        Path::new("s3://nowhere/offline"),
+        &["--table-format", "delta"],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("commit lock"),
+        "{}",
+        text(&out.stderr)
+    );
 }
 
 /// The rows of the Delta table at `table` (its latest version) as the `deltalake`
@@ -833,22 +845,7 @@ fn a_delta_backfill_killed_at_20_points_shows_the_old_version_or_the_new_one() {
         let delay = full_run.mul_f64(((seed >> 33) % 1_100) as f64 / 1_000.0);
         let store = dir.path().join(format!("killed-{point}"));
         copy_dir(&base, &store);
-        let mut child = Command::new(env!("CARGO_BIN_EXE_lockstep"))
-            .args([
-                "batch",
-                "run",
-                "--plugin",
-                s(velocity()),
-                "--source",
-                s(&second),
-            ])
-            .args([
-                "--offline-store",
-                s(&store),
-                "--no-cache",
-                "--table-format",
-                "delta",
-            ])
+        let mut child = batch_command(s(&second), s(&store), &delta)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()

@@ -53,8 +53,9 @@ pub enum DeltaError {
     Delta {
         /// The table.
         table: String,
-        /// Why.
-        source: DeltaTableError,
+        /// Why (boxed: delta-rs's error is large, and this one travels in every
+        /// `Result` of this crate).
+        source: Box<DeltaTableError>,
     },
     /// The table belongs to another build of the plugin.
     #[error(
@@ -144,7 +145,7 @@ async fn open(dir: &Path) -> Result<Option<DeltaTable>, DeltaError> {
         }
         Err(source) => Err(DeltaError::Delta {
             table: dir.display().to_string(),
-            source,
+            source: Box::new(source),
         }),
     }
 }
@@ -199,7 +200,7 @@ async fn create(
     }
     std::fs::create_dir_all(dir).map_err(|e| DeltaError::Delta {
         table: name.clone(),
-        source: DeltaTableError::Generic(format!("creating the folder: {e}")),
+        source: Box::new(DeltaTableError::Generic(format!("creating the folder: {e}"))),
     })?;
     let created = deltalake_core::operations::create::CreateBuilder::new()
         .with_location(table_url(dir)?.to_string())
@@ -211,12 +212,13 @@ async fn create(
         .await;
     match created {
         Ok(table) => Ok(table),
-        // Another job created it between our look and our create.
-        Err(_) => match open(dir).await? {
+        // Another job may have created it between our look and our create; if not,
+        // the create's own error says why.
+        Err(source) => match open(dir).await? {
             Some(table) => Ok(table),
             None => Err(DeltaError::Delta {
                 table: name,
-                source: DeltaTableError::Generic("the table could not be created".into()),
+                source: Box::new(source),
             }),
         },
     }
@@ -233,7 +235,7 @@ async fn active_files(
         .await
         .map_err(|source| DeltaError::Delta {
             table: name.to_owned(),
-            source,
+            source: Box::new(source),
         })?;
     Ok(files
         .into_iter()
@@ -332,7 +334,7 @@ impl Backfill {
             .snapshot()
             .map_err(|source| DeltaError::Delta {
                 table: name.clone(),
-                source,
+                source: Box::new(source),
             })?
             .metadata()
             .configuration()
@@ -414,7 +416,7 @@ impl Backfill {
             };
             let snapshot = table.snapshot().map_err(|source| DeltaError::Delta {
                 table: name.clone(),
-                source,
+                source: Box::new(source),
             })?;
             let outcome = CommitBuilder::default()
                 .with_actions(actions)
@@ -439,22 +441,22 @@ impl Backfill {
                     // Lost the race for the next version: look again at the latest.
                     table.update_state().await.map_err(|source| DeltaError::Delta {
                         table: name.clone(),
-                        source,
+                        source: Box::new(source),
                     })?;
                 }
                 Err(source) => {
                     return Err(DeltaError::Delta {
                         table: name,
-                        source,
+                        source: Box::new(source),
                     });
                 }
             }
         }
         Err(DeltaError::Delta {
             table: name,
-            source: DeltaTableError::Generic(format!(
+            source: Box::new(DeltaTableError::Generic(format!(
                 "the commit lost the race for a version {MAX_ATTEMPTS} times"
-            )),
+            ))),
         })
     }
 }
@@ -469,7 +471,7 @@ pub async fn files_at(dir: &Path, version: Option<i64>) -> Result<Vec<String>, D
     }
     .map_err(|source| DeltaError::Delta {
         table: name.clone(),
-        source,
+        source: Box::new(source),
     })?;
     let mut files: Vec<String> = active_files(&table, &name)
         .await?

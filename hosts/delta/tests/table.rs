@@ -4,11 +4,13 @@
 //! refused, and time travel gives each version's files.
 
 use arrow_array::{ArrayRef, Float64Array, RecordBatch, StringArray, TimestampMicrosecondArray};
+use arrow_schema::SchemaRef;
 use lockstep_abi::{Manifest, Value, ValueType};
-use lockstep_delta::{Backfill, DeltaError, files_at, part_file_name, table_dir};
+use lockstep_core::schema::row_schema;
+use lockstep_delta::{Backfill, Committed, DeltaError, files_at, part_file_name, table_dir};
 use lockstep_offline::layout::version_rel;
 use lockstep_offline::{OfflineStore, WriteSummary, WriterOptions};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 const HOUR: i64 = 3_600_000_000;
@@ -35,13 +37,7 @@ fn rows(m: &Manifest, data: &[(&str, i64, f64)]) -> RecordBatch {
     let totals: ArrayRef = Arc::new(Float64Array::from(
         data.iter().map(|r| r.2).collect::<Vec<_>>(),
     ));
-    RecordBatch::try_new(lockstep_core_schema(m), vec![users, times, totals]).expect("batch")
-}
-
-fn lockstep_core_schema(m: &Manifest) -> arrow_schema::SchemaRef {
-    // The row schema: the entity key, the event time, then the features.
-    let schema = OfflineStore::schema(m);
-    Arc::new(arrow_schema::Schema::new(schema.fields()[..3].to_vec()))
+    RecordBatch::try_new(row_schema(m), vec![users, times, totals]).expect("batch")
 }
 
 /// Writes `data` as job `job` (its own file names) through the offline writer.
@@ -63,56 +59,88 @@ fn write_job(
     writer.commit().expect("put files")
 }
 
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime")
+/// A store root, the names of its `spend@1.0.0` table, and a runtime to drive it.
+struct Fixture {
+    dir: tempfile::TempDir,
+    m: Manifest,
+    table: PathBuf,
+    rel: String,
+    schema: SchemaRef,
+    rt: tokio::runtime::Runtime,
+}
+
+impl Fixture {
+    fn new() -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let m = manifest();
+        Fixture {
+            table: table_dir(dir.path(), "spend", "1.0.0"),
+            rel: version_rel("spend", "1.0.0"),
+            schema: OfflineStore::schema(&m),
+            rt: tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .expect("runtime"),
+            dir,
+            m,
+        }
+    }
+
+    /// The files of job `job` of plugin `hash`, put but not committed.
+    fn job(&self, hash: &str, job: &str, data: &[(&str, i64, f64)]) -> WriteSummary {
+        write_job(self.dir.path(), &self.m, hash, job, data)
+    }
+
+    fn begin(&self) -> Backfill {
+        self.rt.block_on(Backfill::begin(&self.table)).unwrap()
+    }
+
+    fn commit(
+        &self,
+        job: Backfill,
+        hash: &str,
+        files: &WriteSummary,
+    ) -> Result<Committed, DeltaError> {
+        self.rt
+            .block_on(job.commit(&self.rel, &self.schema, hash, &files.parts))
+    }
+
+    /// A backfill that begins and commits at once.
+    fn backfill(&self, hash: &str, files: &WriteSummary) -> Result<Committed, DeltaError> {
+        self.commit(self.begin(), hash, files)
+    }
+
+    fn files(&self, version: Option<i64>) -> Vec<String> {
+        self.rt.block_on(files_at(&self.table, version)).unwrap()
+    }
 }
 
 #[test]
 fn a_backfill_is_one_commit_and_a_rerun_replaces_its_hours_keeping_old_files() {
-    let dir = tempfile::tempdir().unwrap();
-    let m = manifest();
-    let table = table_dir(dir.path(), "spend", "1.0.0");
-    let rel = version_rel("spend", "1.0.0");
-    let schema = OfflineStore::schema(&m);
-    let rt = runtime();
-    let first = write_job(
-        dir.path(),
-        &m,
-        "h",
-        "a",
-        &[("u1", T0, 1.0), ("u1", T0 + HOUR, 2.0)],
-    );
-    let committed = rt.block_on(async {
-        let job = Backfill::begin(&table).await.unwrap();
-        assert_eq!(job.read_version(), -1);
-        job.commit(&rel, &schema, "h", &first.parts).await.unwrap()
-    });
+    let f = Fixture::new();
+    let first = f.job("h", "a", &[("u1", T0, 1.0), ("u1", T0 + HOUR, 2.0)]);
+    let job = f.begin();
+    assert_eq!(job.read_version(), -1);
+    let committed = f.commit(job, "h", &first).unwrap();
     // Version 0 creates the table, version 1 is the backfill: one commit.
     assert_eq!(
         (committed.version, committed.added, committed.removed),
         (1, 2, 0)
     );
-    let v1 = rt.block_on(files_at(&table, None)).unwrap();
+    let v1 = f.files(None);
     assert_eq!(v1.len(), 2);
     assert!(v1.iter().all(|f| f.ends_with("part-a.parquet")), "{v1:?}");
 
     // A re-run over the second hour replaces it in one commit.
-    let second = write_job(dir.path(), &m, "h", "b", &[("u1", T0 + HOUR, 5.0)]);
-    let committed = rt.block_on(async {
-        let job = Backfill::begin(&table).await.unwrap();
-        job.commit(&rel, &schema, "h", &second.parts).await.unwrap()
-    });
+    let second = f.job("h", "b", &[("u1", T0 + HOUR, 5.0)]);
+    let committed = f.backfill("h", &second).unwrap();
     assert_eq!(
         (committed.version, committed.added, committed.removed),
         (2, 1, 1)
     );
-    let v2 = rt.block_on(files_at(&table, None)).unwrap();
     assert_eq!(
-        v2,
+        f.files(None),
         vec![
             "year=2024/month=01/day=01/hour=00/part-a.parquet".to_owned(),
             "year=2024/month=01/day=01/hour=01/part-b.parquet".to_owned(),
@@ -120,20 +148,21 @@ fn a_backfill_is_one_commit_and_a_rerun_replaces_its_hours_keeping_old_files() {
     );
     // The replaced file is still there for readers of version 1 (until VACUUM), and
     // version 1 still reads as it was.
+    let table = &f.table;
     assert!(
         table
             .join("year=2024/month=01/day=01/hour=01/part-a.parquet")
             .is_file()
     );
-    assert_eq!(rt.block_on(files_at(&table, Some(1))).unwrap(), v1);
+    assert_eq!(f.files(Some(1)), v1);
 
     // An independent reader, the `deltalake` Python package, sees each version whole.
     assert_eq!(
-        read_with_python(&table, Some(1)),
+        read_with_python(table, Some(1)),
         r#"[["u1", 1.0, "00"], ["u1", 2.0, "01"]]"#
     );
     assert_eq!(
-        read_with_python(&table, None),
+        read_with_python(table, None),
         r#"[["u1", 1.0, "00"], ["u1", 5.0, "01"]]"#
     );
 }
@@ -163,110 +192,64 @@ fn read_with_python(table: &Path, version: Option<i64>) -> String {
 
 #[test]
 fn concurrent_jobs_on_other_hours_both_land_and_on_the_same_hours_one_fails_naming_them() {
-    let dir = tempfile::tempdir().unwrap();
-    let m = manifest();
-    let table = table_dir(dir.path(), "spend", "1.0.0");
-    let rel = version_rel("spend", "1.0.0");
-    let schema = OfflineStore::schema(&m);
-    let rt = runtime();
-    let base = write_job(dir.path(), &m, "h", "base", &[("u1", T0, 1.0)]);
-    rt.block_on(async {
-        let job = Backfill::begin(&table).await.unwrap();
-        job.commit(&rel, &schema, "h", &base.parts).await.unwrap();
-    });
+    let f = Fixture::new();
+    f.backfill("h", &f.job("h", "base", &[("u1", T0, 1.0)]))
+        .unwrap();
 
     // Two jobs begin on the same version; they write different hours.
-    let (a, b) = rt.block_on(async {
-        (
-            Backfill::begin(&table).await.unwrap(),
-            Backfill::begin(&table).await.unwrap(),
-        )
-    });
-    let hour2 = write_job(dir.path(), &m, "h", "a", &[("u1", T0 + 2 * HOUR, 2.0)]);
-    let hour3 = write_job(dir.path(), &m, "h", "b", &[("u1", T0 + 3 * HOUR, 3.0)]);
-    let (ca, cb) = rt.block_on(async {
-        let ca = a.commit(&rel, &schema, "h", &hour2.parts).await.unwrap();
-        let cb = b.commit(&rel, &schema, "h", &hour3.parts).await.unwrap();
-        (ca, cb)
-    });
+    let (a, b) = (f.begin(), f.begin());
+    let hour2 = f.job("h", "a", &[("u1", T0 + 2 * HOUR, 2.0)]);
+    let hour3 = f.job("h", "b", &[("u1", T0 + 3 * HOUR, 3.0)]);
+    let ca = f.commit(a, "h", &hour2).unwrap();
+    let cb = f.commit(b, "h", &hour3).unwrap();
     assert_eq!(
         (ca.version, cb.version),
         (2, 3),
         "the second retried on the latest version"
     );
-    assert_eq!(rt.block_on(files_at(&table, None)).unwrap().len(), 3);
+    assert_eq!(f.files(None).len(), 3);
 
     // Two jobs begin on the same version and both replace hour 0: the first to commit
     // wins, the other fails naming the hour, and nothing of it is visible.
-    let (c, d) = rt.block_on(async {
-        (
-            Backfill::begin(&table).await.unwrap(),
-            Backfill::begin(&table).await.unwrap(),
-        )
-    });
-    let again_c = write_job(dir.path(), &m, "h", "c", &[("u1", T0, 10.0)]);
-    let again_d = write_job(
-        dir.path(),
-        &m,
-        "h",
-        "d",
-        &[("u1", T0, 20.0), ("u2", T0 + 4 * HOUR, 4.0)],
-    );
-    let (won, lost) = rt.block_on(async {
-        let won = c.commit(&rel, &schema, "h", &again_c.parts).await;
-        let lost = d.commit(&rel, &schema, "h", &again_d.parts).await;
-        (won, lost)
-    });
-    assert_eq!(won.unwrap().version, 4);
-    match lost {
-        Err(DeltaError::Conflict {
-            hours,
-            read_version,
-            ..
-        }) => {
-            assert_eq!(hours, vec!["year=2024/month=01/day=01/hour=00".to_owned()]);
+    let (c, d) = (f.begin(), f.begin());
+    let again_c = f.job("h", "c", &[("u1", T0, 10.0)]);
+    let again_d = f.job("h", "d", &[("u1", T0, 20.0), ("u2", T0 + 4 * HOUR, 4.0)]);
+    assert_eq!(f.commit(c, "h", &again_c).unwrap().version, 4);
+    let lost = f.commit(d, "h", &again_d);
+    let message = match lost {
+        Err(
+            ref e @ DeltaError::Conflict {
+                ref hours,
+                read_version,
+                ..
+            },
+        ) => {
+            assert_eq!(hours, &vec!["year=2024/month=01/day=01/hour=00".to_owned()]);
             assert_eq!(read_version, 3);
+            e.to_string()
         }
         other => panic!("expected a conflict, got {other:?}"),
-    }
-    let files = rt.block_on(files_at(&table, None)).unwrap();
+    };
+    assert!(
+        message.contains("hour=00") && message.contains("run it again"),
+        "{message}"
+    );
+    let files = f.files(None);
     assert!(
         files.iter().any(|f| f.ends_with("hour=00/part-c.parquet")),
         "{files:?}"
     );
     assert!(!files.iter().any(|f| f.contains("part-d")), "{files:?}");
-    let err = DeltaError::Conflict {
-        table: "t".into(),
-        read_version: 3,
-        hours: vec!["year=2024/month=01/day=01/hour=00".into()],
-    }
-    .to_string();
-    assert!(
-        err.contains("hour=00") && err.contains("run it again"),
-        "{err}"
-    );
 }
 
 #[test]
 fn another_build_is_refused_by_the_tables_own_binding() {
-    let dir = tempfile::tempdir().unwrap();
-    let m = manifest();
-    let table = table_dir(dir.path(), "spend", "1.0.0");
-    let rel = version_rel("spend", "1.0.0");
-    let schema = OfflineStore::schema(&m);
-    let rt = runtime();
-    let first = write_job(dir.path(), &m, "h", "a", &[("u1", T0, 1.0)]);
-    rt.block_on(async {
-        let job = Backfill::begin(&table).await.unwrap();
-        job.commit(&rel, &schema, "h", &first.parts).await.unwrap();
-    });
+    let f = Fixture::new();
+    let first = f.job("h", "a", &[("u1", T0, 1.0)]);
+    f.backfill("h", &first).unwrap();
     // Past the registry (a fresh store root would not hold its entry), the table
     // itself refuses another plugin's rows.
-    let refused = rt.block_on(async {
-        let job = Backfill::begin(&table).await.unwrap();
-        job.commit(&rel, &schema, "other", &first.parts).await
-    });
-    match refused {
+    match f.backfill("other", &first) {
         Err(DeltaError::OtherPlugin { bound, offered, .. }) => {
             assert_eq!((bound.as_str(), offered.as_str()), ("h", "other"));
         }
