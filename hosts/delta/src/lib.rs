@@ -200,7 +200,9 @@ async fn create(
     }
     std::fs::create_dir_all(dir).map_err(|e| DeltaError::Delta {
         table: name.clone(),
-        source: Box::new(DeltaTableError::Generic(format!("creating the folder: {e}"))),
+        source: Box::new(DeltaTableError::Generic(format!(
+            "creating the folder: {e}"
+        ))),
     })?;
     let created = deltalake_core::operations::create::CreateBuilder::new()
         .with_location(table_url(dir)?.to_string())
