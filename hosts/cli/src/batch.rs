@@ -4,7 +4,7 @@ use anyhow::{Context, Result, bail};
 use indicatif::{ProgressBar, ProgressStyle};
 use lockstep_batch::{BatchJob, Progress, SourceFormat};
 use lockstep_offline::snapshot::{SnapshotInfo, write_states};
-use lockstep_offline::{OfflineStore, S3Options, WriterOptions};
+use lockstep_offline::{S3Options, WriterOptions};
 use lockstep_runtime::Runtime;
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
@@ -37,6 +37,16 @@ pub enum TableFormat {
     Plain,
     /// A Delta Lake table: one commit per backfill.
     Delta,
+}
+
+impl TableFormat {
+    /// Its name on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            TableFormat::Plain => "plain",
+            TableFormat::Delta => "delta",
+        }
+    }
 }
 
 /// Where to register written tables.
@@ -127,9 +137,34 @@ pub fn run(args: RunArgs, runtime: &Runtime) -> Result<()> {
     // Check the group version first: a plugin that may not write here is refused
     // before any work is done. It is bound when the rows commit, so a job that fails
     // before then leaves it free.
-    let store = OfflineStore::open_location(&args.offline_store, &args.s3)?;
+    let store = crate::offline::open(&args.offline_store, &args.s3)?;
     let now = now_micros();
     let group = store.check_binding(plugin.manifest(), plugin.hash(), now)?;
+    // A group version is kept in one layout: the other's files would be invisible to
+    // its readers (a Delta log does not list plain files; plain readers refuse a table).
+    let is_table = store.holds_delta_table(&group.name, &group.version);
+    match args.table_format {
+        TableFormat::Plain if is_table => bail!(
+            "{}@{} is kept as a Delta table: write it with --table-format delta, or bump the \
+             version in the plugin's manifest to start a plain-layout version",
+            group.name,
+            group.version
+        ),
+        TableFormat::Delta
+            if !is_table
+                && !store
+                    .partition_files(&group.name, &group.version)?
+                    .is_empty() =>
+        {
+            bail!(
+                "{}@{} already holds plain-layout hours: write it with --table-format plain, \
+                 or bump the version in the plugin's manifest to start a Delta table",
+                group.name,
+                group.version
+            )
+        }
+        _ => {}
+    }
     let job = BatchJob {
         component: args.plugin.to_string_lossy().into_owned(),
         source: args.source.clone(),
@@ -151,21 +186,7 @@ pub fn run(args: RunArgs, runtime: &Runtime) -> Result<()> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    // A Delta backfill reads the table as it starts: a job that commits some of the
-    // same hours meanwhile makes this one's commit a conflict.
-    let delta = match args.table_format {
-        TableFormat::Plain => None,
-        TableFormat::Delta => {
-            let dir = lockstep_delta::table_dir(&store.root(), &group.name, &group.version);
-            let backfill = tokio
-                .block_on(lockstep_delta::Backfill::begin(&dir))
-                .context("reading the Delta table")?;
-            // Each job's files have names of their own: the table keeps the files a
-            // replacement removes for readers of older versions.
-            let job_id = format!("{now:x}-{:x}", std::process::id());
-            Some((backfill, lockstep_delta::part_file_name(&job_id)))
-        }
-    };
+    let commit = crate::offline::Commit::begin(args.table_format, &store, &group, now, &tokio)?;
     let mut writer = store.writer(
         &group,
         now,
@@ -173,7 +194,7 @@ pub fn run(args: RunArgs, runtime: &Runtime) -> Result<()> {
             buffer_bytes: args
                 .memory_limit
                 .map_or_else(default_buffer_bytes, |m| m / 4),
-            part_file: delta.as_ref().map(|(_, name)| name.clone()),
+            part_file: commit.part_file(),
             ..WriterOptions::default()
         },
     );
@@ -255,19 +276,7 @@ pub fn run(args: RunArgs, runtime: &Runtime) -> Result<()> {
     }
     let spills = writer.spills();
     let committing = Instant::now();
-    let written = writer.commit()?;
-    let delta_commit = match delta {
-        Some((backfill, _)) => {
-            let rel = lockstep_offline::layout::version_rel(&group.name, &group.version);
-            let schema = OfflineStore::schema(plugin.manifest());
-            Some(
-                tokio
-                    .block_on(backfill.commit(&rel, &schema, plugin.hash(), &written.parts))
-                    .context("committing the backfill to its Delta table")?,
-            )
-        }
-        None => None,
-    };
+    let (written, delta_commit) = commit.finish(writer, &group, plugin.hash(), &tokio)?;
     let commit_secs = committing.elapsed().as_secs_f64();
     let registered = match &args.catalog {
         Some(Catalog::Glue(database)) => {

@@ -119,6 +119,7 @@ pub fn run(events: usize) -> Result<()> {
             &events_path,
             2,
             &offline,
+            crate::batch::TableFormat::Plain,
         )?;
         println!(
             "  batch host   {} events → {} rows in {} hour partitions of {} in {:.0} ms",
@@ -378,7 +379,7 @@ fn training_set(work: &std::path::Path, offline: &std::path::Path, rows: &[Row])
         "label_time",
         vec!["txn_velocity".parse().map_err(anyhow::Error::msg)?],
     );
-    let store = lockstep_offline::OfflineStore::open(offline)?;
+    let store = crate::offline::open(&offline.to_string_lossy(), &Default::default())?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -7,10 +7,11 @@
 //! store, with one and with several partitions, and compares the stored rows with the
 //! expected ones exactly. `update` rewrites the expected rows, and only when asked.
 
+use crate::batch::TableFormat;
 use anyhow::{Context, Result, bail, ensure};
 use lockstep_batch::{BatchJob, SourceFormat};
 use lockstep_core::compare::{Row, canonical_order, canonical_rows, compare};
-use lockstep_offline::{OfflineStore, WriterOptions};
+use lockstep_offline::WriterOptions;
 use lockstep_runtime::{Plugin, Runtime};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -77,9 +78,10 @@ pub fn batch_rows(
     plugin: &(Plugin, PathBuf),
     events: &Path,
     partitions: usize,
+    format: TableFormat,
 ) -> Result<Vec<Row>> {
     let scratch = tempfile::tempdir().context("creating a scratch offline store")?;
-    Ok(backfill(plugin, events, partitions, scratch.path())?.0)
+    Ok(backfill(plugin, events, partitions, scratch.path(), format)?.0)
 }
 
 /// Backfills `events` (JSON lines) into the offline store at `store_root` with the
@@ -90,8 +92,9 @@ pub fn backfill(
     events: &Path,
     partitions: usize,
     store_root: &Path,
+    format: TableFormat,
 ) -> Result<(Vec<Row>, lockstep_offline::WriteSummary)> {
-    let store = OfflineStore::open(store_root)?;
+    let store = crate::offline::open(&store_root.to_string_lossy(), &Default::default())?;
     let group = store.register(plugin.manifest(), plugin.hash(), 0)?;
     let job = BatchJob {
         component: component.to_string_lossy().into_owned(),
@@ -110,12 +113,20 @@ pub fn backfill(
                 .saturating_add(lockstep_core::decode::DEFAULT_MAX_FUTURE_MICROS),
         ),
     };
-    let mut writer = store.writer(&group, 0, WriterOptions::default());
     let tokio = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(partitions.max(2))
         .enable_all()
         .build()
         .context("starting the async runtime")?;
+    let commit = crate::offline::Commit::begin(format, &store, &group, 0, &tokio)?;
+    let mut writer = store.writer(
+        &group,
+        0,
+        WriterOptions {
+            part_file: commit.part_file(),
+            ..WriterOptions::default()
+        },
+    );
     let out = tokio
         .block_on(lockstep_batch::run(&job, plugin, &mut writer))
         .with_context(|| format!("backfilling from {}", events.display()))?;
@@ -136,7 +147,7 @@ pub fn backfill(
             first.reason
         );
     }
-    let summary = writer.commit()?;
+    let (summary, _) = commit.finish(writer, &group, plugin.hash(), &tokio)?;
     let stored = store.read(&group.name, &group.version)?;
     Ok((canonical_rows(&stored, plugin.manifest()), summary))
 }
@@ -185,28 +196,36 @@ pub fn check(args: &GoldenArgs, runtime: &Runtime) -> Result<()> {
         let made_with = std::fs::read_to_string(dir.join(PLUGIN_HASH)).unwrap_or_default();
         let made_with = made_with.trim();
         let mut ok = true;
-        for partitions in PARTITIONS {
-            let started = Instant::now();
-            let rows = batch_rows(&loaded, &dir.join(EVENTS), partitions)?;
-            let c = compare(&key, &rows, &expected, 20);
-            if c.identical() {
-                println!(
-                    "golden {name}: batch ({partitions} partition{}) = golden ✓  {} rows, {} entities, {:.0} ms",
+        // Both layouts, each read back through its own reader: a table's snapshot
+        // or a plain layout's hour files must hold exactly the expected rows.
+        for format in [TableFormat::Plain, TableFormat::Delta] {
+            for partitions in PARTITIONS {
+                let started = Instant::now();
+                let rows = batch_rows(&loaded, &dir.join(EVENTS), partitions, format)?;
+                let c = compare(&key, &rows, &expected, 20);
+                let how = format!(
+                    "{partitions} partition{}, {}",
                     if partitions == 1 { "" } else { "s" },
-                    c.left_rows,
-                    c.entities,
-                    started.elapsed().as_secs_f64() * 1e3
+                    format.name()
                 );
-            } else {
-                ok = false;
-                println!("golden {name}: batch ({partitions} partitions) ≠ golden ✗");
-                print!("{}", c.render("batch", "golden"));
-                if !made_with.is_empty() && made_with != plugin.hash() {
+                if c.identical() {
                     println!(
-                        "note: the golden rows were made with plugin {made_with}, this is {}: \
-                         if the change is intended, run `lockstep golden update {name}`",
-                        plugin.hash()
+                        "golden {name}: batch ({how}) = golden ✓  {} rows, {} entities, {:.0} ms",
+                        c.left_rows,
+                        c.entities,
+                        started.elapsed().as_secs_f64() * 1e3
                     );
+                } else {
+                    ok = false;
+                    println!("golden {name}: batch ({how}) ≠ golden ✗");
+                    print!("{}", c.render("batch", "golden"));
+                    if !made_with.is_empty() && made_with != plugin.hash() {
+                        println!(
+                            "note: the golden rows were made with plugin {made_with}, this is \
+                             {}: if the change is intended, run `lockstep golden update {name}`",
+                            plugin.hash()
+                        );
+                    }
                 }
             }
         }
@@ -228,9 +247,14 @@ pub fn update(args: &GoldenArgs, runtime: &Runtime) -> Result<()> {
         let loaded = load_plugin(runtime, &args.plugins, &name)?;
         let plugin = &loaded.0;
         let key = plugin.manifest().entity_key.clone();
-        let rows = batch_rows(&loaded, &dir.join(EVENTS), PARTITIONS[0])?;
+        let rows = batch_rows(
+            &loaded,
+            &dir.join(EVENTS),
+            PARTITIONS[0],
+            TableFormat::Plain,
+        )?;
         for &partitions in &PARTITIONS[1..] {
-            let again = batch_rows(&loaded, &dir.join(EVENTS), partitions)?;
+            let again = batch_rows(&loaded, &dir.join(EVENTS), partitions, TableFormat::Plain)?;
             let c = compare(&key, &rows, &again, 20);
             ensure!(
                 c.identical(),

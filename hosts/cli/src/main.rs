@@ -5,6 +5,7 @@ mod batch;
 mod demo;
 mod gen_parquet;
 mod golden;
+mod offline;
 mod serve;
 mod skew;
 mod stream;
@@ -77,6 +78,10 @@ enum Command {
         /// state directory (rows.jsonl; late.jsonl is left out of the batch side).
         #[arg(long, conflicts_with_all = ["kinesis_endpoint", "shuffle_seed", "against"])]
         stream_log: Option<PathBuf>,
+        /// How the batch side keeps the rows it reads back: `plain` hour files or a
+        /// `delta` table (read through its log, as training sets read it).
+        #[arg(long, value_enum, default_value = "plain")]
+        table_format: batch::TableFormat,
         #[command(flatten)]
         runtime: RuntimeArgs,
     },
@@ -469,6 +474,7 @@ fn main() {
             kinesis_endpoint,
             kinesis_shards,
             stream_log,
+            table_format,
             runtime,
         } => runtime.runtime().and_then(|runtime| {
             let args = skew::SkewArgs {
@@ -481,6 +487,7 @@ fn main() {
                 kinesis_endpoint,
                 kinesis_shards,
                 stream_log,
+                table_format,
             };
             match skew::run(&args, &runtime)? {
                 true => Ok(()),

@@ -41,6 +41,8 @@ pub struct SkewArgs {
     /// Compare against what a `stream run` wrote in this state directory
     /// (`rows.jsonl`, `late.jsonl`) instead of streaming the events here.
     pub stream_log: Option<PathBuf>,
+    /// How the batch side's store keeps the rows it reads back.
+    pub table_format: crate::batch::TableFormat,
 }
 
 /// What a `stream run` logged in `dir`: its rows, and its late events (left out of
@@ -447,7 +449,12 @@ pub fn run(args: &SkewArgs, runtime: &Runtime) -> Result<bool> {
         w.flush()?;
     }
     let started = Instant::now();
-    let batch = batch_rows(&(plugin.clone(), args.plugin.clone()), &batch_events, 2)?;
+    let batch = batch_rows(
+        &(plugin.clone(), args.plugin.clone()),
+        &batch_events,
+        2,
+        args.table_format,
+    )?;
     let batch_ms = started.elapsed().as_secs_f64() * 1e3;
 
     let c = compare(&m.entity_key, &batch, &streamed.rows, 20);

@@ -1,7 +1,7 @@
 //! `lockstep training-set`: point-in-time-correct training sets from the offline store.
 
 use anyhow::{Context, Result};
-use lockstep_offline::{OfflineStore, S3Options};
+use lockstep_offline::S3Options;
 use lockstep_training::{AsOf, GroupSelection, LabelsFormat, TrainingSet, TrainingSetJob};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -47,6 +47,12 @@ pub struct Args {
     /// Partitions (threads) of the join (default: the number of cores).
     #[arg(long)]
     pub partitions: Option<usize>,
+    /// Read a group kept as a Delta table as of this table version (time travel), to
+    /// rebuild a training set exactly as it was built then: `N` for every group, or
+    /// `GROUP=N` for one (repeatable). The version read is printed and recorded in the
+    /// output's lineage.
+    #[arg(long = "as-of-version", value_name = "N|GROUP=N")]
+    pub as_of_versions: Vec<crate::offline::AsOfVersion>,
     /// Print the physical plan before running.
     #[arg(long)]
     pub explain: bool,
@@ -69,7 +75,24 @@ pub fn run(args: Args) -> Result<()> {
         ),
         None => None,
     };
-    let mut job = TrainingSetJob::new(&args.labels, &args.label_time, args.groups);
+    let mut groups = args.groups;
+    for wanted in &args.as_of_versions {
+        let mut applied = false;
+        for g in groups.iter_mut() {
+            if wanted.group.as_ref().is_none_or(|name| name == &g.name) {
+                g.table_version = Some(wanted.version);
+                applied = true;
+            }
+        }
+        if !applied {
+            anyhow::bail!(
+                "--as-of-version {}={}: no --group {0} was asked for",
+                wanted.group.as_deref().unwrap_or_default(),
+                wanted.version
+            );
+        }
+    }
+    let mut job = TrainingSetJob::new(&args.labels, &args.label_time, groups);
     job.format = args.format.map(|f| match f {
         LabelsFormatArg::Parquet => LabelsFormat::Parquet,
         LabelsFormatArg::Csv => LabelsFormat::Csv,
@@ -84,14 +107,13 @@ pub fn run(args: Args) -> Result<()> {
     if let Some(p) = args.partitions {
         job.partitions = p.max(1);
     }
-    let store = OfflineStore::open_location(
+    let store = crate::offline::open(
         &args.offline_store,
         &S3Options {
             endpoint: args.endpoint_url,
             ..Default::default()
         },
-    )
-    .with_context(|| format!("opening the offline store {}", args.offline_store))?;
+    )?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -102,8 +124,12 @@ pub fn run(args: Args) -> Result<()> {
             println!("{}", set.plan_display());
         }
         for g in &set.groups {
+            let table = match g.table_version {
+                Some(v) => format!("  Delta table version {v}"),
+                None => String::new(),
+            };
             println!(
-                "group {}@{}  plugin {}  {} hour files  features: {}",
+                "group {}@{}  plugin {}{table}  {} hour files  features: {}",
                 g.version.name,
                 g.version.version,
                 short(&g.version.plugin_hash),

@@ -735,8 +735,8 @@ import os; os._exit(0)
     assert_eq!(parts[1..], ["True", "True"], "{said}");
     assert!(parts[0].parse::<usize>().unwrap() > 1000, "{said}");
 
-    // Lockstep's own readers refuse the Delta table by name rather than read it as an
-    // empty plain layout.
+    // A store opened without a Delta reader refuses the table by name rather than read
+    // its folder as a plain layout (which would also read the replaced files).
     let err = OfflineStore::open(&delta)
         .expect("open")
         .read("txn_velocity", "1.0.0")
@@ -798,9 +798,9 @@ fn copy_dir(from: &Path, to: &Path) {
     assert!(status.success());
 }
 
-/// kill -9 of a Delta backfill at 20 random points: each time, a reader (the
-/// `deltalake` Python package) sees the table as it was before the job or as the job
-/// makes it, never a mix; a re-run then completes it.
+/// kill -9 of a Delta backfill at 20 random points: each time, two readers (the
+/// `deltalake` Python package, and Lockstep's own training set) see the table as it was
+/// before the job or as the job makes it, never a mix; a re-run then completes it.
 #[test]
 fn a_delta_backfill_killed_at_20_points_shows_the_old_version_or_the_new_one() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -834,6 +834,15 @@ fn a_delta_backfill_killed_at_20_points_shows_the_old_version_or_the_new_one() {
     let full_run = started.elapsed();
     let after = delta_digest(&table_of(&reference));
     assert_ne!(before, after, "the second job changes the table");
+    let labels = dir.path().join("labels.csv");
+    labels_from(&first, &labels);
+    let set = dir.path().join("set.parquet");
+    let set_before = training_set(&base, &labels, &set, &[]).1;
+    let set_after = training_set(&reference, &labels, &set, &[]).1;
+    assert_ne!(
+        set_before, set_after,
+        "the second job changes the training set"
+    );
 
     let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
     let mut outcomes = (0, 0);
@@ -854,10 +863,19 @@ fn a_delta_backfill_killed_at_20_points_shows_the_old_version_or_the_new_one() {
         let _ = child.kill(); // SIGKILL: no cleanup runs
         let _ = child.wait();
         let seen = delta_digest(&table_of(&store));
+        let set_seen = training_set(&store, &labels, &set, &[]).1;
         if seen == before {
+            assert_eq!(
+                set_seen, set_before,
+                "killed after {delay:?}: the training set"
+            );
             outcomes.0 += 1;
         } else {
             assert_eq!(seen, after, "killed after {delay:?}: neither version");
+            assert_eq!(
+                set_seen, set_after,
+                "killed after {delay:?}: the training set"
+            );
             outcomes.1 += 1;
         }
         if point % 5 == 0 {
@@ -871,4 +889,181 @@ fn a_delta_backfill_killed_at_20_points_shows_the_old_version_or_the_new_one() {
         outcomes.0, outcomes.1
     );
     assert!(outcomes.0 > 0, "some kills landed before the commit");
+}
+
+/// Labels for `txn_velocity` from `events`: every 7th event's card, 30 s after it.
+fn labels_from(events: &Path, out: &Path) {
+    let script = format!(
+        r#"
+import json, datetime
+with open({events:?}) as f, open({out:?}, 'w') as o:
+    o.write('card_id,label_time\n')
+    for i, line in enumerate(f):
+        if i % 7: continue
+        e = json.loads(line)
+        t = datetime.datetime.fromtimestamp(e['ts'] / 1e6 + 30, datetime.timezone.utc)
+        o.write(f"{{e['card_id']}},{{t.isoformat()}}\n")
+"#,
+        events = s(events),
+        out = s(out),
+    );
+    let out = Command::new("python3")
+        .args(["-c", &script])
+        .output()
+        .expect("python3");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+}
+
+/// `lockstep training-set` over `store` with `labels` (and `extra` flags): the
+/// printed summary, and the rows of the file it wrote as pyarrow reads them (a count
+/// and a digest).
+fn training_set(store: &Path, labels: &Path, out: &Path, extra: &[&str]) -> (String, String) {
+    let mut args = vec![
+        "training-set",
+        "--labels",
+        s(labels),
+        "--group",
+        "txn_velocity@1.0.0",
+        "--offline-store",
+        s(store),
+        "--out",
+        s(out),
+    ];
+    args.extend_from_slice(extra);
+    let made = lockstep(&args);
+    assert!(made.status.success(), "{}", text(&made.stderr));
+    let script = format!(
+        r#"
+import hashlib, json, pyarrow.parquet as pq
+t = pq.read_table({out:?})
+rows = sorted(json.dumps(r, sort_keys=True, default=str) for r in t.to_pylist())
+print(len(rows), hashlib.sha256('\n'.join(rows).encode()).hexdigest()[:16])
+"#,
+        out = s(out)
+    );
+    let read = Command::new("python3")
+        .args(["-c", &script])
+        .output()
+        .expect("python3");
+    assert!(read.status.success(), "{}", text(&read.stderr));
+    (text(&made.stdout), text(&read.stdout).trim().to_owned())
+}
+
+/// Time travel: a training set built from a Delta table at version N is rebuilt row for
+/// row with `--as-of-version N` after later backfills replaced its hours; asking for a
+/// version the table does not have, or time travel in the plain layout, says so.
+#[test]
+fn a_training_set_rebuilt_as_of_a_delta_version_equals_the_one_built_then() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let first = generate_as(dir.path(), 6_000, "first.jsonl");
+    let second = dir.path().join("second.jsonl");
+    let out = lockstep(&[
+        "gen",
+        "events",
+        "--kind",
+        "transactions",
+        "--rows",
+        "6000",
+        "--entities",
+        "200",
+        "--seed",
+        "6",
+        "--out",
+        s(&second),
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let labels = dir.path().join("labels.csv");
+    labels_from(&first, &labels);
+    let store = dir.path().join("store");
+    let delta = ["--table-format", "delta"];
+    assert!(backfill(&first, &store, &delta).status.success());
+    let set = dir.path().join("set.parquet");
+    let (said, then) = training_set(&store, &labels, &set, &[]);
+    assert!(said.contains("Delta table version 1"), "{said}");
+    let lineage = lineage_of(&set);
+    assert!(lineage.contains("\"table_version\":1"), "{lineage}");
+
+    // The same hours again from other events: version 2 replaces them.
+    assert!(backfill(&second, &store, &delta).status.success());
+    let (said, now) = training_set(&store, &labels, &set, &[]);
+    assert!(said.contains("Delta table version 2"), "{said}");
+    assert_ne!(then, now, "the replacement changes the training set");
+    let (said, again) = training_set(&store, &labels, &set, &["--as-of-version", "1"]);
+    assert!(said.contains("Delta table version 1"), "{said}");
+    assert_eq!(again, then, "rebuilt as of version 1");
+    let (_, named) = training_set(
+        &store,
+        &labels,
+        &set,
+        &["--as-of-version", "txn_velocity=1"],
+    );
+    assert_eq!(named, then);
+
+    // A version the table does not have, a group not asked for, the plain layout.
+    let refused = |store: &Path, version: &str| {
+        let out = lockstep(&[
+            "training-set",
+            "--labels",
+            s(&labels),
+            "--group",
+            "txn_velocity@1.0.0",
+            "--offline-store",
+            s(store),
+            "--out",
+            s(&dir.path().join("refused.parquet")),
+            "--as-of-version",
+            version,
+        ]);
+        assert_eq!(out.status.code(), Some(1), "{}", text(&out.stdout));
+        assert!(!dir.path().join("refused.parquet").exists());
+        text(&out.stderr)
+    };
+    let err = refused(&store, "9");
+    assert!(
+        err.contains("has no version 9 (its versions are 0 to 2)"),
+        "{err}"
+    );
+    let err = refused(&store, "spend=1");
+    assert!(err.contains("no --group spend"), "{err}");
+    let plain = dir.path().join("plain");
+    assert!(backfill(&first, &plain, &[]).status.success());
+    let err = refused(&plain, "1");
+    assert!(
+        err.contains("plain layout, which has no table versions"),
+        "{err}"
+    );
+    // The plain layout's training set equals the Delta table's at version 1.
+    let (said, plain_set) = training_set(&plain, &labels, &set, &[]);
+    assert!(!said.contains("Delta table"), "{said}");
+    assert_eq!(plain_set, then, "both layouts hold the same rows");
+
+    // One group version, one layout: the other is refused before any work.
+    let out = backfill(&first, &store, &[]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("is kept as a Delta table"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = backfill(&first, &plain, &delta);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("already holds plain-layout hours"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+/// The lineage a training set records in its Parquet metadata.
+fn lineage_of(set: &Path) -> String {
+    let script = format!(
+        "import pyarrow.parquet as pq; print(pq.ParquetFile({:?}).metadata.metadata[b'lockstep.training_set'].decode())",
+        s(set)
+    );
+    let out = Command::new("python3")
+        .args(["-c", &script])
+        .output()
+        .expect("python3");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    text(&out.stdout)
 }

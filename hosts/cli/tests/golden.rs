@@ -47,9 +47,11 @@ fn every_plugin_matches_its_golden_rows_with_any_partitioning() {
     let (ok, stdout, stderr) = check(&repo("golden"), &[]);
     assert!(ok, "{stdout}\n{stderr}");
     for plugin in ["txn_velocity", "churn_features", "clickstream_clean"] {
-        for partitions in ["(1 partition)", "(3 partitions)"] {
-            let line = format!("golden {plugin}: batch {partitions} = golden ✓");
-            assert!(stdout.contains(&line), "no `{line}` in:\n{stdout}");
+        for partitions in ["1 partition", "3 partitions"] {
+            for layout in ["plain", "delta"] {
+                let line = format!("golden {plugin}: batch ({partitions}, {layout}) = golden ✓");
+                assert!(stdout.contains(&line), "no `{line}` in:\n{stdout}");
+            }
         }
     }
 }

@@ -7,12 +7,14 @@ mod common;
 use common::{built, lockstep, plugin, repo, s, text};
 
 #[test]
-fn every_golden_set_has_zero_skew_in_file_and_shuffled_order() {
+fn every_golden_set_has_zero_skew_in_file_and_shuffled_order_through_both_layouts() {
     for name in ["txn_velocity", "churn_features", "clickstream_clean"] {
         let wasm = plugin(name);
         let events = repo("golden").join(name).join("events.jsonl");
-        for shuffle in [None, Some("7")] {
+        // The batch side reads its rows back through either layout's reader.
+        for (shuffle, layout) in [(None, "plain"), (Some("7"), "delta")] {
             let mut args = vec!["skew-check", "--plugin", s(&wasm), "--events", s(&events)];
+            args.extend(["--table-format", layout]);
             if let Some(seed) = shuffle {
                 args.extend(["--shuffle-seed", seed]);
             }

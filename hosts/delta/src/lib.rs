@@ -96,6 +96,19 @@ pub enum DeltaError {
         /// Its Arrow type.
         data_type: String,
     },
+    /// A table version that the table does not have was asked for.
+    #[error(
+        "Delta table {table} has no version {version}{}",
+        match latest { Some(l) => format!(" (its versions are 0 to {l})"), None => String::new() }
+    )]
+    NoSuchVersion {
+        /// The table.
+        table: String,
+        /// The version asked for.
+        version: i64,
+        /// Its latest version, when known.
+        latest: Option<i64>,
+    },
     /// The table's folder cannot be named as a URL.
     #[error("cannot open {0} as a Delta table: its path cannot be made absolute")]
     Location(PathBuf),
@@ -463,25 +476,10 @@ impl Backfill {
     }
 }
 
-/// The active files of `table` at `version` (time travel), as paths relative to it.
+/// The active files of the table at `dir` as of `version` (time travel; `None`: the
+/// latest), relative to it, in time order.
 pub async fn files_at(dir: &Path, version: Option<i64>) -> Result<Vec<String>, DeltaError> {
-    let name = dir.display().to_string();
-    let url = table_url(dir)?;
-    let table = match version {
-        Some(v) => deltalake_core::open_table_with_version(url, v.max(0) as u64).await,
-        None => deltalake_core::open_table(url).await,
-    }
-    .map_err(|source| DeltaError::Delta {
-        table: name.clone(),
-        source: Box::new(source),
-    })?;
-    let mut files: Vec<String> = active_files(&table, &name)
-        .await?
-        .into_iter()
-        .map(|(path, ..)| path)
-        .collect();
-    files.sort();
-    Ok(files)
+    Ok(snapshot(dir, version).await?.files)
 }
 
 /// `year=2024/month=01/…` as the SQL predicate a `replaceWhere` names it by.
@@ -500,4 +498,102 @@ fn partition_values(hour: &Hour) -> HashMap<String, Option<String>> {
         .zip(hour.values())
         .map(|(c, v)| (c.to_string(), Some(v)))
         .collect()
+}
+
+/// Reads group versions kept as Delta tables for the offline store: attach it with
+/// [`OfflineStore::with_table_log`](lockstep_offline::OfflineStore::with_table_log)
+/// and every reader of the store (training sets, golden checks, skew-check) reads a
+/// table's snapshot — the latest, or the version asked for (time travel).
+#[derive(Debug, Clone, Default)]
+pub struct DeltaTables;
+
+impl lockstep_offline::TableLog for DeltaTables {
+    fn format(&self) -> &'static str {
+        "Delta Lake"
+    }
+
+    fn log_dir(&self) -> &'static str {
+        "_delta_log"
+    }
+
+    fn snapshot(
+        &self,
+        table_dir: &str,
+        version: Option<i64>,
+    ) -> Result<lockstep_offline::TableSnapshot, Box<dyn std::error::Error + Send + Sync>> {
+        let dir = PathBuf::from(table_dir);
+        // The store's readers are synchronous and may be called from inside an async
+        // runtime, where blocking on another future would panic: the log is read on a
+        // thread of its own, with a runtime of its own.
+        let read = std::thread::scope(|scope| {
+            scope
+                .spawn(|| {
+                    let runtime = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                        .map_err(|e| -> Box<dyn std::error::Error + Send + Sync> {
+                            format!("starting a runtime to read the log: {e}").into()
+                        })?;
+                    runtime
+                        .block_on(snapshot(&dir, version))
+                        .map_err(|e| -> Box<dyn std::error::Error + Send + Sync> { e.into() })
+                })
+                .join()
+        });
+        read.unwrap_or_else(|_| Err("reading the Delta log panicked".into()))
+    }
+}
+
+/// The table at `dir` as of `version` (`None`: the latest): its version and its active
+/// files, relative to it, in time order.
+pub async fn snapshot(
+    dir: &Path,
+    version: Option<i64>,
+) -> Result<lockstep_offline::TableSnapshot, DeltaError> {
+    let name = dir.display().to_string();
+    let url = table_url(dir)?;
+    let table = match version {
+        Some(v) if v < 0 => {
+            return Err(DeltaError::NoSuchVersion {
+                table: name,
+                version: v,
+                latest: None,
+            });
+        }
+        Some(v) => deltalake_core::open_table_with_version(url, v as u64).await,
+        None => deltalake_core::open_table(url).await,
+    };
+    let table = match table {
+        Ok(table) => table,
+        Err(source) => {
+            // Name the versions there are when the one asked for is not among them.
+            if let Some(v) = version
+                && let Ok(latest) = open(dir).await
+            {
+                let latest = latest.and_then(|t| t.version()).map(|l| l as i64);
+                if latest.is_some_and(|l| v > l) {
+                    return Err(DeltaError::NoSuchVersion {
+                        table: name,
+                        version: v,
+                        latest,
+                    });
+                }
+            }
+            return Err(DeltaError::Delta {
+                table: name,
+                source: Box::new(source),
+            });
+        }
+    };
+    let mut files: Vec<String> = active_files(&table, &name)
+        .await?
+        .into_iter()
+        .map(|(path, ..)| path)
+        .collect();
+    // Hour folders are zero-padded: path order is time order.
+    files.sort();
+    Ok(lockstep_offline::TableSnapshot {
+        version: table.version().map_or(-1, |v| v as i64),
+        files,
+    })
 }

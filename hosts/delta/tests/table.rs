@@ -7,7 +7,9 @@ use arrow_array::{ArrayRef, Float64Array, RecordBatch, StringArray, TimestampMic
 use arrow_schema::SchemaRef;
 use lockstep_abi::{Manifest, Value, ValueType};
 use lockstep_core::schema::row_schema;
-use lockstep_delta::{Backfill, Committed, DeltaError, files_at, part_file_name, table_dir};
+use lockstep_delta::{
+    Backfill, Committed, DeltaError, DeltaTables, files_at, part_file_name, table_dir,
+};
 use lockstep_offline::layout::version_rel;
 use lockstep_offline::{OfflineStore, WriteSummary, WriterOptions};
 use std::path::{Path, PathBuf};
@@ -255,4 +257,65 @@ fn another_build_is_refused_by_the_tables_own_binding() {
         }
         other => panic!("expected a refusal, got {other:?}"),
     }
+}
+
+/// The offline store with [`DeltaTables`] attached reads a table's snapshot: the latest
+/// rows only (not the replaced file beside them), an old version's on request, and
+/// names a version the table does not have.
+#[test]
+fn the_offline_store_reads_a_tables_snapshot_through_its_log() {
+    let f = Fixture::new();
+    let first = f.job("h", "a", &[("u1", T0, 1.0), ("u1", T0 + HOUR, 2.0)]);
+    f.backfill("h", &first).unwrap();
+    let second = f.job("h", "b", &[("u1", T0 + HOUR, 5.0)]);
+    f.backfill("h", &second).unwrap();
+    let totals = |store: &OfflineStore| -> Vec<f64> {
+        store
+            .read("spend", "1.0.0")
+            .expect("read")
+            .iter()
+            .flat_map(|b| {
+                let c = b.column(2).as_any().downcast_ref::<Float64Array>().unwrap();
+                c.values().to_vec()
+            })
+            .collect()
+    };
+    let plain = OfflineStore::open(f.dir.path()).unwrap();
+    assert!(matches!(
+        plain.read("spend", "1.0.0"),
+        Err(lockstep_offline::OfflineError::DeltaTable { .. })
+    ));
+    let store = plain.with_table_log(Arc::new(DeltaTables));
+    assert_eq!(totals(&store), vec![1.0, 5.0]);
+    let at_1 = store
+        .files_at("spend", "1.0.0", Some(1))
+        .expect("version 1");
+    assert_eq!(at_1.table_version, Some(1));
+    assert_eq!(
+        at_1.files,
+        vec![
+            format!("{}/year=2024/month=01/day=01/hour=00/part-a.parquet", f.rel),
+            format!("{}/year=2024/month=01/day=01/hour=01/part-a.parquet", f.rel),
+        ]
+    );
+    assert_eq!(
+        store
+            .files_at("spend", "1.0.0", None)
+            .unwrap()
+            .table_version,
+        Some(2)
+    );
+    let err = store
+        .files_at("spend", "1.0.0", Some(7))
+        .expect_err("no version 7")
+        .to_string();
+    assert!(
+        err.contains("has no version 7 (its versions are 0 to 2)"),
+        "{err}"
+    );
+    // From inside an async runtime too (the training set plans there).
+    let files =
+        f.rt.block_on(async { store.files_at("spend", "1.0.0", Some(2)) })
+            .unwrap();
+    assert_eq!(files.files.len(), 2);
 }

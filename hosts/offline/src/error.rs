@@ -4,17 +4,43 @@ use thiserror::Error;
 /// A failure of the offline store, naming the file or group concerned.
 #[derive(Debug, Error)]
 pub enum OfflineError {
-    /// The group version is a Delta table, which this reader does not read yet.
+    /// The group version is a table with a log (Delta Lake) and the store was opened
+    /// without a reader for it.
     #[error(
-        "{group}@{version} is kept as a Delta table (batch run --table-format delta): read \
-         it with a Delta reader (the deltalake package, Spark, DuckDB's delta extension); \
-         training sets, golden checks and skew-check read plain-layout versions only for now"
+        "{group}@{version} is kept as a Delta table (batch run --table-format delta) and this \
+         store was opened without a Delta reader: read it through Lockstep's CLI, or with a \
+         Delta reader (the deltalake package, Spark, DuckDB's delta extension)"
     )]
     DeltaTable {
         /// The group.
         group: String,
         /// The version.
         version: String,
+    },
+    /// A table version was asked of a plain-layout group version, which has none.
+    #[error(
+        "{group}@{version} is kept in the plain layout, which has no table versions to \
+         travel to; only a Delta table (batch run --table-format delta) keeps them"
+    )]
+    NoTableVersions {
+        /// The group.
+        group: String,
+        /// The version.
+        version: String,
+    },
+    /// The table's log could not be read.
+    #[error("{format} table {group}@{version} at {location}: {source}")]
+    Table {
+        /// The table format.
+        format: &'static str,
+        /// The group.
+        group: String,
+        /// The version.
+        version: String,
+        /// The table's folder.
+        location: String,
+        /// Why.
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
     /// A file or directory operation failed.
     #[error("offline store: {action} {path}: {source}")]

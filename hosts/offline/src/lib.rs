@@ -39,10 +39,12 @@ pub mod layout;
 mod registry;
 pub mod snapshot;
 mod store;
+pub mod table;
 pub mod writer;
 
 pub use backend::{S3Options, parse_s3_url};
 pub use error::OfflineError;
 pub use registry::GroupVersion;
-pub use store::{OfflineStore, STORE_COLUMNS, WriteSummary, WrittenPart};
+pub use store::{OfflineStore, STORE_COLUMNS, StoredFiles, WriteSummary, WrittenPart};
+pub use table::{TableLog, TableSnapshot};
 pub use writer::{OfflineWriter, WriterOptions};

@@ -2,6 +2,7 @@
 
 use crate::backend::{Backend, S3Options};
 use crate::layout::{self, PART_FILE};
+use crate::table::TableLog;
 use crate::writer::{OfflineWriter, WriterOptions};
 use crate::{GroupVersion, OfflineError, registry};
 use arrow_array::RecordBatch;
@@ -60,6 +61,18 @@ pub struct WrittenPart {
 #[derive(Debug, Clone)]
 pub struct OfflineStore {
     backend: Backend,
+    /// Reads group versions kept as tables with a log of their own.
+    table_log: Option<Arc<dyn TableLog>>,
+}
+
+/// The data files a group version holds, as a reader should read them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredFiles {
+    /// The table version they are the snapshot of (`None`: a plain layout, which has no
+    /// versions).
+    pub table_version: Option<i64>,
+    /// The files, relative to the store root, in time order.
+    pub files: Vec<String>,
 }
 
 impl OfflineStore {
@@ -67,6 +80,7 @@ impl OfflineStore {
     pub fn open(root: impl Into<PathBuf>) -> Result<Self, OfflineError> {
         Ok(OfflineStore {
             backend: Backend::local(root.into())?,
+            table_log: None,
         })
     }
 
@@ -76,6 +90,7 @@ impl OfflineStore {
         if location.starts_with("s3://") || location.starts_with("s3a://") {
             Ok(OfflineStore {
                 backend: Backend::s3(location, s3)?,
+                table_log: None,
             })
         } else if location.contains("://") {
             Err(OfflineError::Object {
@@ -86,6 +101,13 @@ impl OfflineStore {
         } else {
             Self::open(location)
         }
+    }
+
+    /// This store, reading group versions kept as tables through `log`: their files
+    /// are the active ones of a table snapshot, not whatever their folders hold.
+    pub fn with_table_log(mut self, log: Arc<dyn TableLog>) -> Self {
+        self.table_log = Some(log);
+        self
     }
 
     /// The store's root: its directory, or its `s3://` URL.
@@ -213,20 +235,66 @@ impl OfflineStore {
         Ok(out)
     }
 
-    /// The hour partition files of `group@version` (relative to the store root), in
-    /// time order. Each holds one hour's rows sorted by entity key, then event time,
-    /// rows of equal time in the order they were emitted.
-    /// A group version kept as a Delta table is refused by name, not read as an empty
-    /// plain layout: its files are the table's active ones, which only its log says.
-    pub fn partition_files(&self, group: &str, version: &str) -> Result<Vec<String>, OfflineError> {
+    /// Whether `group@version` is kept as a Delta table (its folder holds a Delta log).
+    pub fn holds_delta_table(&self, group: &str, version: &str) -> bool {
         let rel = layout::version_rel(group, version);
-        if self.backend.locate(&format!("{rel}/_delta_log")).is_dir() {
-            return Err(OfflineError::DeltaTable {
+        self.backend.locate(&format!("{rel}/_delta_log")).is_dir()
+    }
+
+    /// The hour partition files of `group@version` (relative to the store root), in
+    /// time order: the latest snapshot of a table; see [`files_at`](Self::files_at).
+    pub fn partition_files(&self, group: &str, version: &str) -> Result<Vec<String>, OfflineError> {
+        Ok(self.files_at(group, version, None)?.files)
+    }
+
+    /// The data files of `group@version` as of `table_version` (`None`: the latest).
+    /// Each holds one hour's rows sorted by entity key, then event time, rows of equal
+    /// time in the order they were emitted. A plain layout's files are its folder's;
+    /// a table's are the active files of its log's snapshot (read through the attached
+    /// [`TableLog`], and refused by name without one — never read as a plain layout,
+    /// whose folder also holds the files a replacement removed).
+    pub fn files_at(
+        &self,
+        group: &str,
+        version: &str,
+        table_version: Option<i64>,
+    ) -> Result<StoredFiles, OfflineError> {
+        let rel = layout::version_rel(group, version);
+        let is_table = |log_dir: &str| self.backend.locate(&format!("{rel}/{log_dir}")).is_dir();
+        match &self.table_log {
+            Some(log) if is_table(log.log_dir()) => {
+                let location = self.backend.locate(&rel).to_string_lossy().into_owned();
+                let snapshot = log.snapshot(&location, table_version).map_err(|source| {
+                    OfflineError::Table {
+                        format: log.format(),
+                        group: group.to_owned(),
+                        version: version.to_owned(),
+                        location,
+                        source,
+                    }
+                })?;
+                Ok(StoredFiles {
+                    table_version: Some(snapshot.version),
+                    files: snapshot
+                        .files
+                        .into_iter()
+                        .map(|f| format!("{rel}/{f}"))
+                        .collect(),
+                })
+            }
+            _ if self.holds_delta_table(group, version) => Err(OfflineError::DeltaTable {
                 group: group.to_owned(),
                 version: version.to_owned(),
-            });
+            }),
+            _ if table_version.is_some() => Err(OfflineError::NoTableVersions {
+                group: group.to_owned(),
+                version: version.to_owned(),
+            }),
+            _ => Ok(StoredFiles {
+                table_version: None,
+                files: self.backend.list_named(&rel, PART_FILE)?,
+            }),
         }
-        self.backend.list_named(&rel, PART_FILE)
     }
 
     /// The bytes of the stored object at `rel` (as [`partition_files`](Self::partition_files)

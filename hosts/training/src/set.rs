@@ -55,6 +55,9 @@ pub struct GroupSelection {
     pub version: Option<String>,
     /// The features wanted, in output order; `None` for all of them.
     pub features: Option<Vec<String>>,
+    /// The table version to read, for a group version kept as a Delta table (time
+    /// travel: a training set built then is rebuilt row for row); `None`: the latest.
+    pub table_version: Option<i64>,
 }
 
 impl FromStr for GroupSelection {
@@ -87,6 +90,7 @@ impl FromStr for GroupSelection {
             name: name.to_owned(),
             version,
             features,
+            table_version: None,
         })
     }
 }
@@ -163,6 +167,8 @@ pub struct ResolvedGroup {
     pub features: Vec<String>,
     /// Its hour partition files, relative to the store root, in time order.
     pub files: Vec<String>,
+    /// The table version the files are the snapshot of (`None`: a plain layout).
+    pub table_version: Option<i64>,
     matched: Arc<AtomicU64>,
 }
 
@@ -575,11 +581,12 @@ fn resolve(
             .map(|f| f.name.clone())
             .collect(),
     };
-    let files = store.partition_files(&version.name, &version.version)?;
+    let stored = store.files_at(&version.name, &version.version, selection.table_version)?;
     Ok(ResolvedGroup {
         version,
         features,
-        files,
+        files: stored.files,
+        table_version: stored.table_version,
         matched: Arc::new(AtomicU64::new(0)),
     })
 }
@@ -755,6 +762,7 @@ fn lineage(job: &TrainingSetJob, groups: &[ResolvedGroup]) -> String {
             "name": g.version.name,
             "version": g.version.version,
             "plugin_hash": g.version.plugin_hash,
+            "table_version": g.table_version,
             "features": g.features,
         })).collect::<Vec<_>>(),
     })
