@@ -44,6 +44,9 @@ enum Command {
     /// latest feature row of each group recorded before its time (an as-of join over
     /// the offline store). Never a value from after the label.
     TrainingSet(training::Args),
+    /// Maintain the offline store.
+    #[command(subcommand)]
+    Offline(OfflineCommand),
     /// Run the batch host and the stream host over the same events and compare every
     /// row bit for bit. Exit 0: identical; 1: skew (with a diff); 2: could not check.
     SkewCheck {
@@ -142,6 +145,13 @@ enum Command {
         #[arg(long, default_value_t = 50_000)]
         events: usize,
     },
+}
+
+#[derive(Subcommand)]
+enum OfflineCommand {
+    /// Remove the data files of a group's Delta tables that no version younger than
+    /// the retention needs (files replaced by later backfills, files of killed jobs).
+    Vacuum(offline::VacuumArgs),
 }
 
 #[derive(Subcommand)]
@@ -546,6 +556,7 @@ fn main() {
             )
         }),
         Command::TrainingSet(args) => training::run(args),
+        Command::Offline(OfflineCommand::Vacuum(args)) => offline::vacuum(args),
         Command::Stream(StreamCommand::Run { args, runtime }) => {
             stream::init_logging();
             runtime

@@ -144,3 +144,103 @@ mod tests {
         }
     }
 }
+
+/// What `offline vacuum` takes.
+#[derive(clap::Args)]
+pub struct VacuumArgs {
+    /// Offline store: a directory.
+    #[arg(long)]
+    pub offline_store: String,
+    /// The group, NAME or NAME@VERSION (every version kept as a Delta table when the
+    /// version is left out).
+    #[arg(long)]
+    pub group: String,
+    /// Keep files any version younger than this still needs, and files written this
+    /// recently (a job still running), e.g. 168h, 7d.
+    #[arg(long, default_value = "7d", value_parser = humantime::parse_duration)]
+    pub retain: std::time::Duration,
+    /// List what would be removed, remove nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Allow a retention shorter than the table's (a week by default): a reader of an
+    /// older version, or a job still writing, may lose its files.
+    #[arg(long)]
+    pub allow_short_retention: bool,
+}
+
+/// `lockstep offline vacuum`: Delta's VACUUM on a group's tables.
+pub fn vacuum(args: VacuumArgs) -> Result<()> {
+    let store = open(&args.offline_store, &S3Options::default())?;
+    let (name, wanted) = match args.group.split_once('@') {
+        Some((name, version)) => (name, Some(version)),
+        None => (args.group.as_str(), None),
+    };
+    let versions = store.versions(name)?;
+    anyhow::ensure!(
+        !versions.is_empty(),
+        "feature group `{name}` is not in the offline store at {}",
+        store.root().display()
+    );
+    let selected: Vec<_> = versions
+        .iter()
+        .filter(|v| wanted.is_none_or(|w| w == v.version))
+        .collect();
+    if let Some(w) = wanted {
+        anyhow::ensure!(
+            !selected.is_empty(),
+            "feature group `{name}` has no version {w}; it has: {}",
+            versions
+                .iter()
+                .map(|v| v.version.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let retain = humantime::format_duration(args.retain);
+    for v in selected {
+        if !store.holds_delta_table(&v.name, &v.version) {
+            println!(
+                "{}@{}: plain layout, no Delta table to vacuum (a replaced hour's file is \
+                 replaced in place)",
+                v.name, v.version
+            );
+            continue;
+        }
+        let dir = lockstep_delta::table_dir(&store.root(), &v.name, &v.version);
+        let done = runtime
+            .block_on(lockstep_delta::vacuum(
+                &dir,
+                args.retain,
+                args.dry_run,
+                args.allow_short_retention,
+            ))
+            .with_context(|| {
+                format!(
+                    "vacuuming {}@{} (retain {retain}; a retention shorter than the table's \
+                     needs --allow-short-retention)",
+                    v.name, v.version
+                )
+            })?;
+        let verb = if done.dry_run {
+            "would remove"
+        } else {
+            "removed"
+        };
+        println!(
+            "{}@{}: {verb} {} files no version younger than {retain} needs",
+            v.name,
+            v.version,
+            done.files.len()
+        );
+        if done.dry_run {
+            for f in &done.files {
+                println!("  {f}");
+            }
+        }
+    }
+    Ok(())
+}

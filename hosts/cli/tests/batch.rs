@@ -1067,3 +1067,103 @@ fn lineage_of(set: &Path) -> String {
     assert!(out.status.success(), "{}", text(&out.stderr));
     text(&out.stdout)
 }
+
+/// `offline vacuum`: files a replacement removed stay until VACUUM; it keeps what the
+/// retention protects, refuses a retention shorter than the table's without the flag
+/// that accepts the risk, lists on a dry run, and then removes the replaced files and
+/// a killed job's orphan — the latest version still reads whole.
+#[test]
+fn offline_vacuum_removes_replaced_and_orphaned_files_only_past_the_retention() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let events = generate(dir.path(), 2_000);
+    let store = dir.path().join("store");
+    let delta = ["--table-format", "delta"];
+    assert!(backfill(&events, &store, &delta).status.success());
+    assert!(backfill(&events, &store, &delta).status.success());
+    let table = store.join("txn_velocity/version=1.0.0");
+    let parquet_files = || {
+        let out = Command::new("find")
+            .arg(&table)
+            .args(["-name", "*.parquet"])
+            .output()
+            .expect("find");
+        let mut files: Vec<String> = text(&out.stdout).lines().map(str::to_owned).collect();
+        files.sort();
+        files
+    };
+    let all = parquet_files();
+    let hours = all.len() / 2;
+    assert!(hours > 10, "{all:?}");
+    // A job killed before its commit leaves a file no version holds.
+    let orphan = Path::new(&all[0]).with_file_name("part-killed.parquet");
+    std::fs::copy(&all[0], &orphan).expect("orphan");
+    let latest = delta_digest(&table);
+    let vacuum = |extra: &[&str]| {
+        let mut args = vec![
+            "offline",
+            "vacuum",
+            "--offline-store",
+            s(&store),
+            "--group",
+            "txn_velocity",
+        ];
+        args.extend_from_slice(extra);
+        lockstep(&args)
+    };
+
+    let out = vacuum(&[]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("removed 0 files no version younger than 7days needs"),
+        "{}",
+        text(&out.stdout)
+    );
+    let out = vacuum(&["--retain", "0s"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("--allow-short-retention"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = vacuum(&["--retain", "0s", "--allow-short-retention", "--dry-run"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains(&format!("would remove {} files", hours + 1)),
+        "{}",
+        text(&out.stdout)
+    );
+    assert_eq!(
+        parquet_files().len(),
+        all.len() + 1,
+        "a dry run removes nothing"
+    );
+    let out = vacuum(&["--retain", "0s", "--allow-short-retention"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains(&format!("removed {} files", hours + 1)),
+        "{}",
+        text(&out.stdout)
+    );
+    assert_eq!(parquet_files().len(), hours);
+    assert!(!orphan.exists());
+    assert_eq!(
+        delta_digest(&table),
+        latest,
+        "the latest version reads whole"
+    );
+
+    let out = lockstep(&[
+        "offline",
+        "vacuum",
+        "--offline-store",
+        s(&store),
+        "--group",
+        "txn_velocity@9.9.9",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("has no version 9.9.9; it has: 1.0.0"),
+        "{}",
+        text(&out.stderr)
+    );
+}

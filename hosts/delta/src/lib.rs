@@ -597,3 +597,51 @@ pub async fn snapshot(
         files,
     })
 }
+
+/// What a VACUUM removed, or would remove.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Vacuumed {
+    /// Only listed, not removed.
+    pub dry_run: bool,
+    /// The files, relative to the table.
+    pub files: Vec<String>,
+}
+
+/// Delta's VACUUM on the table at `dir`: removes data files that no version younger than
+/// `retain` needs — files a replacement removed, and files of jobs killed before their
+/// commit (no version ever held them) — once they are older than `retain`. A reader of
+/// an older version, or a job still writing, is never cut off within that time.
+/// `retain` shorter than the table's `delta.deletedFileRetentionDuration` (a week by
+/// default) is refused unless `allow_short` — with it, a reader of an old version or a
+/// running job may lose its files.
+pub async fn vacuum(
+    dir: &Path,
+    retain: std::time::Duration,
+    dry_run: bool,
+    allow_short: bool,
+) -> Result<Vacuumed, DeltaError> {
+    let name = dir.display().to_string();
+    let fail = |source| DeltaError::Delta {
+        table: name.clone(),
+        source: Box::new(source),
+    };
+    let table = open(dir)
+        .await?
+        .ok_or_else(|| fail(DeltaTableError::NotATable(name.clone())))?;
+    let retain = chrono::Duration::from_std(retain).map_err(|_| {
+        fail(DeltaTableError::Generic(format!(
+            "a retention of {retain:?} is too long"
+        )))
+    })?;
+    let (_, metrics) = table
+        .vacuum()
+        .with_retention_period(retain)
+        .with_mode(deltalake_core::operations::vacuum::VacuumMode::Full)
+        .with_enforce_retention_duration(!allow_short)
+        .with_dry_run(dry_run)
+        .await
+        .map_err(fail)?;
+    let mut files = metrics.files_deleted;
+    files.sort();
+    Ok(Vacuumed { dry_run, files })
+}
