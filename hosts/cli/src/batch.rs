@@ -165,6 +165,29 @@ pub fn run(args: RunArgs, runtime: &Runtime) -> Result<()> {
         }
         _ => {}
     }
+    // The plain layout: one job per version at a time, and what a killed job left
+    // completed (its journaled commit) or cleared (its staged files) before this one
+    // does any work. A Delta table serialises jobs by its own commits.
+    let lock = match args.table_format {
+        TableFormat::Delta => None,
+        TableFormat::Plain => {
+            let (lock, recovered) =
+                store.lock(&group, &format!("batch run from {}", args.source))?;
+            if recovered.completed > 0 {
+                println!(
+                    "completed the commit of a killed job: {} hour files published",
+                    recovered.completed
+                );
+            }
+            if recovered.removed > 0 {
+                println!(
+                    "removed {} files staged by killed jobs that never committed",
+                    recovered.removed
+                );
+            }
+            Some(lock)
+        }
+    };
     let job = BatchJob {
         component: args.plugin.to_string_lossy().into_owned(),
         source: args.source.clone(),
@@ -195,6 +218,7 @@ pub fn run(args: RunArgs, runtime: &Runtime) -> Result<()> {
                 .memory_limit
                 .map_or_else(default_buffer_bytes, |m| m / 4),
             part_file: commit.part_file(),
+            lock,
             ..WriterOptions::default()
         },
     );

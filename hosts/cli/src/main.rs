@@ -150,7 +150,8 @@ enum Command {
 #[derive(Subcommand)]
 enum OfflineCommand {
     /// Remove the data files of a group's Delta tables that no version younger than
-    /// the retention needs (files replaced by later backfills, files of killed jobs).
+    /// the retention needs (files replaced by later backfills, files of killed jobs);
+    /// in the plain layout, complete a killed job's commit and remove its staged files.
     Vacuum(offline::VacuumArgs),
 }
 

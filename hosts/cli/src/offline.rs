@@ -203,10 +203,15 @@ pub fn vacuum(args: VacuumArgs) -> Result<()> {
     let retain = humantime::format_duration(args.retain);
     for v in selected {
         if !store.holds_delta_table(&v.name, &v.version) {
+            // The plain layout keeps no old files; what a killed job left is completed
+            // (a journaled commit) or removed (files it staged), under the version's lock.
+            let (_lock, recovered) = store
+                .lock(v, "offline vacuum")
+                .with_context(|| format!("vacuuming {}@{}", v.name, v.version))?;
             println!(
-                "{}@{}: plain layout, no Delta table to vacuum (a replaced hour's file is \
-                 replaced in place)",
-                v.name, v.version
+                "{}@{}: plain layout: completed {} hour files of a killed job's commit, \
+                 removed {} files staged by killed jobs",
+                v.name, v.version, recovered.completed, recovered.removed
             );
             continue;
         }

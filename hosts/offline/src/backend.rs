@@ -253,6 +253,116 @@ impl Backend {
         }
     }
 
+    /// Writes `bytes` durably under a dot-named temporary name beside `rel` (which every
+    /// Parquet and Hive reader skips) and returns that name; [`publish`](Self::publish)
+    /// later gives it its real one. The commit journal stages every hour of a job
+    /// before it publishes any.
+    pub(crate) fn stage(&self, rel: &str, bytes: Vec<u8>) -> Result<String, OfflineError> {
+        let (dir_rel, name) = rel.rsplit_once('/').unwrap_or(("", rel));
+        let staged = if dir_rel.is_empty() {
+            unique_tmp_name(name)
+        } else {
+            format!("{dir_rel}/{}", unique_tmp_name(name))
+        };
+        match self {
+            Backend::Local(root) => {
+                let path = root.join(&staged);
+                let dir = path.parent().unwrap_or(root);
+                std::fs::create_dir_all(dir).map_err(io("creating", dir))?;
+                let file = match direct::write(&path, &bytes) {
+                    Ok(Some(file)) => file,
+                    Ok(None) | Err(_) => {
+                        let mut file =
+                            std::fs::File::create(&path).map_err(io("creating", &path))?;
+                        std::io::Write::write_all(&mut file, &bytes)
+                            .map_err(io("writing", &path))?;
+                        file
+                    }
+                };
+                file.sync_all().map_err(io("syncing", &path))?;
+            }
+            Backend::Object(o) => {
+                let (store, key, at) = (o.store.clone(), o.key(&staged), self.describe(&staged));
+                o.run(async move {
+                    store
+                        .put(&key, PutPayload::from(bytes))
+                        .await
+                        .map_err(object_error("writing", at))
+                })??;
+            }
+        }
+        Ok(staged)
+    }
+
+    /// Gives the staged object `staged` its name `rel`, replacing what was there in one
+    /// step (a rename locally; on S3 a server-side copy, then the staged key is deleted).
+    /// `false` when `staged` is gone: published already.
+    pub(crate) fn publish(&self, staged: &str, rel: &str) -> Result<bool, OfflineError> {
+        match self {
+            Backend::Local(root) => {
+                let (from, to) = (root.join(staged), root.join(rel));
+                match std::fs::rename(&from, &to) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+                    Err(e) => return Err(io("committing", &to)(e)),
+                }
+                if let Some(dir) = to.parent()
+                    && let Ok(d) = std::fs::File::open(dir)
+                {
+                    let _ = d.sync_all();
+                }
+                Ok(true)
+            }
+            Backend::Object(o) => {
+                let (store, from, to, at) = (
+                    o.store.clone(),
+                    o.key(staged),
+                    o.key(rel),
+                    self.describe(rel),
+                );
+                o.run(async move {
+                    match store.copy(&from, &to).await {
+                        Ok(()) => {}
+                        Err(object_store::Error::NotFound { .. }) => return Ok(false),
+                        Err(e) => return Err(object_error("committing", at)(e)),
+                    }
+                    match store.delete(&from).await {
+                        Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(true),
+                        Err(e) => Err(object_error("committing", at)(e)),
+                    }
+                })?
+            }
+        }
+    }
+
+    /// Removes the object at `rel`; nothing to remove is not an error.
+    pub(crate) fn delete(&self, rel: &str) -> Result<(), OfflineError> {
+        match self {
+            Backend::Local(root) => {
+                let path = root.join(rel);
+                match std::fs::remove_file(&path) {
+                    Ok(()) => Ok(()),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+                    Err(e) => Err(io("removing", &path)(e)),
+                }
+            }
+            Backend::Object(o) => {
+                let (store, key, at) = (o.store.clone(), o.key(rel), self.describe(rel));
+                o.run(async move {
+                    match store.delete(&key).await {
+                        Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+                        Err(e) => Err(object_error("removing", at)(e)),
+                    }
+                })?
+            }
+        }
+    }
+
+    /// Whether this backend is a local directory (where process liveness can be told).
+    pub(crate) fn is_local(&self) -> bool {
+        matches!(self, Backend::Local(_))
+    }
+
     /// Replaces the object at `rel` with `bytes`, atomically.
     pub(crate) fn put(&self, rel: &str, bytes: Vec<u8>) -> Result<PathBuf, OfflineError> {
         match self {
@@ -564,7 +674,7 @@ fn remove_orphaned_tmp_files(dir: &Path) {
 }
 
 /// The process id in a name made by [`unique_tmp_name`] (`.tmp-<stem>-<pid>-<n>`).
-fn tmp_file_owner(name: &str) -> Option<u32> {
+pub(crate) fn tmp_file_owner(name: &str) -> Option<u32> {
     let rest = name.strip_prefix(".tmp-")?;
     let mut parts = rest.rsplitn(3, '-');
     let _n: u64 = parts.next()?.parse().ok()?;
@@ -573,7 +683,7 @@ fn tmp_file_owner(name: &str) -> Option<u32> {
 
 /// Whether process `pid` runs on this machine (Linux: it has a `/proc` entry). Where
 /// that cannot be told, every process is taken to run: nothing is removed.
-fn process_runs(pid: u32) -> bool {
+pub(crate) fn process_runs(pid: u32) -> bool {
     if !Path::new("/proc/self").exists() {
         return true;
     }

@@ -42,6 +42,20 @@ pub enum OfflineError {
         /// Why.
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+    /// Another job is writing the group version.
+    #[error(
+        "{group}@{version} is being written by another job: {holder}. Wait for it to \
+         finish (a killed job's lock is taken over once its process is gone, or after \
+         10 minutes without renewal)"
+    )]
+    Locked {
+        /// The group.
+        group: String,
+        /// The version.
+        version: String,
+        /// Who holds the lock.
+        holder: String,
+    },
     /// A file or directory operation failed.
     #[error("offline store: {action} {path}: {source}")]
     Io {

@@ -35,6 +35,7 @@
 
 mod backend;
 mod error;
+pub mod journal;
 pub mod layout;
 mod registry;
 pub mod snapshot;

@@ -1,6 +1,7 @@
 //! Writing and reading hour partitions.
 
 use crate::backend::{Backend, S3Options};
+use crate::journal::{Recovered, WriteLock};
 use crate::layout::{self, PART_FILE};
 use crate::table::TableLog;
 use crate::writer::{OfflineWriter, WriterOptions};
@@ -166,6 +167,20 @@ impl OfflineStore {
         fields.push(Field::new(STORE_COLUMNS[2], DataType::Boolean, false));
         fields.push(Field::new(STORE_COLUMNS[3], DataType::Utf8, false));
         Arc::new(Schema::new(fields))
+    }
+
+    /// Takes the writer lock of `group`'s version for `job` (see [`crate::journal`]),
+    /// then completes or clears what a killed job left: a job holds it from its start
+    /// to its commit, so a second job is refused before it does any work. Fails with
+    /// [`OfflineError::Locked`] naming the holder.
+    pub fn lock(
+        &self,
+        group: &GroupVersion,
+        job: &str,
+    ) -> Result<(Arc<WriteLock>, Recovered), OfflineError> {
+        let lock = WriteLock::acquire(&self.backend, &group.name, &group.version, job)?;
+        let recovered = crate::journal::recover(&self.backend, &group.name, &group.version)?;
+        Ok((Arc::new(lock), recovered))
     }
 
     /// Starts a streaming write into `group` stamped with `write_time` (UTC µs); see

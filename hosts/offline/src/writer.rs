@@ -69,6 +69,10 @@ pub struct WriterOptions {
     /// hour's old file; a table format whose readers may still read the old file (a
     /// Delta table keeps it until VACUUM) gives each job a name of its own.
     pub part_file: Option<String>,
+    /// The version's writer lock, taken by the caller when the job began (see
+    /// [`OfflineStore::lock`]). Without it a plain-layout commit takes the lock itself,
+    /// and fails if another job holds it. A table format (`part_file` set) needs none.
+    pub lock: Option<Arc<crate::journal::WriteLock>>,
 }
 
 impl Default for WriterOptions {
@@ -78,6 +82,7 @@ impl Default for WriterOptions {
             staging_dir: None,
             threads: None,
             part_file: None,
+            lock: None,
         }
     }
 }
@@ -120,8 +125,9 @@ impl std::fmt::Debug for OfflineWriter {
 /// the source it came from.
 type HourParts = (Vec<(usize, PathBuf)>, Vec<(usize, RecordBatch)>);
 
-/// An hour written at commit: its place in commit order, its file, its row count, the hour.
-type WrittenHour = (usize, PathBuf, usize, Hour, String, u64);
+/// An hour written at commit: its place in commit order, its staged name (empty when
+/// put in place), its row count, the hour, its final name, its size.
+type WrittenHour = (usize, String, usize, Hour, String, u64);
 
 /// An hour encoded at commit, waiting to be put: its place in commit order, its path
 /// relative to the store root, its bytes, its row count, the hour.
@@ -350,6 +356,22 @@ impl OfflineWriter {
     /// so only a job that gets this far claims it.
     pub fn commit(mut self) -> Result<WriteSummary, OfflineError> {
         self.split_pending()?;
+        // The plain layout: one writer per version, and a killed job's commit completed
+        // before this one publishes anything. A table format's files are invisible until
+        // its own commit, under names no other job uses.
+        let journaled = self.options.part_file.is_none();
+        let _lock = match (&self.options.lock, journaled) {
+            (None, true) => Some(crate::journal::WriteLock::acquire(
+                &self.backend,
+                &self.group.name,
+                &self.group.version,
+                "an offline write",
+            )?),
+            _ => None,
+        };
+        if journaled {
+            crate::journal::recover(&self.backend, &self.group.name, &self.group.version)?;
+        }
         crate::registry::register(
             &self.backend,
             &self.group.manifest,
@@ -425,8 +447,13 @@ impl OfflineWriter {
                             if failed.load(Ordering::Relaxed) {
                                 continue;
                             }
-                            match this.backend.put(&rel, bytes) {
-                                Ok(path) => done.push((i, path, rows, at, rel, size)),
+                            let put = if journaled {
+                                this.backend.stage(&rel, bytes)
+                            } else {
+                                this.backend.put(&rel, bytes).map(|_| String::new())
+                            };
+                            match put {
+                                Ok(staged) => done.push((i, staged, rows, at, rel, size)),
                                 Err(e) => {
                                     failed.store(true, Ordering::Relaxed);
                                     first_error = Some(e);
@@ -455,6 +482,18 @@ impl OfflineWriter {
             files.extend(result?);
         }
         files.sort_by_key(|(i, ..)| *i);
+        if journaled {
+            let staged = files
+                .iter()
+                .map(|(_, staged, _, _, rel, _)| (staged.clone(), rel.clone()))
+                .collect();
+            crate::journal::publish_all(
+                &self.backend,
+                &self.group.name,
+                &self.group.version,
+                staged,
+            )?;
+        }
         Ok(WriteSummary {
             rows: files.iter().map(|(_, _, n, ..)| n).sum(),
             partitions: files.len(),
@@ -468,7 +507,10 @@ impl OfflineWriter {
                     hour: *hour,
                 })
                 .collect(),
-            files: files.into_iter().map(|(_, p, ..)| p).collect(),
+            files: files
+                .iter()
+                .map(|(_, _, _, _, rel, _)| self.backend.locate(rel))
+                .collect(),
         })
     }
 

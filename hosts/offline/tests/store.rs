@@ -514,7 +514,7 @@ fn a_streaming_write_that_stages_on_disk_gives_the_same_files_in_any_arrival_ord
             buffer_bytes: 4 << 10,
             staging_dir: Some(staging.path().to_owned()),
             threads: Some(3),
-            part_file: None,
+            ..Default::default()
         },
     );
     for batch in batches.iter().rev() {
@@ -584,7 +584,7 @@ fn write_sources(
             buffer_bytes,
             staging_dir: Some(staging.path().to_owned()),
             threads: Some(2),
-            part_file: None,
+            ..Default::default()
         },
     );
     for (source, batch) in sends {
@@ -702,7 +702,7 @@ fn a_writer_dropped_before_commit_leaves_nothing_behind() {
             buffer_bytes: 1,
             staging_dir: Some(staging.path().to_owned()),
             threads: None,
-            part_file: None,
+            ..Default::default()
         },
     );
     for batch in spread(&m, 3, 20) {
@@ -855,4 +855,67 @@ fn a_delta_table_is_refused_not_read_as_a_plain_layout() {
     std::fs::create_dir_all(dir.path().join("spend/version=1.0.0/_delta_log")).expect("mkdir");
     let err = store.read("spend", "1.0.0").expect_err("refused");
     assert!(matches!(err, OfflineError::DeltaTable { .. }), "{err}");
+}
+
+/// The plain layout's writer lock: held by a live job it refuses another, naming it; a
+/// lock of a process gone from this machine, or one not renewed in time anywhere, is
+/// taken over; a live holder elsewhere is respected until it expires. Released on drop.
+#[test]
+fn the_writer_lock_refuses_a_live_holder_and_takes_over_a_dead_or_expired_one() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = OfflineStore::open(dir.path()).expect("open");
+    let m = manifest("1.0.0");
+    let group = store.register(&m, "h", 0).expect("register");
+    let lock_file = dir.path().join("spend/_lockstep/locks/1.0.0.lock");
+
+    let (held, _) = store.lock(&group, "job one").expect("free");
+    assert!(lock_file.is_file());
+    let err = store.lock(&group, "job two").expect_err("held");
+    assert!(matches!(err, OfflineError::Locked { .. }), "{err}");
+    let text = err.to_string();
+    assert!(
+        text.contains("spend@1.0.0 is being written by another job: job one (process")
+            && text.contains(&format!("process {}", std::process::id())),
+        "{text}"
+    );
+    // A writer without the caller's lock takes it at commit: refused as well.
+    let mut writer = store.writer(&group, 1, Default::default());
+    writer
+        .write(&rows(&m, &[("u1", 1_704_067_200_000_000, 1.0)]))
+        .expect("write");
+    assert!(matches!(writer.commit(), Err(OfflineError::Locked { .. })));
+    drop(held);
+    assert!(!lock_file.exists(), "released on drop");
+
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_micros() as i64;
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .unwrap()
+        .trim()
+        .to_owned();
+    let write_lock = |host: &str, pid: u32, expires: i64| {
+        let holder = serde_json::json!({
+            "host": host, "pid": pid, "job": "elsewhere", "since": now - 1, "expires": expires
+        });
+        std::fs::write(&lock_file, holder.to_string()).expect("lock file");
+    };
+    // A process of this machine that no longer runs (pids are below 2^22 on Linux).
+    write_lock(&host, 4_194_303 + 1, now + 3_600_000_000);
+    drop(store.lock(&group, "after a dead one").expect("taken over"));
+    // Another machine's live lock is respected…
+    write_lock("another-host", 1, now + 3_600_000_000);
+    let err = store.lock(&group, "job three").expect_err("live elsewhere");
+    assert!(
+        err.to_string()
+            .contains("elsewhere (process 1 on another-host"),
+        "{err}"
+    );
+    // …until it expires unrenewed.
+    write_lock("another-host", 1, now - 1);
+    drop(store.lock(&group, "after an expired one").expect("expired"));
+    // A torn lock file (a holder killed while writing it) is stale.
+    std::fs::write(&lock_file, "{\"host\":").expect("torn");
+    drop(store.lock(&group, "after a torn one").expect("torn"));
 }

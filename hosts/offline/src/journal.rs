@@ -1,0 +1,345 @@
+//! The plain layout's writer lock and commit journal.
+//!
+//! A plain-layout version is a folder of hour files, each replaced atomically; a job's
+//! commit replaces many. Two things make that safe:
+//!
+//! - **One writer at a time.** A job takes the version's lock
+//!   (`<group>/_lockstep/locks/<version>.lock`, created if absent) before it writes and
+//!   holds it until its commit is done. A second job is refused, naming the holder. A
+//!   lock whose holder was killed does not block forever: on the holder's machine a
+//!   lock of a process that no longer runs is taken over at once, and anywhere a lock
+//!   not renewed for [`LOCK_TTL_MICROS`] has expired (a holder renews it every
+//!   [`RENEW_EVERY`]).
+//! - **A commit is completed, whatever kills it.** The job stages every hour file under
+//!   a dot-named temporary name first (invisible to readers), then writes the journal
+//!   (`<group>/_lockstep/journal/<version>.json`, the staged → final names), then
+//!   publishes each file (a rename; a server-side copy on S3), then removes the
+//!   journal. A job killed before the journal is written left only staged files,
+//!   which are removed; one killed after it left a journal, which the next writer (or
+//!   `offline vacuum`) replays to the end before it writes anything. Readers between
+//!   the kill and the replay can see some hours new and some old; they never see a
+//!   partial file.
+
+use crate::backend::{Backend, process_runs, tmp_file_owner};
+use crate::{OfflineError, layout};
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+/// How long a lock lives without renewal.
+pub const LOCK_TTL_MICROS: i64 = 10 * 60 * 1_000_000;
+/// How often a holder renews its lock.
+pub const RENEW_EVERY: Duration = Duration::from_secs(60);
+
+/// Who holds a version's lock.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LockHolder {
+    /// The holder's host name.
+    pub host: String,
+    /// Its process id.
+    pub pid: u32,
+    /// What it is doing (for messages).
+    pub job: String,
+    /// When it took the lock, UTC µs.
+    pub since: i64,
+    /// When the lock expires unless renewed, UTC µs.
+    pub expires: i64,
+}
+
+impl std::fmt::Display for LockHolder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} (process {} on {}, since {})",
+            self.job,
+            self.pid,
+            self.host,
+            format_micros(self.since)
+        )
+    }
+}
+
+fn format_micros(micros: i64) -> String {
+    let secs = micros.div_euclid(1_000_000);
+    let t = std::time::UNIX_EPOCH + Duration::from_secs(secs.max(0) as u64);
+    humantime_like(t)
+}
+
+/// RFC 3339 seconds, without pulling a date crate in for a message.
+fn humantime_like(t: std::time::SystemTime) -> String {
+    let secs = t
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    // Civil from days (H. Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3_600,
+        rem % 3_600 / 60,
+        rem % 60
+    )
+}
+
+fn now_micros() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as i64)
+}
+
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "unknown-host".into())
+}
+
+fn lock_rel(group: &str, version: &str) -> String {
+    format!("{group}/_lockstep/locks/{version}.lock")
+}
+
+fn journal_rel(group: &str, version: &str) -> String {
+    format!("{group}/_lockstep/journal/{version}.json")
+}
+
+/// A held lock on a plain-layout group version; released when dropped.
+#[derive(Debug)]
+pub struct WriteLock {
+    backend: Backend,
+    rel: String,
+    holder: LockHolder,
+    stop: Arc<AtomicBool>,
+    renewer: Option<std::thread::JoinHandle<()>>,
+}
+
+impl WriteLock {
+    /// Takes the lock of `group@version` for `job`, or fails with
+    /// [`OfflineError::Locked`] naming the live holder.
+    pub(crate) fn acquire(
+        backend: &Backend,
+        group: &str,
+        version: &str,
+        job: &str,
+    ) -> Result<WriteLock, OfflineError> {
+        let rel = lock_rel(group, version);
+        let now = now_micros();
+        let holder = LockHolder {
+            host: host_name(),
+            pid: std::process::id(),
+            job: job.to_owned(),
+            since: now,
+            expires: now + LOCK_TTL_MICROS,
+        };
+        let bytes = serde_json::to_vec(&holder).map_err(|e| OfflineError::Registry {
+            path: backend.locate(&rel),
+            message: e.to_string(),
+        })?;
+        for _ in 0..2 {
+            if backend.create_new(&rel, bytes.clone())? {
+                // Two takers of an expired lock may both have removed it; only the one
+                // whose content is there holds it.
+                if read_holder(backend, &rel)?.as_ref() == Some(&holder) {
+                    return Ok(WriteLock::start(backend, rel, holder));
+                }
+                continue;
+            }
+            match read_holder(backend, &rel)? {
+                Some(current) if !is_stale(backend, &current) => {
+                    return Err(OfflineError::Locked {
+                        group: group.to_owned(),
+                        version: version.to_owned(),
+                        holder: current.to_string(),
+                    });
+                }
+                // Expired, or its process is gone: take it over.
+                _ => backend.delete(&rel)?,
+            }
+        }
+        let current = read_holder(backend, &rel)?;
+        Err(OfflineError::Locked {
+            group: group.to_owned(),
+            version: version.to_owned(),
+            holder: current.map_or_else(|| "another job".into(), |c| c.to_string()),
+        })
+    }
+
+    fn start(backend: &Backend, rel: String, holder: LockHolder) -> WriteLock {
+        let stop = Arc::new(AtomicBool::new(false));
+        let renewer = {
+            let (backend, rel, holder, stop) =
+                (backend.clone(), rel.clone(), holder.clone(), stop.clone());
+            std::thread::Builder::new()
+                .name("lockstep-lock-renew".into())
+                .spawn(move || renew_until_stopped(&backend, &rel, holder, &stop))
+                .ok()
+        };
+        WriteLock {
+            backend: backend.clone(),
+            rel,
+            holder,
+            stop,
+            renewer,
+        }
+    }
+
+    /// Who holds it: this process.
+    pub fn holder(&self) -> &LockHolder {
+        &self.holder
+    }
+}
+
+impl Drop for WriteLock {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(renewer) = self.renewer.take() {
+            renewer.thread().unpark();
+            let _ = renewer.join();
+        }
+        // Only our own lock is removed: an expired one may have been taken over.
+        if let Ok(Some(current)) = read_holder(&self.backend, &self.rel)
+            && current.pid == self.holder.pid
+            && current.host == self.holder.host
+            && current.since == self.holder.since
+        {
+            let _ = self.backend.delete(&self.rel);
+        }
+    }
+}
+
+fn renew_until_stopped(backend: &Backend, rel: &str, mut holder: LockHolder, stop: &AtomicBool) {
+    loop {
+        std::thread::park_timeout(RENEW_EVERY);
+        if stop.load(Ordering::Relaxed) {
+            return;
+        }
+        holder.expires = now_micros() + LOCK_TTL_MICROS;
+        if let Ok(bytes) = serde_json::to_vec(&holder) {
+            let _ = backend.put(rel, bytes);
+        }
+    }
+}
+
+fn read_holder(backend: &Backend, rel: &str) -> Result<Option<LockHolder>, OfflineError> {
+    Ok(backend
+        .read(rel)?
+        // A lock that cannot be read (a torn write of a killed holder) is stale.
+        .and_then(|bytes| serde_json::from_slice(&bytes).ok()))
+}
+
+fn is_stale(backend: &Backend, holder: &LockHolder) -> bool {
+    if holder.expires < now_micros() {
+        return true;
+    }
+    // On the holder's own machine a killed holder is seen at once.
+    backend.is_local() && holder.host == host_name() && !process_runs(holder.pid)
+}
+
+/// A job's journal: the staged files and the names they are published under.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Journal {
+    /// `[staged, final]`, relative to the store root.
+    publish: Vec<(String, String)>,
+}
+
+/// Publishes `staged` (staged → final names) as one journaled commit of
+/// `group@version`: the journal is written first, then each file is published, then the
+/// journal is removed. The caller holds the version's lock.
+pub(crate) fn publish_all(
+    backend: &Backend,
+    group: &str,
+    version: &str,
+    staged: Vec<(String, String)>,
+) -> Result<(), OfflineError> {
+    let rel = journal_rel(group, version);
+    let journal = Journal { publish: staged };
+    let bytes = serde_json::to_vec(&journal).map_err(|e| OfflineError::Registry {
+        path: backend.locate(&rel),
+        message: e.to_string(),
+    })?;
+    backend.put(&rel, bytes)?;
+    replay(backend, &journal)?;
+    backend.delete(&rel)
+}
+
+fn replay(backend: &Backend, journal: &Journal) -> Result<usize, OfflineError> {
+    let mut published = 0;
+    for (staged, target) in &journal.publish {
+        if backend.publish(staged, target)? {
+            published += 1;
+        }
+    }
+    Ok(published)
+}
+
+/// What recovery found of a killed job.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Recovered {
+    /// Hour files a killed commit had staged and journaled, published now.
+    pub completed: usize,
+    /// Staged files of killed jobs that never reached their journal, removed.
+    pub removed: usize,
+}
+
+/// Completes a killed job's commit of `group@version` from its journal, then removes
+/// staged files no running job owns. The caller holds the version's lock.
+pub(crate) fn recover(
+    backend: &Backend,
+    group: &str,
+    version: &str,
+) -> Result<Recovered, OfflineError> {
+    let mut recovered = Recovered::default();
+    let rel = journal_rel(group, version);
+    if let Some(bytes) = backend.read(&rel)? {
+        let journal: Journal =
+            serde_json::from_slice(&bytes).map_err(|e| OfflineError::Registry {
+                path: backend.locate(&rel),
+                message: format!("a damaged commit journal: {e}"),
+            })?;
+        recovered.completed = replay(backend, &journal)?;
+        backend.delete(&rel)?;
+    }
+    // Staged files of jobs that never wrote their journal. Locally a file of a process
+    // that still runs is kept; on S3, where that cannot be told, the lock says no other
+    // job of this version runs.
+    let staged = backend.list_matching(&layout::version_rel(group, version), &|n: &str| {
+        n.starts_with(".tmp-")
+    })?;
+    for file in staged {
+        let name = file.rsplit('/').next().unwrap_or(&file);
+        let owner_gone = tmp_file_owner(name).is_none_or(|pid| {
+            !backend.is_local() || (pid != std::process::id() && !process_runs(pid))
+        });
+        if owner_gone {
+            backend.delete(&file)?;
+            recovered.removed += 1;
+        }
+    }
+    Ok(recovered)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn times_in_messages_are_rfc3339() {
+        assert_eq!(
+            super::format_micros(1_704_067_200_000_000),
+            "2024-01-01T00:00:00Z"
+        );
+        assert_eq!(
+            super::format_micros(1_709_210_096_000_000),
+            "2024-02-29T12:34:56Z"
+        );
+    }
+}
