@@ -120,19 +120,11 @@ pub fn run(args: RunArgs, runtime: &Runtime) -> Result<()> {
         ),
     };
     // Refuse what a Delta table cannot do yet before any work (or network call).
-    if args.table_format == TableFormat::Delta {
-        if args.catalog.is_some() {
-            bail!(
-                "--catalog registers the plain layout's partitions; with --table-format \
-                 delta, register the table as a Delta table in the catalog instead"
-            );
-        }
-        if args.offline_store.starts_with("s3://") {
-            bail!(
-                "--table-format delta writes to a local --offline-store for now; on S3 \
-                 concurrent writers need a commit lock, which is not wired in yet"
-            );
-        }
+    if args.table_format == TableFormat::Delta && args.catalog.is_some() {
+        bail!(
+            "--catalog registers the plain layout's partitions; with --table-format \
+             delta, register the table as a Delta table in the catalog instead"
+        );
     }
     // Check the group version first: a plugin that may not write here is refused
     // before any work is done. It is bound when the rows commit, so a job that fails
@@ -142,7 +134,7 @@ pub fn run(args: RunArgs, runtime: &Runtime) -> Result<()> {
     let group = store.check_binding(plugin.manifest(), plugin.hash(), now)?;
     // A group version is kept in one layout: the other's files would be invisible to
     // its readers (a Delta log does not list plain files; plain readers refuse a table).
-    let is_table = store.holds_delta_table(&group.name, &group.version);
+    let is_table = store.holds_delta_table(&group.name, &group.version)?;
     match args.table_format {
         TableFormat::Plain if is_table => bail!(
             "{}@{} is kept as a Delta table: write it with --table-format delta, or bump the \
@@ -209,7 +201,14 @@ pub fn run(args: RunArgs, runtime: &Runtime) -> Result<()> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    let commit = crate::offline::Commit::begin(args.table_format, &store, &group, now, &tokio)?;
+    let commit = crate::offline::Commit::begin(
+        args.table_format,
+        &store,
+        &group,
+        now,
+        &crate::offline::delta_options(&args.offline_store, &args.s3),
+        &tokio,
+    )?;
     let mut writer = store.writer(
         &group,
         now,

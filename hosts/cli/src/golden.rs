@@ -118,7 +118,8 @@ pub fn backfill(
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    let commit = crate::offline::Commit::begin(format, &store, &group, 0, &tokio)?;
+    let commit =
+        crate::offline::Commit::begin(format, &store, &group, 0, &Default::default(), &tokio)?;
     let mut writer = store.writer(
         &group,
         0,

@@ -11,7 +11,25 @@ use std::sync::Arc;
 pub fn open(location: &str, s3: &S3Options) -> Result<OfflineStore> {
     Ok(OfflineStore::open_location(location, s3)
         .with_context(|| format!("opening the offline store {location}"))?
-        .with_table_log(Arc::new(lockstep_delta::DeltaTables)))
+        .with_table_log(Arc::new(lockstep_delta::DeltaTables {
+            options: delta_options(location, s3),
+        })))
+}
+
+/// How Delta tables under the store at `location` are reached: S3's settings for an
+/// `s3://` store, nothing for a local one.
+pub fn delta_options(location: &str, s3: &S3Options) -> lockstep_delta::StorageOptions {
+    if !(location.starts_with("s3://") || location.starts_with("s3a://")) {
+        return Default::default();
+    }
+    let endpoint = s3.resolved_endpoint();
+    lockstep_delta::s3_storage_options(
+        endpoint.as_deref(),
+        &s3.resolved_region(),
+        s3.credentials
+            .as_ref()
+            .map(|(key, secret)| (key.as_str(), secret.as_str())),
+    )
 }
 
 /// How a backfill's rows become visible: hour by hour as the plain layout's writer
@@ -37,6 +55,7 @@ impl Commit {
         store: &OfflineStore,
         group: &GroupVersion,
         now: i64,
+        options: &lockstep_delta::StorageOptions,
         runtime: &tokio::runtime::Runtime,
     ) -> Result<Commit> {
         Ok(match format {
@@ -44,7 +63,7 @@ impl Commit {
             TableFormat::Delta => {
                 let dir = lockstep_delta::table_dir(&store.root(), &group.name, &group.version);
                 let backfill = runtime
-                    .block_on(lockstep_delta::Backfill::begin(&dir))
+                    .block_on(lockstep_delta::Backfill::begin(&dir, options))
                     .context("reading the Delta table")?;
                 // Each job's files have names of their own: the table keeps the files a
                 // replacement removes for readers of older versions.
@@ -148,7 +167,8 @@ mod tests {
 /// What `offline vacuum` takes.
 #[derive(clap::Args)]
 pub struct VacuumArgs {
-    /// Offline store: a directory.
+    /// Offline store: a directory or `s3://bucket/prefix` (S3 settings from the
+    /// standard AWS environment).
     #[arg(long)]
     pub offline_store: String,
     /// The group, NAME or NAME@VERSION (every version kept as a Delta table when the
@@ -202,7 +222,7 @@ pub fn vacuum(args: VacuumArgs) -> Result<()> {
         .context("starting the async runtime")?;
     let retain = humantime::format_duration(args.retain);
     for v in selected {
-        if !store.holds_delta_table(&v.name, &v.version) {
+        if !store.holds_delta_table(&v.name, &v.version)? {
             // The plain layout keeps no old files; what a killed job left is completed
             // (a journaled commit) or removed (files it staged), under the version's lock.
             let (_lock, recovered) = store
@@ -219,6 +239,7 @@ pub fn vacuum(args: VacuumArgs) -> Result<()> {
         let done = runtime
             .block_on(lockstep_delta::vacuum(
                 &dir,
+                &delta_options(&args.offline_store, &S3Options::default()),
                 args.retain,
                 args.dry_run,
                 args.allow_short_retention,

@@ -755,33 +755,26 @@ import os; os._exit(0)
     );
     assert_eq!(out.status.code(), Some(1));
     assert!(text(&out.stderr).contains("Delta table in the catalog"));
-    // Nor on S3: refused at once, with no S3 endpoint to reach.
-    let out = backfill(
-        &events,
-        Path::new("s3://nowhere/offline"),
-        &["--table-format", "delta"],
-    );
-    assert_eq!(out.status.code(), Some(1));
-    assert!(
-        text(&out.stderr).contains("commit lock"),
-        "{}",
-        text(&out.stderr)
-    );
 }
 
 /// The rows of the Delta table at `table` (its latest version) as the `deltalake`
 /// Python package reads them, without the write stamps: a digest and a row count.
 fn delta_digest(table: &Path) -> String {
+    delta_digest_at(s(table), "{}")
+}
+
+/// [`delta_digest`] of the table at `uri` (a path or `s3://…`), reached with delta-rs
+/// storage options given as a JSON object.
+fn delta_digest_at(uri: &str, storage_options: &str) -> String {
     let script = format!(
         r#"
 import hashlib, json, deltalake
-t = deltalake.DeltaTable({table:?}).to_pyarrow_table()
+t = deltalake.DeltaTable({uri:?}, storage_options=json.loads({storage_options:?})).to_pyarrow_table()
 cols = [c for c in t.column_names if c not in ('write_time', 'api_invocation_time')]
 rows = sorted(json.dumps(r, sort_keys=True, default=str) for r in t.select(cols).to_pylist())
 print(len(rows), hashlib.sha256('\n'.join(rows).encode()).hexdigest()[:16], flush=True)
 import os; os._exit(0)
-"#,
-        table = s(table)
+"#
     );
     let out = Command::new("python3")
         .args(["-c", &script])
@@ -1356,4 +1349,127 @@ fn a_second_plain_job_on_the_same_version_is_refused_and_a_killed_ones_lock_expi
     assert!(lock.exists(), "a killed job cannot release its lock");
     let out = backfill(&second, &store, &[]);
     assert!(out.status.success(), "{}", text(&out.stderr));
+}
+
+/// A Delta table on S3 (the moto server): concurrent jobs on different hours both land,
+/// serialised by S3's conditional writes; on the same hours one fails naming them and
+/// the table holds the other's rows alone; the rows equal the same jobs run one after
+/// the other on local disk, read by the `deltalake` package from S3; a training set
+/// reads the table on S3 through its log.
+#[test]
+fn delta_on_s3_serialises_concurrent_jobs_by_conditional_writes() {
+    let moto = lockstep_testkit::Moto::start();
+    moto.create_bucket("lake");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let events = generate(dir.path(), 8_000);
+    // Two jobs over disjoint hours: before and from 2024-01-11T00:00Z.
+    let cut = "TIMESTAMP '2024-01-11T00:00:00Z'";
+    let early = format!("SELECT * FROM source WHERE ts < {cut}");
+    let late = format!("SELECT * FROM source WHERE ts >= {cut}");
+    let delta = ["--table-format", "delta"];
+    let local = dir.path().join("local");
+    for sql in [&early, &late] {
+        let out = backfill(&events, &local, &["--table-format", "delta", "--sql", sql]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+    }
+    let both = delta_digest(&local.join("txn_velocity/version=1.0.0"));
+    let job = |store: &str, sql: Option<&str>| {
+        let mut extra = delta.to_vec();
+        if let Some(sql) = sql {
+            extra.extend(["--sql", sql]);
+        }
+        let mut cmd = batch_command(s(&events), store, &extra);
+        cmd.envs(moto.env())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        cmd.spawn().expect("spawn")
+    };
+    let options = format!(
+        r#"{{"AWS_ENDPOINT_URL": "{}", "AWS_ALLOW_HTTP": "true", "AWS_REGION": "{}",
+            "AWS_ACCESS_KEY_ID": "{}", "AWS_SECRET_ACCESS_KEY": "{}"}}"#,
+        moto.endpoint(),
+        lockstep_testkit::REGION,
+        lockstep_testkit::ACCESS_KEY,
+        lockstep_testkit::SECRET_KEY
+    );
+
+    // Different hours, at once: both land.
+    let (a, b) = (
+        job("s3://lake/apart", Some(&early)),
+        job("s3://lake/apart", Some(&late)),
+    );
+    for child in [a, b] {
+        let out = child.wait_with_output().expect("wait");
+        assert!(out.status.success(), "{}", text(&out.stderr));
+    }
+    let table = "s3://lake/apart/txn_velocity/version=1.0.0";
+    assert_eq!(delta_digest_at(table, &options), both);
+
+    // The same hours, at once: one commits, the other names the hours and adds nothing.
+    let alone = {
+        let store = dir.path().join("alone");
+        assert!(backfill(&events, &store, &delta).status.success());
+        delta_digest(&store.join("txn_velocity/version=1.0.0"))
+    };
+    let mut conflicts = 0;
+    for round in 0..3 {
+        let store = format!("s3://lake/overlap-{round}");
+        let (a, b) = (job(&store, None), job(&store, None));
+        let outs = [a, b].map(|c| c.wait_with_output().expect("wait"));
+        let failed: Vec<_> = outs.iter().filter(|o| !o.status.success()).collect();
+        assert!(failed.len() <= 1, "at most one job fails");
+        for out in &failed {
+            let err = text(&out.stderr);
+            assert!(
+                err.contains("another job committed") && err.contains("year=2024/month=01"),
+                "{err}"
+            );
+            conflicts += 1;
+        }
+        let table = format!("{store}/txn_velocity/version=1.0.0");
+        // Both succeeding means the second began after the first committed: it then
+        // replaced every hour, and the rows are still one job's.
+        assert_eq!(delta_digest_at(&table, &options), alone, "round {round}");
+    }
+    assert!(
+        conflicts > 0,
+        "no round overlapped: the conflict path was not tried"
+    );
+
+    // Lockstep's own reader, on S3: a training set from the S3 table equals the local one.
+    let labels = dir.path().join("labels.csv");
+    labels_from(&events, &labels);
+    let set = dir.path().join("set.parquet");
+    let (_, from_local) = training_set(&local, &labels, &set, &[]);
+    let made = Command::new(env!("CARGO_BIN_EXE_lockstep"))
+        .args([
+            "training-set",
+            "--labels",
+            s(&labels),
+            "--group",
+            "txn_velocity@1.0.0",
+            "--offline-store",
+            "s3://lake/apart",
+            "--out",
+            s(&set),
+        ])
+        .envs(moto.env())
+        .output()
+        .expect("training-set");
+    assert!(made.status.success(), "{}", text(&made.stderr));
+    assert!(text(&made.stdout).contains("Delta table version"));
+    let (_, again) = training_set(&local, &labels, &dir.path().join("again.parquet"), &[]);
+    assert_eq!(from_local, again);
+    let script = format!(
+        "import hashlib, json, pyarrow.parquet as pq\n\
+         t = pq.read_table({:?})\n\
+         rows = sorted(json.dumps(r, sort_keys=True, default=str) for r in t.to_pylist())\n\
+         print(len(rows), hashlib.sha256('\\n'.join(rows).encode()).hexdigest()[:16])",
+        s(&set)
+    );
+    let read = Command::new("python3")
+        .args(["-c", &script])
+        .output()
+        .expect("python3");
+    assert_eq!(text(&read.stdout).trim(), from_local, "S3 = local");
 }

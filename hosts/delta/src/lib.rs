@@ -136,7 +136,51 @@ pub fn table_dir(root: &Path, group: &str, version: &str) -> PathBuf {
     root.join(lockstep_offline::layout::version_rel(group, version))
 }
 
+/// How to reach a table's storage: delta-rs's storage options (`AWS_ENDPOINT_URL`,
+/// `AWS_REGION`, `AWS_ACCESS_KEY_ID`, …). Empty for a local table; for one on S3 see
+/// [`s3_storage_options`]. Unset keys come from the standard AWS environment.
+pub type StorageOptions = HashMap<String, String>;
+
+/// Storage options for tables on S3 or an S3-compatible endpoint. Commits are
+/// serialised by S3's conditional writes (`If-None-Match`): delta-rs creates a
+/// version's log entry only if no other writer has.
+pub fn s3_storage_options(
+    endpoint: Option<&str>,
+    region: &str,
+    credentials: Option<(&str, &str)>,
+) -> StorageOptions {
+    let mut options = StorageOptions::new();
+    options.insert("AWS_REGION".into(), region.to_owned());
+    if let Some(endpoint) = endpoint {
+        options.insert("AWS_ENDPOINT_URL".into(), endpoint.to_owned());
+        if endpoint.starts_with("http://") {
+            options.insert("AWS_ALLOW_HTTP".into(), "true".into());
+        }
+    }
+    if let Some((key, secret)) = credentials {
+        options.insert("AWS_ACCESS_KEY_ID".into(), key.to_owned());
+        options.insert("AWS_SECRET_ACCESS_KEY".into(), secret.to_owned());
+    }
+    options
+}
+
+fn is_s3(dir: &Path) -> bool {
+    let text = dir.to_string_lossy();
+    text.starts_with("s3://") || text.starts_with("s3a://")
+}
+
 fn table_url(dir: &Path) -> Result<Url, DeltaError> {
+    if is_s3(dir) {
+        static HANDLERS: std::sync::Once = std::sync::Once::new();
+        HANDLERS.call_once(|| deltalake_aws::register_handlers(None));
+        let text = dir.to_string_lossy();
+        let text = if text.ends_with('/') {
+            text.into_owned()
+        } else {
+            format!("{text}/")
+        };
+        return Url::parse(&text).map_err(|_| DeltaError::Location(dir.to_owned()));
+    }
     // A store given as a relative path names its tables relative to the working folder.
     let absolute = std::path::absolute(dir).map_err(|_| DeltaError::Location(dir.to_owned()))?;
     let mut url =
@@ -148,12 +192,38 @@ fn table_url(dir: &Path) -> Result<Url, DeltaError> {
     Ok(url)
 }
 
+/// Loads the table at `dir`, at `version` (the latest when `None`).
+async fn load(
+    dir: &Path,
+    options: &StorageOptions,
+    version: Option<u64>,
+) -> Result<DeltaTable, DeltaTableError> {
+    let url = table_url(dir).map_err(|e| DeltaTableError::Generic(e.to_string()))?;
+    let mut builder =
+        deltalake_core::DeltaTableBuilder::from_url(url)?.with_storage_options(options.clone());
+    if let Some(v) = version {
+        builder = builder.with_version(v);
+    }
+    builder.load().await
+}
+
 /// Opens the table at `dir`, if there is one.
-async fn open(dir: &Path) -> Result<Option<DeltaTable>, DeltaError> {
-    let url = table_url(dir)?;
-    match deltalake_core::open_table(url).await {
+async fn open(dir: &Path, options: &StorageOptions) -> Result<Option<DeltaTable>, DeltaError> {
+    if !is_s3(dir) && !dir.join("_delta_log").is_dir() {
+        return Ok(None);
+    }
+    match load(dir, options, None).await {
         Ok(table) => Ok(Some(table)),
         Err(DeltaTableError::NotATable(_)) | Err(DeltaTableError::InvalidTableLocation(_)) => {
+            Ok(None)
+        }
+        // An S3 prefix without a log, as the kernel says it.
+        Err(DeltaTableError::KernelError(e))
+            if is_s3(dir)
+                && ["does not exist", "No files in log segment", "not found"]
+                    .iter()
+                    .any(|m| e.to_string().contains(m)) =>
+        {
             Ok(None)
         }
         Err(source) => Err(DeltaError::Delta {
@@ -195,6 +265,7 @@ fn delta_field(table: &str, field: &arrow_schema::Field) -> Result<StructField, 
 /// job created it first, opens that one.
 async fn create(
     dir: &Path,
+    options: &StorageOptions,
     schema: &arrow_schema::Schema,
     plugin_hash: &str,
 ) -> Result<DeltaTable, DeltaError> {
@@ -211,14 +282,17 @@ async fn create(
             false,
         ));
     }
-    std::fs::create_dir_all(dir).map_err(|e| DeltaError::Delta {
-        table: name.clone(),
-        source: Box::new(DeltaTableError::Generic(format!(
-            "creating the folder: {e}"
-        ))),
-    })?;
+    if !is_s3(dir) {
+        std::fs::create_dir_all(dir).map_err(|e| DeltaError::Delta {
+            table: name.clone(),
+            source: Box::new(DeltaTableError::Generic(format!(
+                "creating the folder: {e}"
+            ))),
+        })?;
+    }
     let created = deltalake_core::operations::create::CreateBuilder::new()
         .with_location(table_url(dir)?.to_string())
+        .with_storage_options(options.clone())
         .with_columns(columns)
         .with_partition_columns(PARTITION_COLUMNS)
         .with_configuration([(PLUGIN_HASH_PROPERTY, Some(plugin_hash))])
@@ -229,7 +303,7 @@ async fn create(
         Ok(table) => Ok(table),
         // Another job may have created it between our look and our create; if not,
         // the create's own error says why.
-        Err(source) => match open(dir).await? {
+        Err(source) => match open(dir, options).await? {
             Some(table) => Ok(table),
             None => Err(DeltaError::Delta {
                 table: name,
@@ -286,6 +360,7 @@ fn now_millis() -> i64 {
 /// the same hours in between makes this one's commit a [`DeltaError::Conflict`].
 pub struct Backfill {
     dir: PathBuf,
+    options: StorageOptions,
     name: String,
     table: Option<DeltaTable>,
     read_version: i64,
@@ -295,9 +370,9 @@ pub struct Backfill {
 
 impl Backfill {
     /// Reads the table at `dir` (if there is one yet) as the job's starting point.
-    pub async fn begin(dir: &Path) -> Result<Backfill, DeltaError> {
+    pub async fn begin(dir: &Path, options: &StorageOptions) -> Result<Backfill, DeltaError> {
         let name = dir.display().to_string();
-        let table = open(dir).await?;
+        let table = open(dir, options).await?;
         let (read_version, read_files) = match &table {
             Some(table) => (
                 table.version().map_or(-1, |v| v as i64),
@@ -311,6 +386,7 @@ impl Backfill {
         };
         Ok(Backfill {
             dir: dir.to_owned(),
+            options: options.clone(),
             name,
             table,
             read_version,
@@ -336,6 +412,7 @@ impl Backfill {
     ) -> Result<Committed, DeltaError> {
         let Backfill {
             dir,
+            options,
             name,
             table,
             read_version,
@@ -343,7 +420,7 @@ impl Backfill {
         } = self;
         let mut table = match table {
             Some(table) => table,
-            None => create(&dir, schema, plugin_hash).await?,
+            None => create(&dir, &options, schema, plugin_hash).await?,
         };
         let bound = table
             .snapshot()
@@ -478,8 +555,12 @@ impl Backfill {
 
 /// The active files of the table at `dir` as of `version` (time travel; `None`: the
 /// latest), relative to it, in time order.
-pub async fn files_at(dir: &Path, version: Option<i64>) -> Result<Vec<String>, DeltaError> {
-    Ok(snapshot(dir, version).await?.files)
+pub async fn files_at(
+    dir: &Path,
+    options: &StorageOptions,
+    version: Option<i64>,
+) -> Result<Vec<String>, DeltaError> {
+    Ok(snapshot(dir, options, version).await?.files)
 }
 
 /// `year=2024/month=01/…` as the SQL predicate a `replaceWhere` names it by.
@@ -504,8 +585,22 @@ fn partition_values(hour: &Hour) -> HashMap<String, Option<String>> {
 /// [`OfflineStore::with_table_log`](lockstep_offline::OfflineStore::with_table_log)
 /// and every reader of the store (training sets, golden checks, skew-check) reads a
 /// table's snapshot — the latest, or the version asked for (time travel).
-#[derive(Debug, Clone, Default)]
-pub struct DeltaTables;
+#[derive(Clone, Default)]
+pub struct DeltaTables {
+    /// How to reach tables on S3 (empty for a local store).
+    pub options: StorageOptions,
+}
+
+impl std::fmt::Debug for DeltaTables {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The options may hold credentials: their keys only.
+        let mut keys: Vec<&String> = self.options.keys().collect();
+        keys.sort();
+        f.debug_struct("DeltaTables")
+            .field("options", &keys)
+            .finish()
+    }
+}
 
 impl lockstep_offline::TableLog for DeltaTables {
     fn format(&self) -> &'static str {
@@ -535,7 +630,7 @@ impl lockstep_offline::TableLog for DeltaTables {
                             format!("starting a runtime to read the log: {e}").into()
                         })?;
                     runtime
-                        .block_on(snapshot(&dir, version))
+                        .block_on(snapshot(&dir, &self.options, version))
                         .map_err(|e| -> Box<dyn std::error::Error + Send + Sync> { e.into() })
                 })
                 .join()
@@ -548,10 +643,10 @@ impl lockstep_offline::TableLog for DeltaTables {
 /// files, relative to it, in time order.
 pub async fn snapshot(
     dir: &Path,
+    options: &StorageOptions,
     version: Option<i64>,
 ) -> Result<lockstep_offline::TableSnapshot, DeltaError> {
     let name = dir.display().to_string();
-    let url = table_url(dir)?;
     let table = match version {
         Some(v) if v < 0 => {
             return Err(DeltaError::NoSuchVersion {
@@ -560,15 +655,15 @@ pub async fn snapshot(
                 latest: None,
             });
         }
-        Some(v) => deltalake_core::open_table_with_version(url, v as u64).await,
-        None => deltalake_core::open_table(url).await,
+        Some(v) => load(dir, options, Some(v as u64)).await,
+        None => load(dir, options, None).await,
     };
     let table = match table {
         Ok(table) => table,
         Err(source) => {
             // Name the versions there are when the one asked for is not among them.
             if let Some(v) = version
-                && let Ok(latest) = open(dir).await
+                && let Ok(latest) = open(dir, options).await
             {
                 let latest = latest.and_then(|t| t.version()).map(|l| l as i64);
                 if latest.is_some_and(|l| v > l) {
@@ -616,6 +711,7 @@ pub struct Vacuumed {
 /// running job may lose its files.
 pub async fn vacuum(
     dir: &Path,
+    options: &StorageOptions,
     retain: std::time::Duration,
     dry_run: bool,
     allow_short: bool,
@@ -625,7 +721,7 @@ pub async fn vacuum(
         table: name.clone(),
         source: Box::new(source),
     };
-    let table = open(dir)
+    let table = open(dir, options)
         .await?
         .ok_or_else(|| fail(DeltaTableError::NotATable(name.clone())))?;
     let retain = chrono::Duration::from_std(retain).map_err(|_| {

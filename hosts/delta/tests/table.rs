@@ -95,7 +95,9 @@ impl Fixture {
     }
 
     fn begin(&self) -> Backfill {
-        self.rt.block_on(Backfill::begin(&self.table)).unwrap()
+        self.rt
+            .block_on(Backfill::begin(&self.table, &Default::default()))
+            .unwrap()
     }
 
     fn commit(
@@ -114,7 +116,9 @@ impl Fixture {
     }
 
     fn files(&self, version: Option<i64>) -> Vec<String> {
-        self.rt.block_on(files_at(&self.table, version)).unwrap()
+        self.rt
+            .block_on(files_at(&self.table, &Default::default(), version))
+            .unwrap()
     }
 }
 
@@ -285,7 +289,7 @@ fn the_offline_store_reads_a_tables_snapshot_through_its_log() {
         plain.read("spend", "1.0.0"),
         Err(lockstep_offline::OfflineError::DeltaTable { .. })
     ));
-    let store = plain.with_table_log(Arc::new(DeltaTables));
+    let store = plain.with_table_log(Arc::new(DeltaTables::default()));
     assert_eq!(totals(&store), vec![1.0, 5.0]);
     let at_1 = store
         .files_at("spend", "1.0.0", Some(1))

@@ -358,6 +358,23 @@ impl Backend {
         }
     }
 
+    /// Whether any object lies under the folder `rel_dir`.
+    pub(crate) fn has_any_under(&self, rel_dir: &str) -> Result<bool, OfflineError> {
+        match self {
+            Backend::Local(root) => Ok(root.join(rel_dir).is_dir()),
+            Backend::Object(o) => {
+                let (store, prefix, at) = (o.store.clone(), o.key(rel_dir), self.describe(rel_dir));
+                o.run(async move {
+                    let mut listing = store.list(Some(&prefix));
+                    match listing.try_next().await {
+                        Ok(first) => Ok(first.is_some()),
+                        Err(e) => Err(object_error("listing", at)(e)),
+                    }
+                })?
+            }
+        }
+    }
+
     /// Whether this backend is a local directory (where process liveness can be told).
     pub(crate) fn is_local(&self) -> bool {
         matches!(self, Backend::Local(_))

@@ -251,9 +251,9 @@ impl OfflineStore {
     }
 
     /// Whether `group@version` is kept as a Delta table (its folder holds a Delta log).
-    pub fn holds_delta_table(&self, group: &str, version: &str) -> bool {
+    pub fn holds_delta_table(&self, group: &str, version: &str) -> Result<bool, OfflineError> {
         let rel = layout::version_rel(group, version);
-        self.backend.locate(&format!("{rel}/_delta_log")).is_dir()
+        self.backend.has_any_under(&format!("{rel}/_delta_log"))
     }
 
     /// The hour partition files of `group@version` (relative to the store root), in
@@ -275,9 +275,13 @@ impl OfflineStore {
         table_version: Option<i64>,
     ) -> Result<StoredFiles, OfflineError> {
         let rel = layout::version_rel(group, version);
-        let is_table = |log_dir: &str| self.backend.locate(&format!("{rel}/{log_dir}")).is_dir();
-        match &self.table_log {
-            Some(log) if is_table(log.log_dir()) => {
+        let is_table = |log_dir: &str| self.backend.has_any_under(&format!("{rel}/{log_dir}"));
+        let table_log = match &self.table_log {
+            Some(log) if is_table(log.log_dir())? => Some(log),
+            _ => None,
+        };
+        match table_log {
+            Some(log) => {
                 let location = self.backend.locate(&rel).to_string_lossy().into_owned();
                 let snapshot = log.snapshot(&location, table_version).map_err(|source| {
                     OfflineError::Table {
@@ -297,15 +301,15 @@ impl OfflineStore {
                         .collect(),
                 })
             }
-            _ if self.holds_delta_table(group, version) => Err(OfflineError::DeltaTable {
+            None if self.holds_delta_table(group, version)? => Err(OfflineError::DeltaTable {
                 group: group.to_owned(),
                 version: version.to_owned(),
             }),
-            _ if table_version.is_some() => Err(OfflineError::NoTableVersions {
+            None if table_version.is_some() => Err(OfflineError::NoTableVersions {
                 group: group.to_owned(),
                 version: version.to_owned(),
             }),
-            _ => Ok(StoredFiles {
+            None => Ok(StoredFiles {
                 table_version: None,
                 files: self.backend.list_named(&rel, PART_FILE)?,
             }),
