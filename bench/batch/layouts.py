@@ -89,7 +89,7 @@ def rows_digest(store, layout):
     return con.sql(
         f"SELECT count(*), sum(hash(card_id, event_time, txn_count_24h, txn_sum_24h, txn_max_7d)) "
         f"FROM {rel}"
-    ).fetchone()
+    ).fetchall()[0]
 
 
 def labels_file(work, events, n):
@@ -113,7 +113,7 @@ def set_digest(path):
 
     return duckdb.sql(
         f"SELECT count(*), sum(hash(COLUMNS(*))) FROM read_parquet('{path}')"
-    ).fetchone()
+    ).fetchall()[0]
 
 
 def backfill_case(args, work, name, events, threads):
@@ -227,8 +227,12 @@ def main():
     with open(os.path.join(work, "results.json"), "w") as f:
         json.dump(report, f, indent=2, default=str)
     print(f"\nresults: {os.path.join(work, 'results.json')}")
+    sys.stdout.flush()
     if not (same and same_set and same_sparse):
-        sys.exit("the layouts disagree")
+        print("the layouts disagree", file=sys.stderr, flush=True)
+        os._exit(1)
+    # The deltalake package can abort at interpreter exit after reading many files.
+    os._exit(0)
 
 
 if __name__ == "__main__":

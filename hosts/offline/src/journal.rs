@@ -268,8 +268,12 @@ pub(crate) fn publish_all(
         path: backend.locate(&rel),
         message: e.to_string(),
     })?;
+    // The staged files are durable before the journal names them, the journal before
+    // any is published, and the renames before the journal goes.
+    backend.sync()?;
     backend.put(&rel, bytes)?;
     replay(backend, &journal)?;
+    backend.sync()?;
     backend.delete(&rel)
 }
 
@@ -308,6 +312,7 @@ pub(crate) fn recover(
                 message: format!("a damaged commit journal: {e}"),
             })?;
         recovered.completed = replay(backend, &journal)?;
+        backend.sync()?;
         backend.delete(&rel)?;
     }
     // Staged files of jobs that never wrote their journal. Locally a file of a process

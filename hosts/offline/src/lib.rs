@@ -19,12 +19,15 @@
 //!
 //! A job streams its rows through an [`OfflineWriter`], which buffers them per hour and
 //! stages what outgrows its memory budget in a private directory outside the store. At
-//! commit, an hour partition becomes exactly one file, written to a dot-prefixed
-//! temporary name (which every Parquet reader ignores) and renamed into place, so a reader sees the old file or
-//! the new one, never part of one. A job replaces every hour it writes and leaves every
+//! commit, an hour partition becomes exactly one file, staged under a dot-prefixed
+//! temporary name (which every Parquet reader ignores), made durable with the others by
+//! one file-system sync, and renamed into place, so a reader sees the old file or the
+//! new one, never part of one. A job replaces every hour it writes and leaves every
 //! other hour alone — Spark's *dynamic partition overwrite*: re-running a job gives the
-//! same partitions without duplicates, and a job killed half way leaves each hour either
-//! as it was or completely rewritten. A backfill must therefore be given whole hours.
+//! same partitions without duplicates. A backfill must therefore be given whole hours.
+//! In the plain layout one job writes a version at a time and its renames are
+//! journaled, so a killed commit is completed by the next writer ([`journal`]); a table
+//! format ([`TableLog`], Delta Lake) commits the whole job at once instead.
 //!
 //! # Registry
 //!
