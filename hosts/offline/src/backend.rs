@@ -269,9 +269,16 @@ impl Backend {
         } else {
             format!("{dir_rel}/{}", unique_tmp_name(name))
         };
+        self.write_unsynced(&staged, bytes)?;
+        Ok(staged)
+    }
+
+    /// Writes `bytes` at `rel`, a name no other writer uses (a table format's file,
+    /// invisible until the table commits it), durable at the next [`sync`](Self::sync).
+    pub(crate) fn write_unsynced(&self, rel: &str, bytes: Vec<u8>) -> Result<(), OfflineError> {
         match self {
             Backend::Local(root) => {
-                let path = root.join(&staged);
+                let path = root.join(rel);
                 let dir = path.parent().unwrap_or(root);
                 std::fs::create_dir_all(dir).map_err(io("creating", dir))?;
                 // A direct write waits for the device; a small file is cheaper through
@@ -281,20 +288,18 @@ impl Backend {
                 } else {
                     Ok(None)
                 };
-                let file = match direct {
-                    Ok(Some(file)) => file,
+                match direct {
+                    Ok(Some(_)) => {}
                     Ok(None) | Err(_) => {
                         let mut file =
                             std::fs::File::create(&path).map_err(io("creating", &path))?;
                         std::io::Write::write_all(&mut file, &bytes)
                             .map_err(io("writing", &path))?;
-                        file
                     }
-                };
-                drop(file);
+                }
             }
             Backend::Object(o) => {
-                let (store, key, at) = (o.store.clone(), o.key(&staged), self.describe(&staged));
+                let (store, key, at) = (o.store.clone(), o.key(rel), self.describe(rel));
                 o.run(async move {
                     store
                         .put(&key, PutPayload::from(bytes))
@@ -303,7 +308,7 @@ impl Backend {
                 })??;
             }
         }
-        Ok(staged)
+        Ok(())
     }
 
     /// Gives the staged object `staged` its name `rel`, replacing what was there in one

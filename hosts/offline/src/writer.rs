@@ -125,8 +125,8 @@ impl std::fmt::Debug for OfflineWriter {
 /// the source it came from.
 type HourParts = (Vec<(usize, PathBuf)>, Vec<(usize, RecordBatch)>);
 
-/// An hour written at commit: its place in commit order, its staged name, its row
-/// count, the hour, its final name, its size.
+/// An hour written at commit: its place in commit order, its staged name (empty when
+/// written in place), its row count, the hour, its final name, its size.
 type WrittenHour = (usize, String, usize, Hour, String, u64);
 
 /// An hour encoded at commit, waiting to be put: its place in commit order, its path
@@ -447,7 +447,16 @@ impl OfflineWriter {
                             if failed.load(Ordering::Relaxed) {
                                 continue;
                             }
-                            match this.backend.stage(&rel, bytes) {
+                            // A table format's file has a name no other job uses and
+                            // is invisible until the table commits it: written in place.
+                            let written = if journaled {
+                                this.backend.stage(&rel, bytes)
+                            } else {
+                                this.backend
+                                    .write_unsynced(&rel, bytes)
+                                    .map(|()| String::new())
+                            };
+                            match written {
                                 Ok(staged) => done.push((i, staged, rows, at, rel, size)),
                                 Err(e) => {
                                     failed.store(true, Ordering::Relaxed);
@@ -489,11 +498,7 @@ impl OfflineWriter {
                 staged,
             )?;
         } else {
-            // A table format's files have names no other job uses and are invisible
-            // until its own commit: published as they are, durable before it.
-            for (from, to) in &staged {
-                self.backend.publish(from, to)?;
-            }
+            // Durable before the table's commit names them.
             self.backend.sync()?;
         }
         Ok(WriteSummary {
