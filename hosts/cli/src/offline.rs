@@ -171,8 +171,8 @@ pub struct VacuumArgs {
     /// standard AWS environment).
     #[arg(long)]
     pub offline_store: String,
-    /// The group, NAME or NAME@VERSION (every version kept as a Delta table when the
-    /// version is left out).
+    /// The group, NAME or NAME@VERSION (every version of it when the version is left
+    /// out).
     #[arg(long)]
     pub group: String,
     /// Keep files any version younger than this still needs, and files written this
