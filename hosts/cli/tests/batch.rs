@@ -30,6 +30,11 @@ fn generate(dir: &Path, rows: usize) -> PathBuf {
 
 /// Generated transactions in `dir/name`; `.parquet` names give Parquet.
 fn generate_as(dir: &Path, rows: usize, name: &str) -> PathBuf {
+    generate_seeded(dir, rows, 5, name)
+}
+
+/// [`generate_as`] with another seed: other events over the same 200 cards and hours.
+fn generate_seeded(dir: &Path, rows: usize, seed: u64, name: &str) -> PathBuf {
     let events = dir.join(name);
     let out = lockstep(&[
         "gen",
@@ -41,7 +46,7 @@ fn generate_as(dir: &Path, rows: usize, name: &str) -> PathBuf {
         "--entities",
         "200",
         "--seed",
-        "5",
+        &seed.to_string(),
         "--out",
         s(&events),
     ]);
@@ -806,22 +811,7 @@ fn a_delta_backfill_killed_at_20_points_shows_the_old_version_or_the_new_one() {
     let dir = tempfile::tempdir().expect("tempdir");
     let first = generate_as(dir.path(), 20_000, "first.jsonl");
     // Other events over the same cards: the second job replaces the first's hours.
-    let second = dir.path().join("second.jsonl");
-    let out = lockstep(&[
-        "gen",
-        "events",
-        "--kind",
-        "transactions",
-        "--rows",
-        "20000",
-        "--entities",
-        "200",
-        "--seed",
-        "6",
-        "--out",
-        s(&second),
-    ]);
-    assert!(out.status.success(), "{}", text(&out.stderr));
+    let second = generate_seeded(dir.path(), 20_000, 6, "second.jsonl");
     let delta = ["--table-format", "delta"];
     let base = dir.path().join("base");
     assert!(backfill(&first, &base, &delta).status.success());
@@ -956,22 +946,7 @@ print(len(rows), hashlib.sha256('\n'.join(rows).encode()).hexdigest()[:16])
 fn a_training_set_rebuilt_as_of_a_delta_version_equals_the_one_built_then() {
     let dir = tempfile::tempdir().expect("tempdir");
     let first = generate_as(dir.path(), 6_000, "first.jsonl");
-    let second = dir.path().join("second.jsonl");
-    let out = lockstep(&[
-        "gen",
-        "events",
-        "--kind",
-        "transactions",
-        "--rows",
-        "6000",
-        "--entities",
-        "200",
-        "--seed",
-        "6",
-        "--out",
-        s(&second),
-    ]);
-    assert!(out.status.success(), "{}", text(&out.stderr));
+    let second = generate_seeded(dir.path(), 6_000, 6, "second.jsonl");
     let labels = dir.path().join("labels.csv");
     labels_from(&first, &labels);
     let store = dir.path().join("store");
@@ -1210,22 +1185,7 @@ fn staged_files(dir: &Path) -> usize {
 fn a_plain_backfill_killed_at_20_points_is_completed_or_rolled_back_by_the_next_writer() {
     let dir = tempfile::tempdir().expect("tempdir");
     let first = generate_as(dir.path(), 20_000, "first.jsonl");
-    let second = dir.path().join("second.jsonl");
-    let out = lockstep(&[
-        "gen",
-        "events",
-        "--kind",
-        "transactions",
-        "--rows",
-        "20000",
-        "--entities",
-        "200",
-        "--seed",
-        "6",
-        "--out",
-        s(&second),
-    ]);
-    assert!(out.status.success(), "{}", text(&out.stderr));
+    let second = generate_seeded(dir.path(), 20_000, 6, "second.jsonl");
     let base = dir.path().join("base");
     assert!(backfill(&first, &base, &[]).status.success());
     let version_of = |store: &Path| store.join("txn_velocity/version=1.0.0");

@@ -281,22 +281,7 @@ impl Backend {
                 let path = root.join(rel);
                 let dir = path.parent().unwrap_or(root);
                 std::fs::create_dir_all(dir).map_err(io("creating", dir))?;
-                // A direct write waits for the device; a small file is cheaper through
-                // the page cache, flushed with the others by the commit's one sync.
-                let direct = if bytes.len() >= DIRECT_WRITE_MIN {
-                    direct::write(&path, &bytes)
-                } else {
-                    Ok(None)
-                };
-                match direct {
-                    Ok(Some(_)) => {}
-                    Ok(None) | Err(_) => {
-                        let mut file =
-                            std::fs::File::create(&path).map_err(io("creating", &path))?;
-                        std::io::Write::write_all(&mut file, &bytes)
-                            .map_err(io("writing", &path))?;
-                    }
-                }
+                write_local_file(&path, &bytes)?;
             }
             Backend::Object(o) => {
                 let (store, key, at) = (o.store.clone(), o.key(rel), self.describe(rel));
@@ -363,13 +348,15 @@ impl Backend {
                 return Err(io("syncing", root)(std::io::Error::last_os_error()));
             }
         }
-        #[cfg(not(target_os = "linux"))]
+        #[cfg(all(unix, not(target_os = "linux")))]
         {
             // No per-file-system flush: the whole machine's.
             // SAFETY: sync takes no arguments and cannot fail.
             unsafe { libc::sync() };
             drop(dir);
         }
+        #[cfg(not(unix))]
+        dir.sync_all().map_err(io("syncing", root))?;
         Ok(())
     }
 
@@ -431,18 +418,7 @@ impl Backend {
                     .unwrap_or_default();
                 // A dot-named temporary file, which every Parquet reader skips.
                 let tmp = dir.join(unique_tmp_name(&name));
-                let file = match direct::write(&tmp, &bytes) {
-                    Ok(Some(file)) => file,
-                    // The file system takes no direct writes (tmpfs, some network
-                    // mounts), or the direct write failed: through the page cache, which
-                    // reports any lasting error with its context.
-                    Ok(None) | Err(_) => {
-                        let mut file = std::fs::File::create(&tmp).map_err(io("creating", &tmp))?;
-                        std::io::Write::write_all(&mut file, &bytes)
-                            .map_err(io("writing", &tmp))?;
-                        file
-                    }
-                };
+                let file = write_local_file(&tmp, &bytes)?;
                 file.sync_all().map_err(io("syncing", &tmp))?;
                 std::fs::rename(&tmp, &path).map_err(io("committing", &path))?;
                 if let Ok(d) = std::fs::File::open(dir) {
@@ -451,14 +427,9 @@ impl Backend {
                 remove_orphaned_tmp_files(dir);
                 Ok(path)
             }
-            Backend::Object(o) => {
-                let (store, key, at) = (o.store.clone(), o.key(rel), self.describe(rel));
-                o.run(async move {
-                    store
-                        .put(&key, PutPayload::from(bytes))
-                        .await
-                        .map_err(object_error("writing", at))
-                })??;
+            // A single PUT replaces an object atomically.
+            Backend::Object(_) => {
+                self.write_unsynced(rel, bytes)?;
                 Ok(self.locate(rel))
             }
         }
@@ -540,6 +511,28 @@ impl ObjectBackend {
             let _ = tx.send(fut.await);
         });
         rx.recv().map_err(|_| failed())
+    }
+}
+
+/// Writes `bytes` to a new local file at `path` and returns it open. A large file is
+/// written directly (it would only evict other data from the page cache), a small one
+/// through the cache: a direct write waits for the device, and a commit flushes its
+/// small files together with one sync. Where direct writes are refused (tmpfs, some
+/// network mounts) or fail, through the cache, which reports any lasting error with its
+/// context.
+fn write_local_file(path: &Path, bytes: &[u8]) -> Result<std::fs::File, OfflineError> {
+    let direct = if bytes.len() >= DIRECT_WRITE_MIN {
+        direct::write(path, bytes)
+    } else {
+        Ok(None)
+    };
+    match direct {
+        Ok(Some(file)) => Ok(file),
+        Ok(None) | Err(_) => {
+            let mut file = std::fs::File::create(path).map_err(io("creating", path))?;
+            std::io::Write::write_all(&mut file, bytes).map_err(io("writing", path))?;
+            Ok(file)
+        }
     }
 }
 

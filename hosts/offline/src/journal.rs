@@ -61,33 +61,9 @@ impl std::fmt::Display for LockHolder {
 }
 
 fn format_micros(micros: i64) -> String {
-    let secs = micros.div_euclid(1_000_000);
-    let t = std::time::UNIX_EPOCH + Duration::from_secs(secs.max(0) as u64);
-    humantime_like(t)
-}
-
-/// RFC 3339 seconds, without pulling a date crate in for a message.
-fn humantime_like(t: std::time::SystemTime) -> String {
-    let secs = t
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64);
-    let days = secs.div_euclid(86_400);
-    let rem = secs.rem_euclid(86_400);
-    // Civil from days (H. Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        rem / 3_600,
-        rem % 3_600 / 60,
-        rem % 60
+    chrono::DateTime::from_timestamp_micros(micros).map_or_else(
+        || format!("{micros} µs"),
+        |t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
     )
 }
 
@@ -192,11 +168,6 @@ impl WriteLock {
             stop,
             renewer,
         }
-    }
-
-    /// Who holds it: this process.
-    pub fn holder(&self) -> &LockHolder {
-        &self.holder
     }
 }
 

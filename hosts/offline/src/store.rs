@@ -275,11 +275,14 @@ impl OfflineStore {
         table_version: Option<i64>,
     ) -> Result<StoredFiles, OfflineError> {
         let rel = layout::version_rel(group, version);
-        let is_table = |log_dir: &str| self.backend.has_any_under(&format!("{rel}/{log_dir}"));
-        let table_log = match &self.table_log {
-            Some(log) if is_table(log.log_dir())? => Some(log),
-            _ => None,
-        };
+        // One listing says whether the folder holds a log: the attached format's, or
+        // Delta's to refuse by name when none is attached.
+        let log_dir = self
+            .table_log
+            .as_ref()
+            .map_or("_delta_log", |l| l.log_dir());
+        let is_table = self.backend.has_any_under(&format!("{rel}/{log_dir}"))?;
+        let table_log = self.table_log.as_ref().filter(|_| is_table);
         match table_log {
             Some(log) => {
                 let location = self.backend.locate(&rel).to_string_lossy().into_owned();
@@ -301,7 +304,7 @@ impl OfflineStore {
                         .collect(),
                 })
             }
-            None if self.holds_delta_table(group, version)? => Err(OfflineError::DeltaTable {
+            None if is_table => Err(OfflineError::DeltaTable {
                 group: group.to_owned(),
                 version: version.to_owned(),
             }),
