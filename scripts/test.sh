@@ -53,6 +53,9 @@ export LOCKSTEP_FEAST_PYTHON="$feast_venv/bin/python"
 step "cargo fmt --check"
 cargo fmt --all -- --check
 
+step "architecture rules (scripts/check-architecture.sh)"
+bash scripts/check-architecture.sh
+
 step "cargo clippy (warnings are errors)"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 

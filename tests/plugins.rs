@@ -3,8 +3,9 @@
 
 use lockstep_abi::{ApplyRequestView, ApplyResponse, ReadRequest, ReadResponse};
 use lockstep_core::decode::decode_json_lines;
-use lockstep_core::executor::{Executor, StateMap};
+use lockstep_core::key::StateMap;
 use lockstep_core::rows::row_json;
+use lockstep_executor::Executor;
 use lockstep_runtime::{Plugin, Runtime, RuntimeConfig};
 use lockstep_sdk::{Transform, engine};
 use lockstep_tests::{component, velocity_requests};

@@ -53,10 +53,11 @@ use datafusion::prelude::{SessionConfig, SessionContext};
 use futures::StreamExt;
 use lockstep_abi::Manifest;
 use lockstep_core::conform::{SourceKind, conform_bounded};
-use lockstep_core::executor::{RunStats, StateMap};
+use lockstep_core::key::StateMap;
 use lockstep_core::order::{order_fields, sort_columns, with_order_columns};
 use lockstep_core::rows::row_json;
 use lockstep_core::schema::input_schema;
+use lockstep_executor::RunStats;
 use lockstep_offline::{S3Options, parse_s3_url};
 use lockstep_runtime::Plugin;
 use object_store::ObjectStore;
@@ -75,10 +76,12 @@ pub use plugin_exec::{PluginExec, PluginNodeConfig};
 /// A failure from the plan, with a plugin's own error brought back to the surface.
 fn unwrap_core(e: DataFusionError) -> BatchError {
     match e {
-        DataFusionError::External(inner) => match inner.downcast::<lockstep_core::CoreError>() {
-            Ok(core) => BatchError::Core(*core),
-            Err(other) => BatchError::DataFusion(DataFusionError::External(other)),
-        },
+        DataFusionError::External(inner) => {
+            match inner.downcast::<lockstep_executor::ExecError>() {
+                Ok(plugin) => BatchError::Plugin(*plugin),
+                Err(other) => BatchError::DataFusion(DataFusionError::External(other)),
+            }
+        }
         other => BatchError::DataFusion(other),
     }
 }
@@ -222,7 +225,7 @@ pub struct BatchOutput {
     pub rejects: Vec<SourceReject>,
     /// Events the plugin failed on, skipped while everything else was applied (the
     /// stream host dead-letters the same events: see
-    /// [`lockstep_core::executor::FailedEvent`]). `column` is empty; `reason` holds
+    /// [`lockstep_executor::FailedEvent`]). `column` is empty; `reason` holds
     /// the entity and the plugin's message.
     pub plugin_failures: Vec<SourceReject>,
 }
@@ -233,9 +236,12 @@ pub enum BatchError {
     /// Reading, planning or sorting failed (includes conform errors, which name the column).
     #[error("{0}")]
     DataFusion(#[from] DataFusionError),
-    /// The plugin or the shared host path failed.
+    /// Decoding or ordering the events failed.
     #[error(transparent)]
     Core(#[from] lockstep_core::CoreError),
+    /// Running the plugin failed.
+    #[error(transparent)]
+    Plugin(#[from] lockstep_executor::ExecError),
     /// A JSON-lines source could not be read or decoded.
     #[error("{0}")]
     Source(String),

@@ -4,7 +4,7 @@
 //! by entity key, event time, event id and content (the order
 //! [`lockstep_core::order::with_order_columns`] makes sortable). Each output partition
 //! runs its own plugin instance over its input partition, dropping duplicates and
-//! carrying state across batches ([`lockstep_core::executor::OrderedRun`]), and streams
+//! carrying state across batches ([`lockstep_executor::OrderedRun`]), and streams
 //! the rows it emits.
 //!
 //! Everything a remote executor needs to rebuild the node is in [`PluginNodeConfig`],
@@ -27,9 +27,10 @@ use datafusion::physical_plan::{
 };
 use futures::StreamExt;
 use lockstep_abi::Manifest;
-use lockstep_core::executor::{Executor, RunStats, StateMap};
+use lockstep_core::key::StateMap;
 use lockstep_core::rows::row_json;
 use lockstep_core::schema::row_schema;
+use lockstep_executor::{Executor, RunStats};
 use lockstep_runtime::{Plugin, Runtime};
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -193,7 +194,7 @@ impl DisplayAs for PluginExec {
 }
 
 /// A core error through DataFusion's error type; [`crate::run`] unwraps it again.
-fn external(e: lockstep_core::CoreError) -> DataFusionError {
+fn external(e: lockstep_executor::ExecError) -> DataFusionError {
     DataFusionError::External(Box::new(e))
 }
 

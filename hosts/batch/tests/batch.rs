@@ -4,8 +4,9 @@ use arrow_array::{ArrayRef, Float64Array, RecordBatch, StringArray, TimestampMic
 use datafusion::parquet::arrow::ArrowWriter;
 use lockstep_batch::{BatchJob, SourceFormat};
 use lockstep_core::decode::decode_json_lines;
-use lockstep_core::executor::{Executor, StateMap};
+use lockstep_core::key::StateMap;
 use lockstep_core::rows::row_json;
+use lockstep_executor::Executor;
 use lockstep_runtime::{Plugin, Runtime, RuntimeConfig};
 use std::path::Path;
 use std::sync::{Arc, OnceLock};
@@ -120,8 +121,8 @@ fn job(source: &Path, format: SourceFormat, partitions: usize) -> BatchJob {
 #[derive(Debug)]
 struct Collected {
     rows: Vec<RecordBatch>,
-    states: lockstep_core::executor::StateMap,
-    stats: lockstep_core::executor::RunStats,
+    states: lockstep_core::key::StateMap,
+    stats: lockstep_executor::RunStats,
     rejects: Vec<lockstep_batch::SourceReject>,
 }
 

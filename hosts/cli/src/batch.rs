@@ -1,5 +1,6 @@
 //! `lockstep batch run`: backfill a feature group into the offline store.
 
+use crate::offline::TableFormat;
 use anyhow::{Context, Result, bail};
 use indicatif::{ProgressBar, ProgressStyle};
 use lockstep_batch::{BatchJob, Progress, SourceFormat};
@@ -28,25 +29,6 @@ pub struct RunArgs {
     pub max_future: i64,
     /// How the group version is kept.
     pub table_format: TableFormat,
-}
-
-/// How a group version is kept in the offline store.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum TableFormat {
-    /// One Parquet file per hour partition, each replaced atomically.
-    Plain,
-    /// A Delta Lake table: one commit per backfill.
-    Delta,
-}
-
-impl TableFormat {
-    /// Its name on the command line.
-    pub fn name(self) -> &'static str {
-        match self {
-            TableFormat::Plain => "plain",
-            TableFormat::Delta => "delta",
-        }
-    }
 }
 
 /// Where to register written tables.

@@ -119,7 +119,7 @@ pub fn run(events: usize) -> Result<()> {
             &events_path,
             2,
             &offline,
-            crate::batch::TableFormat::Plain,
+            crate::offline::TableFormat::Plain,
         )?;
         println!(
             "  batch host   {} events → {} rows in {} hour partitions of {} in {:.0} ms",

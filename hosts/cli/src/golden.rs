@@ -7,7 +7,7 @@
 //! store, with one and with several partitions, and compares the stored rows with the
 //! expected ones exactly. `update` rewrites the expected rows, and only when asked.
 
-use crate::batch::TableFormat;
+use crate::offline::TableFormat;
 use anyhow::{Context, Result, bail, ensure};
 use lockstep_batch::{BatchJob, SourceFormat};
 use lockstep_core::compare::{Row, canonical_order, canonical_rows, compare};

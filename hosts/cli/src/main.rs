@@ -14,8 +14,9 @@ mod training;
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use lockstep_core::decode::{Reject, decode_json_lines};
-use lockstep_core::executor::{Executor, StateMap};
+use lockstep_core::key::StateMap;
 use lockstep_core::rows::row_json;
+use lockstep_executor::Executor;
 use lockstep_runtime::{Runtime, RuntimeConfig};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -84,7 +85,7 @@ enum Command {
         /// How the batch side keeps the rows it reads back: `plain` hour files or a
         /// `delta` table (read through its log, as training sets read it).
         #[arg(long, value_enum, default_value = "plain")]
-        table_format: batch::TableFormat,
+        table_format: offline::TableFormat,
         #[command(flatten)]
         runtime: RuntimeArgs,
     },
@@ -332,7 +333,7 @@ enum BatchCommand {
         /// replaced atomically) or `delta` (a Delta Lake table: the whole backfill is one
         /// commit, concurrent jobs are serialised, old versions stay readable).
         #[arg(long, value_enum, default_value = "plain")]
-        table_format: batch::TableFormat,
+        table_format: offline::TableFormat,
         #[command(flatten)]
         runtime: RuntimeArgs,
     },

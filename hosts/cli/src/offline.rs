@@ -1,9 +1,27 @@
 //! Opening the offline store the way every command reads it.
 
-use crate::batch::TableFormat;
 use anyhow::{Context, Result};
 use lockstep_offline::{GroupVersion, OfflineStore, OfflineWriter, S3Options, WriteSummary};
 use std::sync::Arc;
+
+/// How a group version is kept in the offline store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum TableFormat {
+    /// One Parquet file per hour partition, each replaced atomically.
+    Plain,
+    /// A Delta Lake table: one commit per backfill.
+    Delta,
+}
+
+impl TableFormat {
+    /// Its name on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            TableFormat::Plain => "plain",
+            TableFormat::Delta => "delta",
+        }
+    }
+}
 
 /// The offline store at `location`, reading group versions kept as Delta tables
 /// through their log: every command sees a table's snapshot, never the files a

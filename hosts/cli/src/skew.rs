@@ -42,7 +42,7 @@ pub struct SkewArgs {
     /// (`rows.jsonl`, `late.jsonl`) instead of streaming the events here.
     pub stream_log: Option<PathBuf>,
     /// How the batch side's store keeps the rows it reads back.
-    pub table_format: crate::batch::TableFormat,
+    pub table_format: crate::offline::TableFormat,
 }
 
 /// What a `stream run` logged in `dir`: its rows, and its late events (left out of
@@ -415,7 +415,7 @@ pub fn run(args: &SkewArgs, runtime: &Runtime) -> Result<bool> {
             let column = decoded.column(key_index);
             let keys: Vec<String> = (0..decoded.num_rows())
                 .map(|row| {
-                    lockstep_core::executor::EntityKey::from_array(column.as_ref(), row)
+                    lockstep_core::key::EntityKey::from_array(column.as_ref(), row)
                         .map(|k| k.to_string())
                         .unwrap_or_default()
                 })

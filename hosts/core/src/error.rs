@@ -21,17 +21,6 @@ pub enum CoreError {
     /// An Arrow operation failed.
     #[error("arrow: {0}")]
     Arrow(#[from] arrow_schema::ArrowError),
-    /// The plugin call failed.
-    #[error(transparent)]
-    Call(#[from] lockstep_runtime::CallError),
-    /// The plugin returned or was sent a payload that breaks the batch layout.
-    #[error("plugin `{plugin}`: {message}")]
-    Protocol {
-        /// Group name.
-        plugin: String,
-        /// What is inconsistent.
-        message: String,
-    },
     /// Input that cannot be processed (schema mismatch, null key...).
     #[error("{0}")]
     Input(String),

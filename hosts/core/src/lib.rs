@@ -5,10 +5,10 @@ pub mod conform;
 pub mod convert;
 pub mod decode;
 mod error;
-pub mod executor;
+pub mod key;
 pub mod order;
 pub mod rows;
 pub mod schema;
 
 pub use error::{CoreError, DecodeError};
-pub use executor::{Executor, StateMap};
+pub use key::{EntityKey, StateMap};

@@ -189,8 +189,8 @@ pub fn event_ids(batch: &RecordBatch, id_column: Option<usize>) -> Vec<u128> {
 /// One 128-bit hash of an entity and an event id: the identity of an event within a
 /// stream, for sets that would otherwise hold the key text. Two events confused by it
 /// are as unlikely as two contents with one [`content_hash`].
-pub fn identity(key: &crate::executor::EntityKey, id: u128) -> u128 {
-    use crate::executor::EntityKey;
+pub fn identity(key: &crate::key::EntityKey, id: u128) -> u128 {
+    use crate::key::EntityKey;
     let mut h = Xxh3::new();
     match key {
         EntityKey::Str(s) => {

@@ -40,6 +40,7 @@ mod backend;
 mod error;
 pub mod journal;
 pub mod layout;
+mod part;
 mod registry;
 pub mod snapshot;
 mod store;
@@ -48,7 +49,8 @@ pub mod writer;
 
 pub use backend::{S3Options, parse_s3_url};
 pub use error::OfflineError;
+pub use part::{STORE_COLUMNS, WriteSummary, WrittenPart};
 pub use registry::GroupVersion;
-pub use store::{OfflineStore, STORE_COLUMNS, StoredFiles, WriteSummary, WrittenPart};
+pub use store::{OfflineStore, StoredFiles};
 pub use table::{TableLog, TableSnapshot};
 pub use writer::{OfflineWriter, WriterOptions};

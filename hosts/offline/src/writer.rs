@@ -19,8 +19,8 @@
 use crate::backend::Backend;
 use crate::error::io;
 use crate::layout::{self, Hour};
-use crate::store::{WriteSummary, WrittenPart, encode_partition};
-use crate::{GroupVersion, OfflineError, OfflineStore};
+use crate::part::{WriteSummary, WrittenPart, encode_partition, stored_schema};
+use crate::{GroupVersion, OfflineError};
 use arrow_array::cast::AsArray;
 use arrow_array::types::{Int64Type, TimestampMicrosecondType};
 use arrow_array::{
@@ -70,7 +70,7 @@ pub struct WriterOptions {
     /// Delta table keeps it until VACUUM) gives each job a name of its own.
     pub part_file: Option<String>,
     /// The version's writer lock, taken by the caller when the job began (see
-    /// [`OfflineStore::lock`]). Without it a plain-layout commit takes the lock itself,
+    /// [`crate::OfflineStore::lock`]). Without it a plain-layout commit takes the lock itself,
     /// and fails if another job holds it. A table format (`part_file` set) needs none.
     pub lock: Option<Arc<crate::journal::WriteLock>>,
 }
@@ -138,13 +138,13 @@ type RowComparator = Box<dyn Fn(usize, usize) -> std::cmp::Ordering + Send + Syn
 
 impl OfflineWriter {
     pub(crate) fn new(
-        store: &OfflineStore,
+        backend: Backend,
         group: &GroupVersion,
         write_time: i64,
         options: WriterOptions,
     ) -> Self {
         OfflineWriter {
-            backend: store.backend().clone(),
+            backend,
             group: group.clone(),
             write_time,
             expected: row_schema(&group.manifest),
@@ -558,7 +558,7 @@ impl OfflineWriter {
                 .as_str();
             n
         ])));
-        let out = RecordBatch::try_new(OfflineStore::schema(&self.group.manifest), columns)?;
+        let out = RecordBatch::try_new(stored_schema(&self.group.manifest), columns)?;
         let at = Hour::of(hour.saturating_mul(MICROS_PER_HOUR));
         let dir = format!(
             "{}/{}",

@@ -14,7 +14,7 @@
 //! It must never run plugins or read sources.
 
 use arrow_array::RecordBatch;
-use lockstep_core::executor::KeyHasher;
+use lockstep_core::key::KeyHasher;
 use lockstep_core::rows::{RowWriter, RowsText};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
@@ -343,7 +343,7 @@ impl<'a> KeyColumn<'a> {
 }
 
 /// An entity key borrowed from its column; displays as
-/// [`EntityKey`](lockstep_core::executor::EntityKey) does.
+/// [`EntityKey`](lockstep_core::key::EntityKey) does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 enum KeyRef<'a> {
     Str(&'a str),

@@ -17,7 +17,7 @@ use arrow_array::RecordBatch;
 use arrow_ipc::reader::StreamReader;
 use arrow_ipc::writer::StreamWriter;
 use arrow_schema::SchemaRef;
-use lockstep_core::executor::{EntityKey, StateMap};
+use lockstep_core::key::{EntityKey, StateMap};
 use lockstep_stream::{Checkpoint, Pending, SavedShard, ShardSpec};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde_json::{Value as Json, json};

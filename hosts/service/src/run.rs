@@ -8,7 +8,7 @@ use crate::metrics::Metrics;
 use crate::source::{KinesisSource, Resume, ShardEvent, ShardRecord, Source};
 use arrow_array::RecordBatch;
 use lockstep_cache::{CacheEntry, RedisCache};
-use lockstep_core::executor::StateMap;
+use lockstep_core::key::StateMap;
 use lockstep_core::rows::{RowsText, row_json};
 use lockstep_core::schema::row_schema;
 use lockstep_kinesis::KinesisOptions;

@@ -97,9 +97,12 @@ impl LateEvent {
 /// Why the stream host failed.
 #[derive(Debug, Error)]
 pub enum StreamError {
-    /// The plugin or the shared host path failed.
+    /// Decoding or ordering the events failed.
     #[error(transparent)]
     Core(#[from] lockstep_core::CoreError),
+    /// Running the plugin failed.
+    #[error(transparent)]
+    Plugin(#[from] lockstep_executor::ExecError),
     /// An Arrow operation failed.
     #[error("arrow: {0}")]
     Arrow(#[from] arrow_schema::ArrowError),

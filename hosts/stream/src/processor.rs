@@ -9,9 +9,10 @@ use arrow_select::concat::concat_batches;
 use arrow_select::filter::filter_record_batch;
 use lockstep_abi::Manifest;
 use lockstep_core::decode::JsonDecoder;
-use lockstep_core::executor::{EntityKey, Executor, KeyHasher, KeySet, RunStats, StateMap};
+use lockstep_core::key::{EntityKey, KeyHasher, KeySet, StateMap};
 use lockstep_core::order::{event_ids, identity};
 use lockstep_core::schema::{input_schema, row_schema};
+use lockstep_executor::{Executor, RunStats};
 use lockstep_runtime::Plugin;
 use std::collections::{BTreeMap, HashSet};
 

@@ -13,8 +13,9 @@
 
 use crate::{Pending, Record, ShardState, Step, StreamConfig, StreamError, StreamProcessor};
 use arrow_array::RecordBatch;
-use lockstep_core::executor::{EntityKey, RunStats, StateMap};
+use lockstep_core::key::{EntityKey, StateMap};
 use lockstep_core::schema::row_schema;
+use lockstep_executor::RunStats;
 use lockstep_runtime::Plugin;
 use std::collections::HashMap;
 

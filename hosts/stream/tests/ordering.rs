@@ -4,7 +4,8 @@
 use arrow_array::RecordBatch;
 use lockstep_core::compare::{Row, canonical_order, canonical_rows, compare};
 use lockstep_core::decode::decode_json_lines;
-use lockstep_core::executor::{Executor, StateMap};
+use lockstep_core::key::StateMap;
+use lockstep_executor::Executor;
 use lockstep_runtime::{Plugin, Runtime, RuntimeConfig};
 use lockstep_stream::{Record, StreamConfig, StreamProcessor};
 use proptest::prelude::*;

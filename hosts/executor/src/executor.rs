@@ -1,74 +1,18 @@
 //! Runs a plugin over a batch of events, carrying per-entity state.
 
-use crate::CoreError;
-use crate::convert::{read_column, write_column};
-use crate::order::order_events;
-use crate::schema::{input_schema, row_schema};
+use crate::ExecError;
 use arrow_array::cast::AsArray;
-use arrow_array::types::Int64Type;
 use arrow_array::{Array, ArrayRef, RecordBatch, UInt32Array};
-use arrow_schema::{DataType, SchemaRef};
+use arrow_schema::SchemaRef;
 use arrow_select::concat::concat_batches;
 use arrow_select::take::take;
 use lockstep_abi::{ApplyRequest, ApplyResponse, Kind, Manifest, ValueType};
+use lockstep_core::convert::{read_column, write_column};
+use lockstep_core::key::{EntityKey, KeyHasher, StateMap};
+use lockstep_core::order::order_events;
+use lockstep_core::schema::{input_schema, row_schema};
 use lockstep_runtime::{Plugin, PluginInstance};
-use std::collections::{HashMap, HashSet};
-use std::fmt;
-
-/// An entity key: the value of the manifest's entity-key field.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum EntityKey {
-    /// A string key.
-    Str(String),
-    /// An int64 key.
-    Int(i64),
-}
-
-impl fmt::Display for EntityKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            EntityKey::Str(s) => f.write_str(s),
-            EntityKey::Int(i) => write!(f, "{i}"),
-        }
-    }
-}
-
-impl EntityKey {
-    /// Whether this key equals the value at `row` of a Utf8 or Int64 column, without
-    /// allocating.
-    pub fn equals(&self, column: &dyn Array, row: usize) -> bool {
-        match (self, column.data_type()) {
-            (EntityKey::Str(s), DataType::Utf8) => column.as_string::<i32>().value(row) == s,
-            (EntityKey::Int(i), DataType::Int64) => {
-                column.as_primitive::<Int64Type>().value(row) == *i
-            }
-            _ => false,
-        }
-    }
-
-    /// The key at `row` of a Utf8 or Int64 column.
-    pub fn from_array(column: &dyn Array, row: usize) -> Option<Self> {
-        match column.data_type() {
-            DataType::Utf8 => Some(EntityKey::Str(
-                column.as_string::<i32>().value(row).to_owned(),
-            )),
-            DataType::Int64 => Some(EntityKey::Int(
-                column.as_primitive::<Int64Type>().value(row),
-            )),
-            _ => None,
-        }
-    }
-}
-
-/// The hasher of per-entity maps and sets: fast, randomly seeded per map, so no code
-/// can come to depend on an iteration order.
-pub type KeyHasher = foldhash::fast::RandomState;
-
-/// Per-entity plugin state, as the plugin encoded it.
-pub type StateMap = HashMap<EntityKey, Vec<u8>, KeyHasher>;
-
-/// A set of entity keys.
-pub type KeySet = HashSet<EntityKey, KeyHasher>;
+use std::collections::HashSet;
 
 /// What a run did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -119,11 +63,11 @@ pub struct FailedEvent {
 /// Whether `error` is the plugin failing on its input (a panic, an error it returned,
 /// a trap, a budget exceeded, a malformed response), which isolating the event that
 /// causes it can get past, rather than a fault of the host.
-fn is_plugin_failure(error: &CoreError) -> bool {
+fn is_plugin_failure(error: &ExecError) -> bool {
     use lockstep_runtime::CallError;
     match error {
-        CoreError::Protocol { .. } => true,
-        CoreError::Call(call) => matches!(
+        ExecError::Protocol { .. } => true,
+        ExecError::Call(call) => matches!(
             call,
             CallError::CpuBudget { .. }
                 | CallError::MemoryLimit { .. }
@@ -162,7 +106,7 @@ pub struct Executor {
 
 impl Executor {
     /// An executor with a fresh instance of `plugin`.
-    pub fn new(plugin: &Plugin) -> Result<Self, CoreError> {
+    pub fn new(plugin: &Plugin) -> Result<Self, ExecError> {
         let manifest = plugin.manifest().clone();
         Ok(Executor {
             instance: plugin.instantiate()?,
@@ -193,7 +137,7 @@ impl Executor {
         &mut self,
         events: &RecordBatch,
         states: &mut StateMap,
-    ) -> Result<RunOutput, CoreError> {
+    ) -> Result<RunOutput, ExecError> {
         let expected = self.input_schema.fields();
         for (i, field) in expected.iter().enumerate() {
             let actual = events
@@ -202,7 +146,7 @@ impl Executor {
                 .get(i)
                 .map(|f| f.data_type().clone());
             if actual.as_ref() != Some(field.data_type()) {
-                return Err(CoreError::Input(format!(
+                return Err(ExecError::Input(format!(
                     "events column {i} should be `{}` of type {}, found {:?}",
                     field.name(),
                     field.data_type(),
@@ -220,7 +164,7 @@ impl Executor {
         let key_col = self
             .manifest
             .input_index(&self.manifest.entity_key)
-            .ok_or_else(|| CoreError::Input("entity key is not an input field".into()))?;
+            .ok_or_else(|| ExecError::Input("entity key is not an input field".into()))?;
 
         let mut stats = RunStats {
             events_in: events.num_rows(),
@@ -232,7 +176,7 @@ impl Executor {
         let mut runs = Vec::with_capacity(ordered.entity_starts.len());
         for (start, end) in ordered.entity_ranges() {
             let key = EntityKey::from_array(sorted[key_col].as_ref(), start)
-                .ok_or_else(|| CoreError::Input("entity key must be string or int64".into()))?;
+                .ok_or_else(|| ExecError::Input("entity key must be string or int64".into()))?;
             runs.push((key, start, end - start));
         }
         let mut failed = Vec::new();
@@ -267,7 +211,7 @@ impl Executor {
         states: &mut StateMap,
         stats: &mut RunStats,
         failed: &mut Vec<(usize, EntityKey, String)>,
-    ) -> Result<Vec<RecordBatch>, CoreError> {
+    ) -> Result<Vec<RecordBatch>, ExecError> {
         let mut out = Vec::new();
         let mut call: Vec<(&EntityKey, usize, usize)> = Vec::new();
         let mut pending = 0;
@@ -306,7 +250,7 @@ impl Executor {
         stats: &mut RunStats,
         out: &mut Vec<RecordBatch>,
         failed: &mut Vec<(usize, EntityKey, String)>,
-    ) -> Result<(), CoreError> {
+    ) -> Result<(), ExecError> {
         stats.calls += 1;
         match self.call(sorted, key_col, segments, states) {
             Ok(rows) => {
@@ -364,7 +308,7 @@ impl Executor {
         key_col: usize,
         segments: &[(&EntityKey, usize, usize)],
         states: &mut StateMap,
-    ) -> Result<RecordBatch, CoreError> {
+    ) -> Result<RecordBatch, ExecError> {
         let plugin = &self.manifest.name;
         let keyed = self.manifest.kind == Kind::KeyedStateful;
         let first = segments.first().map(|s| s.1).unwrap_or(0);
@@ -380,7 +324,7 @@ impl Executor {
             if let Some(s) = state {
                 let version = lockstep_abi::state_version(s);
                 if version != Some(self.manifest.state_version) {
-                    return Err(CoreError::Input(format!(
+                    return Err(ExecError::Input(format!(
                         "state of entity `{key}` has state version {version:?}; plugin `{plugin}` reads version {}",
                         self.manifest.state_version
                     )));
@@ -389,15 +333,15 @@ impl Executor {
             prior.push(state);
         }
         let mut request = ApplyRequest::new(&counts, &prior, sorted.len())
-            .map_err(|e| CoreError::Input(e.to_string()))?;
+            .map_err(|e| ExecError::Input(e.to_string()))?;
         for (column, &ty) in sorted.iter().zip(&self.input_types) {
             write_column(&mut request, column.slice(first, total).as_ref(), ty)?;
         }
         let request = request
             .finish()
-            .map_err(|e| CoreError::Input(e.to_string()))?;
+            .map_err(|e| ExecError::Input(e.to_string()))?;
         let response = self.instance.apply(&request)?;
-        let protocol = |message: String| CoreError::Protocol {
+        let protocol = |message: String| ExecError::Protocol {
             plugin: plugin.clone(),
             message,
         };
@@ -438,7 +382,7 @@ impl Executor {
 }
 
 /// Applies events that arrive sorted by entity key, event time, event id and content
-/// (the order [`crate::order::with_order_columns`] makes sortable), across any number
+/// (the order [`lockstep_core::order::with_order_columns`] makes sortable), across any number
 /// of batches: duplicates are dropped as they go and an entity may span batches, its
 /// state carried over. The result equals [`Executor::run`] over all the events at once.
 pub struct OrderedRun<'e> {
@@ -471,7 +415,7 @@ impl OrderedRun<'_> {
 
     /// Applies one sorted batch (input columns followed by the two order columns) and
     /// returns the rows it emitted.
-    pub fn push(&mut self, batch: &RecordBatch) -> Result<RecordBatch, CoreError> {
+    pub fn push(&mut self, batch: &RecordBatch) -> Result<RecordBatch, ExecError> {
         use arrow_array::BooleanArray;
         use arrow_select::filter::filter;
         let exec = &mut *self.executor;
@@ -479,11 +423,11 @@ impl OrderedRun<'_> {
         let key_col = exec
             .manifest
             .input_index(&exec.manifest.entity_key)
-            .ok_or_else(|| CoreError::Input("entity key is not an input field".into()))?;
+            .ok_or_else(|| ExecError::Input("entity key is not an input field".into()))?;
         let ids = batch
-            .column_by_name(crate::order::EVENT_ID_COLUMN)
+            .column_by_name(lockstep_core::order::EVENT_ID_COLUMN)
             .and_then(|c| c.as_primitive_opt::<arrow_array::types::Decimal128Type>())
-            .ok_or_else(|| CoreError::Input("ordered batches need the event id column".into()))?;
+            .ok_or_else(|| ExecError::Input("ordered batches need the event id column".into()))?;
         let n = batch.num_rows();
         self.stats.events_in += n;
         let open_before = self.current.clone();
@@ -499,11 +443,11 @@ impl OrderedRun<'_> {
                 .is_some_and(|k| k.equals(key_array, row))
             {
                 let key = EntityKey::from_array(key_array, row)
-                    .ok_or_else(|| CoreError::Input("entity key must be string or int64".into()))?;
+                    .ok_or_else(|| ExecError::Input("entity key must be string or int64".into()))?;
                 if let Some(previous) = &self.current
                     && key < *previous
                 {
-                    return Err(CoreError::Input(format!(
+                    return Err(ExecError::Input(format!(
                         "events are not sorted by entity key: `{key}` after `{previous}`"
                     )));
                 }
@@ -522,7 +466,7 @@ impl OrderedRun<'_> {
             {
                 runs.push((key, kept, 0));
             }
-            let id = crate::order::from_order_value(ids.value(row));
+            let id = lockstep_core::order::from_order_value(ids.value(row));
             let fresh = self.seen.insert(id);
             keep.push(fresh);
             if fresh {
