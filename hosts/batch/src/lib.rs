@@ -38,8 +38,6 @@ use datafusion::datasource::listing::{
 };
 use datafusion::error::DataFusionError;
 use datafusion::execution::TaskContext;
-use datafusion::execution::memory_pool::FairSpillPool;
-use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::physical_expr::expressions::col;
 use datafusion::physical_expr::{LexOrdering, PhysicalSortExpr};
 use datafusion::physical_plan::repartition::RepartitionExec;
@@ -49,7 +47,7 @@ use datafusion::physical_plan::streaming::{PartitionStream, StreamingTableExec};
 use datafusion::physical_plan::{
     ExecutionPlan, ExecutionPlanProperties, Partitioning, SendableRecordBatchStream,
 };
-use datafusion::prelude::{SessionConfig, SessionContext};
+use datafusion::prelude::SessionContext;
 use futures::StreamExt;
 use lockstep_abi::Manifest;
 use lockstep_core::conform::{SourceKind, conform_bounded};
@@ -60,6 +58,7 @@ use lockstep_core::schema::input_schema;
 use lockstep_executor::RunStats;
 use lockstep_offline::{S3Options, parse_s3_url};
 use lockstep_runtime::Plugin;
+use lockstep_session::JobSession;
 use object_store::ObjectStore;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -353,8 +352,7 @@ fn register_s3(
     let Some((bucket, _)) = parse_s3_url(source) else {
         return Ok(None);
     };
-    let store = s3
-        .build(&bucket)
+    let store = lockstep_offline::s3_object_store(s3, &bucket)
         .map_err(|e| BatchError::Source(format!("connecting to {source}: {e}")))?;
     let url = url::Url::parse(&format!("s3://{bucket}"))
         .map_err(|e| BatchError::Source(format!("{source}: {e}")))?;
@@ -471,39 +469,20 @@ pub async fn run(
 ) -> Result<BatchOutput, BatchError> {
     let manifest = plugin.manifest().clone();
     let partitions = job.partitions.max(1);
-    let mut runtime = RuntimeEnvBuilder::new();
-    if let Some(limit) = job.memory_limit {
-        // Several partitions sort (and spill) at once: a greedy pool lets one starve the
-        // others, a fair one gives every spilling operator its share.
-        runtime = runtime.with_memory_pool(Arc::new(FairSpillPool::new(limit)));
-    }
-    if let Some(dir) = &job.spill_dir {
-        runtime = runtime.with_temp_file_path(dir.clone());
-    }
-    let mut config = SessionConfig::new().with_target_partitions(partitions);
+    let mut session = JobSession::new(partitions)
+        .with_memory_limit(job.memory_limit)
+        .with_spill_dir(job.spill_dir.clone())
+        // One sort, and its merge, per partition: the reservation is an eighth of the pool.
+        .with_concurrent_sorts(2);
     // A sort must fit a few batches per partition in its share of the pool: small
     // pools keep DataFusion's default batch size.
     if job
         .memory_limit
         .is_none_or(|limit| limit >= SMALL_POOL_BYTES)
     {
-        config = config.with_batch_size(BATCH_ROWS);
+        session = session.with_batch_rows(BATCH_ROWS);
     }
-    // Parquet strings are read as Utf8, the type the plugin's input schema has, rather
-    // than read as Utf8View and cast on every batch (~1 % of a backfill's CPU).
-    config
-        .options_mut()
-        .execution
-        .parquet
-        .schema_force_view_types = false;
-    if let Some(limit) = job.memory_limit {
-        // The sort holds this much back for merging spilled runs; DataFusion's 10 MB
-        // default is more than a small pool has, so keep it to a small share of the pool.
-        let execution = &mut config.options_mut().execution;
-        execution.sort_spill_reservation_bytes =
-            execution.sort_spill_reservation_bytes.min(limit / 8);
-    }
-    let ctx = SessionContext::new_with_config_rt(config, runtime.build_arc()?);
+    let ctx = session.context()?;
     let rejects = Arc::new(Mutex::new(Vec::new()));
     register_source(&ctx, job, &manifest, &rejects).await?;
     let frame = match &job.sql {

@@ -17,8 +17,6 @@ use crate::labels::{self, NumberedLabels};
 use arrow_array::RecordBatch;
 use arrow_schema::{DataType, Schema, SchemaRef, SortOptions};
 use datafusion::execution::TaskContext;
-use datafusion::execution::memory_pool::FairSpillPool;
-use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::physical_expr::expressions::col;
 use datafusion::physical_expr::{LexOrdering, PhysicalExpr, PhysicalSortExpr};
 use datafusion::physical_plan::repartition::RepartitionExec;
@@ -26,11 +24,10 @@ use datafusion::physical_plan::sorts::sort::SortExec;
 use datafusion::physical_plan::sorts::sort_preserving_merge::SortPreservingMergeExec;
 use datafusion::physical_plan::streaming::{PartitionStream, StreamingTableExec};
 use datafusion::physical_plan::{ExecutionPlan, Partitioning};
-use datafusion::prelude::{
-    CsvReadOptions, JsonReadOptions, ParquetReadOptions, SessionConfig, SessionContext,
-};
+use datafusion::prelude::{CsvReadOptions, JsonReadOptions, ParquetReadOptions, SessionContext};
 use futures::StreamExt;
 use lockstep_offline::{GroupVersion, OfflineStore};
+use lockstep_session::JobSession;
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::metadata::KeyValue;
@@ -232,40 +229,23 @@ impl TrainingSet {
             groups.push(resolve(store, selection)?);
         }
 
-        let mut runtime = RuntimeEnvBuilder::new();
-        if let Some(limit) = job.memory_limit {
-            runtime = runtime.with_memory_pool(Arc::new(FairSpillPool::new(limit)));
-        }
-        if let Some(dir) = &job.spill_dir {
-            runtime = runtime.with_temp_file_path(dir.clone());
-        }
-        let mut config = SessionConfig::new().with_target_partitions(partitions);
-        {
-            let options = config.options_mut();
-            if let Some(limit) = job.memory_limit {
-                // Every sort of every partition holds this back for merging its spills,
-                // all at once: a share of the pool each, or they leave nothing to sort in.
-                let sorts = partitions * (job.groups.len() + 2);
-                let execution = &mut options.execution;
-                execution.sort_spill_reservation_bytes = execution
-                    .sort_spill_reservation_bytes
-                    .min(limit / (4 * sorts));
-            }
-            // A partition's sort input is sorted whole (one lexsort, one take) while it
-            // fits this, instead of sorting each batch and merging them all back: with
-            // wide feature rows the merge's gathering is most of the cost.
-            // Under a memory limit the whole-sort's copy must fit too: keep it small.
-            options.execution.sort_in_place_threshold_bytes = match job.memory_limit {
-                Some(limit) => (limit / (8 * partitions * (job.groups.len() + 2))).min(1 << 20),
+        // Every sort of every partition holds a merge reservation back, all at once.
+        let sorts = partitions * (job.groups.len() + 2);
+        let session = JobSession::new(partitions)
+            .with_memory_limit(job.memory_limit)
+            .with_spill_dir(job.spill_dir.clone())
+            .with_concurrent_sorts(sorts)
+            // A partition's sort input is sorted whole while it fits this: with wide
+            // feature rows the merge's gathering is most of the cost. Under a memory
+            // limit the whole-sort's copy must fit too: keep it small.
+            .with_sort_in_place_threshold(match job.memory_limit {
+                Some(limit) => (limit / (8 * sorts)).min(1 << 20),
                 None => usize::MAX,
-            };
-            // Keys keep the type the store's keys have (Utf8, not Utf8View).
-            options.execution.parquet.schema_force_view_types = false;
-        }
-        let ctx = SessionContext::new_with_config_rt(config.clone(), runtime.build_arc()?);
+            });
+        let ctx = session.context()?;
         // The labels are read in one partition, in file order, so rows are numbered
         // as the file has them.
-        let reader = SessionContext::new_with_config(config.with_target_partitions(1));
+        let reader = SessionContext::new_with_config(session.config().with_target_partitions(1));
         let source = read_labels(&reader, job, &groups).await?;
         let label_schema = source.schema();
 
