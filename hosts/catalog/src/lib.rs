@@ -91,14 +91,10 @@ fn hive_type(ty: &DataType) -> &'static str {
 }
 
 impl GlueCatalog {
-    /// A client for `database`, configured from the standard AWS environment (region,
-    /// credentials, `AWS_ENDPOINT_URL`), with `endpoint` overriding the endpoint.
-    pub async fn connect(database: &str, endpoint: Option<&str>) -> Self {
-        let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
-        if let Some(url) = endpoint {
-            loader = loader.endpoint_url(url);
-        }
-        let config = loader.load().await;
+    /// A client for `database` with `aws`'s endpoint, region and credentials (unset:
+    /// the standard AWS environment).
+    pub async fn connect(database: &str, aws: &lockstep_aws::AwsOptions) -> Self {
+        let config = aws.sdk_config().await;
         GlueCatalog {
             client: aws_sdk_glue::Client::new(&config),
             database: database.to_owned(),

@@ -287,10 +287,9 @@ pub fn run(args: RunArgs, runtime: &Runtime) -> Result<()> {
         Some(Catalog::Glue(database)) => {
             let location = store.root().join(&group.name);
             let location = location.to_string_lossy();
-            let endpoint = args.s3.resolved_endpoint();
             let registered = tokio
                 .block_on(async {
-                    lockstep_catalog::GlueCatalog::connect(database, endpoint.as_deref())
+                    lockstep_catalog::GlueCatalog::connect(database, &args.s3)
                         .await
                         .register(&group, &location, &written.hours)
                         .await

@@ -40,14 +40,7 @@ pub fn delta_options(location: &str, s3: &S3Options) -> lockstep_delta::StorageO
     if !(location.starts_with("s3://") || location.starts_with("s3a://")) {
         return Default::default();
     }
-    let endpoint = s3.resolved_endpoint();
-    lockstep_delta::s3_storage_options(
-        endpoint.as_deref(),
-        &s3.resolved_region(),
-        s3.credentials
-            .as_ref()
-            .map(|(key, secret)| (key.as_str(), secret.as_str())),
-    )
+    lockstep_delta::s3_storage_options(s3)
 }
 
 /// How a backfill's rows become visible: hour by hour as the plain layout's writer

@@ -126,7 +126,10 @@ pub fn open_store(
         OnlineStoreArg::SageMaker(endpoint) => Ok(Arc::new(
             lockstep_featurestore::SageMakerStore::with_options(
                 lockstep_featurestore::SageMakerOptions {
-                    endpoint: endpoint.clone(),
+                    aws: lockstep_aws::AwsOptions {
+                        endpoint: endpoint.clone(),
+                        ..Default::default()
+                    },
                     max_puts_per_second: sagemaker_rate,
                     ..Default::default()
                 },

@@ -523,9 +523,11 @@ fn the_stream_host_writes_through_the_sagemaker_protocol_and_both_clients_read_i
 
     // The AWS SDK for Rust, through our backend, typed by the row schema.
     let client = SageMakerStore::with_options(SageMakerOptions {
-        endpoint: Some(local.url.clone()),
-        region: Some("us-east-1".into()),
-        credentials: Some(("local".into(), "local".into())),
+        aws: lockstep_aws::AwsOptions {
+            endpoint: Some(local.url.clone()),
+            region: Some("us-east-1".into()),
+            credentials: Some(("local".into(), "local".into())),
+        },
         ..SageMakerOptions::default()
     })
     .expect("connect");

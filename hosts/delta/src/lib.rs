@@ -144,22 +144,18 @@ pub type StorageOptions = HashMap<String, String>;
 /// Storage options for tables on S3 or an S3-compatible endpoint. Commits are
 /// serialised by S3's conditional writes (`If-None-Match`): delta-rs creates a
 /// version's log entry only if no other writer has.
-pub fn s3_storage_options(
-    endpoint: Option<&str>,
-    region: &str,
-    credentials: Option<(&str, &str)>,
-) -> StorageOptions {
+pub fn s3_storage_options(aws: &lockstep_aws::AwsOptions) -> StorageOptions {
     let mut options = StorageOptions::new();
-    options.insert("AWS_REGION".into(), region.to_owned());
-    if let Some(endpoint) = endpoint {
-        options.insert("AWS_ENDPOINT_URL".into(), endpoint.to_owned());
+    options.insert("AWS_REGION".into(), aws.region());
+    if let Some(endpoint) = aws.endpoint_for("S3") {
         if endpoint.starts_with("http://") {
             options.insert("AWS_ALLOW_HTTP".into(), "true".into());
         }
+        options.insert("AWS_ENDPOINT_URL".into(), endpoint);
     }
-    if let Some((key, secret)) = credentials {
-        options.insert("AWS_ACCESS_KEY_ID".into(), key.to_owned());
-        options.insert("AWS_SECRET_ACCESS_KEY".into(), secret.to_owned());
+    if let Some((key, secret)) = &aws.credentials {
+        options.insert("AWS_ACCESS_KEY_ID".into(), key.clone());
+        options.insert("AWS_SECRET_ACCESS_KEY".into(), secret.clone());
     }
     options
 }

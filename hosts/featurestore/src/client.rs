@@ -7,6 +7,7 @@ use crate::wire::{
 use arrow_array::RecordBatch;
 use arrow_schema::SchemaRef;
 use aws_sdk_sagemakerfeaturestoreruntime as sm;
+use lockstep_aws::AwsOptions;
 use lockstep_core::rows::row_json;
 use lockstep_online::{GroupRef, OnlineError, OnlineRecord, OnlineStore, PutSummary};
 use sm::types::{BatchGetRecordIdentifier, DeletionMode, FeatureValue};
@@ -18,12 +19,9 @@ use tokio::sync::Semaphore;
 /// How to reach the service and how hard to push it.
 #[derive(Debug, Clone)]
 pub struct SageMakerOptions {
-    /// Endpoint URL (e.g. `featurestore-local`); AWS's when unset.
-    pub endpoint: Option<String>,
-    /// Region; from the AWS environment when unset.
-    pub region: Option<String>,
-    /// Access key id and secret; from the AWS credential chain when unset.
-    pub credentials: Option<(String, String)>,
+    /// Endpoint (e.g. `featurestore-local`; AWS's when unset), region and
+    /// credentials; unset fields come from the standard AWS environment.
+    pub aws: AwsOptions,
     /// PutRecord calls in flight at once.
     pub max_in_flight: usize,
     /// PutRecord calls per second at most (the account's quota); unlimited when unset.
@@ -33,9 +31,7 @@ pub struct SageMakerOptions {
 impl Default for SageMakerOptions {
     fn default() -> Self {
         SageMakerOptions {
-            endpoint: None,
-            region: None,
-            credentials: None,
+            aws: AwsOptions::default(),
             max_in_flight: 32,
             max_puts_per_second: None,
         }
@@ -69,7 +65,10 @@ impl SageMakerStore {
     /// A store at `endpoint` (AWS's when `None`) with default options.
     pub fn connect(endpoint: Option<&str>) -> Result<Self, OnlineError> {
         Self::with_options(SageMakerOptions {
-            endpoint: endpoint.map(str::to_owned),
+            aws: AwsOptions {
+                endpoint: endpoint.map(str::to_owned),
+                ..AwsOptions::default()
+            },
             ..SageMakerOptions::default()
         })
     }
@@ -77,6 +76,7 @@ impl SageMakerStore {
     /// A store with `options`.
     pub fn with_options(options: SageMakerOptions) -> Result<Self, OnlineError> {
         let label = options
+            .aws
             .endpoint
             .clone()
             .unwrap_or_else(|| "sagemaker".to_owned());
@@ -85,19 +85,7 @@ impl SageMakerStore {
             .enable_all()
             .build()
             .map_err(|e| unavailable(&label, format!("cannot start the I/O runtime: {e}")))?;
-        let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
-        if let Some(url) = &options.endpoint {
-            loader = loader.endpoint_url(url);
-        }
-        if let Some(region) = &options.region {
-            loader = loader.region(aws_config::Region::new(region.clone()));
-        }
-        if let Some((key, secret)) = &options.credentials {
-            loader = loader.credentials_provider(sm::config::Credentials::new(
-                key, secret, None, None, "lockstep",
-            ));
-        }
-        let config = rt.block_on(loader.load());
+        let config = rt.block_on(options.aws.sdk_config());
         Ok(SageMakerStore {
             client: sm::Client::new(&config),
             rt,

@@ -38,17 +38,9 @@ pub enum KinesisError {
     Protocol(String),
 }
 
-/// Where and as whom to reach Kinesis. Unset fields come from the standard AWS
-/// environment (`AWS_ENDPOINT_URL`, `AWS_REGION`, credentials chain).
-#[derive(Debug, Clone, Default)]
-pub struct KinesisOptions {
-    /// Endpoint URL (e.g. a local moto server).
-    pub endpoint: Option<String>,
-    /// Region.
-    pub region: Option<String>,
-    /// Access key id and secret.
-    pub credentials: Option<(String, String)>,
-}
+/// Endpoint, region and credentials of the Kinesis service (unset: the standard AWS
+/// environment, as every AWS client of Lockstep resolves it).
+pub type KinesisOptions = lockstep_aws::AwsOptions;
 
 /// A Kinesis client.
 #[derive(Debug, Clone)]
@@ -179,20 +171,8 @@ const ATTEMPTS: u32 = 8;
 impl Kinesis {
     /// A client for `options`.
     pub async fn connect(options: &KinesisOptions) -> Self {
-        let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
-        if let Some(url) = &options.endpoint {
-            loader = loader.endpoint_url(url);
-        }
-        if let Some(region) = &options.region {
-            loader = loader.region(aws_config::Region::new(region.clone()));
-        }
-        if let Some((key, secret)) = &options.credentials {
-            loader = loader.credentials_provider(aws_sdk_kinesis::config::Credentials::new(
-                key, secret, None, None, "lockstep",
-            ));
-        }
         Kinesis {
-            client: aws_sdk_kinesis::Client::new(&loader.load().await),
+            client: aws_sdk_kinesis::Client::new(&options.sdk_config().await),
         }
     }
 

@@ -61,62 +61,36 @@ impl Drop for ObjectBackend {
 }
 
 /// S3 connection settings beyond the URL. Unset fields come from the standard AWS
-/// environment variables (`AWS_ENDPOINT_URL`, `AWS_REGION`, `AWS_ACCESS_KEY_ID`, …).
-#[derive(Debug, Clone, Default)]
-pub struct S3Options {
-    /// Endpoint of an S3-compatible service, e.g. `http://127.0.0.1:5000`.
-    pub endpoint: Option<String>,
-    /// Region (default: `AWS_REGION`, `AWS_DEFAULT_REGION`, else `us-east-1`).
-    pub region: Option<String>,
-    /// Access key and secret (default: the environment, then instance credentials).
-    pub credentials: Option<(String, String)>,
-}
+/// environment (`AWS_ENDPOINT_URL_S3`, `AWS_ENDPOINT_URL`, `AWS_REGION`,
+/// `AWS_ACCESS_KEY_ID`, …), by the rules every AWS client of Lockstep follows.
+pub type S3Options = lockstep_aws::AwsOptions;
 
-impl S3Options {
-    /// The endpoint to use: the explicit one, else `AWS_ENDPOINT_URL_S3`, else
-    /// `AWS_ENDPOINT_URL`, else none (AWS itself).
-    pub fn resolved_endpoint(&self) -> Option<String> {
-        self.endpoint.clone().or_else(|| {
-            ["AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"]
-                .iter()
-                .find_map(|k| std::env::var(k).ok().filter(|v| !v.is_empty()))
-        })
+/// An `object_store` client for `bucket` with `options`.
+pub fn s3_object_store(
+    options: &S3Options,
+    bucket: &str,
+) -> Result<Arc<dyn ObjectStore>, object_store::Error> {
+    let mut builder = AmazonS3Builder::from_env()
+        .with_bucket_name(bucket)
+        .with_region(options.region());
+    if let Some((key, secret)) = &options.credentials {
+        builder = builder
+            .with_access_key_id(key)
+            .with_secret_access_key(secret);
     }
-
-    /// The region to use.
-    pub fn resolved_region(&self) -> String {
-        self.region.clone().unwrap_or_else(|| {
-            ["AWS_REGION", "AWS_DEFAULT_REGION"]
-                .iter()
-                .find_map(|k| std::env::var(k).ok().filter(|v| !v.is_empty()))
-                .unwrap_or_else(|| "us-east-1".into())
-        })
+    // A few quick retries, not object_store's default of minutes: an unreachable
+    // store should fail the job promptly with its name, not hang it.
+    builder = builder.with_retry(RetryConfig {
+        backoff: BackoffConfig::default(),
+        max_retries: 4,
+        retry_timeout: Duration::from_secs(30),
+    });
+    if let Some(endpoint) = options.endpoint_for("S3") {
+        builder = builder
+            .with_allow_http(endpoint.starts_with("http://"))
+            .with_endpoint(endpoint);
     }
-
-    /// An `object_store` client for `bucket` with these settings.
-    pub fn build(&self, bucket: &str) -> Result<Arc<dyn ObjectStore>, object_store::Error> {
-        let mut builder = AmazonS3Builder::from_env()
-            .with_bucket_name(bucket)
-            .with_region(self.resolved_region());
-        if let Some((key, secret)) = &self.credentials {
-            builder = builder
-                .with_access_key_id(key)
-                .with_secret_access_key(secret);
-        }
-        // A few quick retries, not object_store's default of minutes: an unreachable
-        // store should fail the job promptly with its name, not hang it.
-        builder = builder.with_retry(RetryConfig {
-            backoff: BackoffConfig::default(),
-            max_retries: 4,
-            retry_timeout: Duration::from_secs(30),
-        });
-        if let Some(endpoint) = self.resolved_endpoint() {
-            builder = builder
-                .with_allow_http(endpoint.starts_with("http://"))
-                .with_endpoint(endpoint);
-        }
-        Ok(Arc::new(builder.build()?))
-    }
+    Ok(Arc::new(builder.build()?))
 }
 
 /// Splits `s3://bucket/prefix` into bucket and prefix (without slashes at the ends).
@@ -156,8 +130,7 @@ impl Backend {
             location: url.to_owned(),
             message: "expected s3://BUCKET[/PREFIX]".into(),
         })?;
-        let store = options
-            .build(&bucket)
+        let store = s3_object_store(options, &bucket)
             .map_err(object_error("connecting to", url.to_owned()))?;
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)

@@ -47,7 +47,7 @@ mod store;
 pub mod table;
 pub mod writer;
 
-pub use backend::{S3Options, parse_s3_url};
+pub use backend::{S3Options, parse_s3_url, s3_object_store};
 pub use error::OfflineError;
 pub use part::{STORE_COLUMNS, WriteSummary, WrittenPart};
 pub use registry::GroupVersion;

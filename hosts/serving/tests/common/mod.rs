@@ -146,9 +146,11 @@ impl LocalEndpoint {
     pub fn client(&self) -> lockstep_featurestore::SageMakerStore {
         let store = lockstep_featurestore::SageMakerStore::with_options(
             lockstep_featurestore::SageMakerOptions {
-                endpoint: Some(self.url.clone()),
-                region: Some("us-east-1".into()),
-                credentials: Some(("testing".into(), "testing".into())),
+                aws: lockstep_aws::AwsOptions {
+                    endpoint: Some(self.url.clone()),
+                    region: Some("us-east-1".into()),
+                    credentials: Some(("testing".into(), "testing".into())),
+                },
                 ..Default::default()
             },
         )
