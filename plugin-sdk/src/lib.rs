@@ -61,7 +61,6 @@
 
 mod de;
 pub mod engine;
-mod manifest;
 mod ser;
 pub mod state;
 pub mod testing;
@@ -72,8 +71,8 @@ pub mod guest;
 
 pub use engine::Emit;
 pub use lockstep_abi as abi;
+pub use lockstep_abi::ManifestBuilder;
 pub use lockstep_abi::{Feature, Field, Kind, Manifest, Value, ValueType};
-pub use manifest::ManifestBuilder;
 
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use std::fmt;

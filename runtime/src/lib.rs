@@ -309,19 +309,7 @@ fn check_header(bytes: &[u8]) -> Result<(), LoadError> {
 }
 
 fn placeholder_manifest() -> Manifest {
-    Manifest {
-        name: "unloaded".into(),
-        version: "0.0.0".into(),
-        description: String::new(),
-        input: Vec::new(),
-        entity_key: String::new(),
-        event_time: String::new(),
-        event_id: None,
-        features: Vec::new(),
-        kind: Kind::Stateless,
-        state_version: 0,
-        supports_read: false,
-    }
+    Manifest::builder("unloaded", "0.0.0").build()
 }
 
 struct PluginInner {

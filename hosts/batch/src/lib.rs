@@ -146,6 +146,34 @@ pub struct BatchJob {
     pub latest_event_time: Option<i64>,
 }
 
+impl BatchJob {
+    /// A job over `source` (files of `format`) with the plugin loaded from
+    /// `component`, and every other setting at its default: the source's columns as
+    /// they are (no SQL), one partition, no memory limit, spills in the system's
+    /// temporary directory, S3 settings from the environment, final states dropped,
+    /// no event-time bound. Set the others with struct-update syntax:
+    /// `BatchJob { partitions: 4, ..BatchJob::new(component, source, format) }`.
+    pub fn new(
+        component: impl Into<String>,
+        source: impl Into<String>,
+        format: SourceFormat,
+    ) -> Self {
+        BatchJob {
+            component: component.into(),
+            source: source.into(),
+            format,
+            sql: None,
+            partitions: 1,
+            memory_limit: None,
+            spill_dir: None,
+            progress: Arc::default(),
+            s3: S3Options::default(),
+            keep_states: false,
+            latest_event_time: None,
+        }
+    }
+}
+
 /// Counters a running job updates, readable from another thread at any time.
 #[derive(Debug, Default)]
 pub struct Progress {

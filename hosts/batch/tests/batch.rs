@@ -103,17 +103,9 @@ fn chrono_free_rfc3339(micros: i64) -> String {
 
 fn job(source: &Path, format: SourceFormat, partitions: usize) -> BatchJob {
     BatchJob {
-        component: component().0.clone(),
-        source: source.to_string_lossy().into_owned(),
-        format,
-        sql: None,
         partitions,
-        memory_limit: None,
-        spill_dir: None,
-        progress: Default::default(),
-        s3: Default::default(),
         keep_states: true,
-        latest_event_time: None,
+        ..BatchJob::new(component().0.clone(), source.to_string_lossy(), format)
     }
 }
 

@@ -46,31 +46,17 @@ pub fn parse_catalog(text: &str) -> Result<Catalog, String> {
     }
 }
 
-/// Parses sizes like `512MiB`, `2GiB`, `1G`, `100000` (bytes).
+/// Parses sizes like `512MiB`, `2GiB`, `1.5G`, `100000` (bytes): `K`, `M`, `G` are
+/// powers of 1000 and `KiB`, `MiB`, `GiB` powers of 1024, as `bytesize` reads them.
 pub fn parse_size(text: &str) -> Result<usize, String> {
-    let t = text.trim();
-    let split = t
-        .find(|c: char| !c.is_ascii_digit() && c != '.')
-        .unwrap_or(t.len());
-    let (number, unit) = t.split_at(split);
-    let number: f64 = number
+    let size: bytesize::ByteSize = text
+        .trim()
         .parse()
-        .map_err(|_| format!("`{text}` is not a size like 512MiB or 2GiB"))?;
-    let scale: f64 = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 1.0,
-        "k" | "kb" => 1e3,
-        "kib" => 1024.0,
-        "m" | "mb" => 1e6,
-        "mib" => 1024.0 * 1024.0,
-        "g" | "gb" => 1e9,
-        "gib" => 1024.0 * 1024.0 * 1024.0,
-        other => {
-            return Err(format!(
-                "unknown size unit `{other}` in `{text}` (use B, KiB, MiB, GiB)"
-            ));
-        }
-    };
-    Ok((number * scale) as usize)
+        .map_err(|e| format!("`{text}` is not a size like 512MiB or 2GiB: {e}"))?;
+    usize::try_from(size.as_u64())
+        .ok()
+        .filter(|bytes| *bytes < usize::MAX)
+        .ok_or_else(|| format!("`{text}` is larger than this machine can address"))
 }
 
 pub(crate) fn now_micros() -> i64 {
@@ -163,18 +149,14 @@ pub fn run(args: RunArgs, runtime: &Runtime) -> Result<()> {
         }
     };
     let job = BatchJob {
-        component: args.plugin.to_string_lossy().into_owned(),
-        source: args.source.clone(),
-        format,
         sql: args.sql,
         partitions: args.partitions.max(1),
         // Three quarters of the limit for the sort; the writer's buffer gets the rest.
         memory_limit: args.memory_limit.map(|m| m - m / 4),
-        spill_dir: None,
-        progress: Default::default(),
         s3: args.s3.clone(),
         keep_states: args.state_out.is_some(),
         latest_event_time: Some(now.saturating_add(args.max_future)),
+        ..BatchJob::new(args.plugin.to_string_lossy(), args.source.clone(), format)
     };
     // Rows wait for the commit in a buffer of a quarter of the memory limit; the rest is
     // the sort's. Beyond it they are staged on disk.

@@ -97,21 +97,17 @@ pub fn backfill(
     let store = crate::offline::open(&store_root.to_string_lossy(), &Default::default())?;
     let group = store.register(plugin.manifest(), plugin.hash(), 0)?;
     let job = BatchJob {
-        component: component.to_string_lossy().into_owned(),
-        source: events.to_string_lossy().into_owned(),
-        format: SourceFormat::Json,
-        sql: None,
         partitions,
-        memory_limit: None,
-        spill_dir: None,
-        progress: Default::default(),
-        s3: Default::default(),
-        keep_states: false,
         // The stream side's rule: events beyond the clock's default lead are refused.
         latest_event_time: Some(
             crate::batch::now_micros()
                 .saturating_add(lockstep_core::decode::DEFAULT_MAX_FUTURE_MICROS),
         ),
+        ..BatchJob::new(
+            component.to_string_lossy(),
+            events.to_string_lossy(),
+            SourceFormat::Json,
+        )
     };
     let tokio = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(partitions.max(2))

@@ -602,40 +602,20 @@ pub fn decode_json_lines(
 mod tests {
     use super::*;
     use arrow_array::cast::AsArray;
-    use lockstep_abi::{Feature, Field, Kind, Value};
+    use lockstep_abi::Value;
     use serde_json::json;
 
     fn manifest() -> Manifest {
-        let f = |n: &str, ty, nullable| Field {
-            name: n.into(),
-            ty,
-            nullable,
-            description: String::new(),
-        };
-        Manifest {
-            name: "g".into(),
-            version: "1.0.0".into(),
-            description: String::new(),
-            input: vec![
-                f("k", ValueType::String, false),
-                f("t", ValueType::Timestamp, false),
-                f("x", ValueType::Float64, true),
-                f("n", ValueType::Int64, true),
-                f("b", ValueType::Boolean, true),
-            ],
-            entity_key: "k".into(),
-            event_time: "t".into(),
-            event_id: None,
-            features: vec![Feature {
-                name: "f".into(),
-                ty: ValueType::Int64,
-                description: String::new(),
-                default_value: Value::Null,
-            }],
-            kind: Kind::Stateless,
-            state_version: 0,
-            supports_read: false,
-        }
+        Manifest::builder("g", "1.0.0")
+            .field("k", ValueType::String, "")
+            .field("t", ValueType::Timestamp, "")
+            .optional_field("x", ValueType::Float64, "")
+            .optional_field("n", ValueType::Int64, "")
+            .optional_field("b", ValueType::Boolean, "")
+            .entity_key("k")
+            .event_time("t")
+            .feature("f", ValueType::Int64, "", Value::Null)
+            .build()
     }
 
     proptest::proptest! {

@@ -494,38 +494,19 @@ mod tests {
 
     use super::*;
     use crate::decode::decode_json_lines;
-    use lockstep_abi::{Feature, Field, Kind, Value, ValueType};
+    use lockstep_abi::{Value, ValueType};
 
     fn manifest(with_id: bool) -> Manifest {
-        let f = |n: &str, ty, nullable| Field {
-            name: n.into(),
-            ty,
-            nullable,
-            description: String::new(),
-        };
-        Manifest {
-            name: "g".into(),
-            version: "1.0.0".into(),
-            description: String::new(),
-            input: vec![
-                f("k", ValueType::String, false),
-                f("t", ValueType::Timestamp, false),
-                f("id", ValueType::String, true),
-                f("x", ValueType::Int64, true),
-            ],
-            entity_key: "k".into(),
-            event_time: "t".into(),
-            event_id: with_id.then(|| "id".into()),
-            features: vec![Feature {
-                name: "f".into(),
-                ty: ValueType::Int64,
-                description: String::new(),
-                default_value: Value::Null,
-            }],
-            kind: Kind::KeyedStateful,
-            state_version: 1,
-            supports_read: false,
-        }
+        let m = Manifest::builder("g", "1.0.0")
+            .keyed_stateful(1)
+            .field("k", ValueType::String, "")
+            .field("t", ValueType::Timestamp, "")
+            .optional_field("id", ValueType::String, "")
+            .optional_field("x", ValueType::Int64, "")
+            .entity_key("k")
+            .event_time("t")
+            .feature("f", ValueType::Int64, "", Value::Null);
+        if with_id { m.event_id("id") } else { m }.build()
     }
 
     fn order(text: &str, with_id: bool) -> (Vec<i64>, Vec<usize>, usize) {

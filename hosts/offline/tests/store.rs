@@ -6,7 +6,7 @@ use arrow_array::types::{Float64Type, TimestampMicrosecondType};
 use arrow_array::{
     Array, ArrayRef, Float64Array, RecordBatch, StringArray, TimestampMicrosecondArray,
 };
-use lockstep_abi::{Feature, Field, Kind, Manifest, Value, ValueType};
+use lockstep_abi::{Manifest, Value, ValueType};
 use lockstep_core::schema::row_schema;
 use lockstep_offline::{OfflineError, OfflineStore, STORE_COLUMNS};
 use std::path::Path;
@@ -16,34 +16,15 @@ const HOUR: i64 = 3_600_000_000;
 const T0: i64 = 1_704_067_200_000_000; // 2024-01-01T00:00:00Z
 
 fn manifest(version: &str) -> Manifest {
-    let f = |n: &str, ty| Field {
-        name: n.into(),
-        ty,
-        nullable: false,
-        description: String::new(),
-    };
-    Manifest {
-        name: "spend".into(),
-        version: version.into(),
-        description: String::new(),
-        input: vec![
-            f("user", ValueType::String),
-            f("ts", ValueType::Timestamp),
-            f("amount", ValueType::Float64),
-        ],
-        entity_key: "user".into(),
-        event_time: "ts".into(),
-        event_id: None,
-        features: vec![Feature {
-            name: "total".into(),
-            ty: ValueType::Float64,
-            description: String::new(),
-            default_value: Value::Null,
-        }],
-        kind: Kind::KeyedStateful,
-        state_version: 1,
-        supports_read: false,
-    }
+    Manifest::builder("spend", version)
+        .keyed_stateful(1)
+        .field("user", ValueType::String, "")
+        .field("ts", ValueType::Timestamp, "")
+        .field("amount", ValueType::Float64, "")
+        .entity_key("user")
+        .event_time("ts")
+        .feature("total", ValueType::Float64, "", Value::Null)
+        .build()
 }
 
 fn rows(m: &Manifest, data: &[(&str, i64, f64)]) -> RecordBatch {

@@ -167,48 +167,16 @@ impl ServedGroup {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use lockstep_abi::{Feature, Field, Kind};
 
     fn group() -> ServedGroup {
-        let manifest = Manifest {
-            name: "g".into(),
-            version: "1.0.0".into(),
-            description: String::new(),
-            input: vec![
-                Field {
-                    name: "id".into(),
-                    ty: ValueType::Int64,
-                    nullable: false,
-                    description: String::new(),
-                },
-                Field {
-                    name: "ts".into(),
-                    ty: ValueType::Timestamp,
-                    nullable: false,
-                    description: String::new(),
-                },
-            ],
-            entity_key: "id".into(),
-            event_time: "ts".into(),
-            event_id: None,
-            features: vec![
-                Feature {
-                    name: "n".into(),
-                    ty: ValueType::Int64,
-                    description: String::new(),
-                    default_value: Value::Int64(0),
-                },
-                Feature {
-                    name: "x".into(),
-                    ty: ValueType::Float64,
-                    description: String::new(),
-                    default_value: Value::Float64(f64::NAN),
-                },
-            ],
-            kind: Kind::Stateless,
-            state_version: 0,
-            supports_read: false,
-        };
+        let manifest = Manifest::builder("g", "1.0.0")
+            .field("id", ValueType::Int64, "")
+            .field("ts", ValueType::Timestamp, "")
+            .entity_key("id")
+            .event_time("ts")
+            .feature("n", ValueType::Int64, "", Value::Int64(0))
+            .feature("x", ValueType::Float64, "", Value::Float64(f64::NAN))
+            .build();
         ServedGroup::new(&manifest, "h")
     }
 

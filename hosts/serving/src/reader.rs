@@ -178,18 +178,9 @@ struct Claimed {
     started: usize,
 }
 
-/// A semantic version, ordered numerically.
-fn version_order(v: &str) -> (u64, u64, u64) {
-    let mut parts = v.split('.').map(|p| p.parse::<u64>().unwrap_or(0));
-    (
-        parts.next().unwrap_or(0),
-        parts.next().unwrap_or(0),
-        parts.next().unwrap_or(0),
-    )
-}
-
-/// A group's served versions, ordered.
-type Versions = BTreeMap<(u64, u64, u64), Arc<ServedGroup>>;
+/// A group's served versions, in semantic-version order (a pre-release before its
+/// release).
+type Versions = BTreeMap<semver::Version, Arc<ServedGroup>>;
 
 struct Inner {
     groups: HashMap<String, Versions>,
@@ -224,10 +215,10 @@ impl FeatureServer {
         for g in groups {
             let versions = by_name.entry(g.group.name.clone()).or_default();
             let id = g.group.id();
-            if versions
-                .insert(version_order(&g.group.version), Arc::new(g))
-                .is_some()
-            {
+            let version = semver::Version::parse(&g.group.version).map_err(|e| {
+                ServeError::Config(format!("{id}: the version is not a semantic version: {e}"))
+            })?;
+            if versions.insert(version, Arc::new(g)).is_some() {
                 return Err(ServeError::Config(format!("{id} is served twice")));
             }
         }
@@ -722,7 +713,13 @@ mod tests {
 
     #[test]
     fn versions_order_numerically() {
-        assert!(version_order("1.10.0") > version_order("1.9.3"));
-        assert!(version_order("2.0.0") > version_order("1.99.99"));
+        let v = |s: &str| semver::Version::parse(s).expect(s);
+        assert!(v("1.10.0") > v("1.9.3"));
+        assert!(v("2.0.0") > v("1.99.99"));
+        assert!(
+            v("1.0.0") > v("1.0.0-rc1"),
+            "a release comes after its pre-release"
+        );
+        assert_ne!(v("1.0.0-rc1"), v("1.0.0"), "and the two never collide");
     }
 }

@@ -34,12 +34,14 @@
 //! A **read request** (`LSQ1`) is `n`, a binary column of states and a timestamp column
 //! of instants; a **read response** (`LSP1`) is `n, n_features` and the feature columns.
 
+mod builder;
 mod column;
 mod error;
 mod manifest;
 mod messages;
 mod value;
 
+pub use builder::ManifestBuilder;
 pub use column::{Column, ColumnBuilder, ColumnView};
 pub use error::AbiError;
 pub use manifest::{Feature, Field, Kind, Manifest, ManifestError, RESERVED_COLUMNS};

@@ -82,6 +82,11 @@ pub struct ManifestError {
 }
 
 impl Manifest {
+    /// A builder of a stateless group `name` at `version`; see [`crate::ManifestBuilder`].
+    pub fn builder(name: &str, version: &str) -> crate::ManifestBuilder {
+        crate::ManifestBuilder::new(name, version)
+    }
+
     /// Checks the rules every host relies on: names well-formed and unique, the key,
     /// time and id fields present with usable types, defaults typed like their features,
     /// and a semantic version.
@@ -98,9 +103,9 @@ impl Manifest {
                 self.name
             ));
         }
-        if !is_semver(&self.version) {
+        if let Err(e) = semver::Version::parse(&self.version) {
             return fail(format!(
-                "version `{}` is not MAJOR.MINOR.PATCH",
+                "version `{}` is not a semantic version (MAJOR.MINOR.PATCH[-PRE][+BUILD]): {e}",
                 self.version
             ));
         }
@@ -225,57 +230,20 @@ fn is_identifier(s: &str) -> bool {
         && chars.all(|c| matches!(c, 'a'..='z' | '0'..='9' | '_'))
 }
 
-fn is_semver(s: &str) -> bool {
-    let core = s.split(['-', '+']).next().unwrap_or("");
-    let parts: Vec<&str> = core.split('.').collect();
-    parts.len() == 3
-        && parts
-            .iter()
-            .all(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_digit()))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn sample() -> Manifest {
-        Manifest {
-            name: "g".into(),
-            version: "1.0.0".into(),
-            description: String::new(),
-            input: vec![
-                Field {
-                    name: "k".into(),
-                    ty: ValueType::String,
-                    nullable: false,
-                    description: String::new(),
-                },
-                Field {
-                    name: "t".into(),
-                    ty: ValueType::Timestamp,
-                    nullable: false,
-                    description: String::new(),
-                },
-                Field {
-                    name: "x".into(),
-                    ty: ValueType::Float64,
-                    nullable: true,
-                    description: String::new(),
-                },
-            ],
-            entity_key: "k".into(),
-            event_time: "t".into(),
-            event_id: None,
-            features: vec![Feature {
-                name: "f".into(),
-                ty: ValueType::Int64,
-                description: String::new(),
-                default_value: Value::Int64(0),
-            }],
-            kind: Kind::KeyedStateful,
-            state_version: 1,
-            supports_read: false,
-        }
+        Manifest::builder("g", "1.0.0")
+            .keyed_stateful(1)
+            .field("k", ValueType::String, "")
+            .field("t", ValueType::Timestamp, "")
+            .optional_field("x", ValueType::Float64, "")
+            .entity_key("k")
+            .event_time("t")
+            .feature("f", ValueType::Int64, "", Value::Int64(0))
+            .build()
     }
 
     #[test]
@@ -289,6 +257,8 @@ mod tests {
         let cases: Vec<(Breaker, &str)> = vec![
             (|m| m.name = "Bad-Name".into(), "group name"),
             (|m| m.version = "1.0".into(), "version"),
+            (|m| m.version = "01.0.0".into(), "version"),
+            (|m| m.version = "1.0.0-".into(), "version"),
             (|m| m.entity_key = "nope".into(), "entity key `nope`"),
             (|m| m.event_time = "x".into(), "must be a timestamp"),
             (|m| m.input[1].nullable = true, "must not be nullable"),
@@ -310,6 +280,20 @@ mod tests {
                 err.contains(expected),
                 "`{err}` should mention `{expected}`"
             );
+        }
+    }
+
+    #[test]
+    fn pre_release_and_build_versions_are_semantic_versions() {
+        for version in [
+            "1.0.0-rc1",
+            "1.0.0-rc.1",
+            "2.3.4+build.7",
+            "0.1.0-alpha+001",
+        ] {
+            let mut m = sample();
+            m.version = version.into();
+            m.validate().unwrap_or_else(|e| panic!("{version}: {e}"));
         }
     }
 

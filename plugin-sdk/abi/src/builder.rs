@@ -1,9 +1,9 @@
-use lockstep_abi::{Feature, Field, Kind, Manifest, Value, ValueType};
+use crate::{Feature, Field, Kind, Manifest, Value, ValueType};
 
 /// Builds a [`Manifest`] step by step.
 ///
-/// [`ManifestBuilder::build`] does not validate: the host validates every manifest
-/// at load time, and [`crate::testing::check_manifest`] does the same in unit tests.
+/// [`ManifestBuilder::build`] does not validate: call [`Manifest::validate`] (the host
+/// does at load time; the SDK's `testing::check_manifest` does in a plugin's tests).
 #[derive(Debug, Clone)]
 pub struct ManifestBuilder {
     manifest: Manifest,
@@ -94,7 +94,7 @@ impl ManifestBuilder {
         self
     }
 
-    /// Declares that [`crate::Transform::read`] is implemented.
+    /// Declares that the plugin implements `read(state, as_of)`.
     pub fn supports_read(mut self) -> Self {
         self.manifest.supports_read = true;
         self
