@@ -94,7 +94,10 @@ fn store_rows(
             (0..entities).map(|e| value(e, f)),
         )));
     }
-    store.put(group, &RecordBatch::try_new(schema, columns)?, t0)?;
+    let rows = RecordBatch::try_new(schema, columns)?;
+    tokio::runtime::Builder::new_current_thread()
+        .build()?
+        .block_on(store.put(group, &rows, t0))?;
     Ok(())
 }
 
@@ -164,7 +167,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             .await?;
             let keys: Vec<String> = (0..entities).map(|e| format!("card-{e}")).collect();
             for chunk in keys.chunks(5_000) {
-                let records = store.get(&group, chunk)?;
+                let records = store.get(&group, chunk).await?;
                 let entries: Vec<lockstep_cache::CacheEntry> = chunk
                     .iter()
                     .zip(records)

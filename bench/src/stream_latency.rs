@@ -102,7 +102,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let service = StreamService::new(plugin.clone(), store, group.clone(), config);
     let stop = Arc::new(AtomicBool::new(false));
     let service_stop = stop.clone();
-    let service_thread = std::thread::spawn(move || service.run(service_stop));
+    // The service's I/O runtime: reads, writes and its HTTP endpoints.
+    let io = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let handle = io.handle().clone();
+    let service_thread = std::thread::spawn(move || service.run(&handle, service_stop));
 
     println!(
         "stream-latency: {rate} events/s for {seconds} s through moto Kinesis (2 shards) into Redis; \

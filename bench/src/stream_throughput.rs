@@ -147,9 +147,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let source: Vec<(ShardInfo, Vec<ShardRecord>)> = specs.iter().cloned().zip(shards).collect();
     let cpu = process_cpu_seconds();
     let started = Instant::now();
-    let summary = service.run_from(Arc::new(AtomicBool::new(false)), move |resume, _| {
-        Ok(Box::new(MemorySource::new(source, &resume, per_round)))
-    })?;
+    let io = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let summary = service.run_from(
+        io.handle(),
+        Arc::new(AtomicBool::new(false)),
+        move |resume, _| Ok(Box::new(MemorySource::new(source, &resume, per_round))),
+    )?;
     let full = started.elapsed().as_secs_f64();
     println!(
         "{:<22} {:>9.2} {:>12.0} {:>9} {:>10.1} {:>16}",

@@ -56,6 +56,11 @@ pub fn run(events: usize) -> Result<()> {
     let dir = plugins_dir();
     let cache = std::env::temp_dir().join("lockstep-demo-artifacts");
     let runtime = Runtime::new(RuntimeConfig::with_cache(&cache))?;
+    // The demo's one I/O runtime: store calls, the training set's plan, the server.
+    let io = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
     let work = std::env::temp_dir().join("lockstep-demo");
     // A fresh store each run: a demo that refused to overwrite last run's group
     // version (because the plugin was rebuilt differently) would teach the wrong thing.
@@ -166,7 +171,7 @@ pub fn run(events: usize) -> Result<()> {
         let started = Instant::now();
         let mut written = PutSummary::default();
         for batch in &streamed.batches {
-            let s = online.put(&group, batch, now_micros())?;
+            let s = io.block_on(online.put(&group, batch, now_micros()))?;
             written.written += s.written;
             written.stale += s.stale;
         }
@@ -202,7 +207,11 @@ pub fn run(events: usize) -> Result<()> {
                 None => String::new(),
             })
             .collect();
-        for (record, expected) in online.get(&group, &keys)?.into_iter().zip(&latest) {
+        for (record, expected) in io
+            .block_on(online.get(&group, &keys))?
+            .into_iter()
+            .zip(&latest)
+        {
             let record = record.context("an entity the stream wrote is missing online")?;
             ensure!(
                 &record.row == *expected,
@@ -219,8 +228,8 @@ pub fn run(events: usize) -> Result<()> {
         }
         println!();
     }
-    training_set(&work, &offline, &velocity_rows)?;
-    serving(online, served, &velocity_latest)?;
+    training_set(&io, &work, &offline, &velocity_rows)?;
+    serving(&io, online, served, &velocity_latest)?;
     println!(
         "Zero skew: {total_rows} rows from three plugins, identical in the batch and stream hosts."
     );
@@ -247,6 +256,7 @@ pub fn run(events: usize) -> Result<()> {
 /// read goes to the embedded store), reads cards back with the Rust client, checks them
 /// against the stream's latest rows, and times a burst of requests.
 fn serving(
+    rt: &tokio::runtime::Runtime,
     store: std::sync::Arc<EmbeddedStore>,
     groups: Vec<lockstep_serving::ServedGroup>,
     latest: &[Row],
@@ -258,10 +268,6 @@ fn serving(
         ..Default::default()
     };
     let server = lockstep_serving::FeatureServer::new(groups, store, None, config)?;
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
     rt.block_on(async {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let base = format!("http://{}", listener.local_addr()?);
@@ -329,7 +335,12 @@ fn serving(
 /// Labels at the exact times of some of the backfilled rows: each must see the row
 /// before (strictly before its time), never the row at it. Builds the training set from
 /// the offline store and checks every label against the rows themselves.
-fn training_set(work: &std::path::Path, offline: &std::path::Path, rows: &[Row]) -> Result<()> {
+fn training_set(
+    runtime: &tokio::runtime::Runtime,
+    work: &std::path::Path,
+    offline: &std::path::Path,
+    rows: &[Row],
+) -> Result<()> {
     const KEY: &str = "card_id";
     const FEATURE: &str = "txn_count_24h";
     let text = |row: &Row, f: &str| {
@@ -380,10 +391,6 @@ fn training_set(work: &std::path::Path, offline: &std::path::Path, rows: &[Row])
         vec!["txn_velocity".parse().map_err(anyhow::Error::msg)?],
     );
     let store = crate::offline::open(&offline.to_string_lossy(), &Default::default())?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
     let written = runtime.block_on(async {
         let set = lockstep_training::TrainingSet::plan(&job, &store).await?;
         set.write_parquet(&out).await

@@ -128,6 +128,10 @@ pub fn run(args: ServeArgs, runtime: &Runtime) -> Result<()> {
         bail!("--timeout must be more than zero: every answer would be the defaults");
     }
     let (groups, schemas) = served_groups(&args, runtime)?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the I/O runtime")?;
     let store: Arc<dyn OnlineStore> = match &args.online_store {
         OnlineStoreArg::Embedded(dir) => Arc::new(EmbeddedStore::open(dir).with_context(|| {
             format!(
@@ -137,8 +141,9 @@ pub fn run(args: ServeArgs, runtime: &Runtime) -> Result<()> {
             )
         })?),
         OnlineStoreArg::SageMaker(endpoint) => {
-            let store = lockstep_featurestore::SageMakerStore::connect(endpoint.as_deref())
-                .context("connecting to the SageMaker Feature Store runtime")?;
+            let store = rt.block_on(lockstep_featurestore::SageMakerStore::connect(
+                endpoint.as_deref(),
+            ));
             // Values travel as text; the manifests say how to read them back.
             for (group, schema) in &schemas {
                 store.set_schema(group, schema.clone());
@@ -164,10 +169,6 @@ pub fn run(args: ServeArgs, runtime: &Runtime) -> Result<()> {
         },
         ..ServeConfig::default()
     };
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("starting the I/O runtime")?;
     rt.block_on(async {
         let cache = match &args.cache {
             Some(url) => Some(

@@ -114,6 +114,7 @@ pub struct RunArgs {
 /// Opens the online store `arg` names; `sagemaker_rate` caps PutRecord calls per
 /// second (the account's quota) for the SageMaker backend.
 pub fn open_store(
+    io: &tokio::runtime::Handle,
     arg: &OnlineStoreArg,
     sagemaker_rate: Option<f64>,
 ) -> Result<Arc<dyn OnlineStore>> {
@@ -123,7 +124,7 @@ pub fn open_store(
                 format!("opening the embedded online store in {}", dir.display())
             })?))
         }
-        OnlineStoreArg::SageMaker(endpoint) => Ok(Arc::new(
+        OnlineStoreArg::SageMaker(endpoint) => Ok(Arc::new(io.block_on(
             lockstep_featurestore::SageMakerStore::with_options(
                 lockstep_featurestore::SageMakerOptions {
                     aws: lockstep_aws::AwsOptions {
@@ -133,9 +134,8 @@ pub fn open_store(
                     max_puts_per_second: sagemaker_rate,
                     ..Default::default()
                 },
-            )
-            .context("connecting to the SageMaker Feature Store runtime")?,
-        )),
+            ),
+        ))),
     }
 }
 
@@ -165,7 +165,13 @@ pub fn run(args: RunArgs, runtime: &Runtime) -> Result<()> {
         }
         None => None,
     };
-    let store = open_store(&args.online_store, args.sagemaker_rate)?;
+    // The service's I/O runtime: Kinesis reads, store and cache writes, /healthz.
+    let io = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the I/O runtime")?;
+    let store = open_store(io.handle(), &args.online_store, args.sagemaker_rate)?;
     let mut config = ServiceConfig::new(&args.stream, args.state.clone());
     config.kinesis = KinesisOptions {
         endpoint: args.endpoint_url.clone(),
@@ -195,7 +201,7 @@ pub fn run(args: RunArgs, runtime: &Runtime) -> Result<()> {
     );
     let service = StreamService::new(plugin, store, group.clone(), config);
     let summary = service
-        .run(Arc::new(AtomicBool::new(false)))
+        .run(io.handle(), Arc::new(AtomicBool::new(false)))
         .with_context(|| format!("stream host for {} on {}", group.id(), args.stream))?;
     let s = &summary.stats;
     tracing::info!(

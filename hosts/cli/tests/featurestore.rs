@@ -522,18 +522,21 @@ fn the_stream_host_writes_through_the_sagemaker_protocol_and_both_clients_read_i
     }
 
     // The AWS SDK for Rust, through our backend, typed by the row schema.
-    let client = SageMakerStore::with_options(SageMakerOptions {
+    let io = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let client = io.block_on(SageMakerStore::with_options(SageMakerOptions {
         aws: lockstep_aws::AwsOptions {
             endpoint: Some(local.url.clone()),
             region: Some("us-east-1".into()),
             credentials: Some(("local".into(), "local".into())),
         },
         ..SageMakerOptions::default()
-    })
-    .expect("connect");
+    }));
     client.set_schema(&group, lockstep_core::schema::row_schema(m));
     let keys: Vec<String> = latest.keys().cloned().collect();
-    let got = client.get(&group, &keys).expect("batch get");
+    let got = io.block_on(client.get(&group, &keys)).expect("batch get");
     for (key, record) in keys.iter().zip(got) {
         let record = record.unwrap_or_else(|| panic!("no record for {key}"));
         assert_eq!(&record.row, &latest[key], "{key}");

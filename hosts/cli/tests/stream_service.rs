@@ -167,7 +167,11 @@ fn run_to_end(moto: &Moto, args: &[String]) -> Output {
 /// Every record in the embedded store for `keys`, as rows.
 fn stored(dir: &Path, group: &GroupRef, keys: &[String]) -> BTreeMap<String, Row> {
     let store = EmbeddedStore::open(dir).expect("open online store");
-    let records = store.get(group, keys).expect("read online store");
+    let records = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("runtime")
+        .block_on(store.get(group, keys))
+        .expect("read online store");
     keys.iter()
         .zip(records)
         .filter_map(|(k, r)| r.map(|r| (k.clone(), r.row)))

@@ -44,10 +44,9 @@ impl Default for SageMakerOptions {
 /// one anyway), then sends one PutRecord per entity, `max_in_flight` at a time and
 /// paced to `max_puts_per_second`; the SDK retries throttling and server errors with
 /// backoff, and what still fails comes back as a transient error for the caller to
-/// retry. Calls block: use them from a blocking context, not from async code.
+/// retry. Calls run on the caller's runtime.
 pub struct SageMakerStore {
     client: sm::Client,
-    rt: tokio::runtime::Runtime,
     options: SageMakerOptions,
     /// Row schemas seen per group, to read text values back with their types.
     schemas: Mutex<HashMap<String, SchemaRef>>,
@@ -63,7 +62,7 @@ fn unavailable(store: &str, e: impl std::fmt::Display) -> OnlineError {
 
 impl SageMakerStore {
     /// A store at `endpoint` (AWS's when `None`) with default options.
-    pub fn connect(endpoint: Option<&str>) -> Result<Self, OnlineError> {
+    pub async fn connect(endpoint: Option<&str>) -> Self {
         Self::with_options(SageMakerOptions {
             aws: AwsOptions {
                 endpoint: endpoint.map(str::to_owned),
@@ -71,28 +70,23 @@ impl SageMakerStore {
             },
             ..SageMakerOptions::default()
         })
+        .await
     }
 
     /// A store with `options`.
-    pub fn with_options(options: SageMakerOptions) -> Result<Self, OnlineError> {
+    pub async fn with_options(options: SageMakerOptions) -> Self {
         let label = options
             .aws
             .endpoint
             .clone()
             .unwrap_or_else(|| "sagemaker".to_owned());
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .map_err(|e| unavailable(&label, format!("cannot start the I/O runtime: {e}")))?;
-        let config = rt.block_on(options.aws.sdk_config());
-        Ok(SageMakerStore {
+        let config = options.aws.sdk_config().await;
+        SageMakerStore {
             client: sm::Client::new(&config),
-            rt,
             options,
             schemas: Mutex::new(HashMap::new()),
             label,
-        })
+        }
     }
 
     /// Reads `group`'s values back typed by `schema` (its row schema).
@@ -133,8 +127,9 @@ impl SageMakerStore {
     }
 }
 
+#[async_trait::async_trait]
 impl OnlineStore for SageMakerStore {
-    fn put(
+    async fn put(
         &self,
         group: &GroupRef,
         rows: &RecordBatch,
@@ -177,7 +172,7 @@ impl OnlineStore for SageMakerStore {
             .max_puts_per_second
             .filter(|r| *r > 0.0)
             .map(|r| Duration::from_secs_f64(1.0 / r));
-        self.rt.block_on(async {
+        {
             let mut tasks = tokio::task::JoinSet::new();
             let started = Instant::now();
             for (i, features) in records.into_iter().enumerate() {
@@ -215,10 +210,10 @@ impl OnlineStore for SageMakerStore {
                 Some(e) => Err(e),
                 None => Ok(PutSummary { written, stale }),
             }
-        })
+        }
     }
 
-    fn get(
+    async fn get(
         &self,
         group: &GroupRef,
         keys: &[String],
@@ -235,8 +230,11 @@ impl OnlineStore for SageMakerStore {
                 .set_record_identifiers_value_as_string(Some(chunk.to_vec()))
                 .build();
             let out = self
-                .rt
-                .block_on(self.client.batch_get_record().identifiers(ident).send())
+                .client
+                .batch_get_record()
+                .identifiers(ident)
+                .send()
+                .await
                 .map_err(|e| self.classify(e))?;
             if let Some(err) = out.errors().first() {
                 return Err(OnlineError::Rows(format!(
@@ -287,24 +285,23 @@ impl OnlineStore for SageMakerStore {
         Ok(keys.iter().map(|k| found.get(k).cloned()).collect())
     }
 
-    fn delete(&self, group: &GroupRef, key: &str) -> Result<bool, OnlineError> {
+    async fn delete(&self, group: &GroupRef, key: &str) -> Result<bool, OnlineError> {
         let existed = self
-            .get(group, &[key.to_owned()])?
+            .get(group, &[key.to_owned()])
+            .await?
             .into_iter()
             .flatten()
             .next()
             .is_some();
         let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
-        self.rt
-            .block_on(
-                self.client
-                    .delete_record()
-                    .feature_group_name(group_name(group))
-                    .record_identifier_value_as_string(key)
-                    .event_time(now)
-                    .deletion_mode(DeletionMode::HardDelete)
-                    .send(),
-            )
+        self.client
+            .delete_record()
+            .feature_group_name(group_name(group))
+            .record_identifier_value_as_string(key)
+            .event_time(now)
+            .deletion_mode(DeletionMode::HardDelete)
+            .send()
+            .await
             .map_err(|e| self.classify(e))?;
         Ok(existed)
     }

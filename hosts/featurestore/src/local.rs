@@ -31,9 +31,7 @@ use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{post, put};
-use lockstep_online::{
-    DeleteOutcome, EmbeddedStore, GroupRef, OnlineError, OnlineRecord, OnlineStore,
-};
+use lockstep_online::{DeleteOutcome, EmbeddedStore, GroupRef, OnlineError, OnlineRecord};
 use serde_json::{Map, Value as Json, json};
 use std::collections::HashMap;
 use std::future::Future;
@@ -439,7 +437,7 @@ async fn get_record(
     )?;
     blocking(move || {
         let group = s.group_ref(&name, "")?;
-        let found = s.store.get(&group, std::slice::from_ref(&key))?;
+        let found = s.store.get_blocking(&group, std::slice::from_ref(&key))?;
         Ok(axum::Json(
             match live(found.into_iter().next().flatten(), now_micros()) {
                 Some(record) => Json::Object(record_answer(&record, &names, expiration)),
@@ -566,7 +564,7 @@ async fn batch_get_record(
                     continue;
                 }
             };
-            for (key, found) in keys.iter().zip(s.store.get(&group, &keys)?) {
+            for (key, found) in keys.iter().zip(s.store.get_blocking(&group, &keys)?) {
                 if let Some(record) = live(found, now) {
                     let mut answer = record_answer(&record, &names, expiration);
                     answer.insert("FeatureGroupName".into(), json!(name));

@@ -14,6 +14,7 @@
 //! It must never run plugins or read sources.
 
 use arrow_array::RecordBatch;
+use async_trait::async_trait;
 use lockstep_core::key::KeyHasher;
 use lockstep_core::rows::{RowWriter, RowsText};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
@@ -141,11 +142,14 @@ pub struct PutSummary {
     pub stale: usize,
 }
 
-/// An online store backend.
+/// An online store backend. Its methods are async, as `object_store`'s are: a store
+/// over the network (SageMaker) awaits its calls on the caller's runtime, and a store
+/// that blocks (the embedded redb file) keeps the blocking inside its implementation.
+#[async_trait]
 pub trait OnlineStore: Send + Sync {
     /// Writes `rows` (in the group's row schema) at `write_time`, keeping per entity
     /// the row with the latest event time; all or nothing.
-    fn put(
+    async fn put(
         &self,
         group: &GroupRef,
         rows: &RecordBatch,
@@ -155,7 +159,7 @@ pub trait OnlineStore: Send + Sync {
     /// [`Self::put`] for a writer that has already formatted every row as JSON text
     /// (`text`, one line per row of `rows`): a store that keeps that text takes it
     /// instead of formatting the rows again. Same result as `put`.
-    fn put_with_text(
+    async fn put_with_text(
         &self,
         group: &GroupRef,
         rows: &RecordBatch,
@@ -163,18 +167,18 @@ pub trait OnlineStore: Send + Sync {
         write_time: i64,
     ) -> Result<PutSummary, OnlineError> {
         let _ = text;
-        self.put(group, rows, write_time)
+        self.put(group, rows, write_time).await
     }
 
     /// The records of `keys` (`None` for an entity without one), in order.
-    fn get(
+    async fn get(
         &self,
         group: &GroupRef,
         keys: &[String],
     ) -> Result<Vec<Option<OnlineRecord>>, OnlineError>;
 
     /// Removes an entity's record; says whether there was one.
-    fn delete(&self, group: &GroupRef, key: &str) -> Result<bool, OnlineError>;
+    async fn delete(&self, group: &GroupRef, key: &str) -> Result<bool, OnlineError>;
 }
 
 const GROUPS: TableDefinition<&str, &str> = TableDefinition::new("__groups");
@@ -628,17 +632,29 @@ impl EmbeddedStore {
     }
 }
 
+/// Runs redb's blocking work without stalling the caller's runtime: on a
+/// multi-threaded runtime the worker hands its other tasks to another thread first
+/// (`block_in_place`, which borrows instead of copying the rows as `spawn_blocking`
+/// would have to); elsewhere (a current-thread runtime, no runtime) it runs in place.
+fn blocking<T>(work: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(work),
+        _ => work(),
+    }
+}
+
+#[async_trait]
 impl OnlineStore for EmbeddedStore {
-    fn put(
+    async fn put(
         &self,
         group: &GroupRef,
         rows: &RecordBatch,
         write_time: i64,
     ) -> Result<PutSummary, OnlineError> {
-        self.put_rows(group, rows, None, write_time)
+        blocking(|| self.put_rows(group, rows, None, write_time))
     }
 
-    fn put_with_text(
+    async fn put_with_text(
         &self,
         group: &GroupRef,
         rows: &RecordBatch,
@@ -653,10 +669,26 @@ impl OnlineStore for EmbeddedStore {
                 text.len()
             )));
         }
-        self.put_rows(group, rows, Some(text), write_time)
+        blocking(|| self.put_rows(group, rows, Some(text), write_time))
     }
 
-    fn get(
+    async fn get(
+        &self,
+        group: &GroupRef,
+        keys: &[String],
+    ) -> Result<Vec<Option<OnlineRecord>>, OnlineError> {
+        blocking(|| self.get_blocking(group, keys))
+    }
+
+    async fn delete(&self, group: &GroupRef, key: &str) -> Result<bool, OnlineError> {
+        blocking(|| self.delete_blocking(group, key))
+    }
+}
+
+impl EmbeddedStore {
+    /// [`OnlineStore::get`] for a caller already on a blocking thread (the
+    /// SageMaker-compatible server's handlers run there).
+    pub fn get_blocking(
         &self,
         group: &GroupRef,
         keys: &[String],
@@ -690,7 +722,7 @@ impl OnlineStore for EmbeddedStore {
             .collect()
     }
 
-    fn delete(&self, group: &GroupRef, key: &str) -> Result<bool, OnlineError> {
+    fn delete_blocking(&self, group: &GroupRef, key: &str) -> Result<bool, OnlineError> {
         let id = group.id();
         let txn = self.db.begin_write().map_err(|e| self.fail(e))?;
         let existed = {
@@ -829,7 +861,11 @@ mod tests {
             ("x", Arc::new(Float64Array::from(vec![1.5]))),
         ])
         .expect("batch");
-        store.put(&group, &rows, 9).expect("put");
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime")
+            .block_on(store.put(&group, &rows, 9))
+            .expect("put");
         let txn = store.db.begin_read().expect("read");
         let table = txn
             .open_table(TableDefinition::<&str, &[u8]>::new(&group.id()))

@@ -7,6 +7,18 @@ use lockstep_online::{EmbeddedStore, GroupRef, OnlineError, OnlineStore};
 use proptest::prelude::*;
 use std::sync::Arc;
 
+/// Waits for a store call (the embedded store answers on its first poll).
+trait Now: std::future::Future + Sized {
+    fn now(self) -> Self::Output {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime")
+            .block_on(self)
+    }
+}
+
+impl<F: std::future::Future> Now for F {}
+
 fn group(hash: &str) -> GroupRef {
     GroupRef {
         name: "g".into(),
@@ -46,6 +58,7 @@ fn batch(ids: ArrayRef, times_and_xs: impl Iterator<Item = (i64, f64)>) -> Recor
 fn x_of(store: &EmbeddedStore, key: &str) -> Option<(i64, String)> {
     store
         .get(&group("h1"), &[key.to_owned()])
+        .now()
         .expect("get")
         .pop()
         .flatten()
@@ -63,19 +76,29 @@ fn the_latest_row_wins_and_an_older_one_never_overwrites_it() {
             &rows(&[("a", 10, 1.0), ("a", 20, 2.0), ("b", 5, -0.0)]),
             100,
         )
+        .now()
         .expect("put");
     // a@10 is superseded within the put: only each entity's latest row is written.
     assert_eq!((s.written, s.stale), (2, 1));
     assert_eq!(x_of(&store, "a"), Some((20, "2.0".into())));
     // Older: ignored. Same instant: replaces (the later emitted row).
-    let s = store.put(&g, &rows(&[("a", 15, 9.0)]), 101).expect("put");
+    let s = store
+        .put(&g, &rows(&[("a", 15, 9.0)]), 101)
+        .now()
+        .expect("put");
     assert_eq!((s.written, s.stale), (0, 1));
-    store.put(&g, &rows(&[("a", 20, 3.5)]), 102).expect("put");
+    store
+        .put(&g, &rows(&[("a", 20, 3.5)]), 102)
+        .now()
+        .expect("put");
     assert_eq!(x_of(&store, "a"), Some((20, "3.5".into())));
     // Exact values survive the round trip.
     assert_eq!(x_of(&store, "b"), Some((5, "-0.0".into())));
     // Replaying the same rows changes nothing.
-    store.put(&g, &rows(&[("a", 20, 3.5)]), 103).expect("put");
+    store
+        .put(&g, &rows(&[("a", 20, 3.5)]), 103)
+        .now()
+        .expect("put");
     assert_eq!(x_of(&store, "a"), Some((20, "3.5".into())));
     assert_eq!(x_of(&store, "nobody"), None);
 }
@@ -87,17 +110,19 @@ fn records_survive_a_reopen_and_deletes_remove_them() {
         let store = EmbeddedStore::open(dir.path()).expect("open");
         store
             .put(&group("h1"), &rows(&[("a", 1, 1.0), ("b", 2, 2.0)]), 7)
+            .now()
             .expect("put");
     }
     let store = EmbeddedStore::open(dir.path()).expect("reopen");
     let got = store
         .get(&group("h1"), &["b".into(), "a".into(), "c".into()])
+        .now()
         .expect("get");
     assert_eq!(got[0].as_ref().map(|r| r.write_time), Some(7));
     assert_eq!(got[1].as_ref().map(|r| r.event_time), Some(1));
     assert!(got[2].is_none());
-    assert!(store.delete(&group("h1"), "a").expect("delete"));
-    assert!(!store.delete(&group("h1"), "a").expect("delete again"));
+    assert!(store.delete(&group("h1"), "a").now().expect("delete"));
+    assert!(!store.delete(&group("h1"), "a").now().expect("delete again"));
     assert_eq!(x_of(&store, "a"), None);
 }
 
@@ -107,9 +132,11 @@ fn another_component_cannot_write_a_bound_group_version() {
     let store = EmbeddedStore::open(dir.path()).expect("open");
     store
         .put(&group("h1"), &rows(&[("a", 1, 1.0)]), 1)
+        .now()
         .expect("put");
     let err = store
         .put(&group("h2"), &rows(&[("a", 2, 2.0)]), 2)
+        .now()
         .expect_err("another hash");
     assert!(matches!(err, OnlineError::OtherPlugin { .. }), "{err}");
     assert!(err.to_string().contains("g@1.0.0") && err.to_string().contains("h2"));
@@ -120,7 +147,7 @@ fn another_component_cannot_write_a_bound_group_version() {
     );
     // Rows without the key column are refused whole.
     let bad = rows(&[("a", 3, 3.0)]).project(&[1, 2]).expect("project");
-    assert!(store.put(&group("h1"), &bad, 3).is_err());
+    assert!(store.put(&group("h1"), &bad, 3).now().is_err());
 }
 
 #[test]
@@ -137,6 +164,7 @@ fn int_keys_are_stored_as_their_decimal_text_and_null_keys_are_refused() {
     };
     let s = store
         .put(&g, &int_rows(vec![Some(-7), Some(42), Some(-7)]), 100)
+        .now()
         .expect("put");
     assert_eq!((s.written, s.stale), (2, 1));
     assert_eq!(x_of(&store, "-7"), Some((2, "2.0".into())));
@@ -144,6 +172,7 @@ fn int_keys_are_stored_as_their_decimal_text_and_null_keys_are_refused() {
 
     let err = store
         .put(&g, &int_rows(vec![Some(1), None]), 100)
+        .now()
         .expect_err("a null key must be refused");
     assert!(err.to_string().contains("row 1"), "{err}");
     assert!(err.to_string().contains("null entity key"), "{err}");
@@ -179,7 +208,7 @@ proptest! {
         let store = EmbeddedStore::open(dir.path()).expect("open");
         for chunk in order.chunks(order.len().div_ceil(groups)) {
             let part: Vec<(&str, i64, f64)> = chunk.iter().map(|&i| data[i]).collect();
-            store.put(&group("h1"), &rows(&part), 0).expect("put");
+            store.put(&group("h1"), &rows(&part), 0).now().expect("put");
         }
         for key in keys {
             let latest = data.iter().filter(|d| d.0 == key).map(|d| d.1).max();
@@ -197,7 +226,7 @@ fn rows_read_back_alike_whether_stored_as_values_or_as_objects() {
     let g = group("h1");
     // From Arrow: stored as values under the registered columns.
     let a = rows(&[("a", 1, 0.1)]);
-    store.put(&g, &a, 10).expect("put a");
+    store.put(&g, &a, 10).now().expect("put a");
     // From the wire: an object with its hash.
     let mut b = row_json(&rows(&[("b", 2, 2.5)]), 0);
     b.insert("note".into(), serde_json::json!("wire"));
@@ -217,15 +246,16 @@ fn rows_read_back_alike_whether_stored_as_values_or_as_objects() {
         .expect("put b");
     // From Arrow with other columns than the registered ones: stored as an object.
     let c = rows(&[("c", 3, 3.0)]).project(&[0, 1]).expect("project");
-    store.put(&g, &c, 12).expect("put c");
+    store.put(&g, &c, 12).now().expect("put c");
     // Rows with the registered columns go on being stored as values.
     let d = rows(&[("d", 4, f64::NAN)]);
-    store.put(&g, &d, 13).expect("put d");
+    store.put(&g, &d, 13).now().expect("put d");
 
     drop(store);
     let store = EmbeddedStore::open(dir.path()).expect("reopen");
     let got = store
         .get(&g, &["a".into(), "b".into(), "c".into(), "d".into()])
+        .now()
         .expect("get");
     let got: Vec<OnlineRecord> = got.into_iter().map(|r| r.expect("stored")).collect();
     let keys = |r: &OnlineRecord| r.row.keys().cloned().collect::<Vec<_>>();

@@ -22,6 +22,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use tokio::runtime::Handle;
 
 /// How a [`StreamService`] runs.
 #[derive(Debug, Clone)]
@@ -265,9 +266,9 @@ impl StreamService {
 
     /// Runs over the Kinesis stream of the configuration until `stop` is set (or a
     /// signal, or idle when so configured); see [`Self::run_from`].
-    pub fn run(&self, stop: Arc<AtomicBool>) -> Result<Summary, ServiceError> {
+    pub fn run(&self, io: &Handle, stop: Arc<AtomicBool>) -> Result<Summary, ServiceError> {
         let cfg = self.config.clone();
-        self.run_from(stop, move |resume, handle| {
+        self.run_from(io, stop, move |resume, handle| {
             Ok(Box::new(KinesisSource::connect(
                 handle,
                 &cfg.kinesis,
@@ -283,17 +284,19 @@ impl StreamService {
     /// handle to the I/O runtime): every round reads each open shard, applies the
     /// records, writes the outputs and commits a checkpoint. Returns after the last
     /// checkpoint.
+    ///
+    /// The rounds run on the calling thread (applying records is CPU work); reads,
+    /// writes, the HTTP endpoints and signals run on `io`, the caller's multi-threaded
+    /// runtime. Call it from outside that runtime's tasks (a plain thread), as
+    /// `Handle::block_on` requires.
     pub fn run_from(
         &self,
+        io: &Handle,
         stop: Arc<AtomicBool>,
-        open: impl FnOnce(Resume, tokio::runtime::Handle) -> Result<Box<dyn Source>, ServiceError>,
+        open: impl FnOnce(Resume, Handle) -> Result<Box<dyn Source>, ServiceError>,
     ) -> Result<Summary, ServiceError> {
         let cfg = &self.config;
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .map_err(|e| ServiceError::Start(format!("cannot start the I/O runtime: {e}")))?;
+        let rt = io;
         let metrics = Arc::new(Metrics::new());
         let health = Arc::new(Mutex::new(Health::new()));
         let mut summary = Summary::default();
@@ -395,7 +398,7 @@ impl StreamService {
                 positions: positions.clone(),
                 ended: ended.clone(),
             },
-            rt.handle().clone(),
+            rt.clone(),
         )?;
         let schema = row_schema(manifest);
         let mut seen = StreamStats::default();
@@ -589,7 +592,7 @@ impl StreamService {
     fn write_and_commit(
         &self,
         jobs: std::sync::mpsc::Receiver<Job>,
-        rt: &tokio::runtime::Runtime,
+        rt: &Handle,
         schema: &arrow_schema::SchemaRef,
         logs: &mut Logs,
         checkpoints: &CheckpointStore,
@@ -646,7 +649,7 @@ impl StreamService {
     #[allow(clippy::too_many_arguments)]
     fn write_round(
         &self,
-        rt: &tokio::runtime::Runtime,
+        rt: &Handle,
         round: &Round,
         schema: &arrow_schema::SchemaRef,
         text: &mut RowsText,
@@ -665,7 +668,7 @@ impl StreamService {
         timings.logs += formatted.elapsed().as_secs_f64();
         let (stored, logged) = std::thread::scope(|scope| {
             let store_job =
-                scope.spawn(|| self.put_with_retries(&rows, text, metrics, health, stop));
+                scope.spawn(|| self.put_with_retries(rt, &rows, text, metrics, health, stop));
             let logged = Self::write_logs(text, round, logs);
             let stored = store_job
                 .join()
@@ -688,6 +691,7 @@ impl StreamService {
     /// Puts `rows` into the online store, retrying transient failures; seconds taken.
     fn put_with_retries(
         &self,
+        rt: &Handle,
         rows: &RecordBatch,
         text: &RowsText,
         metrics: &Metrics,
@@ -700,10 +704,10 @@ impl StreamService {
         }
         let mut attempt = 0u32;
         loop {
-            match self
-                .store
-                .put_with_text(&self.group, rows, text, now_micros())
-            {
+            match rt.block_on(
+                self.store
+                    .put_with_text(&self.group, rows, text, now_micros()),
+            ) {
                 Ok(_) => return Ok(started.elapsed().as_secs_f64()),
                 Err(e) if !e.is_transient() => return Err(e.into()),
                 Err(e) => {
@@ -772,7 +776,7 @@ impl StreamService {
     /// on a miss, and entries left behind expire with their TTL.
     fn write_cache(
         &self,
-        rt: &tokio::runtime::Runtime,
+        rt: &Handle,
         cache: &RedisCache,
         entries: &[CacheEntry],
         metrics: &Metrics,

@@ -510,18 +510,14 @@ impl FeatureServer {
         m.store_fetches.inc();
         m.store_keys.inc_by(keys.len() as u64);
         let started = Instant::now();
-        let store = inner.store.clone();
-        let group_ref = group.group.clone();
-        let asked = keys.clone();
-        let read = tokio::task::spawn_blocking(move || store.get(&group_ref, &asked));
+        let read = inner.store.get(&group.group, &keys);
         let result: Result<HashMap<String, Option<OnlineRecord>>, String> =
             match tokio::time::timeout(inner.config.store_timeout, read).await {
-                Ok(Ok(Ok(records))) => {
+                Ok(Ok(records)) => {
                     inner.store_breaker.success();
                     Ok(keys.iter().cloned().zip(records).collect())
                 }
-                Ok(Ok(Err(e))) => Err(e.to_string()),
-                Ok(Err(e)) => Err(format!("the store read stopped: {e}")),
+                Ok(Err(e)) => Err(e.to_string()),
                 Err(_) => Err(format!(
                     "the store did not answer within {:?}",
                     inner.config.store_timeout

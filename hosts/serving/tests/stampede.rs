@@ -67,7 +67,7 @@ fn run(xfetch_delta: Option<Duration>, requested: usize) -> (usize, usize, usize
             .unwrap();
         let records = {
             let keys: Vec<String> = (0..KEYS).map(|i| format!("card-{i}")).collect();
-            store.inner.get(&group(), &keys).unwrap()
+            store.inner.get(&group(), &keys).await.unwrap()
         };
         let entries: Vec<CacheEntry> = records
             .into_iter()

@@ -14,10 +14,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 /// What the store holds for `keys`, as the feature values in manifest order.
-fn stored(store: &dyn OnlineStore, keys: &[String]) -> Vec<Option<(i64, Vec<Json>)>> {
+async fn stored(store: &dyn OnlineStore, keys: &[String]) -> Vec<Option<(i64, Vec<Json>)>> {
     let features = served().features;
-    // The SageMaker client blocks on a runtime of its own.
-    tokio::task::block_in_place(|| store.get(&group(), keys))
+    store
+        .get(&group(), keys)
+        .await
         .unwrap()
         .into_iter()
         .map(|r| {
@@ -35,7 +36,7 @@ fn stored(store: &dyn OnlineStore, keys: &[String]) -> Vec<Option<(i64, Vec<Json
 }
 
 /// Checks `answer` against the store; returns how many entities had a record.
-fn check_against_store(
+async fn check_against_store(
     answer: &FeatureResponse,
     store: &dyn OnlineStore,
     keys: &[String],
@@ -46,7 +47,7 @@ fn check_against_store(
     assert_eq!(answer.version, "1.2.0");
     assert!(!answer.degraded);
     assert_eq!(answer.features, served().features);
-    let expected = stored(store, keys);
+    let expected = stored(store, keys).await;
     assert_eq!(answer.entities.len(), keys.len());
     for ((entity, key), expected) in answer.entities.iter().zip(keys).zip(expected) {
         assert_eq!(&entity.entity, key);
@@ -81,7 +82,7 @@ fn misses_come_from_featurestore_local_then_from_redis_with_the_same_values() {
     let redis = Redis::start(&[]);
     let client = endpoint.client();
     // Written through the SageMaker runtime API, as the stream host does.
-    client.put(&group(), &rows(0, 200), T0).unwrap();
+    client.put(&group(), &rows(0, 200), T0).now().unwrap();
     let store: Arc<dyn OnlineStore> = Arc::new(client);
     let rt = runtime();
     rt.block_on(async {
@@ -104,7 +105,7 @@ fn misses_come_from_featurestore_local_then_from_redis_with_the_same_values() {
         let request = FeatureRequest::new("card_stats", keys.clone());
         let first = server.get(&request).await.unwrap().parsed();
         assert_eq!(
-            check_against_store(&first, store.as_ref(), &keys, Source::Store),
+            check_against_store(&first, store.as_ref(), &keys, Source::Store).await,
             keys.len() - 1
         );
         assert_eq!(
@@ -118,7 +119,7 @@ fn misses_come_from_featurestore_local_then_from_redis_with_the_same_values() {
         tokio::time::sleep(Duration::from_millis(200)).await;
         let second = server.get(&request).await.unwrap().parsed();
         assert_eq!(
-            check_against_store(&second, store.as_ref(), &keys, Source::Cache),
+            check_against_store(&second, store.as_ref(), &keys, Source::Cache).await,
             keys.len() - 1
         );
         let m = server.metrics().encode();
@@ -158,13 +159,13 @@ fn a_redis_cluster_serves_the_same_values_as_the_store() {
         let request = FeatureRequest::new("card_stats", keys.clone());
         let first = server.get(&request).await.unwrap().parsed();
         assert_eq!(
-            check_against_store(&first, store.as_ref(), &keys, Source::Store),
+            check_against_store(&first, store.as_ref(), &keys, Source::Store).await,
             100
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
         let second = server.get(&request).await.unwrap().parsed();
         assert_eq!(
-            check_against_store(&second, store.as_ref(), &keys, Source::Cache),
+            check_against_store(&second, store.as_ref(), &keys, Source::Cache).await,
             100
         );
     });
@@ -204,7 +205,7 @@ fn http_clients_and_feast_clients_read_the_same_values_and_bad_requests_say_why(
             .await
             .unwrap();
         assert_eq!(
-            check_against_store(&answer, store.as_ref(), &keys, Source::Store),
+            check_against_store(&answer, store.as_ref(), &keys, Source::Store).await,
             2
         );
 
@@ -396,14 +397,14 @@ fn corrupt_or_foreign_cache_entries_are_misses_that_the_store_repairs() {
         let request = FeatureRequest::new("card_stats", keys.clone());
         let first = server.get(&request).await.unwrap().parsed();
         assert_eq!(
-            check_against_store(&first, store.as_ref(), &keys, Source::Store),
+            check_against_store(&first, store.as_ref(), &keys, Source::Store).await,
             keys.len()
         );
         // The write-backs replaced every one of them.
         tokio::time::sleep(Duration::from_millis(300)).await;
         let second = server.get(&request).await.unwrap().parsed();
         assert_eq!(
-            check_against_store(&second, store.as_ref(), &keys, Source::Cache),
+            check_against_store(&second, store.as_ref(), &keys, Source::Cache).await,
             keys.len()
         );
     });

@@ -89,13 +89,30 @@ pub fn rows(from: usize, to: usize) -> RecordBatch {
     RecordBatch::try_new(schema, columns).expect("rows fit the schema")
 }
 
+/// Waits for a store call outside a runtime (the embedded store answers on its first
+/// poll; a SageMaker call runs on a runtime made for it).
+pub trait Now: std::future::Future + Sized {
+    fn now(self) -> Self::Output {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime")
+            .block_on(self)
+    }
+}
+
+impl<F: std::future::Future> Now for F {}
+
 /// An embedded store holding `rows(0, n)`.
 pub fn embedded(dir: &std::path::Path, n: usize) -> EmbeddedStore {
     let store = EmbeddedStore::open(dir).expect("open the embedded store");
     let mut from = 0;
     while from < n {
         let to = (from + 20_000).min(n);
-        store.put(&group(), &rows(from, to), T0).expect("put rows");
+        store
+            .put(&group(), &rows(from, to), T0)
+            .now()
+            .expect("put rows");
         from = to;
     }
     store
@@ -154,7 +171,7 @@ impl LocalEndpoint {
                 ..Default::default()
             },
         )
-        .expect("client");
+        .now();
         store.set_schema(&group(), lockstep_core::schema::row_schema(&manifest()));
         store
     }
@@ -196,17 +213,18 @@ impl<S> Counting<S> {
     }
 }
 
+#[async_trait::async_trait]
 impl<S: OnlineStore> OnlineStore for Counting<S> {
-    fn put(
+    async fn put(
         &self,
         group: &GroupRef,
         rows: &RecordBatch,
         write_time: i64,
     ) -> Result<PutSummary, OnlineError> {
-        self.inner.put(group, rows, write_time)
+        self.inner.put(group, rows, write_time).await
     }
 
-    fn get(
+    async fn get(
         &self,
         group: &GroupRef,
         keys: &[String],
@@ -221,11 +239,11 @@ impl<S: OnlineStore> OnlineStore for Counting<S> {
                 .unwrap()
                 .push((std::time::Instant::now(), keys.len()));
         }
-        self.inner.get(group, keys)
+        self.inner.get(group, keys).await
     }
 
-    fn delete(&self, group: &GroupRef, key: &str) -> Result<bool, OnlineError> {
-        self.inner.delete(group, key)
+    async fn delete(&self, group: &GroupRef, key: &str) -> Result<bool, OnlineError> {
+        self.inner.delete(group, key).await
     }
 }
 
