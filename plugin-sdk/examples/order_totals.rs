@@ -6,21 +6,38 @@ use std::collections::VecDeque;
 
 const WINDOW: i64 = 30 * Timestamp::DAY;
 
-/// One input event. Fields are matched to the manifest's input fields by name;
-/// `&str` borrows from the batch (no copy), `Option<T>` for nullable fields.
-#[derive(Deserialize)]
+/// One input event, its input schema written once: fields are matched to the batch's
+/// columns by name, typed by their Rust types. `&str` borrows from the batch (no copy);
+/// `Option<T>` is a nullable field.
+#[derive(Deserialize, Event)]
 pub struct Order<'a> {
+    /// Customer.
+    #[event(key)]
     pub customer_id: &'a str,
+    /// Order time.
+    #[event(time)]
     pub ts: Timestamp,
+    /// Order total.
     pub amount: f64,
+    /// Coupon code, if any.
     pub coupon: Option<&'a str>,
+    /// Unique order id: duplicates with the same id are applied once.
+    #[event(id)]
+    pub order_id: Option<&'a str>,
 }
 
-/// One output row: one field per feature, in manifest order. `Option` = nullable.
-#[derive(Serialize, Debug, PartialEq)]
+/// One output row: one feature per field, in order, with the value served when serving
+/// degrades.
+#[derive(Serialize, Features, Debug, PartialEq)]
 pub struct Totals {
+    /// Orders in the last 30 days.
+    #[feat(default = 0)]
     pub orders_30d: i64,
+    /// Spend in the last 30 days.
+    #[feat(default = 0.0)]
     pub spent_30d: f64,
+    /// This order used a coupon.
+    #[feat(default = false)]
     pub used_coupon: bool,
 }
 
@@ -38,35 +55,9 @@ impl Transform for OrderTotals {
     type State = Recent;
 
     fn manifest() -> Manifest {
-        ManifestBuilder::new("order_totals", "1.0.0")
+        lockstep_sdk::schema::manifest::<Self>("order_totals", "1.0.0")
             .description("Orders and spend per customer over 30 days.")
             .keyed_stateful(1) // bump when `Recent` changes shape
-            .field("customer_id", ValueType::String, "customer")
-            .field("ts", ValueType::Timestamp, "order time")
-            .field("amount", ValueType::Float64, "order total")
-            .optional_field("coupon", ValueType::String, "coupon code, if any")
-            .optional_field("order_id", ValueType::String, "unique order id")
-            .entity_key("customer_id")
-            .event_time("ts")
-            .event_id("order_id") // duplicates with the same id are applied once
-            .feature(
-                "orders_30d",
-                ValueType::Int64,
-                "orders in the last 30 days",
-                Value::Int64(0),
-            )
-            .feature(
-                "spent_30d",
-                ValueType::Float64,
-                "spend in the last 30 days",
-                Value::Float64(0.0),
-            )
-            .feature(
-                "used_coupon",
-                ValueType::Boolean,
-                "this order used a coupon",
-                Value::Boolean(false),
-            )
             .build()
     }
 
@@ -101,11 +92,12 @@ fn main() {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use lockstep_sdk::testing::{check_manifest, run_timed};
+    use lockstep_sdk::testing::{check_derived, check_manifest, run_timed};
 
     #[test]
     fn counts_the_last_30_days() {
         check_manifest::<OrderTotals>().unwrap(); // the same rules hosts apply at load
+        check_derived::<OrderTotals>().unwrap(); // the manifest matches the structs
         let order = |day: i64, amount| {
             let ts = Timestamp(day * Timestamp::DAY);
             (
@@ -115,6 +107,7 @@ mod tests {
                     ts,
                     amount,
                     coupon: None,
+                    order_id: None,
                 },
             )
         };

@@ -7,14 +7,17 @@
 //! ```
 //! use lockstep_sdk::prelude::*;
 //!
-//! #[derive(Deserialize)]
+//! #[derive(Deserialize, Event)]
 //! pub struct Login<'a> {
+//!     #[event(key)]
 //!     pub user: &'a str,
+//!     #[event(time)]
 //!     pub at: Timestamp,
 //! }
 //!
-//! #[derive(Serialize, Debug, PartialEq)]
+//! #[derive(Serialize, Features, Debug, PartialEq)]
 //! pub struct LoginCount {
+//!     #[feat(default = 0)]
 //!     pub logins: i64,
 //! }
 //!
@@ -26,14 +29,7 @@
 //!     type State = i64;
 //!
 //!     fn manifest() -> Manifest {
-//!         ManifestBuilder::new("logins", "1.0.0")
-//!             .keyed_stateful(1)
-//!             .field("user", ValueType::String, "who logged in")
-//!             .field("at", ValueType::Timestamp, "when")
-//!             .entity_key("user")
-//!             .event_time("at")
-//!             .feature("logins", ValueType::Int64, "logins so far", Value::Int64(0))
-//!             .build()
+//!         lockstep_sdk::schema::manifest::<Self>("logins", "1.0.0").keyed_stateful(1).build()
 //!     }
 //!
 //!     fn apply(count: &mut i64, _login: Login<'_>, out: &mut Emit<'_, LoginCount>) -> Result<(), Error> {
@@ -59,8 +55,12 @@
 //! events, encoding rows and state. It must never depend on anything that reads a
 //! clock, randomness, the environment or the filesystem: plugins are deterministic.
 
+// The derive macros name `::lockstep_sdk`; this lets them work inside the SDK too.
+extern crate self as lockstep_sdk;
+
 mod de;
 pub mod engine;
+pub mod schema;
 mod ser;
 pub mod state;
 pub mod testing;
@@ -73,6 +73,8 @@ pub use engine::Emit;
 pub use lockstep_abi as abi;
 pub use lockstep_abi::ManifestBuilder;
 pub use lockstep_abi::{Feature, Field, Kind, Manifest, Value, ValueType};
+/// Derive macros: an event type's input schema, a row type's features.
+pub use lockstep_derive::{Event, Features};
 
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use std::fmt;
@@ -80,7 +82,8 @@ use std::fmt;
 /// Everything a plugin usually needs.
 pub mod prelude {
     pub use crate::{
-        Emit, Error, Manifest, ManifestBuilder, Timestamp, Transform, Value, ValueType,
+        Emit, Error, Event, Features, Manifest, ManifestBuilder, Timestamp, Transform, Value,
+        ValueType,
     };
     pub use serde::{Deserialize, Serialize};
 }
