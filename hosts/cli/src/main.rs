@@ -6,6 +6,7 @@ mod demo;
 mod gen_parquet;
 mod golden;
 mod offline;
+mod scaffold;
 mod serve;
 mod skew;
 mod stream;
@@ -395,6 +396,19 @@ fn default_cache_dir() -> Option<PathBuf> {
 
 #[derive(Subcommand)]
 enum PluginCommand {
+    /// Start a plugin crate: a transform whose schema is derived from its types, a
+    /// native test, and clippy lints that refuse what the sandbox would.
+    New {
+        /// The plugin's name: its crate and its feature group (a-z, 0-9, _).
+        name: String,
+        /// Where to create it (default: ./NAME). Must not exist or be empty.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// The Lockstep SDK to depend on, by path (default: the one this binary was
+        /// built with, when built from a checkout).
+        #[arg(long)]
+        sdk: Option<PathBuf>,
+    },
     /// Build a plugin crate into a component; prints its path and SHA-256.
     Build {
         /// The plugin crate's directory.
@@ -808,6 +822,25 @@ fn plugin(cmd: PluginCommand) -> Result<()> {
             println!("{}", path.display());
             println!("sha256 {}", built.sha256);
             println!("size   {} bytes", built.size);
+            Ok(())
+        }
+        PluginCommand::New { name, dir, sdk } => {
+            let dir = dir.unwrap_or_else(|| PathBuf::from(&name));
+            let sdk = match sdk.or_else(scaffold::default_sdk) {
+                Some(sdk) => sdk,
+                None => bail!(
+                    "this lockstep was not built from a checkout: name the SDK with --sdk PATH"
+                ),
+            };
+            scaffold::new_plugin(&name, &dir, &sdk)?;
+            println!(
+                "created {} (SDK: {}).\n  cargo test --manifest-path {}/Cargo.toml\n  \
+                 lockstep plugin build {}",
+                dir.display(),
+                sdk.display(),
+                dir.display(),
+                dir.display()
+            );
             Ok(())
         }
         PluginCommand::Inspect {
