@@ -21,22 +21,39 @@ const MONTH_MICROS: f64 = 30.4375 * Timestamp::DAY as f64;
 const SESSION_WINDOW: i64 = 30 * Timestamp::DAY;
 const TICKET_WINDOW: i64 = 90 * Timestamp::DAY;
 
-/// One activity event.
-#[derive(Deserialize)]
+/// One activity event. Its fields are the input schema (`#[derive(Event)]`).
+#[derive(Deserialize, Event)]
 pub struct Activity<'a> {
+    /// customer identifier
+    #[event(key)]
     pub customer_id: &'a str,
+    /// event time
+    #[event(time)]
     pub ts: Timestamp,
+    /// signup, login, session or ticket
     pub event_type: &'a str,
+    /// session length, for session events
     pub session_minutes: Option<f64>,
+    /// event id, used to drop duplicates
+    #[event(id)]
+    pub event_id: Option<&'a str>,
 }
 
-/// The features, in manifest order.
-#[derive(Serialize, Debug, Clone, PartialEq)]
+/// The features, in order (`#[derive(Features)]`).
+#[derive(Serialize, Features, Debug, Clone, PartialEq)]
 pub struct Churn {
+    /// whole months since signup
+    #[feat(default = 0)]
     pub tenure_months: i64,
+    /// whole days since the last login
     pub days_since_last_login: Option<i64>,
+    /// sessions in the last 30 days
+    #[feat(default = 0)]
     pub sessions_30d: i64,
+    /// support tickets in the last 90 days
+    #[feat(default = 0)]
     pub support_tickets_90d: i64,
+    /// mean session length in the last 30 days
     pub avg_session_minutes_30d: Option<f64>,
 }
 
@@ -85,23 +102,9 @@ impl Transform for ChurnFeatures {
     type State = CustomerState;
 
     fn manifest() -> Manifest {
-        use ValueType::*;
-        ManifestBuilder::new("churn_features", "1.0.0")
+        lockstep_sdk::schema::manifest::<Self>("churn_features", "1.0.0")
             .description("Per-customer churn signals: tenure, login recency, session activity, support load.")
             .keyed_stateful(1)
-            .field("customer_id", String, "customer identifier")
-            .field("ts", Timestamp, "event time")
-            .field("event_type", String, "signup, login, session or ticket")
-            .optional_field("session_minutes", Float64, "session length, for session events")
-            .optional_field("event_id", String, "event id, used to drop duplicates")
-            .entity_key("customer_id")
-            .event_time("ts")
-            .event_id("event_id")
-            .feature("tenure_months", Int64, "whole months since signup", Value::Int64(0))
-            .feature("days_since_last_login", Int64, "whole days since the last login", Value::Null)
-            .feature("sessions_30d", Int64, "sessions in the last 30 days", Value::Int64(0))
-            .feature("support_tickets_90d", Int64, "support tickets in the last 90 days", Value::Int64(0))
-            .feature("avg_session_minutes_30d", Float64, "mean session length in the last 30 days", Value::Null)
             .supports_read()
             .build()
     }
@@ -153,7 +156,7 @@ lockstep_sdk::export!(ChurnFeatures);
 #[cfg(test)]
 mod tests {
     use super::*;
-    use lockstep_sdk::testing::{check_manifest, run_timed};
+    use lockstep_sdk::testing::{check_derived, check_manifest, run_timed};
 
     fn ev(secs: i64, kind: &str, minutes: Option<f64>) -> (Timestamp, Activity<'_>) {
         let ts = Timestamp::from_secs(secs);
@@ -164,6 +167,7 @@ mod tests {
                 ts,
                 event_type: kind,
                 session_minutes: minutes,
+                event_id: None,
             },
         )
     }
@@ -171,6 +175,7 @@ mod tests {
     #[test]
     fn manifest_is_valid() {
         check_manifest::<ChurnFeatures>().expect("valid");
+        check_derived::<ChurnFeatures>().expect("the manifest matches the structs");
     }
 
     #[test]

@@ -22,27 +22,48 @@ const MOBILE_MARKERS: [&str; 4] = ["mobile", "android", "iphone", "ipad"];
 /// Views longer than this are tabs left open, not attention.
 const MAX_DWELL_MS: i64 = 6 * 3600 * 1000;
 
-/// One page view.
-#[derive(Deserialize)]
+/// One page view. Its fields are the input schema (`#[derive(Event)]`).
+#[derive(Deserialize, Event)]
 pub struct PageView<'a> {
+    /// visitor identifier
+    #[event(key)]
     pub user_id: &'a str,
+    /// view time
+    #[event(time)]
     pub ts: Timestamp,
+    /// page URL
     pub url: &'a str,
+    /// referring URL
     pub referrer: Option<&'a str>,
+    /// browser user agent
     pub user_agent: Option<&'a str>,
+    /// time on page in milliseconds
     pub dwell_ms: Option<i64>,
+    /// event id, used to drop duplicates
+    #[event(id)]
+    pub event_id: Option<&'a str>,
 }
 
-/// The cleaned view, in manifest order.
-#[derive(Serialize, Debug, Clone, PartialEq)]
+/// The cleaned view. Its fields are the features, in order (`#[derive(Features)]`).
+#[derive(Serialize, Features, Debug, Clone, PartialEq)]
 pub struct CleanView {
+    /// host without www. and port
     pub page_domain: String,
+    /// lowercase path without query or trailing slash
     pub page_path: String,
+    /// referrer host, if any
     pub referrer_domain: Option<String>,
+    /// referrer is the same site
+    #[feat(default = false)]
     pub is_internal_referral: bool,
+    /// time on page in seconds, if plausible
     pub dwell_seconds: Option<f64>,
+    /// user agent is a mobile device
+    #[feat(default = false)]
     pub is_mobile: bool,
+    /// UTC hour of the view (0-23)
     pub hour_of_day: i64,
+    /// UTC weekday of the view (0 = Monday)
     pub day_of_week: i64,
 }
 
@@ -97,68 +118,9 @@ impl Transform for ClickstreamClean {
     type State = ();
 
     fn manifest() -> Manifest {
-        use ValueType::*;
-        ManifestBuilder::new("clickstream_clean", "1.0.0")
+        lockstep_sdk::schema::manifest::<Self>("clickstream_clean", "1.0.0")
             .description(
                 "Page views with bots and invalid records removed and clean fields derived.",
-            )
-            .field("user_id", String, "visitor identifier")
-            .field("ts", Timestamp, "view time")
-            .field("url", String, "page URL")
-            .optional_field("referrer", String, "referring URL")
-            .optional_field("user_agent", String, "browser user agent")
-            .optional_field("dwell_ms", Int64, "time on page in milliseconds")
-            .optional_field("event_id", String, "event id, used to drop duplicates")
-            .entity_key("user_id")
-            .event_time("ts")
-            .event_id("event_id")
-            .feature(
-                "page_domain",
-                String,
-                "host without www. and port",
-                Value::Null,
-            )
-            .feature(
-                "page_path",
-                String,
-                "lowercase path without query or trailing slash",
-                Value::Null,
-            )
-            .feature(
-                "referrer_domain",
-                String,
-                "referrer host, if any",
-                Value::Null,
-            )
-            .feature(
-                "is_internal_referral",
-                Boolean,
-                "referrer is the same site",
-                Value::Boolean(false),
-            )
-            .feature(
-                "dwell_seconds",
-                Float64,
-                "time on page in seconds, if plausible",
-                Value::Null,
-            )
-            .feature(
-                "is_mobile",
-                Boolean,
-                "user agent is a mobile device",
-                Value::Boolean(false),
-            )
-            .feature(
-                "hour_of_day",
-                Int64,
-                "UTC hour of the view (0-23)",
-                Value::Null,
-            )
-            .feature(
-                "day_of_week",
-                Int64,
-                "UTC weekday of the view (0 = Monday)",
-                Value::Null,
             )
             .build()
     }
@@ -196,7 +158,7 @@ lockstep_sdk::export!(ClickstreamClean);
 #[cfg(test)]
 mod tests {
     use super::*;
-    use lockstep_sdk::testing::{check_manifest, run_timed};
+    use lockstep_sdk::testing::{check_derived, check_manifest, run_timed};
 
     fn view<'a>(
         url: &'a str,
@@ -215,6 +177,7 @@ mod tests {
                 referrer,
                 user_agent: agent,
                 dwell_ms: dwell,
+                event_id: None,
             },
         )
     }
@@ -222,6 +185,7 @@ mod tests {
     #[test]
     fn manifest_is_valid() {
         check_manifest::<ClickstreamClean>().expect("valid");
+        check_derived::<ClickstreamClean>().expect("the manifest matches the structs");
     }
 
     #[test]

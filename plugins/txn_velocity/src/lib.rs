@@ -28,35 +28,61 @@ const DAY_WINDOW: usize = 1;
 /// Index of the longest window: the events state must keep.
 const LONGEST: usize = 2;
 
-/// One card transaction.
-#[derive(Deserialize)]
+/// One card transaction. Its fields are the input schema (`#[derive(Event)]`).
+#[derive(Deserialize, Event)]
 pub struct Transaction<'a> {
-    /// The card (entity key).
+    /// card identifier
+    #[event(key)]
     pub card_id: &'a str,
-    /// When it happened.
+    /// transaction time
+    #[event(time)]
     pub ts: Timestamp,
-    /// Amount in the card's currency.
+    /// transaction amount
     pub amount: f64,
-    /// Merchant identifier.
+    /// merchant identifier
     pub merchant: &'a str,
+    /// transaction id, used to drop duplicates
+    #[event(id)]
+    pub txn_id: Option<&'a str>,
 }
 
-/// The features, in manifest order.
-#[derive(Serialize, Debug, Clone, PartialEq)]
+/// The features, in order (`#[derive(Features)]`).
+#[derive(Serialize, Features, Debug, Clone, PartialEq)]
 pub struct Velocity {
+    /// transactions in the last 1h
+    #[feat(default = 0)]
     pub txn_count_1h: i64,
+    /// sum of amounts in the last 1h
+    #[feat(default = 0.0)]
     pub txn_sum_1h: f64,
+    /// mean amount in the last 1h
     pub txn_mean_1h: Option<f64>,
+    /// largest amount in the last 1h
     pub txn_max_1h: Option<f64>,
+    /// transactions in the last 24h
+    #[feat(default = 0)]
     pub txn_count_24h: i64,
+    /// sum of amounts in the last 24h
+    #[feat(default = 0.0)]
     pub txn_sum_24h: f64,
+    /// mean amount in the last 24h
     pub txn_mean_24h: Option<f64>,
+    /// largest amount in the last 24h
     pub txn_max_24h: Option<f64>,
+    /// transactions in the last 7d
+    #[feat(default = 0)]
     pub txn_count_7d: i64,
+    /// sum of amounts in the last 7d
+    #[feat(default = 0.0)]
     pub txn_sum_7d: f64,
+    /// mean amount in the last 7d
     pub txn_mean_7d: Option<f64>,
+    /// largest amount in the last 7d
     pub txn_max_7d: Option<f64>,
+    /// seconds since the previous transaction
     pub secs_since_prev_txn: Option<f64>,
+    /// distinct merchants in the last 24 h
+    #[feat(default = 0)]
     pub distinct_merchants_24h: i64,
 }
 
@@ -248,60 +274,11 @@ impl Transform for TxnVelocity {
     type State = CardState;
 
     fn manifest() -> Manifest {
-        use ValueType::*;
-        let zero_f = || Value::Float64(0.0);
-        let mut b = ManifestBuilder::new("txn_velocity", "1.0.0")
+        lockstep_sdk::schema::manifest::<Self>("txn_velocity", "1.0.0")
             .description("Per-card transaction velocity: counts, sums, means and maxima over 1 h, 24 h and 7 d windows.")
             .keyed_stateful(1)
-            .field("card_id", String, "card identifier")
-            .field("ts", Timestamp, "transaction time")
-            .field("amount", Float64, "transaction amount")
-            .field("merchant", String, "merchant identifier")
-            .optional_field("txn_id", String, "transaction id, used to drop duplicates")
-            .entity_key("card_id")
-            .event_time("ts")
-            .event_id("txn_id")
-            .supports_read();
-        for w in ["1h", "24h", "7d"] {
-            b = b
-                .feature(
-                    &format!("txn_count_{w}"),
-                    Int64,
-                    &format!("transactions in the last {w}"),
-                    Value::Int64(0),
-                )
-                .feature(
-                    &format!("txn_sum_{w}"),
-                    Float64,
-                    &format!("sum of amounts in the last {w}"),
-                    zero_f(),
-                )
-                .feature(
-                    &format!("txn_mean_{w}"),
-                    Float64,
-                    &format!("mean amount in the last {w}"),
-                    Value::Null,
-                )
-                .feature(
-                    &format!("txn_max_{w}"),
-                    Float64,
-                    &format!("largest amount in the last {w}"),
-                    Value::Null,
-                );
-        }
-        b.feature(
-            "secs_since_prev_txn",
-            Float64,
-            "seconds since the previous transaction",
-            Value::Null,
-        )
-        .feature(
-            "distinct_merchants_24h",
-            Int64,
-            "distinct merchants in the last 24 h",
-            Value::Int64(0),
-        )
-        .build()
+            .supports_read()
+            .build()
     }
 
     fn apply(
@@ -336,7 +313,7 @@ lockstep_sdk::export!(TxnVelocity);
 #[cfg(test)]
 mod tests {
     use super::*;
-    use lockstep_sdk::testing::{check_manifest, run_timed};
+    use lockstep_sdk::testing::{check_derived, check_manifest, run_timed};
 
     fn txn<'a>(
         card: &'a str,
@@ -352,6 +329,7 @@ mod tests {
                 ts,
                 amount,
                 merchant,
+                txn_id: None,
             },
         )
     }
@@ -359,6 +337,7 @@ mod tests {
     #[test]
     fn manifest_is_valid() {
         check_manifest::<TxnVelocity>().expect("valid manifest");
+        check_derived::<TxnVelocity>().expect("the manifest matches the structs");
     }
 
     #[test]
@@ -474,7 +453,7 @@ mod tests {
             }).collect();
             let mut state = CardState::default();
             let rows = run_timed::<TxnVelocity>(&mut state, events.iter().map(|&(ts, amount, merchant)| {
-                (Timestamp(ts), Transaction { card_id: "c", ts: Timestamp(ts), amount, merchant })
+                (Timestamp(ts), Transaction { card_id: "c", ts: Timestamp(ts), amount, merchant, txn_id: None })
             })).expect("apply");
             for (i, (_, row)) in rows.iter().enumerate() {
                 let want = naive(&events[..=i], events[i].0);
@@ -558,6 +537,7 @@ mod tests {
                         ts: Timestamp(i64::MIN),
                         amount: f64::NAN,
                         merchant: "",
+                        txn_id: None,
                     },
                 ),
                 (
@@ -567,6 +547,7 @@ mod tests {
                         ts: Timestamp(i64::MAX),
                         amount: f64::INFINITY,
                         merchant: "é",
+                        txn_id: None,
                     },
                 ),
             ],
