@@ -47,6 +47,7 @@ pub struct Recent {
     orders: VecDeque<(i64, f64)>,
 }
 
+/// The transform.
 pub struct OrderTotals;
 
 impl Transform for OrderTotals {

@@ -1,6 +1,10 @@
 //! The derive macros: a schema written once in the types, a manifest built from them,
 //! and a hand-written manifest that drifted from the types caught in `cargo test`.
 
+// Some fields here have no doc comment on purpose: what a description becomes then
+// (an attribute's text, or nothing) is what is tested.
+#![allow(missing_docs)]
+
 use lockstep_sdk::prelude::*;
 use lockstep_sdk::schema::{self, EventSchema, FeatureSchema};
 use lockstep_sdk::testing::check_derived;
