@@ -80,7 +80,14 @@ fn a_new_plugin_tests_lints_builds_and_runs() {
 
     let built = lockstep(&["plugin", "build", &dir.to_string_lossy()]);
     assert!(built.status.success(), "{}", text(&built.stderr));
-    let component = dir.join("target/wasm32-wasip2/plugin/card_counts.wasm");
+    // Its first line is where the component is (the target dir may be anywhere).
+    let stdout = text(&built.stdout);
+    let component = stdout
+        .lines()
+        .find(|line| line.trim_end().ends_with("card_counts.wasm"))
+        .map(|line| std::path::PathBuf::from(line.trim()))
+        .unwrap_or_else(|| panic!("no component path in:\n{stdout}"));
+    assert!(component.is_file(), "{}", component.display());
     let events = work.path().join("events.jsonl");
     std::fs::write(
         &events,
