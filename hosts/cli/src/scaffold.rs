@@ -13,14 +13,9 @@ pub fn default_sdk() -> Option<PathBuf> {
         .then(|| sdk.canonicalize().unwrap_or(sdk))
 }
 
-/// Whether `name` is a valid feature-group name (the manifest's rule): the crate and
-/// the group share it.
+/// Refuses a name the manifest would refuse: the crate and the group share it.
 fn check_name(name: &str) -> Result<()> {
-    let mut chars = name.chars();
-    let valid = matches!(chars.next(), Some('a'..='z'))
-        && name.len() <= 64
-        && chars.all(|c| matches!(c, 'a'..='z' | '0'..='9' | '_'));
-    if !valid {
+    if !lockstep_abi::is_identifier(name) {
         bail!(
             "`{name}` cannot name a plugin: use 1-64 characters of a-z, 0-9 and _, starting \
              with a letter (it is the feature group's name too)"

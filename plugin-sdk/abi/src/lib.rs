@@ -44,7 +44,9 @@ mod value;
 pub use builder::ManifestBuilder;
 pub use column::{Column, ColumnBuilder, ColumnView};
 pub use error::AbiError;
-pub use manifest::{Feature, Field, Kind, Manifest, ManifestError, RESERVED_COLUMNS};
+pub use manifest::{
+    Feature, Field, Kind, Manifest, ManifestError, RESERVED_COLUMNS, is_identifier,
+};
 pub use messages::{
     ApplyRequest, ApplyRequestView, ApplyResponse, ApplyResponseWriter, ReadRequest,
     ReadRequestView, ReadResponse, ReadResponseWriter,

@@ -223,7 +223,9 @@ pub const RESERVED_COLUMNS: &[&str] = &[
     "plugin_version",
 ];
 
-fn is_identifier(s: &str) -> bool {
+/// Whether `s` may name a feature group or a feature: 1-64 characters of a-z, 0-9 and
+/// `_`, starting with a letter (what `Manifest::validate` requires).
+pub fn is_identifier(s: &str) -> bool {
     let mut chars = s.chars();
     matches!(chars.next(), Some('a'..='z'))
         && s.len() <= 64
