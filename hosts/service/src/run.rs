@@ -296,12 +296,11 @@ impl StreamService {
         open: impl FnOnce(Resume, Handle) -> Result<Box<dyn Source>, ServiceError>,
     ) -> Result<Summary, ServiceError> {
         let cfg = &self.config;
-        let rt = io;
         let metrics = Arc::new(Metrics::new());
         let health = Arc::new(Mutex::new(Health::new()));
         let mut summary = Summary::default();
         if let Some(addr) = cfg.listen {
-            let listener = rt
+            let listener = io
                 .block_on(tokio::net::TcpListener::bind(addr))
                 .map_err(|e| ServiceError::Start(format!("cannot listen on {addr}: {e}")))?;
             let bound = listener
@@ -309,11 +308,11 @@ impl StreamService {
                 .map_err(|e| ServiceError::Start(e.to_string()))?;
             summary.listening = Some(bound);
             tracing::info!(%bound, "serving /healthz and /metrics");
-            rt.spawn(http::serve(listener, metrics.clone(), health.clone()));
+            io.spawn(http::serve(listener, metrics.clone(), health.clone()));
         }
         if cfg.handle_signals {
             let flag = stop.clone();
-            rt.spawn(async move {
+            io.spawn(async move {
                 wait_for_signal().await;
                 tracing::info!("stop requested: finishing the round and checkpointing");
                 flag.store(true, Ordering::SeqCst);
@@ -388,7 +387,7 @@ impl StreamService {
         let mut ended = restored.ended;
         let cache = match &cfg.cache {
             Some((url, ttl)) => Some(
-                rt.block_on(RedisCache::connect(url, *ttl, Duration::from_secs(5)))
+                io.block_on(RedisCache::connect(url, *ttl, Duration::from_secs(5)))
                     .map_err(|e| ServiceError::Start(e.to_string()))?,
             ),
             None => None,
@@ -398,7 +397,7 @@ impl StreamService {
                 positions: positions.clone(),
                 ended: ended.clone(),
             },
-            rt.clone(),
+            io.clone(),
         )?;
         let schema = row_schema(manifest);
         let mut seen = StreamStats::default();
@@ -412,7 +411,7 @@ impl StreamService {
 
         let (jobs, pending_jobs) = std::sync::mpsc::sync_channel::<Job>(1);
         // The writer owns the logs and the checkpoint store; the rest it borrows.
-        let (rt_ref, schema_ref, cache_ref) = (&rt, &schema, cache.as_ref());
+        let (rt_ref, schema_ref, cache_ref) = (io, &schema, cache.as_ref());
         let (metrics_ref, health_ref, stop_ref) = (&*metrics, &*health, &*stop);
         let (read_result, written) = std::thread::scope(|scope| {
             let writer = scope.spawn(move || {
