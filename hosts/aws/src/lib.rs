@@ -33,11 +33,16 @@ impl fmt::Debug for AwsOptions {
     }
 }
 
-/// The first non-empty value among environment variables `names`.
-fn env_first(names: &[&str]) -> Option<String> {
+/// The process environment, as the resolution rules read it.
+fn process_env(name: &str) -> Option<String> {
+    std::env::var(name).ok()
+}
+
+/// The first non-empty value of `names` in `env`.
+fn first(env: &impl Fn(&str) -> Option<String>, names: &[&str]) -> Option<String> {
     names
         .iter()
-        .find_map(|name| std::env::var(name).ok().filter(|value| !value.is_empty()))
+        .find_map(|name| env(name).filter(|value| !value.is_empty()))
 }
 
 impl AwsOptions {
@@ -53,17 +58,28 @@ impl AwsOptions {
     /// `KINESIS`): the explicit one, else `AWS_ENDPOINT_URL_<SERVICE>`, else
     /// `AWS_ENDPOINT_URL`, else none (AWS itself). The AWS SDK resolves the same way.
     pub fn endpoint_for(&self, service: &str) -> Option<String> {
-        self.endpoint
-            .clone()
-            .or_else(|| env_first(&[&format!("AWS_ENDPOINT_URL_{service}"), "AWS_ENDPOINT_URL"]))
+        self.endpoint_in(service, process_env)
+    }
+
+    fn endpoint_in(&self, service: &str, env: impl Fn(&str) -> Option<String>) -> Option<String> {
+        self.endpoint.clone().or_else(|| {
+            first(
+                &env,
+                &[&format!("AWS_ENDPOINT_URL_{service}"), "AWS_ENDPOINT_URL"],
+            )
+        })
     }
 
     /// The region: the explicit one, else `AWS_REGION`, else `AWS_DEFAULT_REGION`,
     /// else [`DEFAULT_REGION`].
     pub fn region(&self) -> String {
+        self.region_in(process_env)
+    }
+
+    fn region_in(&self, env: impl Fn(&str) -> Option<String>) -> String {
         self.region
             .clone()
-            .or_else(|| env_first(&["AWS_REGION", "AWS_DEFAULT_REGION"]))
+            .or_else(|| first(&env, &["AWS_REGION", "AWS_DEFAULT_REGION"]))
             .unwrap_or_else(|| DEFAULT_REGION.to_owned())
     }
 
