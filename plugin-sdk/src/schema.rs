@@ -49,52 +49,27 @@ pub trait FieldType {
     fn value(native: Self::Native) -> Value;
 }
 
-impl FieldType for i64 {
-    const TYPE: ValueType = ValueType::Int64;
-    type Native = i64;
-    fn value(native: i64) -> Value {
-        Value::Int64(native)
-    }
+/// `FieldType` for a Rust type: its column type, how a default is written, and how
+/// that default becomes a manifest value.
+macro_rules! field_type {
+    ($($rust:ty => $column:ident, $native:ty, |$v:ident| $value:expr;)*) => {$(
+        impl FieldType for $rust {
+            const TYPE: ValueType = ValueType::$column;
+            type Native = $native;
+            fn value($v: $native) -> Value {
+                $value
+            }
+        }
+    )*};
 }
 
-impl FieldType for f64 {
-    const TYPE: ValueType = ValueType::Float64;
-    type Native = f64;
-    fn value(native: f64) -> Value {
-        Value::Float64(native)
-    }
-}
-
-impl FieldType for bool {
-    const TYPE: ValueType = ValueType::Boolean;
-    type Native = bool;
-    fn value(native: bool) -> Value {
-        Value::Boolean(native)
-    }
-}
-
-impl FieldType for String {
-    const TYPE: ValueType = ValueType::String;
-    type Native = &'static str;
-    fn value(native: &'static str) -> Value {
-        Value::String(native.to_owned())
-    }
-}
-
-impl FieldType for &str {
-    const TYPE: ValueType = ValueType::String;
-    type Native = &'static str;
-    fn value(native: &'static str) -> Value {
-        Value::String(native.to_owned())
-    }
-}
-
-impl FieldType for Timestamp {
-    const TYPE: ValueType = ValueType::Timestamp;
-    type Native = Timestamp;
-    fn value(native: Timestamp) -> Value {
-        Value::Timestamp(native.0)
-    }
+field_type! {
+    i64 => Int64, i64, |v| Value::Int64(v);
+    f64 => Float64, f64, |v| Value::Float64(v);
+    bool => Boolean, bool, |v| Value::Boolean(v);
+    String => String, &'static str, |v| Value::String(v.to_owned());
+    &str => String, &'static str, |v| Value::String(v.to_owned());
+    Timestamp => Timestamp, Timestamp, |v| Value::Timestamp(v.0);
 }
 
 impl<T: FieldType> FieldType for Option<T> {
