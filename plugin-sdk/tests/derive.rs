@@ -24,6 +24,7 @@ pub struct Payment<'a> {
     pub cents: i64,
     /// The merchant, when known.
     pub merchant: Option<&'a str>,
+    #[serde(rename(deserialize = "is_refund"), default)]
     pub refund: Option<bool>,
 }
 
@@ -78,7 +79,7 @@ impl Transform for Drifted {
             .field("id", ValueType::Int64, "")
             .field("cents", ValueType::Float64, "")
             .optional_field("merchant", ValueType::String, "")
-            .optional_field("refund", ValueType::Boolean, "")
+            .optional_field("is_refund", ValueType::Boolean, "")
             .entity_key("card")
             .event_time("at")
             .event_id("id")
@@ -113,7 +114,7 @@ fn the_schema_is_read_from_the_types() {
                 true,
                 "The merchant, when known."
             ),
-            ("refund", ValueType::Boolean, true, ""),
+            ("is_refund", ValueType::Boolean, true, ""),
         ]
     );
     assert_eq!(

@@ -73,12 +73,29 @@ fn wire_name(field: &syn::Field) -> syn::Result<String> {
     for attr in &field.attrs {
         if attr.path().is_ident("serde") {
             attr.parse_nested_meta(|meta| {
-                if meta.path.is_ident("rename") {
+                if meta.path.is_ident("rename") && meta.input.peek(syn::Token![=]) {
                     let value: LitStr = meta.value()?.parse()?;
                     name = Some(value.value());
+                } else if meta.path.is_ident("rename") {
+                    // `rename(deserialize = "…", serialize = "…")`: events are read.
+                    meta.parse_nested_meta(|inner| {
+                        let value: LitStr = inner.value()?.parse()?;
+                        if inner.path.is_ident("deserialize") {
+                            name = Some(value.value());
+                        }
+                        Ok(())
+                    })?;
                 } else if meta.input.peek(syn::Token![=]) {
                     // Another serde setting with a value: not ours to read.
                     let _: Expr = meta.value()?.parse()?;
+                } else if meta.input.peek(syn::token::Paren) {
+                    // Another serde setting with a list: not ours either.
+                    meta.parse_nested_meta(|inner| {
+                        if inner.input.peek(syn::Token![=]) {
+                            let _: Expr = inner.value()?.parse()?;
+                        }
+                        Ok(())
+                    })?;
                 }
                 Ok(())
             })?;
