@@ -5,8 +5,8 @@
 #   (wasmtime): only the executor, the hosts above it and the CLI do;
 # - library code builds no tokio runtime: binaries own the runtime and libraries run on
 #   the caller's. Test code (tests/, #[cfg(test)] modules, the testkit) may build its
-#   own. The offline store's S3 backend and its Delta log reader still do: they serve
-#   a synchronous store API; any other site fails the check.
+#   own;
+# - the command line builds exactly one, in main.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -22,20 +22,23 @@ done
 [ "$status" -eq 0 ] && echo "architecture: no store, serving or training crate links wasmtime"
 
 # Runtime constructions in library code, by file (before the file's #[cfg(test)] part).
-known="hosts/delta/src/lib.rs hosts/offline/src/backend.rs"
 found=$(find hosts runtime plugin-sdk -path '*/src/*.rs' -not -path 'hosts/cli/*' \
   -not -path 'hosts/testkit/*' -print0 | xargs -0 awk '
     FNR == 1 { in_tests = 0 }
     /#\[cfg\(test\)\]/ { in_tests = 1 }
     !in_tests && /Builder::new_(multi|current)_thread|Runtime::new\(\)/ { print FILENAME }' | sort -u)
-count=0
 for file in $found; do
-  count=$((count + 1))
-  case " $known " in
-    *" $file "*) ;;
-    *) echo "architecture: $file builds a tokio runtime in library code; take the caller's" >&2
-       status=1 ;;
-  esac
+  echo "architecture: $file builds a tokio runtime in library code; take the caller's" >&2
+  status=1
 done
-echo "architecture: tokio runtimes built in library code: $count file(s) ($(echo $found | tr '\n' ' '))"
+[ -z "$found" ] && echo "architecture: no library builds a tokio runtime"
+
+cli_runtimes=$(grep -rEc 'Builder::new_(multi|current)_thread|Runtime::new\(\)' hosts/cli/src \
+  | awk -F: '{n += $2} END {print n + 0}')
+if [ "$cli_runtimes" -ne 1 ]; then
+  echo "architecture: the command line builds $cli_runtimes tokio runtimes; main builds the one" >&2
+  status=1
+else
+  echo "architecture: the command line builds one tokio runtime (main)"
+fi
 exit "$status"

@@ -38,7 +38,8 @@ fn next(state: &mut u64) -> u64 {
     z ^ (z >> 31)
 }
 
-fn main() {
+#[tokio::main]
+async fn main() {
     let Some(store_dir) = std::env::args().nth(1) else {
         eprintln!("usage: training-group STORE_DIR [ROWS] [CARDS] [SEED]");
         std::process::exit(2);
@@ -50,6 +51,7 @@ fn main() {
     let m = manifest();
     let group = store
         .register(&m, "synthetic-card-profile", 0)
+        .await
         .expect("register card_profile");
     let mut writer = store.writer(&group, 1, WriterOptions::default());
     let schema = lockstep_core::schema::row_schema(&m);
@@ -86,7 +88,7 @@ fn main() {
         writer.write(&batch).expect("write");
         written += n;
     }
-    let summary = writer.commit().expect("commit");
+    let summary = writer.commit().await.expect("commit");
     println!(
         "card_profile@1.0.0: {} rows in {} hour partitions under {store_dir}",
         summary.rows, summary.partitions

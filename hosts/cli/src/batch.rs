@@ -2,6 +2,7 @@
 
 use crate::offline::TableFormat;
 use anyhow::{Context, Result, bail};
+use futures::FutureExt;
 use indicatif::{ProgressBar, ProgressStyle};
 use lockstep_batch::{BatchJob, Progress, SourceFormat};
 use lockstep_offline::snapshot::{SnapshotInfo, write_states};
@@ -74,7 +75,7 @@ fn peak_rss() -> Option<u64> {
     Some(kib * 1024)
 }
 
-pub fn run(args: RunArgs, runtime: &Runtime) -> Result<()> {
+pub async fn run(args: RunArgs, runtime: &Runtime) -> Result<()> {
     let started = Instant::now();
     let plugin = runtime.load_file(&args.plugin)?;
     let format = match args
@@ -99,10 +100,12 @@ pub fn run(args: RunArgs, runtime: &Runtime) -> Result<()> {
     // before then leaves it free.
     let store = crate::offline::open(&args.offline_store, &args.s3)?;
     let now = now_micros();
-    let group = store.check_binding(plugin.manifest(), plugin.hash(), now)?;
+    let group = store
+        .check_binding(plugin.manifest(), plugin.hash(), now)
+        .await?;
     // A group version is kept in one layout: the other's files would be invisible to
     // its readers (a Delta log does not list plain files; plain readers refuse a table).
-    let is_table = store.holds_delta_table(&group.name, &group.version)?;
+    let is_table = store.holds_delta_table(&group.name, &group.version).await?;
     match args.table_format {
         TableFormat::Plain if is_table => bail!(
             "{}@{} is kept as a Delta table: write it with --table-format delta, or bump the \
@@ -113,7 +116,8 @@ pub fn run(args: RunArgs, runtime: &Runtime) -> Result<()> {
         TableFormat::Delta
             if !is_table
                 && !store
-                    .partition_files(&group.name, &group.version)?
+                    .partition_files(&group.name, &group.version)
+                    .await?
                     .is_empty() =>
         {
             bail!(
@@ -131,8 +135,9 @@ pub fn run(args: RunArgs, runtime: &Runtime) -> Result<()> {
     let lock = match args.table_format {
         TableFormat::Delta => None,
         TableFormat::Plain => {
-            let (lock, recovered) =
-                store.lock(&group, &format!("batch run from {}", args.source))?;
+            let (lock, recovered) = store
+                .lock(&group, &format!("batch run from {}", args.source))
+                .await?;
             if recovered.completed > 0 {
                 println!(
                     "completed the commit of a killed job: {} hour files published",
@@ -148,231 +153,233 @@ pub fn run(args: RunArgs, runtime: &Runtime) -> Result<()> {
             Some(lock)
         }
     };
-    let job = BatchJob {
-        sql: args.sql,
-        partitions: args.partitions.max(1),
-        // Three quarters of the limit for the sort; the writer's buffer gets the rest.
-        memory_limit: args.memory_limit.map(|m| m - m / 4),
-        s3: args.s3.clone(),
-        keep_states: args.state_out.is_some(),
-        latest_event_time: Some(now.saturating_add(args.max_future)),
-        ..BatchJob::new(args.plugin.to_string_lossy(), args.source.clone(), format)
-    };
-    // Rows wait for the commit in a buffer of a quarter of the memory limit; the rest is
-    // the sort's. Beyond it they are staged on disk.
-    let tokio = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(job.partitions.max(2))
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
-    let commit = crate::offline::Commit::begin(
-        args.table_format,
-        &store,
-        &group,
-        now,
-        &crate::offline::delta_options(&args.offline_store, &args.s3),
-        &tokio,
-    )?;
-    let mut writer = store.writer(
-        &group,
-        now,
-        WriterOptions {
-            buffer_bytes: args
-                .memory_limit
-                .map_or_else(default_buffer_bytes, |m| m / 4),
-            part_file: commit.part_file(),
-            lock,
-            ..WriterOptions::default()
-        },
-    );
-    let display = ProgressDisplay::start(job.progress.clone());
-    // A reader library that panics on some damaged input must not take the process
-    // down with a backtrace (exit 101): it is reported as this job's error, and the
-    // writer, never committed, leaves nothing visible.
-    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        tokio.block_on(lockstep_batch::run(&job, &plugin, &mut writer))
-    }));
-    display.finish();
-    let result = match result {
-        Ok(result) => result,
-        Err(panic) => {
-            let message = crate::panic_text(panic.as_ref());
-            bail!(
-                "backfilling from {}: reading the source failed inside a library ({message}); \
-                 the input is probably damaged. Nothing was written",
-                args.source
-            )
-        }
-    };
-    let out = result
-        .map_err(|e| {
-            // A full disk under the temporary directory (sort spills, staged rows): say
-            // which directory, and how to move it.
-            let full = anyhow::Error::from(e);
-            let disk_full = full.chain().any(|c| {
-                c.downcast_ref::<std::io::Error>()
-                    .is_some_and(|io| io.kind() == std::io::ErrorKind::StorageFull)
-                    || c.to_string().contains("No space left on device")
-            });
-            if disk_full {
-                full.context(format!(
-                    "the disk under the temporary directory {} is full (sorts spill and rows \
-                     awaiting commit are staged there); free space or point TMPDIR elsewhere",
-                    std::env::temp_dir().display()
-                ))
-            } else {
-                full
-            }
-        })
-        .with_context(|| format!("backfilling from {}", args.source))?;
-    let failures = &out.plugin_failures;
-    match (&args.rejects, out.rejects.first(), failures.first()) {
-        (None, Some(first), _) => bail!(
-            "{} source rows could not be read{}, e.g. column `{}`: {} in {}; nothing was \
-             written. Pass --rejects FILE to write the good rows and keep the bad ones there",
-            out.rejects.len(),
-            if failures.is_empty() {
-                String::new()
-            } else {
-                format!(" and the plugin failed on {} events", failures.len())
-            },
-            first.column,
-            first.reason,
-            serde_json::Value::Object(first.record.clone())
-        ),
-        (None, None, Some(first)) => bail!(
-            "the plugin failed on {} events, e.g. {} in {}; nothing was written. Pass \
-             --rejects FILE to write every other event's rows and keep these there",
-            failures.len(),
-            first.reason,
-            serde_json::Value::Object(first.record.clone())
-        ),
-        (Some(path), _, _) => {
-            let mut w = std::io::BufWriter::new(
-                std::fs::File::create(path)
-                    .with_context(|| format!("creating {}", path.display()))?,
-            );
-            for r in out.rejects.iter().chain(failures) {
-                let line =
-                    serde_json::json!({"column": r.column, "reason": r.reason, "record": r.record});
-                writeln!(w, "{line}")?;
-            }
-            w.flush()?;
-        }
-        (None, None, None) => {}
-    }
-    let spills = writer.spills();
-    let committing = Instant::now();
-    let (written, delta_commit) = commit.finish(writer, &group, plugin.hash(), &tokio)?;
-    let commit_secs = committing.elapsed().as_secs_f64();
-    let registered = match &args.catalog {
-        Some(Catalog::Glue(database)) => {
-            let location = store.root().join(&group.name);
-            let location = location.to_string_lossy();
-            let registered = tokio
-                .block_on(async {
-                    lockstep_catalog::GlueCatalog::connect(database, &args.s3)
-                        .await
-                        .register(&group, &location, &written.hours)
-                        .await
-                })
-                .with_context(|| {
-                    format!(
-                        "the rows are committed, but registering them in glue:{database} failed; \
-                         re-run the job (it is idempotent) once the catalog is reachable"
-                    )
-                })?;
-            Some(registered)
-        }
-        None => None,
-    };
-    if let Some(path) = &args.state_out {
-        let info = SnapshotInfo {
-            group: group.name.clone(),
-            version: group.version.clone(),
-            plugin_hash: plugin.hash().to_owned(),
-            state_version: plugin.manifest().state_version,
+    // The lock goes when the job ends, however it ends: on an object store nothing
+    // could remove it later, and the next job would wait for it to expire.
+    let held = lock.clone();
+    let outcome = async {
+        let job = BatchJob {
+            sql: args.sql,
+            partitions: args.partitions.max(1),
+            // Three quarters of the limit for the sort; the writer's buffer gets the rest.
+            memory_limit: args.memory_limit.map(|m| m - m / 4),
+            s3: args.s3.clone(),
+            keep_states: args.state_out.is_some(),
+            latest_event_time: Some(now.saturating_add(args.max_future)),
+            ..BatchJob::new(args.plugin.to_string_lossy(), args.source.clone(), format)
         };
-        write_states(path, &info, &out.states)?;
-    }
-    let secs = started.elapsed().as_secs_f64();
-    let s = &out.stats;
-    println!(
-        "backfilled {}@{} (plugin {}…)",
-        group.name,
-        group.version,
-        &plugin.hash()[..12]
-    );
-    println!(
-        "  read       {} events from {} ({} rejected{})",
-        s.events_in + out.rejects.len(),
-        args.source,
-        out.rejects.len(),
-        args.rejects
-            .as_ref()
-            .map(|p| format!(", see {}", p.display()))
-            .unwrap_or_default()
-    );
-    println!(
-        "  applied    {} events to {} entities ({} duplicates dropped{}) in {} plugin calls",
-        s.events_applied,
-        s.entities,
-        s.duplicates,
-        if s.failed > 0 {
-            format!(", {} failed in the plugin", s.failed)
-        } else {
-            String::new()
-        },
-        s.calls
-    );
-    println!(
-        "  wrote      {} rows into {} hour partitions under {} ({:.2} s to commit{})",
-        written.rows,
-        written.partitions,
-        store.root().join(&group.name).display(),
-        commit_secs,
-        if spills > 0 {
-            format!(", rows staged on disk {spills} times")
-        } else {
-            String::new()
-        }
-    );
-    if let Some(c) = &delta_commit {
-        println!(
-            "  delta      committed table version {} ({} files added, {} replaced; replaced \
-             files stay for readers of older versions)",
-            c.version, c.added, c.removed
-        );
-    }
-    if let Some(r) = &registered {
-        println!(
-            "  catalog    glue table {} ({}), {} partitions added, {} already registered",
-            r.table,
-            if r.created_table {
-                "created"
-            } else {
-                "updated"
+        // Rows wait for the commit in a buffer of a quarter of the memory limit; the rest is
+        // the sort's. Beyond it they are staged on disk.
+        let commit = crate::offline::Commit::begin(
+            args.table_format,
+            &store,
+            &group,
+            now,
+            &crate::offline::delta_options(&args.offline_store, &args.s3),
+        )
+        .await?;
+        let mut writer = store.writer(
+            &group,
+            now,
+            WriterOptions {
+                buffer_bytes: args
+                    .memory_limit
+                    .map_or_else(default_buffer_bytes, |m| m / 4),
+                part_file: commit.part_file(),
+                lock,
+                ..WriterOptions::default()
             },
-            r.partitions_added,
-            r.partitions_existing
         );
-    }
-    if let Some(path) = &args.state_out {
+        let display = ProgressDisplay::start(job.progress.clone());
+        // A reader library that panics on some damaged input must not take the process
+        // down with a backtrace (exit 101): it is reported as this job's error, and the
+        // writer, never committed, leaves nothing visible.
+        let result = std::panic::AssertUnwindSafe(lockstep_batch::run(&job, &plugin, &mut writer))
+            .catch_unwind()
+            .await;
+        display.finish();
+        let result = match result {
+            Ok(result) => result,
+            Err(panic) => {
+                let message = crate::panic_text(panic.as_ref());
+                bail!(
+                    "backfilling from {}: reading the source failed inside a library ({message}); \
+                     the input is probably damaged. Nothing was written",
+                    args.source
+                )
+            }
+        };
+        let out = result
+            .map_err(|e| {
+                // A full disk under the temporary directory (sort spills, staged rows): say
+                // which directory, and how to move it.
+                let full = anyhow::Error::from(e);
+                let disk_full = full.chain().any(|c| {
+                    c.downcast_ref::<std::io::Error>()
+                        .is_some_and(|io| io.kind() == std::io::ErrorKind::StorageFull)
+                        || c.to_string().contains("No space left on device")
+                });
+                if disk_full {
+                    full.context(format!(
+                        "the disk under the temporary directory {} is full (sorts spill and rows \
+                         awaiting commit are staged there); free space or point TMPDIR elsewhere",
+                        std::env::temp_dir().display()
+                    ))
+                } else {
+                    full
+                }
+            })
+            .with_context(|| format!("backfilling from {}", args.source))?;
+        let failures = &out.plugin_failures;
+        match (&args.rejects, out.rejects.first(), failures.first()) {
+            (None, Some(first), _) => bail!(
+                "{} source rows could not be read{}, e.g. column `{}`: {} in {}; nothing was \
+                 written. Pass --rejects FILE to write the good rows and keep the bad ones there",
+                out.rejects.len(),
+                if failures.is_empty() {
+                    String::new()
+                } else {
+                    format!(" and the plugin failed on {} events", failures.len())
+                },
+                first.column,
+                first.reason,
+                serde_json::Value::Object(first.record.clone())
+            ),
+            (None, None, Some(first)) => bail!(
+                "the plugin failed on {} events, e.g. {} in {}; nothing was written. Pass \
+                 --rejects FILE to write every other event's rows and keep these there",
+                failures.len(),
+                first.reason,
+                serde_json::Value::Object(first.record.clone())
+            ),
+            (Some(path), _, _) => {
+                let mut w = std::io::BufWriter::new(
+                    std::fs::File::create(path)
+                        .with_context(|| format!("creating {}", path.display()))?,
+                );
+                for r in out.rejects.iter().chain(failures) {
+                    let line =
+                        serde_json::json!({"column": r.column, "reason": r.reason, "record": r.record});
+                    writeln!(w, "{line}")?;
+                }
+                w.flush()?;
+            }
+            (None, None, None) => {}
+        }
+        let spills = writer.spills();
+        let committing = Instant::now();
+        let (written, delta_commit) = commit.finish(writer, &group, plugin.hash()).await?;
+        let commit_secs = committing.elapsed().as_secs_f64();
+        let registered = match &args.catalog {
+            Some(Catalog::Glue(database)) => {
+                let location = store.root().join(&group.name);
+                let location = location.to_string_lossy();
+                let registered = lockstep_catalog::GlueCatalog::connect(database, &args.s3)
+                    .await
+                    .register(&group, &location, &written.hours)
+                    .await
+                    .with_context(|| {
+                        format!(
+                            "the rows are committed, but registering them in glue:{database} failed; \
+                             re-run the job (it is idempotent) once the catalog is reachable"
+                        )
+                    })?;
+                Some(registered)
+            }
+            None => None,
+        };
+        if let Some(path) = &args.state_out {
+            let info = SnapshotInfo {
+                group: group.name.clone(),
+                version: group.version.clone(),
+                plugin_hash: plugin.hash().to_owned(),
+                state_version: plugin.manifest().state_version,
+            };
+            write_states(path, &info, &out.states)?;
+        }
+        let secs = started.elapsed().as_secs_f64();
+        let s = &out.stats;
         println!(
-            "  state      {} entities → {}",
-            out.states.len(),
-            path.display()
+            "backfilled {}@{} (plugin {}…)",
+            group.name,
+            group.version,
+            &plugin.hash()[..12]
         );
+        println!(
+            "  read       {} events from {} ({} rejected{})",
+            s.events_in + out.rejects.len(),
+            args.source,
+            out.rejects.len(),
+            args.rejects
+                .as_ref()
+                .map(|p| format!(", see {}", p.display()))
+                .unwrap_or_default()
+        );
+        println!(
+            "  applied    {} events to {} entities ({} duplicates dropped{}) in {} plugin calls",
+            s.events_applied,
+            s.entities,
+            s.duplicates,
+            if s.failed > 0 {
+                format!(", {} failed in the plugin", s.failed)
+            } else {
+                String::new()
+            },
+            s.calls
+        );
+        println!(
+            "  wrote      {} rows into {} hour partitions under {} ({:.2} s to commit{})",
+            written.rows,
+            written.partitions,
+            store.root().join(&group.name).display(),
+            commit_secs,
+            if spills > 0 {
+                format!(", rows staged on disk {spills} times")
+            } else {
+                String::new()
+            }
+        );
+        if let Some(c) = &delta_commit {
+            println!(
+                "  delta      committed table version {} ({} files added, {} replaced; replaced \
+                 files stay for readers of older versions)",
+                c.version, c.added, c.removed
+            );
+        }
+        if let Some(r) = &registered {
+            println!(
+                "  catalog    glue table {} ({}), {} partitions added, {} already registered",
+                r.table,
+                if r.created_table {
+                    "created"
+                } else {
+                    "updated"
+                },
+                r.partitions_added,
+                r.partitions_existing
+            );
+        }
+        if let Some(path) = &args.state_out {
+            println!(
+                "  state      {} entities → {}",
+                out.states.len(),
+                path.display()
+            );
+        }
+        println!(
+            "  took       {:.2} s ({:.0} events/s){}",
+            secs,
+            s.events_in as f64 / secs.max(1e-9),
+            peak_rss()
+                .map(|b| format!(", peak RSS {} MiB", b >> 20))
+                .unwrap_or_default()
+        );
+        Ok::<(), anyhow::Error>(())
     }
-    println!(
-        "  took       {:.2} s ({:.0} events/s){}",
-        secs,
-        s.events_in as f64 / secs.max(1e-9),
-        peak_rss()
-            .map(|b| format!(", peak RSS {} MiB", b >> 20))
-            .unwrap_or_default()
-    );
-    Ok(())
+    .await;
+    if let Some(lock) = held {
+        lock.release().await?;
+    }
+    outcome
 }
 
 /// Shows a running job's counters: a live line on a terminal, a log line every few
@@ -467,5 +474,124 @@ mod tests {
     #[test]
     fn the_default_buffer_is_never_below_the_writer_default() {
         assert!(default_buffer_bytes() >= lockstep_offline::writer::DEFAULT_BUFFER_BYTES);
+    }
+}
+
+/// `lockstep batch …`.
+#[derive(clap::Subcommand)]
+pub enum Command {
+    /// Run a plugin over a source and write its rows into the offline store.
+    Run {
+        /// The plugin component (.wasm).
+        #[arg(long)]
+        plugin: PathBuf,
+        /// Source files: a file, a directory or a glob, local or `s3://bucket/…`.
+        #[arg(long)]
+        source: String,
+        /// Source format (default: from the file extension).
+        #[arg(long, value_enum)]
+        format: Option<FormatArg>,
+        /// Shape the source into the plugin's input schema: `SELECT … FROM source`.
+        #[arg(long)]
+        sql: Option<String>,
+        /// Offline store: a directory or `s3://bucket/prefix`.
+        #[arg(long)]
+        offline_store: String,
+        /// S3-compatible endpoint for `s3://` sources and stores (default:
+        /// `AWS_ENDPOINT_URL`, else AWS). Credentials and region come from the
+        /// standard AWS environment variables.
+        #[arg(long)]
+        endpoint_url: Option<String>,
+        /// Register the written table and partitions in a data catalog:
+        /// `glue:DATABASE` (the AWS Glue Data Catalog; endpoint and credentials as for S3).
+        #[arg(long, value_parser = parse_catalog)]
+        catalog: Option<Catalog>,
+        /// Memory for the job (e.g. 2GiB): three quarters for sorting, a quarter for
+        /// rows awaiting commit; beyond it both spill to disk.
+        #[arg(long, value_parser = parse_size)]
+        memory_limit: Option<usize>,
+        /// Parallel plugin instances (default: the number of cores).
+        #[arg(long)]
+        partitions: Option<usize>,
+        /// Write each entity's final state here (for the stream host to start from).
+        #[arg(long)]
+        state_out: Option<PathBuf>,
+        /// Write rows that cannot be read here, with their reason, and go on.
+        #[arg(long)]
+        rejects: Option<PathBuf>,
+        /// Refuse events more than this ahead of the clock (rejects, as the stream
+        /// host's dead letters): a typo like year 9999 never becomes a feature row.
+        #[arg(long, default_value = "1h", value_parser = crate::skew::parse_lateness)]
+        max_future: i64,
+        /// How the group version is kept: `plain` (one Parquet file per hour, each hour
+        /// replaced atomically) or `delta` (a Delta Lake table: the whole backfill is one
+        /// commit, concurrent jobs are serialised, old versions stay readable).
+        #[arg(long, value_enum, default_value = "plain")]
+        table_format: TableFormat,
+        #[command(flatten)]
+        runtime: crate::plugin::RuntimeArgs,
+    },
+}
+
+/// A source format on the command line.
+#[derive(clap::ValueEnum, Clone, Copy)]
+pub enum FormatArg {
+    /// Parquet files.
+    Parquet,
+    /// CSV with a header.
+    Csv,
+    /// JSON lines.
+    Json,
+}
+
+/// Runs a `batch` subcommand.
+pub async fn run_command(cmd: Command) -> Result<()> {
+    match cmd {
+        Command::Run {
+            plugin,
+            source,
+            format,
+            sql,
+            offline_store,
+            endpoint_url,
+            catalog,
+            memory_limit,
+            partitions,
+            state_out,
+            rejects,
+            max_future,
+            table_format,
+            runtime,
+        } => {
+            let runtime = runtime.runtime()?;
+            run(
+                RunArgs {
+                    plugin,
+                    source,
+                    format: format.map(|f| match f {
+                        FormatArg::Parquet => SourceFormat::Parquet,
+                        FormatArg::Csv => SourceFormat::Csv,
+                        FormatArg::Json => SourceFormat::Json,
+                    }),
+                    sql,
+                    offline_store,
+                    s3: lockstep_offline::S3Options {
+                        endpoint: endpoint_url,
+                        ..Default::default()
+                    },
+                    catalog,
+                    memory_limit,
+                    partitions: partitions.unwrap_or_else(|| {
+                        std::thread::available_parallelism().map_or(2, |n| n.get())
+                    }),
+                    state_out,
+                    rejects,
+                    max_future,
+                    table_format,
+                },
+                &runtime,
+            )
+            .await
+        }
     }
 }

@@ -52,15 +52,20 @@ fn short(row: &Row, skip: usize) -> String {
     line
 }
 
-pub fn run(events: usize) -> Result<()> {
+/// What `demo` takes.
+#[derive(clap::Args)]
+pub struct Args {
+    /// Events to generate per plugin.
+    #[arg(long, default_value_t = 50_000)]
+    pub events: usize,
+}
+
+/// Runs the demo.
+pub async fn run(args: Args) -> Result<()> {
+    let events = args.events;
     let dir = plugins_dir();
     let cache = std::env::temp_dir().join("lockstep-demo-artifacts");
     let runtime = Runtime::new(RuntimeConfig::with_cache(&cache))?;
-    // The demo's one I/O runtime: store calls, the training set's plan, the server.
-    let io = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
     let work = std::env::temp_dir().join("lockstep-demo");
     // A fresh store each run: a demo that refused to overwrite last run's group
     // version (because the plugin was rebuilt differently) would teach the wrong thing.
@@ -125,7 +130,8 @@ pub fn run(events: usize) -> Result<()> {
             2,
             &offline,
             crate::offline::TableFormat::Plain,
-        )?;
+        )
+        .await?;
         println!(
             "  batch host   {} events → {} rows in {} hour partitions of {} in {:.0} ms",
             input.lines().count(),
@@ -171,7 +177,7 @@ pub fn run(events: usize) -> Result<()> {
         let started = Instant::now();
         let mut written = PutSummary::default();
         for batch in &streamed.batches {
-            let s = io.block_on(online.put(&group, batch, now_micros()))?;
+            let s = online.put(&group, batch, now_micros()).await?;
             written.written += s.written;
             written.stale += s.stale;
         }
@@ -207,11 +213,7 @@ pub fn run(events: usize) -> Result<()> {
                 None => String::new(),
             })
             .collect();
-        for (record, expected) in io
-            .block_on(online.get(&group, &keys))?
-            .into_iter()
-            .zip(&latest)
-        {
+        for (record, expected) in online.get(&group, &keys).await?.into_iter().zip(&latest) {
             let record = record.context("an entity the stream wrote is missing online")?;
             ensure!(
                 &record.row == *expected,
@@ -228,8 +230,8 @@ pub fn run(events: usize) -> Result<()> {
         }
         println!();
     }
-    training_set(&io, &work, &offline, &velocity_rows)?;
-    serving(&io, online, served, &velocity_latest)?;
+    training_set(&work, &offline, &velocity_rows).await?;
+    serving(online, served, &velocity_latest).await?;
     println!(
         "Zero skew: {total_rows} rows from three plugins, identical in the batch and stream hosts."
     );
@@ -255,8 +257,7 @@ pub fn run(events: usize) -> Result<()> {
 /// Serves the online store over HTTP as `lockstep serve` does (no cache here: every
 /// read goes to the embedded store), reads cards back with the Rust client, checks them
 /// against the stream's latest rows, and times a burst of requests.
-fn serving(
-    rt: &tokio::runtime::Runtime,
+async fn serving(
     store: std::sync::Arc<EmbeddedStore>,
     groups: Vec<lockstep_serving::ServedGroup>,
     latest: &[Row],
@@ -268,7 +269,7 @@ fn serving(
         ..Default::default()
     };
     let server = lockstep_serving::FeatureServer::new(groups, store, None, config)?;
-    rt.block_on(async {
+    {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let base = format!("http://{}", listener.local_addr()?);
         tokio::spawn(lockstep_serving::http::serve(
@@ -287,17 +288,29 @@ fn serving(
         let answer = client
             .get_features(&FeatureRequest::new("txn_velocity", cards.clone()).features(features))
             .await?;
-        println!("▸ serving  POST {base}/v1/features (no cache in the demo: reads go to the store)");
-        for (entity, row) in answer.entities.iter().zip(latest.iter().take(2).map(Some).chain([None])) {
+        println!(
+            "▸ serving  POST {base}/v1/features (no cache in the demo: reads go to the store)"
+        );
+        for (entity, row) in answer
+            .entities
+            .iter()
+            .zip(latest.iter().take(2).map(Some).chain([None]))
+        {
             if let Some(row) = row {
                 ensure!(
                     entity.source == Source::Store
-                        && features.iter().zip(&entity.values).all(|(f, v)| row.get(*f) == Some(v)),
+                        && features
+                            .iter()
+                            .zip(&entity.values)
+                            .all(|(f, v)| row.get(*f) == Some(v)),
                     "served {} differs from the stream's latest row",
                     entity.entity
                 );
             } else {
-                ensure!(entity.source == Source::Missing, "an unknown card was served as known");
+                ensure!(
+                    entity.source == Source::Missing,
+                    "an unknown card was served as known"
+                );
             }
             let values: Vec<String> = features
                 .iter()
@@ -308,7 +321,13 @@ fn serving(
                 "  {:<14} {:<8} {}  {}",
                 entity.entity,
                 format!("{:?}", entity.source).to_lowercase(),
-                entity.plugin_hash.as_deref().map_or("(defaults)".to_owned(), |h| format!("plugin {}…", &h[..12.min(h.len())])),
+                entity
+                    .plugin_hash
+                    .as_deref()
+                    .map_or("(defaults)".to_owned(), |h| format!(
+                        "plugin {}…",
+                        &h[..12.min(h.len())]
+                    )),
                 values.join(" ")
             );
         }
@@ -317,26 +336,25 @@ fn serving(
         for i in 0..1000 {
             let card = cards[i % 2].clone();
             let started = Instant::now();
-            let answer = client.get_features(&FeatureRequest::new("txn_velocity", [card])).await?;
+            let answer = client
+                .get_features(&FeatureRequest::new("txn_velocity", [card]))
+                .await?;
             took.push(started.elapsed().as_secs_f64() * 1e3);
             n_features = answer.features.len();
         }
         took.sort_by(f64::total_cmp);
         println!(
             "  1000 requests of one card × {} features: p50 {:.2} ms, p99 {:.2} ms over HTTP on loopback\n",
-            n_features,
-            took[499],
-            took[989]
+            n_features, took[499], took[989]
         );
         Ok::<_, anyhow::Error>(())
-    })
+    }
 }
 
 /// Labels at the exact times of some of the backfilled rows: each must see the row
 /// before (strictly before its time), never the row at it. Builds the training set from
 /// the offline store and checks every label against the rows themselves.
-fn training_set(
-    runtime: &tokio::runtime::Runtime,
+async fn training_set(
     work: &std::path::Path,
     offline: &std::path::Path,
     rows: &[Row],
@@ -391,10 +409,8 @@ fn training_set(
         vec!["txn_velocity".parse().map_err(anyhow::Error::msg)?],
     );
     let store = crate::offline::open(&offline.to_string_lossy(), &Default::default())?;
-    let written = runtime.block_on(async {
-        let set = lockstep_training::TrainingSet::plan(&job, &store).await?;
-        set.write_parquet(&out).await
-    })?;
+    let set = lockstep_training::TrainingSet::plan(&job, &store).await?;
+    let written = set.write_parquet(&out).await?;
     // Check what a user gets: the file.
     let file = std::fs::File::open(&out).with_context(|| format!("opening {}", out.display()))?;
     let batches = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)?

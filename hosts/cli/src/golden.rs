@@ -74,20 +74,22 @@ fn load_plugin(runtime: &Runtime, plugins: &Path, name: &str) -> Result<(Plugin,
 
 /// The batch host's rows for `events`, stored through a fresh offline store and read
 /// back, in canonical order (store columns dropped; they hold write times).
-pub fn batch_rows(
+pub async fn batch_rows(
     plugin: &(Plugin, PathBuf),
     events: &Path,
     partitions: usize,
     format: TableFormat,
 ) -> Result<Vec<Row>> {
     let scratch = tempfile::tempdir().context("creating a scratch offline store")?;
-    Ok(backfill(plugin, events, partitions, scratch.path(), format)?.0)
+    Ok(backfill(plugin, events, partitions, scratch.path(), format)
+        .await?
+        .0)
 }
 
 /// Backfills `events` (JSON lines) into the offline store at `store_root` with the
 /// batch host, then reads the group back: its rows in canonical order and the commit's
 /// summary. Rejected records fail the backfill.
-pub fn backfill(
+pub async fn backfill(
     (plugin, component): &(Plugin, PathBuf),
     events: &Path,
     partitions: usize,
@@ -95,7 +97,7 @@ pub fn backfill(
     format: TableFormat,
 ) -> Result<(Vec<Row>, lockstep_offline::WriteSummary)> {
     let store = crate::offline::open(&store_root.to_string_lossy(), &Default::default())?;
-    let group = store.register(plugin.manifest(), plugin.hash(), 0)?;
+    let group = store.register(plugin.manifest(), plugin.hash(), 0).await?;
     let job = BatchJob {
         partitions,
         // The stream side's rule: events beyond the clock's default lead are refused.
@@ -109,13 +111,8 @@ pub fn backfill(
             SourceFormat::Json,
         )
     };
-    let tokio = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(partitions.max(2))
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
     let commit =
-        crate::offline::Commit::begin(format, &store, &group, 0, &Default::default(), &tokio)?;
+        crate::offline::Commit::begin(format, &store, &group, 0, &Default::default()).await?;
     let mut writer = store.writer(
         &group,
         0,
@@ -124,8 +121,8 @@ pub fn backfill(
             ..WriterOptions::default()
         },
     );
-    let out = tokio
-        .block_on(lockstep_batch::run(&job, plugin, &mut writer))
+    let out = lockstep_batch::run(&job, plugin, &mut writer)
+        .await
         .with_context(|| format!("backfilling from {}", events.display()))?;
     if let Some(first) = out.rejects.first() {
         bail!(
@@ -144,8 +141,8 @@ pub fn backfill(
             first.reason
         );
     }
-    let (summary, _) = commit.finish(writer, &group, plugin.hash(), &tokio)?;
-    let stored = store.read(&group.name, &group.version)?;
+    let (summary, _) = commit.finish(writer, &group, plugin.hash()).await?;
+    let stored = store.read(&group.name, &group.version).await?;
     Ok((canonical_rows(&stored, plugin.manifest()), summary))
 }
 
@@ -176,7 +173,7 @@ fn write_rows(path: &Path, rows: &[Row]) -> Result<()> {
 }
 
 /// `lockstep golden check`: every set's batch rows equal its expected rows.
-pub fn check(args: &GoldenArgs, runtime: &Runtime) -> Result<()> {
+pub async fn check(args: &GoldenArgs, runtime: &Runtime) -> Result<()> {
     let mut failed = Vec::new();
     for name in set_names(args)? {
         let dir = args.dir.join(&name);
@@ -198,7 +195,7 @@ pub fn check(args: &GoldenArgs, runtime: &Runtime) -> Result<()> {
         for format in [TableFormat::Plain, TableFormat::Delta] {
             for partitions in PARTITIONS {
                 let started = Instant::now();
-                let rows = batch_rows(&loaded, &dir.join(EVENTS), partitions, format)?;
+                let rows = batch_rows(&loaded, &dir.join(EVENTS), partitions, format).await?;
                 let c = compare(&key, &rows, &expected, 20);
                 let how = format!(
                     "{partitions} partition{}, {}",
@@ -238,7 +235,7 @@ pub fn check(args: &GoldenArgs, runtime: &Runtime) -> Result<()> {
 
 /// `lockstep golden update`: rewrites each set's expected rows from the batch host,
 /// after checking that every partitioning agrees.
-pub fn update(args: &GoldenArgs, runtime: &Runtime) -> Result<()> {
+pub async fn update(args: &GoldenArgs, runtime: &Runtime) -> Result<()> {
     for name in set_names(args)? {
         let dir = args.dir.join(&name);
         let loaded = load_plugin(runtime, &args.plugins, &name)?;
@@ -249,9 +246,11 @@ pub fn update(args: &GoldenArgs, runtime: &Runtime) -> Result<()> {
             &dir.join(EVENTS),
             PARTITIONS[0],
             TableFormat::Plain,
-        )?;
+        )
+        .await?;
         for &partitions in &PARTITIONS[1..] {
-            let again = batch_rows(&loaded, &dir.join(EVENTS), partitions, TableFormat::Plain)?;
+            let again =
+                batch_rows(&loaded, &dir.join(EVENTS), partitions, TableFormat::Plain).await?;
             let c = compare(&key, &rows, &again, 20);
             ensure!(
                 c.identical(),
@@ -274,4 +273,67 @@ pub fn update(args: &GoldenArgs, runtime: &Runtime) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// `lockstep golden …`.
+#[derive(clap::Subcommand)]
+pub enum Command {
+    /// Run the batch host over each set's events and compare its rows with the
+    /// expected ones, exactly; exit 1 with a diff on any difference.
+    Check {
+        #[command(flatten)]
+        sets: GoldenSets,
+        #[command(flatten)]
+        runtime: crate::plugin::RuntimeArgs,
+    },
+    /// Rewrite each set's expected rows from the batch host. Review the diff before
+    /// committing: this is how a plugin's change of behaviour is accepted.
+    Update {
+        #[command(flatten)]
+        sets: GoldenSets,
+        #[command(flatten)]
+        runtime: crate::plugin::RuntimeArgs,
+    },
+}
+
+/// Which golden sets, where.
+#[derive(clap::Args)]
+pub struct GoldenSets {
+    /// Golden sets to take, by plugin name (default: all).
+    names: Vec<String>,
+    /// The directory of golden sets (default: `golden/` of this workspace).
+    #[arg(long)]
+    dir: Option<PathBuf>,
+    /// The directory of plugin crates (default: `plugins/` of this workspace).
+    #[arg(long)]
+    plugins: Option<PathBuf>,
+}
+
+impl GoldenSets {
+    fn args(self) -> GoldenArgs {
+        GoldenArgs {
+            dir: self.dir.unwrap_or_else(|| workspace_dir("golden")),
+            plugins: self.plugins.unwrap_or_else(|| workspace_dir("plugins")),
+            names: self.names,
+        }
+    }
+}
+
+/// `name` in the current directory if it is there, else in this source tree.
+fn workspace_dir(name: &str) -> PathBuf {
+    let here = PathBuf::from(name);
+    if here.is_dir() {
+        return here;
+    }
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .join(name)
+}
+
+/// Runs a `golden` subcommand.
+pub async fn run(cmd: Command) -> Result<()> {
+    match cmd {
+        Command::Check { sets, runtime } => check(&sets.args(), &runtime.runtime()?).await,
+        Command::Update { sets, runtime } => update(&sets.args(), &runtime.runtime()?).await,
+    }
 }

@@ -61,20 +61,19 @@ impl Commit {
     /// Starts a backfill of `group` in `format`. A Delta backfill reads the table now:
     /// a job that commits some of the same hours meanwhile makes this one's commit a
     /// conflict.
-    pub fn begin(
+    pub async fn begin(
         format: TableFormat,
         store: &OfflineStore,
         group: &GroupVersion,
         now: i64,
         options: &lockstep_delta::StorageOptions,
-        runtime: &tokio::runtime::Runtime,
     ) -> Result<Commit> {
         Ok(match format {
             TableFormat::Plain => Commit::Plain,
             TableFormat::Delta => {
                 let dir = lockstep_delta::table_dir(&store.root(), &group.name, &group.version);
-                let backfill = runtime
-                    .block_on(lockstep_delta::Backfill::begin(&dir, options))
+                let backfill = lockstep_delta::Backfill::begin(&dir, options)
+                    .await
                     .context("reading the Delta table")?;
                 // Each job's files have names of their own: the table keeps the files a
                 // replacement removes for readers of older versions.
@@ -97,21 +96,21 @@ impl Commit {
 
     /// Commits `writer`'s rows: the plain layout's hours, or the Delta table's next
     /// version (returned).
-    pub fn finish(
+    pub async fn finish(
         self,
         writer: OfflineWriter,
         group: &GroupVersion,
         plugin_hash: &str,
-        runtime: &tokio::runtime::Runtime,
     ) -> Result<(WriteSummary, Option<lockstep_delta::Committed>)> {
-        let written = writer.commit()?;
+        let written = writer.commit().await?;
         match self {
             Commit::Plain => Ok((written, None)),
             Commit::Delta { backfill, .. } => {
                 let rel = lockstep_offline::layout::version_rel(&group.name, &group.version);
                 let schema = OfflineStore::schema(&group.manifest);
-                let committed = runtime
-                    .block_on(backfill.commit(&rel, &schema, plugin_hash, &written.parts))
+                let committed = backfill
+                    .commit(&rel, &schema, plugin_hash, &written.parts)
+                    .await
                     .context("committing the backfill to its Delta table")?;
                 Ok((written, Some(committed)))
             }
@@ -200,13 +199,13 @@ pub struct VacuumArgs {
 }
 
 /// `lockstep offline vacuum`: Delta's VACUUM on a group's tables.
-pub fn vacuum(args: VacuumArgs) -> Result<()> {
+pub async fn vacuum(args: VacuumArgs) -> Result<()> {
     let store = open(&args.offline_store, &S3Options::default())?;
     let (name, wanted) = match args.group.split_once('@') {
         Some((name, version)) => (name, Some(version)),
         None => (args.group.as_str(), None),
     };
-    let versions = store.versions(name)?;
+    let versions = store.versions(name).await?;
     anyhow::ensure!(
         !versions.is_empty(),
         "feature group `{name}` is not in the offline store at {}",
@@ -227,18 +226,16 @@ pub fn vacuum(args: VacuumArgs) -> Result<()> {
                 .join(", ")
         );
     }
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
     let retain = humantime::format_duration(args.retain);
     for v in selected {
-        if !store.holds_delta_table(&v.name, &v.version)? {
+        if !store.holds_delta_table(&v.name, &v.version).await? {
             // The plain layout keeps no old files; what a killed job left is completed
             // (a journaled commit) or removed (files it staged), under the version's lock.
-            let (_lock, recovered) = store
+            let (lock, recovered) = store
                 .lock(v, "offline vacuum")
+                .await
                 .with_context(|| format!("vacuuming {}@{}", v.name, v.version))?;
+            lock.release().await?;
             println!(
                 "{}@{}: plain layout: completed {} hour files of a killed job's commit, \
                  removed {} files staged by killed jobs",
@@ -247,21 +244,21 @@ pub fn vacuum(args: VacuumArgs) -> Result<()> {
             continue;
         }
         let dir = lockstep_delta::table_dir(&store.root(), &v.name, &v.version);
-        let done = runtime
-            .block_on(lockstep_delta::vacuum(
-                &dir,
-                &delta_options(&args.offline_store, &S3Options::default()),
-                args.retain,
-                args.dry_run,
-                args.allow_short_retention,
-            ))
-            .with_context(|| {
-                format!(
-                    "vacuuming {}@{} (retain {retain}; a retention shorter than the table's \
+        let done = lockstep_delta::vacuum(
+            &dir,
+            &delta_options(&args.offline_store, &S3Options::default()),
+            args.retain,
+            args.dry_run,
+            args.allow_short_retention,
+        )
+        .await
+        .with_context(|| {
+            format!(
+                "vacuuming {}@{} (retain {retain}; a retention shorter than the table's \
                      needs --allow-short-retention)",
-                    v.name, v.version
-                )
-            })?;
+                v.name, v.version
+            )
+        })?;
         let verb = if done.dry_run {
             "would remove"
         } else {
@@ -280,4 +277,20 @@ pub fn vacuum(args: VacuumArgs) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// `lockstep offline …`.
+#[derive(clap::Subcommand)]
+pub enum Command {
+    /// Remove the data files of a group's Delta tables that no version younger than
+    /// the retention needs (files replaced by later backfills, files of killed jobs);
+    /// in the plain layout, complete a killed job's commit and remove its staged files.
+    Vacuum(VacuumArgs),
+}
+
+/// Runs an `offline` subcommand.
+pub async fn run_command(cmd: Command) -> Result<()> {
+    match cmd {
+        Command::Vacuum(args) => vacuum(args).await,
+    }
 }

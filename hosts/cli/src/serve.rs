@@ -62,6 +62,8 @@ pub struct ServeArgs {
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1:6566")]
     pub listen: SocketAddr,
+    #[command(flatten)]
+    pub runtime: crate::plugin::RuntimeArgs,
 }
 
 /// A served group's row schema.
@@ -117,7 +119,9 @@ fn served_groups(
 }
 
 /// Runs the server until SIGTERM or Ctrl-C.
-pub fn run(args: ServeArgs, runtime: &Runtime) -> Result<()> {
+pub async fn run(args: ServeArgs) -> Result<()> {
+    crate::stream::init_logging();
+    let runtime = &args.runtime.runtime()?;
     if !(args.xfetch_beta.is_finite() && args.xfetch_beta >= 0.0) {
         bail!(
             "--xfetch-beta must be a number ≥ 0, not {}",
@@ -128,10 +132,6 @@ pub fn run(args: ServeArgs, runtime: &Runtime) -> Result<()> {
         bail!("--timeout must be more than zero: every answer would be the defaults");
     }
     let (groups, schemas) = served_groups(&args, runtime)?;
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("starting the I/O runtime")?;
     let store: Arc<dyn OnlineStore> = match &args.online_store {
         OnlineStoreArg::Embedded(dir) => Arc::new(EmbeddedStore::open(dir).with_context(|| {
             format!(
@@ -141,9 +141,7 @@ pub fn run(args: ServeArgs, runtime: &Runtime) -> Result<()> {
             )
         })?),
         OnlineStoreArg::SageMaker(endpoint) => {
-            let store = rt.block_on(lockstep_featurestore::SageMakerStore::connect(
-                endpoint.as_deref(),
-            ));
+            let store = lockstep_featurestore::SageMakerStore::connect(endpoint.as_deref()).await;
             // Values travel as text; the manifests say how to read them back.
             for (group, schema) in &schemas {
                 store.set_schema(group, schema.clone());
@@ -169,7 +167,7 @@ pub fn run(args: ServeArgs, runtime: &Runtime) -> Result<()> {
         },
         ..ServeConfig::default()
     };
-    rt.block_on(async {
+    async {
         let cache = match &args.cache {
             Some(url) => Some(
                 lockstep_cache::RedisCache::connect(url, args.cache_ttl, Duration::from_secs(2))
@@ -194,5 +192,6 @@ pub fn run(args: ServeArgs, runtime: &Runtime) -> Result<()> {
         )
         .await
         .context("serving features")
-    })
+    }
+    .await
 }

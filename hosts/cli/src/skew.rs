@@ -11,7 +11,7 @@ use crate::golden::batch_rows;
 use anyhow::{Context, Result, bail};
 use lockstep_core::compare::{Row, canonical_rows, compare};
 use lockstep_core::decode::decode_json_lines;
-use lockstep_runtime::{Plugin, Runtime};
+use lockstep_runtime::Plugin;
 use lockstep_stream::{LateEvent, Record, StreamConfig, StreamProcessor};
 use std::io::Write;
 use std::path::PathBuf;
@@ -20,29 +20,46 @@ use std::time::Instant;
 /// Records handed to the stream host per step, as a source would batch them.
 const RECORDS_PER_STEP: usize = 500;
 
-/// Arguments of `skew-check`.
-pub struct SkewArgs {
-    /// The component both hosts run.
+/// What `skew-check` takes.
+#[derive(clap::Args)]
+pub struct Args {
+    /// The plugin component (.wasm) both hosts run.
+    #[arg(long)]
     pub plugin: PathBuf,
-    /// Another component for the stream side (to measure a change).
-    pub against: Option<PathBuf>,
-    /// The events, JSON lines.
+    /// Events, one JSON object per line, in arrival order.
+    #[arg(long)]
     pub events: PathBuf,
-    /// The stream host's allowed lateness, µs.
+    /// The stream host's allowed lateness (e.g. 5s, 2m).
+    #[arg(long, default_value = "5m", value_parser = parse_lateness)]
     pub allowed_lateness: i64,
-    /// Shuffle the arrival order with this seed.
+    /// Deliver the events to the stream host in a random order (within the
+    /// allowed lateness) drawn from this seed, instead of file order.
+    #[arg(long)]
     pub shuffle_seed: Option<u64>,
+    /// Run the stream side with this component instead: measures what a new build
+    /// of the plugin would change.
+    #[arg(long)]
+    pub against: Option<PathBuf>,
     /// Print one JSON object instead of text.
+    #[arg(long)]
     pub json: bool,
-    /// Send the stream side through Kinesis at this endpoint (else in-process).
+    /// Send the stream side through Kinesis at this endpoint (a fresh stream is
+    /// created and deleted; credentials and region from the AWS environment).
+    #[arg(long)]
     pub kinesis_endpoint: Option<String>,
-    /// Shards of the Kinesis stream the check creates.
+    /// Shards of that stream.
+    #[arg(long, default_value_t = 2)]
     pub kinesis_shards: i32,
-    /// Compare against what a `stream run` wrote in this state directory
-    /// (`rows.jsonl`, `late.jsonl`) instead of streaming the events here.
+    /// Instead of streaming here, compare with what `stream run` logged in this
+    /// state directory (rows.jsonl; late.jsonl is left out of the batch side).
+    #[arg(long, conflicts_with_all = ["kinesis_endpoint", "shuffle_seed", "against"])]
     pub stream_log: Option<PathBuf>,
-    /// How the batch side's store keeps the rows it reads back.
+    /// How the batch side keeps the rows it reads back: `plain` hour files or a
+    /// `delta` table (read through its log, as training sets read it).
+    #[arg(long, value_enum, default_value = "plain")]
     pub table_format: crate::offline::TableFormat,
+    #[command(flatten)]
+    pub runtime: crate::plugin::RuntimeArgs,
 }
 
 /// What a `stream run` logged in `dir`: its rows, and its late events (left out of
@@ -241,7 +258,7 @@ pub(crate) fn stream_rows(
 /// Streams the events through a real Kinesis stream: a fresh stream with `shards`
 /// shards, the records put in arrival order keyed by entity, read back shard by shard
 /// in lineage order into one processor per shard. The stream is deleted afterwards.
-fn stream_rows_kinesis(
+async fn stream_rows_kinesis(
     plugin: &Plugin,
     lines: &[(usize, &str)],
     keys: &[String],
@@ -252,12 +269,7 @@ fn stream_rows_kinesis(
 ) -> Result<Streamed> {
     use lockstep_kinesis::{Kinesis, KinesisOptions, LineageReader, ShardEvent};
     use lockstep_stream::{ShardSpec, ShardedProcessor};
-    let tokio = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
-    tokio.block_on(async {
+    {
         let kinesis = Kinesis::connect(&KinesisOptions {
             endpoint: Some(endpoint.to_owned()),
             ..KinesisOptions::default()
@@ -362,11 +374,12 @@ fn stream_rows_kinesis(
         // Best effort: a stream left behind costs nothing on a local server.
         let _ = kinesis.delete_stream(&stream).await;
         result
-    })
+    }
 }
 
 /// Runs the check; `Ok(false)` means skew was found (and reported).
-pub fn run(args: &SkewArgs, runtime: &Runtime) -> Result<bool> {
+pub async fn run(args: &Args) -> Result<bool> {
+    let runtime = args.runtime.runtime()?;
     let plugin = runtime.load_file(&args.plugin)?;
     let stream_plugin = match &args.against {
         Some(path) => runtime.load_file(path)?,
@@ -428,7 +441,8 @@ pub fn run(args: &SkewArgs, runtime: &Runtime) -> Result<bool> {
                 args.allowed_lateness,
                 endpoint,
                 args.kinesis_shards,
-            )?
+            )
+            .await?
         }
     };
 
@@ -454,7 +468,8 @@ pub fn run(args: &SkewArgs, runtime: &Runtime) -> Result<bool> {
         &batch_events,
         2,
         args.table_format,
-    )?;
+    )
+    .await?;
     let batch_ms = started.elapsed().as_secs_f64() * 1e3;
 
     let c = compare(&m.entity_key, &batch, &streamed.rows, 20);

@@ -87,7 +87,7 @@ pub struct RunArgs {
     #[arg(long)]
     pub fresh: bool,
     /// Skip events before this instant (RFC 3339): the backfill covered them.
-    #[arg(long, value_parser = crate::parse_instant)]
+    #[arg(long, value_parser = parse_instant)]
     pub start_at: Option<i64>,
     /// Serve /healthz and /metrics here.
     #[arg(long)]
@@ -113,8 +113,7 @@ pub struct RunArgs {
 
 /// Opens the online store `arg` names; `sagemaker_rate` caps PutRecord calls per
 /// second (the account's quota) for the SageMaker backend.
-pub fn open_store(
-    io: &tokio::runtime::Handle,
+pub async fn open_store(
     arg: &OnlineStoreArg,
     sagemaker_rate: Option<f64>,
 ) -> Result<Arc<dyn OnlineStore>> {
@@ -124,7 +123,7 @@ pub fn open_store(
                 format!("opening the embedded online store in {}", dir.display())
             })?))
         }
-        OnlineStoreArg::SageMaker(endpoint) => Ok(Arc::new(io.block_on(
+        OnlineStoreArg::SageMaker(endpoint) => Ok(Arc::new(
             lockstep_featurestore::SageMakerStore::with_options(
                 lockstep_featurestore::SageMakerOptions {
                     aws: lockstep_aws::AwsOptions {
@@ -134,13 +133,14 @@ pub fn open_store(
                     max_puts_per_second: sagemaker_rate,
                     ..Default::default()
                 },
-            ),
-        ))),
+            )
+            .await,
+        )),
     }
 }
 
 /// Runs the service until stopped.
-pub fn run(args: RunArgs, runtime: &Runtime) -> Result<()> {
+pub async fn run(args: RunArgs, runtime: &Runtime) -> Result<()> {
     let plugin = runtime
         .load_file(&args.plugin)
         .with_context(|| format!("loading {}", args.plugin.display()))?;
@@ -165,13 +165,7 @@ pub fn run(args: RunArgs, runtime: &Runtime) -> Result<()> {
         }
         None => None,
     };
-    // The service's I/O runtime: Kinesis reads, store and cache writes, /healthz.
-    let io = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .context("starting the I/O runtime")?;
-    let store = open_store(io.handle(), &args.online_store, args.sagemaker_rate)?;
+    let store = open_store(&args.online_store, args.sagemaker_rate).await?;
     let mut config = ServiceConfig::new(&args.stream, args.state.clone());
     config.kinesis = KinesisOptions {
         endpoint: args.endpoint_url.clone(),
@@ -200,9 +194,14 @@ pub fn run(args: RunArgs, runtime: &Runtime) -> Result<()> {
         "stream host starting"
     );
     let service = StreamService::new(plugin, store, group.clone(), config);
-    let summary = service
-        .run(io.handle(), Arc::new(AtomicBool::new(false)))
-        .with_context(|| format!("stream host for {} on {}", group.id(), args.stream))?;
+    // The service's loop runs the plugin and blocks between polls: it runs on a thread
+    // of its own and does its I/O (Kinesis, stores, cache, /healthz) on this runtime.
+    let io = tokio::runtime::Handle::current();
+    let summary =
+        tokio::task::spawn_blocking(move || service.run(&io, Arc::new(AtomicBool::new(false))))
+            .await
+            .context("the stream host's thread stopped")?
+            .with_context(|| format!("stream host for {} on {}", group.id(), args.stream))?;
     let s = &summary.stats;
     tracing::info!(
         records = s.records,
@@ -239,7 +238,7 @@ pub fn run(args: RunArgs, runtime: &Runtime) -> Result<()> {
 /// (the plugin manifest's), creating the stream with `create_shards` shards first when
 /// asked. Lines that are not events are put too (keyed `unkeyed`): the stream host
 /// must dead-letter them, and this is how to try it.
-pub fn put(
+pub async fn put(
     plugin: &std::path::Path,
     stream: &str,
     events: &std::path::Path,
@@ -268,12 +267,7 @@ pub fn put(
             (key, line.as_bytes().to_vec())
         })
         .collect();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .context("starting the I/O runtime")?;
-    rt.block_on(async {
+    async {
         let kinesis = lockstep_kinesis::Kinesis::connect(&KinesisOptions {
             endpoint: endpoint_url,
             ..KinesisOptions::default()
@@ -293,7 +287,8 @@ pub fn put(
             .put_ordered(stream, &records)
             .await
             .with_context(|| format!("putting {} records to {stream}", records.len()))
-    })?;
+    }
+    .await?;
     println!("put {} records to {stream}", records.len());
     Ok(())
 }
@@ -342,4 +337,74 @@ mod tests {
                 .contains("embedded:DIR")
         );
     }
+}
+
+/// `lockstep stream …`.
+#[derive(clap::Subcommand)]
+pub enum Command {
+    /// Consume every shard of a stream through the plugin into the online store, with
+    /// checkpoints (exactly-once across restarts), late and dead-letter logs, a row
+    /// log, `/healthz` and `/metrics`. Stops cleanly on SIGTERM or Ctrl-C.
+    Run {
+        #[command(flatten)]
+        args: Box<RunArgs>,
+        #[command(flatten)]
+        runtime: crate::plugin::RuntimeArgs,
+    },
+    /// Put events (JSON lines) to a stream in file order, keyed by the plugin's entity
+    /// key: to feed the stream host in demos and tests.
+    Put {
+        /// The plugin whose entity key partitions the records.
+        #[arg(long)]
+        plugin: PathBuf,
+        /// The Kinesis stream.
+        #[arg(long)]
+        stream: String,
+        /// The events, one JSON object per line.
+        #[arg(long)]
+        events: PathBuf,
+        /// Kinesis endpoint (e.g. a local server).
+        #[arg(long)]
+        endpoint_url: Option<String>,
+        /// Create the stream with this many shards first.
+        #[arg(long)]
+        create_shards: Option<i32>,
+        #[command(flatten)]
+        runtime: crate::plugin::RuntimeArgs,
+    },
+}
+
+/// Runs a `stream` subcommand.
+pub async fn run_command(cmd: Command) -> Result<()> {
+    match cmd {
+        Command::Run { args, runtime } => {
+            init_logging();
+            run(*args, &runtime.runtime()?).await
+        }
+        Command::Put {
+            plugin,
+            stream,
+            events,
+            endpoint_url,
+            create_shards,
+            runtime,
+        } => {
+            put(
+                &plugin,
+                &stream,
+                &events,
+                endpoint_url,
+                create_shards,
+                &runtime.runtime()?,
+            )
+            .await
+        }
+    }
+}
+
+/// An RFC 3339 instant on the command line, as UTC µs.
+pub fn parse_instant(text: &str) -> Result<i64, String> {
+    chrono::DateTime::parse_from_rfc3339(text)
+        .map(|t| t.timestamp_micros())
+        .map_err(|e| format!("`{text}` is not an RFC 3339 instant like 2024-01-31T12:00:00Z: {e}"))
 }

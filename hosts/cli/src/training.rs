@@ -67,7 +67,7 @@ pub enum LabelsFormatArg {
 }
 
 /// Builds the training set `args` describe and prints a summary.
-pub fn run(args: Args) -> Result<()> {
+pub async fn run(args: Args) -> Result<()> {
     let started = Instant::now();
     let ttl = match args.ttl {
         Some(d) => Some(
@@ -114,11 +114,7 @@ pub fn run(args: Args) -> Result<()> {
             ..Default::default()
         },
     )?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
-    let written = runtime.block_on(async {
+    let written = async {
         let set = TrainingSet::plan(&job, &store).await?;
         if args.explain {
             println!("{}", set.plan_display());
@@ -138,7 +134,8 @@ pub fn run(args: Args) -> Result<()> {
             );
         }
         set.write_parquet(&args.out).await
-    })?;
+    }
+    .await?;
     let seconds = started.elapsed().as_secs_f64();
     println!(
         "wrote {} label rows to {} in {seconds:.2} s ({:.0} labels/s)",

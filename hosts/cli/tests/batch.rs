@@ -54,10 +54,11 @@ fn generate_seeded(dir: &Path, rows: usize, seed: u64, name: &str) -> PathBuf {
     events
 }
 
-fn stored_rows(store: &Path) -> usize {
+async fn stored_rows(store: &Path) -> usize {
     let store = OfflineStore::open(store).expect("open");
     store
         .read("txn_velocity", "1.0.0")
+        .await
         .expect("read")
         .iter()
         .map(|b| b.num_rows())
@@ -98,8 +99,8 @@ fn backfill(events: &Path, store: &Path, extra: &[&str]) -> Output {
     lockstep(&args)
 }
 
-#[test]
-fn a_rerun_leaves_the_same_rows_and_the_state_snapshot_is_readable() {
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rerun_leaves_the_same_rows_and_the_state_snapshot_is_readable() {
     let dir = tempfile::tempdir().expect("tempdir");
     let events = generate(dir.path(), 3_000);
     let store = dir.path().join("store");
@@ -115,12 +116,12 @@ fn a_rerun_leaves_the_same_rows_and_the_state_snapshot_is_readable() {
         summary.contains("backfilled txn_velocity@1.0.0") && summary.contains("hour partitions"),
         "{summary}"
     );
-    let rows = stored_rows(&store);
+    let rows = stored_rows(&store).await;
     assert!(rows > 2_900 && rows < 3_000, "duplicates dropped: {rows}");
     let again = backfill(&events, &store, &["--partitions", "1"]);
     assert!(again.status.success(), "{}", text(&again.stderr));
     assert_eq!(
-        stored_rows(&store),
+        stored_rows(&store).await,
         rows,
         "a re-run replaces, never duplicates"
     );
@@ -175,8 +176,8 @@ fn another_plugin_cannot_write_into_a_registered_version() {
     );
 }
 
-#[test]
-fn bad_rows_stop_the_job_unless_a_rejects_file_is_given() {
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_rows_stop_the_job_unless_a_rejects_file_is_given() {
     let dir = tempfile::tempdir().expect("tempdir");
     let csv = dir.path().join("events.csv");
     std::fs::write(&csv, "card_id,ts,amount,merchant\nc1,2024-01-01T00:00:00Z,1.5,m\nc1,not-a-time,2.5,m\n,2024-01-01T00:00:02Z,3,m\n").expect("csv");
@@ -192,7 +193,8 @@ fn bad_rows_stop_the_job_unless_a_rejects_file_is_given() {
     assert!(matches!(
         OfflineStore::open(&store)
             .expect("open")
-            .version("txn_velocity", "1.0.0"),
+            .version("txn_velocity", "1.0.0")
+            .await,
         Err(lockstep_offline::OfflineError::UnknownVersion { .. })
     ));
     let rejects = dir.path().join("rejects.jsonl");
@@ -205,16 +207,16 @@ fn bad_rows_stop_the_job_unless_a_rejects_file_is_given() {
             .count(),
         2
     );
-    assert_eq!(stored_rows(&store), 1);
+    assert_eq!(stored_rows(&store).await, 1);
 }
 
-#[test]
-fn a_job_killed_at_any_point_leaves_only_whole_partitions_and_a_rerun_completes_it() {
+#[tokio::test(flavor = "multi_thread")]
+async fn a_job_killed_at_any_point_leaves_only_whole_partitions_and_a_rerun_completes_it() {
     let dir = tempfile::tempdir().expect("tempdir");
     let events = generate(dir.path(), 60_000);
     let reference = dir.path().join("reference");
     assert!(backfill(&events, &reference, &[]).status.success());
-    let expected = stored_rows(&reference);
+    let expected = stored_rows(&reference).await;
     let store = dir.path().join("store");
     for delay_ms in [300u64, 900, 1_600] {
         let mut child = Command::new(env!("CARGO_BIN_EXE_lockstep"))
@@ -241,7 +243,7 @@ fn a_job_killed_at_any_point_leaves_only_whole_partitions_and_a_rerun_completes_
             .join("txn_velocity/_lockstep/versions/1.0.0.json")
             .exists()
         {
-            let visible = stored_rows(&store);
+            let visible = stored_rows(&store).await;
             assert!(
                 visible <= expected,
                 "killed after {delay_ms} ms: {visible} > {expected}"
@@ -250,20 +252,20 @@ fn a_job_killed_at_any_point_leaves_only_whole_partitions_and_a_rerun_completes_
     }
     assert!(backfill(&events, &store, &[]).status.success());
     assert_eq!(
-        stored_rows(&store),
+        stored_rows(&store).await,
         expected,
         "the re-run completes the store exactly"
     );
 }
 
 /// Stored rows as JSON lines without the write stamps, which differ between runs.
-fn stored_json(store: &Path) -> Vec<String> {
-    store_json(&OfflineStore::open(store).expect("open"))
+async fn stored_json(store: &Path) -> Vec<String> {
+    store_json(&OfflineStore::open(store).expect("open")).await
 }
 
-fn store_json(store: &OfflineStore) -> Vec<String> {
+async fn store_json(store: &OfflineStore) -> Vec<String> {
     let mut lines = Vec::new();
-    for batch in store.read("txn_velocity", "1.0.0").expect("read") {
+    for batch in store.read("txn_velocity", "1.0.0").await.expect("read") {
         for row in 0..batch.num_rows() {
             let mut json = lockstep_core::rows::row_json(&batch, row);
             json.remove("write_time");
@@ -274,8 +276,8 @@ fn store_json(store: &OfflineStore) -> Vec<String> {
     lines
 }
 
-#[test]
-fn a_memory_limit_stages_rows_on_disk_and_stores_the_same_rows_in_the_same_order() {
+#[tokio::test(flavor = "multi_thread")]
+async fn a_memory_limit_stages_rows_on_disk_and_stores_the_same_rows_in_the_same_order() {
     let dir = tempfile::tempdir().expect("tempdir");
     let events = generate(dir.path(), 80_000);
     let free = dir.path().join("free");
@@ -287,7 +289,7 @@ fn a_memory_limit_stages_rows_on_disk_and_stores_the_same_rows_in_the_same_order
     let summary = text(&out.stdout);
     assert!(summary.contains("rows staged on disk"), "{summary}");
     assert!(summary.contains("peak RSS"), "{summary}");
-    let (a, b) = (stored_json(&free), stored_json(&limited));
+    let (a, b) = (stored_json(&free).await, stored_json(&limited).await);
     assert_eq!(a.len(), 80_000 - duplicates(&events));
     assert!(
         a == b,
@@ -308,8 +310,8 @@ fn duplicates(events: &Path) -> usize {
 }
 
 /// Source and offline store in S3 (the moto server): the rows equal a local backfill's.
-#[test]
-fn a_backfill_reads_from_and_writes_to_s3() {
+#[tokio::test(flavor = "multi_thread")]
+async fn a_backfill_reads_from_and_writes_to_s3() {
     let moto = lockstep_testkit::Moto::start();
     moto.create_bucket("lake");
     let dir = tempfile::tempdir().expect("tempdir");
@@ -324,7 +326,7 @@ fn a_backfill_reads_from_and_writes_to_s3() {
     ));
     let local = dir.path().join("local");
     assert!(backfill(&jsonl, &local, &[]).status.success());
-    let expected = stored_json(&local);
+    let expected = stored_json(&local).await;
 
     let endpoint = moto.endpoint();
     let run = |source: &str, store: &str| {
@@ -352,7 +354,7 @@ fn a_backfill_reads_from_and_writes_to_s3() {
                 lockstep_testkit::SECRET_KEY.into(),
             )),
         };
-        let lines = store_json(&OfflineStore::open_location(store, &s3).expect("open"));
+        let lines = store_json(&OfflineStore::open_location(store, &s3).expect("open")).await;
         assert!(
             lines == expected,
             "{source}: the same rows as a local backfill"
@@ -467,8 +469,8 @@ fn a_backfill_registers_its_table_and_partitions_in_glue() {
 
 /// Damaged Parquet sources are clear errors naming the file, never a panic (exit 101);
 /// and a job that fails before its commit does not claim the group version.
-#[test]
-fn a_damaged_parquet_footer_is_named_and_a_failed_job_claims_nothing() {
+#[tokio::test(flavor = "multi_thread")]
+async fn a_damaged_parquet_footer_is_named_and_a_failed_job_claims_nothing() {
     let dir = tempfile::tempdir().expect("tempdir");
     let good = generate_as(dir.path(), 500, "events.parquet");
     let bytes = std::fs::read(&good).expect("read");
@@ -501,17 +503,17 @@ fn a_damaged_parquet_footer_is_named_and_a_failed_job_claims_nothing() {
     }
     // None of the failed jobs bound txn_velocity@1.0.0.
     let opened = OfflineStore::open(&store).expect("open");
-    assert!(opened.version("txn_velocity", "1.0.0").is_err());
+    assert!(opened.version("txn_velocity", "1.0.0").await.is_err());
     // The good file then backfills.
     let out = backfill(&good, &store, &[]);
     assert!(out.status.success(), "{}", text(&out.stderr));
-    assert!(stored_rows(&store) > 0);
+    assert!(stored_rows(&store).await > 0);
 }
 
 /// A line that is not UTF-8 is a reject like any bad record: `--rejects` keeps it and
 /// the job goes on; without it the job stops once, saying so once.
-#[test]
-fn a_line_that_is_not_utf8_is_a_reject() {
+#[tokio::test(flavor = "multi_thread")]
+async fn a_line_that_is_not_utf8_is_a_reject() {
     let dir = tempfile::tempdir().expect("tempdir");
     let source = dir.path().join("events.jsonl");
     let mut bytes =
@@ -546,13 +548,13 @@ fn a_line_that_is_not_utf8_is_a_reject() {
     );
     assert!(kept.contains("must not be empty"), "{kept}");
     assert!(kept.contains("in the future"), "{kept}");
-    assert_eq!(stored_rows(&store), 1);
+    assert_eq!(stored_rows(&store).await, 1);
 }
 
 /// Events the plugin fails on are the batch host's rejects, with the plugin's message;
 /// every other event is applied (the stream host dead-letters the same events).
-#[test]
-fn events_the_plugin_fails_on_are_rejects_and_the_rest_is_written() {
+#[tokio::test(flavor = "multi_thread")]
+async fn events_the_plugin_fails_on_are_rejects_and_the_rest_is_written() {
     let dir = tempfile::tempdir().expect("tempdir");
     let hostile = common::built(&common::repo("tests/plugins/hostile"), &[]);
     let source = dir.path().join("events.jsonl");
@@ -603,6 +605,7 @@ fn events_the_plugin_fails_on_are_rejects_and_the_rest_is_written() {
     let rows: usize = OfflineStore::open(&store)
         .expect("open")
         .read("hostile", "0.1.0")
+        .await
         .expect("read")
         .iter()
         .map(|b| b.num_rows())
@@ -612,8 +615,8 @@ fn events_the_plugin_fails_on_are_rejects_and_the_rest_is_written() {
 
 /// A full temporary directory (a 1 MiB tmpfs, mounted for the test) is one clear
 /// error naming the directory, said once, and nothing is written.
-#[test]
-fn a_full_temporary_directory_is_named_once() {
+#[tokio::test(flavor = "multi_thread")]
+async fn a_full_temporary_directory_is_named_once() {
     struct Mounted(PathBuf);
     impl Drop for Mounted {
         fn drop(&mut self) {
@@ -647,6 +650,7 @@ fn a_full_temporary_directory_is_named_once() {
         OfflineStore::open(&store)
             .expect("open")
             .version("txn_velocity", "1.0.0")
+            .await
             .is_err(),
         "nothing committed"
     );
@@ -654,8 +658,8 @@ fn a_full_temporary_directory_is_named_once() {
 
 /// A CSV row with fewer cells than its header is a reject like any bad row; one with
 /// more is an error that names its line, said once.
-#[test]
-fn ragged_csv_rows_are_rejects_or_one_clear_error() {
+#[tokio::test(flavor = "multi_thread")]
+async fn ragged_csv_rows_are_rejects_or_one_clear_error() {
     let dir = tempfile::tempdir().expect("tempdir");
     let short = dir.path().join("short.csv");
     std::fs::write(
@@ -670,7 +674,7 @@ fn ragged_csv_rows_are_rejects_or_one_clear_error() {
     let kept = std::fs::read_to_string(&rejects).expect("rejects");
     assert_eq!(kept.lines().count(), 1, "{kept}");
     assert!(kept.contains("\"c2\""), "{kept}");
-    assert_eq!(stored_rows(&store), 2);
+    assert_eq!(stored_rows(&store).await, 2);
 
     let long = dir.path().join("long.csv");
     std::fs::write(
@@ -692,8 +696,8 @@ fn ragged_csv_rows_are_rejects_or_one_clear_error() {
 /// `--table-format delta`: the backfill is one Delta commit whose rows, read by the
 /// `deltalake` Python package, are the plain layout's rows; a re-run replaces its hours
 /// in one more commit (no duplicates) and the first version still reads as it was.
-#[test]
-fn a_delta_backfill_is_one_commit_holding_the_plain_layouts_rows() {
+#[tokio::test(flavor = "multi_thread")]
+async fn a_delta_backfill_is_one_commit_holding_the_plain_layouts_rows() {
     let dir = tempfile::tempdir().expect("tempdir");
     let events = generate(dir.path(), 3_000);
     let plain = dir.path().join("plain");
@@ -752,6 +756,7 @@ import os; os._exit(0)
     let err = OfflineStore::open(&delta)
         .expect("open")
         .read("txn_velocity", "1.0.0")
+        .await
         .expect_err("a Delta table is not read as a plain layout")
         .to_string();
     assert!(err.contains("Delta table"), "{err}");

@@ -29,10 +29,13 @@ fn flags_manifest() -> Manifest {
 
 /// A second group over the same cards: a flag row 30 s after every third transaction
 /// row, every seventh of them a deletion marker.
-fn write_flags(store: &OfflineStore) {
-    let rows = store.read("txn_velocity", "1.0.0").expect("read txn rows");
+async fn write_flags(store: &OfflineStore) {
+    let rows = store
+        .read("txn_velocity", "1.0.0")
+        .await
+        .expect("read txn rows");
     let m = flags_manifest();
-    let group = store.register(&m, "flags-hash", 0).expect("register");
+    let group = store.register(&m, "flags-hash", 0).await.expect("register");
     let mut writer = store.writer(&group, 1, WriterOptions::default());
     let mut n = 0i64;
     for batch in rows {
@@ -58,7 +61,7 @@ fn write_flags(store: &OfflineStore) {
             }
         }
     }
-    writer.commit().expect("commit flags");
+    writer.commit().await.expect("commit flags");
 }
 
 fn python(args: &[&str]) -> std::process::Output {
@@ -69,8 +72,8 @@ fn python(args: &[&str]) -> std::process::Output {
         .expect("python3")
 }
 
-#[test]
-fn training_sets_equal_duckdb_asof_joins() {
+#[tokio::test(flavor = "multi_thread")]
+async fn training_sets_equal_duckdb_asof_joins() {
     let dir = tempfile::tempdir().unwrap();
     let events = dir.path().join("events.jsonl");
     let store_dir = dir.path().join("store");
@@ -102,9 +105,10 @@ fn training_sets_equal_duckdb_asof_joins() {
     ]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let store = OfflineStore::open(&store_dir).unwrap();
-    write_flags(&store);
+    write_flags(&store).await;
     let velocity: Vec<String> = store
         .version("txn_velocity", "1.0.0")
+        .await
         .unwrap()
         .manifest
         .features
@@ -230,12 +234,15 @@ fn training_sets_equal_duckdb_asof_joins() {
     }
 }
 
-#[test]
-fn bad_requests_fail_clearly_and_write_nothing() {
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_requests_fail_clearly_and_write_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let store_dir = dir.path().join("store");
     let store = OfflineStore::open(&store_dir).unwrap();
-    store.register(&flags_manifest(), "flags-hash", 0).unwrap();
+    store
+        .register(&flags_manifest(), "flags-hash", 0)
+        .await
+        .unwrap();
     let labels = dir.path().join("labels.csv");
     std::fs::write(
         &labels,

@@ -598,6 +598,7 @@ impl std::fmt::Debug for DeltaTables {
     }
 }
 
+#[async_trait::async_trait]
 impl lockstep_offline::TableLog for DeltaTables {
     fn format(&self) -> &'static str {
         "Delta Lake"
@@ -607,31 +608,14 @@ impl lockstep_offline::TableLog for DeltaTables {
         "_delta_log"
     }
 
-    fn snapshot(
+    async fn snapshot(
         &self,
         table_dir: &str,
         version: Option<i64>,
     ) -> Result<lockstep_offline::TableSnapshot, Box<dyn std::error::Error + Send + Sync>> {
-        let dir = PathBuf::from(table_dir);
-        // The store's readers are synchronous and may be called from inside an async
-        // runtime, where blocking on another future would panic: the log is read on a
-        // thread of its own, with a runtime of its own.
-        let read = std::thread::scope(|scope| {
-            scope
-                .spawn(|| {
-                    let runtime = tokio::runtime::Builder::new_current_thread()
-                        .enable_all()
-                        .build()
-                        .map_err(|e| -> Box<dyn std::error::Error + Send + Sync> {
-                            format!("starting a runtime to read the log: {e}").into()
-                        })?;
-                    runtime
-                        .block_on(snapshot(&dir, &self.options, version))
-                        .map_err(|e| -> Box<dyn std::error::Error + Send + Sync> { e.into() })
-                })
-                .join()
-        });
-        read.unwrap_or_else(|_| Err("reading the Delta log panicked".into()))
+        snapshot(Path::new(table_dir), &self.options, version)
+            .await
+            .map_err(|e| -> Box<dyn std::error::Error + Send + Sync> { e.into() })
     }
 }
 

@@ -44,6 +44,7 @@ fn rows(m: &Manifest, data: &[(&str, i64, f64)]) -> RecordBatch {
 
 /// Writes `data` as job `job` (its own file names) through the offline writer.
 fn write_job(
+    rt: &tokio::runtime::Runtime,
     root: &Path,
     m: &Manifest,
     hash: &str,
@@ -51,14 +52,14 @@ fn write_job(
     data: &[(&str, i64, f64)],
 ) -> WriteSummary {
     let store = OfflineStore::open(root).expect("open");
-    let group = store.register(m, hash, 0).expect("register");
+    let group = rt.block_on(store.register(m, hash, 0)).expect("register");
     let options = WriterOptions {
         part_file: Some(part_file_name(job)),
         ..WriterOptions::default()
     };
     let mut writer = store.writer(&group, T0, options);
     writer.write(&rows(m, data)).expect("write");
-    writer.commit().expect("put files")
+    rt.block_on(writer.commit()).expect("put files")
 }
 
 /// A store root, the names of its `spend@1.0.0` table, and a runtime to drive it.
@@ -91,7 +92,7 @@ impl Fixture {
 
     /// The files of job `job` of plugin `hash`, put but not committed.
     fn job(&self, hash: &str, job: &str, data: &[(&str, i64, f64)]) -> WriteSummary {
-        write_job(self.dir.path(), &self.m, hash, job, data)
+        write_job(&self.rt, self.dir.path(), &self.m, hash, job, data)
     }
 
     fn begin(&self) -> Backfill {
@@ -274,8 +275,7 @@ fn the_offline_store_reads_a_tables_snapshot_through_its_log() {
     let second = f.job("h", "b", &[("u1", T0 + HOUR, 5.0)]);
     f.backfill("h", &second).unwrap();
     let totals = |store: &OfflineStore| -> Vec<f64> {
-        store
-            .read("spend", "1.0.0")
+        f.rt.block_on(store.read("spend", "1.0.0"))
             .expect("read")
             .iter()
             .flat_map(|b| {
@@ -286,14 +286,14 @@ fn the_offline_store_reads_a_tables_snapshot_through_its_log() {
     };
     let plain = OfflineStore::open(f.dir.path()).unwrap();
     assert!(matches!(
-        plain.read("spend", "1.0.0"),
+        f.rt.block_on(plain.read("spend", "1.0.0")),
         Err(lockstep_offline::OfflineError::DeltaTable { .. })
     ));
     let store = plain.with_table_log(Arc::new(DeltaTables::default()));
     assert_eq!(totals(&store), vec![1.0, 5.0]);
-    let at_1 = store
-        .files_at("spend", "1.0.0", Some(1))
-        .expect("version 1");
+    let at_1 =
+        f.rt.block_on(store.files_at("spend", "1.0.0", Some(1)))
+            .expect("version 1");
     assert_eq!(at_1.table_version, Some(1));
     assert_eq!(
         at_1.files,
@@ -303,23 +303,21 @@ fn the_offline_store_reads_a_tables_snapshot_through_its_log() {
         ]
     );
     assert_eq!(
-        store
-            .files_at("spend", "1.0.0", None)
+        f.rt.block_on(store.files_at("spend", "1.0.0", None))
             .unwrap()
             .table_version,
         Some(2)
     );
-    let err = store
-        .files_at("spend", "1.0.0", Some(7))
-        .expect_err("no version 7")
-        .to_string();
+    let err =
+        f.rt.block_on(store.files_at("spend", "1.0.0", Some(7)))
+            .expect_err("no version 7")
+            .to_string();
     assert!(
         err.contains("has no version 7 (its versions are 0 to 2)"),
         "{err}"
     );
-    // From inside an async runtime too (the training set plans there).
     let files =
-        f.rt.block_on(async { store.files_at("spend", "1.0.0", Some(2)) })
+        f.rt.block_on(store.files_at("spend", "1.0.0", Some(2)))
             .unwrap();
     assert_eq!(files.files.len(), 2);
 }

@@ -7,8 +7,10 @@
 //! temporary file, fsync and rename (or hard link, for create-if-absent); on S3 a
 //! single PUT is atomic and `If-None-Match: *` makes it create-if-absent.
 //!
-//! The store's API is synchronous; S3 calls run on a small runtime the backend owns and
-//! the caller waits on a channel, so it may be called from inside another runtime.
+//! The store's API is async, on the caller's runtime: object-store calls are awaited,
+//! local file work runs on the runtime's blocking threads (as `tokio::fs` does). A
+//! commit's bulk writes run on threads of their own and reach an object store through
+//! the caller's runtime handle (`*_on` methods).
 
 use crate::OfflineError;
 use crate::error::{io, unique_tmp_name};
@@ -18,10 +20,10 @@ use object_store::path::Path as ObjectPath;
 use object_store::{
     BackoffConfig, ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload, RetryConfig,
 };
-use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::runtime::Handle;
 
 /// Files at least this large are staged with direct writes (they would only evict other
 /// data from the page cache); smaller ones through it.
@@ -34,12 +36,11 @@ pub(crate) enum Backend {
     Object(Arc<ObjectBackend>),
 }
 
-/// An object store with the runtime its calls run on.
+/// An object store under a prefix.
 pub(crate) struct ObjectBackend {
     store: Arc<dyn ObjectStore>,
     url: String,
     prefix: String,
-    runtime: Option<tokio::runtime::Runtime>,
 }
 
 impl std::fmt::Debug for ObjectBackend {
@@ -47,16 +48,6 @@ impl std::fmt::Debug for ObjectBackend {
         f.debug_struct("ObjectBackend")
             .field("url", &self.url)
             .finish()
-    }
-}
-
-impl Drop for ObjectBackend {
-    fn drop(&mut self) {
-        // Dropping a runtime blocks; inside another runtime that panics. Let it wind
-        // down on its own threads instead.
-        if let Some(rt) = self.runtime.take() {
-            rt.shutdown_background();
-        }
     }
 }
 
@@ -132,16 +123,6 @@ impl Backend {
         })?;
         let store = s3_object_store(options, &bucket)
             .map_err(object_error("connecting to", url.to_owned()))?;
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .thread_name("lockstep-offline-s3")
-            .enable_all()
-            .build()
-            .map_err(|e| OfflineError::Object {
-                action: "starting a runtime for",
-                location: url.to_owned(),
-                message: e.to_string(),
-            })?;
         Ok(Backend::Object(Arc::new(ObjectBackend {
             store,
             url: format!(
@@ -149,7 +130,6 @@ impl Backend {
                 if prefix.is_empty() { "" } else { "/" }
             ),
             prefix,
-            runtime: Some(runtime),
         })))
     }
 
@@ -169,63 +149,57 @@ impl Backend {
         }
     }
 
+    /// Whether this backend is a local directory (where process liveness can be told).
+    pub(crate) fn is_local(&self) -> bool {
+        matches!(self, Backend::Local(_))
+    }
+
     /// The object at `rel`, or `None` if there is none.
-    pub(crate) fn read(&self, rel: &str) -> Result<Option<Vec<u8>>, OfflineError> {
+    pub(crate) async fn read(&self, rel: &str) -> Result<Option<Vec<u8>>, OfflineError> {
         match self {
             Backend::Local(root) => {
                 let path = root.join(rel);
-                match std::fs::read(&path) {
+                blocking(root, move || match std::fs::read(&path) {
                     Ok(bytes) => Ok(Some(bytes)),
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
                     Err(e) => Err(io("reading", &path)(e)),
-                }
+                })
+                .await
             }
-            Backend::Object(o) => {
-                let (store, key, at) = (o.store.clone(), o.key(rel), self.describe(rel));
-                o.run(async move {
-                    match store.get(&key).await {
-                        Ok(r) => r
-                            .bytes()
-                            .await
-                            .map(|b| Some(b.to_vec()))
-                            .map_err(object_error("reading", at)),
-                        Err(object_store::Error::NotFound { .. }) => Ok(None),
-                        Err(e) => Err(object_error("reading", at)(e)),
-                    }
-                })?
-            }
+            Backend::Object(o) => match o.store.get(&o.key(rel)).await {
+                Ok(r) => r
+                    .bytes()
+                    .await
+                    .map(|b| Some(b.to_vec()))
+                    .map_err(object_error("reading", self.describe(rel))),
+                Err(object_store::Error::NotFound { .. }) => Ok(None),
+                Err(e) => Err(object_error("reading", self.describe(rel))(e)),
+            },
         }
     }
 
     /// Writes `bytes` at `rel` unless something is there already; `false` if it was.
-    pub(crate) fn create_new(&self, rel: &str, bytes: Vec<u8>) -> Result<bool, OfflineError> {
+    pub(crate) async fn create_new(&self, rel: &str, bytes: Vec<u8>) -> Result<bool, OfflineError> {
         match self {
             Backend::Local(root) => {
-                let path = root.join(rel);
-                let dir = path.parent().unwrap_or(root);
-                std::fs::create_dir_all(dir).map_err(io("creating", dir))?;
-                let tmp = dir.join(unique_tmp_name("entry"));
-                std::fs::write(&tmp, bytes).map_err(io("writing", &tmp))?;
-                // A hard link fails if the name exists: create-if-absent, whole content.
-                let linked = std::fs::hard_link(&tmp, &path);
-                let _ = std::fs::remove_file(&tmp);
-                match linked {
-                    Ok(()) => Ok(true),
-                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
-                    Err(e) => Err(io("creating", &path)(e)),
-                }
+                let (root, rel) = (root.clone(), rel.to_owned());
+                blocking(&root.clone(), move || {
+                    local::create_new(&root, &rel, &bytes)
+                })
+                .await
             }
             Backend::Object(o) => {
-                let (store, key, at) = (o.store.clone(), o.key(rel), self.describe(rel));
-                o.run(async move {
-                    let opts = PutOptions::from(PutMode::Create);
-                    match store.put_opts(&key, PutPayload::from(bytes), opts).await {
-                        Ok(_) => Ok(true),
-                        Err(object_store::Error::AlreadyExists { .. }) => Ok(false),
-                        Err(object_store::Error::Precondition { .. }) => Ok(false),
-                        Err(e) => Err(object_error("creating", at)(e)),
-                    }
-                })?
+                let opts = PutOptions::from(PutMode::Create);
+                match o
+                    .store
+                    .put_opts(&o.key(rel), PutPayload::from(bytes), opts)
+                    .await
+                {
+                    Ok(_) => Ok(true),
+                    Err(object_store::Error::AlreadyExists { .. }) => Ok(false),
+                    Err(object_store::Error::Precondition { .. }) => Ok(false),
+                    Err(e) => Err(object_error("creating", self.describe(rel))(e)),
+                }
             }
         }
     }
@@ -235,72 +209,61 @@ impl Backend {
     /// gives it its real one. A commit stages every hour of a job before it publishes
     /// any, and makes them durable together with one [`sync`](Self::sync): thousands of
     /// small hour files cost one flush, not two fsyncs each.
-    pub(crate) fn stage(&self, rel: &str, bytes: Vec<u8>) -> Result<String, OfflineError> {
-        let (dir_rel, name) = rel.rsplit_once('/').unwrap_or(("", rel));
-        let staged = if dir_rel.is_empty() {
-            unique_tmp_name(name)
-        } else {
-            format!("{dir_rel}/{}", unique_tmp_name(name))
-        };
-        self.write_unsynced(&staged, bytes)?;
+    ///
+    /// Called from a thread outside the runtime (a commit's writer threads): local
+    /// files are written on the calling thread, object-store calls run on `runtime`.
+    pub(crate) fn stage_on(
+        &self,
+        runtime: &Handle,
+        rel: &str,
+        bytes: Vec<u8>,
+    ) -> Result<String, OfflineError> {
+        let staged = staged_name(rel);
+        self.write_unsynced_on(runtime, &staged, bytes)?;
         Ok(staged)
     }
 
     /// Writes `bytes` at `rel`, a name no other writer uses (a table format's file,
     /// invisible until the table commits it), durable at the next [`sync`](Self::sync).
-    pub(crate) fn write_unsynced(&self, rel: &str, bytes: Vec<u8>) -> Result<(), OfflineError> {
+    /// Called from a thread outside the runtime, like [`stage_on`](Self::stage_on).
+    pub(crate) fn write_unsynced_on(
+        &self,
+        runtime: &Handle,
+        rel: &str,
+        bytes: Vec<u8>,
+    ) -> Result<(), OfflineError> {
         match self {
-            Backend::Local(root) => {
-                let path = root.join(rel);
-                let dir = path.parent().unwrap_or(root);
-                std::fs::create_dir_all(dir).map_err(io("creating", dir))?;
-                write_local_file(&path, &bytes)?;
-            }
-            Backend::Object(o) => {
-                let (store, key, at) = (o.store.clone(), o.key(rel), self.describe(rel));
-                o.run(async move {
-                    store
-                        .put(&key, PutPayload::from(bytes))
-                        .await
-                        .map_err(object_error("writing", at))
-                })??;
-            }
+            Backend::Local(root) => local::write_unsynced(root, rel, &bytes),
+            Backend::Object(o) => runtime.block_on(o.put(rel, bytes)),
         }
-        Ok(())
     }
 
     /// Gives the staged object `staged` its name `rel`, replacing what was there in one
     /// step (a rename locally; on S3 a server-side copy, then the staged key is deleted).
     /// `false` when `staged` is gone: published already.
     /// Not durable until the next [`sync`](Self::sync).
-    pub(crate) fn publish(&self, staged: &str, rel: &str) -> Result<bool, OfflineError> {
+    pub(crate) async fn publish(&self, staged: &str, rel: &str) -> Result<bool, OfflineError> {
         match self {
             Backend::Local(root) => {
                 let (from, to) = (root.join(staged), root.join(rel));
-                match std::fs::rename(&from, &to) {
+                blocking(root, move || match std::fs::rename(&from, &to) {
                     Ok(()) => Ok(true),
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
                     Err(e) => Err(io("committing", &to)(e)),
-                }
+                })
+                .await
             }
             Backend::Object(o) => {
-                let (store, from, to, at) = (
-                    o.store.clone(),
-                    o.key(staged),
-                    o.key(rel),
-                    self.describe(rel),
-                );
-                o.run(async move {
-                    match store.copy(&from, &to).await {
-                        Ok(()) => {}
-                        Err(object_store::Error::NotFound { .. }) => return Ok(false),
-                        Err(e) => return Err(object_error("committing", at)(e)),
-                    }
-                    match store.delete(&from).await {
-                        Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(true),
-                        Err(e) => Err(object_error("committing", at)(e)),
-                    }
-                })?
+                let at = || self.describe(rel);
+                match o.store.copy(&o.key(staged), &o.key(rel)).await {
+                    Ok(()) => {}
+                    Err(object_store::Error::NotFound { .. }) => return Ok(false),
+                    Err(e) => return Err(object_error("committing", at())(e)),
+                }
+                match o.store.delete(&o.key(staged)).await {
+                    Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(true),
+                    Err(e) => Err(object_error("committing", at())(e)),
+                }
             }
         }
     }
@@ -308,10 +271,233 @@ impl Backend {
     /// Makes every file written and renamed under a local store so far durable: one
     /// `syncfs` of its file system. An object store's writes are durable when they
     /// return.
-    pub(crate) fn sync(&self) -> Result<(), OfflineError> {
-        let Backend::Local(root) = self else {
-            return Ok(());
-        };
+    pub(crate) async fn sync(&self) -> Result<(), OfflineError> {
+        match self {
+            Backend::Local(root) => {
+                let dir = root.clone();
+                blocking(root, move || local::sync(&dir)).await
+            }
+            Backend::Object(_) => Ok(()),
+        }
+    }
+
+    /// Removes the object at `rel`; nothing to remove is not an error.
+    pub(crate) async fn delete(&self, rel: &str) -> Result<(), OfflineError> {
+        match self {
+            Backend::Local(root) => {
+                let path = root.join(rel);
+                blocking(root, move || local::delete(&path)).await
+            }
+            Backend::Object(o) => match o.store.delete(&o.key(rel)).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+                Err(e) => Err(object_error("removing", self.describe(rel))(e)),
+            },
+        }
+    }
+
+    /// Removes the local object at `rel` on the calling thread; for a lock dropped
+    /// without being released, where nothing can be awaited. `false` for an object
+    /// store, where nothing was done.
+    pub(crate) fn delete_local_now(&self, rel: &str) -> bool {
+        match self {
+            Backend::Local(root) => local::delete(&root.join(rel)).is_ok(),
+            Backend::Object(_) => false,
+        }
+    }
+
+    /// Whether any object lies under the folder `rel_dir`.
+    pub(crate) async fn has_any_under(&self, rel_dir: &str) -> Result<bool, OfflineError> {
+        match self {
+            Backend::Local(root) => {
+                let dir = root.join(rel_dir);
+                blocking(root, move || Ok(dir.is_dir())).await
+            }
+            Backend::Object(o) => {
+                let prefix = o.key(rel_dir);
+                let mut listing = o.store.list(Some(&prefix));
+                match listing.try_next().await {
+                    Ok(first) => Ok(first.is_some()),
+                    Err(e) => Err(object_error("listing", self.describe(rel_dir))(e)),
+                }
+            }
+        }
+    }
+
+    /// Replaces the object at `rel` with `bytes`, atomically and durably.
+    pub(crate) async fn put(&self, rel: &str, bytes: Vec<u8>) -> Result<PathBuf, OfflineError> {
+        match self {
+            Backend::Local(root) => {
+                let path = root.join(rel);
+                blocking(root, move || local::put(&path, &bytes)).await
+            }
+            // A single PUT replaces an object atomically.
+            Backend::Object(o) => {
+                o.put(rel, bytes).await?;
+                Ok(self.locate(rel))
+            }
+        }
+    }
+
+    /// Relative paths of the objects under `rel_dir` whose name is `name`, sorted.
+    pub(crate) async fn list_named(
+        &self,
+        rel_dir: &str,
+        name: &str,
+    ) -> Result<Vec<String>, OfflineError> {
+        let name = name.to_owned();
+        self.list_matching(rel_dir, move |n: &str| n == name).await
+    }
+
+    /// Relative paths of the objects under `rel_dir` whose name `matches`, sorted.
+    pub(crate) async fn list_matching(
+        &self,
+        rel_dir: &str,
+        matches: impl Fn(&str) -> bool + Send + 'static,
+    ) -> Result<Vec<String>, OfflineError> {
+        let mut out = Vec::new();
+        match self {
+            Backend::Local(root) => {
+                let (base, dir) = (root.clone(), root.join(rel_dir));
+                out = blocking(root, move || {
+                    let mut out = Vec::new();
+                    collect_named(&base, &dir, &matches, &mut out)?;
+                    Ok(out)
+                })
+                .await?;
+            }
+            Backend::Object(o) => {
+                let keys: Vec<ObjectPath> = o
+                    .store
+                    .list(Some(&o.key(rel_dir)))
+                    .map_ok(|meta| meta.location)
+                    .try_collect()
+                    .await
+                    .map_err(object_error("listing", self.describe(rel_dir)))?;
+                let strip = if o.prefix.is_empty() {
+                    String::new()
+                } else {
+                    format!("{}/", o.prefix)
+                };
+                for key in keys {
+                    let key = key.as_ref();
+                    if key.rsplit('/').next().is_some_and(&matches) {
+                        out.push(key.strip_prefix(&strip).unwrap_or(key).to_owned());
+                    }
+                }
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    fn describe(&self, rel: &str) -> String {
+        self.locate(rel).to_string_lossy().into_owned()
+    }
+}
+
+/// A dot-named temporary name beside `rel`, which every Parquet and Hive reader skips.
+fn staged_name(rel: &str) -> String {
+    let (dir_rel, name) = rel.rsplit_once('/').unwrap_or(("", rel));
+    if dir_rel.is_empty() {
+        unique_tmp_name(name)
+    } else {
+        format!("{dir_rel}/{}", unique_tmp_name(name))
+    }
+}
+
+/// Runs local file work `f` on the runtime's blocking threads, so that a disk that
+/// stalls holds up no other task. `root` names the store in the (unlikely) error of a
+/// runtime shutting down meanwhile.
+async fn blocking<T: Send + 'static>(
+    root: &Path,
+    f: impl FnOnce() -> Result<T, OfflineError> + Send + 'static,
+) -> Result<T, OfflineError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| OfflineError::Io {
+            action: "waiting for file work under",
+            path: root.to_path_buf(),
+            source: std::io::Error::other(e.to_string()),
+        })?
+}
+
+impl ObjectBackend {
+    fn key(&self, rel: &str) -> ObjectPath {
+        if self.prefix.is_empty() {
+            ObjectPath::from(rel)
+        } else {
+            ObjectPath::from(format!("{}/{rel}", self.prefix))
+        }
+    }
+
+    /// Puts `bytes` at `rel`, replacing what was there.
+    async fn put(&self, rel: &str, bytes: Vec<u8>) -> Result<(), OfflineError> {
+        self.store
+            .put(&self.key(rel), PutPayload::from(bytes))
+            .await
+            .map(|_| ())
+            .map_err(object_error("writing", format!("{}/{rel}", self.url)))
+    }
+}
+
+/// The local directory's operations, run on blocking threads.
+mod local {
+    use super::{io, remove_orphaned_tmp_files, unique_tmp_name, write_local_file};
+    use crate::OfflineError;
+    use std::path::Path;
+
+    pub(super) fn create_new(root: &Path, rel: &str, bytes: &[u8]) -> Result<bool, OfflineError> {
+        let path = root.join(rel);
+        let dir = path.parent().unwrap_or(root);
+        std::fs::create_dir_all(dir).map_err(io("creating", dir))?;
+        let tmp = dir.join(unique_tmp_name("entry"));
+        std::fs::write(&tmp, bytes).map_err(io("writing", &tmp))?;
+        // A hard link fails if the name exists: create-if-absent, whole content.
+        let linked = std::fs::hard_link(&tmp, &path);
+        let _ = std::fs::remove_file(&tmp);
+        match linked {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
+            Err(e) => Err(io("creating", &path)(e)),
+        }
+    }
+
+    pub(super) fn write_unsynced(root: &Path, rel: &str, bytes: &[u8]) -> Result<(), OfflineError> {
+        let path = root.join(rel);
+        let dir = path.parent().unwrap_or(root);
+        std::fs::create_dir_all(dir).map_err(io("creating", dir))?;
+        write_local_file(&path, bytes)?;
+        Ok(())
+    }
+
+    pub(super) fn delete(path: &Path) -> Result<(), OfflineError> {
+        match std::fs::remove_file(path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io("removing", path)(e)),
+        }
+    }
+
+    pub(super) fn put(path: &Path, bytes: &[u8]) -> Result<std::path::PathBuf, OfflineError> {
+        let dir = path.parent().unwrap_or(path);
+        std::fs::create_dir_all(dir).map_err(io("creating", dir))?;
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        // A dot-named temporary file, which every Parquet reader skips.
+        let tmp = dir.join(unique_tmp_name(&name));
+        let file = write_local_file(&tmp, bytes)?;
+        file.sync_all().map_err(io("syncing", &tmp))?;
+        std::fs::rename(&tmp, path).map_err(io("committing", path))?;
+        if let Ok(d) = std::fs::File::open(dir) {
+            let _ = d.sync_all();
+        }
+        remove_orphaned_tmp_files(dir);
+        Ok(path.to_path_buf())
+    }
+
+    pub(super) fn sync(root: &Path) -> Result<(), OfflineError> {
         let dir = std::fs::File::open(root).map_err(io("opening", root))?;
         #[cfg(target_os = "linux")]
         {
@@ -331,159 +517,6 @@ impl Backend {
         #[cfg(not(unix))]
         dir.sync_all().map_err(io("syncing", root))?;
         Ok(())
-    }
-
-    /// Removes the object at `rel`; nothing to remove is not an error.
-    pub(crate) fn delete(&self, rel: &str) -> Result<(), OfflineError> {
-        match self {
-            Backend::Local(root) => {
-                let path = root.join(rel);
-                match std::fs::remove_file(&path) {
-                    Ok(()) => Ok(()),
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-                    Err(e) => Err(io("removing", &path)(e)),
-                }
-            }
-            Backend::Object(o) => {
-                let (store, key, at) = (o.store.clone(), o.key(rel), self.describe(rel));
-                o.run(async move {
-                    match store.delete(&key).await {
-                        Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
-                        Err(e) => Err(object_error("removing", at)(e)),
-                    }
-                })?
-            }
-        }
-    }
-
-    /// Whether any object lies under the folder `rel_dir`.
-    pub(crate) fn has_any_under(&self, rel_dir: &str) -> Result<bool, OfflineError> {
-        match self {
-            Backend::Local(root) => Ok(root.join(rel_dir).is_dir()),
-            Backend::Object(o) => {
-                let (store, prefix, at) = (o.store.clone(), o.key(rel_dir), self.describe(rel_dir));
-                o.run(async move {
-                    let mut listing = store.list(Some(&prefix));
-                    match listing.try_next().await {
-                        Ok(first) => Ok(first.is_some()),
-                        Err(e) => Err(object_error("listing", at)(e)),
-                    }
-                })?
-            }
-        }
-    }
-
-    /// Whether this backend is a local directory (where process liveness can be told).
-    pub(crate) fn is_local(&self) -> bool {
-        matches!(self, Backend::Local(_))
-    }
-
-    /// Replaces the object at `rel` with `bytes`, atomically.
-    pub(crate) fn put(&self, rel: &str, bytes: Vec<u8>) -> Result<PathBuf, OfflineError> {
-        match self {
-            Backend::Local(root) => {
-                let path = root.join(rel);
-                let dir = path.parent().unwrap_or(root);
-                std::fs::create_dir_all(dir).map_err(io("creating", dir))?;
-                let name = path
-                    .file_name()
-                    .map(|n| n.to_string_lossy().into_owned())
-                    .unwrap_or_default();
-                // A dot-named temporary file, which every Parquet reader skips.
-                let tmp = dir.join(unique_tmp_name(&name));
-                let file = write_local_file(&tmp, &bytes)?;
-                file.sync_all().map_err(io("syncing", &tmp))?;
-                std::fs::rename(&tmp, &path).map_err(io("committing", &path))?;
-                if let Ok(d) = std::fs::File::open(dir) {
-                    let _ = d.sync_all();
-                }
-                remove_orphaned_tmp_files(dir);
-                Ok(path)
-            }
-            // A single PUT replaces an object atomically.
-            Backend::Object(_) => {
-                self.write_unsynced(rel, bytes)?;
-                Ok(self.locate(rel))
-            }
-        }
-    }
-
-    /// Relative paths of the objects under `rel_dir` whose name is `name`, sorted.
-    pub(crate) fn list_named(
-        &self,
-        rel_dir: &str,
-        name: &str,
-    ) -> Result<Vec<String>, OfflineError> {
-        self.list_matching(rel_dir, &|n: &str| n == name)
-    }
-
-    /// Relative paths of the objects under `rel_dir` whose name `matches`, sorted.
-    pub(crate) fn list_matching(
-        &self,
-        rel_dir: &str,
-        matches: &dyn Fn(&str) -> bool,
-    ) -> Result<Vec<String>, OfflineError> {
-        let mut out = Vec::new();
-        match self {
-            Backend::Local(root) => collect_named(root, &root.join(rel_dir), matches, &mut out)?,
-            Backend::Object(o) => {
-                let (store, at) = (o.store.clone(), self.describe(rel_dir));
-                let prefix = o.key(rel_dir);
-                let keys: Vec<ObjectPath> = o.run(async move {
-                    store
-                        .list(Some(&prefix))
-                        .map_ok(|meta| meta.location)
-                        .try_collect()
-                        .await
-                        .map_err(object_error("listing", at))
-                })??;
-                let strip = if o.prefix.is_empty() {
-                    String::new()
-                } else {
-                    format!("{}/", o.prefix)
-                };
-                for key in keys {
-                    let key = key.as_ref();
-                    if key.rsplit('/').next().is_some_and(matches) {
-                        out.push(key.strip_prefix(&strip).unwrap_or(key).to_owned());
-                    }
-                }
-            }
-        }
-        out.sort();
-        Ok(out)
-    }
-
-    fn describe(&self, rel: &str) -> String {
-        self.locate(rel).to_string_lossy().into_owned()
-    }
-}
-
-impl ObjectBackend {
-    fn key(&self, rel: &str) -> ObjectPath {
-        if self.prefix.is_empty() {
-            ObjectPath::from(rel)
-        } else {
-            ObjectPath::from(format!("{}/{rel}", self.prefix))
-        }
-    }
-
-    /// Runs `fut` on the backend's runtime and waits for it, from any thread.
-    fn run<T: Send + 'static>(
-        &self,
-        fut: impl Future<Output = T> + Send + 'static,
-    ) -> Result<T, OfflineError> {
-        let failed = || OfflineError::Object {
-            action: "waiting for",
-            location: self.url.clone(),
-            message: "the storage task stopped before answering".into(),
-        };
-        let runtime = self.runtime.as_ref().ok_or_else(failed)?;
-        let (tx, rx) = std::sync::mpsc::sync_channel(1);
-        runtime.spawn(async move {
-            let _ = tx.send(fut.await);
-        });
-        rx.recv().map_err(|_| failed())
     }
 }
 
@@ -512,7 +545,7 @@ fn write_local_file(path: &Path, bytes: &[u8]) -> Result<std::fs::File, OfflineE
 fn collect_named(
     root: &Path,
     dir: &Path,
-    matches: &dyn Fn(&str) -> bool,
+    matches: &impl Fn(&str) -> bool,
     out: &mut Vec<String>,
 ) -> Result<(), OfflineError> {
     let entries = match std::fs::read_dir(dir) {

@@ -23,9 +23,9 @@
 use crate::backend::{Backend, process_runs, tmp_file_owner};
 use crate::{OfflineError, layout};
 use serde::{Deserialize, Serialize};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
+use tokio::sync::oneshot;
 
 /// How long a lock lives without renewal.
 pub const LOCK_TTL_MICROS: i64 = 10 * 60 * 1_000_000;
@@ -90,20 +90,26 @@ fn journal_rel(group: &str, version: &str) -> String {
     format!("{group}/_lockstep/journal/{version}.json")
 }
 
-/// A held lock on a plain-layout group version; released when dropped.
+/// A held lock on a plain-layout group version. Release it with
+/// [`release`](Self::release) when the job is done; a lock dropped unreleased is
+/// removed at once from a local store, and on an object store left to expire
+/// ([`LOCK_TTL_MICROS`]) unless a runtime is at hand to remove it.
 #[derive(Debug)]
 pub struct WriteLock {
     backend: Backend,
     rel: String,
     holder: LockHolder,
-    stop: Arc<AtomicBool>,
-    renewer: Option<std::thread::JoinHandle<()>>,
+    /// Stops the renewer (dropping it does too).
+    stop: std::sync::Mutex<Option<oneshot::Sender<()>>>,
+    renewer: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+    released: AtomicBool,
 }
 
 impl WriteLock {
     /// Takes the lock of `group@version` for `job`, or fails with
-    /// [`OfflineError::Locked`] naming the live holder.
-    pub(crate) fn acquire(
+    /// [`OfflineError::Locked`] naming the live holder. Its renewal runs as a task on
+    /// the caller's runtime.
+    pub(crate) async fn acquire(
         backend: &Backend,
         group: &str,
         version: &str,
@@ -123,15 +129,15 @@ impl WriteLock {
             message: e.to_string(),
         })?;
         for _ in 0..2 {
-            if backend.create_new(&rel, bytes.clone())? {
+            if backend.create_new(&rel, bytes.clone()).await? {
                 // Two takers of an expired lock may both have removed it; only the one
                 // whose content is there holds it.
-                if read_holder(backend, &rel)?.as_ref() == Some(&holder) {
+                if read_holder(backend, &rel).await?.as_ref() == Some(&holder) {
                     return Ok(WriteLock::start(backend, rel, holder));
                 }
                 continue;
             }
-            match read_holder(backend, &rel)? {
+            match read_holder(backend, &rel).await? {
                 Some(current) if !is_stale(backend, &current) => {
                     return Err(OfflineError::Locked {
                         group: group.to_owned(),
@@ -140,10 +146,10 @@ impl WriteLock {
                     });
                 }
                 // Expired, or its process is gone: take it over.
-                _ => backend.delete(&rel)?,
+                _ => backend.delete(&rel).await?,
             }
         }
-        let current = read_holder(backend, &rel)?;
+        let current = read_holder(backend, &rel).await?;
         Err(OfflineError::Locked {
             group: group.to_owned(),
             version: version.to_owned(),
@@ -152,59 +158,127 @@ impl WriteLock {
     }
 
     fn start(backend: &Backend, rel: String, holder: LockHolder) -> WriteLock {
-        let stop = Arc::new(AtomicBool::new(false));
-        let renewer = {
-            let (backend, rel, holder, stop) =
-                (backend.clone(), rel.clone(), holder.clone(), stop.clone());
-            std::thread::Builder::new()
-                .name("lockstep-lock-renew".into())
-                .spawn(move || renew_until_stopped(&backend, &rel, holder, &stop))
-                .ok()
-        };
+        let (stop, stopped) = oneshot::channel();
+        let renewer = tokio::spawn(renew_until_stopped(
+            backend.clone(),
+            rel.clone(),
+            holder.clone(),
+            stopped,
+        ));
         WriteLock {
             backend: backend.clone(),
             rel,
             holder,
-            stop,
-            renewer,
+            stop: std::sync::Mutex::new(Some(stop)),
+            renewer: std::sync::Mutex::new(Some(renewer)),
+            released: AtomicBool::new(false),
+        }
+    }
+
+    /// Stops renewing and removes the lock, if it is still ours (an expired one may
+    /// have been taken over). Releasing twice does nothing the second time.
+    pub async fn release(&self) -> Result<(), OfflineError> {
+        if self.released.swap(true, Ordering::AcqRel) {
+            return Ok(());
+        }
+        self.stop_renewing();
+        let renewer = self
+            .renewer
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(renewer) = renewer {
+            // A renewal under way finishes first: it must not re-create the lock after
+            // it is removed.
+            let _ = renewer.await;
+        }
+        if read_holder(&self.backend, &self.rel)
+            .await?
+            .is_some_and(|current| self.holds(&current))
+        {
+            self.backend.delete(&self.rel).await?;
+        }
+        Ok(())
+    }
+
+    fn holds(&self, current: &LockHolder) -> bool {
+        current.pid == self.holder.pid
+            && current.host == self.holder.host
+            && current.since == self.holder.since
+    }
+
+    fn stop_renewing(&self) {
+        let stop = self.stop.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(stop) = stop {
+            let _ = stop.send(());
         }
     }
 }
 
 impl Drop for WriteLock {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(renewer) = self.renewer.take() {
-            renewer.thread().unpark();
-            let _ = renewer.join();
+        if self.released.load(Ordering::Acquire) {
+            return;
         }
-        // Only our own lock is removed: an expired one may have been taken over.
-        if let Ok(Some(current)) = read_holder(&self.backend, &self.rel)
-            && current.pid == self.holder.pid
-            && current.host == self.holder.host
-            && current.since == self.holder.since
-        {
-            let _ = self.backend.delete(&self.rel);
+        self.stop_renewing();
+        let renewer = self
+            .renewer
+            .get_mut()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(renewer) = renewer {
+            // Nothing can be awaited here: a renewal under way may still land, and the
+            // lock then expires (or, locally, is seen to be a dead process's).
+            renewer.abort();
+        }
+        // Only our own lock is removed: an expired one may have been taken over. Its
+        // content is read on this thread only for a local store.
+        if self.backend.is_local() {
+            let path = self.backend.locate(&self.rel);
+            let ours = std::fs::read(&path)
+                .ok()
+                .and_then(|b| serde_json::from_slice::<LockHolder>(&b).ok())
+                .is_some_and(|current| self.holds(&current));
+            if ours {
+                self.backend.delete_local_now(&self.rel);
+            }
+        } else if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let (backend, rel, holder) =
+                (self.backend.clone(), self.rel.clone(), self.holder.clone());
+            runtime.spawn(async move {
+                if let Ok(Some(current)) = read_holder(&backend, &rel).await
+                    && current == holder
+                {
+                    let _ = backend.delete(&rel).await;
+                }
+            });
         }
     }
 }
 
-fn renew_until_stopped(backend: &Backend, rel: &str, mut holder: LockHolder, stop: &AtomicBool) {
+async fn renew_until_stopped(
+    backend: Backend,
+    rel: String,
+    mut holder: LockHolder,
+    mut stop: oneshot::Receiver<()>,
+) {
     loop {
-        std::thread::park_timeout(RENEW_EVERY);
-        if stop.load(Ordering::Relaxed) {
-            return;
+        tokio::select! {
+            _ = tokio::time::sleep(RENEW_EVERY) => {}
+            // Stopped, or the lock dropped.
+            _ = &mut stop => return,
         }
         holder.expires = now_micros() + LOCK_TTL_MICROS;
         if let Ok(bytes) = serde_json::to_vec(&holder) {
-            let _ = backend.put(rel, bytes);
+            let _ = backend.put(&rel, bytes).await;
         }
     }
 }
 
-fn read_holder(backend: &Backend, rel: &str) -> Result<Option<LockHolder>, OfflineError> {
+async fn read_holder(backend: &Backend, rel: &str) -> Result<Option<LockHolder>, OfflineError> {
     Ok(backend
-        .read(rel)?
+        .read(rel)
+        .await?
         // A lock that cannot be read (a torn write of a killed holder) is stale.
         .and_then(|bytes| serde_json::from_slice(&bytes).ok()))
 }
@@ -227,7 +301,7 @@ struct Journal {
 /// Publishes `staged` (staged → final names) as one journaled commit of
 /// `group@version`: the journal is written first, then each file is published, then the
 /// journal is removed. The caller holds the version's lock.
-pub(crate) fn publish_all(
+pub(crate) async fn publish_all(
     backend: &Backend,
     group: &str,
     version: &str,
@@ -241,17 +315,17 @@ pub(crate) fn publish_all(
     })?;
     // The staged files are durable before the journal names them, the journal before
     // any is published, and the renames before the journal goes.
-    backend.sync()?;
-    backend.put(&rel, bytes)?;
-    replay(backend, &journal)?;
-    backend.sync()?;
-    backend.delete(&rel)
+    backend.sync().await?;
+    backend.put(&rel, bytes).await?;
+    replay(backend, &journal).await?;
+    backend.sync().await?;
+    backend.delete(&rel).await
 }
 
-fn replay(backend: &Backend, journal: &Journal) -> Result<usize, OfflineError> {
+async fn replay(backend: &Backend, journal: &Journal) -> Result<usize, OfflineError> {
     let mut published = 0;
     for (staged, target) in &journal.publish {
-        if backend.publish(staged, target)? {
+        if backend.publish(staged, target).await? {
             published += 1;
         }
     }
@@ -269,36 +343,38 @@ pub struct Recovered {
 
 /// Completes a killed job's commit of `group@version` from its journal, then removes
 /// staged files no running job owns. The caller holds the version's lock.
-pub(crate) fn recover(
+pub(crate) async fn recover(
     backend: &Backend,
     group: &str,
     version: &str,
 ) -> Result<Recovered, OfflineError> {
     let mut recovered = Recovered::default();
     let rel = journal_rel(group, version);
-    if let Some(bytes) = backend.read(&rel)? {
+    if let Some(bytes) = backend.read(&rel).await? {
         let journal: Journal =
             serde_json::from_slice(&bytes).map_err(|e| OfflineError::Registry {
                 path: backend.locate(&rel),
                 message: format!("a damaged commit journal: {e}"),
             })?;
-        recovered.completed = replay(backend, &journal)?;
-        backend.sync()?;
-        backend.delete(&rel)?;
+        recovered.completed = replay(backend, &journal).await?;
+        backend.sync().await?;
+        backend.delete(&rel).await?;
     }
     // Staged files of jobs that never wrote their journal. Locally a file of a process
     // that still runs is kept; on S3, where that cannot be told, the lock says no other
     // job of this version runs.
-    let staged = backend.list_matching(&layout::version_rel(group, version), &|n: &str| {
-        n.starts_with(".tmp-")
-    })?;
+    let staged = backend
+        .list_matching(&layout::version_rel(group, version), |n: &str| {
+            n.starts_with(".tmp-")
+        })
+        .await?;
     for file in staged {
         let name = file.rsplit('/').next().unwrap_or(&file);
         let owner_gone = tmp_file_owner(name).is_none_or(|pid| {
             !backend.is_local() || (pid != std::process::id() && !process_runs(pid))
         });
         if owner_gone {
-            backend.delete(&file)?;
+            backend.delete(&file).await?;
             recovered.removed += 1;
         }
     }

@@ -21,14 +21,14 @@ pub struct GroupVersion {
 }
 
 /// Reads the registry entry of `group@version`, if any.
-pub(crate) fn read(
+pub(crate) async fn read(
     backend: &Backend,
     group: &str,
     version: &str,
 ) -> Result<Option<GroupVersion>, OfflineError> {
     let rel = layout::registry_rel(group, version);
     let path = backend.locate(&rel);
-    let Some(bytes) = backend.read(&rel)? else {
+    let Some(bytes) = backend.read(&rel).await? else {
         return Ok(None);
     };
     serde_json::from_slice(&bytes)
@@ -42,7 +42,7 @@ pub(crate) fn read(
 /// Registers `manifest`'s group version for `plugin_hash`, or checks that it is already
 /// registered for that hash. Create-if-absent: of two racing writers with different
 /// plugins, exactly one wins and the other gets [`OfflineError::HashMismatch`].
-pub(crate) fn register(
+pub(crate) async fn register(
     backend: &Backend,
     manifest: &Manifest,
     plugin_hash: &str,
@@ -51,7 +51,7 @@ pub(crate) fn register(
     let (group, version) = (&manifest.name, &manifest.version);
     let rel = layout::registry_rel(group, version);
     let path = backend.locate(&rel);
-    if read(backend, group, version)?.is_none() {
+    if read(backend, group, version).await?.is_none() {
         let entry = GroupVersion {
             name: group.clone(),
             version: version.clone(),
@@ -63,14 +63,16 @@ pub(crate) fn register(
             path: path.clone(),
             message: e.to_string(),
         })?;
-        if backend.create_new(&rel, json)? {
+        if backend.create_new(&rel, json).await? {
             return Ok(entry);
         }
     }
-    let existing = read(backend, group, version)?.ok_or_else(|| OfflineError::Registry {
-        path: path.clone(),
-        message: "vanished while registering".into(),
-    })?;
+    let existing = read(backend, group, version)
+        .await?
+        .ok_or_else(|| OfflineError::Registry {
+            path: path.clone(),
+            message: "vanished while registering".into(),
+        })?;
     if existing.plugin_hash != plugin_hash {
         return Err(OfflineError::HashMismatch {
             group: group.clone(),
@@ -86,14 +88,14 @@ pub(crate) fn register(
 /// binding it: an error only when another hash holds it already. A job checks this
 /// before its work and binds with [`register`] when it commits, so a job that fails
 /// before writing anything leaves the version free for the right build.
-pub(crate) fn check(
+pub(crate) async fn check(
     backend: &Backend,
     manifest: &Manifest,
     plugin_hash: &str,
     now_micros: i64,
 ) -> Result<GroupVersion, OfflineError> {
     let (group, version) = (&manifest.name, &manifest.version);
-    match read(backend, group, version)? {
+    match read(backend, group, version).await? {
         Some(existing) if existing.plugin_hash != plugin_hash => Err(OfflineError::HashMismatch {
             group: group.clone(),
             version: version.clone(),

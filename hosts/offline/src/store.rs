@@ -79,13 +79,13 @@ impl OfflineStore {
 
     /// Registers the group version `manifest` declares for `plugin_hash`, or checks it
     /// is already registered for that hash; see [`crate`] for the rule.
-    pub fn register(
+    pub async fn register(
         &self,
         manifest: &Manifest,
         plugin_hash: &str,
         now_micros: i64,
     ) -> Result<GroupVersion, OfflineError> {
-        registry::register(&self.backend, manifest, plugin_hash, now_micros)
+        registry::register(&self.backend, manifest, plugin_hash, now_micros).await
     }
 
     /// Checks that `plugin_hash` may write `manifest`'s group version, without binding
@@ -93,22 +93,24 @@ impl OfflineStore {
     /// Fails with [`OfflineError::HashMismatch`] when another build holds it. A writer
     /// made from the result binds the version when it commits, so a job that fails
     /// before then claims nothing.
-    pub fn check_binding(
+    pub async fn check_binding(
         &self,
         manifest: &Manifest,
         plugin_hash: &str,
         now_micros: i64,
     ) -> Result<GroupVersion, OfflineError> {
-        registry::check(&self.backend, manifest, plugin_hash, now_micros)
+        registry::check(&self.backend, manifest, plugin_hash, now_micros).await
     }
 
     /// The registry entry of `group@version`.
-    pub fn version(&self, group: &str, version: &str) -> Result<GroupVersion, OfflineError> {
-        registry::read(&self.backend, group, version)?.ok_or_else(|| OfflineError::UnknownVersion {
-            group: group.into(),
-            version: version.into(),
-            root: self.backend.root(),
-        })
+    pub async fn version(&self, group: &str, version: &str) -> Result<GroupVersion, OfflineError> {
+        registry::read(&self.backend, group, version)
+            .await?
+            .ok_or_else(|| OfflineError::UnknownVersion {
+                group: group.into(),
+                version: version.into(),
+                root: self.backend.root(),
+            })
     }
 
     /// The schema of stored rows: the plugin's row columns, then [`STORE_COLUMNS`].
@@ -120,14 +122,19 @@ impl OfflineStore {
     /// then completes or clears what a killed job left: a job holds it from its start
     /// to its commit, so a second job is refused before it does any work. Fails with
     /// [`OfflineError::Locked`] naming the holder.
-    pub fn lock(
+    pub async fn lock(
         &self,
         group: &GroupVersion,
         job: &str,
     ) -> Result<(Arc<WriteLock>, Recovered), OfflineError> {
-        let lock = WriteLock::acquire(&self.backend, &group.name, &group.version, job)?;
-        let recovered = crate::journal::recover(&self.backend, &group.name, &group.version)?;
-        Ok((Arc::new(lock), recovered))
+        let lock = WriteLock::acquire(&self.backend, &group.name, &group.version, job).await?;
+        match crate::journal::recover(&self.backend, &group.name, &group.version).await {
+            Ok(recovered) => Ok((Arc::new(lock), recovered)),
+            Err(e) => {
+                let _ = lock.release().await;
+                Err(e)
+            }
+        }
     }
 
     /// Starts a streaming write into `group` stamped with `write_time` (UTC µs); see
@@ -145,7 +152,7 @@ impl OfflineStore {
     /// partition they touch: `rows` must hold each of those hours completely.
     /// `write_time` stamps the rows (UTC µs). A shorthand for [`writer`](Self::writer),
     /// [`OfflineWriter::write`] per batch, then [`OfflineWriter::commit`].
-    pub fn write(
+    pub async fn write(
         &self,
         group: &GroupVersion,
         rows: &[RecordBatch],
@@ -155,24 +162,25 @@ impl OfflineStore {
         for batch in rows {
             writer.write(batch)?;
         }
-        writer.commit()
+        writer.commit().await
     }
 
     /// The registered versions of `group`, oldest registration first; empty when the
     /// group has never been written.
-    pub fn versions(&self, group: &str) -> Result<Vec<GroupVersion>, OfflineError> {
+    pub async fn versions(&self, group: &str) -> Result<Vec<GroupVersion>, OfflineError> {
         let dir = format!("{group}/_lockstep/versions");
         let mut out = Vec::new();
         for rel in self
             .backend
-            .list_matching(&dir, &|n: &str| n.ends_with(".json") && !n.starts_with('.'))?
+            .list_matching(&dir, |n: &str| n.ends_with(".json") && !n.starts_with('.'))
+            .await?
         {
             let version = rel
                 .rsplit('/')
                 .next()
                 .and_then(|n| n.strip_suffix(".json"))
                 .unwrap_or_default();
-            if let Some(entry) = registry::read(&self.backend, group, version)? {
+            if let Some(entry) = registry::read(&self.backend, group, version).await? {
                 out.push(entry);
             }
         }
@@ -182,10 +190,11 @@ impl OfflineStore {
 
     /// The names of the groups with at least one registered version, sorted. Lists the
     /// whole store: meant for error messages and tools, not for hot paths.
-    pub fn groups(&self) -> Result<Vec<String>, OfflineError> {
+    pub async fn groups(&self) -> Result<Vec<String>, OfflineError> {
         let mut out: Vec<String> = self
             .backend
-            .list_matching("", &|n: &str| n.ends_with(".json") && !n.starts_with('.'))?
+            .list_matching("", |n: &str| n.ends_with(".json") && !n.starts_with('.'))
+            .await?
             .into_iter()
             .filter_map(|rel| {
                 let parts: Vec<&str> = rel.split('/').collect();
@@ -198,15 +207,25 @@ impl OfflineStore {
     }
 
     /// Whether `group@version` is kept as a Delta table (its folder holds a Delta log).
-    pub fn holds_delta_table(&self, group: &str, version: &str) -> Result<bool, OfflineError> {
+    pub async fn holds_delta_table(
+        &self,
+        group: &str,
+        version: &str,
+    ) -> Result<bool, OfflineError> {
         let rel = layout::version_rel(group, version);
-        self.backend.has_any_under(&format!("{rel}/_delta_log"))
+        self.backend
+            .has_any_under(&format!("{rel}/_delta_log"))
+            .await
     }
 
     /// The hour partition files of `group@version` (relative to the store root), in
     /// time order: the latest snapshot of a table; see [`files_at`](Self::files_at).
-    pub fn partition_files(&self, group: &str, version: &str) -> Result<Vec<String>, OfflineError> {
-        Ok(self.files_at(group, version, None)?.files)
+    pub async fn partition_files(
+        &self,
+        group: &str,
+        version: &str,
+    ) -> Result<Vec<String>, OfflineError> {
+        Ok(self.files_at(group, version, None).await?.files)
     }
 
     /// The data files of `group@version` as of `table_version` (`None`: the latest).
@@ -215,7 +234,7 @@ impl OfflineStore {
     /// a table's are the active files of its log's snapshot (read through the attached
     /// [`TableLog`], and refused by name without one — never read as a plain layout,
     /// whose folder also holds the files a replacement removed).
-    pub fn files_at(
+    pub async fn files_at(
         &self,
         group: &str,
         version: &str,
@@ -228,20 +247,24 @@ impl OfflineStore {
             .table_log
             .as_ref()
             .map_or("_delta_log", |l| l.log_dir());
-        let is_table = self.backend.has_any_under(&format!("{rel}/{log_dir}"))?;
+        let is_table = self
+            .backend
+            .has_any_under(&format!("{rel}/{log_dir}"))
+            .await?;
         let table_log = self.table_log.as_ref().filter(|_| is_table);
         match table_log {
             Some(log) => {
                 let location = self.backend.locate(&rel).to_string_lossy().into_owned();
-                let snapshot = log.snapshot(&location, table_version).map_err(|source| {
-                    OfflineError::Table {
+                let snapshot = log
+                    .snapshot(&location, table_version)
+                    .await
+                    .map_err(|source| OfflineError::Table {
                         format: log.format(),
                         group: group.to_owned(),
                         version: version.to_owned(),
                         location,
                         source,
-                    }
-                })?;
+                    })?;
                 Ok(StoredFiles {
                     table_version: Some(snapshot.version),
                     files: snapshot
@@ -261,19 +284,22 @@ impl OfflineStore {
             }),
             None => Ok(StoredFiles {
                 table_version: None,
-                files: self.backend.list_named(&rel, PART_FILE)?,
+                files: self.backend.list_named(&rel, PART_FILE).await?,
             }),
         }
     }
 
     /// The bytes of the stored object at `rel` (as [`partition_files`](Self::partition_files)
     /// names it).
-    pub fn read_object(&self, rel: &str) -> Result<Vec<u8>, OfflineError> {
-        self.backend.read(rel)?.ok_or_else(|| OfflineError::Object {
-            action: "reading",
-            location: self.backend.locate(rel).to_string_lossy().into_owned(),
-            message: "listed but gone: was the partition replaced meanwhile?".into(),
-        })
+    pub async fn read_object(&self, rel: &str) -> Result<Vec<u8>, OfflineError> {
+        self.backend
+            .read(rel)
+            .await?
+            .ok_or_else(|| OfflineError::Object {
+                action: "reading",
+                location: self.backend.locate(rel).to_string_lossy().into_owned(),
+                message: "listed but gone: was the partition replaced meanwhile?".into(),
+            })
     }
 
     /// Where the object at `rel` lives, for messages.
@@ -282,12 +308,12 @@ impl OfflineStore {
     }
 
     /// Every stored row of `group@version`, partition by partition in time order.
-    pub fn read(&self, group: &str, version: &str) -> Result<Vec<RecordBatch>, OfflineError> {
-        let entry = self.version(group, version)?;
+    pub async fn read(&self, group: &str, version: &str) -> Result<Vec<RecordBatch>, OfflineError> {
+        let entry = self.version(group, version).await?;
         let mut out = Vec::new();
-        for rel in self.partition_files(&entry.name, &entry.version)? {
+        for rel in self.partition_files(&entry.name, &entry.version).await? {
             let path = self.backend.locate(&rel);
-            let bytes = self.read_object(&rel)?;
+            let bytes = self.read_object(&rel).await?;
             let reader = ParquetRecordBatchReaderBuilder::try_new(Bytes::from(bytes))
                 .and_then(|b| b.build())
                 .map_err(|source| OfflineError::Parquet { path, source })?;

@@ -20,6 +20,7 @@ pub struct TableSnapshot {
 
 /// A table format that keeps its active files in a log inside the group version's
 /// folder. Implementations must not change the table: they are readers.
+#[async_trait::async_trait]
 pub trait TableLog: Send + Sync + Debug {
     /// The format's name, for messages ("Delta Lake").
     fn format(&self) -> &'static str;
@@ -31,7 +32,7 @@ pub trait TableLog: Send + Sync + Debug {
     /// The files of the table in the folder `table_dir` (a path or a URL, as
     /// [`OfflineStore::root`](crate::OfflineStore::root) names the store) at
     /// `version`, the latest when `None`.
-    fn snapshot(
+    async fn snapshot(
         &self,
         table_dir: &str,
         version: Option<i64>,

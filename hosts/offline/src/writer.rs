@@ -38,6 +38,7 @@ use std::io::{BufReader, BufWriter};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use tokio::runtime::Handle;
 
 const MICROS_PER_HOUR: i64 = 3_600_000_000;
 
@@ -354,30 +355,70 @@ impl OfflineWriter {
     /// Writes every touched hour and makes it visible, replacing what those hours held.
     /// The group version is bound to the writer's plugin hash first (if it is not yet),
     /// so only a job that gets this far claims it.
-    pub fn commit(mut self) -> Result<WriteSummary, OfflineError> {
+    pub async fn commit(mut self) -> Result<WriteSummary, OfflineError> {
         self.split_pending()?;
         // The plain layout: one writer per version, and a killed job's commit completed
         // before this one publishes anything. A table format's files are invisible until
         // its own commit, under names no other job uses.
         let journaled = self.options.part_file.is_none();
-        let _lock = match (&self.options.lock, journaled) {
-            (None, true) => Some(crate::journal::WriteLock::acquire(
-                &self.backend,
-                &self.group.name,
-                &self.group.version,
-                "an offline write",
-            )?),
+        let lock = match (&self.options.lock, journaled) {
+            (None, true) => Some(
+                crate::journal::WriteLock::acquire(
+                    &self.backend,
+                    &self.group.name,
+                    &self.group.version,
+                    "an offline write",
+                )
+                .await?,
+            ),
             _ => None,
         };
+        let committed = self.commit_locked(journaled).await;
+        if let Some(lock) = lock {
+            // The commit stands whether or not the lock goes now: one left behind
+            // expires, and locally a finished process's lock is taken over at once.
+            let _ = lock.release().await;
+        }
+        committed
+    }
+
+    /// The commit, once the version's lock (if the layout needs one) is held.
+    async fn commit_locked(self, journaled: bool) -> Result<WriteSummary, OfflineError> {
         if journaled {
-            crate::journal::recover(&self.backend, &self.group.name, &self.group.version)?;
+            crate::journal::recover(&self.backend, &self.group.name, &self.group.version).await?;
         }
         crate::registry::register(
             &self.backend,
             &self.group.manifest,
             &self.group.plugin_hash,
             self.group.registered_at,
-        )?;
+        )
+        .await?;
+        // Encoding is CPU work and staging local files blocking I/O: both run on
+        // threads of their own, which reach an object store through this runtime.
+        let runtime = Handle::current();
+        let root = self.backend.root();
+        let (this, files) = tokio::task::spawn_blocking(move || {
+            let mut this = self;
+            let files = this.encode_and_stage(&runtime, journaled);
+            (this, files)
+        })
+        .await
+        .map_err(|e| OfflineError::Registry {
+            path: root,
+            message: format!("the partition writers stopped: {e}"),
+        })?;
+        this.finish_commit(files?, journaled).await
+    }
+
+    /// Encodes every touched hour and stages (or, for a table format, writes) its
+    /// file, on the calling thread and threads of its own: the written hours, in no
+    /// particular order.
+    fn encode_and_stage(
+        &mut self,
+        runtime: &Handle,
+        journaled: bool,
+    ) -> Result<Vec<WrittenHour>, OfflineError> {
         let mut hours: BTreeMap<i64, HourParts> = BTreeMap::new();
         for (hour, files) in std::mem::take(&mut self.chunks) {
             hours.entry(hour).or_default().0 = files;
@@ -399,7 +440,7 @@ impl OfflineWriter {
         let failed = AtomicBool::new(false);
         let (files_out, files_in) = std::sync::mpsc::sync_channel::<EncodedHour>(putters * 2);
         let files_in = std::sync::Mutex::new(files_in);
-        let this = &self;
+        let this = &*self;
         let panicked = || OfflineError::Registry {
             path: this.backend.root(),
             message: "a partition writer thread panicked".into(),
@@ -450,10 +491,10 @@ impl OfflineWriter {
                             // A table format's file has a name no other job uses and
                             // is invisible until the table commits it: written in place.
                             let written = if journaled {
-                                this.backend.stage(&rel, bytes)
+                                this.backend.stage_on(runtime, &rel, bytes)
                             } else {
                                 this.backend
-                                    .write_unsynced(&rel, bytes)
+                                    .write_unsynced_on(runtime, &rel, bytes)
                                     .map(|()| String::new())
                             };
                             match written {
@@ -485,6 +526,15 @@ impl OfflineWriter {
         for result in put {
             files.extend(result?);
         }
+        Ok(files)
+    }
+
+    /// Publishes the staged hours `files` (in commit order once sorted) and sums up.
+    async fn finish_commit(
+        &self,
+        mut files: Vec<WrittenHour>,
+        journaled: bool,
+    ) -> Result<WriteSummary, OfflineError> {
         files.sort_by_key(|(i, ..)| *i);
         let staged: Vec<(String, String)> = files
             .iter()
@@ -496,10 +546,11 @@ impl OfflineWriter {
                 &self.group.name,
                 &self.group.version,
                 staged,
-            )?;
+            )
+            .await?;
         } else {
             // Durable before the table's commit names them.
-            self.backend.sync()?;
+            self.backend.sync().await?;
         }
         Ok(WriteSummary {
             rows: files.iter().map(|(_, _, n, ..)| n).sum(),

@@ -48,12 +48,12 @@ fn totals(batches: &[RecordBatch]) -> Vec<f64> {
         .collect()
 }
 
-#[test]
-fn rows_land_in_hour_partitions_with_lineage_columns() {
+#[tokio::test]
+async fn rows_land_in_hour_partitions_with_lineage_columns() {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = OfflineStore::open(dir.path()).expect("open");
     let m = manifest("1.0.0");
-    let group = store.register(&m, "abc123", 0).expect("register");
+    let group = store.register(&m, "abc123", 0).await.expect("register");
     let summary = store
         .write(
             &group,
@@ -67,6 +67,7 @@ fn rows_land_in_hour_partitions_with_lineage_columns() {
             )],
             42,
         )
+        .await
         .expect("write");
     assert_eq!((summary.rows, summary.partitions), (3, 2));
     let rel: Vec<_> = summary
@@ -81,7 +82,7 @@ fn rows_land_in_hour_partitions_with_lineage_columns() {
             Path::new("spend/version=1.0.0/year=2024/month=01/day=01/hour=01/part-0.parquet"),
         ]
     );
-    let back = store.read("spend", "1.0.0").expect("read");
+    let back = store.read("spend", "1.0.0").await.expect("read");
     assert_eq!(
         totals(&back),
         vec![1.0, 3.0, 2.0],
@@ -111,19 +112,25 @@ fn rows_land_in_hour_partitions_with_lineage_columns() {
 /// The store's own columns hold one value per file and are dictionary-encoded (a few
 /// bytes per page; `is_deleted` is bit-packed); feature columns, mostly distinct
 /// values, are not.
-#[test]
-fn store_columns_are_dictionary_encoded_and_features_are_plain() {
+#[tokio::test]
+async fn store_columns_are_dictionary_encoded_and_features_are_plain() {
     use parquet::basic::Encoding;
     use parquet::file::reader::{FileReader, SerializedFileReader};
     let dir = tempfile::tempdir().expect("tempdir");
     let store = OfflineStore::open(dir.path()).expect("open");
     let m = manifest("1.0.0");
-    let group = store.register(&m, &"f".repeat(64), 0).expect("register");
+    let group = store
+        .register(&m, &"f".repeat(64), 0)
+        .await
+        .expect("register");
     let data: Vec<(String, i64, f64)> = (0..2000)
         .map(|i| (format!("u{i}"), T0 + i, i as f64 * 0.37))
         .collect();
     let data: Vec<(&str, i64, f64)> = data.iter().map(|(u, t, x)| (u.as_str(), *t, *x)).collect();
-    let summary = store.write(&group, &[rows(&m, &data)], 42).expect("write");
+    let summary = store
+        .write(&group, &[rows(&m, &data)], 42)
+        .await
+        .expect("write");
     let file = std::fs::File::open(&summary.files[0]).expect("file");
     let reader = SerializedFileReader::new(file).expect("parquet");
     let row_group = reader.metadata().row_group(0);
@@ -149,19 +156,23 @@ fn store_columns_are_dictionary_encoded_and_features_are_plain() {
     }
 }
 
-#[test]
-fn a_rerun_replaces_the_hours_it_touches_and_leaves_the_rest() {
+#[tokio::test]
+async fn a_rerun_replaces_the_hours_it_touches_and_leaves_the_rest() {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = OfflineStore::open(dir.path()).expect("open");
     let m = manifest("1.0.0");
-    let group = store.register(&m, "h", 0).expect("register");
+    let group = store.register(&m, "h", 0).await.expect("register");
     let first = rows(&m, &[("a", T0, 1.0), ("b", T0 + HOUR, 2.0)]);
     store
         .write(&group, std::slice::from_ref(&first), 1)
+        .await
         .expect("write");
-    store.write(&group, &[first], 2).expect("same job again");
+    store
+        .write(&group, &[first], 2)
+        .await
+        .expect("same job again");
     assert_eq!(
-        totals(&store.read("spend", "1.0.0").expect("read")),
+        totals(&store.read("spend", "1.0.0").await.expect("read")),
         vec![1.0, 2.0],
         "no duplicates after a re-run"
     );
@@ -174,27 +185,31 @@ fn a_rerun_replaces_the_hours_it_touches_and_leaves_the_rest() {
             )],
             3,
         )
+        .await
         .expect("rewrite hour 1");
     assert_eq!(
-        totals(&store.read("spend", "1.0.0").expect("read")),
+        totals(&store.read("spend", "1.0.0").await.expect("read")),
         vec![1.0, 5.0, 6.0]
     );
 }
 
-#[test]
-fn a_version_is_bound_to_one_plugin_hash() {
+#[tokio::test]
+async fn a_version_is_bound_to_one_plugin_hash() {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = OfflineStore::open(dir.path()).expect("open");
     let v1 = manifest("1.0.0");
     store
         .register(&v1, "hash-a", 10)
+        .await
         .expect("first registration");
     let again = store
         .register(&v1, "hash-a", 20)
+        .await
         .expect("same plugin again");
     assert_eq!(again.registered_at, 10, "the entry is immutable");
     let err = store
         .register(&v1, "hash-b", 30)
+        .await
         .expect_err("another plugin");
     assert!(matches!(err, OfflineError::HashMismatch { .. }));
     let text = err.to_string();
@@ -207,77 +222,92 @@ fn a_version_is_bound_to_one_plugin_hash() {
     );
     store
         .register(&manifest("1.1.0"), "hash-b", 40)
+        .await
         .expect("a new version may use the new plugin");
     assert!(matches!(
-        store.version("spend", "2.0.0"),
+        store.version("spend", "2.0.0").await,
         Err(OfflineError::UnknownVersion { .. })
     ));
 }
 
-#[test]
-fn a_version_is_bound_at_the_first_commit_not_before() {
+#[tokio::test]
+async fn a_version_is_bound_at_the_first_commit_not_before() {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = OfflineStore::open(dir.path()).expect("open");
     let m = manifest("1.0.0");
     // A job that checks, writes and fails (the writer is dropped) claims nothing.
-    let wrong = store.check_binding(&m, "hash-wrong", 10).expect("free");
+    let wrong = store
+        .check_binding(&m, "hash-wrong", 10)
+        .await
+        .expect("free");
     let mut writer = store.writer(&wrong, 10, Default::default());
     writer
         .write(&rows(&m, &[("u", T0, 1.0)]))
         .expect("buffered rows");
     drop(writer);
     assert!(matches!(
-        store.version("spend", "1.0.0"),
+        store.version("spend", "1.0.0").await,
         Err(OfflineError::UnknownVersion { .. })
     ));
     // The right build then writes, and its commit binds the version.
     let right = store
         .check_binding(&m, "hash-right", 20)
+        .await
         .expect("still free");
     let mut writer = store.writer(&right, 20, Default::default());
     writer
         .write(&rows(&m, &[("u", T0, 2.0)]))
         .expect("buffered rows");
-    writer.commit().expect("commit");
+    writer.commit().await.expect("commit");
     assert_eq!(
-        store.version("spend", "1.0.0").expect("bound").plugin_hash,
+        store
+            .version("spend", "1.0.0")
+            .await
+            .expect("bound")
+            .plugin_hash,
         "hash-right"
     );
     let err = store
         .check_binding(&m, "hash-wrong", 30)
+        .await
         .expect_err("bound to the right build now");
     assert!(matches!(err, OfflineError::HashMismatch { .. }), "{err}");
     // A writer checked before the other build bound the version fails at commit.
     let other = manifest("2.0.0");
-    let early = store.check_binding(&other, "hash-a", 40).expect("free");
-    store.register(&other, "hash-b", 41).expect("hash-b binds");
+    let early = store
+        .check_binding(&other, "hash-a", 40)
+        .await
+        .expect("free");
+    store
+        .register(&other, "hash-b", 41)
+        .await
+        .expect("hash-b binds");
     let mut writer = store.writer(&early, 40, Default::default());
     writer
         .write(&rows(&other, &[("u", T0, 3.0)]))
         .expect("buffered rows");
     let err = writer
         .commit()
+        .await
         .expect_err("bound to another build meanwhile");
     assert!(matches!(err, OfflineError::HashMismatch { .. }), "{err}");
 }
 
-#[test]
-fn racing_registrations_with_different_plugins_have_one_winner() {
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn racing_registrations_with_different_plugins_have_one_winner() {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = OfflineStore::open(dir.path()).expect("open");
     let m = manifest("1.0.0");
-    let results: Vec<_> = std::thread::scope(|s| {
-        let handles: Vec<_> = (0..8)
-            .map(|i| {
-                let (store, m) = (&store, &m);
-                s.spawn(move || store.register(m, &format!("hash-{i}"), i))
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().expect("thread"))
-            .collect()
-    });
+    let tasks: Vec<_> = (0..8)
+        .map(|i| {
+            let (store, m) = (store.clone(), m.clone());
+            tokio::spawn(async move { store.register(&m, &format!("hash-{i}"), i).await })
+        })
+        .collect();
+    let mut results = Vec::new();
+    for task in tasks {
+        results.push(task.await.expect("task"));
+    }
     assert_eq!(
         results.iter().filter(|r| r.is_ok()).count(),
         1,
@@ -291,26 +321,27 @@ fn racing_registrations_with_different_plugins_have_one_winner() {
     );
 }
 
-#[test]
-fn rows_of_another_schema_are_refused() {
+#[tokio::test]
+async fn rows_of_another_schema_are_refused() {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = OfflineStore::open(dir.path()).expect("open");
     let group = store
         .register(&manifest("1.0.0"), "h", 0)
+        .await
         .expect("register");
     let other =
         RecordBatch::try_from_iter([("x", Arc::new(Float64Array::from(vec![1.0])) as ArrayRef)])
             .expect("batch");
-    let err = store.write(&group, &[other], 0).expect_err("schema");
+    let err = store.write(&group, &[other], 0).await.expect_err("schema");
     assert!(err.to_string().contains("do not match its schema"), "{err}");
 }
 
-#[test]
-fn crash_leftovers_are_invisible_and_extreme_times_have_partitions() {
+#[tokio::test]
+async fn crash_leftovers_are_invisible_and_extreme_times_have_partitions() {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = OfflineStore::open(dir.path()).expect("open");
     let m = manifest("1.0.0");
-    let group = store.register(&m, "h", 0).expect("register");
+    let group = store.register(&m, "h", 0).await.expect("register");
     let summary = store
         .write(
             &group,
@@ -320,6 +351,7 @@ fn crash_leftovers_are_invisible_and_extreme_times_have_partitions() {
             )],
             0,
         )
+        .await
         .expect("write");
     assert_eq!(summary.partitions, 3);
     // A writer killed between creating its temporary file and renaming it leaves this:
@@ -329,19 +361,19 @@ fn crash_leftovers_are_invisible_and_extreme_times_have_partitions() {
         b"half a parquet file",
     )
     .expect("leftover");
-    let mut back = totals(&store.read("spend", "1.0.0").expect("read"));
+    let mut back = totals(&store.read("spend", "1.0.0").await.expect("read"));
     back.sort_by(f64::total_cmp);
     assert_eq!(back, vec![1.0, 2.0, 3.0]);
 }
 
 /// DuckDB and pyarrow, installed by `scripts/test.sh`, read the store as a data
 /// engineer would: with Hive partitioning, ignoring crash leftovers.
-#[test]
-fn duckdb_and_pyarrow_read_the_expected_schema_and_partitions() {
+#[tokio::test]
+async fn duckdb_and_pyarrow_read_the_expected_schema_and_partitions() {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = OfflineStore::open(dir.path()).expect("open");
     let m = manifest("1.0.0");
-    let group = store.register(&m, "h", 0).expect("register");
+    let group = store.register(&m, "h", 0).await.expect("register");
     let summary = store
         .write(
             &group,
@@ -355,6 +387,7 @@ fn duckdb_and_pyarrow_read_the_expected_schema_and_partitions() {
             )],
             7,
         )
+        .await
         .expect("write");
     std::fs::write(
         summary.files[0]
@@ -471,8 +504,8 @@ fn files_bytes(summary: &lockstep_offline::WriteSummary) -> Vec<Vec<u8>> {
         .collect()
 }
 
-#[test]
-fn a_streaming_write_that_stages_on_disk_gives_the_same_files_in_any_arrival_order() {
+#[tokio::test]
+async fn a_streaming_write_that_stages_on_disk_gives_the_same_files_in_any_arrival_order() {
     let m = manifest("1.0.0");
     let batches = spread(&m, 40, 60);
     let total: usize = batches.iter().map(|b| b.num_rows()).sum();
@@ -480,14 +513,14 @@ fn a_streaming_write_that_stages_on_disk_gives_the_same_files_in_any_arrival_ord
     // In memory, in one go.
     let a = tempfile::tempdir().expect("tempdir");
     let store_a = OfflineStore::open(a.path()).expect("open");
-    let group_a = store_a.register(&m, "h", 0).expect("register");
-    let in_memory = store_a.write(&group_a, &batches, 7).expect("write");
+    let group_a = store_a.register(&m, "h", 0).await.expect("register");
+    let in_memory = store_a.write(&group_a, &batches, 7).await.expect("write");
 
     // Streamed in reverse arrival order with a tiny buffer: staged many times.
     let b = tempfile::tempdir().expect("tempdir");
     let staging = tempfile::tempdir().expect("staging");
     let store_b = OfflineStore::open(b.path()).expect("open");
-    let group_b = store_b.register(&m, "h", 0).expect("register");
+    let group_b = store_b.register(&m, "h", 0).await.expect("register");
     let mut writer = store_b.writer(
         &group_b,
         7,
@@ -507,7 +540,7 @@ fn a_streaming_write_that_stages_on_disk_gives_the_same_files_in_any_arrival_ord
         "the budget forced staging: {}",
         writer.spills()
     );
-    let streamed = writer.commit().expect("commit");
+    let streamed = writer.commit().await.expect("commit");
 
     assert_eq!(streamed.rows, total);
     assert_eq!(streamed.partitions, in_memory.partitions);
@@ -522,7 +555,7 @@ fn a_streaming_write_that_stages_on_disk_gives_the_same_files_in_any_arrival_ord
         "the staging directory is removed after commit"
     );
     // Every hour is ordered by entity, then event time.
-    for batch in store_b.read("spend", "1.0.0").expect("read") {
+    for batch in store_b.read("spend", "1.0.0").await.expect("read") {
         let users = batch.column(0).as_string::<i32>();
         let times = batch.column(1).as_primitive::<TimestampMicrosecondType>();
         for i in 1..batch.num_rows() {
@@ -536,7 +569,7 @@ fn a_streaming_write_that_stages_on_disk_gives_the_same_files_in_any_arrival_ord
 }
 
 /// A new local store with `m` registered as plugin hash `h`.
-fn registered(
+async fn registered(
     m: &Manifest,
 ) -> (
     tempfile::TempDir,
@@ -545,18 +578,18 @@ fn registered(
 ) {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = OfflineStore::open(dir.path()).expect("open");
-    let group = store.register(m, "h", 0).expect("register");
+    let group = store.register(m, "h", 0).await.expect("register");
     (dir, store, group)
 }
 
 /// Writes `sends` (source, batch) through a streaming writer with `buffer_bytes` and
 /// commits.
-fn write_sources(
+async fn write_sources(
     m: &Manifest,
     sends: &[(usize, RecordBatch)],
     buffer_bytes: usize,
 ) -> (tempfile::TempDir, lockstep_offline::WriteSummary, usize) {
-    let (dir, store, group) = registered(m);
+    let (dir, store, group) = registered(m).await;
     let staging = tempfile::tempdir().expect("staging");
     let mut writer = store.writer(
         &group,
@@ -572,16 +605,16 @@ fn write_sources(
         writer.write_from(*source, batch).expect("write");
     }
     let spills = writer.spills();
-    let summary = writer.commit().expect("commit");
+    let summary = writer.commit().await.expect("commit");
     (dir, summary, spills)
 }
 
-#[test]
-fn rows_from_several_sources_give_the_same_files_in_order_or_not() {
+#[tokio::test]
+async fn rows_from_several_sources_give_the_same_files_in_order_or_not() {
     let m = manifest("1.0.0");
     let batches = spread(&m, 40, 60);
-    let (_a, store_a, group_a) = registered(&m);
-    let expected = files_bytes(&store_a.write(&group_a, &batches, 7).expect("write"));
+    let (_a, store_a, group_a) = registered(&m).await;
+    let expected = files_bytes(&store_a.write(&group_a, &batches, 7).await.expect("write"));
 
     // Three sources, each sending its entities in key order (as partitions do),
     // interleaved with one another.
@@ -617,7 +650,7 @@ fn rows_from_several_sources_give_the_same_files_in_order_or_not() {
         ("many", &many),
     ] {
         for buffer_bytes in [64 << 20, 4 << 10] {
-            let (_dir, summary, spills) = write_sources(&m, sends, buffer_bytes);
+            let (_dir, summary, spills) = write_sources(&m, sends, buffer_bytes).await;
             assert_eq!(
                 files_bytes(&summary),
                 expected,
@@ -630,12 +663,12 @@ fn rows_from_several_sources_give_the_same_files_in_order_or_not() {
     }
 }
 
-#[test]
-fn an_hour_that_cannot_be_put_fails_the_commit_naming_it() {
+#[tokio::test]
+async fn an_hour_that_cannot_be_put_fails_the_commit_naming_it() {
     let m = manifest("1.0.0");
     let batches = spread(&m, 40, 60);
-    let (_dir, store, group) = registered(&m);
-    let first = store.write(&group, &batches, 7).expect("write");
+    let (_dir, store, group) = registered(&m).await;
+    let first = store.write(&group, &batches, 7).await.expect("write");
     assert!(first.partitions > 8, "{} hours", first.partitions);
     // A file where one hour's directory must be: that hour cannot be put again.
     let hour_dir = first.files[first.files.len() / 2]
@@ -656,7 +689,10 @@ fn an_hour_that_cannot_be_put_fails_the_commit_naming_it() {
     for batch in &batches {
         writer.write(batch).expect("write");
     }
-    let err = writer.commit().expect_err("one hour cannot be written");
+    let err = writer
+        .commit()
+        .await
+        .expect_err("one hour cannot be written");
     let message = err.to_string();
     let hour_name = hour_dir
         .file_name()
@@ -669,13 +705,13 @@ fn an_hour_that_cannot_be_put_fails_the_commit_naming_it() {
     );
 }
 
-#[test]
-fn a_writer_dropped_before_commit_leaves_nothing_behind() {
+#[tokio::test]
+async fn a_writer_dropped_before_commit_leaves_nothing_behind() {
     let m = manifest("1.0.0");
     let dir = tempfile::tempdir().expect("tempdir");
     let staging = tempfile::tempdir().expect("staging");
     let store = OfflineStore::open(dir.path()).expect("open");
-    let group = store.register(&m, "h", 0).expect("register");
+    let group = store.register(&m, "h", 0).await.expect("register");
     let mut writer = store.writer(
         &group,
         1,
@@ -691,16 +727,16 @@ fn a_writer_dropped_before_commit_leaves_nothing_behind() {
     }
     assert!(writer.spills() > 0);
     drop(writer);
-    assert!(store.read("spend", "1.0.0").expect("read").is_empty());
+    assert!(store.read("spend", "1.0.0").await.expect("read").is_empty());
     assert_eq!(std::fs::read_dir(staging.path()).expect("list").count(), 0);
 }
 
-#[test]
-fn a_streaming_write_refuses_rows_of_another_schema_naming_the_group() {
+#[tokio::test]
+async fn a_streaming_write_refuses_rows_of_another_schema_naming_the_group() {
     let m = manifest("1.0.0");
     let dir = tempfile::tempdir().expect("tempdir");
     let store = OfflineStore::open(dir.path()).expect("open");
-    let group = store.register(&m, "h", 0).expect("register");
+    let group = store.register(&m, "h", 0).await.expect("register");
     let mut writer = store.writer(&group, 1, lockstep_offline::WriterOptions::default());
     let other = RecordBatch::try_new(
         Arc::new(arrow_schema::Schema::new(vec![arrow_schema::Field::new(
@@ -718,8 +754,8 @@ fn a_streaming_write_refuses_rows_of_another_schema_naming_the_group() {
 
 /// The same store protocol against S3 (the moto server on loopback): layout, atomic
 /// hour objects, the registry's create-if-absent, reading back, refusing a second plugin.
-#[test]
-fn an_s3_store_behaves_like_a_local_one() {
+#[tokio::test]
+async fn an_s3_store_behaves_like_a_local_one() {
     let moto = lockstep_testkit::Moto::start();
     moto.create_bucket("features");
     let s3 = lockstep_offline::S3Options {
@@ -733,30 +769,36 @@ fn an_s3_store_behaves_like_a_local_one() {
     let store = OfflineStore::open_location("s3://features/offline", &s3).expect("open");
     assert_eq!(store.root(), Path::new("s3://features/offline"));
     let m = manifest("1.0.0");
-    let group = store.register(&m, "abc", 0).expect("register");
-    let again = store.register(&m, "abc", 5).expect("same plugin again");
+    let group = store.register(&m, "abc", 0).await.expect("register");
+    let again = store
+        .register(&m, "abc", 5)
+        .await
+        .expect("same plugin again");
     assert_eq!(again.registered_at, 0, "the first registration stands");
-    let err = store.register(&m, "other", 0).expect_err("another plugin");
+    let err = store
+        .register(&m, "other", 0)
+        .await
+        .expect_err("another plugin");
     assert!(matches!(err, OfflineError::HashMismatch { .. }), "{err}");
 
     // Racing first registrations: S3's conditional put lets exactly one plugin win.
     let m2 = manifest("2.0.0");
-    let outcomes: Vec<bool> = std::thread::scope(|scope| {
-        let handles: Vec<_> = (0..6)
-            .map(|i| {
-                let (store, m2) = (&store, &m2);
-                scope.spawn(move || store.register(m2, &format!("plugin-{i}"), i).is_ok())
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().expect("join"))
-            .collect()
-    });
+    let tasks: Vec<_> = (0..6)
+        .map(|i| {
+            let (store, m2) = (store.clone(), m2.clone());
+            tokio::spawn(
+                async move { store.register(&m2, &format!("plugin-{i}"), i).await.is_ok() },
+            )
+        })
+        .collect();
+    let mut outcomes = Vec::new();
+    for task in tasks {
+        outcomes.push(task.await.expect("task"));
+    }
     assert_eq!(outcomes.iter().filter(|ok| **ok).count(), 1, "{outcomes:?}");
 
     let batches = spread(&m, 10, 30);
-    let summary = store.write(&group, &batches, 9).expect("write");
+    let summary = store.write(&group, &batches, 9).await.expect("write");
     assert_eq!(summary.rows, 300);
     assert!(
         summary.files[0].to_string_lossy().starts_with(
@@ -780,22 +822,31 @@ fn an_s3_store_behaves_like_a_local_one() {
             .count(),
         summary.partitions
     );
+    // The writer's lock went with its commit (released, not left to expire), and the
+    // journal and the staged files with it.
+    assert!(
+        !keys.lines().any(|k| k.contains("/_lockstep/locks/")
+            || k.contains("/_lockstep/journal/")
+            || k.contains("/.tmp-")),
+        "{keys}"
+    );
 
     // The same rows locally give the same stored rows.
     let dir = tempfile::tempdir().expect("tempdir");
     let local = OfflineStore::open(dir.path()).expect("open");
-    let local_group = local.register(&m, "abc", 0).expect("register");
-    local.write(&local_group, &batches, 9).expect("write");
+    let local_group = local.register(&m, "abc", 0).await.expect("register");
+    local.write(&local_group, &batches, 9).await.expect("write");
     let (a, b) = (
-        store.read("spend", "1.0.0").expect("read s3"),
-        local.read("spend", "1.0.0").expect("read local"),
+        store.read("spend", "1.0.0").await.expect("read s3"),
+        local.read("spend", "1.0.0").await.expect("read local"),
     );
     assert_eq!(a, b);
 
     // A re-run replaces hours in place: still 300 rows.
-    store.write(&group, &batches, 10).expect("rewrite");
+    store.write(&group, &batches, 10).await.expect("rewrite");
     let n: usize = store
         .read("spend", "1.0.0")
+        .await
         .expect("read")
         .iter()
         .map(|b| b.num_rows())
@@ -803,8 +854,8 @@ fn an_s3_store_behaves_like_a_local_one() {
     assert_eq!(n, 300);
 }
 
-#[test]
-fn an_unreachable_s3_endpoint_is_a_clear_error_naming_it() {
+#[tokio::test]
+async fn an_unreachable_s3_endpoint_is_a_clear_error_naming_it() {
     let s3 = lockstep_offline::S3Options {
         endpoint: Some(format!(
             "http://127.0.0.1:{}",
@@ -816,6 +867,7 @@ fn an_unreachable_s3_endpoint_is_a_clear_error_naming_it() {
     let store = OfflineStore::open_location("s3://nowhere/x", &s3).expect("opening is lazy");
     let err = store
         .register(&manifest("1.0.0"), "h", 0)
+        .await
         .expect_err("nothing listens there");
     let text = err.to_string();
     assert!(
@@ -826,32 +878,33 @@ fn an_unreachable_s3_endpoint_is_a_clear_error_naming_it() {
 
 /// A group version kept as a Delta table is refused by name, never read as an empty
 /// plain layout.
-#[test]
-fn a_delta_table_is_refused_not_read_as_a_plain_layout() {
+#[tokio::test]
+async fn a_delta_table_is_refused_not_read_as_a_plain_layout() {
     let m = manifest("1.0.0");
-    let (dir, store, group) = registered(&m);
+    let (dir, store, group) = registered(&m).await;
     store
         .write(&group, &[rows(&m, &[("u1", T0, 1.0)])], 0)
+        .await
         .expect("write");
     std::fs::create_dir_all(dir.path().join("spend/version=1.0.0/_delta_log")).expect("mkdir");
-    let err = store.read("spend", "1.0.0").expect_err("refused");
+    let err = store.read("spend", "1.0.0").await.expect_err("refused");
     assert!(matches!(err, OfflineError::DeltaTable { .. }), "{err}");
 }
 
 /// The plain layout's writer lock: held by a live job it refuses another, naming it; a
 /// lock of a process gone from this machine, or one not renewed in time anywhere, is
 /// taken over; a live holder elsewhere is respected until it expires. Released on drop.
-#[test]
-fn the_writer_lock_refuses_a_live_holder_and_takes_over_a_dead_or_expired_one() {
+#[tokio::test]
+async fn the_writer_lock_refuses_a_live_holder_and_takes_over_a_dead_or_expired_one() {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = OfflineStore::open(dir.path()).expect("open");
     let m = manifest("1.0.0");
-    let group = store.register(&m, "h", 0).expect("register");
+    let group = store.register(&m, "h", 0).await.expect("register");
     let lock_file = dir.path().join("spend/_lockstep/locks/1.0.0.lock");
 
-    let (held, _) = store.lock(&group, "job one").expect("free");
+    let (held, _) = store.lock(&group, "job one").await.expect("free");
     assert!(lock_file.is_file());
-    let err = store.lock(&group, "job two").expect_err("held");
+    let err = store.lock(&group, "job two").await.expect_err("held");
     assert!(matches!(err, OfflineError::Locked { .. }), "{err}");
     let text = err.to_string();
     assert!(
@@ -864,9 +917,21 @@ fn the_writer_lock_refuses_a_live_holder_and_takes_over_a_dead_or_expired_one() 
     writer
         .write(&rows(&m, &[("u1", 1_704_067_200_000_000, 1.0)]))
         .expect("write");
-    assert!(matches!(writer.commit(), Err(OfflineError::Locked { .. })));
+    assert!(matches!(
+        writer.commit().await,
+        Err(OfflineError::Locked { .. })
+    ));
     drop(held);
     assert!(!lock_file.exists(), "released on drop");
+    let (held, _) = store.lock(&group, "job four").await.expect("free again");
+    held.release().await.expect("release");
+    assert!(!lock_file.exists(), "released");
+    held.release().await.expect("a second release does nothing");
+    drop(held);
+    store
+        .lock(&group, "job five")
+        .await
+        .expect("free after a release");
 
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -884,10 +949,18 @@ fn the_writer_lock_refuses_a_live_holder_and_takes_over_a_dead_or_expired_one() 
     };
     // A process of this machine that no longer runs (pids are below 2^22 on Linux).
     write_lock(&host, 4_194_303 + 1, now + 3_600_000_000);
-    drop(store.lock(&group, "after a dead one").expect("taken over"));
+    drop(
+        store
+            .lock(&group, "after a dead one")
+            .await
+            .expect("taken over"),
+    );
     // Another machine's live lock is respected…
     write_lock("another-host", 1, now + 3_600_000_000);
-    let err = store.lock(&group, "job three").expect_err("live elsewhere");
+    let err = store
+        .lock(&group, "job three")
+        .await
+        .expect_err("live elsewhere");
     assert!(
         err.to_string()
             .contains("elsewhere (process 1 on another-host"),
@@ -895,8 +968,13 @@ fn the_writer_lock_refuses_a_live_holder_and_takes_over_a_dead_or_expired_one() 
     );
     // …until it expires unrenewed.
     write_lock("another-host", 1, now - 1);
-    drop(store.lock(&group, "after an expired one").expect("expired"));
+    drop(
+        store
+            .lock(&group, "after an expired one")
+            .await
+            .expect("expired"),
+    );
     // A torn lock file (a holder killed while writing it) is stale.
     std::fs::write(&lock_file, "{\"host\":").expect("torn");
-    drop(store.lock(&group, "after a torn one").expect("torn"));
+    drop(store.lock(&group, "after a torn one").await.expect("torn"));
 }

@@ -96,11 +96,17 @@ impl PartitionStream for FeatureFiles {
         let mut builder = RecordBatchReceiverStreamBuilder::new(self.schema.clone(), 2);
         let tx = builder.tx();
         let (store, files, schema) = (self.store.clone(), self.files.clone(), self.schema.clone());
-        // Reading and decoding are blocking and CPU-bound: off the async workers.
+        // Decoding is CPU-bound: off the async workers, which the object reads (awaited
+        // on the plan's runtime) are not.
+        let runtime = tokio::runtime::Handle::try_current();
         builder.spawn_blocking(move || {
+            let runtime =
+                runtime.map_err(|e| datafusion::error::DataFusionError::External(Box::new(e)))?;
             for rel in &files {
                 let path = store.locate(rel);
-                let bytes = store.read_object(rel).map_err(|e| external(e.into()))?;
+                let bytes = runtime
+                    .block_on(store.read_object(rel))
+                    .map_err(|e| external(e.into()))?;
                 let mut file = FileRows::open(Bytes::from(bytes), &schema, path)?;
                 while let Some(batch) = file.next_batch()? {
                     if tx.blocking_send(Ok(batch)).is_err() {

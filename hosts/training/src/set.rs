@@ -226,7 +226,7 @@ impl TrainingSet {
                     selection.name
                 )));
             }
-            groups.push(resolve(store, selection)?);
+            groups.push(resolve(store, selection).await?);
         }
 
         // Every sort of every partition holds a merge reservation back, all at once.
@@ -498,13 +498,13 @@ impl TrainingSet {
 }
 
 /// Finds the selected group version and checks its features.
-fn resolve(
+async fn resolve(
     store: &OfflineStore,
     selection: &GroupSelection,
 ) -> Result<ResolvedGroup, TrainingError> {
-    let versions = store.versions(&selection.name)?;
+    let versions = store.versions(&selection.name).await?;
     if versions.is_empty() {
-        let groups = store.groups()?;
+        let groups = store.groups().await?;
         return Err(TrainingError::Selection(format!(
             "feature group `{}` is not in the offline store at {}; it has: {}",
             selection.name,
@@ -561,7 +561,9 @@ fn resolve(
             .map(|f| f.name.clone())
             .collect(),
     };
-    let stored = store.files_at(&version.name, &version.version, selection.table_version)?;
+    let stored = store
+        .files_at(&version.name, &version.version, selection.table_version)
+        .await?;
     Ok(ResolvedGroup {
         version,
         features,

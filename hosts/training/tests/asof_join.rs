@@ -455,7 +455,7 @@ fn groups_on_different_keys_each_join_on_their_own_key() {
     m.input[0].name = "device".into();
     m.input[0].ty = ValueType::Int64;
     m.entity_key = "device".into();
-    let group = store.register(&m, "device-hash", 0).unwrap();
+    let group = common::block_on(store.register(&m, "device-hash", 0)).unwrap();
     let mut writer = store.writer(&group, 1, lockstep_offline::WriterOptions::default());
     let rows = RecordBatch::try_new(
         lockstep_core::schema::row_schema(&m),
@@ -471,7 +471,7 @@ fn groups_on_different_keys_each_join_on_their_own_key() {
     )
     .unwrap();
     writer.write(&rows).unwrap();
-    writer.commit().unwrap();
+    common::block_on(writer.commit()).unwrap();
 
     let path = dir.path().join("labels.parquet");
     let schema = Arc::new(Schema::new(vec![

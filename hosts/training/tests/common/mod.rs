@@ -53,9 +53,8 @@ fn batch(m: &Manifest, rows: &[&Row]) -> RecordBatch {
 /// same deletion flag go in one batch, so emission order is kept.
 pub fn write_group(store: &OfflineStore, name: &str, version: &str, rows: &[Row]) {
     let m = manifest(name, version);
-    let group = store
-        .register(&m, &format!("hash-of-{name}-{version}"), 0)
-        .expect("register");
+    let group =
+        block_on(store.register(&m, &format!("hash-of-{name}-{version}"), 0)).expect("register");
     let mut writer = store.writer(&group, 1, WriterOptions::default());
     let mut start = 0;
     while start < rows.len() {
@@ -72,7 +71,17 @@ pub fn write_group(store: &OfflineStore, name: &str, version: &str, rows: &[Row]
         }
         start = end;
     }
-    writer.commit().expect("commit");
+    block_on(writer.commit()).expect("commit");
+}
+
+/// Runs `work` to its end on a runtime of its own, for tests that are not async.
+pub fn block_on<T>(work: impl std::future::Future<Output = T>) -> T {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime")
+        .block_on(work)
 }
 
 /// Writes labels `(id, user, time µs)` as Parquet with a UTC timestamp `label_time`.
