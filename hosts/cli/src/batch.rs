@@ -2,11 +2,11 @@
 
 use crate::offline::TableFormat;
 use anyhow::{Context, Result, bail};
-use futures::FutureExt;
 use indicatif::{ProgressBar, ProgressStyle};
+use lockstep_backfill::{Backfill, BackfillError, BackfillOptions};
 use lockstep_batch::{BatchJob, Progress, SourceFormat};
+use lockstep_offline::S3Options;
 use lockstep_offline::snapshot::{SnapshotInfo, write_states};
-use lockstep_offline::{S3Options, WriterOptions};
 use lockstep_runtime::Runtime;
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
@@ -95,293 +95,212 @@ pub async fn run(args: RunArgs, runtime: &Runtime) -> Result<()> {
              delta, register the table as a Delta table in the catalog instead"
         );
     }
-    // Check the group version first: a plugin that may not write here is refused
-    // before any work is done. It is bound when the rows commit, so a job that fails
-    // before then leaves it free.
     let store = crate::offline::open(&args.offline_store, &args.s3)?;
     let now = now_micros();
-    let group = store
-        .check_binding(plugin.manifest(), plugin.hash(), now)
-        .await?;
-    // A group version is kept in one layout: the other's files would be invisible to
-    // its readers (a Delta log does not list plain files; plain readers refuse a table).
-    let is_table = store.holds_delta_table(&group.name, &group.version).await?;
-    match args.table_format {
-        TableFormat::Plain if is_table => bail!(
-            "{}@{} is kept as a Delta table: write it with --table-format delta, or bump the \
-             version in the plugin's manifest to start a plain-layout version",
-            group.name,
-            group.version
-        ),
-        TableFormat::Delta
-            if !is_table
-                && !store
-                    .partition_files(&group.name, &group.version)
-                    .await?
-                    .is_empty() =>
-        {
-            bail!(
-                "{}@{} already holds plain-layout hours: write it with --table-format plain, \
-                 or bump the version in the plugin's manifest to start a Delta table",
-                group.name,
-                group.version
-            )
-        }
-        _ => {}
-    }
-    // The plain layout: one job per version at a time, and what a killed job left
-    // completed (its journaled commit) or cleared (its staged files) before this one
-    // does any work. A Delta table serialises jobs by its own commits.
-    let lock = match args.table_format {
-        TableFormat::Delta => None,
-        TableFormat::Plain => {
-            let (lock, recovered) = store
-                .lock(&group, &format!("batch run from {}", args.source))
-                .await?;
-            if recovered.completed > 0 {
-                println!(
-                    "completed the commit of a killed job: {} hour files published",
-                    recovered.completed
-                );
-            }
-            if recovered.removed > 0 {
-                println!(
-                    "removed {} files staged by killed jobs that never committed",
-                    recovered.removed
-                );
-            }
-            Some(lock)
-        }
-    };
-    // The lock goes when the job ends, however it ends: on an object store nothing
-    // could remove it later, and the next job would wait for it to expire.
-    let held = lock.clone();
-    let outcome = async {
-        let job = BatchJob {
-            sql: args.sql,
-            partitions: args.partitions.max(1),
-            // Three quarters of the limit for the sort; the writer's buffer gets the rest.
-            memory_limit: args.memory_limit.map(|m| m - m / 4),
-            s3: args.s3.clone(),
-            keep_states: args.state_out.is_some(),
-            latest_event_time: Some(now.saturating_add(args.max_future)),
-            ..BatchJob::new(args.plugin.to_string_lossy(), args.source.clone(), format)
-        };
-        // Rows wait for the commit in a buffer of a quarter of the memory limit; the rest is
-        // the sort's. Beyond it they are staged on disk.
-        let commit = crate::offline::Commit::begin(
-            args.table_format,
-            &store,
-            &group,
-            now,
-            &crate::offline::delta_options(&args.offline_store, &args.s3),
+    let options = BackfillOptions {
+        // Rows wait for the commit in a buffer of a quarter of the memory limit; the
+        // rest is the sort's. Beyond it they are staged on disk.
+        buffer_bytes: args
+            .memory_limit
+            .map_or_else(default_buffer_bytes, |m| m / 4),
+        delta: crate::offline::delta_options(&args.offline_store, &args.s3),
+        keep_rejects: args.rejects.is_some(),
+        ..BackfillOptions::new(
+            args.table_format.into(),
+            format!("batch run from {}", args.source),
         )
-        .await?;
-        let mut writer = store.writer(
-            &group,
-            now,
-            WriterOptions {
-                buffer_bytes: args
-                    .memory_limit
-                    .map_or_else(default_buffer_bytes, |m| m / 4),
-                part_file: commit.part_file(),
-                lock,
-                ..WriterOptions::default()
-            },
-        );
-        let display = ProgressDisplay::start(job.progress.clone());
-        // A reader library that panics on some damaged input must not take the process
-        // down with a backtrace (exit 101): it is reported as this job's error, and the
-        // writer, never committed, leaves nothing visible.
-        let result = std::panic::AssertUnwindSafe(lockstep_batch::run(&job, &plugin, &mut writer))
-            .catch_unwind()
-            .await;
-        display.finish();
-        let result = match result {
-            Ok(result) => result,
-            Err(panic) => {
-                let message = crate::panic_text(panic.as_ref());
-                bail!(
-                    "backfilling from {}: reading the source failed inside a library ({message}); \
-                     the input is probably damaged. Nothing was written",
-                    args.source
-                )
-            }
-        };
-        let out = result
-            .map_err(|e| {
-                // A full disk under the temporary directory (sort spills, staged rows): say
-                // which directory, and how to move it.
-                let full = anyhow::Error::from(e);
-                let disk_full = full.chain().any(|c| {
-                    c.downcast_ref::<std::io::Error>()
-                        .is_some_and(|io| io.kind() == std::io::ErrorKind::StorageFull)
-                        || c.to_string().contains("No space left on device")
-                });
-                if disk_full {
-                    full.context(format!(
-                        "the disk under the temporary directory {} is full (sorts spill and rows \
-                         awaiting commit are staged there); free space or point TMPDIR elsewhere",
-                        std::env::temp_dir().display()
-                    ))
-                } else {
-                    full
-                }
-            })
-            .with_context(|| format!("backfilling from {}", args.source))?;
-        let failures = &out.plugin_failures;
-        match (&args.rejects, out.rejects.first(), failures.first()) {
-            (None, Some(first), _) => bail!(
-                "{} source rows could not be read{}, e.g. column `{}`: {} in {}; nothing was \
-                 written. Pass --rejects FILE to write the good rows and keep the bad ones there",
-                out.rejects.len(),
-                if failures.is_empty() {
-                    String::new()
-                } else {
-                    format!(" and the plugin failed on {} events", failures.len())
-                },
-                first.column,
-                first.reason,
-                serde_json::Value::Object(first.record.clone())
-            ),
-            (None, None, Some(first)) => bail!(
-                "the plugin failed on {} events, e.g. {} in {}; nothing was written. Pass \
-                 --rejects FILE to write every other event's rows and keep these there",
-                failures.len(),
-                first.reason,
-                serde_json::Value::Object(first.record.clone())
-            ),
-            (Some(path), _, _) => {
-                let mut w = std::io::BufWriter::new(
-                    std::fs::File::create(path)
-                        .with_context(|| format!("creating {}", path.display()))?,
-                );
-                for r in out.rejects.iter().chain(failures) {
-                    let line =
-                        serde_json::json!({"column": r.column, "reason": r.reason, "record": r.record});
-                    writeln!(w, "{line}")?;
-                }
-                w.flush()?;
-            }
-            (None, None, None) => {}
-        }
-        let spills = writer.spills();
-        let committing = Instant::now();
-        let (written, delta_commit) = commit.finish(writer, &group, plugin.hash()).await?;
-        let commit_secs = committing.elapsed().as_secs_f64();
-        let registered = match &args.catalog {
-            Some(Catalog::Glue(database)) => {
-                let location = store.root().join(&group.name);
-                let location = location.to_string_lossy();
-                let registered = lockstep_catalog::GlueCatalog::connect(database, &args.s3)
-                    .await
-                    .register(&group, &location, &written.hours)
-                    .await
-                    .with_context(|| {
-                        format!(
-                            "the rows are committed, but registering them in glue:{database} failed; \
-                             re-run the job (it is idempotent) once the catalog is reachable"
-                        )
-                    })?;
-                Some(registered)
-            }
-            None => None,
-        };
-        if let Some(path) = &args.state_out {
-            let info = SnapshotInfo {
-                group: group.name.clone(),
-                version: group.version.clone(),
-                plugin_hash: plugin.hash().to_owned(),
-                state_version: plugin.manifest().state_version,
-            };
-            write_states(path, &info, &out.states)?;
-        }
-        let secs = started.elapsed().as_secs_f64();
-        let s = &out.stats;
+    };
+    // The plugin may write here, in this layout, and (plain layout) no other job does:
+    // all checked before any work. The version is bound when the rows commit, so a job
+    // that fails before then leaves it free.
+    let prepared = Backfill::prepare(&store, &plugin, options, now).await?;
+    let recovered = prepared.recovered();
+    if recovered.completed > 0 {
         println!(
-            "backfilled {}@{} (plugin {}…)",
-            group.name,
-            group.version,
-            &plugin.hash()[..12]
+            "completed the commit of a killed job: {} hour files published",
+            recovered.completed
         );
-        println!(
-            "  read       {} events from {} ({} rejected{})",
-            s.events_in + out.rejects.len(),
-            args.source,
-            out.rejects.len(),
-            args.rejects
-                .as_ref()
-                .map(|p| format!(", see {}", p.display()))
-                .unwrap_or_default()
-        );
-        println!(
-            "  applied    {} events to {} entities ({} duplicates dropped{}) in {} plugin calls",
-            s.events_applied,
-            s.entities,
-            s.duplicates,
-            if s.failed > 0 {
-                format!(", {} failed in the plugin", s.failed)
-            } else {
-                String::new()
-            },
-            s.calls
-        );
-        println!(
-            "  wrote      {} rows into {} hour partitions under {} ({:.2} s to commit{})",
-            written.rows,
-            written.partitions,
-            store.root().join(&group.name).display(),
-            commit_secs,
-            if spills > 0 {
-                format!(", rows staged on disk {spills} times")
-            } else {
-                String::new()
-            }
-        );
-        if let Some(c) = &delta_commit {
-            println!(
-                "  delta      committed table version {} ({} files added, {} replaced; replaced \
-                 files stay for readers of older versions)",
-                c.version, c.added, c.removed
-            );
-        }
-        if let Some(r) = &registered {
-            println!(
-                "  catalog    glue table {} ({}), {} partitions added, {} already registered",
-                r.table,
-                if r.created_table {
-                    "created"
-                } else {
-                    "updated"
-                },
-                r.partitions_added,
-                r.partitions_existing
-            );
-        }
-        if let Some(path) = &args.state_out {
-            println!(
-                "  state      {} entities → {}",
-                out.states.len(),
-                path.display()
-            );
-        }
-        println!(
-            "  took       {:.2} s ({:.0} events/s){}",
-            secs,
-            s.events_in as f64 / secs.max(1e-9),
-            peak_rss()
-                .map(|b| format!(", peak RSS {} MiB", b >> 20))
-                .unwrap_or_default()
-        );
-        Ok::<(), anyhow::Error>(())
     }
-    .await;
-    if let Some(lock) = held {
-        lock.release().await?;
+    if recovered.removed > 0 {
+        println!(
+            "removed {} files staged by killed jobs that never committed",
+            recovered.removed
+        );
     }
-    outcome
+    let job = BatchJob {
+        sql: args.sql,
+        partitions: args.partitions.max(1),
+        // Three quarters of the limit for the sort; the writer's buffer gets the rest.
+        memory_limit: args.memory_limit.map(|m| m - m / 4),
+        s3: args.s3.clone(),
+        keep_states: args.state_out.is_some(),
+        latest_event_time: Some(now.saturating_add(args.max_future)),
+        ..BatchJob::new(args.plugin.to_string_lossy(), args.source.clone(), format)
+    };
+    let display = ProgressDisplay::start(job.progress.clone());
+    let ran = prepared.run(&job).await;
+    display.finish();
+    let ran = ran.map_err(|e| run_error(e, &args.source))?;
+    if let Some(path) = &args.rejects {
+        // Kept before anything is visible: a job killed after its commit loses none.
+        let out = ran.output();
+        let mut w = std::io::BufWriter::new(
+            std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?,
+        );
+        for r in out.rejects.iter().chain(&out.plugin_failures) {
+            let line =
+                serde_json::json!({"column": r.column, "reason": r.reason, "record": r.record});
+            writeln!(w, "{line}")?;
+        }
+        w.flush()?;
+    }
+    let report = ran
+        .commit()
+        .await
+        .with_context(|| format!("committing the backfill from {}", args.source))?;
+    let group = &report.group;
+    let (out, written) = (&report.output, &report.written);
+    let (spills, commit_secs) = (report.spills, report.commit_time.as_secs_f64());
+    let delta_commit = &report.delta;
+    let registered = match &args.catalog {
+        Some(Catalog::Glue(database)) => {
+            let location = store.root().join(&group.name);
+            let location = location.to_string_lossy();
+            let registered = lockstep_catalog::GlueCatalog::connect(database, &args.s3)
+                .await
+                .register(group, &location, &written.hours)
+                .await
+                .with_context(|| {
+                    format!(
+                        "the rows are committed, but registering them in glue:{database} failed; \
+                         re-run the job (it is idempotent) once the catalog is reachable"
+                    )
+                })?;
+            Some(registered)
+        }
+        None => None,
+    };
+    if let Some(path) = &args.state_out {
+        let info = SnapshotInfo {
+            group: group.name.clone(),
+            version: group.version.clone(),
+            plugin_hash: plugin.hash().to_owned(),
+            state_version: plugin.manifest().state_version,
+        };
+        write_states(path, &info, &out.states)?;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    let s = &out.stats;
+    println!(
+        "backfilled {}@{} (plugin {}…)",
+        group.name,
+        group.version,
+        &plugin.hash()[..12]
+    );
+    println!(
+        "  read       {} events from {} ({} rejected{})",
+        s.events_in + out.rejects.len(),
+        args.source,
+        out.rejects.len(),
+        args.rejects
+            .as_ref()
+            .map(|p| format!(", see {}", p.display()))
+            .unwrap_or_default()
+    );
+    println!(
+        "  applied    {} events to {} entities ({} duplicates dropped{}) in {} plugin calls",
+        s.events_applied,
+        s.entities,
+        s.duplicates,
+        if s.failed > 0 {
+            format!(", {} failed in the plugin", s.failed)
+        } else {
+            String::new()
+        },
+        s.calls
+    );
+    println!(
+        "  wrote      {} rows into {} hour partitions under {} ({:.2} s to commit{})",
+        written.rows,
+        written.partitions,
+        store.root().join(&group.name).display(),
+        commit_secs,
+        if spills > 0 {
+            format!(", rows staged on disk {spills} times")
+        } else {
+            String::new()
+        }
+    );
+    if let Some(c) = &delta_commit {
+        println!(
+            "  delta      committed table version {} ({} files added, {} replaced; replaced \
+             files stay for readers of older versions)",
+            c.version, c.added, c.removed
+        );
+    }
+    if let Some(r) = &registered {
+        println!(
+            "  catalog    glue table {} ({}), {} partitions added, {} already registered",
+            r.table,
+            if r.created_table {
+                "created"
+            } else {
+                "updated"
+            },
+            r.partitions_added,
+            r.partitions_existing
+        );
+    }
+    if let Some(path) = &args.state_out {
+        println!(
+            "  state      {} entities → {}",
+            out.states.len(),
+            path.display()
+        );
+    }
+    println!(
+        "  took       {:.2} s ({:.0} events/s){}",
+        secs,
+        s.events_in as f64 / secs.max(1e-9),
+        peak_rss()
+            .map(|b| format!(", peak RSS {} MiB", b >> 20))
+            .unwrap_or_default()
+    );
+    Ok(())
 }
 
+/// A failed run as the user should read it: what to pass to keep rejects, which
+/// directory filled up.
+fn run_error(e: BackfillError, source: &str) -> anyhow::Error {
+    match e {
+        BackfillError::Rejected { .. } => anyhow::anyhow!(
+            "{e}. Pass --rejects FILE to write the good rows and keep the bad ones there"
+        ),
+        BackfillError::PluginFailed { .. } => anyhow::anyhow!(
+            "{e}. Pass --rejects FILE to write every other event's rows and keep these there"
+        ),
+        e => {
+            // A full disk under the temporary directory (sort spills, staged rows): say
+            // which directory, and how to move it.
+            let full = anyhow::Error::from(e);
+            let disk_full = full.chain().any(|c| {
+                c.downcast_ref::<std::io::Error>()
+                    .is_some_and(|io| io.kind() == std::io::ErrorKind::StorageFull)
+                    || c.to_string().contains("No space left on device")
+            });
+            let full = if disk_full {
+                full.context(format!(
+                    "the disk under the temporary directory {} is full (sorts spill and rows \
+                     awaiting commit are staged there); free space or point TMPDIR elsewhere",
+                    std::env::temp_dir().display()
+                ))
+            } else {
+                full
+            };
+            full.context(format!("backfilling from {source}"))
+        }
+    }
+}
 /// Shows a running job's counters: a live line on a terminal, a log line every few
 /// seconds otherwise (so CI logs and `nohup` files stay readable).
 struct ProgressDisplay {

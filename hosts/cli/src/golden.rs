@@ -9,9 +9,9 @@
 
 use crate::offline::TableFormat;
 use anyhow::{Context, Result, bail, ensure};
+use lockstep_backfill::{Backfill, BackfillOptions};
 use lockstep_batch::{BatchJob, SourceFormat};
 use lockstep_core::compare::{Row, canonical_order, canonical_rows, compare};
-use lockstep_offline::WriterOptions;
 use lockstep_runtime::{Plugin, Runtime};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -97,7 +97,6 @@ pub async fn backfill(
     format: TableFormat,
 ) -> Result<(Vec<Row>, lockstep_offline::WriteSummary)> {
     let store = crate::offline::open(&store_root.to_string_lossy(), &Default::default())?;
-    let group = store.register(plugin.manifest(), plugin.hash(), 0).await?;
     let job = BatchJob {
         partitions,
         // The stream side's rule: events beyond the clock's default lead are refused.
@@ -111,39 +110,19 @@ pub async fn backfill(
             SourceFormat::Json,
         )
     };
-    let commit =
-        crate::offline::Commit::begin(format, &store, &group, 0, &Default::default()).await?;
-    let mut writer = store.writer(
-        &group,
-        0,
-        WriterOptions {
-            part_file: commit.part_file(),
-            ..WriterOptions::default()
-        },
-    );
-    let out = lockstep_batch::run(&job, plugin, &mut writer)
+    let options =
+        BackfillOptions::new(format.into(), format!("a backfill of {}", events.display()));
+    let report = Backfill::prepare(&store, plugin, options, 0)
+        .await?
+        .run(&job)
         .await
-        .with_context(|| format!("backfilling from {}", events.display()))?;
-    if let Some(first) = out.rejects.first() {
-        bail!(
-            "{}: {} events could not be read, e.g. column `{}`: {}",
-            events.display(),
-            out.rejects.len(),
-            first.column,
-            first.reason
-        );
-    }
-    if let Some(first) = out.plugin_failures.first() {
-        bail!(
-            "{}: the plugin failed on {} events, e.g. {}",
-            events.display(),
-            out.plugin_failures.len(),
-            first.reason
-        );
-    }
-    let (summary, _) = commit.finish(writer, &group, plugin.hash()).await?;
-    let stored = store.read(&group.name, &group.version).await?;
-    Ok((canonical_rows(&stored, plugin.manifest()), summary))
+        .with_context(|| format!("backfilling from {}", events.display()))?
+        .commit()
+        .await?;
+    let stored = store
+        .read(&report.group.name, &report.group.version)
+        .await?;
+    Ok((canonical_rows(&stored, plugin.manifest()), report.written))
 }
 
 /// Reads rows written one JSON object per line.

@@ -1,7 +1,7 @@
 //! Opening the offline store the way every command reads it.
 
 use anyhow::{Context, Result};
-use lockstep_offline::{GroupVersion, OfflineStore, OfflineWriter, S3Options, WriteSummary};
+use lockstep_offline::{OfflineStore, S3Options};
 use std::sync::Arc;
 
 /// How a group version is kept in the offline store.
@@ -16,9 +16,15 @@ pub enum TableFormat {
 impl TableFormat {
     /// Its name on the command line.
     pub fn name(self) -> &'static str {
-        match self {
-            TableFormat::Plain => "plain",
-            TableFormat::Delta => "delta",
+        lockstep_backfill::TableFormat::from(self).name()
+    }
+}
+
+impl From<TableFormat> for lockstep_backfill::TableFormat {
+    fn from(format: TableFormat) -> Self {
+        match format {
+            TableFormat::Plain => lockstep_backfill::TableFormat::Plain,
+            TableFormat::Delta => lockstep_backfill::TableFormat::Delta,
         }
     }
 }
@@ -41,81 +47,6 @@ pub fn delta_options(location: &str, s3: &S3Options) -> lockstep_delta::StorageO
         return Default::default();
     }
     lockstep_delta::s3_storage_options(s3)
-}
-
-/// How a backfill's rows become visible: hour by hour as the plain layout's writer
-/// commits, or all at once in one Delta commit after it.
-pub enum Commit {
-    /// The plain layout: the writer's commit is the job's.
-    Plain,
-    /// A Delta table, read as the job began.
-    Delta {
-        /// The job's view of the table.
-        backfill: lockstep_delta::Backfill,
-        /// The file name the job's hour files take.
-        part_file: String,
-    },
-}
-
-impl Commit {
-    /// Starts a backfill of `group` in `format`. A Delta backfill reads the table now:
-    /// a job that commits some of the same hours meanwhile makes this one's commit a
-    /// conflict.
-    pub async fn begin(
-        format: TableFormat,
-        store: &OfflineStore,
-        group: &GroupVersion,
-        now: i64,
-        options: &lockstep_delta::StorageOptions,
-    ) -> Result<Commit> {
-        Ok(match format {
-            TableFormat::Plain => Commit::Plain,
-            TableFormat::Delta => {
-                let dir = lockstep_delta::table_dir(&store.root(), &group.name, &group.version);
-                let backfill = lockstep_delta::Backfill::begin(&dir, options)
-                    .await
-                    .context("reading the Delta table")?;
-                // Each job's files have names of their own: the table keeps the files a
-                // replacement removes for readers of older versions.
-                let job_id = format!("{now:x}-{:x}", std::process::id());
-                Commit::Delta {
-                    backfill,
-                    part_file: lockstep_delta::part_file_name(&job_id),
-                }
-            }
-        })
-    }
-
-    /// The file name the writer gives hour files (`None`: the plain layout's own).
-    pub fn part_file(&self) -> Option<String> {
-        match self {
-            Commit::Plain => None,
-            Commit::Delta { part_file, .. } => Some(part_file.clone()),
-        }
-    }
-
-    /// Commits `writer`'s rows: the plain layout's hours, or the Delta table's next
-    /// version (returned).
-    pub async fn finish(
-        self,
-        writer: OfflineWriter,
-        group: &GroupVersion,
-        plugin_hash: &str,
-    ) -> Result<(WriteSummary, Option<lockstep_delta::Committed>)> {
-        let written = writer.commit().await?;
-        match self {
-            Commit::Plain => Ok((written, None)),
-            Commit::Delta { backfill, .. } => {
-                let rel = lockstep_offline::layout::version_rel(&group.name, &group.version);
-                let schema = OfflineStore::schema(&group.manifest);
-                let committed = backfill
-                    .commit(&rel, &schema, plugin_hash, &written.parts)
-                    .await
-                    .context("committing the backfill to its Delta table")?;
-                Ok((written, Some(committed)))
-            }
-        }
-    }
 }
 
 /// `--as-of-version` values: `N` for every group, or `GROUP=N` for one.

@@ -255,9 +255,12 @@ pub(crate) fn stream_rows(
     })
 }
 
-/// Streams the events through a real Kinesis stream: a fresh stream with `shards`
-/// shards, the records put in arrival order keyed by entity, read back shard by shard
-/// in lineage order into one processor per shard. The stream is deleted afterwards.
+/// Streams the events through a real Kinesis stream and the stream host's own service:
+/// a fresh stream with `shards` shards, the records put in arrival order keyed by
+/// entity, then `StreamService` (its Kinesis source, ordering, checkpoints and logs)
+/// run until every shard is caught up, into an embedded online store in a scratch
+/// directory. Its row and late logs are what is compared, as with `--stream-log`. The
+/// stream is deleted afterwards.
 async fn stream_rows_kinesis(
     plugin: &Plugin,
     lines: &[(usize, &str)],
@@ -267,114 +270,81 @@ async fn stream_rows_kinesis(
     endpoint: &str,
     shards: i32,
 ) -> Result<Streamed> {
-    use lockstep_kinesis::{Kinesis, KinesisOptions, LineageReader, ShardEvent};
-    use lockstep_stream::{ShardSpec, ShardedProcessor};
-    {
-        let kinesis = Kinesis::connect(&KinesisOptions {
-            endpoint: Some(endpoint.to_owned()),
-            ..KinesisOptions::default()
-        })
-        .await;
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0);
-        let stream = format!("lockstep-skew-check-{}-{nanos}", std::process::id());
+    use lockstep_kinesis::{Kinesis, KinesisOptions};
+    use lockstep_service::{ServiceConfig, StreamService};
+    use std::sync::Arc;
+    use std::sync::atomic::AtomicBool;
+    let options = KinesisOptions {
+        endpoint: Some(endpoint.to_owned()),
+        ..KinesisOptions::default()
+    };
+    let kinesis = Kinesis::connect(&options).await;
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    let stream = format!("lockstep-skew-check-{}-{nanos}", std::process::id());
+    kinesis
+        .create_stream(&stream, shards.max(1))
+        .await
+        .with_context(|| format!("creating Kinesis stream {stream} at {endpoint}"))?;
+    let result = async {
         kinesis
-            .create_stream(&stream, shards.max(1))
+            .wait_active(&stream)
             .await
-            .with_context(|| format!("creating Kinesis stream {stream} at {endpoint}"))?;
-        let result = async {
-            let records: Vec<(String, Vec<u8>)> = order
-                .iter()
-                .map(|&i| (keys[i].clone(), lines[i].1.as_bytes().to_vec()))
-                .collect();
-            kinesis.put_ordered(&stream, &records).await?;
-            let started = Instant::now();
-            let mut processor = ShardedProcessor::new(
-                plugin,
-                StreamConfig {
-                    allowed_lateness: lateness,
-                    ..StreamConfig::default()
-                },
+            .with_context(|| format!("waiting for Kinesis stream {stream}"))?;
+        let records: Vec<(String, Vec<u8>)> = order
+            .iter()
+            .map(|&i| (keys[i].clone(), lines[i].1.as_bytes().to_vec()))
+            .collect();
+        kinesis
+            .put_ordered(&stream, &records)
+            .await
+            .with_context(|| format!("putting {} records to {stream}", records.len()))?;
+        let scratch = tempfile::tempdir().context("creating a scratch state directory")?;
+        let state = scratch.path().join("state");
+        let store = lockstep_online::EmbeddedStore::open(scratch.path().join("online"))
+            .context("opening a scratch online store")?;
+        let mut config = ServiceConfig::new(&stream, state.clone());
+        config.kinesis = options.clone();
+        config.stream_config = StreamConfig {
+            allowed_lateness: lateness,
+            ..StreamConfig::default()
+        };
+        // Every record was put before the service starts: caught up means all read,
+        // and the stream has ended, so what the reorder buffers hold is applied.
+        config.stop_when_idle = true;
+        config.drain_on_stop = true;
+        config.handle_signals = false;
+        config.idle_poll = std::time::Duration::from_millis(20);
+        let group = lockstep_online::GroupRef::of(plugin.manifest(), plugin.hash());
+        let service = StreamService::new(plugin.clone(), Arc::new(store), group, config);
+        let started = Instant::now();
+        let io = tokio::runtime::Handle::current();
+        let summary =
+            tokio::task::spawn_blocking(move || service.run(&io, Arc::new(AtomicBool::new(false))))
+                .await
+                .context("the stream host's thread stopped")?
+                .with_context(|| format!("the stream host on Kinesis stream {stream}"))?;
+        if summary.stats.dead > 0 {
+            let first = std::fs::read_to_string(&summary.dead_log)
+                .ok()
+                .and_then(|t| t.lines().next().map(str::to_owned))
+                .unwrap_or_default();
+            bail!(
+                "the stream host dead-lettered {} records, e.g. {first}",
+                summary.stats.dead
             );
-            let mut reader = LineageReader::new(&kinesis, &stream);
-            let mut batches = Vec::new();
-            let mut late = Vec::new();
-            let mut received = 0usize;
-            let mut idle_rounds = 0;
-            while received < records.len() || !reader.caught_up() {
-                let events = reader.poll(1_000).await?;
-                if events.is_empty() {
-                    idle_rounds += 1;
-                    if idle_rounds > 100 {
-                        bail!(
-                            "only {received} of {} records came back from Kinesis stream {stream}",
-                            records.len()
-                        );
-                    }
-                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-                    continue;
-                }
-                idle_rounds = 0;
-                for event in events {
-                    match event {
-                        ShardEvent::Opened(info) => processor.open(ShardSpec {
-                            id: info.id,
-                            parents: info.parents,
-                            hash_range: info.hash_range,
-                        })?,
-                        ShardEvent::Records(shard, records) => {
-                            received += records.len();
-                            let batch: Vec<Record> = records
-                                .iter()
-                                .map(|r| Record {
-                                    shard: &shard,
-                                    sequence: &r.sequence,
-                                    data: &r.data,
-                                    partition_key: Some(&r.partition_key),
-                                })
-                                .collect();
-                            let step = processor.push(&shard, &batch)?;
-                            if let Some(dead) = step.dead.first() {
-                                bail!(
-                                    "the stream host could not read record {} of {}: {}",
-                                    dead.sequence,
-                                    dead.shard,
-                                    dead.reason
-                                );
-                            }
-                            late.extend(step.late);
-                            batches.push(step.rows);
-                        }
-                        ShardEvent::Ended(shard) => processor.close(&shard)?,
-                    }
-                }
-            }
-            batches.push(processor.drain()?.rows);
-            let millis = started.elapsed().as_secs_f64() * 1e3;
-            // Late events name Kinesis sequence numbers; map them back to lines.
-            let by_text: std::collections::HashMap<&str, usize> =
-                lines.iter().map(|(n, l)| (l.trim_end(), *n)).collect();
-            for l in &mut late {
-                if let Some(n) = by_text.get(l.record.as_str()) {
-                    l.sequence = n.to_string();
-                }
-            }
-            let rows = canonical_rows(&batches, plugin.manifest());
-            Ok(Streamed {
-                rows,
-                batches,
-                late,
-                duplicates: processor.stats().duplicates,
-                millis,
-            })
         }
-        .await;
-        // Best effort: a stream left behind costs nothing on a local server.
-        let _ = kinesis.delete_stream(&stream).await;
-        result
+        let mut streamed = read_stream_log(&state, plugin.manifest())?;
+        streamed.duplicates = summary.stats.duplicates as u64;
+        streamed.millis = started.elapsed().as_secs_f64() * 1e3;
+        Ok(streamed)
     }
+    .await;
+    // Best effort: a stream left behind costs nothing on a local server.
+    let _ = kinesis.delete_stream(&stream).await;
+    result
 }
 
 /// Runs the check; `Ok(false)` means skew was found (and reported).

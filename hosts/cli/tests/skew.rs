@@ -194,4 +194,34 @@ fn through_kinesis_every_golden_set_has_zero_skew() {
         assert!(stdout.contains("through Kinesis at"), "{stdout}");
         assert!(stdout.contains("0 late events"), "{stdout}");
     }
+    // The Kinesis side runs the stream host's service: a build that sums another way,
+    // run there, is skew (exit 1), so the check can fail on this path too.
+    let variant = built(&repo("plugins").join("txn_velocity"), &["naive-sum"]);
+    let events = repo("golden").join("txn_velocity").join("events.jsonl");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_lockstep"))
+        .args([
+            "skew-check",
+            "--plugin",
+            s(&plugin("txn_velocity")),
+            "--against",
+            s(&variant),
+            "--events",
+            s(&events),
+            "--kinesis-endpoint",
+            &moto.endpoint(),
+        ])
+        .envs(moto.env())
+        .output()
+        .expect("run lockstep");
+    let stdout = text(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{stdout}\n{}",
+        text(&out.stderr)
+    );
+    assert!(
+        stdout.contains("SKEW ✗") && stdout.contains("txn_sum_"),
+        "{stdout}"
+    );
 }

@@ -1,0 +1,217 @@
+//! The backfill sequence against a real offline store on disk, with the real
+//! `txn_velocity` component: what becomes visible, what is refused, and that the
+//! writer lock goes however the job ends.
+
+use lockstep_backfill::{Backfill, BackfillError, BackfillOptions, TableFormat};
+use lockstep_batch::{BatchJob, SourceFormat};
+use lockstep_offline::{OfflineError, OfflineStore};
+use lockstep_runtime::{Plugin, Runtime, RuntimeConfig};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
+
+/// The built `txn_velocity` component: its path and a loaded plugin.
+fn plugin() -> &'static (PathBuf, Plugin) {
+    static BUILT: OnceLock<(PathBuf, Plugin)> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../plugins/txn_velocity");
+        let built = lockstep_build::build(&dir, &Default::default()).expect("build plugin");
+        let plugin = Runtime::new(RuntimeConfig::default())
+            .expect("runtime")
+            .load_file(&built.path)
+            .expect("load");
+        (built.path, plugin)
+    })
+}
+
+/// `n` generated transactions, then `bad` lines the plugin's schema refuses.
+fn events(dir: &Path, n: usize, bad: usize) -> PathBuf {
+    let mut text = lockstep_gen::transactions(n, 20, 7).to_json_lines();
+    for i in 0..bad {
+        text.push_str(&format!(
+            "{{\"card_id\":\"card-bad\",\"ts\":\"not a time {i}\",\"amount\":1.0,\"merchant\":\"m\",\"txn_id\":\"bad-{i}\"}}\n"
+        ));
+    }
+    let path = dir.join("events.jsonl");
+    std::fs::write(&path, text).expect("events");
+    path
+}
+
+fn job(events: &Path) -> BatchJob {
+    BatchJob {
+        partitions: 2,
+        ..BatchJob::new(
+            plugin().0.to_string_lossy(),
+            events.to_string_lossy(),
+            SourceFormat::Json,
+        )
+    }
+}
+
+fn store(dir: &Path) -> OfflineStore {
+    OfflineStore::open(dir.join("store"))
+        .expect("store")
+        .with_table_log(Arc::new(lockstep_delta::DeltaTables::default()))
+}
+
+fn lock_file(dir: &Path) -> PathBuf {
+    dir.join("store/txn_velocity/_lockstep/locks/1.0.0.lock")
+}
+
+fn rows(batches: &[arrow_array::RecordBatch]) -> usize {
+    batches.iter().map(|b| b.num_rows()).sum()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_backfill_commits_every_row_once_and_gives_the_lock_back() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (store, events) = (store(dir.path()), events(dir.path(), 2_000, 0));
+    let plugin = &plugin().1;
+    let options = BackfillOptions::new(TableFormat::Plain, "a test backfill");
+    let prepared = Backfill::prepare(&store, plugin, options.clone(), 1)
+        .await
+        .expect("prepare");
+    assert!(lock_file(dir.path()).is_file(), "held from the start");
+    assert!(
+        store
+            .versions("txn_velocity")
+            .await
+            .expect("versions")
+            .is_empty(),
+        "not bound before the commit"
+    );
+    let ran = prepared.run(&job(&events)).await.expect("run");
+    assert!(ran.output().rejects.is_empty());
+    let report = ran.commit().await.expect("commit");
+    assert!(!lock_file(dir.path()).exists(), "released at the commit");
+    let stored = store.read("txn_velocity", "1.0.0").await.expect("read");
+    assert_eq!(rows(&stored), report.written.rows);
+    assert_eq!(
+        report.written.rows as u64,
+        report.output.stats.rows_out as u64
+    );
+    assert_eq!(report.group.plugin_hash, plugin.hash());
+
+    // A re-run replaces the same hours: the same rows, not twice as many.
+    let again = Backfill::prepare(&store, plugin, options, 2)
+        .await
+        .expect("prepare again")
+        .run(&job(&events))
+        .await
+        .expect("run again")
+        .commit()
+        .await
+        .expect("commit again");
+    assert_eq!(again.written.rows, report.written.rows);
+    let stored = store.read("txn_velocity", "1.0.0").await.expect("read");
+    assert_eq!(rows(&stored), report.written.rows);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rejects_fail_the_job_unless_kept_and_a_failed_job_leaves_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (store, events) = (store(dir.path()), events(dir.path(), 500, 3));
+    let plugin = &plugin().1;
+    let options = BackfillOptions::new(TableFormat::Plain, "a test backfill");
+    let err = Backfill::prepare(&store, plugin, options.clone(), 1)
+        .await
+        .expect("prepare")
+        .run(&job(&events))
+        .await
+        .expect_err("3 bad lines");
+    let text = err.to_string();
+    assert!(
+        matches!(err, BackfillError::Rejected { rejects: 3, .. })
+            && text.contains("column `ts`")
+            && text.contains("nothing was written"),
+        "{text}"
+    );
+    assert!(!lock_file(dir.path()).exists(), "released on failure");
+    assert!(
+        store
+            .versions("txn_velocity")
+            .await
+            .expect("versions")
+            .is_empty()
+    );
+    assert!(!dir.path().join("store/txn_velocity/version=1.0.0").exists());
+
+    let kept = BackfillOptions {
+        keep_rejects: true,
+        ..options
+    };
+    let ran = Backfill::prepare(&store, plugin, kept, 1)
+        .await
+        .expect("prepare")
+        .run(&job(&events))
+        .await
+        .expect("run keeping rejects");
+    assert_eq!(ran.output().rejects.len(), 3);
+    let report = ran.commit().await.expect("commit");
+    assert!(report.written.rows > 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_second_job_is_refused_while_the_first_holds_the_version() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = store(dir.path());
+    let plugin = &plugin().1;
+    let first = Backfill::prepare(
+        &store,
+        plugin,
+        BackfillOptions::new(TableFormat::Plain, "job one"),
+        1,
+    )
+    .await
+    .expect("first");
+    let err = Backfill::prepare(
+        &store,
+        plugin,
+        BackfillOptions::new(TableFormat::Plain, "job two"),
+        1,
+    )
+    .await
+    .expect_err("held");
+    assert!(
+        matches!(&err, BackfillError::Offline(OfflineError::Locked { holder, .. }) if holder.contains("job one")),
+        "{err:?}"
+    );
+    first.release().await;
+    Backfill::prepare(
+        &store,
+        plugin,
+        BackfillOptions::new(TableFormat::Plain, "job two"),
+        1,
+    )
+    .await
+    .expect("free after a release");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_version_stays_in_the_layout_it_was_first_written_in() {
+    let plugin = &plugin().1;
+    for (first, then) in [
+        (TableFormat::Delta, TableFormat::Plain),
+        (TableFormat::Plain, TableFormat::Delta),
+    ] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (store, events) = (store(dir.path()), events(dir.path(), 300, 0));
+        let report = Backfill::prepare(&store, plugin, BackfillOptions::new(first, "first"), 1)
+            .await
+            .expect("prepare")
+            .run(&job(&events))
+            .await
+            .expect("run")
+            .commit()
+            .await
+            .expect("commit");
+        assert_eq!(report.delta.is_some(), first == TableFormat::Delta);
+        let err = Backfill::prepare(&store, plugin, BackfillOptions::new(then, "then"), 2)
+            .await
+            .expect_err("the other layout");
+        let expected = match first {
+            TableFormat::Delta => "is kept as a Delta table: write it with --table-format delta",
+            TableFormat::Plain => "already holds plain-layout hours",
+        };
+        assert!(err.to_string().contains(expected), "{err}");
+    }
+}
