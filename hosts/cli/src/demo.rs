@@ -5,13 +5,13 @@
 //! produced the same rows bit for bit, reads a few entities back, and builds a
 //! point-in-time training set from the offline store.
 
-use crate::golden::backfill;
-use crate::skew::{arrival_order, event_times, stream_rows};
 use anyhow::{Context, Result, ensure};
 use lockstep_core::compare::{Row, compare};
 use lockstep_core::decode::decode_json_lines;
 use lockstep_online::{EmbeddedStore, GroupRef, OnlineStore, PutSummary};
 use lockstep_runtime::{Runtime, RuntimeConfig};
+use lockstep_verify::skew::{arrival_order, event_times, stream_rows};
+use lockstep_verify::{Component, backfill};
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -124,12 +124,16 @@ pub async fn run(args: Args) -> Result<()> {
         std::fs::write(&events_path, &input)
             .with_context(|| format!("writing {}", events_path.display()))?;
         let started = Instant::now();
+        let component = Component {
+            plugin: plugin.clone(),
+            path: built.path.clone(),
+        };
         let (batch, written) = backfill(
-            &(plugin.clone(), built.path.clone()),
+            &component,
             &events_path,
             2,
             &offline,
-            crate::offline::TableFormat::Plain,
+            lockstep_backfill::TableFormat::Plain,
         )
         .await?;
         println!(
