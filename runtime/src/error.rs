@@ -6,7 +6,7 @@ use thiserror::Error;
 #[derive(Debug, Error)]
 pub enum LoadError {
     /// The file could not be read.
-    #[error("cannot read plugin {path}: {source}")]
+    #[error("cannot read plugin {path}")]
     Io {
         /// The file.
         path: PathBuf,
@@ -41,7 +41,7 @@ pub enum LoadError {
         message: String,
     },
     /// Calling `manifest` failed.
-    #[error("plugin {hash}: reading its manifest failed: {source}")]
+    #[error("plugin {hash}: reading its manifest failed")]
     ManifestCall {
         /// SHA-256 of the component bytes.
         hash: String,
@@ -49,7 +49,7 @@ pub enum LoadError {
         source: Box<CallError>,
     },
     /// The manifest breaks a rule.
-    #[error("plugin {hash}: {source}")]
+    #[error("plugin {hash}: its manifest breaks a rule")]
     Manifest {
         /// SHA-256 of the component bytes.
         hash: String,

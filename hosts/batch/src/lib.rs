@@ -261,7 +261,7 @@ pub struct BatchOutput {
 #[derive(Debug, Error)]
 pub enum BatchError {
     /// Reading, planning or sorting failed (includes conform errors, which name the column).
-    #[error("{0}")]
+    #[error(transparent)]
     DataFusion(#[from] DataFusionError),
     /// Decoding or ordering the events failed.
     #[error(transparent)]

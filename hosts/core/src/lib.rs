@@ -10,5 +10,5 @@ pub mod order;
 pub mod rows;
 pub mod schema;
 
-pub use error::{CoreError, DecodeError};
+pub use error::{CoreError, DecodeError, ErrorChain};
 pub use key::{EntityKey, StateMap};

@@ -49,7 +49,7 @@ const MAX_ATTEMPTS: usize = 20;
 #[derive(Debug, Error)]
 pub enum DeltaError {
     /// delta-rs failed.
-    #[error("Delta table {table}: {source}")]
+    #[error("Delta table {table}")]
     Delta {
         /// The table.
         table: String,

@@ -15,7 +15,7 @@ pub enum ExecError {
     #[error(transparent)]
     Core(#[from] CoreError),
     /// An Arrow operation failed.
-    #[error("arrow: {0}")]
+    #[error(transparent)]
     Arrow(#[from] arrow_schema::ArrowError),
     /// The plugin call failed.
     #[error(transparent)]

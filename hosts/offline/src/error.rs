@@ -29,7 +29,7 @@ pub enum OfflineError {
         version: String,
     },
     /// The table's log could not be read.
-    #[error("{format} table {group}@{version} at {location}: {source}")]
+    #[error("{format} table {group}@{version} at {location}")]
     Table {
         /// The table format.
         format: &'static str,
@@ -57,7 +57,7 @@ pub enum OfflineError {
         holder: String,
     },
     /// A file or directory operation failed.
-    #[error("offline store: {action} {path}: {source}")]
+    #[error("offline store: {action} {path}")]
     Io {
         /// What was being done.
         action: &'static str,
@@ -108,7 +108,7 @@ pub enum OfflineError {
         message: String,
     },
     /// Parquet encoding or decoding failed.
-    #[error("parquet {path}: {source}")]
+    #[error("parquet {path}")]
     Parquet {
         /// The file.
         path: PathBuf,
@@ -126,7 +126,7 @@ pub enum OfflineError {
         message: String,
     },
     /// An Arrow operation failed.
-    #[error("arrow: {0}")]
+    #[error(transparent)]
     Arrow(#[from] arrow_schema::ArrowError),
 }
 

@@ -113,6 +113,6 @@ pub(crate) async fn serve(
         .route("/metrics", get(self::metrics))
         .with_state(Shared { metrics, health });
     if let Err(e) = axum::serve(listener, app).await {
-        tracing::error!(error = %e, "the metrics endpoint stopped");
+        tracing::error!(error = %lockstep_core::ErrorChain(&e), "the metrics endpoint stopped");
     }
 }

@@ -450,7 +450,7 @@ impl StreamService {
                                 // The reader keeps its iterators: the next round retries.
                                 metrics.source_errors.inc();
                                 source_failures += 1;
-                                tracing::warn!(error = %e, "reading the stream failed; retrying");
+                                tracing::warn!(error = %lockstep_core::ErrorChain(&e), "reading the stream failed; retrying");
                                 lock(&health).error(e.to_string());
                                 sleep_unless(&stop, backoff(source_failures));
                                 continue;
@@ -712,7 +712,7 @@ impl StreamService {
                 Err(e) => {
                     metrics.write_errors.inc();
                     attempt += 1;
-                    tracing::warn!(error = %e, attempt, "online store write failed; retrying");
+                    tracing::warn!(error = %lockstep_core::ErrorChain(&e), attempt, "online store write failed; retrying");
                     lock(health).error(e.to_string());
                 }
             }
@@ -750,7 +750,7 @@ impl StreamService {
         let latest = match lockstep_online::latest_rows(rows, &self.group) {
             Ok(latest) => latest,
             Err(e) => {
-                tracing::warn!(error = %e, "rows not written through to the cache");
+                tracing::warn!(error = %lockstep_core::ErrorChain(&e), "rows not written through to the cache");
                 return Vec::new();
             }
         };
@@ -790,7 +790,7 @@ impl StreamService {
             Err(e) => {
                 metrics.write_errors.inc();
                 metrics.cache_skipped.inc_by(entries.len() as u64);
-                tracing::warn!(error = %e, pause = ?CACHE_PAUSE, "cache write failed; leaving the cache alone for a while");
+                tracing::warn!(error = %lockstep_core::ErrorChain(&e), pause = ?CACHE_PAUSE, "cache write failed; leaving the cache alone for a while");
                 lock(health).cache_failed(e.to_string(), CACHE_PAUSE);
             }
         }

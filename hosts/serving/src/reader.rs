@@ -336,7 +336,7 @@ impl FeatureServer {
                     inner.cache_breaker.failure();
                     self.backend_error("cache");
                     if let Some(Err(e)) = failed {
-                        tracing::debug!(error = %e, "cache read failed; serving defaults");
+                        tracing::debug!(error = %lockstep_core::ErrorChain(&e), "cache read failed; serving defaults");
                     }
                     return all_default(keys.len());
                 }
@@ -356,7 +356,7 @@ impl FeatureServer {
                             Some(Outcome::Cache(Served::from_cache(&row, group, selected)));
                     }
                     Err(e) => {
-                        tracing::warn!(key = %cache_keys[i], error = %e, "corrupt cache entry; reading the store");
+                        tracing::warn!(key = %cache_keys[i], error = %lockstep_core::ErrorChain(&e), "corrupt cache entry; reading the store");
                         misses.push(i);
                     }
                 }
@@ -588,7 +588,7 @@ impl FeatureServer {
             Ok(Ok(_)) => {}
             Ok(Err(e)) => {
                 self.backend_error("cache");
-                tracing::debug!(error = %e, "cache write-back failed");
+                tracing::debug!(error = %lockstep_core::ErrorChain(&e), "cache write-back failed");
             }
             Err(_) => self.backend_error("cache"),
         }

@@ -104,7 +104,7 @@ pub enum StreamError {
     #[error(transparent)]
     Plugin(#[from] lockstep_executor::ExecError),
     /// An Arrow operation failed.
-    #[error("arrow: {0}")]
+    #[error(transparent)]
     Arrow(#[from] arrow_schema::ArrowError),
     /// The manifest does not fit the stream host.
     #[error("{0}")]

@@ -94,7 +94,7 @@ pub enum VerifyError {
     #[error(transparent)]
     Online(#[from] lockstep_online::OnlineError),
     /// A task of the check stopped before answering.
-    #[error("a task of the check stopped: {0}")]
+    #[error("a task of the check stopped")]
     Task(#[from] tokio::task::JoinError),
     /// The batch side's backfill failed.
     #[error(transparent)]
