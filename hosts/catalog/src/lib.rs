@@ -34,9 +34,15 @@ pub enum CatalogError {
         /// What the service said.
         message: String,
     },
-    /// An input could not be built (a name Glue would refuse, say).
-    #[error("glue catalog: {0}")]
-    Input(String),
+    /// A request could not be built (a name Glue would refuse, say).
+    #[error("glue catalog: building the {what} request")]
+    Input {
+        /// Which request part.
+        what: String,
+        /// Why.
+        #[source]
+        source: aws_sdk_glue::error::BuildError,
+    },
 }
 
 /// What a registration changed.
@@ -129,7 +135,10 @@ impl GlueCatalog {
             .set_partition_keys(Some(partition_keys))
             .storage_descriptor(storage(location, columns.clone()))
             .build()
-            .map_err(|e| CatalogError::Input(e.to_string()))?;
+            .map_err(|source| CatalogError::Input {
+                what: "table".into(),
+                source,
+            })?;
         let existing = self
             .client
             .get_table()
@@ -225,7 +234,10 @@ impl GlueCatalog {
             .name(&self.database)
             .description("Lockstep offline-store tables")
             .build()
-            .map_err(|e| CatalogError::Input(e.to_string()))?;
+            .map_err(|source| CatalogError::Input {
+                what: "database".into(),
+                source,
+            })?;
         match self
             .client
             .create_database()
@@ -250,7 +262,10 @@ fn column(name: &str, ty: &str) -> Result<Column, CatalogError> {
         .name(name)
         .r#type(ty)
         .build()
-        .map_err(|e| CatalogError::Input(e.to_string()))
+        .map_err(|source| CatalogError::Input {
+            what: format!("column `{name}`"),
+            source,
+        })
 }
 
 /// The stored columns of `group`, as Hive columns.

@@ -52,8 +52,12 @@ pub enum TrainingError {
     )]
     MemoryLimit(String),
     /// The query engine failed (spill files, an internal error).
-    #[error("query engine: {0}")]
-    Engine(String),
+    #[error("query engine")]
+    Engine(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// The training set was used in a way it does not allow, or a plan broke an
+    /// invariant of its own.
+    #[error("{0}")]
+    Misuse(&'static str),
 }
 
 impl From<datafusion::error::DataFusionError> for TrainingError {
@@ -64,27 +68,27 @@ impl From<datafusion::error::DataFusionError> for TrainingError {
             datafusion::error::DataFusionError::External(inner) => {
                 match inner.downcast::<TrainingError>() {
                     Ok(ours) => *ours,
-                    Err(other) => TrainingError::Engine(other.to_string()),
+                    Err(other) => TrainingError::Engine(other),
                 }
             }
             datafusion::error::DataFusionError::Context(_, inner) => (*inner).into(),
             datafusion::error::DataFusionError::Shared(shared) => {
                 match std::sync::Arc::try_unwrap(shared) {
                     Ok(inner) => inner.into(),
-                    Err(shared) => TrainingError::Engine(shared.to_string()),
+                    Err(shared) => TrainingError::Engine(Box::new(shared)),
                 }
             }
             datafusion::error::DataFusionError::ResourcesExhausted(message) => {
                 TrainingError::MemoryLimit(message)
             }
-            other => TrainingError::Engine(other.to_string()),
+            other => TrainingError::Engine(Box::new(other)),
         }
     }
 }
 
 impl From<arrow_schema::ArrowError> for TrainingError {
     fn from(e: arrow_schema::ArrowError) -> Self {
-        TrainingError::Engine(e.to_string())
+        TrainingError::Engine(Box::new(e))
     }
 }
 

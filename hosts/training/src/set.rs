@@ -331,7 +331,7 @@ impl TrainingSet {
             .properties()
             .output_ordering()
             .cloned()
-            .ok_or_else(|| TrainingError::Engine("the final sort lost its order".into()))?;
+            .ok_or_else(|| TrainingError::Misuse("the final sort lost its order"))?;
         let plan: Arc<dyn ExecutionPlan> = Arc::new(SortPreservingMergeExec::new(ordering, sorted));
 
         let added = [labels::ROW, labels::BOUND, labels::AGE_FROM];
@@ -388,8 +388,8 @@ impl TrainingSet {
         mut each: impl FnMut(RecordBatch) -> Result<(), TrainingError>,
     ) -> Result<u64, TrainingError> {
         if self.ran.swap(true, Ordering::SeqCst) {
-            return Err(TrainingError::Engine(
-                "this training set has run already: plan it again to run it again".into(),
+            return Err(TrainingError::Misuse(
+                "this training set has run already: plan it again to run it again",
             ));
         }
         let mut stream = self.plan.execute(0, self.task.clone())?;
@@ -700,7 +700,7 @@ fn sort_by<const N: usize>(
         keys.into_iter()
             .map(|e| PhysicalSortExpr::new(e, SortOptions::default())),
     )
-    .ok_or_else(|| TrainingError::Engine("empty sort order".into()))?;
+    .ok_or_else(|| TrainingError::Misuse("empty sort order"))?;
     Ok(Arc::new(
         SortExec::new(ordering, input).with_preserve_partitioning(true),
     ))
