@@ -180,8 +180,10 @@ fn store_with_spend(dir: &Path) -> OfflineStore {
     store
 }
 
+/// The error's message with its causes, as a user reads it.
 fn error_of(job: &TrainingSetJob, store: &OfflineStore) -> String {
-    run(job, store).expect_err("should fail").to_string()
+    let e = run(job, store).expect_err("should fail");
+    lockstep_core::ErrorChain(&e).to_string()
 }
 
 #[test]
