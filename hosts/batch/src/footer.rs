@@ -11,6 +11,15 @@ use std::sync::Arc;
 
 use crate::parquet_check::{TAIL, footer_problem, metadata_length, metadata_problem};
 
+/// Maps an I/O error on `path` to [`BatchError::SourceIo`].
+fn io<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> BatchError + 'a {
+    move |source| BatchError::SourceIo {
+        action,
+        location: path.display().to_string(),
+        source,
+    }
+}
+
 fn damaged(location: &str, problem: String) -> BatchError {
     BatchError::Source(format!("Parquet source {location} {problem}"))
 }
@@ -25,14 +34,11 @@ pub(crate) fn check_local(source: &str, extension: &str) -> Result<(), BatchErro
     }
     let mut pending = vec![root.to_path_buf()];
     while let Some(path) = pending.pop() {
-        let meta = std::fs::metadata(&path)
-            .map_err(|e| BatchError::Source(format!("reading {}: {e}", path.display())))?;
+        let meta = std::fs::metadata(&path).map_err(io("reading", &path))?;
         if meta.is_dir() {
-            let entries = std::fs::read_dir(&path)
-                .map_err(|e| BatchError::Source(format!("listing {}: {e}", path.display())))?;
+            let entries = std::fs::read_dir(&path).map_err(io("listing", &path))?;
             for entry in entries {
-                let entry = entry
-                    .map_err(|e| BatchError::Source(format!("listing {}: {e}", path.display())))?;
+                let entry = entry.map_err(io("listing", &path))?;
                 pending.push(entry.path());
             }
             continue;
@@ -44,13 +50,12 @@ pub(crate) fn check_local(source: &str, extension: &str) -> Result<(), BatchErro
         if path != root && !named {
             continue;
         }
-        let tail = read_tail(&path, meta.len(), TAIL)
-            .map_err(|e| BatchError::Source(format!("reading {}: {e}", path.display())))?;
+        let tail = read_tail(&path, meta.len(), TAIL).map_err(io("reading", &path))?;
         if let Some(problem) = footer_problem(meta.len(), &tail) {
             return Err(damaged(&path.display().to_string(), problem));
         }
         let footer = read_tail(&path, meta.len(), TAIL + metadata_length(&tail))
-            .map_err(|e| BatchError::Source(format!("reading {}: {e}", path.display())))?;
+            .map_err(io("reading", &path))?;
         if let Some(problem) = metadata_problem(meta.len(), &footer) {
             return Err(damaged(&path.display().to_string(), problem));
         }
@@ -81,7 +86,11 @@ pub(crate) async fn check_objects(
         .list(Some(&prefix))
         .try_collect()
         .await
-        .map_err(|e| BatchError::Source(format!("listing {url}: {e}")))?;
+        .map_err(|source| BatchError::SourceObject {
+            action: "listing",
+            location: url.to_owned(),
+            source,
+        })?;
     for object in objects {
         let name = object.location.to_string();
         if !name.to_ascii_lowercase().ends_with(extension) && is_not_the_prefix(&name, &prefix) {
@@ -92,7 +101,11 @@ pub(crate) async fn check_objects(
             store
                 .get_range(&object.location, size - TAIL..size)
                 .await
-                .map_err(|e| BatchError::Source(format!("reading {url} ({name}): {e}")))?
+                .map_err(|source| BatchError::SourceObject {
+                    action: "reading",
+                    location: format!("{url} ({name})"),
+                    source,
+                })?
                 .to_vec()
         } else {
             Vec::new()
@@ -104,7 +117,11 @@ pub(crate) async fn check_objects(
         let footer = store
             .get_range(&object.location, start..size)
             .await
-            .map_err(|e| BatchError::Source(format!("reading {url} ({name}): {e}")))?;
+            .map_err(|source| BatchError::SourceObject {
+                action: "reading",
+                location: format!("{url} ({name})"),
+                source,
+            })?;
         if let Some(problem) = metadata_problem(size, &footer) {
             return Err(damaged(&format!("s3 object {name}"), problem));
         }

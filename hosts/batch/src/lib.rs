@@ -269,9 +269,40 @@ pub enum BatchError {
     /// Running the plugin failed.
     #[error(transparent)]
     Plugin(#[from] lockstep_executor::ExecError),
-    /// A JSON-lines source could not be read or decoded.
+    /// A source is damaged or malformed (what is wrong is the message).
     #[error("{0}")]
     Source(String),
+    /// A source file could not be read or listed.
+    #[error("{action} {location}")]
+    SourceIo {
+        /// What was being done.
+        action: &'static str,
+        /// The file or directory.
+        location: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// An object-store source could not be read or listed.
+    #[error("{action} {location}")]
+    SourceObject {
+        /// What was being done.
+        action: &'static str,
+        /// The object or prefix.
+        location: String,
+        /// Why.
+        #[source]
+        source: object_store::Error,
+    },
+    /// A source's location is not a URL or glob this host reads.
+    #[error("the source {location}")]
+    SourceLocation {
+        /// The source as given.
+        location: String,
+        /// What is wrong with it.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     /// The row sink refused rows.
     #[error(transparent)]
     Sink(#[from] lockstep_offline::OfflineError),
@@ -364,10 +395,14 @@ fn listing_url(source: &str) -> Result<ListingTableUrl, BatchError> {
     else {
         return Ok(ListingTableUrl::parse(source)?);
     };
-    let url = url::Url::parse(bucket_and_prefix)
-        .map_err(|e| BatchError::Source(format!("{source}: {e}")))?;
-    let pattern = glob::Pattern::new(glob)
-        .map_err(|e| BatchError::Source(format!("{source}: bad glob `{glob}`: {e}")))?;
+    let url = url::Url::parse(bucket_and_prefix).map_err(|e| BatchError::SourceLocation {
+        location: source.to_owned(),
+        source: Box::new(e),
+    })?;
+    let pattern = glob::Pattern::new(glob).map_err(|e| BatchError::SourceLocation {
+        location: format!("{source} (the glob `{glob}`)"),
+        source: Box::new(e),
+    })?;
     Ok(ListingTableUrl::try_new(url, Some(pattern))?)
 }
 
@@ -380,10 +415,17 @@ fn register_s3(
     let Some((bucket, _)) = parse_s3_url(source) else {
         return Ok(None);
     };
-    let store = lockstep_offline::s3_object_store(s3, &bucket)
-        .map_err(|e| BatchError::Source(format!("connecting to {source}: {e}")))?;
-    let url = url::Url::parse(&format!("s3://{bucket}"))
-        .map_err(|e| BatchError::Source(format!("{source}: {e}")))?;
+    let store =
+        lockstep_offline::s3_object_store(s3, &bucket).map_err(|e| BatchError::SourceObject {
+            action: "connecting to",
+            location: source.to_owned(),
+            source: e,
+        })?;
+    let url =
+        url::Url::parse(&format!("s3://{bucket}")).map_err(|e| BatchError::SourceLocation {
+            location: source.to_owned(),
+            source: Box::new(e),
+        })?;
     ctx.register_object_store(&url, store.clone());
     Ok(Some(store))
 }
