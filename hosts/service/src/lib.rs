@@ -92,7 +92,20 @@ pub enum ServiceError {
     /// The online store refused the rows (not a transient failure).
     #[error(transparent)]
     Online(#[from] lockstep_online::OnlineError),
-    /// The service could not start (runtime, listener).
+    /// The service could not start, or one of its threads stopped (the message says
+    /// which).
     #[error("{0}")]
     Start(String),
+    /// The `/healthz` and `/metrics` listener could not be opened.
+    #[error("cannot listen on {address}")]
+    Listen {
+        /// The address asked for.
+        address: std::net::SocketAddr,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The cache could not be reached at start.
+    #[error("connecting to the cache")]
+    Cache(#[source] lockstep_cache::CacheError),
 }

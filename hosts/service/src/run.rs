@@ -300,12 +300,14 @@ impl StreamService {
         let health = Arc::new(Mutex::new(Health::new()));
         let mut summary = Summary::default();
         if let Some(addr) = cfg.listen {
+            let listen_error = |source| ServiceError::Listen {
+                address: addr,
+                source,
+            };
             let listener = io
                 .block_on(tokio::net::TcpListener::bind(addr))
-                .map_err(|e| ServiceError::Start(format!("cannot listen on {addr}: {e}")))?;
-            let bound = listener
-                .local_addr()
-                .map_err(|e| ServiceError::Start(e.to_string()))?;
+                .map_err(listen_error)?;
+            let bound = listener.local_addr().map_err(listen_error)?;
             summary.listening = Some(bound);
             tracing::info!(%bound, "serving /healthz and /metrics");
             io.spawn(http::serve(listener, metrics.clone(), health.clone()));
@@ -388,7 +390,7 @@ impl StreamService {
         let cache = match &cfg.cache {
             Some((url, ttl)) => Some(
                 io.block_on(RedisCache::connect(url, *ttl, Duration::from_secs(5)))
-                    .map_err(|e| ServiceError::Start(e.to_string()))?,
+                    .map_err(ServiceError::Cache)?,
             ),
             None => None,
         };
