@@ -438,7 +438,9 @@ async fn commit_rows(
     }
 }
 
-/// The message of a panic's payload.
+/// The message of a panic's payload (a `String` or a `&str`; empty otherwise): how a
+/// backfill reports a reader library that panicked, and how the command line tells a
+/// closed pipe from a bug.
 pub fn panic_text(payload: &(dyn std::any::Any + Send)) -> &str {
     payload
         .downcast_ref::<String>()

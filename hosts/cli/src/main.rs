@@ -90,7 +90,7 @@ fn main() -> ExitCode {
     // fails, and there is nothing left to say: end quietly instead of with a panic.
     let default_hook = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
-        let message = panic_text(info.payload());
+        let message = lockstep_backfill::panic_text(info.payload());
         if message.starts_with("failed printing to stdout") && message.contains("Broken pipe") {
             std::process::exit(0);
         }
@@ -161,30 +161,12 @@ fn exit_code(outcome: Result<Outcome>, is_skew_check: bool) -> ExitCode {
     }
 }
 
-pub(crate) fn panic_text(payload: &(dyn std::any::Any + Send)) -> &str {
-    payload
-        .downcast_ref::<String>()
-        .map(String::as_str)
-        .or_else(|| payload.downcast_ref::<&str>().copied())
-        .unwrap_or("")
-}
-
-/// An error and its causes, each said once: many library errors print their source
-/// inside their own text, so the chain would repeat it (a full disk's message came out
-/// five times).
+/// An error and its causes, each said once (`lockstep_core::ErrorChain`).
 fn error_text(e: &anyhow::Error) -> String {
-    let mut parts: Vec<String> = Vec::new();
-    for cause in e.chain() {
-        let text = cause.to_string();
-        if text.is_empty() || parts.iter().any(|p| p.contains(&text)) {
-            continue;
-        }
-        parts.push(text);
-    }
-    parts.join(": ")
+    let error: &(dyn std::error::Error + 'static) = e.as_ref();
+    lockstep_core::ErrorChain(error).to_string()
 }
 
-/// An instant on the command line: RFC 3339 (`2024-01-31T12:00:00Z`), as UTC µs.
 #[cfg(test)]
 mod error_tests {
     #[derive(Debug)]
