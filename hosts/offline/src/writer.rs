@@ -373,7 +373,11 @@ impl OfflineWriter {
             ),
             _ => None,
         };
-        let committed = self.commit_locked(journaled).await;
+        // A lock the caller holds came from `OfflineStore::lock`, which completed or
+        // cleared what a killed job left when it was taken: only a lock taken here
+        // needs that recovery now.
+        let recover = lock.is_some();
+        let committed = self.commit_locked(journaled, recover).await;
         if let Some(lock) = lock {
             // The commit stands whether or not the lock goes now: one left behind
             // expires, and locally a finished process's lock is taken over at once.
@@ -383,8 +387,12 @@ impl OfflineWriter {
     }
 
     /// The commit, once the version's lock (if the layout needs one) is held.
-    async fn commit_locked(self, journaled: bool) -> Result<WriteSummary, OfflineError> {
-        if journaled {
+    async fn commit_locked(
+        self,
+        journaled: bool,
+        recover: bool,
+    ) -> Result<WriteSummary, OfflineError> {
+        if recover {
             crate::journal::recover(&self.backend, &self.group.name, &self.group.version).await?;
         }
         crate::registry::register(
