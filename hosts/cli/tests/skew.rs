@@ -161,29 +161,36 @@ fn malformed_events_and_failing_plugins_never_pass() {
     );
 }
 
+/// `skew-check … --kinesis-endpoint` against `moto`, with `args` after it.
+fn skew_through_kinesis(moto: &lockstep_testkit::Moto, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_lockstep"))
+        .arg("skew-check")
+        .args(args)
+        .args(["--kinesis-endpoint", &moto.endpoint()])
+        .envs(moto.env())
+        .output()
+        .expect("run lockstep")
+}
+
 #[test]
 fn through_kinesis_every_golden_set_has_zero_skew() {
     let moto = lockstep_testkit::Moto::start();
     for name in ["txn_velocity", "churn_features", "clickstream_clean"] {
         let wasm = plugin(name);
         let events = repo("golden").join(name).join("events.jsonl");
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_lockstep"))
-            .args([
-                "skew-check",
+        let out = skew_through_kinesis(
+            &moto,
+            &[
                 "--plugin",
                 s(&wasm),
                 "--events",
                 s(&events),
-                "--kinesis-endpoint",
-                &moto.endpoint(),
                 "--kinesis-shards",
                 "3",
                 "--shuffle-seed",
                 "11",
-            ])
-            .envs(moto.env())
-            .output()
-            .expect("run lockstep");
+            ],
+        );
         let stdout = text(&out.stdout);
         assert!(
             out.status.success(),
@@ -198,21 +205,17 @@ fn through_kinesis_every_golden_set_has_zero_skew() {
     // run there, is skew (exit 1), so the check can fail on this path too.
     let variant = built(&repo("plugins").join("txn_velocity"), &["naive-sum"]);
     let events = repo("golden").join("txn_velocity").join("events.jsonl");
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_lockstep"))
-        .args([
-            "skew-check",
+    let out = skew_through_kinesis(
+        &moto,
+        &[
             "--plugin",
             s(&plugin("txn_velocity")),
             "--against",
             s(&variant),
             "--events",
             s(&events),
-            "--kinesis-endpoint",
-            &moto.endpoint(),
-        ])
-        .envs(moto.env())
-        .output()
-        .expect("run lockstep");
+        ],
+    );
     let stdout = text(&out.stdout);
     assert_eq!(
         out.status.code(),
