@@ -107,8 +107,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .worker_threads(2)
         .enable_all()
         .build()?;
-    let handle = io.handle().clone();
-    let service_thread = std::thread::spawn(move || service.run(&handle, service_stop));
+    let service_task = io.spawn(async move { service.run(service_stop).await });
 
     println!(
         "stream-latency: {rate} events/s for {seconds} s through moto Kinesis (2 shards) into Redis; \
@@ -249,9 +248,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let (produced, measured) = io.block_on(generator)?;
     io.block_on(producer)??;
     stop.store(true, Ordering::SeqCst);
-    let summary = service_thread
-        .join()
-        .map_err(|_| "the service thread panicked")??;
+    let summary = io.block_on(service_task)??;
 
     latencies.sort_by(f64::total_cmp);
     from_ack.sort_by(f64::total_cmp);

@@ -18,7 +18,7 @@
 use lockstep_bench::{arg, process_cpu_seconds, txn_velocity};
 use lockstep_online::{EmbeddedStore, GroupRef};
 use lockstep_service::source::{ShardInfo, ShardRecord};
-use lockstep_service::{MemorySource, ServiceConfig, StreamService};
+use lockstep_service::{MemorySource, ServiceConfig, Source, StreamService};
 use lockstep_stream::{Record, ShardSpec, ShardedProcessor, StreamConfig, partition_hash};
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
@@ -151,11 +151,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .worker_threads(2)
         .enable_all()
         .build()?;
-    let summary = service.run_from(
-        io.handle(),
+    let summary = io.block_on(service.run_from(
         Arc::new(AtomicBool::new(false)),
-        move |resume, _| Ok(Box::new(MemorySource::new(source, &resume, per_round))),
-    )?;
+        move |resume| async move {
+            Ok(Box::new(MemorySource::new(source, &resume, per_round)) as Box<dyn Source>)
+        },
+    ))?;
     let full = started.elapsed().as_secs_f64();
     println!(
         "{:<22} {:>9.2} {:>12.0} {:>9} {:>10.1} {:>16}",

@@ -194,14 +194,10 @@ pub async fn run(args: RunArgs, runtime: &Runtime) -> Result<()> {
         "stream host starting"
     );
     let service = StreamService::new(plugin, store, group.clone(), config);
-    // The service's loop runs the plugin and blocks between polls: it runs on a thread
-    // of its own and does its I/O (Kinesis, stores, cache, /healthz) on this runtime.
-    let io = tokio::runtime::Handle::current();
-    let summary =
-        tokio::task::spawn_blocking(move || service.run(&io, Arc::new(AtomicBool::new(false))))
-            .await
-            .context("the stream host's thread stopped")?
-            .with_context(|| format!("stream host for {} on {}", group.id(), args.stream))?;
+    let summary = service
+        .run(Arc::new(AtomicBool::new(false)))
+        .await
+        .with_context(|| format!("stream host for {} on {}", group.id(), args.stream))?;
     let s = &summary.stats;
     tracing::info!(
         records = s.records,

@@ -176,12 +176,21 @@ impl Timings {
     }
 }
 
-/// The stream host service; see the [crate] docs.
+/// The stream host service; see the [crate] docs. Cheap to clone.
+#[derive(Clone)]
 pub struct StreamService {
     plugin: Plugin,
     store: Arc<dyn OnlineStore>,
     group: GroupRef,
     config: ServiceConfig,
+}
+
+/// What `run_from` set up on the runtime before the rounds start.
+struct Started {
+    metrics: Arc<Metrics>,
+    health: Arc<Mutex<Health>>,
+    cache: Option<RedisCache>,
+    summary: Summary,
 }
 
 /// The logs of a service, each cut back to its committed length.
@@ -266,35 +275,40 @@ impl StreamService {
 
     /// Runs over the Kinesis stream of the configuration until `stop` is set (or a
     /// signal, or idle when so configured); see [`Self::run_from`].
-    pub fn run(&self, io: &Handle, stop: Arc<AtomicBool>) -> Result<Summary, ServiceError> {
+    pub async fn run(&self, stop: Arc<AtomicBool>) -> Result<Summary, ServiceError> {
         let cfg = self.config.clone();
-        self.run_from(io, stop, move |resume, handle| {
-            Ok(Box::new(KinesisSource::connect(
-                handle,
+        self.run_from(stop, move |resume| async move {
+            let source = KinesisSource::connect(
                 &cfg.kinesis,
                 &cfg.stream,
                 resume,
                 cfg.batch_size,
                 cfg.tip_read_interval,
-            )))
+            )
+            .await;
+            Ok(Box::new(source) as Box<dyn Source>)
         })
+        .await
     }
 
-    /// Runs over the source `open` makes (given where the checkpoint left off and a
-    /// handle to the I/O runtime): every round reads each open shard, applies the
-    /// records, writes the outputs and commits a checkpoint. Returns after the last
-    /// checkpoint.
+    /// Runs over the source `open` makes (given where the checkpoint left off): every
+    /// round reads each open shard, applies the records, writes the outputs and
+    /// commits a checkpoint. Returns after the last checkpoint.
     ///
-    /// The rounds run on the calling thread (applying records is CPU work); reads,
-    /// writes, the HTTP endpoints and signals run on `io`, the caller's multi-threaded
-    /// runtime. Call it from outside that runtime's tasks (a plain thread), as
-    /// `Handle::block_on` requires.
-    pub fn run_from(
+    /// Reads, writes, the HTTP endpoints and signals are awaited on the caller's
+    /// runtime (it needs its I/O and time drivers). The rounds — applying records is
+    /// CPU work, and the checkpoint and logs are synced files — run on a blocking
+    /// thread of that runtime, so no worker thread ever waits on the plugin.
+    pub async fn run_from<F, Opened>(
         &self,
-        io: &Handle,
         stop: Arc<AtomicBool>,
-        open: impl FnOnce(Resume, Handle) -> Result<Box<dyn Source>, ServiceError>,
-    ) -> Result<Summary, ServiceError> {
+        open: F,
+    ) -> Result<Summary, ServiceError>
+    where
+        F: FnOnce(Resume) -> Opened + Send + 'static,
+        Opened:
+            std::future::Future<Output = Result<Box<dyn Source>, ServiceError>> + Send + 'static,
+    {
         let cfg = &self.config;
         let metrics = Arc::new(Metrics::new());
         let health = Arc::new(Mutex::new(Health::new()));
@@ -304,22 +318,62 @@ impl StreamService {
                 address: addr,
                 source,
             };
-            let listener = io
-                .block_on(tokio::net::TcpListener::bind(addr))
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
                 .map_err(listen_error)?;
             let bound = listener.local_addr().map_err(listen_error)?;
             summary.listening = Some(bound);
             tracing::info!(%bound, "serving /healthz and /metrics");
-            io.spawn(http::serve(listener, metrics.clone(), health.clone()));
+            tokio::spawn(http::serve(listener, metrics.clone(), health.clone()));
         }
         if cfg.handle_signals {
             let flag = stop.clone();
-            io.spawn(async move {
+            tokio::spawn(async move {
                 wait_for_signal().await;
                 tracing::info!("stop requested: finishing the round and checkpointing");
                 flag.store(true, Ordering::SeqCst);
             });
         }
+        let cache = match &cfg.cache {
+            Some((url, ttl)) => Some(
+                RedisCache::connect(url, *ttl, Duration::from_secs(5))
+                    .await
+                    .map_err(ServiceError::Cache)?,
+            ),
+            None => None,
+        };
+        let started = Started {
+            metrics,
+            health,
+            cache,
+            summary,
+        };
+        let service = self.clone();
+        let io = Handle::current();
+        tokio::task::spawn_blocking(move || service.run_rounds(&io, stop, started, open))
+            .await
+            .map_err(|e| ServiceError::Start(format!("the service's thread stopped: {e}")))?
+    }
+
+    /// The rounds, on a blocking thread; `io` runs the reads and writes.
+    fn run_rounds<F, Opened>(
+        &self,
+        io: &Handle,
+        stop: Arc<AtomicBool>,
+        started: Started,
+        open: F,
+    ) -> Result<Summary, ServiceError>
+    where
+        F: FnOnce(Resume) -> Opened,
+        Opened: std::future::Future<Output = Result<Box<dyn Source>, ServiceError>>,
+    {
+        let cfg = &self.config;
+        let Started {
+            metrics,
+            health,
+            cache,
+            mut summary,
+        } = started;
 
         let manifest = self.plugin.manifest();
         // Logs without a checkpoint: the checkpoint was lost, emptied or replaced.
@@ -387,20 +441,10 @@ impl StreamService {
         };
         let mut positions = restored.positions;
         let mut ended = restored.ended;
-        let cache = match &cfg.cache {
-            Some((url, ttl)) => Some(
-                io.block_on(RedisCache::connect(url, *ttl, Duration::from_secs(5)))
-                    .map_err(ServiceError::Cache)?,
-            ),
-            None => None,
-        };
-        let mut reader = open(
-            Resume {
-                positions: positions.clone(),
-                ended: ended.clone(),
-            },
-            io.clone(),
-        )?;
+        let mut reader = io.block_on(open(Resume {
+            positions: positions.clone(),
+            ended: ended.clone(),
+        }))?;
         let schema = row_schema(manifest);
         let mut seen = StreamStats::default();
         let mut source_failures = 0u32;
@@ -436,7 +480,7 @@ impl StreamService {
                     let events = if stopping_now {
                         Vec::new()
                     } else {
-                        match reader.poll() {
+                        match io.block_on(reader.poll()) {
                             Ok(events) => {
                                 source_failures = 0;
                                 ever_read = true;

@@ -20,10 +20,15 @@ pub struct Resume {
 }
 
 /// A source of records, shard by shard, parents before children.
-pub trait Source {
+///
+/// Reads are async (a network call, as `object_store` and DataFusion's sources are);
+/// the service awaits them on its I/O runtime and applies what they return on a
+/// thread of its own.
+#[async_trait::async_trait]
+pub trait Source: Send {
     /// The next round: shards opened, records read, shards ended (possibly nothing).
     /// A failure leaves the source able to retry.
-    fn poll(&mut self) -> Result<Vec<ShardEvent>, ServiceError>;
+    async fn poll(&mut self) -> Result<Vec<ShardEvent>, ServiceError>;
 
     /// Whether every open shard was read to its tip at its last read.
     fn caught_up(&self) -> bool;
@@ -42,36 +47,33 @@ pub trait Source {
 
 /// Every shard of a Kinesis stream.
 pub struct KinesisSource {
-    handle: tokio::runtime::Handle,
     reader: LineageReader,
     batch_size: i32,
 }
 
 impl KinesisSource {
     /// A source reading `stream` from `resume`, `batch_size` records per shard per
-    /// round, a shard found at its tip again only after `tip_interval`; `handle` runs
-    /// the calls.
-    pub fn connect(
-        handle: tokio::runtime::Handle,
+    /// round, a shard found at its tip again only after `tip_interval`.
+    pub async fn connect(
         options: &KinesisOptions,
         stream: &str,
         resume: Resume,
         batch_size: i32,
         tip_interval: std::time::Duration,
     ) -> Self {
-        let kinesis = handle.block_on(Kinesis::connect(options));
+        let kinesis = Kinesis::connect(options).await;
         KinesisSource {
             reader: LineageReader::resume(&kinesis, stream, resume.positions, resume.ended)
                 .with_tip_interval(tip_interval),
-            handle,
             batch_size,
         }
     }
 }
 
+#[async_trait::async_trait]
 impl Source for KinesisSource {
-    fn poll(&mut self) -> Result<Vec<ShardEvent>, ServiceError> {
-        Ok(self.handle.block_on(self.reader.poll(self.batch_size))?)
+    async fn poll(&mut self) -> Result<Vec<ShardEvent>, ServiceError> {
+        Ok(self.reader.poll(self.batch_size).await?)
     }
 
     fn caught_up(&self) -> bool {
@@ -125,8 +127,9 @@ impl MemorySource {
     }
 }
 
+#[async_trait::async_trait]
 impl Source for MemorySource {
-    fn poll(&mut self) -> Result<Vec<ShardEvent>, ServiceError> {
+    async fn poll(&mut self) -> Result<Vec<ShardEvent>, ServiceError> {
         let mut events = Vec::new();
         if !self.opened {
             self.opened = true;

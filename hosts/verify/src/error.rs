@@ -93,9 +93,6 @@ pub enum VerifyError {
     /// The scratch online store could not be opened.
     #[error(transparent)]
     Online(#[from] lockstep_online::OnlineError),
-    /// A task of the check stopped before answering.
-    #[error("a task of the check stopped")]
-    Task(#[from] tokio::task::JoinError),
     /// The batch side's backfill failed.
     #[error(transparent)]
     Backfill(#[from] lockstep_backfill::BackfillError),

@@ -446,15 +446,13 @@ async fn stream_rows_kinesis(
         let group = lockstep_online::GroupRef::of(plugin.manifest(), plugin.hash());
         let service = StreamService::new(plugin.clone(), Arc::new(store), group, config);
         let started = Instant::now();
-        let runtime = tokio::runtime::Handle::current();
-        let summary = tokio::task::spawn_blocking(move || {
-            service.run(&runtime, Arc::new(AtomicBool::new(false)))
-        })
-        .await?
-        .map_err(|source| VerifyError::Service {
-            stream: stream.clone(),
-            source,
-        })?;
+        let summary = service
+            .run(Arc::new(AtomicBool::new(false)))
+            .await
+            .map_err(|source| VerifyError::Service {
+                stream: stream.clone(),
+                source,
+            })?;
         if summary.stats.dead > 0 {
             let first = std::fs::read_to_string(&summary.dead_log)
                 .ok()
