@@ -306,6 +306,45 @@ pub enum BatchError {
     /// The row sink refused rows.
     #[error(transparent)]
     Sink(#[from] lockstep_offline::OfflineError),
+    /// A partition's task stopped without finishing (it panicked or was cancelled).
+    #[error("partition {partition} of the job stopped")]
+    Partition {
+        /// Which partition.
+        partition: usize,
+        /// How it stopped.
+        #[source]
+        source: tokio::task::JoinError,
+    },
+    /// A plan's plugin node configuration could not be read.
+    #[error("not a plugin node configuration")]
+    NodeConfig(#[source] serde_json::Error),
+    /// A plan's component could not be loaded.
+    #[error("loading the plan's component {component}")]
+    Component {
+        /// Where the plan says it is.
+        component: String,
+        /// Why it could not be loaded.
+        #[source]
+        source: lockstep_runtime::LoadError,
+    },
+    /// The bytes at a plan's component location are another build.
+    #[error(
+        "{component} is not the plan's plugin: its SHA-256 is {found}, the plan wants {wanted}"
+    )]
+    NotThePlansComponent {
+        /// Where the plan says it is.
+        component: String,
+        /// The SHA-256 of the bytes found there.
+        found: String,
+        /// The SHA-256 the plan names.
+        wanted: String,
+    },
+    /// The component's manifest is not the one the plan was made with.
+    #[error("{component}: the component's manifest differs from the plan's")]
+    NotThePlansManifest {
+        /// Where the plan says it is.
+        component: String,
+    },
 }
 
 /// The schema the sort consumes: the input schema and the two order columns.
@@ -657,9 +696,9 @@ pub async fn run(
         job.progress.rows_written.fetch_add(n, Ordering::Relaxed);
     }
     drop(rows_rx);
-    for task in tasks {
+    for (partition, task) in tasks.into_iter().enumerate() {
         task.await
-            .map_err(|e| BatchError::Source(format!("a partition task failed: {e}")))?;
+            .map_err(|source| BatchError::Partition { partition, source })?;
     }
     let finished = node.finished();
     let mut out = BatchOutput {

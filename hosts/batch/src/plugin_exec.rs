@@ -59,28 +59,29 @@ impl PluginNodeConfig {
 
     /// Reads [`to_bytes`](Self::to_bytes) output.
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, BatchError> {
-        serde_json::from_slice(bytes)
-            .map_err(|e| BatchError::Source(format!("not a plugin node configuration: {e}")))
+        serde_json::from_slice(bytes).map_err(BatchError::NodeConfig)
     }
 
     /// Loads the component with `runtime`, checking that it is the one configured.
     pub fn load(&self, runtime: &Runtime) -> Result<Plugin, BatchError> {
-        let plugin = runtime
-            .load_file(&self.component)
-            .map_err(|e| BatchError::Source(format!("loading {}: {e}", self.component)))?;
+        let plugin =
+            runtime
+                .load_file(&self.component)
+                .map_err(|source| BatchError::Component {
+                    component: self.component.clone(),
+                    source,
+                })?;
         if plugin.hash() != self.component_hash {
-            return Err(BatchError::Source(format!(
-                "{} is not the plan's plugin: its SHA-256 is {}, the plan wants {}",
-                self.component,
-                plugin.hash(),
-                self.component_hash
-            )));
+            return Err(BatchError::NotThePlansComponent {
+                component: self.component.clone(),
+                found: plugin.hash().to_owned(),
+                wanted: self.component_hash.clone(),
+            });
         }
         if plugin.manifest() != &self.manifest {
-            return Err(BatchError::Source(format!(
-                "{}: the component's manifest differs from the plan's",
-                self.component
-            )));
+            return Err(BatchError::NotThePlansManifest {
+                component: self.component.clone(),
+            });
         }
         Ok(plugin)
     }

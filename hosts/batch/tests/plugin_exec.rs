@@ -126,5 +126,23 @@ async fn a_node_rebuilt_from_its_bytes_computes_what_the_executor_computes() {
         err.contains("is not the plan's plugin") && err.contains(plugin.hash()),
         "{err}"
     );
-    assert!(PluginNodeConfig::from_bytes(b"{not json").is_err());
+    assert!(matches!(
+        PluginNodeConfig::from_bytes(b"{not json"),
+        Err(lockstep_batch::BatchError::NodeConfig(_))
+    ));
+
+    // A component that is not where the plan says: the error names the location and
+    // keeps the loader's reason as its source.
+    let mut moved = config.clone();
+    moved.component = "/nowhere/txn_velocity.wasm".into();
+    let err = PluginExec::from_config(moved, &elsewhere, input.clone())
+        .expect_err("a missing component must be refused");
+    assert!(
+        matches!(&err, lockstep_batch::BatchError::Component { component, .. } if component == "/nowhere/txn_velocity.wasm"),
+        "{err:?}"
+    );
+    let reason = std::error::Error::source(&err)
+        .expect("the loader's error")
+        .to_string();
+    assert!(reason.contains("/nowhere/txn_velocity.wasm"), "{reason}");
 }
