@@ -215,3 +215,72 @@ async fn a_version_stays_in_the_layout_it_was_first_written_in() {
         assert!(err.to_string().contains(expected), "{err}");
     }
 }
+
+/// On S3 the lock is an object: a job that fails gives it back, and so does a job
+/// dropped before it ran (its lock is deleted by a task on the runtime), so the next
+/// job starts at once instead of waiting for the lock to expire. Nothing staged or
+/// journalled is left behind either.
+#[tokio::test(flavor = "multi_thread")]
+async fn on_s3_a_failed_or_abandoned_job_gives_the_lock_back() {
+    let moto = lockstep_testkit::Moto::start();
+    moto.create_bucket("features");
+    let s3 = lockstep_offline::S3Options {
+        endpoint: Some(moto.endpoint()),
+        region: Some(lockstep_testkit::REGION.into()),
+        credentials: Some((
+            lockstep_testkit::ACCESS_KEY.into(),
+            lockstep_testkit::SECRET_KEY.into(),
+        )),
+    };
+    let store = OfflineStore::open_location("s3://features/offline", &s3).expect("open");
+    let keys = || {
+        moto.boto3(
+            "r = client('s3').list_objects_v2(Bucket='features', Prefix='offline/')\n\
+             print('\\n'.join(o['Key'] for o in r.get('Contents', [])))",
+        )
+    };
+    let lock_key = "offline/txn_velocity/_lockstep/locks/1.0.0.lock";
+    let dir = tempfile::tempdir().expect("tempdir");
+    let events = events(dir.path(), 500, 3);
+    let plugin = &plugin().1;
+    let options = BackfillOptions::new(TableFormat::Plain, "a test backfill");
+
+    let prepared = Backfill::prepare(&store, plugin, options.clone(), 1)
+        .await
+        .expect("prepare");
+    assert!(
+        keys().lines().any(|k| k == lock_key),
+        "the job holds the lock"
+    );
+    let err = prepared.run(&job(&events)).await.expect_err("3 bad lines");
+    assert!(
+        matches!(err, BackfillError::Rejected { rejects: 3, .. }),
+        "{err}"
+    );
+    let left = keys();
+    assert!(
+        !left.lines().any(|k| k.contains("/_lockstep/locks/")
+            || k.contains("/_lockstep/journal/")
+            || k.contains("/.tmp-")
+            || k.ends_with(".parquet")),
+        "a failed job leaves nothing: {left}"
+    );
+
+    // Abandoned between prepare and run: the lock goes with the job.
+    let abandoned = Backfill::prepare(&store, plugin, options.clone(), 2)
+        .await
+        .expect("prepare after a failed job: the lock was given back");
+    drop(abandoned);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while keys().lines().any(|k| k == lock_key) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the abandoned job's lock is still there after 10 s"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let next = Backfill::prepare(&store, plugin, options, 3)
+        .await
+        .expect("a third job starts at once");
+    drop(next);
+}
