@@ -104,6 +104,51 @@ impl AwsOptions {
     }
 }
 
+/// An `object_store` S3 client for `bucket` with `options` (unset fields from the
+/// environment, as every AWS client of Lockstep resolves them). The offline store and
+/// the audit log reach S3 through it.
+#[cfg(feature = "object-store")]
+pub fn s3_object_store(
+    options: &AwsOptions,
+    bucket: &str,
+) -> Result<std::sync::Arc<dyn object_store::ObjectStore>, object_store::Error> {
+    use object_store::aws::AmazonS3Builder;
+    use object_store::{BackoffConfig, RetryConfig};
+    let mut builder = AmazonS3Builder::from_env()
+        .with_bucket_name(bucket)
+        .with_region(options.region());
+    if let Some((key, secret)) = &options.credentials {
+        builder = builder
+            .with_access_key_id(key)
+            .with_secret_access_key(secret);
+    }
+    // A few quick retries, not object_store's default of minutes: an unreachable
+    // store should fail the job promptly with its name, not hang it.
+    builder = builder.with_retry(RetryConfig {
+        backoff: BackoffConfig::default(),
+        max_retries: 4,
+        retry_timeout: std::time::Duration::from_secs(30),
+    });
+    if let Some(endpoint) = options.endpoint_for("S3") {
+        builder = builder
+            .with_allow_http(endpoint.starts_with("http://"))
+            .with_endpoint(endpoint);
+    }
+    Ok(std::sync::Arc::new(builder.build()?))
+}
+
+/// Splits `s3://bucket/prefix` into bucket and prefix (without slashes at the ends).
+pub fn parse_s3_url(url: &str) -> Option<(String, String)> {
+    let rest = url
+        .strip_prefix("s3://")
+        .or_else(|| url.strip_prefix("s3a://"))?;
+    let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+    if bucket.is_empty() {
+        return None;
+    }
+    Some((bucket.to_owned(), prefix.trim_matches('/').to_owned()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -14,16 +14,17 @@
 
 use crate::OfflineError;
 use crate::error::{io, unique_tmp_name};
-use futures::TryStreamExt;
-use object_store::aws::AmazonS3Builder;
+use futures::{StreamExt, TryStreamExt};
 use object_store::path::Path as ObjectPath;
-use object_store::{
-    BackoffConfig, ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload, RetryConfig,
-};
+use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 use tokio::runtime::Handle;
+
+/// Staged objects given their names at once on an object store (each a copy and a
+/// delete): enough to hide the round trips of a commit of thousands of small hour
+/// files, few enough to stay far below S3's request rates per prefix.
+const PUBLISH_CONCURRENCY: usize = 32;
 
 /// Files at least this large are staged with direct writes (they would only evict other
 /// data from the page cache); smaller ones through it.
@@ -56,45 +57,7 @@ impl std::fmt::Debug for ObjectBackend {
 /// `AWS_ACCESS_KEY_ID`, …), by the rules every AWS client of Lockstep follows.
 pub type S3Options = lockstep_aws::AwsOptions;
 
-/// An `object_store` client for `bucket` with `options`.
-pub fn s3_object_store(
-    options: &S3Options,
-    bucket: &str,
-) -> Result<Arc<dyn ObjectStore>, object_store::Error> {
-    let mut builder = AmazonS3Builder::from_env()
-        .with_bucket_name(bucket)
-        .with_region(options.region());
-    if let Some((key, secret)) = &options.credentials {
-        builder = builder
-            .with_access_key_id(key)
-            .with_secret_access_key(secret);
-    }
-    // A few quick retries, not object_store's default of minutes: an unreachable
-    // store should fail the job promptly with its name, not hang it.
-    builder = builder.with_retry(RetryConfig {
-        backoff: BackoffConfig::default(),
-        max_retries: 4,
-        retry_timeout: Duration::from_secs(30),
-    });
-    if let Some(endpoint) = options.endpoint_for("S3") {
-        builder = builder
-            .with_allow_http(endpoint.starts_with("http://"))
-            .with_endpoint(endpoint);
-    }
-    Ok(Arc::new(builder.build()?))
-}
-
-/// Splits `s3://bucket/prefix` into bucket and prefix (without slashes at the ends).
-pub fn parse_s3_url(url: &str) -> Option<(String, String)> {
-    let rest = url
-        .strip_prefix("s3://")
-        .or_else(|| url.strip_prefix("s3a://"))?;
-    let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
-    if bucket.is_empty() {
-        return None;
-    }
-    Some((bucket.to_owned(), prefix.trim_matches('/').to_owned()))
-}
+pub use lockstep_aws::{parse_s3_url, s3_object_store};
 
 fn object_error(
     action: &'static str,
@@ -264,6 +227,48 @@ impl Backend {
                     Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(true),
                     Err(e) => Err(object_error("committing", at())(e)),
                 }
+            }
+        }
+    }
+
+    /// [`publish`](Self::publish)es each `(staged, rel)` pair: locally every rename in
+    /// one blocking call (a commit of a sparse year renames thousands of hour files,
+    /// and a hand-off to a blocking thread per rename cost more than the rename), on
+    /// an object store [`PUBLISH_CONCURRENCY`] copies at a time. The number published
+    /// (pairs whose staged object was already gone are not counted). Not durable until
+    /// the next [`sync`](Self::sync).
+    pub(crate) async fn publish_all(
+        &self,
+        pairs: &[(String, String)],
+    ) -> Result<usize, OfflineError> {
+        match self {
+            Backend::Local(root) => {
+                let moves: Vec<(PathBuf, PathBuf)> = pairs
+                    .iter()
+                    .map(|(staged, rel)| (root.join(staged), root.join(rel)))
+                    .collect();
+                blocking(root, move || {
+                    let mut published = 0;
+                    for (from, to) in moves {
+                        match std::fs::rename(&from, &to) {
+                            Ok(()) => published += 1,
+                            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                            Err(e) => return Err(io("committing", &to)(e)),
+                        }
+                    }
+                    Ok(published)
+                })
+                .await
+            }
+            Backend::Object(_) => {
+                futures::stream::iter(pairs)
+                    .map(|(staged, rel)| self.publish(staged, rel))
+                    .buffer_unordered(PUBLISH_CONCURRENCY)
+                    .try_fold(
+                        0,
+                        |n, published| async move { Ok(n + usize::from(published)) },
+                    )
+                    .await
             }
         }
     }

@@ -323,13 +323,7 @@ pub(crate) async fn publish_all(
 }
 
 async fn replay(backend: &Backend, journal: &Journal) -> Result<usize, OfflineError> {
-    let mut published = 0;
-    for (staged, target) in &journal.publish {
-        if backend.publish(staged, target).await? {
-            published += 1;
-        }
-    }
-    Ok(published)
+    backend.publish_all(&journal.publish).await
 }
 
 /// What recovery found of a killed job.

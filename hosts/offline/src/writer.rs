@@ -19,7 +19,7 @@
 use crate::backend::Backend;
 use crate::error::io;
 use crate::layout::{self, Hour};
-use crate::part::{WriteSummary, WrittenPart, encode_partition, stored_schema};
+use crate::part::{PartEncoder, WriteSummary, WrittenPart, stored_schema};
 use crate::{GroupVersion, OfflineError};
 use arrow_array::cast::AsArray;
 use arrow_array::types::{Int64Type, TimestampMicrosecondType};
@@ -33,6 +33,7 @@ use arrow_schema::{DataType, SchemaRef, SortOptions};
 use arrow_select::concat::concat_batches;
 use arrow_select::take::take;
 use lockstep_core::schema::{EVENT_TIME, row_schema};
+use sha2::Digest as _;
 use std::collections::BTreeMap;
 use std::io::{BufReader, BufWriter};
 use std::path::PathBuf;
@@ -127,12 +128,12 @@ impl std::fmt::Debug for OfflineWriter {
 type HourParts = (Vec<(usize, PathBuf)>, Vec<(usize, RecordBatch)>);
 
 /// An hour written at commit: its place in commit order, its staged name (empty when
-/// written in place), its row count, the hour, its final name, its size.
-type WrittenHour = (usize, String, usize, Hour, String, u64);
+/// written in place), its row count, the hour, its final name, its size, its SHA-256.
+type WrittenHour = (usize, String, usize, Hour, String, u64, String);
 
 /// An hour encoded at commit, waiting to be put: its place in commit order, its path
-/// relative to the store root, its bytes, its row count, the hour.
-type EncodedHour = (usize, String, Vec<u8>, usize, Hour);
+/// relative to the store root, its bytes, its row count, the hour, the bytes' SHA-256.
+type EncodedHour = (usize, String, Vec<u8>, usize, Hour, String);
 
 /// A comparison of row `i` with row `j` of one batch.
 type RowComparator = Box<dyn Fn(usize, usize) -> std::cmp::Ordering + Send + Sync>;
@@ -435,6 +436,14 @@ impl OfflineWriter {
             hours.entry(hour).or_default().1 = batches;
         }
         let work: Vec<_> = hours.into_iter().collect();
+        let encoder = PartEncoder::new(stored_schema(&self.group.manifest)).map_err(|source| {
+            OfflineError::Parquet {
+                path: self
+                    .backend
+                    .locate(&layout::version_rel(&self.group.name, &self.group.version)),
+                source,
+            }
+        })?;
         let encoders = self
             .options
             .threads
@@ -457,17 +466,17 @@ impl OfflineWriter {
             let encoders: Vec<_> = (0..encoders)
                 .map(|_| {
                     let files_out = files_out.clone();
-                    let (next, failed, work) = (&next, &failed, &work);
+                    let (next, failed, work, encoder) = (&next, &failed, &work, &encoder);
                     scope.spawn(move || -> Result<(), OfflineError> {
                         while !failed.load(Ordering::Relaxed) {
                             let i = next.fetch_add(1, Ordering::Relaxed);
                             let Some((hour, (chunks, batches))) = work.get(i) else {
                                 break;
                             };
-                            let (rel, bytes, rows, at) =
-                                this.encode_hour(*hour, chunks, batches)
-                                    .inspect_err(|_| failed.store(true, Ordering::Relaxed))?;
-                            if files_out.send((i, rel, bytes, rows, at)).is_err() {
+                            let (rel, bytes, rows, at, sha256) = this
+                                .encode_hour(encoder, *hour, chunks, batches)
+                                .inspect_err(|_| failed.store(true, Ordering::Relaxed))?;
+                            if files_out.send((i, rel, bytes, rows, at, sha256)).is_err() {
                                 break;
                             }
                         }
@@ -487,7 +496,7 @@ impl OfflineWriter {
                                 Ok(queue) => queue.recv(),
                                 Err(poisoned) => poisoned.into_inner().recv(),
                             };
-                            let Ok((i, rel, bytes, rows, at)) = next_file else {
+                            let Ok((i, rel, bytes, rows, at, sha256)) = next_file else {
                                 break;
                             };
                             let size = bytes.len() as u64;
@@ -506,7 +515,7 @@ impl OfflineWriter {
                                     .map(|()| String::new())
                             };
                             match written {
-                                Ok(staged) => done.push((i, staged, rows, at, rel, size)),
+                                Ok(staged) => done.push((i, staged, rows, at, rel, size, sha256)),
                                 Err(e) => {
                                     failed.store(true, Ordering::Relaxed);
                                     first_error = Some(e);
@@ -546,7 +555,7 @@ impl OfflineWriter {
         files.sort_by_key(|(i, ..)| *i);
         let staged: Vec<(String, String)> = files
             .iter()
-            .map(|(_, staged, _, _, rel, _)| (staged.clone(), rel.clone()))
+            .map(|(_, staged, _, _, rel, ..)| (staged.clone(), rel.clone()))
             .collect();
         if journaled {
             crate::journal::publish_all(
@@ -566,28 +575,30 @@ impl OfflineWriter {
             hours: files.iter().map(|(_, _, _, at, ..)| *at).collect(),
             parts: files
                 .iter()
-                .map(|(_, _, rows, hour, rel, size)| WrittenPart {
+                .map(|(_, _, rows, hour, rel, size, sha256)| WrittenPart {
                     rel: rel.clone(),
                     rows: *rows,
                     bytes: *size,
+                    sha256: sha256.clone(),
                     hour: *hour,
                 })
                 .collect(),
             files: files
                 .iter()
-                .map(|(_, _, _, _, rel, _)| self.backend.locate(rel))
+                .map(|(_, _, _, _, rel, ..)| self.backend.locate(rel))
                 .collect(),
         })
     }
 
     /// Assembles, orders and encodes one hour: the file's path relative to the store
-    /// root, its bytes, its row count and the hour.
+    /// root, its bytes, its row count, the hour and the bytes' SHA-256.
     fn encode_hour(
         &self,
+        encoder: &PartEncoder,
         hour: i64,
         files: &[(usize, PathBuf)],
         buffered: &[(usize, RecordBatch)],
-    ) -> Result<(String, Vec<u8>, usize, Hour), OfflineError> {
+    ) -> Result<(String, Vec<u8>, usize, Hour, String), OfflineError> {
         // Source → its rows in arrival order: staged chunks first, then the buffer.
         let mut sources: BTreeMap<usize, Vec<RecordBatch>> = BTreeMap::new();
         for (source, path) in files {
@@ -617,7 +628,7 @@ impl OfflineWriter {
                 .as_str();
             n
         ])));
-        let out = RecordBatch::try_new(stored_schema(&self.group.manifest), columns)?;
+        let out = RecordBatch::try_new(encoder.schema().clone(), columns)?;
         let at = Hour::of(hour.saturating_mul(MICROS_PER_HOUR));
         let dir = format!(
             "{}/{}",
@@ -629,8 +640,10 @@ impl OfflineWriter {
             .part_file
             .as_deref()
             .unwrap_or(layout::PART_FILE);
-        let (rel, bytes) = encode_partition(&self.backend, &dir, name, &out)?;
-        Ok((rel, bytes, n, at))
+        let (rel, bytes) = encoder.encode(&self.backend, &dir, name, &out)?;
+        // Recorded with the file (the audit log names every file a commit wrote by it).
+        let sha256 = hex::encode(sha2::Sha256::digest(&bytes));
+        Ok((rel, bytes, n, at, sha256))
     }
 
     /// An hour's rows ordered by entity key, then event time, then arrival: the same
