@@ -30,6 +30,8 @@ pub struct RunArgs {
     pub max_future: i64,
     /// How the group version is kept.
     pub table_format: TableFormat,
+    /// Where the commit is recorded.
+    pub audit: crate::audit::AuditArgs,
 }
 
 /// Where to register written tables.
@@ -96,6 +98,8 @@ pub async fn run(args: RunArgs, runtime: &Runtime) -> Result<()> {
         );
     }
     let store = crate::offline::open(&args.offline_store, &args.s3)?;
+    // Opened before any work: a log that cannot be written stops the job, not its end.
+    let audit = args.audit.open(Some(&args.offline_store), &args.s3)?;
     let now = now_micros();
     let options = BackfillOptions {
         // Rows wait for the commit in a buffer of a quarter of the memory limit; the
@@ -180,6 +184,34 @@ pub async fn run(args: RunArgs, runtime: &Runtime) -> Result<()> {
         }
         None => None,
     };
+    let mut entries = Vec::new();
+    if group.registered_at == now {
+        // This job's commit bound the version to its plugin.
+        entries.push(
+            lockstep_audit::Entry::new("group.register")
+                .on(&group.name, Some(group.version.clone()))
+                .with_details(serde_json::json!({
+                    "plugin_hash": group.plugin_hash,
+                    "table_format": args.table_format.name(),
+                })),
+        );
+    }
+    entries.push(
+        lockstep_audit::Entry::new("batch.commit")
+            .on(&group.name, Some(group.version.clone()))
+            .with_details(serde_json::json!({
+                "plugin_hash": plugin.hash(),
+                "source": args.source,
+                "table_format": args.table_format.name(),
+                "rows": written.rows,
+                "rejected": out.rejects.len(),
+                "delta_version": delta_commit.as_ref().map(|c| c.version),
+                "files": written.parts.iter().map(|p| serde_json::json!({
+                    "path": p.rel, "rows": p.rows, "bytes": p.bytes, "sha256": p.sha256,
+                })).collect::<Vec<_>>(),
+            })),
+    );
+    crate::audit::record(audit.as_ref(), entries, "the backfill is committed").await?;
     if let Some(path) = &args.state_out {
         let info = SnapshotInfo {
             group: group.name.clone(),
@@ -449,6 +481,8 @@ pub enum Command {
         table_format: TableFormat,
         #[command(flatten)]
         runtime: crate::plugin::RuntimeArgs,
+        #[command(flatten)]
+        audit: crate::audit::AuditArgs,
     },
 }
 
@@ -481,6 +515,7 @@ pub async fn run_command(cmd: Command) -> Result<()> {
             max_future,
             table_format,
             runtime,
+            audit,
         } => {
             let runtime = runtime.runtime()?;
             run(
@@ -507,6 +542,7 @@ pub async fn run_command(cmd: Command) -> Result<()> {
                     rejects,
                     max_future,
                     table_format,
+                    audit,
                 },
                 &runtime,
             )

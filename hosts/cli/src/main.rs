@@ -5,6 +5,7 @@
 //! (each owns its `clap` arguments), and the exit code is decided in one place,
 //! [`exit_code`].
 
+mod audit;
 mod batch;
 mod cache;
 mod demo;
@@ -67,6 +68,9 @@ enum Command {
     /// it may touch only its groups' keys (reads; writes too with --write). The
     /// password comes from the environment variable --password-env names.
     CacheAcl(cache::AclArgs),
+    /// Verify and read the audit log: who changed what is stored or served, and when.
+    #[command(subcommand)]
+    Audit(audit::Command),
     /// Check the plugins against their golden sets in `golden/`, or remake them.
     #[command(subcommand)]
     Golden(golden::Command),
@@ -128,6 +132,7 @@ async fn run(command: Command) -> Result<Outcome> {
             false => Outcome::SkewFound,
         }),
         Command::Golden(cmd) => done(golden::run(cmd).await),
+        Command::Audit(cmd) => done(audit::run_command(cmd).await),
         Command::Batch(cmd) => done(batch::run_command(cmd).await),
         Command::TrainingSet(args) => done(training::run(args).await),
         Command::Offline(cmd) => done(offline::run_command(cmd).await),

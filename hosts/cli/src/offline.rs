@@ -127,11 +127,17 @@ pub struct VacuumArgs {
     /// older version, or a job still writing, may lose its files.
     #[arg(long)]
     pub allow_short_retention: bool,
+    /// Where the removal is recorded.
+    #[command(flatten)]
+    pub audit: crate::audit::AuditArgs,
 }
 
 /// `lockstep offline vacuum`: Delta's VACUUM on a group's tables.
 pub async fn vacuum(args: VacuumArgs) -> Result<()> {
     let store = open(&args.offline_store, &S3Options::default())?;
+    let audit = args
+        .audit
+        .open(Some(&args.offline_store), &S3Options::default())?;
     let (name, wanted) = match args.group.split_once('@') {
         Some((name, version)) => (name, Some(version)),
         None => (args.group.as_str(), None),
@@ -205,6 +211,20 @@ pub async fn vacuum(args: VacuumArgs) -> Result<()> {
             for f in &done.files {
                 println!("  {f}");
             }
+        } else if !done.files.is_empty() {
+            crate::audit::record(
+                audit.as_ref(),
+                vec![
+                    lockstep_audit::Entry::new("offline.vacuum")
+                        .on(&v.name, Some(v.version.clone()))
+                        .with_details(serde_json::json!({
+                            "retain": retain.to_string(),
+                            "removed": done.files,
+                        })),
+                ],
+                "the files are removed",
+            )
+            .await?;
         }
     }
     Ok(())

@@ -64,6 +64,9 @@ pub struct ServeArgs {
     pub listen: SocketAddr,
     #[command(flatten)]
     pub runtime: crate::plugin::RuntimeArgs,
+    /// Where the server's start and configuration are recorded.
+    #[command(flatten)]
+    pub audit: crate::audit::AuditArgs,
 }
 
 /// A served group's row schema.
@@ -182,6 +185,20 @@ pub async fn run(args: ServeArgs) -> Result<()> {
             .await
             .with_context(|| format!("listening on {}", args.listen))?;
         let bound = listener.local_addr().context("reading the bound address")?;
+        let audit = args.audit.open(None, &lockstep_aws::AwsOptions::default())?;
+        crate::audit::record(
+            audit.as_ref(),
+            vec![lockstep_audit::Entry::new("serve.start").with_details(serde_json::json!({
+                "listen": bound.to_string(),
+                "groups": ids,
+                "online_store": format!("{:?}", args.online_store),
+                "cache": args.cache.as_deref().map(crate::audit::redact_url),
+                "timeout_ms": args.timeout.as_secs_f64() * 1e3,
+                "defaults": args.defaults.as_ref().map(|p| p.display().to_string()),
+            }))],
+            "nothing is served yet",
+        )
+        .await?;
         tracing::info!(groups = ?ids, timeout = ?args.timeout, cache = args.cache.is_some(), "serving");
         // Scripts wait for this line to know the port.
         println!("lockstep serve listening on http://{bound}");

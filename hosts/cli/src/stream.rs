@@ -109,6 +109,9 @@ pub struct RunArgs {
     /// stream has truly ended: a later event would be applied out of order.
     #[arg(long)]
     pub drain_on_stop: bool,
+    /// Where the service's start and stop are recorded.
+    #[command(flatten)]
+    pub audit: crate::audit::AuditArgs,
 }
 
 /// Opens the online store `arg` names; `sagemaker_rate` caps PutRecord calls per
@@ -166,6 +169,27 @@ pub async fn run(args: RunArgs, runtime: &Runtime) -> Result<()> {
         None => None,
     };
     let store = open_store(&args.online_store, args.sagemaker_rate).await?;
+    let aws = lockstep_aws::AwsOptions {
+        endpoint: args.endpoint_url.clone(),
+        ..Default::default()
+    };
+    let audit = args.audit.open(None, &aws)?;
+    let about =
+        |action: &str| lockstep_audit::Entry::new(action).on(&m.name, Some(m.version.clone()));
+    crate::audit::record(
+        audit.as_ref(),
+        vec![about("stream.start").with_details(serde_json::json!({
+            "plugin_hash": plugin.hash(),
+            "stream": args.stream,
+            "state": args.state.display().to_string(),
+            "online_store": format!("{:?}", args.online_store),
+            "cache": args.cache.is_some(),
+            "start_state": args.start_state.as_ref().map(|p| p.display().to_string()),
+            "fresh": args.fresh,
+        }))],
+        "nothing has started",
+    )
+    .await?;
     let mut config = ServiceConfig::new(&args.stream, args.state.clone());
     config.kinesis = KinesisOptions {
         endpoint: args.endpoint_url.clone(),
@@ -193,11 +217,34 @@ pub async fn run(args: RunArgs, runtime: &Runtime) -> Result<()> {
         state = %args.state.display(),
         "stream host starting"
     );
+    let hash = plugin.hash().to_owned();
+    let stop_entry = about("stream.stop");
     let service = StreamService::new(plugin, store, group.clone(), config);
-    let summary = service
-        .run(Arc::new(AtomicBool::new(false)))
-        .await
-        .with_context(|| format!("stream host for {} on {}", group.id(), args.stream))?;
+    let summary = service.run(Arc::new(AtomicBool::new(false))).await;
+    let details = match &summary {
+        Ok(summary) => serde_json::json!({
+            "plugin_hash": hash,
+            "stream": args.stream,
+            "resumed": summary.resumed,
+            "checkpoints": summary.commits,
+            "records": summary.stats.records,
+            "rows": summary.stats.rows,
+            "dead_letters": summary.stats.dead,
+        }),
+        Err(e) => serde_json::json!({
+            "plugin_hash": hash,
+            "stream": args.stream,
+            "error": lockstep_core::ErrorChain(e).to_string(),
+        }),
+    };
+    crate::audit::record(
+        audit.as_ref(),
+        vec![stop_entry.with_details(details)],
+        "the stream host stopped",
+    )
+    .await?;
+    let summary =
+        summary.with_context(|| format!("stream host for {} on {}", group.id(), args.stream))?;
     let s = &summary.stats;
     tracing::info!(
         records = s.records,
