@@ -19,6 +19,7 @@ mod scaffold;
 mod serve;
 mod skew;
 mod stream;
+mod tenant;
 mod training;
 
 use anyhow::Result;
@@ -68,6 +69,9 @@ enum Command {
     /// it may touch only its groups' keys (reads; writes too with --write). The
     /// password comes from the environment variable --password-env names.
     CacheAcl(cache::AclArgs),
+    /// Tenants of `serve`: make a bearer token and its tenants-file entry.
+    #[command(subcommand)]
+    Tenant(tenant::Command),
     /// Verify and read the audit log: who changed what is stored or served, and when.
     #[command(subcommand)]
     Audit(audit::Command),
@@ -133,6 +137,7 @@ async fn run(command: Command) -> Result<Outcome> {
         }),
         Command::Golden(cmd) => done(golden::run(cmd).await),
         Command::Audit(cmd) => done(audit::run_command(cmd).await),
+        Command::Tenant(cmd) => done(tenant::run(cmd)),
         Command::Batch(cmd) => done(batch::run_command(cmd).await),
         Command::TrainingSet(args) => done(training::run(args).await),
         Command::Offline(cmd) => done(offline::run_command(cmd).await),

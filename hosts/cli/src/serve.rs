@@ -64,9 +64,15 @@ pub struct ServeArgs {
     pub listen: SocketAddr,
     #[command(flatten)]
     pub runtime: crate::plugin::RuntimeArgs,
-    /// Where the server's start and configuration are recorded.
+    /// Where the server's start and configuration are recorded, and every refused
+    /// request.
     #[command(flatten)]
     pub audit: crate::audit::AuditArgs,
+    /// Tenants and their tokens (TOML; each token kept as its SHA-256, see `lockstep
+    /// tenant token`): every request then needs a tenant's bearer token and reads only
+    /// its groups. Open to anyone who reaches the port when absent.
+    #[arg(long)]
+    pub tenants: Option<PathBuf>,
 }
 
 /// A served group's row schema.
@@ -135,6 +141,24 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         bail!("--timeout must be more than zero: every answer would be the defaults");
     }
     let (groups, schemas) = served_groups(&args, runtime)?;
+    let access = match &args.tenants {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading the tenants file {}", path.display()))?;
+            let access =
+                lockstep_serving::access::Access::parse(&text, &path.display().to_string())?;
+            for tenant in access.tenants() {
+                for g in &tenant.groups {
+                    let name = g.split_once('@').map_or(g.as_str(), |(n, _)| n);
+                    if !groups.iter().any(|s| s.group.name == name) {
+                        tracing::warn!(tenant = %tenant.name, group = %g, "a tenant's group is not served");
+                    }
+                }
+            }
+            Some(access)
+        }
+        None => None,
+    };
     let store: Arc<dyn OnlineStore> = match &args.online_store {
         OnlineStoreArg::Embedded(dir) => Arc::new(EmbeddedStore::open(dir).with_context(|| {
             format!(
@@ -185,9 +209,12 @@ pub async fn run(args: ServeArgs) -> Result<()> {
             .await
             .with_context(|| format!("listening on {}", args.listen))?;
         let bound = listener.local_addr().context("reading the bound address")?;
-        let audit = args.audit.open(None, &lockstep_aws::AwsOptions::default())?;
+        let audit = args
+            .audit
+            .open(None, &lockstep_aws::AwsOptions::default())?
+            .map(Arc::new);
         crate::audit::record(
-            audit.as_ref(),
+            audit.as_deref(),
             vec![lockstep_audit::Entry::new("serve.start").with_details(serde_json::json!({
                 "listen": bound.to_string(),
                 "groups": ids,
@@ -195,20 +222,77 @@ pub async fn run(args: ServeArgs) -> Result<()> {
                 "cache": args.cache.as_deref().map(crate::audit::redact_url),
                 "timeout_ms": args.timeout.as_secs_f64() * 1e3,
                 "defaults": args.defaults.as_ref().map(|p| p.display().to_string()),
+                "tenants": access.as_ref().map(|a| a.tenants().iter().map(|t| serde_json::json!({
+                    "name": t.name, "groups": t.groups, "revoked": t.revoked,
+                })).collect::<Vec<_>>()),
             }))],
             "nothing is served yet",
         )
         .await?;
+        let access = access.map(|access| {
+            Arc::new(match &audit {
+                Some(log) => access.with_refusals(record_refusals(log.clone())),
+                None => access,
+            })
+        });
         tracing::info!(groups = ?ids, timeout = ?args.timeout, cache = args.cache.is_some(), "serving");
         // Scripts wait for this line to know the port.
         println!("lockstep serve listening on http://{bound}");
-        lockstep_serving::http::serve(
+        lockstep_serving::http::serve_with(
             listener,
             server,
+            access,
             lockstep_featurestore::local::shutdown_signal(),
         )
         .await
         .context("serving features")
     }
     .await
+}
+
+/// A channel whose refusals are recorded in `log`, gathered for up to a second (a
+/// burst of refused requests is one log file, not one each). Never in the request's
+/// way: the server hands refusals on without waiting.
+fn record_refusals(
+    log: Arc<lockstep_audit::AuditLog>,
+) -> tokio::sync::mpsc::Sender<lockstep_serving::access::Refusal> {
+    let (sender, mut refusals) = tokio::sync::mpsc::channel(10_000);
+    tokio::spawn(async move {
+        while let Some(first) = refusals.recv().await {
+            let mut batch: Vec<lockstep_serving::access::Refusal> = vec![first];
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
+            while batch.len() < 1_000 {
+                match tokio::time::timeout_at(deadline, refusals.recv()).await {
+                    Ok(Some(next)) => batch.push(next),
+                    _ => break,
+                }
+            }
+            let entries = batch
+                .into_iter()
+                .map(|r| {
+                    let mut entry = lockstep_audit::Entry::new("serve.refused").with_details(
+                        serde_json::json!({
+                            "status": r.status,
+                            "reason": r.reason,
+                            "tenant": r.tenant,
+                            "path": r.path,
+                        }),
+                    );
+                    if let Some(group) = r.group {
+                        let (name, version) = group
+                            .split_once('@')
+                            .map_or((group.clone(), None), |(n, v)| {
+                                (n.to_owned(), Some(v.to_owned()))
+                            });
+                        entry = entry.on(name, version);
+                    }
+                    entry
+                })
+                .collect();
+            if let Err(e) = log.record(entries).await {
+                tracing::warn!(error = %lockstep_core::ErrorChain(&e), "refused requests not recorded in the audit log");
+            }
+        }
+    });
+    sender
 }

@@ -374,3 +374,219 @@ fn feast_reads_what_the_api_answers(serve: &Serve, latest: &BTreeMap<String, Map
         assert_eq!(got[cards.len()], Json::Null, "{name} of an unknown card");
     }
 }
+
+/// One HTTP/1.1 request to `base` (`http://host:port`): the status and the body.
+fn http(base: &str, method: &str, path: &str, token: Option<&str>, body: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let host = base.trim_start_matches("http://");
+    let mut stream = std::net::TcpStream::connect(host).expect("connect");
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nHost: {host}\r\n{auth}Content-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .expect("send");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).expect("read");
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+#[test]
+fn tenants_read_their_groups_everything_else_is_refused_audited_and_no_token_is_ever_said() {
+    let velocity = plugin("txn_velocity");
+    let churn = plugin("churn_features");
+    let (v, c) = (group(&velocity), group(&churn));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let token = |name: &str, groups: &[&str]| -> (String, String) {
+        let mut args = vec!["tenant", "token", "--name", name];
+        for g in groups {
+            args.extend_from_slice(&["--group", g]);
+        }
+        let out = lockstep(&args);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        let said = text(&out.stdout);
+        let token = said
+            .lines()
+            .find_map(|l| l.strip_prefix("token: "))
+            .expect("the token")
+            .to_owned();
+        let entry = said
+            .split_once("[[tenant]]")
+            .expect("an entry")
+            .1
+            .to_owned();
+        assert!(
+            !entry.contains(&token),
+            "the entry holds the hash, not the token"
+        );
+        (token, format!("[[tenant]]{entry}"))
+    };
+    let (fraud, fraud_entry) = token("fraud", &[&v.name]);
+    let (gone, gone_entry) = token("gone", &[&v.name, &c.name]);
+    let ops = "ops-token-for-the-test";
+    let tenants = dir.path().join("tenants.toml");
+    std::fs::write(
+        &tenants,
+        format!(
+            "{fraud_entry}\n{}revoked = true\n\n[operations]\ntoken_sha256 = \"{}\"\n",
+            gone_entry,
+            hex::encode(<sha2::Sha256 as sha2::Digest>::digest(ops.as_bytes()))
+        ),
+    )
+    .expect("tenants");
+    let audit = dir.path().join("audit");
+    let log = dir.path().join("serve.log");
+    let data = dir.path().join("online");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_lockstep"))
+        .args([
+            "serve",
+            "--plugin",
+            s(&velocity),
+            "--plugin",
+            s(&churn),
+            "--online-store",
+            &format!("embedded:{}", s(&data)),
+            "--tenants",
+            s(&tenants),
+            "--audit",
+            s(&audit),
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .env("RUST_LOG", "debug")
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(&log).expect("log"))
+        .spawn()
+        .expect("spawn serve");
+    let mut first = String::new();
+    BufReader::new(child.stdout.take().expect("stdout"))
+        .read_line(&mut first)
+        .expect("the listening line");
+    let base = first
+        .trim()
+        .strip_prefix("lockstep serve listening on ")
+        .unwrap_or_else(|| panic!("{first}"))
+        .to_owned();
+    let serve = Serve { child, base };
+    let ask = |group: &str| format!("{{\"group\":\"{group}\",\"entities\":[\"card-1\"]}}");
+
+    // Its own group: answered (no row yet, so missing, but answered).
+    let (status, body) = http(
+        &serve.base,
+        "POST",
+        "/v1/features",
+        Some(&fraud),
+        &ask(&v.name),
+    );
+    assert_eq!(status, 200, "{body}");
+    // Another group: 403, naming tenant and group.
+    let (status, body) = http(
+        &serve.base,
+        "POST",
+        "/v1/features",
+        Some(&fraud),
+        &ask(&c.name),
+    );
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("fraud") && body.contains(&c.id()), "{body}");
+    // Feast's API is fenced the same way.
+    let feast = format!(
+        "{{\"features\":[\"{}:{}\"],\"entities\":{{\"{}\":[\"c1\"]}}}}",
+        c.name, "churn_score", c.entity_key
+    );
+    let (status, _) = http(
+        &serve.base,
+        "POST",
+        "/get-online-features",
+        Some(&fraud),
+        &feast,
+    );
+    assert_eq!(status, 403);
+    // The group list shows only its groups.
+    let (status, body) = http(&serve.base, "GET", "/v1/groups", Some(&fraud), "");
+    assert_eq!(status, 200);
+    assert!(body.contains(&v.name) && !body.contains(&c.name), "{body}");
+    // No token, a wrong one, a revoked tenant's: 401, the token never echoed.
+    for (token, why) in [
+        (None, "no bearer token"),
+        (Some("lst_not-a-real-token"), "an unknown token"),
+        (Some(gone.as_str()), "a revoked tenant's token"),
+    ] {
+        let (status, body) = http(&serve.base, "POST", "/v1/features", token, &ask(&v.name));
+        assert_eq!(status, 401, "{token:?}: {body}");
+        assert!(body.contains(why), "{body}");
+        assert!(token.is_none_or(|t| !body.contains(t)), "{body}");
+    }
+    // Operations endpoints take their own token.
+    assert_eq!(http(&serve.base, "GET", "/metrics", None, "").0, 401);
+    assert_eq!(
+        http(&serve.base, "GET", "/metrics", Some(&fraud), "").0,
+        401
+    );
+    let (status, metrics) = http(&serve.base, "GET", "/metrics", Some(ops), "");
+    assert_eq!(status, 200);
+    assert!(
+        metrics.contains("lockstep_serve_refused_requests_total{status=\"401\"} 5")
+            && metrics.contains("lockstep_serve_refused_requests_total{status=\"403\"} 2"),
+        "{metrics}"
+    );
+
+    // Refusals reach the audit log within about a second of the burst.
+    let refused = || {
+        let out = lockstep(&[
+            "audit",
+            "show",
+            "--audit",
+            s(&audit),
+            "--action",
+            "serve.refused",
+            "--json",
+        ]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        text(&out.stdout)
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while refused().lines().count() < 7 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "refusals not audited: {}",
+            refused()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let entries = refused();
+    assert!(
+        entries.contains("\"tenant\":\"fraud\"") && entries.contains(&c.name),
+        "{entries}"
+    );
+    drop(serve);
+    let verified = lockstep(&["audit", "verify", "--audit", s(&audit)]);
+    assert!(verified.status.success(), "{}", text(&verified.stdout));
+    // No token appears anywhere: logs, audit log, configuration recorded at start.
+    let mut everything = std::fs::read_to_string(&log).expect("log");
+    for path in std::fs::read_dir(audit.join("digests"))
+        .expect("digests")
+        .flatten()
+    {
+        everything.push_str(&std::fs::read_to_string(path.path()).expect("digest"));
+    }
+    everything.push_str(&refused());
+    let started = lockstep(&["audit", "show", "--audit", s(&audit), "--json"]);
+    everything.push_str(&text(&started.stdout));
+    for secret in [fraud.as_str(), gone.as_str(), ops, "lst_not-a-real-token"] {
+        assert!(!everything.contains(secret), "a token was written down");
+    }
+}

@@ -1,27 +1,48 @@
 //! The HTTP API: `POST /v1/features`, `POST /get-online-features` (Feast),
-//! `GET /v1/groups`, `GET /metrics`, `GET /healthz`.
+//! `GET /v1/groups`, `GET /metrics`, `GET /healthz`; with an [`Access`] policy, every
+//! request shows a tenant's bearer token and reads only its groups.
 
-use crate::metrics::ApiLabel;
+use crate::access::{Access, Caller, Refusal, Tenant};
+use crate::metrics::{ApiLabel, StatusLabel};
 use crate::{FeatureServer, ServeError, feast};
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::State;
+use axum::extract::{Request, State};
 use axum::http::{StatusCode, header};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use lockstep_client::api::{ErrorBody, FeatureRequest};
 use serde_json::json;
+use std::sync::Arc;
 use std::time::Instant;
 
-/// The router over `server`.
+/// The router over `server`, open to anyone who reaches it.
 pub fn router(server: FeatureServer) -> Router {
-    Router::new()
+    router_with(server, None)
+}
+
+/// The router over `server`; with `access`, requests need a tenant's token and read
+/// only the tenant's groups (`/metrics` and `/healthz` as the policy says).
+pub fn router_with(server: FeatureServer, access: Option<Arc<Access>>) -> Router {
+    let router = Router::new()
         .route("/v1/features", post(features))
         .route("/get-online-features", post(feast_features))
         .route("/v1/groups", get(groups))
         .route("/metrics", get(metrics))
-        .route("/healthz", get(healthz))
-        .with_state(server)
+        .route("/healthz", get(healthz));
+    match access {
+        Some(access) => router
+            .layer(axum::middleware::from_fn_with_state(
+                Guard {
+                    access,
+                    server: server.clone(),
+                },
+                guard,
+            ))
+            .with_state(server),
+        None => router.with_state(server),
+    }
 }
 
 /// Serves `router(server)` on `listener` until `shutdown` completes.
@@ -30,9 +51,129 @@ pub async fn serve(
     server: FeatureServer,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(server))
+    serve_with(listener, server, None, shutdown).await
+}
+
+/// Serves `router_with(server, access)` on `listener` until `shutdown` completes.
+pub async fn serve_with(
+    listener: tokio::net::TcpListener,
+    server: FeatureServer,
+    access: Option<Arc<Access>>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router_with(server, access))
         .with_graceful_shutdown(shutdown)
         .await
+}
+
+/// What the access guard needs.
+#[derive(Clone)]
+struct Guard {
+    access: Arc<Access>,
+    server: FeatureServer,
+}
+
+/// A request's tenant, for the handlers' group checks.
+#[derive(Clone)]
+struct Granted {
+    tenant: Arc<Tenant>,
+    guard: Guard,
+}
+
+impl Granted {
+    /// The 403 answer when the tenant may not read `name` (`version`, or the highest
+    /// served); `None` when it may.
+    fn refusal(&self, name: &str, version: Option<&str>, path: &str) -> Option<Response> {
+        // An unknown group is the handler's 404; only a served one is checked here.
+        let Ok(served) = self.guard.server.group(name, version) else {
+            return None;
+        };
+        if self.tenant.may_read(name, &served.group.version) {
+            return None;
+        }
+        let id = served.group.id();
+        refuse(
+            &self.guard,
+            Refusal {
+                tenant: Some(self.tenant.name.clone()),
+                group: Some(id.clone()),
+                status: 403,
+                reason: "a group the tenant may not read",
+                path: path.to_owned(),
+            },
+        );
+        Some(error(
+            StatusCode::FORBIDDEN,
+            format!("tenant `{}` may not read {id}", self.tenant.name),
+        ))
+    }
+}
+
+fn refuse(guard: &Guard, refusal: Refusal) {
+    guard
+        .server
+        .metrics()
+        .refused_requests
+        .get_or_create(&StatusLabel {
+            status: refusal.status,
+        })
+        .inc();
+    guard.access.refused(refusal);
+}
+
+async fn guard(State(guard): State<Guard>, mut request: Request, next: Next) -> Response {
+    let path = request.uri().path().to_owned();
+    let header = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    if path == "/metrics" || path == "/healthz" {
+        if guard.access.operations_allowed(header) {
+            return next.run(request).await;
+        }
+        refuse(
+            &guard,
+            Refusal {
+                tenant: None,
+                group: None,
+                status: 401,
+                reason: "not the operations token",
+                path: path.clone(),
+            },
+        );
+        return unauthorized("this endpoint needs the operations token");
+    }
+    match guard.access.caller(header) {
+        Caller::Tenant(tenant) => {
+            request.extensions_mut().insert(Granted { tenant, guard });
+            next.run(request).await
+        }
+        Caller::Refused(reason) => {
+            refuse(
+                &guard,
+                Refusal {
+                    tenant: None,
+                    group: None,
+                    status: 401,
+                    reason,
+                    path,
+                },
+            );
+            // The reason says which case, never the token.
+            unauthorized(&format!(
+                "refused: {reason}; send Authorization: Bearer <token>"
+            ))
+        }
+    }
+}
+
+fn unauthorized(message: &str) -> Response {
+    let mut response = error(StatusCode::UNAUTHORIZED, message.to_owned());
+    response.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        header::HeaderValue::from_static("Bearer"),
+    );
+    response
 }
 
 fn error(status: StatusCode, message: String) -> Response {
@@ -61,24 +202,50 @@ fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ServeError> {
     serde_json::from_slice(body).map_err(|e| ServeError::BadRequest(format!("request body: {e}")))
 }
 
-async fn features(State(server): State<FeatureServer>, body: Bytes) -> Response {
+async fn features(
+    State(server): State<FeatureServer>,
+    granted: Option<axum::Extension<Granted>>,
+    body: Bytes,
+) -> Response {
     let started = Instant::now();
-    let answer = match parse::<FeatureRequest>(&body) {
-        Ok(request) => server.get(&request).await.map(|r| json_body(&r)),
-        Err(e) => Err(e),
+    let request = match parse::<FeatureRequest>(&body) {
+        Ok(request) => request,
+        Err(e) => return e.into_response(),
     };
+    if let Some(granted) = &granted
+        && let Some(refused) =
+            granted.refusal(&request.group, request.version.as_deref(), "/v1/features")
+    {
+        return refused;
+    }
+    let answer = server.get(&request).await.map(|r| json_body(&r));
     observe(&server, "native", started);
     answer.unwrap_or_else(IntoResponse::into_response)
 }
 
-async fn feast_features(State(server): State<FeatureServer>, body: Bytes) -> Response {
+async fn feast_features(
+    State(server): State<FeatureServer>,
+    granted: Option<axum::Extension<Granted>>,
+    body: Bytes,
+) -> Response {
     let started = Instant::now();
-    let answer = match parse::<feast::FeastRequest>(&body) {
-        Ok(request) => feast::get_online_features(&server, request)
-            .await
-            .map(|r| json_body(&r)),
-        Err(e) => Err(e),
+    let request = match parse::<feast::FeastRequest>(&body) {
+        Ok(request) => request,
+        Err(e) => return e.into_response(),
     };
+    if let Some(granted) = &granted {
+        for reference in &request.features {
+            let view = reference
+                .split_once(':')
+                .map_or(reference.as_str(), |(v, _)| v);
+            if let Some(refused) = granted.refusal(view, None, "/get-online-features") {
+                return refused;
+            }
+        }
+    }
+    let answer = feast::get_online_features(&server, request)
+        .await
+        .map(|r| json_body(&r));
     observe(&server, "feast", started);
     answer.unwrap_or_else(IntoResponse::into_response)
 }
@@ -91,10 +258,18 @@ fn observe(server: &FeatureServer, api: &'static str, started: Instant) {
         .observe(started.elapsed().as_secs_f64());
 }
 
-async fn groups(State(server): State<FeatureServer>) -> Response {
+async fn groups(
+    State(server): State<FeatureServer>,
+    granted: Option<axum::Extension<Granted>>,
+) -> Response {
     let groups: Vec<_> = server
         .groups()
         .iter()
+        .filter(|g| {
+            granted
+                .as_ref()
+                .is_none_or(|granted| granted.tenant.may_read(&g.group.name, &g.group.version))
+        })
         .map(|g| {
             json!({
                 "name": g.group.name,

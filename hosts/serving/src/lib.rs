@@ -29,6 +29,7 @@
 //! This crate reads; it never writes rows of its own, never runs plugins and never
 //! decides which row is newer (the stores' event-time rules do).
 
+pub mod access;
 mod breaker;
 mod deadline;
 pub mod feast;

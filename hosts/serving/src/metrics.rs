@@ -22,6 +22,13 @@ pub struct BackendLabel {
     pub backend: &'static str,
 }
 
+/// Why a request was refused.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StatusLabel {
+    /// The HTTP status: 401 (no valid token) or 403 (a group the tenant may not read).
+    pub status: u16,
+}
+
 /// Every metric the serving path exports; counters count since the process started.
 pub struct Metrics {
     registry: Registry,
@@ -51,6 +58,8 @@ pub struct Metrics {
     pub backend_errors: Family<BackendLabel, Counter>,
     /// 1 while a backend's circuit is open.
     pub breaker_open: Family<BackendLabel, Gauge>,
+    /// Requests refused by the access policy, per status.
+    pub refused_requests: Family<StatusLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -80,6 +89,7 @@ impl Metrics {
             joined_fetches: Counter::default(),
             backend_errors: Family::default(),
             breaker_open: Family::default(),
+            refused_requests: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -146,6 +156,11 @@ impl Metrics {
             "breaker_open",
             "1 while a backend's circuit breaker is open",
             m.breaker_open.clone(),
+        );
+        registry.register(
+            "refused_requests",
+            "Requests refused by the access policy (401: no valid token; 403: a group not granted)",
+            m.refused_requests.clone(),
         );
         Metrics { registry, ..m }
     }
