@@ -14,8 +14,11 @@
 //! the cache's circuit closed, so every call waits (the worst case) instead of the
 //! breaker answering at once.
 //!
+//! `--tenant-token` serves with one tenant and sends its bearer token on every request
+//! (the cost of the access check, side by side with a run without).
+//!
 //! Usage: `serve-latency --redis redis://127.0.0.1:PORT [--timeout-ms N] [--freeze-pid PID]
-//! [--no-breaker] --scenario NAME:ENTITIES:FEATURES:RATE:SECONDS …`
+//! [--no-breaker] [--tenant-token] --scenario NAME:ENTITIES:FEATURES:RATE:SECONDS …`
 //! Prints one JSON object per scenario.
 
 use lockstep_abi::{Value, ValueType};
@@ -101,6 +104,9 @@ fn store_rows(
     Ok(())
 }
 
+/// The tenant token of `--tenant-token` runs.
+const BENCH_TOKEN: &str = "lst_bench-token-0123456789abcdef0123456789abcdef";
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut redis_url = None;
     let mut entities = 10_000usize;
@@ -109,8 +115,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut timeout = ServeConfig::default().timeout;
     let mut freeze_pid: Option<u32> = None;
     let mut breaker = true;
+    // Every request shows a tenant's bearer token, checked by the server.
+    let mut tenant_token = false;
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
+        if flag == "--tenant-token" {
+            tenant_token = true;
+            continue;
+        }
         if flag == "--no-breaker" {
             breaker = false;
             continue;
@@ -213,9 +225,22 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         )?;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let base = format!("http://{}", listener.local_addr()?);
-        tokio::spawn(lockstep_serving::http::serve(
+        let access = tenant_token
+            .then(|| {
+                lockstep_serving::access::Access::parse(
+                    &format!(
+                        "[[tenant]]\nname = \"bench\"\ntoken_sha256 = \"{}\"\ngroups = [\"bench_stats\"]\n",
+                        lockstep_serving::access::token_sha256(BENCH_TOKEN)
+                    ),
+                    "the bench's tenants",
+                )
+            })
+            .transpose()?
+            .map(Arc::new);
+        tokio::spawn(lockstep_serving::http::serve_with(
             listener,
             server.clone(),
+            access,
             std::future::pending(),
         ));
         Ok::<_, Box<dyn std::error::Error>>((server, base))
@@ -226,7 +251,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .worker_threads(1)
         .enable_all()
         .build()?;
-    let client = Client::new(&base)?;
+    let client = match tenant_token {
+        true => Client::new(&base)?.with_bearer_token(BENCH_TOKEN),
+        false => Client::new(&base)?,
+    };
     client_rt.block_on(async {
         // Fill the cache through the serving path, until every entity is a hit.
         let all: Vec<String> = (0..entities).map(|e| format!("card-{e}")).collect();

@@ -36,10 +36,21 @@ pub enum ClientError {
 }
 
 /// A client of one `lockstep serve`; cheap to clone (connections are pooled).
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Client {
     http: reqwest::Client,
     features_url: String,
+    /// `Bearer <token>` for a server with tenants; never shown by `Debug`.
+    authorization: Option<String>,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("features_url", &self.features_url)
+            .field("token", &self.authorization.as_ref().map(|_| "<secret>"))
+            .finish()
+    }
 }
 
 impl Client {
@@ -61,7 +72,17 @@ impl Client {
                 url: features_url.clone(),
                 message: e.to_string(),
             })?;
-        Ok(Client { http, features_url })
+        Ok(Client {
+            http,
+            features_url,
+            authorization: None,
+        })
+    }
+
+    /// The same client, sending `token` as its tenant's bearer token.
+    pub fn with_bearer_token(mut self, token: &str) -> Self {
+        self.authorization = Some(format!("Bearer {token}"));
+        self
     }
 
     /// Reads features.
@@ -78,14 +99,14 @@ impl Client {
             url: url.clone(),
             message: e.to_string(),
         };
-        let answer = self
+        let mut call = self
             .http
             .post(url)
-            .header("content-type", "application/json")
-            .body(body)
-            .send()
-            .await
-            .map_err(http)?;
+            .header("content-type", "application/json");
+        if let Some(authorization) = &self.authorization {
+            call = call.header("authorization", authorization);
+        }
+        let answer = call.body(body).send().await.map_err(http)?;
         let status = answer.status();
         let bytes = answer.bytes().await.map_err(http)?;
         if !status.is_success() {
