@@ -17,8 +17,10 @@
 //! `--tenant-token` serves with one tenant and sends its bearer token on every request
 //! (the cost of the access check, side by side with a run without).
 //!
+//! `--log-features DIR` logs every answer (the served-feature log's cost, likewise).
+//!
 //! Usage: `serve-latency --redis redis://127.0.0.1:PORT [--timeout-ms N] [--freeze-pid PID]
-//! [--no-breaker] [--tenant-token] --scenario NAME:ENTITIES:FEATURES:RATE:SECONDS …`
+//! [--no-breaker] [--tenant-token] [--log-features DIR] --scenario NAME:ENTITIES:FEATURES:RATE:SECONDS …`
 //! Prints one JSON object per scenario.
 
 use lockstep_abi::{Value, ValueType};
@@ -115,6 +117,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut timeout = ServeConfig::default().timeout;
     let mut freeze_pid: Option<u32> = None;
     let mut breaker = true;
+    // Every answer goes to the served-feature log in this directory.
+    let mut feature_log_dir: Option<String> = None;
+    let mut log_writer = None;
     // Every request shows a tenant's bearer token, checked by the server.
     let mut tenant_token = false;
     let mut args = std::env::args().skip(1);
@@ -135,6 +140,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "--entities" => entities = value.parse()?,
             "--scenario" => scenarios.push(parse_scenario(&value)?),
             "--stampede-ttl" => stampede_ttl = Some(value.parse()?),
+            "--log-features" => feature_log_dir = Some(value),
             other => return Err(format!("unknown flag {other}").into()),
         }
     }
@@ -237,10 +243,25 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             })
             .transpose()?
             .map(Arc::new);
+        let feature_log = match &feature_log_dir {
+            Some(dir) => {
+                let (queue, writer) = lockstep_lineage::FeatureLogWriter::start(
+                    dir,
+                    &Default::default(),
+                    Default::default(),
+                )?;
+                log_writer = Some(writer);
+                Some(lockstep_serving::http::FeatureLog::new(queue, &server))
+            }
+            None => None,
+        };
         tokio::spawn(lockstep_serving::http::serve_with(
             listener,
             server.clone(),
-            access,
+            lockstep_serving::http::HttpOptions {
+                access,
+                feature_log,
+            },
             std::future::pending(),
         ));
         Ok::<_, Box<dyn std::error::Error>>((server, base))
@@ -299,6 +320,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         outcome
     })?;
     drop(server);
+    // The log's writer is not waited for: what it holds is not measured.
+    drop(log_writer);
     Ok(())
 }
 

@@ -13,6 +13,7 @@ mod featurestore;
 mod gen_parquet;
 mod generate;
 mod golden;
+mod lineage;
 mod offline;
 mod plugin;
 mod scaffold;
@@ -69,6 +70,9 @@ enum Command {
     /// it may touch only its groups' keys (reads; writes too with --write). The
     /// password comes from the environment variable --password-env names.
     CacheAcl(cache::AclArgs),
+    /// What an answer of `serve` gave (from `serve --log-features`): each entity's
+    /// values, source, plugin hash and event time, and the offline rows they match.
+    Lineage(lineage::Args),
     /// Tenants of `serve`: make a bearer token and its tenants-file entry.
     #[command(subcommand)]
     Tenant(tenant::Command),
@@ -138,6 +142,7 @@ async fn run(command: Command) -> Result<Outcome> {
         Command::Golden(cmd) => done(golden::run(cmd).await),
         Command::Audit(cmd) => done(audit::run_command(cmd).await),
         Command::Tenant(cmd) => done(tenant::run(cmd)),
+        Command::Lineage(args) => done(lineage::run(args).await),
         Command::Batch(cmd) => done(batch::run_command(cmd).await),
         Command::TrainingSet(args) => done(training::run(args).await),
         Command::Offline(cmd) => done(offline::run_command(cmd).await),

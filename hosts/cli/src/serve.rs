@@ -73,6 +73,12 @@ pub struct ServeArgs {
     /// its groups. Open to anyone who reaches the port when absent.
     #[arg(long)]
     pub tenants: Option<PathBuf>,
+    /// Log every `/v1/features` answer (request id, group@version, plugin hash, each
+    /// entity's values, source and event time) as hourly Parquet files here: a
+    /// directory or `s3://bucket/prefix`. Off the request path: a full queue drops and
+    /// counts (`feature_log_dropped`). `lockstep lineage REQUEST_ID` reads it.
+    #[arg(long, value_name = "LOCATION")]
+    pub log_features: Option<String>,
 }
 
 /// A served group's row schema.
@@ -205,6 +211,20 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         };
         let ids: Vec<String> = groups.iter().map(|g| g.group.id()).collect();
         let server = FeatureServer::new(groups, store, cache, config)?;
+        let (feature_log, log_writer) = match &args.log_features {
+            Some(location) => {
+                let (queue, writer) = lockstep_lineage::FeatureLogWriter::start(
+                    location,
+                    &lockstep_aws::AwsOptions::default(),
+                    Default::default(),
+                )?;
+                (
+                    Some(lockstep_serving::http::FeatureLog::new(queue, &server)),
+                    Some(writer),
+                )
+            }
+            None => (None, None),
+        };
         let listener = tokio::net::TcpListener::bind(args.listen)
             .await
             .with_context(|| format!("listening on {}", args.listen))?;
@@ -222,6 +242,7 @@ pub async fn run(args: ServeArgs) -> Result<()> {
                 "cache": args.cache.as_deref().map(crate::audit::redact_url),
                 "timeout_ms": args.timeout.as_secs_f64() * 1e3,
                 "defaults": args.defaults.as_ref().map(|p| p.display().to_string()),
+                "feature_log": args.log_features,
                 "tenants": access.as_ref().map(|a| a.tenants().iter().map(|t| serde_json::json!({
                     "name": t.name, "groups": t.groups, "revoked": t.revoked,
                 })).collect::<Vec<_>>()),
@@ -238,14 +259,30 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         tracing::info!(groups = ?ids, timeout = ?args.timeout, cache = args.cache.is_some(), "serving");
         // Scripts wait for this line to know the port.
         println!("lockstep serve listening on http://{bound}");
-        lockstep_serving::http::serve_with(
+        let served = lockstep_serving::http::serve_with(
             listener,
             server,
-            access,
+            lockstep_serving::http::HttpOptions {
+                access,
+                feature_log,
+            },
             lockstep_featurestore::local::shutdown_signal(),
         )
         .await
-        .context("serving features")
+        .context("serving features");
+        // The server and its queue are gone: the log writes what it holds, then ends.
+        if let Some(writer) = log_writer {
+            match tokio::time::timeout(Duration::from_secs(30), writer).await {
+                Ok(Ok(stats)) => tracing::info!(
+                    answers = stats.answers,
+                    rows = stats.rows,
+                    files = stats.files,
+                    "served-feature log closed"
+                ),
+                _ => tracing::warn!("the served-feature log did not finish writing within 30 s"),
+            }
+        }
+        served
     }
     .await
 }

@@ -377,6 +377,18 @@ fn feast_reads_what_the_api_answers(serve: &Serve, latest: &BTreeMap<String, Map
 
 /// One HTTP/1.1 request to `base` (`http://host:port`): the status and the body.
 fn http(base: &str, method: &str, path: &str, token: Option<&str>, body: &str) -> (u16, String) {
+    let (status, _, body) = http_full(base, method, path, token, body);
+    (status, body)
+}
+
+/// One HTTP/1.1 request to `base`: the status, the header lines and the body.
+fn http_full(
+    base: &str,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: &str,
+) -> (u16, String, String) {
     use std::io::{Read, Write};
     let host = base.trim_start_matches("http://");
     let mut stream = std::net::TcpStream::connect(host).expect("connect");
@@ -397,11 +409,11 @@ fn http(base: &str, method: &str, path: &str, token: Option<&str>, body: &str) -
         .nth(1)
         .and_then(|s| s.parse().ok())
         .unwrap_or(0);
-    let body = response
+    let (head, body) = response
         .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
+        .map(|(h, b)| (h.to_owned(), b.to_owned()))
         .unwrap_or_default();
-    (status, body)
+    (status, head, body)
 }
 
 #[test]
@@ -589,4 +601,150 @@ fn tenants_read_their_groups_everything_else_is_refused_audited_and_no_token_is_
     for secret in [fraud.as_str(), gone.as_str(), ops, "lst_not-a-real-token"] {
         assert!(!everything.contains(secret), "a token was written down");
     }
+}
+
+#[test]
+fn every_answer_is_logged_and_lineage_finds_its_values_plugin_and_offline_rows() {
+    let wasm = plugin("txn_velocity");
+    let g = group(&wasm);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let latest = latest_rows(&wasm, dir.path());
+    let events = dir.path().join("events.jsonl");
+    // The offline store from the same events: the served rows are among its rows.
+    let offline = dir.path().join("offline");
+    let out = lockstep(&[
+        "batch",
+        "run",
+        "--plugin",
+        s(&wasm),
+        "--source",
+        s(&events),
+        "--offline-store",
+        s(&offline),
+        "--no-cache",
+        "--no-audit",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let data = dir.path().join("online");
+    {
+        let store = EmbeddedStore::open(&data).expect("store");
+        let records = latest
+            .iter()
+            .map(|(card, row)| {
+                let event_time = chrono_micros(row["event_time"].as_str().expect("time"));
+                (
+                    card.clone(),
+                    OnlineRecord {
+                        event_time,
+                        write_time: 1,
+                        plugin_hash: g.plugin_hash.clone(),
+                        row: row.clone(),
+                    },
+                )
+            })
+            .collect();
+        store.put_records(&g, records).expect("put");
+    }
+    let log = dir.path().join("served");
+    let serve = Serve::start(&[
+        "--plugin",
+        s(&wasm),
+        "--online-store",
+        &format!("embedded:{}", s(&data)),
+        "--log-features",
+        s(&log),
+    ]);
+    let cards: Vec<&String> = latest.keys().take(3).collect();
+    let ask = format!(
+        "{{\"group\":\"{}\",\"entities\":[\"{}\",\"{}\",\"{}\"]}}",
+        g.name, cards[0], cards[1], cards[2]
+    );
+    let (status, head, body) = http_full(&serve.base, "POST", "/v1/features", None, &ask);
+    assert_eq!(status, 200, "{body}");
+    let request_id = head
+        .lines()
+        .find_map(|l| l.strip_prefix("x-request-id: "))
+        .expect("the answer carries its request id")
+        .trim()
+        .to_owned();
+    let answered: Json = serde_json::from_str(&body).expect("json");
+    let (second, head2, _) = http_full(&serve.base, "POST", "/v1/features", None, &ask);
+    assert_eq!(second, 200);
+    assert!(!head2.contains(&request_id), "each answer has its own id");
+    // A clean stop writes what the log holds.
+    let mut serve = serve;
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &serve.child.id().to_string()])
+            .status()
+            .expect("kill")
+            .success()
+    );
+    assert!(serve.child.wait().expect("wait").success());
+
+    let out = lockstep(&[
+        "lineage",
+        &request_id,
+        "--log",
+        s(&log),
+        "--offline-store",
+        s(&offline),
+        "--json",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let rows: Vec<Json> = text(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("json"))
+        .collect();
+    assert_eq!(rows.len(), 3, "{}", text(&out.stdout));
+    let features: Vec<&str> = answered["features"]
+        .as_array()
+        .expect("features")
+        .iter()
+        .map(|f| f.as_str().expect("name"))
+        .collect();
+    for (row, entity) in rows
+        .iter()
+        .zip(answered["entities"].as_array().expect("entities"))
+    {
+        assert_eq!(row["entity"], entity["entity"]);
+        assert_eq!(row["source"], "store");
+        assert_eq!(row["plugin_hash"].as_str(), Some(g.plugin_hash.as_str()));
+        assert_eq!(row["event_time"], entity["event_time"]);
+        for (i, f) in features.iter().enumerate() {
+            assert_eq!(row["values"][*f], entity["values"][i], "{f}");
+        }
+        // The value served is a row the backfill stored, at that event time.
+        assert_eq!(
+            row["offline_write_times"].as_array().map(Vec::len),
+            Some(1),
+            "{row}"
+        );
+    }
+    // DuckDB reads the log as it is: 2 answers of 3 entities.
+    let duck = Command::new("python3")
+        .args([
+            "-c",
+            &format!(
+                "import duckdb; print(duckdb.sql(\"SELECT count(*), count(DISTINCT request_id) \
+                 FROM read_parquet('{}/served/**/*.parquet')\").fetchall())",
+                s(&log)
+            ),
+        ])
+        .output()
+        .expect("python3");
+    assert_eq!(
+        text(&duck.stdout).trim(),
+        "[(6, 2)]",
+        "{}",
+        text(&duck.stderr)
+    );
+    // An id that is not one, or one not in the log, is said so.
+    let bad = lockstep(&["lineage", "nonsense", "--log", s(&log)]);
+    assert!(!bad.status.success() && text(&bad.stderr).contains("is not a request id"));
+    let absent = lockstep(&["lineage", "18e3c1a2b4f00-00000000-0", "--log", s(&log)]);
+    assert!(
+        !absent.status.success()
+            && text(&absent.stderr).contains("is not in the served-feature log")
+    );
 }

@@ -17,21 +17,70 @@ use serde_json::json;
 use std::sync::Arc;
 use std::time::Instant;
 
-/// The router over `server`, open to anyone who reaches it.
-pub fn router(server: FeatureServer) -> Router {
-    router_with(server, None)
+/// One answer of `POST /v1/features`, handed to the served-feature log.
+#[derive(Debug, Clone)]
+pub struct ServedAnswer {
+    /// The request id the response carried (`x-request-id`).
+    pub request_id: String,
+    /// When it was answered, µs since the epoch (UTC).
+    pub served_at: i64,
+    /// The response body as sent: a `FeatureResponse` in JSON.
+    pub body: Bytes,
 }
 
-/// The router over `server`; with `access`, requests need a tenant's token and read
-/// only the tenant's groups (`/metrics` and `/healthz` as the policy says).
-pub fn router_with(server: FeatureServer, access: Option<Arc<Access>>) -> Router {
-    let router = Router::new()
+/// Where answers go for the served-feature log: a bounded queue, never waited on. A
+/// full queue drops the answer and counts it (`feature_log_dropped`): a slow log never
+/// slows an answer.
+#[derive(Clone)]
+pub struct FeatureLog {
+    queue: tokio::sync::mpsc::Sender<ServedAnswer>,
+    dropped: prometheus_client::metrics::counter::Counter,
+}
+
+impl FeatureLog {
+    /// Answers go to `queue`; those it cannot take are counted in `server`'s metrics.
+    pub fn new(queue: tokio::sync::mpsc::Sender<ServedAnswer>, server: &FeatureServer) -> Self {
+        FeatureLog {
+            queue,
+            dropped: server.metrics().feature_log_dropped.clone(),
+        }
+    }
+
+    fn log(&self, answer: ServedAnswer) {
+        if self.queue.try_send(answer).is_err() {
+            self.dropped.inc();
+        }
+    }
+}
+
+/// What the HTTP layer adds to the reader.
+#[derive(Clone, Default)]
+pub struct HttpOptions {
+    /// Tenants and their tokens (open to anyone when `None`).
+    pub access: Option<Arc<Access>>,
+    /// The served-feature log (none when `None`).
+    pub feature_log: Option<FeatureLog>,
+}
+
+/// The router over `server`, open to anyone who reaches it.
+pub fn router(server: FeatureServer) -> Router {
+    router_with(server, HttpOptions::default())
+}
+
+/// The router over `server` with `options`: with an access policy, requests need a
+/// tenant's token and read only the tenant's groups (`/metrics` and `/healthz` as the
+/// policy says); with a feature log, every `/v1/features` answer goes to it.
+pub fn router_with(server: FeatureServer, options: HttpOptions) -> Router {
+    let mut router = Router::new()
         .route("/v1/features", post(features))
         .route("/get-online-features", post(feast_features))
         .route("/v1/groups", get(groups))
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz));
-    match access {
+    if let Some(log) = options.feature_log {
+        router = router.layer(axum::Extension(log));
+    }
+    match options.access {
         Some(access) => router
             .layer(axum::middleware::from_fn_with_state(
                 Guard {
@@ -51,17 +100,17 @@ pub async fn serve(
     server: FeatureServer,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    serve_with(listener, server, None, shutdown).await
+    serve_with(listener, server, HttpOptions::default(), shutdown).await
 }
 
-/// Serves `router_with(server, access)` on `listener` until `shutdown` completes.
+/// Serves `router_with(server, options)` on `listener` until `shutdown` completes.
 pub async fn serve_with(
     listener: tokio::net::TcpListener,
     server: FeatureServer,
-    access: Option<Arc<Access>>,
+    options: HttpOptions,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router_with(server, access))
+    axum::serve(listener, router_with(server, options))
         .with_graceful_shutdown(shutdown)
         .await
 }
@@ -205,6 +254,7 @@ fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ServeError> {
 async fn features(
     State(server): State<FeatureServer>,
     granted: Option<axum::Extension<Granted>>,
+    log: Option<axum::Extension<FeatureLog>>,
     body: Bytes,
 ) -> Response {
     let started = Instant::now();
@@ -218,9 +268,64 @@ async fn features(
     {
         return refused;
     }
-    let answer = server.get(&request).await.map(|r| json_body(&r));
+    let answer = match server.get(&request).await {
+        Ok(answer) => match serde_json::to_vec(&answer) {
+            Ok(body) => {
+                let body = Bytes::from(body);
+                let (request_id, served_at) = request_id();
+                if let Some(axum::Extension(log)) = &log {
+                    log.log(ServedAnswer {
+                        request_id: request_id.clone(),
+                        served_at,
+                        body: body.clone(),
+                    });
+                }
+                let mut response =
+                    ([(header::CONTENT_TYPE, "application/json")], body).into_response();
+                if let Ok(id) = header::HeaderValue::from_str(&request_id) {
+                    response.headers_mut().insert(REQUEST_ID, id);
+                }
+                response
+            }
+            Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        },
+        Err(e) => e.into_response(),
+    };
     observe(&server, "native", started);
-    answer.unwrap_or_else(IntoResponse::into_response)
+    answer
+}
+
+/// The response header naming an answer in the served-feature log.
+pub const REQUEST_ID: &str = "x-request-id";
+
+/// A new request id and the time it names: `<µs since the epoch, hex>-<process tag>-<n>`.
+/// Unique across processes (the tag is random per process) and readable for its time,
+/// so that the log's reader goes straight to the hour that holds it.
+fn request_id() -> (String, i64) {
+    use std::sync::OnceLock;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static TAG: OnceLock<u32> = OnceLock::new();
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let tag = *TAG.get_or_init(|| {
+        let mut bytes = [0u8; 4];
+        // Without a random source, the process id still separates processes.
+        match getrandom::fill(&mut bytes) {
+            Ok(()) => u32::from_le_bytes(bytes),
+            Err(_) => std::process::id(),
+        }
+    });
+    let at = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    (format!("{at:013x}-{tag:08x}-{n:x}"), at)
+}
+
+/// The time a request id names (µs since the epoch), if it is one of ours.
+pub fn request_time(request_id: &str) -> Option<i64> {
+    let (hex, _) = request_id.split_once('-')?;
+    i64::from_str_radix(hex, 16).ok()
 }
 
 async fn feast_features(
@@ -310,4 +415,35 @@ async fn healthz(State(server): State<FeatureServer>) -> Response {
         "cache_circuit_open": cache,
         "store_circuit_open": store,
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_ids_are_unique_and_name_their_time() {
+        let (a, at) = request_id();
+        let (b, _) = request_id();
+        assert_ne!(a, b);
+        assert_eq!(request_time(&a), Some(at));
+        assert_eq!(request_time("not-an-id"), None);
+    }
+
+    #[test]
+    fn a_full_log_queue_drops_and_counts_never_waits() {
+        let (queue, _kept) = tokio::sync::mpsc::channel(1);
+        let log = FeatureLog {
+            queue,
+            dropped: Default::default(),
+        };
+        for n in 0..3 {
+            log.log(ServedAnswer {
+                request_id: n.to_string(),
+                served_at: 0,
+                body: Bytes::new(),
+            });
+        }
+        assert_eq!(log.dropped.get(), 2);
+    }
 }

@@ -60,6 +60,8 @@ pub struct Metrics {
     pub breaker_open: Family<BackendLabel, Gauge>,
     /// Requests refused by the access policy, per status.
     pub refused_requests: Family<StatusLabel, Counter>,
+    /// Answers left out of the served-feature log because its queue was full.
+    pub feature_log_dropped: Counter,
 }
 
 impl Default for Metrics {
@@ -90,6 +92,7 @@ impl Metrics {
             backend_errors: Family::default(),
             breaker_open: Family::default(),
             refused_requests: Family::default(),
+            feature_log_dropped: Counter::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -161,6 +164,11 @@ impl Metrics {
             "refused_requests",
             "Requests refused by the access policy (401: no valid token; 403: a group not granted)",
             m.refused_requests.clone(),
+        );
+        registry.register(
+            "feature_log_dropped",
+            "Answers left out of the served-feature log because its queue was full",
+            m.feature_log_dropped.clone(),
         );
         Metrics { registry, ..m }
     }
