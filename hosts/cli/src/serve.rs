@@ -272,8 +272,9 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         .context("serving features");
         // The server and its queue are gone: the log writes what it holds, then ends.
         if let Some(writer) = log_writer {
-            match tokio::time::timeout(Duration::from_secs(30), writer).await {
-                Ok(Ok(stats)) => tracing::info!(
+            let finished = tokio::task::spawn_blocking(move || writer.join());
+            match tokio::time::timeout(Duration::from_secs(30), finished).await {
+                Ok(Ok(Ok(stats))) => tracing::info!(
                     answers = stats.answers,
                     rows = stats.rows,
                     files = stats.files,

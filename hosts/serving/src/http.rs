@@ -24,8 +24,8 @@ pub struct ServedAnswer {
     pub request_id: String,
     /// When it was answered, µs since the epoch (UTC).
     pub served_at: i64,
-    /// The response body as sent: a `FeatureResponse` in JSON.
-    pub body: Bytes,
+    /// The answer as sent (moved here once serialised: logging copies nothing).
+    pub answer: lockstep_client::api::FeatureResponse<Box<serde_json::value::RawValue>>,
 }
 
 /// Where answers go for the served-feature log: a bounded queue, never waited on. A
@@ -33,13 +33,15 @@ pub struct ServedAnswer {
 /// slows an answer.
 #[derive(Clone)]
 pub struct FeatureLog {
-    queue: tokio::sync::mpsc::Sender<ServedAnswer>,
+    queue: std::sync::mpsc::SyncSender<ServedAnswer>,
     dropped: prometheus_client::metrics::counter::Counter,
 }
 
 impl FeatureLog {
-    /// Answers go to `queue`; those it cannot take are counted in `server`'s metrics.
-    pub fn new(queue: tokio::sync::mpsc::Sender<ServedAnswer>, server: &FeatureServer) -> Self {
+    /// Answers go to `queue` (its receiver is a thread of the log's own, so that no
+    /// runtime worker does the log's work); those it cannot take are counted in
+    /// `server`'s metrics.
+    pub fn new(queue: std::sync::mpsc::SyncSender<ServedAnswer>, server: &FeatureServer) -> Self {
         FeatureLog {
             queue,
             dropped: server.metrics().feature_log_dropped.clone(),
@@ -277,7 +279,7 @@ async fn features(
                     log.log(ServedAnswer {
                         request_id: request_id.clone(),
                         served_at,
-                        body: body.clone(),
+                        answer,
                     });
                 }
                 let mut response =
@@ -432,7 +434,7 @@ mod tests {
 
     #[test]
     fn a_full_log_queue_drops_and_counts_never_waits() {
-        let (queue, _kept) = tokio::sync::mpsc::channel(1);
+        let (queue, _kept) = std::sync::mpsc::sync_channel(1);
         let log = FeatureLog {
             queue,
             dropped: Default::default(),
@@ -441,7 +443,13 @@ mod tests {
             log.log(ServedAnswer {
                 request_id: n.to_string(),
                 served_at: 0,
-                body: Bytes::new(),
+                answer: lockstep_client::api::FeatureResponse {
+                    group: "g".into(),
+                    version: "1.0.0".into(),
+                    degraded: false,
+                    features: Vec::new(),
+                    entities: Vec::new(),
+                },
             });
         }
         assert_eq!(log.dropped.get(), 2);
