@@ -112,6 +112,17 @@ pub fn s3_object_store(
     options: &AwsOptions,
     bucket: &str,
 ) -> Result<std::sync::Arc<dyn object_store::ObjectStore>, object_store::Error> {
+    s3_object_store_encrypted(options, bucket, None)
+}
+
+/// [`s3_object_store`] whose puts ask S3 to encrypt each object with SSE-KMS under
+/// `kms_key_id` (a key id, ARN or alias) when one is given.
+#[cfg(feature = "object-store")]
+pub fn s3_object_store_encrypted(
+    options: &AwsOptions,
+    bucket: &str,
+    kms_key_id: Option<&str>,
+) -> Result<std::sync::Arc<dyn object_store::ObjectStore>, object_store::Error> {
     use object_store::aws::AmazonS3Builder;
     use object_store::{BackoffConfig, RetryConfig};
     let mut builder = AmazonS3Builder::from_env()
@@ -133,6 +144,9 @@ pub fn s3_object_store(
         builder = builder
             .with_allow_http(endpoint.starts_with("http://"))
             .with_endpoint(endpoint);
+    }
+    if let Some(key) = kms_key_id {
+        builder = builder.with_sse_kms_encryption(key);
     }
     Ok(std::sync::Arc::new(builder.build()?))
 }

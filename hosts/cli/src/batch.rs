@@ -32,6 +32,8 @@ pub struct RunArgs {
     pub table_format: TableFormat,
     /// Where the commit is recorded.
     pub audit: crate::audit::AuditArgs,
+    /// The group's KMS key: every object written is encrypted by S3 with SSE-KMS.
+    pub kms_key_id: Option<String>,
 }
 
 /// Where to register written tables.
@@ -97,7 +99,8 @@ pub async fn run(args: RunArgs, runtime: &Runtime) -> Result<()> {
              delta, register the table as a Delta table in the catalog instead"
         );
     }
-    let store = crate::offline::open(&args.offline_store, &args.s3)?;
+    let store =
+        crate::offline::open_encrypted(&args.offline_store, &args.s3, args.kms_key_id.as_deref())?;
     // Opened before any work: a log that cannot be written stops the job, not its end.
     let audit = args.audit.open(Some(&args.offline_store), &args.s3)?;
     let now = now_micros();
@@ -107,7 +110,13 @@ pub async fn run(args: RunArgs, runtime: &Runtime) -> Result<()> {
         buffer_bytes: args
             .memory_limit
             .map_or_else(default_buffer_bytes, |m| m / 4),
-        delta: crate::offline::delta_options(&args.offline_store, &args.s3),
+        delta: {
+            let mut options = crate::offline::delta_options(&args.offline_store, &args.s3);
+            if let Some(key) = &args.kms_key_id {
+                lockstep_delta::encrypt_with_kms(&mut options, key);
+            }
+            options
+        },
         keep_rejects: args.rejects.is_some(),
         ..BackfillOptions::new(
             args.table_format.into(),
@@ -206,6 +215,7 @@ pub async fn run(args: RunArgs, runtime: &Runtime) -> Result<()> {
                 "rows": written.rows,
                 "rejected": out.rejects.len(),
                 "delta_version": delta_commit.as_ref().map(|c| c.version),
+                "kms_key_id": args.kms_key_id,
                 "files": written.parts.iter().map(|p| serde_json::json!({
                     "path": p.rel, "rows": p.rows, "bytes": p.bytes, "sha256": p.sha256,
                 })).collect::<Vec<_>>(),
@@ -483,6 +493,11 @@ pub enum Command {
         runtime: crate::plugin::RuntimeArgs,
         #[command(flatten)]
         audit: crate::audit::AuditArgs,
+        /// The group's KMS key (id, ARN or alias) for an `s3://` store: every object
+        /// the job writes is encrypted by S3 with SSE-KMS under it. Refused for a
+        /// local store.
+        #[arg(long)]
+        kms_key_id: Option<String>,
     },
 }
 
@@ -516,6 +531,7 @@ pub async fn run_command(cmd: Command) -> Result<()> {
             table_format,
             runtime,
             audit,
+            kms_key_id,
         } => {
             let runtime = runtime.runtime()?;
             run(
@@ -543,6 +559,7 @@ pub async fn run_command(cmd: Command) -> Result<()> {
                     max_future,
                     table_format,
                     audit,
+                    kms_key_id,
                 },
                 &runtime,
             )

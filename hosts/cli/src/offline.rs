@@ -33,11 +33,22 @@ impl From<TableFormat> for lockstep_backfill::TableFormat {
 /// through their log: every command sees a table's snapshot, never the files a
 /// replacement removed.
 pub fn open(location: &str, s3: &S3Options) -> Result<OfflineStore> {
-    Ok(OfflineStore::open_location(location, s3)
-        .with_context(|| format!("opening the offline store {location}"))?
-        .with_table_log(Arc::new(lockstep_delta::DeltaTables {
-            options: delta_options(location, s3),
-        })))
+    open_encrypted(location, s3, None)
+}
+
+/// [`open`], every object written encrypted by S3 with SSE-KMS under `kms_key_id`.
+pub fn open_encrypted(
+    location: &str,
+    s3: &S3Options,
+    kms_key_id: Option<&str>,
+) -> Result<OfflineStore> {
+    Ok(
+        OfflineStore::open_location_encrypted(location, s3, kms_key_id)
+            .with_context(|| format!("opening the offline store {location}"))?
+            .with_table_log(Arc::new(lockstep_delta::DeltaTables {
+                options: delta_options(location, s3),
+            })),
+    )
 }
 
 /// How Delta tables under the store at `location` are reached: S3's settings for an

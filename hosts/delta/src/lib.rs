@@ -141,6 +141,13 @@ pub fn table_dir(root: &Path, group: &str, version: &str) -> PathBuf {
 /// [`s3_storage_options`]. Unset keys come from the standard AWS environment.
 pub type StorageOptions = HashMap<String, String>;
 
+/// Asks S3 to encrypt every object the table's writer puts (data files and the log)
+/// with SSE-KMS under `kms_key_id`.
+pub fn encrypt_with_kms(options: &mut StorageOptions, kms_key_id: &str) {
+    options.insert("AWS_SERVER_SIDE_ENCRYPTION".into(), "aws:kms".into());
+    options.insert("AWS_SSE_KMS_KEY_ID".into(), kms_key_id.into());
+}
+
 /// Storage options for tables on S3 or an S3-compatible endpoint. Commits are
 /// serialised by S3's conditional writes (`If-None-Match`): delta-rs creates a
 /// version's log entry only if no other writer has.

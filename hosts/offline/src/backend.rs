@@ -77,14 +77,18 @@ impl Backend {
         Ok(Backend::Local(root))
     }
 
-    /// `s3://bucket/prefix`.
-    pub(crate) fn s3(url: &str, options: &S3Options) -> Result<Self, OfflineError> {
+    /// `s3://bucket/prefix`, its objects put with SSE-KMS under `kms_key_id` when given.
+    pub(crate) fn s3(
+        url: &str,
+        options: &S3Options,
+        kms_key_id: Option<&str>,
+    ) -> Result<Self, OfflineError> {
         let (bucket, prefix) = parse_s3_url(url).ok_or_else(|| OfflineError::Object {
             action: "parsing",
             location: url.to_owned(),
             message: "expected s3://BUCKET[/PREFIX]".into(),
         })?;
-        let store = s3_object_store(options, &bucket)
+        let store = lockstep_aws::s3_object_store_encrypted(options, &bucket, kms_key_id)
             .map_err(object_error("connecting to", url.to_owned()))?;
         Ok(Backend::Object(Arc::new(ObjectBackend {
             store,

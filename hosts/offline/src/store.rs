@@ -45,10 +45,29 @@ impl OfflineStore {
     /// Opens the store at `location`: `s3://bucket/prefix` (with `s3`'s settings and
     /// the standard AWS environment) or a local directory.
     pub fn open_location(location: &str, s3: &S3Options) -> Result<Self, OfflineError> {
+        Self::open_location_encrypted(location, s3, None)
+    }
+
+    /// [`open_location`](Self::open_location), every object this store puts encrypted
+    /// by S3 with SSE-KMS under `kms_key_id` (a group's key). A local directory cannot
+    /// honour a KMS key: asking for one there is an error, never a silent plain write.
+    pub fn open_location_encrypted(
+        location: &str,
+        s3: &S3Options,
+        kms_key_id: Option<&str>,
+    ) -> Result<Self, OfflineError> {
         if location.starts_with("s3://") || location.starts_with("s3a://") {
             Ok(OfflineStore {
-                backend: Backend::s3(location, s3)?,
+                backend: Backend::s3(location, s3, kms_key_id)?,
                 table_log: None,
+            })
+        } else if kms_key_id.is_some() {
+            Err(OfflineError::Object {
+                action: "opening",
+                location: location.to_owned(),
+                message: "a KMS key encrypts objects on S3; this store is a local directory \
+                          (encrypt its disk instead, or use an s3:// store)"
+                    .into(),
             })
         } else if location.contains("://") {
             Err(OfflineError::Object {
