@@ -23,10 +23,11 @@ use arrow_array::{Array, ArrayRef, RecordBatch, StringArray, TimestampMicrosecon
 use arrow_schema::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use futures::TryStreamExt;
 use lockstep_aws::AwsOptions;
-use lockstep_client::api::Source;
+use lockstep_client::api::{FeatureResponse, Source};
 use lockstep_serving::http::ServedAnswer;
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use serde_json::value::RawValue;
 use std::sync::Arc;
 use std::time::Duration;
 use thiserror::Error;
@@ -193,6 +194,8 @@ pub struct WriterStats {
     pub rows: u64,
     /// Files written.
     pub files: u64,
+    /// Answers that could not be read back (never expected: the server wrote them).
+    pub unreadable: u64,
 }
 
 /// Drains a served-feature queue into Parquet files; see the [crate] docs.
@@ -297,10 +300,13 @@ fn flush(
     }
     let mut by_hour: std::collections::BTreeMap<i64, Vec<LogRow>> = Default::default();
     for answer in held.drain(..) {
-        by_hour
-            .entry(answer.served_at.div_euclid(3_600_000_000))
-            .or_default()
-            .extend(rows_of(&answer));
+        match rows_of(&answer) {
+            Some(rows) => by_hour
+                .entry(answer.served_at.div_euclid(3_600_000_000))
+                .or_default()
+                .extend(rows),
+            None => stats.unreadable += 1,
+        }
     }
     for (hour, rows) in by_hour {
         let rel = format!(
@@ -343,16 +349,17 @@ fn hour_dir(micros: i64) -> String {
     )
 }
 
-/// The rows of one answer, one per entity, their values kept as the JSON text served.
-fn rows_of(answer: &ServedAnswer) -> Vec<LogRow> {
-    let response = &answer.answer;
+/// The rows of one answer, one per entity, their values kept as the JSON text served;
+/// `None` if its body is not an answer.
+fn rows_of(answer: &ServedAnswer) -> Option<Vec<LogRow>> {
+    let response: FeatureResponse<Box<RawValue>> = serde_json::from_slice(&answer.body).ok()?;
     let request_id: Arc<str> = answer.request_id.as_str().into();
     let group: Arc<str> = response.group.as_str().into();
     let version: Arc<str> = response.version.as_str().into();
     let features: Arc<str> = serde_json::Value::from(response.features.clone())
         .to_string()
         .into();
-    response
+    let rows = response
         .entities
         .iter()
         .map(|e| {
@@ -380,7 +387,8 @@ fn rows_of(answer: &ServedAnswer) -> Vec<LogRow> {
                 values,
             }
         })
-        .collect()
+        .collect();
+    Some(rows)
 }
 
 /// A row as written: the answer's shared parts shared, values as served.
