@@ -67,15 +67,24 @@ pub fn record_value(
 
 /// The key pattern (Redis ACL `~pattern`) of every entity of a group version.
 pub fn group_key_pattern(group_id: &str) -> String {
-    // ACL patterns are globs: escape the glob characters a group id could hold.
-    let mut escaped = String::with_capacity(group_id.len());
-    for c in group_id.chars() {
+    format!("lockstep:{}:*", glob_escaped(group_id))
+}
+
+/// The key pattern of every entity of every version of the group `name`.
+pub fn group_name_key_pattern(name: &str) -> String {
+    format!("lockstep:{}@*:*", glob_escaped(name))
+}
+
+/// `text` with the glob characters ACL patterns give a meaning escaped.
+fn glob_escaped(text: &str) -> String {
+    let mut escaped = String::with_capacity(text.len());
+    for c in text.chars() {
         if matches!(c, '*' | '?' | '[' | ']' | '\\') {
             escaped.push('\\');
         }
         escaped.push(c);
     }
-    format!("lockstep:{escaped}:*")
+    escaped
 }
 
 /// The arguments of `ACL SETUSER` that make `user` a tenant of the cache: it logs in
@@ -83,6 +92,17 @@ pub fn group_key_pattern(group_id: &str) -> String {
 /// reading them (serving) and, when `write`, writing them (the stream host). Any
 /// other key, and every other command, is refused with `NOPERM`.
 pub fn tenant_acl(user: &str, password: &str, group_ids: &[String], write: bool) -> Vec<String> {
+    let patterns: Vec<String> = group_ids.iter().map(|g| group_key_pattern(g)).collect();
+    tenant_acl_for_patterns(user, password, &patterns, write)
+}
+
+/// [`tenant_acl`] over key patterns ([`group_key_pattern`], [`group_name_key_pattern`]).
+pub fn tenant_acl_for_patterns(
+    user: &str,
+    password: &str,
+    key_patterns: &[String],
+    write: bool,
+) -> Vec<String> {
     let mut rules = vec![
         user.to_owned(),
         "reset".to_owned(),
@@ -90,11 +110,7 @@ pub fn tenant_acl(user: &str, password: &str, group_ids: &[String], write: bool)
         format!(">{password}"),
         "resetchannels".to_owned(),
     ];
-    rules.extend(
-        group_ids
-            .iter()
-            .map(|g| format!("~{}", group_key_pattern(g))),
-    );
+    rules.extend(key_patterns.iter().map(|p| format!("~{p}")));
     // Connection upkeep and cluster discovery, then the reads of the serving path.
     let mut commands = vec![
         // Commands every Redis since 6.0 knows, so the rules load on any of them.

@@ -748,3 +748,89 @@ fn every_answer_is_logged_and_lineage_finds_its_values_plugin_and_offline_rows()
             && text(&absent.stderr).contains("is not in the served-feature log")
     );
 }
+
+/// One definition of a tenant: `cache-acl --tenants` takes the Redis user and groups
+/// from the file `serve --tenants` reads, and gives the rules `--user/--group` give
+/// for a version; a bare group name covers every version of it and nothing else.
+#[test]
+fn cache_acl_reads_the_tenants_file_serve_reads() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let tenants = dir.path().join("tenants.toml");
+    std::fs::write(
+        &tenants,
+        format!(
+            "[[tenant]]\nname = \"fraud\"\ntoken_sha256 = \"{0}\"\ngroups = [\"txn_velocity@1.0.0\"]\n\
+             redis_user = \"cards\"\n\n[[tenant]]\nname = \"churn\"\ntoken_sha256 = \"{1}\"\n\
+             groups = [\"churn_features\"]\nredis_user = \"churn-user\"\n\n[[tenant]]\n\
+             name = \"nouser\"\ntoken_sha256 = \"{2}\"\ngroups = [\"g\"]\n",
+            "a".repeat(64),
+            "b".repeat(64),
+            "c".repeat(64)
+        ),
+    )
+    .expect("tenants");
+    let from_file = |tenant: &str| {
+        Command::new(env!("CARGO_BIN_EXE_lockstep"))
+            .args(["cache-acl", "--tenants", s(&tenants), "--tenant", tenant])
+            .env("LOCKSTEP_TENANT_PASSWORD", "pw")
+            .output()
+            .expect("run")
+    };
+    let fraud = from_file("fraud");
+    assert!(fraud.status.success(), "{}", text(&fraud.stderr));
+    assert_eq!(
+        text(&fraud.stdout),
+        text(&cache_acl("txn_velocity@1.0.0", Some("pw")).stdout),
+        "the same rules from the file as from the flags"
+    );
+    let churn = text(&from_file("churn").stdout);
+    assert!(
+        churn.contains("\"~lockstep:churn_features@*:*\""),
+        "{churn}"
+    );
+    assert!(churn.starts_with("ACL SETUSER \"churn-user\" "), "{churn}");
+    // Redis takes them, and they fence the user in: any version of its group, nothing else.
+    let redis = lockstep_testkit::Redis::start(&[]);
+    let port = redis.port().to_string();
+    let mut cli = Command::new("redis-cli")
+        .args(["-p", &port])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("redis-cli");
+    use std::io::Write;
+    cli.stdin
+        .take()
+        .expect("stdin")
+        .write_all(churn.as_bytes())
+        .expect("write");
+    assert_eq!(
+        text(&cli.wait_with_output().expect("wait").stdout).trim(),
+        "OK"
+    );
+    let read = |key: &str| {
+        let out = Command::new("redis-cli")
+            .args([
+                "-p",
+                &port,
+                "--user",
+                "churn-user",
+                "--pass",
+                "pw",
+                "--no-auth-warning",
+            ])
+            .args(["hmget", key, "t"])
+            .output()
+            .expect("redis-cli");
+        text(&out.stdout)
+    };
+    assert!(!read("lockstep:churn_features@2.0.0:c1").contains("NOPERM"));
+    assert!(read("lockstep:txn_velocity@1.0.0:c1").contains("NOPERM"));
+    let missing = from_file("nouser");
+    assert!(!missing.status.success());
+    assert!(
+        text(&missing.stderr).contains("names no redis_user"),
+        "{}",
+        text(&missing.stderr)
+    );
+}
