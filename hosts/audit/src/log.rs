@@ -52,23 +52,12 @@ impl AuditLog {
     /// The log at `location`: a directory (created if needed) or `s3://bucket/prefix`
     /// (reached with `aws`).
     pub fn open(location: &str, aws: &AwsOptions) -> Result<Self, AuditError> {
-        let failed = |source: Box<dyn std::error::Error + Send + Sync>| AuditError::Location {
-            location: location.to_owned(),
-            source,
-        };
-        let (store, prefix): (Arc<dyn ObjectStore>, String) =
-            if location.starts_with("s3://") || location.starts_with("s3a://") {
-                let (bucket, prefix) = lockstep_aws::parse_s3_url(location)
-                    .ok_or_else(|| failed("expected s3://BUCKET[/PREFIX]".into()))?;
-                let store =
-                    lockstep_aws::s3_object_store(aws, &bucket).map_err(|e| failed(e.into()))?;
-                (store, prefix)
-            } else {
-                std::fs::create_dir_all(location).map_err(|e| failed(e.into()))?;
-                let store = object_store::local::LocalFileSystem::new_with_prefix(location)
-                    .map_err(|e| failed(e.into()))?;
-                (Arc::new(store), String::new())
-            };
+        let (store, prefix) = lockstep_aws::object_store_at(location, aws).map_err(|source| {
+            AuditError::Location {
+                location: location.to_owned(),
+                source,
+            }
+        })?;
         Ok(AuditLog {
             store,
             prefix,

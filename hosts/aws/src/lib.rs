@@ -115,6 +115,28 @@ pub fn s3_object_store(
     s3_object_store_encrypted(options, bucket, None)
 }
 
+/// `location` — a local directory (created if needed) or `s3://bucket/prefix` — as an
+/// object store and the prefix its keys take (empty for a directory, whose store is
+/// rooted there). Logs kept beside the offline store (audit, served features) open
+/// their location with it.
+#[cfg(feature = "object-store")]
+pub fn object_store_at(
+    location: &str,
+    options: &AwsOptions,
+) -> Result<
+    (std::sync::Arc<dyn object_store::ObjectStore>, String),
+    Box<dyn std::error::Error + Send + Sync>,
+> {
+    if location.starts_with("s3://") || location.starts_with("s3a://") {
+        let (bucket, prefix) = parse_s3_url(location).ok_or("expected s3://BUCKET[/PREFIX]")?;
+        Ok((s3_object_store(options, &bucket)?, prefix))
+    } else {
+        std::fs::create_dir_all(location)?;
+        let store = object_store::local::LocalFileSystem::new_with_prefix(location)?;
+        Ok((std::sync::Arc::new(store), String::new()))
+    }
+}
+
 /// [`s3_object_store`] whose puts ask S3 to encrypt each object with SSE-KMS under
 /// `kms_key_id` (a key id, ARN or alias) when one is given.
 #[cfg(feature = "object-store")]
