@@ -1126,6 +1126,31 @@ fn offline_vacuum_removes_replaced_and_orphaned_files_only_past_the_retention() 
     );
     assert_eq!(parquet_files().len(), hours);
     assert!(!orphan.exists());
+    // The removal is in the audit log beside the store, every file by name; the dry
+    // run and the run that removed nothing are not.
+    let audited = lockstep(&[
+        "audit",
+        "show",
+        "--offline-store",
+        s(&store),
+        "--action",
+        "offline.vacuum",
+        "--json",
+    ]);
+    assert!(audited.status.success(), "{}", text(&audited.stderr));
+    let entries: Vec<serde_json::Value> = text(&audited.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("json"))
+        .collect();
+    assert_eq!(entries.len(), 1, "{}", text(&audited.stdout));
+    let removed = entries[0]["details"]["removed"]
+        .as_array()
+        .expect("removed");
+    assert_eq!(removed.len(), hours + 1);
+    assert!(removed.iter().any(|f| {
+        f.as_str()
+            .is_some_and(|f| f.ends_with("part-killed.parquet"))
+    }));
     assert_eq!(
         delta_digest(&table),
         latest,

@@ -596,7 +596,23 @@ fn tenants_read_their_groups_everything_else_is_refused_audited_and_no_token_is_
         everything.push_str(&std::fs::read_to_string(path.path()).expect("digest"));
     }
     everything.push_str(&refused());
-    let started = lockstep(&["audit", "show", "--audit", s(&audit), "--json"]);
+    let started = lockstep(&[
+        "audit",
+        "show",
+        "--audit",
+        s(&audit),
+        "--action",
+        "serve.start",
+        "--json",
+    ]);
+    let start: Json = serde_json::from_str(text(&started.stdout).trim()).expect("one serve.start");
+    let names: Vec<&str> = start["details"]["tenants"]
+        .as_array()
+        .expect("tenants")
+        .iter()
+        .filter_map(|t| t["name"].as_str())
+        .collect();
+    assert_eq!(names, ["fraud", "gone"], "{start}");
     everything.push_str(&text(&started.stdout));
     for secret in [fraud.as_str(), gone.as_str(), ops, "lst_not-a-real-token"] {
         assert!(!everything.contains(secret), "a token was written down");
