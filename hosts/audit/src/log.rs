@@ -25,6 +25,9 @@ pub struct AuditLog {
     actor: String,
     writer: String,
     files: AtomicU64,
+    /// The latest digest this writer has seen: later appends list only the digests
+    /// after it, not the whole chain (which grows by one every commit, forever).
+    seen_head: std::sync::Mutex<Option<String>>,
 }
 
 impl std::fmt::Debug for AuditLog {
@@ -66,6 +69,7 @@ impl AuditLog {
             actor: default_actor(),
             writer: writer_id(),
             files: AtomicU64::new(0),
+            seen_head: std::sync::Mutex::new(None),
         })
     }
 
@@ -172,11 +176,25 @@ impl AuditLog {
 
     /// The latest digest: its number, name and bytes.
     pub(crate) async fn latest_digest(&self) -> Result<Option<(u64, String, Vec<u8>)>, AuditError> {
-        let names = self.list("digests").await?;
+        let seen = match self.seen_head.lock() {
+            Ok(seen) => seen.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        };
+        let mut names = match &seen {
+            // Digest names sort by number: those after the one seen are the new ones.
+            Some(head) => self.list_after("digests", head).await?,
+            None => self.list("digests").await?,
+        };
+        names.extend(seen);
         let latest = names
             .iter()
             .filter_map(|name| digest_seq(name).map(|seq| (seq, name)))
             .max();
+        if let Some((_, name)) = latest
+            && let Ok(mut seen) = self.seen_head.lock()
+        {
+            *seen = Some(name.clone());
+        }
         match latest {
             Some((seq, name)) => {
                 let bytes = self.read(name).await?.ok_or_else(|| AuditError::Object {
@@ -195,15 +213,26 @@ impl AuditLog {
 
     /// Names (relative to the location) of every object under `dir`, sorted.
     pub(crate) async fn list(&self, dir: &str) -> Result<Vec<String>, AuditError> {
+        self.list_from(dir, None).await
+    }
+
+    /// Names of the objects under `dir` that sort after `after`, sorted.
+    async fn list_after(&self, dir: &str, after: &str) -> Result<Vec<String>, AuditError> {
+        self.list_from(dir, Some(after)).await
+    }
+
+    async fn list_from(&self, dir: &str, after: Option<&str>) -> Result<Vec<String>, AuditError> {
         let prefix = self.key(dir);
         let strip = if self.prefix.is_empty() {
             String::new()
         } else {
             format!("{}/", self.prefix)
         };
-        let mut names: Vec<String> = self
-            .store
-            .list(Some(&prefix))
+        let listing = match after {
+            Some(after) => self.store.list_with_offset(Some(&prefix), &self.key(after)),
+            None => self.store.list(Some(&prefix)),
+        };
+        let mut names: Vec<String> = listing
             .map_ok(|meta| {
                 let key = meta.location.to_string();
                 key.strip_prefix(&strip).unwrap_or(&key).to_owned()
