@@ -221,6 +221,7 @@ fn events_reach_the_store_the_cache_and_the_logs_bad_ones_the_dead_and_late_logs
 
     let state = dir.path().join("state");
     let online = dir.path().join("online");
+    let audit = dir.path().join("audit");
     let store_arg = format!("embedded:{}", online.display());
     let args = run_args(
         &moto,
@@ -228,10 +229,29 @@ fn events_reach_the_store_the_cache_and_the_logs_bad_ones_the_dead_and_late_logs
         "txns",
         &store_arg,
         &state,
-        &["--cache", &redis.url()],
+        &["--cache", &redis.url(), "--audit", s(&audit)],
     );
     let out = run_to_end(&moto, &args);
     let summary = text(&out.stdout);
+    // With --audit, the service's start and stop are recorded, the stop with what it did.
+    let shown = lockstep(&["audit", "show", "--audit", s(&audit), "--json"]);
+    assert!(shown.status.success(), "{}", text(&shown.stderr));
+    let entries: Vec<serde_json::Value> = text(&shown.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("json"))
+        .collect();
+    let actions: Vec<&str> = entries
+        .iter()
+        .filter_map(|e| e["action"].as_str())
+        .collect();
+    assert_eq!(
+        actions,
+        ["stream.start", "stream.stop"],
+        "{}",
+        text(&shown.stdout)
+    );
+    assert_eq!(entries[1]["details"]["dead_letters"], 2, "{}", entries[1]);
+    assert_eq!(entries[0]["group"], "txn_velocity");
     let duplicates: u64 = summary
         .split(", ")
         .find(|p| p.ends_with(" duplicates"))
