@@ -25,6 +25,25 @@ fn files_under(dir: &Path) -> Vec<PathBuf> {
     out
 }
 
+/// `batch run` of `txn_velocity` over the golden events into `store`, plus `extra`.
+fn backfill(store: &Path, extra: &[&str]) -> std::process::Output {
+    let events = repo("golden").join("txn_velocity/events.jsonl");
+    let wasm = plugin("txn_velocity");
+    let mut args = vec![
+        "batch",
+        "run",
+        "--plugin",
+        s(&wasm),
+        "--source",
+        s(&events),
+        "--offline-store",
+        s(store),
+        "--no-cache",
+    ];
+    args.extend_from_slice(extra);
+    lockstep(&args)
+}
+
 #[test]
 fn backfills_are_recorded_signed_and_verified_and_an_edit_is_named() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -57,21 +76,8 @@ fn backfills_are_recorded_signed_and_verified_and_an_edit_is_named() {
     );
 
     let store = dir.path().join("store");
-    let events = repo("golden").join("txn_velocity/events.jsonl");
     for _ in 0..2 {
-        let out = lockstep(&[
-            "batch",
-            "run",
-            "--plugin",
-            s(&plugin("txn_velocity")),
-            "--source",
-            s(&events),
-            "--offline-store",
-            s(&store),
-            "--no-cache",
-            "--audit-key",
-            s(&key),
-        ]);
+        let out = backfill(&store, &["--audit-key", s(&key)]);
         assert!(out.status.success(), "{}", text(&out.stderr));
     }
 
@@ -173,35 +179,12 @@ fn backfills_are_recorded_signed_and_verified_and_an_edit_is_named() {
 
     // --no-audit records nothing; an unreachable log stops the job before any work.
     let before = files_under(&store.join("_lockstep/audit")).len();
-    let quiet = lockstep(&[
-        "batch",
-        "run",
-        "--plugin",
-        s(&plugin("txn_velocity")),
-        "--source",
-        s(&events),
-        "--offline-store",
-        s(&store),
-        "--no-cache",
-        "--no-audit",
-    ]);
+    let quiet = backfill(&store, &["--no-audit"]);
     assert!(quiet.status.success(), "{}", text(&quiet.stderr));
     assert_eq!(files_under(&store.join("_lockstep/audit")).len(), before);
     let blocked = dir.path().join("not-a-dir");
     std::fs::write(&blocked, "a file").expect("file");
-    let refused = lockstep(&[
-        "batch",
-        "run",
-        "--plugin",
-        s(&plugin("txn_velocity")),
-        "--source",
-        s(&events),
-        "--offline-store",
-        s(&dir.path().join("store2")),
-        "--no-cache",
-        "--audit",
-        s(&blocked),
-    ]);
+    let refused = backfill(&dir.path().join("store2"), &["--audit", s(&blocked)]);
     assert!(!refused.status.success());
     assert!(
         text(&refused.stderr).contains("the audit log location"),

@@ -21,12 +21,18 @@ struct Serve {
 
 impl Serve {
     fn start(args: &[&str]) -> Serve {
+        Self::start_with(args, Stdio::null(), &[])
+    }
+
+    /// `serve` with `args`, its error output to `stderr`, with `env` set.
+    fn start_with(args: &[&str], stderr: impl Into<Stdio>, env: &[(&str, &str)]) -> Serve {
         let mut child = Command::new(env!("CARGO_BIN_EXE_lockstep"))
             .arg("serve")
             .args(args)
             .args(["--listen", "127.0.0.1:0"])
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(stderr)
             .spawn()
             .expect("spawn lockstep serve");
         let mut first = String::new();
@@ -462,9 +468,8 @@ fn tenants_read_their_groups_everything_else_is_refused_audited_and_no_token_is_
     let audit = dir.path().join("audit");
     let log = dir.path().join("serve.log");
     let data = dir.path().join("online");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_lockstep"))
-        .args([
-            "serve",
+    let serve = Serve::start_with(
+        &[
             "--plugin",
             s(&velocity),
             "--plugin",
@@ -475,24 +480,10 @@ fn tenants_read_their_groups_everything_else_is_refused_audited_and_no_token_is_
             s(&tenants),
             "--audit",
             s(&audit),
-            "--listen",
-            "127.0.0.1:0",
-        ])
-        .env("RUST_LOG", "debug")
-        .stdout(Stdio::piped())
-        .stderr(std::fs::File::create(&log).expect("log"))
-        .spawn()
-        .expect("spawn serve");
-    let mut first = String::new();
-    BufReader::new(child.stdout.take().expect("stdout"))
-        .read_line(&mut first)
-        .expect("the listening line");
-    let base = first
-        .trim()
-        .strip_prefix("lockstep serve listening on ")
-        .unwrap_or_else(|| panic!("{first}"))
-        .to_owned();
-    let serve = Serve { child, base };
+        ],
+        std::fs::File::create(&log).expect("log"),
+        &[("RUST_LOG", "debug")],
+    );
     let ask = |group: &str| format!("{{\"group\":\"{group}\",\"entities\":[\"card-1\"]}}");
 
     // Its own group: answered (no row yet, so missing, but answered).
