@@ -56,6 +56,11 @@ pub struct BackfillOptions {
     /// plugin failed on) to the caller. Without it, any of them fails the job and
     /// nothing is written.
     pub keep_rejects: bool,
+    /// The erasure ledger the job honours: events of an entity erased from the group
+    /// at or before its erasure time are dropped (counted in
+    /// [`BatchOutput::erased`]), so a re-run over the raw source never brings an
+    /// erased entity back. `None`: nothing is erased (a store without a ledger).
+    pub ledger: Option<Arc<lockstep_erasure::Ledger>>,
 }
 
 impl BackfillOptions {
@@ -68,6 +73,7 @@ impl BackfillOptions {
             buffer_bytes: WriterOptions::default().buffer_bytes,
             delta: Default::default(),
             keep_rejects: false,
+            ledger: None,
         }
     }
 }
@@ -131,6 +137,10 @@ pub enum BackfillError {
     /// The batch host failed.
     #[error(transparent)]
     Batch(BatchError),
+    /// The erasure ledger could not be read: running without it could bring an erased
+    /// entity back. Nothing was written.
+    #[error("reading the erasure ledger; nothing was written")]
+    Erasures(#[source] lockstep_erasure::ErasureError),
     /// The offline store failed.
     #[error(transparent)]
     Offline(#[from] OfflineError),
@@ -271,6 +281,18 @@ impl<'a> Prepared<'a> {
     /// Runs the batch host over `job`'s source into the offline writer, then applies
     /// the rejects policy. Nothing is visible until [`Ran::commit`].
     pub async fn run(self, job: &BatchJob) -> Result<Ran<'a>, BackfillError> {
+        let job = match self.erasures().await {
+            Ok(None) => job.clone(),
+            Ok(Some(erasures)) => BatchJob {
+                erasures: Arc::new(erasures),
+                ..job.clone()
+            },
+            Err(e) => {
+                self.release().await;
+                return Err(e);
+            }
+        };
+        let job = &job;
         let mut writer = self.store.writer(
             &self.group,
             self.now,
@@ -305,6 +327,23 @@ impl<'a> Prepared<'a> {
                 Err(e)
             }
         }
+    }
+
+    /// The boundary of this group version in the ledger, if there is a ledger.
+    async fn erasures(&self) -> Result<Option<lockstep_core::Erasures>, BackfillError> {
+        let Some(ledger) = &self.options.ledger else {
+            return Ok(None);
+        };
+        let manifest = &self.group.manifest;
+        let key_type = lockstep_core::schema::input_schema(manifest)
+            .field_with_name(&manifest.entity_key)
+            .map(|f| f.data_type().clone())
+            .unwrap_or(arrow_schema::DataType::Utf8);
+        ledger
+            .boundary(&self.group.name, &self.group.version, &key_type)
+            .await
+            .map(Some)
+            .map_err(BackfillError::Erasures)
     }
 
     /// Gives the version's lock back without writing anything.

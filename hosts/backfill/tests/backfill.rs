@@ -284,3 +284,145 @@ async fn on_s3_a_failed_or_abandoned_job_gives_the_lock_back() {
         .expect("a third job starts at once");
     drop(next);
 }
+
+/// Every stored row as JSON text, without the columns a write stamps, sorted.
+async fn stored_rows(store: &OfflineStore) -> Vec<String> {
+    let mut out = Vec::new();
+    for batch in store.read("txn_velocity", "1.0.0").await.expect("read") {
+        for row in 0..batch.num_rows() {
+            let mut json = lockstep_core::rows::row_json(&batch, row);
+            json.remove("write_time");
+            json.remove("api_invocation_time");
+            out.push(serde_json::Value::Object(json).to_string());
+        }
+    }
+    out.sort();
+    out
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_backfill_honours_the_erasure_ledger_as_if_the_erased_events_were_never_there() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let events = events(dir.path(), 3_000, 0);
+    let text = std::fs::read_to_string(&events).expect("events");
+    let key_time = |l: &str| {
+        let v: serde_json::Value = serde_json::from_str(l).expect("json");
+        (
+            v["card_id"].as_str().unwrap_or("").to_owned(),
+            v["ts"].as_i64().unwrap_or(0),
+        )
+    };
+    let mut times: Vec<i64> = text.lines().map(|l| key_time(l).1).collect();
+    times.sort();
+    // Erased halfway through its history: a card's later events are a new life.
+    let at = times[times.len() / 2];
+    let erased = key_time(text.lines().next().expect("a line")).0;
+
+    let ledger_dir = dir.path().join("ledger");
+    let ledger = Arc::new(
+        lockstep_erasure::Ledger::open(
+            ledger_dir.to_str().expect("utf-8"),
+            &lockstep_aws::AwsOptions::default(),
+        )
+        .expect("ledger"),
+    );
+    ledger
+        .record(
+            &lockstep_erasure::Erasure::new(
+                "txn_velocity",
+                None,
+                vec![erased.clone()],
+                at,
+                "",
+                "t",
+            )
+            .expect("erasure"),
+        )
+        .await
+        .expect("record");
+    let plugin = &plugin().1;
+    let store_a = OfflineStore::open(dir.path().join("a")).expect("store");
+    let report = Backfill::prepare(
+        &store_a,
+        plugin,
+        BackfillOptions {
+            ledger: Some(ledger),
+            ..BackfillOptions::new(TableFormat::Plain, "erasing")
+        },
+        1,
+    )
+    .await
+    .expect("prepare")
+    .run(&job(&events))
+    .await
+    .expect("run")
+    .commit()
+    .await
+    .expect("commit");
+    let dropped = text
+        .lines()
+        .map(key_time)
+        .filter(|(k, t)| *k == erased && *t <= at)
+        .count();
+    assert!(dropped > 0);
+    assert_eq!(report.output.erased, dropped as u64);
+
+    // The same job over the events without the erased ones.
+    let kept: String = text
+        .lines()
+        .filter(|l| {
+            let (k, t) = key_time(l);
+            !(k == erased && t <= at)
+        })
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let kept_path = dir.path().join("kept.jsonl");
+    std::fs::write(&kept_path, kept).expect("write");
+    let store_b = OfflineStore::open(dir.path().join("b")).expect("store");
+    Backfill::prepare(
+        &store_b,
+        plugin,
+        BackfillOptions::new(TableFormat::Plain, "reference"),
+        1,
+    )
+    .await
+    .expect("prepare")
+    .run(&job(&kept_path))
+    .await
+    .expect("run")
+    .commit()
+    .await
+    .expect("commit");
+    assert_eq!(stored_rows(&store_a).await, stored_rows(&store_b).await);
+
+    // A ledger that cannot be read stops the job before anything is written.
+    let broken = dir.path().join("broken");
+    std::fs::create_dir_all(&broken).expect("mkdir");
+    std::fs::write(broken.join("0-x.jsonl"), "not a ledger entry\n").expect("write");
+    let err = Backfill::prepare(
+        &OfflineStore::open(dir.path().join("c")).expect("store"),
+        plugin,
+        BackfillOptions {
+            ledger: Some(Arc::new(
+                lockstep_erasure::Ledger::open(
+                    broken.to_str().expect("utf-8"),
+                    &lockstep_aws::AwsOptions::default(),
+                )
+                .expect("ledger"),
+            )),
+            ..BackfillOptions::new(TableFormat::Plain, "broken ledger")
+        },
+        1,
+    )
+    .await
+    .expect("prepare")
+    .run(&job(&events))
+    .await
+    .expect_err("an unreadable ledger");
+    assert!(matches!(err, BackfillError::Erasures(_)), "{err}");
+    assert!(
+        !dir.path()
+            .join("c/txn_velocity/_lockstep/locks/1.0.0.lock")
+            .exists()
+    );
+}

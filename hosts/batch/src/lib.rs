@@ -144,6 +144,9 @@ pub struct BatchJob {
     /// Events later than this instant (UTC µs) are rejects, by the rule the stream
     /// host applies to its dead letters: the job's clock plus `--max-future`.
     pub latest_event_time: Option<i64>,
+    /// Erased entities (the erasure ledger's boundary for this group version): their
+    /// events at or before the erasure are dropped and counted, never applied.
+    pub erasures: Arc<lockstep_core::Erasures>,
 }
 
 impl BatchJob {
@@ -170,6 +173,7 @@ impl BatchJob {
             s3: S3Options::default(),
             keep_states: false,
             latest_event_time: None,
+            erasures: Arc::default(),
         }
     }
 }
@@ -255,6 +259,9 @@ pub struct BatchOutput {
     /// [`lockstep_executor::FailedEvent`]). `column` is empty; `reason` holds
     /// the entity and the plugin's message.
     pub plugin_failures: Vec<SourceReject>,
+    /// Events of erased entities at or before their erasure, dropped (see
+    /// [`BatchJob::erasures`]).
+    pub erased: u64,
 }
 
 /// Why a backfill failed.
@@ -651,12 +658,15 @@ pub async fn run(
     let sorted: Arc<dyn ExecutionPlan> =
         Arc::new(SortExec::new(ordering, repartitioned).with_preserve_partitioning(true));
 
-    let node = Arc::new(PluginExec::new(
-        plugin.clone(),
-        job.component.clone(),
-        job.keep_states,
-        sorted,
-    )?);
+    let node = Arc::new(
+        PluginExec::new(
+            plugin.clone(),
+            job.component.clone(),
+            job.keep_states,
+            sorted,
+        )?
+        .with_erasures(job.erasures.clone()),
+    );
 
     let task_ctx = ctx.task_ctx();
     // Partitions hand their rows to the sink through a bounded channel: a slow sink
@@ -706,6 +716,7 @@ pub async fn run(
         stats: finished.stats,
         rejects: Vec::new(),
         plugin_failures: finished.failed,
+        erased: finished.erased,
     };
     if sink_result.is_ok() && finished.partitions != partitions {
         sink_result = Err(BatchError::Source(format!(

@@ -27,6 +27,7 @@ use datafusion::physical_plan::{
 };
 use futures::StreamExt;
 use lockstep_abi::Manifest;
+use lockstep_core::erasure::Erasures;
 use lockstep_core::key::StateMap;
 use lockstep_core::rows::row_json;
 use lockstep_core::schema::row_schema;
@@ -98,6 +99,8 @@ pub struct Finished {
     pub partitions: usize,
     /// Events the plugin failed on, skipped (see [`crate::BatchOutput::plugin_failures`]).
     pub failed: Vec<crate::SourceReject>,
+    /// Events of erased entities at or before their erasure, dropped before the plugin.
+    pub erased: u64,
 }
 
 /// Runs a plugin over entity-partitioned, sorted events; see the [module](self) docs.
@@ -108,6 +111,10 @@ pub struct PluginExec {
     key: Arc<dyn PhysicalExpr>,
     properties: Arc<PlanProperties>,
     finished: Arc<Mutex<Finished>>,
+    /// Erased entities: their events at or before the erasure never reach the plugin.
+    /// Not part of the serialised configuration: a node rebuilt elsewhere reads the
+    /// erasure ledger where it runs.
+    erasures: Arc<Erasures>,
 }
 
 impl fmt::Debug for PluginExec {
@@ -169,7 +176,15 @@ impl PluginExec {
             key,
             properties: Arc::new(properties),
             finished: Arc::default(),
+            erasures: Arc::default(),
         })
+    }
+
+    /// The same node, dropping the events `erasures` erases (see
+    /// [`lockstep_core::erasure`]) before the plugin sees them.
+    pub fn with_erasures(mut self, erasures: Arc<Erasures>) -> Self {
+        self.erasures = erasures;
+        self
     }
 
     /// The node's serialisable configuration.
@@ -235,7 +250,9 @@ impl ExecutionPlan for PluginExec {
         }
         let input = children.swap_remove(0);
         Self::with_plugin(self.config.clone(), self.plugin.clone(), input)
-            .map(|node| Arc::new(node) as Arc<dyn ExecutionPlan>)
+            .map(|node| {
+                Arc::new(node.with_erasures(self.erasures.clone())) as Arc<dyn ExecutionPlan>
+            })
             .map_err(|e| DataFusionError::Plan(e.to_string()))
     }
 
@@ -249,6 +266,14 @@ impl ExecutionPlan for PluginExec {
         let keep_states = self.config.keep_states;
         let n_input = self.config.manifest.input.len();
         let finished = self.finished.clone();
+        let erasures = self.erasures.clone();
+        let manifest = &self.config.manifest;
+        let column = |name: &str| {
+            manifest.input_index(name).ok_or_else(|| {
+                DataFusionError::Plan(format!("the manifest has no input field `{name}`"))
+            })
+        };
+        let (key_col, time_col) = (column(&manifest.entity_key)?, column(&manifest.event_time)?);
         let mut builder = RecordBatchReceiverStreamBuilder::new(self.schema(), 2);
         let tx = builder.tx();
         builder.spawn(async move {
@@ -261,8 +286,14 @@ impl ExecutionPlan for PluginExec {
             // sort and the repartitioning to another worker meanwhile.
             let multi_thread = tokio::runtime::Handle::current().runtime_flavor()
                 == tokio::runtime::RuntimeFlavor::MultiThread;
+            let mut erased = 0u64;
             while let Some(batch) = input.next().await {
                 let batch: RecordBatch = batch?;
+                let (batch, dropped) = erasures.filter(&batch, key_col, time_col)?;
+                erased += dropped as u64;
+                if batch.num_rows() == 0 {
+                    continue;
+                }
                 let emitted = if multi_thread {
                     tokio::task::block_in_place(|| run.push(&batch))
                 } else {
@@ -296,6 +327,7 @@ impl ExecutionPlan for PluginExec {
                 done.states.extend(states);
             }
             done.stats.add(&stats);
+            done.erased += erased;
             done.partitions += 1;
             Ok(())
         });

@@ -23,6 +23,7 @@
 
 mod allocator;
 pub mod checkpoint;
+mod erasure;
 mod http;
 pub mod logs;
 pub mod metrics;
@@ -31,6 +32,7 @@ pub mod source;
 
 pub use allocator::tune_allocator;
 pub use checkpoint::{CheckpointStore, LogLengths};
+pub use erasure::ErasureWatch;
 pub use run::{ServiceConfig, StreamService, Summary, Timings};
 pub use source::{KinesisSource, MemorySource, Resume, Source};
 
@@ -108,4 +110,8 @@ pub enum ServiceError {
     /// The cache could not be reached at start.
     #[error("connecting to the cache")]
     Cache(#[source] lockstep_cache::CacheError),
+    /// The erasure ledger could not be read at start: running without it could apply
+    /// an erased entity's events again.
+    #[error("reading the erasure ledger")]
+    Erasures(#[source] Box<lockstep_erasure::ErasureError>),
 }

@@ -35,6 +35,10 @@ pub struct Metrics {
     pub source_errors: Counter,
     /// Checkpoints committed.
     pub commits: Counter,
+    /// Events of erased entities at or before their erasure, dropped on arrival.
+    pub erased_events: Counter,
+    /// Entity states dropped because their entity was erased.
+    pub erased_states: Counter,
     /// Events held in reorder buffers.
     pub buffered_events: Gauge,
     /// Milliseconds behind the tip, per shard.
@@ -65,6 +69,8 @@ impl Metrics {
             source_errors: Counter::default(),
             cache_skipped: Counter::default(),
             commits: Counter::default(),
+            erased_events: Counter::default(),
+            erased_states: Counter::default(),
             buffered_events: Gauge::default(),
             lag_ms: Family::default(),
             commit_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
@@ -112,6 +118,16 @@ impl Metrics {
             m.source_errors.clone(),
         );
         registry.register("commits", "Checkpoints committed", m.commits.clone());
+        registry.register(
+            "erased_events",
+            "Events of erased entities at or before their erasure, dropped",
+            m.erased_events.clone(),
+        );
+        registry.register(
+            "erased_states",
+            "Entity states dropped because the entity was erased",
+            m.erased_states.clone(),
+        );
         registry.register(
             "buffered_events",
             "Events held in reorder buffers",

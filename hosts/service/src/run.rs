@@ -65,6 +65,9 @@ pub struct ServiceConfig {
     /// Start from the stream's beginning even though logs of an earlier run exist
     /// without a checkpoint (they are renamed `*.before-fresh`, never deleted).
     pub start_fresh: bool,
+    /// The erasure ledger to honour (read at start, polled while running); `None`:
+    /// none (a service without an offline store beside it).
+    pub erasures: Option<crate::ErasureWatch>,
 }
 
 /// The log files of `dir` that hold something: (path, bytes).
@@ -127,6 +130,7 @@ impl ServiceConfig {
             handle_signals: true,
             cache: None,
             start_fresh: false,
+            erasures: None,
         }
     }
 }
@@ -439,6 +443,21 @@ impl StreamService {
                 restored.shards,
             )?
         };
+        let mut watching = match &cfg.erasures {
+            Some(watch) => Some(crate::erasure::Watching::start(
+                io,
+                watch,
+                &manifest.name,
+                &manifest.version,
+                lockstep_core::schema::input_schema(manifest)
+                    .field_with_name(&manifest.entity_key)
+                    .map(|f| f.data_type().clone())
+                    .map_err(|e| ServiceError::Start(format!("the entity key: {e}")))?,
+                &mut processor,
+                &metrics,
+            )?),
+            None => None,
+        };
         let mut positions = restored.positions;
         let mut ended = restored.ended;
         let mut reader = io.block_on(open(Resume {
@@ -476,6 +495,11 @@ impl StreamService {
             });
             let mut read = || -> Result<(), ServiceError> {
                 loop {
+                    if let Some(watching) = watching.as_mut()
+                        && watching.poll(io, &mut processor, &metrics)?
+                    {
+                        round.changed = true;
+                    }
                     let stopping_now = stop.load(Ordering::SeqCst);
                     let events = if stopping_now {
                         Vec::new()
@@ -913,6 +937,9 @@ fn record_progress(metrics: &Metrics, before: &StreamStats, now: &StreamStats) {
     metrics
         .plugin_failures
         .inc_by(delta(before.plugin_failures, now.plugin_failures));
+    metrics
+        .erased_events
+        .inc_by(delta(before.erased, now.erased));
 }
 
 fn lock(health: &Mutex<Health>) -> std::sync::MutexGuard<'_, Health> {

@@ -9,12 +9,14 @@ use arrow_select::concat::concat_batches;
 use arrow_select::filter::filter_record_batch;
 use lockstep_abi::Manifest;
 use lockstep_core::decode::JsonDecoder;
+use lockstep_core::erasure::Erasures;
 use lockstep_core::key::{EntityKey, KeyHasher, KeySet, StateMap};
 use lockstep_core::order::{event_ids, identity};
 use lockstep_core::schema::{input_schema, row_schema};
 use lockstep_executor::{Executor, RunStats};
 use lockstep_runtime::Plugin;
 use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
 
 /// How the processor orders events.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -82,6 +84,9 @@ pub struct StreamStats {
     pub rows: u64,
     /// Events before the start instant, left to the backfill.
     pub before_start: u64,
+    /// Events of erased entities at or before their erasure time: dropped, never
+    /// applied (see `lockstep_core::erasure`).
+    pub erased: u64,
 }
 
 impl StreamStats {
@@ -96,6 +101,7 @@ impl StreamStats {
         self.dead += other.dead;
         self.rows += other.rows;
         self.before_start += other.before_start;
+        self.erased += other.erased;
     }
 }
 
@@ -178,6 +184,8 @@ pub struct StreamProcessor {
     id_col: Option<usize>,
     /// Entities whose state the plugin may have changed since [`Self::take_changed`].
     touched: KeySet,
+    /// Erased entities: their events at or before the erasure are dropped on arrival.
+    erasures: Arc<Erasures>,
 }
 
 /// What a processor holds for its shard: per-entity states, the events still in the
@@ -322,6 +330,24 @@ impl ShardState {
         self.taken.extend(other.taken);
     }
 
+    /// Drops what this state holds of the entities `erasures` names: their states
+    /// (whole) and their buffered events at or before the erasure (`key_col`,
+    /// `time_col`: the input columns). Returns the entities whose state went.
+    pub fn forget_erased(
+        &mut self,
+        erasures: &Erasures,
+        key_col: usize,
+        time_col: usize,
+    ) -> Result<Vec<EntityKey>, StreamError> {
+        forget_erased(
+            &mut self.states,
+            &mut self.buffer,
+            erasures,
+            key_col,
+            time_col,
+        )
+    }
+
     /// A state holding only per-entity states (a backfill's hand-off).
     pub fn from_states(states: StateMap) -> Self {
         ShardState {
@@ -390,6 +416,11 @@ impl StreamProcessor {
         self.key_col
     }
 
+    /// The input column of the event time.
+    pub fn time_column(&self) -> usize {
+        self.time_col
+    }
+
     /// A processor running a fresh instance of `plugin`, every entity without state.
     pub fn new(plugin: &Plugin, config: StreamConfig) -> Result<Self, StreamError> {
         let manifest = plugin.manifest().clone();
@@ -423,7 +454,29 @@ impl StreamProcessor {
             key_col,
             id_col,
             touched: KeySet::default(),
+            erasures: Arc::default(),
         })
+    }
+
+    /// Honours `erasures` from now on: an arriving event of an erased entity at or
+    /// before its erasure time is dropped (counted in [`StreamStats::erased`]), and
+    /// what this processor holds of an erased entity — its state (whole) and its held
+    /// events at or before the erasure — goes now; the next checkpoint removes the
+    /// state. Returns the entities whose state was dropped.
+    pub fn set_erasures(&mut self, erasures: Arc<Erasures>) -> Result<Vec<EntityKey>, StreamError> {
+        let dropped = forget_erased(
+            &mut self.states,
+            &mut self.buffer,
+            &erasures,
+            self.key_col,
+            self.time_col,
+        )?;
+        self.buffered = self.buffer.iter().map(RecordBatch::num_rows).sum();
+        for key in &dropped {
+            self.touched.insert(key.clone());
+        }
+        self.erasures = erasures;
+        Ok(dropped)
     }
 
     /// Starts every entity from `states` (a backfill's final states: the hand-off).
@@ -517,6 +570,12 @@ impl StreamProcessor {
                          an entity's events must share a shard to be applied in order"
                     ),
                 ));
+                continue;
+            }
+            if self.erasures.drops(&key, time) {
+                // As if it had never arrived: no watermark move, no duplicate identity.
+                keep.push(false);
+                self.stats.erased += 1;
                 continue;
             }
             if self.config.start_at.is_some_and(|start| time < start) {
@@ -679,4 +738,28 @@ fn partition_key_matches(partition_key: &str, key: &EntityKey) -> bool {
         EntityKey::Str(s) => partition_key == s,
         EntityKey::Int(_) => partition_key == key.to_string(),
     }
+}
+
+/// Drops the states of the entities `erasures` names and their held events at or before
+/// the erasure; returns the entities whose state went, sorted.
+fn forget_erased(
+    states: &mut StateMap,
+    buffer: &mut Vec<RecordBatch>,
+    erasures: &Erasures,
+    key_col: usize,
+    time_col: usize,
+) -> Result<Vec<EntityKey>, StreamError> {
+    if erasures.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut dropped: Vec<EntityKey> = erasures
+        .iter()
+        .filter_map(|(key, _)| states.remove(key).map(|_| key.clone()))
+        .collect();
+    dropped.sort();
+    for batch in buffer.iter_mut() {
+        *batch = erasures.filter(batch, key_col, time_col)?.0;
+    }
+    buffer.retain(|b| b.num_rows() > 0);
+    Ok(dropped)
 }

@@ -13,11 +13,13 @@
 
 use crate::{Pending, Record, ShardState, Step, StreamConfig, StreamError, StreamProcessor};
 use arrow_array::RecordBatch;
+use lockstep_core::erasure::Erasures;
 use lockstep_core::key::{EntityKey, StateMap};
 use lockstep_core::schema::row_schema;
 use lockstep_executor::RunStats;
 use lockstep_runtime::Plugin;
 use std::collections::HashMap;
+use std::sync::Arc;
 
 /// A shard as the stream host needs to know it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -78,6 +80,8 @@ pub struct ShardedProcessor {
     start: ShardState,
     /// Counters of the shards closed so far.
     closed_stats: crate::StreamStats,
+    /// Erased entities, honoured by every shard (see [`Self::set_erasures`]).
+    erasures: Arc<Erasures>,
 }
 
 impl ShardedProcessor {
@@ -92,7 +96,34 @@ impl ShardedProcessor {
             start_unsaved: false,
             start: ShardState::default(),
             closed_stats: crate::StreamStats::default(),
+            erasures: Arc::default(),
         }
+    }
+
+    /// Honours `erasures` (every erasure so far, not only new ones) in every shard, open
+    /// or waiting for its children, and in the start states: arriving events of an
+    /// erased entity at or before its erasure are dropped, and its state and held
+    /// events go now (the next checkpoint removes the state). Shards opened later
+    /// honour it too. Returns how many entity states were dropped.
+    pub fn set_erasures(&mut self, erasures: Arc<Erasures>) -> Result<usize, StreamError> {
+        let probe = StreamProcessor::new(&self.plugin, self.config)?;
+        let (key_col, time_col) = (probe.key_column(), probe.time_column());
+        let mut dropped = 0;
+        for (_, processor) in self.open.values_mut() {
+            dropped += processor.set_erasures(erasures.clone())?.len();
+        }
+        for (_, state) in self.closed.values_mut() {
+            let gone = state.forget_erased(&erasures, key_col, time_col)?;
+            dropped += gone.len();
+            self.changed_closed
+                .extend(gone.into_iter().map(|k| (k, None)));
+        }
+        let gone = self.start.forget_erased(&erasures, key_col, time_col)?;
+        dropped += gone.len();
+        self.changed_closed
+            .extend(gone.into_iter().map(|k| (k, None)));
+        self.erasures = erasures;
+        Ok(dropped)
     }
 
     /// Starts entities from `states` (a backfill's final states): each shard opened
@@ -136,6 +167,8 @@ impl ShardedProcessor {
                 .into_states();
             let state = ShardState::from_saved(saved.pending, states);
             let shard = StreamProcessor::resume(plugin, config, state)?;
+            // A restored processor honours the erasures given later, by
+            // `set_erasures`, which reaches every open shard.
             processor
                 .open
                 .insert(saved.spec.id.clone(), (saved.spec, shard));
@@ -222,7 +255,10 @@ impl ShardedProcessor {
             }
         }
         self.closed.retain(|_, (_, s)| !s.is_pending_empty());
-        let processor = StreamProcessor::resume(&self.plugin, self.config, state)?;
+        let mut processor = StreamProcessor::resume(&self.plugin, self.config, state)?;
+        // The start states and parents were cleared of erased entities already; this
+        // only passes the rule on to the shard's arriving events.
+        processor.set_erasures(self.erasures.clone())?;
         self.open.insert(spec.id.clone(), (spec, processor));
         Ok(())
     }
@@ -328,6 +364,7 @@ impl ShardedProcessor {
         for id in closed {
             if let Some((_, state)) = self.closed.remove(&id) {
                 let mut processor = StreamProcessor::resume(&self.plugin, self.config, state)?;
+                processor.set_erasures(self.erasures.clone())?;
                 let step = processor.drain()?;
                 stats.add(&step.stats);
                 rows.push(step.rows);

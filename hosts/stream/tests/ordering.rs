@@ -660,3 +660,234 @@ fn restoring_any_checkpoint_and_replaying_ends_with_the_golden_rows() {
         );
     }
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 16, .. ProptestConfig::default() })]
+
+    /// The replay boundary: events of erased entities at or before their erasure time
+    /// are dropped as if they had never arrived (no row, no watermark move, no late
+    /// event), in any arrival order within the lateness; the rest equals the batch
+    /// executor over the input without them. Erasures set halfway through the stream
+    /// drop the entities' state and held events there and then.
+    #[test]
+    fn erased_events_are_dropped_as_if_they_never_arrived(
+        seed in any::<u64>(),
+        rows in 50usize..400,
+        entities in 2u64..12,
+        erased_count in 1usize..3,
+        cut_permille in 0i64..1000,
+    ) {
+        use lockstep_core::{EntityKey, Erasures};
+        let plugin = plugin("txn_velocity");
+        let m = plugin.manifest();
+        let text = lockstep_gen::events(lockstep_gen::Kind::Transactions, rows, entities, seed);
+        let parsed: Vec<(String, i64, &str)> = text
+            .lines()
+            .map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).expect("json");
+                (v["card_id"].as_str().unwrap_or("").to_owned(), v["ts"].as_i64().unwrap_or(0), l)
+            })
+            .collect();
+        let (first, last) = (
+            parsed.iter().map(|p| p.1).min().unwrap_or(0),
+            parsed.iter().map(|p| p.1).max().unwrap_or(0),
+        );
+        let at = first + (last - first) * cut_permille / 1000;
+        let mut keys: Vec<String> = parsed.iter().map(|p| p.0.clone()).collect();
+        keys.sort();
+        keys.dedup();
+        let erased: Vec<String> = keys.into_iter().take(erased_count).collect();
+        let mut erasures = Erasures::new();
+        for k in &erased {
+            erasures.insert(EntityKey::Str(k.clone()), at);
+        }
+        let erasures = std::sync::Arc::new(erasures);
+        // Arrival within the lateness, as above.
+        let lateness = 10 * MINUTE;
+        let mut rng = lockstep_gen::Rng::new(seed ^ 0xe7a5);
+        let mut arrivals: Vec<(i64, usize, &str)> = parsed
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (p.1 + rng.below(lateness as u64 + 1) as i64, i, p.2))
+            .collect();
+        arrivals.sort();
+        let mut p = StreamProcessor::new(&plugin, StreamConfig { allowed_lateness: lateness, ..StreamConfig::default() })
+            .expect("processor");
+        p.set_erasures(erasures.clone()).expect("erasures");
+        let mut out = Vec::new();
+        let sequences: Vec<String> = (0..arrivals.len()).map(|i| i.to_string()).collect();
+        for ((_, _, line), seq) in arrivals.iter().zip(&sequences) {
+            let step = p
+                .push(&[Record { shard: "s", sequence: seq, data: line.as_bytes(), partition_key: None }])
+                .expect("push");
+            prop_assert!(step.late.is_empty());
+            out.push(step.rows);
+        }
+        out.push(p.drain().expect("drain").rows);
+        let dropped = parsed
+            .iter()
+            .filter(|(k, t, _)| erased.contains(k) && *t <= at)
+            .count();
+        prop_assert_eq!(p.stats().erased, dropped as u64);
+        let kept: String = parsed
+            .iter()
+            .filter(|(k, t, _)| !(erased.contains(k) && *t <= at))
+            .map(|(_, _, l)| format!("{l}\n"))
+            .collect();
+        let batch = Executor::new(&plugin)
+            .expect("executor")
+            .run(&decode_json_lines(&kept, m, None).expect("decode"), &mut StateMap::default())
+            .expect("run");
+        let c = compare(&m.entity_key, &canonical(&plugin, &out), &canonical(&plugin, &[batch.rows]), 5);
+        prop_assert!(c.identical(), "{}", c.render("stream", "batch without the erased events"));
+    }
+}
+
+#[test]
+fn an_erasure_while_running_drops_the_entitys_state_and_held_events() {
+    use lockstep_core::{EntityKey, Erasures};
+    let plugin = plugin("txn_velocity");
+    let line = |card: &str, ts: i64, id: &str| {
+        format!(
+            "{{\"card_id\":\"{card}\",\"ts\":{ts},\"amount\":1.0,\"merchant\":\"m\",\"txn_id\":\"{id}\"}}"
+        )
+    };
+    let t0 = 1_704_067_200_000_000i64;
+    let lines = [
+        line("a", t0, "1"),
+        line("b", t0 + SECOND, "2"),
+        line("a", t0 + 10 * MINUTE, "3"),
+        // Held: the watermark (latest − 5 min) has not passed it.
+        line("a", t0 + 12 * MINUTE, "4"),
+    ];
+    let mut p = StreamProcessor::new(
+        &plugin,
+        StreamConfig {
+            allowed_lateness: 5 * MINUTE,
+            ..StreamConfig::default()
+        },
+    )
+    .expect("processor");
+    let seqs: Vec<String> = (0..lines.len()).map(|i| i.to_string()).collect();
+    let records: Vec<Record> = lines
+        .iter()
+        .zip(&seqs)
+        .map(|(l, s)| Record {
+            shard: "s",
+            sequence: s,
+            data: l.as_bytes(),
+            partition_key: None,
+        })
+        .collect();
+    p.push(&records).expect("push");
+    assert!(p.states().contains_key(&EntityKey::Str("a".into())));
+    assert_eq!(
+        p.buffered(),
+        2,
+        "a's 10- and 12-minute events wait for the watermark"
+    );
+    let _ = p.take_changed();
+    let mut erasures = Erasures::new();
+    erasures.insert(EntityKey::Str("a".into()), t0 + 11 * MINUTE);
+    let dropped = p
+        .set_erasures(std::sync::Arc::new(erasures))
+        .expect("erase");
+    assert_eq!(dropped, vec![EntityKey::Str("a".into())]);
+    assert!(!p.states().contains_key(&EntityKey::Str("a".into())));
+    assert_eq!(
+        p.buffered(),
+        1,
+        "only the held event after the erasure stays"
+    );
+    assert_eq!(
+        p.take_changed(),
+        vec![(EntityKey::Str("a".into()), None)],
+        "the next checkpoint removes the state"
+    );
+    let rows = p.drain().expect("drain").rows;
+    assert_eq!(rows.num_rows(), 1, "the new life: one row from no state");
+}
+
+#[test]
+fn a_handed_off_state_of_an_erased_entity_is_dropped_before_any_shard_takes_it() {
+    use lockstep_core::{EntityKey, Erasures};
+    use lockstep_stream::{ShardSpec, ShardedProcessor};
+    let plugin = plugin("txn_velocity");
+    let t0 = 1_704_067_200_000_000i64;
+    let line = |card: &str, ts: i64, id: &str| {
+        format!(
+            "{{\"card_id\":\"{card}\",\"ts\":{ts},\"amount\":1.0,\"merchant\":\"m\",\"txn_id\":\"{id}\"}}"
+        )
+    };
+    // A backfill's final states for two cards.
+    let backfilled = format!("{}\n{}\n", line("a", t0, "1"), line("b", t0, "2"));
+    let mut states = StateMap::default();
+    Executor::new(&plugin)
+        .expect("executor")
+        .run(
+            &decode_json_lines(&backfilled, plugin.manifest(), None).expect("decode"),
+            &mut states,
+        )
+        .expect("run");
+    assert_eq!(states.len(), 2);
+    let mut sharded = ShardedProcessor::new(&plugin, StreamConfig::default()).with_states(states);
+    let mut erasures = Erasures::new();
+    erasures.insert(EntityKey::Str("a".into()), t0 + MINUTE);
+    assert_eq!(
+        sharded
+            .set_erasures(std::sync::Arc::new(erasures))
+            .expect("erase"),
+        1
+    );
+    sharded
+        .open(ShardSpec {
+            id: "s0".into(),
+            parents: vec![],
+            hash_range: (0, u128::MAX),
+        })
+        .expect("open");
+    let later = [
+        line("a", t0 + 2 * MINUTE, "3"),
+        line("b", t0 + 2 * MINUTE, "4"),
+    ];
+    let records: Vec<Record> = later
+        .iter()
+        .enumerate()
+        .map(|(i, l)| Record {
+            shard: "s0",
+            sequence: if i == 0 { "0" } else { "1" },
+            data: l.as_bytes(),
+            partition_key: None,
+        })
+        .collect();
+    sharded.push("s0", &records).expect("push");
+    let rows = canonical(&plugin, &[sharded.drain().expect("drain").rows]);
+    let count = |card: &str| {
+        rows.iter()
+            .find(|r| r["card_id"] == serde_json::json!(card))
+            .map(|r| r["txn_count_7d"].clone())
+    };
+    assert_eq!(
+        count("a"),
+        Some(serde_json::json!(1)),
+        "a starts a new life: {rows:?}"
+    );
+    assert_eq!(
+        count("b"),
+        Some(serde_json::json!(2)),
+        "b goes on from its state: {rows:?}"
+    );
+    let checkpoint = sharded.checkpoint();
+    assert!(
+        checkpoint
+            .changed
+            .iter()
+            .any(|(k, v)| *k == EntityKey::Str("b".into()) && v.is_some()),
+        "{:?}",
+        checkpoint
+            .changed
+            .iter()
+            .map(|(k, v)| (k, v.is_some()))
+            .collect::<Vec<_>>()
+    );
+}
