@@ -9,6 +9,7 @@
 //! and readers fall back to the store on a miss. This crate owns the key layout and
 //! the event-time guard; it knows nothing of Arrow, plugins or stores.
 
+use futures_util::StreamExt;
 use redis::AsyncCommands;
 use redis::aio::ConnectionManager;
 use redis::cluster_async::ClusterConnection;
@@ -140,16 +141,55 @@ pub fn tenant_acl_for_patterns(
     rules
 }
 
-/// Sets the entry unless the cached one has a later event time (an entry whose time
-/// is not a number is replaced); sets the TTL (ms) when positive. Returns 1 when
-/// written.
+/// Sets the entry unless the cached one has a later event time, or is an erasure's
+/// guard (an entry with a time and no value, see [`ERASE`]) at the same or a later
+/// time; an entry whose time is not a number is replaced. Sets the TTL (ms) when
+/// positive. Returns 1 when written.
 const GUARDED_SET: &str = r#"
 local cur = tonumber(redis.call('HGET', KEYS[1], 't') or '')
-if cur and cur > tonumber(ARGV[1]) then return 0 end
+if cur then
+  local t = tonumber(ARGV[1])
+  if cur > t then return 0 end
+  if cur == t and redis.call('HEXISTS', KEYS[1], 'v') == 0 then return 0 end
+end
 redis.call('HSET', KEYS[1], 't', ARGV[1], 'v', ARGV[2])
 if tonumber(ARGV[3]) > 0 then redis.call('PEXPIRE', KEYS[1], ARGV[3]) end
 return 1
 "#;
+
+/// Erases an entry as of ARGV[1] (UTC µs): unless the entry is newer (a new life,
+/// left as it is: -1), replaces it with a guard holding only that time, which reads as
+/// a miss and which no write at or before that time gets past, for ARGV[2] ms.
+/// Returns 1 when an entry with a value was there, 0 when none was, -1 when newer.
+const ERASE: &str = r#"
+local cur = tonumber(redis.call('HGET', KEYS[1], 't') or '')
+local held = redis.call('HEXISTS', KEYS[1], 'v')
+if cur and cur > tonumber(ARGV[1]) then
+  if held == 1 then return -1 end
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return 0
+end
+redis.call('DEL', KEYS[1])
+redis.call('HSET', KEYS[1], 't', ARGV[1])
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+return held
+"#;
+
+/// How long an erasure's guard keeps older writes out: far longer than any write in
+/// flight (a stream round, a store read written back), after which the erased entity
+/// is gone from every copy a write could come from.
+pub const ERASE_GUARD: Duration = Duration::from_secs(24 * 3600);
+
+/// What [`RedisCache::erase`] found, per key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Erased {
+    /// An entry was there and is gone; a guard keeps older writes out.
+    Removed,
+    /// No entry was there; a guard keeps older writes out.
+    Absent,
+    /// The entry is newer than the erasure (a new life of the entity): left.
+    Newer,
+}
 
 /// A cached entry as read back.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -180,6 +220,7 @@ pub struct RedisCache {
     conn: Connection,
     url: String,
     script: redis::Script,
+    erase_script: redis::Script,
     ttl: Option<Duration>,
 }
 
@@ -260,6 +301,7 @@ impl RedisCache {
             conn,
             url: redacted(url),
             script: redis::Script::new(GUARDED_SET),
+            erase_script: redis::Script::new(ERASE),
             ttl,
         })
     }
@@ -408,7 +450,8 @@ impl RedisCache {
             .collect())
     }
 
-    /// Removes keys (erasure); returns how many existed.
+    /// Removes keys; returns how many existed. Nothing stops an older write from
+    /// putting a key back afterwards: an erasure uses [`erase`](Self::erase).
     pub async fn delete(&self, keys: &[String]) -> Result<usize, CacheError> {
         if keys.is_empty() {
             return Ok(0);
@@ -426,6 +469,48 @@ impl RedisCache {
                 Ok(removed.into_iter().sum())
             }
         }
+    }
+
+    /// Erases `keys` as of `erased_at` (UTC µs), each on the node that holds it: the
+    /// entry goes, and a guard that reads as a miss keeps every write at or before
+    /// that time out for [`ERASE_GUARD`] — an older write-through still in flight, or
+    /// a store read written back, cannot bring the entity back. An entry newer than
+    /// the erasure is a new life and stays.
+    pub async fn erase(&self, keys: &[String], erased_at: i64) -> Result<Vec<Erased>, CacheError> {
+        let guard_ms = ERASE_GUARD.as_millis() as u64;
+        let calls = keys.iter().map(|key| {
+            let mut invocation = self.erase_script.key(key);
+            invocation.arg(erased_at).arg(guard_ms);
+            let conn = self.conn.clone();
+            async move {
+                match conn {
+                    Connection::Single(mut c) => invocation.invoke_async::<i64>(&mut c).await,
+                    Connection::Cluster(mut c) => invocation.invoke_async::<i64>(&mut c).await,
+                }
+            }
+        });
+        let results = futures_util::stream::iter(calls)
+            .buffered(64)
+            .collect::<Vec<_>>()
+            .await;
+        results
+            .into_iter()
+            .map(|r| match r.map_err(|e| self.fail(e))? {
+                1 => Ok(Erased::Removed),
+                -1 => Ok(Erased::Newer),
+                _ => Ok(Erased::Absent),
+            })
+            .collect()
+    }
+
+    /// Whether each of `keys` holds an entry with a value (a guard does not count).
+    pub async fn holds(&self, keys: &[String]) -> Result<Vec<bool>, CacheError> {
+        Ok(self
+            .get_entries(keys)
+            .await?
+            .into_iter()
+            .map(|e| e.is_some())
+            .collect())
     }
 }
 

@@ -172,3 +172,95 @@ fn entries_without_a_ttl_say_so() {
         assert_eq!(got[0].as_ref().map(|c| c.expires_in), Some(None));
     });
 }
+
+/// An erasure on `cache`: the entry goes, and no write at or before its time gets
+/// back in, while a later write (a new life) does; an entry newer than the erasure
+/// stays.
+async fn erasure_keeps_older_writes_out(cache: &RedisCache) {
+    use lockstep_cache::Erased;
+    cache
+        .put(&[entry("a", 10, "a@10"), entry("b", 50, "b@50")])
+        .await
+        .unwrap();
+    let keys = [
+        cache_key("g@1", "a"),
+        cache_key("g@1", "b"),
+        cache_key("g@1", "c"),
+    ];
+    let erased = cache.erase(&keys, 30).await.unwrap();
+    assert_eq!(erased, vec![Erased::Removed, Erased::Newer, Erased::Absent]);
+    assert_eq!(
+        cache.get(&keys).await.unwrap(),
+        vec![None, Some((50, "b@50".to_owned())), None],
+        "a guard reads as a miss; a newer entry is a new life and stays"
+    );
+    // Older and equal-time writes in flight, then a new life.
+    let put = cache
+        .put(&[
+            entry("a", 20, "older"),
+            entry("a", 30, "same time"),
+            entry("c", 5, "old"),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(
+        (put.written, put.stale),
+        (0, 3),
+        "nothing at or before the erasure gets in"
+    );
+    assert_eq!(cache.holds(&keys).await.unwrap(), vec![false, true, false]);
+    let put = cache.put(&[entry("a", 31, "new life")]).await.unwrap();
+    assert_eq!(put.written, 1);
+    assert_eq!(
+        cache.get(&keys[..1]).await.unwrap(),
+        vec![Some((31, "new life".to_owned()))]
+    );
+    // Erasing again at an earlier time never lowers a guard.
+    cache.erase(&keys[2..], 40).await.unwrap();
+    cache.erase(&keys[2..], 10).await.unwrap();
+    let put = cache.put(&[entry("c", 35, "between")]).await.unwrap();
+    assert_eq!(put.written, 0, "the later guard stands");
+}
+
+#[test]
+fn an_erasure_keeps_every_older_write_out_on_one_server() {
+    let redis = Redis::start(&[]);
+    rt().block_on(async {
+        let cache = RedisCache::connect(&redis.url(), None, Duration::from_secs(5))
+            .await
+            .unwrap();
+        erasure_keeps_older_writes_out(&cache).await;
+    });
+}
+
+#[test]
+fn an_erasure_keeps_every_older_write_out_on_every_node_of_a_cluster() {
+    let cluster = RedisCluster::start(3, &[]);
+    rt().block_on(async {
+        let cache = RedisCache::connect(&cluster.url(), None, Duration::from_secs(5))
+            .await
+            .unwrap();
+        erasure_keeps_older_writes_out(&cache).await;
+        // Keys on every node: each erased on its own.
+        let many: Vec<CacheEntry> = (0..60).map(|i| entry(&format!("k{i}"), 1, "v")).collect();
+        cache.put(&many).await.unwrap();
+        let keys: Vec<String> = many.iter().map(|e| e.key.clone()).collect();
+        let erased = cache.erase(&keys, 2).await.unwrap();
+        assert!(erased.iter().all(|e| *e == lockstep_cache::Erased::Removed));
+        assert!(cache.holds(&keys).await.unwrap().iter().all(|h| !h));
+    });
+    for node in cluster.nodes() {
+        let out = std::process::Command::new("redis-cli")
+            .args(["-p", &node.port().to_string(), "dbsize"])
+            .output()
+            .unwrap();
+        let n: usize = String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse()
+            .unwrap_or(0);
+        assert!(
+            n > 0,
+            "every node holds some guards (keys spread over the slots)"
+        );
+    }
+}

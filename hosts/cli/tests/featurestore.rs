@@ -558,6 +558,62 @@ fn the_stream_host_writes_through_the_sagemaker_protocol_and_both_clients_read_i
     }
     assert_eq!(got.get(wire::PLUGIN_HASH_FEATURE), Some(&group.plugin_hash));
 
+    // Erasure through the SDK: DeleteRecord as of a time. A HardDelete and a SoftDelete
+    // both leave nothing to read; a record newer than the delete is said to be newer
+    // and stays; deleting what is gone finds nothing.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_micros() as i64;
+    let mut keys_left = latest.keys().skip(1).cloned();
+    let (hard, soft, newer) = (
+        keys_left.next().unwrap(),
+        keys_left.next().unwrap(),
+        keys_left.next().unwrap(),
+    );
+    for (key, is_soft) in [(&hard, false), (&soft, true)] {
+        let outcome = io
+            .block_on(client.delete_as_of(&group, key, now, is_soft))
+            .expect("delete");
+        assert_eq!(
+            outcome,
+            lockstep_online::DeleteOutcome::Deleted { existed: true },
+            "{key}"
+        );
+        let got = io
+            .block_on(client.get(&group, std::slice::from_ref(key)))
+            .unwrap();
+        assert_eq!(got, vec![None], "{key} is gone (soft: {is_soft})");
+    }
+    let again = io
+        .block_on(client.delete_as_of(&group, &hard, now, false))
+        .expect("delete again");
+    assert_eq!(
+        again,
+        lockstep_online::DeleteOutcome::Deleted { existed: false }
+    );
+    let stored_time = io
+        .block_on(client.get(&group, std::slice::from_ref(&newer)))
+        .unwrap()[0]
+        .as_ref()
+        .expect("stored")
+        .event_time;
+    let outcome = io
+        .block_on(client.delete_as_of(&group, &newer, stored_time - 1_000_000, false))
+        .expect("an older delete");
+    assert_eq!(
+        outcome,
+        lockstep_online::DeleteOutcome::Newer {
+            stored: stored_time
+        }
+    );
+    assert!(
+        io.block_on(client.get(&group, std::slice::from_ref(&newer)))
+            .unwrap()[0]
+            .is_some(),
+        "a record newer than the delete stays"
+    );
+
     // Another build of the same group version is refused through the protocol too.
     let naive = common::built(&repo("plugins").join("txn_velocity"), &["naive-sum"]);
     let out = Command::new(env!("CARGO_BIN_EXE_lockstep"))

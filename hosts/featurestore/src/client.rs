@@ -9,7 +9,9 @@ use arrow_schema::SchemaRef;
 use aws_sdk_sagemakerfeaturestoreruntime as sm;
 use lockstep_aws::AwsOptions;
 use lockstep_core::rows::row_json;
-use lockstep_online::{GroupRef, OnlineError, OnlineRecord, OnlineStore, PutSummary};
+use lockstep_online::{
+    DeleteOutcome, GroupRef, OnlineError, OnlineRecord, OnlineStore, PutSummary,
+};
 use sm::types::{BatchGetRecordIdentifier, DeletionMode, FeatureValue};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -304,5 +306,48 @@ impl OnlineStore for SageMakerStore {
             .await
             .map_err(|e| self.classify(e))?;
         Ok(existed)
+    }
+
+    /// DeleteRecord at `at` (which the protocol carries in milliseconds: a time with a
+    /// finer part is rounded up, so the delete never reaches back less far than asked).
+    /// A record newer than the delete is found by reading it first: a HardDelete would
+    /// be refused by the service, and a SoftDelete would leave it.
+    async fn delete_as_of(
+        &self,
+        group: &GroupRef,
+        key: &str,
+        at: i64,
+        soft: bool,
+    ) -> Result<DeleteOutcome, OnlineError> {
+        let stored = self
+            .get(group, &[key.to_owned()])
+            .await?
+            .into_iter()
+            .flatten()
+            .next()
+            .map(|r| r.event_time);
+        if let Some(stored) = stored.filter(|s| *s > at) {
+            return Ok(DeleteOutcome::Newer { stored });
+        }
+        let millis = at.div_euclid(1000) + i64::from(at.rem_euclid(1000) != 0);
+        let event_time = chrono::DateTime::from_timestamp_millis(millis)
+            .ok_or_else(|| OnlineError::Rows(format!("{}: no time {at} µs", self.label)))?
+            .to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+        self.client
+            .delete_record()
+            .feature_group_name(group_name(group))
+            .record_identifier_value_as_string(key)
+            .event_time(event_time)
+            .deletion_mode(if soft {
+                DeletionMode::SoftDelete
+            } else {
+                DeletionMode::HardDelete
+            })
+            .send()
+            .await
+            .map_err(|e| self.classify(e))?;
+        Ok(DeleteOutcome::Deleted {
+            existed: stored.is_some(),
+        })
     }
 }

@@ -287,6 +287,7 @@ fn flush(
         return;
     }
     let mut by_hour: std::collections::BTreeMap<i64, Vec<LogRow>> = Default::default();
+    let mut spent = Vec::with_capacity(held.len());
     for answer in held.drain(..) {
         match rows_of(&answer) {
             Some(rows) => by_hour
@@ -295,7 +296,14 @@ fn flush(
                 .extend(rows),
             None => stats.unreadable += 1,
         }
+        spent.push(answer);
     }
+    // The answers' bodies were allocated by the threads answering requests. Freed on
+    // this idle-priority thread, a large one takes the allocator's lock of the arena
+    // it came from (glibc), and this thread — preempted by any other the moment it
+    // wakes — could be descheduled holding it, stalling a serving thread behind it
+    // until a processor idles. They are freed on the runtime's threads instead.
+    runtime.spawn(async move { drop(spent) });
     for (hour, rows) in by_hour {
         let rel = format!(
             "{}/part-{writer}-{}.parquet",
@@ -541,4 +549,148 @@ fn writer_id() -> String {
     let mut tag = [0u8; 4];
     let _ = getrandom::fill(&mut tag);
     format!("{}-{}", std::process::id(), hex::encode(tag))
+}
+
+/// What [`erase`] did to (or, in a dry run, found in) the log.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LogErasure {
+    /// Files read.
+    pub files_scanned: usize,
+    /// Files rewritten without the entities' rows (or removed when nothing was left).
+    pub files_rewritten: usize,
+    /// Rows of the entities removed (found, in a dry run).
+    pub rows_removed: usize,
+}
+
+/// Removes from the log at `location` every row answering for one of `entities` of
+/// `group` (`version`: one version, else all) served at or before `erased_at` (UTC
+/// µs): each file holding one is rewritten without them (a single put, so a reader
+/// sees the old file or the new one) or removed when nothing is left. Files only ever
+/// get new names from a writer, so a running `serve` is not disturbed; its answers
+/// still queued (at most one flush interval) land after this pass, where
+/// `erase verify` finds them and another `erase` removes them. With `dry_run`, only
+/// counts.
+pub async fn erase(
+    location: &str,
+    aws: &AwsOptions,
+    group: &str,
+    version: Option<&str>,
+    entities: &std::collections::HashSet<String>,
+    erased_at: i64,
+    dry_run: bool,
+) -> Result<LogErasure, LineageError> {
+    let location = Location::open(location, aws)?;
+    let files: Vec<ObjectPath> = location
+        .store
+        .list(Some(&location.key("served")))
+        .map_ok(|meta| meta.location)
+        .try_collect()
+        .await
+        .map_err(|source| LineageError::Object {
+            action: "listing",
+            location: location.describe("served"),
+            source,
+        })?;
+    let mut done = LogErasure::default();
+    for file in files {
+        if !file.as_ref().ends_with(".parquet") {
+            continue;
+        }
+        let object = |action: &'static str| {
+            let file = file.to_string();
+            move |source| LineageError::Object {
+                action,
+                location: file,
+                source,
+            }
+        };
+        let bytes = location
+            .store
+            .get(&file)
+            .await
+            .map_err(object("reading"))?
+            .bytes()
+            .await
+            .map_err(object("reading"))?;
+        done.files_scanned += 1;
+        let parquet = |source| LineageError::Parquet {
+            location: file.to_string(),
+            source,
+        };
+        let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(bytes)
+            .map_err(parquet)?
+            .build()
+            .map_err(parquet)?;
+        let mut kept = Vec::new();
+        let mut removed = 0;
+        for batch in reader {
+            let batch = batch?;
+            let keep = rows_to_keep(&batch, group, version, entities, erased_at);
+            removed += keep.false_count();
+            kept.push(arrow_select::filter::filter_record_batch(&batch, &keep)?);
+        }
+        if removed == 0 {
+            continue;
+        }
+        done.files_rewritten += 1;
+        done.rows_removed += removed;
+        if dry_run {
+            continue;
+        }
+        let rest = arrow_select::concat::concat_batches(&schema(), &kept)?;
+        if rest.num_rows() == 0 {
+            location
+                .store
+                .delete(&file)
+                .await
+                .map_err(object("removing"))?;
+            continue;
+        }
+        let mut writer =
+            parquet::arrow::ArrowWriter::try_new(Vec::new(), schema(), None).map_err(parquet)?;
+        writer.write(&rest).map_err(parquet)?;
+        let bytes = writer.into_inner().map_err(parquet)?;
+        location
+            .store
+            .put(&file, PutPayload::from(bytes))
+            .await
+            .map_err(object("rewriting"))?;
+    }
+    Ok(done)
+}
+
+/// Which rows of `batch` are not an erased entity's answer.
+fn rows_to_keep(
+    batch: &RecordBatch,
+    group: &str,
+    version: Option<&str>,
+    entities: &std::collections::HashSet<String>,
+    erased_at: i64,
+) -> arrow_array::BooleanArray {
+    let text = |name: &str| {
+        batch
+            .column_by_name(name)
+            .and_then(|c| c.as_any().downcast_ref::<StringArray>())
+    };
+    let served = batch
+        .column_by_name("served_at")
+        .and_then(|c| c.as_any().downcast_ref::<TimestampMicrosecondArray>());
+    let (Some(groups), Some(versions), Some(keys), Some(served)) = (
+        text("feature_group"),
+        text("version"),
+        text("entity"),
+        served,
+    ) else {
+        // Not a file of this log's schema: left alone.
+        return arrow_array::BooleanArray::from(vec![true; batch.num_rows()]);
+    };
+    (0..batch.num_rows())
+        .map(|i| {
+            let erased = groups.value(i) == group
+                && version.is_none_or(|v| versions.value(i) == v)
+                && served.value(i) <= erased_at
+                && entities.contains(keys.value(i));
+            Some(!erased)
+        })
+        .collect()
 }

@@ -37,6 +37,7 @@
 //! that every row of a version came from the same transformation.
 
 mod backend;
+pub mod erase;
 mod error;
 pub mod journal;
 pub mod layout;
@@ -48,6 +49,7 @@ pub mod table;
 pub mod writer;
 
 pub use backend::{S3Options, parse_s3_url, s3_object_store};
+pub use erase::EraseSummary;
 pub use error::OfflineError;
 pub use part::{STORE_COLUMNS, WriteSummary, WrittenPart};
 pub use registry::GroupVersion;

@@ -179,6 +179,34 @@ pub trait OnlineStore: Send + Sync {
 
     /// Removes an entity's record; says whether there was one.
     async fn delete(&self, group: &GroupRef, key: &str) -> Result<bool, OnlineError>;
+
+    /// Deletes `key`'s record as of `at` (UTC µs), as SageMaker's DeleteRecord does
+    /// (`soft`: SoftDelete, else HardDelete): a stored record newer than `at` stays and
+    /// the outcome says so; otherwise the record can no longer be read, and no put at
+    /// or before `at` brings it back.
+    async fn delete_as_of(
+        &self,
+        group: &GroupRef,
+        key: &str,
+        at: i64,
+        soft: bool,
+    ) -> Result<DeleteOutcome, OnlineError>;
+
+    /// [`Self::delete_as_of`] for each of `keys`, in order: an erasure of millions of
+    /// entities. A store that can do them together (one transaction) does.
+    async fn delete_many_as_of(
+        &self,
+        group: &GroupRef,
+        keys: &[String],
+        at: i64,
+        soft: bool,
+    ) -> Result<Vec<DeleteOutcome>, OnlineError> {
+        let mut out = Vec::with_capacity(keys.len());
+        for key in keys {
+            out.push(self.delete_as_of(group, key, at, soft).await?);
+        }
+        Ok(out)
+    }
 }
 
 const GROUPS: TableDefinition<&str, &str> = TableDefinition::new("__groups");
@@ -683,6 +711,29 @@ impl OnlineStore for EmbeddedStore {
     async fn delete(&self, group: &GroupRef, key: &str) -> Result<bool, OnlineError> {
         blocking(|| self.delete_blocking(group, key))
     }
+
+    /// A soft delete and a hard one leave the same thing to read here: nothing, and a
+    /// marker that keeps older puts out.
+    async fn delete_as_of(
+        &self,
+        group: &GroupRef,
+        key: &str,
+        at: i64,
+        _soft: bool,
+    ) -> Result<DeleteOutcome, OnlineError> {
+        blocking(|| self.delete_at(group, key, at))
+    }
+
+    /// One transaction for all of `keys` (a transaction per key costs a sync each).
+    async fn delete_many_as_of(
+        &self,
+        group: &GroupRef,
+        keys: &[String],
+        at: i64,
+        _soft: bool,
+    ) -> Result<Vec<DeleteOutcome>, OnlineError> {
+        blocking(|| self.delete_many_at(group, keys, at))
+    }
 }
 
 impl EmbeddedStore {
@@ -748,48 +799,69 @@ impl EmbeddedStore {
         key: &str,
         event_time: i64,
     ) -> Result<DeleteOutcome, OnlineError> {
+        let mut outcomes =
+            self.delete_many_at(group, std::slice::from_ref(&key.to_owned()), event_time)?;
+        Ok(outcomes
+            .pop()
+            .unwrap_or(DeleteOutcome::Deleted { existed: false }))
+    }
+
+    /// [`delete_at`](Self::delete_at) for each of `keys`, in one transaction.
+    pub fn delete_many_at(
+        &self,
+        group: &GroupRef,
+        keys: &[String],
+        event_time: i64,
+    ) -> Result<Vec<DeleteOutcome>, OnlineError> {
         let id = group.id();
         let txn = self.db.begin_write().map_err(|e| self.fail(e))?;
-        let outcome = {
+        let mut outcomes = Vec::with_capacity(keys.len());
+        {
             let table_def: TableDefinition<&str, &[u8]> = TableDefinition::new(&id);
             let mut table = txn.open_table(table_def).map_err(|e| self.fail(e))?;
-            let stored = match table.get(key).map_err(|e| self.fail(e))? {
-                Some(bytes) => Some(stored_event_time(bytes.value()).map_err(|message| {
-                    OnlineError::Corrupt {
-                        path: self.path.clone(),
-                        group: id.clone(),
-                        key: key.to_owned(),
-                        message,
+            let mut tombstones = txn.open_table(TOMBSTONES).map_err(|e| self.fail(e))?;
+            for key in keys {
+                let stored = match table.get(key.as_str()).map_err(|e| self.fail(e))? {
+                    Some(bytes) => Some(stored_event_time(bytes.value()).map_err(|message| {
+                        OnlineError::Corrupt {
+                            path: self.path.clone(),
+                            group: id.clone(),
+                            key: key.clone(),
+                            message,
+                        }
+                    })?),
+                    None => None,
+                };
+                let outcome = match stored {
+                    Some(stored) if stored > event_time => DeleteOutcome::Newer { stored },
+                    _ => {
+                        table.remove(key.as_str()).map_err(|e| self.fail(e))?;
+                        let marker = tombstone_key(&id, key);
+                        let previous = tombstones
+                            .get(marker.as_str())
+                            .map_err(|e| self.fail(e))?
+                            .map(|t| t.value());
+                        let at = previous.map_or(event_time, |p| p.max(event_time));
+                        tombstones
+                            .insert(marker.as_str(), at)
+                            .map_err(|e| self.fail(e))?;
+                        DeleteOutcome::Deleted {
+                            existed: stored.is_some(),
+                        }
                     }
-                })?),
-                None => None,
-            };
-            match stored {
-                Some(stored) if stored > event_time => DeleteOutcome::Newer { stored },
-                _ => {
-                    table.remove(key).map_err(|e| self.fail(e))?;
-                    let mut tombstones = txn.open_table(TOMBSTONES).map_err(|e| self.fail(e))?;
-                    let marker = tombstone_key(&id, key);
-                    let previous = tombstones
-                        .get(marker.as_str())
-                        .map_err(|e| self.fail(e))?
-                        .map(|t| t.value());
-                    let at = previous.map_or(event_time, |p| p.max(event_time));
-                    tombstones
-                        .insert(marker.as_str(), at)
-                        .map_err(|e| self.fail(e))?;
-                    DeleteOutcome::Deleted {
-                        existed: stored.is_some(),
-                    }
-                }
+                };
+                outcomes.push(outcome);
             }
-        };
-        if matches!(outcome, DeleteOutcome::Newer { .. }) {
+        }
+        if outcomes
+            .iter()
+            .all(|o| matches!(o, DeleteOutcome::Newer { .. }))
+        {
             // Nothing changed: the transaction is dropped.
-            return Ok(outcome);
+            return Ok(outcomes);
         }
         txn.commit().map_err(|e| self.fail(e))?;
-        Ok(outcome)
+        Ok(outcomes)
     }
 
     /// Writes each entity's latest row of `rows`, taking its JSON text from `text`

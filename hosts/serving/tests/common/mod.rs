@@ -245,6 +245,16 @@ impl<S: OnlineStore> OnlineStore for Counting<S> {
     async fn delete(&self, group: &GroupRef, key: &str) -> Result<bool, OnlineError> {
         self.inner.delete(group, key).await
     }
+
+    async fn delete_as_of(
+        &self,
+        group: &GroupRef,
+        key: &str,
+        at: i64,
+        soft: bool,
+    ) -> Result<lockstep_online::DeleteOutcome, OnlineError> {
+        self.inner.delete_as_of(group, key, at, soft).await
+    }
 }
 
 /// A generous deadline: these tests check values and isolation, not speed, on a busy
