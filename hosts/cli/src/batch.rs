@@ -32,6 +32,8 @@ pub struct RunArgs {
     pub table_format: TableFormat,
     /// Where the commit is recorded.
     pub audit: crate::audit::AuditArgs,
+    /// The erasure ledger the job honours (beside the offline store by default).
+    pub erasures: crate::erase::LedgerArgs,
     /// The group's KMS key: every object written is encrypted by S3 with SSE-KMS.
     pub kms_key_id: Option<String>,
 }
@@ -118,6 +120,7 @@ pub async fn run(args: RunArgs, runtime: &Runtime) -> Result<()> {
             options
         },
         keep_rejects: args.rejects.is_some(),
+        ledger: args.erasures.open(Some(&args.offline_store), &args.s3)?,
         ..BackfillOptions::new(
             args.table_format.into(),
             format!("batch run from {}", args.source),
@@ -261,6 +264,12 @@ pub async fn run(args: RunArgs, runtime: &Runtime) -> Result<()> {
         },
         s.calls
     );
+    if out.erased > 0 {
+        println!(
+            "  erased     {} events of erased entities dropped (at or before their erasure)",
+            out.erased
+        );
+    }
     println!(
         "  wrote      {} rows into {} hour partitions under {} ({:.2} s to commit{})",
         written.rows,
@@ -493,6 +502,8 @@ pub enum Command {
         runtime: crate::plugin::RuntimeArgs,
         #[command(flatten)]
         audit: crate::audit::AuditArgs,
+        #[command(flatten)]
+        erasures: crate::erase::LedgerArgs,
         /// The group's KMS key (id, ARN or alias) for an `s3://` store: every object
         /// the job writes is encrypted by S3 with SSE-KMS under it. Refused for a
         /// local store.
@@ -531,6 +542,7 @@ pub async fn run_command(cmd: Command) -> Result<()> {
             table_format,
             runtime,
             audit,
+            erasures,
             kms_key_id,
         } => {
             let runtime = runtime.runtime()?;
@@ -559,6 +571,7 @@ pub async fn run_command(cmd: Command) -> Result<()> {
                     max_future,
                     table_format,
                     audit,
+                    erasures,
                     kms_key_id,
                 },
                 &runtime,

@@ -9,6 +9,7 @@ mod audit;
 mod batch;
 mod cache;
 mod demo;
+mod erase;
 mod featurestore;
 mod gen_parquet;
 mod generate;
@@ -79,6 +80,11 @@ enum Command {
     /// Verify and read the audit log: who changed what is stored or served, and when.
     #[command(subcommand)]
     Audit(audit::Command),
+    /// Erase entities from a group, in every copy: recorded in the erasure ledger
+    /// first (every host then drops their events at or before now, also in replays),
+    /// then removed from the online store, the cache and the offline store.
+    /// `erase verify` looks in every copy.
+    Erase(erase::Args),
     /// Check the plugins against their golden sets in `golden/`, or remake them.
     #[command(subcommand)]
     Golden(golden::Command),
@@ -141,6 +147,7 @@ async fn run(command: Command) -> Result<Outcome> {
         }),
         Command::Golden(cmd) => done(golden::run(cmd).await),
         Command::Audit(cmd) => done(audit::run_command(cmd).await),
+        Command::Erase(args) => done(erase::run(args).await),
         Command::Tenant(cmd) => done(tenant::run(cmd)),
         Command::Lineage(args) => done(lineage::run(args).await),
         Command::Batch(cmd) => done(batch::run_command(cmd).await),

@@ -248,11 +248,16 @@ pub enum Command {
     /// the retention needs (files replaced by later backfills, files of killed jobs);
     /// in the plain layout, complete a killed job's commit and remove its staged files.
     Vacuum(VacuumArgs),
+    /// Remove erased entities' rows from the offline store's history: every row at or
+    /// before an entity's erasure (deletion markers included), per the erasure ledger.
+    /// Only hours that hold such a row are rewritten, each atomically.
+    Purge(crate::erase::PurgeArgs),
 }
 
 /// Runs an `offline` subcommand.
 pub async fn run_command(cmd: Command) -> Result<()> {
     match cmd {
         Command::Vacuum(args) => vacuum(args).await,
+        Command::Purge(args) => crate::erase::purge(args).await,
     }
 }

@@ -112,6 +112,16 @@ pub struct RunArgs {
     /// Where the service's start and stop are recorded.
     #[command(flatten)]
     pub audit: crate::audit::AuditArgs,
+    /// The offline store the group is backfilled into: the erasure ledger beside it is
+    /// honoured (an erased entity's events at or before its erasure are dropped, also
+    /// in a replay, and its state goes while the service runs).
+    #[arg(long)]
+    pub offline_store: Option<String>,
+    #[command(flatten)]
+    pub erasures: crate::erase::LedgerArgs,
+    /// How often a running service looks for new erasures.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    pub erasure_poll: Duration,
 }
 
 /// Opens the online store `arg` names; `sagemaker_rate` caps PutRecord calls per
@@ -209,6 +219,19 @@ pub async fn run(args: RunArgs, runtime: &Runtime) -> Result<()> {
     config.drain_on_stop = args.drain_on_stop;
     config.start_fresh = args.fresh;
     config.cache = args.cache.clone().map(|url| (url, args.cache_ttl));
+    config.erasures = args
+        .erasures
+        .open(args.offline_store.as_deref(), &aws)?
+        .map(|ledger| lockstep_service::ErasureWatch {
+            ledger,
+            every: args.erasure_poll,
+        });
+    if config.erasures.is_none() {
+        tracing::warn!(
+            "no erasure ledger (--offline-store or --erasures): erased entities are not \
+             honoured by this service"
+        );
+    }
     tracing::info!(
         plugin = %args.plugin.display(),
         hash = %plugin.hash(),
@@ -254,6 +277,7 @@ pub async fn run(args: RunArgs, runtime: &Runtime) -> Result<()> {
         late = s.late,
         dead = s.dead,
         plugin_failures = s.plugin_failures,
+        erased = s.erased,
         commits = summary.commits,
         resumed = summary.resumed,
         "stream host stopped after its last checkpoint"
@@ -274,6 +298,12 @@ pub async fn run(args: RunArgs, runtime: &Runtime) -> Result<()> {
         s.before_start,
         summary.commits
     );
+    if s.erased > 0 {
+        println!(
+            "erased: {} events of erased entities dropped (at or before their erasure)",
+            s.erased
+        );
+    }
     Ok(())
 }
 
