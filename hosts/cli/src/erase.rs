@@ -453,11 +453,12 @@ async fn erase(args: EraseArgs) -> Result<()> {
                 .await
                 .with_context(|| format!("purging {} from the offline store", v.id()))?;
                 println!(
-                    "  offline       {}: {} rows removed from {} of {} hours ({} bytes rewritten){}",
+                    "  offline       {}: {} rows removed from {} of {} hours ({} bytes rewritten as {}){}",
                     v.id(),
                     done.rows_removed,
                     done.hours_rewritten.len(),
                     done.hours_scanned,
+                    done.bytes_before,
                     done.bytes_after,
                     match table_version {
                         Some(t) => format!(
@@ -683,8 +684,12 @@ async fn verify(args: VerifyArgs) -> Result<()> {
             // looked for over their whole history.
             let boundary = lockstep_erasure::boundary(entries, &v.name, &v.version, &v.key_type());
             let mut wanted = lockstep_core::Erasures::new();
+            let mut never_erased = 0;
             for key in v.typed_keys(&keys) {
-                let at = boundary.erased_at(&key).unwrap_or(i64::MAX);
+                let at = boundary.erased_at(&key).unwrap_or_else(|| {
+                    never_erased += 1;
+                    i64::MAX
+                });
                 wanted.insert(key, at);
             }
             let location = target.offline_store.as_deref().unwrap_or_default();
@@ -710,9 +715,14 @@ async fn verify(args: VerifyArgs) -> Result<()> {
                     )
                 } else {
                     format!(
-                        "{} rows in {} hours (run `lockstep offline purge`)",
+                        "{} rows in {} hours ({})",
                         found.rows_removed,
-                        found.hours_rewritten.len()
+                        found.hours_rewritten.len(),
+                        if never_erased > 0 {
+                            format!("{never_erased} of the entities were never erased: `lockstep erase` them")
+                        } else {
+                            "history kept: run `lockstep offline purge`".to_owned()
+                        }
                     )
                 },
             });
