@@ -287,7 +287,6 @@ fn flush(
         return;
     }
     let mut by_hour: std::collections::BTreeMap<i64, Vec<LogRow>> = Default::default();
-    let mut spent = Vec::with_capacity(held.len());
     for answer in held.drain(..) {
         match rows_of(&answer) {
             Some(rows) => by_hour
@@ -296,14 +295,7 @@ fn flush(
                 .extend(rows),
             None => stats.unreadable += 1,
         }
-        spent.push(answer);
     }
-    // The answers' bodies were allocated by the threads answering requests. Freed on
-    // this idle-priority thread, a large one takes the allocator's lock of the arena
-    // it came from (glibc), and this thread — preempted by any other the moment it
-    // wakes — could be descheduled holding it, stalling a serving thread behind it
-    // until a processor idles. They are freed on the runtime's threads instead.
-    runtime.spawn(async move { drop(spent) });
     for (hour, rows) in by_hour {
         let rel = format!(
             "{}/part-{writer}-{}.parquet",
