@@ -357,11 +357,23 @@ pub(crate) async fn recover(
     // Staged files of jobs that never wrote their journal. Locally a file of a process
     // that still runs is kept; on S3, where that cannot be told, the lock says no other
     // job of this version runs.
-    let staged = backend
+    let mut staged = backend
         .list_matching(&layout::version_rel(group, version), |n: &str| {
             n.starts_with(".tmp-")
         })
         .await?;
+    // And the temporary files of a put a killed job was in the middle of (its lock,
+    // journal or registry entry): only a local store has them, named with their
+    // process, which must be gone.
+    if backend.is_local() {
+        staged.extend(
+            backend
+                .list_matching(&format!("{group}/_lockstep"), |n: &str| {
+                    tmp_file_owner(n).is_some()
+                })
+                .await?,
+        );
+    }
     for file in staged {
         let name = file.rsplit('/').next().unwrap_or(&file);
         let owner_gone = tmp_file_owner(name).is_none_or(|pid| {

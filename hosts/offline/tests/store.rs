@@ -978,3 +978,25 @@ async fn the_writer_lock_refuses_a_live_holder_and_takes_over_a_dead_or_expired_
     std::fs::write(&lock_file, "{\"host\":").expect("torn");
     drop(store.lock(&group, "after a torn one").await.expect("torn"));
 }
+
+#[tokio::test]
+async fn the_next_writer_removes_what_a_killed_put_left_beside_the_lock_and_journal() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = OfflineStore::open(dir.path()).expect("open");
+    let m = manifest("1.0.0");
+    let group = store.register(&m, "abc", 0).await.expect("register");
+    store
+        .write(&group, &[rows(&m, &[("u1", T0, 1.0)])], 1)
+        .await
+        .expect("write");
+    // A put killed between writing its temporary file and renaming it (pid 4999999
+    // runs nowhere).
+    let meta = dir.path().join("spend/_lockstep/locks");
+    std::fs::create_dir_all(&meta).expect("mkdir");
+    let orphan = meta.join(".tmp-1.0.0.lock-4999999-3");
+    std::fs::write(&orphan, b"half a lock").expect("write");
+    let (lock, recovered) = store.lock(&group, "next").await.expect("lock");
+    lock.release().await.expect("release");
+    assert!(!orphan.exists(), "the killed put's file is removed");
+    assert!(recovered.removed >= 1);
+}
