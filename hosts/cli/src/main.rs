@@ -82,7 +82,8 @@ enum Command {
     Audit(audit::Command),
     /// Erase entities from a group, in every copy: recorded in the erasure ledger
     /// first (every host then drops their events at or before now, also in replays),
-    /// then removed from the online store, the cache and the offline store.
+    /// then removed from the online store, the cache, the offline store and the
+    /// served-feature log.
     /// `erase verify` looks in every copy.
     Erase(erase::Args),
     /// Check the plugins against their golden sets in `golden/`, or remake them.
