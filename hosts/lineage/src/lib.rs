@@ -340,7 +340,7 @@ fn hour_dir(micros: i64) -> String {
 /// The rows of one answer, one per entity, their values kept as the JSON text served;
 /// `None` if its body is not an answer.
 fn rows_of(answer: &ServedAnswer) -> Option<Vec<LogRow>> {
-    let response: FeatureResponse<Box<RawValue>> = serde_json::from_slice(&answer.body).ok()?;
+    let response: FeatureResponse<&RawValue> = serde_json::from_slice(&answer.body).ok()?;
     let request_id: Arc<str> = answer.request_id.as_str().into();
     let group: Arc<str> = response.group.as_str().into();
     let version: Arc<str> = response.version.as_str().into();
