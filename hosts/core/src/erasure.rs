@@ -13,17 +13,19 @@
 
 use crate::key::{EntityKey, KeyHasher};
 use arrow_array::cast::AsArray;
-use arrow_array::types::TimestampMicrosecondType;
+use arrow_array::types::{Int64Type, TimestampMicrosecondType};
 use arrow_array::{Array, BooleanArray, RecordBatch};
 use arrow_schema::{ArrowError, DataType};
 use std::collections::HashMap;
 
 /// The erased entities of one group version: each key with the latest time it was
 /// erased at (UTC µs). Empty for a group nothing was erased from, and then free to
-/// consult.
+/// consult. Text and integer keys are kept apart so that a row's key is looked up as
+/// it lies in its column, without building an [`EntityKey`] per event.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Erasures {
-    by_key: HashMap<EntityKey, i64, KeyHasher>,
+    text: HashMap<String, i64, KeyHasher>,
+    ints: HashMap<i64, i64, KeyHasher>,
 }
 
 impl Erasures {
@@ -35,37 +37,44 @@ impl Erasures {
     /// Records that `key` was erased at `erased_at` (UTC µs); a later erasure of the
     /// same key moves its boundary later, an earlier one changes nothing.
     pub fn insert(&mut self, key: EntityKey, erased_at: i64) {
-        self.by_key
-            .entry(key)
-            .and_modify(|t| *t = (*t).max(erased_at))
-            .or_insert(erased_at);
+        let at = match key {
+            EntityKey::Str(s) => self.text.entry(s).or_insert(erased_at),
+            EntityKey::Int(i) => self.ints.entry(i).or_insert(erased_at),
+        };
+        *at = (*at).max(erased_at);
     }
 
     /// Adds every erasure of `other`.
     pub fn extend(&mut self, other: &Erasures) {
-        for (key, at) in &other.by_key {
-            self.insert(key.clone(), *at);
+        for (key, at) in other.iter() {
+            self.insert(key, at);
         }
     }
 
     /// How many entities are erased.
     pub fn len(&self) -> usize {
-        self.by_key.len()
+        self.text.len() + self.ints.len()
     }
 
     /// Whether nothing is erased.
     pub fn is_empty(&self) -> bool {
-        self.by_key.is_empty()
+        self.text.is_empty() && self.ints.is_empty()
     }
 
     /// The latest time `key` was erased at, if it was.
     pub fn erased_at(&self, key: &EntityKey) -> Option<i64> {
-        self.by_key.get(key).copied()
+        match key {
+            EntityKey::Str(s) => self.text.get(s.as_str()).copied(),
+            EntityKey::Int(i) => self.ints.get(i).copied(),
+        }
     }
 
     /// Each erased key with its boundary, in no particular order.
-    pub fn iter(&self) -> impl Iterator<Item = (&EntityKey, i64)> {
-        self.by_key.iter().map(|(k, t)| (k, *t))
+    pub fn iter(&self) -> impl Iterator<Item = (EntityKey, i64)> + '_ {
+        self.text
+            .iter()
+            .map(|(k, t)| (EntityKey::Str(k.clone()), *t))
+            .chain(self.ints.iter().map(|(k, t)| (EntityKey::Int(*k), *t)))
     }
 
     /// The rule: an event of `key` at `event_time` is dropped when the key was erased
@@ -76,8 +85,15 @@ impl Erasures {
 
     /// Whether the event at `row` of `keys` (Utf8 or Int64) and `times` is dropped.
     fn drops_row(&self, keys: &dyn Array, times: &[i64], row: usize) -> bool {
-        !keys.is_null(row)
-            && EntityKey::from_array(keys, row).is_some_and(|key| self.drops(&key, times[row]))
+        if keys.is_null(row) {
+            return false;
+        }
+        let at = match keys.data_type() {
+            DataType::Utf8 => self.text.get(keys.as_string::<i32>().value(row)),
+            DataType::Int64 => self.ints.get(&keys.as_primitive::<Int64Type>().value(row)),
+            _ => None,
+        };
+        at.is_some_and(|at| times[row] <= *at)
     }
 
     /// `batch` without the events this set drops (`key_col`: the entity key, Utf8 or

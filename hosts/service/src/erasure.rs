@@ -47,7 +47,7 @@ impl Watching {
             .block_on(watch.ledger.read_all())
             .map_err(|e| ServiceError::Erasures(Box::new(e)))?;
         let known = lockstep_erasure::boundary(&entries, group, version, &key_type);
-        let mut watching = Watching {
+        let watching = Watching {
             watch: watch.clone(),
             group: group.to_owned(),
             version: version.to_owned(),
@@ -65,7 +65,6 @@ impl Watching {
                 "honouring erasures"
             );
         }
-        watching.next = Instant::now() + watching.watch.every;
         Ok(watching)
     }
 

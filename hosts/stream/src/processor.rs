@@ -416,11 +416,6 @@ impl StreamProcessor {
         self.key_col
     }
 
-    /// The input column of the event time.
-    pub fn time_column(&self) -> usize {
-        self.time_col
-    }
-
     /// A processor running a fresh instance of `plugin`, every entity without state.
     pub fn new(plugin: &Plugin, config: StreamConfig) -> Result<Self, StreamError> {
         let manifest = plugin.manifest().clone();
@@ -754,7 +749,7 @@ fn forget_erased(
     }
     let mut dropped: Vec<EntityKey> = erasures
         .iter()
-        .filter_map(|(key, _)| states.remove(key).map(|_| key.clone()))
+        .filter_map(|(key, _)| states.remove(&key).map(|_| key))
         .collect();
     dropped.sort();
     for batch in buffer.iter_mut() {

@@ -106,8 +106,13 @@ impl ShardedProcessor {
     /// events go now (the next checkpoint removes the state). Shards opened later
     /// honour it too. Returns how many entity states were dropped.
     pub fn set_erasures(&mut self, erasures: Arc<Erasures>) -> Result<usize, StreamError> {
-        let probe = StreamProcessor::new(&self.plugin, self.config)?;
-        let (key_col, time_col) = (probe.key_column(), probe.time_column());
+        let manifest = self.plugin.manifest();
+        let column = |name: &str| {
+            manifest.input_index(name).ok_or_else(|| {
+                StreamError::Manifest(format!("the manifest has no input field `{name}`"))
+            })
+        };
+        let (key_col, time_col) = (column(&manifest.entity_key)?, column(&manifest.event_time)?);
         let mut dropped = 0;
         for (_, processor) in self.open.values_mut() {
             dropped += processor.set_erasures(erasures.clone())?.len();
