@@ -13,7 +13,6 @@ use arrow_array::{ArrayRef, Float64Array, Int64Array, RecordBatch, StringArray};
 use lockstep_bench::arg;
 use lockstep_core::{EntityKey, Erasures};
 use lockstep_offline::{OfflineStore, WriterOptions};
-use lockstep_sdk::{Manifest, ManifestBuilder, Value, ValueType};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Instant;
@@ -23,30 +22,6 @@ const HOUR: i64 = 3_600_000_000;
 const HOURS: i64 = 30 * 24;
 /// How long a card is active: its rows fall in this many hours after its start.
 const ACTIVE_HOURS: i64 = 6;
-
-fn manifest() -> Manifest {
-    ManifestBuilder::new("card_profile", "1.0.0")
-        .description("Synthetic card profile (benchmark data)")
-        .keyed_stateful(1)
-        .field("card_id", ValueType::String, "")
-        .field("ts", ValueType::Timestamp, "")
-        .entity_key("card_id")
-        .event_time("ts")
-        .feature("risk_score", ValueType::Float64, "", Value::Null)
-        .feature("account_age_days", ValueType::Int64, "", Value::Null)
-        .feature("chargebacks_90d", ValueType::Int64, "", Value::Null)
-        .feature("avg_ticket", ValueType::Float64, "", Value::Null)
-        .build()
-}
-
-/// SplitMix64: a fixed, portable sequence for a seed.
-fn next(state: &mut u64) -> u64 {
-    *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    let mut z = *state;
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
 
 fn card_name(card: u64) -> String {
     format!("card-{card:07}")
@@ -98,7 +73,7 @@ async fn main() {
         .nth(5)
         .unwrap_or_else(|| "clustered".into());
     let store = OfflineStore::open(&store_dir).expect("open the offline store");
-    let m = manifest();
+    let m = lockstep_bench::card_profile_manifest();
     let group = store
         .register(&m, "synthetic-card-profile", 0)
         .await
@@ -110,7 +85,7 @@ async fn main() {
         "random" => {
             let mut set = BTreeSet::new();
             while (set.len() as u64) < erased_count {
-                set.insert(next(&mut state) % cards);
+                set.insert(lockstep_bench::splitmix(&mut state) % cards);
             }
             set
         }
@@ -134,8 +109,8 @@ async fn main() {
         let mut times = Vec::with_capacity(n as usize);
         for i in 0..n {
             let card = (written + i) % cards;
-            let t =
-                card_start(card, cards) + (next(&mut state) % (ACTIVE_HOURS * HOUR) as u64) as i64;
+            let t = card_start(card, cards)
+                + (lockstep_bench::splitmix(&mut state) % (ACTIVE_HOURS * HOUR) as u64) as i64;
             if erased.contains(&card) {
                 held_erased.insert(t.div_euclid(HOUR));
                 erased_rows += 1;
@@ -144,12 +119,16 @@ async fn main() {
             times.push(t);
         }
         let risk: Vec<f64> = (0..n)
-            .map(|_| (next(&mut state) % 10_000) as f64 / 100.0)
+            .map(|_| (lockstep_bench::splitmix(&mut state) % 10_000) as f64 / 100.0)
             .collect();
-        let age: Vec<i64> = (0..n).map(|_| (next(&mut state) % 3650) as i64).collect();
-        let cb: Vec<i64> = (0..n).map(|_| (next(&mut state) % 4) as i64).collect();
+        let age: Vec<i64> = (0..n)
+            .map(|_| (lockstep_bench::splitmix(&mut state) % 3650) as i64)
+            .collect();
+        let cb: Vec<i64> = (0..n)
+            .map(|_| (lockstep_bench::splitmix(&mut state) % 4) as i64)
+            .collect();
         let ticket: Vec<f64> = (0..n)
-            .map(|_| (next(&mut state) % 50_000) as f64 / 100.0)
+            .map(|_| (lockstep_bench::splitmix(&mut state) % 50_000) as f64 / 100.0)
             .collect();
         let columns: Vec<ArrayRef> = vec![
             Arc::new(StringArray::from(ids)),

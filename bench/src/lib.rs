@@ -31,3 +31,30 @@ pub fn process_cpu_seconds() -> Option<f64> {
     let ticks = |i: usize| fields.get(i - 3)?.parse::<u64>().ok();
     Some((ticks(14)? + ticks(15)?) as f64 / 100.0)
 }
+
+/// The synthetic `card_profile` group of the training-set and erase benchmarks: keyed
+/// by `card_id` like `txn_velocity`, four features.
+pub fn card_profile_manifest() -> lockstep_sdk::Manifest {
+    use lockstep_sdk::{ManifestBuilder, Value, ValueType};
+    ManifestBuilder::new("card_profile", "1.0.0")
+        .description("Synthetic card profile (benchmark data)")
+        .keyed_stateful(1)
+        .field("card_id", ValueType::String, "")
+        .field("ts", ValueType::Timestamp, "")
+        .entity_key("card_id")
+        .event_time("ts")
+        .feature("risk_score", ValueType::Float64, "", Value::Null)
+        .feature("account_age_days", ValueType::Int64, "", Value::Null)
+        .feature("chargebacks_90d", ValueType::Int64, "", Value::Null)
+        .feature("avg_ticket", ValueType::Float64, "", Value::Null)
+        .build()
+}
+
+/// SplitMix64: a fixed, portable sequence for a seed.
+pub fn splitmix(state: &mut u64) -> u64 {
+    *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    let mut z = *state;
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}

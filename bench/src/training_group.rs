@@ -8,35 +8,10 @@ use arrow_array::TimestampMicrosecondArray;
 use arrow_array::{ArrayRef, Float64Array, Int64Array, RecordBatch, StringArray};
 use lockstep_bench::arg;
 use lockstep_offline::{OfflineStore, WriterOptions};
-use lockstep_sdk::{Manifest, ManifestBuilder, Value, ValueType};
 use std::sync::Arc;
 
 const JANUARY_2024: i64 = 1_704_067_200_000_000;
 const THIRTY_DAYS: i64 = 30 * 86_400 * 1_000_000;
-
-fn manifest() -> Manifest {
-    ManifestBuilder::new("card_profile", "1.0.0")
-        .description("Synthetic card profile (benchmark data)")
-        .keyed_stateful(1)
-        .field("card_id", ValueType::String, "")
-        .field("ts", ValueType::Timestamp, "")
-        .entity_key("card_id")
-        .event_time("ts")
-        .feature("risk_score", ValueType::Float64, "", Value::Null)
-        .feature("account_age_days", ValueType::Int64, "", Value::Null)
-        .feature("chargebacks_90d", ValueType::Int64, "", Value::Null)
-        .feature("avg_ticket", ValueType::Float64, "", Value::Null)
-        .build()
-}
-
-/// SplitMix64: a fixed, portable sequence for a seed.
-fn next(state: &mut u64) -> u64 {
-    *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    let mut z = *state;
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
 
 #[tokio::main]
 async fn main() {
@@ -48,7 +23,7 @@ async fn main() {
     let cards = arg(3, 1_000_000).max(1);
     let mut state = arg(4, 7);
     let store = OfflineStore::open(&store_dir).expect("open the offline store");
-    let m = manifest();
+    let m = lockstep_bench::card_profile_manifest();
     let group = store
         .register(&m, "synthetic-card-profile", 0)
         .await
@@ -68,13 +43,15 @@ async fn main() {
             Vec::with_capacity(n),
         );
         for _ in 0..n {
-            let r = next(&mut state);
+            let r = lockstep_bench::splitmix(&mut state);
             ids.push(format!("card-{:06}", r % cards));
-            times.push(JANUARY_2024 + (next(&mut state) % THIRTY_DAYS as u64) as i64);
-            risk.push((next(&mut state) % 10_000) as f64 / 10_000.0);
-            age.push((next(&mut state) % 3_650) as i64);
-            chargebacks.push((next(&mut state) % 4) as i64);
-            ticket.push((next(&mut state) % 50_000) as f64 / 100.0);
+            times.push(
+                JANUARY_2024 + (lockstep_bench::splitmix(&mut state) % THIRTY_DAYS as u64) as i64,
+            );
+            risk.push((lockstep_bench::splitmix(&mut state) % 10_000) as f64 / 10_000.0);
+            age.push((lockstep_bench::splitmix(&mut state) % 3_650) as i64);
+            chargebacks.push((lockstep_bench::splitmix(&mut state) % 4) as i64);
+            ticket.push((lockstep_bench::splitmix(&mut state) % 50_000) as f64 / 100.0);
         }
         let columns: Vec<ArrayRef> = vec![
             Arc::new(StringArray::from(ids)),

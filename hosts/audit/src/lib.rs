@@ -38,6 +38,20 @@ pub use record::{Digest, Entry, FileDigest, Record};
 pub use signing::{PublicKey, SigningKey};
 pub use verify::{Problem, Verification};
 
+/// Who the commands of this process act as, for the records they make: the
+/// `LOCKSTEP_ACTOR` variable when set, else `user@host`.
+pub fn actor() -> String {
+    if let Ok(actor) = std::env::var("LOCKSTEP_ACTOR")
+        && !actor.trim().is_empty()
+    {
+        return actor.trim().to_owned();
+    }
+    let user = std::env::var("USER")
+        .or_else(|_| std::env::var("LOGNAME"))
+        .unwrap_or_else(|_| "unknown".into());
+    format!("{user}@{}", log::host())
+}
+
 /// Where the audit log lives beside an offline store at `offline_root` (a directory or
 /// an `s3://` URL).
 pub fn beside_offline_store(offline_root: &str) -> String {

@@ -66,7 +66,7 @@ impl AuditLog {
             prefix,
             location: location.trim_end_matches('/').to_owned(),
             signer: None,
-            actor: default_actor(),
+            actor: crate::actor(),
             writer: writer_id(),
             files: AtomicU64::new(0),
             seen_head: std::sync::Mutex::new(None),
@@ -309,19 +309,7 @@ fn format_time(micros: i64, format: &str) -> String {
 }
 
 /// `LOCKSTEP_ACTOR`, or `user@host`.
-fn default_actor() -> String {
-    if let Ok(actor) = std::env::var("LOCKSTEP_ACTOR")
-        && !actor.trim().is_empty()
-    {
-        return actor.trim().to_owned();
-    }
-    let user = std::env::var("USER")
-        .or_else(|_| std::env::var("LOGNAME"))
-        .unwrap_or_else(|_| "unknown".into());
-    format!("{user}@{}", host())
-}
-
-fn host() -> String {
+pub(crate) fn host() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_owned())
         .ok()

@@ -338,9 +338,7 @@ async fn erase(args: EraseArgs) -> Result<()> {
         .open(target.offline_store.as_deref(), &copies.aws)?;
     let (name, wanted) = split_group(&target.group)?;
     let at = erasure_time();
-    let actor = std::env::var("LOCKSTEP_ACTOR")
-        .or_else(|_| std::env::var("USER"))
-        .unwrap_or_else(|_| "unknown".into());
+    let actor = lockstep_audit::actor();
     let erasure = Erasure::new(name, wanted, keys.clone(), at, &args.reason, &actor)?;
     let recorded = ledger
         .record(&erasure)
@@ -557,25 +555,27 @@ async fn purge_version(
     if !store.holds_delta_table(&v.name, &v.version).await? {
         return Ok((store.purge(v, boundary, job, dry_run).await?, None));
     }
-    let dir = lockstep_delta::table_dir(&store.root(), &v.name, &v.version);
-    // Begun before reading: a backfill committing these hours meanwhile is a conflict.
-    let table =
-        lockstep_delta::Backfill::begin(&dir, &crate::offline::delta_options(location, aws))
-            .await?;
     let job_id = format!(
         "erase-{:x}-{:x}",
         crate::batch::now_micros(),
         std::process::id()
     );
+    let part_file = lockstep_delta::part_file_name(&job_id);
+    if dry_run {
+        let (summary, _) = store
+            .purge_into_table(v, boundary, &part_file, true)
+            .await?;
+        return Ok((summary, None));
+    }
+    let dir = lockstep_delta::table_dir(&store.root(), &v.name, &v.version);
+    // Begun before reading: a backfill committing these hours meanwhile is a conflict.
+    let table =
+        lockstep_delta::Backfill::begin(&dir, &crate::offline::delta_options(location, aws))
+            .await?;
     let (summary, parts) = store
-        .purge_into_table(
-            v,
-            boundary,
-            &lockstep_delta::part_file_name(&job_id),
-            dry_run,
-        )
+        .purge_into_table(v, boundary, &part_file, false)
         .await?;
-    if dry_run || parts.is_empty() {
+    if parts.is_empty() {
         return Ok((summary, None));
     }
     let rel = lockstep_offline::layout::version_rel(&v.name, &v.version);

@@ -78,7 +78,7 @@ pub enum ErasureError {
 }
 
 /// One erasure: a set of entities of a group (one version, or all), at one time.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Erasure {
     /// Its id (unique; also the object's name).
     pub id: String,
@@ -93,7 +93,6 @@ pub struct Erasure {
     /// Who asked (the user or role recorded by the command).
     pub actor: String,
     /// The entity keys, as text.
-    #[serde(skip)]
     pub keys: Vec<String>,
 }
 
