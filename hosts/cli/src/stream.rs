@@ -122,6 +122,143 @@ pub struct RunArgs {
     /// How often a running service looks for new erasures.
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     pub erasure_poll: Duration,
+    /// How often the checkpoints committed since the last audit entry are recorded
+    /// (one `stream.checkpoint` entry naming their generations and the last one's
+    /// shard positions; the rest at stop).
+    #[arg(long, default_value = "1m", value_parser = humantime::parse_duration)]
+    pub audit_checkpoints_every: Duration,
+}
+
+/// Checkpoints committed and not yet in the audit log.
+#[derive(Default)]
+struct UnrecordedCheckpoints {
+    first: Option<u64>,
+    last: Option<lockstep_service::Committed>,
+    count: u64,
+    entities_changed: u64,
+}
+
+impl UnrecordedCheckpoints {
+    fn add(&mut self, c: &lockstep_service::Committed) {
+        self.first.get_or_insert(c.generation);
+        self.count += 1;
+        self.entities_changed += c.entities_changed as u64;
+        self.last = Some(c.clone());
+    }
+
+    /// Puts back `earlier`, taken before everything added since, whose recording
+    /// failed.
+    fn put_back(&mut self, earlier: UnrecordedCheckpoints) {
+        self.first = earlier.first.or(self.first);
+        self.count += earlier.count;
+        self.entities_changed += earlier.entities_changed;
+        if self.last.is_none() {
+            self.last = earlier.last;
+        }
+    }
+
+    fn entry(&self, about: &lockstep_audit::Entry) -> Option<lockstep_audit::Entry> {
+        let last = self.last.as_ref()?;
+        Some(about.clone().with_details(serde_json::json!({
+            "first_generation": self.first,
+            "last_generation": last.generation,
+            "checkpoints": self.count,
+            "entities_changed": self.entities_changed,
+            "positions": last.positions,
+            "ended_shards": last.ended,
+            "log_lengths": {"rows": last.logs.rows, "late": last.logs.late, "dead": last.logs.dead},
+        })))
+    }
+}
+
+/// Records the service's checkpoint generations in the audit log: the service's
+/// writer hands each commit over (never waiting on the log), and a task records what
+/// came every period as one entry: one log file a period, not one a commit (rounds
+/// commit up to several times a second). An entry that could not be recorded is tried
+/// again with the next.
+struct CheckpointAudit {
+    stop: tokio::sync::watch::Sender<bool>,
+    task: tokio::task::JoinHandle<Result<()>>,
+}
+
+impl CheckpointAudit {
+    fn start(
+        log: Arc<lockstep_audit::AuditLog>,
+        about: lockstep_audit::Entry,
+        every: Duration,
+    ) -> (Self, lockstep_service::CommitHook) {
+        let unrecorded = Arc::new(std::sync::Mutex::new(UnrecordedCheckpoints::default()));
+        let lock = |u: &std::sync::Mutex<UnrecordedCheckpoints>| {
+            let mut guard = match u.lock() {
+                Ok(guard) => guard,
+                Err(poisoned) => poisoned.into_inner(),
+            };
+            std::mem::take(&mut *guard)
+        };
+        let hook = {
+            let unrecorded = unrecorded.clone();
+            lockstep_service::CommitHook(Arc::new(move |c: &lockstep_service::Committed| {
+                match unrecorded.lock() {
+                    Ok(mut u) => u.add(c),
+                    Err(poisoned) => poisoned.into_inner().add(c),
+                }
+            }))
+        };
+        let (stop, mut stopped) = tokio::sync::watch::channel(false);
+        let task = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every.max(Duration::from_millis(10)));
+            tick.tick().await;
+            loop {
+                let last = tokio::select! {
+                    _ = tick.tick() => false,
+                    _ = stopped.changed() => true,
+                };
+                let taken = lock(&unrecorded);
+                let Some(entry) = taken.entry(&about) else {
+                    if last {
+                        return Ok(());
+                    }
+                    continue;
+                };
+                match log.record(vec![entry]).await {
+                    Ok(_) if last => return Ok(()),
+                    Ok(_) => {}
+                    Err(e) if last => {
+                        return Err(e).with_context(|| {
+                            format!(
+                                "the stream host's checkpoints are committed, but recording \
+                                 generations {:?}..={:?} in the audit log {} failed",
+                                taken.first,
+                                taken.last.as_ref().map(|c| c.generation),
+                                log.location()
+                            )
+                        });
+                    }
+                    Err(e) => {
+                        tracing::warn!(
+                            error = %lockstep_core::ErrorChain(&e),
+                            log = log.location(),
+                            "checkpoint generations not recorded in the audit log yet; trying \
+                             again with the next"
+                        );
+                        match unrecorded.lock() {
+                            Ok(mut u) => u.put_back(taken),
+                            Err(poisoned) => poisoned.into_inner().put_back(taken),
+                        }
+                    }
+                }
+            }
+        });
+        (CheckpointAudit { stop, task }, hook)
+    }
+
+    /// Records what is left, then stops.
+    async fn finish(self) -> Result<()> {
+        let _ = self.stop.send(true);
+        self.task
+            .await
+            .context("the audit log's checkpoint recorder stopped")?
+    }
 }
 
 /// Opens the online store `arg` names; `sagemaker_rate` caps PutRecord calls per
@@ -183,11 +320,14 @@ pub async fn run(args: RunArgs, runtime: &Runtime) -> Result<()> {
         endpoint: args.endpoint_url.clone(),
         ..Default::default()
     };
-    let audit = args.audit.open(None, &aws)?;
+    let audit = args
+        .audit
+        .open(args.offline_store.as_deref(), &aws)?
+        .map(Arc::new);
     let about =
         |action: &str| lockstep_audit::Entry::new(action).on(&m.name, Some(m.version.clone()));
     crate::audit::record(
-        audit.as_ref(),
+        audit.as_deref(),
         vec![about("stream.start").with_details(serde_json::json!({
             "plugin_hash": plugin.hash(),
             "stream": args.stream,
@@ -240,16 +380,29 @@ pub async fn run(args: RunArgs, runtime: &Runtime) -> Result<()> {
         state = %args.state.display(),
         "stream host starting"
     );
+    let checkpoint_audit = audit.clone().map(|log| {
+        let (audit, hook) = CheckpointAudit::start(
+            log,
+            about("stream.checkpoint"),
+            args.audit_checkpoints_every,
+        );
+        config.on_commit = Some(hook);
+        audit
+    });
     let hash = plugin.hash().to_owned();
     let stop_entry = about("stream.stop");
     let service = StreamService::new(plugin, store, group.clone(), config);
     let summary = service.run(Arc::new(AtomicBool::new(false))).await;
+    if let Some(checkpoint_audit) = checkpoint_audit {
+        checkpoint_audit.finish().await?;
+    }
     let details = match &summary {
         Ok(summary) => serde_json::json!({
             "plugin_hash": hash,
             "stream": args.stream,
             "resumed": summary.resumed,
             "checkpoints": summary.commits,
+            "generation": summary.generation,
             "records": summary.stats.records,
             "rows": summary.stats.rows,
             "dead_letters": summary.stats.dead,
@@ -261,7 +414,7 @@ pub async fn run(args: RunArgs, runtime: &Runtime) -> Result<()> {
         }),
     };
     crate::audit::record(
-        audit.as_ref(),
+        audit.as_deref(),
         vec![stop_entry.with_details(details)],
         "the stream host stopped",
     )

@@ -229,7 +229,14 @@ fn events_reach_the_store_the_cache_and_the_logs_bad_ones_the_dead_and_late_logs
         "txns",
         &store_arg,
         &state,
-        &["--cache", &redis.url(), "--audit", s(&audit)],
+        &[
+            "--cache",
+            &redis.url(),
+            "--audit",
+            s(&audit),
+            "--audit-checkpoints-every",
+            "20ms",
+        ],
     );
     let out = run_to_end(&moto, &args);
     let summary = text(&out.stdout);
@@ -244,14 +251,41 @@ fn events_reach_the_store_the_cache_and_the_logs_bad_ones_the_dead_and_late_logs
         .iter()
         .filter_map(|e| e["action"].as_str())
         .collect();
-    assert_eq!(
-        actions,
-        ["stream.start", "stream.stop"],
-        "{}",
-        text(&shown.stdout)
-    );
-    assert_eq!(entries[1]["details"]["dead_letters"], 2, "{}", entries[1]);
+    // Start, the checkpoint generations (one entry per period, the rest at stop), stop.
+    assert_eq!(actions.first(), Some(&"stream.start"), "{actions:?}");
+    assert_eq!(actions.last(), Some(&"stream.stop"), "{actions:?}");
+    let middle = &entries[1..entries.len() - 1];
+    assert!(!middle.is_empty(), "no checkpoint recorded: {actions:?}");
+    let stop = &entries[entries.len() - 1]["details"];
+    assert_eq!(stop["dead_letters"], 2, "{stop}");
     assert_eq!(entries[0]["group"], "txn_velocity");
+    // The generations recorded are 1..=the last, each once, in order, and the last
+    // one's positions name both shards.
+    let mut next = 1;
+    let mut checkpoints = 0;
+    for entry in middle {
+        assert_eq!(entry["action"], "stream.checkpoint", "{entry}");
+        let d = &entry["details"];
+        assert_eq!(d["first_generation"], next, "{entry}");
+        let last = d["last_generation"].as_u64().unwrap();
+        assert_eq!(
+            d["checkpoints"].as_u64().unwrap(),
+            last + 1 - next,
+            "{entry}"
+        );
+        checkpoints += last + 1 - next;
+        next = last + 1;
+    }
+    assert_eq!(stop["generation"], next - 1, "{stop}");
+    assert_eq!(stop["checkpoints"], checkpoints, "{stop}");
+    let last = &middle[middle.len() - 1]["details"];
+    assert_eq!(
+        last["positions"].as_object().map(|p| p.len()).unwrap_or(0)
+            + last["ended_shards"].as_u64().unwrap_or(0) as usize,
+        2,
+        "{last}"
+    );
+    assert!(last["log_lengths"]["rows"].as_u64().unwrap() > 0, "{last}");
     let duplicates: u64 = summary
         .split(", ")
         .find(|p| p.ends_with(" duplicates"))

@@ -6,7 +6,9 @@
 //!   of the last record applied — with its reorder buffer, latest event time and
 //!   recent identities;
 //! - `ended`: shards read to their end;
-//! - `meta`: the plugin the state belongs to and the committed length of every log.
+//! - `meta`: the plugin the state belongs to, the committed length of every log and
+//!   the checkpoint's generation (1 for the first commit, one more for each after it,
+//!   across restarts: the audit log names checkpoints by it).
 //!
 //! Because a shard position commits with the state its records produced, a crash at
 //! any point resumes from a state and a position that agree: records after the
@@ -55,6 +57,8 @@ pub struct Restored {
     pub logs: LogLengths,
     /// Whether anything was ever committed.
     pub fresh: bool,
+    /// The generation of the checkpoint read back (0: none was ever committed).
+    pub generation: u64,
 }
 
 /// One commit: a processor checkpoint and the source positions that produced it.
@@ -254,6 +258,12 @@ impl CheckpointStore {
                 dead: len("dead"),
             };
         }
+        out.generation = match self.meta("generation")? {
+            Some(text) => text
+                .parse()
+                .map_err(|e| self.corrupt("meta generation", e))?,
+            None => 0,
+        };
         let tx = self.db.begin_read().map_err(|e| self.fail(e))?;
         if let Ok(table) = tx.open_table(ENTITIES) {
             for item in table.iter().map_err(|e| self.fail(e))? {
@@ -288,8 +298,9 @@ impl CheckpointStore {
         Ok(out)
     }
 
-    /// Commits `commit` in one transaction (durable when this returns).
-    pub fn commit(&self, commit: &Commit<'_>) -> Result<(), ServiceError> {
+    /// Commits `commit` in one transaction (durable when this returns); returns its
+    /// generation.
+    pub fn commit(&self, commit: &Commit<'_>) -> Result<u64, ServiceError> {
         self.prepare(commit.checkpoint, commit.positions, commit.ended)?
             .commit(commit.logs)
     }
@@ -349,16 +360,29 @@ pub struct PreparedCommit<'a> {
 }
 
 impl PreparedCommit<'_> {
-    /// Records the logs' lengths and commits (durable when this returns).
-    pub fn commit(self, logs: LogLengths) -> Result<(), ServiceError> {
+    /// Records the logs' lengths and commits (durable when this returns); returns the
+    /// generation committed, one more than the last.
+    pub fn commit(self, logs: LogLengths) -> Result<u64, ServiceError> {
         let fail = |e: &dyn std::fmt::Display| self.store.fail(e);
-        {
+        let generation = {
             let mut meta = self.tx.open_table(META).map_err(|e| fail(&e))?;
+            let last = match meta.get("generation").map_err(|e| fail(&e))? {
+                Some(text) => text
+                    .value()
+                    .parse::<u64>()
+                    .map_err(|e| self.store.corrupt("meta generation", e))?,
+                None => 0,
+            };
             let logs = json!({"rows": logs.rows, "late": logs.late, "dead": logs.dead}).to_string();
             meta.insert("logs", logs.as_str()).map_err(|e| fail(&e))?;
-        }
+            let generation = last + 1;
+            meta.insert("generation", generation.to_string().as_str())
+                .map_err(|e| fail(&e))?;
+            generation
+        };
         let store = self.store;
-        self.tx.commit().map_err(|e| store.fail(e))
+        self.tx.commit().map_err(|e| store.fail(e))?;
+        Ok(generation)
     }
 }
 
@@ -557,7 +581,9 @@ mod tests {
     fn a_commit_reads_back_exactly() {
         let dir = tempfile::tempdir().unwrap();
         let store = CheckpointStore::open(dir.path(), "abc", schema()).unwrap();
-        assert!(store.restore().unwrap().fresh);
+        let fresh = store.restore().unwrap();
+        assert!(fresh.fresh);
+        assert_eq!(fresh.generation, 0);
         let batch = RecordBatch::try_new(
             schema(),
             vec![
@@ -596,7 +622,7 @@ mod tests {
             late: 2,
             dead: 0,
         };
-        store
+        let first = store
             .commit(&Commit {
                 checkpoint: &checkpoint,
                 positions: &positions,
@@ -604,12 +630,13 @@ mod tests {
                 logs,
             })
             .unwrap();
+        assert_eq!(first, 1);
         // A removal in a later commit.
         let removal = Checkpoint {
             changed: vec![(EntityKey::Str("a".into()), None)],
             shards: vec![saved.clone()],
         };
-        store
+        let second = store
             .commit(&Commit {
                 checkpoint: &removal,
                 positions: &positions,
@@ -617,6 +644,7 @@ mod tests {
                 logs,
             })
             .unwrap();
+        assert_eq!(second, 2);
         drop(store);
         let store = CheckpointStore::open(dir.path(), "abc", schema()).unwrap();
         let back = store.restore().unwrap();
@@ -625,6 +653,7 @@ mod tests {
         assert_eq!(back.positions, positions);
         assert_eq!(back.ended, ended);
         assert_eq!(back.logs, logs);
+        assert_eq!(back.generation, 2, "generations count on across a reopen");
         assert_eq!(back.states.len(), 1);
         assert_eq!(back.states[&EntityKey::Int(i64::MAX)], Vec::<u8>::new());
     }
@@ -686,7 +715,7 @@ mod tests {
                 .commit(logs(rows))
                 .unwrap()
         };
-        commit(vec![(key("a"), Some(vec![1]))], 10);
+        assert_eq!(commit(vec![(key("a"), Some(vec![1]))], 10), 1);
         let abandoned = store
             .prepare(
                 &round(vec![(key("a"), Some(vec![2])), (key("b"), Some(vec![3]))]),
@@ -699,7 +728,12 @@ mod tests {
         assert_eq!(back.states.len(), 1, "{:?}", back.states);
         assert_eq!(back.states[&key("a")], vec![1]);
         assert_eq!((back.ended, back.logs), (HashSet::new(), logs(10)));
-        commit(vec![(key("c"), Some(vec![4]))], 20);
+        assert_eq!(back.generation, 1, "a dropped commit is no generation");
+        assert_eq!(
+            commit(vec![(key("c"), Some(vec![4]))], 20),
+            2,
+            "the next commit is the next generation"
+        );
         let back = store.restore().unwrap();
         assert_eq!(back.states.len(), 2, "{:?}", back.states);
         assert_eq!(back.states[&key("c")], vec![4]);

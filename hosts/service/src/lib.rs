@@ -33,7 +33,7 @@ pub mod source;
 pub use allocator::tune_allocator;
 pub use checkpoint::{CheckpointStore, LogLengths};
 pub use erasure::ErasureWatch;
-pub use run::{ServiceConfig, StreamService, Summary, Timings};
+pub use run::{CommitHook, Committed, ServiceConfig, StreamService, Summary, Timings};
 pub use source::{KinesisSource, MemorySource, Resume, Source};
 
 use std::path::PathBuf;

@@ -68,6 +68,35 @@ pub struct ServiceConfig {
     /// The erasure ledger to honour (read at start, polled while running); `None`:
     /// none (a service without an offline store beside it).
     pub erasures: Option<crate::ErasureWatch>,
+    /// Told of every checkpoint once it is durable (the audit log's record of
+    /// checkpoint generations); `None`: nobody.
+    pub on_commit: Option<CommitHook>,
+}
+
+/// A checkpoint, once durable: what [`CommitHook`] is told.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Committed {
+    /// Its generation: one more than the checkpoint before it, across restarts.
+    pub generation: u64,
+    /// The sequence number of the last record applied, per open shard.
+    pub positions: BTreeMap<String, String>,
+    /// Shards read to their end, so far.
+    pub ended: usize,
+    /// Entity states it wrote or removed.
+    pub entities_changed: usize,
+    /// The logs' lengths it committed.
+    pub logs: LogLengths,
+}
+
+/// Called on the service's writer thread after each checkpoint commits: it must return
+/// at once (hand the news on, never do I/O there).
+#[derive(Clone)]
+pub struct CommitHook(pub Arc<dyn Fn(&Committed) + Send + Sync>);
+
+impl std::fmt::Debug for CommitHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CommitHook")
+    }
 }
 
 /// The log files of `dir` that hold something: (path, bytes).
@@ -131,6 +160,7 @@ impl ServiceConfig {
             cache: None,
             start_fresh: false,
             erasures: None,
+            on_commit: None,
         }
     }
 }
@@ -142,6 +172,9 @@ pub struct Summary {
     pub stats: StreamStats,
     /// Checkpoints committed by this run.
     pub commits: u64,
+    /// The generation of the last checkpoint (this run's, or the one it went on
+    /// from; 0: none ever).
+    pub generation: u64,
     /// Seconds spent writing outputs and committing checkpoints.
     pub commit_seconds: f64,
     /// Where the commit time went.
@@ -233,6 +266,7 @@ struct Job {
 #[derive(Default)]
 struct WriterReport {
     commits: u64,
+    generation: u64,
     commit_seconds: f64,
     timings: Timings,
 }
@@ -418,6 +452,7 @@ impl StreamService {
         summary.late_log = logs.late.path().to_owned();
         summary.dead_log = logs.dead.path().to_owned();
         summary.resumed = !restored.fresh;
+        summary.generation = restored.generation;
         let mut processor = if restored.fresh {
             let p = ShardedProcessor::new(&self.plugin, cfg.stream_config);
             match &cfg.start_states {
@@ -649,6 +684,9 @@ impl StreamService {
         let report = written?;
         read_result?;
         summary.commits = report.commits;
+        if report.commits > 0 {
+            summary.generation = report.generation;
+        }
         summary.commit_seconds = report.commit_seconds;
         summary.timings = report.timings;
         summary.stats = seen;
@@ -698,7 +736,18 @@ impl StreamService {
             let (prepared, preparing) = prepared?;
             report.timings.add(&timings);
             let commit_started = Instant::now();
-            prepared.commit(logs.lengths())?;
+            let lengths = logs.lengths();
+            let generation = prepared.commit(lengths)?;
+            report.generation = generation;
+            if let Some(hook) = &self.config.on_commit {
+                (hook.0)(&Committed {
+                    generation,
+                    positions: job.positions.clone(),
+                    ended: job.ended.len(),
+                    entities_changed: job.checkpoint.changed.len(),
+                    logs: lengths,
+                });
+            }
             report.timings.checkpoint +=
                 job.gathered + preparing + commit_started.elapsed().as_secs_f64();
             report.commits += 1;
