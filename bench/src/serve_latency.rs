@@ -110,6 +110,8 @@ fn store_rows(
 const BENCH_TOKEN: &str = "lst_bench-token-0123456789abcdef0123456789abcdef";
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
+    // As `lockstep serve` runs.
+    lockstep_service::tune_allocator();
     let mut redis_url = None;
     let mut entities = 10_000usize;
     let mut scenarios = Vec::new();
@@ -444,6 +446,7 @@ async fn run(
         }
         per_second
     });
+    let cpu_before = (process_cpu_seconds(), thread_cpu_seconds("feature-log"));
     let handles = tokio::task::spawn_blocking(move || {
         let mut handles = Vec::with_capacity(total);
         for (i, (rows, req)) in requests.into_iter().enumerate() {
@@ -500,6 +503,7 @@ async fn run(
         h.await?;
     }
     let elapsed = start.elapsed().as_secs_f64();
+    let cpu_after = (process_cpu_seconds(), thread_cpu_seconds("feature-log"));
     let store_per_second = sampler.await?;
     let failures = failures.lock().unwrap();
     if !failures.is_empty() {
@@ -542,8 +546,43 @@ async fn run(
             "degraded": results.iter().filter(|r| r.2).count(),
             "not_all_cache": results.iter().filter(|r| !r.3).count(),
             "store_keys": store_per_second.iter().sum::<u64>(),
+            // Processor seconds the whole process (server, client, log) used over the
+            // scenario, and the served-feature log's writer thread among them.
+            "process_cpu_s": cpu_after.0 - cpu_before.0,
+            "log_writer_cpu_s": cpu_after.1 - cpu_before.1,
             "per_second": per_second,
         })
     );
     Ok(())
+}
+
+/// Processor seconds this process has used (user + system), from /proc (0 elsewhere).
+fn process_cpu_seconds() -> f64 {
+    std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|stat| cpu_of_stat(&stat))
+        .unwrap_or(0.0)
+}
+
+/// Processor seconds used by this process's threads named `name` (0 when none).
+fn thread_cpu_seconds(name: &str) -> f64 {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return 0.0;
+    };
+    tasks
+        .filter_map(Result::ok)
+        .filter(|t| std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.trim() == name))
+        .filter_map(|t| std::fs::read_to_string(t.path().join("stat")).ok())
+        .filter_map(|stat| cpu_of_stat(&stat))
+        .sum()
+}
+
+/// utime + stime of a /proc `stat` line, in seconds (the kernel counts 100 ticks a
+/// second on every Linux this runs on).
+fn cpu_of_stat(stat: &str) -> Option<f64> {
+    // The command name may hold spaces: fields are counted after its closing paren.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i)?.parse::<u64>().ok();
+    Some((ticks(11)? + ticks(12)?) as f64 / 100.0)
 }

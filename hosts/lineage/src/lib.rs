@@ -55,6 +55,15 @@ pub enum LineageError {
         #[source]
         source: object_store::Error,
     },
+    /// A file of a log in a local directory could not be written.
+    #[error("writing {location}")]
+    Write {
+        /// The file.
+        location: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
     /// A file could not be encoded or decoded.
     #[error("the served-feature log file {location}")]
     Parquet {
@@ -143,6 +152,8 @@ struct Location {
     store: Arc<dyn ObjectStore>,
     prefix: String,
     text: String,
+    /// The directory, for a local log.
+    local: Option<std::path::PathBuf>,
 }
 
 impl Location {
@@ -153,11 +164,39 @@ impl Location {
                 source,
             }
         })?;
+        let remote = location.contains("://");
         Ok(Location {
             store,
             prefix,
             text: location.trim_end_matches('/').to_owned(),
+            local: (!remote).then(|| std::path::PathBuf::from(location)),
         })
+    }
+
+    /// For a local log, where the file `rel` is written first (`.tmp/` beside
+    /// `served/`) and where it is renamed to, so a reader sees the whole file or none.
+    /// Written by the writer's thread itself, at its idle priority: handed to the
+    /// runtime's blocking threads, a large file was copied at normal priority.
+    fn local_paths(&self, rel: &str) -> Option<(std::path::PathBuf, std::path::PathBuf)> {
+        let dir = self.local.as_ref()?;
+        Some((dir.join(".tmp").join(rel.replace('/', "_")), dir.join(rel)))
+    }
+
+    /// Puts a new object at `rel` on the object store (S3), through `runtime`.
+    fn put(
+        &self,
+        runtime: &tokio::runtime::Handle,
+        rel: &str,
+        bytes: Vec<u8>,
+    ) -> Result<(), LineageError> {
+        runtime
+            .block_on(self.store.put(&self.key(rel), PutPayload::from(bytes)))
+            .map(|_| ())
+            .map_err(|source| LineageError::Object {
+                action: "writing",
+                location: self.describe(rel),
+                source,
+            })
     }
 
     fn key(&self, rel: &str) -> ObjectPath {
@@ -174,7 +213,7 @@ impl Location {
 }
 
 /// What a writer did, when its queue closed.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct WriterStats {
     /// Answers logged.
     pub answers: u64,
@@ -184,6 +223,9 @@ pub struct WriterStats {
     pub files: u64,
     /// Answers that could not be read back (never expected: the server wrote them).
     pub unreadable: u64,
+    /// Processor time the writer's thread used, seconds (reading answers back,
+    /// encoding, writing): what the log costs the machine besides the answers.
+    pub cpu_seconds: f64,
 }
 
 /// Drains a served-feature queue into Parquet files; see the [crate] docs.
@@ -196,9 +238,9 @@ impl FeatureLogWriter {
     ///
     /// The writer is a thread of its own at idle priority (SCHED_IDLE on Linux), not a
     /// task: reading answers back and encoding files is CPU work, and on a small
-    /// machine it must yield to the threads answering requests. Its puts run on the
-    /// current runtime. A failed write is logged and its rows dropped (the server goes
-    /// on answering).
+    /// machine it must yield to the threads answering requests. Its puts (one a flush)
+    /// run on the current runtime. A failed write is logged and its rows dropped (the
+    /// server goes on answering).
     #[allow(clippy::type_complexity)]
     pub fn start(
         location: &str,
@@ -220,6 +262,7 @@ impl FeatureLogWriter {
             .name("feature-log".into())
             .spawn(move || {
                 lower_priority();
+                let runtime = &runtime;
                 let mut stats = WriterStats::default();
                 let mut held: Vec<ServedAnswer> = Vec::new();
                 let mut due = std::time::Instant::now() + options.flush_every;
@@ -244,11 +287,12 @@ impl FeatureLogWriter {
                         }
                     }
                     if held.len() >= options.flush_answers || std::time::Instant::now() >= due {
-                        flush(&runtime, &location, &writer, &mut held, &mut stats);
+                        flush(runtime, &location, &writer, &mut held, &mut stats);
                         due = std::time::Instant::now() + options.flush_every;
                     }
                 }
-                flush(&runtime, &location, &writer, &mut held, &mut stats);
+                flush(runtime, &location, &writer, &mut held, &mut stats);
+                stats.cpu_seconds = thread_cpu_seconds();
                 stats
             })
             .map_err(|e| LineageError::Location {
@@ -257,6 +301,22 @@ impl FeatureLogWriter {
             })?;
         Ok((queue, thread))
     }
+}
+
+/// Processor time of the calling thread so far, seconds (0 where unknown).
+fn thread_cpu_seconds() -> f64 {
+    #[cfg(target_os = "linux")]
+    // SAFETY: `at` is a valid timespec the call fills; the clock id is a constant.
+    unsafe {
+        let mut at = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        if libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut at) == 0 {
+            return at.tv_sec as f64 + at.tv_nsec as f64 * 1e-9;
+        }
+    }
+    0.0
 }
 
 /// Runs the calling thread only when a processor would otherwise idle (Linux's
@@ -275,6 +335,13 @@ fn lower_priority() {
     }
 }
 
+/// Rows encoded at a time, and rows per row group: the writer's memory stays a few
+/// megabytes whatever a flush holds. Encoding a second of large answers in one batch
+/// took tens of megabytes at once, fresh from the system every flush, and the answers
+/// felt that at p99 even though the writer runs at idle priority; in slices of this
+/// size the same memory is reused.
+const SLICE_ROWS: usize = 2_048;
+
 /// Writes the rows of `held` as one file per hour, then empties it.
 fn flush(
     runtime: &tokio::runtime::Handle,
@@ -286,45 +353,119 @@ fn flush(
     if held.is_empty() {
         return;
     }
-    let mut by_hour: std::collections::BTreeMap<i64, Vec<LogRow>> = Default::default();
+    let mut by_hour: std::collections::BTreeMap<i64, Vec<ServedAnswer>> = Default::default();
     for answer in held.drain(..) {
-        match rows_of(&answer) {
-            Some(rows) => by_hour
-                .entry(answer.served_at.div_euclid(3_600_000_000))
-                .or_default()
-                .extend(rows),
-            None => stats.unreadable += 1,
-        }
+        by_hour
+            .entry(answer.served_at.div_euclid(3_600_000_000))
+            .or_default()
+            .push(answer);
     }
-    for (hour, rows) in by_hour {
+    for (hour, answers) in by_hour {
         let rel = format!(
             "{}/part-{writer}-{}.parquet",
             hour_dir(hour * 3_600_000_000),
             stats.files
         );
-        let n = rows.len() as u64;
-        let written = encode(&rows).and_then(|bytes| {
-            runtime
-                .block_on(
-                    location
-                        .store
-                        .put(&location.key(&rel), PutPayload::from(bytes)),
-                )
-                .map(|_| ())
-                .map_err(|source| LineageError::Object {
-                    action: "writing",
-                    location: location.describe(&rel),
-                    source,
-                })
-        });
-        match written {
-            Ok(()) => {
+        match write_hour(runtime, location, &rel, &answers, stats) {
+            Ok(n) => {
                 stats.files += 1;
                 stats.rows += n;
             }
-            Err(e) => tracing::warn!(error = %e, rows = n, "served-feature log rows not written"),
+            Err(e) => tracing::warn!(
+                error = %e,
+                answers = answers.len(),
+                "served-feature log answers not written"
+            ),
         }
     }
+}
+
+/// Where an hour's file is encoded to: the file itself (local), or memory (S3).
+enum Sink {
+    File(std::io::BufWriter<std::fs::File>),
+    Memory(Vec<u8>),
+}
+
+impl std::io::Write for Sink {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self {
+            Sink::File(f) => f.write(buf),
+            Sink::Memory(v) => v.write(buf),
+        }
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            Sink::File(f) => f.flush(),
+            Sink::Memory(_) => Ok(()),
+        }
+    }
+}
+
+/// Encodes `answers` into the file `rel`, slice by slice; returns the rows written.
+fn write_hour(
+    runtime: &tokio::runtime::Handle,
+    location: &Location,
+    rel: &str,
+    answers: &[ServedAnswer],
+    stats: &mut WriterStats,
+) -> Result<u64, LineageError> {
+    let parquet = |source| LineageError::Parquet {
+        location: location.describe(rel),
+        source,
+    };
+    let local = location.local_paths(rel);
+    let write_error = |source| LineageError::Write {
+        location: location.describe(rel),
+        source,
+    };
+    let sink = match &local {
+        Some((temp, target)) => {
+            for parent in [target.parent(), temp.parent()].into_iter().flatten() {
+                std::fs::create_dir_all(parent).map_err(write_error)?;
+            }
+            let file = std::fs::File::create(temp).map_err(write_error)?;
+            Sink::File(std::io::BufWriter::with_capacity(1 << 20, file))
+        }
+        None => Sink::Memory(Vec::new()),
+    };
+    let mut writer =
+        parquet::arrow::ArrowWriter::try_new(sink, schema(), Some(writer_properties()))
+            .map_err(parquet)?;
+    let mut rows: Vec<LogRow> = Vec::with_capacity(SLICE_ROWS);
+    let mut written = 0u64;
+    for answer in answers {
+        match rows_of(answer) {
+            Some(more) => rows.extend(more),
+            None => stats.unreadable += 1,
+        }
+        if rows.len() >= SLICE_ROWS {
+            written += rows.len() as u64;
+            writer.write(&batch_of(&rows)?).map_err(parquet)?;
+            rows.clear();
+        }
+    }
+    if !rows.is_empty() {
+        written += rows.len() as u64;
+        writer.write(&batch_of(&rows)?).map_err(parquet)?;
+    }
+    let sink = writer.into_inner().map_err(parquet)?;
+    match (sink, local) {
+        (Sink::File(file), Some((temp, target))) => {
+            file.into_inner().map_err(|e| write_error(e.into_error()))?;
+            std::fs::rename(&temp, &target).map_err(|e| {
+                let _ = std::fs::remove_file(&temp);
+                write_error(e)
+            })?;
+        }
+        (Sink::Memory(bytes), _) => location.put(runtime, rel, bytes)?,
+        (Sink::File(_), None) => {
+            return Err(LineageError::Write {
+                location: location.describe(rel),
+                source: std::io::Error::other("a file sink without a local path"),
+            });
+        }
+    }
+    Ok(written)
 }
 
 /// The partition folder of the hour holding `micros`.
@@ -402,7 +543,7 @@ fn source_name(source: Source) -> &'static str {
     }
 }
 
-fn encode(rows: &[LogRow]) -> Result<Vec<u8>, LineageError> {
+fn batch_of(rows: &[LogRow]) -> Result<RecordBatch, LineageError> {
     fn text<'a>(rows: &'a [LogRow], f: impl Fn(&'a LogRow) -> &'a str) -> ArrayRef {
         Arc::new(StringArray::from_iter_values(rows.iter().map(f)))
     }
@@ -424,15 +565,40 @@ fn encode(rows: &[LogRow]) -> Result<Vec<u8>, LineageError> {
         text(rows, |r| &r.features),
         text(rows, |r| &r.values),
     ];
-    let batch = RecordBatch::try_new(schema(), columns)?;
-    let parquet = |source| LineageError::Parquet {
-        location: "(being written)".into(),
-        source,
-    };
-    let mut writer =
-        parquet::arrow::ArrowWriter::try_new(Vec::new(), schema(), None).map_err(parquet)?;
-    writer.write(&batch).map_err(parquet)?;
-    writer.into_inner().map_err(parquet)
+    Ok(RecordBatch::try_new(schema(), columns)?)
+}
+
+/// How the log's files are encoded. The writer's processor time is what the log costs
+/// a serving machine, so only what pays is done: columns that repeat (group, version,
+/// plugin hash, source, feature list) are dictionary-encoded; unique ones (request ids,
+/// entities, times, values) are not — a dictionary of unique values is built only to
+/// be thrown away. Statistics are kept per column chunk (a reader finding one request
+/// id skips row groups by them), not per page, and none for the values. Pages are not
+/// compressed: side by side (serve-latency, 100 entities × 60 features at 200
+/// answers/s) Snappy took the serving p99 from +10 % to +37 % over no log; compress
+/// when archiving (DuckDB's `COPY … (COMPRESSION zstd)`), not on a serving machine.
+fn writer_properties() -> parquet::file::properties::WriterProperties {
+    use parquet::file::properties::{EnabledStatistics, WriterProperties};
+    use parquet::schema::types::ColumnPath;
+    let mut props = WriterProperties::builder()
+        .set_compression(parquet::basic::Compression::UNCOMPRESSED)
+        .set_dictionary_enabled(false)
+        .set_statistics_enabled(EnabledStatistics::Chunk)
+        .set_max_row_group_row_count(Some(SLICE_ROWS));
+    for repeated in [
+        "feature_group",
+        "version",
+        "plugin_hash",
+        "source",
+        "features",
+    ] {
+        props = props.set_column_dictionary_enabled(ColumnPath::from(repeated), true);
+    }
+    for unread in ["feature_values", "features"] {
+        props =
+            props.set_column_statistics_enabled(ColumnPath::from(unread), EnabledStatistics::None);
+    }
+    props.build()
 }
 
 /// The rows of the answer `request_id` names, read from the log at `location`.
