@@ -2,7 +2,6 @@
 
 use anyhow::{Context, Result};
 use lockstep_offline::{OfflineStore, S3Options};
-use std::sync::Arc;
 
 /// How a group version is kept in the offline store.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -42,22 +41,14 @@ pub fn open_encrypted(
     s3: &S3Options,
     kms_key_id: Option<&str>,
 ) -> Result<OfflineStore> {
-    Ok(
-        OfflineStore::open_location_encrypted(location, s3, kms_key_id)
-            .with_context(|| format!("opening the offline store {location}"))?
-            .with_table_log(Arc::new(lockstep_delta::DeltaTables {
-                options: delta_options(location, s3),
-            })),
-    )
+    lockstep_delta::open_offline_store(location, s3, kms_key_id)
+        .with_context(|| format!("opening the offline store {location}"))
 }
 
 /// How Delta tables under the store at `location` are reached: S3's settings for an
 /// `s3://` store, nothing for a local one.
 pub fn delta_options(location: &str, s3: &S3Options) -> lockstep_delta::StorageOptions {
-    if !(location.starts_with("s3://") || location.starts_with("s3a://")) {
-        return Default::default();
-    }
-    lockstep_delta::s3_storage_options(s3)
+    lockstep_delta::storage_options_for(location, s3)
 }
 
 /// `--as-of-version` values: `N` for every group, or `GROUP=N` for one.

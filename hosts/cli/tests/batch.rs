@@ -1470,7 +1470,9 @@ fn delta_on_s3_serialises_concurrent_jobs_by_conditional_writes() {
 
 /// A group's KMS key: every object a backfill puts under the group on S3 — hour files,
 /// registry, Delta log — is encrypted by S3 with SSE-KMS under it (moto records the
-/// headers and answers them back on HEAD); a local store refuses a key instead of
+/// headers and answers them back on HEAD); the registry binds the key to the version,
+/// so a later writer without it is refused, and an erase's rewritten hours, markers
+/// and ledger entry are put under it too. A local store refuses a key instead of
 /// writing plain. (The store-wide audit log is not the group's, so not under its key.)
 #[test]
 fn a_kms_key_encrypts_every_object_the_backfill_puts_on_s3() {
@@ -1484,8 +1486,44 @@ fn a_kms_key_encrypts_every_object_the_backfill_puts_on_s3() {
     let dir = tempfile::tempdir().expect("tempdir");
     let events = generate(dir.path(), 2_000);
     let endpoint = moto.endpoint();
+    let entity = std::fs::read_to_string(&events)
+        .expect("events")
+        .lines()
+        .next()
+        .and_then(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .and_then(|v| v["card_id"].as_str().map(str::to_owned))
+        .expect("a card id");
+    let with_env = |mut cmd: Command| {
+        for (k, v) in moto.env() {
+            if k != "AWS_ENDPOINT_URL" {
+                cmd.env(k, v);
+            }
+        }
+        cmd.output().expect("run lockstep")
+    };
+    // Every object under `prefix`: (key, encryption, key id).
+    let objects = |prefix: &str| -> Vec<String> {
+        moto.boto3(&format!(
+            "s3 = client('s3')\n\
+             keys = [o['Key'] for o in s3.list_objects_v2(Bucket='lake', Prefix='{prefix}')['Contents']]\n\
+             for k in keys:\n    \
+                 h = s3.head_object(Bucket='lake', Key=k)\n    \
+                 print(k, h.get('ServerSideEncryption'), h.get('SSEKMSKeyId'), h['ETag'])"
+        ))
+        .lines()
+        .map(str::to_owned)
+        .collect()
+    };
+    let all_under_key = |format: &str, lines: &[String]| {
+        for line in lines {
+            assert!(
+                line.contains(" aws:kms ") && line.contains(&key),
+                "{format}: an object not encrypted under the key: {line}\n{lines:#?}"
+            );
+        }
+    };
     for (store, format) in [("s3://lake/plain", "plain"), ("s3://lake/delta", "delta")] {
-        let mut cmd = batch_command(
+        let out = with_env(batch_command(
             s(&events),
             store,
             &[
@@ -1496,33 +1534,64 @@ fn a_kms_key_encrypts_every_object_the_backfill_puts_on_s3() {
                 "--table-format",
                 format,
             ],
-        );
-        for (k, v) in moto.env() {
-            if k != "AWS_ENDPOINT_URL" {
-                cmd.env(k, v);
-            }
-        }
-        let out = cmd.output().expect("run lockstep");
+        ));
         assert!(out.status.success(), "{format}: {}", text(&out.stderr));
         let prefix = store.trim_start_matches("s3://lake/");
-        let report = moto.boto3(&format!(
-            "s3 = client('s3')\n\
-             keys = [o['Key'] for o in s3.list_objects_v2(Bucket='lake', Prefix='{prefix}/txn_velocity/')['Contents']]\n\
-             for k in keys:\n    \
-                 h = s3.head_object(Bucket='lake', Key=k)\n    \
-                 print(k, h.get('ServerSideEncryption'), h.get('SSEKMSKeyId'))"
-        ));
-        let lines: Vec<&str> = report.lines().collect();
+        let before = objects(&format!("{prefix}/txn_velocity/"));
         assert!(
-            lines.iter().filter(|l| l.contains(".parquet")).count() > 0,
-            "{format}: {report}"
+            before.iter().filter(|l| l.contains(".parquet")).count() > 0,
+            "{format}: {before:#?}"
         );
-        for line in &lines {
-            assert!(
-                line.contains(" aws:kms ") && line.contains(&key),
-                "{format}: an object not encrypted under the key: {line}\n{report}"
-            );
-        }
+        all_under_key(format, &before);
+
+        // The version is bound to the key: a writer without it is refused, and
+        // nothing under the group changes.
+        let out = with_env(batch_command(
+            s(&events),
+            store,
+            &["--endpoint-url", &endpoint, "--table-format", format],
+        ));
+        assert!(!out.status.success(), "{format}: a plain write was taken");
+        assert!(
+            text(&out.stderr).contains(&format!("registered with KMS key `{key}`"))
+                && text(&out.stderr).contains("--kms-key-id"),
+            "{format}: {}",
+            text(&out.stderr)
+        );
+        assert_eq!(
+            objects(&format!("{prefix}/txn_velocity/")),
+            before,
+            "{format}"
+        );
+
+        // An erase rewrites the hours holding the entity: under the key, as is the
+        // ledger's record of the entity's key.
+        let mut erase = Command::new(env!("CARGO_BIN_EXE_lockstep"));
+        erase.args([
+            "erase",
+            "--group",
+            "txn_velocity",
+            "--entity",
+            &entity,
+            "--offline-store",
+            store,
+            "--endpoint-url",
+            &endpoint,
+            "--purge-offline",
+        ]);
+        let out = with_env(erase);
+        assert!(out.status.success(), "{format}: {}", text(&out.stderr));
+        assert!(
+            text(&out.stdout).contains("rows removed from"),
+            "{format}: {}",
+            text(&out.stdout)
+        );
+        let after = objects(&format!("{prefix}/txn_velocity/"));
+        assert_ne!(after, before, "{format}: nothing was rewritten");
+        all_under_key(format, &after);
+        let ledger = objects(&format!("{prefix}/_lockstep/erasures/"));
+        assert_eq!(ledger.len(), 1, "{format}: {ledger:#?}");
+        all_under_key(format, &ledger);
     }
     // A local store cannot honour the key: refused, nothing written.
     let local = dir.path().join("local");

@@ -1,5 +1,6 @@
 //! `lockstep erase` end to end, against real servers on loopback: a moto server for
-//! Kinesis, a 3-node Redis Cluster, the embedded online store and a local offline store.
+//! Kinesis, a 3-node Redis Cluster, featurestore-local (the SageMaker protocol) or the
+//! embedded online store, and a local offline store.
 //!
 //! A group is backfilled and streamed; three entities (one on each cluster node) are
 //! erased; `erase verify` finds every copy clean. Then everything that could bring them
@@ -60,18 +61,17 @@ fn put(moto: &Moto, wasm: &Path, name: &str, events: &Path) {
     );
 }
 
-/// Streams `name` from its start to its end into `online` (and `cache`), honouring the
-/// ledger beside `store`.
+/// Streams `name` from its start to its end into the online store `online_arg` (and
+/// `cache`), honouring the ledger beside `store`.
 fn stream_to_end(
     moto: &Moto,
     wasm: &Path,
     name: &str,
-    online: &Path,
+    online_arg: &str,
     state: &Path,
     cache: Option<&str>,
     store: &Path,
 ) -> Output {
-    let online_arg = format!("embedded:{}", online.display());
     let endpoint = moto.endpoint();
     let mut args = vec![
         "stream",
@@ -83,7 +83,7 @@ fn stream_to_end(
         "--endpoint-url",
         &endpoint,
         "--online-store",
-        &online_arg,
+        online_arg,
         "--state",
         s(state),
         "--allowed-lateness",
@@ -143,6 +143,41 @@ fn offline_rows(store: &Path, group: &GroupRef) -> Vec<String> {
     }
     rows.sort();
     rows
+}
+
+/// The records featurestore-local at `url` holds for `keys`, read through the AWS SDK
+/// and typed by the plugin's row schema, as rows.
+fn sagemaker_records(
+    url: &str,
+    wasm: &Path,
+    group: &GroupRef,
+    keys: &[String],
+) -> BTreeMap<String, String> {
+    let io = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let client = io.block_on(lockstep_featurestore::SageMakerStore::with_options(
+        lockstep_featurestore::SageMakerOptions {
+            aws: lockstep_aws::AwsOptions {
+                endpoint: Some(url.to_owned()),
+                region: Some("us-east-1".into()),
+                credentials: Some(("local".into(), "local".into())),
+            },
+            ..Default::default()
+        },
+    ));
+    let runtime = lockstep_runtime::Runtime::new(lockstep_runtime::RuntimeConfig::default())
+        .expect("runtime");
+    let loaded = runtime.load_file(wasm).expect("load plugin");
+    client.set_schema(group, lockstep_core::schema::row_schema(loaded.manifest()));
+    let records = io
+        .block_on(client.get(group, keys))
+        .expect("read featurestore-local");
+    keys.iter()
+        .zip(records)
+        .filter_map(|(k, r)| r.map(|r| (k.clone(), Json::Object(r.row).to_string())))
+        .collect()
 }
 
 fn online_records(online: &Path, group: &GroupRef, keys: &[String]) -> BTreeMap<String, String> {
@@ -297,7 +332,16 @@ fn erased_entities_stay_gone_through_a_replay_and_a_backfill_rerun_and_the_rest_
     let g = group(&wasm);
     let events = golden_events();
     let store = dir.path().join("offline");
-    let online = dir.path().join("online");
+    // The online store: featurestore-local, through the SageMaker protocol.
+    let featurestore = common::FeatureStoreLocal::start(
+        &dir.path().join("featurestore"),
+        &[&format!(
+            "{}=card_id",
+            lockstep_featurestore::wire::group_name(&g)
+        )],
+    );
+    let online_arg = format!("sagemaker:{}", featurestore.url);
+    let online_records = |keys: &[String]| sagemaker_records(&featurestore.url, &wasm, &g, keys);
 
     // Backfill and stream the group.
     backfill(&events, &store);
@@ -306,7 +350,7 @@ fn erased_entities_stay_gone_through_a_replay_and_a_backfill_rerun_and_the_rest_
         &moto,
         &wasm,
         "txns",
-        &online,
+        &online_arg,
         &dir.path().join("state-1"),
         Some(&cluster.url()),
         &store,
@@ -336,9 +380,8 @@ fn erased_entities_stay_gone_through_a_replay_and_a_backfill_rerun_and_the_rest_
             "{key} is cached before"
         );
     }
-    assert_eq!(online_records(&online, &g, &erased).len(), 3);
+    assert_eq!(online_records(&erased).len(), 3);
 
-    let online_arg = format!("embedded:{}", online.display());
     let cluster_url = cluster.url();
 
     // A few answers served and logged: the erased entities and two others.
@@ -452,7 +495,7 @@ fn erased_entities_stay_gone_through_a_replay_and_a_backfill_rerun_and_the_rest_
         &moto,
         &wasm,
         "reference",
-        &reference_online,
+        &format!("embedded:{}", reference_online.display()),
         &dir.path().join("state-ref"),
         None,
         &reference_store,
@@ -474,7 +517,7 @@ fn erased_entities_stay_gone_through_a_replay_and_a_backfill_rerun_and_the_rest_
         &moto,
         &wasm,
         "txns",
-        &online,
+        &online_arg,
         &dir.path().join("state-2"),
         Some(&cluster.url()),
         &store,
@@ -496,7 +539,7 @@ fn erased_entities_stay_gone_through_a_replay_and_a_backfill_rerun_and_the_rest_
         "the replay drops and counts every erased event: {replay_said}"
     );
     assert!(
-        online_records(&online, &g, &erased).is_empty(),
+        online_records(&erased).is_empty(),
         "the replay brought an erased entity back online"
     );
     for key in &erased {
@@ -506,8 +549,8 @@ fn erased_entities_stay_gone_through_a_replay_and_a_backfill_rerun_and_the_rest_
         );
     }
     assert_eq!(
-        online_records(&online, &g, &survivors),
-        online_records(&reference_online, &g, &survivors),
+        online_records(&survivors),
+        self::online_records(&reference_online, &g, &survivors),
         "every other entity online equals a run that never saw the erased entities"
     );
 

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{plugin, repo, s, text};
+use common::{FeatureStoreLocal, plugin, repo, s, text};
 use lockstep_core::compare::{Row, canonical_order};
 use lockstep_featurestore::{SageMakerOptions, SageMakerStore, wire};
 use lockstep_online::{GroupRef, OnlineStore};
@@ -12,81 +12,12 @@ use lockstep_testkit::{Moto, free_port};
 use serde_json::Value as Json;
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
-
-/// A featurestore-local process, killed on drop.
-struct Local {
-    child: Child,
-    url: String,
-}
-
-impl Local {
-    fn start(data: &Path, groups: &[&str]) -> Local {
-        Local::start_on(data, groups, free_port())
-    }
-
-    fn start_on(data: &Path, groups: &[&str], port: u16) -> Local {
-        let mut args = vec![
-            "featurestore-local".to_owned(),
-            "--listen".into(),
-            format!("127.0.0.1:{port}"),
-            "--data".into(),
-            s(data).to_owned(),
-        ];
-        for g in groups {
-            args.extend(["--group".to_owned(), g.to_string()]);
-        }
-        let mut child = Command::new(env!("CARGO_BIN_EXE_lockstep"))
-            .args(&args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn featurestore-local");
-        let stdout = child.stdout.take().expect("stdout");
-        let mut first = String::new();
-        BufReader::new(stdout)
-            .read_line(&mut first)
-            .expect("read the listening line");
-        assert!(first.contains("listening on"), "{first}");
-        Local {
-            child,
-            url: format!("http://127.0.0.1:{port}"),
-        }
-    }
-
-    /// Runs a boto3 snippet with `fs` (a featurestore-runtime client) in scope.
-    fn boto3(&self, code: &str) -> String {
-        let script = format!(
-            "import boto3, json\n\
-             fs = boto3.client('sagemaker-featurestore-runtime', endpoint_url='{}', \
-             region_name='us-east-1', aws_access_key_id='x', aws_secret_access_key='x')\n{code}\n",
-            self.url
-        );
-        let out = Command::new("python3")
-            .args(["-c", &script])
-            .output()
-            .expect("python3");
-        assert!(
-            out.status.success(),
-            "boto3 snippet failed:\n{code}\n{}",
-            text(&out.stderr)
-        );
-        text(&out.stdout)
-    }
-}
-
-impl Drop for Local {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use std::process::{Command, Stdio};
 
 #[test]
 fn boto3_puts_gets_batch_gets_and_deletes_with_the_services_errors() {
     let dir = tempfile::tempdir().unwrap();
-    let local = Local::start(dir.path(), &["users=user_id:ts"]);
+    let local = FeatureStoreLocal::start(dir.path(), &["users=user_id:ts"]);
     let out = local.boto3(
         r#"
 def put(uid, ts, score):
@@ -156,7 +87,7 @@ for bad in [lambda: fs.get_record(FeatureGroupName='ghosts', RecordIdentifierVal
 #[test]
 fn boto3_deletes_by_event_time_mode_and_target_as_the_service_does() {
     let dir = tempfile::tempdir().unwrap();
-    let local = Local::start(dir.path(), &["users=user_id:ts"]);
+    let local = FeatureStoreLocal::start(dir.path(), &["users=user_id:ts"]);
     let out = local.boto3(
         r#"
 def put(uid, ts, score, group='users'):
@@ -293,7 +224,7 @@ fn boto3_puts_are_held_to_the_groups_definition_limits_and_ttl() {
         .read_line(&mut first)
         .unwrap();
     assert!(first.contains("listening on"), "{first}");
-    let local = Local {
+    let local = FeatureStoreLocal {
         child,
         url: format!("http://127.0.0.1:{port}"),
     };
@@ -448,7 +379,7 @@ fn the_stream_host_writes_through_the_sagemaker_protocol_and_both_clients_read_i
     let group = GroupRef::of(m, loaded.hash());
     let name = wire::group_name(&group);
     let dir = tempfile::tempdir().unwrap();
-    let local = Local::start(&dir.path().join("fs"), &[&format!("{name}=card_id")]);
+    let local = FeatureStoreLocal::start(&dir.path().join("fs"), &[&format!("{name}=card_id")]);
 
     let events = repo("golden").join("txn_velocity").join("events.jsonl");
     let endpoint = moto.endpoint();
@@ -653,7 +584,7 @@ fn a_store_that_goes_away_holds_the_stream_back_and_loses_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("fs");
     let port = free_port();
-    let local = Local::start_on(&data, &[&definition], port);
+    let local = FeatureStoreLocal::start_on(&data, &[&definition], port);
     let url = local.url.clone();
     // The store is down before the first write.
     drop(local);
@@ -725,7 +656,7 @@ fn a_store_that_goes_away_holds_the_stream_back_and_loses_nothing() {
         text(&out.stderr)
     );
     // The store comes back; a restart finishes the stream.
-    let _back = Local::start_on(&data, &[&definition], port);
+    let _back = FeatureStoreLocal::start_on(&data, &[&definition], port);
     let out = run().wait_with_output().unwrap();
     assert!(
         out.status.success(),

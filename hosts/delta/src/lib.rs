@@ -167,6 +167,33 @@ pub fn s3_storage_options(aws: &lockstep_aws::AwsOptions) -> StorageOptions {
     options
 }
 
+/// How tables under the offline store at `location` are reached: S3's settings for an
+/// `s3://` store, nothing for a local one.
+pub fn storage_options_for(location: &str, aws: &lockstep_aws::AwsOptions) -> StorageOptions {
+    if location.starts_with("s3://") || location.starts_with("s3a://") {
+        s3_storage_options(aws)
+    } else {
+        StorageOptions::new()
+    }
+}
+
+/// The offline store at `location` as every command reads it: group versions kept as
+/// Delta tables are read through their log (a table's snapshot, never the files a
+/// replacement removed); every object put on S3 is encrypted under `kms_key_id` when
+/// one is given.
+pub fn open_offline_store(
+    location: &str,
+    aws: &lockstep_aws::AwsOptions,
+    kms_key_id: Option<&str>,
+) -> Result<lockstep_offline::OfflineStore, lockstep_offline::OfflineError> {
+    Ok(
+        lockstep_offline::OfflineStore::open_location_encrypted(location, aws, kms_key_id)?
+            .with_table_log(std::sync::Arc::new(DeltaTables {
+                options: storage_options_for(location, aws),
+            })),
+    )
+}
+
 fn is_s3(dir: &Path) -> bool {
     let text = dir.to_string_lossy();
     text.starts_with("s3://") || text.starts_with("s3a://")

@@ -252,12 +252,29 @@ impl Ledger {
     /// The ledger at `location`: a directory (created if needed) or
     /// `s3://bucket/prefix` (reached with `aws`).
     pub fn open(location: &str, aws: &AwsOptions) -> Result<Self, ErasureError> {
-        let (store, prefix) = lockstep_aws::object_store_at(location, aws).map_err(|source| {
-            ErasureError::Location {
-                location: location.to_owned(),
-                source,
-            }
-        })?;
+        Self::open_encrypted(location, aws, None)
+    }
+
+    /// [`open`](Self::open), the erasures it records on S3 encrypted with SSE-KMS under
+    /// `kms_key_id` (the group's key: an erasure lists the entities' keys, which are as
+    /// personal as the data). A local directory has no SSE; the key is not used there.
+    pub fn open_encrypted(
+        location: &str,
+        aws: &AwsOptions,
+        kms_key_id: Option<&str>,
+    ) -> Result<Self, ErasureError> {
+        let failed = |source: Box<dyn std::error::Error + Send + Sync>| ErasureError::Location {
+            location: location.to_owned(),
+            source,
+        };
+        let (store, prefix) = match (kms_key_id, lockstep_aws::parse_s3_url(location)) {
+            (Some(key), Some((bucket, prefix))) => (
+                lockstep_aws::s3_object_store_encrypted(aws, &bucket, Some(key))
+                    .map_err(|e| failed(e.into()))?,
+                prefix,
+            ),
+            _ => lockstep_aws::object_store_at(location, aws).map_err(failed)?,
+        };
         Ok(Ledger {
             store,
             prefix,

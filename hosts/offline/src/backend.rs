@@ -42,6 +42,7 @@ pub(crate) struct ObjectBackend {
     store: Arc<dyn ObjectStore>,
     url: String,
     prefix: String,
+    kms_key_id: Option<String>,
 }
 
 impl std::fmt::Debug for ObjectBackend {
@@ -97,7 +98,16 @@ impl Backend {
                 if prefix.is_empty() { "" } else { "/" }
             ),
             prefix,
+            kms_key_id: kms_key_id.map(str::to_owned),
         })))
+    }
+
+    /// The KMS key every object put is encrypted under, if any.
+    pub(crate) fn kms_key_id(&self) -> Option<&str> {
+        match self {
+            Backend::Local(_) => None,
+            Backend::Object(o) => o.kms_key_id.as_deref(),
+        }
     }
 
     /// Where `rel` is, for messages and summaries.

@@ -81,6 +81,25 @@ pub enum OfflineError {
         /// Hash offered.
         offered: String,
     },
+    /// The group version's objects are encrypted under one KMS key (or none), and a
+    /// writer offered another: a version's history must not be part one key, part
+    /// another, part plain.
+    #[error(
+        "feature group {group}@{version} is registered with {}, but this job writes with {}: \
+         pass the registered key (--kms-key-id), or write a new version to change keys",
+        key_text(registered),
+        key_text(offered)
+    )]
+    KmsKeyMismatch {
+        /// Group name.
+        group: String,
+        /// Group version.
+        version: String,
+        /// The key on record (`None`: objects are not KMS-encrypted).
+        registered: Option<String>,
+        /// The key offered.
+        offered: Option<String>,
+    },
     /// The group version has not been registered.
     #[error("feature group {group}@{version} is not in the offline store at {root}")]
     UnknownVersion {
@@ -151,4 +170,11 @@ pub(crate) fn unique_tmp_name(stem: &str) -> String {
         std::process::id(),
         NEXT.fetch_add(1, Ordering::Relaxed)
     )
+}
+
+fn key_text(key: &Option<String>) -> String {
+    match key {
+        Some(key) => format!("KMS key `{key}`"),
+        None => "no KMS key".into(),
+    }
 }

@@ -18,6 +18,24 @@ pub struct GroupVersion {
     pub manifest: Manifest,
     /// When it was registered, UTC microseconds.
     pub registered_at: i64,
+    /// The KMS key its objects on S3 are encrypted under (SSE-KMS), if any: every
+    /// writer of the version (backfills, deletion markers, purges) uses it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kms_key_id: Option<String>,
+}
+
+/// Refuses a writer whose KMS key differs from the version's.
+fn check_key(backend: &Backend, existing: &GroupVersion) -> Result<(), OfflineError> {
+    let offered = backend.kms_key_id();
+    if existing.kms_key_id.as_deref() != offered {
+        return Err(OfflineError::KmsKeyMismatch {
+            group: existing.name.clone(),
+            version: existing.version.clone(),
+            registered: existing.kms_key_id.clone(),
+            offered: offered.map(str::to_owned),
+        });
+    }
+    Ok(())
 }
 
 /// Reads the registry entry of `group@version`, if any.
@@ -58,6 +76,7 @@ pub(crate) async fn register(
             plugin_hash: plugin_hash.to_owned(),
             manifest: manifest.clone(),
             registered_at: now_micros,
+            kms_key_id: backend.kms_key_id().map(str::to_owned),
         };
         let json = serde_json::to_vec_pretty(&entry).map_err(|e| OfflineError::Registry {
             path: path.clone(),
@@ -81,6 +100,7 @@ pub(crate) async fn register(
             offered: plugin_hash.to_owned(),
         });
     }
+    check_key(backend, &existing)?;
     Ok(existing)
 }
 
@@ -102,13 +122,17 @@ pub(crate) async fn check(
             registered: existing.plugin_hash,
             offered: plugin_hash.to_owned(),
         }),
-        Some(existing) => Ok(existing),
+        Some(existing) => {
+            check_key(backend, &existing)?;
+            Ok(existing)
+        }
         None => Ok(GroupVersion {
             name: group.clone(),
             version: version.clone(),
             plugin_hash: plugin_hash.to_owned(),
             manifest: manifest.clone(),
             registered_at: now_micros,
+            kms_key_id: backend.kms_key_id().map(str::to_owned),
         }),
     }
 }

@@ -1,8 +1,9 @@
 //! Helpers shared by the CLI test files (each file uses some of them).
 #![allow(dead_code)]
 
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Child, Command, Output, Stdio};
 use std::sync::{Mutex, OnceLock};
 
 /// Runs the `lockstep` binary with `args`.
@@ -74,4 +75,77 @@ pub fn group(wasm: &Path) -> lockstep_online::GroupRef {
         .expect("runtime");
     let plugin = runtime.load_file(wasm).expect("load plugin");
     lockstep_online::GroupRef::of(plugin.manifest(), plugin.hash())
+}
+
+/// A featurestore-local process, killed on drop.
+pub struct FeatureStoreLocal {
+    /// The process.
+    pub child: Child,
+    /// Its endpoint, http://127.0.0.1:PORT.
+    pub url: String,
+}
+
+impl FeatureStoreLocal {
+    /// Starts one on a free port, keeping its data in `data`, with `groups`
+    /// (`NAME=ID[:EVENT_TIME]`).
+    pub fn start(data: &Path, groups: &[&str]) -> FeatureStoreLocal {
+        FeatureStoreLocal::start_on(data, groups, lockstep_testkit::free_port())
+    }
+
+    /// [`Self::start`] on `port`.
+    pub fn start_on(data: &Path, groups: &[&str], port: u16) -> FeatureStoreLocal {
+        let mut args = vec![
+            "featurestore-local".to_owned(),
+            "--listen".into(),
+            format!("127.0.0.1:{port}"),
+            "--data".into(),
+            s(data).to_owned(),
+        ];
+        for g in groups {
+            args.extend(["--group".to_owned(), g.to_string()]);
+        }
+        let mut child = Command::new(env!("CARGO_BIN_EXE_lockstep"))
+            .args(&args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn featurestore-local");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut first = String::new();
+        BufReader::new(stdout)
+            .read_line(&mut first)
+            .expect("read the listening line");
+        assert!(first.contains("listening on"), "{first}");
+        FeatureStoreLocal {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+        }
+    }
+
+    /// Runs a boto3 snippet with `fs` (a featurestore-runtime client) in scope.
+    pub fn boto3(&self, code: &str) -> String {
+        let script = format!(
+            "import boto3, json\n\
+             fs = boto3.client('sagemaker-featurestore-runtime', endpoint_url='{}', \
+             region_name='us-east-1', aws_access_key_id='x', aws_secret_access_key='x')\n{code}\n",
+            self.url
+        );
+        let out = Command::new("python3")
+            .args(["-c", &script])
+            .output()
+            .expect("python3");
+        assert!(
+            out.status.success(),
+            "boto3 snippet failed:\n{code}\n{}",
+            text(&out.stderr)
+        );
+        text(&out.stdout)
+    }
+}
+
+impl Drop for FeatureStoreLocal {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
