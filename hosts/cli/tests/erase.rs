@@ -24,6 +24,15 @@ fn golden_events() -> PathBuf {
     repo("golden").join("txn_velocity").join("events.jsonl")
 }
 
+/// `lockstep args` with the moto server's AWS settings; its outcome, success or not.
+fn with_env(moto: &Moto, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_lockstep"))
+        .args(args)
+        .envs(moto.env())
+        .output()
+        .expect("run lockstep")
+}
+
 fn run_env(moto: &Moto, args: &[&str]) -> Output {
     let out = Command::new(env!("CARGO_BIN_EXE_lockstep"))
         .args(args)
@@ -246,11 +255,14 @@ struct Serve {
 }
 
 impl Serve {
-    fn start(args: &[&str]) -> Serve {
+    /// `lockstep serve` with `args`, in an environment with `env` added (AWS
+    /// credentials for a SageMaker online store, as a deployment has them).
+    fn start(args: &[&str], env: &[(&'static str, String)]) -> Serve {
         use std::io::BufRead;
         let mut child = Command::new(env!("CARGO_BIN_EXE_lockstep"))
             .arg("serve")
             .args(args)
+            .envs(env.iter().cloned())
             .args(["--listen", "127.0.0.1:0"])
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::null())
@@ -394,16 +406,19 @@ fn erased_entities_stay_gone_through_a_replay_and_a_backfill_rerun_and_the_rest_
             .take(2)
             .cloned(),
     );
-    let serve = Serve::start(&[
-        "--plugin",
-        s(&wasm),
-        "--online-store",
-        &online_arg,
-        "--cache",
-        &cluster_url,
-        "--log-features",
-        s(&log),
-    ]);
+    let serve = Serve::start(
+        &[
+            "--plugin",
+            s(&wasm),
+            "--online-store",
+            &online_arg,
+            "--cache",
+            &cluster_url,
+            "--log-features",
+            s(&log),
+        ],
+        &moto.env(),
+    );
     let answer = serve.ask(&g.name, &asked);
     assert!(
         sources(&answer)
@@ -432,7 +447,8 @@ fn erased_entities_stay_gone_through_a_replay_and_a_backfill_rerun_and_the_rest_
     for key in &erased {
         erase_args.extend(["--entity", key]);
     }
-    let out = lockstep(&erase_args);
+    // With AWS credentials in the environment, as for any SageMaker client.
+    let out = with_env(&moto, &erase_args);
     let said = text(&out.stdout);
     assert!(out.status.success(), "{said}\n{}", text(&out.stderr));
     assert!(said.contains("3 removed, 0 not there"), "{said}");
@@ -460,7 +476,7 @@ fn erased_entities_stay_gone_through_a_replay_and_a_backfill_rerun_and_the_rest_
         if json {
             args.push("--json");
         }
-        lockstep(&args)
+        with_env(&moto, &args)
     };
     let clean = verify(true);
     assert!(
@@ -567,14 +583,17 @@ fn erased_entities_stay_gone_through_a_replay_and_a_backfill_rerun_and_the_rest_
         "a backfill re-run over the raw source brings no erased entity back"
     );
     // Re-warm the cache: serving the erased entities finds nothing to bring back.
-    let serve = Serve::start(&[
-        "--plugin",
-        s(&wasm),
-        "--online-store",
-        &online_arg,
-        "--cache",
-        &cluster_url,
-    ]);
+    let serve = Serve::start(
+        &[
+            "--plugin",
+            s(&wasm),
+            "--online-store",
+            &online_arg,
+            "--cache",
+            &cluster_url,
+        ],
+        &moto.env(),
+    );
     let answer = serve.ask(&g.name, &asked);
     let said_sources = sources(&answer);
     for key in &erased {

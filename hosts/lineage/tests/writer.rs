@@ -15,7 +15,11 @@ fn answer(i: usize) -> ServedAnswer {
     let served_at = AT + i as i64;
     let entity = |e: usize| EntityFeatures {
         entity: format!("card-{i}-{e} \"quoted\""),
-        source: if e == 0 { Source::Cache } else { Source::Default },
+        source: if e == 0 {
+            Source::Cache
+        } else {
+            Source::Default
+        },
         plugin_hash: (e == 0).then(|| "abc".to_owned()),
         event_time: (e == 0).then(|| "2025-12-06T05:46:40Z".to_owned()),
         values: vec![
