@@ -18,6 +18,8 @@
 //! (the cost of the access check, side by side with a run without).
 //!
 //! `--log-features DIR` logs every answer (the served-feature log's cost, likewise).
+//! `--log-flush-ms N` makes the log write a file every N ms (how the size of its bursts
+//! matters).
 //!
 //! Usage: `serve-latency --redis redis://127.0.0.1:PORT [--timeout-ms N] [--freeze-pid PID]
 //! [--no-breaker] [--tenant-token] [--log-features DIR] --scenario NAME:ENTITIES:FEATURES:RATE:SECONDS …`
@@ -121,6 +123,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut breaker = true;
     // Every answer goes to the served-feature log in this directory.
     let mut feature_log_dir: Option<String> = None;
+    let mut log_flush: Option<Duration> = None;
     let mut log_writer = None;
     // Every request shows a tenant's bearer token, checked by the server.
     let mut tenant_token = false;
@@ -143,6 +146,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "--scenario" => scenarios.push(parse_scenario(&value)?),
             "--stampede-ttl" => stampede_ttl = Some(value.parse()?),
             "--log-features" => feature_log_dir = Some(value),
+            "--log-flush-ms" => log_flush = Some(Duration::from_millis(value.parse()?)),
             other => return Err(format!("unknown flag {other}").into()),
         }
     }
@@ -247,11 +251,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             .map(Arc::new);
         let feature_log = match &feature_log_dir {
             Some(dir) => {
-                let (queue, writer) = lockstep_lineage::FeatureLogWriter::start(
-                    dir,
-                    &Default::default(),
-                    Default::default(),
-                )?;
+                let mut options = lockstep_lineage::LogOptions::default();
+                if let Some(every) = log_flush {
+                    options.flush_every = every;
+                }
+                let (queue, writer) =
+                    lockstep_lineage::FeatureLogWriter::start(dir, &Default::default(), options)?;
                 log_writer = Some(writer);
                 Some(lockstep_serving::http::FeatureLog::new(queue, &server))
             }
