@@ -643,18 +643,38 @@ fn a_store_that_goes_away_holds_the_stream_back_and_loses_nothing() {
     // It retries while the store is away; its rows may reach the log file, but no
     // checkpoint covers them. Killed there, it must not keep them twice.
     let mut first = run();
-    std::thread::sleep(std::time::Duration::from_secs(3));
+    // Wait for the first failed write (the SDK's own retries come first, so the time
+    // it takes depends on the machine), then check it is still retrying.
+    let (lines_tx, lines) = std::sync::mpsc::channel();
+    let stderr = first.stderr.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if lines_tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(90);
+    let mut seen = Vec::new();
+    let mut retried = 0;
+    while retried < 2 {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match lines.recv_timeout(left) {
+            Ok(line) => {
+                retried += usize::from(line.contains("online store write failed; retrying"));
+                seen.push(line);
+            }
+            Err(_) => panic!("no two failed writes within 90 s:\n{}", seen.join("\n")),
+        }
+    }
     assert!(
         first.try_wait().unwrap().is_none(),
-        "it gave up instead of retrying"
+        "it gave up instead of retrying:\n{}",
+        seen.join("\n")
     );
     first.kill().unwrap();
-    let out = first.wait_with_output().unwrap();
-    assert!(
-        text(&out.stderr).contains("online store write failed; retrying"),
-        "{}",
-        text(&out.stderr)
-    );
+    first.wait().unwrap();
+    reader.join().unwrap();
     // The store comes back; a restart finishes the stream.
     let _back = FeatureStoreLocal::start_on(&data, &[&definition], port);
     let out = run().wait_with_output().unwrap();
