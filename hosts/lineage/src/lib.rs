@@ -2,11 +2,12 @@
 //! path gave, from where, made by which plugin — and finding one answer again by the
 //! request id its response carried.
 //!
-//! `serve --log-features LOCATION` hands each `/v1/features` answer to a bounded queue
-//! ([`lockstep_serving::http::FeatureLog`]: never waited on, a full queue drops and
+//! `serve --log-features LOCATION` copies each `/v1/features` answer into a bounded
+//! queue ([`lockstep_serving::answer_queue`]: never waited on, a full queue drops and
 //! counts). [`FeatureLogWriter`] drains it on an idle-priority thread of its own and
 //! writes one row per entity answered into Parquet files under hourly partitions,
-//! flushed every [`LogOptions::flush_every`] or [`LogOptions::flush_answers`]:
+//! each file closed (and visible) after [`LogOptions::flush_every`] or
+//! [`LogOptions::flush_answers`]:
 //!
 //! ```text
 //! <location>/served/date=2026-12-06/hour=18/part-<writer>-<n>.parquet
@@ -24,7 +25,7 @@ use arrow_schema::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use futures::TryStreamExt;
 use lockstep_aws::AwsOptions;
 use lockstep_client::api::{FeatureResponse, Source};
-use lockstep_serving::http::ServedAnswer;
+use lockstep_serving::answer_queue::{AnswerQueue, QueuedAnswer, answers};
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use serde_json::value::RawValue;
@@ -86,8 +87,9 @@ pub enum LineageError {
 /// How the writer flushes.
 #[derive(Debug, Clone)]
 pub struct LogOptions {
-    /// Answers waiting for the writer at most; beyond, answers are dropped and counted.
-    pub queue: usize,
+    /// Bytes of answers waiting for the writer at most; beyond, answers are dropped
+    /// and counted.
+    pub queue_bytes: usize,
     /// Write a file at least this often while answers come…
     pub flush_every: Duration,
     /// …or once this many answers wait. Small, regular flushes keep the writer's CPU
@@ -98,7 +100,7 @@ pub struct LogOptions {
 impl Default for LogOptions {
     fn default() -> Self {
         LogOptions {
-            queue: 65_536,
+            queue_bytes: 64 << 20,
             flush_every: Duration::from_secs(1),
             flush_answers: 5_000,
         }
@@ -234,64 +236,59 @@ pub struct FeatureLogWriter;
 impl FeatureLogWriter {
     /// Starts the writer at `location`: the queue to hand to
     /// [`lockstep_serving::http::FeatureLog::new`], and the writer's thread, which ends
-    /// — after writing what it holds — once every sender is gone.
+    /// — after writing what it holds — once every other holder of the queue is gone.
     ///
     /// The writer is a thread of its own at idle priority (SCHED_IDLE on Linux), not a
     /// task: reading answers back and encoding files is CPU work, and on a small
-    /// machine it must yield to the threads answering requests. Its puts (one a flush)
-    /// run on the current runtime. A failed write is logged and its rows dropped (the
-    /// server goes on answering).
-    #[allow(clippy::type_complexity)]
+    /// machine it must yield to the threads answering requests. It takes what the
+    /// queue holds every 100 ms (or `flush_every`, when shorter) and encodes it into
+    /// the open file of its hour at once, so its work comes in small, even steps
+    /// rather than one burst a file. Its puts (one a file, to S3) run on the current
+    /// runtime. A failed write is logged and its rows dropped (the server goes on
+    /// answering).
     pub fn start(
         location: &str,
         aws: &AwsOptions,
         options: LogOptions,
-    ) -> Result<
-        (
-            std::sync::mpsc::SyncSender<ServedAnswer>,
-            std::thread::JoinHandle<WriterStats>,
-        ),
-        LineageError,
-    > {
+    ) -> Result<(Arc<AnswerQueue>, std::thread::JoinHandle<WriterStats>), LineageError> {
         let location = Location::open(location, aws)?;
         let text = location.text.clone();
         let runtime = tokio::runtime::Handle::current();
-        let (queue, answers) = std::sync::mpsc::sync_channel::<ServedAnswer>(options.queue.max(1));
-        let writer = writer_id();
+        // One stripe a processor and one more, so a serving thread finds one free.
+        let stripes = std::thread::available_parallelism().map_or(2, |n| n.get() + 1);
+        let queue = Arc::new(AnswerQueue::new(options.queue_bytes, stripes));
+        let taken = queue.clone();
         let thread = std::thread::Builder::new()
             .name("feature-log".into())
             .spawn(move || {
                 lower_priority();
-                let runtime = &runtime;
-                let mut stats = WriterStats::default();
-                let mut held: Vec<ServedAnswer> = Vec::new();
-                let mut due = std::time::Instant::now() + options.flush_every;
-                // The queue is drained by polling, never by waiting on it: a receiver
-                // blocked in `recv` is woken (a system call and a context switch) by
-                // every answer, which the serving path felt at 2,000 answers/s.
+                let mut files = OpenFiles::new(&location, &runtime, writer_id());
+                // The queue is drained by polling, never by waiting on it: a waiting
+                // receiver is woken (a system call and a context switch) by every
+                // answer, which the serving path felt at 2,000 answers/s.
                 let poll = options.flush_every.min(Duration::from_millis(100));
-                let mut open = true;
-                while open {
+                let mut spare = Vec::new();
+                let mut last = false;
+                while !last {
                     std::thread::sleep(poll);
-                    loop {
-                        match answers.try_recv() {
-                            Ok(answer) => {
-                                stats.answers += 1;
-                                held.push(answer);
-                            }
-                            Err(std::sync::mpsc::TryRecvError::Empty) => break,
-                            Err(std::sync::mpsc::TryRecvError::Disconnected) => {
-                                open = false;
-                                break;
-                            }
-                        }
+                    // Alone with the queue: nobody can add to it any more; this is the
+                    // last round.
+                    last = Arc::strong_count(&taken) == 1;
+                    for stripe in 0..taken.stripes() {
+                        let buffer = taken.take(stripe, spare);
+                        files.add(&buffer);
+                        spare = buffer;
                     }
-                    if held.len() >= options.flush_answers || std::time::Instant::now() >= due {
-                        flush(runtime, &location, &writer, &mut held, &mut stats);
-                        due = std::time::Instant::now() + options.flush_every;
+                    if last
+                        || files.answers >= options.flush_answers
+                        || files
+                            .opened
+                            .is_some_and(|at| at.elapsed() >= options.flush_every)
+                    {
+                        files.close_all();
                     }
                 }
-                flush(runtime, &location, &writer, &mut held, &mut stats);
+                let mut stats = files.stats;
                 stats.cpu_seconds = thread_cpu_seconds();
                 stats
             })
@@ -342,41 +339,137 @@ fn lower_priority() {
 /// size the same memory is reused.
 const SLICE_ROWS: usize = 2_048;
 
-/// Writes the rows of `held` as one file per hour, then empties it.
-fn flush(
-    runtime: &tokio::runtime::Handle,
-    location: &Location,
-    writer: &str,
-    held: &mut Vec<ServedAnswer>,
-    stats: &mut WriterStats,
-) {
-    if held.is_empty() {
-        return;
-    }
-    let mut by_hour: std::collections::BTreeMap<i64, Vec<ServedAnswer>> = Default::default();
-    for answer in held.drain(..) {
-        by_hour
-            .entry(answer.served_at.div_euclid(3_600_000_000))
-            .or_default()
-            .push(answer);
-    }
-    for (hour, answers) in by_hour {
-        let rel = format!(
-            "{}/part-{writer}-{}.parquet",
-            hour_dir(hour * 3_600_000_000),
-            stats.files
-        );
-        match write_hour(runtime, location, &rel, &answers, stats) {
-            Ok(n) => {
-                stats.files += 1;
-                stats.rows += n;
-            }
-            Err(e) => tracing::warn!(
-                error = %e,
-                answers = answers.len(),
-                "served-feature log answers not written"
-            ),
+/// The files being written, one an hour answered in; closed (and so visible) together.
+struct OpenFiles<'a> {
+    location: &'a Location,
+    runtime: &'a tokio::runtime::Handle,
+    writer: String,
+    by_hour: std::collections::BTreeMap<i64, OpenFile>,
+    /// Rows read back but not yet encoded, by hour.
+    pending: std::collections::BTreeMap<i64, Vec<LogRow>>,
+    /// Answers in the open files.
+    answers: usize,
+    /// When the first of them was opened.
+    opened: Option<std::time::Instant>,
+    /// The number in the next file's name.
+    next_file: u64,
+    stats: WriterStats,
+}
+
+/// One hour's file being written.
+struct OpenFile {
+    rel: String,
+    /// `None` once a write failed: the hour's rows are dropped until the next file.
+    writer: Option<parquet::arrow::ArrowWriter<Sink>>,
+    rows: u64,
+}
+
+impl<'a> OpenFiles<'a> {
+    fn new(location: &'a Location, runtime: &'a tokio::runtime::Handle, writer: String) -> Self {
+        OpenFiles {
+            location,
+            runtime,
+            writer,
+            by_hour: Default::default(),
+            pending: Default::default(),
+            answers: 0,
+            opened: None,
+            next_file: 0,
+            stats: WriterStats::default(),
         }
+    }
+
+    /// Reads the answers of `buffer` back and encodes their rows into their hours'
+    /// files, a slice at a time.
+    fn add(&mut self, buffer: &[u8]) {
+        for answer in answers(buffer) {
+            self.stats.answers += 1;
+            self.answers += 1;
+            let hour = answer.served_at.div_euclid(3_600_000_000);
+            let Some(rows) = rows_of(&answer) else {
+                self.stats.unreadable += 1;
+                continue;
+            };
+            let pending = self.pending.entry(hour).or_default();
+            pending.extend(rows);
+            if pending.len() >= SLICE_ROWS {
+                let rows = std::mem::take(pending);
+                self.encode(hour, rows);
+            }
+        }
+        for (hour, rows) in std::mem::take(&mut self.pending) {
+            if !rows.is_empty() {
+                self.encode(hour, rows);
+            }
+        }
+    }
+
+    /// Encodes `rows` into the file of `hour`, opening it first if need be.
+    fn encode(&mut self, hour: i64, rows: Vec<LogRow>) {
+        self.opened.get_or_insert_with(std::time::Instant::now);
+        let file = match self.by_hour.entry(hour) {
+            std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::btree_map::Entry::Vacant(e) => {
+                let rel = format!(
+                    "{}/part-{}-{}.parquet",
+                    hour_dir(hour * 3_600_000_000),
+                    self.writer,
+                    self.next_file
+                );
+                self.next_file += 1;
+                let writer = match open_file(self.location, &rel) {
+                    Ok(writer) => Some(writer),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "served-feature log file not opened; its rows are dropped");
+                        None
+                    }
+                };
+                e.insert(OpenFile {
+                    rel,
+                    writer,
+                    rows: 0,
+                })
+            }
+        };
+        let Some(writer) = &mut file.writer else {
+            return;
+        };
+        let written = batch_of(&rows).and_then(|batch| {
+            writer
+                .write(&batch)
+                .map_err(|source| self.location.parquet_error(&file.rel, source))
+        });
+        match written {
+            Ok(()) => file.rows += rows.len() as u64,
+            Err(e) => {
+                tracing::warn!(error = %e, rows = file.rows, "served-feature log file abandoned; its rows are dropped");
+                if let Some(writer) = file.writer.take() {
+                    discard(self.location, &file.rel, writer);
+                }
+            }
+        }
+    }
+
+    /// Finishes every open file and makes it visible.
+    fn close_all(&mut self) {
+        for (_, file) in std::mem::take(&mut self.by_hour) {
+            let Some(writer) = file.writer else {
+                continue;
+            };
+            match finish_file(self.runtime, self.location, &file.rel, writer) {
+                Ok(()) => {
+                    self.stats.files += 1;
+                    self.stats.rows += file.rows;
+                }
+                Err(e) => tracing::warn!(
+                    error = %e,
+                    rows = file.rows,
+                    "served-feature log rows not written"
+                ),
+            }
+        }
+        self.answers = 0;
+        self.opened = None;
     }
 }
 
@@ -401,71 +494,77 @@ impl std::io::Write for Sink {
     }
 }
 
-/// Encodes `answers` into the file `rel`, slice by slice; returns the rows written.
-fn write_hour(
-    runtime: &tokio::runtime::Handle,
+impl Location {
+    fn parquet_error(&self, rel: &str, source: parquet::errors::ParquetError) -> LineageError {
+        LineageError::Parquet {
+            location: self.describe(rel),
+            source,
+        }
+    }
+
+    fn write_error(&self, rel: &str, source: std::io::Error) -> LineageError {
+        LineageError::Write {
+            location: self.describe(rel),
+            source,
+        }
+    }
+}
+
+/// A writer for the file `rel`: in the staging folder for a local log, in memory for S3.
+fn open_file(
     location: &Location,
     rel: &str,
-    answers: &[ServedAnswer],
-    stats: &mut WriterStats,
-) -> Result<u64, LineageError> {
-    let parquet = |source| LineageError::Parquet {
-        location: location.describe(rel),
-        source,
-    };
-    let local = location.local_paths(rel);
-    let write_error = |source| LineageError::Write {
-        location: location.describe(rel),
-        source,
-    };
-    let sink = match &local {
+) -> Result<parquet::arrow::ArrowWriter<Sink>, LineageError> {
+    let sink = match location.local_paths(rel) {
         Some((temp, target)) => {
             for parent in [target.parent(), temp.parent()].into_iter().flatten() {
-                std::fs::create_dir_all(parent).map_err(write_error)?;
+                std::fs::create_dir_all(parent).map_err(|e| location.write_error(rel, e))?;
             }
-            let file = std::fs::File::create(temp).map_err(write_error)?;
+            let file = std::fs::File::create(temp).map_err(|e| location.write_error(rel, e))?;
             Sink::File(std::io::BufWriter::with_capacity(1 << 20, file))
         }
         None => Sink::Memory(Vec::new()),
     };
-    let mut writer =
-        parquet::arrow::ArrowWriter::try_new(sink, schema(), Some(writer_properties()))
-            .map_err(parquet)?;
-    let mut rows: Vec<LogRow> = Vec::with_capacity(SLICE_ROWS);
-    let mut written = 0u64;
-    for answer in answers {
-        match rows_of(answer) {
-            Some(more) => rows.extend(more),
-            None => stats.unreadable += 1,
-        }
-        if rows.len() >= SLICE_ROWS {
-            written += rows.len() as u64;
-            writer.write(&batch_of(&rows)?).map_err(parquet)?;
-            rows.clear();
-        }
-    }
-    if !rows.is_empty() {
-        written += rows.len() as u64;
-        writer.write(&batch_of(&rows)?).map_err(parquet)?;
-    }
-    let sink = writer.into_inner().map_err(parquet)?;
-    match (sink, local) {
+    parquet::arrow::ArrowWriter::try_new(sink, schema(), Some(writer_properties()))
+        .map_err(|e| location.parquet_error(rel, e))
+}
+
+/// Writes the footer of `rel` and makes the file visible: renamed into place (local)
+/// or put (S3), so a reader sees the whole file or none.
+fn finish_file(
+    runtime: &tokio::runtime::Handle,
+    location: &Location,
+    rel: &str,
+    writer: parquet::arrow::ArrowWriter<Sink>,
+) -> Result<(), LineageError> {
+    let sink = writer
+        .into_inner()
+        .map_err(|e| location.parquet_error(rel, e))?;
+    match (sink, location.local_paths(rel)) {
         (Sink::File(file), Some((temp, target))) => {
-            file.into_inner().map_err(|e| write_error(e.into_error()))?;
-            std::fs::rename(&temp, &target).map_err(|e| {
+            let renamed = file
+                .into_inner()
+                .map_err(|e| e.into_error())
+                .and_then(|_| std::fs::rename(&temp, &target));
+            renamed.map_err(|e| {
                 let _ = std::fs::remove_file(&temp);
-                write_error(e)
-            })?;
+                location.write_error(rel, e)
+            })
         }
-        (Sink::Memory(bytes), _) => location.put(runtime, rel, bytes)?,
-        (Sink::File(_), None) => {
-            return Err(LineageError::Write {
-                location: location.describe(rel),
-                source: std::io::Error::other("a file sink without a local path"),
-            });
-        }
+        (Sink::Memory(bytes), _) => location.put(runtime, rel, bytes),
+        (Sink::File(_), None) => Err(location.write_error(
+            rel,
+            std::io::Error::other("a file sink without a local path"),
+        )),
     }
-    Ok(written)
+}
+
+/// Drops a file a write failed on, and its staged bytes.
+fn discard(location: &Location, rel: &str, writer: parquet::arrow::ArrowWriter<Sink>) {
+    drop(writer);
+    if let Some((temp, _)) = location.local_paths(rel) {
+        let _ = std::fs::remove_file(temp);
+    }
 }
 
 /// The partition folder of the hour holding `micros`.
@@ -480,9 +579,9 @@ fn hour_dir(micros: i64) -> String {
 
 /// The rows of one answer, one per entity, their values kept as the JSON text served;
 /// `None` if its body is not an answer.
-fn rows_of(answer: &ServedAnswer) -> Option<Vec<LogRow>> {
-    let response: FeatureResponse<&RawValue> = serde_json::from_slice(&answer.body).ok()?;
-    let request_id: Arc<str> = answer.request_id.as_str().into();
+fn rows_of(answer: &QueuedAnswer<'_>) -> Option<Vec<LogRow>> {
+    let response: FeatureResponse<&RawValue> = serde_json::from_slice(answer.body).ok()?;
+    let request_id: Arc<str> = answer.request_id.into();
     let group: Arc<str> = response.group.as_str().into();
     let version: Arc<str> = response.version.as_str().into();
     let features: Arc<str> = serde_json::Value::from(response.features.clone())

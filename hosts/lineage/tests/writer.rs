@@ -3,15 +3,13 @@
 //! request id, nothing is left in the staging folder, and a body that is not an answer
 //! is counted, not written.
 
-use bytes::Bytes;
 use lockstep_client::api::{EntityFeatures, FeatureResponse, Source};
 use lockstep_lineage::{FeatureLogWriter, LogOptions, find};
-use lockstep_serving::http::ServedAnswer;
 use std::time::Duration;
 
 const AT: i64 = 1_765_000_000_000_000; // an instant in one hour
 
-fn answer(i: usize) -> ServedAnswer {
+fn answer(i: usize) -> (String, i64, Vec<u8>) {
     let served_at = AT + i as i64;
     let entity = |e: usize| EntityFeatures {
         entity: format!("card-{i}-{e} \"quoted\""),
@@ -35,11 +33,11 @@ fn answer(i: usize) -> ServedAnswer {
         features: vec!["a".into(), "b".into(), "c".into()],
         entities: vec![entity(0), entity(1)],
     };
-    ServedAnswer {
-        request_id: format!("{served_at:x}-abcd-{i}"),
+    (
+        format!("{served_at:x}-abcd-{i}"),
         served_at,
-        body: Bytes::from(serde_json::to_vec(&response).expect("json")),
-    }
+        serde_json::to_vec(&response).expect("json"),
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -50,7 +48,7 @@ async fn a_large_flush_is_one_file_of_slices_and_every_row_is_found_again() {
         &location,
         &Default::default(),
         LogOptions {
-            queue: 10_000,
+            queue_bytes: 64 << 20,
             flush_every: Duration::from_secs(3600),
             flush_answers: 1_000_000,
         },
@@ -58,15 +56,10 @@ async fn a_large_flush_is_one_file_of_slices_and_every_row_is_found_again() {
     .expect("start");
     let answers = 3_000; // 6,000 rows: three slices
     for i in 0..answers {
-        queue.try_send(answer(i)).expect("queued");
+        let (id, at, body) = answer(i);
+        assert!(queue.push(&id, at, &body), "queued");
     }
-    queue
-        .try_send(ServedAnswer {
-            request_id: format!("{AT:x}-abcd-bad"),
-            served_at: AT,
-            body: Bytes::from_static(b"not an answer"),
-        })
-        .expect("queued");
+    assert!(queue.push(&format!("{AT:x}-abcd-bad"), AT, b"not an answer"));
     drop(queue);
     let stats = tokio::task::spawn_blocking(move || writer.join().expect("writer"))
         .await

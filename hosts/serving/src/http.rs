@@ -3,6 +3,7 @@
 //! request shows a tenant's bearer token and reads only its groups.
 
 use crate::access::{Access, Caller, Refusal, Tenant};
+use crate::answer_queue::AnswerQueue;
 use crate::metrics::{ApiLabel, StatusLabel};
 use crate::{FeatureServer, ServeError, feast};
 use axum::Router;
@@ -17,43 +18,28 @@ use serde_json::json;
 use std::sync::Arc;
 use std::time::Instant;
 
-/// One answer of `POST /v1/features`, handed to the served-feature log.
-#[derive(Debug, Clone)]
-pub struct ServedAnswer {
-    /// The request id the response carried (`x-request-id`).
-    pub request_id: String,
-    /// When it was answered, µs since the epoch (UTC).
-    pub served_at: i64,
-    /// The response body as sent: a `FeatureResponse` in JSON. The bytes are shared
-    /// with the response, one allocation: handing the answer's own many allocations to
-    /// the log's thread, which frees them, cost the serving threads more at p99
-    /// (allocator arenas shared across threads) than the log's thread reading the
-    /// bytes back.
-    pub body: Bytes,
-}
-
-/// Where answers go for the served-feature log: a bounded queue, never waited on. A
-/// full queue drops the answer and counts it (`feature_log_dropped`): a slow log never
-/// slows an answer.
+/// Where answers go for the served-feature log: an [`AnswerQueue`], never waited on. An
+/// answer the queue cannot take is dropped and counted (`feature_log_dropped`): a slow
+/// log never slows an answer.
 #[derive(Clone)]
 pub struct FeatureLog {
-    queue: std::sync::mpsc::SyncSender<ServedAnswer>,
+    queue: Arc<AnswerQueue>,
     dropped: prometheus_client::metrics::counter::Counter,
 }
 
 impl FeatureLog {
-    /// Answers go to `queue` (its receiver is a thread of the log's own, so that no
-    /// runtime worker does the log's work); those it cannot take are counted in
-    /// `server`'s metrics.
-    pub fn new(queue: std::sync::mpsc::SyncSender<ServedAnswer>, server: &FeatureServer) -> Self {
+    /// Answers go to `queue` (drained by a thread of the log's own, so that no runtime
+    /// worker does the log's work); those it cannot take are counted in `server`'s
+    /// metrics.
+    pub fn new(queue: Arc<AnswerQueue>, server: &FeatureServer) -> Self {
         FeatureLog {
             queue,
             dropped: server.metrics().feature_log_dropped.clone(),
         }
     }
 
-    fn log(&self, answer: ServedAnswer) {
-        if self.queue.try_send(answer).is_err() {
+    fn log(&self, request_id: &str, served_at: i64, body: &[u8]) {
+        if !self.queue.push(request_id, served_at, body) {
             self.dropped.inc();
         }
     }
@@ -277,14 +263,9 @@ async fn features(
     let answer = match server.get(&request).await {
         Ok(answer) => match serde_json::to_vec(&answer) {
             Ok(body) => {
-                let body = Bytes::from(body);
                 let (request_id, served_at) = request_id();
                 if let Some(axum::Extension(log)) = &log {
-                    log.log(ServedAnswer {
-                        request_id: request_id.clone(),
-                        served_at,
-                        body: body.clone(),
-                    });
+                    log.log(&request_id, served_at, &body);
                 }
                 let mut response =
                     ([(header::CONTENT_TYPE, "application/json")], body).into_response();
@@ -438,18 +419,13 @@ mod tests {
 
     #[test]
     fn a_full_log_queue_drops_and_counts_never_waits() {
-        let (queue, _kept) = std::sync::mpsc::sync_channel(1);
         let log = FeatureLog {
-            queue,
+            queue: Arc::new(AnswerQueue::new(200, 2)),
             dropped: Default::default(),
         };
         for n in 0..3 {
-            log.log(ServedAnswer {
-                request_id: n.to_string(),
-                served_at: 0,
-                body: Bytes::new(),
-            });
+            log.log(&n.to_string(), 0, &[b' '; 60]);
         }
-        assert_eq!(log.dropped.get(), 2);
+        assert_eq!(log.dropped.get(), 1, "room for one answer a stripe");
     }
 }

@@ -30,6 +30,7 @@
 //! decides which row is newer (the stores' event-time rules do).
 
 pub mod access;
+pub mod answer_queue;
 mod breaker;
 mod deadline;
 pub mod feast;
