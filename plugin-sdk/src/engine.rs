@@ -10,6 +10,7 @@ use lockstep_abi::{
     ApplyRequestView, ApplyResponseWriter, Feature, Kind, Manifest, ReadRequestView,
     ReadResponseWriter, ValueType,
 };
+
 use serde::{Deserialize, Serialize};
 use std::marker::PhantomData;
 
@@ -47,11 +48,67 @@ enum Sink<'w, R> {
     Collect(&'w mut Vec<(Timestamp, R)>),
 }
 
-/// Where a transform puts the rows it emits for the event being applied.
+impl<R> Sink<'_, R> {
+    /// The same sink, borrowed for one more `Emit`.
+    fn reborrow(&mut self) -> Sink<'_, R> {
+        match self {
+            Sink::Columns {
+                writer,
+                features,
+                names_checked,
+            } => Sink::Columns {
+                writer,
+                features,
+                names_checked,
+            },
+            Sink::Collect(rows) => Sink::Collect(rows),
+        }
+    }
+}
+
+/// An entity's pending wake-ups (see [`lockstep_abi::timers`]): ascending, on the
+/// manifest's grid.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Wakeups {
+    /// The wake-up times, µs, strictly ascending.
+    pub pending: Vec<i64>,
+    /// The grid they are rounded up to, µs.
+    pub resolution: u64,
+}
+
+impl Wakeups {
+    /// No wake-up pending, on a grid of `resolution` µs.
+    pub fn new(resolution: u64) -> Self {
+        Wakeups {
+            pending: Vec::new(),
+            resolution,
+        }
+    }
+
+    fn insert(&mut self, at: i64) {
+        if let Err(i) = self.pending.binary_search(&at) {
+            self.pending.insert(i, at);
+        }
+    }
+
+    /// Takes the earliest wake-up if `due` says it is due.
+    fn take_due(&mut self, due: impl Fn(i64) -> bool) -> Option<i64> {
+        let first = *self.pending.first()?;
+        if !due(first) {
+            return None;
+        }
+        self.pending.remove(0);
+        Some(first)
+    }
+}
+
+/// Where a transform puts the rows it emits for the event (or wake-up) being applied,
+/// and asks for wake-ups.
 pub struct Emit<'w, R> {
     sink: Sink<'w, R>,
     event_time: Timestamp,
     source_event: u32,
+    wakeups: Option<&'w mut Wakeups>,
     _row: PhantomData<R>,
 }
 
@@ -84,19 +141,32 @@ impl<'w, R: Serialize> Emit<'w, R> {
         Ok(())
     }
 
-    /// The time of the event being applied.
+    /// The time of the event (or wake-up) being applied.
     pub fn event_time(&self) -> Timestamp {
         self.event_time
     }
 
-    /// A sink that keeps rows as values (native tests).
-    pub(crate) fn collecting(rows: &'w mut Vec<(Timestamp, R)>, event_time: Timestamp) -> Self {
-        Emit {
-            sink: Sink::Collect(rows),
-            event_time,
-            source_event: 0,
-            _row: PhantomData,
+    /// Asks to be woken for this entity at `at` (rounded up to the manifest's timer
+    /// resolution), after every event at or before it: [`Transform::wake`] then runs
+    /// with the instant, in every host alike. Two requests for one instant are one
+    /// wake-up. `at` must be after the current instant, and the manifest must declare
+    /// timers (`ManifestBuilder::timers`).
+    pub fn wake_at(&mut self, at: Timestamp) -> Result<(), Error> {
+        let now = self.event_time;
+        let Some(wakeups) = self.wakeups.as_deref_mut() else {
+            return Err(Error::new(
+                "wake_at needs timers: declare them in the manifest (`.timers(resolution)`)",
+            ));
+        };
+        let t = lockstep_abi::timers::round_up(at.0, wakeups.resolution);
+        if t <= now.0 {
+            return Err(Error::new(format!(
+                "a wake-up must be after the current instant {}, not at {}",
+                now.0, at.0
+            )));
         }
+        wakeups.insert(t);
+        Ok(())
     }
 }
 
@@ -173,6 +243,86 @@ pub fn read<T: Transform>(request: &[u8]) -> Result<Vec<u8>, CallError> {
     Driver::<T>::new()?.read(request)
 }
 
+/// Decodes a keyed state: its wake-ups (timer plugins) and the transform's state.
+fn decode_state<T: Transform>(
+    m: &Manifest,
+    bytes: Option<&[u8]>,
+) -> Result<(T::State, Option<Wakeups>), Error> {
+    let Some(resolution) = m.timer_resolution else {
+        let state = match bytes {
+            Some(bytes) => state::decode(bytes, m.state_version)?,
+            None => T::State::default(),
+        };
+        return Ok((state, None));
+    };
+    let mut wakeups = Wakeups::new(resolution);
+    let state = match bytes {
+        Some(bytes) => {
+            let (pending, body) = state::split_timers(bytes, m.state_version)?;
+            wakeups.pending = pending;
+            state::decode_body(body)?
+        }
+        None => T::State::default(),
+    };
+    Ok((state, Some(wakeups)))
+}
+
+/// Takes every wake-up `due` says is due, in time order: each runs
+/// [`Transform::wake`] with rows stamped at its instant.
+fn fire<T: Transform>(
+    state: &mut T::State,
+    wakeups: &mut Option<Wakeups>,
+    due: impl Fn(i64) -> bool,
+    sink: &mut Sink<'_, T::Row>,
+) -> Result<(), Error> {
+    let Some(w) = wakeups else { return Ok(()) };
+    while let Some(at) = w.take_due(&due) {
+        let mut out = Emit {
+            sink: sink.reborrow(),
+            event_time: Timestamp(at),
+            source_event: lockstep_abi::timers::WAKE_ROW,
+            wakeups: Some(&mut *w),
+            _row: PhantomData,
+        };
+        T::wake(state, Timestamp(at), &mut out)?;
+    }
+    Ok(())
+}
+
+/// Natively (tests): applies `event` at `time`, after the wake-ups due before it when
+/// `wake_first`, collecting rows.
+pub(crate) fn apply_collecting<'e, T: Transform>(
+    state: &mut T::State,
+    wakeups: &mut Option<Wakeups>,
+    time: Timestamp,
+    event: T::Event<'e>,
+    rows: &mut Vec<(Timestamp, T::Row)>,
+    wake_first: bool,
+) -> Result<(), Error> {
+    let mut sink = Sink::Collect(rows);
+    if wake_first {
+        fire::<T>(state, wakeups, |t| t < time.0, &mut sink)?;
+    }
+    let mut out = Emit {
+        sink,
+        event_time: time,
+        source_event: 0,
+        wakeups: wakeups.as_mut(),
+        _row: PhantomData,
+    };
+    T::apply(state, event, &mut out)
+}
+
+/// Natively (tests): takes the wake-ups at or before `until`, collecting rows.
+pub(crate) fn advance_collecting<T: Transform>(
+    state: &mut T::State,
+    wakeups: &mut Option<Wakeups>,
+    until: Timestamp,
+    rows: &mut Vec<(Timestamp, T::Row)>,
+) -> Result<(), Error> {
+    fire::<T>(state, wakeups, |t| t <= until.0, &mut Sink::Collect(rows))
+}
+
 fn apply_with<T: Transform>(contract: &Contract, request: &[u8]) -> Result<Vec<u8>, CallError> {
     let m = &contract.manifest;
     let batch = ApplyRequestView::parse(request, &contract.input_types)
@@ -188,12 +338,21 @@ fn apply_with<T: Transform>(contract: &Contract, request: &[u8]) -> Result<Vec<u
     let mut names_checked = false;
     let mut event = 0usize;
     for entity in 0..batch.n_entities() {
-        let mut state: T::State = match (m.kind, batch.state(entity)) {
-            (Kind::KeyedStateful, Some(bytes)) => state::decode(bytes, m.state_version)
+        let (mut state, mut wakeups) = match m.kind {
+            Kind::KeyedStateful => decode_state::<T>(m, batch.state(entity))
                 .map_err(|e| CallError::at(event, e.message))?,
-            _ => T::State::default(),
+            Kind::Stateless => (T::State::default(), None),
+        };
+        let mut sink = Sink::Columns {
+            writer: &mut writer,
+            features: &m.features,
+            names_checked: &mut names_checked,
         };
         for _ in 0..batch.event_count(entity) {
+            let time = times.i64(event);
+            // The rule: a wake-up before this event's time comes first.
+            fire::<T>(&mut state, &mut wakeups, |t| t < time, &mut sink)
+                .map_err(|e| CallError::at(event, format!("waking before this event: {e}")))?;
             let decoded = T::Event::deserialize(RowDeserializer {
                 columns: &batch.columns,
                 schema: &m.input,
@@ -202,23 +361,30 @@ fn apply_with<T: Transform>(contract: &Contract, request: &[u8]) -> Result<Vec<u
             })
             .map_err(|e| CallError::at(event, format!("cannot decode event: {e}")))?;
             let mut out = Emit {
-                sink: Sink::Columns {
-                    writer: &mut writer,
-                    features: &m.features,
-                    names_checked: &mut names_checked,
-                },
-                event_time: Timestamp(times.i64(event)),
+                sink: sink.reborrow(),
+                event_time: Timestamp(time),
                 source_event: event as u32,
+                wakeups: wakeups.as_mut(),
                 _row: PhantomData,
             };
             T::apply(&mut state, decoded, &mut out).map_err(|e| CallError::at(event, e.message))?;
             event += 1;
         }
-        match m.kind {
-            Kind::KeyedStateful => writer
+        if let Some(until) = batch.fire_until(entity) {
+            fire::<T>(&mut state, &mut wakeups, |t| t <= until, &mut sink)
+                .map_err(|e| CallError::general(format!("waking an entity: {e}")))?;
+        }
+        match (m.kind, &wakeups) {
+            (Kind::KeyedStateful, Some(w)) => writer
+                .end_entity_with_state(|out| {
+                    lockstep_abi::timers::write_state_header(out, m.state_version, &w.pending);
+                    state::encode_body_into(&state, out)
+                })
+                .map_err(|e| CallError::general(e.message))?,
+            (Kind::KeyedStateful, None) => writer
                 .end_entity_with_state(|out| state::encode_into(&state, m.state_version, out))
                 .map_err(|e| CallError::general(e.message))?,
-            Kind::Stateless => writer.end_entity(None),
+            (Kind::Stateless, _) => writer.end_entity(None),
         }
     }
     Ok(writer.finish())
@@ -236,12 +402,8 @@ fn read_with<T: Transform>(contract: &Contract, request: &[u8]) -> Result<Vec<u8
         .map_err(|e| CallError::general(format!("malformed read request: {e}")))?;
     let mut writer = ReadResponseWriter::new(&contract.feature_types);
     for i in 0..queries.len() {
-        let state: T::State = match queries.state(i) {
-            Some(bytes) => {
-                state::decode(bytes, m.state_version).map_err(|e| CallError::at(i, e.message))?
-            }
-            None => T::State::default(),
-        };
+        let (state, _) =
+            decode_state::<T>(m, queries.state(i)).map_err(|e| CallError::at(i, e.message))?;
         match T::read(&state, Timestamp(queries.as_of.i64(i))) {
             Some(row) => row
                 .serialize(RowSerializer {

@@ -95,6 +95,7 @@ pub fn manifest<T: Transform>() -> WitManifest {
         },
         state_version: m.state_version,
         supports_read: m.supports_read,
+        timer_resolution: m.timer_resolution,
     }
 }
 

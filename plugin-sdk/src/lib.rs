@@ -69,7 +69,7 @@ pub mod testing;
 #[doc(hidden)]
 pub mod guest;
 
-pub use engine::Emit;
+pub use engine::{Emit, Wakeups};
 pub use lockstep_abi as abi;
 pub use lockstep_abi::ManifestBuilder;
 pub use lockstep_abi::{Feature, Field, Kind, Manifest, Value, ValueType};
@@ -119,6 +119,22 @@ pub trait Transform: 'static {
     /// manifest declares `supports_read`.
     fn read(_state: &Self::State, _as_of: Timestamp) -> Option<Self::Row> {
         None
+    }
+
+    /// Runs at a wake-up the plugin asked for with [`Emit::wake_at`]: after every event
+    /// of the entity at or before `at`, before any later one (the same in every host).
+    /// Rows it emits are stamped `at`. By default it emits [`Transform::read`] at `at`
+    /// (nothing when that is `None`); override it to also update the state (drop what
+    /// left a window) or to ask for the next wake-up.
+    fn wake(
+        state: &mut Self::State,
+        at: Timestamp,
+        out: &mut Emit<'_, Self::Row>,
+    ) -> Result<(), Error> {
+        match Self::read(state, at) {
+            Some(row) => out.emit(row),
+            None => Ok(()),
+        }
     }
 }
 

@@ -3,7 +3,8 @@
 //! State is opaque to hosts but versioned: the first four bytes are the plugin's
 //! `state_version` (little-endian), the rest is `postcard`, a compact, stable,
 //! non-self-describing serde format. A version mismatch is an error, never a
-//! silent misread.
+//! silent misread. A plugin with timers keeps its pending wake-up times between the
+//! version and the body (see `lockstep_abi::timers`).
 
 use crate::Error;
 use serde::{Serialize, de::DeserializeOwned};
@@ -45,18 +46,24 @@ impl postcard::ser_flavors::Flavor for AppendTo<'_> {
     }
 }
 
-/// Decodes a state written by [`encode`] with the same `version`.
-pub fn decode<S: DeserializeOwned>(bytes: &[u8], version: u32) -> Result<S, Error> {
-    match lockstep_abi::state_version(bytes) {
-        Some(v) if v == version => {}
-        Some(v) => {
-            return Err(Error::new(format!(
-                "state was written by state version {v}, this plugin reads version {version}"
-            )));
-        }
-        None => return Err(Error::new("state is shorter than its version header")),
-    }
-    let (state, rest) = postcard::take_from_bytes(&bytes[4..])
+/// Appends the body of `state` (no version prefix) to `out`: what follows the wake-up
+/// list in a timer plugin's state.
+pub fn encode_body_into<S: Serialize>(state: &S, out: &mut Vec<u8>) -> Result<(), Error> {
+    postcard::serialize_with_flavor(state, AppendTo(out))
+        .map_err(|e| Error::new(format!("cannot encode state: {e}")))
+}
+
+/// Splits a timer plugin's state of `version` into its wake-up times and its body.
+pub fn split_timers(bytes: &[u8], version: u32) -> Result<(Vec<i64>, &[u8]), Error> {
+    check_version(bytes, version)?;
+    let (timers, body) = lockstep_abi::timers::split_state(bytes)
+        .map_err(|e| Error::new(format!("cannot decode state: {e}")))?;
+    Ok((timers.iter().collect(), body))
+}
+
+/// Decodes a state body written by [`encode_body_into`].
+pub fn decode_body<S: DeserializeOwned>(body: &[u8]) -> Result<S, Error> {
+    let (state, rest) = postcard::take_from_bytes(body)
         .map_err(|e| Error::new(format!("cannot decode state: {e}")))?;
     if !rest.is_empty() {
         return Err(Error::new(format!(
@@ -65,6 +72,22 @@ pub fn decode<S: DeserializeOwned>(bytes: &[u8], version: u32) -> Result<S, Erro
         )));
     }
     Ok(state)
+}
+
+fn check_version(bytes: &[u8], version: u32) -> Result<(), Error> {
+    match lockstep_abi::state_version(bytes) {
+        Some(v) if v == version => Ok(()),
+        Some(v) => Err(Error::new(format!(
+            "state was written by state version {v}, this plugin reads version {version}"
+        ))),
+        None => Err(Error::new("state is shorter than its version header")),
+    }
+}
+
+/// Decodes a state written by [`encode`] with the same `version`.
+pub fn decode<S: DeserializeOwned>(bytes: &[u8], version: u32) -> Result<S, Error> {
+    check_version(bytes, version)?;
+    decode_body(&bytes[4..])
 }
 
 #[cfg(test)]

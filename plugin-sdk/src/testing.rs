@@ -1,12 +1,15 @@
 //! Helpers for testing a transform natively, without building a component.
 
-use crate::{Emit, Error, Timestamp, Transform};
+use crate::engine::{Wakeups, advance_collecting, apply_collecting};
+use crate::{Error, Timestamp, Transform};
 use lockstep_abi::ManifestError;
 
 /// Applies `events` in order to `state`, returning the rows emitted with their times.
 ///
 /// This calls [`Transform::apply`] directly: it checks the transform's logic. To check
 /// decoding and encoding as well, run an encoded batch through [`crate::engine::apply`].
+/// A plugin's wake-up requests are accepted and dropped: the rows are the events'
+/// only (use [`Entity`] for events and wake-ups as a host interleaves them).
 pub fn run<'a, T: Transform>(
     state: &mut T::State,
     events: impl IntoIterator<Item = T::Event<'a>>,
@@ -14,13 +17,66 @@ pub fn run<'a, T: Transform>(
 where
     T::Event<'a>: HasEventTime,
 {
-    let mut rows = Vec::new();
-    for event in events {
-        let time = event.event_time();
-        let mut out = Emit::collecting(&mut rows, time);
-        T::apply(state, event, &mut out)?;
+    run_timed::<T>(state, events.into_iter().map(|e| (e.event_time(), e)))
+}
+
+/// One entity driven natively as every host drives it: events and wake-ups in the
+/// order of [`lockstep_abi::timers`] — a wake-up at `t` after every event at or before
+/// `t`, before any later one.
+pub struct Entity<T: Transform> {
+    /// The transform's state.
+    pub state: T::State,
+    /// Its pending wake-ups (`None` when the manifest declares no timers).
+    pub wakeups: Option<Wakeups>,
+}
+
+impl<T: Transform> Default for Entity<T> {
+    fn default() -> Self {
+        Entity {
+            state: T::State::default(),
+            wakeups: T::manifest().timer_resolution.map(Wakeups::new),
+        }
     }
-    Ok(rows)
+}
+
+impl<T: Transform> Entity<T> {
+    /// An entity without state.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Applies `event` at `time`, after the wake-ups before `time`; the rows emitted.
+    pub fn apply(
+        &mut self,
+        time: Timestamp,
+        event: T::Event<'_>,
+    ) -> Result<Vec<(Timestamp, T::Row)>, Error> {
+        let mut rows = Vec::new();
+        apply_collecting::<T>(
+            &mut self.state,
+            &mut self.wakeups,
+            time,
+            event,
+            &mut rows,
+            true,
+        )?;
+        Ok(rows)
+    }
+
+    /// Takes the wake-ups at or before `until` (no event will come before it); the rows
+    /// emitted.
+    pub fn advance(&mut self, until: Timestamp) -> Result<Vec<(Timestamp, T::Row)>, Error> {
+        let mut rows = Vec::new();
+        advance_collecting::<T>(&mut self.state, &mut self.wakeups, until, &mut rows)?;
+        Ok(rows)
+    }
+
+    /// The earliest pending wake-up.
+    pub fn next_wake(&self) -> Option<Timestamp> {
+        self.wakeups
+            .as_ref()
+            .and_then(|w| w.pending.first().copied().map(Timestamp))
+    }
 }
 
 /// Gives the event time of a test event, so [`run`] can stamp rows like a host does.
@@ -101,9 +157,12 @@ pub fn run_timed<'a, T: Transform>(
     events: impl IntoIterator<Item = (Timestamp, T::Event<'a>)>,
 ) -> Result<Vec<(Timestamp, T::Row)>, Error> {
     let mut rows = Vec::new();
+    let mut wakeups = T::manifest().timer_resolution.map(Wakeups::new);
     for (time, event) in events {
-        let mut out = Emit::collecting(&mut rows, time);
-        T::apply(state, event, &mut out)?;
+        apply_collecting::<T>(state, &mut wakeups, time, event, &mut rows, false)?;
+        if let Some(w) = &mut wakeups {
+            w.pending.clear();
+        }
     }
     Ok(rows)
 }

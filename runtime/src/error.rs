@@ -32,6 +32,18 @@ pub enum LoadError {
         /// Every refused import, in the component's order.
         refused: Vec<RefusedImport>,
     },
+    /// The component was built against another version of the plugin contract.
+    #[error(
+        "plugin {hash} was built for lockstep:plugin@{found}; this host runs lockstep:plugin@{expected}: rebuild it with this release's SDK (`lockstep plugin build`)"
+    )]
+    ContractVersion {
+        /// SHA-256 of the component bytes.
+        hash: String,
+        /// The version its imports name.
+        found: String,
+        /// The version this host implements.
+        expected: String,
+    },
     /// The component does not export the Lockstep plugin world.
     #[error("plugin {hash} does not implement the lockstep:plugin world: {message}")]
     Exports {

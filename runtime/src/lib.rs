@@ -43,6 +43,9 @@ mod bindings {
 
 use bindings::lockstep::plugin::types as wit;
 
+/// The version of the plugin contract (`plugin-sdk/wit/plugin.wit`) this runtime
+/// implements; components name it in their imports.
+pub const CONTRACT_VERSION: &str = "0.2.0";
 /// Per-store data: the memory limiter and the last panic the guest reported.
 struct HostState {
     memory_limit: usize,
@@ -246,6 +249,21 @@ impl Runtime {
         }
         if !refused.is_empty() {
             return Err(LoadError::ImportRefused { hash, refused });
+        }
+        // A component of another contract version fails type checks somewhere deep in
+        // the manifest record; its imports say which version it was built for.
+        if let Some(found) = imports.iter().find_map(|name| {
+            let (interface, version) = name.split_once('@')?;
+            interface
+                .starts_with("lockstep:plugin/")
+                .then(|| version.to_owned())
+        }) && found != CONTRACT_VERSION
+        {
+            return Err(LoadError::ContractVersion {
+                hash,
+                found,
+                expected: CONTRACT_VERSION.to_owned(),
+            });
         }
         let mut linker = self.inner.linker.clone();
         linker
@@ -552,12 +570,22 @@ fn convert_manifest(m: wit::Manifest) -> Manifest {
         },
         state_version: m.state_version,
         supports_read: m.supports_read,
+        timer_resolution: m.timer_resolution,
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_contract_version_is_the_wit_packages() {
+        let wit = include_str!("../../plugin-sdk/wit/plugin.wit");
+        assert!(
+            wit.contains(&format!("package lockstep:plugin@{CONTRACT_VERSION};")),
+            "CONTRACT_VERSION differs from plugin.wit's package version"
+        );
+    }
 
     #[test]
     fn non_wasm_and_truncated_inputs_are_clear_errors() {

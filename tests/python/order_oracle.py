@@ -8,8 +8,14 @@ DESIGN §4 and the README say: per entity, events apply in ascending
 (event_time, event_id) — `ORDER BY ts, txn_id` in SQL — and an id seen before is a
 duplicate (the first in that order is kept). txn_velocity's documented features are then
 plain SQL over that order: the 1 h count, sum and maximum of amounts in (t − 1 h, t]
-among the events applied so far, and the seconds since the previous transaction. This
-script computes them with DuckDB from the raw events and compares them with the rows
+among the events applied so far, and the seconds since the previous transaction. Its
+README and GUIDE add the wake-ups: a transaction at t leaves the 1 h, 24 h and 7 d
+windows at t + 1 h, t + 24 h, t + 7 d, each rounded up to the whole minute (the
+manifest's timer resolution), and at each such instant up to the input's latest event
+time the card gets a row — the windows at that instant over the transactions at or
+before it, after the transactions of that instant (secs_since_prev_txn: since the
+last transaction). This script computes them with DuckDB from the raw events and
+compares them with the rows
 Lockstep stored (read back in the store's emission order: file row order within an
 entity and instant), then checks a training set built with `--inclusive` against an
 as-of join over the oracle's rows in which, of rows at one instant, the last applied
@@ -25,6 +31,8 @@ import sys
 import duckdb
 
 HOUR_US = 3_600 * 1_000_000
+MINUTE_US = 60 * 1_000_000
+WINDOWS_US = [HOUR_US, 24 * HOUR_US, 7 * 24 * HOUR_US]
 
 
 def make_labels(args):
@@ -113,6 +121,51 @@ def check(args):
         FROM expected x
         """
     )
+    # The wake-ups: where each applied transaction leaves each window, on the minute
+    # grid, up to the input's latest event time; one per card and instant.
+    windows = ", ".join(f"({w})" for w in WINDOWS_US)
+    con.execute(
+        f"""
+        CREATE TABLE wakes AS
+        SELECT DISTINCT a.card_id,
+               (a.ts + w.width + {MINUTE_US - 1}) // {MINUTE_US} * {MINUTE_US} AS ts
+        FROM applied a, (VALUES {windows}) w(width)
+        WHERE (a.ts + w.width + {MINUTE_US - 1}) // {MINUTE_US} * {MINUTE_US}
+              <= (SELECT max(ts) FROM raw)
+        """
+    )
+    con.execute(
+        f"""
+        CREATE TABLE wake_rows AS
+        SELECT g.card_id, g.ts,
+               count(p.ts) AS txn_count_1h,
+               coalesce(sum(p.amount), 0.0) AS txn_sum_1h,
+               max(p.amount) AS txn_max_1h,
+               (g.ts - (SELECT max(q.ts) FROM applied q
+                        WHERE q.card_id = g.card_id AND q.ts <= g.ts)) / 1e6
+                 AS secs_since_prev_txn
+        FROM wakes g LEFT JOIN applied p
+          ON p.card_id = g.card_id AND p.ts <= g.ts AND p.ts > g.ts - {HOUR_US}
+        GROUP BY g.card_id, g.ts
+        """
+    )
+    # Every row in the order the docs give: by time; at one instant the transactions
+    # (by id), then the wake-up.
+    con.execute(
+        """
+        CREATE TABLE expected_all AS
+        SELECT *, row_number() OVER (PARTITION BY card_id ORDER BY ts, kind, txn_id) AS nth
+        FROM (
+          SELECT card_id, ts, txn_id, 0 AS kind, txn_count_1h, txn_sum_1h, txn_max_1h,
+                 secs_since_prev_txn
+          FROM expected_full
+          UNION ALL
+          SELECT card_id, ts, NULL, 1, txn_count_1h, txn_sum_1h, txn_max_1h,
+                 secs_since_prev_txn
+          FROM wake_rows
+        )
+        """
+    )
     con.execute(
         f"""
         CREATE TABLE stored AS
@@ -127,17 +180,17 @@ def check(args):
     compared = "card_id, ts, nth, txn_count_1h, txn_sum_1h, txn_max_1h, secs_since_prev_txn"
     only_ours = con.execute(
         f"SELECT count(*) FROM (SELECT {compared} FROM stored "
-        f"EXCEPT ALL SELECT {compared} FROM expected_full)"
+        f"EXCEPT ALL SELECT {compared} FROM expected_all)"
     ).fetchone()[0]
     only_oracle = con.execute(
-        f"SELECT count(*) FROM (SELECT {compared} FROM expected_full "
+        f"SELECT count(*) FROM (SELECT {compared} FROM expected_all "
         f"EXCEPT ALL SELECT {compared} FROM stored)"
     ).fetchone()[0]
     example = con.execute(
         f"""SELECT 'ours' AS side, * FROM (SELECT {compared} FROM stored
-                EXCEPT ALL SELECT {compared} FROM expected_full)
+                EXCEPT ALL SELECT {compared} FROM expected_all)
             UNION ALL
-            SELECT 'oracle', * FROM (SELECT {compared} FROM expected_full
+            SELECT 'oracle', * FROM (SELECT {compared} FROM expected_all
                 EXCEPT ALL SELECT {compared} FROM stored)
             ORDER BY 2, 3, 4, 1 LIMIT 6"""
     ).fetchall()
@@ -145,13 +198,13 @@ def check(args):
         "SELECT count(*) FROM (SELECT card_id, ts FROM applied GROUP BY ALL HAVING count(*) > 1)"
     ).fetchone()[0]
 
-    # The training set: of rows at one instant the last applied one (highest id) is
-    # what a label at or after that instant sees.
+    # The training set: of rows at one instant the last one (a wake-up after the
+    # transactions, else the highest id) is what a label at or after that instant sees.
     con.execute(
         """
         CREATE TABLE last_at AS
-        SELECT * FROM expected_full
-        QUALIFY row_number() OVER (PARTITION BY card_id, ts ORDER BY txn_id DESC) = 1
+        SELECT * FROM expected_all
+        QUALIFY row_number() OVER (PARTITION BY card_id, ts ORDER BY nth DESC) = 1
         """
     )
     con.execute(
@@ -182,6 +235,7 @@ def check(args):
         "events": con.execute("SELECT count(*) FROM raw").fetchone()[0],
         "applied": con.execute("SELECT count(*) FROM applied").fetchone()[0],
         "stored_rows": con.execute("SELECT count(*) FROM stored").fetchone()[0],
+        "wake_rows": con.execute("SELECT count(*) FROM wake_rows").fetchone()[0],
         "tied_instants": tied,
         "only_ours": only_ours,
         "only_oracle": only_oracle,

@@ -70,7 +70,7 @@ mod json_source;
 mod parquet_check;
 pub mod plugin_exec;
 
-pub use plugin_exec::{PluginExec, PluginNodeConfig};
+pub use plugin_exec::{FireUntil, PluginExec, PluginNodeConfig};
 
 /// A failure from the plan, with a plugin's own error brought back to the surface.
 fn unwrap_core(e: DataFusionError) -> BatchError {
@@ -147,6 +147,11 @@ pub struct BatchJob {
     /// Erased entities (the erasure ledger's boundary for this group version): their
     /// events at or before the erasure are dropped and counted, never applied.
     pub erasures: Arc<lockstep_core::Erasures>,
+    /// For a plugin with timers, the instant up to which each entity takes its
+    /// wake-ups after its last event (see `lockstep_abi::timers`). `None`: the end
+    /// of the input, its latest event time (rejects and erased events aside), which
+    /// the stream host reaches when it drains the same events.
+    pub fire_until: Option<i64>,
 }
 
 impl BatchJob {
@@ -174,6 +179,67 @@ impl BatchJob {
             keep_states: false,
             latest_event_time: None,
             erasures: Arc::default(),
+            fire_until: None,
+        }
+    }
+}
+
+/// The latest event time of the events a job's plugin sees (rejects and erased events
+/// aside), final once every source partition has been read — which the sort before
+/// the plugin waits for. See [`BatchJob::fire_until`].
+#[derive(Debug)]
+pub struct EndOfInput(std::sync::atomic::AtomicI64);
+
+impl Default for EndOfInput {
+    fn default() -> Self {
+        EndOfInput(std::sync::atomic::AtomicI64::new(i64::MIN))
+    }
+}
+
+impl EndOfInput {
+    fn observe(&self, time: i64) {
+        self.0.fetch_max(time, Ordering::Relaxed);
+    }
+
+    /// The latest event time seen (`None`: no event).
+    pub fn get(&self) -> Option<i64> {
+        Some(self.0.load(Ordering::Relaxed)).filter(|&t| t != i64::MIN)
+    }
+
+    /// Observes the events of `batch` (in the plugin's input schema) that reach the
+    /// plugin: `time_col`'s values, less those `erasures` drops.
+    fn observe_batch(
+        &self,
+        batch: &RecordBatch,
+        key_col: usize,
+        time_col: usize,
+        erasures: &lockstep_core::Erasures,
+    ) {
+        use arrow_array::cast::AsArray;
+        use arrow_array::types::TimestampMicrosecondType;
+        let Some(times) = batch
+            .column(time_col)
+            .as_primitive_opt::<TimestampMicrosecondType>()
+        else {
+            return;
+        };
+        if erasures.is_empty() {
+            if let Some(max) = datafusion::arrow::compute::max(times) {
+                self.observe(max);
+            }
+            return;
+        }
+        let keys = batch.column(key_col);
+        for row in 0..batch.num_rows() {
+            if arrow_array::Array::is_null(times, row) {
+                continue;
+            }
+            let time = times.value(row);
+            let erased = lockstep_core::key::EntityKey::from_array(keys.as_ref(), row)
+                .is_some_and(|key| erasures.drops(&key, time));
+            if !erased {
+                self.observe(time);
+            }
         }
     }
 }
@@ -262,6 +328,9 @@ pub struct BatchOutput {
     /// Events of erased entities at or before their erasure, dropped (see
     /// [`BatchJob::erasures`]).
     pub erased: u64,
+    /// For a plugin with timers, the instant its entities took their wake-ups up to
+    /// (see [`BatchJob::fire_until`]); `None` for other plugins or no events.
+    pub fire_until: Option<i64>,
 }
 
 /// Why a backfill failed.
@@ -377,6 +446,8 @@ struct ConformedPartition {
     rejects: Arc<Mutex<Vec<SourceReject>>>,
     progress: Arc<Progress>,
     latest_event_time: Option<i64>,
+    /// Where the latest event time is observed, with the erasures it leaves aside.
+    end_of_input: Option<(Arc<EndOfInput>, Arc<lockstep_core::Erasures>)>,
 }
 
 impl PartitionStream for ConformedPartition {
@@ -392,6 +463,9 @@ impl PartitionStream for ConformedPartition {
         );
         let (rejects, kind) = (self.rejects.clone(), self.kind);
         let (progress, latest) = (self.progress.clone(), self.latest_event_time);
+        let end_of_input = self.end_of_input.clone();
+        let key_col = manifest.input_index(&manifest.entity_key).unwrap_or(0);
+        let time_col = manifest.input_index(&manifest.event_time).unwrap_or(0);
         let stream = match self.source.execute(self.partition, ctx) {
             Ok(s) => s,
             Err(e) => {
@@ -418,6 +492,9 @@ impl PartitionStream for ConformedPartition {
                     column: r.column,
                     reason: r.reason,
                 }));
+            }
+            if let Some((end, erasures)) = &end_of_input {
+                end.observe_batch(&conformed, key_col, time_col, erasures);
             }
             with_order_columns(&conformed, &manifest)
                 .map_err(|e| DataFusionError::Execution(e.to_string()))
@@ -608,6 +685,15 @@ pub async fn run(
     let source = frame.create_physical_plan().await?;
 
     let output = order_schema(&manifest);
+    // A plugin with timers wakes each entity, after its last event, up to the end of
+    // the input unless the job says where.
+    let end_of_input = (manifest.timer_resolution.is_some() && job.fire_until.is_none())
+        .then(|| Arc::new(EndOfInput::default()));
+    let fire_until = match (&end_of_input, job.fire_until) {
+        (Some(end), _) => FireUntil::EndOfInput(end.clone()),
+        (None, Some(at)) if manifest.timer_resolution.is_some() => FireUntil::At(at),
+        _ => FireUntil::Never,
+    };
     let streams: Vec<Arc<dyn PartitionStream>> =
         (0..source.output_partitioning().partition_count())
             .map(|partition| {
@@ -624,6 +710,7 @@ pub async fn run(
                     rejects: rejects.clone(),
                     progress: job.progress.clone(),
                     latest_event_time: job.latest_event_time,
+                    end_of_input: end_of_input.clone().map(|end| (end, job.erasures.clone())),
                 }) as Arc<dyn PartitionStream>
             })
             .collect();
@@ -665,7 +752,8 @@ pub async fn run(
             job.keep_states,
             sorted,
         )?
-        .with_erasures(job.erasures.clone()),
+        .with_erasures(job.erasures.clone())
+        .with_fire_until(fire_until.clone()),
     );
 
     let task_ctx = ctx.task_ctx();
@@ -717,6 +805,7 @@ pub async fn run(
         rejects: Vec::new(),
         plugin_failures: finished.failed,
         erased: finished.erased,
+        fire_until: fire_until.get(),
     };
     if sink_result.is_ok() && finished.partitions != partitions {
         sink_result = Err(BatchError::Source(format!(

@@ -48,6 +48,11 @@ pub struct PluginNodeConfig {
     pub manifest: Manifest,
     /// Keep every entity's final state (see [`PluginExec::finished`]).
     pub keep_states: bool,
+    /// For a plugin with timers: the instant up to which each entity takes its
+    /// wake-ups after its last event, when fixed before the job runs (a node rebuilt
+    /// elsewhere cannot share the end of the input observed in this process).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fire_until: Option<i64>,
 }
 
 impl PluginNodeConfig {
@@ -103,6 +108,31 @@ pub struct Finished {
     pub erased: u64,
 }
 
+/// Up to when a plugin with timers wakes each entity after its last event (see
+/// `lockstep_abi::timers`).
+#[derive(Debug, Clone, Default)]
+pub enum FireUntil {
+    /// Never: only wake-ups between events are taken.
+    #[default]
+    Never,
+    /// Up to this instant (UTC µs).
+    At(i64),
+    /// Up to the end of the input, known once the sort before the node has read it
+    /// all (a single-process plan: the value is shared in memory).
+    EndOfInput(Arc<crate::EndOfInput>),
+}
+
+impl FireUntil {
+    /// The instant, if known now.
+    pub fn get(&self) -> Option<i64> {
+        match self {
+            FireUntil::Never => None,
+            FireUntil::At(at) => Some(*at),
+            FireUntil::EndOfInput(end) => end.get(),
+        }
+    }
+}
+
 /// Runs a plugin over entity-partitioned, sorted events; see the [module](self) docs.
 pub struct PluginExec {
     config: PluginNodeConfig,
@@ -115,6 +145,8 @@ pub struct PluginExec {
     /// Not part of the serialised configuration: a node rebuilt elsewhere reads the
     /// erasure ledger where it runs.
     erasures: Arc<Erasures>,
+    /// Up to when entities take their wake-ups after their last event.
+    fire_until: FireUntil,
 }
 
 impl fmt::Debug for PluginExec {
@@ -140,6 +172,7 @@ impl PluginExec {
             component_hash: plugin.hash().to_owned(),
             manifest: plugin.manifest().clone(),
             keep_states,
+            fire_until: None,
         };
         Self::with_plugin(config, plugin, input)
     }
@@ -169,6 +202,7 @@ impl PluginExec {
             EmissionType::Incremental,
             Boundedness::Bounded,
         );
+        let fire_until = config.fire_until.map_or(FireUntil::Never, FireUntil::At);
         Ok(PluginExec {
             config,
             plugin,
@@ -177,7 +211,19 @@ impl PluginExec {
             properties: Arc::new(properties),
             finished: Arc::default(),
             erasures: Arc::default(),
+            fire_until,
         })
+    }
+
+    /// The same node, waking each entity after its last event up to `fire_until`
+    /// (an instant is kept in the serialisable configuration too).
+    pub fn with_fire_until(mut self, fire_until: FireUntil) -> Self {
+        self.config.fire_until = match &fire_until {
+            FireUntil::At(at) => Some(*at),
+            _ => None,
+        };
+        self.fire_until = fire_until;
+        self
     }
 
     /// The same node, dropping the events `erasures` erases (see
@@ -251,7 +297,10 @@ impl ExecutionPlan for PluginExec {
         let input = children.swap_remove(0);
         Self::with_plugin(self.config.clone(), self.plugin.clone(), input)
             .map(|node| {
-                Arc::new(node.with_erasures(self.erasures.clone())) as Arc<dyn ExecutionPlan>
+                Arc::new(
+                    node.with_erasures(self.erasures.clone())
+                        .with_fire_until(self.fire_until.clone()),
+                ) as Arc<dyn ExecutionPlan>
             })
             .map_err(|e| DataFusionError::Plan(e.to_string()))
     }
@@ -267,6 +316,7 @@ impl ExecutionPlan for PluginExec {
         let n_input = self.config.manifest.input.len();
         let finished = self.finished.clone();
         let erasures = self.erasures.clone();
+        let fire_until = self.fire_until.clone();
         let manifest = &self.config.manifest;
         let column = |name: &str| {
             manifest.input_index(name).ok_or_else(|| {
@@ -287,8 +337,14 @@ impl ExecutionPlan for PluginExec {
             let multi_thread = tokio::runtime::Handle::current().runtime_flavor()
                 == tokio::runtime::RuntimeFlavor::MultiThread;
             let mut erased = 0u64;
+            let mut horizon_set = false;
             while let Some(batch) = input.next().await {
                 let batch: RecordBatch = batch?;
+                if !horizon_set {
+                    // The sort before this node has read the whole input by now.
+                    run.set_fire_until(fire_until.get());
+                    horizon_set = true;
+                }
                 let (batch, dropped) = erasures.filter(&batch, key_col, time_col)?;
                 erased += dropped as u64;
                 if batch.num_rows() == 0 {
@@ -319,6 +375,13 @@ impl ExecutionPlan for PluginExec {
                     // The consumer is gone (the query was cancelled or failed).
                     return Ok(());
                 }
+            }
+            if !horizon_set {
+                run.set_fire_until(fire_until.get());
+            }
+            let last = run.finish().map_err(external)?;
+            if last.num_rows() > 0 && tx.send(Ok(last)).await.is_err() {
+                return Ok(());
             }
             let stats = run.stats().clone();
             drop(run);

@@ -57,7 +57,7 @@ fn fixture(events: usize) -> Fixture {
     let mut states = StateMap::default();
     let reference = Executor::new(&plugin)
         .expect("executor")
-        .run(&batch, &mut states)
+        .run_to_end(&batch, &mut states)
         .expect("reference");
     let dir = tempfile::tempdir().expect("tempdir");
     std::fs::write(dir.path().join("events.jsonl"), &jsonl).expect("jsonl");
@@ -291,7 +291,7 @@ async fn json_lines_stream_and_bad_lines_are_rejects_naming_line_and_field() {
         let events = decode_json_lines(&good, plugin().manifest(), None).expect("decode");
         Executor::new(&plugin())
             .expect("executor")
-            .run(&events, &mut StateMap::default())
+            .run_to_end(&events, &mut StateMap::default())
             .expect("run")
     };
     assert_eq!(sorted_json(&out.rows), sorted_json(&[reference.rows]));

@@ -41,7 +41,7 @@ async fn a_node_rebuilt_from_its_bytes_computes_what_the_executor_computes() {
     .expect("decode");
     let reference = Executor::new(&plugin)
         .expect("executor")
-        .run(&events, &mut StateMap::default())
+        .run_to_end(&events, &mut StateMap::default())
         .expect("run");
 
     // The node's input: one partition, sorted as the batch host sorts.
@@ -74,13 +74,18 @@ async fn a_node_rebuilt_from_its_bytes_computes_what_the_executor_computes() {
     )
     .expect("memory source");
 
+    // The end of the input, known before the job here: it travels with the node.
+    let end = lockstep_core::order::latest_event_time(&events, &m)
+        .expect("times")
+        .expect("events");
     let original = PluginExec::new(
         plugin.clone(),
         built.path.to_string_lossy().into_owned(),
         true,
         input.clone(),
     )
-    .expect("node");
+    .expect("node")
+    .with_fire_until(lockstep_batch::FireUntil::At(end));
     let bytes = original.config().to_bytes();
     let config = PluginNodeConfig::from_bytes(&bytes).expect("config from bytes");
     assert_eq!(&config, original.config());

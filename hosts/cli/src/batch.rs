@@ -28,6 +28,9 @@ pub struct RunArgs {
     pub rejects: Option<PathBuf>,
     /// How far ahead of the clock an event time may be (µs).
     pub max_future: i64,
+    /// For a plugin with timers: the input ends just before this instant (µs), and
+    /// entities are woken up to it; `None`: up to the input's latest event time.
+    pub end_at: Option<i64>,
     /// How the group version is kept.
     pub table_format: TableFormat,
     /// Where the commit is recorded.
@@ -151,6 +154,7 @@ pub async fn run(args: RunArgs, runtime: &Runtime) -> Result<()> {
         s3: args.s3.clone(),
         keep_states: args.state_out.is_some(),
         latest_event_time: Some(now.saturating_add(args.max_future)),
+        fire_until: args.end_at.map(|end| end.saturating_sub(1)),
         ..BatchJob::new(args.plugin.to_string_lossy(), args.source.clone(), format)
     };
     let display = ProgressDisplay::start(job.progress.clone());
@@ -264,6 +268,15 @@ pub async fn run(args: RunArgs, runtime: &Runtime) -> Result<()> {
         },
         s.calls
     );
+    if let Some(until) = out.fire_until {
+        println!(
+            "  woke       entities up to {} (the input's end): {} of the rows are wake-up rows",
+            lockstep_core::rows::format_timestamp(until)
+                .as_str()
+                .unwrap_or_default(),
+            s.wake_rows
+        );
+    }
     if out.erased > 0 {
         println!(
             "  erased     {} events of erased entities dropped (at or before their erasure)",
@@ -493,6 +506,13 @@ pub enum Command {
         /// host's dead letters): a typo like year 9999 never becomes a feature row.
         #[arg(long, default_value = "1h", value_parser = crate::skew::parse_lateness)]
         max_future: i64,
+        /// The input ends just before this instant (RFC 3339): for a plugin with
+        /// timers, entities are woken after their last event up to it (by default, up
+        /// to the input's latest event time). For a hand-off, the instant the stream
+        /// goes on from (`stream run --start-at`), so the backfill's rows are exactly
+        /// those before it. The source should hold no event at or after it.
+        #[arg(long, value_parser = crate::stream::parse_instant)]
+        end_at: Option<i64>,
         /// How the group version is kept: `plain` (one Parquet file per hour, each hour
         /// replaced atomically) or `delta` (a Delta Lake table: the whole backfill is one
         /// commit, concurrent jobs are serialised, old versions stay readable).
@@ -539,6 +559,7 @@ pub async fn run_command(cmd: Command) -> Result<()> {
             state_out,
             rejects,
             max_future,
+            end_at,
             table_format,
             runtime,
             audit,
@@ -569,6 +590,7 @@ pub async fn run_command(cmd: Command) -> Result<()> {
                     state_out,
                     rejects,
                     max_future,
+                    end_at,
                     table_format,
                     audit,
                     erasures,

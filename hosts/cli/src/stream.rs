@@ -109,6 +109,13 @@ pub struct RunArgs {
     /// stream has truly ended: a later event would be applied out of order.
     #[arg(long)]
     pub drain_on_stop: bool,
+    /// For a plugin with timers: once every shard is caught up at its tip with nothing
+    /// new, move the watermark with the clock minus the allowed lateness, so idle
+    /// entities are woken online (a card idle since 09:00 shows `txn_count_1h = 0`
+    /// from 10:00). `off` for a replay of history: once caught up, events older than
+    /// the clock minus the lateness would be late.
+    #[arg(long, default_value = "on", value_parser = ["on", "off"])]
+    pub idle_watermark: String,
     /// Where the service's start and stop are recorded.
     #[command(flatten)]
     pub audit: crate::audit::AuditArgs,
@@ -357,6 +364,7 @@ pub async fn run(args: RunArgs, runtime: &Runtime) -> Result<()> {
     config.tip_read_interval = args.tip_read_interval;
     config.stop_when_idle = args.stop_when_idle;
     config.drain_on_stop = args.drain_on_stop;
+    config.idle_watermark = args.idle_watermark == "on";
     config.start_fresh = args.fresh;
     config.cache = args.cache.clone().map(|url| (url, args.cache_ttl));
     config.erasures = args

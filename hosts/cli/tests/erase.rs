@@ -711,6 +711,9 @@ fn a_running_stream_host_drops_an_erased_entitys_state_and_replayed_events_witho
             "--listen",
             &listen,
             "--drain-on-stop",
+            // A replay of history: the watermark must not follow the clock.
+            "--idle-watermark",
+            "off",
         ])
         .envs(moto.env())
         .stdout(std::process::Stdio::piped())

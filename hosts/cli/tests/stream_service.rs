@@ -128,6 +128,10 @@ fn run_args(
         "5m",
         "--idle-poll",
         "50ms",
+        // These tests replay history (2024): a watermark following the clock would
+        // wake every entity up to now once caught up. It has a test of its own.
+        "--idle-watermark",
+        "off",
     ]
     .iter()
     .map(|a| a.to_string())
@@ -670,6 +674,10 @@ fn a_backfill_hands_its_state_to_the_stream_without_gap_or_double_count() {
 
     let offline = dir.path().join("offline");
     let snapshot = dir.path().join("state.parquet");
+    let t_text = lockstep_core::rows::format_timestamp(t);
+    let t_text = t_text.as_str().unwrap();
+    // The backfill's input ends at T: its entities are woken up to T, the stream's
+    // from there.
     let out = lockstep(&[
         "batch",
         "run",
@@ -683,13 +691,13 @@ fn a_backfill_hands_its_state_to_the_stream_without_gap_or_double_count() {
         s(&offline),
         "--state-out",
         s(&snapshot),
+        "--end-at",
+        t_text,
     ]);
     assert!(out.status.success(), "backfill: {}", text(&out.stderr));
 
     // The stream holds every event, as Kinesis would around T; the service skips
     // those before T (the backfill's) and goes on from the backfill's states.
-    let t_text = lockstep_core::rows::format_timestamp(t);
-    let t_text = t_text.as_str().unwrap();
     put(&moto, &wasm, "handoff", &golden_events(), Some("2"));
     let state = dir.path().join("state");
     let store_arg = format!("embedded:{}", dir.path().join("online").display());
@@ -881,4 +889,94 @@ fn a_lost_or_damaged_checkpoint_is_refused_and_fresh_keeps_the_old_logs() {
         first_rows
     );
     assert_eq!(std::fs::read_to_string(&rows_log).unwrap(), first_rows);
+}
+
+/// A card with transactions five hours ago and nothing since, streamed live: the
+/// events alone hold the watermark five hours back, but once the shard is caught up
+/// its watermark follows the clock (minus the allowed lateness), the card is woken when
+/// each transaction leaves its hour, and the online store holds `txn_count_1h = 0` for
+/// it — a host without wake-ups would still say 2.
+#[test]
+fn a_caught_up_stream_follows_the_clock_and_an_idle_card_reads_zero_online() {
+    let moto = Moto::start();
+    let wasm = plugin("txn_velocity");
+    let dir = tempfile::tempdir().unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_micros() as i64;
+    let minute = 60_000_000i64;
+    let hour = 60 * minute;
+    let (first, last) = (now - 5 * hour - 20 * minute, now - 5 * hour);
+    let line = |card: &str, ts: i64, id: &str| {
+        format!(r#"{{"card_id":"{card}","ts":{ts},"amount":10.0,"merchant":"m","txn_id":"{id}"}}"#)
+    };
+    let events = dir.path().join("live.jsonl");
+    std::fs::write(
+        &events,
+        [line("idle", first, "a"), line("idle", last, "b")].join("\n") + "\n",
+    )
+    .unwrap();
+    put(&moto, &wasm, "clock", &events, Some("1"));
+    let state = dir.path().join("state");
+    let online = dir.path().join("online");
+    let store_arg = format!("embedded:{}", online.display());
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let mut args = run_args(
+        &moto,
+        &wasm,
+        "clock",
+        &store_arg,
+        &state,
+        &["--listen", &listen],
+    );
+    let at = args
+        .iter()
+        .position(|a| a == "--idle-watermark")
+        .expect("the flag");
+    args[at + 1] = "on".into();
+    let mut service = spawn(&moto, &args);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let metrics = loop {
+        if let Some((200, body)) = http_get(port, "/metrics")
+            && metric(&body, "lockstep_stream_wake_rows_total").is_some_and(|v| v >= 2.0)
+        {
+            break body;
+        }
+        if Instant::now() > deadline {
+            let _ = service.kill();
+            let out = service.wait_with_output().expect("output");
+            panic!("no wake-up within 60 s:\n{}", text(&out.stderr));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let watermark = metric(&metrics, "lockstep_stream_clock_watermark_us").expect("watermark");
+    assert!(
+        (watermark as i64 - (now - 5 * minute)).abs() < 2 * minute,
+        "the clock minus the lateness: {watermark} vs {now}"
+    );
+    let status = Command::new("kill")
+        .args(["-TERM", &service.id().to_string()])
+        .status()
+        .expect("kill -TERM");
+    assert!(status.success());
+    let out = service.wait_with_output().expect("stop");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+
+    let g = group(&wasm);
+    let rows = stored(&online, &g, &["idle".to_owned()]);
+    let idle = &rows["idle"];
+    assert_eq!(idle["txn_count_1h"], 0, "{idle:?}");
+    assert_eq!(idle["txn_count_24h"], 2, "{idle:?}");
+    let left_the_hour = (last + hour + minute - 1).div_euclid(minute) * minute;
+    assert_eq!(
+        idle["event_time"],
+        Json::from(
+            lockstep_core::rows::format_timestamp(left_the_hour)
+                .as_str()
+                .unwrap()
+        ),
+        "the row of the wake-up when the last transaction left the hour"
+    );
 }

@@ -234,6 +234,26 @@ pub const EVENT_ID_COLUMN: &str = "__lockstep_event_id";
 /// without an id and breaks ties between equal ids.
 pub const CONTENT_COLUMN: &str = "__lockstep_content";
 
+/// The latest event time among `events` (in `manifest`'s input schema), `None` when
+/// there is none: the end of a finite input, up to which the batch host wakes entities
+/// after their last event (see `lockstep_abi::timers`).
+pub fn latest_event_time(
+    events: &RecordBatch,
+    manifest: &Manifest,
+) -> Result<Option<i64>, CoreError> {
+    let column = manifest
+        .input_index(&manifest.event_time)
+        .and_then(|i| events.columns().get(i))
+        .and_then(|c| c.as_primitive_opt::<TimestampMicrosecondType>())
+        .ok_or_else(|| {
+            CoreError::Input(format!(
+                "no timestamp column `{}` among the events",
+                manifest.event_time
+            ))
+        })?;
+    Ok(column.iter().flatten().max())
+}
+
 /// The columns a sort engine orders events by, all ascending with **nulls last**: the
 /// entity key, the event time, the declared event id (by value, when the manifest
 /// declares one), then [`CONTENT_COLUMN`]. Sorting a batch made by

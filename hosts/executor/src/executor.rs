@@ -13,6 +13,7 @@ use lockstep_core::order::order_events;
 use lockstep_core::schema::{input_schema, row_schema};
 use lockstep_runtime::{Plugin, PluginInstance};
 use std::collections::HashSet;
+use std::sync::Arc;
 
 /// What a run did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -31,6 +32,8 @@ pub struct RunStats {
     pub entities: usize,
     /// Events the plugin failed on (skipped; see [`FailedEvent`]).
     pub failed: usize,
+    /// Of `rows_out`: rows wake-ups emitted (a plugin with timers), not events.
+    pub wake_rows: usize,
 }
 
 impl RunStats {
@@ -43,6 +46,7 @@ impl RunStats {
         self.calls += other.calls;
         self.entities += other.entities;
         self.failed += other.failed;
+        self.wake_rows += other.wake_rows;
     }
 }
 
@@ -93,6 +97,63 @@ pub struct RunOutput {
     pub failed: Vec<FailedEvent>,
 }
 
+/// An entity's events in a sorted batch, and the instant up to which its wake-ups are
+/// due after them.
+#[derive(Debug, Clone)]
+struct Run {
+    key: EntityKey,
+    start: usize,
+    len: usize,
+    fire_until: Option<i64>,
+}
+
+/// The part of a [`Run`] one plugin call carries.
+#[derive(Debug, Clone, Copy)]
+struct Segment<'k> {
+    key: &'k EntityKey,
+    start: usize,
+    len: usize,
+    fire_until: Option<i64>,
+}
+
+/// A column of entity keys of type `ty` (Utf8 or Int64): the key of every row (rows of
+/// a wake-up have no event to take their key from).
+fn key_array(ty: &arrow_schema::DataType, keys: &[&EntityKey]) -> Result<ArrayRef, ExecError> {
+    use arrow_array::builder::{Int64Builder, StringBuilder};
+    use arrow_schema::DataType;
+    let wrong = || ExecError::Input("entity key must be string or int64".into());
+    match ty {
+        DataType::Utf8 => {
+            let bytes = keys
+                .iter()
+                .map(|k| match k {
+                    EntityKey::Str(s) => s.len(),
+                    EntityKey::Int(_) => 0,
+                })
+                .sum();
+            let mut b = StringBuilder::with_capacity(keys.len(), bytes);
+            for k in keys {
+                match k {
+                    EntityKey::Str(s) => b.append_value(s),
+                    EntityKey::Int(_) => return Err(wrong()),
+                }
+            }
+            Ok(Arc::new(b.finish()))
+        }
+        DataType::Int64 => {
+            let mut b = Int64Builder::with_capacity(keys.len());
+            for k in keys {
+                match k {
+                    EntityKey::Int(i) => b.append_value(*i),
+                    EntityKey::Str(_) => return Err(wrong()),
+                }
+            }
+            Ok(Arc::new(b.finish()))
+        }
+        _ => Err(wrong()),
+    }
+}
+
 /// Drives one plugin instance: orders events, batches them into calls, keeps state.
 pub struct Executor {
     instance: PluginInstance,
@@ -102,6 +163,8 @@ pub struct Executor {
     input_schema: SchemaRef,
     row_schema: SchemaRef,
     max_events_per_call: usize,
+    /// Rows wake-ups emitted over this executor's calls.
+    wake_rows: usize,
 }
 
 impl Executor {
@@ -116,6 +179,7 @@ impl Executor {
             row_schema: row_schema(&manifest),
             manifest,
             max_events_per_call: 16_384,
+            wake_rows: 0,
         })
     }
 
@@ -132,11 +196,38 @@ impl Executor {
     }
 
     /// Applies `events` (in the plugin's input schema) on top of `states`, updating
-    /// them, and returns the emitted rows.
+    /// them, and returns the emitted rows. Wake-ups between an entity's events are
+    /// taken (see [`lockstep_abi::timers`]); none after its last event.
     pub fn run(
         &mut self,
         events: &RecordBatch,
         states: &mut StateMap,
+    ) -> Result<RunOutput, ExecError> {
+        self.run_until(events, states, None, &[])
+    }
+
+    /// What the batch host computes from `events` alone: [`run_until`](Self::run_until)
+    /// the latest event time among them (the end of the input), so each entity takes
+    /// its wake-ups after its last event up to there.
+    pub fn run_to_end(
+        &mut self,
+        events: &RecordBatch,
+        states: &mut StateMap,
+    ) -> Result<RunOutput, ExecError> {
+        let end = lockstep_core::order::latest_event_time(events, &self.manifest)?;
+        self.run_until(events, states, end, &[])
+    }
+
+    /// Like [`run`](Self::run), and then takes every wake-up at or before `fire_until`
+    /// of the entities with events and of those in `woken` (which need no events; keys
+    /// without a state are skipped): for a plugin with timers, what is due once no
+    /// event at or before `fire_until` can come any more.
+    pub fn run_until(
+        &mut self,
+        events: &RecordBatch,
+        states: &mut StateMap,
+        fire_until: Option<i64>,
+        woken: &[EntityKey],
     ) -> Result<RunOutput, ExecError> {
         let expected = self.input_schema.fields();
         for (i, field) in expected.iter().enumerate() {
@@ -177,17 +268,54 @@ impl Executor {
         for (start, end) in ordered.entity_ranges() {
             let key = EntityKey::from_array(sorted[key_col].as_ref(), start)
                 .ok_or_else(|| ExecError::Input("entity key must be string or int64".into()))?;
-            runs.push((key, start, end - start));
+            runs.push(Run {
+                key,
+                start,
+                len: end - start,
+                fire_until,
+            });
+        }
+        if fire_until.is_some() && self.manifest.timer_resolution.is_some() && !woken.is_empty() {
+            // Entities woken without events, in key order among the others.
+            let with_events: std::collections::HashSet<&EntityKey> =
+                runs.iter().map(|r| &r.key).collect();
+            let mut extra: Vec<EntityKey> = woken
+                .iter()
+                .filter(|k| !with_events.contains(k) && states.contains_key(*k))
+                .cloned()
+                .collect();
+            extra.sort();
+            extra.dedup();
+            let end = sorted.first().map_or(0, |c| c.len());
+            runs.extend(extra.into_iter().map(|key| Run {
+                key,
+                start: end,
+                len: 0,
+                fire_until,
+            }));
+            runs.sort_by(|a, b| a.key.cmp(&b.key));
+            // A call's segments are contiguous in `sorted`: an entity without events
+            // sits where its key falls, between its neighbours' events.
+            let mut next = 0;
+            for run in &mut runs {
+                if run.len == 0 {
+                    run.start = next;
+                }
+                next = run.start + run.len;
+            }
+            stats.entities = runs.len();
         }
         let mut failed = Vec::new();
+        let woken_before = self.wake_rows;
         let out = self.apply_runs(&sorted, key_col, &runs, states, &mut stats, &mut failed)?;
         let rows = concat_batches(&self.row_schema, &out)?;
         stats.rows_out = rows.num_rows();
+        stats.wake_rows = self.wake_rows - woken_before;
         stats.events_applied -= failed.len();
         Ok(RunOutput {
             rows,
             stats,
-            entities: runs.into_iter().map(|(key, _, _)| key).collect(),
+            entities: runs.into_iter().map(|r| r.key).collect(),
             failed: failed
                 .into_iter()
                 .map(|(at, key, message)| FailedEvent {
@@ -199,33 +327,42 @@ impl Executor {
         })
     }
 
-    /// Applies contiguous entity runs `(key, start, len)` of `sorted`, in calls of at most
-    /// `max_events_per_call` events (a longer run is split; its state carries over).
-    /// Events the plugin fails on are skipped and listed in `failed` as (position in
-    /// `sorted`, entity, message).
+    /// Applies contiguous entity runs of `sorted`, in calls of at most
+    /// `max_events_per_call` events (a longer run is split; its state carries over, and
+    /// only its last piece takes the wake-ups after it). Events the plugin fails on are
+    /// skipped and listed in `failed` as (position in `sorted`, entity, message).
     fn apply_runs(
         &mut self,
         sorted: &[ArrayRef],
         key_col: usize,
-        runs: &[(EntityKey, usize, usize)],
+        runs: &[Run],
         states: &mut StateMap,
         stats: &mut RunStats,
         failed: &mut Vec<(usize, EntityKey, String)>,
     ) -> Result<Vec<RecordBatch>, ExecError> {
         let mut out = Vec::new();
-        let mut call: Vec<(&EntityKey, usize, usize)> = Vec::new();
+        let mut call: Vec<Segment<'_>> = Vec::new();
         let mut pending = 0;
-        for (key, start, len) in runs {
-            let (mut at, end) = (*start, start + len);
-            while at < end {
+        for run in runs {
+            let (mut at, end) = (run.start, run.start + run.len);
+            loop {
                 let take_n = (end - at).min(self.max_events_per_call - pending);
-                call.push((key, at, take_n));
+                let last = at + take_n == end;
+                call.push(Segment {
+                    key: &run.key,
+                    start: at,
+                    len: take_n,
+                    fire_until: if last { run.fire_until } else { None },
+                });
                 pending += take_n;
                 at += take_n;
                 if pending == self.max_events_per_call {
                     self.call_isolating(sorted, key_col, &call, states, stats, &mut out, failed)?;
                     call.clear();
                     pending = 0;
+                }
+                if at >= end {
+                    break;
                 }
             }
         }
@@ -237,15 +374,16 @@ impl Executor {
 
     /// One call over `segments`; if the plugin fails, the events it fails on are found
     /// and skipped: each entity is called alone, and the events of an entity that fails
-    /// are applied one at a time on top of its state. A failed call changes no state,
-    /// so what is applied, and in which order, is what an uninterrupted run applies,
-    /// less the failing events: the same in every host, however calls were cut.
+    /// are applied one at a time on top of its state (then its wake-ups after them). A
+    /// failed call changes no state, so what is applied, and in which order, is what an
+    /// uninterrupted run applies, less the failing events: the same in every host,
+    /// however calls were cut.
     #[allow(clippy::too_many_arguments)]
     fn call_isolating(
         &mut self,
         sorted: &[ArrayRef],
         key_col: usize,
-        segments: &[(&EntityKey, usize, usize)],
+        segments: &[Segment<'_>],
         states: &mut StateMap,
         stats: &mut RunStats,
         out: &mut Vec<RecordBatch>,
@@ -260,10 +398,10 @@ impl Executor {
             Err(e) if is_plugin_failure(&e) => {}
             Err(e) => return Err(e),
         }
-        for &(key, start, len) in segments {
+        for segment in segments {
             if segments.len() > 1 {
                 stats.calls += 1;
-                match self.call(sorted, key_col, &[(key, start, len)], states) {
+                match self.call(sorted, key_col, std::slice::from_ref(segment), states) {
                     Ok(rows) => {
                         out.push(rows);
                         continue;
@@ -272,15 +410,43 @@ impl Executor {
                     Err(e) => return Err(e),
                 }
             }
-            for at in start..start + len {
+            let key = segment.key;
+            for at in segment.start..segment.start + segment.len {
                 stats.calls += 1;
-                match self.call(sorted, key_col, &[(key, at, 1)], states) {
+                let one = Segment {
+                    key,
+                    start: at,
+                    len: 1,
+                    fire_until: None,
+                };
+                match self.call(sorted, key_col, &[one], states) {
                     Ok(rows) => out.push(rows),
                     Err(e) if is_plugin_failure(&e) => {
                         stats.failed += 1;
                         failed.push((at, key.clone(), e.to_string()));
                     }
                     Err(e) => return Err(e),
+                }
+            }
+            if segment.fire_until.is_some() {
+                // The wake-ups after the entity's events, alone: a plugin failing there
+                // has no event to skip, and going on would wake it again and again.
+                stats.calls += 1;
+                let wake = Segment {
+                    key,
+                    start: segment.start + segment.len,
+                    len: 0,
+                    fire_until: segment.fire_until,
+                };
+                match self.call(sorted, key_col, &[wake], states) {
+                    Ok(rows) => out.push(rows),
+                    Err(e) => {
+                        return Err(ExecError::Wake {
+                            plugin: self.manifest.name.clone(),
+                            key: key.to_string(),
+                            message: e.to_string(),
+                        });
+                    }
                 }
             }
         }
@@ -298,24 +464,30 @@ impl Executor {
             stats: RunStats::default(),
             keep_finished: true,
             failed: Vec::new(),
+            fire_until: None,
         }
     }
 
-    /// One plugin call over contiguous entity segments `(key, start, len)` of `sorted`.
+    /// One plugin call over contiguous entity segments of `sorted`.
     fn call(
         &mut self,
         sorted: &[ArrayRef],
         key_col: usize,
-        segments: &[(&EntityKey, usize, usize)],
+        segments: &[Segment<'_>],
         states: &mut StateMap,
     ) -> Result<RecordBatch, ExecError> {
         let plugin = &self.manifest.name;
         let keyed = self.manifest.kind == Kind::KeyedStateful;
-        let first = segments.first().map(|s| s.1).unwrap_or(0);
-        let total: usize = segments.iter().map(|s| s.2).sum();
-        let counts: Vec<u32> = segments.iter().map(|s| s.2 as u32).collect();
+        let first = segments.first().map(|s| s.start).unwrap_or(0);
+        let total: usize = segments.iter().map(|s| s.len).sum();
+        let counts: Vec<u32> = segments.iter().map(|s| s.len as u32).collect();
+        let timers = self.manifest.timer_resolution;
+        let fire_until: Vec<Option<i64>> = match timers {
+            Some(_) => segments.iter().map(|s| s.fire_until).collect(),
+            None => Vec::new(),
+        };
         let mut prior: Vec<Option<&[u8]>> = Vec::with_capacity(segments.len());
-        for (key, _, _) in segments {
+        for Segment { key, .. } in segments {
             let state = if keyed {
                 states.get(*key).map(Vec::as_slice)
             } else {
@@ -332,7 +504,7 @@ impl Executor {
             }
             prior.push(state);
         }
-        let mut request = ApplyRequest::new(&counts, &prior, sorted.len())
+        let mut request = ApplyRequest::with_fire_until(&counts, &prior, &fire_until, sorted.len())
             .map_err(|e| ExecError::Input(e.to_string()))?;
         for (column, &ty) in sorted.iter().zip(&self.input_types) {
             write_column(&mut request, column.slice(first, total).as_ref(), ty)?;
@@ -348,8 +520,21 @@ impl Executor {
         let parsed = ApplyResponse::parse(&response, &self.feature_types, segments.len(), total)
             .map_err(|e| protocol(e.to_string()))?;
 
+        if let Some(resolution) = timers {
+            // A state whose wake-up list is broken would stall or misfire every host
+            // alike: refused before any of the call's states is kept.
+            for (i, segment) in segments.iter().enumerate() {
+                if let Some(s) = parsed.state(i) {
+                    lockstep_abi::timers::check_state(s, resolution)
+                        .map_err(|e| protocol(format!("state of entity `{}`: {e}", segment.key)))?;
+                }
+            }
+        }
+        self.wake_rows += (0..parsed.n_rows())
+            .filter(|&r| parsed.source_event(r) == lockstep_abi::timers::WAKE_ROW as usize)
+            .count();
         let mut key_rows = Vec::with_capacity(parsed.n_rows());
-        for (i, (key, start, _)) in segments.iter().enumerate() {
+        for (i, Segment { key, .. }) in segments.iter().enumerate() {
             if keyed {
                 match (parsed.state(i), states.get_mut(*key)) {
                     // Most calls update a state that exists: reuse its key and buffer.
@@ -365,14 +550,10 @@ impl Executor {
                     }
                 }
             }
-            key_rows.extend(std::iter::repeat_n(*start as u32, parsed.row_count(i)));
+            key_rows.extend(std::iter::repeat_n(*key, parsed.row_count(i)));
         }
         let mut columns = Vec::with_capacity(2 + self.feature_types.len());
-        columns.push(take(
-            sorted[key_col].as_ref(),
-            &UInt32Array::from(key_rows),
-            None,
-        )?);
+        columns.push(key_array(sorted[key_col].data_type(), &key_rows)?);
         columns.push(read_column(&parsed.event_time, ValueType::Timestamp)?);
         for (view, &ty) in parsed.features.iter().zip(&self.feature_types) {
             columns.push(read_column(view, ty)?);
@@ -395,6 +576,8 @@ pub struct OrderedRun<'e> {
     keep_finished: bool,
     /// Events of the last pushed batch that the plugin failed on.
     failed: Vec<FailedEvent>,
+    /// Once an entity's last event is applied, its wake-ups up to here are taken.
+    fire_until: Option<i64>,
 }
 
 impl OrderedRun<'_> {
@@ -411,6 +594,59 @@ impl OrderedRun<'_> {
     pub fn discard_finished_states(mut self) -> Self {
         self.keep_finished = false;
         self
+    }
+
+    /// Takes, for a plugin with timers, every wake-up at or before `until` of each
+    /// entity once its last event is applied (the end of the input: no event at or
+    /// before `until` will come). Set it before the first [`push`](Self::push) of a
+    /// batch holding an entity's end; [`finish`](Self::finish) wakes the last one.
+    pub fn set_fire_until(&mut self, until: Option<i64>) {
+        self.fire_until = until.filter(|_| self.executor.manifest.timer_resolution.is_some());
+    }
+
+    /// Ends the run: the entity still open takes its wake-ups (see
+    /// [`set_fire_until`](Self::set_fire_until)); the rows they emitted.
+    pub fn finish(&mut self) -> Result<RecordBatch, ExecError> {
+        let exec = &mut *self.executor;
+        let empty = RecordBatch::new_empty(exec.row_schema.clone());
+        let (Some(until), Some(key)) = (self.fire_until, self.current.take()) else {
+            return Ok(empty);
+        };
+        let columns: Vec<ArrayRef> = exec
+            .input_schema
+            .fields()
+            .iter()
+            .map(|f| arrow_array::new_empty_array(f.data_type()))
+            .collect();
+        let key_col = exec
+            .manifest
+            .input_index(&exec.manifest.entity_key)
+            .ok_or_else(|| ExecError::Input("entity key is not an input field".into()))?;
+        let run = Run {
+            key: key.clone(),
+            start: 0,
+            len: 0,
+            fire_until: Some(until),
+        };
+        let mut stats = RunStats::default();
+        let mut failed = Vec::new();
+        let woken_before = exec.wake_rows;
+        let out = exec.apply_runs(
+            &columns,
+            key_col,
+            &[run],
+            self.states,
+            &mut stats,
+            &mut failed,
+        )?;
+        if !self.keep_finished {
+            self.states.remove(&key);
+        }
+        self.stats.calls += stats.calls;
+        self.stats.wake_rows += exec.wake_rows - woken_before;
+        let rows = concat_batches(&exec.row_schema, &out)?;
+        self.stats.rows_out += rows.num_rows();
+        Ok(rows)
     }
 
     /// Applies one sorted batch (input columns followed by the two order columns) and
@@ -432,7 +668,7 @@ impl OrderedRun<'_> {
         self.stats.events_in += n;
         let open_before = self.current.clone();
         let mut keep = Vec::with_capacity(n);
-        let mut runs: Vec<(EntityKey, usize, usize)> = Vec::new();
+        let mut runs: Vec<Run> = Vec::new();
         let mut kept = 0usize;
         for row in 0..n {
             let key_array = batch.column(key_col).as_ref();
@@ -460,11 +696,21 @@ impl OrderedRun<'_> {
                     self.seen.clear();
                 }
                 self.stats.entities += 1;
-                runs.push((key, kept, 0));
+                runs.push(Run {
+                    key,
+                    start: kept,
+                    len: 0,
+                    fire_until: None,
+                });
             } else if runs.is_empty()
                 && let Some(key) = self.current.clone()
             {
-                runs.push((key, kept, 0));
+                runs.push(Run {
+                    key,
+                    start: kept,
+                    len: 0,
+                    fire_until: None,
+                });
             }
             let id = lockstep_core::order::from_order_value(ids.value(row));
             let fresh = self.seen.insert(id);
@@ -472,7 +718,7 @@ impl OrderedRun<'_> {
             if fresh {
                 kept += 1;
                 if let Some(run) = runs.last_mut() {
-                    run.2 += 1;
+                    run.len += 1;
                 }
             } else {
                 self.stats.duplicates += 1;
@@ -481,9 +727,30 @@ impl OrderedRun<'_> {
         let started: Vec<EntityKey> = if self.keep_finished {
             Vec::new()
         } else {
-            runs.iter().map(|r| r.0.clone()).collect()
+            runs.iter().map(|r| r.key.clone()).collect()
         };
-        runs.retain(|r| r.2 > 0);
+        if let Some(until) = self.fire_until {
+            // Every entity but the one still open has seen its last event, the one
+            // open before this batch included when the batch starts another.
+            let open_runs = runs.len();
+            for run in runs.iter_mut().take(open_runs.saturating_sub(1)) {
+                run.fire_until = Some(until);
+            }
+            if let Some(previous) = &open_before
+                && runs.first().is_some_and(|r| r.key != *previous)
+            {
+                runs.insert(
+                    0,
+                    Run {
+                        key: previous.clone(),
+                        start: 0,
+                        len: 0,
+                        fire_until: Some(until),
+                    },
+                );
+            }
+        }
+        runs.retain(|r| r.len > 0 || r.fire_until.is_some());
         self.stats.events_applied += kept;
         let mask = BooleanArray::from(keep);
         let columns: Vec<ArrayRef> = batch.columns()[..n_input]
@@ -492,6 +759,7 @@ impl OrderedRun<'_> {
             .collect::<Result<_, _>>()?;
         let mut stats = RunStats::default();
         let mut failed = Vec::new();
+        let woken_before = exec.wake_rows;
         let out = exec.apply_runs(
             &columns,
             key_col,
@@ -526,6 +794,7 @@ impl OrderedRun<'_> {
             }
         }
         self.stats.calls += stats.calls;
+        self.stats.wake_rows += exec.wake_rows - woken_before;
         let rows = concat_batches(&exec.row_schema, &out)?;
         self.stats.rows_out += rows.num_rows();
         Ok(rows)

@@ -31,4 +31,15 @@ pub enum ExecError {
     /// Input that cannot be processed (schema mismatch, null key, unsorted batches).
     #[error("{0}")]
     Input(String),
+    /// The plugin failed taking an entity's wake-ups after its events: no event to
+    /// skip, so the run stops (a plugin bug; every host stops on it alike).
+    #[error("plugin `{plugin}` failed waking entity `{key}`: {message}")]
+    Wake {
+        /// Group name.
+        plugin: String,
+        /// The entity.
+        key: String,
+        /// The plugin's error.
+        message: String,
+    },
 }

@@ -230,6 +230,25 @@ fn transaction_cases() -> Vec<(i64, Json)> {
             Some(format!("e-many-{k:03}")),
         );
     }
+    // Long gaps: a card idle for hours, days and past every window, with times off
+    // the minute, so its windows empty with no transaction to show it (wake-ups).
+    for (k, ts) in [
+        t0 + 9 * HOUR,
+        t0 + 9 * HOUR + 17 * SECOND + 123,
+        t0 + 2 * 86_400 * SECOND + 14 * HOUR,
+        t0 + 12 * 86_400 * SECOND + 14 * HOUR,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        txn(
+            "edge-idle",
+            ts,
+            json!(5.0 + k as f64),
+            "merchant-0010",
+            Some(format!("e-idle-{k}")),
+        );
+    }
     // A time zone offset in the raw record.
     let ts = t0 + 7 * HOUR;
     out.push((

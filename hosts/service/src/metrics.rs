@@ -39,6 +39,12 @@ pub struct Metrics {
     pub erased_events: Counter,
     /// Entity states dropped because their entity was erased.
     pub erased_states: Counter,
+    /// Entities woken for their wake-ups with no event (a plugin with timers).
+    pub entities_woken: Counter,
+    /// Rows wake-ups emitted (timers fired).
+    pub wake_rows: Counter,
+    /// The watermark a caught-up shard moved to with the clock, µs since the epoch.
+    pub clock_watermark_us: Gauge,
     /// Events held in reorder buffers.
     pub buffered_events: Gauge,
     /// Milliseconds behind the tip, per shard.
@@ -71,6 +77,9 @@ impl Metrics {
             commits: Counter::default(),
             erased_events: Counter::default(),
             erased_states: Counter::default(),
+            entities_woken: Counter::default(),
+            wake_rows: Counter::default(),
+            clock_watermark_us: Gauge::default(),
             buffered_events: Gauge::default(),
             lag_ms: Family::default(),
             commit_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
@@ -127,6 +136,21 @@ impl Metrics {
             "erased_states",
             "Entity states dropped because the entity was erased",
             m.erased_states.clone(),
+        );
+        registry.register(
+            "entities_woken",
+            "Entities woken for their wake-ups (timers) with no event",
+            m.entities_woken.clone(),
+        );
+        registry.register(
+            "wake_rows",
+            "Rows wake-ups emitted (timers fired)",
+            m.wake_rows.clone(),
+        );
+        registry.register(
+            "clock_watermark_us",
+            "The watermark caught-up shards follow with the clock (minus the allowed lateness), µs since the epoch",
+            m.clock_watermark_us.clone(),
         );
         registry.register(
             "buffered_events",

@@ -58,6 +58,12 @@ pub struct ServiceConfig {
     /// the stream has truly ended: an event arriving later would be applied out of
     /// order.
     pub drain_on_stop: bool,
+    /// For a plugin with timers: when every shard is caught up at its tip with nothing
+    /// new, move the watermarks with the clock (minus the allowed lateness), so idle
+    /// entities take their wake-ups online (Flink's idleness). Off for a replay of
+    /// history: once caught up, every event older than the clock minus the lateness
+    /// would be late.
+    pub idle_watermark: bool,
     /// Stop on SIGTERM or SIGINT.
     pub handle_signals: bool,
     /// A Redis cache to write through after the durable store: URL and entry TTL.
@@ -156,6 +162,7 @@ impl ServiceConfig {
             listen: None,
             stop_when_idle: false,
             drain_on_stop: false,
+            idle_watermark: true,
             handle_signals: true,
             cache: None,
             start_fresh: false,
@@ -503,6 +510,8 @@ impl StreamService {
         let mut seen = StreamStats::default();
         let mut source_failures = 0u32;
         let mut first_round = true;
+        let timers = self.plugin.manifest().timer_resolution.is_some();
+        let lateness = cfg.stream_config.allowed_lateness;
         let mut round = Round::default();
         let mut ever_read = false;
         // Records read in this round and not yet applied, one entry per shard in the
@@ -621,6 +630,15 @@ impl StreamService {
                     // parallel.
                     if due {
                         apply_records(&mut processor, &mut gathered, &mut round, &mut positions)?;
+                    }
+                    if idle && timers && cfg.idle_watermark && !stopping {
+                        let to = now_micros().saturating_sub(lateness);
+                        let step = processor.advance_watermarks(to)?;
+                        metrics.clock_watermark_us.set(to);
+                        if step.stats.calls > 0 || step.rows.num_rows() > 0 {
+                            round.rows.push(step.rows);
+                            round.changed = true;
+                        }
                     }
                     if stopping && cfg.drain_on_stop {
                         let step = processor.drain()?;
@@ -989,6 +1007,12 @@ fn record_progress(metrics: &Metrics, before: &StreamStats, now: &StreamStats) {
     metrics
         .erased_events
         .inc_by(delta(before.erased, now.erased));
+    metrics
+        .entities_woken
+        .inc_by(delta(before.woken, now.woken));
+    metrics
+        .wake_rows
+        .inc_by(delta(before.wake_rows, now.wake_rows));
 }
 
 fn lock(health: &Mutex<Health>) -> std::sync::MutexGuard<'_, Health> {

@@ -87,6 +87,11 @@ pub struct StreamStats {
     /// Events of erased entities at or before their erasure time: dropped, never
     /// applied (see `lockstep_core::erasure`).
     pub erased: u64,
+    /// Entities woken for their wake-ups without an event (a plugin with timers;
+    /// wake-ups between events are taken inside the plugin's calls).
+    pub woken: u64,
+    /// Rows wake-ups emitted (timers fired), with or without an event.
+    pub wake_rows: u64,
 }
 
 impl StreamStats {
@@ -102,6 +107,8 @@ impl StreamStats {
         self.rows += other.rows;
         self.before_start += other.before_start;
         self.erased += other.erased;
+        self.woken += other.woken;
+        self.wake_rows += other.wake_rows;
     }
 }
 
@@ -186,6 +193,10 @@ pub struct StreamProcessor {
     touched: KeySet,
     /// Erased entities: their events at or before the erasure are dropped on arrival.
     erasures: Arc<Erasures>,
+    /// For a plugin with timers: `(earliest wake-up, entity)`, one entry each time an
+    /// entity's state changed (an entry may be stale: it is checked against the state
+    /// before the entity is woken).
+    wakes: std::collections::BTreeSet<(i64, EntityKey)>,
 }
 
 /// What a processor holds for its shard: per-entity states, the events still in the
@@ -348,6 +359,11 @@ impl ShardState {
         )
     }
 
+    /// The latest event time the shard saw.
+    pub fn latest_event_time(&self) -> Option<i64> {
+        self.max_seen
+    }
+
     /// A state holding only per-entity states (a backfill's hand-off).
     pub fn from_states(states: StateMap) -> Self {
         ShardState {
@@ -377,7 +393,62 @@ impl StreamProcessor {
         p.taken_set
             .extend(state.taken.keys().map(|&(_, identity)| identity));
         p.taken = state.taken;
+        p.index_wakes_of_all();
         Ok(p)
+    }
+
+    /// Rebuilds the wake-up index from every state (at start, and after states came in
+    /// whole).
+    fn index_wakes_of_all(&mut self) {
+        self.wakes.clear();
+        if self.manifest.timer_resolution.is_none() {
+            return;
+        }
+        for (key, state) in &self.states {
+            if let Ok(Some(at)) = lockstep_abi::timers::next_wake(state) {
+                self.wakes.insert((at, key.clone()));
+            }
+        }
+    }
+
+    /// Indexes the earliest wake-up of each of `keys` (states that just changed).
+    fn index_wakes(&mut self, keys: &[EntityKey]) {
+        if self.manifest.timer_resolution.is_none() {
+            return;
+        }
+        for key in keys {
+            if let Some(Ok(Some(at))) = self
+                .states
+                .get(key)
+                .map(|s| lockstep_abi::timers::next_wake(s))
+            {
+                self.wakes.insert((at, key.clone()));
+            }
+        }
+    }
+
+    /// Takes out of the index the entities with a wake-up at or before `until`, as
+    /// their states say now.
+    fn due_wakes(&mut self, until: i64) -> Vec<EntityKey> {
+        let mut due = Vec::new();
+        while let Some((at, _)) = self.wakes.first() {
+            if *at > until {
+                break;
+            }
+            let Some((_, key)) = self.wakes.pop_first() else {
+                break;
+            };
+            let pending = self
+                .states
+                .get(&key)
+                .and_then(|s| lockstep_abi::timers::next_wake(s).ok().flatten());
+            if pending.is_some_and(|at| at <= until) {
+                due.push(key);
+            }
+        }
+        due.sort();
+        due.dedup();
+        due
     }
 
     /// The entities whose state changed since the last call, each with its state now
@@ -450,6 +521,7 @@ impl StreamProcessor {
             id_col,
             touched: KeySet::default(),
             erasures: Arc::default(),
+            wakes: Default::default(),
         })
     }
 
@@ -477,7 +549,14 @@ impl StreamProcessor {
     /// Starts every entity from `states` (a backfill's final states: the hand-off).
     pub fn with_states(mut self, states: StateMap) -> Self {
         self.states = states;
+        self.index_wakes_of_all();
         self
+    }
+
+    /// The latest event time seen (or the clock a caught-up shard's watermark
+    /// followed; see [`advance_watermark`](Self::advance_watermark)).
+    pub fn latest_event_time(&self) -> Option<i64> {
+        self.max_seen
     }
 
     /// The watermark: the latest event time seen minus the allowed lateness.
@@ -624,9 +703,11 @@ impl StreamProcessor {
             self.buffered += held.num_rows();
             self.buffer.push(held);
         }
+        // Events before the watermark are applied; then every wake-up before it is
+        // due, since an event at the watermark may still arrive.
         let released = match self.watermark() {
-            Some(w) => self.release(|t| t < w)?,
-            None => self.release(|_| false)?,
+            Some(w) => self.release(|t| t < w, Some(w.saturating_sub(1)))?,
+            None => self.release(|_| false, None)?,
         };
         self.forget_before_horizon();
         Ok(Step {
@@ -637,14 +718,43 @@ impl StreamProcessor {
         })
     }
 
-    /// Applies every held event (end of a finite input). Not for a service that will
-    /// resume: it keeps its buffer in a checkpoint instead.
+    /// Applies every held event (end of a finite input), then the wake-ups up to the
+    /// latest event time seen. Not for a service that will resume: it keeps its buffer
+    /// in a checkpoint instead.
     pub fn drain(&mut self) -> Result<Step, StreamError> {
-        self.release(|_| true)
+        self.drain_until(self.max_seen)
     }
 
-    /// Applies the held events whose time satisfies `due`.
-    fn release(&mut self, due: impl Fn(i64) -> bool) -> Result<Step, StreamError> {
+    /// Applies every held event, then the wake-ups at or before `fire_until`: the end
+    /// of the input over every shard (the batch host wakes entities up to its input's
+    /// latest event time), or where the stream stops.
+    pub fn drain_until(&mut self, fire_until: Option<i64>) -> Result<Step, StreamError> {
+        self.release(|_| true, fire_until)
+    }
+
+    /// Moves the watermark up to `to` (UTC µs), as if an event at `to` plus the
+    /// allowed lateness had been seen — a shard with no new events at its tip, whose
+    /// watermark follows the clock (see DESIGN §4) — then applies what that releases:
+    /// held events and wake-ups before it. Never moves it back.
+    pub fn advance_watermark(&mut self, to: i64) -> Result<Step, StreamError> {
+        let seen = to.saturating_add(self.config.allowed_lateness);
+        if self.max_seen.is_some_and(|m| m >= seen) {
+            return self.release(|_| false, None);
+        }
+        self.max_seen = Some(seen);
+        let w = to;
+        let step = self.release(|t| t < w, Some(w.saturating_sub(1)))?;
+        self.forget_before_horizon();
+        Ok(step)
+    }
+
+    /// Applies the held events whose time satisfies `due`, then the wake-ups at or
+    /// before `fire_until` of the entities they touched and of those due by the index.
+    fn release(
+        &mut self,
+        due: impl Fn(i64) -> bool,
+        fire_until: Option<i64>,
+    ) -> Result<Step, StreamError> {
         let schema = self.buffer_schema.clone();
         let mut now = Vec::new();
         let mut later = Vec::new();
@@ -669,7 +779,12 @@ impl StreamProcessor {
         let held = concat_batches(&schema, &now)?;
         let n_input = self.manifest.input.len();
         let events = held.project(&(0..n_input).collect::<Vec<_>>())?;
-        if events.num_rows() == 0 {
+        let timers = self.manifest.timer_resolution.is_some();
+        let woken = match fire_until {
+            Some(until) if timers => self.due_wakes(until),
+            _ => Vec::new(),
+        };
+        if events.num_rows() == 0 && woken.is_empty() {
             return Ok(Step {
                 rows: RecordBatch::new_empty(row_schema(&self.manifest)),
                 late: Vec::new(),
@@ -678,11 +793,17 @@ impl StreamProcessor {
                 late_duplicates: 0,
             });
         }
-        let mut out = self.executor.run(&events, &mut self.states)?;
+        let fire_until = fire_until.filter(|_| timers);
+        let mut out = self
+            .executor
+            .run_until(&events, &mut self.states, fire_until, &woken)?;
+        self.stats.woken += woken.len() as u64;
+        self.index_wakes(&out.entities);
         self.touched.extend(std::mem::take(&mut out.entities));
         self.stats.applied += out.stats.events_applied as u64;
         self.stats.duplicates += out.stats.duplicates as u64;
         self.stats.rows += out.rows.num_rows() as u64;
+        self.stats.wake_rows += out.stats.wake_rows as u64;
         // Events the plugin failed on: dead letters naming their record, as the batch
         // host's rejects name them; everything else was applied.
         let shards = held.column(n_input).as_string::<i32>();

@@ -352,13 +352,57 @@ impl ShardedProcessor {
 
     /// Applies every held event of every shard (end of a finite input).
     pub fn drain(&mut self) -> Result<Step, StreamError> {
+        // The end of the input over every shard: each entity takes its wake-ups up to
+        // the latest event time any shard saw, as the batch host does over the same
+        // events.
+        let end = self
+            .open
+            .values()
+            .filter_map(|(_, p)| p.latest_event_time())
+            .chain(
+                self.closed
+                    .values()
+                    .filter_map(|(_, s)| s.latest_event_time()),
+            )
+            .max();
+        self.drain_until(end)
+    }
+
+    /// Moves every open shard's watermark up to `to` (see
+    /// [`StreamProcessor::advance_watermark`]): shards caught up at their tip follow
+    /// the clock, so idle entities still take their wake-ups.
+    pub fn advance_watermarks(&mut self, to: i64) -> Result<Step, StreamError> {
         let mut rows: Vec<RecordBatch> = Vec::new();
         let mut stats = RunStats::default();
         let mut ids: Vec<String> = self.open.keys().cloned().collect();
         ids.sort();
         for id in ids {
             if let Some((_, processor)) = self.open.get_mut(&id) {
-                let step = processor.drain()?;
+                let step = processor.advance_watermark(to)?;
+                stats.add(&step.stats);
+                rows.push(step.rows);
+            }
+        }
+        let schema = row_schema(self.plugin.manifest());
+        Ok(Step {
+            rows: arrow_select::concat::concat_batches(&schema, &rows)?,
+            late: Vec::new(),
+            dead: Vec::new(),
+            stats,
+            late_duplicates: 0,
+        })
+    }
+
+    /// Applies every held event in every shard, then every wake-up at or before
+    /// `fire_until`.
+    pub fn drain_until(&mut self, fire_until: Option<i64>) -> Result<Step, StreamError> {
+        let mut rows: Vec<RecordBatch> = Vec::new();
+        let mut stats = RunStats::default();
+        let mut ids: Vec<String> = self.open.keys().cloned().collect();
+        ids.sort();
+        for id in ids {
+            if let Some((_, processor)) = self.open.get_mut(&id) {
+                let step = processor.drain_until(fire_until)?;
                 stats.add(&step.stats);
                 rows.push(step.rows);
             }
@@ -370,7 +414,7 @@ impl ShardedProcessor {
             if let Some((_, state)) = self.closed.remove(&id) {
                 let mut processor = StreamProcessor::resume(&self.plugin, self.config, state)?;
                 processor.set_erasures(self.erasures.clone())?;
-                let step = processor.drain()?;
+                let step = processor.drain_until(fire_until)?;
                 stats.add(&step.stats);
                 rows.push(step.rows);
             }

@@ -312,7 +312,7 @@ fn a_handed_off_state_continues_where_the_backfill_stopped() {
     let mut states = StateMap::default();
     let backfill = Executor::new(&plugin)
         .expect("executor")
-        .run(
+        .run_to_end(
             &decode_json_lines(&before.join("\n"), &m, None).expect("decode"),
             &mut states,
         )
@@ -340,7 +340,7 @@ fn a_handed_off_state_continues_where_the_backfill_stopped() {
     rows.push(p.drain().expect("drain").rows);
     let whole = Executor::new(&plugin)
         .expect("executor")
-        .run(
+        .run_to_end(
             &decode_json_lines(&text, &m, None).expect("decode"),
             &mut StateMap::default(),
         )
@@ -401,7 +401,7 @@ proptest! {
         let m = plugin.manifest();
         let batch = Executor::new(&plugin)
             .expect("executor")
-            .run(&decode_json_lines(&text, m, None).expect("decode"), &mut StateMap::default())
+            .run_to_end(&decode_json_lines(&text, m, None).expect("decode"), &mut StateMap::default())
             .expect("run");
         let c = compare(&m.entity_key, &canonical(&plugin, &streamed), &canonical(&plugin, &[batch.rows]), 5);
         prop_assert!(c.identical(), "{name}: {}", c.render("stream", "batch"));
@@ -518,7 +518,7 @@ fn resharding_keeps_every_entity_in_order_and_applies_each_event_once() {
     let m = plugin.manifest();
     let batch = Executor::new(&plugin)
         .expect("executor")
-        .run(
+        .run_to_end(
             &decode_json_lines(&text, m, None).expect("decode"),
             &mut StateMap::default(),
         )
@@ -736,7 +736,7 @@ proptest! {
             .collect();
         let batch = Executor::new(&plugin)
             .expect("executor")
-            .run(&decode_json_lines(&kept, m, None).expect("decode"), &mut StateMap::default())
+            .run_to_end(&decode_json_lines(&kept, m, None).expect("decode"), &mut StateMap::default())
             .expect("run");
         let c = compare(&m.entity_key, &canonical(&plugin, &out), &canonical(&plugin, &[batch.rows]), 5);
         prop_assert!(c.identical(), "{}", c.render("stream", "batch without the erased events"));
@@ -824,7 +824,7 @@ fn a_handed_off_state_of_an_erased_entity_is_dropped_before_any_shard_takes_it()
     let mut states = StateMap::default();
     Executor::new(&plugin)
         .expect("executor")
-        .run(
+        .run_to_end(
             &decode_json_lines(&backfilled, plugin.manifest(), None).expect("decode"),
             &mut states,
         )
@@ -890,4 +890,85 @@ fn a_handed_off_state_of_an_erased_entity_is_dropped_before_any_shard_takes_it()
             .map(|(k, v)| (k, v.is_some()))
             .collect::<Vec<_>>()
     );
+}
+
+/// A card with transactions at 08:40 and 09:00 and nothing after: once the shard's
+/// watermark reaches 14:00 (a caught-up shard following the clock), the card was woken
+/// when each transaction left its hour, so its latest row — what the online store
+/// keeps — says `txn_count_1h = 0`; and the rows equal what the batch host computes
+/// from the same events woken up to just before 14:00, also after a restore.
+#[test]
+fn an_idle_shard_watermark_wakes_idle_entities_as_the_batch_host_does() {
+    let plugin = plugin("txn_velocity");
+    let m = plugin.manifest().clone();
+    let day = 1_704_067_200 * SECOND; // 2024-01-01T00:00Z
+    let hour = 60 * MINUTE;
+    let line = |card: &str, ts: i64, id: &str| {
+        format!(r#"{{"card_id":"{card}","ts":{ts},"amount":10.0,"merchant":"m","txn_id":"{id}"}}"#)
+    };
+    let lines = [
+        line("idle", day + 8 * hour + 40 * MINUTE, "a"),
+        line("idle", day + 9 * hour, "b"),
+        line("busy", day + 9 * hour, "c"),
+    ];
+    let records: Vec<Record> = lines
+        .iter()
+        .map(|l| Record {
+            shard: "s",
+            sequence: "1",
+            data: l.as_bytes(),
+            partition_key: None,
+        })
+        .collect();
+    let config = StreamConfig {
+        allowed_lateness: 5 * MINUTE,
+        ..StreamConfig::default()
+    };
+    let two = day + 14 * hour;
+    let mut p = StreamProcessor::new(&plugin, config).expect("processor");
+    let mut rows = vec![p.push(&records).expect("push").rows];
+    // Halfway, the shard is saved and restored: the wake-ups travel in the states.
+    rows.push(
+        p.advance_watermark(day + 9 * hour + 50 * MINUTE)
+            .expect("advance")
+            .rows,
+    );
+    let changed: StateMap = p
+        .take_changed()
+        .into_iter()
+        .filter_map(|(k, s)| s.map(|s| (k, s)))
+        .collect();
+    let mut states = p.states().clone();
+    states.extend(changed);
+    let saved = lockstep_stream::ShardState::from_saved(p.pending(), states);
+    let mut p = StreamProcessor::resume(&plugin, config, saved).expect("resume");
+    rows.push(p.advance_watermark(two).expect("advance").rows);
+    assert!(p.stats().woken >= 2, "{:?}", p.stats());
+
+    let stream = canonical(&plugin, &rows);
+    let idle: Vec<&Row> = stream
+        .iter()
+        .filter(|r| r.get("card_id") == Some(&serde_json::json!("idle")))
+        .collect();
+    let latest = idle.last().expect("rows of the idle card");
+    assert_eq!(latest.get("txn_count_1h"), Some(&serde_json::json!(0)));
+    assert_eq!(latest.get("txn_count_24h"), Some(&serde_json::json!(2)));
+    assert_eq!(
+        latest.get("event_time"),
+        Some(&serde_json::json!("2024-01-01T10:00:00.000000Z")),
+        "the last change before 14:00: the 09:00 transaction left the hour"
+    );
+
+    let events = decode_json_lines(&lines.join("\n"), &m, None).expect("decode");
+    let batch = Executor::new(&plugin)
+        .expect("executor")
+        .run_until(&events, &mut StateMap::default(), Some(two - 1), &[])
+        .expect("batch");
+    let c = compare(
+        &m.entity_key,
+        &stream,
+        &canonical(&plugin, &[batch.rows]),
+        10,
+    );
+    assert!(c.identical(), "{}", c.render("stream", "batch"));
 }

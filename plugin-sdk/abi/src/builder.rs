@@ -25,6 +25,7 @@ impl ManifestBuilder {
                 kind: Kind::Stateless,
                 state_version: 0,
                 supports_read: false,
+                timer_resolution: None,
             },
         }
     }
@@ -97,6 +98,14 @@ impl ManifestBuilder {
     /// Declares that the plugin implements `read(state, as_of)`.
     pub fn supports_read(mut self) -> Self {
         self.manifest.supports_read = true;
+        self
+    }
+
+    /// Declares that the plugin asks to be woken at later event times, each wake-up
+    /// time rounded up to a multiple of `resolution` µs (0: exact): the grid bounds
+    /// how many rows wake-ups add, and is the same in every host.
+    pub fn timers(mut self, resolution: u64) -> Self {
+        self.manifest.timer_resolution = Some(resolution);
         self
     }
 

@@ -22,14 +22,17 @@
 //! This mirrors Arrow's physical layout, so a host converts Arrow arrays with a copy per
 //! buffer, and a guest reads values in place without allocating.
 //!
-//! An **apply request** (`LSA1`) carries entities, each with optional prior state and a
+//! An **apply request** (`LSA2`) carries entities, each with optional prior state and a
 //! contiguous run of events: `n_entities, n_events, n_columns`, one u32 event count per
-//! entity, the states as a binary column, then the input columns in manifest order.
+//! entity, the states as a binary column, the instant up to which each entity's
+//! wake-ups are due after its events (a nullable timestamp column; see [`timers`]),
+//! then the input columns in manifest order.
 //!
-//! An **apply response** (`LSR1`) carries, per entity, the new state and a contiguous
+//! An **apply response** (`LSR2`) carries, per entity, the new state and a contiguous
 //! run of rows: `n_entities, n_rows, n_features`, one u32 row count per entity, the states
 //! as a binary column, the rows' event times (timestamp column), the index of the event
-//! that produced each row (u32 each), then the feature columns in manifest order.
+//! that produced each row (u32 each; [`timers::WAKE_ROW`] for a wake-up's row), then
+//! the feature columns in manifest order.
 //!
 //! A **read request** (`LSQ1`) is `n`, a binary column of states and a timestamp column
 //! of instants; a **read response** (`LSP1`) is `n, n_features` and the feature columns.
@@ -39,6 +42,7 @@ mod column;
 mod error;
 mod manifest;
 mod messages;
+pub mod timers;
 mod value;
 
 pub use builder::ManifestBuilder;

@@ -69,6 +69,12 @@ pub struct Manifest {
     pub state_version: u32,
     /// Whether `read(state, as_of)` is implemented.
     pub supports_read: bool,
+    /// Whether the plugin asks to be woken at later event times (timers; see
+    /// [`crate::timers`]), and the grid its wake-up times are rounded up to, in µs:
+    /// `Some(60_000_000)` wakes an entity at most once a minute, `Some(0)` at the exact
+    /// instants asked for. `None`: no timers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timer_resolution: Option<u64>,
 }
 
 /// A manifest that breaks one of the rules in [`Manifest::validate`].
@@ -193,6 +199,18 @@ impl Manifest {
         }
         if self.kind == Kind::Stateless && self.supports_read {
             return fail("a stateless plugin has no state to read".into());
+        }
+        if self.kind == Kind::Stateless && self.timer_resolution.is_some() {
+            return fail("a stateless plugin has no state to keep timers in".into());
+        }
+        if self
+            .timer_resolution
+            .is_some_and(|r| r > crate::timers::MAX_RESOLUTION)
+        {
+            return fail(format!(
+                "timer resolution {} µs is over a day",
+                self.timer_resolution.unwrap_or_default()
+            ));
         }
         Ok(())
     }

@@ -3,8 +3,8 @@
 use crate::column::{Reader, TAG_BINARY, TAG_STRING, TAG_TIMESTAMP, Writer, read_u32, tag_of};
 use crate::{AbiError, ColumnBuilder, ColumnView, ValueType};
 
-const APPLY_REQUEST: &[u8; 4] = b"LSA1";
-const APPLY_RESPONSE: &[u8; 4] = b"LSR1";
+const APPLY_REQUEST: &[u8; 4] = b"LSA2";
+const APPLY_RESPONSE: &[u8; 4] = b"LSR2";
 const READ_REQUEST: &[u8; 4] = b"LSQ1";
 const READ_RESPONSE: &[u8; 4] = b"LSP1";
 
@@ -42,21 +42,36 @@ pub struct ApplyRequest {
 
 impl ApplyRequest {
     /// Starts a request for entities with these event counts and prior states
-    /// (`None` = the entity has no state yet).
+    /// (`None` = the entity has no state yet), waking none.
     pub fn new(
         event_counts: &[u32],
         states: &[Option<&[u8]>],
         n_columns: usize,
     ) -> Result<Self, AbiError> {
+        Self::with_fire_until(event_counts, states, &[], n_columns)
+    }
+
+    /// Starts a request whose entities, after their events, take their wake-ups at or
+    /// before `fire_until` (one per entity, or none at all: nobody is woken; see
+    /// [`crate::timers`]). An entity may have no events, only to be woken.
+    pub fn with_fire_until(
+        event_counts: &[u32],
+        states: &[Option<&[u8]>],
+        fire_until: &[Option<i64>],
+        n_columns: usize,
+    ) -> Result<Self, AbiError> {
         if event_counts.len() != states.len() {
             return Err(AbiError::Inconsistent("one state per entity"));
+        }
+        if !fire_until.is_empty() && fire_until.len() != states.len() {
+            return Err(AbiError::Inconsistent("one wake-up bound per entity"));
         }
         let n_events: u64 = event_counts.iter().map(|&c| c as u64).sum();
         let n_events =
             u32::try_from(n_events).map_err(|_| AbiError::Inconsistent("more than 2^32 events"))?;
         let state_bytes: usize = states.iter().flatten().map(|s| s.len()).sum();
         let mut w = Writer {
-            buf: Vec::with_capacity(16 + event_counts.len() * 9 + state_bytes),
+            buf: Vec::with_capacity(16 + event_counts.len() * 18 + state_bytes),
         };
         w.buf.extend_from_slice(APPLY_REQUEST);
         w.u32(event_counts.len() as u32);
@@ -66,6 +81,16 @@ impl ApplyRequest {
             w.u32(c);
         }
         write_states(&mut w, states.iter().copied());
+        let n = event_counts.len();
+        let mut until = vec![0i64; n];
+        let mut validity = vec![0u8; n.div_ceil(8)];
+        for (i, t) in fire_until.iter().enumerate() {
+            if let Some(t) = t {
+                until[i] = *t;
+                validity[i >> 3] |= 1 << (i & 7);
+            }
+        }
+        w.fixed(TAG_TIMESTAMP, &until, Some(&validity));
         Ok(ApplyRequest {
             w,
             n_events: n_events as usize,
@@ -161,6 +186,9 @@ pub struct ApplyRequestView<'a> {
     n_events: usize,
     /// Prior state per entity (binary column; null = none).
     pub states: ColumnView<'a>,
+    /// Per entity, the instant up to which wake-ups are due after its events
+    /// (timestamp column; null = none).
+    pub fire_until: ColumnView<'a>,
     /// Input columns, in manifest order.
     pub columns: Vec<ColumnView<'a>>,
 }
@@ -189,6 +217,7 @@ impl<'a> ApplyRequestView<'a> {
             return Err(AbiError::Inconsistent("entity event counts do not add up"));
         }
         let states = r.column(n_entities, 0, None)?;
+        let fire_until = r.column(n_entities, 0, Some(ValueType::Timestamp))?;
         let columns = schema
             .iter()
             .enumerate()
@@ -199,6 +228,7 @@ impl<'a> ApplyRequestView<'a> {
             event_counts,
             n_events,
             states,
+            fire_until,
             columns,
         })
     }
@@ -221,6 +251,11 @@ impl<'a> ApplyRequestView<'a> {
     /// Prior state of entity `i`, if it has one.
     pub fn state(&self, i: usize) -> Option<&'a [u8]> {
         self.states.is_valid(i).then(|| self.states.bytes(i))
+    }
+
+    /// The instant up to which entity `i`'s wake-ups are due after its events, if any.
+    pub fn fire_until(&self, i: usize) -> Option<i64> {
+        self.fire_until.is_valid(i).then(|| self.fire_until.i64(i))
     }
 }
 
@@ -410,7 +445,10 @@ impl<'a> ApplyResponse<'a> {
             return Err(AbiError::Inconsistent("row event time must not be null"));
         }
         let source_event = r.bytes(n_rows * 4, "row source events")?;
-        if (0..n_rows).any(|i| read_u32(source_event, i) as usize >= n_events) {
+        if (0..n_rows).any(|i| {
+            let e = read_u32(source_event, i);
+            e != crate::timers::WAKE_ROW && e as usize >= n_events
+        }) {
             return Err(AbiError::Inconsistent("row source event out of range"));
         }
         let features = feature_types
@@ -438,7 +476,8 @@ impl<'a> ApplyResponse<'a> {
         read_u32(self.row_counts, i) as usize
     }
 
-    /// Index of the request event that produced row `i`.
+    /// Index of the request event that produced row `i`
+    /// ([`crate::timers::WAKE_ROW`] for a wake-up's row).
     pub fn source_event(&self, i: usize) -> usize {
         read_u32(self.source_event, i) as usize
     }
@@ -609,6 +648,31 @@ mod tests {
         assert!(!v.columns[2].is_valid(1));
         assert_eq!(v.columns[2].f64(2).to_bits(), (-0.0f64).to_bits());
         assert!(v.columns[3].bool(0) && !v.columns[3].bool(1));
+    }
+
+    #[test]
+    fn wake_up_bounds_round_trip_and_an_entity_may_come_without_events() {
+        let mut req =
+            ApplyRequest::with_fire_until(&[0, 1], &[Some(b"s"), None], &[Some(60), None], 1)
+                .expect("header");
+        req.int64_column(ValueType::Timestamp, &[5], None)
+            .expect("time");
+        let buf = req.finish().expect("finish");
+        let v = ApplyRequestView::parse(&buf, &[ValueType::Timestamp]).expect("parse");
+        assert_eq!((v.event_count(0), v.event_count(1)), (0, 1));
+        assert_eq!((v.fire_until(0), v.fire_until(1)), (Some(60), None));
+        assert!(
+            ApplyRequest::with_fire_until(&[1], &[None], &[None, None], 1).is_err(),
+            "one bound per entity"
+        );
+        // A wake-up's row names no event; any other index must be in range.
+        let mut w = ApplyResponseWriter::new(&[ValueType::Int64]);
+        w.features_mut()[0].push_i64(1);
+        w.end_row(60, crate::timers::WAKE_ROW);
+        w.end_entity(None);
+        let buf = w.finish();
+        let r = ApplyResponse::parse(&buf, &[ValueType::Int64], 1, 0).expect("a wake row");
+        assert_eq!(r.source_event(0), crate::timers::WAKE_ROW as usize);
     }
 
     #[test]

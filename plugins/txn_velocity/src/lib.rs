@@ -9,6 +9,15 @@
 //! window that slid since the last transaction is exact at request time; there
 //! `secs_since_prev_txn` is the time since the last transaction.
 //!
+//! A window also changes when a transaction leaves it, with no new transaction: each
+//! transaction asks to be woken when it leaves each window (1 h, 24 h and 7 d later,
+//! rounded up to the next whole minute: the manifest's timer resolution), and a
+//! wake-up emits the card's row at that instant. So the stored rows change exactly
+//! where the windows change (to the minute): a card idle since 09:00 has a row at
+//! 10:00 with `txn_count_1h = 0`, and a training label at 14:00 gets 0, not the 09:00
+//! count. Wake-ups follow the contract's rule (`lockstep_abi::timers`): after every
+//! transaction at or before their instant, before any later one.
+//!
 //! Windows are maintained incrementally, so an event costs O(1) amortised whatever the
 //! card's volume: counts and sums are running values (sums Neumaier-compensated and
 //! reset to exactly zero when a window empties), maxima come from monotonic queues,
@@ -274,11 +283,14 @@ impl Transform for TxnVelocity {
     type State = CardState;
 
     fn manifest() -> Manifest {
-        lockstep_sdk::schema::manifest::<Self>("txn_velocity", "1.0.0")
+        let manifest = lockstep_sdk::schema::manifest::<Self>("txn_velocity", "1.0.0")
             .description("Per-card transaction velocity: counts, sums, means and maxima over 1 h, 24 h and 7 d windows.")
-            .keyed_stateful(1)
-            .supports_read()
-            .build()
+            .keyed_stateful(if cfg!(feature = "no-timers") { 1 } else { 2 })
+            .supports_read();
+        if cfg!(feature = "no-timers") {
+            return manifest.build();
+        }
+        manifest.timers(Timestamp::MINUTE as u64).build()
     }
 
     fn apply(
@@ -296,7 +308,32 @@ impl Transform for TxnVelocity {
         });
         let since_prev = state.last_ts.map(|p| t.saturating_sub(p));
         state.last_ts = Some(t);
-        out.emit(state.row(since_prev))
+        out.emit(state.row(since_prev))?;
+        // Each window changes again when this transaction leaves it.
+        if cfg!(feature = "no-timers") {
+            return Ok(());
+        }
+        for width in WINDOWS {
+            if let Some(leaves) = t.checked_add(width) {
+                out.wake_at(Timestamp(leaves))?;
+            }
+        }
+        Ok(())
+    }
+
+    fn wake(
+        state: &mut CardState,
+        at: Timestamp,
+        out: &mut Emit<'_, Velocity>,
+    ) -> Result<(), Error> {
+        let t = at.micros();
+        let Some(last) = state.last_ts.filter(|&l| l <= t) else {
+            return Ok(());
+        };
+        // In place: what leaves now would leave at the next transaction anyway, in the
+        // same order, so the sums keep their bits.
+        state.evict(t);
+        out.emit(state.row(Some(t.saturating_sub(last))))
     }
 
     fn read(state: &CardState, as_of: Timestamp) -> Option<Velocity> {
@@ -437,7 +474,67 @@ mod tests {
         (a - b).abs() <= 1e-9 * a.abs().max(b.abs()).max(1.0)
     }
 
+    /// The documented rule, computed from the raw events alone: rows exist at every
+    /// event time and wherever a transaction leaves a window (rounded up to the
+    /// minute); a label at `label` sees the windows at the latest such instant before it.
+    fn naive_at_label(events: &[(i64, f64, &str)], label: i64) -> Option<Velocity> {
+        let minute = Timestamp::MINUTE;
+        let instants = events.iter().flat_map(|&(ts, _, _)| {
+            std::iter::once(ts).chain(
+                WINDOWS
+                    .iter()
+                    .map(move |w| (ts + w + minute - 1).div_euclid(minute) * minute),
+            )
+        });
+        let r = instants.filter(|&p| p < label).max()?;
+        Some(naive(events, r))
+    }
+
     proptest::proptest! {
+        #[test]
+        fn every_label_sees_the_windows_the_raw_events_give(
+            gaps in proptest::collection::vec(0i64..3 * 3600, 1..40),
+            amounts in proptest::collection::vec(-1e3f64..1e3, 40),
+            merchants in proptest::collection::vec(0usize..4, 40),
+            labels in proptest::collection::vec(0i64..10 * 86_400, 1..30),
+            on_the_minute in proptest::bool::ANY,
+        ) {
+            const NAMES: [&str; 4] = ["a", "b", "c", "d"];
+            // Times to the second, or to the minute (then every change point is on
+            // the timer grid and the value at a label is the window just before it).
+            let unit = if on_the_minute { Timestamp::MINUTE } else { Timestamp::SECOND };
+            let mut t = 0i64;
+            let events: Vec<(i64, f64, &str)> = gaps.iter().enumerate().map(|(i, g)| {
+                t += g / (unit / Timestamp::SECOND) * unit;
+                (t, amounts[i], NAMES[merchants[i]])
+            }).collect();
+            let horizon = 10 * Timestamp::DAY + Timestamp::HOUR;
+            let rows = timeline(&events, horizon);
+            for &label in &labels {
+                let label = label * Timestamp::SECOND;
+                let got = as_of(&rows, label);
+                let want = naive_at_label(&events, label);
+                proptest::prop_assert_eq!(got.is_some(), want.is_some(), "label {}", label);
+                let (Some(got), Some(want)) = (got, want) else { continue };
+                proptest::prop_assert_eq!(
+                    (got.txn_count_1h, got.txn_count_24h, got.txn_count_7d, got.distinct_merchants_24h),
+                    (want.txn_count_1h, want.txn_count_24h, want.txn_count_7d, want.distinct_merchants_24h),
+                    "label {}", label
+                );
+                proptest::prop_assert_eq!((got.txn_max_1h, got.txn_max_24h, got.txn_max_7d), (want.txn_max_1h, want.txn_max_24h, want.txn_max_7d));
+                proptest::prop_assert!(close(got.txn_sum_1h, want.txn_sum_1h) && close(got.txn_sum_24h, want.txn_sum_24h) && close(got.txn_sum_7d, want.txn_sum_7d));
+                if on_the_minute {
+                    // Exact: the windows just before the label, from the raw events.
+                    let exact = naive(&events, label - 1);
+                    proptest::prop_assert_eq!(
+                        (got.txn_count_1h, got.txn_count_24h, got.txn_count_7d),
+                        (exact.txn_count_1h, exact.txn_count_24h, exact.txn_count_7d),
+                        "label {}", label
+                    );
+                }
+            }
+        }
+
         #[test]
         fn incremental_windows_match_a_naive_scan(
             gaps in proptest::collection::vec(0i64..4 * 3600, 1..120),
@@ -471,6 +568,72 @@ mod tests {
             proptest::prop_assert!(close(read.txn_sum_7d, want.txn_sum_7d));
             proptest::prop_assert!(state.recent.len() as i64 == state.windows[LONGEST].count, "state keeps only the 7-day window");
         }
+    }
+
+    /// `txn` events driven as a host drives them: wake-ups between and after them.
+    fn timeline(events: &[(i64, f64, &str)], until: i64) -> Vec<(Timestamp, Velocity)> {
+        let mut card = lockstep_sdk::testing::Entity::<TxnVelocity>::new();
+        let mut rows = Vec::new();
+        for &(ts, amount, merchant) in events {
+            let txn = Transaction {
+                card_id: "c",
+                ts: Timestamp(ts),
+                amount,
+                merchant,
+                txn_id: None,
+            };
+            rows.extend(card.apply(Timestamp(ts), txn).expect("apply"));
+        }
+        rows.extend(card.advance(Timestamp(until)).expect("advance"));
+        rows
+    }
+
+    /// What a training label at `label` sees: the last row strictly before it.
+    fn as_of(rows: &[(Timestamp, Velocity)], label: i64) -> Option<&Velocity> {
+        rows.iter().rev().find(|(t, _)| t.0 < label).map(|(_, r)| r)
+    }
+
+    #[test]
+    fn a_card_idle_since_nine_has_a_row_at_ten_and_a_label_at_two_sees_zero() {
+        let nine = 9 * Timestamp::HOUR;
+        let events = [
+            (nine - 20 * Timestamp::MINUTE, 5.0, "m1"),
+            (nine, 10.0, "m2"),
+        ];
+        let two = 14 * Timestamp::HOUR;
+        let rows = timeline(&events, two);
+        let times: Vec<i64> = rows.iter().map(|(t, _)| t.0).collect();
+        assert_eq!(
+            times,
+            [
+                nine - 20 * Timestamp::MINUTE,
+                nine,
+                nine + 40 * Timestamp::MINUTE,
+                nine + Timestamp::HOUR
+            ],
+            "a row when each transaction leaves the 1 h window; none after 14:00"
+        );
+        let at_two = as_of(&rows, two).expect("a row before 14:00");
+        assert_eq!(
+            (at_two.txn_count_1h, at_two.txn_sum_1h, at_two.txn_mean_1h),
+            (0, 0.0, None)
+        );
+        assert_eq!((at_two.txn_count_24h, at_two.txn_sum_24h), (2, 15.0));
+        assert_eq!(
+            at_two.secs_since_prev_txn,
+            Some(3600.0),
+            "as of the wake-up"
+        );
+        // The naive window just before 14:00 over the raw events says the same.
+        let naive = naive(&events, two - 1);
+        assert_eq!(
+            (
+                at_two.txn_count_1h,
+                at_two.txn_count_24h,
+                at_two.txn_count_7d
+            ),
+            (naive.txn_count_1h, naive.txn_count_24h, naive.txn_count_7d)
+        );
     }
 
     #[test]

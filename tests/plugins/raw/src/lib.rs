@@ -54,6 +54,7 @@ mod guest {
                 kind: wit::Kind::Stateless,
                 state_version: 0,
                 supports_read: false,
+                timer_resolution: None,
             }
         }
 
