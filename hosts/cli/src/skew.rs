@@ -123,6 +123,7 @@ pub async fn run(args: &Args) -> Result<bool> {
             "late_events": report.late.len(),
             "late": report.late.iter().take(20).map(|l| l.to_json()).collect::<Vec<_>>(),
             "stream_duplicates": report.duplicates,
+            "stream_rows_after_end": report.after_end,
             "allowed_lateness_us": args.allowed_lateness,
             "arrival": arrival,
             "batch_ms": report.batch_ms,
@@ -131,7 +132,7 @@ pub async fn run(args: &Args) -> Result<bool> {
         println!("{}", serde_json::to_string_pretty(&doc)?);
         return Ok(c.identical());
     }
-    let late_note = if report.late.is_empty() {
+    let mut late_note = if report.late.is_empty() {
         format!("0 late events (allowed lateness {lateness})")
     } else {
         format!(
@@ -139,6 +140,12 @@ pub async fn run(args: &Args) -> Result<bool> {
             report.late.len()
         )
     };
+    if report.after_end > 0 {
+        late_note.push_str(&format!(
+            "; {} stream wake-up rows after the input's last event not compared (its watermark followed the clock)",
+            report.after_end
+        ));
+    }
     if c.identical() {
         println!(
             "skew-check {}: batch = stream ✓  {} rows compared, {} entities, {} events, {late_note}; arrival {arrival}; batch {:.0} ms, stream {:.0} ms",

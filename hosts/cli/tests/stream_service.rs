@@ -979,4 +979,24 @@ fn a_caught_up_stream_follows_the_clock_and_an_idle_card_reads_zero_online() {
         ),
         "the row of the wake-up when the last transaction left the hour"
     );
+
+    // skew-check over the service's log: the batch host, waking up to the input's end,
+    // agrees on every row up to there; the clock's wake-ups after it are named, not
+    // compared.
+    let out = lockstep(&[
+        "skew-check",
+        "--plugin",
+        s(&wasm),
+        "--events",
+        s(&events),
+        "--stream-log",
+        s(&state),
+    ]);
+    let said = text(&out.stdout);
+    assert!(out.status.success(), "{said}\n{}", text(&out.stderr));
+    assert!(said.contains("batch = stream"), "{said}");
+    assert!(
+        said.contains("2 stream wake-up rows after the input's last event"),
+        "{said}"
+    );
 }

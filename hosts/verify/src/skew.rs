@@ -74,6 +74,10 @@ pub struct SkewReport {
     pub batch_ms: f64,
     /// Wall time of the stream side, ms.
     pub stream_ms: f64,
+    /// Stream rows after the input's latest event time, left out of the comparison:
+    /// wake-ups a stream host took because its watermark followed the clock, which a
+    /// batch over the same events (woken up to their end) has no reason to take.
+    pub after_end: usize,
 }
 
 impl SkewReport {
@@ -165,8 +169,28 @@ pub async fn run(check: &SkewCheck) -> Result<SkewReport, VerifyError> {
     let started = Instant::now();
     let batch = batch_rows(&check.batch, &batch_events, 2, check.table_format).await?;
     let batch_ms = started.elapsed().as_secs_f64() * 1e3;
+    // The batch side wakes entities up to the end of its events; a stream host whose
+    // watermark followed the clock may have gone further (wake-up rows only).
+    let end = times
+        .iter()
+        .zip(&late)
+        .filter(|(_, late)| !**late)
+        .map(|(t, _)| *t)
+        .max();
+    let mut stream_rows = streamed.rows;
+    let mut after_end = 0;
+    if let Some(serde_json::Value::String(end)) = end.map(lockstep_core::rows::format_timestamp) {
+        let before = stream_rows.len();
+        stream_rows.retain(|row| {
+            row.get("event_time")
+                .and_then(|t| t.as_str())
+                .is_none_or(|t| t <= end.as_str())
+        });
+        after_end = before - stream_rows.len();
+    }
     Ok(SkewReport {
-        comparison: compare(&m.entity_key, &batch, &streamed.rows, 20),
+        comparison: compare(&m.entity_key, &batch, &stream_rows, 20),
+        after_end,
         events: lines.len(),
         late: streamed.late,
         duplicates: streamed.duplicates,
