@@ -14,7 +14,23 @@ pub fn txn_velocity(
     work: &std::path::Path,
 ) -> Result<lockstep_runtime::Plugin, Box<dyn std::error::Error>> {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let built = lockstep_build::build(&root.join("plugins/txn_velocity"), &Default::default())?;
+    // `LOCKSTEP_BENCH_FEATURES=no-timers` measures the build without wake-ups, to say
+    // what they cost side by side.
+    let features: Vec<String> = std::env::var("LOCKSTEP_BENCH_FEATURES")
+        .map(|f| {
+            f.split(',')
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned)
+                .collect()
+        })
+        .unwrap_or_default();
+    let built = lockstep_build::build(
+        &root.join("plugins/txn_velocity"),
+        &lockstep_build::BuildOptions {
+            features,
+            ..Default::default()
+        },
+    )?;
     let runtime = lockstep_runtime::Runtime::new(lockstep_runtime::RuntimeConfig::with_cache(
         work.join("artifacts"),
     ))?;
