@@ -152,7 +152,7 @@ async fn training_sets_equal_duckdb_asof_joins() {
         // A small memory limit makes the sorts spill; the rows must not change.
         (
             "spilling",
-            &["--memory-limit", "8MiB", "--partitions", "2"],
+            &["--memory-limit", "16MiB", "--partitions", "2"],
             &[],
         ),
     ];
