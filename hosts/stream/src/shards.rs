@@ -372,41 +372,33 @@ impl ShardedProcessor {
     /// [`StreamProcessor::advance_watermark`]): shards caught up at their tip follow
     /// the clock, so idle entities still take their wake-ups.
     pub fn advance_watermarks(&mut self, to: i64) -> Result<Step, StreamError> {
-        let mut rows: Vec<RecordBatch> = Vec::new();
-        let mut stats = RunStats::default();
+        let mut out = Gathered::default();
+        self.on_open_shards(&mut out, |p| p.advance_watermark(to))?;
+        out.into_step(&self.plugin)
+    }
+
+    /// Runs `f` on every open shard's processor, in shard order, gathering its rows
+    /// and counters into `out`.
+    fn on_open_shards(
+        &mut self,
+        out: &mut Gathered,
+        mut f: impl FnMut(&mut StreamProcessor) -> Result<Step, StreamError>,
+    ) -> Result<(), StreamError> {
         let mut ids: Vec<String> = self.open.keys().cloned().collect();
         ids.sort();
         for id in ids {
             if let Some((_, processor)) = self.open.get_mut(&id) {
-                let step = processor.advance_watermark(to)?;
-                stats.add(&step.stats);
-                rows.push(step.rows);
+                out.add(f(processor)?);
             }
         }
-        let schema = row_schema(self.plugin.manifest());
-        Ok(Step {
-            rows: arrow_select::concat::concat_batches(&schema, &rows)?,
-            late: Vec::new(),
-            dead: Vec::new(),
-            stats,
-            late_duplicates: 0,
-        })
+        Ok(())
     }
 
     /// Applies every held event in every shard, then every wake-up at or before
     /// `fire_until`.
     pub fn drain_until(&mut self, fire_until: Option<i64>) -> Result<Step, StreamError> {
-        let mut rows: Vec<RecordBatch> = Vec::new();
-        let mut stats = RunStats::default();
-        let mut ids: Vec<String> = self.open.keys().cloned().collect();
-        ids.sort();
-        for id in ids {
-            if let Some((_, processor)) = self.open.get_mut(&id) {
-                let step = processor.drain_until(fire_until)?;
-                stats.add(&step.stats);
-                rows.push(step.rows);
-            }
-        }
+        let mut out = Gathered::default();
+        self.on_open_shards(&mut out, |p| p.drain_until(fire_until))?;
         // Closed shards whose children never came: their buffered events still count.
         let mut closed: Vec<String> = self.closed.keys().cloned().collect();
         closed.sort();
@@ -414,19 +406,10 @@ impl ShardedProcessor {
             if let Some((_, state)) = self.closed.remove(&id) {
                 let mut processor = StreamProcessor::resume(&self.plugin, self.config, state)?;
                 processor.set_erasures(self.erasures.clone())?;
-                let step = processor.drain_until(fire_until)?;
-                stats.add(&step.stats);
-                rows.push(step.rows);
+                out.add(processor.drain_until(fire_until)?);
             }
         }
-        let schema = row_schema(self.plugin.manifest());
-        Ok(Step {
-            rows: arrow_select::concat::concat_batches(&schema, &rows)?,
-            late: Vec::new(),
-            dead: Vec::new(),
-            stats,
-            late_duplicates: 0,
-        })
+        out.into_step(&self.plugin)
     }
 
     /// Events held in the reorder buffers of the open shards.
@@ -441,6 +424,32 @@ impl ShardedProcessor {
             total.add(p.stats());
         }
         total
+    }
+}
+
+/// Rows and counters gathered from several shards' steps.
+#[derive(Default)]
+struct Gathered {
+    rows: Vec<RecordBatch>,
+    stats: RunStats,
+}
+
+impl Gathered {
+    fn add(&mut self, step: Step) {
+        self.stats.add(&step.stats);
+        self.rows.push(step.rows);
+    }
+
+    /// One step holding them all (in the row schema of `plugin`).
+    fn into_step(self, plugin: &Plugin) -> Result<Step, StreamError> {
+        let schema = row_schema(plugin.manifest());
+        Ok(Step {
+            rows: arrow_select::concat::concat_batches(&schema, &self.rows)?,
+            late: Vec::new(),
+            dead: Vec::new(),
+            stats: self.stats,
+            late_duplicates: 0,
+        })
     }
 }
 
