@@ -69,8 +69,10 @@ mod footer;
 mod json_source;
 mod parquet_check;
 pub mod plugin_exec;
+pub mod read_points;
 
 pub use plugin_exec::{FireUntil, PluginExec, PluginNodeConfig};
+pub use read_points::{EventsReader, PointsRead};
 
 /// A failure from the plan, with a plugin's own error brought back to the surface.
 fn unwrap_core(e: DataFusionError) -> BatchError {
@@ -643,6 +645,48 @@ async fn register_source(
     Ok(())
 }
 
+/// The source's partitions conformed to the plugin's input schema with the order
+/// columns added (`output`); rejects go to `rejects`, and `end_of_input` (when given)
+/// observes the latest event time.
+fn conformed_source(
+    source: Arc<dyn ExecutionPlan>,
+    job: &BatchJob,
+    manifest: &Manifest,
+    output: &SchemaRef,
+    rejects: &Arc<Mutex<Vec<SourceReject>>>,
+    end_of_input: Option<Arc<EndOfInput>>,
+) -> Result<Arc<dyn ExecutionPlan>, BatchError> {
+    let streams: Vec<Arc<dyn PartitionStream>> =
+        (0..source.output_partitioning().partition_count())
+            .map(|partition| {
+                Arc::new(ConformedPartition {
+                    source: source.clone(),
+                    partition,
+                    manifest: manifest.clone(),
+                    input: input_schema(manifest),
+                    output: output.clone(),
+                    kind: match job.format {
+                        SourceFormat::Csv => SourceKind::Text,
+                        SourceFormat::Parquet | SourceFormat::Json => SourceKind::Typed,
+                    },
+                    rejects: rejects.clone(),
+                    progress: job.progress.clone(),
+                    latest_event_time: job.latest_event_time,
+                    end_of_input: end_of_input.clone().map(|end| (end, job.erasures.clone())),
+                }) as Arc<dyn PartitionStream>
+            })
+            .collect();
+    let conformed = Arc::new(StreamingTableExec::try_new(
+        output.clone(),
+        streams,
+        None,
+        Vec::new(),
+        false,
+        None,
+    )?);
+    Ok(conformed)
+}
+
 /// Rows per batch through the plan and per plugin call. DataFusion's 8192 makes the
 /// sort merge ~4x as many sorted runs per partition, and the plugin be called ~4x as
 /// often (10M transactions: ~10 % less CPU at 32k, in alternating runs).
@@ -694,34 +738,14 @@ pub async fn run(
         (None, Some(at)) if manifest.timer_resolution.is_some() => FireUntil::At(at),
         _ => FireUntil::Never,
     };
-    let streams: Vec<Arc<dyn PartitionStream>> =
-        (0..source.output_partitioning().partition_count())
-            .map(|partition| {
-                Arc::new(ConformedPartition {
-                    source: source.clone(),
-                    partition,
-                    manifest: manifest.clone(),
-                    input: input_schema(&manifest),
-                    output: output.clone(),
-                    kind: match job.format {
-                        SourceFormat::Csv => SourceKind::Text,
-                        SourceFormat::Parquet | SourceFormat::Json => SourceKind::Typed,
-                    },
-                    rejects: rejects.clone(),
-                    progress: job.progress.clone(),
-                    latest_event_time: job.latest_event_time,
-                    end_of_input: end_of_input.clone().map(|end| (end, job.erasures.clone())),
-                }) as Arc<dyn PartitionStream>
-            })
-            .collect();
-    let conformed = Arc::new(StreamingTableExec::try_new(
-        output.clone(),
-        streams,
-        None,
-        Vec::new(),
-        false,
-        None,
-    )?);
+    let conformed = conformed_source(
+        source,
+        job,
+        &manifest,
+        &output,
+        &rejects,
+        end_of_input.clone(),
+    )?;
     let key = col(&manifest.entity_key, &output)?;
     let repartitioned = Arc::new(RepartitionExec::try_new(
         conformed,

@@ -1,6 +1,7 @@
 //! `lockstep training-set`: point-in-time-correct training sets from the offline store.
 
 use anyhow::{Context, Result};
+use lockstep_batch::{BatchJob, SourceFormat};
 use lockstep_offline::S3Options;
 use lockstep_training::{AsOf, GroupSelection, LabelsFormat, TrainingSet, TrainingSetJob};
 use std::path::PathBuf;
@@ -56,6 +57,33 @@ pub struct Args {
     /// Print the physical plan before running.
     #[arg(long)]
     pub explain: bool,
+    /// Read the group of `--plugin` at each label instant itself instead of joining its
+    /// stored rows: the plugin runs over the raw `--events` with the labels merged in
+    /// as read points, and its `read(state, label time)` is the value (events strictly
+    /// before the label; at or before it with --inclusive). The group's other rows are
+    /// not read; the erasure ledger applies to the events.
+    #[arg(long, requires_all = ["plugin", "events"])]
+    pub exact: bool,
+    /// The component of the group read with --exact (the group version's own: its
+    /// hash is checked).
+    #[arg(long, requires = "exact")]
+    pub plugin: Option<PathBuf>,
+    /// The raw events the group was computed from, for --exact: a file, directory,
+    /// glob or `s3://` URL.
+    #[arg(long, requires = "exact")]
+    pub events: Option<String>,
+    /// The events' format (default: from the name).
+    #[arg(long, value_enum, requires = "exact")]
+    pub events_format: Option<crate::batch::FormatArg>,
+    /// `SELECT … FROM source` shaping the events into the plugin's input, as the
+    /// backfill did.
+    #[arg(long, requires = "exact")]
+    pub events_sql: Option<String>,
+    /// The erasure ledger applied to the events (default: beside the offline store).
+    #[command(flatten)]
+    pub erasures: crate::erase::LedgerArgs,
+    #[command(flatten)]
+    pub runtime: crate::plugin::RuntimeArgs,
 }
 
 /// Label file formats.
@@ -75,7 +103,7 @@ pub async fn run(args: Args) -> Result<()> {
         ),
         None => None,
     };
-    let mut groups = args.groups;
+    let mut groups = args.groups.clone();
     for wanted in &args.as_of_versions {
         let mut applied = false;
         for g in groups.iter_mut() {
@@ -107,13 +135,19 @@ pub async fn run(args: Args) -> Result<()> {
     if let Some(p) = args.partitions {
         job.partitions = p.max(1);
     }
-    let store = crate::offline::open(
-        &args.offline_store,
-        &S3Options {
-            endpoint: args.endpoint_url,
-            ..Default::default()
-        },
-    )?;
+    let s3 = S3Options {
+        endpoint: args.endpoint_url.clone(),
+        ..Default::default()
+    };
+    let store = crate::offline::open(&args.offline_store, &s3)?;
+    let exact = match (&args.plugin, &args.events) {
+        (Some(plugin), Some(events)) if args.exact => {
+            let reader = exact_reader(&args, plugin, events, &s3).await?;
+            job.exact.push((reader.0.clone(), reader.1.clone()));
+            Some(reader)
+        }
+        _ => None,
+    };
     let written = async {
         let set = TrainingSet::plan(&job, &store).await?;
         if args.explain {
@@ -150,6 +184,17 @@ pub async fn run(args: Args) -> Result<()> {
             written.spilled.0
         );
     }
+    if let Some((name, reader)) = &exact
+        && let Some(read) = reader.last_read()
+    {
+        println!(
+            "  {name} read at each label instant from {} events ({} of the labelled entities, {} erased, {} rejected)",
+            read.events_read,
+            read.events_used,
+            read.erased,
+            read.rejects.len()
+        );
+    }
     for (name, version, matched) in &written.matched {
         let share = if written.rows == 0 {
             0.0
@@ -163,4 +208,59 @@ pub async fn run(args: Args) -> Result<()> {
 
 fn short(hash: &str) -> &str {
     hash.get(..12).unwrap_or(hash)
+}
+
+/// The reader `--exact` uses: the plugin over the raw events, the group's erasures
+/// applied. Returns the group's name (the plugin's) with it.
+async fn exact_reader(
+    args: &Args,
+    plugin_path: &std::path::Path,
+    events: &str,
+    s3: &S3Options,
+) -> Result<(String, std::sync::Arc<lockstep_batch::EventsReader>)> {
+    let runtime = args.runtime.runtime()?;
+    let plugin = runtime.load_file(plugin_path)?;
+    let manifest = plugin.manifest().clone();
+    if !args.groups.iter().any(|g| g.name == manifest.name) {
+        anyhow::bail!(
+            "--exact reads group `{}` (the plugin's), but no --group {0} is asked for",
+            manifest.name
+        );
+    }
+    let format = match args.events_format {
+        Some(crate::batch::FormatArg::Parquet) => SourceFormat::Parquet,
+        Some(crate::batch::FormatArg::Csv) => SourceFormat::Csv,
+        Some(crate::batch::FormatArg::Json) => SourceFormat::Json,
+        None => SourceFormat::from_path(events).with_context(|| {
+            format!("cannot tell the format of `{events}` from its name; pass --events-format parquet|csv|json")
+        })?,
+    };
+    let version = manifest.version.clone();
+    let erasures = match args.erasures.open(Some(&args.offline_store), s3)? {
+        Some(ledger) => {
+            let key_type = lockstep_core::schema::input_schema(&manifest)
+                .field_with_name(&manifest.entity_key)
+                .map(|f| f.data_type().clone())
+                .unwrap_or(arrow_schema::DataType::Utf8);
+            ledger
+                .boundary(&manifest.name, &version, &key_type)
+                .await
+                .with_context(|| {
+                    format!("reading the erasure ledger for {}@{version}", manifest.name)
+                })?
+        }
+        None => lockstep_core::Erasures::default(),
+    };
+    let job = BatchJob {
+        sql: args.events_sql.clone(),
+        partitions: args.partitions.unwrap_or(2).max(1),
+        memory_limit: args.memory_limit,
+        s3: s3.clone(),
+        erasures: std::sync::Arc::new(erasures),
+        ..BatchJob::new(plugin_path.to_string_lossy(), events.to_owned(), format)
+    };
+    Ok((
+        manifest.name.clone(),
+        std::sync::Arc::new(lockstep_batch::EventsReader::new(job, plugin)),
+    ))
 }

@@ -445,3 +445,177 @@ fn stored_rows_and_training_sets_follow_the_documented_order_by_an_sql_oracle() 
         assert!(report["labels"].as_u64().unwrap() > 1_000, "{report}");
     }
 }
+
+/// `training-set --exact` against an oracle that knows only the docs: DuckDB computes
+/// txn_velocity's windows at each label instant from the raw events, strict and
+/// inclusive, and the exact set equals it for every label (cards without transactions,
+/// labels on and around window exits, after the input's end); where the stored rows
+/// apply too (no window exit within the minute before the label, the input not yet
+/// ended) the exact set equals the plain as-of join bit for bit. Misuse fails by name.
+#[test]
+fn exact_training_sets_equal_the_windows_at_the_label_instant() {
+    let dir = tempfile::tempdir().unwrap();
+    let events = dir.path().join("events.jsonl");
+    let store_dir = dir.path().join("store");
+    let wasm = plugin("txn_velocity");
+    let out = lockstep(&[
+        "gen",
+        "events",
+        "--kind",
+        "transactions",
+        "--rows",
+        "20000",
+        "--entities",
+        "300",
+        "--seed",
+        "11",
+        "--out",
+        s(&events),
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = lockstep(&[
+        "batch",
+        "run",
+        "--plugin",
+        s(&wasm),
+        "--source",
+        s(&events),
+        "--offline-store",
+        s(&store_dir),
+        "--no-cache",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let oracle = |args: &[&str]| {
+        Command::new("python3")
+            .arg(repo("tests/python/exact_oracle.py"))
+            .args(args)
+            .output()
+            .expect("python3")
+    };
+    let labels = dir.path().join("labels.parquet");
+    let made = oracle(&[
+        "labels",
+        "--events",
+        s(&events),
+        "--out",
+        s(&labels),
+        "--n",
+        "3000",
+        "--seed",
+        "4",
+    ]);
+    assert!(made.status.success(), "{}", text(&made.stderr));
+    let build = |name: &str, extra: &[&str]| {
+        let output = dir.path().join(format!("{name}.parquet"));
+        let mut args = vec![
+            "training-set",
+            "--labels",
+            s(&labels),
+            "--group",
+            "txn_velocity",
+            "--offline-store",
+            s(&store_dir),
+            "--out",
+            s(&output),
+            "--no-cache",
+        ];
+        args.extend_from_slice(extra);
+        let run = lockstep(&args);
+        assert!(run.status.success(), "{name}: {}", text(&run.stderr));
+        assert!(
+            text(&run.stdout).contains("wrote 3000 label rows"),
+            "{name}: {}",
+            text(&run.stdout)
+        );
+        output
+    };
+    let exact_args = ["--exact", "--plugin", s(&wasm), "--events", s(&events)];
+    let joined = build("join", &[]);
+    let exact = build("exact", &exact_args);
+    let mut inclusive_args = exact_args.to_vec();
+    inclusive_args.push("--inclusive");
+    let inclusive = build("exact-inclusive", &inclusive_args);
+
+    let check = |args: &[&str]| {
+        let checked = oracle(args);
+        let report: Json = serde_json::from_slice(&checked.stdout)
+            .unwrap_or_else(|_| panic!("{}{}", text(&checked.stdout), text(&checked.stderr)));
+        (checked.status.success(), report)
+    };
+    let base = ["check", "--events", s(&events), "--labels", s(&labels)];
+    let mut strict = base.to_vec();
+    strict.extend_from_slice(&["--exact", s(&exact), "--join", s(&joined)]);
+    let (ok, report) = check(&strict);
+    assert!(ok, "the oracle disagrees with --exact: {report}");
+    assert_eq!(report["compared"], 3000, "{report}");
+    // Not vacuous: most labels have a state, some do not; most can be compared with
+    // the join, and a good share of those see non-empty windows.
+    let with_state = report["labels_with_state"].as_u64().unwrap();
+    assert!(with_state > 2000 && with_state < 3000, "{report}");
+    assert!(
+        report["join_comparable"].as_u64().unwrap() > 1500,
+        "{report}"
+    );
+    assert!(
+        report["join_comparable_with_values"].as_u64().unwrap() > 1000,
+        "{report}"
+    );
+
+    let mut incl = base.to_vec();
+    incl.extend_from_slice(&["--exact", s(&inclusive), "--inclusive"]);
+    let (ok, report) = check(&incl);
+    assert!(
+        ok,
+        "the oracle disagrees with --exact --inclusive: {report}"
+    );
+    // The oracle can tell the two rules apart, and the stored rows from the instant.
+    let mut crossed = base.to_vec();
+    crossed.extend_from_slice(&["--exact", s(&inclusive)]);
+    let (ok, report) = check(&crossed);
+    assert!(
+        !ok && report["mismatches"].as_u64().unwrap() > 0,
+        "{report}"
+    );
+    let mut stored = base.to_vec();
+    stored.extend_from_slice(&["--exact", s(&joined)]);
+    let (ok, _) = check(&stored);
+    assert!(
+        !ok,
+        "the stored rows cannot be exact at every label instant"
+    );
+
+    // Misuse fails by name and writes nothing.
+    let out_path = dir.path().join("refused.parquet");
+    let refuse = |extra: &[&str], says: &str| {
+        let mut args = vec![
+            "training-set",
+            "--labels",
+            s(&labels),
+            "--group",
+            "txn_velocity",
+            "--offline-store",
+            s(&store_dir),
+            "--out",
+            s(&out_path),
+            "--no-cache",
+        ];
+        args.extend_from_slice(extra);
+        let run = lockstep(&args);
+        assert!(!run.status.success(), "{extra:?} should fail");
+        assert!(
+            text(&run.stderr).contains(says),
+            "{extra:?}: {}",
+            text(&run.stderr)
+        );
+        assert!(!out_path.exists());
+    };
+    let mut with_ttl = exact_args.to_vec();
+    with_ttl.extend_from_slice(&["--ttl", "1h"]);
+    refuse(&with_ttl, "leave --ttl out");
+    let churn = plugin("churn_features");
+    refuse(
+        &["--exact", "--plugin", s(&churn), "--events", s(&events)],
+        "no --group churn_features is asked for",
+    );
+    refuse(&["--exact"], "--plugin");
+}

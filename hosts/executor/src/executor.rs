@@ -327,6 +327,155 @@ impl Executor {
         })
     }
 
+    /// The features of each entity at each read point, computed from `events` (in the
+    /// plugin's input schema) alone: for point `(key, at)`, the plugin's
+    /// `read(state, at)` over the state its entity's events strictly before `at` (at or
+    /// before it when `inclusive`) leave, applied in the contract's order with
+    /// duplicates dropped. One row per point, in point order, in the feature columns of
+    /// [`row_schema`]; null where the entity has no state then (no events yet). The
+    /// labels of a training set, merged into the events as read points: exact at the
+    /// label instant whatever the stored rows say.
+    ///
+    /// Calls are batched across entities: round `r` applies, for every entity with an
+    /// `r`-th point, its events up to that point, then reads them all in one call.
+    pub fn read_at(
+        &mut self,
+        events: &RecordBatch,
+        points: &[(EntityKey, i64)],
+        inclusive: bool,
+    ) -> Result<RecordBatch, ExecError> {
+        let plugin = self.manifest.name.clone();
+        if !self.manifest.supports_read || self.manifest.kind != Kind::KeyedStateful {
+            return Err(ExecError::Input(format!(
+                "plugin `{plugin}` does not implement `read(state, as_of)`: its features \
+                 exist only as the rows it emits"
+            )));
+        }
+        // Order and de-duplicate once, over everything: a round applies a slice.
+        let ordered = order_events(events, &self.manifest)?;
+        let indices = UInt32Array::from(ordered.indices.clone());
+        let sorted: Vec<ArrayRef> = events
+            .columns()
+            .iter()
+            .map(|c| take(c.as_ref(), &indices, None))
+            .collect::<Result<_, _>>()?;
+        let sorted = RecordBatch::try_new(events.schema(), sorted)?;
+        let key_col = self
+            .manifest
+            .input_index(&self.manifest.entity_key)
+            .ok_or_else(|| ExecError::Input("entity key is not an input field".into()))?;
+        let time_col = self
+            .manifest
+            .input_index(&self.manifest.event_time)
+            .ok_or_else(|| ExecError::Input("event time is not an input field".into()))?;
+        let times = sorted
+            .column(time_col)
+            .as_primitive_opt::<arrow_array::types::TimestampMicrosecondType>()
+            .ok_or_else(|| ExecError::Input("event time is not a timestamp column".into()))?
+            .values()
+            .clone();
+        let mut ranges: std::collections::HashMap<EntityKey, (usize, usize)> =
+            std::collections::HashMap::with_capacity(ordered.entity_starts.len());
+        for (start, end) in ordered.entity_ranges() {
+            let key = EntityKey::from_array(sorted.column(key_col).as_ref(), start)
+                .ok_or_else(|| ExecError::Input("entity key must be string or int64".into()))?;
+            ranges.insert(key, (start, end));
+        }
+        // Each entity's points in time order (ties in point order).
+        let mut by_entity: std::collections::BTreeMap<&EntityKey, Vec<usize>> =
+            std::collections::BTreeMap::new();
+        for (i, (key, _)) in points.iter().enumerate() {
+            by_entity.entry(key).or_default().push(i);
+        }
+        for list in by_entity.values_mut() {
+            list.sort_by_key(|&i| points[i].1);
+        }
+        let rounds = by_entity.values().map(Vec::len).max().unwrap_or(0);
+        let mut cursor: std::collections::HashMap<&EntityKey, usize> =
+            ranges.iter().map(|(k, &(start, _))| (k, start)).collect();
+        let mut states = StateMap::default();
+        // Where each point's features are: (batch, row); batch 0 is one row of nulls.
+        let feature_schema = Arc::new(arrow_schema::Schema::new(
+            self.row_schema.fields()[self.row_schema.fields().len() - self.feature_types.len()..]
+                .to_vec(),
+        ));
+        let one_null_row = feature_schema
+            .fields()
+            .iter()
+            .map(|f| arrow_array::new_null_array(f.data_type(), 1))
+            .collect();
+        let mut read_batches = vec![RecordBatch::try_new(feature_schema.clone(), one_null_row)?];
+        let mut at_point: Vec<(usize, usize)> = vec![(0, 0); points.len()];
+        for round in 0..rounds {
+            let mut take_rows: Vec<u32> = Vec::new();
+            let mut reading: Vec<(usize, &EntityKey)> = Vec::new();
+            for (key, list) in &by_entity {
+                let Some(&point) = list.get(round) else {
+                    continue;
+                };
+                let at = points[point].1;
+                if let (Some(&(_, end)), Some(from)) = (ranges.get(*key), cursor.get_mut(*key)) {
+                    let visible = &times[*from..end];
+                    let n = if inclusive {
+                        visible.partition_point(|&t| t <= at)
+                    } else {
+                        visible.partition_point(|&t| t < at)
+                    };
+                    take_rows.extend((*from..*from + n).map(|i| i as u32));
+                    *from += n;
+                }
+                reading.push((point, key));
+            }
+            if !take_rows.is_empty() {
+                let slice =
+                    arrow_select::take::take_record_batch(&sorted, &UInt32Array::from(take_rows))?;
+                self.run(&slice, &mut states)?;
+            }
+            let asked: Vec<(usize, &[u8])> = reading
+                .iter()
+                .filter_map(|&(point, key)| states.get(key).map(|s| (point, s.as_slice())))
+                .collect();
+            if asked.is_empty() {
+                continue;
+            }
+            let prior: Vec<Option<&[u8]>> = asked.iter().map(|&(_, s)| Some(s)).collect();
+            let as_of: Vec<i64> = asked.iter().map(|&(point, _)| points[point].1).collect();
+            let request = lockstep_abi::ReadRequest::encode(&prior, &as_of)
+                .map_err(|e| ExecError::Input(e.to_string()))?;
+            let response = self.instance.read(&request)?;
+            let parsed =
+                lockstep_abi::ReadResponse::parse(&response, &self.feature_types, asked.len())
+                    .map_err(|e| ExecError::Protocol {
+                        plugin: plugin.clone(),
+                        message: format!("read response: {e}"),
+                    })?;
+            let columns = parsed
+                .features
+                .iter()
+                .zip(&self.feature_types)
+                .map(|(view, &ty)| read_column(view, ty))
+                .collect::<Result<Vec<_>, _>>()?;
+            let batch = RecordBatch::try_new(feature_schema.clone(), columns)?;
+            let b = read_batches.len();
+            for (row, &(point, _)) in asked.iter().enumerate() {
+                at_point[point] = (b, row);
+            }
+            read_batches.push(batch);
+        }
+        let refs: Vec<&RecordBatch> = read_batches.iter().collect();
+        let columns = (0..feature_schema.fields().len())
+            .map(|c| {
+                let arrays: Vec<&dyn Array> = refs.iter().map(|b| b.column(c).as_ref()).collect();
+                arrow_select::interleave::interleave(&arrays, &at_point)
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(RecordBatch::try_new_with_options(
+            feature_schema,
+            columns,
+            &arrow_array::RecordBatchOptions::new().with_row_count(Some(points.len())),
+        )?)
+    }
+
     /// Applies contiguous entity runs of `sorted`, in calls of at most
     /// `max_events_per_call` events (a longer run is split; its state carries over, and
     /// only its last piece takes the wake-ups after it). Events the plugin fails on are

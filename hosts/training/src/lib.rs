@@ -6,6 +6,7 @@
 
 pub mod asof;
 mod error;
+pub mod exact;
 mod features;
 mod join;
 mod labels;
@@ -13,6 +14,7 @@ mod set;
 
 pub use asof::AsOf;
 pub use error::TrainingError;
+pub use exact::{ExactReadExec, PointReader};
 pub use join::{AsOfJoinExec, LabelColumns};
 pub use set::{
     COLUMN_SEPARATOR, GroupSelection, LINEAGE_KEY, LabelsFormat, ResolvedGroup, TrainingSet,

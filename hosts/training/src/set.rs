@@ -11,6 +11,7 @@
 
 use crate::asof::AsOf;
 use crate::error::TrainingError;
+use crate::exact::{ExactReadExec, PointReader};
 use crate::features::{FeatureFiles, KEY, TIME, missing_feature, scan_schema};
 use crate::join::{AsOfJoinExec, LabelColumns};
 use crate::labels::{self, NumberedLabels};
@@ -19,6 +20,7 @@ use arrow_schema::{DataType, Schema, SchemaRef, SortOptions};
 use datafusion::execution::TaskContext;
 use datafusion::physical_expr::expressions::col;
 use datafusion::physical_expr::{LexOrdering, PhysicalExpr, PhysicalSortExpr};
+use datafusion::physical_plan::ExecutionPlanProperties;
 use datafusion::physical_plan::repartition::RepartitionExec;
 use datafusion::physical_plan::sorts::sort::SortExec;
 use datafusion::physical_plan::sorts::sort_preserving_merge::SortPreservingMergeExec;
@@ -136,6 +138,9 @@ pub struct TrainingSetJob {
     pub spill_dir: Option<PathBuf>,
     /// Partitions (threads) of the join.
     pub partitions: usize,
+    /// Groups read at the label instant itself instead of joined with their stored
+    /// rows (`training-set --exact`): by group name, the reader that computes them.
+    pub exact: Vec<(String, Arc<dyn PointReader>)>,
 }
 
 impl TrainingSetJob {
@@ -151,6 +156,7 @@ impl TrainingSetJob {
             memory_limit: None,
             spill_dir: None,
             partitions: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            exact: Vec::new(),
         }
     }
 }
@@ -166,6 +172,8 @@ pub struct ResolvedGroup {
     pub files: Vec<String>,
     /// The table version the files are the snapshot of (`None`: a plain layout).
     pub table_version: Option<i64>,
+    /// Read at the label instant ([`TrainingSetJob::exact`]), not joined.
+    pub exact: bool,
     matched: Arc<AtomicU64>,
 }
 
@@ -303,8 +311,20 @@ impl TrainingSet {
         let mut left: Arc<dyn ExecutionPlan> =
             streaming(numbered_schema, vec![Arc::new(numbered)])?;
         let mut sorted_on: Option<String> = None;
+        for (name, _) in &job.exact {
+            if !groups.iter().any(|g| &g.version.name == name) {
+                return Err(TrainingError::Selection(format!(
+                    "feature group `{name}` is to be read exactly but is not asked for"
+                )));
+            }
+        }
         for group in groups.iter_mut() {
             let key_name = group.version.manifest.entity_key.clone();
+            if let Some((_, reader)) = job.exact.iter().find(|(n, _)| n == &group.version.name) {
+                left = exact_read(left, reader.clone(), group, job.asof)?;
+                sorted_on = None;
+                continue;
+            }
             let left_schema = left.schema();
             if sorted_on.as_deref() != Some(key_name.as_str()) {
                 let key = col(&key_name, &left_schema)?;
@@ -497,6 +517,80 @@ impl TrainingSet {
     }
 }
 
+/// Appends `group`'s features read at each label's instant by `reader` (see
+/// [`crate::exact`]); `left` is gathered into one partition for it.
+fn exact_read(
+    left: Arc<dyn ExecutionPlan>,
+    reader: Arc<dyn PointReader>,
+    group: &mut ResolvedGroup,
+    asof: AsOf,
+) -> Result<Arc<dyn ExecutionPlan>, TrainingError> {
+    let version = &group.version;
+    if asof.ttl.is_some() {
+        return Err(TrainingError::Selection(format!(
+            "feature group `{}` is read at the label instant (--exact): a TTL bounds the age \
+             of a stored row, and an exact read has none; leave --ttl out",
+            version.name
+        )));
+    }
+    if reader.plugin_hash() != version.plugin_hash {
+        return Err(TrainingError::Selection(format!(
+            "feature group {}@{} was built by plugin {}, but the exact read runs plugin {}: \
+             give the component of that version",
+            version.name,
+            version.version,
+            version.plugin_hash,
+            reader.plugin_hash()
+        )));
+    }
+    if !version.manifest.supports_read {
+        return Err(TrainingError::Selection(format!(
+            "feature group {}@{}: its plugin does not implement `read(state, as_of)`, so it \
+             has no value between its rows; join its stored rows (no --exact)",
+            version.name, version.version
+        )));
+    }
+    let left: Arc<dyn ExecutionPlan> = if left.output_partitioning().partition_count() > 1 {
+        Arc::new(datafusion::physical_plan::coalesce_partitions::CoalescePartitionsExec::new(left))
+    } else {
+        left
+    };
+    let schema = left.schema();
+    let all: Vec<String> = version
+        .manifest
+        .features
+        .iter()
+        .map(|f| f.name.clone())
+        .collect();
+    let features: Vec<(String, DataType)> = group
+        .features
+        .iter()
+        .map(|name| {
+            let ty = version
+                .manifest
+                .features
+                .iter()
+                .find(|f| &f.name == name)
+                .map(|f| lockstep_core::schema::arrow_type(f.ty))
+                .unwrap_or(DataType::Null);
+            (name.clone(), ty)
+        })
+        .collect();
+    let node = ExactReadExec::try_new(
+        left,
+        reader,
+        schema.index_of(&version.manifest.entity_key)?,
+        schema.index_of(labels::BOUND)?,
+        asof.inclusive,
+        &all,
+        &features,
+        &format!("{}{COLUMN_SEPARATOR}", version.name),
+    )?;
+    group.matched = node.matched();
+    group.exact = true;
+    Ok(Arc::new(node))
+}
+
 /// Finds the selected group version and checks its features.
 async fn resolve(
     store: &OfflineStore,
@@ -569,6 +663,7 @@ async fn resolve(
         features,
         files: stored.files,
         table_version: stored.table_version,
+        exact: false,
         matched: Arc::new(AtomicU64::new(0)),
     })
 }
@@ -745,6 +840,7 @@ fn lineage(job: &TrainingSetJob, groups: &[ResolvedGroup]) -> String {
             "version": g.version.version,
             "plugin_hash": g.version.plugin_hash,
             "table_version": g.table_version,
+            "exact": g.exact,
             "features": g.features,
         })).collect::<Vec<_>>(),
     })
