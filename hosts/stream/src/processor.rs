@@ -193,10 +193,12 @@ pub struct StreamProcessor {
     touched: KeySet,
     /// Erased entities: their events at or before the erasure are dropped on arrival.
     erasures: Arc<Erasures>,
-    /// For a plugin with timers: `(earliest wake-up, entity)`, one entry each time an
-    /// entity's state changed (an entry may be stale: it is checked against the state
-    /// before the entity is woken).
-    wakes: std::collections::BTreeSet<(i64, EntityKey)>,
+    /// For a plugin with timers: the entities by their earliest wake-up, one entry
+    /// each time an entity's state changed (an entry may be stale: it is checked
+    /// against the state before the entity is woken). Keyed by instant alone: wake-ups
+    /// fall on the manifest's grid, so many entities share one, and an entry costs no
+    /// key comparison.
+    wakes: std::collections::BTreeMap<i64, Vec<EntityKey>>,
 }
 
 /// What a processor holds for its shard: per-entity states, the events still in the
@@ -406,7 +408,7 @@ impl StreamProcessor {
         }
         for (key, state) in &self.states {
             if let Ok(Some(at)) = lockstep_abi::timers::next_wake(state) {
-                self.wakes.insert((at, key.clone()));
+                self.wakes.entry(at).or_default().push(key.clone());
             }
         }
     }
@@ -422,7 +424,7 @@ impl StreamProcessor {
                 .get(key)
                 .map(|s| lockstep_abi::timers::next_wake(s))
             {
-                self.wakes.insert((at, key.clone()));
+                self.wakes.entry(at).or_default().push(key.clone());
             }
         }
     }
@@ -431,19 +433,21 @@ impl StreamProcessor {
     /// their states say now.
     fn due_wakes(&mut self, until: i64) -> Vec<EntityKey> {
         let mut due = Vec::new();
-        while let Some((at, _)) = self.wakes.first() {
-            if *at > until {
+        while let Some((&at, _)) = self.wakes.first_key_value() {
+            if at > until {
                 break;
             }
-            let Some((_, key)) = self.wakes.pop_first() else {
+            let Some((_, keys)) = self.wakes.pop_first() else {
                 break;
             };
-            let pending = self
-                .states
-                .get(&key)
-                .and_then(|s| lockstep_abi::timers::next_wake(s).ok().flatten());
-            if pending.is_some_and(|at| at <= until) {
-                due.push(key);
+            for key in keys {
+                let pending = self
+                    .states
+                    .get(&key)
+                    .and_then(|s| lockstep_abi::timers::next_wake(s).ok().flatten());
+                if pending.is_some_and(|at| at <= until) {
+                    due.push(key);
+                }
             }
         }
         due.sort();
