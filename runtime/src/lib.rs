@@ -587,6 +587,52 @@ mod tests {
         );
     }
 
+    /// A component whose only import names an interface of the plugin contract at
+    /// `version`: what a plugin built with another release's SDK looks like to the
+    /// loader.
+    fn component_importing_contract(version: &str) -> Vec<u8> {
+        let name = format!("lockstep:plugin/types@{version}");
+        let mut bytes = b"\0asm\x0d\0\x01\0".to_vec();
+        // Type section: one instance type, empty.
+        bytes.extend([7, 3, 1, 0x42, 0]);
+        // Import section: that name, an instance of type 0.
+        let mut import = vec![1, 0, name.len() as u8];
+        import.extend(name.as_bytes());
+        import.extend([5, 0]);
+        bytes.push(10);
+        bytes.push(import.len() as u8);
+        bytes.extend(import);
+        bytes
+    }
+
+    #[test]
+    fn a_component_of_another_contract_version_is_refused_naming_both_versions() {
+        let rt = Runtime::new(RuntimeConfig::default()).expect("runtime");
+        let err = rt
+            .load(&component_importing_contract("0.1.0"))
+            .err()
+            .expect("an older contract must be refused");
+        assert!(
+            matches!(&err, LoadError::ContractVersion { found, expected, .. }
+                if found == "0.1.0" && expected == CONTRACT_VERSION),
+            "{err:?}"
+        );
+        let message = err.to_string();
+        assert!(
+            message.contains("built for lockstep:plugin@0.1.0")
+                && message.contains(&format!("runs lockstep:plugin@{CONTRACT_VERSION}"))
+                && message.contains("lockstep plugin build"),
+            "{message}"
+        );
+        // The same import at this release's version passes that check (and fails
+        // later, for exporting nothing).
+        let err = rt
+            .load(&component_importing_contract(CONTRACT_VERSION))
+            .err()
+            .expect("exports nothing");
+        assert!(!matches!(err, LoadError::ContractVersion { .. }), "{err:?}");
+    }
+
     #[test]
     fn non_wasm_and_truncated_inputs_are_clear_errors() {
         let rt = Runtime::new(RuntimeConfig::default()).expect("runtime");
