@@ -1094,6 +1094,24 @@ fn a_generated_200k_event_stream_killed_at_random_points_has_zero_skew() {
     assert_eq!(batch_rows, stream_rows, "{report}");
     // A row per applied transaction, and more for the windows it leaves.
     assert!(batch_rows > 400_000, "{report}");
-    // Repeats older than the lateness are late; everything else was compared.
-    assert!(report["late_events"].as_u64().unwrap() < 2_000, "{report}");
+    // Arrival jitter stays within the lateness: only a record arriving more than it
+    // behind an earlier one (a repeat of an older transaction, or a transaction whose
+    // first arrival is such a repeat) can be late — in any shard, whose watermark is
+    // at most the stream's. Everything else was compared.
+    let text_all = std::fs::read_to_string(&events).unwrap();
+    let (mut latest, mut behind) = (i64::MIN, 0u64);
+    for line in text_all.lines() {
+        let ts = serde_json::from_str::<serde_json::Value>(line).unwrap()["ts"]
+            .as_i64()
+            .unwrap();
+        if ts < latest.saturating_sub(600_000_000) {
+            behind += 1;
+        }
+        latest = latest.max(ts);
+    }
+    let late = report["late_events"].as_u64().unwrap();
+    assert!(
+        late > 0 && late <= behind && behind < 4_000,
+        "{late} late, {behind} records arrived over 10 minutes behind: {report}"
+    );
 }
