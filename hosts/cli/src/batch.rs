@@ -5,13 +5,14 @@ use anyhow::{Context, Result, bail};
 use indicatif::{ProgressBar, ProgressStyle};
 use lockstep_backfill::{Backfill, BackfillError, BackfillOptions};
 use lockstep_batch::{BatchJob, Progress, SourceFormat};
+pub(crate) use lockstep_core::now_micros;
 use lockstep_offline::S3Options;
 use lockstep_offline::snapshot::{SnapshotInfo, write_states};
 use lockstep_runtime::Runtime;
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 /// Arguments of `batch run`.
 pub struct RunArgs {
@@ -67,13 +68,6 @@ pub fn parse_size(text: &str) -> Result<usize, String> {
         .ok()
         .filter(|bytes| *bytes < usize::MAX)
         .ok_or_else(|| format!("`{text}` is larger than this machine can address"))
-}
-
-pub(crate) fn now_micros() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_micros() as i64)
-        .unwrap_or(0)
 }
 
 /// Peak resident memory of this process, from /proc (Linux), in bytes.

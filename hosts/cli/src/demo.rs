@@ -8,6 +8,7 @@
 use anyhow::{Context, Result, ensure};
 use lockstep_core::compare::{Row, compare};
 use lockstep_core::decode::decode_json_lines;
+use lockstep_core::now_micros;
 use lockstep_online::{EmbeddedStore, GroupRef, OnlineStore, PutSummary};
 use lockstep_runtime::{Runtime, RuntimeConfig};
 use lockstep_verify::skew::{arrival_order, event_times, stream_rows};
@@ -24,13 +25,6 @@ fn plugins_dir() -> PathBuf {
         return here;
     }
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../plugins")
-}
-
-fn now_micros() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_micros() as i64)
-        .unwrap_or(0)
 }
 
 fn ms(since: Instant) -> f64 {

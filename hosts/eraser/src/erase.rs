@@ -2,6 +2,7 @@
 
 use crate::{EraseError, Eraser, Version, store_for};
 use lockstep_cache::{Erased, cache_key};
+pub(crate) use lockstep_core::now_micros;
 use lockstep_erasure::{Erasure, Ledger};
 use lockstep_offline::{EraseSummary, GroupVersion, OfflineStore};
 use lockstep_online::DeleteOutcome;
@@ -479,11 +480,4 @@ pub(crate) async fn purge_version(
         .await
         .map_err(delta_error)?;
     Ok((summary, Some(committed.version)))
-}
-
-/// Now, UTC µs.
-pub(crate) fn now_micros() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_micros() as i64)
 }

@@ -31,6 +31,7 @@ use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{post, put};
+use lockstep_core::now_micros;
 use lockstep_online::{DeleteOutcome, EmbeddedStore, GroupRef, OnlineError, OnlineRecord};
 use serde_json::{Map, Value as Json, json};
 use std::collections::HashMap;
@@ -596,11 +597,4 @@ pub async fn shutdown_signal() {
         }
     }
     let _ = tokio::signal::ctrl_c().await;
-}
-
-fn now_micros() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_micros() as i64)
-        .unwrap_or(0)
 }

@@ -22,6 +22,7 @@
 
 use crate::backend::{Backend, process_runs, tmp_file_owner};
 use crate::{OfflineError, layout};
+use lockstep_core::now_micros;
 use serde::{Deserialize, Serialize};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -65,12 +66,6 @@ fn format_micros(micros: i64) -> String {
         || format!("{micros} µs"),
         |t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
     )
-}
-
-fn now_micros() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_micros() as i64)
 }
 
 fn host_name() -> String {

@@ -9,6 +9,7 @@ use crate::source::{KinesisSource, Resume, ShardEvent, ShardRecord, Source};
 use arrow_array::RecordBatch;
 use lockstep_cache::{CacheEntry, RedisCache};
 use lockstep_core::key::StateMap;
+use lockstep_core::now_micros;
 use lockstep_core::rows::{RowsText, row_json};
 use lockstep_core::schema::row_schema;
 use lockstep_kinesis::KinesisOptions;
@@ -1020,13 +1021,6 @@ fn lock(health: &Mutex<Health>) -> std::sync::MutexGuard<'_, Health> {
         Ok(h) => h,
         Err(poisoned) => poisoned.into_inner(),
     }
-}
-
-fn now_micros() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_micros() as i64)
-        .unwrap_or(0)
 }
 
 /// 100 ms doubling to 10 s.

@@ -588,10 +588,7 @@ impl StreamProcessor {
     /// has passed.
     pub fn push(&mut self, records: &[Record<'_>]) -> Result<Step, StreamError> {
         let latest = self.config.max_future.map(|lead| {
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX));
-            now.saturating_add(lead)
+            lockstep_core::now_micros().saturating_add(lead)
         });
         self.decoder.set_latest_event_time(latest);
         let mut dead = Vec::new();
