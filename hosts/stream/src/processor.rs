@@ -587,9 +587,10 @@ impl StreamProcessor {
     /// Takes `records` in arrival order, then applies every held event the watermark
     /// has passed.
     pub fn push(&mut self, records: &[Record<'_>]) -> Result<Step, StreamError> {
-        let latest = self.config.max_future.map(|lead| {
-            lockstep_core::now_micros().saturating_add(lead)
-        });
+        let latest = self
+            .config
+            .max_future
+            .map(|lead| lockstep_core::now_micros().saturating_add(lead));
         self.decoder.set_latest_event_time(latest);
         let mut dead = Vec::new();
         let mut sources = Vec::with_capacity(records.len());
