@@ -331,15 +331,24 @@ impl OfflineStore {
         let entry = self.version(group, version).await?;
         let mut out = Vec::new();
         for rel in self.partition_files(&entry.name, &entry.version).await? {
-            let path = self.backend.locate(&rel);
-            let bytes = self.read_object(&rel).await?;
-            let reader = ParquetRecordBatchReaderBuilder::try_new(Bytes::from(bytes))
-                .and_then(|b| b.build())
-                .map_err(|source| OfflineError::Parquet { path, source })?;
-            for batch in reader {
-                out.push(batch?);
-            }
+            out.extend(self.read_file(&rel).await?);
         }
         Ok(out)
+    }
+
+    /// The rows of one data file (`rel`, relative to the store root, as
+    /// [`partition_files`](Self::partition_files) names it), in the stored schema.
+    pub async fn read_file(&self, rel: &str) -> Result<Vec<RecordBatch>, OfflineError> {
+        let path = self.backend.locate(rel);
+        let bytes = self.read_object(rel).await?;
+        let reader = ParquetRecordBatchReaderBuilder::try_new(Bytes::from(bytes))
+            .and_then(|b| b.build())
+            .map_err(|source| OfflineError::Parquet {
+                path: path.clone(),
+                source,
+            })?;
+        reader
+            .map(|batch| batch.map_err(OfflineError::from))
+            .collect()
     }
 }

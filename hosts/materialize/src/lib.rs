@@ -1,0 +1,169 @@
+//! Materialize: each entity's latest row of a group version, from the offline store
+//! into an online store.
+//!
+//! This is how an online store is (re)filled from history — a new store, a store
+//! swapped for another (`[online]` changed, then materialize), or one that fell behind
+//! — as Feast's `materialize` does. The offline store's hour files are read one at a
+//! time in time order, so memory holds one hour's rows however long the history. Each
+//! file's rows go to the store in one put, and the store's own rule decides what wins:
+//! the later event time, never an older row over a newer one (a row the stream host
+//! wrote since stays). Deletion markers (an erased or deleted entity) become deletes as
+//! of their time, which remove an older record and leave a newer one. Running it twice
+//! leaves the store as once.
+//!
+//! It never runs plugins (the rows are the offline store's) and never decides which
+//! row is newer (the online store does).
+
+use arrow_array::cast::AsArray;
+use arrow_array::{Array, BooleanArray, RecordBatch};
+use lockstep_offline::{OfflineError, OfflineStore};
+use lockstep_online::{DeleteOutcome, GroupRef, OnlineError, OnlineStore, latest_rows};
+
+/// Why a materialization stopped. What was put before stays put (a rerun goes on
+/// where it left: the store's rule makes puts idempotent).
+#[derive(Debug, thiserror::Error)]
+pub enum MaterializeError {
+    /// Reading the offline store failed.
+    #[error("reading the offline store: {0}")]
+    Offline(#[from] OfflineError),
+    /// Writing the online store failed.
+    #[error("writing the online store: {0}")]
+    Online(#[from] OnlineError),
+    /// A stored file does not hold the group's columns.
+    #[error("{file}: {message}")]
+    Schema {
+        /// The file, relative to the store root.
+        file: String,
+        /// What is missing.
+        message: String,
+    },
+    /// Arrow could not select rows.
+    #[error("selecting rows: {0}")]
+    Arrow(#[from] arrow_schema::ArrowError),
+}
+
+/// What a materialization did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Report {
+    /// The group version, `name@version`.
+    pub group: String,
+    /// Hour files read.
+    pub files: usize,
+    /// Feature rows read (deletion markers not counted).
+    pub rows: usize,
+    /// Records the store wrote or replaced.
+    pub written: usize,
+    /// Rows the store left out: older than what it holds, or superseded by a later
+    /// row of the same entity.
+    pub stale: usize,
+    /// Deletion markers applied.
+    pub markers: usize,
+    /// Of those, the ones that removed a record.
+    pub deleted: usize,
+}
+
+/// Loads `group@version`'s latest rows from `offline` into `online`, writing at
+/// `write_time` (UTC µs). `progress(done, total)` is called after each hour file.
+pub async fn materialize(
+    offline: &OfflineStore,
+    online: &dyn OnlineStore,
+    group: &str,
+    version: &str,
+    write_time: i64,
+    mut progress: impl FnMut(usize, usize),
+) -> Result<Report, MaterializeError> {
+    let entry = offline.version(group, version).await?;
+    let target = GroupRef::of(&entry.manifest, &entry.plugin_hash);
+    let row_columns = lockstep_core::schema::row_schema(&entry.manifest)
+        .fields()
+        .len();
+    let files = offline.partition_files(&entry.name, &entry.version).await?;
+    let mut report = Report {
+        group: target.id(),
+        ..Report::default()
+    };
+    for (done, rel) in files.iter().enumerate() {
+        for batch in offline.read_file(rel).await? {
+            apply(
+                online,
+                &target,
+                &batch,
+                row_columns,
+                rel,
+                write_time,
+                &mut report,
+            )
+            .await?;
+        }
+        report.files += 1;
+        progress(done + 1, files.len());
+    }
+    Ok(report)
+}
+
+/// Puts one stored batch's feature rows, then applies its deletion markers.
+async fn apply(
+    online: &dyn OnlineStore,
+    target: &GroupRef,
+    batch: &RecordBatch,
+    row_columns: usize,
+    rel: &str,
+    write_time: i64,
+    report: &mut Report,
+) -> Result<(), MaterializeError> {
+    let schema_error = |message: String| MaterializeError::Schema {
+        file: rel.to_owned(),
+        message,
+    };
+    if batch.num_columns() < row_columns {
+        return Err(schema_error(format!(
+            "{} columns, fewer than the group's {row_columns}",
+            batch.num_columns()
+        )));
+    }
+    let rows = batch.project(&(0..row_columns).collect::<Vec<_>>())?;
+    let deleted = batch
+        .column_by_name(lockstep_offline::STORE_COLUMNS[2])
+        .and_then(|c| c.as_boolean_opt())
+        .ok_or_else(|| {
+            schema_error(format!(
+                "no boolean `{}` column",
+                lockstep_offline::STORE_COLUMNS[2]
+            ))
+        })?;
+    let is_marker = |i: usize| deleted.is_valid(i) && deleted.value(i);
+    let markers = (0..batch.num_rows()).filter(|&i| is_marker(i)).count();
+    // Feature rows first, then markers: a marker removes an older record of its entity
+    // (whichever put it) and leaves a newer one, so the order within a file does not
+    // change the outcome.
+    let features = if markers == 0 {
+        rows.clone()
+    } else {
+        let keep: BooleanArray = (0..batch.num_rows()).map(|i| Some(!is_marker(i))).collect();
+        arrow_select::filter::filter_record_batch(&rows, &keep)?
+    };
+    if features.num_rows() > 0 {
+        let put = online.put(target, &features, write_time).await?;
+        report.rows += features.num_rows();
+        report.written += put.written;
+        report.stale += put.stale;
+    }
+    if markers > 0 {
+        let only: BooleanArray = (0..batch.num_rows()).map(|i| Some(is_marker(i))).collect();
+        let marked = arrow_select::filter::filter_record_batch(&rows, &only)?;
+        // The latest marker of each entity in this file stands for the others.
+        for latest in latest_rows(&marked, target)? {
+            let outcome = online
+                .delete_as_of(target, &latest.key, latest.event_time, false)
+                .await?;
+            report.markers += 1;
+            if matches!(outcome, DeleteOutcome::Deleted { existed: true }) {
+                report.deleted += 1;
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;
