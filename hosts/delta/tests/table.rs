@@ -182,7 +182,10 @@ fn read_with_python(table: &Path, version: Option<i64>) -> String {
         "import json, deltalake\n\
          t = deltalake.DeltaTable({path:?}, version={version})\n\
          rows = t.to_pyarrow_table().to_pylist()\n\
-         print(json.dumps(sorted([r['user'], r['total'], r['hour']] for r in rows)))\n",
+         print(json.dumps(sorted([r['user'], r['total'], r['hour']] for r in rows)), flush=True)\n\
+         # deltalake can abort at interpreter exit (delta-rs #2184, a thread still\n\
+         # running at teardown); the answer is printed by then.\n\
+         import os; os._exit(0)\n",
         path = table.display().to_string()
     );
     let out = std::process::Command::new("python3")
