@@ -15,7 +15,9 @@
 //! row is newer (the online store does).
 
 use arrow_array::cast::AsArray;
+use arrow_array::types::TimestampMicrosecondType;
 use arrow_array::{Array, BooleanArray, RecordBatch};
+use lockstep_offline::layout::Hour;
 use lockstep_offline::{OfflineError, OfflineStore};
 use lockstep_online::{DeleteOutcome, GroupRef, OnlineError, OnlineStore, latest_rows};
 
@@ -62,13 +64,43 @@ pub struct Report {
     pub deleted: usize,
 }
 
-/// Loads `group@version`'s latest rows from `offline` into `online`, writing at
-/// `write_time` (UTC µs). `progress(done, total)` is called after each hour file.
+/// The event times to load: `[from, to)`, either end open when `None` (Feast's
+/// `materialize START END`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Window {
+    /// The first instant loaded (UTC µs).
+    pub from: Option<i64>,
+    /// The first instant not loaded (UTC µs).
+    pub to: Option<i64>,
+}
+
+impl Window {
+    fn holds(&self, t: i64) -> bool {
+        self.from.is_none_or(|from| t >= from) && self.to.is_none_or(|to| t < to)
+    }
+
+    /// Whether the hour file `rel` can hold an instant of the window (its path names
+    /// its hour, zero-padded, so paths compare as times do).
+    fn may_hold(&self, rel: &str) -> bool {
+        let Some(at) = rel.find("year=") else {
+            return true;
+        };
+        let hour: String = rel[at..].split('/').take(4).collect::<Vec<_>>().join("/");
+        let first = self.from.map(|t| Hour::of(t).relative());
+        let last = self.to.map(|t| Hour::of(t.saturating_sub(1)).relative());
+        first.is_none_or(|f| hour >= f) && last.is_none_or(|l| hour <= l)
+    }
+}
+
+/// Loads `group@version`'s latest rows with event times in `window` from `offline`
+/// into `online`, writing at `write_time` (UTC µs). `progress(done, total)` is called
+/// after each hour file.
 pub async fn materialize(
     offline: &OfflineStore,
     online: &dyn OnlineStore,
     group: &str,
     version: &str,
+    window: Window,
     write_time: i64,
     mut progress: impl FnMut(usize, usize),
 ) -> Result<Report, MaterializeError> {
@@ -77,13 +109,19 @@ pub async fn materialize(
     let row_columns = lockstep_core::schema::row_schema(&entry.manifest)
         .fields()
         .len();
-    let files = offline.partition_files(&entry.name, &entry.version).await?;
+    let files: Vec<String> = offline
+        .partition_files(&entry.name, &entry.version)
+        .await?
+        .into_iter()
+        .filter(|rel| window.may_hold(rel))
+        .collect();
     let mut report = Report {
         group: target.id(),
         ..Report::default()
     };
     for (done, rel) in files.iter().enumerate() {
         for batch in offline.read_file(rel).await? {
+            let batch = within(&batch, window, rel)?;
             apply(
                 online,
                 &target,
@@ -99,6 +137,28 @@ pub async fn materialize(
         progress(done + 1, files.len());
     }
     Ok(report)
+}
+
+/// The rows of `batch` whose event time is in `window`.
+fn within(batch: &RecordBatch, window: Window, rel: &str) -> Result<RecordBatch, MaterializeError> {
+    if window == Window::default() {
+        return Ok(batch.clone());
+    }
+    let times = batch
+        .column_by_name(lockstep_core::schema::EVENT_TIME)
+        .and_then(|c| c.as_primitive_opt::<TimestampMicrosecondType>())
+        .ok_or_else(|| MaterializeError::Schema {
+            file: rel.to_owned(),
+            message: format!(
+                "no `{}` timestamp column",
+                lockstep_core::schema::EVENT_TIME
+            ),
+        })?;
+    let keep: BooleanArray = times
+        .iter()
+        .map(|t| Some(t.is_some_and(|t| window.holds(t))))
+        .collect();
+    Ok(arrow_select::filter::filter_record_batch(batch, &keep)?)
 }
 
 /// Puts one stored batch's feature rows, then applies its deletion markers.

@@ -93,6 +93,7 @@ async fn the_latest_row_of_each_entity_is_loaded_and_deleted_entities_stay_delet
         &online,
         "spend",
         "1.0.0",
+        Window::default(),
         T0 + 99,
         |done, total| seen.push((done, total)),
     )
@@ -114,9 +115,17 @@ async fn the_latest_row_of_each_entity_is_loaded_and_deleted_entities_stay_delet
         ]
     );
     // Twice is once.
-    let again = materialize(&offline, &online, "spend", "1.0.0", T0 + 100, |_, _| {})
-        .await
-        .expect("again");
+    let again = materialize(
+        &offline,
+        &online,
+        "spend",
+        "1.0.0",
+        Window::default(),
+        T0 + 100,
+        |_, _| {},
+    )
+    .await
+    .expect("again");
     assert_eq!((again.rows, again.files), (6, 3));
     assert_eq!(again.deleted, 0, "nothing left to delete");
     assert_eq!(
@@ -140,9 +149,17 @@ async fn a_newer_row_in_the_online_store_is_never_overwritten() {
         .put(&group, &rows(&[("a", T0 + 5 * HOUR, 42.0)]), T0)
         .await
         .expect("put");
-    let report = materialize(&offline, &online, "spend", "1.0.0", T0 + 99, |_, _| {})
-        .await
-        .expect("materialize");
+    let report = materialize(
+        &offline,
+        &online,
+        "spend",
+        "1.0.0",
+        Window::default(),
+        T0 + 99,
+        |_, _| {},
+    )
+    .await
+    .expect("materialize");
     assert!(report.stale >= 1, "{report:?}");
     assert_eq!(totals(&online, &["a"]).await, [Some((T0 + 5 * HOUR, 42.0))]);
 }
@@ -152,10 +169,18 @@ async fn an_unknown_version_or_another_plugin_is_refused_by_name() {
     let dir = tempfile::tempdir().expect("tempdir");
     let offline = history(&dir.path().join("store")).await;
     let online = EmbeddedStore::open(dir.path().join("online")).expect("online");
-    let err = materialize(&offline, &online, "spend", "2.0.0", T0, |_, _| {})
-        .await
-        .expect_err("no such version")
-        .to_string();
+    let err = materialize(
+        &offline,
+        &online,
+        "spend",
+        "2.0.0",
+        Window::default(),
+        T0,
+        |_, _| {},
+    )
+    .await
+    .expect_err("no such version")
+    .to_string();
     assert!(err.contains("spend") && err.contains("2.0.0"), "{err}");
     // The online store already bound to another build of the same version: refused,
     // nothing written.
@@ -170,10 +195,18 @@ async fn an_unknown_version_or_another_plugin_is_refused_by_name() {
         )
         .await
         .expect("bound to the other build");
-    let err = materialize(&offline, &online, "spend", "1.0.0", T0, |_, _| {})
-        .await
-        .expect_err("another plugin")
-        .to_string();
+    let err = materialize(
+        &offline,
+        &online,
+        "spend",
+        "1.0.0",
+        Window::default(),
+        T0,
+        |_, _| {},
+    )
+    .await
+    .expect_err("another plugin")
+    .to_string();
     assert!(err.contains(&other_hash), "{err}");
     assert_eq!(totals_any(&online, &other_hash, "a").await, None);
 }
@@ -188,4 +221,75 @@ async fn totals_any(online: &EmbeddedStore, hash: &str, key: &str) -> Option<i64
         .next()
         .flatten()
         .map(|r| r.event_time)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_window_loads_only_the_rows_it_holds_and_skips_other_hours() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let offline = history(&dir.path().join("store")).await;
+    let online = EmbeddedStore::open(dir.path().join("online")).expect("online");
+    // The first hour only: a's first row, b's and c's rows before their markers.
+    let window = Window {
+        from: None,
+        to: Some(T0 + HOUR),
+    };
+    let report = materialize(
+        &offline,
+        &online,
+        "spend",
+        "1.0.0",
+        window,
+        T0 + 99,
+        |_, _| {},
+    )
+    .await
+    .expect("first hour");
+    assert_eq!((report.files, report.rows, report.markers), (1, 3, 0));
+    assert_eq!(
+        totals(&online, &["a", "b", "c"]).await,
+        [
+            Some((T0 + 10, 1.0)),
+            Some((T0 + 20, 5.0)),
+            Some((T0 + 30, 7.0))
+        ]
+    );
+    // From the second hour on: the rest, markers included.
+    let window = Window {
+        from: Some(T0 + HOUR),
+        to: None,
+    };
+    let report = materialize(
+        &offline,
+        &online,
+        "spend",
+        "1.0.0",
+        window,
+        T0 + 99,
+        |_, _| {},
+    )
+    .await
+    .expect("the rest");
+    assert_eq!((report.files, report.rows, report.markers), (2, 3, 2));
+    assert_eq!(
+        totals(&online, &["a", "b", "c"]).await,
+        [
+            Some((T0 + 2 * HOUR + 10, 3.0)),
+            None,
+            Some((T0 + 2 * HOUR + 50, 9.0))
+        ]
+    );
+    // A window inside an hour: the file is read, rows outside are left.
+    let online2 = EmbeddedStore::open(dir.path().join("online2")).expect("online");
+    let window = Window {
+        from: Some(T0 + 15),
+        to: Some(T0 + 25),
+    };
+    let report = materialize(&offline, &online2, "spend", "1.0.0", window, T0, |_, _| {})
+        .await
+        .expect("inside an hour");
+    assert_eq!((report.files, report.rows), (1, 1));
+    assert_eq!(
+        totals(&online2, &["a", "b"]).await,
+        [None, Some((T0 + 20, 5.0))]
+    );
 }
