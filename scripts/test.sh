@@ -41,7 +41,11 @@ redis-server --version
 step "python packages: store readers, and the moto server (S3, Kinesis, Glue on loopback)"
 python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore \
   "duckdb==2.0.0" "pyarrow==26.0.1" "moto[server]==5.2.1" "boto3" "deltalake==1.6.6" \
-  "polars==1.44.2"
+  "polars==1.44.2" "pytest==9.2.0" "pandas==3.1.1"
+
+step "python client: pip-installable from the checkout (its pytest suite runs against a live serve in cargo test)"
+python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore ./clients/python
+python3 -c 'import lockstep_client; print("lockstep_client", lockstep_client.__file__)'
 
 step "python packages: Feast's stock SDK in its own environment (serve is read through it)"
 feast_venv="${HOME:-/tmp}/.cache/lockstep/feast-venv"

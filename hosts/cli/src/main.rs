@@ -14,9 +14,11 @@ mod featurestore;
 mod gen_parquet;
 mod generate;
 mod golden;
+mod init;
 mod lineage;
 mod offline;
 mod plugin;
+mod repo;
 mod scaffold;
 mod serve;
 mod skew;
@@ -32,12 +34,33 @@ use std::process::ExitCode;
 #[derive(Parser)]
 #[command(name = "lockstep", version, about)]
 struct Cli {
+    /// The feature repository's configuration (default: the lockstep.toml in the
+    /// working directory or the nearest one above it). Commands take their defaults
+    /// from it; flags override.
+    #[arg(long, global = true, value_name = "FILE")]
+    config: Option<std::path::PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
 
 #[derive(Subcommand)]
 enum Command {
+    /// Make a feature repository: lockstep.toml, an example plugin crate, sample
+    /// events and a README.
+    Init(init::Args),
+    /// Build the repository's plugins and show what `apply` would change: new group
+    /// versions, unchanged ones, and a changed plugin for a registered version
+    /// (refused: exit 1).
+    Plan(repo::PlanArgs),
+    /// Build the repository's plugins and register every new group version for its
+    /// build in the offline store; nothing when anything is refused. Idempotent.
+    Apply(repo::PlanArgs),
+    /// Backfill the repository's groups (all with a batch source, or those named)
+    /// into its offline store, each as `batch run` would.
+    Backfill(repo::BackfillArgs),
+    /// Load each entity's latest row of the repository's groups from the offline
+    /// store into the online store: idempotent, never over a newer row.
+    Materialize(repo::MaterializeArgs),
     /// Build, inspect and run plugins.
     #[command(subcommand)]
     Plugin(plugin::Command),
@@ -129,7 +152,7 @@ fn main() -> ExitCode {
             return ExitCode::from(if is_skew_check { 2 } else { 1 });
         }
     };
-    let outcome = runtime.block_on(run(cli.command));
+    let outcome = runtime.block_on(run(cli.command, cli.config.as_deref()));
     // Work still running (a renewal timer, a server's idle connection) has nothing
     // left to do for the command: it is not waited for.
     runtime.shutdown_background();
@@ -137,9 +160,14 @@ fn main() -> ExitCode {
 }
 
 /// Runs `command` to its end.
-async fn run(command: Command) -> Result<Outcome> {
+async fn run(command: Command, config: Option<&std::path::Path>) -> Result<Outcome> {
     let done = |r: Result<()>| r.map(|()| Outcome::Done);
     match command {
+        Command::Init(args) => done(init::run(args)),
+        Command::Plan(args) => done(repo::plan_command(args, config).await),
+        Command::Apply(args) => done(repo::apply_command(args, config).await),
+        Command::Backfill(args) => done(repo::backfill(args, config).await),
+        Command::Materialize(args) => done(repo::materialize_command(args, config).await),
         Command::Plugin(cmd) => done(plugin::run(cmd)),
         Command::Gen(cmd) => done(generate::run(cmd)),
         Command::SkewCheck(args) => Ok(match skew::run(&args).await? {
@@ -156,7 +184,7 @@ async fn run(command: Command) -> Result<Outcome> {
         Command::Offline(cmd) => done(offline::run_command(cmd).await),
         Command::Stream(cmd) => done(stream::run_command(cmd).await),
         Command::FeaturestoreLocal(args) => done(featurestore::run(args).await),
-        Command::Serve(args) => done(serve::run(args).await),
+        Command::Serve(args) => done(serve::run(args, config).await),
         Command::CacheAcl(args) => done(cache::acl(&args)),
         Command::Demo(args) => done(demo::run(args).await),
     }

@@ -7,7 +7,7 @@ use lockstep_runtime::Runtime;
 use lockstep_serving::{BreakerConfig, FeatureServer, ServeConfig, ServedGroup};
 use serde_json::{Map, Value as Json};
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,12 +15,14 @@ use std::time::Duration;
 #[derive(clap::Args)]
 pub struct ServeArgs {
     /// A plugin component (.wasm) whose feature group is served: its manifest gives
-    /// the group, version, entity key, features and defaults. Repeatable.
-    #[arg(long = "plugin", required = true)]
+    /// the group, version, entity key, features and defaults. Repeatable. Default:
+    /// every group of the repository's lockstep.toml.
+    #[arg(long = "plugin")]
     pub plugins: Vec<PathBuf>,
     /// embedded:DIR, sagemaker (AWS) or sagemaker:URL (e.g. featurestore-local).
+    /// Default: the repository's `[online]`.
     #[arg(long, value_parser = crate::stream::parse_online_store)]
-    pub online_store: OnlineStoreArg,
+    pub online_store: Option<OnlineStoreArg>,
     /// The Redis cache: redis://[user:password@]host:port, or
     /// redis-cluster://host:port,host:port,… for a cluster.
     #[arg(long)]
@@ -30,16 +32,18 @@ pub struct ServeArgs {
     #[arg(long, value_parser = humantime::parse_duration)]
     pub cache_ttl: Option<Duration>,
     /// Hard deadline of a request: what is not read by then is served from the
-    /// default snapshot, tagged degraded.
-    #[arg(long, default_value = "5ms", value_parser = humantime::parse_duration)]
-    pub timeout: Duration,
+    /// default snapshot, tagged degraded. Default: the repository's
+    /// `[serving] timeout`, else 5ms.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub timeout: Option<Duration>,
     /// How long a store read may take before it counts as failed (it goes on past
     /// the request's deadline to fill the cache).
     #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
     pub store_timeout: Duration,
     /// XFetch β: how early cache entries refresh before they expire (0: never).
-    #[arg(long, default_value_t = 1.0)]
-    pub xfetch_beta: f64,
+    /// Default: the repository's `[cache] xfetch_beta`, else 1.
+    #[arg(long)]
+    pub xfetch_beta: Option<f64>,
     /// XFetch δ, the cost of a refresh (default: the measured store read time). A
     /// loopback store reads in well under a millisecond, which leaves almost no window
     /// for early refreshes; hot keys then refresh within a few δ·β of expiry.
@@ -59,9 +63,10 @@ pub struct ServeArgs {
     /// Entities per request at most.
     #[arg(long, default_value_t = 1000)]
     pub max_entities: usize,
-    /// Address to listen on.
-    #[arg(long, default_value = "127.0.0.1:6566")]
-    pub listen: SocketAddr,
+    /// Address to listen on. Default: the repository's `[serving] listen`, else
+    /// 127.0.0.1:6566.
+    #[arg(long)]
+    pub listen: Option<SocketAddr>,
     #[command(flatten)]
     pub runtime: crate::plugin::RuntimeArgs,
     /// Where the server's start and configuration are recorded, and every refused
@@ -87,6 +92,7 @@ type RowSchema = (lockstep_online::GroupRef, arrow_schema::SchemaRef);
 /// The served groups, with the snapshot's defaults applied, and their row schemas.
 fn served_groups(
     args: &ServeArgs,
+    group_defaults: &[(String, PathBuf)],
     runtime: &Runtime,
 ) -> Result<(Vec<ServedGroup>, Vec<RowSchema>)> {
     let mut groups = Vec::new();
@@ -130,23 +136,90 @@ fn served_groups(
                 .with_context(|| format!("reading {}", path.display()))?;
         }
     }
+    // A repository group's own defaults (`defaults = "file.json"`: feature → value).
+    for (name, path) in group_defaults {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading group `{name}`'s defaults {}", path.display()))?;
+        let Json::Object(values) = serde_json::from_str(&text)
+            .with_context(|| format!("{} is not JSON", path.display()))?
+        else {
+            bail!(
+                "{}: group `{name}`'s defaults must map feature names to values",
+                path.display()
+            );
+        };
+        let group = groups
+            .iter_mut()
+            .find(|g| &g.group.name == name)
+            .with_context(|| format!("group `{name}` is not served"))?;
+        group
+            .set_defaults(&values)
+            .with_context(|| format!("reading {}", path.display()))?;
+    }
     Ok((groups, schemas))
 }
 
 /// Runs the server until SIGTERM or Ctrl-C.
-pub async fn run(args: ServeArgs) -> Result<()> {
+pub async fn run(mut args: ServeArgs, config_flag: Option<&Path>) -> Result<()> {
     crate::stream::init_logging();
     let runtime = &args.runtime.runtime()?;
-    if !(args.xfetch_beta.is_finite() && args.xfetch_beta >= 0.0) {
-        bail!(
-            "--xfetch-beta must be a number ≥ 0, not {}",
-            args.xfetch_beta
-        );
+    // The repository's settings fill what the flags leave out.
+    let repo = crate::repo::optional(config_flag)?;
+    let mut group_defaults: Vec<(String, PathBuf)> = Vec::new();
+    if args.plugins.is_empty() {
+        let Some(config) = &repo else {
+            bail!(
+                "nothing to serve: name a component with --plugin, or run in a feature                  repository (a directory with a lockstep.toml; `lockstep init` makes one)"
+            );
+        };
+        if config.groups.is_empty() {
+            bail!("{} has no [[group]] to serve", config.path.display());
+        }
+        for group in &config.groups {
+            let component = crate::repo::component(config, group)?;
+            crate::repo::check_manifest(config, group, &component, runtime)?;
+            args.plugins.push(component.path);
+            if let Some(defaults) = &group.defaults {
+                group_defaults.push((group.name.clone(), defaults.clone()));
+            }
+        }
     }
-    if args.timeout.is_zero() {
+    let online_store = match (args.online_store.take(), &repo) {
+        (Some(store), _) => store,
+        (None, Some(config)) => crate::stream::parse_online_store(&config.online.to_arg())
+            .map_err(anyhow::Error::msg)
+            .with_context(|| format!("[online] in {}", config.path.display()))?,
+        (None, None) => bail!("--online-store is needed outside a feature repository"),
+    };
+    let repo_cache = repo.as_ref().and_then(|c| c.cache.as_ref());
+    if args.cache.is_none()
+        && let Some(cache) = repo_cache
+    {
+        args.cache = Some(cache.url.clone());
+        args.cache_ttl = args.cache_ttl.or(cache.ttl);
+    }
+    let xfetch_beta = args
+        .xfetch_beta
+        .or(repo_cache.and_then(|c| c.xfetch_beta))
+        .unwrap_or(1.0);
+    let timeout = args
+        .timeout
+        .or(repo.as_ref().map(|c| c.serving.timeout))
+        .unwrap_or(Duration::from_millis(5));
+    let listen = args
+        .listen
+        .or(repo.as_ref().map(|c| c.serving.listen))
+        .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 6566)));
+    if args.log_features.is_none() {
+        args.log_features = repo.as_ref().and_then(|c| c.serving.log_features.clone());
+    }
+    if !(xfetch_beta.is_finite() && xfetch_beta >= 0.0) {
+        bail!("--xfetch-beta must be a number ≥ 0, not {xfetch_beta}");
+    }
+    if timeout.is_zero() {
         bail!("--timeout must be more than zero: every answer would be the defaults");
     }
-    let (groups, schemas) = served_groups(&args, runtime)?;
+    let (groups, schemas) = served_groups(&args, &group_defaults, runtime)?;
     let access = match &args.tenants {
         Some(path) => {
             let text = std::fs::read_to_string(path)
@@ -165,7 +238,7 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         }
         None => None,
     };
-    let store: Arc<dyn OnlineStore> = match &args.online_store {
+    let store: Arc<dyn OnlineStore> = match &online_store {
         OnlineStoreArg::Embedded(dir) => Arc::new(EmbeddedStore::open(dir).with_context(|| {
             format!(
                 "opening the embedded online store in {} (a store another process has open \
@@ -183,9 +256,9 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         }
     };
     let config = ServeConfig {
-        timeout: args.timeout,
+        timeout,
         store_timeout: args.store_timeout,
-        xfetch_beta: args.xfetch_beta,
+        xfetch_beta,
         xfetch_delta: args.xfetch_delta,
         max_entities: args.max_entities,
         cache_breaker: BreakerConfig {
@@ -225,9 +298,9 @@ pub async fn run(args: ServeArgs) -> Result<()> {
             }
             None => (None, None),
         };
-        let listener = tokio::net::TcpListener::bind(args.listen)
+        let listener = tokio::net::TcpListener::bind(listen)
             .await
-            .with_context(|| format!("listening on {}", args.listen))?;
+            .with_context(|| format!("listening on {listen}"))?;
         let bound = listener.local_addr().context("reading the bound address")?;
         let audit = args
             .audit
@@ -238,9 +311,9 @@ pub async fn run(args: ServeArgs) -> Result<()> {
             vec![lockstep_audit::Entry::new("serve.start").with_details(serde_json::json!({
                 "listen": bound.to_string(),
                 "groups": ids,
-                "online_store": format!("{:?}", args.online_store),
+                "online_store": format!("{online_store:?}"),
                 "cache": args.cache.as_deref().map(crate::audit::redact_url),
-                "timeout_ms": args.timeout.as_secs_f64() * 1e3,
+                "timeout_ms": timeout.as_secs_f64() * 1e3,
                 "defaults": args.defaults.as_ref().map(|p| p.display().to_string()),
                 "feature_log": args.log_features,
                 "tenants": access.as_ref().map(|a| a.tenants().iter().map(|t| serde_json::json!({
@@ -256,7 +329,7 @@ pub async fn run(args: ServeArgs) -> Result<()> {
                 None => access,
             })
         });
-        tracing::info!(groups = ?ids, timeout = ?args.timeout, cache = args.cache.is_some(), "serving");
+        tracing::info!(groups = ?ids, timeout = ?timeout, cache = args.cache.is_some(), "serving");
         // Scripts wait for this line to know the port.
         println!("lockstep serve listening on http://{bound}");
         let served = lockstep_serving::http::serve_with(

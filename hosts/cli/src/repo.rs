@@ -1,0 +1,524 @@
+//! The feature repository: commands that read `lockstep.toml` (`lockstep-config`)
+//! instead of long flag lists, and the defaults other commands take from it.
+//!
+//! `backfill [GROUP…]` runs `batch run` for each group with a batch source. A group's
+//! plugin is a crate (built reproducibly, on demand) or a `.wasm` pinned by its
+//! SHA-256; either way the component's manifest must name the group and the version
+//! the file gives, so a changed plugin never writes under an old version unnoticed.
+
+use anyhow::{Context, Result, bail};
+use lockstep_config::{Config, GroupConfig, PluginSource};
+use lockstep_runtime::Runtime;
+use std::path::{Path, PathBuf};
+
+/// The configuration a command runs with: the file `--config` names (it must be
+/// readable), else the `lockstep.toml` found from the working directory up, else none.
+pub fn optional(flag: Option<&Path>) -> Result<Option<Config>> {
+    if let Some(path) = flag {
+        return Ok(Some(Config::load(path)?));
+    }
+    let here = std::env::current_dir().context("reading the working directory")?;
+    match Config::find(&here) {
+        Some(path) => Ok(Some(Config::load(&path)?)),
+        None => Ok(None),
+    }
+}
+
+/// The configuration, which the command cannot do without.
+pub fn required(flag: Option<&Path>) -> Result<Config> {
+    if let Some(path) = flag {
+        return Ok(Config::load(path)?);
+    }
+    let here = std::env::current_dir().context("reading the working directory")?;
+    Ok(Config::discover(&here)?)
+}
+
+/// A group's component, built or checked, with its manifest confirmed.
+pub struct Component {
+    /// The `.wasm` file.
+    pub path: PathBuf,
+    /// The SHA-256 of its bytes.
+    pub sha256: String,
+}
+
+/// Where components built from the repository's plugin crates go: one cargo target
+/// directory for all of them, under the repository, so a rebuild is incremental.
+fn build_dir(config: &Config) -> PathBuf {
+    config.root.join(".lockstep").join("target")
+}
+
+/// The component of `group`: its crate built (reproducibly; cargo makes it
+/// incremental), or its `.wasm` checked against the pinned SHA-256.
+pub fn component(config: &Config, group: &GroupConfig) -> Result<Component> {
+    match &group.plugin {
+        PluginSource::Crate { dir } => {
+            if !dir.join("Cargo.toml").is_file() {
+                bail!(
+                    "group `{}`: the plugin {} is not a crate (no Cargo.toml) — name a crate \
+                     directory, or a built .wasm with its sha256",
+                    group.name,
+                    dir.display()
+                );
+            }
+            let built = lockstep_build::build(
+                dir,
+                &lockstep_build::BuildOptions {
+                    features: Vec::new(),
+                    verbose: false,
+                    target_dir: Some(build_dir(config)),
+                },
+            )
+            .with_context(|| format!("group `{}`: building {}", group.name, dir.display()))?;
+            Ok(Component {
+                path: built.path,
+                sha256: built.sha256,
+            })
+        }
+        PluginSource::Component { path, sha256 } => {
+            let bytes = std::fs::read(path).with_context(|| {
+                format!(
+                    "group `{}`: reading the plugin {}",
+                    group.name,
+                    path.display()
+                )
+            })?;
+            let actual = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&bytes));
+            if &actual != sha256 {
+                bail!(
+                    "group `{}`: {} has SHA-256 {actual}, but {} pins {sha256}: if the new \
+                     component is meant, pin its hash (and bump the version if its rows change)",
+                    group.name,
+                    path.display(),
+                    config.path.display()
+                );
+            }
+            Ok(Component {
+                path: path.clone(),
+                sha256: actual,
+            })
+        }
+    }
+}
+
+/// Loads `component` and checks its manifest names `group` at the configured version.
+pub fn check_manifest(
+    config: &Config,
+    group: &GroupConfig,
+    component: &Component,
+    runtime: &Runtime,
+) -> Result<()> {
+    let plugin = runtime.load_file(&component.path).with_context(|| {
+        format!(
+            "group `{}`: loading {}",
+            group.name,
+            component.path.display()
+        )
+    })?;
+    let m = plugin.manifest();
+    if m.name != group.name {
+        bail!(
+            "group `{}` in {}: its plugin's manifest names the group `{}`; rename one of them",
+            group.name,
+            config.path.display(),
+            m.name
+        );
+    }
+    if m.version != group.version {
+        bail!(
+            "group `{}` in {}: the file says version {}, the plugin's manifest says {}; make \
+             them agree (a plugin whose rows change needs a new version)",
+            group.name,
+            config.path.display(),
+            group.version,
+            m.version
+        );
+    }
+    Ok(())
+}
+
+/// `lockstep backfill [GROUP…]`.
+#[derive(clap::Args)]
+pub struct BackfillArgs {
+    /// The groups to backfill (default: every group with a batch source).
+    pub groups: Vec<String>,
+    /// Memory for each job (e.g. 2GiB); beyond it the job spills to disk.
+    #[arg(long, value_parser = crate::batch::parse_size)]
+    pub memory_limit: Option<usize>,
+    /// Parallel plugin instances (default: the number of cores).
+    #[arg(long)]
+    pub partitions: Option<usize>,
+    #[command(flatten)]
+    pub runtime: crate::plugin::RuntimeArgs,
+    #[command(flatten)]
+    pub audit: crate::audit::AuditArgs,
+    #[command(flatten)]
+    pub erasures: crate::erase::LedgerArgs,
+}
+
+/// Backfills the groups asked for (or every group with a batch source), one after the
+/// other, each as `batch run` would with the file's settings.
+pub async fn backfill(args: BackfillArgs, config_flag: Option<&Path>) -> Result<()> {
+    let config = required(config_flag)?;
+    let asked = config
+        .groups_named(&args.groups)
+        .map_err(anyhow::Error::msg)?;
+    let groups: Vec<&GroupConfig> = if args.groups.is_empty() {
+        asked.into_iter().filter(|g| g.batch.is_some()).collect()
+    } else {
+        if let Some(g) = asked.iter().find(|g| g.batch.is_none()) {
+            bail!(
+                "group `{}` has no batch source in {}: add `batch = {{ source = \"…\" }}` to it",
+                g.name,
+                config.path.display()
+            );
+        }
+        asked
+    };
+    if groups.is_empty() {
+        bail!(
+            "no group in {} has a batch source: add `batch = {{ source = \"…\" }}` to a [[group]]",
+            config.path.display()
+        );
+    }
+    let runtime = args.runtime.runtime()?;
+    for group in groups {
+        let Some(batch) = &group.batch else {
+            continue;
+        };
+        let component = component(&config, group)?;
+        check_manifest(&config, group, &component, &runtime)?;
+        println!(
+            "backfilling {}@{} from {} (plugin {})",
+            group.name,
+            group.version,
+            batch.source,
+            &component.sha256[..12]
+        );
+        crate::batch::run(
+            crate::batch::RunArgs {
+                plugin: component.path.clone(),
+                source: batch.source.clone(),
+                format: batch.format.map(|f| match f {
+                    lockstep_config::SourceFormat::Parquet => lockstep_batch::SourceFormat::Parquet,
+                    lockstep_config::SourceFormat::Csv => lockstep_batch::SourceFormat::Csv,
+                    lockstep_config::SourceFormat::Json => lockstep_batch::SourceFormat::Json,
+                }),
+                sql: batch.sql.clone(),
+                offline_store: config.offline.store.clone(),
+                s3: lockstep_offline::S3Options::default(),
+                catalog: config
+                    .offline
+                    .glue_database
+                    .clone()
+                    .map(crate::batch::Catalog::Glue),
+                memory_limit: args.memory_limit,
+                partitions: args
+                    .partitions
+                    .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get())),
+                state_out: None,
+                rejects: None,
+                max_future: 3_600_000_000,
+                end_at: None,
+                table_format: match config.offline.table_format {
+                    lockstep_config::TableFormat::Plain => crate::offline::TableFormat::Plain,
+                    lockstep_config::TableFormat::Delta => crate::offline::TableFormat::Delta,
+                },
+                audit: args.audit.clone(),
+                erasures: args.erasures.clone(),
+                kms_key_id: group.kms_key.clone(),
+            },
+            &runtime,
+        )
+        .await
+        .with_context(|| format!("backfilling group `{}`", group.name))?;
+    }
+    Ok(())
+}
+
+/// `lockstep plan` / `lockstep apply`.
+#[derive(clap::Args)]
+pub struct PlanArgs {
+    /// The groups to look at (default: every group).
+    pub groups: Vec<String>,
+    #[command(flatten)]
+    pub runtime: crate::plugin::RuntimeArgs,
+}
+
+/// What applying the file would do to one group version.
+enum Change {
+    /// Not registered yet: apply registers it for this build.
+    Register,
+    /// Registered for this very build.
+    Unchanged {
+        /// When it was registered (UTC µs).
+        registered_at: i64,
+    },
+    /// Registered for another build: refused.
+    Refused {
+        /// The build it is bound to.
+        registered: String,
+    },
+}
+
+/// One line of a plan.
+struct Planned<'a> {
+    group: &'a GroupConfig,
+    component: Component,
+    manifest: lockstep_abi::Manifest,
+    change: Change,
+}
+
+/// Builds every asked group's plugin and compares it with the offline store's
+/// registry.
+async fn plan<'a>(
+    config: &'a Config,
+    names: &[String],
+    runtime: &Runtime,
+) -> Result<Vec<Planned<'a>>> {
+    let groups = config.groups_named(names).map_err(anyhow::Error::msg)?;
+    if groups.is_empty() {
+        bail!(
+            "{} has no [[group]]: add one (see `lockstep init`)",
+            config.path.display()
+        );
+    }
+    let mut out = Vec::with_capacity(groups.len());
+    for group in groups {
+        let component = component(config, group)?;
+        check_manifest(config, group, &component, runtime)?;
+        let manifest = runtime.load_file(&component.path)?.manifest().clone();
+        let store = crate::offline::open_encrypted(
+            &config.offline.store,
+            &lockstep_offline::S3Options::default(),
+            group.kms_key.as_deref(),
+        )?;
+        let change = match store.version(&group.name, &group.version).await {
+            Ok(entry) if entry.plugin_hash == component.sha256 => Change::Unchanged {
+                registered_at: entry.registered_at,
+            },
+            Ok(entry) => Change::Refused {
+                registered: entry.plugin_hash,
+            },
+            Err(lockstep_offline::OfflineError::UnknownVersion { .. }) => Change::Register,
+            Err(e) => {
+                return Err(e).with_context(|| {
+                    format!("reading {}@{} in the registry", group.name, group.version)
+                });
+            }
+        };
+        out.push(Planned {
+            group,
+            component,
+            manifest,
+            change,
+        });
+    }
+    Ok(out)
+}
+
+/// Prints a plan, Terraform-style; says whether anything is refused.
+fn print_plan(config: &Config, planned: &[Planned<'_>]) -> bool {
+    let count = |f: fn(&Change) -> bool| planned.iter().filter(|p| f(&p.change)).count();
+    let register = count(|c| matches!(c, Change::Register));
+    let unchanged = count(|c| matches!(c, Change::Unchanged { .. }));
+    let refused = count(|c| matches!(c, Change::Refused { .. }));
+    println!(
+        "{}: {register} to register, {unchanged} unchanged, {refused} refused",
+        config.path.display()
+    );
+    for p in planned {
+        let id = format!("{}@{}", p.group.name, p.group.version);
+        let hash = &p.component.sha256[..12];
+        match &p.change {
+            Change::Register => println!("  + {id:<32} plugin {hash}  (new version)"),
+            Change::Unchanged { registered_at } => println!(
+                "  = {id:<32} plugin {hash}  (registered {})",
+                chrono::DateTime::from_timestamp_micros(*registered_at)
+                    .map_or_else(|| registered_at.to_string(), |t| t.to_rfc3339())
+            ),
+            Change::Refused { registered } => println!(
+                "  ! {id:<32} plugin {hash}  refused: {id} is bound to plugin {}; a plugin \
+                 whose rows change needs a new version: bump it in the plugin's manifest \
+                 and in {}",
+                &registered[..registered.len().min(12)],
+                config.path.display()
+            ),
+        }
+        if let Some(stream) = &p.group.stream {
+            println!("      stream: Kinesis stream {stream}");
+        }
+        if let Some(db) = &config.offline.glue_database {
+            println!("      catalog: Glue table {db}.{}", p.group.name);
+        }
+    }
+    refused > 0
+}
+
+/// `lockstep plan`: what `apply` would do; exit 1 when it would refuse something.
+pub async fn plan_command(args: PlanArgs, config_flag: Option<&Path>) -> Result<()> {
+    let config = required(config_flag)?;
+    let runtime = args.runtime.runtime()?;
+    let planned = plan(&config, &args.groups, &runtime).await?;
+    if print_plan(&config, &planned) {
+        bail!("the plan refuses a changed plugin for a registered version (see above)");
+    }
+    Ok(())
+}
+
+/// `lockstep apply`: builds, plans, and registers every new group version for its
+/// build; nothing is registered when anything is refused. Running it again changes
+/// nothing.
+pub async fn apply_command(args: PlanArgs, config_flag: Option<&Path>) -> Result<()> {
+    let config = required(config_flag)?;
+    let runtime = args.runtime.runtime()?;
+    let planned = plan(&config, &args.groups, &runtime).await?;
+    if print_plan(&config, &planned) {
+        bail!("nothing applied: the plan refuses a changed plugin for a registered version");
+    }
+    let mut registered = 0;
+    for p in &planned {
+        if !matches!(p.change, Change::Register) {
+            continue;
+        }
+        let store = crate::offline::open_encrypted(
+            &config.offline.store,
+            &lockstep_offline::S3Options::default(),
+            p.group.kms_key.as_deref(),
+        )?;
+        store
+            .register(
+                &p.manifest,
+                &p.component.sha256,
+                lockstep_core::now_micros(),
+            )
+            .await
+            .with_context(|| format!("registering {}@{}", p.group.name, p.group.version))?;
+        registered += 1;
+    }
+    println!("applied: {registered} registered");
+    Ok(())
+}
+
+/// `lockstep materialize`.
+#[derive(clap::Args)]
+pub struct MaterializeArgs {
+    /// The groups to load (default: every group).
+    pub groups: Vec<String>,
+    /// The online store to load (default: the repository's `[online]`):
+    /// embedded:DIR, sagemaker or sagemaker:URL.
+    #[arg(long, value_parser = crate::stream::parse_online_store)]
+    pub online_store: Option<crate::stream::OnlineStoreArg>,
+    /// Load only rows at or after this instant (RFC 3339).
+    #[arg(long, value_parser = crate::stream::parse_instant)]
+    pub from: Option<i64>,
+    /// Load only rows before this instant (RFC 3339).
+    #[arg(long, value_parser = crate::stream::parse_instant)]
+    pub to: Option<i64>,
+}
+
+/// Loads each group's latest rows from the offline store into the online store.
+pub async fn materialize_command(args: MaterializeArgs, config_flag: Option<&Path>) -> Result<()> {
+    let config = required(config_flag)?;
+    let groups = config
+        .groups_named(&args.groups)
+        .map_err(anyhow::Error::msg)?;
+    if groups.is_empty() {
+        bail!("{} has no [[group]] to materialize", config.path.display());
+    }
+    if let (Some(from), Some(to)) = (args.from, args.to)
+        && from >= to
+    {
+        bail!("--from must be before --to: the window [from, to) would be empty");
+    }
+    let window = lockstep_materialize::Window {
+        from: args.from,
+        to: args.to,
+    };
+    let online_arg = match args.online_store {
+        Some(store) => store,
+        None => crate::stream::parse_online_store(&config.online.to_arg())
+            .map_err(anyhow::Error::msg)
+            .with_context(|| format!("[online] in {}", config.path.display()))?,
+    };
+    let offline = crate::offline::open(
+        &config.offline.store,
+        &lockstep_offline::S3Options::default(),
+    )?;
+    let online: std::sync::Arc<dyn lockstep_online::OnlineStore> = match &online_arg {
+        crate::stream::OnlineStoreArg::Embedded(dir) => {
+            std::sync::Arc::new(lockstep_online::EmbeddedStore::open(dir).with_context(|| {
+                format!(
+                    "opening the embedded online store in {} (is a service holding it open?)",
+                    dir.display()
+                )
+            })?)
+        }
+        crate::stream::OnlineStoreArg::SageMaker(endpoint) => {
+            let store = lockstep_featurestore::SageMakerStore::connect(endpoint.as_deref()).await;
+            for group in &groups {
+                let entry = offline
+                    .version(&group.name, &group.version)
+                    .await
+                    .with_context(|| format!("group `{}`", group.name))?;
+                store.set_schema(
+                    &lockstep_online::GroupRef::of(&entry.manifest, &entry.plugin_hash),
+                    lockstep_core::schema::row_schema(&entry.manifest),
+                );
+            }
+            std::sync::Arc::new(store)
+        }
+    };
+    for group in groups {
+        let bar = files_bar(&format!("{}@{}", group.name, group.version));
+        let started = std::time::Instant::now();
+        let report = lockstep_materialize::materialize(
+            &offline,
+            online.as_ref(),
+            &group.name,
+            &group.version,
+            window,
+            lockstep_core::now_micros(),
+            |done, total| {
+                bar.set_length(total as u64);
+                bar.set_position(done as u64);
+            },
+        )
+        .await
+        .with_context(|| {
+            format!(
+                "materializing {}@{} (what was loaded stays; run it again to go on)",
+                group.name, group.version
+            )
+        })?;
+        bar.finish_and_clear();
+        println!(
+            "materialized {}: {} rows from {} hour files in {:.2}s: {} records written, \
+             {} left out (older than another row of their entity, loaded or stored), {} \
+             deletion markers ({} removed a record)",
+            report.group,
+            report.rows,
+            report.files,
+            started.elapsed().as_secs_f64(),
+            report.written,
+            report.stale,
+            report.markers,
+            report.deleted
+        );
+    }
+    Ok(())
+}
+
+/// A bar of hour files done, on a terminal; hidden elsewhere (logs get the summary).
+fn files_bar(label: &str) -> indicatif::ProgressBar {
+    use std::io::IsTerminal;
+    if !std::io::stderr().is_terminal() {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new(0);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} hour files")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    bar.set_message(label.to_owned());
+    bar
+}

@@ -1,0 +1,387 @@
+//! The feature repository as a user drives it: `init`, then `plan`/`apply`,
+//! `backfill`, `materialize` and `serve` from the made directory with no flags, the
+//! served values checked against the sample events by an independent reading of the
+//! plugin's documented rule; a changed plugin refused for its version; the online
+//! store swapped for `featurestore-local` (the SageMaker protocol) by one line of the
+//! file and a re-materialize, serving identical values.
+
+mod common;
+
+use common::{FeatureStoreLocal, s, text};
+use serde_json::Value as Json;
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+
+/// Credentials the SageMaker client asks for (featurestore-local takes any).
+const AWS_ENV: [(&str, &str); 3] = [
+    ("AWS_ACCESS_KEY_ID", "testing"),
+    ("AWS_SECRET_ACCESS_KEY", "testing"),
+    ("AWS_REGION", "us-east-1"),
+];
+
+/// `lockstep ARGS` run in `dir`.
+fn in_repo(dir: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_lockstep"))
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("run lockstep")
+}
+
+fn ok(dir: &Path, args: &[&str]) -> String {
+    let out = in_repo(dir, args);
+    assert!(
+        out.status.success(),
+        "lockstep {args:?} failed:\n{}\n{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    text(&out.stdout)
+}
+
+/// A `lockstep serve` started in the repository with no flags but a free port.
+struct Serve {
+    child: Child,
+    base: String,
+}
+
+impl Serve {
+    fn start(dir: &Path) -> Serve {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_lockstep"))
+            .args(["serve", "--listen", "127.0.0.1:0"])
+            .current_dir(dir)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn lockstep serve");
+        let mut first = String::new();
+        BufReader::new(child.stdout.take().expect("stdout"))
+            .read_line(&mut first)
+            .expect("read the listening line");
+        let base = first
+            .trim()
+            .strip_prefix("lockstep serve listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line: {first}"))
+            .to_owned();
+        Serve { child, base }
+    }
+
+    /// Every entity's (source, events, last_amount) as served.
+    fn features(&self, entities: &[String]) -> BTreeMap<String, (String, Json, Json)> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let client = lockstep_client::Client::new(&self.base).expect("client");
+        let answer = runtime
+            .block_on(
+                client.get_features(&lockstep_client::api::FeatureRequest::new(
+                    "my_features",
+                    entities.iter().map(String::as_str),
+                )),
+            )
+            .expect("an answer");
+        assert_eq!(answer.features, ["events", "last_amount"]);
+        assert!(!answer.degraded);
+        answer
+            .entities
+            .into_iter()
+            .map(|e| {
+                (
+                    e.entity,
+                    (
+                        serde_json::to_value(e.source)
+                            .ok()
+                            .and_then(|v| v.as_str().map(str::to_owned))
+                            .expect("a source"),
+                        e.values[0].clone(),
+                        e.values[1].clone(),
+                    ),
+                )
+            })
+            .collect()
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The scaffolded plugin's rule, read from its documentation and applied to the raw
+/// events: per entity, the number of events and the last non-null amount, in time
+/// order.
+fn expected(events: &Path) -> BTreeMap<String, (i64, Option<f64>)> {
+    let mut rows: Vec<(i64, String, Option<f64>)> = std::fs::read_to_string(events)
+        .expect("events")
+        .lines()
+        .map(|line| {
+            let v: Json = serde_json::from_str(line).expect("json");
+            (
+                v["ts"].as_i64().expect("ts"),
+                v["entity"].as_str().expect("entity").to_owned(),
+                v["amount"].as_f64(),
+            )
+        })
+        .collect();
+    rows.sort_by_key(|r| r.0);
+    let mut out: BTreeMap<String, (i64, Option<f64>)> = BTreeMap::new();
+    for (_, entity, amount) in rows {
+        let e = out.entry(entity).or_default();
+        e.0 += 1;
+        if amount.is_some() {
+            e.1 = amount;
+        }
+    }
+    out
+}
+
+/// The component `apply` built, found under the repository's build directory.
+fn built_component(repo: &Path) -> PathBuf {
+    fn find(dir: &Path, out: &mut Vec<PathBuf>) {
+        for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                find(&path, out);
+            } else if path.file_name().and_then(|n| n.to_str()) == Some("my_features.wasm")
+                && !path.components().any(|c| c.as_os_str() == "deps")
+            {
+                out.push(path);
+            }
+        }
+    }
+    let mut found = Vec::new();
+    find(&repo.join(".lockstep/target"), &mut found);
+    found.pop().expect("a built my_features.wasm")
+}
+
+#[test]
+fn a_repository_made_by_init_backfills_materializes_and_serves_the_documented_values() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    ok(dir.path(), &["init", "demo"]);
+    let repo = dir.path().join("demo");
+
+    // plan, then apply; apply again changes nothing.
+    let plan = ok(&repo, &["plan"]);
+    assert!(
+        plan.contains("1 to register, 0 unchanged, 0 refused"),
+        "{plan}"
+    );
+    assert!(plan.contains("+ my_features@0.1.0"), "{plan}");
+    let applied = ok(&repo, &["apply"]);
+    assert!(applied.contains("applied: 1 registered"), "{applied}");
+    let again = ok(&repo, &["apply"]);
+    assert!(again.contains("0 to register, 1 unchanged"), "{again}");
+    assert!(again.contains("applied: 0 registered"), "{again}");
+
+    // backfill, materialize (twice: the same store), serve.
+    let backfilled = ok(&repo, &["backfill"]);
+    assert!(
+        backfilled.contains("backfilling my_features@0.1.0"),
+        "{backfilled}"
+    );
+    let first = ok(&repo, &["materialize"]);
+    assert!(
+        first.contains("materialized my_features@0.1.0: 2000 rows"),
+        "{first}"
+    );
+    let second = ok(&repo, &["materialize"]);
+    assert!(second.contains("2000 rows"), "{second}");
+    // A window before the sample's first event loads nothing; an empty one is refused.
+    let none = ok(&repo, &["materialize", "--to", "2026-01-01T00:00:00Z"]);
+    assert!(none.contains(": 0 rows from 0 hour files"), "{none}");
+    let out = in_repo(
+        &repo,
+        &[
+            "materialize",
+            "--from",
+            "2026-01-02T00:00:00Z",
+            "--to",
+            "2026-01-01T00:00:00Z",
+        ],
+    );
+    assert!(!out.status.success());
+    assert!(text(&out.stderr).contains("--from must be before --to"));
+
+    let want = expected(&repo.join("data/events.jsonl"));
+    assert_eq!(want.len(), 40, "the sample has 40 entities");
+    let mut entities: Vec<String> = want.keys().cloned().collect();
+    entities.push("user-999".into());
+    let serve = Serve::start(&repo);
+    let served = serve.features(&entities);
+    for (entity, (count, amount)) in &want {
+        let (source, events, last) = &served[entity];
+        assert_eq!(source, "store", "{entity}: no cache configured");
+        assert_eq!(events.as_i64(), Some(*count), "{entity}");
+        assert_eq!(last.as_f64(), *amount, "{entity}");
+    }
+    assert_eq!(served["user-999"].0, "missing");
+    assert_eq!(
+        served["user-999"].1.as_i64(),
+        Some(0),
+        "the manifest default"
+    );
+
+    // The Python client, against the same server: the values the Rust client read.
+    let expected = serde_json::json!({
+        "version": "0.1.0",
+        "features": ["events", "last_amount"],
+        "entities": served
+            .iter()
+            .map(|(entity, (source, events, last))| {
+                (entity.clone(), serde_json::json!({"source": source, "values": [events, last]}))
+            })
+            .collect::<serde_json::Map<_, _>>(),
+    });
+    let expected_file = dir.path().join("expected.json");
+    std::fs::write(&expected_file, expected.to_string()).expect("write expected");
+    let python = common::repo("clients/python");
+    let out = Command::new("python3")
+        .args(["-m", "pytest", "-q", "-p", "no:cacheprovider"])
+        .arg(python.join("tests"))
+        .env("PYTHONPATH", &python)
+        .env("LOCKSTEP_URL", &serve.base)
+        .env("LOCKSTEP_GROUP", "my_features")
+        .env("LOCKSTEP_KEY", "entity")
+        .env("LOCKSTEP_EXPECTED", &expected_file)
+        .output()
+        .expect("python3 -m pytest");
+    let report = text(&out.stdout);
+    assert!(
+        out.status.success(),
+        "the Python client's tests failed:\n{report}\n{}",
+        text(&out.stderr)
+    );
+    assert!(
+        report.contains("7 passed"),
+        "every Python test ran:\n{report}"
+    );
+    drop(serve);
+
+    // Swap the online store: one line of the file, one materialize, the same values.
+    let wasm = built_component(&repo);
+    let g = common::group(&wasm);
+    let featurestore = FeatureStoreLocal::start(
+        &dir.path().join("featurestore"),
+        &[&format!(
+            "{}=entity",
+            lockstep_featurestore::wire::group_name(&g)
+        )],
+    );
+    let config = repo.join("lockstep.toml");
+    let text_before = std::fs::read_to_string(&config).expect("config");
+    let swapped = text_before.replace("store = \"embedded\"", "store = \"sagemaker:${FS_URL}\"");
+    assert_ne!(
+        swapped, text_before,
+        "the [online] line is in the made file"
+    );
+    std::fs::write(&config, swapped).expect("write config");
+    let out = Command::new(env!("CARGO_BIN_EXE_lockstep"))
+        .arg("materialize")
+        .current_dir(&repo)
+        .envs(AWS_ENV)
+        .env("FS_URL", &featurestore.url)
+        .output()
+        .expect("materialize");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    // Without the variable the file names what is missing, and where.
+    let out = in_repo(&repo, &["materialize"]);
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("FS_URL") && err.contains("lockstep.toml:"),
+        "{err}"
+    );
+    let child = Command::new(env!("CARGO_BIN_EXE_lockstep"))
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .current_dir(&repo)
+        .envs(AWS_ENV)
+        .env("FS_URL", &featurestore.url)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("serve");
+    let mut serve = Serve {
+        child,
+        base: String::new(),
+    };
+    let mut first = String::new();
+    BufReader::new(serve.child.stdout.take().expect("stdout"))
+        .read_line(&mut first)
+        .expect("listening line");
+    serve.base = first
+        .trim()
+        .strip_prefix("lockstep serve listening on ")
+        .unwrap_or_else(|| panic!("{first}"))
+        .to_owned();
+    let from_sagemaker = serve.features(&entities);
+    for entity in &entities {
+        assert_eq!(
+            (&from_sagemaker[entity].1, &from_sagemaker[entity].2),
+            (&served[entity].1, &served[entity].2),
+            "{entity}: the same values from either store"
+        );
+    }
+    drop(serve);
+    std::fs::write(&config, &text_before).expect("restore config");
+
+    // A changed plugin for the same version: plan and apply refuse it, naming the fix,
+    // and register nothing.
+    let lib = repo.join("plugins/my_features/src/lib.rs");
+    let code = std::fs::read_to_string(&lib).expect("lib.rs");
+    let changed = code.replace("seen.events += 1;", "seen.events += 2;");
+    assert_ne!(changed, code);
+    std::fs::write(&lib, changed).expect("write lib.rs");
+    let out = in_repo(&repo, &["plan"]);
+    assert!(!out.status.success(), "a refused plan fails");
+    let shown = text(&out.stdout);
+    assert!(shown.contains("1 refused"), "{shown}");
+    assert!(
+        shown.contains("! my_features@0.1.0") && shown.contains("bump"),
+        "{shown}"
+    );
+    let out = in_repo(&repo, &["apply"]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("nothing applied"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = in_repo(&repo, &["backfill"]);
+    assert!(
+        !out.status.success(),
+        "a backfill with the changed plugin is refused too"
+    );
+}
+
+#[test]
+fn outside_a_repository_the_repository_commands_say_how_to_make_one() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for command in ["plan", "apply", "backfill", "materialize"] {
+        let out = in_repo(dir.path(), &[command]);
+        assert!(!out.status.success(), "{command}");
+        let err = text(&out.stderr);
+        assert!(
+            err.contains("no lockstep.toml") && err.contains("lockstep init"),
+            "{command}: {err}"
+        );
+    }
+    let out = in_repo(dir.path(), &["serve"]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("--plugin"),
+        "{}",
+        text(&out.stderr)
+    );
+    // --config names a file; a broken one is refused with its line.
+    let config = dir.path().join("elsewhere.toml");
+    std::fs::write(&config, "[online]\nstore = \"embedded\"\nstroe = \"x\"\n").expect("write");
+    let out = in_repo(dir.path(), &["--config", s(&config), "plan"]);
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(err.contains("stroe") && err.contains("line 3"), "{err}");
+}
