@@ -234,7 +234,11 @@ pub async fn run(args: Args) -> Result<()> {
         "Zero skew: {total_rows} rows from three plugins, identical in the batch and stream hosts."
     );
     println!(
-        "Next: `lockstep plugin inspect <file.wasm>` shows a component's manifest and imports;"
+        "Next: `lockstep init my-features` makes a feature repository to keep in git (lockstep.toml, \
+         a plugin crate, sample events): then `lockstep apply`, `backfill`, `materialize`, `serve`;"
+    );
+    println!(
+        "      `lockstep plugin inspect <file.wasm>` shows a component's manifest and imports;"
     );
     println!("      `lockstep batch run --help` backfills your own data into an offline store;");
     println!(
