@@ -100,13 +100,14 @@ pub fn component(config: &Config, group: &GroupConfig) -> Result<Component> {
     }
 }
 
-/// Loads `component` and checks its manifest names `group` at the configured version.
+/// Loads `component`, checks its manifest names `group` at the configured version,
+/// and returns the manifest.
 pub fn check_manifest(
     config: &Config,
     group: &GroupConfig,
     component: &Component,
     runtime: &Runtime,
-) -> Result<()> {
+) -> Result<lockstep_abi::Manifest> {
     let plugin = runtime.load_file(&component.path).with_context(|| {
         format!(
             "group `{}`: loading {}",
@@ -133,7 +134,7 @@ pub fn check_manifest(
             m.version
         );
     }
-    Ok(())
+    Ok(m.clone())
 }
 
 /// `lockstep backfill [GROUP…]`.
@@ -285,8 +286,7 @@ async fn plan<'a>(
     let mut out = Vec::with_capacity(groups.len());
     for group in groups {
         let component = component(config, group)?;
-        check_manifest(config, group, &component, runtime)?;
-        let manifest = runtime.load_file(&component.path)?.manifest().clone();
+        let manifest = check_manifest(config, group, &component, runtime)?;
         let store = crate::offline::open_encrypted(
             &config.offline.store,
             &lockstep_offline::S3Options::default(),
@@ -444,30 +444,8 @@ pub async fn materialize_command(args: MaterializeArgs, config_flag: Option<&Pat
         &config.offline.store,
         &lockstep_offline::S3Options::default(),
     )?;
-    let online: std::sync::Arc<dyn lockstep_online::OnlineStore> = match &online_arg {
-        crate::stream::OnlineStoreArg::Embedded(dir) => {
-            std::sync::Arc::new(lockstep_online::EmbeddedStore::open(dir).with_context(|| {
-                format!(
-                    "opening the embedded online store in {} (is a service holding it open?)",
-                    dir.display()
-                )
-            })?)
-        }
-        crate::stream::OnlineStoreArg::SageMaker(endpoint) => {
-            let store = lockstep_featurestore::SageMakerStore::connect(endpoint.as_deref()).await;
-            for group in &groups {
-                let entry = offline
-                    .version(&group.name, &group.version)
-                    .await
-                    .with_context(|| format!("group `{}`", group.name))?;
-                store.set_schema(
-                    &lockstep_online::GroupRef::of(&entry.manifest, &entry.plugin_hash),
-                    lockstep_core::schema::row_schema(&entry.manifest),
-                );
-            }
-            std::sync::Arc::new(store)
-        }
-    };
+    // A SageMaker store learns each group's schema from the rows it is given.
+    let online = crate::stream::open_store(&online_arg, None).await?;
     for group in groups {
         let bar = files_bar(&format!("{}@{}", group.name, group.version));
         let started = std::time::Instant::now();

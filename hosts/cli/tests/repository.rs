@@ -7,12 +7,11 @@
 
 mod common;
 
-use common::{FeatureStoreLocal, s, text};
+use common::{FeatureStoreLocal, Serve, s, text};
 use serde_json::Value as Json;
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 
 /// Credentials the SageMaker client asks for (featurestore-local takes any).
 const AWS_ENV: [(&str, &str); 3] = [
@@ -41,33 +40,19 @@ fn ok(dir: &Path, args: &[&str]) -> String {
     text(&out.stdout)
 }
 
-/// A `lockstep serve` started in the repository with no flags but a free port.
-struct Serve {
-    child: Child,
-    base: String,
+/// A `lockstep serve` started in the repository with no flags but a free port (and
+/// `env` set).
+fn serve_in(dir: &Path, env: &[(&str, &str)]) -> Serve {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_lockstep"));
+    command
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .current_dir(dir)
+        .envs(env.iter().copied())
+        .stderr(Stdio::null());
+    Serve::spawn(command)
 }
 
 impl Serve {
-    fn start(dir: &Path) -> Serve {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_lockstep"))
-            .args(["serve", "--listen", "127.0.0.1:0"])
-            .current_dir(dir)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn lockstep serve");
-        let mut first = String::new();
-        BufReader::new(child.stdout.take().expect("stdout"))
-            .read_line(&mut first)
-            .expect("read the listening line");
-        let base = first
-            .trim()
-            .strip_prefix("lockstep serve listening on ")
-            .unwrap_or_else(|| panic!("unexpected first line: {first}"))
-            .to_owned();
-        Serve { child, base }
-    }
-
     /// Every entity's (source, events, last_amount) as served.
     fn features(&self, entities: &[String]) -> BTreeMap<String, (String, Json, Json)> {
         let runtime = tokio::runtime::Builder::new_current_thread()
@@ -102,13 +87,6 @@ impl Serve {
                 )
             })
             .collect()
-    }
-}
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -211,7 +189,7 @@ fn a_repository_made_by_init_backfills_materializes_and_serves_the_documented_va
     assert_eq!(want.len(), 40, "the sample has 40 entities");
     let mut entities: Vec<String> = want.keys().cloned().collect();
     entities.push("user-999".into());
-    let serve = Serve::start(&repo);
+    let serve = serve_in(&repo, &[]);
     let served = serve.features(&entities);
     for (entity, (count, amount)) in &want {
         let (source, events, last) = &served[entity];
@@ -296,28 +274,10 @@ fn a_repository_made_by_init_backfills_materializes_and_serves_the_documented_va
         err.contains("FS_URL") && err.contains("lockstep.toml:"),
         "{err}"
     );
-    let child = Command::new(env!("CARGO_BIN_EXE_lockstep"))
-        .args(["serve", "--listen", "127.0.0.1:0"])
-        .current_dir(&repo)
-        .envs(AWS_ENV)
-        .env("FS_URL", &featurestore.url)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("serve");
-    let mut serve = Serve {
-        child,
-        base: String::new(),
-    };
-    let mut first = String::new();
-    BufReader::new(serve.child.stdout.take().expect("stdout"))
-        .read_line(&mut first)
-        .expect("listening line");
-    serve.base = first
-        .trim()
-        .strip_prefix("lockstep serve listening on ")
-        .unwrap_or_else(|| panic!("{first}"))
-        .to_owned();
+    let fs_url = featurestore.url.clone();
+    let mut env = AWS_ENV.to_vec();
+    env.push(("FS_URL", &fs_url));
+    let serve = serve_in(&repo, &env);
     let from_sagemaker = serve.features(&entities);
     for entity in &entities {
         assert_eq!(

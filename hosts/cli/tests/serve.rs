@@ -3,21 +3,14 @@
 
 mod common;
 
-use common::{group, lockstep, plugin, s, text};
+use common::{Serve, group, lockstep, plugin, s, text};
 use lockstep_client::Client;
 use lockstep_client::api::{FeatureRequest, Source};
 use lockstep_online::{EmbeddedStore, OnlineRecord};
 use serde_json::{Map, Value as Json, json};
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-
-/// A `lockstep serve` process; killed on drop.
-struct Serve {
-    child: Child,
-    base: String,
-}
+use std::process::{Command, Stdio};
 
 impl Serve {
     fn start(args: &[&str]) -> Serve {
@@ -26,32 +19,14 @@ impl Serve {
 
     /// `serve` with `args`, its error output to `stderr`, with `env` set.
     fn start_with(args: &[&str], stderr: impl Into<Stdio>, env: &[(&str, &str)]) -> Serve {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_lockstep"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_lockstep"));
+        command
             .arg("serve")
             .args(args)
             .args(["--listen", "127.0.0.1:0"])
             .envs(env.iter().copied())
-            .stdout(Stdio::piped())
-            .stderr(stderr)
-            .spawn()
-            .expect("spawn lockstep serve");
-        let mut first = String::new();
-        BufReader::new(child.stdout.take().expect("stdout"))
-            .read_line(&mut first)
-            .expect("read the listening line");
-        let base = first
-            .trim()
-            .strip_prefix("lockstep serve listening on ")
-            .unwrap_or_else(|| panic!("unexpected first line: {first}"))
-            .to_owned();
-        Serve { child, base }
-    }
-}
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+            .stderr(stderr);
+        Serve::spawn(command)
     }
 }
 

@@ -149,3 +149,39 @@ impl Drop for FeatureStoreLocal {
         let _ = self.child.wait();
     }
 }
+
+/// A `lockstep serve` process, killed on drop.
+pub struct Serve {
+    /// The process.
+    pub child: Child,
+    /// Its base URL, http://127.0.0.1:PORT.
+    pub base: String,
+}
+
+impl Serve {
+    /// Spawns `command` (a `lockstep serve …` with its stdout free) and waits for the
+    /// line that names the bound address.
+    pub fn spawn(mut command: Command) -> Serve {
+        let mut child = command
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("spawn lockstep serve");
+        let mut first = String::new();
+        BufReader::new(child.stdout.take().expect("stdout"))
+            .read_line(&mut first)
+            .expect("read the listening line");
+        let base = first
+            .trim()
+            .strip_prefix("lockstep serve listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line: {first}"))
+            .to_owned();
+        Serve { child, base }
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
