@@ -189,6 +189,17 @@ fn a_repository_made_by_init_backfills_materializes_and_serves_the_documented_va
     assert_eq!(want.len(), 40, "the sample has 40 entities");
     let mut entities: Vec<String> = want.keys().cloned().collect();
     entities.push("user-999".into());
+    // The group's own defaults file, named in lockstep.toml, replaces the manifest's
+    // default for an entity with no record.
+    std::fs::write(repo.join("defaults.json"), r#"{"events": 7}"#).expect("defaults");
+    let config = repo.join("lockstep.toml");
+    let made = std::fs::read_to_string(&config).expect("config");
+    let with_defaults = made.replace(
+        "version = \"0.1.0\"",
+        "version = \"0.1.0\"\ndefaults = \"defaults.json\"",
+    );
+    assert_ne!(with_defaults, made);
+    std::fs::write(&config, with_defaults).expect("write config");
     let serve = serve_in(&repo, &[]);
     let served = serve.features(&entities);
     for (entity, (count, amount)) in &want {
@@ -200,8 +211,8 @@ fn a_repository_made_by_init_backfills_materializes_and_serves_the_documented_va
     assert_eq!(served["user-999"].0, "missing");
     assert_eq!(
         served["user-999"].1.as_i64(),
-        Some(0),
-        "the manifest default"
+        Some(7),
+        "the group's defaults file, not the manifest's 0"
     );
 
     // The Python client, against the same server: the values the Rust client read.
@@ -250,7 +261,6 @@ fn a_repository_made_by_init_backfills_materializes_and_serves_the_documented_va
             lockstep_featurestore::wire::group_name(&g)
         )],
     );
-    let config = repo.join("lockstep.toml");
     let text_before = std::fs::read_to_string(&config).expect("config");
     let swapped = text_before.replace("store = \"embedded\"", "store = \"sagemaker:${FS_URL}\"");
     assert_ne!(
