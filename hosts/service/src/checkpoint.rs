@@ -26,10 +26,62 @@ use serde_json::{Value as Json, json};
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 
-const ENTITIES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("entities");
-const SHARDS: TableDefinition<&str, &[u8]> = TableDefinition::new("shards");
-const ENDED: TableDefinition<&str, ()> = TableDefinition::new("ended");
+/// The tables of one feature group: unprefixed for a service of one group (as every
+/// checkpoint before groups shared a service), `group/<name>/…` for each group of a
+/// shared stream, all in one file so that one transaction commits every group.
+#[derive(Debug, Clone)]
+struct GroupTables {
+    /// `""` or `group/<name>/`: before each table and each per-group meta key.
+    prefix: String,
+    entities: String,
+    shards: String,
+    ended: String,
+    plugin_hash: String,
+    input_schema: SchemaRef,
+}
+
+impl GroupTables {
+    fn new(binding: GroupBinding) -> Self {
+        let prefix = match &binding.name {
+            Some(name) => format!("group/{name}/"),
+            None => String::new(),
+        };
+        GroupTables {
+            entities: format!("{prefix}entities"),
+            shards: format!("{prefix}shards"),
+            ended: format!("{prefix}ended"),
+            prefix,
+            plugin_hash: binding.plugin_hash,
+            input_schema: binding.input_schema,
+        }
+    }
+    fn entities(&self) -> TableDefinition<'_, &'static [u8], &'static [u8]> {
+        TableDefinition::new(&self.entities)
+    }
+    fn shards(&self) -> TableDefinition<'_, &'static str, &'static [u8]> {
+        TableDefinition::new(&self.shards)
+    }
+    fn ended(&self) -> TableDefinition<'_, &'static str, ()> {
+        TableDefinition::new(&self.ended)
+    }
+    fn meta_key(&self, key: &str) -> String {
+        format!("{}{key}", self.prefix)
+    }
+}
+
 const META: TableDefinition<&str, &str> = TableDefinition::new("meta");
+
+/// A feature group whose state a checkpoint store holds.
+#[derive(Debug, Clone)]
+pub struct GroupBinding {
+    /// The group's name when several groups share the store; `None` for a service of
+    /// one group.
+    pub name: Option<String>,
+    /// The component whose states these are: another one's are refused.
+    pub plugin_hash: String,
+    /// The schema of its held events (the stream's `buffer_schema`).
+    pub input_schema: SchemaRef,
+}
 
 /// The committed lengths (bytes) of the service's append-only logs.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -77,7 +129,7 @@ pub struct Commit<'a> {
 pub struct CheckpointStore {
     db: Database,
     path: PathBuf,
-    input_schema: SchemaRef,
+    groups: Vec<GroupTables>,
 }
 
 /// The text of a caught panic.
@@ -136,11 +188,35 @@ impl CheckpointStore {
         input_schema: SchemaRef,
         refuse_new: Option<String>,
     ) -> Result<Self, ServiceError> {
+        let single = GroupBinding {
+            name: None,
+            plugin_hash: plugin_hash.to_owned(),
+            input_schema,
+        };
+        Self::open_groups(dir, vec![single], refuse_new)
+    }
+
+    /// Opens (or creates) `dir/state.redb` holding the states of `groups`, each bound
+    /// to its component (another component's states are refused), as
+    /// [`open_unless_new`](Self::open_unless_new). A store of several groups is bound
+    /// to their names too: a group added to or removed from the service is refused,
+    /// since the others' shard positions say nothing of what it has read.
+    pub fn open_groups(
+        dir: &Path,
+        groups: Vec<GroupBinding>,
+        refuse_new: Option<String>,
+    ) -> Result<Self, ServiceError> {
         let path = dir.join("state.redb");
         std::fs::create_dir_all(dir).map_err(|e| ServiceError::Checkpoint {
             path: path.clone(),
             message: format!("cannot create the state directory: {e}"),
         })?;
+        let names: Option<Vec<String>> = groups.iter().map(|g| g.name.clone()).collect();
+        if groups.is_empty() || (names.is_none() && groups.len() > 1) {
+            return Err(ServiceError::Start(
+                "a checkpoint store holds one unnamed group or several named ones".into(),
+            ));
+        }
         let existed = std::fs::metadata(&path).is_ok_and(|m| m.len() > 0);
         let damaged = |message: String| ServiceError::Checkpoint {
             path: path.clone(),
@@ -164,33 +240,80 @@ impl CheckpointStore {
         let store = CheckpointStore {
             db,
             path,
-            input_schema,
+            groups: groups.into_iter().map(GroupTables::new).collect(),
         };
-        let bound = store.guarded(|s| s.meta("plugin_hash"))?;
-        match bound {
-            Some(hash) if hash != plugin_hash => {
-                return Err(ServiceError::OtherPlugin {
-                    path: store.path.clone(),
-                    registered: hash,
-                    offered: plugin_hash.to_owned(),
-                });
+        let names_text = names.as_ref().map(|n| {
+            let mut sorted = n.clone();
+            sorted.sort();
+            sorted.join(", ")
+        });
+        let mut unbound = Vec::new();
+        for group in &store.groups {
+            let bound = store.guarded(|s| s.meta(&group.meta_key("plugin_hash")))?;
+            match bound {
+                Some(hash) if hash != group.plugin_hash => {
+                    return Err(ServiceError::OtherPlugin {
+                        path: store.path.clone(),
+                        registered: hash,
+                        offered: group.plugin_hash.clone(),
+                    });
+                }
+                Some(_) => {}
+                None => unbound.push(group),
             }
-            Some(_) => {}
-            None if refuse_new.is_some() => {
+        }
+        // What the file holds: several named groups, one group alone, or nothing yet.
+        let holds = match store.guarded(|s| s.meta("groups"))? {
+            Some(names) => Some(Some(names)),
+            None if store.guarded(|s| s.meta("plugin_hash"))?.is_some() => Some(None),
+            None => None,
+        };
+        if let Some(held) = holds
+            && held != names_text
+        {
+            let described = |names: Option<&str>| match names {
+                Some(n) => format!("the groups [{n}]"),
+                None => "one group alone".to_owned(),
+            };
+            return Err(ServiceError::Checkpoint {
+                path: store.path.clone(),
+                message: format!(
+                    "it holds the state of {}, and this service runs {}: a group's shard \
+                     positions say nothing of what another has read. Run the new set of \
+                     groups with a new state directory (backfill a new group first)",
+                    described(held.as_deref()),
+                    described(names_text.as_deref())
+                ),
+            });
+        }
+        if unbound.len() == store.groups.len() {
+            if refuse_new.is_some() {
                 return Err(ServiceError::MissingCheckpoint {
                     path: store.path.clone(),
                     logs: refuse_new.unwrap_or_default(),
                 });
             }
-            None => {
-                let tx = store.db.begin_write().map_err(|e| store.fail(e))?;
-                {
-                    let mut meta = tx.open_table(META).map_err(|e| store.fail(e))?;
-                    meta.insert("plugin_hash", plugin_hash)
+            let tx = store.db.begin_write().map_err(|e| store.fail(e))?;
+            {
+                let mut meta = tx.open_table(META).map_err(|e| store.fail(e))?;
+                for group in &store.groups {
+                    meta.insert(
+                        group.meta_key("plugin_hash").as_str(),
+                        group.plugin_hash.as_str(),
+                    )
+                    .map_err(|e| store.fail(e))?;
+                }
+                if let Some(names) = &names_text {
+                    meta.insert("groups", names.as_str())
                         .map_err(|e| store.fail(e))?;
                 }
-                tx.commit().map_err(|e| store.fail(e))?;
             }
+            tx.commit().map_err(|e| store.fail(e))?;
+        } else if !unbound.is_empty() {
+            return Err(store.corrupt(
+                "the groups' bindings",
+                "some groups are bound to a plugin and some are not",
+            ));
         }
         Ok(store)
     }
@@ -240,14 +363,51 @@ impl CheckpointStore {
             .map(|v| v.value().to_owned()))
     }
 
-    /// Reads everything back.
+    /// Reads everything back (the first group's state, for a store of one group).
     pub fn restore(&self) -> Result<Restored, ServiceError> {
-        self.guarded(Self::restore_unguarded)
+        self.restore_groups()?
+            .into_iter()
+            .next()
+            .ok_or_else(|| ServiceError::Start("a checkpoint store of no group".into()))
     }
 
-    fn restore_unguarded(&self) -> Result<Restored, ServiceError> {
+    /// Reads every group's state back, in the order the groups were opened.
+    pub fn restore_groups(&self) -> Result<Vec<Restored>, ServiceError> {
+        self.guarded(|s| {
+            let restored = s
+                .groups
+                .iter()
+                .map(|g| s.restore_unguarded(g))
+                .collect::<Result<Vec<_>, _>>()?;
+            // One transaction commits every group: their positions agree unless the
+            // file was tampered with.
+            if let Some(first) = restored.first()
+                && restored.iter().any(|r| {
+                    r.positions != first.positions
+                        || r.ended != first.ended
+                        || r.fresh != first.fresh
+                })
+            {
+                return Err(s.corrupt(
+                    "the groups' shard positions",
+                    "they disagree, though one transaction commits them all",
+                ));
+            }
+            Ok(restored)
+        })
+    }
+
+    /// The committed length of the log of records no group took (0: none yet).
+    pub fn unrouted_length(&self) -> Result<u64, ServiceError> {
+        match self.guarded(|s| s.meta("unrouted"))? {
+            Some(text) => text.parse().map_err(|e| self.corrupt("meta unrouted", e)),
+            None => Ok(0),
+        }
+    }
+
+    fn restore_unguarded(&self, group: &GroupTables) -> Result<Restored, ServiceError> {
         let mut out = Restored::default();
-        let logs = self.meta("logs")?;
+        let logs = self.meta(&group.meta_key("logs"))?;
         out.fresh = logs.is_none();
         if let Some(text) = logs {
             let v: Json = serde_json::from_str(&text).map_err(|e| self.corrupt("meta logs", e))?;
@@ -265,7 +425,7 @@ impl CheckpointStore {
             None => 0,
         };
         let tx = self.db.begin_read().map_err(|e| self.fail(e))?;
-        if let Ok(table) = tx.open_table(ENTITIES) {
+        if let Ok(table) = tx.open_table(group.entities()) {
             for item in table.iter().map_err(|e| self.fail(e))? {
                 let (k, v) = item.map_err(|e| self.fail(e))?;
                 let key = decode_key(k.value()).map_err(|e| self.corrupt("an entity key", e))?;
@@ -278,10 +438,10 @@ impl CheckpointStore {
                 out.states.insert(key, state.to_vec());
             }
         }
-        if let Ok(table) = tx.open_table(SHARDS) {
+        if let Ok(table) = tx.open_table(group.shards()) {
             for item in table.iter().map_err(|e| self.fail(e))? {
                 let (k, v) = item.map_err(|e| self.fail(e))?;
-                let (saved, position) = decode_shard(v.value(), &self.input_schema)
+                let (saved, position) = decode_shard(v.value(), &group.input_schema)
                     .map_err(|e| self.corrupt(&format!("shard {}", k.value()), e))?;
                 if let Some(p) = position {
                     out.positions.insert(saved.spec.id.clone(), p);
@@ -289,7 +449,7 @@ impl CheckpointStore {
                 out.shards.push(saved);
             }
         }
-        if let Ok(table) = tx.open_table(ENDED) {
+        if let Ok(table) = tx.open_table(group.ended()) {
             for item in table.iter().map_err(|e| self.fail(e))? {
                 let (k, _) = item.map_err(|e| self.fail(e))?;
                 out.ended.insert(k.value().to_owned());
@@ -316,9 +476,28 @@ impl CheckpointStore {
         positions: &BTreeMap<String, String>,
         ended: &HashSet<String>,
     ) -> Result<PreparedCommit<'_>, ServiceError> {
+        self.prepare_groups(&[checkpoint], positions, ended)
+    }
+
+    /// [`prepare`](Self::prepare) for every group at once, `checkpoints` in the order
+    /// the groups were opened: the groups' states and positions go into one
+    /// transaction.
+    pub fn prepare_groups(
+        &self,
+        checkpoints: &[&Checkpoint],
+        positions: &BTreeMap<String, String>,
+        ended: &HashSet<String>,
+    ) -> Result<PreparedCommit<'_>, ServiceError> {
+        if checkpoints.len() != self.groups.len() {
+            return Err(ServiceError::Start(format!(
+                "{} checkpoints for {} groups",
+                checkpoints.len(),
+                self.groups.len()
+            )));
+        }
         let tx = self.db.begin_write().map_err(|e| self.fail(e))?;
-        {
-            let mut entities = tx.open_table(ENTITIES).map_err(|e| self.fail(e))?;
+        for (group, checkpoint) in self.groups.iter().zip(checkpoints) {
+            let mut entities = tx.open_table(group.entities()).map_err(|e| self.fail(e))?;
             for (key, state) in &checkpoint.changed {
                 let k = encode_key(key);
                 match state {
@@ -333,7 +512,7 @@ impl CheckpointStore {
                     }
                 }
             }
-            let mut shards = tx.open_table(SHARDS).map_err(|e| self.fail(e))?;
+            let mut shards = tx.open_table(group.shards()).map_err(|e| self.fail(e))?;
             shards.retain(|_, _| false).map_err(|e| self.fail(e))?;
             for saved in &checkpoint.shards {
                 let position = positions.get(&saved.spec.id).map(String::as_str);
@@ -342,7 +521,7 @@ impl CheckpointStore {
                     .insert(saved.spec.id.as_str(), bytes.as_slice())
                     .map_err(|e| self.fail(e))?;
             }
-            let mut ended_table = tx.open_table(ENDED).map_err(|e| self.fail(e))?;
+            let mut ended_table = tx.open_table(group.ended()).map_err(|e| self.fail(e))?;
             for id in ended {
                 ended_table
                     .insert(id.as_str(), ())
@@ -363,24 +542,50 @@ impl PreparedCommit<'_> {
     /// Records the logs' lengths and commits (durable when this returns); returns the
     /// generation committed, one more than the last.
     pub fn commit(self, logs: LogLengths) -> Result<u64, ServiceError> {
-        let fail = |e: &dyn std::fmt::Display| self.store.fail(e);
+        self.commit_groups(&[logs], None)
+    }
+
+    /// [`commit`](Self::commit) with each group's log lengths, in the order the
+    /// groups were opened, and the length of the log of records no group took (a
+    /// shared stream with routes).
+    pub fn commit_groups(
+        self,
+        logs: &[LogLengths],
+        unrouted: Option<u64>,
+    ) -> Result<u64, ServiceError> {
+        let store = self.store;
+        let fail = |e: &dyn std::fmt::Display| store.fail(e);
+        if logs.len() != store.groups.len() {
+            return Err(ServiceError::Start(format!(
+                "log lengths of {} groups for {}",
+                logs.len(),
+                store.groups.len()
+            )));
+        }
         let generation = {
             let mut meta = self.tx.open_table(META).map_err(|e| fail(&e))?;
             let last = match meta.get("generation").map_err(|e| fail(&e))? {
                 Some(text) => text
                     .value()
                     .parse::<u64>()
-                    .map_err(|e| self.store.corrupt("meta generation", e))?,
+                    .map_err(|e| store.corrupt("meta generation", e))?,
                 None => 0,
             };
-            let logs = json!({"rows": logs.rows, "late": logs.late, "dead": logs.dead}).to_string();
-            meta.insert("logs", logs.as_str()).map_err(|e| fail(&e))?;
+            for (group, logs) in store.groups.iter().zip(logs) {
+                let logs =
+                    json!({"rows": logs.rows, "late": logs.late, "dead": logs.dead}).to_string();
+                meta.insert(group.meta_key("logs").as_str(), logs.as_str())
+                    .map_err(|e| fail(&e))?;
+            }
+            if let Some(unrouted) = unrouted {
+                meta.insert("unrouted", unrouted.to_string().as_str())
+                    .map_err(|e| fail(&e))?;
+            }
             let generation = last + 1;
             meta.insert("generation", generation.to_string().as_str())
                 .map_err(|e| fail(&e))?;
             generation
         };
-        let store = self.store;
         self.tx.commit().map_err(|e| store.fail(e))?;
         Ok(generation)
     }
@@ -575,6 +780,99 @@ mod tests {
             Field::new("k", DataType::Utf8, false),
             Field::new("v", DataType::Int64, true),
         ]))
+    }
+
+    fn named(name: &str, hash: &str) -> GroupBinding {
+        GroupBinding {
+            name: Some(name.into()),
+            plugin_hash: hash.into(),
+            input_schema: schema(),
+        }
+    }
+
+    #[test]
+    fn groups_commit_together_and_a_changed_set_of_groups_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let both = || vec![named("a", "h1"), named("b", "h2")];
+        let store = CheckpointStore::open_groups(dir.path(), both(), None).unwrap();
+        let state = |k: &str, v: u8| Checkpoint {
+            changed: vec![(EntityKey::Str(k.into()), Some(vec![v]))],
+            shards: Vec::new(),
+        };
+        let positions = BTreeMap::from([("s-0".to_owned(), "42".to_owned())]);
+        let generation = store
+            .prepare_groups(
+                &[&state("x", 1), &state("y", 2)],
+                &positions,
+                &HashSet::new(),
+            )
+            .unwrap()
+            .commit_groups(
+                &[
+                    LogLengths {
+                        rows: 10,
+                        ..Default::default()
+                    },
+                    LogLengths {
+                        rows: 20,
+                        ..Default::default()
+                    },
+                ],
+                Some(7),
+            )
+            .unwrap();
+        assert_eq!(generation, 1);
+        drop(store);
+        // The groups may come in another order: each finds its own tables.
+        let store = CheckpointStore::open_groups(
+            dir.path(),
+            vec![named("b", "h2"), named("a", "h1")],
+            None,
+        )
+        .unwrap();
+        let back = store.restore_groups().unwrap();
+        assert_eq!(
+            back[0].states.get(&EntityKey::Str("y".into())),
+            Some(&vec![2])
+        );
+        assert_eq!(
+            back[1].states.get(&EntityKey::Str("x".into())),
+            Some(&vec![1])
+        );
+        assert_eq!((back[0].logs.rows, back[1].logs.rows), (20, 10));
+        assert_eq!(store.unrouted_length().unwrap(), 7);
+        drop(store);
+
+        for (groups, why) in [
+            (vec![named("a", "h1")], "a group removed"),
+            (
+                vec![named("a", "h1"), named("b", "h2"), named("c", "h3")],
+                "a group added",
+            ),
+        ] {
+            let err = CheckpointStore::open_groups(dir.path(), groups, None)
+                .err()
+                .unwrap_or_else(|| panic!("{why} was taken"));
+            assert!(err.to_string().contains("[a, b]"), "{why}: {err}");
+        }
+        let err = CheckpointStore::open(dir.path(), "h1", schema())
+            .err()
+            .expect("one group alone over a store of two");
+        assert!(err.to_string().contains("one group alone"), "{err}");
+        let other = CheckpointStore::open_groups(
+            dir.path(),
+            vec![named("a", "h1"), named("b", "CHANGED")],
+            None,
+        );
+        assert!(matches!(other, Err(ServiceError::OtherPlugin { .. })));
+
+        // A store of one group alone is not taken over by a set of groups.
+        let alone = tempfile::tempdir().unwrap();
+        CheckpointStore::open(alone.path(), "h1", schema()).unwrap();
+        let err = CheckpointStore::open_groups(alone.path(), both(), None)
+            .err()
+            .expect("groups over a store of one");
+        assert!(err.to_string().contains("one group alone"), "{err}");
     }
 
     #[test]

@@ -21,61 +21,81 @@ pub struct ErasureWatch {
     pub every: Duration,
 }
 
-/// The erasures a running service honours.
+/// The erasures a running service honours, for each group it runs. The ledger is read
+/// once for all of them: its new entries are handed to every group they name.
 pub(crate) struct Watching {
     watch: ErasureWatch,
-    group: String,
-    version: String,
-    key_type: DataType,
-    known: Erasures,
+    groups: Vec<WatchedGroup>,
     next: Instant,
 }
 
+/// The group version one processor runs, and the erasures known for it.
+pub(crate) struct WatchedGroup {
+    /// Its name.
+    pub(crate) group: String,
+    /// Its version.
+    pub(crate) version: String,
+    /// The type of its entity key.
+    pub(crate) key_type: DataType,
+    known: Erasures,
+}
+
+impl WatchedGroup {
+    /// The group `group@version`, its entity keys of `key_type`.
+    pub(crate) fn new(group: &str, version: &str, key_type: DataType) -> Self {
+        WatchedGroup {
+            group: group.to_owned(),
+            version: version.to_owned(),
+            key_type,
+            known: Erasures::default(),
+        }
+    }
+}
+
 impl Watching {
-    /// Reads the whole ledger and hands what applies to `group@version` to
-    /// `processor`; fails when the ledger cannot be read.
+    /// Reads the whole ledger and hands what applies to each group to its processor
+    /// (`processors[i]` runs `groups[i]`); fails when the ledger cannot be read.
     pub(crate) fn start(
         io: &Handle,
         watch: &ErasureWatch,
-        group: &str,
-        version: &str,
-        key_type: DataType,
-        processor: &mut ShardedProcessor,
+        groups: Vec<WatchedGroup>,
+        processors: &mut [ShardedProcessor],
         metrics: &Metrics,
     ) -> Result<Self, ServiceError> {
         let entries = io
             .block_on(watch.ledger.read_all())
             .map_err(|e| ServiceError::Erasures(Box::new(e)))?;
-        let known = lockstep_erasure::boundary(&entries, group, version, &key_type);
-        let watching = Watching {
+        let mut watching = Watching {
             watch: watch.clone(),
-            group: group.to_owned(),
-            version: version.to_owned(),
-            key_type,
-            known,
+            groups,
             next: Instant::now() + watch.every,
         };
-        if !watching.known.is_empty() {
-            let dropped = processor.set_erasures(Arc::new(watching.known.clone()))?;
-            metrics.erased_states.inc_by(dropped as u64);
-            tracing::info!(
-                entities = watching.known.len(),
-                states_dropped = dropped,
-                ledger = watching.watch.ledger.location(),
-                "honouring erasures"
-            );
+        for (group, processor) in watching.groups.iter_mut().zip(processors.iter_mut()) {
+            group.known =
+                lockstep_erasure::boundary(&entries, &group.group, &group.version, &group.key_type);
+            if !group.known.is_empty() {
+                let dropped = processor.set_erasures(Arc::new(group.known.clone()))?;
+                metrics.erased_states.inc_by(dropped as u64);
+                tracing::info!(
+                    group = %group.group,
+                    entities = group.known.len(),
+                    states_dropped = dropped,
+                    ledger = watching.watch.ledger.location(),
+                    "honouring erasures"
+                );
+            }
         }
         Ok(watching)
     }
 
-    /// When due, reads the erasures recorded since the last look and hands them to
-    /// `processor`; returns whether any state was dropped (the round then has a change
-    /// to checkpoint). A failed read is counted and retried at the next look: the
-    /// erasures known so far stay in force.
+    /// When due, reads the erasures recorded since the last look and hands them to the
+    /// processors of the groups they name; returns whether any group got one (the
+    /// round then has a change to checkpoint). A failed read is counted and retried at
+    /// the next look: the erasures known so far stay in force.
     pub(crate) fn poll(
         &mut self,
         io: &Handle,
-        processor: &mut ShardedProcessor,
+        processors: &mut [ShardedProcessor],
         metrics: &Metrics,
     ) -> Result<bool, ServiceError> {
         if Instant::now() < self.next {
@@ -90,18 +110,24 @@ impl Watching {
                 return Ok(false);
             }
         };
-        let new = lockstep_erasure::boundary(&fresh, &self.group, &self.version, &self.key_type);
-        if new.is_empty() {
-            return Ok(false);
+        let mut changed = false;
+        for (group, processor) in self.groups.iter_mut().zip(processors.iter_mut()) {
+            let new =
+                lockstep_erasure::boundary(&fresh, &group.group, &group.version, &group.key_type);
+            if new.is_empty() {
+                continue;
+            }
+            group.known.extend(&new);
+            let dropped = processor.set_erasures(Arc::new(group.known.clone()))?;
+            metrics.erased_states.inc_by(dropped as u64);
+            tracing::info!(
+                group = %group.group,
+                entities = new.len(),
+                states_dropped = dropped,
+                "erasure picked up while running"
+            );
+            changed = true;
         }
-        self.known.extend(&new);
-        let dropped = processor.set_erasures(Arc::new(self.known.clone()))?;
-        metrics.erased_states.inc_by(dropped as u64);
-        tracing::info!(
-            entities = new.len(),
-            states_dropped = dropped,
-            "erasure picked up while running"
-        );
-        Ok(true)
+        Ok(changed)
     }
 }

@@ -31,9 +31,11 @@ mod run;
 pub mod source;
 
 pub use allocator::tune_allocator;
-pub use checkpoint::{CheckpointStore, LogLengths};
+pub use checkpoint::{CheckpointStore, GroupBinding, LogLengths};
 pub use erasure::ErasureWatch;
-pub use run::{CommitHook, Committed, ServiceConfig, StreamService, Summary, Timings};
+pub use run::{
+    CommitHook, Committed, GroupLane, GroupSummary, ServiceConfig, StreamService, Summary, Timings,
+};
 pub use source::{KinesisSource, MemorySource, Resume, Source};
 
 use std::path::PathBuf;

@@ -1,7 +1,7 @@
 //! The service loop; see the [crate] docs.
 
 use crate::ServiceError;
-use crate::checkpoint::{CheckpointStore, LogLengths};
+use crate::checkpoint::{CheckpointStore, GroupBinding, LogLengths};
 use crate::http::{self, Health};
 use crate::logs::AppendLog;
 use crate::metrics::Metrics;
@@ -15,7 +15,9 @@ use lockstep_core::schema::row_schema;
 use lockstep_kinesis::KinesisOptions;
 use lockstep_online::{GroupRef, OnlineStore};
 use lockstep_runtime::Plugin;
-use lockstep_stream::{Record, ShardSpec, ShardedProcessor, StreamConfig, StreamStats};
+use lockstep_stream::{
+    Record, Route, Router, Routing, ShardSpec, ShardedProcessor, StreamConfig, StreamStats,
+};
 use serde_json::Value as Json;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -106,14 +108,13 @@ impl std::fmt::Debug for CommitHook {
     }
 }
 
-/// The log files of `dir` that hold something: (path, bytes).
-fn existing_logs(dir: &std::path::Path) -> Vec<(PathBuf, u64)> {
-    LOG_FILES
+/// Those of `files` that hold something: (path, bytes).
+fn existing_logs(files: &[PathBuf]) -> Vec<(PathBuf, u64)> {
+    files
         .iter()
-        .map(|name| dir.join(name))
         .filter_map(|p| {
-            let len = std::fs::metadata(&p).ok()?.len();
-            (len > 0).then_some((p, len))
+            let len = std::fs::metadata(p).ok()?.len();
+            (len > 0).then(|| (p.clone(), len))
         })
         .collect()
 }
@@ -122,7 +123,8 @@ fn existing_logs(dir: &std::path::Path) -> Vec<(PathBuf, u64)> {
 const ROWS_LOG: &str = "rows.jsonl";
 const LATE_LOG: &str = "late.jsonl";
 const DEAD_LOG: &str = "dead-letters.jsonl";
-const LOG_FILES: [&str; 3] = [ROWS_LOG, LATE_LOG, DEAD_LOG];
+/// Records of a shared stream that no group's route takes.
+const UNROUTED_LOG: &str = "unrouted.jsonl";
 
 /// Renames each of `logs` to `<name>.before-fresh` (numbered if that exists).
 fn set_logs_aside(logs: &[(PathBuf, u64)]) -> Result<(), ServiceError> {
@@ -197,6 +199,30 @@ pub struct Summary {
     pub dead_log: PathBuf,
     /// The address `/metrics` was served on.
     pub listening: Option<SocketAddr>,
+    /// Each group's counters and logs, in the order the groups were given (one entry
+    /// for a service of one group; `stats` and the logs above are the first group's
+    /// then, and the sum of the groups' counters otherwise).
+    pub groups: Vec<GroupSummary>,
+    /// Records of a shared stream that no group's route took
+    /// ([`unrouted_log`](Self::unrouted_log)).
+    pub unrouted: u64,
+    /// Where they were written, with why (`None`: a service without routes).
+    pub unrouted_log: Option<PathBuf>,
+}
+
+/// What a run did for one of its groups.
+#[derive(Debug, Clone, Default)]
+pub struct GroupSummary {
+    /// `name@version`.
+    pub group: String,
+    /// Its counters (records: those routed to it).
+    pub stats: StreamStats,
+    /// Its row log.
+    pub rows_log: PathBuf,
+    /// Its late-event log.
+    pub late_log: PathBuf,
+    /// Its dead-letter log.
+    pub dead_log: PathBuf,
 }
 
 /// Seconds spent per kind of durable write, summed over a run.
@@ -224,10 +250,39 @@ impl Timings {
 /// The stream host service; see the [crate] docs. Cheap to clone.
 #[derive(Clone)]
 pub struct StreamService {
-    plugin: Plugin,
+    groups: Arc<[GroupLane]>,
+    /// Whether the groups share the stream ([`Self::with_groups`]): each then keeps
+    /// its logs in a directory of its own, and the checkpoint names them.
+    shared: bool,
     store: Arc<dyn OnlineStore>,
-    group: GroupRef,
     config: ServiceConfig,
+}
+
+/// One feature group of a service: its plugin, the group version it writes, which
+/// records of the stream it takes and where its entities start.
+#[derive(Clone)]
+pub struct GroupLane {
+    /// The plugin.
+    pub plugin: Plugin,
+    /// The group version its rows go to (it must name the plugin's hash).
+    pub group: GroupRef,
+    /// The records it takes (`None`: every record of the stream).
+    pub route: Option<Route>,
+    /// Entity states to start from on a fresh state directory (a backfill's
+    /// `--state-out`); ignored when a checkpoint exists.
+    pub start_states: Option<StateMap>,
+}
+
+impl GroupLane {
+    /// `plugin` writing group `group`, taking every record, with no start states.
+    pub fn new(plugin: Plugin, group: GroupRef) -> Self {
+        GroupLane {
+            plugin,
+            group,
+            route: None,
+            start_states: None,
+        }
+    }
 }
 
 /// What `run_from` set up on the runtime before the rounds start.
@@ -263,7 +318,8 @@ impl Logs {
 /// A round handed to the writer: its outputs and the checkpoint that covers them.
 struct Job {
     round: Round,
-    checkpoint: lockstep_stream::Checkpoint,
+    /// One per group.
+    checkpoints: Vec<lockstep_stream::Checkpoint>,
     positions: BTreeMap<String, String>,
     ended: std::collections::HashSet<String>,
     /// Seconds spent gathering the checkpoint.
@@ -273,6 +329,7 @@ struct Job {
 /// What the writer did over a run.
 #[derive(Default)]
 struct WriterReport {
+    unrouted: u64,
     commits: u64,
     generation: u64,
     commit_seconds: f64,
@@ -281,20 +338,28 @@ struct WriterReport {
 
 /// What one round produced, waiting to be written.
 struct Round {
-    rows: Vec<RecordBatch>,
-    late: Vec<Json>,
-    dead: Vec<Json>,
+    /// One per group.
+    outputs: Vec<GroupOutput>,
+    /// Records no group's route took, with why.
+    unrouted: Vec<Json>,
     changed: bool,
     records: usize,
     started: Instant,
 }
 
-impl Default for Round {
-    fn default() -> Self {
+/// What one round produced for one group.
+#[derive(Default)]
+struct GroupOutput {
+    rows: Vec<RecordBatch>,
+    late: Vec<Json>,
+    dead: Vec<Json>,
+}
+
+impl Round {
+    fn new(groups: usize) -> Self {
         Round {
-            rows: Vec::new(),
-            late: Vec::new(),
-            dead: Vec::new(),
+            outputs: (0..groups).map(|_| GroupOutput::default()).collect(),
+            unrouted: Vec::new(),
             changed: false,
             records: 0,
             started: Instant::now(),
@@ -309,14 +374,73 @@ impl StreamService {
         plugin: Plugin,
         store: Arc<dyn OnlineStore>,
         group: GroupRef,
-        config: ServiceConfig,
+        mut config: ServiceConfig,
     ) -> Self {
+        let lane = GroupLane {
+            start_states: config.start_states.take(),
+            ..GroupLane::new(plugin, group)
+        };
         StreamService {
-            plugin,
+            groups: Arc::from(vec![lane]),
+            shared: false,
             store,
-            group,
             config,
         }
+    }
+
+    /// A service running several feature groups over one stream: each record is read
+    /// once, routed to the groups that take it, decoded once per distinct input
+    /// schema, and applied by each group's plugin to that group's own state, exactly
+    /// as a service of that group alone over the records it takes would. The groups'
+    /// rows go to `store` (each bound to its plugin's hash), their logs to
+    /// `state_dir/<group>/`, and one checkpoint commits every group's states with the
+    /// shard positions. Group names must be distinct.
+    pub fn with_groups(
+        groups: Vec<GroupLane>,
+        store: Arc<dyn OnlineStore>,
+        config: ServiceConfig,
+    ) -> Result<Self, ServiceError> {
+        if groups.is_empty() {
+            return Err(ServiceError::Start(
+                "a service needs a feature group".into(),
+            ));
+        }
+        let mut names: Vec<&str> = groups.iter().map(|g| g.group.name.as_str()).collect();
+        names.sort_unstable();
+        if let Some(twice) = names.windows(2).find(|w| w[0] == w[1]) {
+            return Err(ServiceError::Start(format!(
+                "feature group `{}` is given twice",
+                twice[0]
+            )));
+        }
+        if let Some(bad) = names
+            .iter()
+            .find(|n| n.is_empty() || n.contains(['/', '\\']) || n.starts_with('.'))
+        {
+            return Err(ServiceError::Start(format!(
+                "feature group name `{bad}` cannot name a state directory"
+            )));
+        }
+        Ok(StreamService {
+            groups: Arc::from(groups),
+            shared: true,
+            store,
+            config,
+        })
+    }
+
+    /// Where group `i` keeps its logs.
+    fn log_dir(&self, i: usize) -> PathBuf {
+        if self.shared {
+            self.config.state_dir.join(&self.groups[i].group.name)
+        } else {
+            self.config.state_dir.clone()
+        }
+    }
+
+    /// Whether records are routed (some group has a route).
+    fn routed(&self) -> bool {
+        self.groups.iter().any(|g| g.route.is_some())
     }
 
     /// Runs over the Kinesis stream of the configuration until `stop` is set (or a
@@ -421,11 +545,19 @@ impl StreamService {
             mut summary,
         } = started;
 
-        let manifest = self.plugin.manifest();
+        let n = self.groups.len();
         // Logs without a checkpoint: the checkpoint was lost, emptied or replaced.
         // Starting would cut the logs back to nothing, so refuse unless told to start
         // fresh, and then keep the old logs beside the new ones.
-        let found = existing_logs(&cfg.state_dir);
+        let mut log_files: Vec<PathBuf> = (0..n)
+            .flat_map(|i| {
+                let dir = self.log_dir(i);
+                [ROWS_LOG, LATE_LOG, DEAD_LOG].map(|name| dir.join(name))
+            })
+            .collect();
+        let unrouted_path = self.routed().then(|| cfg.state_dir.join(UNROUTED_LOG));
+        log_files.extend(unrouted_path.clone());
+        let found = existing_logs(&log_files);
         let described = (!found.is_empty()).then(|| {
             found
                 .iter()
@@ -433,87 +565,134 @@ impl StreamService {
                 .collect::<Vec<_>>()
                 .join(", ")
         });
-        let hash = self.plugin.hash();
-        let checkpoints = match CheckpointStore::open_unless_new(
-            &cfg.state_dir,
-            hash,
-            lockstep_stream::buffer_schema(manifest),
-            described,
-        ) {
-            Err(ServiceError::MissingCheckpoint { .. }) if cfg.start_fresh => {
-                set_logs_aside(&found)?;
-                CheckpointStore::open(
-                    &cfg.state_dir,
-                    hash,
-                    lockstep_stream::buffer_schema(manifest),
-                )?
-            }
-            other => other?,
-        };
-        let restored = checkpoints.restore()?;
-        let logs = Logs {
-            rows: AppendLog::open(&cfg.state_dir.join(ROWS_LOG), restored.logs.rows)?,
-            late: AppendLog::open(&cfg.state_dir.join(LATE_LOG), restored.logs.late)?,
-            dead: AppendLog::open(&cfg.state_dir.join(DEAD_LOG), restored.logs.dead)?,
-        };
-        summary.rows_log = logs.rows.path().to_owned();
-        summary.late_log = logs.late.path().to_owned();
-        summary.dead_log = logs.dead.path().to_owned();
-        summary.resumed = !restored.fresh;
-        summary.generation = restored.generation;
-        let mut processor = if restored.fresh {
-            let p = ShardedProcessor::new(&self.plugin, cfg.stream_config);
-            match &cfg.start_states {
-                Some(states) => p.with_states(states.clone()),
-                None => p,
-            }
-        } else {
-            if cfg.start_states.is_some() {
-                tracing::warn!(
-                    "a checkpoint exists in {}: going on from it, not from the start states",
-                    cfg.state_dir.display()
-                );
-            }
-            tracing::info!(
-                entities = restored.states.len(),
-                shards = restored.shards.len(),
-                "going on from the checkpoint"
-            );
-            ShardedProcessor::restore(
-                &self.plugin,
-                cfg.stream_config,
-                restored.states,
-                restored.shards,
-            )?
-        };
-        let mut watching = match &cfg.erasures {
-            Some(watch) => Some(crate::erasure::Watching::start(
-                io,
-                watch,
-                &manifest.name,
-                &manifest.version,
-                lockstep_core::schema::input_schema(manifest)
-                    .field_with_name(&manifest.entity_key)
-                    .map(|f| f.data_type().clone())
-                    .map_err(|e| ServiceError::Start(format!("the entity key: {e}")))?,
-                &mut processor,
-                &metrics,
-            )?),
+        let bindings: Vec<GroupBinding> = self
+            .groups
+            .iter()
+            .map(|g| GroupBinding {
+                name: self.shared.then(|| g.group.name.clone()),
+                plugin_hash: g.plugin.hash().to_owned(),
+                input_schema: lockstep_stream::buffer_schema(g.plugin.manifest()),
+            })
+            .collect();
+        let checkpoints =
+            match CheckpointStore::open_groups(&cfg.state_dir, bindings.clone(), described) {
+                Err(ServiceError::MissingCheckpoint { .. }) if cfg.start_fresh => {
+                    set_logs_aside(&found)?;
+                    CheckpointStore::open_groups(&cfg.state_dir, bindings, None)?
+                }
+                other => other?,
+            };
+        let restored_groups = checkpoints.restore_groups()?;
+        let unrouted_committed = checkpoints.unrouted_length()?;
+        let mut logs = Vec::with_capacity(n);
+        for (i, restored) in restored_groups.iter().enumerate() {
+            let dir = self.log_dir(i);
+            std::fs::create_dir_all(&dir).map_err(|e| ServiceError::Log {
+                path: dir.clone(),
+                message: format!("cannot create the group's log directory: {e}"),
+            })?;
+            logs.push(Logs {
+                rows: AppendLog::open(&dir.join(ROWS_LOG), restored.logs.rows)?,
+                late: AppendLog::open(&dir.join(LATE_LOG), restored.logs.late)?,
+                dead: AppendLog::open(&dir.join(DEAD_LOG), restored.logs.dead)?,
+            });
+            summary.groups.push(GroupSummary {
+                group: self.groups[i].group.id(),
+                stats: StreamStats::default(),
+                rows_log: dir.join(ROWS_LOG),
+                late_log: dir.join(LATE_LOG),
+                dead_log: dir.join(DEAD_LOG),
+            });
+        }
+        let unrouted_log = match &unrouted_path {
+            Some(path) => Some(AppendLog::open(path, unrouted_committed)?),
             None => None,
         };
-        let mut positions = restored.positions;
-        let mut ended = restored.ended;
+        summary.unrouted_log = unrouted_path.clone();
+        summary.rows_log = summary.groups[0].rows_log.clone();
+        summary.late_log = summary.groups[0].late_log.clone();
+        summary.dead_log = summary.groups[0].dead_log.clone();
+        let first = &restored_groups[0];
+        summary.resumed = !first.fresh;
+        summary.generation = first.generation;
+        let fresh = first.fresh;
+        let mut positions = first.positions.clone();
+        let mut ended = first.ended.clone();
+        if !fresh {
+            tracing::info!(
+                entities = restored_groups
+                    .iter()
+                    .map(|r| r.states.len())
+                    .sum::<usize>(),
+                shards = first.shards.len(),
+                groups = n,
+                "going on from the checkpoint"
+            );
+        }
+        let mut processors = Vec::with_capacity(n);
+        for (lane, restored) in self.groups.iter().zip(restored_groups) {
+            processors.push(if fresh {
+                let p = ShardedProcessor::new(&lane.plugin, cfg.stream_config);
+                match &lane.start_states {
+                    Some(states) => p.with_states(states.clone()),
+                    None => p,
+                }
+            } else {
+                if lane.start_states.is_some() {
+                    tracing::warn!(
+                        group = %lane.group.id(),
+                        "a checkpoint exists in {}: going on from it, not from the start states",
+                        cfg.state_dir.display()
+                    );
+                }
+                ShardedProcessor::restore(
+                    &lane.plugin,
+                    cfg.stream_config,
+                    restored.states,
+                    restored.shards,
+                )?
+            });
+        }
+        let mut watching = match &cfg.erasures {
+            Some(watch) => {
+                let mut watched = Vec::with_capacity(n);
+                for lane in self.groups.iter() {
+                    let manifest = lane.plugin.manifest();
+                    let key_type = lockstep_core::schema::input_schema(manifest)
+                        .field_with_name(&manifest.entity_key)
+                        .map(|f| f.data_type().clone())
+                        .map_err(|e| ServiceError::Start(format!("the entity key: {e}")))?;
+                    watched.push(crate::erasure::WatchedGroup::new(
+                        &manifest.name,
+                        &manifest.version,
+                        key_type,
+                    ));
+                }
+                Some(crate::erasure::Watching::start(
+                    io,
+                    watch,
+                    watched,
+                    &mut processors,
+                    &metrics,
+                )?)
+            }
+            None => None,
+        };
+        let plan = DecodePlan::new(&self.groups);
         let mut reader = io.block_on(open(Resume {
             positions: positions.clone(),
             ended: ended.clone(),
         }))?;
-        let schema = row_schema(manifest);
+        let schemas: Vec<_> = self
+            .groups
+            .iter()
+            .map(|g| row_schema(g.plugin.manifest()))
+            .collect();
         let mut seen = StreamStats::default();
         let mut source_failures = 0u32;
         let mut first_round = true;
-        let timers = self.plugin.manifest().timer_resolution.is_some();
         let lateness = cfg.stream_config.allowed_lateness;
-        let mut round = Round::default();
+        let mut round = Round::new(n);
         let mut ever_read = false;
         // Records read in this round and not yet applied, one entry per shard in the
         // order shards were first read.
@@ -521,16 +700,18 @@ impl StreamService {
 
         let (jobs, pending_jobs) = std::sync::mpsc::sync_channel::<Job>(1);
         // The writer owns the logs and the checkpoint store; the rest it borrows.
-        let (rt_ref, schema_ref, cache_ref) = (io, &schema, cache.as_ref());
+        let (rt_ref, schemas_ref, cache_ref) = (io, &schemas[..], cache.as_ref());
         let (metrics_ref, health_ref, stop_ref) = (&*metrics, &*health, &*stop);
         let (read_result, written) = std::thread::scope(|scope| {
             let writer = scope.spawn(move || {
                 let mut logs = logs;
+                let mut unrouted_log = unrouted_log;
                 self.write_and_commit(
                     pending_jobs,
                     rt_ref,
-                    schema_ref,
+                    schemas_ref,
                     &mut logs,
+                    unrouted_log.as_mut(),
                     &checkpoints,
                     cache_ref,
                     metrics_ref,
@@ -541,7 +722,7 @@ impl StreamService {
             let mut read = || -> Result<(), ServiceError> {
                 loop {
                     if let Some(watching) = watching.as_mut()
-                        && watching.poll(io, &mut processor, &metrics)?
+                        && watching.poll(io, &mut processors, &metrics)?
                     {
                         round.changed = true;
                     }
@@ -585,12 +766,7 @@ impl StreamService {
                         // Gathered records go in before a lineage event, which keeps its
                         // place.
                         if !matches!(event, ShardEvent::Records(..)) {
-                            apply_records(
-                                &mut processor,
-                                &mut gathered,
-                                &mut round,
-                                &mut positions,
-                            )?;
+                            plan.apply(&mut processors, &mut gathered, &mut round, &mut positions)?;
                         }
                         match event {
                             ShardEvent::Records(shard, mut records) => {
@@ -601,15 +777,20 @@ impl StreamService {
                             }
                             ShardEvent::Opened(info) => {
                                 tracing::info!(shard = %info.id, parents = ?info.parents, "shard opened");
-                                processor.open(ShardSpec {
+                                let spec = ShardSpec {
                                     id: info.id,
                                     parents: info.parents,
                                     hash_range: info.hash_range,
-                                })?;
+                                };
+                                for processor in &mut processors {
+                                    processor.open(spec.clone())?;
+                                }
                             }
                             ShardEvent::Ended(shard) => {
                                 tracing::info!(%shard, "shard read to its end");
-                                processor.close(&shard)?;
+                                for processor in &mut processors {
+                                    processor.close(&shard)?;
+                                }
                                 positions.remove(&shard);
                                 ended.insert(shard);
                             }
@@ -630,22 +811,29 @@ impl StreamService {
                     // the plugin's work per event nearly halves). Shards are applied in
                     // parallel.
                     if due {
-                        apply_records(&mut processor, &mut gathered, &mut round, &mut positions)?;
+                        plan.apply(&mut processors, &mut gathered, &mut round, &mut positions)?;
                     }
-                    if idle && timers && cfg.idle_watermark && !stopping {
+                    if idle && cfg.idle_watermark && !stopping {
                         let to = now_micros().saturating_sub(lateness);
-                        let step = processor.advance_watermarks(to)?;
-                        metrics.clock_watermark_us.set(to);
-                        if step.stats.calls > 0 || step.rows.num_rows() > 0 {
-                            round.rows.push(step.rows);
-                            round.changed = true;
+                        for (i, processor) in processors.iter_mut().enumerate() {
+                            if self.groups[i].plugin.manifest().timer_resolution.is_none() {
+                                continue;
+                            }
+                            let step = processor.advance_watermarks(to)?;
+                            metrics.clock_watermark_us.set(to);
+                            if step.stats.calls > 0 || step.rows.num_rows() > 0 {
+                                round.outputs[i].rows.push(step.rows);
+                                round.changed = true;
+                            }
                         }
                     }
                     if stopping && cfg.drain_on_stop {
-                        let step = processor.drain()?;
-                        if step.rows.num_rows() > 0 {
-                            round.rows.push(step.rows);
-                            round.changed = true;
+                        for (i, processor) in processors.iter_mut().enumerate() {
+                            let step = processor.drain()?;
+                            if step.rows.num_rows() > 0 {
+                                round.outputs[i].rows.push(step.rows);
+                                round.changed = true;
+                            }
                         }
                     }
                     if (round.changed || first_round) && due {
@@ -653,10 +841,10 @@ impl StreamService {
                         // commits it once the round's outputs are durable, while this thread
                         // goes on with the next round.
                         let gathered_at = Instant::now();
-                        let checkpoint = processor.checkpoint();
+                        let checkpoints = processors.iter_mut().map(|p| p.checkpoint()).collect();
                         let job = Job {
-                            round: std::mem::take(&mut round),
-                            checkpoint,
+                            round: std::mem::replace(&mut round, Round::new(n)),
+                            checkpoints,
                             positions: positions.clone(),
                             ended: ended.clone(),
                             gathered: gathered_at.elapsed().as_secs_f64(),
@@ -667,10 +855,17 @@ impl StreamService {
                             return Ok(());
                         }
                     }
-                    let now = processor.stats();
+                    let mut now = StreamStats::default();
+                    for (i, processor) in processors.iter().enumerate() {
+                        let stats = processor.stats();
+                        now.add(&stats);
+                        summary.groups[i].stats = stats;
+                    }
                     record_progress(&metrics, &seen, &now);
                     seen = now;
-                    metrics.buffered_events.set(processor.buffered() as i64);
+                    metrics
+                        .buffered_events
+                        .set(processors.iter().map(|p| p.buffered()).sum::<usize>() as i64);
                     metrics.lag_ms.clear();
                     for (shard, lag) in reader.lag() {
                         metrics
@@ -693,7 +888,7 @@ impl StreamService {
             // Freeing the processor (every entity's state, the plugin instances) and
             // the reader takes a quarter of a second at 100k entities: done here, it
             // overlaps the writer's last rounds instead of following them.
-            drop(processor);
+            drop(processors);
             drop(reader);
             let written = writer
                 .join()
@@ -708,7 +903,12 @@ impl StreamService {
         }
         summary.commit_seconds = report.commit_seconds;
         summary.timings = report.timings;
-        summary.stats = seen;
+        summary.unrouted = report.unrouted;
+        summary.stats = if self.shared {
+            seen
+        } else {
+            summary.groups[0].stats.clone()
+        };
         Ok(summary)
     }
 
@@ -719,8 +919,9 @@ impl StreamService {
         &self,
         jobs: std::sync::mpsc::Receiver<Job>,
         rt: &Handle,
-        schema: &arrow_schema::SchemaRef,
-        logs: &mut Logs,
+        schemas: &[arrow_schema::SchemaRef],
+        logs: &mut [Logs],
+        mut unrouted_log: Option<&mut AppendLog>,
         checkpoints: &CheckpointStore,
         cache: Option<&RedisCache>,
         metrics: &Metrics,
@@ -728,7 +929,7 @@ impl StreamService {
         stop: &AtomicBool,
     ) -> Result<WriterReport, ServiceError> {
         let mut report = WriterReport::default();
-        let mut text = RowsText::default();
+        let mut texts: Vec<RowsText> = schemas.iter().map(|_| RowsText::default()).collect();
         for job in jobs {
             let started = Instant::now();
             // The checkpoint's states and positions go into its transaction while the
@@ -738,12 +939,22 @@ impl StreamService {
             let (written, prepared) = std::thread::scope(|scope| {
                 let preparing = scope.spawn(|| {
                     let started = Instant::now();
+                    let each: Vec<&lockstep_stream::Checkpoint> = job.checkpoints.iter().collect();
                     checkpoints
-                        .prepare(&job.checkpoint, &job.positions, &job.ended)
+                        .prepare_groups(&each, &job.positions, &job.ended)
                         .map(|prepared| (prepared, started.elapsed().as_secs_f64()))
                 });
                 let written = self.write_round(
-                    rt, &job.round, schema, &mut text, logs, cache, metrics, health, stop,
+                    rt,
+                    &job.round,
+                    schemas,
+                    &mut texts,
+                    logs,
+                    unrouted_log.as_deref_mut(),
+                    cache,
+                    metrics,
+                    health,
+                    stop,
                 );
                 let prepared = preparing.join().unwrap_or_else(|_| {
                     Err(ServiceError::Start("the checkpoint writer panicked".into()))
@@ -754,17 +965,26 @@ impl StreamService {
             let timings = written?;
             let (prepared, preparing) = prepared?;
             report.timings.add(&timings);
+            report.unrouted += job.round.unrouted.len() as u64;
             let commit_started = Instant::now();
-            let lengths = logs.lengths();
-            let generation = prepared.commit(lengths)?;
+            let lengths: Vec<LogLengths> = logs.iter().map(Logs::lengths).collect();
+            let generation =
+                prepared.commit_groups(&lengths, unrouted_log.as_deref().map(AppendLog::len))?;
             report.generation = generation;
             if let Some(hook) = &self.config.on_commit {
+                let total = lengths
+                    .iter()
+                    .fold(LogLengths::default(), |a, l| LogLengths {
+                        rows: a.rows + l.rows,
+                        late: a.late + l.late,
+                        dead: a.dead + l.dead,
+                    });
                 (hook.0)(&Committed {
                     generation,
                     positions: job.positions.clone(),
                     ended: job.ended.len(),
-                    entities_changed: job.checkpoint.changed.len(),
-                    logs: lengths,
+                    entities_changed: job.checkpoints.iter().map(|c| c.changed.len()).sum(),
+                    logs: total,
                 });
             }
             report.timings.checkpoint +=
@@ -781,32 +1001,44 @@ impl StreamService {
 
     /// Writes a round's rows to the online store (retrying transient failures until
     /// they pass or a stop is asked for) while its lines go to the logs, then through
-    /// to the cache; everything durable when this returns. `text`: the writer's row
-    /// text, refilled round after round.
+    /// to the cache; everything durable when this returns. `texts`: the writer's row
+    /// text per group, refilled round after round.
     #[allow(clippy::too_many_arguments)]
     fn write_round(
         &self,
         rt: &Handle,
         round: &Round,
-        schema: &arrow_schema::SchemaRef,
-        text: &mut RowsText,
-        logs: &mut Logs,
+        schemas: &[arrow_schema::SchemaRef],
+        texts: &mut [RowsText],
+        logs: &mut [Logs],
+        unrouted_log: Option<&mut AppendLog>,
         cache: Option<&RedisCache>,
         metrics: &Metrics,
         health: &Mutex<Health>,
         stop: &AtomicBool,
     ) -> Result<Timings, ServiceError> {
         let mut timings = Timings::default();
-        let rows = arrow_select_concat(schema, &round.rows)?;
+        let rows = schemas
+            .iter()
+            .zip(&round.outputs)
+            .map(|(schema, output)| arrow_select_concat(schema, &output.rows))
+            .collect::<Result<Vec<_>, _>>()?;
         // Formatted once: the row log takes every line, the store each entity's latest.
         let formatted = Instant::now();
-        text.refill(&rows);
-        let text = &*text;
+        for (text, rows) in texts.iter_mut().zip(&rows) {
+            text.refill(rows);
+        }
+        let texts = &*texts;
         timings.logs += formatted.elapsed().as_secs_f64();
         let (stored, logged) = std::thread::scope(|scope| {
-            let store_job =
-                scope.spawn(|| self.put_with_retries(rt, &rows, text, metrics, health, stop));
-            let logged = Self::write_logs(text, round, logs);
+            let store_job = scope.spawn(|| {
+                let mut seconds = 0.0;
+                for (i, (rows, text)) in rows.iter().zip(texts).enumerate() {
+                    seconds += self.put_with_retries(rt, i, rows, text, metrics, health, stop)?;
+                }
+                Ok(seconds)
+            });
+            let logged = Self::write_logs(texts, round, logs, unrouted_log);
             let stored = store_job
                 .join()
                 .unwrap_or_else(|_| Err(ServiceError::Start("the store write panicked".into())));
@@ -815,10 +1047,14 @@ impl StreamService {
         timings.store = stored?;
         timings.logs += logged?;
         if let Some(cache) = cache
-            && rows.num_rows() > 0
+            && rows.iter().any(|r| r.num_rows() > 0)
         {
             let cache_started = Instant::now();
-            let entries = self.cache_entries(&rows);
+            let entries: Vec<CacheEntry> = rows
+                .iter()
+                .enumerate()
+                .flat_map(|(i, rows)| self.cache_entries(i, rows))
+                .collect();
             self.write_cache(rt, cache, &entries, metrics, health);
             timings.cache = cache_started.elapsed().as_secs_f64();
         }
@@ -826,9 +1062,11 @@ impl StreamService {
     }
 
     /// Puts `rows` into the online store, retrying transient failures; seconds taken.
+    #[allow(clippy::too_many_arguments)]
     fn put_with_retries(
         &self,
         rt: &Handle,
+        group: usize,
         rows: &RecordBatch,
         text: &RowsText,
         metrics: &Metrics,
@@ -841,10 +1079,12 @@ impl StreamService {
         }
         let mut attempt = 0u32;
         loop {
-            match rt.block_on(
-                self.store
-                    .put_with_text(&self.group, rows, text, now_micros()),
-            ) {
+            match rt.block_on(self.store.put_with_text(
+                &self.groups[group].group,
+                rows,
+                text,
+                now_micros(),
+            )) {
                 Ok(_) => return Ok(started.elapsed().as_secs_f64()),
                 Err(e) if !e.is_transient() => return Err(e.into()),
                 Err(e) => {
@@ -866,33 +1106,48 @@ impl StreamService {
         }
     }
 
-    /// Appends the round's rows, late events and dead letters, synced; seconds taken.
-    fn write_logs(text: &RowsText, round: &Round, logs: &mut Logs) -> Result<f64, ServiceError> {
+    /// Appends the round's rows, late events and dead letters of every group, and its
+    /// unrouted records, synced; seconds taken.
+    fn write_logs(
+        texts: &[RowsText],
+        round: &Round,
+        logs: &mut [Logs],
+        unrouted_log: Option<&mut AppendLog>,
+    ) -> Result<f64, ServiceError> {
         let started = Instant::now();
-        logs.rows.append_lines(text.lines())?;
-        for line in &round.late {
-            logs.late.append(line)?;
+        for ((text, output), logs) in texts.iter().zip(&round.outputs).zip(logs.iter_mut()) {
+            logs.rows.append_lines(text.lines())?;
+            for line in &output.late {
+                logs.late.append(line)?;
+            }
+            for line in &output.dead {
+                logs.dead.append(line)?;
+            }
+            logs.sync()?;
         }
-        for line in &round.dead {
-            logs.dead.append(line)?;
+        if let Some(log) = unrouted_log {
+            for line in &round.unrouted {
+                log.append(line)?;
+            }
+            log.sync()?;
         }
-        logs.sync()?;
         Ok(started.elapsed().as_secs_f64())
     }
 }
 
 impl StreamService {
     /// Each entity's latest row of `rows` as a cache entry, by the store's rule.
-    fn cache_entries(&self, rows: &RecordBatch) -> Vec<CacheEntry> {
+    fn cache_entries(&self, i: usize, rows: &RecordBatch) -> Vec<CacheEntry> {
+        let group = &self.groups[i].group;
         // The store took these rows just before, so they cannot be refused here.
-        let latest = match lockstep_online::latest_rows(rows, &self.group) {
+        let latest = match lockstep_online::latest_rows(rows, group) {
             Ok(latest) => latest,
             Err(e) => {
                 tracing::warn!(error = %lockstep_core::ErrorChain(&e), "rows not written through to the cache");
                 return Vec::new();
             }
         };
-        let group_id = self.group.id();
+        let group_id = group.id();
         latest
             .into_iter()
             .map(|latest| CacheEntry {
@@ -900,7 +1155,7 @@ impl StreamService {
                 event_time: latest.event_time,
                 value: lockstep_cache::record_value(
                     latest.event_time,
-                    &self.group.plugin_hash,
+                    &group.plugin_hash,
                     &row_json(rows, latest.row),
                 ),
             })
@@ -938,46 +1193,215 @@ impl StreamService {
 /// How long a failed cache is left alone before the next attempt.
 const CACHE_PAUSE: Duration = Duration::from_secs(5);
 
-/// Pushes the records gathered in `run` (one entry per shard), shards in parallel,
-/// into `round`, and moves each shard's position to its last record.
-fn apply_records(
-    processor: &mut ShardedProcessor,
-    run: &mut Vec<(String, Vec<ShardRecord>)>,
-    round: &mut Round,
-    positions: &mut BTreeMap<String, String>,
-) -> Result<(), ServiceError> {
-    if run.is_empty() {
-        return Ok(());
-    }
-    let batches: Vec<(&str, Vec<Record<'_>>)> = run
-        .iter()
-        .map(|(shard, records)| {
-            (
-                shard.as_str(),
-                records
-                    .iter()
-                    .map(|r| Record {
-                        shard,
-                        sequence: &r.sequence,
-                        data: &r.data,
-                        partition_key: Some(&r.partition_key),
-                    })
-                    .collect(),
-            )
-        })
-        .collect();
-    let steps = processor.push_all(&batches)?;
-    for step in steps {
-        round.rows.push(step.rows);
-        round.late.extend(step.late.iter().map(|l| l.to_json()));
-        round.dead.extend(step.dead.iter().map(|d| d.to_json()));
-    }
-    for (shard, records) in run.drain(..) {
-        if let Some(last) = records.last() {
-            positions.insert(shard, last.sequence.clone());
+/// How a round's records reach the groups: each record routed once, then decoded once
+/// per class of groups that decode alike (the same input schema and route), each
+/// class on a thread of its own and, within it, each shard on its own.
+struct DecodePlan {
+    /// `None`: every group takes every record.
+    router: Option<Router>,
+    /// Groups (indices) by class; the first of a class decodes for all of it.
+    classes: Vec<Vec<usize>>,
+}
+
+impl DecodePlan {
+    fn new(groups: &[GroupLane]) -> Self {
+        let mut keys: Vec<(String, Option<Route>)> = Vec::new();
+        let mut classes: Vec<Vec<usize>> = Vec::new();
+        for (i, lane) in groups.iter().enumerate() {
+            let key = (
+                lockstep_stream::decode_signature(lane.plugin.manifest()),
+                lane.route.clone(),
+            );
+            match keys.iter().position(|k| *k == key) {
+                Some(c) => classes[c].push(i),
+                None => {
+                    keys.push(key);
+                    classes.push(vec![i]);
+                }
+            }
         }
+        let router = groups
+            .iter()
+            .any(|g| g.route.is_some())
+            .then(|| Router::new(groups.iter().map(|g| g.route.clone()).collect()));
+        DecodePlan { router, classes }
     }
-    Ok(())
+
+    /// Pushes the records gathered in `run` (one entry per shard) through every
+    /// group's processor into `round`, and moves each shard's position to its last
+    /// record.
+    fn apply(
+        &self,
+        processors: &mut [ShardedProcessor],
+        run: &mut Vec<(String, Vec<ShardRecord>)>,
+        round: &mut Round,
+        positions: &mut BTreeMap<String, String>,
+    ) -> Result<(), ServiceError> {
+        if run.is_empty() {
+            return Ok(());
+        }
+        let all: Vec<(&str, Vec<Record<'_>>)> = run
+            .iter()
+            .map(|(shard, records)| {
+                (
+                    shard.as_str(),
+                    records
+                        .iter()
+                        .map(|r| Record {
+                            shard,
+                            sequence: &r.sequence,
+                            data: &r.data,
+                            partition_key: Some(&r.partition_key),
+                        })
+                        .collect(),
+                )
+            })
+            .collect();
+        let per_class = match &self.router {
+            None => vec![all; self.classes.len()],
+            Some(router) => self.route(router, all, &mut round.unrouted),
+        };
+        // Each group's processor, handed to the thread of its class.
+        let mut slots: Vec<Option<&mut ShardedProcessor>> =
+            processors.iter_mut().map(Some).collect();
+        let work: Vec<Vec<(usize, &mut ShardedProcessor)>> = self
+            .classes
+            .iter()
+            .map(|class| {
+                class
+                    .iter()
+                    .filter_map(|&i| slots.get_mut(i)?.take().map(|p| (i, p)))
+                    .collect()
+            })
+            .collect();
+        let results: Vec<Result<ClassSteps, ServiceError>> = if work.len() == 1 {
+            work.into_iter()
+                .zip(&per_class)
+                .map(|(class, batches)| run_class(class, batches))
+                .collect()
+        } else {
+            std::thread::scope(|scope| {
+                let handles: Vec<_> = work
+                    .into_iter()
+                    .zip(&per_class)
+                    .map(|(class, batches)| scope.spawn(move || run_class(class, batches)))
+                    .collect();
+                handles
+                    .into_iter()
+                    .map(|h| {
+                        h.join().unwrap_or_else(|_| {
+                            Err(ServiceError::Start("a group's processing panicked".into()))
+                        })
+                    })
+                    .collect()
+            })
+        };
+        for result in results {
+            for (i, steps) in result? {
+                let output = &mut round.outputs[i];
+                for step in steps {
+                    output.rows.push(step.rows);
+                    output.late.extend(step.late.iter().map(|l| l.to_json()));
+                    output.dead.extend(step.dead.iter().map(|d| d.to_json()));
+                }
+            }
+        }
+        for (shard, records) in run.drain(..) {
+            if let Some(last) = records.last() {
+                positions.insert(shard, last.sequence.clone());
+            }
+        }
+        Ok(())
+    }
+
+    /// The records of each class, per shard (shards routed in parallel); records no
+    /// group takes go to `unrouted` with why.
+    fn route<'a>(
+        &self,
+        router: &Router,
+        all: Vec<(&'a str, Vec<Record<'a>>)>,
+        unrouted: &mut Vec<Json>,
+    ) -> Vec<Vec<(&'a str, Vec<Record<'a>>)>> {
+        let classes = &self.classes;
+        let route_shard = |records: &[Record<'a>]| {
+            let mut per: Vec<Vec<Record<'a>>> = vec![Vec::new(); classes.len()];
+            let mut nowhere = Vec::new();
+            for record in records {
+                match router.route(record.data) {
+                    Routing::To(groups) => {
+                        for (c, class) in classes.iter().enumerate() {
+                            if groups.contains(&class[0]) {
+                                per[c].push(*record);
+                            }
+                        }
+                    }
+                    Routing::Nowhere(reason) => nowhere.push(serde_json::json!({
+                        "shard": record.shard,
+                        "sequence": record.sequence,
+                        "partition_key": record.partition_key,
+                        "reason": reason,
+                        "record": String::from_utf8_lossy(record.data).trim_end(),
+                    })),
+                }
+            }
+            (per, nowhere)
+        };
+        let routed: Vec<(Vec<Vec<Record<'a>>>, Vec<Json>)> = if all.len() == 1 {
+            all.iter()
+                .map(|(_, records)| route_shard(records))
+                .collect()
+        } else {
+            std::thread::scope(|scope| {
+                let handles: Vec<_> = all
+                    .iter()
+                    .map(|(_, records)| scope.spawn(|| route_shard(records)))
+                    .collect();
+                handles
+                    .into_iter()
+                    .map(|h| h.join().unwrap_or_default())
+                    .collect()
+            })
+        };
+        let mut per_class: Vec<Vec<(&'a str, Vec<Record<'a>>)>> = vec![Vec::new(); classes.len()];
+        for ((shard, _), (per, nowhere)) in all.iter().zip(routed) {
+            unrouted.extend(nowhere);
+            for (c, records) in per.into_iter().enumerate() {
+                if !records.is_empty() {
+                    per_class[c].push((shard, records));
+                }
+            }
+        }
+        per_class
+    }
+}
+
+/// What a class of groups produced: each group's steps, by group index.
+type ClassSteps = Vec<(usize, Vec<lockstep_stream::Step>)>;
+
+/// Runs one class of groups over its records: the first decodes, every one takes
+/// the decoded events into its own state.
+fn run_class(
+    class: Vec<(usize, &mut ShardedProcessor)>,
+    batches: &[(&str, Vec<Record<'_>>)],
+) -> Result<ClassSteps, ServiceError> {
+    if batches.is_empty() {
+        return Ok(Vec::new());
+    }
+    if class.len() == 1 {
+        return class
+            .into_iter()
+            .map(|(i, p)| Ok((i, p.push_all(batches)?)))
+            .collect();
+    }
+    let mut class = class;
+    let decoded = match class.first_mut() {
+        Some((_, p)) => p.decode_all(batches)?,
+        None => return Ok(Vec::new()),
+    };
+    class
+        .into_iter()
+        .map(|(i, p)| Ok((i, p.push_decoded_all(batches, &decoded)?)))
+        .collect()
 }
 
 fn arrow_select_concat(

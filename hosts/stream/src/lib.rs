@@ -16,12 +16,14 @@
 //! It does no I/O: sources (Kinesis, in-process), stores and logs plug in around it.
 
 mod processor;
+pub mod route;
 pub mod shards;
 
 pub use processor::{
-    Pending, SEQUENCE_COLUMN, SHARD_COLUMN, ShardState, Step, StreamConfig, StreamProcessor,
-    StreamStats, buffer_schema,
+    Decoded, Pending, SEQUENCE_COLUMN, SHARD_COLUMN, ShardState, Step, StreamConfig,
+    StreamProcessor, StreamStats, buffer_schema, decode_signature,
 };
+pub use route::{Route, Router, Routing};
 pub use shards::{Checkpoint, SavedShard, ShardSpec, ShardedProcessor, partition_hash};
 
 use serde_json::json;

@@ -153,6 +153,39 @@ fn with_origins(batch: RecordBatch, schema: &SchemaRef) -> Result<RecordBatch, S
     Ok(RecordBatch::try_new(schema.clone(), columns)?)
 }
 
+/// Records decoded into a plugin's input schema by [`StreamProcessor::decode`]: what
+/// [`StreamProcessor::push_decoded`] takes, for this processor or any other whose
+/// plugin has the same [`decode_signature`] (several feature groups on one stream
+/// decode each record once per distinct input schema).
+#[derive(Debug, Clone)]
+pub struct Decoded {
+    /// The events, in the input schema.
+    pub events: RecordBatch,
+    /// For each event, the index of its record in the batch decoded.
+    pub sources: Vec<usize>,
+    /// Records that could not be decoded.
+    pub dead: Vec<DeadLetter>,
+    /// How many records were decoded.
+    pub records: usize,
+}
+
+/// What decides how a plugin's records decode: its input fields (name, type,
+/// nullability), entity key and event time. Two plugins with equal signatures turn the
+/// same records into the same events and dead letters.
+pub fn decode_signature(manifest: &Manifest) -> String {
+    let fields: Vec<String> = manifest
+        .input
+        .iter()
+        .map(|f| format!("{}:{:?}:{}", f.name, f.ty, f.nullable))
+        .collect();
+    format!(
+        "{}|key={}|time={}",
+        fields.join(","),
+        manifest.entity_key,
+        manifest.event_time
+    )
+}
+
 /// Applies a plugin to a stream of records exactly as the batch host applies it to
 /// the same events at rest, whatever their arrival order within the allowed lateness.
 ///
@@ -587,6 +620,14 @@ impl StreamProcessor {
     /// Takes `records` in arrival order, then applies every held event the watermark
     /// has passed.
     pub fn push(&mut self, records: &[Record<'_>]) -> Result<Step, StreamError> {
+        let decoded = self.decode(records)?;
+        self.push_decoded(records, &decoded)
+    }
+
+    /// Decodes `records` into this processor's input schema, touching nothing else:
+    /// the first half of [`push`](Self::push). Processors of plugins with the same
+    /// [`decode_signature`] decode alike, so one decoding serves them all.
+    pub fn decode(&mut self, records: &[Record<'_>]) -> Result<Decoded, StreamError> {
         let latest = self
             .config
             .max_future
@@ -594,8 +635,7 @@ impl StreamProcessor {
         self.decoder.set_latest_event_time(latest);
         let mut dead = Vec::new();
         let mut sources = Vec::with_capacity(records.len());
-        for record in records {
-            self.stats.records += 1;
+        for (index, record) in records.iter().enumerate() {
             let text = match std::str::from_utf8(record.data) {
                 Ok(t) => t,
                 Err(e) => {
@@ -604,7 +644,7 @@ impl StreamProcessor {
                 }
             };
             match self.decoder.push_record(text.trim_end(), 0) {
-                Ok(()) => sources.push(record),
+                Ok(()) => sources.push(index),
                 Err(e) => dead.push(DeadLetter::of(
                     record,
                     match &e.field {
@@ -614,8 +654,38 @@ impl StreamProcessor {
                 )),
             }
         }
+        Ok(Decoded {
+            events: self.decoder.finish()?,
+            sources,
+            dead,
+            records: records.len(),
+        })
+    }
+
+    /// The second half of [`push`](Self::push): takes `records`, decoded as
+    /// `decoded` (by [`decode`](Self::decode) of this processor or of one with the
+    /// same [`decode_signature`]), then applies every held event the watermark has
+    /// passed.
+    pub fn push_decoded(
+        &mut self,
+        records: &[Record<'_>],
+        decoded: &Decoded,
+    ) -> Result<Step, StreamError> {
+        if decoded.records != records.len()
+            || decoded.sources.iter().any(|&i| i >= records.len())
+            || decoded.events.num_rows() != decoded.sources.len()
+            || decoded.events.schema().fields()[..]
+                != self.buffer_schema.fields()[..self.manifest.input.len()]
+        {
+            return Err(StreamError::Config(
+                "records decoded for another batch or another input schema".into(),
+            ));
+        }
+        self.stats.records += records.len() as u64;
+        let mut dead = decoded.dead.clone();
         self.stats.dead += dead.len() as u64;
-        let events = self.decoder.finish()?;
+        let events = decoded.events.clone();
+        let sources: Vec<&Record<'_>> = decoded.sources.iter().map(|&i| &records[i]).collect();
         self.stats.events += events.num_rows() as u64;
 
         // Classify in arrival order: late iff behind the watermark of what came before.

@@ -11,7 +11,9 @@
 //! Sources hand shards over in lineage order: a child only after its parents were read
 //! to their end ([`ShardedProcessor::close`]).
 
-use crate::{Pending, Record, ShardState, Step, StreamConfig, StreamError, StreamProcessor};
+use crate::{
+    Decoded, Pending, Record, ShardState, Step, StreamConfig, StreamError, StreamProcessor,
+};
 use arrow_array::RecordBatch;
 use lockstep_core::erasure::Erasures;
 use lockstep_core::key::{EntityKey, StateMap};
@@ -284,15 +286,63 @@ impl ShardedProcessor {
         &mut self,
         batches: &[(&str, Vec<Record<'_>>)],
     ) -> Result<Vec<Step>, StreamError> {
+        self.each_shard(batches, |processor, _, records| processor.push(records))
+    }
+
+    /// Decodes records of several open shards (in parallel) without taking them: the
+    /// first half of [`push_all`](Self::push_all), for [`push_decoded_all`] of this
+    /// processor and of others whose plugin has the same
+    /// [`decode_signature`](crate::decode_signature).
+    ///
+    /// [`push_decoded_all`]: Self::push_decoded_all
+    pub fn decode_all(
+        &mut self,
+        batches: &[(&str, Vec<Record<'_>>)],
+    ) -> Result<Vec<Decoded>, StreamError> {
+        self.each_shard(batches, |processor, _, records| processor.decode(records))
+    }
+
+    /// The second half of [`push_all`](Self::push_all): `decoded[i]` is
+    /// `batches[i]` decoded by [`decode_all`](Self::decode_all).
+    pub fn push_decoded_all(
+        &mut self,
+        batches: &[(&str, Vec<Record<'_>>)],
+        decoded: &[Decoded],
+    ) -> Result<Vec<Step>, StreamError> {
+        if decoded.len() != batches.len() {
+            return Err(StreamError::Config(format!(
+                "{} decoded batches for {} shards",
+                decoded.len(),
+                batches.len()
+            )));
+        }
+        self.each_shard(batches, |processor, i, records| {
+            processor.push_decoded(records, &decoded[i])
+        })
+    }
+
+    /// Runs `f` on each shard of `batches` with its records (and its index in
+    /// `batches`), shards in parallel; results in the order of `batches`.
+    fn each_shard<T: Send>(
+        &mut self,
+        batches: &[(&str, Vec<Record<'_>>)],
+        f: impl Fn(&mut StreamProcessor, usize, &[Record<'_>]) -> Result<T, StreamError> + Sync,
+    ) -> Result<Vec<T>, StreamError> {
         if batches.len() <= 1 {
             return batches
                 .iter()
-                .map(|(shard, records)| self.push(shard, records))
+                .enumerate()
+                .map(|(i, (shard, records))| {
+                    let (_, processor) = self.open.get_mut(*shard).ok_or_else(|| {
+                        StreamError::Config(format!("shard `{shard}` is not open"))
+                    })?;
+                    f(processor, i, records)
+                })
                 .collect();
         }
-        let mut wanted: HashMap<&str, &[Record<'_>]> = HashMap::new();
-        for (shard, records) in batches {
-            if wanted.insert(shard, records).is_some() {
+        let mut wanted: HashMap<&str, (usize, &[Record<'_>])> = HashMap::new();
+        for (i, (shard, records)) in batches.iter().enumerate() {
+            if wanted.insert(shard, (i, records)).is_some() {
                 return Err(StreamError::Config(format!(
                     "shard `{shard}` appears twice in one push"
                 )));
@@ -301,13 +351,14 @@ impl ShardedProcessor {
                 return Err(StreamError::Config(format!("shard `{shard}` is not open")));
             }
         }
-        let mut results: HashMap<String, Result<Step, StreamError>> = std::thread::scope(|scope| {
+        let f = &f;
+        let mut results: HashMap<String, Result<T, StreamError>> = std::thread::scope(|scope| {
             let handles: Vec<_> = self
                 .open
                 .iter_mut()
                 .filter_map(|(id, (_, processor))| {
-                    let records = wanted.get(id.as_str())?;
-                    Some((id.clone(), scope.spawn(move || processor.push(records))))
+                    let (i, records) = *wanted.get(id.as_str())?;
+                    Some((id.clone(), scope.spawn(move || f(processor, i, records))))
                 })
                 .collect();
             handles
