@@ -80,9 +80,11 @@ enum Command {
     /// Run the batch host and the stream host over the same events and compare every
     /// row bit for bit. Exit 0: identical; 1: skew (with a diff); 2: could not check.
     SkewCheck(skew::Args),
-    /// Keep an online store current from a Kinesis stream (the stream host service).
-    #[command(subcommand)]
-    Stream(stream::Command),
+    /// Keep an online store current from a Kinesis stream (the stream host service):
+    /// with no subcommand, every group of the repository on one stream in one service
+    /// (records read once, routed by `[group.stream] field`/`equals`, each group's
+    /// own state, one checkpoint for all).
+    Stream(stream::StreamCommand),
     /// Serve an embedded online store over the SageMaker Feature Store runtime API
     /// (PutRecord, GetRecord, BatchGetRecord, DeleteRecord).
     FeaturestoreLocal(featurestore::Args),
@@ -182,7 +184,7 @@ async fn run(command: Command, config: Option<&std::path::Path>) -> Result<Outco
         Command::Batch(cmd) => done(batch::run_command(cmd).await),
         Command::TrainingSet(args) => done(training::run(args).await),
         Command::Offline(cmd) => done(offline::run_command(cmd).await),
-        Command::Stream(cmd) => done(stream::run_command(cmd).await),
+        Command::Stream(cmd) => done(stream::run_command(cmd, config).await),
         Command::FeaturestoreLocal(args) => done(featurestore::run(args).await),
         Command::Serve(args) => done(serve::run(args, config).await),
         Command::CacheAcl(args) => done(cache::acl(&args)),

@@ -345,7 +345,13 @@ fn print_plan(config: &Config, planned: &[Planned<'_>]) -> bool {
             ),
         }
         if let Some(stream) = &p.group.stream {
-            println!("      stream: Kinesis stream {stream}");
+            match &stream.route {
+                Some(route) => println!(
+                    "      stream: Kinesis stream {}, the records whose `{}` is {:?}",
+                    stream.kinesis, route.field, route.equals
+                ),
+                None => println!("      stream: Kinesis stream {}", stream.kinesis),
+            }
         }
         if let Some(db) = &config.offline.glue_database {
             println!("      catalog: Glue table {db}.{}", p.group.name);

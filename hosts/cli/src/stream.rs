@@ -4,7 +4,7 @@ use anyhow::{Context, Result, bail};
 use lockstep_kinesis::KinesisOptions;
 use lockstep_online::{EmbeddedStore, GroupRef, OnlineStore};
 use lockstep_runtime::Runtime;
-use lockstep_service::{ServiceConfig, StreamService};
+use lockstep_service::{GroupLane, ServiceConfig, StreamService};
 use lockstep_stream::StreamConfig;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -43,7 +43,7 @@ pub fn parse_online_store(text: &str) -> Result<OnlineStoreArg, String> {
     ))
 }
 
-/// What `stream run` takes.
+/// What `stream run` takes: one plugin, every flag given.
 #[derive(clap::Args)]
 pub struct RunArgs {
     /// The plugin component (.wasm).
@@ -52,17 +52,9 @@ pub struct RunArgs {
     /// The Kinesis stream.
     #[arg(long)]
     pub stream: String,
-    /// Kinesis endpoint (e.g. a local server); region and credentials come from
-    /// the AWS environment.
-    #[arg(long)]
-    pub endpoint_url: Option<String>,
     /// embedded:DIR, sagemaker (AWS) or sagemaker:URL.
     #[arg(long, value_parser = parse_online_store)]
     pub online_store: OnlineStoreArg,
-    /// At most this many SageMaker PutRecord calls per second (the account's
-    /// quota); unlimited when unset.
-    #[arg(long)]
-    pub sagemaker_rate: Option<f64>,
     /// A Redis cache to write through after the online store (redis://host:port).
     #[arg(long)]
     pub cache: Option<String>,
@@ -75,13 +67,59 @@ pub struct RunArgs {
     /// How late an event may arrive and still be applied in order.
     #[arg(long, default_value = "5s", value_parser = crate::skew::parse_lateness)]
     pub allowed_lateness: i64,
+    /// Start entities from a backfill's final states (`batch run --state-out`).
+    #[arg(long)]
+    pub start_state: Option<PathBuf>,
+    /// The offline store the group is backfilled into: the erasure ledger beside it is
+    /// honoured (an erased entity's events at or before its erasure are dropped, also
+    /// in a replay, and its state goes while the service runs).
+    #[arg(long)]
+    pub offline_store: Option<String>,
+    #[command(flatten)]
+    pub service: ServiceArgs,
+}
+
+/// What `lockstep stream [GROUP…]` takes: the feature repository's groups on one
+/// Kinesis stream, with the settings of `lockstep.toml`; flags override them.
+#[derive(clap::Args)]
+pub struct RepoArgs {
+    /// The groups to run (default: every group whose stream source is the stream).
+    pub groups: Vec<String>,
+    /// The Kinesis stream (needed when the groups read several).
+    #[arg(long)]
+    pub kinesis: Option<String>,
+    /// The online store (default: `[online]`).
+    #[arg(long, value_parser = parse_online_store)]
+    pub online_store: Option<OnlineStoreArg>,
+    /// Checkpoints and logs (default: `[stream] state`, then the stream's name).
+    #[arg(long)]
+    pub state: Option<PathBuf>,
+    /// How late an event may arrive and still be applied in order (default:
+    /// `[stream] lateness`).
+    #[arg(long, value_parser = crate::skew::parse_lateness)]
+    pub allowed_lateness: Option<i64>,
+    #[command(flatten)]
+    pub service: ServiceArgs,
+    #[command(flatten)]
+    pub runtime: crate::plugin::RuntimeArgs,
+}
+
+/// How the stream service runs, whatever its groups: `stream run` and
+/// `lockstep stream` share these.
+#[derive(clap::Args, Clone)]
+pub struct ServiceArgs {
+    /// Kinesis endpoint (e.g. a local server); region and credentials come from
+    /// the AWS environment.
+    #[arg(long)]
+    pub endpoint_url: Option<String>,
+    /// At most this many SageMaker PutRecord calls per second (the account's
+    /// quota); unlimited when unset.
+    #[arg(long)]
+    pub sagemaker_rate: Option<f64>,
     /// Dead-letter events more than this ahead of the clock: one record a year ahead
     /// must not move its shard's watermark past every real event.
     #[arg(long, default_value = "1h", value_parser = crate::skew::parse_lateness)]
     pub max_future: i64,
-    /// Start entities from a backfill's final states (`batch run --state-out`).
-    #[arg(long)]
-    pub start_state: Option<PathBuf>,
     /// Start from the stream's beginning although the state directory holds logs of
     /// an earlier run and no checkpoint (they are kept, renamed `*.before-fresh`).
     #[arg(long)]
@@ -119,11 +157,6 @@ pub struct RunArgs {
     /// Where the service's start and stop are recorded.
     #[command(flatten)]
     pub audit: crate::audit::AuditArgs,
-    /// The offline store the group is backfilled into: the erasure ledger beside it is
-    /// honoured (an erased entity's events at or before its erasure are dropped, also
-    /// in a replay, and its state goes while the service runs).
-    #[arg(long)]
-    pub offline_store: Option<String>,
     #[command(flatten)]
     pub erasures: crate::erase::LedgerArgs,
     /// How often a running service looks for new erasures.
@@ -296,13 +329,12 @@ pub async fn open_store(
     }
 }
 
-/// Runs the service until stopped.
+/// Runs the service of one plugin (`stream run`) until stopped.
 pub async fn run(args: RunArgs, runtime: &Runtime) -> Result<()> {
     let plugin = runtime
         .load_file(&args.plugin)
         .with_context(|| format!("loading {}", args.plugin.display()))?;
-    let m = plugin.manifest();
-    let group = GroupRef::of(m, plugin.hash());
+    let group = GroupRef::of(plugin.manifest(), plugin.hash());
     let start_states = match &args.start_state {
         Some(path) => {
             let (info, states) = lockstep_offline::snapshot::read_states(path)
@@ -322,42 +354,213 @@ pub async fn run(args: RunArgs, runtime: &Runtime) -> Result<()> {
         }
         None => None,
     };
-    let store = open_store(&args.online_store, args.sagemaker_rate).await?;
+    let lane = GroupLane {
+        start_states,
+        ..GroupLane::new(plugin, group)
+    };
+    run_service(
+        ServicePlan {
+            lanes: vec![lane],
+            shared: false,
+            stream: args.stream,
+            state: args.state,
+            online_store: args.online_store,
+            cache: args.cache.map(|url| (url, args.cache_ttl)),
+            allowed_lateness: args.allowed_lateness,
+            offline_store: args.offline_store,
+            start_state: args.start_state,
+        },
+        &args.service,
+    )
+    .await
+}
+
+/// What a stream service runs: its groups and where everything is.
+struct ServicePlan {
+    lanes: Vec<GroupLane>,
+    /// Several groups sharing the stream (each with its own log directory).
+    shared: bool,
+    stream: String,
+    state: PathBuf,
+    online_store: OnlineStoreArg,
+    cache: Option<(String, Option<Duration>)>,
+    allowed_lateness: i64,
+    offline_store: Option<String>,
+    start_state: Option<PathBuf>,
+}
+
+/// `lockstep stream [GROUP…]`: every group of the repository whose stream source is
+/// the same Kinesis stream, in one service.
+pub async fn run_repo(args: RepoArgs, config_flag: Option<&std::path::Path>) -> Result<()> {
+    let config = crate::repo::required(config_flag)?;
+    let asked = config
+        .groups_named(&args.groups)
+        .map_err(anyhow::Error::msg)?;
+    if !args.groups.is_empty()
+        && let Some(g) = asked.iter().find(|g| g.stream.is_none())
+    {
+        bail!(
+            "group `{}` has no stream source in {}: add `stream = {{ kinesis = \"…\" }}` to it",
+            g.name,
+            config.path.display()
+        );
+    }
+    let with_stream: Vec<&lockstep_config::GroupConfig> =
+        asked.into_iter().filter(|g| g.stream.is_some()).collect();
+    let mut streams: Vec<&str> = with_stream
+        .iter()
+        .filter_map(|g| g.stream.as_ref().map(|s| s.kinesis.as_str()))
+        .collect();
+    streams.sort_unstable();
+    streams.dedup();
+    let stream = match (&args.kinesis, streams.as_slice()) {
+        (Some(name), _) => name.clone(),
+        (None, []) => bail!(
+            "no group in {} has a stream source: add `stream = {{ kinesis = \"…\" }}` to a \
+             [[group]]",
+            config.path.display()
+        ),
+        (None, [one]) => (*one).to_owned(),
+        (None, several) => bail!(
+            "the groups read {} Kinesis streams ({}): one service reads one stream; name it \
+             with --kinesis, and run one `lockstep stream` per stream",
+            several.len(),
+            several.join(", ")
+        ),
+    };
+    let groups: Vec<&lockstep_config::GroupConfig> = with_stream
+        .into_iter()
+        .filter(|g| g.stream.as_ref().is_some_and(|s| s.kinesis == stream))
+        .collect();
+    if groups.is_empty() {
+        bail!(
+            "no group in {} reads the Kinesis stream `{stream}`",
+            config.path.display()
+        );
+    }
+    let runtime = args.runtime.runtime()?;
+    let mut lanes = Vec::with_capacity(groups.len());
+    for group in &groups {
+        let component = crate::repo::component(&config, group)?;
+        crate::repo::check_manifest(&config, group, &component, &runtime)?;
+        let plugin = runtime
+            .load_file(&component.path)
+            .with_context(|| format!("loading {}", component.path.display()))?;
+        let group_ref = GroupRef::of(plugin.manifest(), plugin.hash());
+        let route = group
+            .stream
+            .as_ref()
+            .and_then(|s| s.route.as_ref())
+            .map(|r| lockstep_stream::Route {
+                field: r.field.clone(),
+                equals: r.equals.clone(),
+            });
+        println!(
+            "group {}@{} (plugin {}): {}",
+            group.name,
+            group.version,
+            &component.sha256[..12],
+            match &route {
+                Some(r) => format!("the records of `{stream}` whose {r}"),
+                None => format!("every record of `{stream}`"),
+            }
+        );
+        lanes.push(GroupLane {
+            route,
+            ..GroupLane::new(plugin, group_ref)
+        });
+    }
+    let online_store = match args.online_store {
+        Some(store) => store,
+        None => parse_online_store(&config.online.to_arg()).map_err(anyhow::Error::msg)?,
+    };
+    let allowed_lateness = match args.allowed_lateness {
+        Some(l) => l,
+        None => i64::try_from(config.stream.lateness.as_micros())
+            .context("[stream] lateness is too large")?,
+    };
+    run_service(
+        ServicePlan {
+            lanes,
+            shared: true,
+            state: args
+                .state
+                .unwrap_or_else(|| config.stream.state.join(&stream)),
+            stream,
+            online_store,
+            cache: config.cache.as_ref().map(|c| (c.url.clone(), c.ttl)),
+            allowed_lateness,
+            offline_store: Some(config.offline.store.clone()),
+            start_state: None,
+        },
+        &args.service,
+    )
+    .await
+}
+
+/// Runs a stream service until stopped, recording its start, checkpoints and stop
+/// in the audit log.
+async fn run_service(plan: ServicePlan, args: &ServiceArgs) -> Result<()> {
+    let ids: Vec<String> = plan.lanes.iter().map(|l| l.group.id()).collect();
+    let hashes: Vec<String> = plan
+        .lanes
+        .iter()
+        .map(|l| l.plugin.hash().to_owned())
+        .collect();
+    let store = open_store(&plan.online_store, args.sagemaker_rate).await?;
     let aws = lockstep_aws::AwsOptions {
         endpoint: args.endpoint_url.clone(),
         ..Default::default()
     };
     let audit = args
         .audit
-        .open(args.offline_store.as_deref(), &aws)?
+        .open(plan.offline_store.as_deref(), &aws)?
         .map(Arc::new);
-    let about =
-        |action: &str| lockstep_audit::Entry::new(action).on(&m.name, Some(m.version.clone()));
+    // Entries name the group when there is one; a shared service's name its groups
+    // in their details.
+    let about = |action: &str| {
+        let entry = lockstep_audit::Entry::new(action);
+        match plan.lanes.as_slice() {
+            [one] => {
+                let m = one.plugin.manifest();
+                entry.on(&m.name, Some(m.version.clone()))
+            }
+            _ => entry,
+        }
+    };
+    let plugin_hash = match hashes.as_slice() {
+        [one] => serde_json::json!(one),
+        _ => serde_json::json!(
+            ids.iter()
+                .zip(&hashes)
+                .collect::<std::collections::BTreeMap<_, _>>()
+        ),
+    };
     crate::audit::record(
         audit.as_deref(),
         vec![about("stream.start").with_details(serde_json::json!({
-            "plugin_hash": plugin.hash(),
-            "stream": args.stream,
-            "state": args.state.display().to_string(),
-            "online_store": format!("{:?}", args.online_store),
-            "cache": args.cache.is_some(),
-            "start_state": args.start_state.as_ref().map(|p| p.display().to_string()),
+            "plugin_hash": plugin_hash,
+            "groups": ids,
+            "stream": plan.stream,
+            "state": plan.state.display().to_string(),
+            "online_store": format!("{:?}", plan.online_store),
+            "cache": plan.cache.is_some(),
+            "start_state": plan.start_state.as_ref().map(|p| p.display().to_string()),
             "fresh": args.fresh,
         }))],
         "nothing has started",
     )
     .await?;
-    let mut config = ServiceConfig::new(&args.stream, args.state.clone());
+    let mut config = ServiceConfig::new(&plan.stream, plan.state.clone());
     config.kinesis = KinesisOptions {
         endpoint: args.endpoint_url.clone(),
         ..KinesisOptions::default()
     };
     config.stream_config = StreamConfig {
-        allowed_lateness: args.allowed_lateness,
+        allowed_lateness: plan.allowed_lateness,
         start_at: args.start_at,
         max_future: Some(args.max_future),
     };
-    config.start_states = start_states;
     config.listen = args.listen;
     config.batch_size = args.batch_size;
     config.idle_poll = args.idle_poll;
@@ -366,10 +569,10 @@ pub async fn run(args: RunArgs, runtime: &Runtime) -> Result<()> {
     config.drain_on_stop = args.drain_on_stop;
     config.idle_watermark = args.idle_watermark == "on";
     config.start_fresh = args.fresh;
-    config.cache = args.cache.clone().map(|url| (url, args.cache_ttl));
+    config.cache = plan.cache.clone();
     config.erasures = args
         .erasures
-        .open(args.offline_store.as_deref(), &aws)?
+        .open(plan.offline_store.as_deref(), &aws)?
         .map(|ledger| lockstep_service::ErasureWatch {
             ledger,
             every: args.erasure_poll,
@@ -381,11 +584,9 @@ pub async fn run(args: RunArgs, runtime: &Runtime) -> Result<()> {
         );
     }
     tracing::info!(
-        plugin = %args.plugin.display(),
-        hash = %plugin.hash(),
-        group = %group.id(),
-        stream = %args.stream,
-        state = %args.state.display(),
+        groups = %ids.join(", "),
+        stream = %plan.stream,
+        state = %plan.state.display(),
         "stream host starting"
     );
     let checkpoint_audit = audit.clone().map(|log| {
@@ -397,27 +598,38 @@ pub async fn run(args: RunArgs, runtime: &Runtime) -> Result<()> {
         config.on_commit = Some(hook);
         audit
     });
-    let hash = plugin.hash().to_owned();
     let stop_entry = about("stream.stop");
-    let service = StreamService::new(plugin, store, group.clone(), config);
+    let service = if plan.shared {
+        StreamService::with_groups(plan.lanes, store, config)?
+    } else {
+        let Some(lane) = plan.lanes.into_iter().next() else {
+            bail!("no feature group to run");
+        };
+        let mut config = config;
+        config.start_states = lane.start_states;
+        StreamService::new(lane.plugin, store, lane.group, config)
+    };
     let summary = service.run(Arc::new(AtomicBool::new(false))).await;
     if let Some(checkpoint_audit) = checkpoint_audit {
         checkpoint_audit.finish().await?;
     }
     let details = match &summary {
         Ok(summary) => serde_json::json!({
-            "plugin_hash": hash,
-            "stream": args.stream,
+            "plugin_hash": plugin_hash,
+            "groups": ids,
+            "stream": plan.stream,
             "resumed": summary.resumed,
             "checkpoints": summary.commits,
             "generation": summary.generation,
             "records": summary.stats.records,
             "rows": summary.stats.rows,
             "dead_letters": summary.stats.dead,
+            "unrouted": summary.unrouted,
         }),
         Err(e) => serde_json::json!({
-            "plugin_hash": hash,
-            "stream": args.stream,
+            "plugin_hash": plugin_hash,
+            "groups": ids,
+            "stream": plan.stream,
             "error": lockstep_core::ErrorChain(e).to_string(),
         }),
     };
@@ -427,63 +639,88 @@ pub async fn run(args: RunArgs, runtime: &Runtime) -> Result<()> {
         "the stream host stopped",
     )
     .await?;
-    let summary =
-        summary.with_context(|| format!("stream host for {} on {}", group.id(), args.stream))?;
-    let s = &summary.stats;
-    tracing::info!(
-        records = s.records,
-        applied = s.applied,
-        rows = s.rows,
-        duplicates = s.duplicates,
-        late = s.late,
-        dead = s.dead,
-        plugin_failures = s.plugin_failures,
-        erased = s.erased,
-        commits = summary.commits,
-        resumed = summary.resumed,
-        "stream host stopped after its last checkpoint"
-    );
-    println!(
-        "stopped: {} records, {} events applied, {} rows, {} duplicates, {} late ({}), {} dead \
-         letters ({}; {} of them events the plugin failed on), {} before the start, {} \
-         checkpoints",
-        s.records,
-        s.applied,
-        s.rows,
-        s.duplicates,
-        s.late,
-        summary.late_log.display(),
-        s.dead,
-        summary.dead_log.display(),
-        s.plugin_failures,
-        s.before_start,
-        summary.commits
-    );
-    if s.erased > 0 {
+    let summary = summary
+        .with_context(|| format!("stream host for {} on {}", ids.join(", "), plan.stream))?;
+    for group in &summary.groups {
+        let s = &group.stats;
+        tracing::info!(
+            group = %group.group,
+            records = s.records,
+            applied = s.applied,
+            rows = s.rows,
+            duplicates = s.duplicates,
+            late = s.late,
+            dead = s.dead,
+            plugin_failures = s.plugin_failures,
+            erased = s.erased,
+            commits = summary.commits,
+            resumed = summary.resumed,
+            "stream host stopped after its last checkpoint"
+        );
+        let who = if plan.shared {
+            format!("{}: ", group.group)
+        } else {
+            String::from("stopped: ")
+        };
         println!(
-            "erased: {} events of erased entities dropped (at or before their erasure)",
-            s.erased
+            "{who}{} records, {} events applied, {} rows, {} duplicates, {} late ({}), {} dead \
+             letters ({}; {} of them events the plugin failed on), {} before the start, {} \
+             checkpoints",
+            s.records,
+            s.applied,
+            s.rows,
+            s.duplicates,
+            s.late,
+            group.late_log.display(),
+            s.dead,
+            group.dead_log.display(),
+            s.plugin_failures,
+            s.before_start,
+            summary.commits
+        );
+        if s.erased > 0 {
+            println!(
+                "erased: {} events of erased entities dropped (at or before their erasure)",
+                s.erased
+            );
+        }
+    }
+    if let Some(log) = &summary.unrouted_log {
+        println!(
+            "unrouted: {} records no group takes ({})",
+            summary.unrouted,
+            log.display()
         );
     }
     Ok(())
 }
 
 /// Puts the lines of `events` to `stream` in file order, each keyed by its entity key
-/// (the plugin manifest's), creating the stream with `create_shards` shards first when
-/// asked. Lines that are not events are put too (keyed `unkeyed`): the stream host
-/// must dead-letter them, and this is how to try it.
+/// (the plugin manifest's, or the first of `key_fields` a record has: a stream shared
+/// by groups with different keys), creating the stream with `create_shards` shards
+/// first when asked. Lines that are not events are put too (keyed `unkeyed`): the
+/// stream host must dead-letter them, and this is how to try it.
 pub async fn put(
-    plugin: &std::path::Path,
+    plugin: Option<&std::path::Path>,
+    key_fields: &[String],
     stream: &str,
     events: &std::path::Path,
     endpoint_url: Option<String>,
     create_shards: Option<i32>,
     runtime: &Runtime,
 ) -> Result<()> {
-    let plugin = runtime
-        .load_file(plugin)
-        .with_context(|| format!("loading {}", plugin.display()))?;
-    let key_field = plugin.manifest().entity_key.clone();
+    let key_fields: Vec<String> = match plugin {
+        Some(plugin) => vec![
+            runtime
+                .load_file(plugin)
+                .with_context(|| format!("loading {}", plugin.display()))?
+                .manifest()
+                .entity_key
+                .clone(),
+        ],
+        None if !key_fields.is_empty() => key_fields.to_vec(),
+        None => bail!("name the plugin whose entity key partitions the records, or --key FIELD"),
+    };
     let text =
         std::fs::read_to_string(events).with_context(|| format!("reading {}", events.display()))?;
     let records: Vec<(String, Vec<u8>)> = text
@@ -492,10 +729,12 @@ pub async fn put(
         .map(|line| {
             let key = serde_json::from_str::<serde_json::Value>(line)
                 .ok()
-                .and_then(|v| match v.get(&key_field) {
-                    Some(serde_json::Value::String(s)) if !s.is_empty() => Some(s.clone()),
-                    Some(serde_json::Value::Number(n)) => Some(n.to_string()),
-                    _ => None,
+                .and_then(|v| {
+                    key_fields.iter().find_map(|field| match v.get(field) {
+                        Some(serde_json::Value::String(s)) if !s.is_empty() => Some(s.clone()),
+                        Some(serde_json::Value::Number(n)) => Some(n.to_string()),
+                        _ => None,
+                    })
                 })
                 .unwrap_or_else(|| "unkeyed".to_owned());
             (key, line.as_bytes().to_vec())
@@ -573,6 +812,16 @@ mod tests {
     }
 }
 
+/// `lockstep stream [GROUP…]`, or one of its subcommands.
+#[derive(clap::Args)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+pub struct StreamCommand {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub repo: Box<RepoArgs>,
+}
+
 /// `lockstep stream …`.
 #[derive(clap::Subcommand)]
 pub enum Command {
@@ -589,8 +838,13 @@ pub enum Command {
     /// key: to feed the stream host in demos and tests.
     Put {
         /// The plugin whose entity key partitions the records.
+        #[arg(long, required_unless_present = "key", conflicts_with = "key")]
+        plugin: Option<PathBuf>,
+        /// Instead of a plugin's: the field whose value partitions a record; repeat it
+        /// for a stream shared by groups keyed differently (the first field a record
+        /// has is its key).
         #[arg(long)]
-        plugin: PathBuf,
+        key: Vec<String>,
         /// The Kinesis stream.
         #[arg(long)]
         stream: String,
@@ -608,8 +862,12 @@ pub enum Command {
     },
 }
 
-/// Runs a `stream` subcommand.
-pub async fn run_command(cmd: Command) -> Result<()> {
+/// Runs `lockstep stream`: the repository's groups, or a subcommand.
+pub async fn run_command(cmd: StreamCommand, config: Option<&std::path::Path>) -> Result<()> {
+    let Some(cmd) = cmd.command else {
+        init_logging();
+        return run_repo(*cmd.repo, config).await;
+    };
     match cmd {
         Command::Run { args, runtime } => {
             init_logging();
@@ -617,6 +875,7 @@ pub async fn run_command(cmd: Command) -> Result<()> {
         }
         Command::Put {
             plugin,
+            key,
             stream,
             events,
             endpoint_url,
@@ -624,7 +883,8 @@ pub async fn run_command(cmd: Command) -> Result<()> {
             runtime,
         } => {
             put(
-                &plugin,
+                plugin.as_deref(),
+                &key,
                 &stream,
                 &events,
                 endpoint_url,

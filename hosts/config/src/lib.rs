@@ -197,7 +197,7 @@ pub struct GroupConfig {
     /// Where the batch host reads history, if it does.
     pub batch: Option<BatchSource>,
     /// The Kinesis stream the stream host reads, if any.
-    pub stream: Option<String>,
+    pub stream: Option<StreamSource>,
     /// Rows older than this are not served or joined (none: no limit).
     pub ttl: Option<Duration>,
     /// A default-feature snapshot (JSON) replacing the manifest's defaults.
@@ -208,6 +208,26 @@ pub struct GroupConfig {
     pub owner: Option<String>,
     /// The tenant whose token may read it.
     pub tenant: Option<String>,
+}
+
+/// `[group.stream]`: the Kinesis stream a group's events arrive on, and which of its
+/// records the group takes when several groups share it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamSource {
+    /// The stream's name.
+    pub kinesis: String,
+    /// `field = "kind"`, `equals = "txn"`: the group takes the records whose top-level
+    /// field holds the value (`None`: every record).
+    pub route: Option<StreamRoute>,
+}
+
+/// Which records of a shared stream a group takes.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct StreamRoute {
+    /// A top-level field of the records.
+    pub field: String,
+    /// The value (a string; `"7"` also matches the JSON number 7).
+    pub equals: String,
 }
 
 /// Where a group's plugin comes from.
@@ -444,6 +464,8 @@ mod raw {
     #[serde(deny_unknown_fields)]
     pub struct GroupStream {
         pub kinesis: Text,
+        pub field: Option<Text>,
+        pub equals: Option<Text>,
     }
 }
 
@@ -822,7 +844,34 @@ impl Resolver<'_> {
         let stream = g
             .stream
             .as_ref()
-            .map(|s| self.string(&s.kinesis, &key("stream.kinesis")))
+            .map(|s| -> Result<StreamSource, ConfigError> {
+                let kinesis = self.string(&s.kinesis, &key("stream.kinesis"))?;
+                let field = self.optional(&s.field, &key("stream.field"))?;
+                let equals = self.optional(&s.equals, &key("stream.equals"))?;
+                let route = match (field, equals) {
+                    (Some(field), Some(equals)) if !field.is_empty() => {
+                        Some(StreamRoute { field, equals })
+                    }
+                    (None, None) => None,
+                    _ => {
+                        let at = s
+                            .field
+                            .as_ref()
+                            .or(s.equals.as_ref())
+                            .map_or(self.line_of(s.kinesis.span().start), |t| {
+                                self.line_of(t.span().start)
+                            });
+                        return Err(self.invalid(
+                            at,
+                            &key("stream"),
+                            "`field` and `equals` go together: the group takes the records \
+                             whose top-level `field` holds `equals` (e.g. field = \"kind\", \
+                             equals = \"txn\")",
+                        ));
+                    }
+                };
+                Ok(StreamSource { kinesis, route })
+            })
             .transpose()?;
         Ok(GroupConfig {
             plugin,

@@ -97,7 +97,11 @@ fn every_section_is_read_and_relative_paths_resolve_against_the_file() {
     assert_eq!(batch.source, "/repo/data/transactions/*.parquet");
     assert_eq!(batch.format, Some(SourceFormat::Parquet));
     assert_eq!(batch.sql.as_deref(), Some("SELECT * FROM source"));
-    assert_eq!(t.stream.as_deref(), Some("transactions"));
+    assert_eq!(
+        t.stream.as_ref().map(|s| s.kinesis.as_str()),
+        Some("transactions")
+    );
+    assert_eq!(t.stream.as_ref().and_then(|s| s.route.as_ref()), None);
     assert_eq!(t.kms_key.as_deref(), Some("alias/features"));
     assert_eq!(t.owner.as_deref(), Some("fraud-team"));
     assert_eq!(t.tenant.as_deref(), Some("fraud"));
@@ -397,4 +401,38 @@ fn the_file_is_found_in_the_directory_or_above_it() {
     std::fs::write(&not_utf8, [0xff, 0xfe, 0x00]).expect("write");
     let message = Config::load(&not_utf8).expect_err("binary").to_string();
     assert!(message.contains("bad.toml"), "{message}");
+}
+
+#[test]
+fn a_shared_stream_routes_each_group_by_a_field_and_half_a_route_is_an_error() {
+    let text = "[[group]]\nname = \"a\"\nplugin = \"p\"\nversion = \"v1\"\n\
+                stream = { kinesis = \"events\", field = \"kind\", equals = \"txn\" }\n";
+    let c = parse(text).expect("valid");
+    assert_eq!(
+        c.groups[0].stream,
+        Some(StreamSource {
+            kinesis: "events".into(),
+            route: Some(StreamRoute {
+                field: "kind".into(),
+                equals: "txn".into()
+            })
+        })
+    );
+    let half = "[[group]]\nname = \"a\"\nplugin = \"p\"\nversion = \"v1\"\n\n\
+                [group.stream]\nkinesis = \"events\"\nequals = \"txn\"\n";
+    match parse(half) {
+        Err(ConfigError::Invalid {
+            key, line, message, ..
+        }) => {
+            assert_eq!((key.as_str(), line), ("group.a.stream", 8), "{message}");
+            assert!(message.contains("go together"), "{message}");
+        }
+        other => panic!("half a route was taken: {other:?}"),
+    }
+    let unknown = "[[group]]\nname = \"a\"\nplugin = \"p\"\nversion = \"v1\"\n\
+                   stream = { kinesis = \"events\", filter = \"kind = txn\" }\n";
+    assert!(
+        parse(unknown).is_err_and(|e| e.to_string().contains("filter")),
+        "an unknown key in a stream source"
+    );
 }

@@ -1,0 +1,267 @@
+//! `lockstep stream` in a feature repository: the three example groups on one Kinesis
+//! stream (a moto server on loopback), one service. Each group's rows must equal its
+//! golden rows (what the batch host computes for its events) and pass the skew gate
+//! against its own batch run; records no group takes are kept with why; a stop and
+//! restart goes on from the joint checkpoint.
+
+mod common;
+
+use common::{group, lockstep, plugin, repo, s, text};
+use lockstep_core::compare::{Row, canonical_order, compare};
+use lockstep_testkit::Moto;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// (plugin, kind tag, entity key).
+const GROUPS: [(&str, &str, &str); 3] = [
+    ("txn_velocity", "txn", "card_id"),
+    ("clickstream_clean", "view", "user_id"),
+    ("churn_features", "activity", "customer_id"),
+];
+
+fn read_rows(path: &Path, key: &str) -> Vec<Row> {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let mut rows: Vec<Row> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l}: {e}")))
+        .collect();
+    canonical_order(&mut rows, key);
+    rows
+}
+
+fn lockstep_env(moto: &Moto, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_lockstep"))
+        .args(args)
+        .envs(moto.env())
+        .output()
+        .expect("run lockstep")
+}
+
+/// The repository: lockstep.toml naming the three built plugins (pinned by hash), each
+/// group's events tagged with its kind in `data/<kind>.jsonl`, and the whole stream
+/// interleaved in `data/stream.jsonl` (with two records no group takes).
+fn repository(dir: &Path) -> PathBuf {
+    std::fs::create_dir_all(dir.join("data")).unwrap();
+    let mut toml = String::from(
+        "[offline]\nstore = \"offline\"\n\n[online]\nstore = \"embedded:online\"\n\n\
+         [stream]\nlateness = \"5m\"\nstate = \"state\"\n",
+    );
+    let mut per_kind = Vec::new();
+    for (name, kind, _) in GROUPS {
+        let wasm = plugin(name);
+        let g = group(&wasm);
+        toml.push_str(&format!(
+            "\n[[group]]\nname = \"{name}\"\nplugin = \"{}\"\nsha256 = \"{}\"\nversion = \"{}\"\n\
+             batch = {{ source = \"data/{kind}.jsonl\" }}\n\
+             stream = {{ kinesis = \"events\", field = \"kind\", equals = \"{kind}\" }}\n",
+            s(&wasm),
+            g.plugin_hash,
+            g.version
+        ));
+        let golden = std::fs::read_to_string(repo("golden").join(name).join("events.jsonl"))
+            .expect("golden events");
+        let tagged: Vec<String> = golden
+            .lines()
+            .map(|line| {
+                let mut v: serde_json::Value = serde_json::from_str(line).expect("json");
+                v["kind"] = serde_json::json!(kind);
+                v.to_string()
+            })
+            .collect();
+        std::fs::write(
+            dir.join("data").join(format!("{kind}.jsonl")),
+            tagged.join("\n") + "\n",
+        )
+        .unwrap();
+        per_kind.push(tagged);
+    }
+    std::fs::write(dir.join("lockstep.toml"), toml).unwrap();
+    let mut stream = Vec::new();
+    let longest = per_kind.iter().map(Vec::len).max().unwrap_or(0);
+    for i in 0..longest {
+        for kind in &per_kind {
+            if let Some(line) = kind.get(i) {
+                stream.push(line.clone());
+            }
+        }
+        if i == 10 {
+            stream.push(r#"{"kind":"refund","card_id":"card-x"}"#.to_owned());
+            stream.push(r#"{"card_id":"card-y","no kind":true}"#.to_owned());
+        }
+    }
+    let all = dir.join("data").join("stream.jsonl");
+    std::fs::write(&all, stream.join("\n") + "\n").unwrap();
+    all
+}
+
+#[test]
+fn one_service_runs_the_three_example_groups_each_equal_to_its_own_batch_run() {
+    let moto = Moto::start();
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let config = root.join("lockstep.toml");
+    let all = repository(root);
+    let endpoint = moto.endpoint();
+
+    // The stream: every record keyed by its own group's entity key.
+    let put = |events: &Path, create: bool| {
+        let mut args = vec![
+            "stream",
+            "put",
+            "--key",
+            "card_id",
+            "--key",
+            "user_id",
+            "--key",
+            "customer_id",
+            "--stream",
+            "events",
+            "--events",
+            s(events),
+            "--endpoint-url",
+            &endpoint,
+        ];
+        if create {
+            args.extend(["--create-shards", "4"]);
+        }
+        let out = lockstep_env(&moto, &args);
+        assert!(out.status.success(), "put: {}", text(&out.stderr));
+    };
+    let text_all = std::fs::read_to_string(&all).unwrap();
+    let lines: Vec<&str> = text_all.lines().collect();
+    let first = root.join("first.jsonl");
+    let rest = root.join("rest.jsonl");
+    std::fs::write(&first, lines[..lines.len() / 2].join("\n") + "\n").unwrap();
+    std::fs::write(&rest, lines[lines.len() / 2..].join("\n") + "\n").unwrap();
+    put(&first, true);
+
+    let service = |drain: bool| {
+        let mut args = vec![
+            "--config",
+            s(&config),
+            "stream",
+            "--endpoint-url",
+            &endpoint,
+            "--stop-when-idle",
+            "--idle-poll",
+            "50ms",
+            "--idle-watermark",
+            "off",
+        ];
+        if drain {
+            args.push("--drain-on-stop");
+        }
+        let out = lockstep_env(&moto, &args);
+        assert!(
+            out.status.success(),
+            "lockstep stream: {}\n{}",
+            text(&out.stdout),
+            text(&out.stderr)
+        );
+        text(&out.stdout)
+    };
+    // The first half, stopped without draining; then the rest, from the checkpoint.
+    let printed = service(false);
+    for (name, kind, _) in GROUPS {
+        assert!(
+            printed.contains(&format!("group {name}@"))
+                && printed.contains(&format!("whose kind = \"{kind}\"")),
+            "{printed}"
+        );
+    }
+    put(&rest, false);
+    let printed = service(true);
+    assert!(printed.contains("unrouted: "), "{printed}");
+
+    let state = root.join("state").join("events");
+    let unrouted = std::fs::read_to_string(state.join("unrouted.jsonl")).expect("unrouted log");
+    assert_eq!(unrouted.lines().count(), 2, "{unrouted}");
+    assert!(unrouted.contains(r#"`kind` is \"refund\""#), "{unrouted}");
+    assert!(unrouted.contains("`kind` is absent"), "{unrouted}");
+
+    for (name, kind, key) in GROUPS {
+        // Each group's rows are its golden rows: what the batch host computes.
+        let got = read_rows(&state.join(name).join("rows.jsonl"), key);
+        let want = read_rows(&repo("golden").join(name).join("expected.jsonl"), key);
+        let cmp = compare(key, &got, &want, 5);
+        assert!(
+            cmp.identical(),
+            "{name}: {} rows vs {} golden\n{}",
+            got.len(),
+            want.len(),
+            cmp.render("lockstep stream", "golden")
+        );
+        // The skew gate: the batch host over the group's own events agrees with the
+        // service's log bit for bit.
+        let out = lockstep(&[
+            "skew-check",
+            "--plugin",
+            s(&plugin(name)),
+            "--events",
+            s(&root.join("data").join(format!("{kind}.jsonl"))),
+            "--stream-log",
+            s(&state.join(name)),
+        ]);
+        assert!(
+            out.status.success() && text(&out.stdout).contains("batch = stream"),
+            "{name}: {}\n{}",
+            text(&out.stdout),
+            text(&out.stderr)
+        );
+    }
+
+    // Every group's latest rows are in the one online store, under its own version.
+    let store = lockstep_online::EmbeddedStore::open(root.join("online")).expect("store");
+    for (name, _, key) in GROUPS {
+        let g = group(&plugin(name));
+        let want = read_rows(&repo("golden").join(name).join("expected.jsonl"), key);
+        let mut latest = std::collections::BTreeMap::new();
+        for row in &want {
+            let k = match &row[key] {
+                serde_json::Value::String(k) => k.clone(),
+                other => other.to_string(),
+            };
+            latest.insert(k, row.clone());
+        }
+        let keys: Vec<String> = latest.keys().cloned().collect();
+        let stored = store
+            .get_blocking(&g, &keys)
+            .expect("read the online store");
+        for (k, record) in keys.iter().zip(stored) {
+            let record = record.unwrap_or_else(|| panic!("{name}: {k} not stored"));
+            assert_eq!(&record.row, &latest[k], "{name}: {k}");
+        }
+    }
+}
+
+#[test]
+fn lockstep_stream_says_which_stream_when_groups_read_several() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("lockstep.toml"),
+        "[[group]]\nname = \"a\"\nplugin = \"a\"\nversion = \"v1\"\nstream = { kinesis = \"one\" }\n\n\
+         [[group]]\nname = \"b\"\nplugin = \"b\"\nversion = \"v1\"\nstream = { kinesis = \"two\" }\n\n\
+         [[group]]\nname = \"c\"\nplugin = \"c\"\nversion = \"v1\"\n",
+    )
+    .unwrap();
+    let config = dir.path().join("lockstep.toml");
+    let out = lockstep(&["--config", s(&config), "stream"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("one, two") && err.contains("--kinesis"),
+        "{err}"
+    );
+    let out = lockstep(&["--config", s(&config), "stream", "c"]);
+    assert!(
+        text(&out.stderr).contains("group `c` has no stream source"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = lockstep(&["--config", s(&config), "stream", "--kinesis", "three"]);
+    assert!(
+        text(&out.stderr).contains("no group in") && text(&out.stderr).contains("`three`"),
+        "{}",
+        text(&out.stderr)
+    );
+}
