@@ -13,7 +13,6 @@ pub fn arg(i: usize, default: u64) -> u64 {
 pub fn txn_velocity(
     work: &std::path::Path,
 ) -> Result<lockstep_runtime::Plugin, Box<dyn std::error::Error>> {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     // `LOCKSTEP_BENCH_FEATURES=no-timers` measures the build without wake-ups, to say
     // what they cost side by side.
     let features: Vec<String> = std::env::var("LOCKSTEP_BENCH_FEATURES")
@@ -24,8 +23,19 @@ pub fn txn_velocity(
                 .collect()
         })
         .unwrap_or_default();
+    example_plugin(work, "txn_velocity", features)
+}
+
+/// Builds the example plugin `plugins/<name>` (with `features`) and loads it, with its
+/// compiled artifact cached under `work`.
+pub fn example_plugin(
+    work: &std::path::Path,
+    name: &str,
+    features: Vec<String>,
+) -> Result<lockstep_runtime::Plugin, Box<dyn std::error::Error>> {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let built = lockstep_build::build(
-        &root.join("plugins/txn_velocity"),
+        &root.join("plugins").join(name),
         &lockstep_build::BuildOptions {
             features,
             ..Default::default()

@@ -48,7 +48,8 @@ pub struct ServiceConfig {
     /// The least time between two reads of a shard found at its tip (Kinesis allows
     /// five reads per second per shard); a shard behind is read again at once.
     pub tip_read_interval: Duration,
-    /// While catching up, a round gathers reads until it holds this many records…
+    /// While catching up, a round gathers reads until it holds this many records
+    /// (times the number of groups of a shared stream)…
     pub round_records: usize,
     /// …or is this old; then its outputs are written and a checkpoint committed. A
     /// caught-up source ends the round at once.
@@ -693,6 +694,10 @@ impl StreamService {
         let mut first_round = true;
         let lateness = cfg.stream_config.allowed_lateness;
         let mut round = Round::new(n);
+        // A round's size is per group: the groups of a shared stream each take about
+        // their share of its records, and a round coalesces an entity's events only
+        // within a group.
+        let round_records = cfg.round_records.saturating_mul(n);
         let mut ever_read = false;
         // Records read in this round and not yet applied, one entry per shard in the
         // order shards were first read.
@@ -803,7 +808,7 @@ impl StreamService {
                     let due = stopping
                         || idle
                         || reader.at_tip()
-                        || round.records >= cfg.round_records
+                        || round.records >= round_records
                         || round.started.elapsed() >= cfg.round_interval;
                     // Records are applied once per round, not once per read: an entity
                     // met several times in a round is then one run of the plugin, one
@@ -1018,34 +1023,72 @@ impl StreamService {
         stop: &AtomicBool,
     ) -> Result<Timings, ServiceError> {
         let mut timings = Timings::default();
-        let rows = schemas
-            .iter()
-            .zip(&round.outputs)
-            .map(|(schema, output)| arrow_select_concat(schema, &output.rows))
-            .collect::<Result<Vec<_>, _>>()?;
-        // Formatted once: the row log takes every line, the store each entity's latest.
-        let formatted = Instant::now();
-        for (text, rows) in texts.iter_mut().zip(&rows) {
-            text.refill(rows);
-        }
-        let texts = &*texts;
-        timings.logs += formatted.elapsed().as_secs_f64();
-        let (stored, logged) = std::thread::scope(|scope| {
-            let store_job = scope.spawn(|| {
-                let mut seconds = 0.0;
-                for (i, (rows, text)) in rows.iter().zip(texts).enumerate() {
-                    seconds += self.put_with_retries(rt, i, rows, text, metrics, health, stop)?;
-                }
-                Ok(seconds)
+        // Each group's rows are formatted, stored and logged on a thread of its own
+        // (with several groups, one writer would otherwise do their work one after
+        // the other while separate services would do it side by side).
+        let write_group = |i: usize, text: &mut RowsText, logs: &mut Logs| {
+            let rows = arrow_select_concat(&schemas[i], &round.outputs[i].rows)?;
+            // Formatted once: the row log takes every line, the store each entity's
+            // latest.
+            let formatted = Instant::now();
+            text.refill(&rows);
+            let text = &*text;
+            let mut timings = Timings {
+                logs: formatted.elapsed().as_secs_f64(),
+                ..Timings::default()
+            };
+            let (stored, logged) = std::thread::scope(|scope| {
+                let store_job = scope
+                    .spawn(|| self.put_with_retries(rt, i, &rows, text, metrics, health, stop));
+                let logged = Self::write_logs(text, &round.outputs[i], logs);
+                let stored = store_job.join().unwrap_or_else(|_| {
+                    Err(ServiceError::Start("the store write panicked".into()))
+                });
+                (stored, logged)
             });
-            let logged = Self::write_logs(texts, round, logs, unrouted_log);
-            let stored = store_job
-                .join()
-                .unwrap_or_else(|_| Err(ServiceError::Start("the store write panicked".into())));
-            (stored, logged)
-        });
-        timings.store = stored?;
-        timings.logs += logged?;
+            timings.store = stored?;
+            timings.logs += logged?;
+            Ok::<_, ServiceError>((rows, timings))
+        };
+        let written: Vec<Result<(RecordBatch, Timings), ServiceError>> = if texts.len() == 1 {
+            texts
+                .iter_mut()
+                .zip(logs.iter_mut())
+                .enumerate()
+                .map(|(i, (text, logs))| write_group(i, text, logs))
+                .collect()
+        } else {
+            std::thread::scope(|scope| {
+                let handles: Vec<_> = texts
+                    .iter_mut()
+                    .zip(logs.iter_mut())
+                    .enumerate()
+                    .map(|(i, (text, logs))| scope.spawn(move || write_group(i, text, logs)))
+                    .collect();
+                handles
+                    .into_iter()
+                    .map(|h| {
+                        h.join().unwrap_or_else(|_| {
+                            Err(ServiceError::Start("a group's writer panicked".into()))
+                        })
+                    })
+                    .collect()
+            })
+        };
+        if let Some(log) = unrouted_log {
+            let started = Instant::now();
+            for line in &round.unrouted {
+                log.append(line)?;
+            }
+            log.sync()?;
+            timings.logs += started.elapsed().as_secs_f64();
+        }
+        let mut rows = Vec::with_capacity(written.len());
+        for result in written {
+            let (batch, group_timings) = result?;
+            timings.add(&group_timings);
+            rows.push(batch);
+        }
         if let Some(cache) = cache
             && rows.iter().any(|r| r.num_rows() > 0)
         {
@@ -1106,31 +1149,22 @@ impl StreamService {
         }
     }
 
-    /// Appends the round's rows, late events and dead letters of every group, and its
-    /// unrouted records, synced; seconds taken.
+    /// Appends a group's rows, late events and dead letters of the round, synced;
+    /// seconds taken.
     fn write_logs(
-        texts: &[RowsText],
-        round: &Round,
-        logs: &mut [Logs],
-        unrouted_log: Option<&mut AppendLog>,
+        text: &RowsText,
+        output: &GroupOutput,
+        logs: &mut Logs,
     ) -> Result<f64, ServiceError> {
         let started = Instant::now();
-        for ((text, output), logs) in texts.iter().zip(&round.outputs).zip(logs.iter_mut()) {
-            logs.rows.append_lines(text.lines())?;
-            for line in &output.late {
-                logs.late.append(line)?;
-            }
-            for line in &output.dead {
-                logs.dead.append(line)?;
-            }
-            logs.sync()?;
+        logs.rows.append_lines(text.lines())?;
+        for line in &output.late {
+            logs.late.append(line)?;
         }
-        if let Some(log) = unrouted_log {
-            for line in &round.unrouted {
-                log.append(line)?;
-            }
-            log.sync()?;
+        for line in &output.dead {
+            logs.dead.append(line)?;
         }
+        logs.sync()?;
         Ok(started.elapsed().as_secs_f64())
     }
 }
