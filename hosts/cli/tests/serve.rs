@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{Serve, group, lockstep, plugin, s, text};
+use common::{Serve, group, http, http_full, lockstep, plugin, s, text};
 use lockstep_client::Client;
 use lockstep_client::api::{FeatureRequest, Source};
 use lockstep_online::{EmbeddedStore, OnlineRecord};
@@ -354,47 +354,6 @@ fn feast_reads_what_the_api_answers(serve: &Serve, latest: &BTreeMap<String, Map
         }
         assert_eq!(got[cards.len()], Json::Null, "{name} of an unknown card");
     }
-}
-
-/// One HTTP/1.1 request to `base` (`http://host:port`): the status and the body.
-fn http(base: &str, method: &str, path: &str, token: Option<&str>, body: &str) -> (u16, String) {
-    let (status, _, body) = http_full(base, method, path, token, body);
-    (status, body)
-}
-
-/// One HTTP/1.1 request to `base`: the status, the header lines and the body.
-fn http_full(
-    base: &str,
-    method: &str,
-    path: &str,
-    token: Option<&str>,
-    body: &str,
-) -> (u16, String, String) {
-    use std::io::{Read, Write};
-    let host = base.trim_start_matches("http://");
-    let mut stream = std::net::TcpStream::connect(host).expect("connect");
-    let auth = token
-        .map(|t| format!("Authorization: Bearer {t}\r\n"))
-        .unwrap_or_default();
-    write!(
-        stream,
-        "{method} {path} HTTP/1.1\r\nHost: {host}\r\n{auth}Content-Type: application/json\r\n\
-         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )
-    .expect("send");
-    let mut response = String::new();
-    stream.read_to_string(&mut response).expect("read");
-    let status = response
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let (head, body) = response
-        .split_once("\r\n\r\n")
-        .map(|(h, b)| (h.to_owned(), b.to_owned()))
-        .unwrap_or_default();
-    (status, head, body)
 }
 
 #[test]

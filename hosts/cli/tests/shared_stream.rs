@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{group, lockstep, plugin, repo, s, text};
+use common::{Serve, group, http, lockstep, plugin, repo, s, text};
 use lockstep_core::compare::{Row, canonical_order, compare};
 use lockstep_testkit::Moto;
 use std::path::{Path, PathBuf};
@@ -212,6 +212,7 @@ fn one_service_runs_the_three_example_groups_each_equal_to_its_own_batch_run() {
 
     // Every group's latest rows are in the one online store, under its own version.
     let store = lockstep_online::EmbeddedStore::open(root.join("online")).expect("store");
+    let mut latest_of: Vec<std::collections::BTreeMap<String, Row>> = Vec::new();
     for (name, _, key) in GROUPS {
         let g = group(&plugin(name));
         let want = read_rows(&repo("golden").join(name).join("expected.jsonl"), key);
@@ -231,6 +232,54 @@ fn one_service_runs_the_three_example_groups_each_equal_to_its_own_batch_run() {
             let record = record.unwrap_or_else(|| panic!("{name}: {k} not stored"));
             assert_eq!(&record.row, &latest[k], "{name}: {k}");
         }
+        latest_of.push(latest);
+    }
+    drop(store);
+
+    // `lockstep serve` in the repository serves all three groups, and one Feast-style
+    // request asks for a feature of each (each group by its own entity key).
+    let serve = Serve::spawn({
+        let mut command = Command::new(env!("CARGO_BIN_EXE_lockstep"));
+        command
+            .args(["serve", "--listen", "127.0.0.1:0"])
+            .current_dir(root)
+            .stderr(std::process::Stdio::null());
+        command
+    });
+    let features = ["txn_count_24h", "page_domain", "tenure_months"];
+    let entity = |i: usize| latest_of[i].keys().next().expect("an entity").clone();
+    let request = serde_json::json!({
+        "features": GROUPS
+            .iter()
+            .zip(features)
+            .map(|((name, _, _), f)| format!("{name}:{f}"))
+            .collect::<Vec<_>>(),
+        "entities": {
+            "card_id": [entity(0)],
+            "user_id": [entity(1)],
+            "customer_id": [entity(2)],
+        },
+    });
+    let (status, body) = http(
+        &serve.base,
+        "POST",
+        "/get-online-features",
+        None,
+        &request.to_string(),
+    );
+    assert_eq!(status, 200, "{body}");
+    let answer: serde_json::Value = serde_json::from_str(&body).expect("json");
+    let names = answer["metadata"]["feature_names"]
+        .as_array()
+        .expect("names");
+    for (i, feature) in features.iter().enumerate() {
+        let column = names
+            .iter()
+            .position(|n| n == feature)
+            .unwrap_or_else(|| panic!("{feature} not answered: {body}"));
+        let served = &answer["results"][column]["values"][0];
+        let want = &latest_of[i][&entity(i)][*feature];
+        assert_eq!(served, want, "{feature} of {}: {body}", entity(i));
     }
 }
 
