@@ -116,7 +116,7 @@ name = "{name}"
 plugin = "plugins/{name}"    # a crate, built on demand; or a .wasm with sha256 = "…"
 version = "0.1.0"            # the plugin manifest's version
 batch = {{ source = "data/events.jsonl", format = "json" }}
-# stream = {{ kinesis = "events" }}
+# stream = {{ kinesis = "events" }}  # groups may share a stream: add field = "kind", equals = "…"
 # ttl = "7d"
 # owner = "your-team"
 "#
