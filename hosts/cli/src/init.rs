@@ -39,9 +39,9 @@ pub fn run(args: Args) -> Result<()> {
     println!(
         "made a feature repository in {shown}: {file}, plugins/{name}, data/events.jsonl\n\
          next:\n  cd {shown}\n  lockstep apply       # build the plugin, register group {name}\n  \
-         lockstep backfill    # history into the offline store (store/)\n  \
-         lockstep materialize # latest rows into the online store (online/)\n  \
-         lockstep serve       # http://127.0.0.1:6566/v1/features",
+         lockstep backfill    # history into the offline store (store/), latest rows online (online/)\n  \
+         lockstep serve       # http://127.0.0.1:6566/v1/features\n  \
+         lockstep stream      # once a group names a Kinesis stream: keep the online store current",
         file = lockstep_config::FILE_NAME,
         name = args.name,
     );

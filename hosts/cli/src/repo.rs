@@ -154,6 +154,10 @@ pub struct BackfillArgs {
     pub audit: crate::audit::AuditArgs,
     #[command(flatten)]
     pub erasures: crate::erase::LedgerArgs,
+    /// Do not load the backfilled groups' latest rows into an embedded online store
+    /// afterwards (a SageMaker one is never loaded here: `lockstep materialize`).
+    #[arg(long)]
+    pub no_materialize: bool,
 }
 
 /// Backfills the groups asked for (or every group with a batch source), one after the
@@ -182,7 +186,7 @@ pub async fn backfill(args: BackfillArgs, config_flag: Option<&Path>) -> Result<
         );
     }
     let runtime = args.runtime.runtime()?;
-    for group in groups {
+    for group in groups.iter().copied() {
         let Some(batch) = &group.batch else {
             continue;
         };
@@ -232,6 +236,30 @@ pub async fn backfill(args: BackfillArgs, config_flag: Option<&Path>) -> Result<
         )
         .await
         .with_context(|| format!("backfilling group `{}`", group.name))?;
+    }
+    // On embedded defaults the repository serves at once: the backfilled groups'
+    // latest rows go to the online store (never over a newer row). A remote store is
+    // loaded by `lockstep materialize`, when its owner says so.
+    let online = online_of(&config)?;
+    match online {
+        crate::stream::OnlineStoreArg::Embedded(_) if !args.no_materialize => {
+            if let Err(e) = materialize(
+                &config,
+                &groups,
+                lockstep_materialize::Window::default(),
+                &online,
+            )
+            .await
+            {
+                println!(
+                    "the online store was not loaded: {e:#}\nrun `lockstep materialize` once it \
+                     is free; the backfill itself is committed"
+                );
+            }
+        }
+        _ => println!(
+            "the online store was not loaded: run `lockstep materialize` to load the latest rows"
+        ),
     }
     Ok(())
 }
@@ -442,16 +470,31 @@ pub async fn materialize_command(args: MaterializeArgs, config_flag: Option<&Pat
     };
     let online_arg = match args.online_store {
         Some(store) => store,
-        None => crate::stream::parse_online_store(&config.online.to_arg())
-            .map_err(anyhow::Error::msg)
-            .with_context(|| format!("[online] in {}", config.path.display()))?,
+        None => online_of(&config)?,
     };
+    materialize(&config, &groups, window, &online_arg).await
+}
+
+/// The online store `[online]` names.
+fn online_of(config: &Config) -> Result<crate::stream::OnlineStoreArg> {
+    crate::stream::parse_online_store(&config.online.to_arg())
+        .map_err(anyhow::Error::msg)
+        .with_context(|| format!("[online] in {}", config.path.display()))
+}
+
+/// Loads each of `groups`' latest offline rows in `window` into `online_arg`.
+async fn materialize(
+    config: &Config,
+    groups: &[&GroupConfig],
+    window: lockstep_materialize::Window,
+    online_arg: &crate::stream::OnlineStoreArg,
+) -> Result<()> {
     let offline = crate::offline::open(
         &config.offline.store,
         &lockstep_offline::S3Options::default(),
     )?;
     // A SageMaker store learns each group's schema from the rows it is given.
-    let online = crate::stream::open_store(&online_arg, None).await?;
+    let online = crate::stream::open_store(online_arg, None).await?;
     for group in groups {
         let bar = files_bar(&format!("{}@{}", group.name, group.version));
         let started = std::time::Instant::now();

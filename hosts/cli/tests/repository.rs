@@ -162,6 +162,12 @@ fn a_repository_made_by_init_backfills_materializes_and_serves_the_documented_va
         backfilled.contains("backfilling my_features@0.1.0"),
         "{backfilled}"
     );
+    // On embedded defaults the backfill loads the online store too: serve answers at
+    // once after init, apply, backfill.
+    assert!(
+        backfilled.contains("materialized my_features@0.1.0: 2000 rows"),
+        "{backfilled}"
+    );
     let first = ok(&repo, &["materialize"]);
     assert!(
         first.contains("materialized my_features@0.1.0: 2000 rows"),
@@ -209,6 +215,14 @@ fn a_repository_made_by_init_backfills_materializes_and_serves_the_documented_va
         assert_eq!(last.as_f64(), *amount, "{entity}");
     }
     assert_eq!(served["user-999"].0, "missing");
+    // The embedded store is the running serve's: a materialize says who holds it.
+    let held = in_repo(&repo, &["materialize"]);
+    assert!(!held.status.success());
+    assert!(
+        text(&held.stderr).contains("another process has it open"),
+        "{}",
+        text(&held.stderr)
+    );
     assert_eq!(
         served["user-999"].1.as_i64(),
         Some(7),

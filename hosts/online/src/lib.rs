@@ -489,7 +489,16 @@ impl EmbeddedStore {
             message,
         };
         std::fs::create_dir_all(dir).map_err(|e| fail(e.to_string()))?;
-        let db = Database::create(&path).map_err(|e| fail(e.to_string()))?;
+        let db = Database::create(&path).map_err(|e| match e {
+            redb::DatabaseError::DatabaseAlreadyOpen => fail(
+                "another process has it open (a running `lockstep serve`, `stream` or \
+                 `featurestore-local`): the embedded store belongs to one process at a time; \
+                 stop that one, or share the store through `lockstep featurestore-local` \
+                 (online store sagemaker:URL)"
+                    .into(),
+            ),
+            other => fail(other.to_string()),
+        })?;
         Ok(EmbeddedStore {
             db,
             path,
