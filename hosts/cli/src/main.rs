@@ -182,7 +182,7 @@ async fn run(command: Command, config: Option<&std::path::Path>) -> Result<Outco
         Command::Tenant(cmd) => done(tenant::run(cmd)),
         Command::Lineage(args) => done(lineage::run(args).await),
         Command::Batch(cmd) => done(batch::run_command(cmd).await),
-        Command::TrainingSet(args) => done(training::run(args).await),
+        Command::TrainingSet(args) => done(training::run(args, config).await),
         Command::Offline(cmd) => done(offline::run_command(cmd).await),
         Command::Stream(cmd) => done(stream::run_command(cmd, config).await),
         Command::FeaturestoreLocal(args) => done(featurestore::run(args).await),

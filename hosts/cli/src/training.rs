@@ -22,18 +22,22 @@ pub struct Args {
     pub label_time: String,
     /// A feature group to join: NAME, NAME@VERSION, with `:FEAT,FEAT` for some
     /// features only. Repeat for several groups; columns come out as GROUP__FEATURE.
-    #[arg(long = "group", required = true)]
+    /// In a feature repository: every group of lockstep.toml at its version when none
+    /// is given.
+    #[arg(long = "group")]
     pub groups: Vec<GroupSelection>,
-    /// Offline store: a directory or `s3://bucket/prefix`.
+    /// Offline store: a directory or `s3://bucket/prefix` (in a feature repository:
+    /// `[offline] store`).
     #[arg(long)]
-    pub offline_store: String,
+    pub offline_store: Option<String>,
     /// S3-compatible endpoint for an `s3://` store (default: `AWS_ENDPOINT_URL`).
     #[arg(long)]
     pub endpoint_url: Option<String>,
     /// The training set: a Parquet file, written whole or not at all.
     #[arg(long)]
     pub out: PathBuf,
-    /// Features older than this at the label time are null (e.g. 7d, 12h).
+    /// Features older than this at the label time are null (e.g. 7d, 12h). In a
+    /// feature repository: the groups' `ttl` when they all give the same one.
     #[arg(long, value_parser = humantime::parse_duration)]
     pub ttl: Option<Duration>,
     /// A feature row at exactly the label time is seen (default: strictly before).
@@ -94,9 +98,64 @@ pub enum LabelsFormatArg {
     Json,
 }
 
+/// Fills what `args` leaves out from the feature repository's `lockstep.toml` (found
+/// from the working directory, or `--config`): the offline store, the groups at their
+/// versions, their common TTL.
+fn repository_defaults(args: &mut Args, config_flag: Option<&std::path::Path>) -> Result<()> {
+    let Some(config) = crate::repo::optional(config_flag)? else {
+        if args.offline_store.is_none() {
+            anyhow::bail!("--offline-store is needed (or run inside a feature repository)");
+        }
+        if args.groups.is_empty() {
+            anyhow::bail!("--group is needed (or run inside a feature repository)");
+        }
+        return Ok(());
+    };
+    if args.offline_store.is_none() {
+        args.offline_store = Some(config.offline.store.clone());
+    }
+    if args.groups.is_empty() {
+        args.groups = config
+            .groups
+            .iter()
+            .map(|g| GroupSelection {
+                name: g.name.clone(),
+                version: Some(g.version.clone()),
+                features: None,
+                table_version: None,
+            })
+            .collect();
+        if args.groups.is_empty() {
+            anyhow::bail!("{} has no [[group]] to join", config.path.display());
+        }
+    }
+    if args.ttl.is_none() {
+        let ttls: Vec<Option<Duration>> = args
+            .groups
+            .iter()
+            .filter_map(|asked| config.groups.iter().find(|g| g.name == asked.name))
+            .map(|g| g.ttl)
+            .collect();
+        match ttls.split_first() {
+            Some((first, rest)) if rest.iter().all(|t| t == first) => args.ttl = *first,
+            Some(_) => anyhow::bail!(
+                "the groups' ttl in {} differ: a training set takes one; give it with --ttl",
+                config.path.display()
+            ),
+            None => {}
+        }
+    }
+    Ok(())
+}
+
 /// Builds the training set `args` describe and prints a summary.
-pub async fn run(args: Args) -> Result<()> {
+pub async fn run(mut args: Args, config_flag: Option<&std::path::Path>) -> Result<()> {
     let started = Instant::now();
+    repository_defaults(&mut args, config_flag)?;
+    let offline_store = args
+        .offline_store
+        .clone()
+        .context("--offline-store is needed (or run inside a feature repository)")?;
     let ttl = match args.ttl {
         Some(d) => Some(
             i64::try_from(d.as_micros()).context("--ttl is longer than the timestamps can hold")?,
@@ -139,7 +198,7 @@ pub async fn run(args: Args) -> Result<()> {
         endpoint: args.endpoint_url.clone(),
         ..Default::default()
     };
-    let store = crate::offline::open(&args.offline_store, &s3)?;
+    let store = crate::offline::open(&offline_store, &s3)?;
     let exact = match (&args.plugin, &args.events) {
         (Some(plugin), Some(events)) if args.exact => {
             let reader = exact_reader(&args, plugin, events, &s3).await?;
@@ -236,7 +295,7 @@ async fn exact_reader(
         })?,
     };
     let version = manifest.version.clone();
-    let erasures = match args.erasures.open(Some(&args.offline_store), s3)? {
+    let erasures = match args.erasures.open(args.offline_store.as_deref(), s3)? {
         Some(ledger) => {
             let key_type = lockstep_core::schema::input_schema(&manifest)
                 .field_with_name(&manifest.entity_key)

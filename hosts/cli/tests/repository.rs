@@ -193,6 +193,46 @@ fn a_repository_made_by_init_backfills_materializes_and_serves_the_documented_va
 
     let want = expected(&repo.join("data/events.jsonl"));
     assert_eq!(want.len(), 40, "the sample has 40 entities");
+
+    // A training set in the repository needs no --offline-store and no --group: every
+    // group of the file at its version. A label after the sample's last event sees
+    // each entity's final values.
+    let labels: Vec<String> = want
+        .keys()
+        .take(5)
+        .map(|e| format!(r#"{{"entity":"{e}","label_time":"2027-01-01T00:00:00Z"}}"#))
+        .collect();
+    std::fs::write(repo.join("labels.jsonl"), labels.join("\n") + "\n").expect("labels");
+    ok(
+        &repo,
+        &[
+            "training-set",
+            "--labels",
+            "labels.jsonl",
+            "--out",
+            "train.parquet",
+        ],
+    );
+    let read = Command::new("python3")
+        .arg("-c")
+        .arg(
+            "import json, pyarrow.parquet as pq\n\
+             t = pq.read_table('train.parquet').to_pylist()\n\
+             print(json.dumps([[r['entity'], r['my_features__events'], r['my_features__last_amount']] for r in t]))",
+        )
+        .current_dir(&repo)
+        .output()
+        .expect("python3");
+    assert!(read.status.success(), "{}", text(&read.stderr));
+    let rows: Vec<(String, i64, Option<f64>)> = serde_json::from_slice(&read.stdout).expect("rows");
+    assert_eq!(rows.len(), 5);
+    for (entity, events, last) in rows {
+        assert_eq!(
+            (events, last),
+            want[&entity],
+            "{entity} in the training set"
+        );
+    }
     let mut entities: Vec<String> = want.keys().cloned().collect();
     entities.push("user-999".into());
     // The group's own defaults file, named in lockstep.toml, replaces the manifest's
