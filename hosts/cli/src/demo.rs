@@ -235,7 +235,7 @@ pub async fn run(args: Args) -> Result<()> {
     );
     println!(
         "Next: `lockstep init my-features` makes a feature repository to keep in git (lockstep.toml, \
-         a plugin crate, sample events): then `lockstep apply`, `backfill`, `materialize`, `serve`;"
+         a plugin crate, sample events): then `lockstep apply`, `backfill`, `serve` (and `stream` from Kinesis);"
     );
     println!(
         "      `lockstep plugin inspect <file.wasm>` shows a component's manifest and imports;"
