@@ -1290,7 +1290,7 @@ impl DecodePlan {
             .collect();
         let per_class = match &self.router {
             None => vec![all; self.classes.len()],
-            Some(router) => self.route(router, all, &mut round.unrouted),
+            Some(router) => self.route(router, all, &mut round.unrouted)?,
         };
         // Each group's processor, handed to the thread of its class.
         let mut slots: Vec<Option<&mut ShardedProcessor>> =
@@ -1352,7 +1352,7 @@ impl DecodePlan {
         router: &Router,
         all: Vec<(&'a str, Vec<Record<'a>>)>,
         unrouted: &mut Vec<Json>,
-    ) -> Vec<Vec<(&'a str, Vec<Record<'a>>)>> {
+    ) -> Result<Vec<Vec<(&'a str, Vec<Record<'a>>)>>, ServiceError> {
         let classes = &self.classes;
         let route_shard = |records: &[Record<'a>]| {
             let mut per: Vec<Vec<Record<'a>>> = vec![Vec::new(); classes.len()];
@@ -1389,9 +1389,15 @@ impl DecodePlan {
                     .collect();
                 handles
                     .into_iter()
-                    .map(|h| h.join().unwrap_or_default())
-                    .collect()
-            })
+                    .map(|h| {
+                        // A shard whose routing panicked must stop the round: its
+                        // records would be lost while its position moved on.
+                        h.join().map_err(|_| {
+                            ServiceError::Start("routing a shard's records panicked".into())
+                        })
+                    })
+                    .collect::<Result<Vec<_>, _>>()
+            })?
         };
         let mut per_class: Vec<Vec<(&'a str, Vec<Record<'a>>)>> = vec![Vec::new(); classes.len()];
         for ((shard, _), (per, nowhere)) in all.iter().zip(routed) {
@@ -1402,7 +1408,7 @@ impl DecodePlan {
                 }
             }
         }
-        per_class
+        Ok(per_class)
     }
 }
 
