@@ -1352,7 +1352,7 @@ impl DecodePlan {
         router: &Router,
         all: Vec<(&'a str, Vec<Record<'a>>)>,
         unrouted: &mut Vec<Json>,
-    ) -> Result<Vec<Vec<(&'a str, Vec<Record<'a>>)>>, ServiceError> {
+    ) -> Result<Vec<ShardBatches<'a>>, ServiceError> {
         let classes = &self.classes;
         let route_shard = |records: &[Record<'a>]| {
             let mut per: Vec<Vec<Record<'a>>> = vec![Vec::new(); classes.len()];
@@ -1411,6 +1411,9 @@ impl DecodePlan {
         Ok(per_class)
     }
 }
+
+/// A class's records, per shard.
+type ShardBatches<'a> = Vec<(&'a str, Vec<Record<'a>>)>;
 
 /// What a class of groups produced: each group's steps, by group index.
 type ClassSteps = Vec<(usize, Vec<lockstep_stream::Step>)>;
