@@ -173,14 +173,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             .collect(),
     );
     let started = Instant::now();
+    let mut to = Vec::new();
     let routed = shared
         .iter()
-        .filter(|(_, data)| {
-            matches!(
-                router.route(data.as_bytes()),
-                lockstep_stream::Routing::To(_)
-            )
-        })
+        .filter(|(_, data)| router.route_into(data.as_bytes(), &mut to))
         .count();
     let routing = started.elapsed().as_secs_f64();
     assert_eq!(routed, total, "every record has a group");

@@ -16,7 +16,7 @@ use lockstep_kinesis::KinesisOptions;
 use lockstep_online::{GroupRef, OnlineStore};
 use lockstep_runtime::Plugin;
 use lockstep_stream::{
-    Record, Route, Router, Routing, ShardSpec, ShardedProcessor, StreamConfig, StreamStats,
+    Record, Route, Router, ShardSpec, ShardedProcessor, StreamConfig, StreamStats,
 };
 use serde_json::Value as Json;
 use std::collections::BTreeMap;
@@ -1357,23 +1357,23 @@ impl DecodePlan {
         let route_shard = |records: &[Record<'a>]| {
             let mut per: Vec<Vec<Record<'a>>> = vec![Vec::new(); classes.len()];
             let mut nowhere = Vec::new();
+            let mut groups = Vec::new();
             for record in records {
-                match router.route(record.data) {
-                    Routing::To(groups) => {
-                        for (c, class) in classes.iter().enumerate() {
-                            if groups.contains(&class[0]) {
-                                per[c].push(*record);
-                            }
+                if router.route_into(record.data, &mut groups) {
+                    for (c, class) in classes.iter().enumerate() {
+                        if groups.contains(&class[0]) {
+                            per[c].push(*record);
                         }
                     }
-                    Routing::Nowhere(reason) => nowhere.push(serde_json::json!({
-                        "shard": record.shard,
-                        "sequence": record.sequence,
-                        "partition_key": record.partition_key,
-                        "reason": reason,
-                        "record": String::from_utf8_lossy(record.data).trim_end(),
-                    })),
+                    continue;
                 }
+                nowhere.push(serde_json::json!({
+                    "shard": record.shard,
+                    "sequence": record.sequence,
+                    "partition_key": record.partition_key,
+                    "reason": router.why_nowhere(record.data),
+                    "record": String::from_utf8_lossy(record.data).trim_end(),
+                }));
             }
             (per, nowhere)
         };

@@ -3,7 +3,13 @@
 //! stream can carry transactions, page views and account activity side by side.
 //!
 //! A record is read once for all routes: [`Router::route`] finds the values of every
-//! routing field in one pass over its bytes (other values are skipped, never built).
+//! routing field in one pass over its bytes. The pass skims: it follows the record's
+//! structure (strings, nesting, commas) to find the top-level keys, but leaves the
+//! grammar of the values it skips to the decoder of the group that takes the record.
+//! So a record that is not a JSON object, or is cut short, goes nowhere (the unrouted
+//! log, with why), while a record whose routing field is found but which is malformed
+//! elsewhere goes to its group, whose decoder dead-letters it with the exact error,
+//! as a stream of that group alone would.
 
 use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visitor};
 use std::fmt;
@@ -62,32 +68,66 @@ impl Router {
 
     /// The groups that take `data`.
     pub fn route(&self, data: &[u8]) -> Routing {
-        if self.takes_all() {
-            return Routing::To((0..self.routes.len()).collect());
-        }
-        let values = field_values(data, &self.fields);
-        let to: Vec<usize> = self
-            .routes
-            .iter()
-            .enumerate()
-            .filter(|(_, route)| match route {
-                None => true,
-                Some(route) => match &values {
-                    Ok(values) => self
-                        .fields
-                        .iter()
-                        .position(|f| *f == route.field)
-                        .and_then(|i| values[i].as_deref())
-                        .is_some_and(|v| v == route.equals),
-                    Err(_) => false,
-                },
-            })
-            .map(|(i, _)| i)
-            .collect();
-        if !to.is_empty() {
+        let mut to = Vec::new();
+        if self.route_into(data, &mut to) {
             return Routing::To(to);
         }
-        Routing::Nowhere(match values {
+        Routing::Nowhere(self.why_nowhere(data))
+    }
+
+    /// The groups that take `data`, into `to` (cleared first, reused record after
+    /// record): whether any does. [`Self::route`] without an allocation per record.
+    pub fn route_into(&self, data: &[u8], to: &mut Vec<usize>) -> bool {
+        to.clear();
+        if self.takes_all() {
+            to.extend(0..self.routes.len());
+            return true;
+        }
+        let mut found = [Raw::Absent; MAX_SKIMMED_FIELDS];
+        let skimmed = self.fields.len() <= MAX_SKIMMED_FIELDS
+            && skim_top_level(data, &self.fields, &mut found).is_ok();
+        if !skimmed {
+            // Not an object, cut short, or more routing fields than the skim holds:
+            // the full parse decides (and says why).
+            let values = field_values(data, &self.fields);
+            for (i, route) in self.routes.iter().enumerate() {
+                let takes = match route {
+                    None => true,
+                    Some(route) => values.as_ref().is_ok_and(|values| {
+                        self.field_index(&route.field)
+                            .and_then(|f| values[f].as_deref())
+                            .is_some_and(|v| v == route.equals)
+                    }),
+                };
+                if takes {
+                    to.push(i);
+                }
+            }
+            return !to.is_empty();
+        }
+        for (i, route) in self.routes.iter().enumerate() {
+            let takes = match route {
+                None => true,
+                Some(route) => self
+                    .field_index(&route.field)
+                    .is_some_and(|f| found[f].equals(&route.equals)),
+            };
+            if takes {
+                to.push(i);
+            }
+        }
+        !to.is_empty()
+    }
+
+    fn field_index(&self, field: &str) -> Option<usize> {
+        self.fields.iter().position(|f| f == field)
+    }
+
+    /// Why no group takes `data`, for the unrouted log (records that go nowhere are
+    /// few, so this parses in full).
+    pub fn why_nowhere(&self, data: &[u8]) -> String {
+        let values = field_values(data, &self.fields);
+        match values {
             Err(e) => format!("not a JSON object ({e}): no group's route can match it"),
             Ok(values) => {
                 let found: Vec<String> = self
@@ -111,7 +151,207 @@ impl Router {
                     routes.join("; ")
                 )
             }
-        })
+        }
+    }
+}
+
+/// The most routing fields the skim holds on the stack; more fall back to the full
+/// parse (a stream is routed by one field, rarely two).
+const MAX_SKIMMED_FIELDS: usize = 8;
+
+/// A top-level value as the skim found it: raw bytes of the record, never built.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Raw<'a> {
+    /// The field is not there (or its value is null, an object or an array).
+    Absent,
+    /// A string's content between its quotes; `escaped` when it holds a `\`.
+    Str { text: &'a [u8], escaped: bool },
+    /// A number's or a boolean's token.
+    Token(&'a [u8]),
+}
+
+impl Raw<'_> {
+    /// Whether the value reads as `equals`: the same comparison as
+    /// [`field_values`]' text of it.
+    fn equals(&self, equals: &str) -> bool {
+        match *self {
+            Raw::Absent => false,
+            Raw::Str {
+                text,
+                escaped: false,
+            } => text == equals.as_bytes(),
+            Raw::Str {
+                text,
+                escaped: true,
+            } => {
+                // Rare: decode the escapes as JSON does. The quotes around `text` are
+                // in the record, one byte either side.
+                let mut quoted = Vec::with_capacity(text.len() + 2);
+                quoted.push(b'"');
+                quoted.extend_from_slice(text);
+                quoted.push(b'"');
+                serde_json::from_slice::<String>(&quoted).is_ok_and(|s| s == equals)
+            }
+            Raw::Token(token @ (b"true" | b"false")) => token == equals.as_bytes(),
+            // Numbers as serde_json writes them (`1e2` reads as `100.0`).
+            Raw::Token(token) => serde_json::from_slice::<serde_json::Number>(token)
+                .is_ok_and(|n| n.to_string() == equals),
+        }
+    }
+}
+
+/// The skim could not follow the record's structure.
+struct Unskimmable;
+
+/// Finds the top-level values of `fields` in `data` (the last of a repeated key, as
+/// JSON's own objects): `Err` unless `data` is one object, complete, with nothing
+/// after it.
+fn skim_top_level<'a>(
+    data: &'a [u8],
+    fields: &[String],
+    found: &mut [Raw<'a>],
+) -> Result<(), Unskimmable> {
+    let mut skim = Skim { bytes: data, at: 0 };
+    skim.whitespace();
+    skim.expect(b'{')?;
+    skim.whitespace();
+    if skim.peek() == Some(b'}') {
+        skim.at += 1;
+    } else {
+        loop {
+            skim.whitespace();
+            skim.expect(b'"')?;
+            let (key, escaped) = skim.string()?;
+            skim.whitespace();
+            skim.expect(b':')?;
+            let value = skim.value()?;
+            let slot = if escaped {
+                let mut quoted = Vec::with_capacity(key.len() + 2);
+                quoted.push(b'"');
+                quoted.extend_from_slice(key);
+                quoted.push(b'"');
+                let key = serde_json::from_slice::<String>(&quoted).map_err(|_| Unskimmable)?;
+                fields.iter().position(|f| *f == key)
+            } else {
+                fields.iter().position(|f| f.as_bytes() == key)
+            };
+            if let Some(slot) = slot {
+                found[slot] = value;
+            }
+            skim.whitespace();
+            match skim.next() {
+                Some(b',') => continue,
+                Some(b'}') => break,
+                _ => return Err(Unskimmable),
+            }
+        }
+    }
+    skim.whitespace();
+    if skim.at == data.len() {
+        Ok(())
+    } else {
+        Err(Unskimmable)
+    }
+}
+
+struct Skim<'a> {
+    bytes: &'a [u8],
+    at: usize,
+}
+
+impl<'a> Skim<'a> {
+    fn peek(&self) -> Option<u8> {
+        self.bytes.get(self.at).copied()
+    }
+
+    fn next(&mut self) -> Option<u8> {
+        let byte = self.peek()?;
+        self.at += 1;
+        Some(byte)
+    }
+
+    fn expect(&mut self, byte: u8) -> Result<(), Unskimmable> {
+        match self.next() {
+            Some(b) if b == byte => Ok(()),
+            _ => Err(Unskimmable),
+        }
+    }
+
+    fn whitespace(&mut self) {
+        while matches!(self.peek(), Some(b' ' | b'\n' | b'\r' | b'\t')) {
+            self.at += 1;
+        }
+    }
+
+    /// A string whose opening quote was read: its content and whether it holds
+    /// escapes; the closing quote is read.
+    fn string(&mut self) -> Result<(&'a [u8], bool), Unskimmable> {
+        let start = self.at;
+        let mut escaped = false;
+        loop {
+            let rest = self.bytes.get(self.at..).ok_or(Unskimmable)?;
+            let k = memchr::memchr2(b'"', b'\\', rest).ok_or(Unskimmable)?;
+            self.at += k;
+            if self.bytes[self.at] == b'"' {
+                let text = &self.bytes[start..self.at];
+                self.at += 1;
+                return Ok((text, escaped));
+            }
+            // A backslash and the byte it escapes.
+            escaped = true;
+            self.at += 2;
+        }
+    }
+
+    /// One value: a string's or a token's bytes; an object or an array skipped.
+    fn value(&mut self) -> Result<Raw<'a>, Unskimmable> {
+        self.whitespace();
+        match self.peek().ok_or(Unskimmable)? {
+            b'"' => {
+                self.at += 1;
+                let (text, escaped) = self.string()?;
+                Ok(Raw::Str { text, escaped })
+            }
+            b'{' | b'[' => {
+                self.nested()?;
+                Ok(Raw::Absent)
+            }
+            _ => {
+                let start = self.at;
+                while let Some(b) = self.peek() {
+                    if matches!(b, b',' | b'}' | b']' | b' ' | b'\n' | b'\r' | b'\t') {
+                        break;
+                    }
+                    self.at += 1;
+                }
+                match &self.bytes[start..self.at] {
+                    b"" => Err(Unskimmable),
+                    b"null" => Ok(Raw::Absent),
+                    token => Ok(Raw::Token(token)),
+                }
+            }
+        }
+    }
+
+    /// Skips an object or an array (at its opening bracket), strings and all: its
+    /// brackets must balance and match.
+    fn nested(&mut self) -> Result<(), Unskimmable> {
+        let mut open: Vec<u8> = Vec::new();
+        loop {
+            match self.next().ok_or(Unskimmable)? {
+                b'"' => {
+                    self.string()?;
+                }
+                b @ (b'{' | b'[') => open.push(b),
+                // The guard pops: a closing bracket must close the last one opened.
+                b'}' if open.pop() != Some(b'{') => return Err(Unskimmable),
+                b']' if open.pop() != Some(b'[') => return Err(Unskimmable),
+                _ => {}
+            }
+            if open.is_empty() {
+                return Ok(());
+            }
+        }
     }
 }
 
@@ -227,6 +467,137 @@ mod tests {
             router.route(br#"{"kind": "txn"} trailing"#),
             Routing::Nowhere(_)
         ));
+    }
+
+    #[test]
+    fn a_record_malformed_past_its_routing_field_goes_to_its_group() {
+        // Its group's decoder dead-letters it with the exact error, as a stream of
+        // that group alone would; only what is not an object, or is cut short, goes
+        // nowhere.
+        let router = Router::new(vec![route("kind", "txn"), route("kind", "view")]);
+        for taken in [
+            &br#"{"kind": "txn", "amount": 01}"#[..],
+            br#"{"kind": "txn", "amount": tru}"#,
+            br#"{"kind":"txn","a":{"b":[1,{"c":"]}"}]}}"#,
+            b"{\"kind\": \"txn\", \"name\": \"\xff\"}",
+        ] {
+            assert_eq!(
+                router.route(taken),
+                Routing::To(vec![0]),
+                "{}",
+                String::from_utf8_lossy(taken)
+            );
+        }
+        for nowhere in [
+            &br#"{"kind": "txn", "a": [1, 2}"#[..],
+            br#"{"kind": "txn", "a": "open}"#,
+            br#"{"kind": "txn",}"#,
+            br#"{"kind": "txn"}}"#,
+            br#"{"kind" "txn"}"#,
+            b"",
+            b"   ",
+            br#""kind""#,
+        ] {
+            assert!(
+                matches!(router.route(nowhere), Routing::Nowhere(_)),
+                "{}",
+                String::from_utf8_lossy(nowhere)
+            );
+        }
+    }
+
+    #[test]
+    fn escaped_keys_and_values_and_numbers_compare_as_json_text() {
+        let router = Router::new(vec![route("kind", "t\"x"), route("n", "100.0")]);
+        let mut to = Vec::new();
+        assert!(router.route_into(br#"{"k\u0069nd": "t\"x"}"#, &mut to));
+        assert_eq!(to, vec![0]);
+        assert!(router.route_into(br#"{"n": 1e2}"#, &mut to));
+        assert_eq!(to, vec![1]);
+        assert!(!router.route_into(br#"{"n": "1e2", "kind": "t\\x"}"#, &mut to));
+        assert!(to.is_empty());
+        // More routing fields than the skim holds: the full parse decides alike.
+        let many: Vec<Option<Route>> = (0..MAX_SKIMMED_FIELDS + 2)
+            .map(|i| route(&format!("f{i}"), "v"))
+            .collect();
+        let router = Router::new(many);
+        assert_eq!(
+            router.route(br#"{"f9": "v", "f0": "w"}"#),
+            Routing::To(vec![9])
+        );
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::test_runner::Config::with_cases(2000))]
+        /// The skim routes every JSON object as the full parse does, whatever it
+        /// holds and however it is spaced.
+        #[test]
+        fn the_skim_agrees_with_the_full_parse(
+            value in json_object(),
+            pretty in proptest::bool::ANY,
+        ) {
+            let text = if pretty {
+                serde_json::to_vec_pretty(&value)
+            } else {
+                serde_json::to_vec(&value)
+            }
+            .expect("serializes");
+            let routes = vec![
+                route("kind", "txn"),
+                route("kind", "7"),
+                route("kind", "true"),
+                route("tier", "a\"b"),
+                route("tier", "é"),
+            ];
+            let router = Router::new(routes.clone());
+            let values = field_values(&text, &router.fields).expect("an object");
+            let expected: Vec<usize> = routes
+                .iter()
+                .enumerate()
+                .filter(|(_, r)| {
+                    let r = r.as_ref().expect("routed");
+                    let f = router.fields.iter().position(|f| *f == r.field).expect("field");
+                    values[f].as_deref() == Some(r.equals.as_str())
+                })
+                .map(|(i, _)| i)
+                .collect();
+            let mut to = Vec::new();
+            let any = router.route_into(&text, &mut to);
+            proptest::prop_assert_eq!(&to, &expected, "{}", String::from_utf8_lossy(&text));
+            proptest::prop_assert_eq!(any, !expected.is_empty());
+            // Cut short anywhere, it goes nowhere, as the full parse says.
+            let cut = text.len() / 2;
+            proptest::prop_assert!(!router.route_into(&text[..cut], &mut to));
+        }
+    }
+
+    fn json_object() -> impl proptest::strategy::Strategy<Value = serde_json::Value> {
+        use proptest::prelude::*;
+        let scalar = prop_oneof![
+            Just(serde_json::Value::Null),
+            any::<bool>().prop_map(serde_json::Value::from),
+            (-1000i64..1000).prop_map(serde_json::Value::from),
+            (-1e6f64..1e6).prop_map(serde_json::Value::from),
+            prop::sample::select(vec!["txn", "7", "true", "a\"b", "é", "{[\"", "\\", ""])
+                .prop_map(serde_json::Value::from),
+        ];
+        let nested = scalar.clone().prop_recursive(3, 24, 4, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..4).prop_map(serde_json::Value::from),
+                prop::collection::btree_map(key(), inner, 0..4)
+                    .prop_map(|m| serde_json::Value::Object(m.into_iter().collect())),
+            ]
+        });
+        // Mostly scalars at the top, where routing values are.
+        let value = prop_oneof![3 => scalar, 1 => nested];
+        prop::collection::btree_map(key(), value, 0..6)
+            .prop_map(|m| serde_json::Value::Object(m.into_iter().collect()))
+    }
+
+    fn key() -> impl proptest::strategy::Strategy<Value = String> {
+        use proptest::strategy::Strategy;
+        proptest::sample::select(vec!["kind", "tier", "x", "k\"ind", "kind "])
+            .prop_map(str::to_owned)
     }
 
     #[test]
