@@ -353,8 +353,8 @@ struct Round {
 #[derive(Default)]
 struct GroupOutput {
     rows: Vec<RecordBatch>,
-    late: Vec<Json>,
-    dead: Vec<Json>,
+    late: Vec<lockstep_stream::LateEvent>,
+    dead: Vec<lockstep_stream::DeadLetter>,
 }
 
 impl Round {
@@ -1155,12 +1155,16 @@ impl StreamService {
     ) -> Result<f64, ServiceError> {
         let started = Instant::now();
         logs.rows.append_lines(text.lines())?;
-        for line in &output.late {
-            logs.late.append(line)?;
+        let mut lines = Vec::new();
+        for late in &output.late {
+            late.write_line(&mut lines);
         }
-        for line in &output.dead {
-            logs.dead.append(line)?;
+        logs.late.append_lines(&lines)?;
+        lines.clear();
+        for dead in &output.dead {
+            dead.write_line(&mut lines);
         }
+        logs.dead.append_lines(&lines)?;
         logs.sync()?;
         Ok(started.elapsed().as_secs_f64())
     }
@@ -1332,8 +1336,8 @@ impl DecodePlan {
                 let output = &mut round.outputs[i];
                 for step in steps {
                     output.rows.push(step.rows);
-                    output.late.extend(step.late.iter().map(|l| l.to_json()));
-                    output.dead.extend(step.dead.iter().map(|d| d.to_json()));
+                    output.late.extend(step.late);
+                    output.dead.extend(step.dead);
                 }
             }
         }
