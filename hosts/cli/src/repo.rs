@@ -248,6 +248,7 @@ pub async fn backfill(args: BackfillArgs, config_flag: Option<&Path>) -> Result<
                 &groups,
                 lockstep_materialize::Window::default(),
                 &online,
+                config.cache.as_ref(),
             )
             .await
             {
@@ -448,6 +449,10 @@ pub struct MaterializeArgs {
     /// Load only rows before this instant (RFC 3339).
     #[arg(long, value_parser = crate::stream::parse_instant)]
     pub to: Option<i64>,
+    /// Leave the repository's `[cache]` as it is. Its entries of the loaded entities
+    /// may then be older than the store's until they expire or are replaced.
+    #[arg(long)]
+    pub no_cache: bool,
 }
 
 /// Loads each group's latest rows from the offline store into the online store.
@@ -472,7 +477,18 @@ pub async fn materialize_command(args: MaterializeArgs, config_flag: Option<&Pat
         Some(store) => store,
         None => online_of(&config)?,
     };
-    materialize(&config, &groups, window, &online_arg).await
+    if args.no_cache && config.cache.is_some() {
+        println!(
+            "the cache is left as it is (--no-cache): its entries of the loaded entities may \
+             be older than the store's"
+        );
+    }
+    let cache = if args.no_cache {
+        None
+    } else {
+        config.cache.as_ref()
+    };
+    materialize(&config, &groups, window, &online_arg, cache).await
 }
 
 /// The online store `[online]` names.
@@ -482,12 +498,14 @@ fn online_of(config: &Config) -> Result<crate::stream::OnlineStoreArg> {
         .with_context(|| format!("[online] in {}", config.path.display()))
 }
 
-/// Loads each of `groups`' latest offline rows in `window` into `online_arg`.
+/// Loads each of `groups`' latest offline rows in `window` into `online_arg`, and
+/// through to `cache` when given.
 async fn materialize(
     config: &Config,
     groups: &[&GroupConfig],
     window: lockstep_materialize::Window,
     online_arg: &crate::stream::OnlineStoreArg,
+    cache: Option<&lockstep_config::CacheConfig>,
 ) -> Result<()> {
     let offline = crate::offline::open(
         &config.offline.store,
@@ -495,12 +513,31 @@ async fn materialize(
     )?;
     // A SageMaker store learns each group's schema from the rows it is given.
     let online = crate::stream::open_store(online_arg, None).await?;
+    let cache = match cache {
+        Some(cache) => Some(
+            lockstep_cache::RedisCache::connect(
+                &cache.url,
+                cache.ttl,
+                std::time::Duration::from_secs(2),
+            )
+            .await
+            .with_context(|| {
+                format!(
+                    "connecting to the cache {} ([cache] in {}; --no-cache leaves it)",
+                    crate::audit::redact_url(&cache.url),
+                    config.path.display()
+                )
+            })?,
+        ),
+        None => None,
+    };
     for group in groups {
         let bar = files_bar(&format!("{}@{}", group.name, group.version));
         let started = std::time::Instant::now();
-        let report = lockstep_materialize::materialize(
+        let report = lockstep_materialize::materialize_with_cache(
             &offline,
             online.as_ref(),
+            cache.as_ref(),
             &group.name,
             &group.version,
             window,
@@ -518,10 +555,18 @@ async fn materialize(
             )
         })?;
         bar.finish_and_clear();
+        let cached = if cache.is_some() {
+            format!(
+                "; cache: {} entries written, {} newer kept, {} removed",
+                report.cached, report.cache_stale, report.uncached
+            )
+        } else {
+            String::new()
+        };
         println!(
             "materialized {}: {} rows from {} hour files in {:.2}s: {} records written, \
              {} left out (older than another row of their entity, loaded or stored), {} \
-             deletion markers ({} removed a record)",
+             deletion markers ({} removed a record){cached}",
             report.group,
             report.rows,
             report.files,

@@ -305,6 +305,79 @@ fn a_repository_made_by_init_backfills_materializes_and_serves_the_documented_va
     );
     drop(serve);
 
+    // A cache in front of the store (`[cache]`): materialize writes each entity's
+    // record through to it, replacing an older entry and keeping a newer one.
+    let redis = lockstep_testkit::Redis::start(&[]);
+    let hash = {
+        use sha2::Digest;
+        hex::encode(sha2::Sha256::digest(
+            std::fs::read(built_component(&repo)).expect("component"),
+        ))
+    };
+    let (older, newer) = (&entities[0], &entities[1]);
+    let planted = |entity: &str, at: i64| {
+        let row = serde_json::json!({"entity": entity, "event_time": "2026-01-01T00:00:00Z",
+                                     "events": -1, "last_amount": null});
+        lockstep_cache::CacheEntry {
+            key: lockstep_cache::cache_key("my_features@0.1.0", entity),
+            event_time: at,
+            value: lockstep_cache::record_value(at, &hash, row.as_object().expect("object")),
+        }
+    };
+    let io = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let cache = io
+        .block_on(lockstep_cache::RedisCache::connect(
+            &redis.url(),
+            None,
+            std::time::Duration::from_secs(2),
+        ))
+        .expect("cache");
+    io.block_on(cache.put(&[planted(older, 1), planted(newer, i64::MAX / 2)]))
+        .expect("plant entries");
+    let without_cache = std::fs::read_to_string(&config).expect("config");
+    std::fs::write(
+        &config,
+        format!("{without_cache}\n[cache]\nurl = \"{}\"\n", redis.url()),
+    )
+    .expect("write config");
+    let skipped = ok(&repo, &["materialize", "--no-cache"]);
+    assert!(skipped.contains("the cache is left as it is"), "{skipped}");
+    assert!(!skipped.contains("cache: "), "{skipped}");
+    let loaded = ok(&repo, &["materialize"]);
+    assert!(
+        loaded.contains("cache: 39 entries written, 1 newer kept, 0 removed"),
+        "{loaded}"
+    );
+    let serve = serve_in(&repo, &[]);
+    let through_cache = serve.features(&entities);
+    for entity in want.keys() {
+        let (source, events, last) = &through_cache[entity];
+        assert_eq!(source, "cache", "{entity}: loaded into the cache");
+        if entity == newer {
+            assert_eq!(events.as_i64(), Some(-1), "the newer entry stays");
+        } else {
+            assert_eq!(
+                (events, last),
+                (&served[entity].1, &served[entity].2),
+                "{entity}: the store's record, through the cache"
+            );
+        }
+    }
+    drop(serve);
+    // A cache that is not there stops the materialize, naming it and the way round.
+    drop(redis);
+    let out = in_repo(&repo, &["materialize"]);
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("connecting to the cache") && err.contains("--no-cache"),
+        "{err}"
+    );
+    std::fs::write(&config, &without_cache).expect("restore config");
+
     // Swap the online store: one line of the file, one materialize, the same values.
     let wasm = built_component(&repo);
     let g = common::group(&wasm);

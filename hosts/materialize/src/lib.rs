@@ -11,15 +11,28 @@
 //! of their time, which remove an older record and leave a newer one. Running it twice
 //! leaves the store as once.
 //!
+//! With a cache in front of the online store ([`materialize_with_cache`]), the loaded
+//! entities are then read back from the store and written through to the cache under
+//! the cache's own guard (never over a newer entry), and the entries of entities the
+//! store no longer holds are removed: the cache never serves a value older than the
+//! store's after a materialization.
+//!
 //! It never runs plugins (the rows are the offline store's) and never decides which
 //! row is newer (the online store does).
 
 use arrow_array::cast::AsArray;
 use arrow_array::types::TimestampMicrosecondType;
 use arrow_array::{Array, BooleanArray, RecordBatch};
+use lockstep_cache::{CacheEntry, CacheError, RedisCache, cache_key, record_value};
 use lockstep_offline::layout::Hour;
 use lockstep_offline::{OfflineError, OfflineStore};
 use lockstep_online::{DeleteOutcome, GroupRef, OnlineError, OnlineStore, latest_rows};
+
+/// Entities read back from the store and written to the cache per call.
+const CACHE_CHUNK: usize = 1_000;
+/// Entities whose cache refresh waits for later files: an entity active in many
+/// hours is then refreshed once, not once per file, and memory stays bounded.
+const CACHE_PENDING: usize = 100_000;
 
 /// Why a materialization stopped. What was put before stays put (a rerun goes on
 /// where it left: the store's rule makes puts idempotent).
@@ -31,6 +44,10 @@ pub enum MaterializeError {
     /// Writing the online store failed.
     #[error("writing the online store: {0}")]
     Online(#[from] OnlineError),
+    /// Writing the cache failed: its entries of the entities loaded since the last
+    /// file may be older than the store's (a rerun refreshes them).
+    #[error("loading the cache: {0}")]
+    Cache(#[from] CacheError),
     /// A stored file does not hold the group's columns.
     #[error("{file}: {message}")]
     Schema {
@@ -62,6 +79,12 @@ pub struct Report {
     pub markers: usize,
     /// Of those, the ones that removed a record.
     pub deleted: usize,
+    /// Cache entries written (an entity's record as the store now holds it).
+    pub cached: usize,
+    /// Cache entries left as they were: the cache held a newer one.
+    pub cache_stale: usize,
+    /// Cache entries removed: the store holds no record of their entity.
+    pub uncached: usize,
 }
 
 /// The event times to load: `[from, to)`, either end open when `None` (Feast's
@@ -102,6 +125,26 @@ pub async fn materialize(
     version: &str,
     window: Window,
     write_time: i64,
+    progress: impl FnMut(usize, usize),
+) -> Result<Report, MaterializeError> {
+    materialize_with_cache(
+        offline, online, None, group, version, window, write_time, progress,
+    )
+    .await
+}
+
+/// [`materialize`], and the cache in front of `online` brought to what the store
+/// holds for every entity loaded (see the [crate] docs): at the end, or whenever
+/// 100,000 entities wait, so memory stays bounded.
+#[allow(clippy::too_many_arguments)]
+pub async fn materialize_with_cache(
+    offline: &OfflineStore,
+    online: &dyn OnlineStore,
+    cache: Option<&RedisCache>,
+    group: &str,
+    version: &str,
+    window: Window,
+    write_time: i64,
     mut progress: impl FnMut(usize, usize),
 ) -> Result<Report, MaterializeError> {
     let entry = offline.version(group, version).await?;
@@ -119,10 +162,11 @@ pub async fn materialize(
         group: target.id(),
         ..Report::default()
     };
+    let mut pending = std::collections::BTreeSet::new();
     for (done, rel) in files.iter().enumerate() {
         for batch in offline.read_file(rel).await? {
             let batch = within(&batch, window, rel)?;
-            apply(
+            let entities = apply(
                 online,
                 &target,
                 &batch,
@@ -132,9 +176,21 @@ pub async fn materialize(
                 &mut report,
             )
             .await?;
+            if cache.is_some() {
+                pending.extend(entities);
+            }
+        }
+        if let Some(cache) = cache
+            && pending.len() >= CACHE_PENDING
+        {
+            refresh_cache(online, cache, &target, &pending, &mut report).await?;
+            pending.clear();
         }
         report.files += 1;
         progress(done + 1, files.len());
+    }
+    if let Some(cache) = cache {
+        refresh_cache(online, cache, &target, &pending, &mut report).await?;
     }
     Ok(report)
 }
@@ -161,7 +217,43 @@ fn within(batch: &RecordBatch, window: Window, rel: &str) -> Result<RecordBatch,
     Ok(arrow_select::filter::filter_record_batch(batch, &keep)?)
 }
 
-/// Puts one stored batch's feature rows, then applies its deletion markers.
+/// Writes what `online` holds for `entities` through to `cache`, and removes the
+/// entries of those it holds none of.
+async fn refresh_cache(
+    online: &dyn OnlineStore,
+    cache: &RedisCache,
+    target: &GroupRef,
+    entities: &std::collections::BTreeSet<String>,
+    report: &mut Report,
+) -> Result<(), MaterializeError> {
+    let group_id = target.id();
+    let entities: Vec<String> = entities.iter().cloned().collect();
+    for keys in entities.chunks(CACHE_CHUNK) {
+        let records = online.get(target, keys).await?;
+        let mut entries = Vec::with_capacity(keys.len());
+        let mut gone = Vec::new();
+        for (key, record) in keys.iter().zip(records) {
+            match record {
+                Some(record) => entries.push(CacheEntry {
+                    key: cache_key(&group_id, key),
+                    event_time: record.event_time,
+                    value: record_value(record.event_time, &record.plugin_hash, &record.row),
+                }),
+                None => gone.push(cache_key(&group_id, key)),
+            }
+        }
+        let put = cache.put(&entries).await?;
+        report.cached += put.written;
+        report.cache_stale += put.stale;
+        if !gone.is_empty() {
+            report.uncached += cache.delete(&gone).await?;
+        }
+    }
+    Ok(())
+}
+
+/// Puts one stored batch's feature rows, then applies its deletion markers; returns
+/// the entities it touched.
 async fn apply(
     online: &dyn OnlineStore,
     target: &GroupRef,
@@ -170,7 +262,7 @@ async fn apply(
     rel: &str,
     write_time: i64,
     report: &mut Report,
-) -> Result<(), MaterializeError> {
+) -> Result<Vec<String>, MaterializeError> {
     let schema_error = |message: String| MaterializeError::Schema {
         file: rel.to_owned(),
         message,
@@ -202,11 +294,13 @@ async fn apply(
         let keep: BooleanArray = (0..batch.num_rows()).map(|i| Some(!is_marker(i))).collect();
         arrow_select::filter::filter_record_batch(&rows, &keep)?
     };
+    let mut entities = Vec::new();
     if features.num_rows() > 0 {
         let put = online.put(target, &features, write_time).await?;
         report.rows += features.num_rows();
         report.written += put.written;
         report.stale += put.stale;
+        entities.extend(latest_rows(&features, target)?.into_iter().map(|l| l.key));
     }
     if markers > 0 {
         let only: BooleanArray = (0..batch.num_rows()).map(|i| Some(is_marker(i))).collect();
@@ -220,9 +314,10 @@ async fn apply(
             if matches!(outcome, DeleteOutcome::Deleted { existed: true }) {
                 report.deleted += 1;
             }
+            entities.push(latest.key);
         }
     }
-    Ok(())
+    Ok(entities)
 }
 
 #[cfg(test)]

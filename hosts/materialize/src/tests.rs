@@ -293,3 +293,73 @@ async fn a_window_loads_only_the_rows_it_holds_and_skips_other_hours() {
         [None, Some((T0 + 20, 5.0))]
     );
 }
+
+/// With a cache: every loaded entity's entry is the store's record (an older entry
+/// replaced, a newer one kept), and a deleted entity's entry is removed.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_cache_ends_as_the_store_never_older() {
+    let redis = lockstep_testkit::Redis::start(&[]);
+    let cache = RedisCache::connect(&redis.url(), None, std::time::Duration::from_secs(2))
+        .await
+        .expect("cache");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let offline = history(&dir.path().join("store")).await;
+    let online = EmbeddedStore::open(dir.path().join("online")).expect("online");
+    let key = |entity: &str| cache_key("spend@1.0.0", entity);
+    let planted = |entity: &str, at: i64| CacheEntry {
+        key: key(entity),
+        event_time: at,
+        value: format!("planted {entity}"),
+    };
+    // a: older than its last row; b: deleted since; c: newer than anything offline.
+    cache
+        .put(&[
+            planted("a", T0),
+            planted("b", T0 + 20),
+            planted("c", T0 + 9 * HOUR),
+        ])
+        .await
+        .expect("plant");
+    let report = materialize_with_cache(
+        &offline,
+        &online,
+        Some(&cache),
+        "spend",
+        "1.0.0",
+        Window::default(),
+        T0 + 99,
+        |_, _| {},
+    )
+    .await
+    .expect("materialize");
+    assert_eq!(
+        (report.cached, report.cache_stale, report.uncached),
+        (1, 1, 1),
+        "a written, c's newer entry kept, b's removed"
+    );
+    let entries = cache
+        .get(&[key("a"), key("b"), key("c")])
+        .await
+        .expect("get");
+    let group = GroupRef::of(&manifest(), HASH);
+    let a = online
+        .get(&group, &["a".to_owned()])
+        .await
+        .expect("get")
+        .remove(0)
+        .expect("a's record");
+    assert_eq!(
+        entries[0],
+        Some((
+            a.event_time,
+            record_value(a.event_time, &a.plugin_hash, &a.row)
+        )),
+        "a's entry is the store's record, as serving writes it"
+    );
+    assert_eq!(entries[1], None, "b is deleted: its entry is gone");
+    assert_eq!(
+        entries[2],
+        Some((T0 + 9 * HOUR, "planted c".to_owned())),
+        "a newer entry stays"
+    );
+}
