@@ -1,8 +1,8 @@
 """A client for `lockstep serve`: features for inference, with their sources.
 
 `Client(url).get_online_features(features=[...], entity_rows=[...])` asks the server's
-`POST /v1/features` once per feature group and joins the answers per entity row, as
-Feast's `get_online_features` does. Values are the JSON the server sends, parsed
+`POST /v1/features/batch` once, one request per feature group (read at once on the
+server), and joins the answers per entity row, as Feast's `get_online_features` does. Values are the JSON the server sends, parsed
 (floats read back to their bits; a non-finite float arrives as the text "NaN",
 "Infinity" or "-Infinity", left as text: the answer does not say which features are
 floats). Each entity's source (cache, store, missing, default)
@@ -124,7 +124,7 @@ class Client:
     ) -> OnlineResponse:
         """The `features` (`group:feature`) of each entity row (`{key_name: key}`).
 
-        Every row must name the same one key column. One request per group."""
+        Every row must name the same one key column. One HTTP call for every group."""
         if not features:
             raise ValueError("no features asked for")
         if not entity_rows:
@@ -139,11 +139,22 @@ class Client:
         event_times: List[Dict[str, Optional[str]]] = [{} for _ in keys]
         degraded = False
         request_ids: Dict[str, str] = {}
+        requests: List[Dict[str, Any]] = []
         for (group, version), names in groups.items():
             body: Dict[str, Any] = {"group": group, "entities": keys, "features": names}
             if version is not None:
                 body["version"] = version
-            answer, request_id = self._post("/v1/features", body)
+            requests.append(body)
+        batch, _ = self._post("/v1/features/batch", {"requests": requests})
+        answers = batch.get("answers")
+        ids = batch.get("request_ids")
+        if not isinstance(answers, list) or len(answers) != len(requests):
+            raise LockstepError("the answer has no answer per group")
+        if not isinstance(ids, list) or len(ids) != len(requests):
+            ids = [None] * len(requests)
+        for ((group, version), names), answer, request_id in zip(groups.items(), answers, ids):
+            if not isinstance(answer, dict):
+                raise LockstepError(f"{group}: the answer is not a JSON object")
             served = f"{answer.get('group', group)}@{answer.get('version', version)}"
             if request_id:
                 request_ids[served] = request_id

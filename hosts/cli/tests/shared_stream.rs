@@ -281,6 +281,36 @@ fn one_service_runs_the_three_example_groups_each_equal_to_its_own_batch_run() {
         let want = &latest_of[i][&entity(i)][*feature];
         assert_eq!(served, want, "{feature} of {}: {body}", entity(i));
     }
+    // The native API's batch form: one call, one answer per group, in order.
+    let batch = serde_json::json!({
+        "requests": GROUPS
+            .iter()
+            .zip(features)
+            .enumerate()
+            .map(|(i, ((name, _, _), f))| {
+                serde_json::json!({"group": name, "entities": [entity(i)], "features": [f]})
+            })
+            .collect::<Vec<_>>(),
+    });
+    let (status, body) = http(
+        &serve.base,
+        "POST",
+        "/v1/features/batch",
+        None,
+        &batch.to_string(),
+    );
+    assert_eq!(status, 200, "{body}");
+    let answer: serde_json::Value = serde_json::from_str(&body).expect("json");
+    for (i, feature) in features.iter().enumerate() {
+        let one = &answer["answers"][i];
+        assert_eq!(one["group"], GROUPS[i].0, "{body}");
+        assert_eq!(
+            &one["entities"][0]["values"][0],
+            &latest_of[i][&entity(i)][*feature],
+            "{feature} of {}: {body}",
+            entity(i)
+        );
+    }
 }
 
 #[test]

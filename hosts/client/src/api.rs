@@ -1,4 +1,4 @@
-//! The wire types of `POST /v1/features`.
+//! The wire types of `POST /v1/features` and `POST /v1/features/batch`.
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value as Json;
@@ -149,6 +149,29 @@ impl FeatureResponse<Box<RawValue>> {
                 .collect(),
         }
     }
+}
+
+/// Features of several groups in one call (`POST /v1/features/batch`), Feast's
+/// feature-service style: each request is answered as `POST /v1/features` would
+/// answer it alone, and all are read at once, so the call takes about as long as its
+/// slowest group.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BatchRequest {
+    /// One per group (at most [`MAX_BATCH`]).
+    pub requests: Vec<FeatureRequest>,
+}
+
+/// The most requests a [`BatchRequest`] may hold.
+pub const MAX_BATCH: usize = 32;
+
+/// The answer to a [`BatchRequest`] (`V`: see [`EntityFeatures`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BatchResponse<V = Json> {
+    /// One per request, in request order.
+    pub answers: Vec<FeatureResponse<V>>,
+    /// Each answer's id in the served-feature log, in the same order.
+    pub request_ids: Vec<String>,
 }
 
 /// An error the server answered with (4xx/5xx), as JSON.

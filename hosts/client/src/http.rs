@@ -1,6 +1,6 @@
-//! [`Client`]: `POST /v1/features` over HTTP.
+//! [`Client`]: `POST /v1/features` (and its batch form) over HTTP.
 
-use crate::api::{ErrorBody, FeatureRequest, FeatureResponse};
+use crate::api::{BatchRequest, BatchResponse, ErrorBody, FeatureRequest, FeatureResponse};
 use std::time::Duration;
 use thiserror::Error;
 
@@ -90,13 +90,33 @@ impl Client {
         &self,
         request: &FeatureRequest,
     ) -> Result<FeatureResponse, ClientError> {
-        let url = &self.features_url;
+        self.post(&self.features_url, request).await
+    }
+
+    /// Reads features of several groups in one call (`POST /v1/features/batch`):
+    /// one answer per request, in order.
+    pub async fn get_features_batch(
+        &self,
+        requests: &[FeatureRequest],
+    ) -> Result<BatchResponse, ClientError> {
+        let url = format!("{}/batch", self.features_url);
+        let batch = BatchRequest {
+            requests: requests.to_vec(),
+        };
+        self.post(&url, &batch).await
+    }
+
+    async fn post<T: serde::de::DeserializeOwned>(
+        &self,
+        url: &str,
+        request: &impl serde::Serialize,
+    ) -> Result<T, ClientError> {
         let body = serde_json::to_vec(request).map_err(|e| ClientError::Decode {
-            url: url.clone(),
+            url: url.to_owned(),
             message: e.to_string(),
         })?;
         let http = |e: reqwest::Error| ClientError::Http {
-            url: url.clone(),
+            url: url.to_owned(),
             message: e.to_string(),
         };
         let mut call = self
@@ -114,13 +134,13 @@ impl Client {
                 .map(|b| b.error)
                 .unwrap_or_else(|_| String::from_utf8_lossy(&bytes).into_owned());
             return Err(ClientError::Status {
-                url: url.clone(),
+                url: url.to_owned(),
                 status: status.as_u16(),
                 message,
             });
         }
         serde_json::from_slice(&bytes).map_err(|e| ClientError::Decode {
-            url: url.clone(),
+            url: url.to_owned(),
             message: e.to_string(),
         })
     }

@@ -13,7 +13,7 @@ use axum::http::{StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use lockstep_client::api::{ErrorBody, FeatureRequest};
+use lockstep_client::api::{BatchRequest, BatchResponse, ErrorBody, FeatureRequest, MAX_BATCH};
 use serde_json::json;
 use std::sync::Arc;
 use std::time::Instant;
@@ -65,6 +65,7 @@ pub fn router(server: FeatureServer) -> Router {
 pub fn router_with(server: FeatureServer, options: HttpOptions) -> Router {
     let mut router = Router::new()
         .route("/v1/features", post(features))
+        .route("/v1/features/batch", post(features_batch))
         .route("/get-online-features", post(feast_features))
         .route("/v1/groups", get(groups))
         .route("/metrics", get(metrics))
@@ -280,6 +281,69 @@ async fn features(
     };
     observe(&server, "native", started);
     answer
+}
+
+/// `POST /v1/features/batch`: several groups' features in one call, each answered as
+/// `/v1/features` would answer it alone (its own deadline, its own degraded flag, its
+/// own line in the feature log), all read at once.
+async fn features_batch(
+    State(server): State<FeatureServer>,
+    granted: Option<axum::Extension<Granted>>,
+    log: Option<axum::Extension<FeatureLog>>,
+    body: Bytes,
+) -> Response {
+    let started = Instant::now();
+    let batch = match parse::<BatchRequest>(&body) {
+        Ok(batch) => batch,
+        Err(e) => return e.into_response(),
+    };
+    if batch.requests.is_empty() || batch.requests.len() > MAX_BATCH {
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "a batch holds 1 to {MAX_BATCH} requests, not {}",
+                batch.requests.len()
+            ),
+        );
+    }
+    if let Some(granted) = &granted {
+        for request in &batch.requests {
+            if let Some(refused) = granted.refusal(
+                &request.group,
+                request.version.as_deref(),
+                "/v1/features/batch",
+            ) {
+                return refused;
+            }
+        }
+    }
+    let answers =
+        futures_util::future::join_all(batch.requests.iter().map(|r| server.get(r))).await;
+    let mut served = BatchResponse {
+        answers: Vec::with_capacity(answers.len()),
+        request_ids: Vec::with_capacity(answers.len()),
+    };
+    for answer in answers {
+        match answer {
+            Ok(answer) => served.answers.push(answer),
+            // The first request that cannot be answered (an unknown group or feature,
+            // too many entities) is the batch's answer: nothing is half-served.
+            Err(e) => return e.into_response(),
+        }
+    }
+    for answer in &served.answers {
+        let (request_id, served_at) = request_id();
+        if let Some(axum::Extension(log)) = &log {
+            match serde_json::to_vec(answer) {
+                Ok(body) => log.log(&request_id, served_at, &body),
+                Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+            }
+        }
+        served.request_ids.push(request_id);
+    }
+    let response = json_body(&served);
+    observe(&server, "native_batch", started);
+    response
 }
 
 /// The response header naming an answer in the served-feature log.

@@ -266,6 +266,43 @@ fn http_clients_and_feast_clients_read_the_same_values_and_bad_requests_say_why(
             );
         }
 
+        // Several requests in one call: each answered as it is alone.
+        let requests = [
+            FeatureRequest::new("card_stats", ["card-3", "ghost"]).features(["merchant"]),
+            FeatureRequest::new("card_stats", ["card-14", "card-3"]).features(["count", "spend"]),
+        ];
+        let batch = client.get_features_batch(&requests).await.unwrap();
+        assert_eq!(batch.answers.len(), 2);
+        assert_eq!(batch.request_ids.len(), 2);
+        assert_ne!(batch.request_ids[0], batch.request_ids[1]);
+        for (request, answer) in requests.iter().zip(&batch.answers) {
+            assert_eq!(answer, &client.get_features(request).await.unwrap());
+        }
+        for (body, why) in [
+            (json!({"requests": []}), "1 to 32 requests, not 0"),
+            (
+                json!({"requests": vec![json!({"group": "card_stats", "entities": ["a"]}); 33]}),
+                "not 33",
+            ),
+            (
+                json!({"requests": [{"group": "card_stats", "entities": ["a"]},
+                                    {"group": "nope", "entities": ["a"]}]}),
+                "`nope` is not served",
+            ),
+            (
+                json!({"requests": [{"group": "card_stats", "entities": ["a"], "x": 1}]}),
+                "request body",
+            ),
+            (
+                json!({"group": "card_stats", "entities": ["a"]}),
+                "request body",
+            ),
+        ] {
+            let (status, text) = post("/v1/features/batch", body.to_string()).await;
+            assert!(status == 400 || status == 404, "{body}: {status} {text}");
+            assert!(text.contains(why), "{body}: {text}");
+        }
+
         // The Feast feature server's request and response shape.
         let (status, text) = post(
             "/get-online-features",
