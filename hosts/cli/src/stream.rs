@@ -52,31 +52,78 @@ pub struct RunArgs {
     /// The Kinesis stream.
     #[arg(long)]
     pub stream: String,
-    /// embedded:DIR, sagemaker (AWS) or sagemaker:URL.
+    /// embedded:DIR, sagemaker (AWS) or sagemaker:URL (default in a feature
+    /// repository: its `[online]`).
     #[arg(long, value_parser = parse_online_store)]
-    pub online_store: OnlineStoreArg,
-    /// A Redis cache to write through after the online store (redis://host:port).
+    pub online_store: Option<OnlineStoreArg>,
+    /// A Redis cache to write through after the online store (redis://host:port;
+    /// default in a feature repository: its `[cache]`).
     #[arg(long)]
     pub cache: Option<String>,
     /// Expiry of cache entries (none: they stay until replaced).
     #[arg(long, value_parser = humantime::parse_duration)]
     pub cache_ttl: Option<Duration>,
-    /// Checkpoints and logs (rows.jsonl, late.jsonl, dead-letters.jsonl).
-    #[arg(long, default_value = "lockstep-state")]
-    pub state: PathBuf,
-    /// How late an event may arrive and still be applied in order.
-    #[arg(long, default_value = "5s", value_parser = crate::skew::parse_lateness)]
-    pub allowed_lateness: i64,
+    /// Checkpoints and logs (rows.jsonl, late.jsonl, dead-letters.jsonl). Default:
+    /// `lockstep-state`; in a feature repository `<[stream] state>/<stream>.<group>`
+    /// (beside, never inside, the directory `lockstep stream` keeps for the stream).
+    #[arg(long)]
+    pub state: Option<PathBuf>,
+    /// How late an event may arrive and still be applied in order (default: 5s; in a
+    /// feature repository its `[stream] lateness`).
+    #[arg(long, value_parser = crate::skew::parse_lateness)]
+    pub allowed_lateness: Option<i64>,
     /// Start entities from a backfill's final states (`batch run --state-out`).
     #[arg(long)]
     pub start_state: Option<PathBuf>,
     /// The offline store the group is backfilled into: the erasure ledger beside it is
     /// honoured (an erased entity's events at or before its erasure are dropped, also
-    /// in a replay, and its state goes while the service runs).
+    /// in a replay, and its state goes while the service runs). Default in a feature
+    /// repository: its `[offline] store`.
     #[arg(long)]
     pub offline_store: Option<String>,
     #[command(flatten)]
     pub service: ServiceArgs,
+}
+
+/// What `stream run` takes from a feature repository's `lockstep.toml` when its flags
+/// leave them out (outside a repository: today's defaults, and `--online-store` is
+/// needed).
+fn run_defaults(
+    args: &mut RunArgs,
+    config: Option<&lockstep_config::Config>,
+    group: &str,
+) -> Result<OnlineStoreArg> {
+    let Some(config) = config else {
+        args.state
+            .get_or_insert_with(|| PathBuf::from("lockstep-state"));
+        args.allowed_lateness.get_or_insert(5_000_000);
+        return args.online_store.take().context(
+            "--online-store is needed outside a feature repository (embedded:DIR, sagemaker or \
+             sagemaker:URL)",
+        );
+    };
+    if args.cache.is_none()
+        && let Some(cache) = &config.cache
+    {
+        args.cache = Some(cache.url.clone());
+        args.cache_ttl = args.cache_ttl.or(cache.ttl);
+    }
+    args.state
+        .get_or_insert_with(|| config.stream.state.join(format!("{}.{group}", args.stream)));
+    if args.allowed_lateness.is_none() {
+        args.allowed_lateness = Some(
+            i64::try_from(config.stream.lateness.as_micros())
+                .context("[stream] lateness is too large")?,
+        );
+    }
+    args.offline_store
+        .get_or_insert_with(|| config.offline.store.clone());
+    match args.online_store.take() {
+        Some(store) => Ok(store),
+        None => parse_online_store(&config.online.to_arg())
+            .map_err(anyhow::Error::msg)
+            .with_context(|| format!("[online] in {}", config.path.display())),
+    }
 }
 
 /// What `lockstep stream [GROUP…]` takes: the feature repository's groups on one
@@ -330,11 +377,17 @@ pub async fn open_store(
 }
 
 /// Runs the service of one plugin (`stream run`) until stopped.
-pub async fn run(args: RunArgs, runtime: &Runtime) -> Result<()> {
+pub async fn run(
+    mut args: RunArgs,
+    runtime: &Runtime,
+    config_flag: Option<&std::path::Path>,
+) -> Result<()> {
     let plugin = runtime
         .load_file(&args.plugin)
         .with_context(|| format!("loading {}", args.plugin.display()))?;
     let group = GroupRef::of(plugin.manifest(), plugin.hash());
+    let config = crate::repo::optional(config_flag)?;
+    let online_store = run_defaults(&mut args, config.as_ref(), &group.name)?;
     let start_states = match &args.start_state {
         Some(path) => {
             let (info, states) = lockstep_offline::snapshot::read_states(path)
@@ -363,10 +416,12 @@ pub async fn run(args: RunArgs, runtime: &Runtime) -> Result<()> {
             lanes: vec![lane],
             shared: false,
             stream: args.stream,
-            state: args.state,
-            online_store: args.online_store,
+            state: args
+                .state
+                .unwrap_or_else(|| PathBuf::from("lockstep-state")),
+            online_store,
             cache: args.cache.map(|url| (url, args.cache_ttl)),
-            allowed_lateness: args.allowed_lateness,
+            allowed_lateness: args.allowed_lateness.unwrap_or(5_000_000),
             offline_store: args.offline_store,
             start_state: args.start_state,
         },
@@ -871,7 +926,7 @@ pub async fn run_command(cmd: StreamCommand, config: Option<&std::path::Path>) -
     match cmd {
         Command::Run { args, runtime } => {
             init_logging();
-            run(*args, &runtime.runtime()?).await
+            run(*args, &runtime.runtime()?, config).await
         }
         Command::Put {
             plugin,

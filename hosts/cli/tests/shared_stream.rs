@@ -311,6 +311,57 @@ fn one_service_runs_the_three_example_groups_each_equal_to_its_own_batch_run() {
             entity(i)
         );
     }
+    drop(serve);
+
+    // `stream run` in the repository takes what its flags leave out from the file:
+    // the online store, the lateness and a state directory of its own beside the
+    // shared service's. Without a route it reads every record: the other kinds are
+    // its dead letters, and its rows are txn_velocity's golden rows.
+    let out = lockstep_env(
+        &moto,
+        &[
+            "--config",
+            s(&config),
+            "stream",
+            "run",
+            "--plugin",
+            s(&plugin("txn_velocity")),
+            "--stream",
+            "events",
+            "--endpoint-url",
+            &endpoint,
+            "--stop-when-idle",
+            "--drain-on-stop",
+            "--idle-poll",
+            "50ms",
+            "--idle-watermark",
+            "off",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "stream run: {}\n{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    let own = root.join("state").join("events.txn_velocity");
+    let got = read_rows(&own.join("rows.jsonl"), "card_id");
+    let want = read_rows(
+        &repo("golden").join("txn_velocity").join("expected.jsonl"),
+        "card_id",
+    );
+    let cmp = compare("card_id", &got, &want, 5);
+    assert!(
+        cmp.identical(),
+        "stream run: {}",
+        cmp.render("stream run", "golden")
+    );
+    let dead = std::fs::read_to_string(own.join("dead-letters.jsonl")).expect("dead letters");
+    assert!(
+        dead.lines().count() > 100,
+        "the other kinds: {}",
+        dead.len()
+    );
 }
 
 #[test]
@@ -340,6 +391,21 @@ fn lockstep_stream_says_which_stream_when_groups_read_several() {
     let out = lockstep(&["--config", s(&config), "stream", "--kinesis", "three"]);
     assert!(
         text(&out.stderr).contains("no group in") && text(&out.stderr).contains("`three`"),
+        "{}",
+        text(&out.stderr)
+    );
+    // Outside a repository, `stream run` has nowhere to take an online store from.
+    let outside = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_lockstep"))
+        .args(["stream", "run", "--plugin"])
+        .arg(plugin("txn_velocity"))
+        .args(["--stream", "events"])
+        .current_dir(outside.path())
+        .output()
+        .expect("run lockstep");
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("--online-store is needed outside a feature repository"),
         "{}",
         text(&out.stderr)
     );
