@@ -270,8 +270,66 @@ pub async fn backfill(args: BackfillArgs, config_flag: Option<&Path>) -> Result<
 pub struct PlanArgs {
     /// The groups to look at (default: every group).
     pub groups: Vec<String>,
+    /// The Kinesis endpoint the groups' streams are looked up at (default: AWS).
+    #[arg(long)]
+    pub endpoint_url: Option<String>,
+    /// Look nothing up in AWS (the groups' Kinesis streams are not checked).
+    #[arg(long)]
+    pub local: bool,
     #[command(flatten)]
     pub runtime: crate::plugin::RuntimeArgs,
+}
+
+/// What the lookup of a group's Kinesis stream found.
+enum StreamCheck {
+    /// Not looked up (`--local`).
+    Skipped,
+    /// It exists.
+    Found(lockstep_kinesis::StreamSummary),
+    /// No such stream.
+    Missing,
+    /// The lookup failed (no credentials, no network): why.
+    Unknown(String),
+}
+
+/// Looks up each distinct Kinesis stream the groups read, each within 5 s.
+async fn check_streams(
+    planned: &[Planned<'_>],
+    args: &PlanArgs,
+) -> std::collections::BTreeMap<String, StreamCheck> {
+    let mut names: Vec<&str> = planned
+        .iter()
+        .filter_map(|p| p.group.stream.as_ref().map(|s| s.kinesis.as_str()))
+        .collect();
+    names.sort_unstable();
+    names.dedup();
+    let mut out = std::collections::BTreeMap::new();
+    if names.is_empty() {
+        return out;
+    }
+    if args.local {
+        for name in names {
+            out.insert(name.to_owned(), StreamCheck::Skipped);
+        }
+        return out;
+    }
+    let kinesis = lockstep_kinesis::Kinesis::connect(&lockstep_kinesis::KinesisOptions {
+        endpoint: args.endpoint_url.clone(),
+        ..lockstep_kinesis::KinesisOptions::default()
+    })
+    .await;
+    for name in names {
+        let found =
+            tokio::time::timeout(std::time::Duration::from_secs(5), kinesis.describe(name)).await;
+        let check = match found {
+            Ok(Ok(Some(summary))) => StreamCheck::Found(summary),
+            Ok(Ok(None)) => StreamCheck::Missing,
+            Ok(Err(e)) => StreamCheck::Unknown(lockstep_core::ErrorChain(&e).to_string()),
+            Err(_) => StreamCheck::Unknown("no answer within 5 s".into()),
+        };
+        out.insert(name.to_owned(), check);
+    }
+    out
 }
 
 /// What applying the file would do to one group version.
@@ -346,7 +404,11 @@ async fn plan<'a>(
 }
 
 /// Prints a plan, Terraform-style; says whether anything is refused.
-fn print_plan(config: &Config, planned: &[Planned<'_>]) -> bool {
+fn print_plan(
+    config: &Config,
+    planned: &[Planned<'_>],
+    streams: &std::collections::BTreeMap<String, StreamCheck>,
+) -> bool {
     let count = |f: fn(&Change) -> bool| planned.iter().filter(|p| f(&p.change)).count();
     let register = count(|c| matches!(c, Change::Register));
     let unchanged = count(|c| matches!(c, Change::Unchanged { .. }));
@@ -374,12 +436,22 @@ fn print_plan(config: &Config, planned: &[Planned<'_>]) -> bool {
             ),
         }
         if let Some(stream) = &p.group.stream {
+            let found = match streams.get(&stream.kinesis) {
+                Some(StreamCheck::Found(s)) => {
+                    format!(" (exists: {}, {} open shards)", s.status, s.open_shards)
+                }
+                Some(StreamCheck::Missing) => " (not found: create it before `lockstep stream`, \
+                     e.g. `lockstep stream put --create-shards N`)"
+                    .to_owned(),
+                Some(StreamCheck::Unknown(why)) => format!(" (not checked: {why})"),
+                Some(StreamCheck::Skipped) | None => String::new(),
+            };
             match &stream.route {
                 Some(route) => println!(
-                    "      stream: Kinesis stream {}, the records whose `{}` is {:?}",
+                    "      stream: Kinesis stream {}{found}, the records whose `{}` is {:?}",
                     stream.kinesis, route.field, route.equals
                 ),
-                None => println!("      stream: Kinesis stream {}", stream.kinesis),
+                None => println!("      stream: Kinesis stream {}{found}", stream.kinesis),
             }
         }
         if let Some(db) = &config.offline.glue_database {
@@ -394,7 +466,8 @@ pub async fn plan_command(args: PlanArgs, config_flag: Option<&Path>) -> Result<
     let config = required(config_flag)?;
     let runtime = args.runtime.runtime()?;
     let planned = plan(&config, &args.groups, &runtime).await?;
-    if print_plan(&config, &planned) {
+    let streams = check_streams(&planned, &args).await;
+    if print_plan(&config, &planned, &streams) {
         bail!("the plan refuses a changed plugin for a registered version (see above)");
     }
     Ok(())
@@ -407,7 +480,8 @@ pub async fn apply_command(args: PlanArgs, config_flag: Option<&Path>) -> Result
     let config = required(config_flag)?;
     let runtime = args.runtime.runtime()?;
     let planned = plan(&config, &args.groups, &runtime).await?;
-    if print_plan(&config, &planned) {
+    let streams = check_streams(&planned, &args).await;
+    if print_plan(&config, &planned, &streams) {
         bail!("nothing applied: the plan refuses a changed plugin for a registered version");
     }
     let mut registered = 0;

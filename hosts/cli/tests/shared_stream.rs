@@ -133,7 +133,37 @@ fn one_service_runs_the_three_example_groups_each_equal_to_its_own_batch_run() {
     let rest = root.join("rest.jsonl");
     std::fs::write(&first, lines[..lines.len() / 2].join("\n") + "\n").unwrap();
     std::fs::write(&rest, lines[lines.len() / 2..].join("\n") + "\n").unwrap();
+    // `plan` looks the groups' stream up: not there yet, then there.
+    let plan = |expect: &str| {
+        let out = lockstep_env(
+            &moto,
+            &["--config", s(&config), "plan", "--endpoint-url", &endpoint],
+        );
+        assert!(out.status.success(), "plan: {}", text(&out.stderr));
+        let shown = text(&out.stdout);
+        assert_eq!(
+            shown.matches(expect).count(),
+            3,
+            "each group's stream line says {expect:?}:\n{shown}"
+        );
+    };
+    plan("Kinesis stream events (not found: create it");
     put(&first, true);
+    plan("Kinesis stream events (exists: ACTIVE, 4 open shards)");
+    let local = lockstep(&["--config", s(&config), "plan", "--local"]);
+    assert!(
+        local.status.success(),
+        "plan --local: {}",
+        text(&local.stderr)
+    );
+    assert_eq!(
+        text(&local.stdout)
+            .matches("Kinesis stream events, the records")
+            .count(),
+        3,
+        "nothing looked up:\n{}",
+        text(&local.stdout)
+    );
 
     let service = |drain: bool| {
         let mut args = vec![

@@ -165,6 +165,15 @@ fn backoff(attempt: u32) -> Duration {
     Duration::from_millis((base as f64 * jitter) as u64)
 }
 
+/// What [`Kinesis::describe`] tells of a stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamSummary {
+    /// `ACTIVE`, `CREATING`, `UPDATING` or `DELETING`.
+    pub status: String,
+    /// Shards open for writing.
+    pub open_shards: i32,
+}
+
 /// Attempts before a throttled or failing call gives up.
 const ATTEMPTS: u32 = 8;
 
@@ -198,6 +207,29 @@ impl Kinesis {
             .await
             .map_err(|e| call_error("DeleteStream", stream, describe(&e)))?;
         Ok(())
+    }
+
+    /// The stream's status and open shards; `None` when there is no such stream.
+    pub async fn describe(&self, stream: &str) -> Result<Option<StreamSummary>, KinesisError> {
+        match self
+            .client
+            .describe_stream_summary()
+            .stream_name(stream)
+            .send()
+            .await
+        {
+            Ok(out) => Ok(out.stream_description_summary().map(|s| StreamSummary {
+                status: s.stream_status().as_str().to_owned(),
+                open_shards: s.open_shard_count(),
+            })),
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|s| s.is_resource_not_found_exception()) =>
+            {
+                Ok(None)
+            }
+            Err(e) => Err(call_error("DescribeStreamSummary", stream, describe(&e))),
+        }
     }
 
     /// Waits until the stream is active (after creation or resharding).
