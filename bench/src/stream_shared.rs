@@ -206,6 +206,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let started = Instant::now();
         let rows = go()?;
         let wall = started.elapsed().as_secs_f64();
+        // Each variant's logs and stores (several GB) go once it is measured: nine
+        // variants' worth filled the disk.
+        for entry in std::fs::read_dir(work.path())?.flatten() {
+            let name = entry.file_name();
+            if name.to_string_lossy().contains("-") && entry.path().is_dir() {
+                std::fs::remove_dir_all(entry.path())?;
+            }
+        }
         let cpu = match (cpu, process_cpu_seconds()) {
             (Some(a), Some(b)) => format!("{:.2}", (b - a) * 1e6 / total as f64),
             _ => "-".to_owned(),
