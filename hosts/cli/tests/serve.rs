@@ -612,6 +612,23 @@ fn every_answer_is_logged_and_lineage_finds_its_values_plugin_and_offline_rows()
     let (second, head2, _) = http_full(&serve.base, "POST", "/v1/features", None, &ask);
     assert_eq!(second, 200);
     assert!(!head2.contains(&request_id), "each answer has its own id");
+    // A batch logs each of its answers under its own id.
+    let batch = format!(
+        "{{\"requests\":[{{\"group\":\"{0}\",\"entities\":[\"{1}\"]}},\
+         {{\"group\":\"{0}\",\"entities\":[\"{2}\",\"{3}\"]}}]}}",
+        g.name, cards[0], cards[1], cards[2]
+    );
+    let (status, _, batch_body) =
+        http_full(&serve.base, "POST", "/v1/features/batch", None, &batch);
+    assert_eq!(status, 200, "{batch_body}");
+    let batch_answer: Json = serde_json::from_str(&batch_body).expect("json");
+    let batch_ids: Vec<String> = batch_answer["request_ids"]
+        .as_array()
+        .expect("request ids")
+        .iter()
+        .map(|id| id.as_str().expect("an id").to_owned())
+        .collect();
+    assert_eq!(batch_ids.len(), 2, "{batch_body}");
     // A clean stop writes what the log holds.
     let mut serve = serve;
     assert!(
@@ -662,7 +679,26 @@ fn every_answer_is_logged_and_lineage_finds_its_values_plugin_and_offline_rows()
             "{row}"
         );
     }
-    // DuckDB reads the log as it is: 2 answers of 3 entities.
+    // The batch's second answer is found by its own id, with its two entities.
+    let out = lockstep(&[
+        "lineage",
+        &batch_ids[1],
+        "--log",
+        s(&log),
+        "--offline-store",
+        s(&offline),
+        "--json",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let entities: Vec<Json> = text(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str::<Json>(l).expect("json")["entity"].clone())
+        .collect();
+    assert_eq!(
+        entities,
+        [Json::from(cards[1].as_str()), Json::from(cards[2].as_str())]
+    );
+    // DuckDB reads the log as it is: 2 answers of 3 entities, the batch's of 1 and 2.
     let duck = Command::new("python3")
         .args([
             "-c",
@@ -676,7 +712,7 @@ fn every_answer_is_logged_and_lineage_finds_its_values_plugin_and_offline_rows()
         .expect("python3");
     assert_eq!(
         text(&duck.stdout).trim(),
-        "[(6, 2)]",
+        "[(9, 4)]",
         "{}",
         text(&duck.stderr)
     );
