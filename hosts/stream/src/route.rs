@@ -183,21 +183,23 @@ impl Raw<'_> {
             Raw::Str {
                 text,
                 escaped: true,
-            } => {
-                // Rare: decode the escapes as JSON does. The quotes around `text` are
-                // in the record, one byte either side.
-                let mut quoted = Vec::with_capacity(text.len() + 2);
-                quoted.push(b'"');
-                quoted.extend_from_slice(text);
-                quoted.push(b'"');
-                serde_json::from_slice::<String>(&quoted).is_ok_and(|s| s == equals)
-            }
+            } => unescape(text).is_some_and(|s| s == equals),
             Raw::Token(token @ (b"true" | b"false")) => token == equals.as_bytes(),
             // Numbers as serde_json writes them (`1e2` reads as `100.0`).
             Raw::Token(token) => serde_json::from_slice::<serde_json::Number>(token)
                 .is_ok_and(|n| n.to_string() == equals),
         }
     }
+}
+
+/// A string's content with its escapes decoded as JSON does (rare: most keys and
+/// values hold none); `None` when an escape is not valid JSON.
+fn unescape(text: &[u8]) -> Option<String> {
+    let mut quoted = Vec::with_capacity(text.len() + 2);
+    quoted.push(b'"');
+    quoted.extend_from_slice(text);
+    quoted.push(b'"');
+    serde_json::from_slice(&quoted).ok()
 }
 
 /// The skim could not follow the record's structure.
@@ -226,11 +228,7 @@ fn skim_top_level<'a>(
             skim.expect(b':')?;
             let value = skim.value()?;
             let slot = if escaped {
-                let mut quoted = Vec::with_capacity(key.len() + 2);
-                quoted.push(b'"');
-                quoted.extend_from_slice(key);
-                quoted.push(b'"');
-                let key = serde_json::from_slice::<String>(&quoted).map_err(|_| Unskimmable)?;
+                let key = unescape(key).ok_or(Unskimmable)?;
                 fields.iter().position(|f| *f == key)
             } else {
                 fields.iter().position(|f| f.as_bytes() == key)
