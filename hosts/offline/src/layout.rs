@@ -30,7 +30,49 @@ fn civil_from_days(days: i64) -> (i64, u32, u32) {
     (year, month, day)
 }
 
+/// Days since 1970-01-01 of a civil date (the inverse of `civil_from_days`).
+fn days_from_civil(year: i64, month: u32, day: u32) -> i64 {
+    let year = year - i64::from(month <= 2);
+    let era = year.div_euclid(400);
+    let yoe = year.rem_euclid(400);
+    let mp = i64::from((month + 9) % 12);
+    let doy = (153 * mp + 2) / 5 + i64::from(day) - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
 impl Hour {
+    /// The hour's first instant (UTC µs), saturating at the i64 extremes.
+    pub fn start(&self) -> i64 {
+        days_from_civil(self.year, self.month, self.day)
+            .saturating_mul(24)
+            .saturating_add(i64::from(self.hour))
+            .saturating_mul(MICROS_PER_HOUR)
+    }
+
+    /// The hour a data file's path names (`…/year=YYYY/month=MM/day=DD/hour=HH/…`), if
+    /// it names one.
+    pub fn from_path(rel: &str) -> Option<Hour> {
+        let mut parts = rel.split('/').skip_while(|p| !p.starts_with("year="));
+        let mut value = |key: &str| {
+            parts
+                .next()
+                .and_then(|p| p.strip_prefix(key))
+                .and_then(|p| p.strip_prefix('='))
+                .map(str::to_owned)
+        };
+        let year: i64 = value("year")?.parse().ok()?;
+        let month: u32 = value("month")?.parse().ok()?;
+        let day: u32 = value("day")?.parse().ok()?;
+        let hour: u32 = value("hour")?.parse().ok()?;
+        ((1..=12).contains(&month) && (1..=31).contains(&day) && hour < 24).then_some(Hour {
+            year,
+            month,
+            day,
+            hour,
+        })
+    }
+
     /// The hour containing `micros` (UTC microseconds since the epoch).
     pub fn of(micros: i64) -> Hour {
         let hours = micros.div_euclid(MICROS_PER_HOUR);
@@ -94,12 +136,34 @@ mod tests {
         assert!(Hour::of(i64::MAX).year > 290_000);
     }
 
+    #[test]
+    fn a_path_without_a_whole_hour_names_none() {
+        for rel in [
+            "spend/version=1/part-0.parquet",
+            "spend/version=1/year=2024/month=01/day=01/part-0.parquet",
+            "spend/version=1/year=2024/month=13/day=01/hour=00/part-0.parquet",
+            "spend/version=1/year=2024/month=01/day=01/hour=24/part-0.parquet",
+            "spend/version=1/year=x/month=01/day=01/hour=00/part-0.parquet",
+        ] {
+            assert_eq!(Hour::from_path(rel), None, "{rel}");
+        }
+    }
+
     proptest! {
         #[test]
         fn agrees_with_chrono_where_chrono_has_a_date(micros in -8_000_000_000_000_000i64..8_000_000_000_000_000) {
             let t = chrono::DateTime::from_timestamp_micros(micros).expect("in chrono's range");
             let h = Hour::of(micros);
             prop_assert_eq!((h.year, h.month, h.day, h.hour), (i64::from(t.year()), t.month(), t.day(), t.hour()));
+        }
+
+        #[test]
+        fn an_hour_starts_at_its_first_instant_and_its_path_names_it(micros in -8_000_000_000_000_000i64..8_000_000_000_000_000) {
+            let h = Hour::of(micros);
+            prop_assert_eq!(h.start(), micros.div_euclid(MICROS_PER_HOUR) * MICROS_PER_HOUR);
+            prop_assert_eq!(Hour::of(h.start()), h);
+            let path = format!("spend/version=1.0.0/{}/part-0.parquet", h.relative());
+            prop_assert_eq!(Hour::from_path(&path), Some(h));
         }
     }
 }

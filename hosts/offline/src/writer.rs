@@ -110,6 +110,8 @@ pub struct OfflineWriter {
     chunks: BTreeMap<i64, Vec<(usize, PathBuf)>>,
     spills: usize,
     rows: usize,
+    /// Hour indexes written at commit even if no row falls in them.
+    replaced: std::collections::BTreeSet<i64>,
 }
 
 impl std::fmt::Debug for OfflineWriter {
@@ -160,7 +162,20 @@ impl OfflineWriter {
             chunks: BTreeMap::new(),
             spills: 0,
             rows: 0,
+            replaced: std::collections::BTreeSet::new(),
         }
+    }
+
+    /// Makes the hours `hours` part of the commit whether or not a row falls in them:
+    /// one that gets none is written as a file of no rows, which replaces what it held
+    /// as any hour's file does. How a backfill over a window of history empties the
+    /// hours of it whose events are gone.
+    pub fn replace_hours(&mut self, hours: impl IntoIterator<Item = Hour>) {
+        self.replaced.extend(
+            hours
+                .into_iter()
+                .map(|h| h.start().div_euclid(MICROS_PER_HOUR)),
+        );
     }
 
     /// Rows accepted so far.
@@ -435,6 +450,9 @@ impl OfflineWriter {
         for (hour, batches) in std::mem::take(&mut self.buffer) {
             hours.entry(hour).or_default().1 = batches;
         }
+        for hour in std::mem::take(&mut self.replaced) {
+            hours.entry(hour).or_default();
+        }
         let work: Vec<_> = hours.into_iter().collect();
         let encoder = PartEncoder::new(stored_schema(&self.group.manifest)).map_err(|source| {
             OfflineError::Parquet {
@@ -611,7 +629,12 @@ impl OfflineWriter {
             sources.entry(*source).or_default().push(batch.clone());
         }
         let sources: Vec<Vec<RecordBatch>> = sources.into_values().collect();
-        let data = self.deterministic_order(&sources)?;
+        let data = if sources.is_empty() {
+            // An hour replaced by nothing (`replace_hours`).
+            RecordBatch::new_empty(self.held.clone())
+        } else {
+            self.deterministic_order(&sources)?
+        };
         drop(sources);
         let n = data.num_rows();
         let mut columns: Vec<ArrayRef> = data.columns().to_vec();

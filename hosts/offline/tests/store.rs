@@ -194,6 +194,49 @@ async fn a_rerun_replaces_the_hours_it_touches_and_leaves_the_rest() {
 }
 
 #[tokio::test]
+async fn replaced_hours_without_rows_are_emptied_and_the_others_kept() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = OfflineStore::open(dir.path()).expect("open");
+    let m = manifest("1.0.0");
+    let group = store.register(&m, "h", 0).await.expect("register");
+    let history = rows(
+        &m,
+        &[
+            ("a", T0, 1.0),
+            ("a", T0 + HOUR, 2.0),
+            ("a", T0 + 2 * HOUR, 3.0),
+        ],
+    );
+    store.write(&group, &[history], 1).await.expect("write");
+    // A re-run over hours 1 and 2 whose source no longer has hour 1's event.
+    let mut writer = store.writer(&group, 2, Default::default());
+    writer
+        .write(&rows(&m, &[("a", T0 + 2 * HOUR, 7.0)]))
+        .expect("rows");
+    writer.replace_hours([
+        lockstep_offline::layout::Hour::of(T0 + HOUR),
+        lockstep_offline::layout::Hour::of(T0 + 2 * HOUR + 5),
+    ]);
+    let summary = writer.commit().await.expect("commit");
+    assert_eq!(summary.rows, 1);
+    assert_eq!(summary.hours.len(), 2, "{:?}", summary.hours);
+    assert_eq!(
+        totals(&store.read("spend", "1.0.0").await.expect("read")),
+        vec![1.0, 7.0],
+        "hour 0 kept, hour 1 emptied, hour 2 replaced"
+    );
+    assert_eq!(
+        store
+            .partition_files("spend", "1.0.0")
+            .await
+            .expect("files")
+            .len(),
+        3,
+        "the emptied hour is a file of no rows, as readers of the layout expect"
+    );
+}
+
+#[tokio::test]
 async fn a_version_is_bound_to_one_plugin_hash() {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = OfflineStore::open(dir.path()).expect("open");
