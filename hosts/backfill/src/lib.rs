@@ -11,8 +11,9 @@
 //! ([`Ran::output`]) and can keep them somewhere before anything is visible.
 
 use futures::FutureExt;
-use lockstep_batch::{BatchError, BatchJob, BatchOutput};
+use lockstep_batch::{BatchError, BatchJob, BatchOutput, TimeWindow};
 use lockstep_offline::journal::{Recovered, WriteLock};
+use lockstep_offline::layout::Hour;
 use lockstep_offline::{
     GroupVersion, OfflineError, OfflineStore, OfflineWriter, WriteSummary, WriterOptions,
 };
@@ -127,6 +128,28 @@ pub enum BackfillError {
         plugin_failures: usize,
         /// The first: its entity and the plugin's message.
         example: String,
+    },
+    /// A window of history whose ends are not on the hour: its edge hours would be
+    /// replaced by part of their rows.
+    #[error(
+        "the window's {end} {at} is not on the hour: a backfill over a window replaces \
+         whole hour partitions, so both ends must be on the hour (e.g. {floor})"
+    )]
+    WindowNotOnTheHour {
+        /// `--from` or `--to`.
+        end: &'static str,
+        /// The instant given (RFC 3339).
+        at: String,
+        /// Its hour's start (RFC 3339).
+        floor: String,
+    },
+    /// A window whose start is not before its end.
+    #[error("the window [{from}, {to}) is empty: its start must be before its end")]
+    EmptyWindow {
+        /// Its start (RFC 3339).
+        from: String,
+        /// Its end (RFC 3339).
+        to: String,
     },
     /// A library reading the source panicked (damaged input, most likely).
     #[error(
@@ -293,6 +316,13 @@ impl<'a> Prepared<'a> {
             }
         };
         let job = &job;
+        let window_hours = match self.window_hours(job.window).await {
+            Ok(hours) => hours,
+            Err(e) => {
+                self.release().await;
+                return Err(e);
+            }
+        };
         let mut writer = self.store.writer(
             &self.group,
             self.now,
@@ -306,6 +336,8 @@ impl<'a> Prepared<'a> {
                 ..WriterOptions::default()
             },
         );
+        // Every hour of the window is replaced, those that get no row now too.
+        writer.replace_hours(window_hours);
         let run = std::panic::AssertUnwindSafe(lockstep_batch::run(job, self.plugin, &mut writer))
             .catch_unwind()
             .await;
@@ -327,6 +359,55 @@ impl<'a> Prepared<'a> {
                 Err(e)
             }
         }
+    }
+
+    /// For a job over a window of history: checks its ends are on the hour and lists
+    /// the hours inside it that hold rows now. Empty for a job over all of history.
+    async fn window_hours(&self, window: TimeWindow) -> Result<Vec<Hour>, BackfillError> {
+        if window == TimeWindow::default() {
+            return Ok(Vec::new());
+        }
+        let rfc3339 = |t: i64| {
+            chrono::DateTime::from_timestamp_micros(t)
+                .map_or_else(|| format!("{t} µs"), |t| t.to_rfc3339())
+        };
+        for (end, at) in [("--from", window.from), ("--to", window.to)] {
+            if let Some(at) = at
+                && Hour::of(at).start() != at
+            {
+                return Err(BackfillError::WindowNotOnTheHour {
+                    end,
+                    at: rfc3339(at),
+                    floor: rfc3339(Hour::of(at).start()),
+                });
+            }
+        }
+        if let (Some(from), Some(to)) = (window.from, window.to)
+            && from >= to
+        {
+            return Err(BackfillError::EmptyWindow {
+                from: rfc3339(from),
+                to: rfc3339(to),
+            });
+        }
+        let held: Vec<Hour> = match &self.commit {
+            Commit::Plain => self
+                .store
+                .partition_files(&self.group.name, &self.group.version)
+                .await?
+                .iter()
+                .filter_map(|rel| Hour::from_path(rel))
+                .collect(),
+            Commit::Delta { backfill, .. } => backfill
+                .read_hours()
+                .into_iter()
+                .filter_map(Hour::from_path)
+                .collect(),
+        };
+        Ok(held
+            .into_iter()
+            .filter(|h| window.holds(h.start()))
+            .collect())
     }
 
     /// The boundary of this group version in the ledger, if there is a ledger.

@@ -426,3 +426,229 @@ async fn a_backfill_honours_the_erasure_ledger_as_if_the_erased_events_were_neve
             .exists()
     );
 }
+
+const HOUR: i64 = 3_600_000_000;
+
+/// Every stored row of `store` as (event time, JSON text with its write time), sorted.
+async fn stored_with_times(store: &OfflineStore) -> Vec<(i64, String)> {
+    let mut out = Vec::new();
+    for batch in store.read("txn_velocity", "1.0.0").await.expect("read") {
+        let times = arrow_array::cast::AsArray::as_primitive::<
+            arrow_array::types::TimestampMicrosecondType,
+        >(batch.column_by_name("event_time").expect("event_time"))
+        .clone();
+        for row in 0..batch.num_rows() {
+            let json = lockstep_core::rows::row_json(&batch, row);
+            out.push((
+                times.value(row),
+                serde_json::Value::Object(json).to_string(),
+            ));
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Rows of `rows` inside (or outside) `[from, to)`, the write-time columns dropped
+/// when `stamped` is false.
+fn select(rows: &[(i64, String)], from: i64, to: i64, inside: bool, stamped: bool) -> Vec<String> {
+    let mut out: Vec<String> = rows
+        .iter()
+        .filter(|(t, _)| (from <= *t && *t < to) == inside)
+        .map(|(_, json)| {
+            if stamped {
+                return json.clone();
+            }
+            let mut v: serde_json::Map<String, serde_json::Value> =
+                serde_json::from_str(json).expect("json");
+            v.remove("write_time");
+            v.remove("api_invocation_time");
+            serde_json::Value::Object(v).to_string()
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+async fn backfill(
+    store: &OfflineStore,
+    format: TableFormat,
+    job: &BatchJob,
+    now: i64,
+) -> Result<lockstep_backfill::Report, BackfillError> {
+    let ran = Backfill::prepare(
+        store,
+        &plugin().1,
+        BackfillOptions::new(format, "window"),
+        now,
+    )
+    .await?
+    .run(job)
+    .await?;
+    ran.commit().await
+}
+
+/// A backfill over `[from, to)` of a store whose history was written from other
+/// events: inside the window it holds exactly the full run's rows over the true
+/// events (timer rows too, with each entity's state from the history before `from`,
+/// and an hour whose events are gone emptied), and outside it what it held before,
+/// untouched (write times and all). Both layouts.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_backfill_over_a_window_replaces_exactly_its_hours_with_the_full_runs_rows() {
+    for format in [TableFormat::Plain, TableFormat::Delta] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let generated = lockstep_gen::transactions(3_000, 20, 11).to_json_lines();
+        let ts = |line: &str| -> i64 {
+            serde_json::from_str::<serde_json::Value>(line).expect("json")["ts"]
+                .as_i64()
+                .expect("ts")
+        };
+        let mut times: Vec<i64> = generated.lines().map(ts).collect();
+        times.sort();
+        let floor = |t: i64| t.div_euclid(HOUR) * HOUR;
+        let (from, to) = (
+            floor(times[times.len() / 3]),
+            floor(times[2 * times.len() / 3]),
+        );
+        // The truth has no event in one hour of the window; the history first written
+        // was computed from events with that hour and other amounts in the window.
+        let gone = floor(times[times.len() / 2]);
+        let truth: String = generated
+            .lines()
+            .filter(|l| floor(ts(l)) != gone)
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let first: String = generated
+            .lines()
+            .map(|l| {
+                let mut v: serde_json::Value = serde_json::from_str(l).expect("json");
+                if (from..to).contains(&ts(l)) {
+                    v["amount"] = serde_json::json!(v["amount"].as_f64().unwrap_or(0.0) * 3.0);
+                }
+                format!("{v}\n")
+            })
+            .collect();
+        let (truth_path, first_path) = (
+            dir.path().join("truth.jsonl"),
+            dir.path().join("first.jsonl"),
+        );
+        std::fs::write(&truth_path, truth).expect("write");
+        std::fs::write(&first_path, first).expect("write");
+
+        let reference = store(&dir.path().join("reference"));
+        backfill(&reference, format, &job(&truth_path), 1)
+            .await
+            .expect("reference");
+        let store = store(dir.path());
+        backfill(&store, format, &job(&first_path), 1)
+            .await
+            .expect("first history");
+        let before = stored_with_times(&store).await;
+        assert!(
+            before.iter().any(|(t, _)| floor(*t) == gone),
+            "the first history has rows in the hour that is gone"
+        );
+
+        let windowed = BatchJob {
+            window: lockstep_batch::TimeWindow {
+                from: Some(from),
+                to: Some(to),
+            },
+            ..job(&truth_path)
+        };
+        let report = backfill(&store, format, &windowed, 2)
+            .await
+            .expect("window");
+        let after = stored_with_times(&store).await;
+        let expected = select(&stored_with_times(&reference).await, from, to, true, false);
+        assert!(
+            expected.len() > 100,
+            "{} rows in the window",
+            expected.len()
+        );
+        assert_eq!(
+            select(&after, from, to, true, false),
+            expected,
+            "{format:?}: the window holds the full run's rows"
+        );
+        assert_eq!(report.written.rows, expected.len());
+        assert_eq!(
+            select(&after, from, to, false, true),
+            select(&before, from, to, false, true),
+            "{format:?}: outside the window nothing changed"
+        );
+        // The hour whose events are gone holds what the full run puts there (wake-up
+        // rows at most), not the rows the first history's events made.
+        let in_gone = |rows: &[(i64, String)]| select(rows, gone, gone + HOUR, true, false);
+        assert_eq!(
+            in_gone(&after),
+            in_gone(&stored_with_times(&reference).await),
+            "{format:?}"
+        );
+        assert_ne!(
+            in_gone(&before),
+            in_gone(&after),
+            "{format:?}: the hour changed"
+        );
+        let progress = &windowed.progress;
+        let left_out = progress
+            .after_window
+            .load(std::sync::atomic::Ordering::Relaxed);
+        let computed = progress
+            .before_window
+            .load(std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(
+            left_out as usize,
+            std::fs::read_to_string(&truth_path)
+                .expect("truth")
+                .lines()
+                .filter(|l| ts(l) >= to)
+                .count(),
+            "{format:?}: every event at or after --to left out, and only those"
+        );
+        assert!(
+            computed > 0,
+            "{format:?}: the history before --from was run"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_window_off_the_hour_or_empty_is_refused_before_anything_is_written() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (store, events) = (store(dir.path()), events(dir.path(), 200, 0));
+    let at = 1_704_067_200_000_000; // 2024-01-01T00:00:00Z
+    for (window, says) in [
+        (
+            (Some(at + 1), None),
+            "--from 2024-01-01T00:00:00.000001+00:00 is not on the hour",
+        ),
+        (
+            (None, Some(at + HOUR / 2)),
+            "--to 2024-01-01T00:30:00+00:00 is not on the hour",
+        ),
+        ((Some(at + HOUR), Some(at)), "is empty"),
+        ((Some(at), Some(at)), "is empty"),
+    ] {
+        let job = BatchJob {
+            window: lockstep_batch::TimeWindow {
+                from: window.0,
+                to: window.1,
+            },
+            ..job(&events)
+        };
+        let err = backfill(&store, TableFormat::Plain, &job, 1)
+            .await
+            .expect_err("refused");
+        assert!(err.to_string().contains(says), "{err}");
+        assert!(!lock_file(dir.path()).exists(), "the lock is given back");
+        assert!(
+            store
+                .versions("txn_velocity")
+                .await
+                .expect("versions")
+                .is_empty(),
+            "nothing written"
+        );
+    }
+}

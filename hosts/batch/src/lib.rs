@@ -54,7 +54,7 @@ use lockstep_core::conform::{SourceKind, conform_bounded};
 use lockstep_core::key::StateMap;
 use lockstep_core::order::{order_fields, sort_columns, with_order_columns};
 use lockstep_core::rows::row_json;
-use lockstep_core::schema::input_schema;
+use lockstep_core::schema::{EVENT_TIME, input_schema};
 use lockstep_executor::RunStats;
 use lockstep_offline::{S3Options, parse_s3_url};
 use lockstep_runtime::Plugin;
@@ -154,6 +154,29 @@ pub struct BatchJob {
     /// of the input, its latest event time (rejects and erased events aside), which
     /// the stream host reaches when it drains the same events.
     pub fire_until: Option<i64>,
+    /// The part of history the job writes (`lockstep backfill --from/--to`): the
+    /// plugin sees every event before its end, so each entity's state at its start is
+    /// the full history's, and only rows inside it reach the sink. Events at or after
+    /// its end are left out (counted, not rejected); a plugin with timers is woken up
+    /// to its end unless `fire_until` says otherwise. Default: all of history.
+    pub window: TimeWindow,
+}
+
+/// A half-open span of event time, `[from, to)` in UTC µs, either end open when
+/// `None`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TimeWindow {
+    /// The first instant written.
+    pub from: Option<i64>,
+    /// The first instant not read nor written.
+    pub to: Option<i64>,
+}
+
+impl TimeWindow {
+    /// Whether `t` falls inside.
+    pub fn holds(&self, t: i64) -> bool {
+        self.from.is_none_or(|from| t >= from) && self.to.is_none_or(|to| t < to)
+    }
 }
 
 impl BatchJob {
@@ -182,6 +205,7 @@ impl BatchJob {
             latest_event_time: None,
             erasures: Arc::default(),
             fire_until: None,
+            window: TimeWindow::default(),
         }
     }
 }
@@ -255,6 +279,10 @@ pub struct Progress {
     pub rows_written: AtomicU64,
     /// Source rows rejected.
     pub rejected: AtomicU64,
+    /// Source events at or after the job's window ([`BatchJob::window`]): left out.
+    pub after_window: AtomicU64,
+    /// Rows the plugin emitted before the job's window: computed, not written.
+    pub before_window: AtomicU64,
 }
 
 impl Progress {
@@ -448,6 +476,8 @@ struct ConformedPartition {
     rejects: Arc<Mutex<Vec<SourceReject>>>,
     progress: Arc<Progress>,
     latest_event_time: Option<i64>,
+    /// Events at or after this instant are left out (the end of the job's window).
+    events_before: Option<i64>,
     /// Where the latest event time is observed, with the erasures it leaves aside.
     end_of_input: Option<(Arc<EndOfInput>, Arc<lockstep_core::Erasures>)>,
 }
@@ -466,6 +496,7 @@ impl PartitionStream for ConformedPartition {
         let (rejects, kind) = (self.rejects.clone(), self.kind);
         let (progress, latest) = (self.progress.clone(), self.latest_event_time);
         let end_of_input = self.end_of_input.clone();
+        let events_before = self.events_before;
         let key_col = manifest.input_index(&manifest.entity_key).unwrap_or(0);
         let time_col = manifest.input_index(&manifest.event_time).unwrap_or(0);
         let stream = match self.source.execute(self.partition, ctx) {
@@ -495,6 +526,20 @@ impl PartitionStream for ConformedPartition {
                     reason: r.reason,
                 }));
             }
+            let conformed = match events_before {
+                Some(to) => {
+                    let kept = before(&conformed, time_col, to)
+                        .map_err(|e| DataFusionError::Execution(e.to_string()))?;
+                    let left_out = conformed.num_rows() - kept.num_rows();
+                    if left_out > 0 {
+                        progress
+                            .after_window
+                            .fetch_add(left_out as u64, Ordering::Relaxed);
+                    }
+                    kept
+                }
+                None => conformed,
+            };
             if let Some((end, erasures)) = &end_of_input {
                 end.observe_batch(&conformed, key_col, time_col, erasures);
             }
@@ -503,6 +548,36 @@ impl PartitionStream for ConformedPartition {
         });
         Box::pin(RecordBatchStreamAdapter::new(self.output.clone(), mapped))
     }
+}
+
+/// The rows of `batch` whose time (column `time_col`, as µs) is in `keep`; a row
+/// without a time is kept (the shared rules have already rejected such an event).
+fn rows_timed(
+    batch: &RecordBatch,
+    time_col: usize,
+    keep: impl Fn(i64) -> bool,
+) -> Result<RecordBatch, arrow_schema::ArrowError> {
+    use datafusion::arrow::array::{Array, AsArray, BooleanArray};
+    use datafusion::arrow::datatypes::Int64Type;
+    let times =
+        datafusion::arrow::compute::cast(batch.column(time_col).as_ref(), &DataType::Int64)?;
+    let times = times.as_primitive::<Int64Type>();
+    if (0..times.len()).all(|i| times.is_null(i) || keep(times.value(i))) {
+        return Ok(batch.clone());
+    }
+    let mask: BooleanArray = (0..times.len())
+        .map(|i| Some(times.is_null(i) || keep(times.value(i))))
+        .collect();
+    datafusion::arrow::compute::filter_record_batch(batch, &mask)
+}
+
+/// The events of `batch` before `to`.
+fn before(
+    batch: &RecordBatch,
+    time_col: usize,
+    to: i64,
+) -> Result<RecordBatch, arrow_schema::ArrowError> {
+    rows_timed(batch, time_col, |t| t < to)
 }
 
 /// The listing URL of a source: a path, a directory or a glob, local or `s3://`.
@@ -672,6 +747,7 @@ fn conformed_source(
                     rejects: rejects.clone(),
                     progress: job.progress.clone(),
                     latest_event_time: job.latest_event_time,
+                    events_before: job.window.to,
                     end_of_input: end_of_input.clone().map(|end| (end, job.erasures.clone())),
                 }) as Arc<dyn PartitionStream>
             })
@@ -731,6 +807,13 @@ pub async fn run(
     let output = order_schema(&manifest);
     // A plugin with timers wakes each entity, after its last event, up to the end of
     // the input unless the job says where.
+    // A window's end is the end of the input the plugin sees.
+    let job = &BatchJob {
+        fire_until: job
+            .fire_until
+            .or(job.window.to.map(|to| to.saturating_sub(1))),
+        ..job.clone()
+    };
     let end_of_input = (manifest.timer_resolution.is_some() && job.fire_until.is_none())
         .then(|| Arc::new(EndOfInput::default()));
     let fire_until = match (&end_of_input, job.fire_until) {
@@ -801,6 +884,12 @@ pub async fn run(
         }));
     }
     drop(rows_tx);
+    // Rows before the window are the plugin's warm-up: computed, never written.
+    let rows_time_col = job.window.from.and_then(|_| {
+        lockstep_core::schema::row_schema(&manifest)
+            .index_of(EVENT_TIME)
+            .ok()
+    });
     let mut sink_result = Ok(());
     while let Some((partition, rows)) = rows_rx.recv().await {
         let rows = match rows {
@@ -810,6 +899,25 @@ pub async fn run(
                 break;
             }
         };
+        let rows = match (job.window.from, rows_time_col) {
+            (Some(from), Some(time_col)) => match rows_timed(&rows, time_col, |t| t >= from) {
+                Ok(kept) => {
+                    let dropped = (rows.num_rows() - kept.num_rows()) as u64;
+                    job.progress
+                        .before_window
+                        .fetch_add(dropped, Ordering::Relaxed);
+                    kept
+                }
+                Err(e) => {
+                    sink_result = Err(BatchError::DataFusion(e.into()));
+                    break;
+                }
+            },
+            _ => rows,
+        };
+        if rows.num_rows() == 0 {
+            continue;
+        }
         let n = rows.num_rows() as u64;
         if let Err(e) = tokio::task::block_in_place(|| sink.write_partition(partition, &rows)) {
             sink_result = Err(e);

@@ -32,6 +32,10 @@ pub struct RunArgs {
     /// For a plugin with timers: the input ends just before this instant (µs), and
     /// entities are woken up to it; `None`: up to the input's latest event time.
     pub end_at: Option<i64>,
+    /// The part of history written (`--from`/`--to`): the plugin runs over every
+    /// event before its end, only rows inside it are written, and every hour inside
+    /// it is replaced.
+    pub window: lockstep_batch::TimeWindow,
     /// How the group version is kept.
     pub table_format: TableFormat,
     /// Where the commit is recorded.
@@ -68,6 +72,11 @@ pub fn parse_size(text: &str) -> Result<usize, String> {
         .ok()
         .filter(|bytes| *bytes < usize::MAX)
         .ok_or_else(|| format!("`{text}` is larger than this machine can address"))
+}
+
+/// An instant as RFC 3339 (µs as a number when it has no date).
+fn rfc3339(t: i64) -> String {
+    chrono::DateTime::from_timestamp_micros(t).map_or_else(|| format!("{t} µs"), |t| t.to_rfc3339())
 }
 
 /// Peak resident memory of this process, from /proc (Linux), in bytes.
@@ -149,8 +158,10 @@ pub async fn run(args: RunArgs, runtime: &Runtime) -> Result<()> {
         keep_states: args.state_out.is_some(),
         latest_event_time: Some(now.saturating_add(args.max_future)),
         fire_until: args.end_at.map(|end| end.saturating_sub(1)),
+        window: args.window,
         ..BatchJob::new(args.plugin.to_string_lossy(), args.source.clone(), format)
     };
+    let job_progress = job.progress.clone();
     let display = ProgressDisplay::start(job.progress.clone());
     let ran = prepared.run(&job).await;
     display.finish();
@@ -269,6 +280,27 @@ pub async fn run(args: RunArgs, runtime: &Runtime) -> Result<()> {
                 .as_str()
                 .unwrap_or_default(),
             s.wake_rows
+        );
+    }
+    let (after, before) = (
+        job_progress
+            .after_window
+            .load(std::sync::atomic::Ordering::Relaxed),
+        job_progress
+            .before_window
+            .load(std::sync::atomic::Ordering::Relaxed),
+    );
+    if let Some(to) = args.window.to {
+        println!(
+            "  window     up to {}: {after} events at or after it left out",
+            rfc3339(to)
+        );
+    }
+    if let Some(from) = args.window.from {
+        println!(
+            "  window     from {}: {before} rows before it computed (the entities' history), \
+             not written; every hour from it on replaced",
+            rfc3339(from)
         );
     }
     if out.erased > 0 {
@@ -505,8 +537,17 @@ pub enum Command {
         /// to the input's latest event time). For a hand-off, the instant the stream
         /// goes on from (`stream run --start-at`), so the backfill's rows are exactly
         /// those before it. The source should hold no event at or after it.
-        #[arg(long, value_parser = crate::stream::parse_instant)]
+        #[arg(long, value_parser = crate::stream::parse_instant, conflicts_with = "to")]
         end_at: Option<i64>,
+        /// Write only rows at or after this instant (RFC 3339, on the hour): the plugin
+        /// still runs over the history before it, so each entity's state is exact, and
+        /// every hour from it on (up to `--to`) is replaced, emptied if it gets no row.
+        #[arg(long, value_parser = crate::stream::parse_instant)]
+        from: Option<i64>,
+        /// Read and write only events before this instant (RFC 3339, on the hour);
+        /// later events are left out, and entities are woken up to it.
+        #[arg(long, value_parser = crate::stream::parse_instant)]
+        to: Option<i64>,
         /// How the group version is kept: `plain` (one Parquet file per hour, each hour
         /// replaced atomically) or `delta` (a Delta Lake table: the whole backfill is one
         /// commit, concurrent jobs are serialised, old versions stay readable).
@@ -554,6 +595,8 @@ pub async fn run_command(cmd: Command) -> Result<()> {
             rejects,
             max_future,
             end_at,
+            from,
+            to,
             table_format,
             runtime,
             audit,
@@ -585,6 +628,7 @@ pub async fn run_command(cmd: Command) -> Result<()> {
                     rejects,
                     max_future,
                     end_at,
+                    window: lockstep_batch::TimeWindow { from, to },
                     table_format,
                     audit,
                     erasures,

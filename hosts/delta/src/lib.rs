@@ -429,6 +429,12 @@ impl Backfill {
         self.read_version
     }
 
+    /// The hours holding data when the job began (`year=…/month=…/day=…/hour=…`), each
+    /// once.
+    pub fn read_hours(&self) -> BTreeSet<&str> {
+        self.read_files.values().map(String::as_str).collect()
+    }
+
     /// Makes `parts` (files the offline writer put under the table's folder, paths
     /// relative to the store root; the folder is `table_rel` below it) the content of
     /// their hours in one commit: adds them, removes what those hours held. Creates the
