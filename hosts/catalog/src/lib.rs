@@ -58,6 +58,17 @@ pub struct Registered {
     pub partitions_existing: usize,
 }
 
+/// A group's table as the catalog holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TableSummary {
+    /// `database.table`.
+    pub table: String,
+    /// Where its data is.
+    pub location: Option<String>,
+    /// The group version written last (the table's columns are its), if recorded.
+    pub latest_version: Option<String>,
+}
+
 /// A Glue Data Catalog database.
 #[derive(Debug, Clone)]
 pub struct GlueCatalog {
@@ -227,6 +238,42 @@ impl GlueCatalog {
             partitions_added: added,
             partitions_existing: existing,
         })
+    }
+
+    /// `group`'s table (named after the group, as [`register`](Self::register) names
+    /// it), or `None` when the database or the table does not exist.
+    pub async fn table(&self, group: &str) -> Result<Option<TableSummary>, CatalogError> {
+        let table = group.to_ascii_lowercase();
+        let target = format!("{}.{table}", self.database);
+        match self
+            .client
+            .get_table()
+            .database_name(&self.database)
+            .name(&table)
+            .send()
+            .await
+        {
+            Ok(out) => Ok(Some(TableSummary {
+                table: target,
+                location: out
+                    .table()
+                    .and_then(|t| t.storage_descriptor())
+                    .and_then(|d| d.location())
+                    .map(str::to_owned),
+                latest_version: out
+                    .table()
+                    .and_then(|t| t.parameters())
+                    .and_then(|p| p.get("lockstep.latest_version"))
+                    .cloned(),
+            })),
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|s| s.is_entity_not_found_exception()) =>
+            {
+                Ok(None)
+            }
+            Err(e) => Err(glue_error("GetTable", &target)(describe(&e))),
+        }
     }
 
     async fn ensure_database(&self) -> Result<(), CatalogError> {

@@ -158,6 +158,15 @@ pub struct BackfillArgs {
     /// afterwards (a SageMaker one is never loaded here: `lockstep materialize`).
     #[arg(long)]
     pub no_materialize: bool,
+    /// Write only rows at or after this instant (RFC 3339, on the hour). The plugin
+    /// still runs over the history before it, so each entity's state there is exact;
+    /// every hour from it on (up to `--to`) is replaced, emptied if it gets no row.
+    #[arg(long, value_parser = crate::stream::parse_instant)]
+    pub from: Option<i64>,
+    /// Read and write only events before this instant (RFC 3339, on the hour); later
+    /// events are left out, and entities are woken up to it.
+    #[arg(long, value_parser = crate::stream::parse_instant)]
+    pub to: Option<i64>,
 }
 
 /// Backfills the groups asked for (or every group with a batch source), one after the
@@ -224,6 +233,10 @@ pub async fn backfill(args: BackfillArgs, config_flag: Option<&Path>) -> Result<
                 rejects: None,
                 max_future: 3_600_000_000,
                 end_at: None,
+                window: lockstep_batch::TimeWindow {
+                    from: args.from,
+                    to: args.to,
+                },
                 table_format: match config.offline.table_format {
                     lockstep_config::TableFormat::Plain => crate::offline::TableFormat::Plain,
                     lockstep_config::TableFormat::Delta => crate::offline::TableFormat::Delta,
@@ -246,7 +259,10 @@ pub async fn backfill(args: BackfillArgs, config_flag: Option<&Path>) -> Result<
             if let Err(e) = materialize(
                 &config,
                 &groups,
-                lockstep_materialize::Window::default(),
+                lockstep_materialize::Window {
+                    from: args.from,
+                    to: args.to,
+                },
                 &online,
                 config.cache.as_ref(),
             )
@@ -270,66 +286,98 @@ pub async fn backfill(args: BackfillArgs, config_flag: Option<&Path>) -> Result<
 pub struct PlanArgs {
     /// The groups to look at (default: every group).
     pub groups: Vec<String>,
-    /// The Kinesis endpoint the groups' streams are looked up at (default: AWS).
+    /// The AWS endpoint the groups' Kinesis streams and Glue tables are looked up at
+    /// (default: AWS's, or AWS_ENDPOINT_URL).
     #[arg(long)]
     pub endpoint_url: Option<String>,
-    /// Look nothing up in AWS (the groups' Kinesis streams are not checked).
+    /// Look nothing up in AWS (the groups' Kinesis streams and Glue tables are not
+    /// checked).
     #[arg(long)]
     pub local: bool,
     #[command(flatten)]
     pub runtime: crate::plugin::RuntimeArgs,
 }
 
-/// What the lookup of a group's Kinesis stream found.
-enum StreamCheck {
+/// What looking a thing up in AWS found.
+enum Lookup<T> {
     /// Not looked up (`--local`).
     Skipped,
     /// It exists.
-    Found(lockstep_kinesis::StreamSummary),
-    /// No such stream.
+    Found(T),
+    /// It does not.
     Missing,
     /// The lookup failed (no credentials, no network): why.
     Unknown(String),
 }
 
-/// Looks up each distinct Kinesis stream the groups read, each within 5 s.
-async fn check_streams(
-    planned: &[Planned<'_>],
-    args: &PlanArgs,
-) -> std::collections::BTreeMap<String, StreamCheck> {
+impl<T> Lookup<T> {
+    /// The outcome of a lookup given 5 s.
+    async fn within_5s<E: std::error::Error + 'static>(
+        lookup: impl std::future::Future<Output = Result<Option<T>, E>>,
+    ) -> Self {
+        match tokio::time::timeout(std::time::Duration::from_secs(5), lookup).await {
+            Ok(Ok(Some(found))) => Lookup::Found(found),
+            Ok(Ok(None)) => Lookup::Missing,
+            Ok(Err(e)) => Lookup::Unknown(lockstep_core::ErrorChain(&e).to_string()),
+            Err(_) => Lookup::Unknown("no answer within 5 s".into()),
+        }
+    }
+}
+
+/// What `plan` found in AWS: each distinct Kinesis stream the groups read, and each
+/// group's Glue table (by group name) when `[offline]` names a Glue database.
+struct Lookups {
+    streams: std::collections::BTreeMap<String, Lookup<lockstep_kinesis::StreamSummary>>,
+    tables: std::collections::BTreeMap<String, Lookup<lockstep_catalog::TableSummary>>,
+}
+
+/// Looks up the groups' streams and Glue tables, each within 5 s (`--local`: none).
+async fn look_up(config: &Config, planned: &[Planned<'_>], args: &PlanArgs) -> Lookups {
     let mut names: Vec<&str> = planned
         .iter()
         .filter_map(|p| p.group.stream.as_ref().map(|s| s.kinesis.as_str()))
         .collect();
     names.sort_unstable();
     names.dedup();
-    let mut out = std::collections::BTreeMap::new();
-    if names.is_empty() {
-        return out;
-    }
+    let mut found = Lookups {
+        streams: std::collections::BTreeMap::new(),
+        tables: std::collections::BTreeMap::new(),
+    };
+    let database = config.offline.glue_database.as_deref();
     if args.local {
         for name in names {
-            out.insert(name.to_owned(), StreamCheck::Skipped);
+            found.streams.insert(name.to_owned(), Lookup::Skipped);
         }
-        return out;
+        if database.is_some() {
+            for p in planned {
+                found.tables.insert(p.group.name.clone(), Lookup::Skipped);
+            }
+        }
+        return found;
     }
-    let kinesis = lockstep_kinesis::Kinesis::connect(&lockstep_kinesis::KinesisOptions {
-        endpoint: args.endpoint_url.clone(),
-        ..lockstep_kinesis::KinesisOptions::default()
-    })
-    .await;
-    for name in names {
-        let found =
-            tokio::time::timeout(std::time::Duration::from_secs(5), kinesis.describe(name)).await;
-        let check = match found {
-            Ok(Ok(Some(summary))) => StreamCheck::Found(summary),
-            Ok(Ok(None)) => StreamCheck::Missing,
-            Ok(Err(e)) => StreamCheck::Unknown(lockstep_core::ErrorChain(&e).to_string()),
-            Err(_) => StreamCheck::Unknown("no answer within 5 s".into()),
+    if !names.is_empty() {
+        let kinesis = lockstep_kinesis::Kinesis::connect(&lockstep_kinesis::KinesisOptions {
+            endpoint: args.endpoint_url.clone(),
+            ..lockstep_kinesis::KinesisOptions::default()
+        })
+        .await;
+        for name in names {
+            let lookup = Lookup::within_5s(kinesis.describe(name)).await;
+            found.streams.insert(name.to_owned(), lookup);
+        }
+    }
+    if let Some(database) = database {
+        let aws = lockstep_aws::AwsOptions {
+            endpoint: args.endpoint_url.clone(),
+            ..lockstep_aws::AwsOptions::default()
         };
-        out.insert(name.to_owned(), check);
+        let glue = lockstep_catalog::GlueCatalog::connect(database, &aws).await;
+        for p in planned {
+            let lookup = Lookup::within_5s(glue.table(&p.group.name)).await;
+            found.tables.insert(p.group.name.clone(), lookup);
+        }
     }
-    out
+    found
 }
 
 /// What applying the file would do to one group version.
@@ -404,11 +452,7 @@ async fn plan<'a>(
 }
 
 /// Prints a plan, Terraform-style; says whether anything is refused.
-fn print_plan(
-    config: &Config,
-    planned: &[Planned<'_>],
-    streams: &std::collections::BTreeMap<String, StreamCheck>,
-) -> bool {
+fn print_plan(config: &Config, planned: &[Planned<'_>], found: &Lookups) -> bool {
     let count = |f: fn(&Change) -> bool| planned.iter().filter(|p| f(&p.change)).count();
     let register = count(|c| matches!(c, Change::Register));
     let unchanged = count(|c| matches!(c, Change::Unchanged { .. }));
@@ -436,15 +480,15 @@ fn print_plan(
             ),
         }
         if let Some(stream) = &p.group.stream {
-            let found = match streams.get(&stream.kinesis) {
-                Some(StreamCheck::Found(s)) => {
+            let found = match found.streams.get(&stream.kinesis) {
+                Some(Lookup::Found(s)) => {
                     format!(" (exists: {}, {} open shards)", s.status, s.open_shards)
                 }
-                Some(StreamCheck::Missing) => " (not found: create it before `lockstep stream`, \
+                Some(Lookup::Missing) => " (not found: create it before `lockstep stream`, \
                      e.g. `lockstep stream put --create-shards N`)"
                     .to_owned(),
-                Some(StreamCheck::Unknown(why)) => format!(" (not checked: {why})"),
-                Some(StreamCheck::Skipped) | None => String::new(),
+                Some(Lookup::Unknown(why)) => format!(" (not checked: {why})"),
+                Some(Lookup::Skipped) | None => String::new(),
             };
             match &stream.route {
                 Some(route) => println!(
@@ -455,7 +499,23 @@ fn print_plan(
             }
         }
         if let Some(db) = &config.offline.glue_database {
-            println!("      catalog: Glue table {db}.{}", p.group.name);
+            let table = p.group.name.to_ascii_lowercase();
+            let state = match found.tables.get(&p.group.name) {
+                Some(Lookup::Found(t)) => format!(
+                    " (exists: latest version {}{})",
+                    t.latest_version.as_deref().unwrap_or("unknown"),
+                    t.location
+                        .as_deref()
+                        .map(|l| format!(", data at {l}"))
+                        .unwrap_or_default()
+                ),
+                Some(Lookup::Missing) => {
+                    " (not found: the group's first `lockstep backfill` creates it)".to_owned()
+                }
+                Some(Lookup::Unknown(why)) => format!(" (not checked: {why})"),
+                Some(Lookup::Skipped) | None => String::new(),
+            };
+            println!("      catalog: Glue table {db}.{table}{state}");
         }
     }
     refused > 0
@@ -466,8 +526,8 @@ pub async fn plan_command(args: PlanArgs, config_flag: Option<&Path>) -> Result<
     let config = required(config_flag)?;
     let runtime = args.runtime.runtime()?;
     let planned = plan(&config, &args.groups, &runtime).await?;
-    let streams = check_streams(&planned, &args).await;
-    if print_plan(&config, &planned, &streams) {
+    let found = look_up(&config, &planned, &args).await;
+    if print_plan(&config, &planned, &found) {
         bail!("the plan refuses a changed plugin for a registered version (see above)");
     }
     Ok(())
@@ -480,8 +540,8 @@ pub async fn apply_command(args: PlanArgs, config_flag: Option<&Path>) -> Result
     let config = required(config_flag)?;
     let runtime = args.runtime.runtime()?;
     let planned = plan(&config, &args.groups, &runtime).await?;
-    let streams = check_streams(&planned, &args).await;
-    if print_plan(&config, &planned, &streams) {
+    let found = look_up(&config, &planned, &args).await;
+    if print_plan(&config, &planned, &found) {
         bail!("nothing applied: the plan refuses a changed plugin for a registered version");
     }
     let mut registered = 0;

@@ -41,11 +41,12 @@ fn ok(dir: &Path, args: &[&str]) -> String {
 }
 
 /// A `lockstep serve` started in the repository with no flags but a free port (and
-/// `env` set).
+/// `env` set), and a deadline for values, not latency: the file's 5 ms holds on an idle
+/// machine (the serving benchmark measures it), not beside the other tests' builds.
 fn serve_in(dir: &Path, env: &[(&str, &str)]) -> Serve {
     let mut command = Command::new(env!("CARGO_BIN_EXE_lockstep"));
     command
-        .args(["serve", "--listen", "127.0.0.1:0"])
+        .args(["serve", "--listen", "127.0.0.1:0", "--timeout", "2s"])
         .current_dir(dir)
         .envs(env.iter().copied())
         .stderr(Stdio::null());
@@ -481,4 +482,143 @@ fn outside_a_repository_the_repository_commands_say_how_to_make_one() {
     assert!(!out.status.success());
     let err = text(&out.stderr);
     assert!(err.contains("stroe") && err.contains("line 3"), "{err}");
+}
+
+/// The sample's event times, read from the file.
+fn event_times(events: &Path) -> Vec<i64> {
+    std::fs::read_to_string(events)
+        .expect("events")
+        .lines()
+        .map(|line| {
+            serde_json::from_str::<Json>(line).expect("json")["ts"]
+                .as_i64()
+                .expect("ts")
+        })
+        .collect()
+}
+
+/// `backfill --from/--to` over a repository made by `init`: the plugin runs over the
+/// history before `--to` (one row per event, so the counts are the sample's), only
+/// the window's rows are written and the rest of the store stays; a window off the
+/// hour is refused before anything runs.
+#[test]
+fn a_backfill_over_a_window_writes_its_rows_and_keeps_the_rest() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    ok(dir.path(), &["init", "demo"]);
+    let repo = dir.path().join("demo");
+    ok(&repo, &["backfill"]);
+    let times = event_times(&repo.join("data/events.jsonl"));
+    // 2026-01-01T12:00Z and 18:00Z, inside the sample (2026-01-01T00:00 to 01-02T09:30).
+    let (from, to) = (1_767_268_800_000_000_i64, 1_767_290_400_000_000_i64);
+    let before = times.iter().filter(|t| **t < from).count();
+    let inside = times.iter().filter(|t| (from..to).contains(*t)).count();
+    let after = times.len() - before - inside;
+    assert!(before > 0 && inside > 0 && after > 0);
+    let window = ok(
+        &repo,
+        &[
+            "backfill",
+            "--from",
+            "2026-01-01T12:00:00Z",
+            "--to",
+            "2026-01-01T18:00:00Z",
+        ],
+    );
+    assert!(
+        window.contains(&format!(
+            "up to 2026-01-01T18:00:00+00:00: {after} events at or after it left out"
+        )),
+        "{window}"
+    );
+    assert!(
+        window.contains(&format!(
+            "from 2026-01-01T12:00:00+00:00: {before} rows before it computed"
+        )),
+        "{window}"
+    );
+    assert!(
+        window.contains(&format!("wrote      {inside} rows into 6 hour partitions")),
+        "{window}"
+    );
+    // The store still holds one row per event: the window replaced, the rest kept.
+    let loaded = ok(&repo, &["materialize"]);
+    assert!(
+        loaded.contains(&format!(
+            "materialized my_features@0.1.0: {} rows",
+            times.len()
+        )),
+        "{loaded}"
+    );
+    // Off the hour: refused, naming the flag and the hour to use.
+    let out = in_repo(&repo, &["backfill", "--from", "2026-01-01T12:30:00Z"]);
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("--from 2026-01-01T12:30:00+00:00 is not on the hour")
+            && err.contains("2026-01-01T12:00:00+00:00"),
+        "{err}"
+    );
+}
+
+/// With `[offline] glue_database`, `plan` looks each group's Glue table up (a moto
+/// server): not there before the first backfill, there with its version after.
+#[test]
+fn plan_looks_up_each_groups_glue_table() {
+    let moto = lockstep_testkit::Moto::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    ok(dir.path(), &["init", "demo"]);
+    let repo = dir.path().join("demo");
+    let config = std::fs::read_to_string(repo.join("lockstep.toml")).expect("config");
+    let config = config.replacen(
+        "[offline]\n",
+        "[offline]\nglue_database = \"features\"\n",
+        1,
+    );
+    std::fs::write(repo.join("lockstep.toml"), config).expect("write");
+    let run = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_lockstep"))
+            .args(args)
+            .current_dir(&repo)
+            .envs(moto.env())
+            .output()
+            .expect("run lockstep");
+        assert!(
+            out.status.success(),
+            "{args:?}: {}\n{}",
+            text(&out.stdout),
+            text(&out.stderr)
+        );
+        text(&out.stdout)
+    };
+    let plan = run(&["plan"]);
+    assert!(
+        plan.contains(
+            "catalog: Glue table features.my_features (not found: the group's first \
+             `lockstep backfill` creates it)"
+        ),
+        "{plan}"
+    );
+    let backfilled = run(&["backfill"]);
+    assert!(
+        backfilled.contains("glue table features.my_features (created)"),
+        "{backfilled}"
+    );
+    let plan = run(&["plan"]);
+    assert!(
+        plan.contains(
+            "catalog: Glue table features.my_features (exists: latest version 0.1.0, data at "
+        ),
+        "{plan}"
+    );
+    // --local looks nothing up; an endpoint with nothing behind it is said, not fatal.
+    let local = run(&["plan", "--local"]);
+    assert!(
+        local.contains("catalog: Glue table features.my_features\n"),
+        "{local}"
+    );
+    let unreachable = run(&["plan", "--endpoint-url", "http://127.0.0.1:9"]);
+    assert!(
+        unreachable.contains("catalog: Glue table features.my_features (not checked: "),
+        "{unreachable}"
+    );
 }
