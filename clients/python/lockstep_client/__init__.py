@@ -2,7 +2,10 @@
 
 `Client(url).get_online_features(features=[...], entity_rows=[...])` asks the server's
 `POST /v1/features/batch` once, one request per feature group (read at once on the
-server), and joins the answers per entity row, as Feast's `get_online_features` does. Values are the JSON the server sends, parsed
+server), and joins the answers per entity row, as Feast's `get_online_features` does.
+An entity row may name several key columns (`{"card_id": "c-1", "user_id": "u-7"}`):
+each group is then asked by its own entity key, which the client reads once from the
+server's `GET /v1/groups`. Values are the JSON the server sends, parsed
 (floats read back to their bits; a non-finite float arrives as the text "NaN",
 "Infinity" or "-Infinity", left as text: the answer does not say which features are
 floats). Each entity's source (cache, store, missing, default)
@@ -65,7 +68,7 @@ class _FeatureRef:
 class OnlineResponse:
     """Features per entity row, in request order."""
 
-    #: The entity key column's name (from the entity rows), and the keys in order.
+    #: The first entity key column's name (from the entity rows), and its keys in order.
     key_name: str
     keys: List[EntityKey]
     #: Feature name → one value per entity row.
@@ -80,10 +83,13 @@ class OnlineResponse:
     degraded: bool
     #: Group → the request id the server logged the answer under (if it logs).
     request_ids: Dict[str, str] = field(default_factory=dict)
+    #: Every entity key column of the rows → its keys in order (`key_name` first).
+    entities: Dict[str, List[EntityKey]] = field(default_factory=dict)
 
     def to_dict(self) -> Dict[str, List[Any]]:
-        """`{key_name: keys, feature: values, ...}`, as Feast's `to_dict()`."""
+        """`{key column: keys, ..., feature: values, ...}`, as Feast's `to_dict()`."""
         out: Dict[str, List[Any]] = {self.key_name: list(self.keys)}
+        out.update({name: list(keys) for name, keys in self.entities.items()})
         out.update({name: list(v) for name, v in self.values.items()})
         return out
 
@@ -113,6 +119,8 @@ class Client:
         self.url = url.rstrip("/")
         self.timeout = float(timeout)
         self._token = token
+        # Group → version → entity key, read from the server when first needed.
+        self._entity_keys: Optional[Dict[str, Dict[str, str]]] = None
 
     def __repr__(self) -> str:  # the token is never shown
         return f"Client({self.url!r}, timeout={self.timeout})"
@@ -122,18 +130,25 @@ class Client:
         features: Sequence[str],
         entity_rows: Sequence[Mapping[str, EntityKey]],
     ) -> OnlineResponse:
-        """The `features` (`group:feature`) of each entity row (`{key_name: key}`).
+        """The `features` (`group:feature`) of each entity row (`{key column: key}`).
 
-        Every row must name the same one key column. One HTTP call for every group."""
+        Every row names the same key columns. With one, its keys are asked of every
+        group; with several, each group is asked by the column named as its entity key
+        (as the server's `GET /v1/groups` says). One HTTP call for every group."""
         if not features:
             raise ValueError("no features asked for")
         if not entity_rows:
             raise ValueError("no entity rows")
-        key_name, keys = _keys_of(entity_rows)
+        columns = _entity_columns(entity_rows)
+        key_name, keys = next(iter(columns.items()))
         refs = [_FeatureRef.parse(f) for f in features]
         groups: Dict[Tuple[str, Optional[str]], List[str]] = {}
         for ref in refs:
             groups.setdefault((ref.group, ref.version), []).append(ref.feature)
+        keys_of = {
+            group: keys if len(columns) == 1 else columns[self._key_column(group, columns)]
+            for group in groups
+        }
         values: Dict[str, List[Any]] = {}
         sources: List[Dict[str, str]] = [{} for _ in keys]
         event_times: List[Dict[str, Optional[str]]] = [{} for _ in keys]
@@ -141,7 +156,11 @@ class Client:
         request_ids: Dict[str, str] = {}
         requests: List[Dict[str, Any]] = []
         for (group, version), names in groups.items():
-            body: Dict[str, Any] = {"group": group, "entities": keys, "features": names}
+            body: Dict[str, Any] = {
+                "group": group,
+                "entities": keys_of[(group, version)],
+                "features": names,
+            }
             if version is not None:
                 body["version"] = version
             requests.append(body)
@@ -186,14 +205,53 @@ class Client:
             event_times=event_times,
             degraded=degraded,
             request_ids=request_ids,
+            entities={name: list(column) for name, column in columns.items()},
         )
 
+    def _key_column(
+        self, group: Tuple[str, Optional[str]], columns: Mapping[str, List[EntityKey]]
+    ) -> str:
+        """The entity row column `group` (name, version) is keyed by."""
+        name, version = group
+        if self._entity_keys is None:
+            listed, _ = self._request("GET", "/v1/groups", None)
+            served: Dict[str, Dict[str, str]] = {}
+            for g in listed.get("groups") or []:
+                if isinstance(g, dict) and isinstance(g.get("entity_key"), str):
+                    served.setdefault(str(g.get("name")), {})[str(g.get("version"))] = g[
+                        "entity_key"
+                    ]
+            self._entity_keys = served
+        versions = self._entity_keys.get(name, {})
+        if version is not None:
+            versions = {v: k for v, k in versions.items() if v == version}
+        shown = name if version is None else f"{name}@{version}"
+        found = sorted(set(versions.values()))
+        if not found:
+            raise LockstepError(f"{shown}: not served by {self.url} (GET /v1/groups)")
+        if len(found) > 1:
+            raise ValueError(
+                f"{shown}: its versions are keyed by {found}: name the version "
+                f"({name}@VERSION:feature)"
+            )
+        if found[0] not in columns:
+            raise ValueError(
+                f"{shown} is keyed by {found[0]!r}, which the entity rows do not name "
+                f"(they name {list(columns)})"
+            )
+        return found[0]
+
     def _post(self, path: str, body: Mapping[str, Any]) -> Tuple[Dict[str, Any], Optional[str]]:
-        data = json.dumps(body).encode()
+        return self._request("POST", path, body)
+
+    def _request(
+        self, method: str, path: str, body: Optional[Mapping[str, Any]]
+    ) -> Tuple[Dict[str, Any], Optional[str]]:
+        data = None if body is None else json.dumps(body).encode()
         headers = {"content-type": "application/json"}
         if self._token is not None:
             headers["authorization"] = f"Bearer {self._token}"
-        request = urllib.request.Request(self.url + path, data=data, headers=headers, method="POST")
+        request = urllib.request.Request(self.url + path, data=data, headers=headers, method=method)
         try:
             with urllib.request.urlopen(request, timeout=self.timeout) as response:
                 text = response.read()
@@ -217,24 +275,25 @@ class Client:
         return answer, request_id
 
 
-def _keys_of(rows: Iterable[Mapping[str, EntityKey]]) -> Tuple[str, List[EntityKey]]:
-    key_name: Optional[str] = None
-    keys: List[EntityKey] = []
+def _entity_columns(rows: Iterable[Mapping[str, EntityKey]]) -> Dict[str, List[EntityKey]]:
+    """Key column → its key in each row; every row names the same columns."""
+    columns: Dict[str, List[EntityKey]] = {}
     for i, row in enumerate(rows):
-        if len(row) != 1:
+        if not row:
+            raise ValueError(f"entity row {i} names no key, e.g. {{'card_id': 'c-1'}}")
+        if i == 0:
+            columns = {name: [] for name in row}
+        elif set(row) != set(columns):
             raise ValueError(
-                f"entity row {i} has {len(row)} columns: name exactly one key, e.g. {{'card_id': 'c-1'}}"
+                f"entity row {i} names {sorted(row)}, the rows before {sorted(columns)}"
             )
-        ((name, key),) = row.items()
-        if key_name is None:
-            key_name = name
-        elif name != key_name:
-            raise ValueError(f"entity row {i} names {name!r}, the rows before {key_name!r}")
-        if isinstance(key, bool) or not isinstance(key, (str, int)):
-            raise ValueError(f"entity row {i}: a key is text or an integer, not {key!r}")
-        keys.append(key)
-    assert key_name is not None
-    return key_name, keys
+        for name, key in row.items():
+            if isinstance(key, bool) or not isinstance(key, (str, int)):
+                raise ValueError(
+                    f"entity row {i}, {name!r}: a key is text or an integer, not {key!r}"
+                )
+            columns[name].append(key)
+    return columns
 
 
 def _error_text(e: "urllib.error.HTTPError") -> str:

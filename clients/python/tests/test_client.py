@@ -56,6 +56,25 @@ def test_values_equal_the_rust_clients(expected, group, key):
     assert table[key] == entities
 
 
+def test_rows_with_several_key_columns_ask_each_group_by_its_own(expected, group, key):
+    client = Client(URL, timeout=5)
+    entities = list(expected["entities"])
+    features = expected["features"]
+    # The group's key column is not the first one named: the client finds it.
+    rows = [{"session": f"s-{i}", key: e} for i, e in enumerate(entities)]
+    for version in (None, expected["version"]):
+        ref = group if version is None else f"{group}@{version}"
+        resp = client.get_online_features(features=[f"{ref}:{f}" for f in features], entity_rows=rows)
+        for row, entity in enumerate(entities):
+            assert [resp.values[f][row] for f in features] == expected["entities"][entity]["values"]
+        table = resp.to_dict()
+        assert list(table) == ["session", key, *features]
+        assert table[key] == entities
+        assert table["session"] == [f"s-{i}" for i in range(len(entities))]
+    with pytest.raises(LockstepError, match="not served"):
+        client.get_online_features(features=[f"{group}@9.9.9:{features[0]}"], entity_rows=rows)
+
+
 def test_a_subset_in_another_order_and_a_pinned_version(expected, group, key):
     features = list(reversed(expected["features"]))
     entity = next(iter(expected["entities"]))
@@ -99,8 +118,14 @@ def test_bad_requests_are_refused_before_anything_is_sent(group, key):
     for features in (["nogroup"], [":f"], ["g:"], ["g@:f"]):
         with pytest.raises(ValueError):
             client.get_online_features(features=features, entity_rows=[{key: "a"}])
-    with pytest.raises(ValueError, match="exactly one key"):
-        client.get_online_features(features=[f"{group}:x"], entity_rows=[{key: "a", "b": 1}])
+    with pytest.raises(ValueError, match="names no key"):
+        client.get_online_features(features=[f"{group}:x"], entity_rows=[{}])
+    # With several key columns each group is asked by its own: one the rows lack is
+    # named, and so is a group the server does not serve.
+    with pytest.raises(ValueError, match=f"keyed by '{key}', which the entity rows do not name"):
+        client.get_online_features(features=[f"{group}:x"], entity_rows=[{"b": "a", "c": 1}])
+    with pytest.raises(LockstepError, match="nogroup: not served"):
+        client.get_online_features(features=["nogroup:x"], entity_rows=[{"b": "a", "c": 1}])
     with pytest.raises(ValueError, match="names"):
         client.get_online_features(features=[f"{group}:x"], entity_rows=[{key: "a"}, {"other": "b"}])
     with pytest.raises(ValueError, match="text or an integer"):

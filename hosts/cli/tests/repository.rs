@@ -301,7 +301,7 @@ fn a_repository_made_by_init_backfills_materializes_and_serves_the_documented_va
         text(&out.stderr)
     );
     assert!(
-        report.contains("7 passed"),
+        report.contains("8 passed"),
         "every Python test ran:\n{report}"
     );
     drop(serve);
