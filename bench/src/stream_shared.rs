@@ -22,7 +22,7 @@ use lockstep_online::{EmbeddedStore, GroupRef};
 use lockstep_runtime::Plugin;
 use lockstep_service::source::{ShardInfo, ShardRecord};
 use lockstep_service::{GroupLane, MemorySource, ServiceConfig, Source, StreamService, Summary};
-use lockstep_stream::{Route, StreamConfig, partition_hash};
+use lockstep_stream::{Route, StreamConfig};
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
@@ -37,37 +37,15 @@ const GROUPS: [(&str, lockstep_gen::Kind, &str); 3] = [
 
 type Shards = Vec<(ShardInfo, Vec<ShardRecord>)>;
 
-fn shard_infos() -> [ShardInfo; 2] {
-    let half = u128::MAX / 2;
-    [
-        ShardInfo {
-            id: "shard-0".into(),
-            parents: vec![],
-            hash_range: (0, half),
-            closed: false,
-        },
-        ShardInfo {
-            id: "shard-1".into(),
-            parents: vec![],
-            hash_range: (half + 1, u128::MAX),
-            closed: false,
-        },
-    ]
-}
-
 /// `records` (partition key, payload) on two shards by the key's hash, in order.
 fn on_shards(records: &[(String, String)]) -> Shards {
-    let mut two: Vec<Vec<ShardRecord>> = vec![Vec::new(), Vec::new()];
-    for (key, data) in records {
-        let shard = usize::from(partition_hash(key) > u128::MAX / 2);
-        let sequence = format!("{:020}", two[shard].len());
-        two[shard].push(ShardRecord {
-            sequence,
-            partition_key: key.clone(),
-            data: data.as_bytes().to_vec(),
-        });
-    }
-    shard_infos().into_iter().zip(two).collect()
+    MemorySource::shards_by_hash(
+        2,
+        records
+            .iter()
+            .enumerate()
+            .map(|(i, (key, data))| (i as u64, key.clone(), data.as_bytes().to_vec())),
+    )
 }
 
 fn config(dir: &Path, per_round: usize) -> (ServiceConfig, usize) {

@@ -19,7 +19,7 @@ use lockstep_bench::{arg, process_cpu_seconds, txn_velocity};
 use lockstep_online::{EmbeddedStore, GroupRef};
 use lockstep_service::source::{ShardInfo, ShardRecord};
 use lockstep_service::{MemorySource, ServiceConfig, Source, StreamService};
-use lockstep_stream::{Record, ShardSpec, ShardedProcessor, StreamConfig, partition_hash};
+use lockstep_stream::{Record, ShardSpec, ShardedProcessor, StreamConfig};
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::Instant;
@@ -36,37 +36,18 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let m = plugin.manifest().clone();
 
     // Two shards splitting the hash space; records keyed by card, in arrival order.
-    let half = u128::MAX / 2;
-    let specs = [
-        ShardInfo {
-            id: "shard-0".into(),
-            parents: vec![],
-            hash_range: (0, half),
-            closed: false,
-        },
-        ShardInfo {
-            id: "shard-1".into(),
-            parents: vec![],
-            hash_range: (half + 1, u128::MAX),
-            closed: false,
-        },
-    ];
     let text = lockstep_gen::events(lockstep_gen::Kind::Transactions, events, cards, 42);
-    let mut shards: Vec<Vec<ShardRecord>> = vec![Vec::new(), Vec::new()];
+    let mut keyed = Vec::with_capacity(events);
     for line in text.lines() {
         let value: serde_json::Value = serde_json::from_str(line)?;
         let key = value[&m.entity_key]
             .as_str()
             .map(str::to_owned)
             .unwrap_or_else(|| value[&m.entity_key].to_string());
-        let shard = usize::from(partition_hash(&key) > half);
-        let sequence = format!("{:020}", shards[shard].len());
-        shards[shard].push(ShardRecord {
-            sequence,
-            partition_key: key,
-            data: line.as_bytes().to_vec(),
-        });
+        keyed.push((keyed.len() as u64, key, line.as_bytes().to_vec()));
     }
+    let (specs, shards): (Vec<ShardInfo>, Vec<Vec<ShardRecord>>) =
+        MemorySource::shards_by_hash(2, keyed).into_iter().unzip();
     // The generator jitters arrival by up to 10 minutes of event time.
     let config = StreamConfig {
         allowed_lateness: 600_000_000,

@@ -896,9 +896,7 @@ impl StreamService {
             // overlaps the writer's last rounds instead of following them.
             drop(processors);
             drop(reader);
-            let written = writer
-                .join()
-                .unwrap_or_else(|_| Err(ServiceError::Start("the output writer panicked".into())));
+            let written = joined(writer, "the output writer");
             (read_result, written)
         });
         let report = written?;
@@ -962,9 +960,7 @@ impl StreamService {
                     health,
                     stop,
                 );
-                let prepared = preparing.join().unwrap_or_else(|_| {
-                    Err(ServiceError::Start("the checkpoint writer panicked".into()))
-                });
+                let prepared = joined(preparing, "the checkpoint writer");
                 (written, prepared)
             });
             // On an error nothing is committed: a prepared transaction is dropped.
@@ -1042,9 +1038,7 @@ impl StreamService {
                 let store_job = scope
                     .spawn(|| self.put_with_retries(rt, i, &rows, text, metrics, health, stop));
                 let logged = Self::write_logs(text, &round.outputs[i], logs);
-                let stored = store_job.join().unwrap_or_else(|_| {
-                    Err(ServiceError::Start("the store write panicked".into()))
-                });
+                let stored = joined(store_job, "the store write");
                 (stored, logged)
             });
             timings.store = stored?;
@@ -1068,11 +1062,7 @@ impl StreamService {
                     .collect();
                 handles
                     .into_iter()
-                    .map(|h| {
-                        h.join().unwrap_or_else(|_| {
-                            Err(ServiceError::Start("a group's writer panicked".into()))
-                        })
-                    })
+                    .map(|h| joined(h, "a group's writer"))
                     .collect()
             })
         };
@@ -1327,11 +1317,7 @@ impl DecodePlan {
                     .collect();
                 handles
                     .into_iter()
-                    .map(|h| {
-                        h.join().unwrap_or_else(|_| {
-                            Err(ServiceError::Start("a group's processing panicked".into()))
-                        })
-                    })
+                    .map(|h| joined(h, "a group's processing"))
                     .collect()
             })
         };
@@ -1400,9 +1386,7 @@ impl DecodePlan {
                     .map(|h| {
                         // A shard whose routing panicked must stop the round: its
                         // records would be lost while its position moved on.
-                        h.join().map_err(|_| {
-                            ServiceError::Start("routing a shard's records panicked".into())
-                        })
+                        h.join().map_err(|_| panicked("routing a shard's records"))
                     })
                     .collect::<Result<Vec<_>, _>>()
             })?
@@ -1532,4 +1516,19 @@ async fn wait_for_signal() {
     {
         let _ = tokio::signal::ctrl_c().await;
     }
+}
+
+/// The error of a thread of the service that panicked while doing `what`.
+fn panicked(what: &str) -> ServiceError {
+    ServiceError::Start(format!("{what} panicked"))
+}
+
+/// A scoped thread's result, a panic in it becoming the service's error naming `what`:
+/// a thread that panics must fail the round (nothing of it is committed), never the
+/// process.
+fn joined<T>(
+    handle: std::thread::ScopedJoinHandle<'_, Result<T, ServiceError>>,
+    what: &str,
+) -> Result<T, ServiceError> {
+    handle.join().unwrap_or_else(|_| Err(panicked(what)))
 }

@@ -127,6 +127,53 @@ impl MemorySource {
     }
 }
 
+impl MemorySource {
+    /// `records` (sequence number, partition key, data), in arrival order, on
+    /// `shards` shards that split the hash space evenly (ids `shardId-000000000000`,
+    /// …), each record on the shard Kinesis puts it on (by the MD5 of its partition
+    /// key): a stream without Kinesis, for tests and benchmarks. Sequence numbers
+    /// must increase in arrival order, as Kinesis's do; a record's position in the
+    /// whole stream will do, and keeps its number when a test replays a part of it.
+    pub fn shards_by_hash<K: Into<String>, D: Into<Vec<u8>>>(
+        shards: usize,
+        records: impl IntoIterator<Item = (u64, K, D)>,
+    ) -> Vec<(ShardInfo, Vec<ShardRecord>)> {
+        let shards = shards.max(1);
+        let width = u128::MAX / shards as u128;
+        let infos: Vec<ShardInfo> = (0..shards)
+            .map(|i| {
+                let start = (i as u128 * width) + u128::from(i > 0);
+                let end = if i + 1 == shards {
+                    u128::MAX
+                } else {
+                    (i as u128 + 1) * width
+                };
+                ShardInfo {
+                    id: format!("shardId-{i:012}"),
+                    parents: Vec::new(),
+                    hash_range: (start, end),
+                    closed: false,
+                }
+            })
+            .collect();
+        let mut on: Vec<Vec<ShardRecord>> = vec![Vec::new(); shards];
+        for (sequence, key, data) in records {
+            let key = key.into();
+            let hash = lockstep_stream::partition_hash(&key);
+            let shard = infos
+                .iter()
+                .position(|s| s.hash_range.0 <= hash && hash <= s.hash_range.1)
+                .unwrap_or(shards - 1);
+            on[shard].push(ShardRecord {
+                sequence: format!("{sequence:020}"),
+                partition_key: key,
+                data: data.into(),
+            });
+        }
+        infos.into_iter().zip(on).collect()
+    }
+}
+
 #[async_trait::async_trait]
 impl Source for MemorySource {
     async fn poll(&mut self) -> Result<Vec<ShardEvent>, ServiceError> {
@@ -158,5 +205,40 @@ impl Source for MemorySource {
                 .shards
                 .iter()
                 .all(|(_, records, next)| *next >= records.len())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shards_by_hash_cover_the_hash_space_and_hold_each_record_where_kinesis_would() {
+        let records: Vec<(u64, String, Vec<u8>)> = (0..2_000u64)
+            .map(|i| (i * 3, format!("card-{}", i % 97), vec![i as u8]))
+            .collect();
+        for n in 1..=5 {
+            let shards = MemorySource::shards_by_hash(n, records.clone());
+            assert_eq!(shards.len(), n);
+            assert_eq!(shards[0].0.hash_range.0, 0);
+            assert_eq!(shards[n - 1].0.hash_range.1, u128::MAX);
+            for pair in shards.windows(2) {
+                assert_eq!(pair[0].0.hash_range.1 + 1, pair[1].0.hash_range.0, "{n}");
+            }
+            let mut held = 0;
+            for (info, on) in &shards {
+                held += on.len();
+                let mut last = None;
+                for r in on {
+                    let hash = lockstep_stream::partition_hash(&r.partition_key);
+                    assert!(info.hash_range.0 <= hash && hash <= info.hash_range.1);
+                    let sequence: u64 = r.sequence.parse().expect("a number");
+                    assert!(last.is_none_or(|l| l < sequence), "in arrival order");
+                    assert_eq!(sequence % 3, 0, "the number given");
+                    last = Some(sequence);
+                }
+            }
+            assert_eq!(held, records.len(), "{n} shards hold every record once");
+        }
     }
 }

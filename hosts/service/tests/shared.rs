@@ -79,36 +79,16 @@ fn interleaved() -> Vec<(String, String)> {
     out
 }
 
-/// `records` on two shards by partition key; a record's sequence number is its
-/// position in the whole stream.
+/// `records` on two shards by partition key, as Kinesis puts them; a record's
+/// sequence number is its position in the whole stream (a group's records run alone
+/// keep theirs, so its dead letters name the same places).
 fn shards(records: &[(usize, String, String)]) -> Vec<(ShardInfo, Vec<ShardRecord>)> {
-    let mut two = vec![Vec::new(), Vec::new()];
-    for (i, key, data) in records {
-        // As Kinesis routes: by the MD5 of the partition key, over the hash ranges
-        // below (a restored entity's state goes to the shard its hash names).
-        let shard = usize::from(lockstep_stream::partition_hash(key) > u128::MAX / 2);
-        two[shard].push(ShardRecord {
-            sequence: format!("{i:020}"),
-            partition_key: key.clone(),
-            data: data.as_bytes().to_vec(),
-        });
-    }
-    two.into_iter()
-        .enumerate()
-        .map(|(i, records)| {
-            let info = ShardInfo {
-                id: format!("shardId-{i:012}"),
-                parents: Vec::new(),
-                hash_range: if i == 0 {
-                    (0, u128::MAX / 2)
-                } else {
-                    (u128::MAX / 2 + 1, u128::MAX)
-                },
-                closed: false,
-            };
-            (info, records)
-        })
-        .collect()
+    MemorySource::shards_by_hash(
+        2,
+        records
+            .iter()
+            .map(|(i, key, data)| (*i as u64, key.clone(), data.as_bytes().to_vec())),
+    )
 }
 
 fn config(state: &Path, drain: bool) -> ServiceConfig {

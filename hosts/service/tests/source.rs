@@ -30,38 +30,18 @@ fn plugin() -> Plugin {
         .expect("load")
 }
 
-/// The golden events on two shards, split by card so each card stays on one shard.
+/// The golden events on two shards by card, as Kinesis puts them.
 fn shards() -> Vec<(ShardInfo, Vec<ShardRecord>)> {
     let text = std::fs::read_to_string(repo("golden").join("txn_velocity/events.jsonl"))
         .expect("golden events");
-    let mut two = vec![Vec::new(), Vec::new()];
-    for line in text.lines() {
-        let event: serde_json::Value = serde_json::from_str(line).expect("json");
-        let card = event["card_id"].as_str().expect("card").to_owned();
-        let shard = card.bytes().map(usize::from).sum::<usize>() % 2;
-        let sequence = format!("{:020}", two[shard].len());
-        two[shard].push(ShardRecord {
-            sequence,
-            partition_key: card,
-            data: line.as_bytes().to_vec(),
-        });
-    }
-    two.into_iter()
-        .enumerate()
-        .map(|(i, records)| {
-            let info = ShardInfo {
-                id: format!("shardId-{i:012}"),
-                parents: Vec::new(),
-                hash_range: if i == 0 {
-                    (0, u128::MAX / 2)
-                } else {
-                    (u128::MAX / 2 + 1, u128::MAX)
-                },
-                closed: false,
-            };
-            (info, records)
-        })
-        .collect()
+    MemorySource::shards_by_hash(
+        2,
+        text.lines().enumerate().map(|(i, line)| {
+            let event: serde_json::Value = serde_json::from_str(line).expect("json");
+            let card = event["card_id"].as_str().expect("card").to_owned();
+            (i as u64, card, line.as_bytes().to_vec())
+        }),
+    )
 }
 
 fn service(plugin: &Plugin, state: &Path) -> StreamService {
