@@ -364,7 +364,7 @@ impl<'a> Prepared<'a> {
     /// For a job over a window of history: checks its ends are on the hour and lists
     /// the hours inside it that hold rows now. Empty for a job over all of history.
     async fn window_hours(&self, window: TimeWindow) -> Result<Vec<Hour>, BackfillError> {
-        if window == TimeWindow::default() {
+        if window.is_all() {
             return Ok(Vec::new());
         }
         let rfc3339 = |t: i64| {

@@ -162,22 +162,7 @@ pub struct BatchJob {
     pub window: TimeWindow,
 }
 
-/// A half-open span of event time, `[from, to)` in UTC µs, either end open when
-/// `None`.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct TimeWindow {
-    /// The first instant written.
-    pub from: Option<i64>,
-    /// The first instant not read nor written.
-    pub to: Option<i64>,
-}
-
-impl TimeWindow {
-    /// Whether `t` falls inside.
-    pub fn holds(&self, t: i64) -> bool {
-        self.from.is_none_or(|from| t >= from) && self.to.is_none_or(|to| t < to)
-    }
-}
+pub use lockstep_core::TimeWindow;
 
 impl BatchJob {
     /// A job over `source` (files of `format`) with the plugin loaded from

@@ -10,10 +10,12 @@ pub mod key;
 pub mod order;
 pub mod rows;
 pub mod schema;
+pub mod window;
 
 pub use erasure::Erasures;
 pub use error::{CoreError, DecodeError, ErrorChain};
 pub use key::{EntityKey, StateMap};
+pub use window::TimeWindow;
 
 /// Now, as UTC microseconds since the Unix epoch: the unit of every event time. A
 /// clock before the epoch reads 0; one past what an `i64` holds reads `i64::MAX`.

@@ -89,30 +89,17 @@ pub struct Report {
 
 /// The event times to load: `[from, to)`, either end open when `None` (Feast's
 /// `materialize START END`).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Window {
-    /// The first instant loaded (UTC µs).
-    pub from: Option<i64>,
-    /// The first instant not loaded (UTC µs).
-    pub to: Option<i64>,
-}
+pub use lockstep_core::TimeWindow as Window;
 
-impl Window {
-    fn holds(&self, t: i64) -> bool {
-        self.from.is_none_or(|from| t >= from) && self.to.is_none_or(|to| t < to)
-    }
-
-    /// Whether the hour file `rel` can hold an instant of the window (its path names
-    /// its hour, zero-padded, so paths compare as times do).
-    fn may_hold(&self, rel: &str) -> bool {
-        let Some(at) = rel.find("year=") else {
-            return true;
-        };
-        let hour: String = rel[at..].split('/').take(4).collect::<Vec<_>>().join("/");
-        let first = self.from.map(|t| Hour::of(t).relative());
-        let last = self.to.map(|t| Hour::of(t.saturating_sub(1)).relative());
-        first.is_none_or(|f| hour >= f) && last.is_none_or(|l| hour <= l)
-    }
+/// Whether the hour file `rel` can hold an instant of `window` (a file whose path
+/// names no hour is read).
+fn may_hold(window: &Window, rel: &str) -> bool {
+    let Some(hour) = Hour::from_path(rel) else {
+        return true;
+    };
+    let start = hour.start();
+    let end = start.saturating_add(3_600_000_000);
+    window.from.is_none_or(|from| end > from) && window.to.is_none_or(|to| start < to)
 }
 
 /// Loads `group@version`'s latest rows with event times in `window` from `offline`
@@ -156,7 +143,7 @@ pub async fn materialize_with_cache(
         .partition_files(&entry.name, &entry.version)
         .await?
         .into_iter()
-        .filter(|rel| window.may_hold(rel))
+        .filter(|rel| may_hold(&window, rel))
         .collect();
     let mut report = Report {
         group: target.id(),
@@ -197,7 +184,7 @@ pub async fn materialize_with_cache(
 
 /// The rows of `batch` whose event time is in `window`.
 fn within(batch: &RecordBatch, window: Window, rel: &str) -> Result<RecordBatch, MaterializeError> {
-    if window == Window::default() {
+    if window.is_all() {
         return Ok(batch.clone());
     }
     let times = batch
