@@ -50,6 +50,7 @@ use datafusion::physical_plan::{
 use datafusion::prelude::SessionContext;
 use futures::StreamExt;
 use lockstep_abi::Manifest;
+pub use lockstep_core::TimeWindow;
 use lockstep_core::conform::{SourceKind, conform_bounded};
 use lockstep_core::key::StateMap;
 use lockstep_core::order::{order_fields, sort_columns, with_order_columns};
@@ -161,8 +162,6 @@ pub struct BatchJob {
     /// to its end unless `fire_until` says otherwise. Default: all of history.
     pub window: TimeWindow,
 }
-
-pub use lockstep_core::TimeWindow;
 
 impl BatchJob {
     /// A job over `source` (files of `format`) with the plugin loaded from
@@ -790,8 +789,6 @@ pub async fn run(
     let source = frame.create_physical_plan().await?;
 
     let output = order_schema(&manifest);
-    // A plugin with timers wakes each entity, after its last event, up to the end of
-    // the input unless the job says where.
     // A window's end is the end of the input the plugin sees.
     let job = &BatchJob {
         fire_until: job
@@ -799,6 +796,8 @@ pub async fn run(
             .or(job.window.to.map(|to| to.saturating_sub(1))),
         ..job.clone()
     };
+    // A plugin with timers wakes each entity, after its last event, up to the end of
+    // the input unless the job says where.
     let end_of_input = (manifest.timer_resolution.is_some() && job.fire_until.is_none())
         .then(|| Arc::new(EndOfInput::default()));
     let fire_until = match (&end_of_input, job.fire_until) {
