@@ -251,9 +251,13 @@ pub async fn run(args: RunArgs, runtime: &Runtime) -> Result<()> {
         group.version,
         &plugin.hash()[..12]
     );
+    // Events left out after the window's end were read too.
+    let left_out = job_progress
+        .after_window
+        .load(std::sync::atomic::Ordering::Relaxed) as usize;
     println!(
         "  read       {} events from {} ({} rejected{})",
-        s.events_in + out.rejects.len(),
+        s.events_in + out.rejects.len() + left_out,
         args.source,
         out.rejects.len(),
         args.rejects

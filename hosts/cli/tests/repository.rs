@@ -540,6 +540,10 @@ fn a_backfill_over_a_window_writes_its_rows_and_keeps_the_rest() {
         window.contains(&format!("wrote      {inside} rows into 6 hour partitions")),
         "{window}"
     );
+    assert!(
+        window.contains(&format!("read       {} events from", times.len())),
+        "every event is read, those after the window too:\n{window}"
+    );
     // The store still holds one row per event: the window replaced, the rest kept.
     let loaded = ok(&repo, &["materialize"]);
     assert!(
