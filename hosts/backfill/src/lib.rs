@@ -367,10 +367,7 @@ impl<'a> Prepared<'a> {
         if window.is_all() {
             return Ok(Vec::new());
         }
-        let rfc3339 = |t: i64| {
-            chrono::DateTime::from_timestamp_micros(t)
-                .map_or_else(|| format!("{t} µs"), |t| t.to_rfc3339())
-        };
+        let rfc3339 = lockstep_core::rows::timestamp_text;
         for (end, at) in [("--from", window.from), ("--to", window.to)] {
             if let Some(at) = at
                 && Hour::of(at).start() != at

@@ -74,11 +74,6 @@ pub fn parse_size(text: &str) -> Result<usize, String> {
         .ok_or_else(|| format!("`{text}` is larger than this machine can address"))
 }
 
-/// An instant as RFC 3339 (µs as a number when it has no date).
-fn rfc3339(t: i64) -> String {
-    chrono::DateTime::from_timestamp_micros(t).map_or_else(|| format!("{t} µs"), |t| t.to_rfc3339())
-}
-
 /// Peak resident memory of this process, from /proc (Linux), in bytes.
 fn peak_rss() -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
@@ -297,14 +292,14 @@ pub async fn run(args: RunArgs, runtime: &Runtime) -> Result<()> {
     if let Some(to) = args.window.to {
         println!(
             "  window     up to {}: {after} events at or after it left out",
-            rfc3339(to)
+            lockstep_core::rows::timestamp_text(to)
         );
     }
     if let Some(from) = args.window.from {
         println!(
             "  window     from {}: {before} rows before it computed (the entities' history), \
              not written; every hour from it on replaced",
-            rfc3339(from)
+            lockstep_core::rows::timestamp_text(from)
         );
     }
     if out.erased > 0 {

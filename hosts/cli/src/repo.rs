@@ -468,8 +468,7 @@ fn print_plan(config: &Config, planned: &[Planned<'_>], found: &Lookups) -> bool
             Change::Register => println!("  + {id:<32} plugin {hash}  (new version)"),
             Change::Unchanged { registered_at } => println!(
                 "  = {id:<32} plugin {hash}  (registered {})",
-                chrono::DateTime::from_timestamp_micros(*registered_at)
-                    .map_or_else(|| registered_at.to_string(), |t| t.to_rfc3339())
+                lockstep_core::rows::timestamp_text(*registered_at)
             ),
             Change::Refused { registered } => println!(
                 "  ! {id:<32} plugin {hash}  refused: {id} is bound to plugin {}; a plugin \

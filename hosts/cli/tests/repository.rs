@@ -22,15 +22,26 @@ const AWS_ENV: [(&str, &str); 3] = [
 
 /// `lockstep ARGS` run in `dir`.
 fn in_repo(dir: &Path, args: &[&str]) -> Output {
+    in_repo_with(dir, args, Vec::new())
+}
+
+/// `lockstep ARGS` run in `dir` with `env` set.
+fn in_repo_with(dir: &Path, args: &[&str], env: Vec<(&str, String)>) -> Output {
     Command::new(env!("CARGO_BIN_EXE_lockstep"))
         .args(args)
         .current_dir(dir)
+        .envs(env)
         .output()
         .expect("run lockstep")
 }
 
 fn ok(dir: &Path, args: &[&str]) -> String {
-    let out = in_repo(dir, args);
+    ok_with(dir, args, Vec::new())
+}
+
+/// [`ok`] with `env` set.
+fn ok_with(dir: &Path, args: &[&str], env: Vec<(&str, String)>) -> String {
+    let out = in_repo_with(dir, args, env);
     assert!(
         out.status.success(),
         "lockstep {args:?} failed:\n{}\n{}",
@@ -526,13 +537,13 @@ fn a_backfill_over_a_window_writes_its_rows_and_keeps_the_rest() {
     );
     assert!(
         window.contains(&format!(
-            "up to 2026-01-01T18:00:00+00:00: {after} events at or after it left out"
+            "up to 2026-01-01T18:00:00.000000Z: {after} events at or after it left out"
         )),
         "{window}"
     );
     assert!(
         window.contains(&format!(
-            "from 2026-01-01T12:00:00+00:00: {before} rows before it computed"
+            "from 2026-01-01T12:00:00.000000Z: {before} rows before it computed"
         )),
         "{window}"
     );
@@ -558,8 +569,8 @@ fn a_backfill_over_a_window_writes_its_rows_and_keeps_the_rest() {
     assert!(!out.status.success());
     let err = text(&out.stderr);
     assert!(
-        err.contains("--from 2026-01-01T12:30:00+00:00 is not on the hour")
-            && err.contains("2026-01-01T12:00:00+00:00"),
+        err.contains("--from 2026-01-01T12:30:00.000000Z is not on the hour")
+            && err.contains("2026-01-01T12:00:00.000000Z"),
         "{err}"
     );
 }
@@ -579,21 +590,7 @@ fn plan_looks_up_each_groups_glue_table() {
         1,
     );
     std::fs::write(repo.join("lockstep.toml"), config).expect("write");
-    let run = |args: &[&str]| {
-        let out = Command::new(env!("CARGO_BIN_EXE_lockstep"))
-            .args(args)
-            .current_dir(&repo)
-            .envs(moto.env())
-            .output()
-            .expect("run lockstep");
-        assert!(
-            out.status.success(),
-            "{args:?}: {}\n{}",
-            text(&out.stdout),
-            text(&out.stderr)
-        );
-        text(&out.stdout)
-    };
+    let run = |args: &[&str]| ok_with(&repo, args, moto.env());
     let plan = run(&["plan"]);
     assert!(
         plan.contains(

@@ -640,21 +640,25 @@ fn every_answer_is_logged_and_lineage_finds_its_values_plugin_and_offline_rows()
     );
     assert!(serve.child.wait().expect("wait").success());
 
-    let out = lockstep(&[
-        "lineage",
-        &request_id,
-        "--log",
-        s(&log),
-        "--offline-store",
-        s(&offline),
-        "--json",
-    ]);
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    let rows: Vec<Json> = text(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("json"))
-        .collect();
-    assert_eq!(rows.len(), 3, "{}", text(&out.stdout));
+    // `lineage ID --json`: one JSON line per entity of the answer logged under ID.
+    let lineage = |id: &str| -> Vec<Json> {
+        let out = lockstep(&[
+            "lineage",
+            id,
+            "--log",
+            s(&log),
+            "--offline-store",
+            s(&offline),
+            "--json",
+        ]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        text(&out.stdout)
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("json"))
+            .collect()
+    };
+    let rows = lineage(&request_id);
+    assert_eq!(rows.len(), 3, "{rows:?}");
     let features: Vec<&str> = answered["features"]
         .as_array()
         .expect("features")
@@ -680,19 +684,9 @@ fn every_answer_is_logged_and_lineage_finds_its_values_plugin_and_offline_rows()
         );
     }
     // The batch's second answer is found by its own id, with its two entities.
-    let out = lockstep(&[
-        "lineage",
-        &batch_ids[1],
-        "--log",
-        s(&log),
-        "--offline-store",
-        s(&offline),
-        "--json",
-    ]);
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    let entities: Vec<Json> = text(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str::<Json>(l).expect("json")["entity"].clone())
+    let entities: Vec<Json> = lineage(&batch_ids[1])
+        .into_iter()
+        .map(|row| row["entity"].clone())
         .collect();
     assert_eq!(
         entities,

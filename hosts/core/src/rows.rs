@@ -22,6 +22,15 @@ pub fn format_timestamp(micros: i64) -> Json {
     }
 }
 
+/// [`format_timestamp`] as text, for messages: RFC 3339 UTC with microseconds, or the
+/// integer when out of range.
+pub fn timestamp_text(micros: i64) -> String {
+    match format_timestamp(micros) {
+        Json::String(text) => text,
+        other => other.to_string(),
+    }
+}
+
 /// Appends `micros` as RFC 3339 UTC with microseconds; `false` (nothing written) when
 /// chrono cannot represent it. Years 0 to 9999 are written digit by digit (every log
 /// line and stored record has one, and a format string is parsed on every call);
