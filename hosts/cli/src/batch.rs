@@ -372,12 +372,7 @@ fn run_error(e: BackfillError, source: &str) -> anyhow::Error {
             // A full disk under the temporary directory (sort spills, staged rows): say
             // which directory, and how to move it.
             let full = anyhow::Error::from(e);
-            let disk_full = full.chain().any(|c| {
-                c.downcast_ref::<std::io::Error>()
-                    .is_some_and(|io| io.kind() == std::io::ErrorKind::StorageFull)
-                    || c.to_string().contains("No space left on device")
-            });
-            let full = if disk_full {
+            let full = if crate::disk_full(&full) {
                 full.context(format!(
                     "the disk under the temporary directory {} is full (sorts spill and rows \
                      awaiting commit are staged there); free space or point TMPDIR elsewhere",

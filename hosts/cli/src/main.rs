@@ -214,6 +214,16 @@ fn exit_code(outcome: Result<Outcome>, is_skew_check: bool) -> ExitCode {
     }
 }
 
+/// Whether `e` or one of its causes is a full disk (an I/O error of that kind, or a
+/// library's message that quotes the OS's words for it).
+fn disk_full(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::StorageFull)
+            || c.to_string().contains("No space left on device")
+    })
+}
+
 /// An error and its causes, each said once (`lockstep_core::ErrorChain`).
 fn error_text(e: &anyhow::Error) -> String {
     let error: &(dyn std::error::Error + 'static) = e.as_ref();

@@ -695,6 +695,20 @@ async fn run_service(plan: ServicePlan, args: &ServiceArgs) -> Result<()> {
     )
     .await?;
     let summary = summary
+        .map_err(|e| {
+            let e = anyhow::Error::from(e);
+            if crate::disk_full(&e) {
+                // Nothing past the last checkpoint was committed: the same command
+                // goes on from there once there is room.
+                e.context(format!(
+                    "the disk under the state directory {} is full; free space and run the \
+                     same command again: it goes on from its last checkpoint and loses nothing",
+                    plan.state.display()
+                ))
+            } else {
+                e
+            }
+        })
         .with_context(|| format!("stream host for {} on {}", ids.join(", "), plan.stream))?;
     for group in &summary.groups {
         let s = &group.stats;

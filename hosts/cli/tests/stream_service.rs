@@ -1115,3 +1115,236 @@ fn a_generated_200k_event_stream_killed_at_random_points_has_zero_skew() {
         "{late} late, {behind} records arrived over 10 minutes behind: {report}"
     );
 }
+
+/// A small tmpfs mounted for a test (as root, which `scripts/test.sh` runs as),
+/// unmounted when dropped.
+struct SmallDisk(PathBuf);
+
+impl SmallDisk {
+    fn mount(at: PathBuf, size: &str) -> SmallDisk {
+        std::fs::create_dir_all(&at).expect("mkdir");
+        let mounted = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(&at)
+            .status()
+            .expect("mount");
+        assert!(
+            mounted.success(),
+            "this test mounts a small tmpfs (as root, which scripts/test.sh runs as)"
+        );
+        SmallDisk(at)
+    }
+
+    /// Gives it `size` of room from now on; what it holds stays.
+    fn grow(&self, size: &str) {
+        let grown = Command::new("mount")
+            .args(["-o", &format!("remount,size={size}")])
+            .arg(&self.0)
+            .status()
+            .expect("remount");
+        assert!(grown.success(), "remount {}", self.0.display());
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        // Lazily: a process a failed test left behind may still hold a file there.
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// A service process, killed if the test ends (or fails) while it runs.
+struct Running(Option<Child>);
+
+impl Running {
+    fn id(&self) -> u32 {
+        self.0.as_ref().map_or(0, Child::id)
+    }
+    fn still_running(&mut self) -> bool {
+        self.0
+            .as_mut()
+            .is_some_and(|c| c.try_wait().expect("poll").is_none())
+    }
+    fn wait(mut self) -> Output {
+        self.0
+            .take()
+            .expect("running")
+            .wait_with_output()
+            .expect("wait")
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// The state directory's disk fills mid-stream (the golden row log is 5 MB, the disk
+/// 1 MiB): the service stops with one clear error naming the file it could not write,
+/// never a panic, and commits nothing it could not make durable. Given room, the same
+/// command goes on from the last checkpoint and ends exactly as an uninterrupted run:
+/// every golden row once in the log, each entity's latest in the online store.
+#[test]
+fn a_full_state_disk_stops_the_service_clearly_and_loses_nothing() {
+    let moto = Moto::start();
+    let wasm = plugin("txn_velocity");
+    let dir = tempfile::tempdir().unwrap();
+    put(&moto, &wasm, "full", &golden_events(), Some("1"));
+    let disk = SmallDisk::mount(dir.path().join("small"), "1M");
+    let state = disk.0.join("state");
+    let online = dir.path().join("online");
+    let store_arg = format!("embedded:{}", online.display());
+    let mut args = run_args(
+        &moto,
+        &wasm,
+        "full",
+        &store_arg,
+        &state,
+        &["--batch-size", "200"],
+    );
+    args.extend(["--stop-when-idle".into(), "--drain-on-stop".into()]);
+    let all: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = lockstep_env(&moto, &all);
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("No space left on device"), "{err}");
+    assert!(
+        err.contains(&format!(
+            "the disk under the state directory {} is full",
+            state.display()
+        )) && err.contains("run the same command again"),
+        "{err}"
+    );
+    assert!(
+        err.contains(s(&state.join("rows.jsonl"))),
+        "the error names the file: {err}"
+    );
+    assert!(!err.contains("panicked"), "{err}");
+    let logged = std::fs::metadata(state.join("rows.jsonl")).map_or(0, |m| m.len());
+    let golden_bytes =
+        std::fs::metadata(repo("golden").join("txn_velocity").join("expected.jsonl"))
+            .unwrap()
+            .len();
+    assert!(
+        logged < golden_bytes,
+        "the disk filled before the end: {logged} of {golden_bytes} bytes logged"
+    );
+
+    // Room again: the same command goes on from its checkpoint.
+    disk.grow("64M");
+    run_to_end(&moto, &args[..args.len() - 2]);
+    let rows = read_rows(&state.join("rows.jsonl"));
+    assert_same_rows("row log after a full disk", &rows, &golden_rows());
+    let latest = latest_rows(&rows);
+    let keys: Vec<String> = latest.keys().cloned().collect();
+    assert_eq!(stored(&online, &group(&wasm), &keys), latest);
+}
+
+/// The online store's disk fills while the service runs: its writes are retried (the
+/// service says so on /healthz and counts them), nothing is committed past them, and
+/// once there is room the service goes on by itself and ends with every golden row
+/// once in the log and each entity's latest in the store.
+#[test]
+fn a_full_online_store_disk_is_retried_until_there_is_room() {
+    let moto = Moto::start();
+    let wasm = plugin("txn_velocity");
+    let dir = tempfile::tempdir().unwrap();
+    let (first, second) = golden_halves(dir.path());
+    put(&moto, &wasm, "fullstore", &first, Some("1"));
+    let disk = SmallDisk::mount(dir.path().join("small"), "16M");
+    let online = disk.0.join("online");
+    let store_arg = format!("embedded:{}", online.display());
+    let state = dir.path().join("state");
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let args = run_args(
+        &moto,
+        &wasm,
+        "fullstore",
+        &store_arg,
+        &state,
+        &["--listen", &listen, "--batch-size", "200"],
+    );
+    let mut service = Running(Some(spawn(&moto, &args)));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !http_get(port, "/metrics").is_some_and(|(_, body)| {
+        metric(&body, "lockstep_stream_commits_total").is_some_and(|v| v > 0.0)
+    }) {
+        assert!(Instant::now() < deadline, "no commit before the disk fills");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Fill the disk to its last byte, then send the rest of the stream.
+    let filler = disk.0.join("filler");
+    {
+        let mut file = std::fs::File::create(&filler).expect("filler");
+        let block = vec![0u8; 64 * 1024];
+        while file.write_all(&block).is_ok() {}
+        let _ = file.sync_all();
+    }
+    put(&moto, &wasm, "fullstore", &second, None);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let health = loop {
+        if let Some((_, health)) = http_get(port, "/healthz")
+            && health.contains("No space left on device")
+            && http_get(port, "/metrics").is_some_and(|(_, body)| {
+                metric(&body, "lockstep_stream_write_errors_total").is_some_and(|v| v > 0.0)
+            })
+        {
+            break health;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no write error reported: {:?}",
+            http_get(port, "/healthz")
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(health.contains(s(&online.join("online.redb"))), "{health}");
+    assert!(service.still_running(), "the service keeps running");
+    let commits = |body: &str| metric(body, "lockstep_stream_commits_total").unwrap_or(0.0);
+    let committed_while_full = http_get(port, "/metrics").map_or(0.0, |(_, b)| commits(&b));
+    // Room again: the service goes on by itself (the store is opened again) and
+    // commits the rest.
+    std::fs::remove_file(&filler).expect("remove filler");
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let recovered = http_get(port, "/metrics").is_some_and(|(_, body)| {
+            metric(&body, "lockstep_stream_records_in_total").is_some_and(|v| v >= 3457.0)
+                && commits(&body) > committed_while_full
+        }) && http_get(port, "/healthz")
+            .is_some_and(|(code, h)| code == 200 && h.contains("\"last_error\":null"));
+        if recovered {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the service did not recover: {:?}",
+            http_get(port, "/healthz")
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let _ = Command::new("kill")
+        .args(["-TERM", &service.id().to_string()])
+        .status();
+    let out = service.wait();
+    assert!(
+        out.status.success(),
+        "{:?}: {}",
+        out.status,
+        text(&out.stderr)
+    );
+    run_to_end(&moto, &args);
+    let rows = read_rows(&state.join("rows.jsonl"));
+    assert_same_rows(
+        "row log after the store's disk filled",
+        &rows,
+        &golden_rows(),
+    );
+    let latest = latest_rows(&rows);
+    let keys: Vec<String> = latest.keys().cloned().collect();
+    assert_eq!(stored(&online, &group(&wasm), &keys), latest);
+}

@@ -471,7 +471,11 @@ fn bind(
 
 /// The embedded online store: one redb file, transactional, no server.
 pub struct EmbeddedStore {
-    db: Database,
+    /// `None` once an I/O error closed it: redb refuses every later transaction of a
+    /// database that failed to write (a full disk, say), so the next call opens the
+    /// file again, which recovers it to its last commit. Callers hold their own `Arc`
+    /// for the length of a call; the file is opened again once the last of them ends.
+    db: std::sync::RwLock<Option<Arc<Database>>>,
     path: PathBuf,
     /// Group versions whose plugin hash and columns are both registered. Both are
     /// written once and never change, so an entry never goes stale: reads and puts
@@ -489,7 +493,7 @@ impl EmbeddedStore {
             message,
         };
         std::fs::create_dir_all(dir).map_err(|e| fail(e.to_string()))?;
-        let db = Database::create(&path).map_err(|e| match e {
+        let db = open_database(&path).map_err(|e| match e {
             redb::DatabaseError::DatabaseAlreadyOpen => fail(
                 "another process has it open (a running `lockstep serve`, `stream` or \
                  `featurestore-local`): the embedded store belongs to one process at a time; \
@@ -500,10 +504,45 @@ impl EmbeddedStore {
             other => fail(other.to_string()),
         })?;
         Ok(EmbeddedStore {
-            db,
+            db: std::sync::RwLock::new(Some(Arc::new(db))),
             path,
             registrations: Mutex::default(),
         })
+    }
+
+    /// The open database, opened again first if an I/O error closed it.
+    fn database(&self) -> Result<Arc<Database>, OnlineError> {
+        if let Some(db) = self.db_slot_read().as_ref() {
+            return Ok(db.clone());
+        }
+        let mut slot = self.db_slot_write();
+        if let Some(db) = slot.as_ref() {
+            return Ok(db.clone());
+        }
+        let db = open_database(&self.path).map_err(|e| match e {
+            // A call begun before the error still holds the old one.
+            redb::DatabaseError::DatabaseAlreadyOpen => {
+                self.fail_text("closed after an I/O error, still in use by a call: retry".into())
+            }
+            other => self.fail_text(format!("reopening after an I/O error: {other}")),
+        })?;
+        tracing::info!(path = %self.path.display(), "online store reopened after an I/O error");
+        let db = Arc::new(db);
+        *slot = Some(db.clone());
+        Ok(db)
+    }
+
+    fn db_slot_read(&self) -> std::sync::RwLockReadGuard<'_, Option<Arc<Database>>> {
+        // The slot holds a whole value at every instant: a panic elsewhere leaves it so.
+        self.db
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn db_slot_write(&self) -> std::sync::RwLockWriteGuard<'_, Option<Arc<Database>>> {
+        self.db
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Writes records already keyed (a wire protocol's puts), with the rules of
@@ -520,7 +559,7 @@ impl EmbeddedStore {
             .map(|(key, record)| {
                 encode_record(&record)
                     .map(|bytes| (key, record.event_time, bytes))
-                    .map_err(|e| self.fail(e))
+                    .map_err(|e| self.fail_text(e.to_string()))
             })
             .collect::<Result<Vec<_>, _>>()?;
         self.put_encoded(group, encoded, None)
@@ -542,7 +581,8 @@ impl EmbeddedStore {
         // over the tree).
         let mut records = records;
         records.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-        let txn = self.db.begin_write().map_err(|e| self.fail(e))?;
+        let db = self.database()?;
+        let txn = db.begin_write().map_err(|e| self.fail(e))?;
         let mut summary = PutSummary::default();
         {
             let mut groups = txn.open_table(GROUPS).map_err(|e| self.fail(e))?;
@@ -621,7 +661,8 @@ impl EmbeddedStore {
         if let Some(known) = self.registrations_lock().get(id) {
             return Ok(known.clone());
         }
-        let txn = self.db.begin_read().map_err(|e| self.fail(e))?;
+        let db = self.database()?;
+        let txn = db.begin_read().map_err(|e| self.fail(e))?;
         let text = |table: TableDefinition<&str, &str>| match txn.open_table(table) {
             Ok(t) => Ok(t
                 .get(id)
@@ -661,12 +702,27 @@ impl EmbeddedStore {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    fn fail(&self, e: impl std::fmt::Display) -> OnlineError {
+    /// A database error as the store's error; an I/O error also closes the database,
+    /// so that the next call opens it again.
+    fn fail(&self, e: impl Into<redb::Error>) -> OnlineError {
+        let e: redb::Error = e.into();
+        if matches!(e, redb::Error::Io(_) | redb::Error::PreviousIo) {
+            self.db_slot_write().take();
+        }
+        self.fail_text(e.to_string())
+    }
+
+    fn fail_text(&self, message: String) -> OnlineError {
         OnlineError::Embedded {
             path: self.path.clone(),
-            message: e.to_string(),
+            message,
         }
     }
+}
+
+/// Opens (or creates) the redb file at `path`.
+fn open_database(path: &Path) -> Result<Database, redb::DatabaseError> {
+    Database::create(path)
 }
 
 /// Runs redb's blocking work without stalling the caller's runtime: on a
@@ -754,7 +810,8 @@ impl EmbeddedStore {
         keys: &[String],
     ) -> Result<Vec<Option<OnlineRecord>>, OnlineError> {
         let id = group.id();
-        let txn = self.db.begin_read().map_err(|e| self.fail(e))?;
+        let db = self.database()?;
+        let txn = db.begin_read().map_err(|e| self.fail(e))?;
         let table_def: TableDefinition<&str, &[u8]> = TableDefinition::new(&id);
         let table = match txn.open_table(table_def) {
             Ok(t) => t,
@@ -784,7 +841,8 @@ impl EmbeddedStore {
 
     fn delete_blocking(&self, group: &GroupRef, key: &str) -> Result<bool, OnlineError> {
         let id = group.id();
-        let txn = self.db.begin_write().map_err(|e| self.fail(e))?;
+        let db = self.database()?;
+        let txn = db.begin_write().map_err(|e| self.fail(e))?;
         let existed = {
             let table_def: TableDefinition<&str, &[u8]> = TableDefinition::new(&id);
             let mut table = txn.open_table(table_def).map_err(|e| self.fail(e))?;
@@ -823,7 +881,8 @@ impl EmbeddedStore {
         event_time: i64,
     ) -> Result<Vec<DeleteOutcome>, OnlineError> {
         let id = group.id();
-        let txn = self.db.begin_write().map_err(|e| self.fail(e))?;
+        let db = self.database()?;
+        let txn = db.begin_write().map_err(|e| self.fail(e))?;
         let mut outcomes = Vec::with_capacity(keys.len());
         {
             let table_def: TableDefinition<&str, &[u8]> = TableDefinition::new(&id);
@@ -947,7 +1006,7 @@ mod tests {
             .expect("runtime")
             .block_on(store.put(&group, &rows, 9))
             .expect("put");
-        let txn = store.db.begin_read().expect("read");
+        let txn = store.database().expect("open").begin_read().expect("read");
         let table = txn
             .open_table(TableDefinition::<&str, &[u8]>::new(&group.id()))
             .expect("table");
