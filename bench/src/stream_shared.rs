@@ -17,7 +17,7 @@
 //! Usage: `cargo run --release -p lockstep-bench --bin stream-shared -- [EVENTS_PER_GROUP]
 //! [ENTITIES] [RECORDS_PER_SHARD_PER_ROUND]` (defaults 300,000 / 30,000 / 10,000).
 
-use lockstep_bench::{arg, example_plugin, process_cpu_seconds};
+use lockstep_bench::{arg, example_plugin, process_usage};
 use lockstep_online::{EmbeddedStore, GroupRef};
 use lockstep_runtime::Plugin;
 use lockstep_service::source::{ShardInfo, ShardRecord};
@@ -134,9 +134,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "stream-shared: 3 groups x {per_group} events ({total} in all), {entities} entities \
          each, 2 shards, {per_round} records per shard per round, lateness 10 min"
     );
+    // CPU split into user and kernel time, and fresh pages touched: where one
+    // service's extra cost per event shows (the kernel's share: page faults, copies
+    // into the page cache, allocator lock waits).
     println!(
-        "{:<32} {:>9} {:>12} {:>16} {:>10}",
-        "", "seconds", "events/s", "CPU s per 1M ev", "rows"
+        "{:<32} {:>9} {:>12} {:>15} {:>14} {:>10} {:>10}",
+        "", "seconds", "events/s", "user s/1M ev", "sys s/1M ev", "faults/ev", "rows"
     );
     // What routing alone costs: every record's `kind` found once.
     let router = lockstep_stream::Router::new(
@@ -180,10 +183,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         if only.as_deref().is_some_and(|o| o != short) {
             return Ok(());
         }
-        let cpu = process_cpu_seconds();
+        let before = process_usage();
         let started = Instant::now();
         let rows = go()?;
         let wall = started.elapsed().as_secs_f64();
+        let after = process_usage();
         // Each variant's logs and stores (several GB) go once it is measured: nine
         // variants' worth filled the disk.
         for entry in std::fs::read_dir(work.path())?.flatten() {
@@ -192,12 +196,20 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 std::fs::remove_dir_all(entry.path())?;
             }
         }
-        let cpu = match (cpu, process_cpu_seconds()) {
-            (Some(a), Some(b)) => format!("{:.2}", (b - a) * 1e6 / total as f64),
-            _ => "-".to_owned(),
+        let per_million = |seconds: f64| format!("{:.2}", seconds * 1e6 / total as f64);
+        let (user, sys, faults) = match (before, after) {
+            (Some(a), Some(b)) => (
+                per_million(b.user_seconds - a.user_seconds),
+                per_million(b.system_seconds - a.system_seconds),
+                format!(
+                    "{:.3}",
+                    (b.minor_faults - a.minor_faults) as f64 / total as f64
+                ),
+            ),
+            _ => ("-".to_owned(), "-".to_owned(), "-".to_owned()),
         };
         println!(
-            "{label:<32} {wall:>9.2} {:>12.0} {cpu:>16} {:>10}",
+            "{label:<32} {wall:>9.2} {:>12.0} {user:>15} {sys:>14} {faults:>10} {:>10}",
             total as f64 / wall,
             rows.iter().sum::<u64>()
         );

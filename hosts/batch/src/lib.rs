@@ -790,17 +790,14 @@ pub async fn run(
 
     let output = order_schema(&manifest);
     // A window's end is the end of the input the plugin sees.
-    let job = &BatchJob {
-        fire_until: job
-            .fire_until
-            .or(job.window.to.map(|to| to.saturating_sub(1))),
-        ..job.clone()
-    };
+    let job_fire_until = job
+        .fire_until
+        .or(job.window.to.map(|to| to.saturating_sub(1)));
     // A plugin with timers wakes each entity, after its last event, up to the end of
     // the input unless the job says where.
-    let end_of_input = (manifest.timer_resolution.is_some() && job.fire_until.is_none())
+    let end_of_input = (manifest.timer_resolution.is_some() && job_fire_until.is_none())
         .then(|| Arc::new(EndOfInput::default()));
-    let fire_until = match (&end_of_input, job.fire_until) {
+    let fire_until = match (&end_of_input, job_fire_until) {
         (Some(end), _) => FireUntil::EndOfInput(end.clone()),
         (None, Some(at)) if manifest.timer_resolution.is_some() => FireUntil::At(at),
         _ => FireUntil::Never,
