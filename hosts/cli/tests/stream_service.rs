@@ -1348,3 +1348,94 @@ fn a_full_online_store_disk_is_retried_until_there_is_room() {
     let keys: Vec<String> = latest.keys().cloned().collect();
     assert_eq!(stored(&online, &group(&wasm), &keys), latest);
 }
+
+/// Kinesis stops answering (the moto server frozen: connections hang, as behind a
+/// partition) while the service idles at the tip: `/healthz` turns 503 `stalled` once
+/// no read has passed for 30 s, the process keeps running; when Kinesis answers again
+/// the service reads on by itself (200 again), takes the rest of the stream and ends
+/// with every golden row once.
+#[test]
+fn a_kinesis_that_stops_answering_is_reported_stalled_and_the_service_goes_on() {
+    let moto = Moto::start();
+    let wasm = plugin("txn_velocity");
+    let dir = tempfile::tempdir().unwrap();
+    let (first, second) = golden_halves(dir.path());
+    put(&moto, &wasm, "frozen", &first, Some("1"));
+    let state = dir.path().join("state");
+    let store_arg = format!("embedded:{}", dir.path().join("online").display());
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let args = run_args(
+        &moto,
+        &wasm,
+        "frozen",
+        &store_arg,
+        &state,
+        &["--listen", &listen],
+    );
+    let mut service = Running(Some(spawn(&moto, &args)));
+    let half = std::fs::read_to_string(&first).unwrap().lines().count() as f64;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !http_get(port, "/metrics").is_some_and(|(_, body)| {
+        metric(&body, "lockstep_stream_records_in_total").is_some_and(|v| v >= half)
+    }) {
+        assert!(Instant::now() < deadline, "the first half was not read");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    moto.freeze();
+    let frozen = Instant::now();
+    let stalled = loop {
+        if let Some((503, health)) = http_get(port, "/healthz") {
+            break health;
+        }
+        assert!(
+            frozen.elapsed() < Duration::from_secs(60),
+            "not reported stalled: {:?}",
+            http_get(port, "/healthz")
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    assert!(stalled.contains("\"stalled\""), "{stalled}");
+    assert!(
+        frozen.elapsed() >= Duration::from_secs(25),
+        "stalled only once reads have failed for a while: {stalled}"
+    );
+    assert!(
+        service.still_running(),
+        "a stalled source is waited for, not fatal"
+    );
+    moto.thaw();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while http_get(port, "/healthz").is_none_or(|(code, _)| code != 200) {
+        assert!(
+            Instant::now() < deadline,
+            "reads did not resume: {:?}",
+            http_get(port, "/healthz")
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    put(&moto, &wasm, "frozen", &second, None);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !http_get(port, "/metrics").is_some_and(|(_, body)| {
+        metric(&body, "lockstep_stream_records_in_total").is_some_and(|v| v >= 3457.0)
+    }) {
+        assert!(Instant::now() < deadline, "the second half was not read");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = Command::new("kill")
+        .args(["-TERM", &service.id().to_string()])
+        .status();
+    let out = service.wait();
+    assert!(
+        out.status.success(),
+        "{:?}: {}",
+        out.status,
+        text(&out.stderr)
+    );
+    run_to_end(&moto, &args);
+    assert_same_rows(
+        "row log after Kinesis froze",
+        &read_rows(&state.join("rows.jsonl")),
+        &golden_rows(),
+    );
+}

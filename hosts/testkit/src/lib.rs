@@ -120,6 +120,17 @@ impl Moto {
         format!("http://{}", self.addr)
     }
 
+    /// Freezes the server (SIGSTOP): connections are accepted by the kernel and nothing
+    /// answers, as behind a network partition.
+    pub fn freeze(&self) {
+        signal(self.child.id(), "STOP");
+    }
+
+    /// Resumes a frozen server (SIGCONT).
+    pub fn thaw(&self) {
+        signal(self.child.id(), "CONT");
+    }
+
     /// Environment variables that point AWS clients (SDKs, `object_store`, boto3, the
     /// `lockstep` binary) at this server.
     pub fn env(&self) -> Vec<(&'static str, String)> {
