@@ -1351,9 +1351,10 @@ fn a_full_online_store_disk_is_retried_until_there_is_room() {
 
 /// Kinesis stops answering (the moto server frozen: connections hang, as behind a
 /// partition) while the service idles at the tip: `/healthz` turns 503 `stalled` once
-/// no read has passed for 30 s, the process keeps running; when Kinesis answers again
-/// the service reads on by itself (200 again), takes the rest of the stream and ends
-/// with every golden row once.
+/// no read has passed for 30 s, the process keeps running (each read attempt times out
+/// and is retried on a new connection); when Kinesis answers again the service reads on
+/// by itself (200 again), takes the rest of the stream and ends with every golden row
+/// once.
 #[test]
 fn a_kinesis_that_stops_answering_is_reported_stalled_and_the_service_goes_on() {
     let moto = Moto::start();

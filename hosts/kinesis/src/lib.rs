@@ -2,7 +2,7 @@
 //! in lineage order, ordered puts.
 //!
 //! - [`Kinesis`]: a client (endpoint, region and credentials from [`KinesisOptions`] or
-//!   the standard AWS environment).
+//!   the standard AWS environment), each call attempt bounded by [`ATTEMPT_TIMEOUT`].
 //! - [`ShardReader`]: GetShardIterator/GetRecords over one shard; an expired iterator is
 //!   renewed after the last sequence number read, throttling is retried with
 //!   exponential backoff and jitter, and a shard found at its tip is read again only
@@ -177,11 +177,34 @@ pub struct StreamSummary {
 /// Attempts before a throttled or failing call gives up.
 const ATTEMPTS: u32 = 8;
 
+/// How long one attempt of a call may take before it is abandoned and retried on a
+/// new connection. The SDK sets none: a connection that stops answering (a partition,
+/// a frozen endpoint) held a read forever, silently. A GetRecords answer (at most 10
+/// MB) takes well under a second in a region.
+pub const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long opening a connection may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+
 impl Kinesis {
-    /// A client for `options`.
+    /// A client for `options`, each attempt of a call bounded by [`ATTEMPT_TIMEOUT`].
     pub async fn connect(options: &KinesisOptions) -> Self {
+        Self::connect_with_timeout(options, ATTEMPT_TIMEOUT).await
+    }
+
+    /// A client for `options` whose call attempts each give up after `attempt` (a
+    /// timed-out attempt is retried like any transient failure).
+    pub async fn connect_with_timeout(options: &KinesisOptions, attempt: Duration) -> Self {
+        let shared = options.sdk_config().await;
+        let timeouts = aws_sdk_kinesis::config::timeout::TimeoutConfig::builder()
+            .connect_timeout(CONNECT_TIMEOUT)
+            .operation_attempt_timeout(attempt)
+            .build();
+        let config = aws_sdk_kinesis::config::Builder::from(&shared)
+            .timeout_config(timeouts)
+            .build();
         Kinesis {
-            client: aws_sdk_kinesis::Client::new(&options.sdk_config().await),
+            client: aws_sdk_kinesis::Client::from_conf(config),
         }
     }
 

@@ -163,3 +163,45 @@ async fn a_shard_at_its_tip_is_read_once_per_interval_and_a_shard_behind_at_once
         started.elapsed()
     );
 }
+
+/// An endpoint that takes connections and never answers (as behind a partition): a
+/// call gives up with a timeout instead of waiting forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endpoint_that_never_answers_times_out() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let endpoint = format!("http://{}", listener.local_addr().expect("addr"));
+    // Holds every connection open, reading nothing and answering nothing.
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for stream in listener.incoming().flatten() {
+            held.push(stream);
+        }
+    });
+    let kinesis = Kinesis::connect_with_timeout(
+        &KinesisOptions {
+            endpoint: Some(endpoint),
+            region: Some(REGION.into()),
+            credentials: Some((ACCESS_KEY.into(), SECRET_KEY.into())),
+        },
+        std::time::Duration::from_millis(300),
+    )
+    .await;
+    let started = std::time::Instant::now();
+    let outcome = tokio::time::timeout(
+        std::time::Duration::from_secs(60),
+        kinesis.describe("silent"),
+    )
+    .await
+    .expect("the call gave up by itself, well within a minute");
+    let err = outcome.expect_err("nothing answered");
+    assert!(
+        err.to_string().to_lowercase().contains("timeout")
+            || err.to_string().to_lowercase().contains("timed out"),
+        "{err}"
+    );
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(30),
+        "{:?}",
+        started.elapsed()
+    );
+}
