@@ -1157,20 +1157,25 @@ impl Drop for SmallDisk {
 struct Running(Option<Child>);
 
 impl Running {
-    fn id(&self) -> u32 {
-        self.0.as_ref().map_or(0, Child::id)
-    }
     fn still_running(&mut self) -> bool {
         self.0
             .as_mut()
             .is_some_and(|c| c.try_wait().expect("poll").is_none())
     }
-    fn wait(mut self) -> Output {
-        self.0
-            .take()
-            .expect("running")
-            .wait_with_output()
-            .expect("wait")
+
+    /// Stops it with SIGTERM (finish the round, checkpoint) and asserts a clean exit.
+    fn stop(mut self) {
+        let child = self.0.take().expect("running");
+        let _ = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
+        let out = child.wait_with_output().expect("wait");
+        assert!(
+            out.status.success(),
+            "{:?}: {}",
+            out.status,
+            text(&out.stderr)
+        );
     }
 }
 
@@ -1181,6 +1186,47 @@ impl Drop for Running {
             let _ = child.wait();
         }
     }
+}
+
+/// Polls `probe` every 100 ms until it gives a value; fails naming `what` (and the
+/// service's health) after `within`.
+fn wait_until<T>(
+    port: u16,
+    what: &str,
+    within: Duration,
+    mut probe: impl FnMut() -> Option<T>,
+) -> T {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(value) = probe() {
+            return value;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: /healthz {:?}",
+            http_get(port, "/healthz")
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A counter of the service's `/metrics`, once it answers.
+fn counter(port: u16, name: &str) -> Option<f64> {
+    http_get(port, "/metrics").and_then(|(_, body)| metric(&body, name))
+}
+
+/// The row log under `state` holds every golden row once, and the embedded store at
+/// `online` each entity's latest of them.
+fn assert_ends_golden(label: &str, state: &Path, online: &Path, wasm: &Path) {
+    let rows = read_rows(&state.join("rows.jsonl"));
+    assert_same_rows(label, &rows, &golden_rows());
+    let latest = latest_rows(&rows);
+    let keys: Vec<String> = latest.keys().cloned().collect();
+    assert_eq!(
+        stored(online, &group(wasm), &keys),
+        latest,
+        "{label}: online store"
+    );
 }
 
 /// The state directory's disk fills mid-stream (the golden row log is 5 MB, the disk
@@ -1198,7 +1244,7 @@ fn a_full_state_disk_stops_the_service_clearly_and_loses_nothing() {
     let state = disk.0.join("state");
     let online = dir.path().join("online");
     let store_arg = format!("embedded:{}", online.display());
-    let mut args = run_args(
+    let args = run_args(
         &moto,
         &wasm,
         "full",
@@ -1206,9 +1252,9 @@ fn a_full_state_disk_stops_the_service_clearly_and_loses_nothing() {
         &state,
         &["--batch-size", "200"],
     );
-    args.extend(["--stop-when-idle".into(), "--drain-on-stop".into()]);
-    let all: Vec<&str> = args.iter().map(String::as_str).collect();
-    let out = lockstep_env(&moto, &all);
+    let mut to_end: Vec<&str> = args.iter().map(String::as_str).collect();
+    to_end.extend(["--stop-when-idle", "--drain-on-stop"]);
+    let out = lockstep_env(&moto, &to_end);
     let err = text(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("No space left on device"), "{err}");
@@ -1236,12 +1282,8 @@ fn a_full_state_disk_stops_the_service_clearly_and_loses_nothing() {
 
     // Room again: the same command goes on from its checkpoint.
     disk.grow("64M");
-    run_to_end(&moto, &args[..args.len() - 2]);
-    let rows = read_rows(&state.join("rows.jsonl"));
-    assert_same_rows("row log after a full disk", &rows, &golden_rows());
-    let latest = latest_rows(&rows);
-    let keys: Vec<String> = latest.keys().cloned().collect();
-    assert_eq!(stored(&online, &group(&wasm), &keys), latest);
+    run_to_end(&moto, &args);
+    assert_ends_golden("after a full state disk", &state, &online, &wasm);
 }
 
 /// The online store's disk fills while the service runs: its writes are retried (the
@@ -1270,13 +1312,13 @@ fn a_full_online_store_disk_is_retried_until_there_is_room() {
         &["--listen", &listen, "--batch-size", "200"],
     );
     let mut service = Running(Some(spawn(&moto, &args)));
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !http_get(port, "/metrics").is_some_and(|(_, body)| {
-        metric(&body, "lockstep_stream_commits_total").is_some_and(|v| v > 0.0)
-    }) {
-        assert!(Instant::now() < deadline, "no commit before the disk fills");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let commits = || counter(port, "lockstep_stream_commits_total");
+    wait_until(
+        port,
+        "no commit before the disk fills",
+        Duration::from_secs(60),
+        || commits().filter(|&c| c > 0.0),
+    );
     // Fill the disk to its last byte, then send the rest of the stream.
     let filler = disk.0.join("filler");
     {
@@ -1286,67 +1328,37 @@ fn a_full_online_store_disk_is_retried_until_there_is_room() {
         let _ = file.sync_all();
     }
     put(&moto, &wasm, "fullstore", &second, None);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let health = loop {
-        if let Some((_, health)) = http_get(port, "/healthz")
-            && health.contains("No space left on device")
-            && http_get(port, "/metrics").is_some_and(|(_, body)| {
-                metric(&body, "lockstep_stream_write_errors_total").is_some_and(|v| v > 0.0)
-            })
-        {
-            break health;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no write error reported: {:?}",
-            http_get(port, "/healthz")
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let health = wait_until(
+        port,
+        "no write error reported",
+        Duration::from_secs(60),
+        || {
+            let errors = counter(port, "lockstep_stream_write_errors_total")?;
+            let (_, health) = http_get(port, "/healthz")?;
+            (errors > 0.0 && health.contains("No space left on device")).then_some(health)
+        },
+    );
     assert!(health.contains(s(&online.join("online.redb"))), "{health}");
     assert!(service.still_running(), "the service keeps running");
-    let commits = |body: &str| metric(body, "lockstep_stream_commits_total").unwrap_or(0.0);
-    let committed_while_full = http_get(port, "/metrics").map_or(0.0, |(_, b)| commits(&b));
+    let committed_while_full = commits().unwrap_or(0.0);
     // Room again: the service goes on by itself (the store is opened again) and
     // commits the rest.
     std::fs::remove_file(&filler).expect("remove filler");
-    let deadline = Instant::now() + Duration::from_secs(90);
-    loop {
-        let recovered = http_get(port, "/metrics").is_some_and(|(_, body)| {
-            metric(&body, "lockstep_stream_records_in_total").is_some_and(|v| v >= 3457.0)
-                && commits(&body) > committed_while_full
-        }) && http_get(port, "/healthz")
-            .is_some_and(|(code, h)| code == 200 && h.contains("\"last_error\":null"));
-        if recovered {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the service did not recover: {:?}",
-            http_get(port, "/healthz")
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    let _ = Command::new("kill")
-        .args(["-TERM", &service.id().to_string()])
-        .status();
-    let out = service.wait();
-    assert!(
-        out.status.success(),
-        "{:?}: {}",
-        out.status,
-        text(&out.stderr)
+    wait_until(
+        port,
+        "the service did not recover",
+        Duration::from_secs(90),
+        || {
+            let all_read = counter(port, "lockstep_stream_records_in_total")? >= 3457.0;
+            let committed = commits()? > committed_while_full;
+            let (code, health) = http_get(port, "/healthz")?;
+            (all_read && committed && code == 200 && health.contains("\"last_error\":null"))
+                .then_some(())
+        },
     );
+    service.stop();
     run_to_end(&moto, &args);
-    let rows = read_rows(&state.join("rows.jsonl"));
-    assert_same_rows(
-        "row log after the store's disk filled",
-        &rows,
-        &golden_rows(),
-    );
-    let latest = latest_rows(&rows);
-    let keys: Vec<String> = latest.keys().cloned().collect();
-    assert_eq!(stored(&online, &group(&wasm), &keys), latest);
+    assert_ends_golden("after the store's disk filled", &state, &online, &wasm);
 }
 
 /// Kinesis stops answering (the moto server frozen: connections hang, as behind a
@@ -1363,7 +1375,8 @@ fn a_kinesis_that_stops_answering_is_reported_stalled_and_the_service_goes_on() 
     let (first, second) = golden_halves(dir.path());
     put(&moto, &wasm, "frozen", &first, Some("1"));
     let state = dir.path().join("state");
-    let store_arg = format!("embedded:{}", dir.path().join("online").display());
+    let online = dir.path().join("online");
+    let store_arg = format!("embedded:{}", online.display());
     let port = free_port();
     let listen = format!("127.0.0.1:{port}");
     let args = run_args(
@@ -1375,27 +1388,23 @@ fn a_kinesis_that_stops_answering_is_reported_stalled_and_the_service_goes_on() 
         &["--listen", &listen],
     );
     let mut service = Running(Some(spawn(&moto, &args)));
+    let read_at_least =
+        |n: f64| move || counter(port, "lockstep_stream_records_in_total").filter(|&v| v >= n);
     let half = std::fs::read_to_string(&first).unwrap().lines().count() as f64;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !http_get(port, "/metrics").is_some_and(|(_, body)| {
-        metric(&body, "lockstep_stream_records_in_total").is_some_and(|v| v >= half)
-    }) {
-        assert!(Instant::now() < deadline, "the first half was not read");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_until(
+        port,
+        "the first half was not read",
+        Duration::from_secs(60),
+        read_at_least(half),
+    );
     moto.freeze();
     let frozen = Instant::now();
-    let stalled = loop {
-        if let Some((503, health)) = http_get(port, "/healthz") {
-            break health;
-        }
-        assert!(
-            frozen.elapsed() < Duration::from_secs(60),
-            "not reported stalled: {:?}",
-            http_get(port, "/healthz")
-        );
-        std::thread::sleep(Duration::from_millis(500));
-    };
+    let stalled = wait_until(
+        port,
+        "not reported stalled",
+        Duration::from_secs(60),
+        || http_get(port, "/healthz").and_then(|(code, health)| (code == 503).then_some(health)),
+    );
     assert!(stalled.contains("\"stalled\""), "{stalled}");
     assert!(
         frozen.elapsed() >= Duration::from_secs(25),
@@ -1406,37 +1415,20 @@ fn a_kinesis_that_stops_answering_is_reported_stalled_and_the_service_goes_on() 
         "a stalled source is waited for, not fatal"
     );
     moto.thaw();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while http_get(port, "/healthz").is_none_or(|(code, _)| code != 200) {
-        assert!(
-            Instant::now() < deadline,
-            "reads did not resume: {:?}",
-            http_get(port, "/healthz")
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    wait_until(
+        port,
+        "reads did not resume",
+        Duration::from_secs(60),
+        || http_get(port, "/healthz").and_then(|(code, _)| (code == 200).then_some(())),
+    );
     put(&moto, &wasm, "frozen", &second, None);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !http_get(port, "/metrics").is_some_and(|(_, body)| {
-        metric(&body, "lockstep_stream_records_in_total").is_some_and(|v| v >= 3457.0)
-    }) {
-        assert!(Instant::now() < deadline, "the second half was not read");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let _ = Command::new("kill")
-        .args(["-TERM", &service.id().to_string()])
-        .status();
-    let out = service.wait();
-    assert!(
-        out.status.success(),
-        "{:?}: {}",
-        out.status,
-        text(&out.stderr)
+    wait_until(
+        port,
+        "the second half was not read",
+        Duration::from_secs(60),
+        read_at_least(3457.0),
     );
+    service.stop();
     run_to_end(&moto, &args);
-    assert_same_rows(
-        "row log after Kinesis froze",
-        &read_rows(&state.join("rows.jsonl")),
-        &golden_rows(),
-    );
+    assert_ends_golden("after Kinesis froze", &state, &online, &wasm);
 }
