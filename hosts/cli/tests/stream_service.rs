@@ -1153,35 +1153,81 @@ impl Drop for SmallDisk {
     }
 }
 
-/// A service process, killed if the test ends (or fails) while it runs.
-struct Running(Option<Child>);
+/// A service process serving `/healthz` and `/metrics` on a port it chose itself
+/// (`--listen 127.0.0.1:0`, the port read from its log: a free port picked for it could
+/// be taken by another test's server first, and the test would then watch that one);
+/// killed if the test ends (or fails) while it runs.
+struct Running {
+    child: Option<Child>,
+    port: u16,
+    /// Its log, as read so far.
+    log: std::sync::Arc<std::sync::Mutex<String>>,
+}
 
 impl Running {
+    /// Starts `lockstep` with `args` (which must not hold `--listen`) and waits until
+    /// it serves.
+    fn start(moto: &Moto, args: &[String]) -> Running {
+        let mut args = args.to_vec();
+        args.extend(["--listen".into(), "127.0.0.1:0".into()]);
+        let mut child = spawn(moto, &args);
+        let stderr = child.stderr.take().expect("stderr piped");
+        let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let (bound, port) = std::sync::mpsc::channel();
+        let kept = log.clone();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if let Ok(entry) = serde_json::from_str::<Json>(&line)
+                    && let Some(address) = entry["fields"]["bound"].as_str()
+                    && let Some(port) = address.rsplit(':').next().and_then(|p| p.parse().ok())
+                {
+                    let _ = bound.send(port);
+                }
+                if let Ok(mut log) = kept.lock() {
+                    log.push_str(&line);
+                    log.push('\n');
+                }
+            }
+        });
+        let mut running = Running {
+            child: Some(child),
+            port: 0,
+            log,
+        };
+        running.port = port
+            .recv_timeout(Duration::from_secs(60))
+            .unwrap_or_else(|_| panic!("the service did not serve: {}", running.log()));
+        running
+    }
+
+    fn log(&self) -> String {
+        self.log.lock().map(|l| l.clone()).unwrap_or_default()
+    }
+
     fn still_running(&mut self) -> bool {
-        self.0
+        self.child
             .as_mut()
             .is_some_and(|c| c.try_wait().expect("poll").is_none())
     }
 
     /// Stops it with SIGTERM (finish the round, checkpoint) and asserts a clean exit.
     fn stop(mut self) {
-        let child = self.0.take().expect("running");
+        let mut child = self.child.take().expect("running");
         let _ = Command::new("kill")
             .args(["-TERM", &child.id().to_string()])
             .status();
-        let out = child.wait_with_output().expect("wait");
-        assert!(
-            out.status.success(),
-            "{:?}: {}",
-            out.status,
-            text(&out.stderr)
-        );
+        let status = child.wait().expect("wait");
+        assert!(status.success(), "{status:?}: {}", self.log());
     }
 }
 
 impl Drop for Running {
     fn drop(&mut self) {
-        if let Some(mut child) = self.0.take() {
+        if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
         }
@@ -1301,17 +1347,16 @@ fn a_full_online_store_disk_is_retried_until_there_is_room() {
     let online = disk.0.join("online");
     let store_arg = format!("embedded:{}", online.display());
     let state = dir.path().join("state");
-    let port = free_port();
-    let listen = format!("127.0.0.1:{port}");
     let args = run_args(
         &moto,
         &wasm,
         "fullstore",
         &store_arg,
         &state,
-        &["--listen", &listen, "--batch-size", "200"],
+        &["--batch-size", "200"],
     );
-    let mut service = Running(Some(spawn(&moto, &args)));
+    let mut service = Running::start(&moto, &args);
+    let port = service.port;
     let commits = || counter(port, "lockstep_stream_commits_total");
     wait_until(
         port,
@@ -1377,17 +1422,9 @@ fn a_kinesis_that_stops_answering_is_reported_stalled_and_the_service_goes_on() 
     let state = dir.path().join("state");
     let online = dir.path().join("online");
     let store_arg = format!("embedded:{}", online.display());
-    let port = free_port();
-    let listen = format!("127.0.0.1:{port}");
-    let args = run_args(
-        &moto,
-        &wasm,
-        "frozen",
-        &store_arg,
-        &state,
-        &["--listen", &listen],
-    );
-    let mut service = Running(Some(spawn(&moto, &args)));
+    let args = run_args(&moto, &wasm, "frozen", &store_arg, &state, &[]);
+    let mut service = Running::start(&moto, &args);
+    let port = service.port;
     let read_at_least =
         |n: f64| move || counter(port, "lockstep_stream_records_in_total").filter(|&v| v >= n);
     let half = std::fs::read_to_string(&first).unwrap().lines().count() as f64;
@@ -1397,6 +1434,7 @@ fn a_kinesis_that_stops_answering_is_reported_stalled_and_the_service_goes_on() 
         Duration::from_secs(60),
         read_at_least(half),
     );
+    assert!(service.still_running(), "{}", service.log());
     moto.freeze();
     let frozen = Instant::now();
     let stalled = wait_until(
