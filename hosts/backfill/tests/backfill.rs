@@ -57,17 +57,19 @@ fn lock_file(dir: &Path) -> PathBuf {
     dir.join("store/txn_velocity/_lockstep/locks/1.0.0.lock")
 }
 
+/// Whether no version of the group is bound in `store`.
+async fn no_version_bound(store: &OfflineStore) -> bool {
+    store
+        .versions("txn_velocity")
+        .await
+        .expect("versions")
+        .is_empty()
+}
+
 /// A job that failed gave the lock back and bound no version.
 async fn assert_nothing_written(dir: &Path, store: &OfflineStore) {
     assert!(!lock_file(dir).exists(), "the lock is given back");
-    assert!(
-        store
-            .versions("txn_velocity")
-            .await
-            .expect("versions")
-            .is_empty(),
-        "nothing written"
-    );
+    assert!(no_version_bound(store).await, "nothing written");
 }
 
 fn rows(batches: &[arrow_array::RecordBatch]) -> usize {
@@ -85,11 +87,7 @@ async fn a_backfill_commits_every_row_once_and_gives_the_lock_back() {
         .expect("prepare");
     assert!(lock_file(dir.path()).is_file(), "held from the start");
     assert!(
-        store
-            .versions("txn_velocity")
-            .await
-            .expect("versions")
-            .is_empty(),
+        no_version_bound(&store).await,
         "not bound before the commit"
     );
     let ran = prepared.run(&job(&events)).await.expect("run");
